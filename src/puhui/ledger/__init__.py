@@ -1,0 +1,89 @@
+"""Puhui's double-entry ledger: TigerBeetle's API and semantics, embedded and durable.
+
+``puhui.ledger`` mirrors the public API of the official ``tigerbeetle`` 0.17 Python client
+(same names, fields, flag values and status values), so code written for TigerBeetle runs here
+by changing an import. ``open(path_or_url)`` returns a client journalling to SQLite (a path or
+``sqlite:///…``) or PostgreSQL (``postgresql+psycopg://…``). Besides the object API, the
+``*_array`` methods take and return numpy arrays in TigerBeetle's binary layout.
+"""
+
+from ._convert import BATCH_EVENTS_MAX, account_from_mapping, transfer_from_mapping
+from ._errors import (
+    BatchTooLargeError,
+    FieldOutOfRangeError,
+    JournalCorruptError,
+    JournalUnavailableError,
+    LedgerClosedError,
+    LedgerFailedError,
+    LedgerLockedError,
+    SnapshotCorruptError,
+    TooMuchDataError,
+    UnknownFieldError,
+    VerificationError,
+    WrongTypeError,
+)
+from ._ledger import Ledger, LedgerOptions, open
+from ._types import (
+    ACCOUNT_DTYPE,
+    AMOUNT_MAX,
+    BALANCE_DTYPE,
+    RESULT_DTYPE,
+    TRANSFER_DTYPE,
+    Account,
+    AccountBalance,
+    AccountFilter,
+    AccountFilterFlags,
+    AccountFlags,
+    CreateAccountResult,
+    CreateAccountStatus,
+    CreateTransferResult,
+    CreateTransferStatus,
+    QueryFilter,
+    QueryFilterFlags,
+    Transfer,
+    TransferFlags,
+    id,
+)
+from ._verify import VerifyReport, verify
+
+__all__ = [
+    "ACCOUNT_DTYPE",
+    "AMOUNT_MAX",
+    "BALANCE_DTYPE",
+    "BATCH_EVENTS_MAX",
+    "RESULT_DTYPE",
+    "TRANSFER_DTYPE",
+    "Account",
+    "AccountBalance",
+    "AccountFilter",
+    "AccountFilterFlags",
+    "AccountFlags",
+    "BatchTooLargeError",
+    "CreateAccountResult",
+    "CreateAccountStatus",
+    "CreateTransferResult",
+    "CreateTransferStatus",
+    "FieldOutOfRangeError",
+    "JournalCorruptError",
+    "JournalUnavailableError",
+    "Ledger",
+    "LedgerClosedError",
+    "LedgerFailedError",
+    "LedgerLockedError",
+    "LedgerOptions",
+    "QueryFilter",
+    "QueryFilterFlags",
+    "SnapshotCorruptError",
+    "TooMuchDataError",
+    "Transfer",
+    "TransferFlags",
+    "UnknownFieldError",
+    "VerificationError",
+    "VerifyReport",
+    "WrongTypeError",
+    "account_from_mapping",
+    "id",
+    "open",
+    "transfer_from_mapping",
+    "verify",
+]

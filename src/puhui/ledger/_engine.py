@@ -1,0 +1,325 @@
+"""The in-memory state machine: columnar state, capacity management, kernels, reads.
+
+``Engine`` is single-threaded: exactly one thread (the ledger's writer) may call its mutating
+methods. It knows nothing of durability; ``_ledger.Ledger`` journals every input before it
+reaches ``apply``/``pulse`` and snapshots the state this class exports.
+
+Transfer rows and their balance rows live in append-only files (memory-mapped) when a
+directory is given, or in anonymous memory otherwise (verification replays, tests).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from . import _kernel as K
+from . import _queries as Q
+from ._types import ACCOUNT_DTYPE, BALANCE_DTYPE, RESULT_DTYPE, TRANSFER_DTYPE
+
+KIND_ACCOUNTS = 1
+KIND_TRANSFERS = 2
+KIND_PULSE = 3
+
+Array = npt.NDArray[Any]
+
+
+def _pow2_at_least(n: int) -> int:
+    return 1 << max(4, (n - 1).bit_length())
+
+
+class _RowFile:
+    """A growable array of fixed-size records, backed by a memory-mapped file or by memory."""
+
+    def __init__(self, dtype: np.dtype[Any], path: Path | None, capacity: int) -> None:
+        self.dtype = dtype
+        self.path = path
+        self._maps: list[mmap.mmap] = []
+        self._fd = -1
+        if path is not None:
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        self.array: Array = np.zeros(0, dtype)
+        self._map(max(capacity, 1024))
+
+    def _map(self, capacity: int) -> None:
+        if self._fd < 0:
+            grown = np.zeros(capacity, self.dtype)
+            grown[: self.array.shape[0]] = self.array
+            self.array = grown
+            return
+        size = capacity * self.dtype.itemsize
+        if os.fstat(self._fd).st_size < size:
+            os.ftruncate(self._fd, size)  # sparse: blocks are allocated on first write
+        mapped = mmap.mmap(self._fd, size)
+        self._maps.append(mapped)
+        self.array = np.frombuffer(mapped, dtype=self.dtype)
+
+    def ensure(self, rows: int) -> None:
+        if rows > self.array.shape[0]:
+            self._map(_pow2_at_least(rows + rows // 2))
+
+    def sync(self) -> None:
+        """Make every row written so far durable (rows are never rewritten)."""
+        if self._fd >= 0:
+            os.fsync(self._fd)
+
+    def close(self) -> None:
+        self.array = np.zeros(0, self.dtype)
+        for mapped in self._maps:
+            try:
+                mapped.close()
+            except BufferError:  # a reader still holds a view; the mapping dies with it
+                pass
+        self._maps.clear()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+@dataclass(frozen=True, slots=True)
+class StateImage:
+    """A consistent copy of the mutable state, taken between batches (for snapshots)."""
+
+    counters: Array
+    accounts: Array
+    xfer_state: Array
+    heap_deadline: Array
+    heap_ts: Array
+    heap_row: Array
+    retired: Array  # (n, 2) uint64 ids
+
+
+class Engine:
+    def __init__(self, directory: Path | None = None, *, transfers_capacity: int = 1 << 16) -> None:
+        self.counters = np.zeros(K.COUNTERS, np.uint64)
+        self.accounts: Array = np.zeros(1024, ACCOUNT_DTYPE)
+        self.acct_slots: Array = np.zeros(2048, np.uint64)
+        self._transfers = _RowFile(
+            TRANSFER_DTYPE, None if directory is None else directory / "transfers.dat", transfers_capacity
+        )
+        self._balances = _RowFile(
+            BALANCE_DTYPE,
+            None if directory is None else directory / "balances.dat",
+            2 * transfers_capacity,
+        )
+        self.xfer_state: Array = np.zeros(transfers_capacity, np.uint8)
+        self.xfer_slots: Array = np.zeros(_pow2_at_least(2 * transfers_capacity), np.uint64)
+        self.retired: Array = np.zeros((64, 2), np.uint64)
+        self.heap_deadline: Array = np.zeros(64, np.uint64)
+        self.heap_ts: Array = np.zeros(64, np.uint64)
+        self.heap_row: Array = np.zeros(64, np.int64)
+        self._expired_rows: Array = np.zeros(64, np.int64)
+
+    # --- counters ---------------------------------------------------------------------------
+
+    @property
+    def n_accounts(self) -> int:
+        return int(self.counters[K.C_ACCOUNTS])
+
+    @property
+    def n_transfers(self) -> int:
+        return int(self.counters[K.C_TRANSFERS])
+
+    @property
+    def clock(self) -> int:
+        """The newest timestamp handed out (batch slots and pulses)."""
+        return int(self.counters[K.C_CLOCK])
+
+    @property
+    def watermark(self) -> int:
+        return int(self.counters[K.C_WATERMARK])
+
+    @property
+    def transfers(self) -> Array:
+        return self._transfers.array
+
+    @property
+    def balances(self) -> Array:
+        return self._balances.array
+
+    # --- capacity ---------------------------------------------------------------------------
+
+    def _ensure_accounts(self, extra: int) -> None:
+        need = self.n_accounts + extra
+        if need > self.accounts.shape[0]:
+            grown = np.zeros(_pow2_at_least(need + need // 2), ACCOUNT_DTYPE)
+            grown[: self.n_accounts] = self.accounts[: self.n_accounts]
+            self.accounts = grown
+        if 2 * need > self.acct_slots.shape[0]:
+            self.acct_slots = np.zeros(_pow2_at_least(4 * need), np.uint64)
+            K.index_rebuild(self.acct_slots, self.accounts, self.n_accounts)
+
+    def _ensure_transfers(self, extra: int) -> None:
+        need = self.n_transfers + extra
+        self._transfers.ensure(need)
+        self._balances.ensure(2 * need)
+        if need > self.xfer_state.shape[0]:
+            grown = np.zeros(_pow2_at_least(need + need // 2), np.uint8)
+            grown[: self.n_transfers] = self.xfer_state[: self.n_transfers]
+            self.xfer_state = grown
+        if 2 * need > self.xfer_slots.shape[0]:
+            self.xfer_slots = np.zeros(_pow2_at_least(4 * need), np.uint64)
+            K.index_rebuild(self.xfer_slots, self._transfers.array, self.n_transfers)
+        need_retired = int(self.counters[K.C_RETIRED]) + extra
+        if 2 * need_retired > self.retired.shape[0]:
+            ids = self.retired_ids()
+            self.retired = np.zeros((_pow2_at_least(4 * need_retired), 2), np.uint64)
+            for lo, hi in ids:
+                K.retired_insert(self.retired, lo, hi)
+        need_heap = int(self.counters[K.C_HEAP]) + extra
+        if need_heap > self.heap_deadline.shape[0]:
+            size = _pow2_at_least(need_heap + need_heap // 2)
+            for name in ("heap_deadline", "heap_ts", "heap_row"):
+                old = getattr(self, name)
+                grown = np.zeros(size, old.dtype)
+                grown[: old.shape[0]] = old
+                setattr(self, name, grown)
+
+    # --- mutations (writer thread only) ------------------------------------------------------
+
+    def apply(self, kind: int, events: Array, starts: Array, nows: Array) -> Array:
+        """Apply consecutive batches of one kind; ``starts`` has len(batches) + 1 entries."""
+        results = np.zeros(events.shape[0], RESULT_DTYPE)
+        if events.shape[0] == 0:
+            return results
+        if kind == KIND_ACCOUNTS:
+            self._ensure_accounts(events.shape[0])
+            K.create_accounts(
+                events, starts, nows, self.accounts, self.acct_slots, self._transfers.array,
+                self.counters, results,
+            )
+        elif kind == KIND_TRANSFERS:
+            self._ensure_transfers(events.shape[0])
+            K.create_transfers(
+                events, starts, nows, self.accounts, self.acct_slots, self._transfers.array,
+                self.xfer_slots, self.xfer_state, self._balances.array, self.retired,
+                self.heap_deadline, self.heap_ts, self.heap_row, self.counters, results,
+            )
+        else:
+            raise ValueError(f"unknown batch kind {kind}")
+        return results
+
+    def due_count(self, now: int, limit: int) -> int:
+        """How many pending transfers a pulse at ``now`` would expire (at most ``limit``)."""
+        n = int(self.counters[K.C_HEAP])
+        if n == 0 or int(self.heap_deadline[0]) > now:
+            return 0
+        return min(limit, _count_due(
+            self.heap_deadline, self.heap_ts, self.heap_row, n, np.uint64(now),
+            self._transfers.array, self.xfer_state, self.n_transfers,
+        ))
+
+    def next_deadline(self) -> int | None:
+        if int(self.counters[K.C_HEAP]) == 0:
+            return None
+        return int(self.heap_deadline[0])
+
+    def pulse(self, now: int, limit: int) -> int:
+        """Expire due pending transfers; returns how many expired."""
+        if self._expired_rows.shape[0] < limit:
+            self._expired_rows = np.zeros(_pow2_at_least(limit), np.int64)
+        return int(
+            K.expire(
+                np.uint64(now), limit, self.accounts, self.acct_slots, self._transfers.array,
+                self.xfer_state, self.heap_deadline, self.heap_ts, self.heap_row, self.counters,
+                self._expired_rows,
+            )
+        )
+
+    def advance_clock(self, timestamp: int) -> None:
+        if timestamp > self.clock:
+            self.counters[K.C_CLOCK] = np.uint64(timestamp)
+
+    # --- reads ------------------------------------------------------------------------------
+
+    def account_rows(self, ids_lo: Array, ids_hi: Array) -> Array:
+        return Q.find_rows(self.acct_slots, self.accounts, ids_lo, ids_hi)  # type: ignore[no-any-return]
+
+    def transfer_rows(self, ids_lo: Array, ids_hi: Array) -> Array:
+        return Q.find_rows(self.xfer_slots, self._transfers.array, ids_lo, ids_hi)  # type: ignore[no-any-return]
+
+    def retired_ids(self) -> list[tuple[int, int]]:
+        used = np.nonzero((self.retired[:, 0] != 0) | (self.retired[:, 1] != 0))[0]
+        return [(int(self.retired[i, 0]), int(self.retired[i, 1])) for i in used]
+
+    # --- snapshots --------------------------------------------------------------------------
+
+    def image(self) -> StateImage:
+        n_heap = int(self.counters[K.C_HEAP])
+        used = (self.retired[:, 0] != 0) | (self.retired[:, 1] != 0)
+        return StateImage(
+            counters=self.counters.copy(),
+            accounts=self.accounts[: self.n_accounts].copy(),
+            xfer_state=self.xfer_state[: self.n_transfers].copy(),
+            heap_deadline=self.heap_deadline[:n_heap].copy(),
+            heap_ts=self.heap_ts[:n_heap].copy(),
+            heap_row=self.heap_row[:n_heap].copy(),
+            retired=self.retired[used].copy(),
+        )
+
+    def restore(self, image: StateImage) -> None:
+        """Load a snapshot image. Transfer rows below its count must already be on file."""
+        counters = image.counters.copy()
+        n_accounts = int(counters[K.C_ACCOUNTS])
+        n_transfers = int(counters[K.C_TRANSFERS])
+        self.counters = np.zeros(K.COUNTERS, np.uint64)
+        self._ensure_accounts(n_accounts)
+        self.accounts[:n_accounts] = image.accounts
+        self.counters[K.C_ACCOUNTS] = n_accounts
+        self._ensure_transfers(n_transfers)
+        self.counters[K.C_TRANSFERS] = n_transfers
+        self.xfer_state[:n_transfers] = image.xfer_state
+        self.acct_slots = np.zeros(_pow2_at_least(4 * max(n_accounts, 1)), np.uint64)
+        K.index_rebuild(self.acct_slots, self.accounts, n_accounts)
+        self.xfer_slots = np.zeros(
+            max(self.xfer_slots.shape[0], _pow2_at_least(4 * max(n_transfers, 1))), np.uint64
+        )
+        K.index_rebuild(self.xfer_slots, self._transfers.array, n_transfers)
+        n_retired = image.retired.shape[0]
+        self.retired = np.zeros((_pow2_at_least(4 * max(n_retired, 16)), 2), np.uint64)
+        for lo, hi in image.retired:
+            K.retired_insert(self.retired, lo, hi)
+        n_heap = image.heap_deadline.shape[0]
+        size = _pow2_at_least(max(n_heap, 64))
+        self.heap_deadline = np.zeros(size, np.uint64)
+        self.heap_ts = np.zeros(size, np.uint64)
+        self.heap_row = np.zeros(size, np.int64)
+        self.heap_deadline[:n_heap] = image.heap_deadline
+        self.heap_ts[:n_heap] = image.heap_ts
+        self.heap_row[:n_heap] = image.heap_row
+        self.counters[:] = counters
+
+    def sync_rows(self) -> None:
+        self._transfers.sync()
+        self._balances.sync()
+
+    def close(self) -> None:
+        self._transfers.close()
+        self._balances.close()
+
+
+def _count_due(
+    heap_deadline: Array,
+    heap_ts: Array,
+    heap_row: Array,
+    n: int,
+    now: np.uint64,
+    transfers: Array,
+    xfer_state: Array,
+    n_transfers: int,
+) -> int:
+    due = np.nonzero(heap_deadline[:n] <= now)[0]
+    if due.shape[0] == 0:
+        return 0
+    rows = heap_row[due]
+    valid = rows < n_transfers
+    rows_ok = rows[valid]
+    ts_ok = heap_ts[due][valid]
+    live = (transfers["timestamp"][rows_ok] == ts_ok) & (xfer_state[rows_ok] == K.STATE_PENDING)
+    return int(np.count_nonzero(live))

@@ -1,0 +1,679 @@
+"""The durable ledger: one writer thread, group commit, journal before apply, snapshots.
+
+Callers on any thread submit requests; the writer takes everything queued as one group,
+stamps each request with its timestamps, appends the group to the journal (durable on
+return), applies it to the engine and only then answers. Reads are served by the same thread
+between groups, so every read sees a state that the journal can rebuild. On open, the newest
+valid snapshot is loaded and the journal after it is replayed through the same kernels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import numpy as np
+
+from puhui.clock import Clock, SystemClock
+
+from . import _queries as Q
+from . import _snapshot as S
+from ._convert import (
+    BATCH_EVENTS_MAX,
+    account_results,
+    accounts_to_array,
+    array_to_accounts,
+    array_to_balances,
+    array_to_transfers,
+    check_array,
+    ids_to_words,
+    transfer_results,
+    transfers_to_array,
+)
+from ._engine import KIND_ACCOUNTS, KIND_PULSE, KIND_TRANSFERS, Array, Engine
+from ._errors import (
+    FieldOutOfRangeError,
+    LedgerClosedError,
+    LedgerFailedError,
+    LedgerLockedError,
+    SnapshotCorruptError,
+    TooMuchDataError,
+    WrongTypeError,
+)
+from ._journal import Journal, decode_group, encode_group, open_journal
+from ._types import (
+    ACCOUNT_DTYPE,
+    AMOUNT_MAX,
+    RESULT_DTYPE,
+    TRANSFER_DTYPE,
+    Account,
+    AccountBalance,
+    AccountFilter,
+    AccountFilterFlags,
+    CreateAccountResult,
+    CreateTransferResult,
+    QueryFilter,
+    QueryFilterFlags,
+    Transfer,
+)
+
+log = logging.getLogger("puhui.ledger")
+
+TIMESTAMP_MAX = (1 << 64) - 2
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerOptions:
+    """Limits and intervals of one ledger (units last in each name)."""
+
+    group_events_max: int = 8 * BATCH_EVENTS_MAX
+    """Most events one group commit takes from the queue."""
+    queue_requests_max: int = 4096
+    """Most requests waiting for the writer; callers block beyond it (back-pressure)."""
+    pulse_expiries_max: int = BATCH_EVENTS_MAX
+    """Most pending transfers one pulse expires."""
+    snapshot_interval_events: int = 4_000_000
+    """Events journalled between background snapshots."""
+    transfers_capacity: int = 1 << 16
+    """Initial room for transfers (grows by itself)."""
+
+
+@dataclass(slots=True)
+class _Request:
+    kind: int
+    payload: Any
+    future: Future[Any]
+
+
+_READ = 0
+_CLOSE = -1
+_TICK = -2
+
+
+class Ledger:
+    """A TigerBeetle-compatible client over the embedded engine. Use ``puhui.ledger.open``."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        state_dir: Path,
+        *,
+        clock: Clock | None = None,
+        options: LedgerOptions | None = None,
+    ) -> None:
+        self._journal = journal
+        self._state_dir = state_dir
+        self._clock: Clock = clock or SystemClock()
+        self._options = options or LedgerOptions()
+        self._lock_fd = -1
+        self._closed = False
+        self._failure: BaseException | None = None
+        self._queue: queue.Queue[_Request] = queue.Queue(self._options.queue_requests_max)
+        self._op = 0
+        self._events_since_snapshot = 0
+        self._snapshot_op = 0
+        self._snapshot_thread: threading.Thread | None = None
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self._acquire_lock()
+        try:
+            self._bind_state_dir()
+            self._engine = Engine(state_dir, transfers_capacity=self._options.transfers_capacity)
+            self._recover()
+        except BaseException:
+            self._release_lock()
+            raise
+        self._writer = threading.Thread(target=self._run, name="puhui-ledger-writer", daemon=True)
+        self._writer.start()
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def _acquire_lock(self) -> None:
+        fd = os.open(self._state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            os.close(fd)
+            raise LedgerLockedError(f"ledger state {self._state_dir} is open in another process") from error
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd >= 0:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    def _bind_state_dir(self) -> None:
+        """Tie the state directory to this journal; state of another journal is discarded."""
+        marker = self._state_dir / "journal-identity"
+        if marker.exists() and marker.read_text().strip() == self._journal.identity:
+            return
+        if marker.exists():
+            log.warning("state in %s belongs to another journal; rebuilding it", self._state_dir)
+        S.remove_all(self._state_dir)
+        for name in ("transfers.dat", "balances.dat"):
+            with contextlib.suppress(FileNotFoundError):
+                (self._state_dir / name).unlink()
+        tmp = marker.with_suffix(".tmp")
+        tmp.write_text(self._journal.identity)
+        os.replace(tmp, marker)
+
+    def _recover(self) -> None:
+        last_op = self._journal.last_op()
+        start_op = 0
+        for path in S.list_snapshots(self._state_dir):
+            try:
+                identity, op, image = S.read_snapshot(path)
+            except SnapshotCorruptError as error:
+                log.warning("skipping snapshot: %s", error)
+                continue
+            if identity != self._journal.identity or op > last_op:
+                log.warning("skipping snapshot %s: it does not match the journal", path.name)
+                continue
+            self._engine.restore(image)
+            start_op = op
+            break
+        self._op = start_op
+        self._snapshot_op = start_op
+        for op, payload in self._journal.read(start_op):
+            apply_record(self._engine, payload)
+            self._op = op
+
+    def close(self) -> None:
+        """Finish queued requests, write a final snapshot, release the journal and the lock."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._writer.is_alive():
+            done: Future[Any] = Future()
+            self._queue.put(_Request(_CLOSE, None, done))
+            self._writer.join()
+        if self._snapshot_thread is not None:
+            self._snapshot_thread.join()
+        if self._failure is None and self._op > self._snapshot_op:
+            self._write_snapshot(self._op, self._engine.image())
+        self._engine.close()
+        self._journal.close()
+        self._release_lock()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- the writer -------------------------------------------------------------------------
+
+    def _submit(self, kind: int, payload: Any) -> Any:
+        if self._closed:
+            raise LedgerClosedError("the ledger client is closed")
+        if self._failure is not None:
+            raise LedgerFailedError("the ledger stopped after a fault; reopen it") from self._failure
+        request = _Request(kind, payload, Future())
+        self._queue.put(request)
+        return request.future.result()
+
+    def _run(self) -> None:
+        while True:
+            timeout = self._wait_s()
+            try:
+                first = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                first = _Request(_TICK, None, Future())
+            group = [first]
+            events = 0
+            while events < self._options.group_events_max:
+                try:
+                    request = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                group.append(request)
+                if request.kind in (KIND_ACCOUNTS, KIND_TRANSFERS):
+                    events += request.payload.shape[0]
+            closing = any(r.kind == _CLOSE for r in group)
+            try:
+                self._process(group)
+            except BaseException as error:  # fail-stop: memory may no longer match the journal
+                log.exception("ledger writer failed")
+                self._failure = error
+                for request in group:
+                    if not request.future.done():
+                        request.future.set_exception(
+                            LedgerFailedError("the ledger stopped after a fault; reopen it")
+                        )
+                self._drain_failed()
+                return
+            if closing:
+                self._drain_failed(LedgerClosedError("the ledger client is closed"))
+                return
+
+    def _drain_failed(self, error: BaseException | None = None) -> None:
+        while True:
+            try:
+                request = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            request.future.set_exception(
+                error or LedgerFailedError("the ledger stopped after a fault; reopen it")
+            )
+
+    def _wait_s(self) -> float | None:
+        deadline = self._engine.next_deadline()
+        if deadline is None:
+            return None
+        return max(0.0, (deadline - self._clock.now_ns()) / 1e9) + 0.001
+
+    def _process(self, group: list[_Request]) -> None:
+        engine = self._engine
+        now_ns = self._clock.now_ns()
+        stamp = max(engine.clock, now_ns)
+        entries: list[tuple[int, int, int, bytes]] = []
+        pulse_count = 0
+        deadline = engine.next_deadline()
+        if deadline is not None and deadline <= stamp:
+            pulse_count = engine.due_count(stamp, self._options.pulse_expiries_max)
+            if pulse_count > 0:
+                entries.append((KIND_PULSE, self._options.pulse_expiries_max, stamp, b""))
+                stamp = max(stamp, engine.watermark + pulse_count)
+        writes = [r for r in group if r.kind in (KIND_ACCOUNTS, KIND_TRANSFERS)]
+        nows: list[int] = []
+        for request in writes:
+            events: Array = request.payload
+            now = stamp
+            nows.append(now)
+            stamp = now + events.shape[0]
+            entries.append((request.kind, events.shape[0], now, events.tobytes()))
+        if entries:
+            self._op += 1
+            self._journal.append(self._op, encode_group(entries))
+            if pulse_count > 0:
+                expired = engine.pulse(entries[0][2], self._options.pulse_expiries_max)
+                if expired != pulse_count:
+                    raise AssertionError(f"pulse expired {expired}, expected {pulse_count}")
+            self._apply_requests(writes, nows)
+            self._events_since_snapshot += sum(r.payload.shape[0] for r in writes)
+        for request in group:
+            if request.kind == _READ:
+                try:
+                    request.future.set_result(request.payload(engine))
+                except Exception as error:  # a read's own error goes to its caller
+                    request.future.set_exception(error)
+            elif request.kind in (_TICK, _CLOSE):
+                request.future.set_result(None)
+        if self._events_since_snapshot >= self._options.snapshot_interval_events:
+            self._start_snapshot()
+
+    def _apply_requests(self, writes: list[_Request], nows: list[int]) -> None:
+        i = 0
+        while i < len(writes):
+            j = i
+            while j < len(writes) and writes[j].kind == writes[i].kind:
+                j += 1
+            batch = writes[i:j]
+            events = (
+                batch[0].payload
+                if len(batch) == 1
+                else np.concatenate([r.payload for r in batch])
+            )
+            starts = np.zeros(len(batch) + 1, np.int64)
+            np.cumsum([r.payload.shape[0] for r in batch], out=starts[1:])
+            results = self._engine.apply(
+                writes[i].kind, events, starts, np.array(nows[i:j], dtype=np.uint64)
+            )
+            for k, request in enumerate(batch):
+                request.future.set_result(results[starts[k] : starts[k + 1]])
+            i = j
+
+    def _start_snapshot(self) -> None:
+        if self._snapshot_thread is not None and self._snapshot_thread.is_alive():
+            return
+        op = self._op
+        image = self._engine.image()
+        self._events_since_snapshot = 0
+        self._snapshot_thread = threading.Thread(
+            target=self._write_snapshot, args=(op, image), name="puhui-ledger-snapshot", daemon=True
+        )
+        self._snapshot_thread.start()
+
+    def _write_snapshot(self, op: int, image: Any) -> None:
+        try:
+            self._engine.sync_rows()
+            S.write_snapshot(self._state_dir, self._journal.identity, op, image)
+            self._snapshot_op = max(self._snapshot_op, op)
+        except OSError:
+            log.exception("snapshot at op %d failed; the journal still has everything", op)
+
+    def _read(self, fn: Callable[[Engine], Any]) -> Any:
+        return self._submit(_READ, fn)
+
+    def tick(self) -> None:
+        """Let the writer run due expiries now (they also run on their own at each deadline)."""
+        self._submit(_TICK, None)
+
+    # --- the TigerBeetle API ----------------------------------------------------------------
+
+    def create_accounts(self, accounts: Sequence[Account]) -> list[CreateAccountResult]:
+        return account_results(self.create_accounts_array(accounts_to_array(accounts)))
+
+    def create_transfers(self, transfers: Sequence[Transfer]) -> list[CreateTransferResult]:
+        return transfer_results(self.create_transfers_array(transfers_to_array(transfers)))
+
+    def create_accounts_array(self, accounts: Array) -> Array:
+        """Columnar ``create_accounts``: ACCOUNT_DTYPE rows in, RESULT_DTYPE rows out."""
+        events = check_array(accounts, ACCOUNT_DTYPE)
+        if events.shape[0] == 0:
+            return np.zeros(0, RESULT_DTYPE)
+        result: Array = self._submit(KIND_ACCOUNTS, events)
+        return result
+
+    def create_transfers_array(self, transfers: Array) -> Array:
+        """Columnar ``create_transfers``: TRANSFER_DTYPE rows in, RESULT_DTYPE rows out."""
+        events = check_array(transfers, TRANSFER_DTYPE)
+        if events.shape[0] == 0:
+            return np.zeros(0, RESULT_DTYPE)
+        result: Array = self._submit(KIND_TRANSFERS, events)
+        return result
+
+    def lookup_accounts(self, ids: Sequence[int]) -> list[Account]:
+        return array_to_accounts(self.lookup_accounts_array(ids))
+
+    def lookup_accounts_array(self, ids: Sequence[int]) -> Array:
+        lo, hi = ids_to_words(ids)
+
+        def read(engine: Engine) -> Array:
+            rows = engine.account_rows(lo, hi)
+            copied: Array = engine.accounts[rows[rows >= 0]].copy()
+            return copied
+
+        result: Array = self._read(read)
+        return result
+
+    def lookup_transfers(self, ids: Sequence[int]) -> list[Transfer]:
+        return array_to_transfers(self.lookup_transfers_array(ids))
+
+    def lookup_transfers_array(self, ids: Sequence[int]) -> Array:
+        lo, hi = ids_to_words(ids)
+
+        def read(engine: Engine) -> Array:
+            rows = engine.transfer_rows(lo, hi)
+            copied: Array = engine.transfers[rows[rows >= 0]].copy()
+            return copied
+
+        result: Array = self._read(read)
+        return result
+
+    def get_account_transfers(self, filter: AccountFilter) -> list[Transfer]:  # noqa: A002
+        params = _account_filter(filter)
+        if params is None:
+            return []
+
+        def read(engine: Engine) -> Array:
+            rows, _ = _scan_account(engine, params)
+            copied: Array = engine.transfers[rows].copy()
+            return copied
+
+        return array_to_transfers(self._read(read))
+
+    def get_account_balances(self, filter: AccountFilter) -> list[AccountBalance]:  # noqa: A002
+        params = _account_filter(filter)
+        if params is None:
+            return []
+
+        def read(engine: Engine) -> tuple[Array, list[int]]:
+            lo, hi = params["account"]
+            row = int(engine.account_rows(np.array([lo], np.uint64), np.array([hi], np.uint64))[0])
+            if row < 0 or not Q.account_has_history(engine.accounts, row):
+                return np.zeros(0, engine.balances.dtype), []
+            rows, sides = _scan_account(engine, params)
+            balances: Array = engine.balances[2 * rows + sides].copy()
+            return balances, engine.transfers["timestamp"][rows].tolist()
+
+        balances, timestamps = self._read(read)
+        return array_to_balances(balances, timestamps)
+
+    def query_accounts(self, query_filter: QueryFilter) -> list[Account]:
+        params = _query_filter(query_filter)
+        if params is None:
+            return []
+
+        def read(engine: Engine) -> Array:
+            rows = Q.scan_accounts(
+                engine.accounts, engine.n_accounts, *params["user_data_128"],
+                np.uint64(params["user_data_64"]), params["user_data_32"], params["ledger"],
+                params["code"], np.uint64(params["timestamp_min"]),
+                np.uint64(params["timestamp_max"]), params["limit"], params["reversed"],
+            )
+            copied: Array = engine.accounts[rows].copy()
+            return copied
+
+        return array_to_accounts(self._read(read))
+
+    def query_transfers(self, query_filter: QueryFilter) -> list[Transfer]:
+        params = _query_filter(query_filter)
+        if params is None:
+            return []
+
+        def read(engine: Engine) -> Array:
+            rows, _ = Q.scan_transfers(
+                engine.transfers, engine.n_transfers, np.uint64(0), np.uint64(0), False, False,
+                False, *params["user_data_128"], np.uint64(params["user_data_64"]),
+                params["user_data_32"], params["ledger"], params["code"],
+                np.uint64(params["timestamp_min"]), np.uint64(params["timestamp_max"]),
+                params["limit"], params["reversed"],
+            )
+            copied: Array = engine.transfers[rows].copy()
+            return copied
+
+        return array_to_transfers(self._read(read))
+
+    # --- introspection (verify, benchmarks, CLI) --------------------------------------------
+
+    def read_state(self, fn: Callable[[Engine], Any]) -> Any:
+        """Run ``fn(engine)`` on the writer thread between groups (read-only use only)."""
+        return self._read(fn)
+
+    @property
+    def journal(self) -> Journal:
+        return self._journal
+
+    @property
+    def state_dir(self) -> Path:
+        return self._state_dir
+
+    @property
+    def last_op(self) -> int:
+        return self._op
+
+    def snapshot_now(self) -> None:
+        """Write a snapshot of the current state (blocking)."""
+
+        def take(engine: Engine) -> tuple[int, Any]:
+            return self._op, engine.image()
+
+        op, image = self._read(take)
+        if self._snapshot_thread is not None:
+            self._snapshot_thread.join()
+        self._write_snapshot(op, image)
+
+
+def apply_record(engine: Engine, payload: bytes) -> None:
+    """Apply one journal record to ``engine`` (recovery and verification replays)."""
+    entries = decode_group(payload)
+    i = 0
+    while i < len(entries):
+        kind, count, now, events = entries[i]
+        if kind == KIND_PULSE:
+            engine.pulse(now, count)
+            i += 1
+            continue
+        j = i
+        while j < len(entries) and entries[j][0] == kind:
+            j += 1
+        chunk = entries[i:j]
+        arrays = [e[3] for e in chunk if e[3] is not None]
+        all_events = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+        starts = np.zeros(len(chunk) + 1, np.int64)
+        np.cumsum([e[1] for e in chunk], out=starts[1:])
+        engine.apply(kind, all_events, starts, np.array([e[2] for e in chunk], np.uint64))
+        i = j
+
+
+# --- filters --------------------------------------------------------------------------------
+
+
+def _check_fields(obj: object, fields: tuple[tuple[str, int], ...]) -> None:
+    for name, bits in fields:
+        value = getattr(obj, name)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise WrongTypeError(f"filter field {name!r} must be an int", field=name)
+        if value < 0 or value >= 1 << bits:
+            raise FieldOutOfRangeError(f"filter field {name!r} is out of range", field=name)
+
+
+_ACCOUNT_FILTER_FIELDS = (
+    ("account_id", 128),
+    ("user_data_128", 128),
+    ("user_data_64", 64),
+    ("user_data_32", 32),
+    ("code", 16),
+    ("timestamp_min", 64),
+    ("timestamp_max", 64),
+    ("limit", 32),
+    ("flags", 32),
+)
+_QUERY_FILTER_FIELDS = (
+    ("user_data_128", 128),
+    ("user_data_64", 64),
+    ("user_data_32", 32),
+    ("ledger", 32),
+    ("code", 16),
+    ("timestamp_min", 64),
+    ("timestamp_max", 64),
+    ("limit", 32),
+    ("flags", 32),
+)
+_MASK64 = (1 << 64) - 1
+
+
+def _check_limit(limit: int) -> None:
+    if limit > BATCH_EVENTS_MAX:
+        raise TooMuchDataError(
+            f"limit {limit} exceeds the {BATCH_EVENTS_MAX} results one reply may hold"
+        )
+
+
+def _timestamps_valid(minimum: int, maximum: int) -> bool:
+    return minimum < TIMESTAMP_MAX and maximum < TIMESTAMP_MAX and (maximum == 0 or minimum <= maximum)
+
+
+def _account_filter(f: AccountFilter) -> dict[str, Any] | None:
+    """Validated parameters, or None for a filter TigerBeetle answers with an empty list."""
+    if not isinstance(f, AccountFilter):
+        raise WrongTypeError(f"expected an AccountFilter, got {type(f).__name__}")
+    _check_fields(f, _ACCOUNT_FILTER_FIELDS)
+    _check_limit(f.limit)
+    flags = int(f.flags)
+    if f.limit == 0 or flags & ~0b111:
+        return None
+    if not flags & (AccountFilterFlags.DEBITS | AccountFilterFlags.CREDITS):
+        return None
+    if f.account_id in (0, AMOUNT_MAX) or not _timestamps_valid(f.timestamp_min, f.timestamp_max):
+        return None
+    return {
+        "account": (f.account_id & _MASK64, f.account_id >> 64),
+        "debits": bool(flags & AccountFilterFlags.DEBITS),
+        "credits": bool(flags & AccountFilterFlags.CREDITS),
+        "reversed": bool(flags & AccountFilterFlags.REVERSED),
+        "user_data_128": (np.uint64(f.user_data_128 & _MASK64), np.uint64(f.user_data_128 >> 64)),
+        "user_data_64": f.user_data_64,
+        "user_data_32": f.user_data_32,
+        "code": f.code,
+        "timestamp_min": f.timestamp_min,
+        "timestamp_max": f.timestamp_max,
+        "limit": f.limit,
+    }
+
+
+def _query_filter(f: QueryFilter) -> dict[str, Any] | None:
+    if not isinstance(f, QueryFilter):
+        raise WrongTypeError(f"expected a QueryFilter, got {type(f).__name__}")
+    _check_fields(f, _QUERY_FILTER_FIELDS)
+    _check_limit(f.limit)
+    flags = int(f.flags)
+    if f.limit == 0 or flags & ~int(QueryFilterFlags.REVERSED):
+        return None
+    if not _timestamps_valid(f.timestamp_min, f.timestamp_max):
+        return None
+    return {
+        "reversed": bool(flags & QueryFilterFlags.REVERSED),
+        "user_data_128": (np.uint64(f.user_data_128 & _MASK64), np.uint64(f.user_data_128 >> 64)),
+        "user_data_64": f.user_data_64,
+        "user_data_32": f.user_data_32,
+        "ledger": f.ledger,
+        "code": f.code,
+        "timestamp_min": f.timestamp_min,
+        "timestamp_max": f.timestamp_max,
+        "limit": f.limit,
+    }
+
+
+def _scan_account(engine: Engine, params: dict[str, Any]) -> tuple[Array, Array]:
+    lo, hi = params["account"]
+    rows, sides = Q.scan_transfers(
+        engine.transfers, engine.n_transfers, np.uint64(lo), np.uint64(hi), True,
+        params["debits"], params["credits"], *params["user_data_128"],
+        np.uint64(params["user_data_64"]), params["user_data_32"], 0, params["code"],
+        np.uint64(params["timestamp_min"]), np.uint64(params["timestamp_max"]),
+        params["limit"], params["reversed"],
+    )
+    return rows, sides.astype(np.int64)
+
+
+# --- opening --------------------------------------------------------------------------------
+
+
+def default_state_dir(url: str, identity: str) -> Path:
+    if url.startswith("sqlite:///"):
+        return Path(url.removeprefix("sqlite:///") + ".state")
+    if "://" not in url:
+        return Path(url + ".state")
+    return Path("puhui-data") / f"ledger-{identity}"
+
+
+def open(  # noqa: A001 - mirrors puhui.ledger.open(path_or_url)
+    path_or_url: str | os.PathLike[str],
+    *,
+    state_dir: str | os.PathLike[str] | None = None,
+    clock: Clock | None = None,
+    options: LedgerOptions | None = None,
+) -> Ledger:
+    """Open (or create) a ledger.
+
+    ``path_or_url`` names the journal: a file path or ``sqlite:///path`` for SQLite (the
+    embedded default), or ``postgresql+psycopg://user@host:port/db`` for PostgreSQL. Derived
+    state (snapshots, transfer rows) lives in ``state_dir``: by default beside a SQLite
+    journal (``<path>.state``), or ``./puhui-data/ledger-<journal id>`` for PostgreSQL.
+    """
+    url = os.fspath(path_or_url)
+    journal = open_journal(url)
+    try:
+        directory = Path(state_dir) if state_dir is not None else default_state_dir(url, journal.identity)
+        return Ledger(journal, directory, clock=clock, options=options)
+    except BaseException:
+        journal.close()
+        raise
+
