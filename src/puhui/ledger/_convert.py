@@ -167,7 +167,9 @@ def transfers_to_array(transfers: Sequence[Transfer]) -> np.ndarray[Any, Any]:
 def check_array(events: object, dtype: np.dtype[Any]) -> np.ndarray[Any, Any]:
     """Validate a columnar batch: a 1-d array of exactly ``dtype``, at most 8,189 events."""
     if not isinstance(events, np.ndarray):
-        raise WrongTypeError(f"expected a numpy array of dtype {dtype}, got {type(events).__name__}")
+        raise WrongTypeError(
+            f"expected a numpy array of dtype {dtype}, got {type(events).__name__}"
+        )
     if events.dtype != dtype:
         names = set(events.dtype.names or ())
         unknown = sorted(names - set(dtype.names or ()))

@@ -10,6 +10,7 @@ directory is given, or in anonymous memory otherwise (verification replays, test
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 from dataclasses import dataclass
@@ -72,10 +73,9 @@ class _RowFile:
     def close(self) -> None:
         self.array = np.zeros(0, self.dtype)
         for mapped in self._maps:
-            try:
+            # A reader may still hold a view; the mapping then dies with it.
+            with contextlib.suppress(BufferError):
                 mapped.close()
-            except BufferError:  # a reader still holds a view; the mapping dies with it
-                pass
         self._maps.clear()
         if self._fd >= 0:
             os.close(self._fd)
@@ -101,7 +101,9 @@ class Engine:
         self.accounts: Array = np.zeros(1024, ACCOUNT_DTYPE)
         self.acct_slots: Array = np.zeros(2048, np.uint64)
         self._transfers = _RowFile(
-            TRANSFER_DTYPE, None if directory is None else directory / "transfers.dat", transfers_capacity
+            TRANSFER_DTYPE,
+            None if directory is None else directory / "transfers.dat",
+            transfers_capacity,
         )
         self._balances = _RowFile(
             BALANCE_DTYPE,
@@ -191,15 +193,33 @@ class Engine:
         if kind == KIND_ACCOUNTS:
             self._ensure_accounts(events.shape[0])
             K.create_accounts(
-                events, starts, nows, self.accounts, self.acct_slots, self._transfers.array,
-                self.counters, results,
+                events,
+                starts,
+                nows,
+                self.accounts,
+                self.acct_slots,
+                self._transfers.array,
+                self.counters,
+                results,
             )
         elif kind == KIND_TRANSFERS:
             self._ensure_transfers(events.shape[0])
             K.create_transfers(
-                events, starts, nows, self.accounts, self.acct_slots, self._transfers.array,
-                self.xfer_slots, self.xfer_state, self._balances.array, self.retired,
-                self.heap_deadline, self.heap_ts, self.heap_row, self.counters, results,
+                events,
+                starts,
+                nows,
+                self.accounts,
+                self.acct_slots,
+                self._transfers.array,
+                self.xfer_slots,
+                self.xfer_state,
+                self._balances.array,
+                self.retired,
+                self.heap_deadline,
+                self.heap_ts,
+                self.heap_row,
+                self.counters,
+                results,
             )
         else:
             raise ValueError(f"unknown batch kind {kind}")
@@ -210,10 +230,19 @@ class Engine:
         n = int(self.counters[K.C_HEAP])
         if n == 0 or int(self.heap_deadline[0]) > now:
             return 0
-        return min(limit, _count_due(
-            self.heap_deadline, self.heap_ts, self.heap_row, n, np.uint64(now),
-            self._transfers.array, self.xfer_state, self.n_transfers,
-        ))
+        return min(
+            limit,
+            _count_due(
+                self.heap_deadline,
+                self.heap_ts,
+                self.heap_row,
+                n,
+                np.uint64(now),
+                self._transfers.array,
+                self.xfer_state,
+                self.n_transfers,
+            ),
+        )
 
     def next_deadline(self) -> int | None:
         if int(self.counters[K.C_HEAP]) == 0:
@@ -226,8 +255,16 @@ class Engine:
             self._expired_rows = np.zeros(_pow2_at_least(limit), np.int64)
         return int(
             K.expire(
-                np.uint64(now), limit, self.accounts, self.acct_slots, self._transfers.array,
-                self.xfer_state, self.heap_deadline, self.heap_ts, self.heap_row, self.counters,
+                np.uint64(now),
+                limit,
+                self.accounts,
+                self.acct_slots,
+                self._transfers.array,
+                self.xfer_state,
+                self.heap_deadline,
+                self.heap_ts,
+                self.heap_row,
+                self.counters,
                 self._expired_rows,
             )
         )

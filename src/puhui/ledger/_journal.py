@@ -160,9 +160,12 @@ class PostgresJournal:
         try:
             self._db = psycopg.connect(autocommit=True, **kwargs)
         except psycopg.Error as error:
-            raise JournalUnavailableError(f"cannot connect to the PostgreSQL journal: {error}") from error
+            raise JournalUnavailableError(
+                f"cannot connect to the PostgreSQL journal: {error}"
+            ) from error
         self._db.execute(
-            "CREATE TABLE IF NOT EXISTS puhui_journal_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+            "CREATE TABLE IF NOT EXISTS puhui_journal_meta"
+            " (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
         )
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS puhui_journal ("
@@ -204,7 +207,8 @@ class PostgresJournal:
         expected = after_op + 1
         while True:
             rows = self._db.execute(
-                "SELECT op, checksum, payload FROM puhui_journal WHERE op >= %s ORDER BY op LIMIT %s",
+                "SELECT op, checksum, payload FROM puhui_journal"
+                " WHERE op >= %s ORDER BY op LIMIT %s",
                 (expected, READ_BATCH_RECORDS),
             ).fetchall()
             if not rows:
@@ -232,5 +236,7 @@ def open_journal(url: str) -> Journal:
     if url.startswith("sqlite:///"):
         return SqliteJournal(Path(url.removeprefix("sqlite:///")))
     if "://" in url:
-        raise JournalUnavailableError(f"unsupported journal URL scheme in {url.split('://')[0]!r}")
+        raise JournalUnavailableError(
+            f"unsupported journal URL scheme in {url.split('://', maxsplit=1)[0]!r}"
+        )
     return SqliteJournal(Path(url))

@@ -24,7 +24,8 @@ Hash tables use open addressing with linear probing. A slot holds
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+
+from ._jit import jit
 
 # --- counters -------------------------------------------------------------------------------
 C_ACCOUNTS = 0  # rows used in `accounts`
@@ -175,7 +176,7 @@ T_EXCEEDS_DEBITS = 55
 # --- 128-bit arithmetic ---------------------------------------------------------------------
 
 
-@njit(inline="always", cache=True)
+@jit(inline="always")
 def _add_overflows(a_hi: int, a_lo: int, b_hi: int, b_lo: int) -> bool:
     lo = a_lo + b_lo
     carry = ONE if lo < a_lo else ZERO
@@ -186,26 +187,26 @@ def _add_overflows(a_hi: int, a_lo: int, b_hi: int, b_lo: int) -> bool:
     return hi2 < hi
 
 
-@njit(inline="always", cache=True)
+@jit(inline="always")
 def _add(a_hi: int, a_lo: int, b_hi: int, b_lo: int) -> tuple[int, int]:
     lo = a_lo + b_lo
     carry = ONE if lo < a_lo else ZERO
     return a_hi + b_hi + carry, lo
 
 
-@njit(inline="always", cache=True)
+@jit(inline="always")
 def _sub(a_hi: int, a_lo: int, b_hi: int, b_lo: int) -> tuple[int, int]:
     """a - b, for a >= b."""
     borrow = ONE if a_lo < b_lo else ZERO
     return a_hi - b_hi - borrow, a_lo - b_lo
 
 
-@njit(inline="always", cache=True)
+@jit(inline="always")
 def _lt(a_hi: int, a_lo: int, b_hi: int, b_lo: int) -> bool:
     return a_hi < b_hi or (a_hi == b_hi and a_lo < b_lo)
 
 
-@njit(inline="always", cache=True)
+@jit(inline="always")
 def _sub_saturating(a_hi: int, a_lo: int, b_hi: int, b_lo: int) -> tuple[int, int]:
     if _lt(a_hi, a_lo, b_hi, b_lo):
         return ZERO, ZERO
@@ -215,19 +216,19 @@ def _sub_saturating(a_hi: int, a_lo: int, b_hi: int, b_lo: int) -> tuple[int, in
 # --- hashing --------------------------------------------------------------------------------
 
 
-@njit(inline="always", cache=True)
+@jit(inline="always")
 def _mix64(z: int) -> int:
     z = (z ^ (z >> U64(30))) * U64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> U64(27))) * U64(0x94D049BB133111EB)
     return z ^ (z >> U64(31))
 
 
-@njit(inline="always", cache=True)
+@jit(inline="always")
 def hash_id(lo: int, hi: int) -> int:
     return _mix64(lo ^ _mix64(hi ^ U64(0x9E3779B97F4A7C15)))
 
 
-@njit(cache=True)
+@jit()
 def index_find(slots: np.ndarray, store: np.ndarray, lo: int, hi: int) -> int:
     """Row of the object with id (hi, lo) in ``store``, or -1."""
     mask = U64(slots.shape[0] - 1)
@@ -245,7 +246,7 @@ def index_find(slots: np.ndarray, store: np.ndarray, lo: int, hi: int) -> int:
         i = (i + ONE) & mask
 
 
-@njit(cache=True)
+@jit()
 def index_insert(slots: np.ndarray, lo: int, hi: int, row: int) -> None:
     mask = U64(slots.shape[0] - 1)
     h = hash_id(lo, hi)
@@ -256,7 +257,7 @@ def index_insert(slots: np.ndarray, lo: int, hi: int, row: int) -> None:
     slots[i] = (fp << ROW_BITS) | (U64(row) + ONE)
 
 
-@njit(cache=True)
+@jit()
 def index_remove(slots: np.ndarray, lo: int, hi: int, row: int) -> None:
     """Clear the slot of (id, row). Only valid for the most recently inserted keys (LIFO)."""
     mask = U64(slots.shape[0] - 1)
@@ -270,14 +271,14 @@ def index_remove(slots: np.ndarray, lo: int, hi: int, row: int) -> None:
         i = (i + ONE) & mask
 
 
-@njit(cache=True)
+@jit()
 def index_rebuild(slots: np.ndarray, store: np.ndarray, count: int) -> None:
     slots[:] = ZERO
     for row in range(count):
         index_insert(slots, store[row].id_lo, store[row].id_hi, row)
 
 
-@njit(cache=True)
+@jit()
 def retired_contains(retired: np.ndarray, lo: int, hi: int) -> bool:
     mask = U64(retired.shape[0] - 1)
     i = hash_id(lo, hi) & mask
@@ -291,7 +292,7 @@ def retired_contains(retired: np.ndarray, lo: int, hi: int) -> bool:
         i = (i + ONE) & mask
 
 
-@njit(cache=True)
+@jit()
 def retired_insert(retired: np.ndarray, lo: int, hi: int) -> bool:
     mask = U64(retired.shape[0] - 1)
     i = hash_id(lo, hi) & mask
@@ -310,14 +311,14 @@ def retired_insert(retired: np.ndarray, lo: int, hi: int) -> bool:
 # --- expiry heap ----------------------------------------------------------------------------
 
 
-@njit(inline="always", cache=True)
+@jit(inline="always")
 def _heap_less(heap_deadline: np.ndarray, heap_ts: np.ndarray, a: int, b: int) -> bool:
     if heap_deadline[a] != heap_deadline[b]:
         return heap_deadline[a] < heap_deadline[b]
     return heap_ts[a] < heap_ts[b]
 
 
-@njit(inline="always", cache=True)
+@jit(inline="always")
 def _heap_swap(
     heap_deadline: np.ndarray, heap_ts: np.ndarray, heap_row: np.ndarray, a: int, b: int
 ) -> None:
@@ -326,7 +327,7 @@ def _heap_swap(
     heap_row[a], heap_row[b] = heap_row[b], heap_row[a]
 
 
-@njit(cache=True)
+@jit()
 def heap_push(
     heap_deadline: np.ndarray,
     heap_ts: np.ndarray,
@@ -350,7 +351,7 @@ def heap_push(
             break
 
 
-@njit(cache=True)
+@jit()
 def heap_pop(
     heap_deadline: np.ndarray, heap_ts: np.ndarray, heap_row: np.ndarray, counters: np.ndarray
 ) -> None:
@@ -379,7 +380,7 @@ def heap_pop(
 # --- helpers over state -----------------------------------------------------------------------
 
 
-@njit(inline="always", cache=True)
+@jit(inline="always")
 def _deadline_overflows(ts: int, timeout: int) -> bool:
     """Whether ts + timeout seconds >= TIMESTAMP_MAX (computed without wrapping)."""
     t = U64(timeout)
@@ -390,12 +391,12 @@ def _deadline_overflows(ts: int, timeout: int) -> bool:
     return ts + t * NS_PER_S >= TIMESTAMP_MAX
 
 
-@njit(inline="always", cache=True)
+@jit(inline="always")
 def _deadline(ts: int, timeout: int) -> int:
     return ts + U64(timeout) * NS_PER_S
 
 
-@njit(cache=True)
+@jit()
 def _sorted_contains(store: np.ndarray, count: int, ts: int) -> bool:
     """Whether a row of ``store[:count]`` (sorted by timestamp) has timestamp ``ts``."""
     lo = 0
@@ -409,12 +410,12 @@ def _sorted_contains(store: np.ndarray, count: int, ts: int) -> bool:
     return lo < count and store[lo].timestamp == ts
 
 
-@njit(inline="always", cache=True)
+@jit(inline="always")
 def _copy_account(dst: np.ndarray, i: int, src: np.ndarray, j: int) -> None:
     dst[i] = src[j]
 
 
-@njit(inline="always", cache=True)
+@jit(inline="always")
 def _write_balance(balances: np.ndarray, k: int, accounts: np.ndarray, row: int) -> None:
     b = balances[k]
     a = accounts[row]
@@ -431,7 +432,7 @@ def _write_balance(balances: np.ndarray, k: int, accounts: np.ndarray, row: int)
 # --- accounts -------------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@jit()
 def _create_account(
     ev: np.ndarray,
     slot_ts: int,
@@ -506,7 +507,7 @@ def _create_account(
     return A_CREATED, ZERO
 
 
-@njit(cache=True)
+@jit()
 def create_accounts(
     events: np.ndarray,
     starts: np.ndarray,
@@ -580,8 +581,10 @@ def create_accounts(
 # --- transfers ------------------------------------------------------------------------------
 
 
-@njit(cache=True)
-def _compare_transfer(ev: np.ndarray, e: np.ndarray, transfers: np.ndarray, xfer_slots: np.ndarray) -> int:
+@jit()
+def _compare_transfer(
+    ev: np.ndarray, e: np.ndarray, transfers: np.ndarray, xfer_slots: np.ndarray
+) -> int:
     if ev.flags != e.flags:
         return T_EXISTS_WITH_DIFFERENT_FLAGS
     if ev.pending_id_lo != e.pending_id_lo or ev.pending_id_hi != e.pending_id_hi:
@@ -648,7 +651,7 @@ def _compare_transfer(ev: np.ndarray, e: np.ndarray, transfers: np.ndarray, xfer
     return T_EXISTS
 
 
-@njit(inline="always", cache=True)
+@jit(inline="always")
 def _is_transient(status: int) -> bool:
     return (
         status == T_DEBIT_ACCOUNT_NOT_FOUND
@@ -661,7 +664,7 @@ def _is_transient(status: int) -> bool:
     )
 
 
-@njit(cache=True)
+@jit()
 def _create_transfer(
     ev: np.ndarray,
     slot_ts: int,
@@ -989,7 +992,7 @@ def _create_transfer(
     return T_CREATED, ZERO
 
 
-@njit(cache=True)
+@jit()
 def create_transfers(
     events: np.ndarray,
     starts: np.ndarray,
@@ -1096,9 +1099,10 @@ def create_transfers(
                 counters[C_WATERMARK] = watermark_before
                 for j in range(chain_start, failed):
                     results[j].status = T_LINKED_EVENT_FAILED
-                if _is_transient(np.int64(results[failed].status)):
-                    if retired_insert(retired, events[failed].id_lo, events[failed].id_hi):
-                        counters[C_RETIRED] += ONE
+                if _is_transient(np.int64(results[failed].status)) and retired_insert(
+                    retired, events[failed].id_lo, events[failed].id_hi
+                ):
+                    counters[C_RETIRED] += ONE
             i = chain_end
         end_clock = now + U64(e - s)
         if end_clock > counters[C_CLOCK]:
@@ -1108,7 +1112,7 @@ def create_transfers(
 # --- expiry ---------------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@jit()
 def expire(
     now: int,
     limit: int,

@@ -143,7 +143,9 @@ class Ledger:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
             os.close(fd)
-            raise LedgerLockedError(f"ledger state {self._state_dir} is open in another process") from error
+            raise LedgerLockedError(
+                f"ledger state {self._state_dir} is open in another process"
+            ) from error
         self._lock_fd = fd
 
     def _release_lock(self) -> None:
@@ -222,7 +224,9 @@ class Ledger:
         if self._closed:
             raise LedgerClosedError("the ledger client is closed")
         if self._failure is not None:
-            raise LedgerFailedError("the ledger stopped after a fault; reopen it") from self._failure
+            raise LedgerFailedError(
+                "the ledger stopped after a fault; reopen it"
+            ) from self._failure
         request = _Request(kind, payload, Future())
         self._queue.put(request)
         return request.future.result()
@@ -325,9 +329,7 @@ class Ledger:
                 j += 1
             batch = writes[i:j]
             events = (
-                batch[0].payload
-                if len(batch) == 1
-                else np.concatenate([r.payload for r in batch])
+                batch[0].payload if len(batch) == 1 else np.concatenate([r.payload for r in batch])
             )
             starts = np.zeros(len(batch) + 1, np.int64)
             np.cumsum([r.payload.shape[0] for r in batch], out=starts[1:])
@@ -416,7 +418,7 @@ class Ledger:
         result: Array = self._read(read)
         return result
 
-    def get_account_transfers(self, filter: AccountFilter) -> list[Transfer]:  # noqa: A002
+    def get_account_transfers(self, filter: AccountFilter) -> list[Transfer]:
         params = _account_filter(filter)
         if params is None:
             return []
@@ -428,7 +430,7 @@ class Ledger:
 
         return array_to_transfers(self._read(read))
 
-    def get_account_balances(self, filter: AccountFilter) -> list[AccountBalance]:  # noqa: A002
+    def get_account_balances(self, filter: AccountFilter) -> list[AccountBalance]:
         params = _account_filter(filter)
         if params is None:
             return []
@@ -452,10 +454,17 @@ class Ledger:
 
         def read(engine: Engine) -> Array:
             rows = Q.scan_accounts(
-                engine.accounts, engine.n_accounts, *params["user_data_128"],
-                np.uint64(params["user_data_64"]), params["user_data_32"], params["ledger"],
-                params["code"], np.uint64(params["timestamp_min"]),
-                np.uint64(params["timestamp_max"]), params["limit"], params["reversed"],
+                engine.accounts,
+                engine.n_accounts,
+                *params["user_data_128"],
+                np.uint64(params["user_data_64"]),
+                params["user_data_32"],
+                params["ledger"],
+                params["code"],
+                np.uint64(params["timestamp_min"]),
+                np.uint64(params["timestamp_max"]),
+                params["limit"],
+                params["reversed"],
             )
             copied: Array = engine.accounts[rows].copy()
             return copied
@@ -469,11 +478,22 @@ class Ledger:
 
         def read(engine: Engine) -> Array:
             rows, _ = Q.scan_transfers(
-                engine.transfers, engine.n_transfers, np.uint64(0), np.uint64(0), False, False,
-                False, *params["user_data_128"], np.uint64(params["user_data_64"]),
-                params["user_data_32"], params["ledger"], params["code"],
-                np.uint64(params["timestamp_min"]), np.uint64(params["timestamp_max"]),
-                params["limit"], params["reversed"],
+                engine.transfers,
+                engine.n_transfers,
+                np.uint64(0),
+                np.uint64(0),
+                False,
+                False,
+                False,
+                *params["user_data_128"],
+                np.uint64(params["user_data_64"]),
+                params["user_data_32"],
+                params["ledger"],
+                params["code"],
+                np.uint64(params["timestamp_min"]),
+                np.uint64(params["timestamp_max"]),
+                params["limit"],
+                params["reversed"],
             )
             copied: Array = engine.transfers[rows].copy()
             return copied
@@ -515,7 +535,7 @@ def apply_record(engine: Engine, payload: bytes) -> None:
     entries = decode_group(payload)
     i = 0
     while i < len(entries):
-        kind, count, now, events = entries[i]
+        kind, count, now, _ = entries[i]
         if kind == KIND_PULSE:
             engine.pulse(now, count)
             i += 1
@@ -577,7 +597,9 @@ def _check_limit(limit: int) -> None:
 
 
 def _timestamps_valid(minimum: int, maximum: int) -> bool:
-    return minimum < TIMESTAMP_MAX and maximum < TIMESTAMP_MAX and (maximum == 0 or minimum <= maximum)
+    return (
+        minimum < TIMESTAMP_MAX and maximum < TIMESTAMP_MAX and (maximum == 0 or minimum <= maximum)
+    )
 
 
 def _account_filter(f: AccountFilter) -> dict[str, Any] | None:
@@ -634,11 +656,22 @@ def _query_filter(f: QueryFilter) -> dict[str, Any] | None:
 def _scan_account(engine: Engine, params: dict[str, Any]) -> tuple[Array, Array]:
     lo, hi = params["account"]
     rows, sides = Q.scan_transfers(
-        engine.transfers, engine.n_transfers, np.uint64(lo), np.uint64(hi), True,
-        params["debits"], params["credits"], *params["user_data_128"],
-        np.uint64(params["user_data_64"]), params["user_data_32"], 0, params["code"],
-        np.uint64(params["timestamp_min"]), np.uint64(params["timestamp_max"]),
-        params["limit"], params["reversed"],
+        engine.transfers,
+        engine.n_transfers,
+        np.uint64(lo),
+        np.uint64(hi),
+        True,
+        params["debits"],
+        params["credits"],
+        *params["user_data_128"],
+        np.uint64(params["user_data_64"]),
+        params["user_data_32"],
+        0,
+        params["code"],
+        np.uint64(params["timestamp_min"]),
+        np.uint64(params["timestamp_max"]),
+        params["limit"],
+        params["reversed"],
     )
     return rows, sides.astype(np.int64)
 
@@ -654,7 +687,7 @@ def default_state_dir(url: str, identity: str) -> Path:
     return Path("puhui-data") / f"ledger-{identity}"
 
 
-def open(  # noqa: A001 - mirrors puhui.ledger.open(path_or_url)
+def open(
     path_or_url: str | os.PathLike[str],
     *,
     state_dir: str | os.PathLike[str] | None = None,
@@ -671,9 +704,10 @@ def open(  # noqa: A001 - mirrors puhui.ledger.open(path_or_url)
     url = os.fspath(path_or_url)
     journal = open_journal(url)
     try:
-        directory = Path(state_dir) if state_dir is not None else default_state_dir(url, journal.identity)
+        directory = (
+            Path(state_dir) if state_dir is not None else default_state_dir(url, journal.identity)
+        )
         return Ledger(journal, directory, clock=clock, options=options)
     except BaseException:
         journal.close()
         raise
-

@@ -7,8 +7,8 @@ appended in timestamp order and chain rollback only ever removes rows that no re
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
+from ._jit import jit
 from ._kernel import (
     AF_HISTORY,
     STATE_EXPIRED,
@@ -25,8 +25,10 @@ from ._kernel import (
 )
 
 
-@njit(cache=True)
-def find_rows(slots: np.ndarray, store: np.ndarray, ids_lo: np.ndarray, ids_hi: np.ndarray) -> np.ndarray:
+@jit()
+def find_rows(
+    slots: np.ndarray, store: np.ndarray, ids_lo: np.ndarray, ids_hi: np.ndarray
+) -> np.ndarray:
     """Rows of the given ids (-1 where missing)."""
     out = np.empty(ids_lo.shape[0], dtype=np.int64)
     for i in range(ids_lo.shape[0]):
@@ -34,7 +36,7 @@ def find_rows(slots: np.ndarray, store: np.ndarray, ids_lo: np.ndarray, ids_hi: 
     return out
 
 
-@njit(cache=True)
+@jit()
 def scan_transfers(
     transfers: np.ndarray,
     count: int,
@@ -93,9 +95,15 @@ def scan_transfers(
         t = transfers[row]
         side = 0
         if by_account:
-            is_debit = debits and t.debit_account_id_lo == account_lo and t.debit_account_id_hi == account_hi
+            is_debit = (
+                debits
+                and t.debit_account_id_lo == account_lo
+                and t.debit_account_id_hi == account_hi
+            )
             is_credit = (
-                credits and t.credit_account_id_lo == account_lo and t.credit_account_id_hi == account_hi
+                credits
+                and t.credit_account_id_lo == account_lo
+                and t.credit_account_id_hi == account_hi
             )
             if not is_debit and not is_credit:
                 continue
@@ -118,7 +126,7 @@ def scan_transfers(
     return rows[:found], sides[:found]
 
 
-@njit(cache=True)
+@jit()
 def scan_accounts(
     accounts: np.ndarray,
     count: int,
@@ -162,12 +170,12 @@ def scan_accounts(
     return rows[:found]
 
 
-@njit(cache=True)
+@jit()
 def account_has_history(accounts: np.ndarray, row: int) -> bool:
     return (np.int64(accounts[row].flags) & AF_HISTORY) != 0
 
 
-@njit(cache=True)
+@jit()
 def recompute_balances(
     accounts: np.ndarray,
     acct_slots: np.ndarray,
@@ -227,8 +235,10 @@ def recompute_balances(
     return -1
 
 
-@njit(cache=True)
-def sum_by_ledger(accounts: np.ndarray, n_accounts: int, ledgers: np.ndarray, sums: np.ndarray) -> None:
+@jit()
+def sum_by_ledger(
+    accounts: np.ndarray, n_accounts: int, ledgers: np.ndarray, sums: np.ndarray
+) -> None:
     """Add each account's balances into ``sums[k]`` where ``ledgers[k]`` is its ledger.
 
     ``sums`` is uint64[len(ledgers), 4 balances, 5 limbs of 32 bits] so nothing overflows for

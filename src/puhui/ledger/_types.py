@@ -374,6 +374,6 @@ class _IdGenerator:
 _id_generator = _IdGenerator()
 
 
-def id() -> int:  # noqa: A001 - the official client's name
+def id() -> int:
     """Return a new unique, time-sortable 128-bit id (as ``tigerbeetle.id()``)."""
     return _id_generator.generate()

@@ -73,8 +73,13 @@ def _check(engine: Engine, journal_ops: int, replay: Engine) -> VerifyReport:
     n = engine.n_accounts
     recomputed = np.zeros(n, BALANCE_DTYPE)
     bad_row = Q.recompute_balances(
-        engine.accounts, engine.acct_slots, n, engine.transfers, engine.xfer_state,
-        engine.n_transfers, recomputed,
+        engine.accounts,
+        engine.acct_slots,
+        n,
+        engine.transfers,
+        engine.xfer_state,
+        engine.n_transfers,
+        recomputed,
     )
     if bad_row >= 0:
         report.problems.append(f"transfer row {bad_row} is inconsistent with its two-phase state")
