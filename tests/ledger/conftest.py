@@ -1,25 +1,34 @@
 """Fixtures for the ledger conformance tests.
 
-``harness`` runs each test once per implementation in ``HARNESS_FACTORIES``; every harness starts
-with its clock at ``now == 100`` and no accounts. Add an implementation by adding an entry.
+``harness`` runs each test once per implementation: the pure-Python reference model, and the
+real engine journalling to SQLite and to PostgreSQL (the latter when PUHUI_TEST_DATABASE_URL
+is set). Every harness starts with its clock at ``now == 100`` and no accounts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from tests.ledger.engine_harness import EngineHarness
 from tests.ledger.harness import LedgerHarness, ReferenceHarness
 
 HARNESS_START = 100
 
-HARNESS_FACTORIES: dict[str, Callable[[], LedgerHarness]] = {
-    "reference": lambda: ReferenceHarness(now=HARNESS_START),
-}
 
-
-@pytest.fixture(params=sorted(HARNESS_FACTORIES))
-def harness(request: pytest.FixtureRequest) -> LedgerHarness:
+@pytest.fixture(params=["reference", "engine-sqlite", "engine-postgresql"])
+def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LedgerHarness]:
     name: str = request.param
-    return HARNESS_FACTORIES[name]()
+    if name == "reference":
+        yield ReferenceHarness(now=HARNESS_START)
+        return
+    url = None
+    if name == "engine-postgresql":
+        url = request.getfixturevalue("postgres_schema_url")
+    engine = EngineHarness(tmp_path, now=HARNESS_START, url=url)
+    try:
+        yield engine
+    finally:
+        engine.close()

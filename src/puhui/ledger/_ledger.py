@@ -317,7 +317,7 @@ class Ledger:
                 except Exception as error:  # a read's own error goes to its caller
                     request.future.set_exception(error)
             elif request.kind in (_TICK, _CLOSE):
-                request.future.set_result(None)
+                request.future.set_result(pulse_count)
         if self._events_since_snapshot >= self._options.snapshot_interval_events:
             self._start_snapshot()
 
@@ -362,9 +362,13 @@ class Ledger:
     def _read(self, fn: Callable[[Engine], Any]) -> Any:
         return self._submit(_READ, fn)
 
-    def tick(self) -> None:
-        """Let the writer run due expiries now (they also run on their own at each deadline)."""
-        self._submit(_TICK, None)
+    def tick(self) -> int:
+        """Run due expiries now (they also run by themselves at each deadline).
+
+        Returns how many pending transfers this call expired.
+        """
+        expired: int = self._submit(_TICK, None)
+        return expired
 
     # --- the TigerBeetle API ----------------------------------------------------------------
 

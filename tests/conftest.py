@@ -1,0 +1,49 @@
+"""Fixtures shared by the whole suite: journal backends (SQLite always, PostgreSQL in CI)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+POSTGRES_ENV = "PUHUI_TEST_DATABASE_URL"
+
+
+def postgres_url() -> str | None:
+    return os.environ.get(POSTGRES_ENV) or None
+
+
+def _psycopg_conninfo(url: str) -> str:
+    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+@pytest.fixture
+def postgres_schema_url() -> Iterator[str]:
+    """A URL whose connections use a fresh, empty schema (dropped afterwards)."""
+    url = postgres_url()
+    if url is None:
+        pytest.skip(f"PostgreSQL tests need {POSTGRES_ENV} (CI sets it; .ci/run exports it)")
+    import psycopg
+
+    schema = f"puhui_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(_psycopg_conninfo(url), autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    separator = "&" if "?" in url else "?"
+    try:
+        yield f"{url}{separator}options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(_psycopg_conninfo(url), autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def journal_url(request: pytest.FixtureRequest, tmp_path: object) -> str:
+    """The journal of a fresh ledger, on each backend."""
+    from pathlib import Path
+
+    if request.param == "sqlite":
+        return str(Path(str(tmp_path)) / "journal.sqlite")
+    url: str = request.getfixturevalue("postgres_schema_url")
+    return url

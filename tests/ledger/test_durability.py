@@ -1,0 +1,367 @@
+"""The durable ledger: input validation, journal integrity, snapshots, recovery, locking."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from puhui.clock import ManualClock
+from puhui.ledger import (
+    ACCOUNT_DTYPE,
+    AMOUNT_MAX,
+    BATCH_EVENTS_MAX,
+    RESULT_DTYPE,
+    TRANSFER_DTYPE,
+    Account,
+    AccountFilter,
+    AccountFilterFlags,
+    AccountFlags,
+    BatchTooLargeError,
+    CreateAccountStatus,
+    CreateTransferStatus,
+    FieldOutOfRangeError,
+    JournalCorruptError,
+    Ledger,
+    LedgerClosedError,
+    LedgerLockedError,
+    LedgerOptions,
+    QueryFilter,
+    QueryFilterFlags,
+    TooMuchDataError,
+    Transfer,
+    TransferFlags,
+    UnknownFieldError,
+    WrongTypeError,
+    account_from_mapping,
+    open,
+    transfer_from_mapping,
+    verify,
+)
+
+ALL = AccountFilterFlags.DEBITS | AccountFilterFlags.CREDITS
+
+
+def _accounts(ledger: Ledger, n: int = 4) -> None:
+    results = ledger.create_accounts(
+        [
+            Account(id=i, ledger=1, code=1, flags=AccountFlags.HISTORY if i % 2 else AccountFlags.NONE)
+            for i in range(1, n + 1)
+        ]
+    )
+    assert all(r.status == CreateAccountStatus.CREATED for r in results)
+
+
+def _transfer(i: int, amount: int = 10, **kw: object) -> Transfer:
+    fields: dict[str, object] = {
+        "id": i,
+        "debit_account_id": 1,
+        "credit_account_id": 2,
+        "amount": amount,
+        "ledger": 1,
+        "code": 1,
+    }
+    fields.update(kw)
+    return Transfer(**fields)  # type: ignore[arg-type]
+
+
+def _state(ledger: Ledger) -> tuple[bytes, bytes, bytes]:
+    def read(engine: object) -> tuple[bytes, bytes, bytes]:
+        e = engine  # Engine
+        return (
+            e.accounts[: e.n_accounts].tobytes(),  # type: ignore[attr-defined]
+            e.transfers[: e.n_transfers].tobytes(),  # type: ignore[attr-defined]
+            e.xfer_state[: e.n_transfers].tobytes(),  # type: ignore[attr-defined]
+        )
+
+    state: tuple[bytes, bytes, bytes] = ledger.read_state(read)
+    return state
+
+
+@pytest.fixture
+def ledger(journal_url: str, tmp_path: Path) -> Ledger:
+    led = open(journal_url, state_dir=tmp_path / "state")
+    _accounts(led)
+    yield led  # type: ignore[misc]
+    led.close()
+
+
+# --- bad input --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("event", "error"),
+    [
+        (_transfer(1, amount=-1), FieldOutOfRangeError),
+        (_transfer(1, amount=AMOUNT_MAX + 1), FieldOutOfRangeError),
+        (_transfer(1 << 128), FieldOutOfRangeError),
+        (_transfer(1, ledger=1 << 32), FieldOutOfRangeError),
+        (_transfer(1, code=1 << 16), FieldOutOfRangeError),
+        (_transfer(1, flags=1 << 16), FieldOutOfRangeError),
+        (_transfer(1, amount=1.5), WrongTypeError),
+        (_transfer(1, amount="10"), WrongTypeError),
+        (_transfer(1, debit_account_id=None), WrongTypeError),
+        (Account(id=1, ledger=1, code=1), WrongTypeError),
+        ({"id": 1}, WrongTypeError),
+    ],
+)
+def test_bad_transfer_input_is_rejected_and_changes_nothing(
+    ledger: Ledger, event: object, error: type[Exception]
+) -> None:
+    before = _state(ledger)
+    op = ledger.last_op
+    with pytest.raises(error) as raised:
+        ledger.create_transfers([_transfer(100), event])  # type: ignore[list-item]
+    assert raised.value.details.get("index", 1) == 1  # type: ignore[attr-defined]
+    assert _state(ledger) == before
+    assert ledger.last_op == op  # nothing was journalled
+
+
+def test_bad_account_input_is_rejected(ledger: Ledger) -> None:
+    before = _state(ledger)
+    with pytest.raises(FieldOutOfRangeError):
+        ledger.create_accounts([Account(id=9, ledger=1, code=1, user_data_32=-5)])
+    with pytest.raises(WrongTypeError):
+        ledger.create_accounts([Account(id=9, ledger="1", code=1)])  # type: ignore[arg-type]
+    assert _state(ledger) == before
+
+
+def test_batch_over_the_limit_is_rejected(ledger: Ledger) -> None:
+    before = _state(ledger)
+    batch = [_transfer(1000 + i, amount=1) for i in range(BATCH_EVENTS_MAX + 1)]
+    with pytest.raises(BatchTooLargeError):
+        ledger.create_transfers(batch)
+    with pytest.raises(BatchTooLargeError):
+        ledger.lookup_transfers(list(range(1, BATCH_EVENTS_MAX + 2)))
+    assert _state(ledger) == before
+    results = ledger.create_transfers(batch[:BATCH_EVENTS_MAX])
+    assert len(results) == BATCH_EVENTS_MAX
+    assert {r.status for r in results} == {CreateTransferStatus.CREATED}
+
+
+def test_columnar_input_must_have_the_ledger_layout(ledger: Ledger) -> None:
+    wrong = np.zeros(2, dtype=[("id_lo", "<u8"), ("amount", "<f8")])
+    with pytest.raises(UnknownFieldError) as raised:
+        ledger.create_transfers_array(wrong)
+    assert "amount" in raised.value.details["unknown"]  # type: ignore[attr-defined]
+    with pytest.raises(UnknownFieldError):
+        ledger.create_transfers_array(np.zeros(2, ACCOUNT_DTYPE))
+    with pytest.raises(WrongTypeError):
+        ledger.create_transfers_array([1, 2])  # type: ignore[arg-type]
+    with pytest.raises(WrongTypeError):
+        ledger.create_transfers_array(np.zeros((2, 2), TRANSFER_DTYPE))
+
+
+def test_mapping_constructors_reject_unknown_fields() -> None:
+    t = transfer_from_mapping({"id": 5, "amount": 7, "flags": 2})
+    assert t.amount == 7
+    assert t.flags == TransferFlags.PENDING
+    assert account_from_mapping({"id": 1, "ledger": 2, "code": 3}).ledger == 2
+    with pytest.raises(UnknownFieldError):
+        transfer_from_mapping({"id": 5, "amont": 7})
+    with pytest.raises(FieldOutOfRangeError):
+        transfer_from_mapping({"id": -5})
+    with pytest.raises(WrongTypeError):
+        account_from_mapping({"id": "5"})
+
+
+def test_too_much_data_for_a_query(ledger: Ledger) -> None:
+    with pytest.raises(TooMuchDataError):
+        ledger.get_account_transfers(AccountFilter(1, 0, 0, 0, 0, 0, 0, BATCH_EVENTS_MAX + 1, ALL))
+    with pytest.raises(TooMuchDataError):
+        ledger.query_transfers(QueryFilter(0, 0, 0, 0, 0, 0, 0, BATCH_EVENTS_MAX + 1, QueryFilterFlags.NONE))
+    assert ledger.get_account_transfers(AccountFilter(1, 0, 0, 0, 0, 0, 0, BATCH_EVENTS_MAX, ALL)) == []
+
+
+# --- columnar API ---------------------------------------------------------------------------
+
+
+def test_columnar_and_object_apis_agree(tmp_path: Path) -> None:
+    transfers = [
+        _transfer(10),
+        _transfer(11, flags=TransferFlags.PENDING, timeout=5),
+        _transfer(12, amount=AMOUNT_MAX),
+        _transfer(10),
+        _transfer(13, flags=TransferFlags.LINKED),
+        _transfer(14, debit_account_id=99),
+    ]
+    outcomes = []
+    for name in ("objects", "columns"):
+        led = open(tmp_path / f"{name}.sqlite", clock=ManualClock(1000))
+        try:
+            _accounts(led)
+            if name == "objects":
+                results = [(r.timestamp, int(r.status)) for r in led.create_transfers(transfers)]
+            else:
+                from puhui.ledger._convert import transfers_to_array
+
+                array = led.create_transfers_array(transfers_to_array(transfers))
+                assert array.dtype == RESULT_DTYPE
+                results = list(zip(array["timestamp"].tolist(), array["status"].tolist(), strict=True))
+            outcomes.append((results, led.lookup_accounts([1, 2])))
+        finally:
+            led.close()
+    assert outcomes[0] == outcomes[1]
+
+
+# --- durability -------------------------------------------------------------------------
+
+
+def test_reopen_replays_the_journal_to_the_same_state(journal_url: str, tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    options = LedgerOptions(snapshot_interval_events=7)  # several snapshots along the way
+    led = open(journal_url, state_dir=state_dir, options=options)
+    _accounts(led, 6)
+    for batch in range(20):
+        base = 1000 + batch * 10
+        led.create_transfers(
+            [
+                _transfer(base, amount=3),
+                _transfer(base + 1, flags=TransferFlags.PENDING, amount=5),
+                _transfer(base + 2, flags=TransferFlags.POST_PENDING_TRANSFER, pending_id=base + 1,
+                          amount=2, debit_account_id=0, credit_account_id=0, ledger=0, code=0),
+                _transfer(base + 3, debit_account_id=3, credit_account_id=4,
+                          flags=TransferFlags.LINKED),
+                _transfer(base + 4, debit_account_id=77),  # fails: the chain rolls back
+            ]
+        )
+    before = _state(led)
+    assert verify(led).ok
+    led.close()
+    # Recovery from the newest snapshot plus the journal after it.
+    led = open(journal_url, state_dir=state_dir, options=options)
+    try:
+        assert _state(led) == before
+        assert verify(led).ok
+        # Burned ids survive recovery.
+        [again] = led.create_transfers([_transfer(1004)])
+        assert again.status == CreateTransferStatus.ID_ALREADY_FAILED
+    finally:
+        led.close()
+    # Without any snapshot (state lost): the journal alone rebuilds everything.
+    import shutil
+
+    shutil.rmtree(state_dir)
+    led = open(journal_url, state_dir=state_dir, options=options)
+    try:
+        assert _state(led) == before  # the burned-id attempt changed nothing
+        assert verify(led).ok
+    finally:
+        led.close()
+
+
+def test_a_second_process_cannot_open_the_same_ledger(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite"
+    led = open(path)
+    try:
+        with pytest.raises(LedgerLockedError):
+            open(path)
+    finally:
+        led.close()
+    open(path).close()  # released on close
+
+
+def test_closed_client_raises(tmp_path: Path) -> None:
+    led = open(tmp_path / "journal.sqlite")
+    led.close()
+    led.close()  # idempotent
+    with pytest.raises(LedgerClosedError):
+        led.lookup_accounts([1])
+
+
+def test_corrupt_journal_record_is_detected(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite"
+    led = open(path, state_dir=tmp_path / "state")
+    _accounts(led)
+    led.create_transfers([_transfer(1)])
+    led.close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE journal SET payload = zeroblob(length(payload)) WHERE op = 2")
+    db.commit()
+    db.close()
+    import shutil
+
+    shutil.rmtree(tmp_path / "state")  # force a replay through the damaged record
+    with pytest.raises(JournalCorruptError):
+        open(path, state_dir=tmp_path / "state")
+
+
+def test_state_of_another_journal_is_rebuilt(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    led = open(tmp_path / "a.sqlite", state_dir=state_dir)
+    _accounts(led)
+    led.close()
+    other = open(tmp_path / "b.sqlite", state_dir=state_dir)
+    try:
+        assert other.lookup_accounts([1, 2]) == []
+        assert verify(other).ok
+    finally:
+        other.close()
+
+
+def test_expiry_is_journalled_and_survives_recovery(tmp_path: Path) -> None:
+    clock = ManualClock(1_000)
+    path = tmp_path / "journal.sqlite"
+    led = open(path, state_dir=tmp_path / "state", clock=clock)
+    _accounts(led)
+    [created] = led.create_transfers([_transfer(5, flags=TransferFlags.PENDING, timeout=1)])
+    assert created.status == CreateTransferStatus.CREATED
+    assert led.lookup_accounts([1])[0].debits_pending == 10
+    clock.set(created.timestamp + 1_000_000_000)
+    assert led.tick() == 1
+    assert led.lookup_accounts([1])[0].debits_pending == 0
+    [post] = led.create_transfers(
+        [Transfer(id=6, pending_id=5, amount=AMOUNT_MAX, flags=TransferFlags.POST_PENDING_TRANSFER)]
+    )
+    assert post.status == CreateTransferStatus.PENDING_TRANSFER_EXPIRED
+    led.close()
+    led = open(path, state_dir=tmp_path / "state", clock=clock)
+    try:
+        assert led.lookup_accounts([1])[0].debits_pending == 0
+        [again] = led.create_transfers(
+            [Transfer(id=6, pending_id=5, flags=TransferFlags.VOID_PENDING_TRANSFER)]
+        )
+        assert again.status == CreateTransferStatus.PENDING_TRANSFER_EXPIRED
+        assert verify(led).ok
+    finally:
+        led.close()
+
+
+def test_history_balances_and_queries_after_recovery(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite"
+    led = open(path, state_dir=tmp_path / "state")
+    _accounts(led)
+    led.create_transfers([_transfer(i, amount=i) for i in range(1, 6)])
+    balances = led.get_account_balances(AccountFilter(1, 0, 0, 0, 0, 0, 0, 10, ALL))
+    transfers = led.get_account_transfers(
+        AccountFilter(1, 0, 0, 0, 0, 0, 0, 10, ALL | AccountFilterFlags.REVERSED)
+    )
+    led.close()
+    led = open(path, state_dir=tmp_path / "state")
+    try:
+        assert [b.debits_posted for b in balances] == [1, 3, 6, 10, 15]
+        assert led.get_account_balances(AccountFilter(1, 0, 0, 0, 0, 0, 0, 10, ALL)) == balances
+        assert [t.id for t in transfers] == [5, 4, 3, 2, 1]
+        # Account 2 has no history flag.
+        assert led.get_account_balances(AccountFilter(2, 0, 0, 0, 0, 0, 0, 10, ALL)) == []
+    finally:
+        led.close()
+
+
+def test_results_are_returned_for_every_event(ledger: Ledger) -> None:
+    array = np.zeros(3, TRANSFER_DTYPE)
+    array["id_lo"] = [1, 2, 0]
+    array["debit_account_id_lo"] = 1
+    array["credit_account_id_lo"] = 2
+    array["amount_lo"] = 1
+    array["ledger"] = 1
+    array["code"] = 1
+    results = ledger.create_transfers_array(array)
+    assert results["status"].tolist() == [
+        CreateTransferStatus.CREATED,
+        CreateTransferStatus.CREATED,
+        CreateTransferStatus.ID_MUST_NOT_BE_ZERO,
+    ]
+    assert results["timestamp"][1] == results["timestamp"][0] + 1
