@@ -22,6 +22,7 @@ import numpy.typing as npt
 
 from . import _kernel as K
 from . import _queries as Q
+from ._convert import BATCH_EVENTS_MAX
 from ._types import ACCOUNT_DTYPE, BALANCE_DTYPE, RESULT_DTYPE, TRANSFER_DTYPE
 
 KIND_ACCOUNTS = 1
@@ -117,6 +118,11 @@ class Engine:
         self.heap_ts: Array = np.zeros(64, np.uint64)
         self.heap_row: Array = np.zeros(64, np.int64)
         self._expired_rows: Array = np.zeros(64, np.int64)
+        # Undo log for linked chains; a chain never spans requests, so one batch bounds it.
+        self._undo_rows: Array = np.zeros(2 * BATCH_EVENTS_MAX + 2, np.int64)
+        self._undo_accounts: Array = np.zeros(2 * BATCH_EVENTS_MAX + 2, ACCOUNT_DTYPE)
+        self._undo_state_rows: Array = np.zeros(BATCH_EVENTS_MAX + 1, np.int64)
+        self._undo_state_values: Array = np.zeros(BATCH_EVENTS_MAX + 1, np.uint8)
 
     # --- counters ---------------------------------------------------------------------------
 
@@ -219,6 +225,10 @@ class Engine:
                 self.heap_ts,
                 self.heap_row,
                 self.counters,
+                self._undo_rows,
+                self._undo_accounts,
+                self._undo_state_rows,
+                self._undo_state_values,
                 results,
             )
         else:

@@ -228,7 +228,7 @@ def hash_id(lo: int, hi: int) -> int:
     return _mix64(lo ^ _mix64(hi ^ U64(0x9E3779B97F4A7C15)))
 
 
-@jit()
+@jit(inline="always")
 def index_find(slots: np.ndarray, store: np.ndarray, lo: int, hi: int) -> int:
     """Row of the object with id (hi, lo) in ``store``, or -1."""
     mask = U64(slots.shape[0] - 1)
@@ -246,7 +246,7 @@ def index_find(slots: np.ndarray, store: np.ndarray, lo: int, hi: int) -> int:
         i = (i + ONE) & mask
 
 
-@jit()
+@jit(inline="always")
 def index_insert(slots: np.ndarray, lo: int, hi: int, row: int) -> None:
     mask = U64(slots.shape[0] - 1)
     h = hash_id(lo, hi)
@@ -278,7 +278,7 @@ def index_rebuild(slots: np.ndarray, store: np.ndarray, count: int) -> None:
         index_insert(slots, store[row].id_lo, store[row].id_hi, row)
 
 
-@jit()
+@jit(inline="always")
 def retired_contains(retired: np.ndarray, lo: int, hi: int) -> bool:
     mask = U64(retired.shape[0] - 1)
     i = hash_id(lo, hi) & mask
@@ -396,7 +396,7 @@ def _deadline(ts: int, timeout: int) -> int:
     return ts + U64(timeout) * NS_PER_S
 
 
-@jit()
+@jit(inline="always")
 def _sorted_contains(store: np.ndarray, count: int, ts: int) -> bool:
     """Whether a row of ``store[:count]`` (sorted by timestamp) has timestamp ``ts``."""
     lo = 0
@@ -432,7 +432,7 @@ def _write_balance(balances: np.ndarray, k: int, accounts: np.ndarray, row: int)
 # --- accounts -------------------------------------------------------------------------------
 
 
-@jit()
+@jit(inline="always")
 def _create_account(
     ev: np.ndarray,
     slot_ts: int,
@@ -581,7 +581,7 @@ def create_accounts(
 # --- transfers ------------------------------------------------------------------------------
 
 
-@jit()
+@jit(inline="always")
 def _compare_transfer(
     ev: np.ndarray, e: np.ndarray, transfers: np.ndarray, xfer_slots: np.ndarray
 ) -> int:
@@ -664,7 +664,7 @@ def _is_transient(status: int) -> bool:
     )
 
 
-@jit()
+@jit(inline="always")
 def _create_transfer(
     ev: np.ndarray,
     slot_ts: int,
@@ -905,12 +905,14 @@ def _create_transfer(
                 return T_EXCEEDS_DEBITS, ZERO
 
     # --- all checks passed: commit ---
-    k = undo_counts[0]
-    undo_rows[k] = dr_row
-    _copy_account(undo_accounts, k, accounts, dr_row)
-    undo_rows[k + 1] = cr_row
-    _copy_account(undo_accounts, k + 1, accounts, cr_row)
-    undo_counts[0] = k + 2
+    recording = undo_counts[2] != 0  # only chains of several events can need an undo
+    if recording:
+        k = undo_counts[0]
+        undo_rows[k] = dr_row
+        _copy_account(undo_accounts, k, accounts, dr_row)
+        undo_rows[k + 1] = cr_row
+        _copy_account(undo_accounts, k + 1, accounts, cr_row)
+        undo_counts[0] = k + 2
 
     if prow >= 0:
         p = transfers[prow]
@@ -920,10 +922,11 @@ def _create_transfer(
         cr.credits_pending_hi, cr.credits_pending_lo = _sub(
             cr.credits_pending_hi, cr.credits_pending_lo, p.amount_hi, p.amount_lo
         )
-        m = undo_counts[1]
-        undo_state_rows[m] = prow
-        undo_state_values[m] = xfer_state[prow]
-        undo_counts[1] = m + 1
+        if recording:
+            m = undo_counts[1]
+            undo_state_rows[m] = prow
+            undo_state_values[m] = xfer_state[prow]
+            undo_counts[1] = m + 1
         xfer_state[prow] = STATE_POSTED if post else STATE_VOIDED
         if void:
             pflags = np.int64(p.flags)
@@ -1008,20 +1011,20 @@ def create_transfers(
     heap_ts: np.ndarray,
     heap_row: np.ndarray,
     counters: np.ndarray,
+    undo_rows: np.ndarray,
+    undo_accounts: np.ndarray,
+    undo_state_rows: np.ndarray,
+    undo_state_values: np.ndarray,
     results: np.ndarray,
 ) -> None:
     """Apply transfer batches ``events[starts[b]:starts[b+1]]``, each with clock ``nows[b]``.
 
     The caller ensures capacity: ``transfers``/``xfer_state``/``balances`` for every event,
     hash tables below half load after insertion, ``retired`` and the heap with room for
-    every event. Linked chains are all-or-nothing; a failed chain is undone from an undo log.
+    every event. Linked chains are all-or-nothing; a failed chain is undone from an undo log
+    (``undo_*``: room for two accounts and one two-phase state per event of the longest chain).
     """
-    n_events = events.shape[0]
-    undo_rows = np.empty(2 * n_events + 2, dtype=np.int64)
-    undo_accounts = np.empty(2 * n_events + 2, dtype=accounts.dtype)
-    undo_state_rows = np.empty(n_events + 1, dtype=np.int64)
-    undo_state_values = np.empty(n_events + 1, dtype=np.uint8)
-    undo_counts = np.zeros(2, dtype=np.int64)
+    undo_counts = np.zeros(3, dtype=np.int64)
     for b in range(starts.shape[0] - 1):
         s = starts[b]
         e = starts[b + 1]
@@ -1040,6 +1043,7 @@ def create_transfers(
             watermark_before = counters[C_WATERMARK]
             undo_counts[0] = 0
             undo_counts[1] = 0
+            undo_counts[2] = 1 if chain_end - chain_start > 1 else 0
             failed = -1
             for j in range(chain_start, chain_end):
                 ev = events[j]

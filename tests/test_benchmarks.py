@@ -1,0 +1,40 @@
+"""The benchmark scripts run (a smoke run) and print their figures as JSON; speed is not asserted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_ledger_benchmark_quick_run_prints_json(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "ledger.py"),
+            "--quick",
+            "--json",
+            "--transfers",
+            "3000",
+            "--baseline-transfers",
+            "50",
+            "--variants",
+            "tigerbeetle,zipf,accounts_1m,concurrent_64",
+            "--workdir",
+            str(tmp_path),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    for variant in ("tigerbeetle", "zipf", "accounts_1m", "concurrent_64"):
+        figures = report[variant]
+        assert figures["transfers_per_s"] > 0
+        assert figures["batch_p99_ms"] >= figures["batch_p50_ms"] > 0
+        assert figures["baseline_transfers_per_s"] > 0
+        assert figures["verify_ok"] is True
