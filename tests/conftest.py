@@ -38,12 +38,14 @@ def postgres_schema_url() -> Iterator[str]:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "file", "postgresql"])
 def journal_url(request: pytest.FixtureRequest, tmp_path: object) -> str:
     """The journal of a fresh ledger, on each backend."""
     from pathlib import Path
 
     if request.param == "sqlite":
         return str(Path(str(tmp_path)) / "journal.sqlite")
+    if request.param == "file":
+        return f"file://{Path(str(tmp_path)) / 'journal'}"
     url: str = request.getfixturevalue("postgres_schema_url")
     return url

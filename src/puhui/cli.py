@@ -693,7 +693,7 @@ def demo(
             run_id = tb.id()
             tour = _Demo(ledger, run_id)
             console.print(f"[bold]Puhui ledger demo[/] - ledger {escape(_display_url(url))}")
-            console.print(f"run {run_id}: every id below derives from it")
+            console.print(f"run {run_id} (all ids of this run derive from it)")
             tour.run()
             balances = tour.balances()
             history = tour.merchant_history()

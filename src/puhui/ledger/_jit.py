@@ -9,6 +9,10 @@ from numba import njit
 
 
 def jit(*, inline: Literal["never", "always"] = "never") -> Callable[[Callable[..., Any]], Any]:
-    """Compile a function with numba in nopython mode; the result is typed ``Any``."""
-    decorator: Callable[[Callable[..., Any]], Any] = njit(cache=True, inline=inline)
+    """Compile a function with numba in nopython mode; the result is typed ``Any``.
+
+    Compiled functions release the GIL, so the writer can apply a batch while another thread
+    writes the journal.
+    """
+    decorator: Callable[[Callable[..., Any]], Any] = njit(cache=True, nogil=True, inline=inline)
     return decorator

@@ -11,6 +11,7 @@ identity of the journal they were taken from and are ignored for any other journ
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import struct
 import uuid
@@ -43,9 +44,9 @@ class Journal(Protocol):
 Entry = tuple[int, int, np.ndarray[Any, Any] | None]  # kind, now, events (None for a pulse)
 
 
-def encode_group(entries: list[tuple[int, int, int, bytes]]) -> bytes:
+def encode_group(entries: list[tuple[int, int, int, bytes | memoryview]]) -> bytes:
     """Entries of (kind, count, now, event bytes) -> one record payload."""
-    parts: list[bytes] = []
+    parts: list[bytes | memoryview] = []
     for kind, count, now, body in entries:
         parts.append(ENTRY_HEADER.pack(kind, count, now))
         parts.append(body)
@@ -222,6 +223,271 @@ class PostgresJournal:
         self._db.close()
 
 
+class FileJournal:
+    """Journal in pre-allocated, checksummed segment files, synced with ``fdatasync``.
+
+    A directory of segments ``<first op>.seg``, each ``segment_bytes`` long and filled with
+    zeros before use (written zeros, not just ``fallocate``: a sync then only flushes data,
+    never file metadata, which is what makes it cheap). The next segment is prepared in the
+    background while the current one fills. A record is a 32-byte header (magic, op, payload
+    length, CRC-32 of the payload, CRC-32 of the header) and the payload, padded to 8 bytes.
+
+    On open the segments are scanned: a zero header ends the journal; a damaged record at the
+    very end of the last segment is a torn write that was never acknowledged (it is wiped);
+    a damaged record anywhere else is corruption (``journal_corrupt``).
+    """
+
+    HEADER = struct.Struct("<IIQQII")  # magic, reserved, op, length, payload crc, header crc
+    MAGIC = 0x50554A31  # "PUJ1"
+    SEGMENT_BYTES = 256 << 20
+    """Largest segment; the first is 4 MiB and each next one twice the last, up to this."""
+    FIRST_SEGMENT_BYTES = 4 << 20
+
+    def __init__(self, directory: Path, *, segment_bytes: int | None = None) -> None:
+        import fcntl
+        import threading
+
+        self.directory = directory
+        self.segment_bytes_max = segment_bytes or self.SEGMENT_BYTES
+        directory.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            os.close(self._lock_fd)
+            raise LedgerLockedError(f"journal {directory} is open in another process") from error
+        meta = directory / "identity"
+        if not meta.exists():
+            tmp = directory / "identity.tmp"
+            tmp.write_text(str(uuid.uuid4()))
+            os.replace(tmp, meta)
+            _fsync_path(directory)
+        self.identity = meta.read_text().strip()
+        self._segments: list[tuple[int, Path]] = sorted(
+            (int(p.stem), p) for p in directory.glob("*.seg") if p.stem.isdigit()
+        )
+        self._fd = -1
+        self._segment_first = 0
+        self._segment_size = 0
+        self._offset = 0
+        self._last_op = 0
+        self._spare: tuple[Path, int] | None = None
+        self._spare_lock = threading.Lock()
+        self._spare_thread: threading.Thread | None = None
+        self._scan()
+
+    # --- opening ----------------------------------------------------------------------------
+
+    def _scan(self) -> None:
+        """Find the end of the journal, checking every record."""
+        last_op = 0
+        for index, (first, path) in enumerate(self._segments):
+            last_segment = index == len(self._segments) - 1
+            offset = 0
+            with path.open("rb") as f:
+                data = f.read()
+            expected = first
+            while offset + self.HEADER.size <= len(data):
+                header = data[offset : offset + self.HEADER.size]
+                if header == bytes(self.HEADER.size):
+                    break
+                magic, _, op, length, crc, header_crc = self.HEADER.unpack(header)
+                ok = (
+                    magic == self.MAGIC
+                    and zlib.crc32(header[:-4]) == header_crc
+                    and op == expected
+                    and offset + self.HEADER.size + length <= len(data)
+                    and zlib.crc32(
+                        data[offset + self.HEADER.size : offset + self.HEADER.size + length]
+                    )
+                    == crc
+                )
+                if not ok:
+                    if last_segment and self._is_torn_tail(data, offset):
+                        # The final write never completed, so it was never acknowledged.
+                        # Wipe it so that appends go on from here.
+                        self._wipe(path, offset, len(data) - offset)
+                        break
+                    raise JournalCorruptError(f"journal record at {path.name}:{offset} is damaged")
+                last_op = op
+                expected += 1
+                offset += _padded(self.HEADER.size + length)
+            if last_segment:
+                self._open_segment(first, path, offset)
+            elif expected != self._segments[index + 1][0]:
+                raise JournalCorruptError(f"journal segment {path.name} ends early")
+        self._last_op = last_op
+        if self._fd < 0:
+            self._open_segment(1, self._prepare_segment(1, 0), 0)
+
+    RECORD_BYTES_MAX = 64 << 20
+    """No record is larger (a group commit holds at most 65,512 events of 128 bytes)."""
+
+    def _is_torn_tail(self, data: bytes, offset: int) -> bool:
+        """Whether the damaged record at ``offset`` is the last write, never completed.
+
+        Nothing may follow it: no valid record header after it, and only zeros beyond the
+        farthest byte it could have covered.
+        """
+        header = data[offset : offset + self.HEADER.size]
+        magic, _, _, length, _, header_crc = self.HEADER.unpack(header)
+        if magic == self.MAGIC and zlib.crc32(header[:-4]) == header_crc:
+            reach = offset + _padded(self.HEADER.size + length)
+        else:
+            reach = offset + self.RECORD_BYTES_MAX
+        words = np.frombuffer(data, dtype=np.uint8, offset=offset + 8)
+        aligned = words[: (words.shape[0] // 8) * 8].view("<u4")[::2]
+        for index in np.flatnonzero(aligned == self.MAGIC).tolist():
+            at = offset + 8 + index * 8
+            candidate = data[at : at + self.HEADER.size]
+            if len(candidate) == self.HEADER.size and zlib.crc32(candidate[:-4]) == int.from_bytes(
+                candidate[-4:], "little"
+            ):
+                return False
+        beyond = np.frombuffer(data, dtype=np.uint8, offset=min(reach, len(data)))
+        return not beyond.any()
+
+    def _wipe(self, path: Path, offset: int, length: int) -> None:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.pwrite(fd, bytes(min(length, self.RECORD_BYTES_MAX)), offset)
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+
+    def _next_size(self) -> int:
+        return min(self.segment_bytes_max, self.FIRST_SEGMENT_BYTES << len(self._segments))
+
+    def _prepare_segment(self, first_op: int, least_bytes: int) -> Path:
+        final = self.directory / f"{first_op:020d}.seg"
+        if self._spare_thread is not None:
+            self._spare_thread.join()
+        with self._spare_lock:
+            spare = self._spare
+            self._spare = None
+        if spare is not None and spare[1] >= least_bytes:
+            os.replace(spare[0], final)
+        else:
+            self._write_zeros(final, max(self._next_size(), least_bytes))
+        _fsync_path(self.directory)
+        return final
+
+    def _write_zeros(self, path: Path, size: int) -> None:
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            chunk = bytes(4 << 20)
+            written = 0
+            while written < size:
+                written += os.write(fd, chunk[: size - written])
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+
+    def _make_spare(self, size: int) -> None:
+        """Zero-fill the next segment in the background (``spare.zero``)."""
+        path = self.directory / "spare.zero"
+        self._write_zeros(path, size)
+        with self._spare_lock:
+            self._spare = (path, size)
+
+    def _open_segment(self, first: int, path: Path, offset: int) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd = os.open(path, os.O_RDWR)
+        self._segment_first = first
+        self._segment_size = os.fstat(self._fd).st_size
+        self._offset = offset
+        if (first, path) not in self._segments:
+            self._segments.append((first, path))
+
+    # --- the port ---------------------------------------------------------------------------
+
+    def append(self, op: int, payload: bytes) -> None:
+        if op != self._last_op + 1:
+            raise JournalCorruptError(f"journal append of op {op} after {self._last_op}")
+        size = _padded(self.HEADER.size + len(payload))
+        if self._offset + size > self._segment_size:
+            self._open_segment(op, self._prepare_segment(op, size), 0)
+        if (
+            self._offset * 2 > self._segment_size
+            and self._spare is None
+            and (self._spare_thread is None or not self._spare_thread.is_alive())
+        ):
+            import threading
+
+            self._spare_thread = threading.Thread(
+                target=self._make_spare, args=(self._next_size(),), daemon=True
+            )
+            self._spare_thread.start()
+        header = self.HEADER.pack(self.MAGIC, 0, op, len(payload), zlib.crc32(payload), 0)
+        header = header[:-4] + zlib.crc32(header[:-4]).to_bytes(4, "little")
+        try:
+            os.pwritev(self._fd, [header, payload], self._offset)
+            os.fdatasync(self._fd)
+        except OSError as error:
+            raise JournalUnavailableError(f"journal append failed: {error}") from error
+        self._offset += size
+        self._last_op = op
+
+    def last_op(self) -> int:
+        return self._last_op
+
+    def read(self, after_op: int) -> Iterator[tuple[int, bytes]]:
+        for index, (_first, path) in enumerate(self._segments):
+            following = self._segments[index + 1][0] if index + 1 < len(self._segments) else None
+            if following is not None and following <= after_op + 1:
+                continue
+            with path.open("rb") as f:
+                offset = 0
+                while True:
+                    header = f.read(self.HEADER.size)
+                    if len(header) < self.HEADER.size or header == bytes(self.HEADER.size):
+                        break
+                    magic, _, op, length, crc, header_crc = self.HEADER.unpack(header)
+                    if magic != self.MAGIC or zlib.crc32(header[:-4]) != header_crc:
+                        raise JournalCorruptError(
+                            f"journal header at {path.name}:{offset} is damaged"
+                        )
+                    payload = f.read(length)
+                    if zlib.crc32(payload) != crc:
+                        raise JournalCorruptError(f"journal record {op} fails its checksum")
+                    pad = _padded(self.HEADER.size + length) - self.HEADER.size - length
+                    if pad:
+                        f.read(pad)
+                    offset += self.HEADER.size + length + pad
+                    if op > self._last_op:
+                        return
+                    if op > after_op:
+                        yield op, payload
+
+    def close(self) -> None:
+        import fcntl
+
+        if self._spare_thread is not None:
+            self._spare_thread.join()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._lock_fd >= 0:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+
+def _padded(size: int) -> int:
+    return (size + 7) & ~7
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _check_record(expected: int, op: int, crc: int, payload: bytes) -> None:
     if op != expected:
         raise JournalCorruptError(f"journal has a gap: expected op {expected}, found {op}")
@@ -235,6 +501,10 @@ def open_journal(url: str) -> Journal:
         return PostgresJournal(url.replace("postgresql+psycopg://", "postgresql://", 1))
     if url.startswith("sqlite:///"):
         return SqliteJournal(Path(url.removeprefix("sqlite:///")))
+    if url.startswith("file:///"):
+        return FileJournal(Path(url.removeprefix("file://")))
+    if url.startswith("file://"):
+        return FileJournal(Path(url.removeprefix("file://")))
     if "://" in url:
         raise JournalUnavailableError(
             f"unsupported journal URL scheme in {url.split('://', maxsplit=1)[0]!r}"

@@ -16,7 +16,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -132,6 +132,7 @@ class Ledger:
         except BaseException:
             self._release_lock()
             raise
+        self._journal_thread = ThreadPoolExecutor(1, thread_name_prefix="puhui-ledger-journal")
         self._writer = threading.Thread(target=self._run, name="puhui-ledger-writer", daemon=True)
         self._writer.start()
 
@@ -203,6 +204,7 @@ class Ledger:
             self._snapshot_thread.join()
         if self._failure is None and self._op > self._snapshot_op:
             self._write_snapshot(self._op, self._engine.image())
+        self._journal_thread.shutdown()
         self._engine.close()
         self._journal.close()
         self._release_lock()
@@ -285,7 +287,7 @@ class Ledger:
         engine = self._engine
         now_ns = self._clock.now_ns()
         stamp = max(engine.clock, now_ns)
-        entries: list[tuple[int, int, int, bytes]] = []
+        entries: list[tuple[int, int, int, bytes | memoryview]] = []
         pulse_count = 0
         deadline = engine.next_deadline()
         if deadline is not None and deadline <= stamp:
@@ -300,16 +302,28 @@ class Ledger:
             now = stamp
             nows.append(now)
             stamp = now + events.shape[0]
-            entries.append((request.kind, events.shape[0], now, events.tobytes()))
+            entries.append((request.kind, events.shape[0], now, events.view(np.uint8).data))
+        answers: list[tuple[_Request, Array]] = []
         if entries:
             self._op += 1
-            self._journal.append(self._op, encode_group(entries))
-            if pulse_count > 0:
-                expired = engine.pulse(entries[0][2], self._options.pulse_expiries_max)
-                if expired != pulse_count:
-                    raise AssertionError(f"pulse expired {expired}, expected {pulse_count}")
-            self._apply_requests(writes, nows)
+            # The journal write and the kernels run at the same time (the kernels release the
+            # GIL); nobody is answered, and no read runs, until the journal write is durable.
+            # If it fails, memory holds state the journal does not: the writer stops (fail-stop)
+            # and reopening recovers from the journal.
+            durable = self._journal_thread.submit(
+                self._journal.append, self._op, encode_group(entries)
+            )
+            try:
+                if pulse_count > 0:
+                    expired = engine.pulse(entries[0][2], self._options.pulse_expiries_max)
+                    if expired != pulse_count:
+                        raise AssertionError(f"pulse expired {expired}, expected {pulse_count}")
+                answers = self._apply_requests(writes, nows)
+            finally:
+                durable.result()
             self._events_since_snapshot += sum(r.payload.shape[0] for r in writes)
+        for request, results in answers:
+            request.future.set_result(results)
         for request in group:
             if request.kind == _READ:
                 try:
@@ -321,7 +335,10 @@ class Ledger:
         if self._events_since_snapshot >= self._options.snapshot_interval_events:
             self._start_snapshot()
 
-    def _apply_requests(self, writes: list[_Request], nows: list[int]) -> None:
+    def _apply_requests(
+        self, writes: list[_Request], nows: list[int]
+    ) -> list[tuple[_Request, Array]]:
+        answers: list[tuple[_Request, Array]] = []
         i = 0
         while i < len(writes):
             j = i
@@ -337,8 +354,9 @@ class Ledger:
                 writes[i].kind, events, starts, np.array(nows[i:j], dtype=np.uint64)
             )
             for k, request in enumerate(batch):
-                request.future.set_result(results[starts[k] : starts[k + 1]])
+                answers.append((request, results[starts[k] : starts[k + 1]]))
             i = j
+        return answers
 
     def _start_snapshot(self) -> None:
         if self._snapshot_thread is not None and self._snapshot_thread.is_alive():
