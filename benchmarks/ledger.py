@@ -28,11 +28,9 @@ import os
 import resource
 import shutil
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -100,13 +98,20 @@ def rss_anon_bytes() -> int:
 # --- one variant, in a child process ----------------------------------------------------------
 
 
-def run_variant(variant: str, transfers: int, accounts: int, workdir: Path, url: str) -> dict[str, Any]:
+def run_variant(
+    variant: str, transfers: int, accounts: int, workdir: Path, url: str, journal_kind: str
+) -> dict[str, Any]:
     from puhui.ledger import Ledger, LedgerOptions, open, verify
     from puhui.ledger._convert import array_to_transfers
 
     zipf = variant == "zipf"
     options = LedgerOptions(transfers_capacity=transfers + BATCH)
-    journal = url if variant == "postgres" else str(workdir / "journal.sqlite")
+    if variant == "postgres":
+        journal = url
+    elif journal_kind == "sqlite":
+        journal = str(workdir / "journal.sqlite")
+    else:
+        journal = f"file://{workdir / 'journal'}"
     led: Ledger = open(journal, state_dir=workdir / "state", options=options)
     try:
         acc = make_accounts(accounts)
@@ -171,33 +176,37 @@ def run_variant(variant: str, transfers: int, accounts: int, workdir: Path, url:
 def _concurrent(
     led: Any, rng: np.random.Generator, transfers: int, accounts: int
 ) -> tuple[float, list[float]]:
+    """64 asyncio callers (the API server's situation), each awaiting one transfer at a time."""
+    import asyncio
+
+    from puhui.ledger import AsyncLedger
+
     callers = 64
     batch = make_batch(rng, 1, transfers, accounts, False)
-    latencies: list[list[float]] = [[] for _ in range(callers)]
-    barrier = threading.Barrier(callers + 1)
+    client = AsyncLedger(led)
+    latencies: list[float] = []
 
-    def caller(index: int) -> None:
-        mine = latencies[index]
-        barrier.wait()
+    async def caller(index: int) -> None:
         for i in range(index, transfers, callers):
             t0 = time.perf_counter()
-            out = led.create_transfers_array(batch[i : i + 1])
-            mine.append(time.perf_counter() - t0)
+            out = await client.create_transfers_array(batch[i : i + 1])
+            latencies.append(time.perf_counter() - t0)
             if out["status"][0] != 0xFFFFFFFF:
                 raise SystemExit(f"transfer {i} failed: {out['status'][0]}")
 
-    threads = [threading.Thread(target=caller, args=(i,)) for i in range(callers)]
-    for thread in threads:
-        thread.start()
-    barrier.wait()
-    start = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    return time.perf_counter() - start, [x for mine in latencies for x in mine]
+    async def run() -> float:
+        start = time.perf_counter()
+        await asyncio.gather(*(caller(i) for i in range(callers)))
+        return time.perf_counter() - start
+
+    return asyncio.run(run()), latencies
 
 
 def _journal_bytes(led: Any) -> int:
     path = getattr(led.journal, "path", None)
+    directory = getattr(led.journal, "directory", None)
+    if directory is not None:  # file journal: bytes appended
+        return int(led.journal.bytes_appended)
     if path is None:
         return 0
     total = 0
@@ -239,9 +248,7 @@ def run_baseline(transfers: int, accounts: int, workdir: Path) -> dict[str, Any]
         " credit_account_id INTEGER NOT NULL, amount INTEGER NOT NULL, ts INTEGER NOT NULL)"
     )
     db.execute("BEGIN")
-    db.executemany(
-        "INSERT INTO accounts VALUES (?, 0, 0)", [(i,) for i in range(1, accounts + 1)]
-    )
+    db.executemany("INSERT INTO accounts VALUES (?, 0, 0)", [(i,) for i in range(1, accounts + 1)])
     db.execute("COMMIT")
     rng = np.random.default_rng(42)
     debit, credit = pick_accounts(rng, accounts, transfers, False)
@@ -277,7 +284,12 @@ def _child(args: argparse.Namespace) -> None:
             result = run_baseline(args.transfers, args.accounts, workdir)
         else:
             result = run_variant(
-                args.variant, args.transfers, args.accounts, workdir, args.database_url or ""
+                args.variant,
+                args.transfers,
+                args.accounts,
+                workdir,
+                args.database_url or "",
+                args.journal,
             )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -296,6 +308,7 @@ def _spawn(variant: str, transfers: int, accounts: int, args: argparse.Namespace
         "--accounts",
         str(accounts),
     ]
+    cmd += ["--journal", args.journal]
     if args.workdir:
         cmd += ["--workdir", args.workdir]
     if args.database_url:
@@ -316,6 +329,9 @@ def main() -> None:
     parser.add_argument("--baseline-transfers", type=int, default=None)
     parser.add_argument("--database-url", default=os.environ.get("PUHUI_BENCH_DATABASE_URL"))
     parser.add_argument("--workdir", default=None, help="where journals are written")
+    parser.add_argument(
+        "--journal", choices=("file", "sqlite"), default="file", help="embedded journal kind"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--variant", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -354,7 +370,7 @@ def main() -> None:
         report["variants"][variant] = median
         print(
             f"{variant:14s} {median['transfers_per_s']:>12,.0f} transfers/s"
-            f"  ×{median['ratio_to_baseline']:,.0f} baseline"
+            f"  x{median['ratio_to_baseline']:,.0f} baseline"
             f"  batch p50 {median['batch_p50_ms']:.2f} ms p99 {median['batch_p99_ms']:.2f} ms"
             f" p100 {median['batch_p100_ms']:.2f} ms"
             f"  journal {median['journal_bytes_per_transfer'] or 0:.0f} B/transfer"
@@ -364,7 +380,9 @@ def main() -> None:
             f"  accounts {median['bytes_per_account']:.0f} B/account",
             flush=True,
         )
-    print(f"{'baseline':14s} {baseline['transfers_per_s']:>12,.0f} transfers/s (classic SQL ledger)")
+    print(
+        f"{'baseline':14s} {baseline['transfers_per_s']:>12,.0f} transfers/s (classic SQL ledger)"
+    )
     if args.json:
         summary = dict(report["variants"])
         summary["baseline_transfers_per_s"] = report["baseline_transfers_per_s"]

@@ -7,6 +7,7 @@ by changing an import. ``open(path_or_url)`` returns a client journalling to SQL
 ``*_array`` methods take and return numpy arrays in TigerBeetle's binary layout.
 """
 
+from ._async import AsyncLedger
 from ._convert import BATCH_EVENTS_MAX, account_from_mapping, transfer_from_mapping
 from ._errors import (
     BatchTooLargeError,
@@ -58,6 +59,7 @@ __all__ = [
     "AccountFilter",
     "AccountFilterFlags",
     "AccountFlags",
+    "AsyncLedger",
     "BatchTooLargeError",
     "CreateAccountResult",
     "CreateAccountStatus",

@@ -270,6 +270,8 @@ class FileJournal:
         self._segment_first = 0
         self._segment_size = 0
         self._offset = 0
+        self.bytes_appended = 0
+        """Bytes appended since this journal was opened (records with headers and padding)."""
         self._last_op = 0
         self._spare: tuple[Path, int] | None = None
         self._spare_lock = threading.Lock()
@@ -430,6 +432,7 @@ class FileJournal:
             raise JournalUnavailableError(f"journal append failed: {error}") from error
         self._offset += size
         self._last_op = op
+        self.bytes_appended += size
 
     def last_op(self) -> int:
         return self._last_op

@@ -9,6 +9,7 @@ valid snapshot is loaded and the journal after it is replayed through the same k
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import logging
@@ -90,9 +91,24 @@ class LedgerOptions:
 
 @dataclass(slots=True)
 class _Request:
+    """One caller's request. Completed through ``future`` (threads) or ``waiter`` (asyncio)."""
+
     kind: int
     payload: Any
-    future: Future[Any]
+    future: Future[Any] | None = None
+    waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]] | None = None
+    done: bool = False
+
+
+def _resolve(completions: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    """Runs in an event loop: complete every waiter of one group at once (one wake-up)."""
+    for waiter, result, error in completions:
+        if waiter.done():
+            continue
+        if error is not None:
+            waiter.set_exception(error)
+        else:
+            waiter.set_result(result)
 
 
 _READ = 0
@@ -119,6 +135,9 @@ class Ledger:
         self._closed = False
         self._failure: BaseException | None = None
         self._queue: queue.Queue[_Request] = queue.Queue(self._options.queue_requests_max)
+        self._completions: dict[
+            asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, BaseException | None]]
+        ] = {}
         self._op = 0
         self._events_since_snapshot = 0
         self._snapshot_op = 0
@@ -197,8 +216,7 @@ class Ledger:
             return
         self._closed = True
         if self._writer.is_alive():
-            done: Future[Any] = Future()
-            self._queue.put(_Request(_CLOSE, None, done))
+            self._queue.put(_Request(_CLOSE, None, future=Future()))
             self._writer.join()
         if self._snapshot_thread is not None:
             self._snapshot_thread.join()
@@ -229,9 +247,46 @@ class Ledger:
             raise LedgerFailedError(
                 "the ledger stopped after a fault; reopen it"
             ) from self._failure
-        request = _Request(kind, payload, Future())
-        self._queue.put(request)
-        return request.future.result()
+        future: Future[Any] = Future()
+        self._queue.put(_Request(kind, payload, future=future))
+        return future.result()
+
+    async def _submit_async(self, kind: int, payload: Any) -> Any:
+        if self._closed:
+            raise LedgerClosedError("the ledger client is closed")
+        if self._failure is not None:
+            raise LedgerFailedError(
+                "the ledger stopped after a fault; reopen it"
+            ) from self._failure
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Any] = loop.create_future()
+        request = _Request(kind, payload, waiter=(loop, waiter))
+        try:
+            self._queue.put_nowait(request)
+        except queue.Full:  # back-pressure without blocking the event loop
+            await asyncio.to_thread(self._queue.put, request)
+        return await waiter
+
+    def _complete(
+        self, request: _Request, result: Any = None, error: BaseException | None = None
+    ) -> None:
+        if request.done:
+            return
+        request.done = True
+        if request.future is not None:
+            if error is not None:
+                request.future.set_exception(error)
+            else:
+                request.future.set_result(result)
+        elif request.waiter is not None:
+            loop, waiter = request.waiter
+            self._completions.setdefault(loop, []).append((waiter, result, error))
+
+    def _flush_completions(self) -> None:
+        for loop, completions in self._completions.items():
+            with contextlib.suppress(RuntimeError):  # that event loop is closed
+                loop.call_soon_threadsafe(_resolve, completions)
+        self._completions = {}
 
     def _run(self) -> None:
         while True:
@@ -239,7 +294,7 @@ class Ledger:
             try:
                 first = self._queue.get(timeout=timeout)
             except queue.Empty:
-                first = _Request(_TICK, None, Future())
+                first = _Request(_TICK, None)
             group = [first]
             events = 0
             while events < self._options.group_events_max:
@@ -257,10 +312,10 @@ class Ledger:
                 log.exception("ledger writer failed")
                 self._failure = error
                 for request in group:
-                    if not request.future.done():
-                        request.future.set_exception(
-                            LedgerFailedError("the ledger stopped after a fault; reopen it")
-                        )
+                    self._complete(
+                        request,
+                        error=LedgerFailedError("the ledger stopped after a fault; reopen it"),
+                    )
                 self._drain_failed()
                 return
             if closing:
@@ -272,10 +327,12 @@ class Ledger:
             try:
                 request = self._queue.get_nowait()
             except queue.Empty:
-                return
-            request.future.set_exception(
-                error or LedgerFailedError("the ledger stopped after a fault; reopen it")
+                break
+            self._complete(
+                request,
+                error=error or LedgerFailedError("the ledger stopped after a fault; reopen it"),
             )
+        self._flush_completions()
 
     def _wait_s(self) -> float | None:
         deadline = self._engine.next_deadline()
@@ -323,15 +380,16 @@ class Ledger:
                 durable.result()
             self._events_since_snapshot += sum(r.payload.shape[0] for r in writes)
         for request, results in answers:
-            request.future.set_result(results)
+            self._complete(request, results)
         for request in group:
             if request.kind == _READ:
                 try:
-                    request.future.set_result(request.payload(engine))
+                    self._complete(request, request.payload(engine))
                 except Exception as error:  # a read's own error goes to its caller
-                    request.future.set_exception(error)
+                    self._complete(request, error=error)
             elif request.kind in (_TICK, _CLOSE):
-                request.future.set_result(pulse_count)
+                self._complete(request, pulse_count)
+        self._flush_completions()
         if self._events_since_snapshot >= self._options.snapshot_interval_events:
             self._start_snapshot()
 
