@@ -1,4 +1,4 @@
-"""The benchmark scripts run (a smoke run) and print their figures as JSON; speed is not asserted."""
+"""The benchmark scripts run (smoke runs) and print their figures as JSON; no speed asserted."""
 
 from __future__ import annotations
 

@@ -77,7 +77,7 @@ app.add_typer(ledger_app, name="ledger")
 
 
 class LedgerNotFoundError(InvalidInputError):
-    """A command that reads a ledger was given a SQLite journal that does not exist."""
+    """A command that reads a ledger was given a local journal that does not exist."""
 
     code = "ledger_not_found"
 
@@ -112,17 +112,24 @@ def _emit_json(data: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def _is_sqlite(url: str) -> bool:
-    return url.startswith("sqlite:///") or "://" not in url
+def _local_journal(url: str) -> Path | None:
+    """Where a local journal named by ``url`` lives (None for a journal on a server).
 
-
-def _sqlite_path(url: str) -> Path:
-    return Path(url.removeprefix("sqlite:///"))
+    A SQLite journal is a file (a plain path or ``sqlite:///path``); a file journal
+    (``file:///dir``) is a directory of segments.
+    """
+    if url.startswith("sqlite:///"):
+        return Path(url.removeprefix("sqlite:///"))
+    if url.startswith("file://"):
+        return Path(url.removeprefix("file://"))
+    if "://" not in url:
+        return Path(url)
+    return None
 
 
 def _display_url(url: str) -> str:
     """The ledger location with any password hidden (safe to print and log)."""
-    if _is_sqlite(url):
+    if not url.startswith(("postgresql://", "postgresql+psycopg://", "postgres://")):
         return url
     scheme, _, rest = url.partition("://")
     credentials, at, host = rest.rpartition("@")
@@ -143,9 +150,10 @@ def _make_data_dir(path: Path) -> None:
 
 def _open_existing(url: str) -> tb.Ledger:
     """Open a ledger that must already exist (reading commands never create one)."""
-    if _is_sqlite(url) and not _sqlite_path(url).is_file():
+    local = _local_journal(url)
+    if local is not None and not local.exists():
         raise LedgerNotFoundError(
-            f"no ledger journal at {str(_sqlite_path(url))!r} (run `puhui demo` to create one)"
+            f"no ledger journal at {str(local)!r} (run `puhui demo` to create one)"
         )
     return tb.open(url)
 

@@ -47,7 +47,9 @@ ALL = AccountFilterFlags.DEBITS | AccountFilterFlags.CREDITS
 def _accounts(ledger: Ledger, n: int = 4) -> None:
     results = ledger.create_accounts(
         [
-            Account(id=i, ledger=1, code=1, flags=AccountFlags.HISTORY if i % 2 else AccountFlags.NONE)
+            Account(
+                id=i, ledger=1, code=1, flags=AccountFlags.HISTORY if i % 2 else AccountFlags.NONE
+            )
             for i in range(1, n + 1)
         ]
     )
@@ -171,8 +173,13 @@ def test_too_much_data_for_a_query(ledger: Ledger) -> None:
     with pytest.raises(TooMuchDataError):
         ledger.get_account_transfers(AccountFilter(1, 0, 0, 0, 0, 0, 0, BATCH_EVENTS_MAX + 1, ALL))
     with pytest.raises(TooMuchDataError):
-        ledger.query_transfers(QueryFilter(0, 0, 0, 0, 0, 0, 0, BATCH_EVENTS_MAX + 1, QueryFilterFlags.NONE))
-    assert ledger.get_account_transfers(AccountFilter(1, 0, 0, 0, 0, 0, 0, BATCH_EVENTS_MAX, ALL)) == []
+        ledger.query_transfers(
+            QueryFilter(0, 0, 0, 0, 0, 0, 0, BATCH_EVENTS_MAX + 1, QueryFilterFlags.NONE)
+        )
+    assert (
+        ledger.get_account_transfers(AccountFilter(1, 0, 0, 0, 0, 0, 0, BATCH_EVENTS_MAX, ALL))
+        == []
+    )
 
 
 # --- columnar API ---------------------------------------------------------------------------
@@ -199,7 +206,9 @@ def test_columnar_and_object_apis_agree(tmp_path: Path) -> None:
 
                 array = led.create_transfers_array(transfers_to_array(transfers))
                 assert array.dtype == RESULT_DTYPE
-                results = list(zip(array["timestamp"].tolist(), array["status"].tolist(), strict=True))
+                results = list(
+                    zip(array["timestamp"].tolist(), array["status"].tolist(), strict=True)
+                )
             outcomes.append((results, led.lookup_accounts([1, 2])))
         finally:
             led.close()
@@ -220,10 +229,19 @@ def test_reopen_replays_the_journal_to_the_same_state(journal_url: str, tmp_path
             [
                 _transfer(base, amount=3),
                 _transfer(base + 1, flags=TransferFlags.PENDING, amount=5),
-                _transfer(base + 2, flags=TransferFlags.POST_PENDING_TRANSFER, pending_id=base + 1,
-                          amount=2, debit_account_id=0, credit_account_id=0, ledger=0, code=0),
-                _transfer(base + 3, debit_account_id=3, credit_account_id=4,
-                          flags=TransferFlags.LINKED),
+                _transfer(
+                    base + 2,
+                    flags=TransferFlags.POST_PENDING_TRANSFER,
+                    pending_id=base + 1,
+                    amount=2,
+                    debit_account_id=0,
+                    credit_account_id=0,
+                    ledger=0,
+                    code=0,
+                ),
+                _transfer(
+                    base + 3, debit_account_id=3, credit_account_id=4, flags=TransferFlags.LINKED
+                ),
                 _transfer(base + 4, debit_account_id=77),  # fails: the chain rolls back
             ]
         )

@@ -1,0 +1,57 @@
+# Puhui: the single list of commands.
+#
+#   make demo    create .venv if needed, install Puhui, run the ledger demo (data in ./puhui-data)
+#   make test    install the dev tools, then ruff, mypy --strict and pytest
+#   make lint    ruff and mypy --strict only
+#   make bench   run the ledger benchmark (benchmarks/ledger.py; BENCH_ARGS=--quick for a smoke run)
+#   make clean   remove caches and build output (keeps .venv and ./puhui-data)
+#   make distclean   also remove .venv and ./puhui-data
+#
+# Installs are stamped: a second `make test` does not reinstall unless pyproject.toml changed.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip --disable-pip-version-check --quiet
+STAMP := $(VENV)/.installed
+STAMP_DEV := $(VENV)/.installed-dev
+LINT_PATHS := src tests $(wildcard benchmarks)
+BENCH_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help demo test lint bench clean distclean
+
+help:
+	@sed -n 's/^#   make /make /p' $(MAKEFILE_LIST)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(PIP) install -e .
+	@touch $@
+
+$(STAMP_DEV): pyproject.toml | $(BIN)/python
+	$(PIP) install -e '.[dev]'
+	@touch $@ $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/puhui demo
+
+lint: $(STAMP_DEV)
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/ledger.py $(BENCH_ARGS)
+
+clean:
+	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	find src tests $(wildcard benchmarks) -name __pycache__ -type d -prune -exec rm -rf {} +
+	find src -name '*.egg-info' -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV) puhui-data

@@ -1,0 +1,261 @@
+"""The ``puhui`` command line: demo, ledger verify/info, version, and how errors surface."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner, Result
+
+import puhui.ledger
+from puhui.cli import _display_url, app
+from puhui.config import Settings
+
+runner = CliRunner()
+
+EXPECTED_STEPS = {
+    "open_accounts": ["created"] * 10,
+    "top_ups": ["created"] * 3,
+    "fx_conversion": ["created", "created"],
+    "fx_conversion_fails": ["linked_event_failed", "exceeds_credits"],
+    "escrow_hold": ["created"],
+    "escrow_partial_post": ["created"],
+    "order_hold": ["created"],
+    "order_void": ["created"],
+    "overdraft_rejected": ["exceeds_credits"],
+}
+
+# Net balances (credits posted - debits posted) after one run of the demo, in major units.
+EXPECTED_NET = {
+    "bank_cny": "-12000.00",
+    "alice_cny": "1040.00",
+    "bob_cny": "10000.00",
+    "merchant_cny": "250.00",
+    "fx_cny": "710.00",
+    "bank_usd": "-1000.00",
+    "alice_usd": "100.00",
+    "bob_usd": "0.00",
+    "merchant_usd": "0.00",
+    "fx_usd": "900.00",
+}
+
+
+def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
+    return runner.invoke(app, list(args), env=env)
+
+
+def last_json(result: Result) -> dict[str, Any]:
+    lines = result.stdout.strip().splitlines()
+    assert lines, result.output
+    data: dict[str, Any] = json.loads(lines[-1])
+    return data
+
+
+def check_demo(data: dict[str, Any], accounts_total: int) -> None:
+    assert data["ok"] is True
+    assert {s["name"]: s["statuses"] for s in data["steps"]} == EXPECTED_STEPS
+    assert all(step["as_expected"] for step in data["steps"])
+    assert {b["key"]: b["net"] for b in data["balances"]} == EXPECTED_NET
+    verify = data["verify"]
+    assert verify["ok"] is True
+    assert verify["problems"] == []
+    assert verify["accounts"] == accounts_total
+    for sums in verify["ledgers"].values():
+        assert sums["debits_posted"] == sums["credits_posted"]
+        assert sums["debits_pending"] == sums["credits_pending"] == "0"
+
+
+def test_demo_succeeds_twice_in_a_row(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    first = invoke("demo", "--data-dir", str(data_dir), "--json")
+    assert first.exit_code == 0, first.output
+    check_demo(last_json(first), accounts_total=10)
+    assert (data_dir / "ledger.sqlite").is_file()
+
+    second = invoke("demo", "--data-dir", str(data_dir), "--json")
+    assert second.exit_code == 0, second.output
+    check_demo(last_json(second), accounts_total=20)
+    assert last_json(first)["run_id"] != last_json(second)["run_id"]
+    assert "verify: ok" in second.stdout
+
+
+def test_demo_prints_balances_in_major_units(tmp_path: Path) -> None:
+    result = invoke("demo", "--data-dir", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "10,000.00" in result.stdout
+    assert "1,040.00" in result.stdout
+    assert "exceeds_credits" in result.stdout
+    assert "linked_event_failed" in result.stdout
+    assert "nothing moved" in result.stdout
+    assert not result.stdout.strip().splitlines()[-1].startswith("{")  # no JSON unless asked
+
+
+def test_demo_uses_the_data_dir_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = invoke("demo", env={"PUHUI_DATA_DIR": "elsewhere", "PUHUI_LEDGER_URL": ""})
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "elsewhere" / "ledger.sqlite").is_file()
+    assert not (tmp_path / "puhui-data").exists()
+
+
+def test_settings_defaults_and_overrides() -> None:
+    defaults = Settings.from_env({})
+    assert defaults.data_dir == Path("puhui-data")
+    assert defaults.database_url == "sqlite:///puhui-data/puhui.sqlite"
+    assert defaults.ledger_url == "puhui-data/ledger.sqlite"
+
+    moved = Settings.from_env({"PUHUI_DATA_DIR": "/srv/puhui"})
+    assert moved.database_url == "sqlite:////srv/puhui/puhui.sqlite"  # four slashes: absolute
+    assert moved.ledger_url == "/srv/puhui/ledger.sqlite"
+
+    url = "postgresql+psycopg://puhui@db:5432/puhui"
+    explicit = Settings.from_env({"PUHUI_DATABASE_URL": url, "PUHUI_LEDGER_URL": url, "X": "y"})
+    assert (explicit.database_url, explicit.ledger_url) == (url, url)
+    assert Settings.from_env({"PUHUI_DATA_DIR": ""}) == defaults  # empty counts as unset
+
+
+def test_settings_read_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PUHUI_DATA_DIR", "from-env")
+    monkeypatch.delenv("PUHUI_LEDGER_URL", raising=False)
+    assert Settings.from_env().ledger_url == str(Path("from-env") / "ledger.sqlite")
+
+
+def test_ledger_verify_and_info(tmp_path: Path) -> None:
+    assert invoke("demo", "--data-dir", str(tmp_path)).exit_code == 0
+    journal = str(tmp_path / "ledger.sqlite")
+
+    verify = invoke("ledger", "verify", journal, "--json")
+    assert verify.exit_code == 0, verify.output
+    report = last_json(verify)
+    assert report["ok"] is True
+    assert report["accounts"] == 10
+    assert set(report["ledgers"]) == {"156", "840"}
+    assert "Per-ledger sums" in verify.stdout
+
+    info = invoke("ledger", "info", f"sqlite:///{journal}", "--json")
+    assert info.exit_code == 0, info.output
+    facts = last_json(info)
+    assert facts["accounts"] == 10
+    assert facts["transfers"] == report["transfers"] > 0
+    assert facts["last_journal_op"] == report["journal_ops"] > 0
+    assert facts["state_dir"] == journal + ".state"
+
+
+def test_ledger_verify_reports_a_failure_with_exit_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert invoke("demo", "--data-dir", str(tmp_path)).exit_code == 0
+
+    def broken(ledger: puhui.ledger.Ledger) -> puhui.ledger.VerifyReport:
+        return puhui.ledger.VerifyReport(
+            ok=False,
+            accounts=10,
+            transfers=9,
+            journal_ops=9,
+            ledgers={156: dict.fromkeys(
+                ("debits_pending", "debits_posted", "credits_pending", "credits_posted"), 0
+            ) | {"debits_posted": 1}},
+            problems=["ledger 156: posted debits != posted credits"],
+        )
+
+    monkeypatch.setattr(puhui.ledger, "verify", broken)
+    result = invoke("ledger", "verify", str(tmp_path / "ledger.sqlite"), "--json")
+    assert result.exit_code == 1, result.output
+    assert "verify: FAILED" in result.stdout
+    assert "posted debits != posted credits" in result.stdout
+    assert last_json(result)["ok"] is False
+
+    demo = invoke("demo", "--data-dir", str(tmp_path), "--json")
+    assert demo.exit_code == 1, demo.output
+    assert last_json(demo)["ok"] is False
+
+
+@pytest.mark.parametrize("command", ["verify", "info"])
+def test_bad_url_is_an_error_with_exit_2(command: str) -> None:
+    result = invoke("ledger", command, "nosuchscheme://somewhere/ledger")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        "error: journal_unavailable: unsupported journal URL scheme in 'nosuchscheme'"
+    )
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("scheme", ["", "sqlite:///", "file://"])
+@pytest.mark.parametrize("command", ["verify", "info"])
+def test_missing_ledger_is_not_created(tmp_path: Path, scheme: str, command: str) -> None:
+    missing = tmp_path / "missing"
+    result = invoke("ledger", command, f"{scheme}{missing}")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: ledger_not_found: ")
+    assert not missing.exists()
+
+
+def test_unusable_data_dir_is_an_error(tmp_path: Path) -> None:
+    occupied = tmp_path / "a-file"
+    occupied.write_text("not a directory")
+    result = invoke("demo", "--data-dir", str(occupied))
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: data_dir_unavailable: ")
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("puhui-data/ledger.sqlite", "puhui-data/ledger.sqlite"),
+        ("sqlite:////srv/ledger.sqlite", "sqlite:////srv/ledger.sqlite"),
+        ("postgresql+psycopg://postgres@db:5432/x", "postgresql+psycopg://postgres@db:5432/x"),
+        ("postgresql+psycopg://app:s3cret@db:5432/x", "postgresql+psycopg://app:***@db:5432/x"),
+        ("postgresql://app:p@ss@db/x", "postgresql://app:***@db/x"),
+        ("file:///tmp/a:b@c", "file:///tmp/a:b@c"),
+    ],
+)
+def test_printed_ledger_urls_hide_passwords(url: str, shown: str) -> None:
+    assert _display_url(url) == shown
+
+
+def test_version() -> None:
+    result = invoke("version")
+    assert result.exit_code == 0
+    assert result.stdout.startswith("puhui ")
+
+
+def test_console_entry_point_prints_one_error_line(tmp_path: Path) -> None:
+    """Through ``main()`` in a real process: one line on stderr, exit 2, no traceback."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "puhui.cli", "ledger", "verify", "bogus://x"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 2
+    assert completed.stderr.splitlines() == [
+        "error: journal_unavailable: unsupported journal URL scheme in 'bogus'"
+    ]
+
+
+# --- PostgreSQL (when PUHUI_TEST_DATABASE_URL is set, as CI does) ---------------------------
+
+
+@pytest.mark.postgres
+def test_demo_and_verify_on_postgres(
+    postgres_schema_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``postgres_schema_url`` (tests/conftest.py) is a fresh schema, or a skip without PG."""
+    postgres_url = postgres_schema_url
+    monkeypatch.chdir(tmp_path)  # the ledger keeps a PostgreSQL journal's state under ./puhui-data
+    env = {"PUHUI_LEDGER_URL": postgres_url, "PUHUI_DATA_DIR": str(tmp_path / "data")}
+    for accounts_total in (10, 20):
+        result = invoke("demo", "--json", env=env)
+        assert result.exit_code == 0, result.output
+        check_demo(last_json(result), accounts_total=accounts_total)
+    verify = invoke("ledger", "verify", postgres_url, "--json")
+    assert verify.exit_code == 0, verify.output
+    assert last_json(verify)["accounts"] == 20
