@@ -383,3 +383,20 @@ def test_results_are_returned_for_every_event(ledger: Ledger) -> None:
         CreateTransferStatus.ID_MUST_NOT_BE_ZERO,
     ]
     assert results["timestamp"][1] == results["timestamp"][0] + 1
+
+
+def test_burned_ids_stay_burned_when_their_table_grows(tmp_path: Path) -> None:
+    """Regression: regrowing the burned-id table once rehashed ids with signed arithmetic."""
+    led = open(tmp_path / "journal.sqlite", state_dir=tmp_path / "state")
+    try:
+        _accounts(led)
+        burned: list[int] = []
+        for round_ in range(6):
+            ids = [(round_ << 100) + (1 << 63) + i for i in range(300)]  # high bits set
+            results = led.create_transfers([_transfer(i, debit_account_id=99) for i in ids])
+            assert {r.status for r in results} == {CreateTransferStatus.DEBIT_ACCOUNT_NOT_FOUND}
+            burned += ids
+        again = led.create_transfers([_transfer(i) for i in burned[:BATCH_EVENTS_MAX]])
+        assert {r.status for r in again} == {CreateTransferStatus.ID_ALREADY_FAILED}
+    finally:
+        led.close()

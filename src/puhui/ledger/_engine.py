@@ -176,10 +176,9 @@ class Engine:
             K.index_rebuild(self.xfer_slots, self._transfers.array, self.n_transfers)
         need_retired = int(self.counters[K.C_RETIRED]) + extra
         if 2 * need_retired > self.retired.shape[0]:
-            ids = self.retired_ids()
-            self.retired = np.zeros((_pow2_at_least(4 * need_retired), 2), np.uint64)
-            for lo, hi in ids:
-                K.retired_insert(self.retired, lo, hi)
+            grown = np.zeros((_pow2_at_least(4 * need_retired), 2), np.uint64)
+            K.retired_rehash(self.retired, grown)
+            self.retired = grown
         need_heap = int(self.counters[K.C_HEAP]) + extra
         if need_heap > self.heap_deadline.shape[0]:
             size = _pow2_at_least(need_heap + need_heap // 2)
@@ -330,8 +329,7 @@ class Engine:
         K.index_rebuild(self.xfer_slots, self._transfers.array, n_transfers)
         n_retired = image.retired.shape[0]
         self.retired = np.zeros((_pow2_at_least(4 * max(n_retired, 16)), 2), np.uint64)
-        for lo, hi in image.retired:
-            K.retired_insert(self.retired, lo, hi)
+        K.retired_rehash(np.ascontiguousarray(image.retired, dtype=np.uint64), self.retired)
         n_heap = image.heap_deadline.shape[0]
         size = _pow2_at_least(max(n_heap, 64))
         self.heap_deadline = np.zeros(size, np.uint64)

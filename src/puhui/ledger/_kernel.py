@@ -225,7 +225,8 @@ def _mix64(z: int) -> int:
 
 @jit(inline="always")
 def hash_id(lo: int, hi: int) -> int:
-    return _mix64(lo ^ _mix64(hi ^ U64(0x9E3779B97F4A7C15)))
+    # Explicit casts: a Python int argument may arrive typed int64, whose shifts sign-extend.
+    return _mix64(U64(lo) ^ _mix64(U64(hi) ^ U64(0x9E3779B97F4A7C15)))
 
 
 @jit(inline="always")
@@ -280,6 +281,8 @@ def index_rebuild(slots: np.ndarray, store: np.ndarray, count: int) -> None:
 
 @jit(inline="always")
 def retired_contains(retired: np.ndarray, lo: int, hi: int) -> bool:
+    lo = U64(lo)
+    hi = U64(hi)
     mask = U64(retired.shape[0] - 1)
     i = hash_id(lo, hi) & mask
     while True:
@@ -293,7 +296,17 @@ def retired_contains(retired: np.ndarray, lo: int, hi: int) -> bool:
 
 
 @jit()
+def retired_rehash(old: np.ndarray, new: np.ndarray) -> None:
+    """Insert every id of the ``old`` burned-id table into the (larger, empty) ``new`` one."""
+    for i in range(old.shape[0]):
+        if old[i, 0] != ZERO or old[i, 1] != ZERO:
+            retired_insert(new, old[i, 0], old[i, 1])
+
+
+@jit()
 def retired_insert(retired: np.ndarray, lo: int, hi: int) -> bool:
+    lo = U64(lo)
+    hi = U64(hi)
     mask = U64(retired.shape[0] - 1)
     i = hash_id(lo, hi) & mask
     while True:
