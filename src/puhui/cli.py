@@ -404,12 +404,27 @@ class _Demo:
             "top_ups",
             "Top-ups from the bank: three single transfers in one batch",
             [
-                self.transfer("top_up:alice", "bank_cny", "alice_cny",
-                              self.money("2000.00", "CNY"), TransferCode.TOP_UP),
-                self.transfer("top_up:bob", "bank_cny", "bob_cny",
-                              self.money("10000.00", "CNY"), TransferCode.TOP_UP),
-                self.transfer("top_up:fx_float", "bank_usd", "fx_usd",
-                              self.money("1000.00", "USD"), TransferCode.TOP_UP),
+                self.transfer(
+                    "top_up:alice",
+                    "bank_cny",
+                    "alice_cny",
+                    self.money("2000.00", "CNY"),
+                    TransferCode.TOP_UP,
+                ),
+                self.transfer(
+                    "top_up:bob",
+                    "bank_cny",
+                    "bob_cny",
+                    self.money("10000.00", "CNY"),
+                    TransferCode.TOP_UP,
+                ),
+                self.transfer(
+                    "top_up:fx_float",
+                    "bank_usd",
+                    "fx_usd",
+                    self.money("1000.00", "USD"),
+                    TransferCode.TOP_UP,
+                ),
             ],
             ["created"] * 3,
         )
@@ -419,10 +434,17 @@ class _Demo:
         cny_amount = self.money(cny_text, "CNY")
         usd_amount = _fx_convert(cny_amount, cny, usd, FX_RATE_CNY_PER_USD)
         return [
-            self.transfer(f"{name}:sell_cny", f"{who}_cny", "fx_cny", cny_amount,
-                          TransferCode.FX_CONVERSION, tb.TransferFlags.LINKED),
-            self.transfer(f"{name}:buy_usd", "fx_usd", f"{who}_usd", usd_amount,
-                          TransferCode.FX_CONVERSION),
+            self.transfer(
+                f"{name}:sell_cny",
+                f"{who}_cny",
+                "fx_cny",
+                cny_amount,
+                TransferCode.FX_CONVERSION,
+                tb.TransferFlags.LINKED,
+            ),
+            self.transfer(
+                f"{name}:buy_usd", "fx_usd", f"{who}_usd", usd_amount, TransferCode.FX_CONVERSION
+            ),
         ]
 
     def convert_currency(self) -> None:
@@ -451,9 +473,15 @@ class _Demo:
         )
 
     def pay_with_escrow(self) -> None:
-        hold = self.transfer("escrow:hold", "alice_cny", "merchant_cny",
-                             self.money("300.00", "CNY"), TransferCode.PAYMENT,
-                             tb.TransferFlags.PENDING, timeout_s=ESCROW_TIMEOUT_S)
+        hold = self.transfer(
+            "escrow:hold",
+            "alice_cny",
+            "merchant_cny",
+            self.money("300.00", "CNY"),
+            TransferCode.PAYMENT,
+            tb.TransferFlags.PENDING,
+            timeout_s=ESCROW_TIMEOUT_S,
+        )
         step = self.submit(
             "escrow_hold",
             "Guaranteed transaction: Alice's 300.00 CNY is held (pending) until she confirms "
@@ -466,9 +494,15 @@ class _Demo:
             f"Alice's wallet: {format_amount(alice.debits_pending, 'CNY', group=True)} CNY held; "
             f"the merchant sees it as incoming, not yet spendable"
         )
-        post = self.transfer("escrow:post", "alice_cny", "merchant_cny",
-                             self.money("250.00", "CNY"), TransferCode.PAYMENT,
-                             tb.TransferFlags.POST_PENDING_TRANSFER, pending_id=hold.id)
+        post = self.transfer(
+            "escrow:post",
+            "alice_cny",
+            "merchant_cny",
+            self.money("250.00", "CNY"),
+            TransferCode.PAYMENT,
+            tb.TransferFlags.POST_PENDING_TRANSFER,
+            pending_id=hold.id,
+        )
         step = self.submit(
             "escrow_partial_post",
             "Alice confirms receipt of part of the order: 250.00 CNY is posted to the merchant, "
@@ -480,16 +514,33 @@ class _Demo:
 
     def cancel_order(self) -> None:
         amount = self.money("120.00", "CNY")
-        hold = self.transfer("order:hold", "bob_cny", "merchant_cny", amount,
-                             TransferCode.PAYMENT, tb.TransferFlags.PENDING,
-                             timeout_s=ESCROW_TIMEOUT_S)
-        self.submit("order_hold", "Bob orders for 120.00 CNY: the amount is held (pending)",
-                    [hold], ["created"])
-        void = self.transfer("order:void", "bob_cny", "merchant_cny", amount,
-                             TransferCode.PAYMENT, tb.TransferFlags.VOID_PENDING_TRANSFER,
-                             pending_id=hold.id)
-        step = self.submit("order_void", "Bob cancels the order: the hold is voided", [void],
-                           ["created"])
+        hold = self.transfer(
+            "order:hold",
+            "bob_cny",
+            "merchant_cny",
+            amount,
+            TransferCode.PAYMENT,
+            tb.TransferFlags.PENDING,
+            timeout_s=ESCROW_TIMEOUT_S,
+        )
+        self.submit(
+            "order_hold",
+            "Bob orders for 120.00 CNY: the amount is held (pending)",
+            [hold],
+            ["created"],
+        )
+        void = self.transfer(
+            "order:void",
+            "bob_cny",
+            "merchant_cny",
+            amount,
+            TransferCode.PAYMENT,
+            tb.TransferFlags.VOID_PENDING_TRANSFER,
+            pending_id=hold.id,
+        )
+        step = self.submit(
+            "order_void", "Bob cancels the order: the hold is voided", [void], ["created"]
+        )
         bob = self.balance("bob_cny")
         step.notes.append(
             f"Bob's wallet: {self.net_text('bob_cny')}, "
@@ -500,8 +551,15 @@ class _Demo:
         self.submit(
             "overdraft_rejected",
             "Bob tries to pay the merchant 50.00 USD with an empty USD wallet",
-            [self.transfer("overdraft:bob", "bob_usd", "merchant_usd",
-                           self.money("50.00", "USD"), TransferCode.PAYMENT)],
+            [
+                self.transfer(
+                    "overdraft:bob",
+                    "bob_usd",
+                    "merchant_usd",
+                    self.money("50.00", "USD"),
+                    TransferCode.PAYMENT,
+                )
+            ],
             ["exceeds_credits"],
         )
 

@@ -155,9 +155,7 @@ def format_amount(amount: int, currency_or_code: Currency | str, *, group: bool 
     """
     unit = currency(currency_or_code)
     if not isinstance(amount, int) or isinstance(amount, bool):
-        raise InvalidAmountError(
-            f"an amount is an int of minor units, not {type(amount).__name__}"
-        )
+        raise InvalidAmountError(f"an amount is an int of minor units, not {type(amount).__name__}")
     whole, fraction = divmod(abs(amount), unit.minor_units_per_major)
     whole_text = f"{whole:,}" if group else str(whole)
     sign = "-" if amount < 0 else ""

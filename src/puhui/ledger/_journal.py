@@ -89,6 +89,15 @@ class SqliteJournal:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        try:
+            self._init()
+        except sqlite3.DatabaseError as error:
+            self._db.close()
+            raise JournalUnavailableError(
+                f"{path} is not a usable SQLite journal: {error}"
+            ) from error
+
+    def _init(self) -> None:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(

@@ -760,10 +760,12 @@ def _scan_account(engine: Engine, params: dict[str, Any]) -> tuple[Array, Array]
 
 
 def default_state_dir(url: str, identity: str) -> Path:
-    if url.startswith("sqlite:///"):
-        return Path(url.removeprefix("sqlite:///") + ".state")
+    """Beside a SQLite file or a file-journal directory; ``./puhui-data/`` for PostgreSQL."""
+    for prefix in ("sqlite:///", "file://"):
+        if url.startswith(prefix):
+            return Path(url.removeprefix(prefix).rstrip("/") + ".state")
     if "://" not in url:
-        return Path(url + ".state")
+        return Path(url.rstrip("/") + ".state")
     return Path("puhui-data") / f"ledger-{identity}"
 
 
