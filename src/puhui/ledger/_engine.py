@@ -11,6 +11,8 @@ directory is given, or in anonymous memory otherwise (verification replays, test
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import mmap
 import os
 from dataclasses import dataclass
@@ -24,6 +26,13 @@ from . import _kernel as K
 from . import _queries as Q
 from ._convert import BATCH_EVENTS_MAX
 from ._types import ACCOUNT_DTYPE, BALANCE_DTYPE, RESULT_DTYPE, TRANSFER_DTYPE
+
+_MADV_POPULATE_WRITE = 23  # Linux 5.14+
+_LIBC: ctypes.CDLL | None
+try:
+    _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+except OSError:  # pragma: no cover - not Linux
+    _LIBC = None
 
 KIND_ACCOUNTS = 1
 KIND_TRANSFERS = 2
@@ -65,6 +74,22 @@ class _RowFile:
     def ensure(self, rows: int) -> None:
         if rows > self.array.shape[0]:
             self._map(_pow2_at_least(rows + rows // 2))
+
+    def prefault(self, first_row: int, rows: int) -> None:
+        """Map in the pages of rows not yet written, so the kernel does not fault on them.
+
+        ``MADV_POPULATE_WRITE`` prepares pages without changing their contents, so it is safe
+        while the kernel writes other rows. Called from a helper thread (ctypes releases the
+        GIL); a kernel without the advice just leaves the work to the page faults.
+        """
+        array = self.array
+        end = min(first_row + rows, array.shape[0])
+        if self._fd < 0 or end <= first_row or _LIBC is None:
+            return
+        start = array.ctypes.data + first_row * self.dtype.itemsize
+        stop = array.ctypes.data + end * self.dtype.itemsize
+        start -= start % mmap.PAGESIZE
+        _LIBC.madvise(ctypes.c_void_p(start), ctypes.c_size_t(stop - start), _MADV_POPULATE_WRITE)
 
     def sync(self) -> None:
         """Make every row written so far durable (rows are never rewritten)."""
@@ -339,6 +364,15 @@ class Engine:
         self.heap_ts[:n_heap] = image.heap_ts
         self.heap_row[:n_heap] = image.heap_row
         self.counters[:] = counters
+
+    def prefault_after(self, skip: int, rows: int) -> None:
+        """Prepare the pages of ``rows`` rows that follow the next ``skip`` (any thread).
+
+        Reads a counter the writer may be advancing; any value gives a harmless hint.
+        """
+        first = self.n_transfers + skip
+        self._transfers.prefault(first, rows)
+        self._balances.prefault(2 * first, 2 * rows)
 
     def sync_rows(self) -> None:
         self._transfers.sync()

@@ -370,6 +370,12 @@ class Ledger:
             durable = self._journal_thread.submit(
                 self._journal.append, self._op, encode_group(entries)
             )
+            # Once the journal write is out, the same thread maps in the pages the next group
+            # will write, off the writer's path (beyond this group's rows, so no overlap).
+            events_in_group = sum(r.payload.shape[0] for r in writes)
+            self._journal_thread.submit(
+                self._engine.prefault_after, events_in_group, max(events_in_group, 1024)
+            )
             try:
                 if pulse_count > 0:
                     expired = engine.pulse(entries[0][2], self._options.pulse_expiries_max)
