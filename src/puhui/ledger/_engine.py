@@ -266,15 +266,16 @@ class Engine:
             return 0
         return min(
             limit,
-            _count_due(
-                self.heap_deadline,
-                self.heap_ts,
-                self.heap_row,
-                n,
-                np.uint64(now),
-                self._transfers.array,
-                self.xfer_state,
-                self.n_transfers,
+            int(
+                K.count_due(
+                    self.heap_deadline,
+                    self.heap_ts,
+                    self.heap_row,
+                    np.uint64(now),
+                    self._transfers.array,
+                    self.xfer_state,
+                    self.counters,
+                )
             ),
         )
 
@@ -381,24 +382,3 @@ class Engine:
     def close(self) -> None:
         self._transfers.close()
         self._balances.close()
-
-
-def _count_due(
-    heap_deadline: Array,
-    heap_ts: Array,
-    heap_row: Array,
-    n: int,
-    now: np.uint64,
-    transfers: Array,
-    xfer_state: Array,
-    n_transfers: int,
-) -> int:
-    due = np.nonzero(heap_deadline[:n] <= now)[0]
-    if due.shape[0] == 0:
-        return 0
-    rows = heap_row[due]
-    valid = rows < n_transfers
-    rows_ok = rows[valid]
-    ts_ok = heap_ts[due][valid]
-    live = (transfers["timestamp"][rows_ok] == ts_ok) & (xfer_state[rows_ok] == K.STATE_PENDING)
-    return int(np.count_nonzero(live))

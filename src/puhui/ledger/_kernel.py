@@ -1129,6 +1129,53 @@ def create_transfers(
 # --- expiry ---------------------------------------------------------------------------------
 
 
+@jit(inline="always")
+def _heap_entry_live(
+    transfers: np.ndarray,
+    xfer_state: np.ndarray,
+    counters: np.ndarray,
+    row: int,
+    ts: int,
+    deadline: int,
+) -> bool:
+    """Whether a heap entry still stands for a pending transfer awaiting its deadline.
+
+    Entries are removed lazily: the transfer may have been posted, voided, or rolled back with
+    its chain — and then its row reused, possibly by an imported transfer with the very same
+    timestamp. Only a pending transfer with a timeout and this deadline matches.
+    """
+    if row >= np.int64(counters[C_TRANSFERS]):
+        return False
+    t = transfers[row]
+    return (
+        t.timestamp == ts
+        and t.timeout != 0
+        and (np.int64(t.flags) & TF_PENDING) != 0
+        and _deadline(t.timestamp, t.timeout) == deadline
+        and xfer_state[row] == STATE_PENDING
+    )
+
+
+@jit()
+def count_due(
+    heap_deadline: np.ndarray,
+    heap_ts: np.ndarray,
+    heap_row: np.ndarray,
+    now: int,
+    transfers: np.ndarray,
+    xfer_state: np.ndarray,
+    counters: np.ndarray,
+) -> int:
+    """How many live heap entries are due at ``now`` (what ``expire`` would expire)."""
+    count = 0
+    for i in range(np.int64(counters[C_HEAP])):
+        if heap_deadline[i] <= now and _heap_entry_live(
+            transfers, xfer_state, counters, heap_row[i], heap_ts[i], heap_deadline[i]
+        ):
+            count += 1
+    return count
+
+
 @jit()
 def expire(
     now: int,
@@ -1155,10 +1202,9 @@ def expire(
             break
         row = heap_row[0]
         ts = heap_ts[0]
+        deadline = heap_deadline[0]
         heap_pop(heap_deadline, heap_ts, heap_row, counters)
-        if row >= np.int64(counters[C_TRANSFERS]):
-            continue
-        if transfers[row].timestamp != ts or xfer_state[row] != STATE_PENDING:
+        if not _heap_entry_live(transfers, xfer_state, counters, row, ts, deadline):
             continue
         expired_rows[count] = row
         count += 1
