@@ -16,6 +16,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -89,6 +90,32 @@ class LedgerOptions:
     """Initial room for transfers (grows by itself)."""
 
 
+class GroupStats:
+    """The last ``window`` group commits: events, requests, apply/journal/total seconds."""
+
+    def __init__(self, window: int = 4096) -> None:
+        self.window = window
+        self.groups = 0
+        self.events = 0
+        self._data = np.zeros((window, 5), np.float64)
+
+    def record(
+        self, *, events: int, requests: int, apply_s: float, journal_s: float, total_s: float
+    ) -> None:
+        self._data[self.groups % self.window] = (events, requests, apply_s, journal_s, total_s)
+        self.groups += 1
+        self.events += events
+
+    def recent(self) -> dict[str, np.ndarray[Any, Any]]:
+        """Columns of the recorded groups, oldest first."""
+        n = min(self.groups, self.window)
+        rows = (
+            np.roll(self._data, -(self.groups % self.window), axis=0)[-n:] if n else self._data[:0]
+        )
+        names = ("events", "requests", "apply_s", "journal_s", "total_s")
+        return {name: rows[:, i].copy() for i, name in enumerate(names)}
+
+
 @dataclass(slots=True)
 class _Request:
     """One caller's request. Completed through ``future`` (threads) or ``waiter`` (asyncio)."""
@@ -139,6 +166,9 @@ class Ledger:
             asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, BaseException | None]]
         ] = {}
         self._op = 0
+        self._journal_seconds = 0.0
+        self.stats = GroupStats()
+        """Group commit figures: sizes and how long the journal and the kernels took."""
         self._events_since_snapshot = 0
         self._snapshot_op = 0
         self._snapshot_thread: threading.Thread | None = None
@@ -367,23 +397,30 @@ class Ledger:
             # GIL); nobody is answered, and no read runs, until the journal write is durable.
             # If it fails, memory holds state the journal does not: the writer stops (fail-stop)
             # and reopening recovers from the journal.
-            durable = self._journal_thread.submit(
-                self._journal.append, self._op, encode_group(entries)
-            )
+            durable = self._journal_thread.submit(self._append, self._op, encode_group(entries))
             # Once the journal write is out, the same thread maps in the pages the next group
             # will write, off the writer's path (beyond this group's rows, so no overlap).
             events_in_group = sum(r.payload.shape[0] for r in writes)
             self._journal_thread.submit(
                 self._engine.prefault_after, events_in_group, max(events_in_group, 1024)
             )
+            started = time.perf_counter()
             try:
                 if pulse_count > 0:
                     expired = engine.pulse(entries[0][2], self._options.pulse_expiries_max)
                     if expired != pulse_count:
                         raise AssertionError(f"pulse expired {expired}, expected {pulse_count}")
                 answers = self._apply_requests(writes, nows)
+                applied = time.perf_counter()
             finally:
                 durable.result()
+            self.stats.record(
+                events=sum(r.payload.shape[0] for r in writes),
+                requests=len(writes),
+                apply_s=applied - started,
+                journal_s=self._journal_seconds,
+                total_s=time.perf_counter() - started,
+            )
             self._events_since_snapshot += sum(r.payload.shape[0] for r in writes)
         for request, results in answers:
             self._complete(request, results)
@@ -398,6 +435,11 @@ class Ledger:
         self._flush_completions()
         if self._events_since_snapshot >= self._options.snapshot_interval_events:
             self._start_snapshot()
+
+    def _append(self, op: int, payload: bytes) -> None:
+        started = time.perf_counter()
+        self._journal.append(op, payload)
+        self._journal_seconds = time.perf_counter() - started
 
     def _apply_requests(
         self, writes: list[_Request], nows: list[int]
