@@ -272,7 +272,8 @@ ACCOUNT_DTYPE = np.dtype(
         ("code", "<u2"),
         ("flags", "<u2"),
         ("timestamp", "<u8"),
-    ]
+    ],
+    align=True,
 )
 """An account as TigerBeetle lays it out on the wire: 128 bytes."""
 
@@ -297,11 +298,12 @@ TRANSFER_DTYPE = np.dtype(
         ("code", "<u2"),
         ("flags", "<u2"),
         ("timestamp", "<u8"),
-    ]
+    ],
+    align=True,
 )
 """A transfer as TigerBeetle lays it out on the wire: 128 bytes."""
 
-RESULT_DTYPE = np.dtype([("timestamp", "<u8"), ("status", "<u4"), ("reserved", "<u4")])
+RESULT_DTYPE = np.dtype([("timestamp", "<u8"), ("status", "<u4"), ("reserved", "<u4")], align=True)
 """One ``create_*`` result: 16 bytes, as TigerBeetle's ``CreateTransferResult``."""
 
 BALANCE_DTYPE = np.dtype(
@@ -314,7 +316,8 @@ BALANCE_DTYPE = np.dtype(
         ("credits_pending_hi", "<u8"),
         ("credits_posted_lo", "<u8"),
         ("credits_posted_hi", "<u8"),
-    ]
+    ],
+    align=True,
 )
 """One account's four balances: 64 bytes."""
 
