@@ -74,7 +74,7 @@ def test_demo_succeeds_twice_in_a_row(tmp_path: Path) -> None:
     first = invoke("demo", "--data-dir", str(data_dir), "--json")
     assert first.exit_code == 0, first.output
     check_demo(last_json(first), accounts_total=10)
-    assert (data_dir / "ledger.sqlite").is_file()
+    assert (data_dir / "ledger").is_dir()
 
     second = invoke("demo", "--data-dir", str(data_dir), "--json")
     assert second.exit_code == 0, second.output
@@ -100,7 +100,7 @@ def test_demo_uses_the_data_dir_from_the_environment(
     monkeypatch.chdir(tmp_path)
     result = invoke("demo", env={"PUHUI_DATA_DIR": "elsewhere", "PUHUI_LEDGER_URL": ""})
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "elsewhere" / "ledger.sqlite").is_file()
+    assert (tmp_path / "elsewhere" / "ledger").is_dir()
     assert not (tmp_path / "puhui-data").exists()
 
 
@@ -108,11 +108,11 @@ def test_settings_defaults_and_overrides() -> None:
     defaults = Settings.from_env({})
     assert defaults.data_dir == Path("puhui-data")
     assert defaults.database_url == "sqlite:///puhui-data/puhui.sqlite"
-    assert defaults.ledger_url == "puhui-data/ledger.sqlite"
+    assert defaults.ledger_url == "puhui-data/ledger"
 
     moved = Settings.from_env({"PUHUI_DATA_DIR": "/srv/puhui"})
     assert moved.database_url == "sqlite:////srv/puhui/puhui.sqlite"  # four slashes: absolute
-    assert moved.ledger_url == "/srv/puhui/ledger.sqlite"
+    assert moved.ledger_url == "/srv/puhui/ledger"
 
     url = "postgresql+psycopg://puhui@db:5432/puhui"
     explicit = Settings.from_env({"PUHUI_DATABASE_URL": url, "PUHUI_LEDGER_URL": url, "X": "y"})
@@ -123,12 +123,12 @@ def test_settings_defaults_and_overrides() -> None:
 def test_settings_read_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PUHUI_DATA_DIR", "from-env")
     monkeypatch.delenv("PUHUI_LEDGER_URL", raising=False)
-    assert Settings.from_env().ledger_url == str(Path("from-env") / "ledger.sqlite")
+    assert Settings.from_env().ledger_url == str(Path("from-env") / "ledger")
 
 
 def test_ledger_verify_and_info(tmp_path: Path) -> None:
     assert invoke("demo", "--data-dir", str(tmp_path)).exit_code == 0
-    journal = str(tmp_path / "ledger.sqlite")
+    journal = str(tmp_path / "ledger")
 
     verify = invoke("ledger", "verify", journal, "--json")
     assert verify.exit_code == 0, verify.output
@@ -138,7 +138,7 @@ def test_ledger_verify_and_info(tmp_path: Path) -> None:
     assert set(report["ledgers"]) == {"156", "840"}
     assert "Per-ledger sums" in verify.stdout
 
-    info = invoke("ledger", "info", f"sqlite:///{journal}", "--json")
+    info = invoke("ledger", "info", f"file://{journal}", "--json")
     assert info.exit_code == 0, info.output
     facts = last_json(info)
     assert facts["accounts"] == 10
@@ -165,7 +165,7 @@ def test_ledger_verify_reports_a_failure_with_exit_1(
         )
 
     monkeypatch.setattr(puhui.ledger, "verify", broken)
-    result = invoke("ledger", "verify", str(tmp_path / "ledger.sqlite"), "--json")
+    result = invoke("ledger", "verify", str(tmp_path / "ledger"), "--json")
     assert result.exit_code == 1, result.output
     assert "verify: FAILED" in result.stdout
     assert "posted debits != posted credits" in result.stdout

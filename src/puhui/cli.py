@@ -115,8 +115,8 @@ def _emit_json(data: dict[str, Any]) -> None:
 def _local_journal(url: str) -> Path | None:
     """Where a local journal named by ``url`` lives (None for a journal on a server).
 
-    A SQLite journal is a file (a plain path or ``sqlite:///path``); a file journal
-    (``file:///dir``) is a directory of segments.
+    A SQLite journal is a file (``*.sqlite`` or ``sqlite:///path``); a file journal (a plain
+    directory path or ``file:///dir``) is a directory of segments.
     """
     if url.startswith("sqlite:///"):
         return Path(url.removeprefix("sqlite:///"))
@@ -736,7 +736,7 @@ def demo(
         Path | None,
         typer.Option(
             "--data-dir",
-            help="Directory for the demo's data; the ledger is <data-dir>/ledger.sqlite. "
+            help="Directory for the demo's data; the ledger journal is <data-dir>/ledger. "
             "Default: $PUHUI_DATA_DIR or ./puhui-data (with $PUHUI_LEDGER_URL if set).",
             show_default=False,
         ),
@@ -750,7 +750,7 @@ def demo(
         settings = Settings.from_env()
         if data_dir is not None:
             _make_data_dir(data_dir)
-            url = str(data_dir / "ledger.sqlite")
+            url = str(data_dir / "ledger")
         else:
             _make_data_dir(settings.data_dir)
             url = settings.ledger_url
@@ -799,7 +799,7 @@ PathOrUrl = Annotated[
     str | None,
     typer.Argument(
         help="Ledger journal: a SQLite file, sqlite:///path or postgresql+psycopg://... "
-        "Default: $PUHUI_LEDGER_URL or ./puhui-data/ledger.sqlite.",
+        "Default: $PUHUI_LEDGER_URL or ./puhui-data/ledger.",
         show_default=False,
     ),
 ]

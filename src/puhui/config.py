@@ -7,7 +7,7 @@ variables and fills in defaults. The caller creates directories and opens connec
 |-----------------------|-------------------------------------------|
 | ``PUHUI_DATA_DIR``    | ``./puhui-data``                          |
 | ``PUHUI_DATABASE_URL``| ``sqlite:///<data dir>/puhui.sqlite``     |
-| ``PUHUI_LEDGER_URL``  | ``<data dir>/ledger.sqlite``              |
+| ``PUHUI_LEDGER_URL``  | ``<data dir>/ledger`` (file journal)      |
 
 An empty variable counts as unset.
 """
@@ -34,7 +34,7 @@ class Settings:
     database_url: str
     """SQLAlchemy URL of the SQL store (service tables): SQLite file or PostgreSQL."""
     ledger_url: str
-    """The ledger journal: a SQLite file path, ``sqlite:///path`` or ``postgresql+psycopg://``."""
+    """The ledger journal: a directory (file journal), ``*.sqlite`` or a PostgreSQL URL."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -42,5 +42,5 @@ class Settings:
         env = os.environ if environ is None else environ
         data_dir = Path(env.get("PUHUI_DATA_DIR") or DATA_DIR_DEFAULT)
         database_url = env.get("PUHUI_DATABASE_URL") or f"sqlite:///{data_dir / 'puhui.sqlite'}"
-        ledger_url = env.get("PUHUI_LEDGER_URL") or str(data_dir / "ledger.sqlite")
+        ledger_url = env.get("PUHUI_LEDGER_URL") or str(data_dir / "ledger")
         return cls(data_dir=data_dir, database_url=database_url, ledger_url=ledger_url)

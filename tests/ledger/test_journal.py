@@ -128,3 +128,21 @@ def test_append_out_of_order_is_refused(tmp_path: Path) -> None:
             journal.append(3, b"y")
     finally:
         journal.close()
+
+
+def test_plain_paths_choose_the_journal_kind(tmp_path: Path) -> None:
+    chosen = {}
+    for name in ("ledger", "ledger.sqlite", "ledger.db"):
+        journal = open_journal(str(tmp_path / name))
+        chosen[name] = type(journal)
+        journal.close()
+    assert chosen == {
+        "ledger": FileJournal,
+        "ledger.sqlite": SqliteJournal,
+        "ledger.db": SqliteJournal,
+    }
+    existing = tmp_path / "legacy"  # an existing SQLite file without a suffix stays SQLite
+    SqliteJournal(existing).close()
+    again = open_journal(str(existing))
+    assert isinstance(again, SqliteJournal)
+    again.close()

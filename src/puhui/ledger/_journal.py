@@ -507,18 +507,29 @@ def _check_record(expected: int, op: int, crc: int, payload: bytes) -> None:
         raise JournalCorruptError(f"journal record {op} fails its checksum")
 
 
+SQLITE_SUFFIXES = (".sqlite", ".sqlite3", ".db")
+"""A plain path with one of these suffixes (or an existing file) is a SQLite journal; any
+other plain path is a file-journal directory, the embedded default."""
+
+
 def open_journal(url: str) -> Journal:
-    """Open the journal named by a path, ``sqlite:///path`` or ``postgresql+psycopg://...``."""
+    """Open the journal named by ``url``.
+
+    ``file:///dir`` or a plain directory path: the file journal (the embedded default);
+    ``sqlite:///path`` or a path ending in ``.sqlite``/``.db`` (or an existing file): SQLite;
+    ``postgresql+psycopg://user@host/db``: PostgreSQL.
+    """
     if url.startswith(("postgresql://", "postgresql+psycopg://", "postgres://")):
         return PostgresJournal(url.replace("postgresql+psycopg://", "postgresql://", 1))
     if url.startswith("sqlite:///"):
         return SqliteJournal(Path(url.removeprefix("sqlite:///")))
-    if url.startswith("file:///"):
-        return FileJournal(Path(url.removeprefix("file://")))
     if url.startswith("file://"):
         return FileJournal(Path(url.removeprefix("file://")))
     if "://" in url:
         raise JournalUnavailableError(
             f"unsupported journal URL scheme in {url.split('://', maxsplit=1)[0]!r}"
         )
-    return SqliteJournal(Path(url))
+    path = Path(url)
+    if path.suffix in SQLITE_SUFFIXES or path.is_file():
+        return SqliteJournal(path)
+    return FileJournal(path)

@@ -826,10 +826,12 @@ def open(
 ) -> Ledger:
     """Open (or create) a ledger.
 
-    ``path_or_url`` names the journal: a file path or ``sqlite:///path`` for SQLite (the
-    embedded default), or ``postgresql+psycopg://user@host:port/db`` for PostgreSQL. Derived
-    state (snapshots, transfer rows) lives in ``state_dir``: by default beside a SQLite
-    journal (``<path>.state``), or ``./puhui-data/ledger-<journal id>`` for PostgreSQL.
+    ``path_or_url`` names the journal: a directory path or ``file:///dir`` for the file
+    journal (the embedded default: pre-allocated, checksummed segments synced with
+    ``fdatasync``), a ``*.sqlite`` path or ``sqlite:///path`` for SQLite, or
+    ``postgresql+psycopg://user@host:port/db`` for PostgreSQL. Derived state (snapshots,
+    transfer rows) lives in ``state_dir``: by default beside a local journal
+    (``<path>.state``), or ``./puhui-data/ledger-<journal id>`` for PostgreSQL.
     """
     url = os.fspath(path_or_url)
     journal = open_journal(url)
