@@ -23,7 +23,6 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _kernel as K
-from . import _queries as Q
 from ._convert import BATCH_EVENTS_MAX
 from ._types import ACCOUNT_DTYPE, BALANCE_DTYPE, RESULT_DTYPE, TRANSFER_DTYPE
 
@@ -311,10 +310,10 @@ class Engine:
     # --- reads ------------------------------------------------------------------------------
 
     def account_rows(self, ids_lo: Array, ids_hi: Array) -> Array:
-        return Q.find_rows(self.acct_slots, self.accounts, ids_lo, ids_hi)  # type: ignore[no-any-return]
+        return K.find_rows(self.acct_slots, self.accounts, ids_lo, ids_hi)  # type: ignore[no-any-return]
 
     def transfer_rows(self, ids_lo: Array, ids_hi: Array) -> Array:
-        return Q.find_rows(self.xfer_slots, self._transfers.array, ids_lo, ids_hi)  # type: ignore[no-any-return]
+        return K.find_rows(self.xfer_slots, self._transfers.array, ids_lo, ids_hi)  # type: ignore[no-any-return]
 
     def retired_ids(self) -> list[tuple[int, int]]:
         used = np.nonzero((self.retired[:, 0] != 0) | (self.retired[:, 1] != 0))[0]

@@ -28,7 +28,7 @@ import numpy as np
 
 from puhui.clock import Clock, SystemClock
 
-from . import _queries as Q
+from . import _kernel as K
 from . import _snapshot as S
 from ._convert import (
     BATCH_EVENTS_MAX,
@@ -566,7 +566,7 @@ class Ledger:
         def read(engine: Engine) -> tuple[Array, list[int]]:
             lo, hi = params["account"]
             row = int(engine.account_rows(np.array([lo], np.uint64), np.array([hi], np.uint64))[0])
-            if row < 0 or not Q.account_has_history(engine.accounts, row):
+            if row < 0 or not K.account_has_history(engine.accounts, row):
                 return np.zeros(0, engine.balances.dtype), []
             rows, sides = _scan_account(engine, params)
             balances: Array = engine.balances[2 * rows + sides].copy()
@@ -581,7 +581,7 @@ class Ledger:
             return []
 
         def read(engine: Engine) -> Array:
-            rows = Q.scan_accounts(
+            rows = K.scan_accounts(
                 engine.accounts,
                 engine.n_accounts,
                 *params["user_data_128"],
@@ -605,7 +605,7 @@ class Ledger:
             return []
 
         def read(engine: Engine) -> Array:
-            rows, _ = Q.scan_transfers(
+            rows, _ = K.scan_transfers(
                 engine.transfers,
                 engine.n_transfers,
                 np.uint64(0),
@@ -783,7 +783,7 @@ def _query_filter(f: QueryFilter) -> dict[str, Any] | None:
 
 def _scan_account(engine: Engine, params: dict[str, Any]) -> tuple[Array, Array]:
     lo, hi = params["account"]
-    rows, sides = Q.scan_transfers(
+    rows, sides = K.scan_transfers(
         engine.transfers,
         engine.n_transfers,
         np.uint64(lo),

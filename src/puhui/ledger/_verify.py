@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 
 from . import _kernel as K
-from . import _queries as Q
 from ._engine import Engine
 from ._ledger import Ledger, apply_record
 from ._types import BALANCE_DTYPE
@@ -46,7 +45,7 @@ def _ledger_sums(engine: Engine) -> dict[int, dict[str, int]]:
     ledgers = np.unique(accounts["ledger"]) if n else np.zeros(0, np.uint32)
     sums = np.zeros((ledgers.shape[0], 4, 4), np.uint64)
     if n:
-        Q.sum_by_ledger(accounts, n, ledgers, sums)
+        K.sum_by_ledger(accounts, n, ledgers, sums)
     out: dict[int, dict[str, int]] = {}
     for k, ledger in enumerate(ledgers.tolist()):
         out[int(ledger)] = {
@@ -72,7 +71,7 @@ def _check(engine: Engine, journal_ops: int, replay: Engine) -> VerifyReport:
 
     n = engine.n_accounts
     recomputed = np.zeros(n, BALANCE_DTYPE)
-    bad_row = Q.recompute_balances(
+    bad_row = K.recompute_balances(
         engine.accounts,
         engine.acct_slots,
         n,
