@@ -147,6 +147,7 @@ class Engine:
         self._undo_accounts: Array = np.zeros(2 * BATCH_EVENTS_MAX + 2, ACCOUNT_DTYPE)
         self._undo_state_rows: Array = np.zeros(BATCH_EVENTS_MAX + 1, np.int64)
         self._undo_state_values: Array = np.zeros(BATCH_EVENTS_MAX + 1, np.uint8)
+        self._undo_counts: Array = np.zeros(3, np.int64)
 
     # --- counters ---------------------------------------------------------------------------
 
@@ -252,6 +253,7 @@ class Engine:
                 self._undo_accounts,
                 self._undo_state_rows,
                 self._undo_state_values,
+                self._undo_counts,
                 results,
             )
         else:

@@ -1038,6 +1038,7 @@ def create_transfers(
     undo_accounts: np.ndarray,
     undo_state_rows: np.ndarray,
     undo_state_values: np.ndarray,
+    undo_counts: np.ndarray,
     results: np.ndarray,
 ) -> None:
     """Apply transfer batches ``events[starts[b]:starts[b+1]]``, each with clock ``nows[b]``.
@@ -1047,7 +1048,6 @@ def create_transfers(
     every event. Linked chains are all-or-nothing; a failed chain is undone from an undo log
     (``undo_*``: room for two accounts and one two-phase state per event of the longest chain).
     """
-    undo_counts = np.zeros(3, dtype=np.int64)
     for b in range(starts.shape[0] - 1):
         s = starts[b]
         e = starts[b + 1]
@@ -1251,7 +1251,7 @@ def expire(
 # --- reads: lookups, queries, verification (same module: numba's cache tracks one file) ---
 
 
-@jit()
+@jit(allocates=True)
 def find_rows(
     slots: np.ndarray, store: np.ndarray, ids_lo: np.ndarray, ids_hi: np.ndarray
 ) -> np.ndarray:
@@ -1262,7 +1262,7 @@ def find_rows(
     return out
 
 
-@jit()
+@jit(allocates=True)
 def scan_transfers(
     transfers: np.ndarray,
     count: int,
@@ -1352,7 +1352,7 @@ def scan_transfers(
     return rows[:found], sides[:found]
 
 
-@jit()
+@jit(allocates=True)
 def scan_accounts(
     accounts: np.ndarray,
     count: int,
