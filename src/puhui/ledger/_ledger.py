@@ -182,6 +182,8 @@ class Ledger:
             self._release_lock()
             raise
         self._journal_thread = ThreadPoolExecutor(1, thread_name_prefix="puhui-ledger-journal")
+        self._prefault_thread = ThreadPoolExecutor(1, thread_name_prefix="puhui-ledger-prefault")
+        self._prefaulting: Future[None] | None = None
         self._writer = threading.Thread(target=self._run, name="puhui-ledger-writer", daemon=True)
         self._writer.start()
 
@@ -253,6 +255,7 @@ class Ledger:
         if self._failure is None and self._op > self._snapshot_op:
             self._write_snapshot(self._op, self._engine.image())
         self._journal_thread.shutdown()
+        self._prefault_thread.shutdown()
         self._engine.close()
         self._journal.close()
         self._release_lock()
@@ -398,12 +401,13 @@ class Ledger:
             # If it fails, memory holds state the journal does not: the writer stops (fail-stop)
             # and reopening recovers from the journal.
             durable = self._journal_thread.submit(self._append, self._op, encode_group(entries))
-            # Once the journal write is out, the same thread maps in the pages the next group
-            # will write, off the writer's path (beyond this group's rows, so no overlap).
+            # Meanwhile another thread maps in the pages the next group will write, off the
+            # writer's path (beyond this group's rows, so no overlap), unless it is still busy.
             events_in_group = sum(r.payload.shape[0] for r in writes)
-            self._journal_thread.submit(
-                self._engine.prefault_after, events_in_group, max(events_in_group, 1024)
-            )
+            if self._prefaulting is None or self._prefaulting.done():
+                self._prefaulting = self._prefault_thread.submit(
+                    self._engine.prefault_after, events_in_group, max(events_in_group, 1024)
+                )
             started = time.perf_counter()
             try:
                 if pulse_count > 0:
