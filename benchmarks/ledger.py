@@ -38,7 +38,16 @@ from typing import Any
 import numpy as np
 
 BATCH = 8189
-VARIANTS = ("tigerbeetle", "zipf", "accounts_1m", "objects", "concurrent_64", "postgres")
+VARIANTS = (
+    "tigerbeetle",
+    "zipf",
+    "accounts_1m",
+    "objects",
+    "concurrent_64",
+    "postgres",
+    "sqlite",
+    "recovery",
+)
 
 
 # --- workload -------------------------------------------------------------------------------
@@ -107,8 +116,8 @@ def run_variant(
     zipf = variant == "zipf"
     options = LedgerOptions(transfers_capacity=transfers + BATCH)
     if variant == "postgres":
-        journal = url
-    elif journal_kind == "sqlite":
+        journal = _fresh_schema(url)
+    elif journal_kind == "sqlite" or variant == "sqlite":
         journal = str(workdir / "journal.sqlite")
     else:
         journal = f"file://{workdir / 'journal'}"
@@ -171,6 +180,83 @@ def run_variant(
         "index_bytes_per_transfer": sizes["transfer_index_bytes"] / max(1, sizes["transfers"]),
         "verify_ok": verify_ok,
     }
+
+
+def _fresh_schema(url: str) -> str:
+    """A URL whose connections use a new, empty schema (the benchmark's own journal)."""
+    import uuid
+
+    import psycopg
+
+    schema = f"puhui_bench_{uuid.uuid4().hex[:12]}"
+    conninfo = url.replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    separator = "&" if "?" in url else "?"
+    return f"{url}{separator}options=-csearch_path%3D{schema}"
+
+
+def run_recovery(transfers: int, accounts: int, workdir: Path) -> dict[str, Any]:
+    """Open after a crash with ``transfers`` journalled since the last snapshot."""
+    writer = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            "--variant",
+            "recovery_writer",
+            "--transfers",
+            str(transfers),
+            "--accounts",
+            str(accounts),
+            "--workdir",
+            str(workdir),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    if writer.returncode != 0:
+        raise SystemExit(f"recovery writer failed:\n{writer.stderr[-4000:]}")
+    from puhui.ledger import open, verify
+
+    journal = workdir / "journal"
+    start = time.perf_counter()
+    led = open(f"file://{journal}", state_dir=workdir / "state")
+    opened = time.perf_counter() - start
+    try:
+        recovered = led.read_state(lambda e: e.n_transfers)
+        verify_ok = verify(led).ok if transfers <= 2_000_000 else None
+    finally:
+        led.close()
+    if recovered != transfers:
+        raise SystemExit(f"recovered {recovered} transfers, expected {transfers}")
+    return {
+        "variant": "recovery",
+        "transfers": transfers,
+        "accounts": accounts,
+        "recovery_s": opened,
+        "transfers_per_s": transfers / opened,
+        "verify_ok": verify_ok,
+    }
+
+
+def recovery_writer(transfers: int, accounts: int, workdir: Path) -> None:
+    """Journal ``transfers`` with no snapshot after the accounts, then die without closing."""
+    from puhui.ledger import LedgerOptions, open
+
+    options = LedgerOptions(snapshot_interval_events=1 << 62, transfers_capacity=transfers + BATCH)
+    led = open(f"file://{workdir / 'journal'}", state_dir=workdir / "state", options=options)
+    acc = make_accounts(accounts)
+    for i in range(0, accounts, BATCH):
+        led.create_accounts_array(acc[i : i + BATCH])
+    led.snapshot_now()  # the snapshot holds the accounts only
+    rng = np.random.default_rng(7)
+    for i in range(0, transfers, BATCH):
+        led.create_transfers_array(
+            make_batch(rng, 1 + i, min(BATCH, transfers - i), accounts, False)
+        )
+    os._exit(0)  # a crash: no close, no final snapshot; every batch was answered, so durable
 
 
 def _concurrent(
@@ -280,8 +366,13 @@ def run_baseline(transfers: int, accounts: int, workdir: Path) -> dict[str, Any]
 def _child(args: argparse.Namespace) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="puhui-bench-", dir=args.workdir))
     try:
+        if args.variant == "recovery_writer":
+            recovery_writer(args.transfers, args.accounts, Path(args.workdir))
+            return
         if args.variant == "baseline":
             result = run_baseline(args.transfers, args.accounts, workdir)
+        elif args.variant == "recovery":
+            result = run_recovery(args.transfers, args.accounts, workdir)
         else:
             result = run_variant(
                 args.variant,
@@ -313,7 +404,9 @@ def _spawn(variant: str, transfers: int, accounts: int, args: argparse.Namespace
         cmd += ["--workdir", args.workdir]
     if args.database_url:
         cmd += ["--database-url", args.database_url]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    out = subprocess.run(cmd, check=False, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"variant {variant} failed:\n{out.stderr[-4000:]}")
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
 
@@ -348,6 +441,7 @@ def main() -> None:
     if "postgres" in variants and not args.database_url:
         variants.remove("postgres")
     sizes = {
+        "recovery": (transfers, accounts),
         "accounts_1m": (transfers, 20_000 if quick else 1_000_000),
         "concurrent_64": (min(transfers, 5_000 if quick else 200_000), accounts),
         "objects": (min(transfers, 20_000 if quick else 2_000_000), accounts),
@@ -368,6 +462,13 @@ def main() -> None:
         median["baseline_transfers_per_s"] = baseline["transfers_per_s"]
         median["ratio_to_baseline"] = median["transfers_per_s"] / baseline["transfers_per_s"]
         report["variants"][variant] = median
+        if variant == "recovery":
+            print(
+                f"{variant:14s} opened in {median['recovery_s']:.2f} s with {n:,} transfers"
+                f" journalled since the last snapshot ({median['transfers_per_s']:,.0f}/s)",
+                flush=True,
+            )
+            continue
         print(
             f"{variant:14s} {median['transfers_per_s']:>12,.0f} transfers/s"
             f"  x{median['ratio_to_baseline']:,.0f} baseline"
