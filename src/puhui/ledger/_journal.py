@@ -202,7 +202,7 @@ class PostgresJournal:
 
         try:
             self._db.execute(
-                "INSERT INTO puhui_journal (op, checksum, payload) VALUES (%s, %s, %s)",
+                "INSERT INTO puhui_journal (op, checksum, payload) VALUES (%s, %s, %b)",
                 (op, checksum(payload), payload),
             )
         except psycopg.Error as error:
