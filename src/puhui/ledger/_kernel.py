@@ -1262,6 +1262,30 @@ def find_rows(
     return out
 
 
+@jit(inline="always")
+def _fields_match(
+    record: np.ndarray,
+    user_data_128_lo: int,
+    user_data_128_hi: int,
+    user_data_64: int,
+    user_data_32: int,
+    ledger: int,
+    code: int,
+) -> bool:
+    """Whether an account or transfer matches a filter's fields (zero fields match all)."""
+    if (user_data_128_lo != ZERO or user_data_128_hi != ZERO) and (
+        record.user_data_128_lo != user_data_128_lo or record.user_data_128_hi != user_data_128_hi
+    ):
+        return False
+    if user_data_64 != ZERO and record.user_data_64 != user_data_64:
+        return False
+    if user_data_32 != 0 and record.user_data_32 != user_data_32:
+        return False
+    if ledger != 0 and record.ledger != ledger:
+        return False
+    return code == 0 or record.code == code
+
+
 @jit(allocates=True)
 def scan_transfers(
     transfers: np.ndarray,
@@ -1334,17 +1358,9 @@ def scan_transfers(
             if not is_debit and not is_credit:
                 continue
             side = 0 if is_debit else 1
-        if (user_data_128_lo != ZERO or user_data_128_hi != ZERO) and (
-            t.user_data_128_lo != user_data_128_lo or t.user_data_128_hi != user_data_128_hi
+        if not _fields_match(
+            t, user_data_128_lo, user_data_128_hi, user_data_64, user_data_32, ledger, code
         ):
-            continue
-        if user_data_64 != ZERO and t.user_data_64 != user_data_64:
-            continue
-        if user_data_32 != 0 and t.user_data_32 != user_data_32:
-            continue
-        if ledger != 0 and t.ledger != ledger:
-            continue
-        if code != 0 and t.code != code:
             continue
         rows[found] = row
         sides[found] = side
@@ -1379,17 +1395,9 @@ def scan_accounts(
             continue
         if timestamp_max != ZERO and a.timestamp > timestamp_max:
             continue
-        if (user_data_128_lo != ZERO or user_data_128_hi != ZERO) and (
-            a.user_data_128_lo != user_data_128_lo or a.user_data_128_hi != user_data_128_hi
+        if not _fields_match(
+            a, user_data_128_lo, user_data_128_hi, user_data_64, user_data_32, ledger, code
         ):
-            continue
-        if user_data_64 != ZERO and a.user_data_64 != user_data_64:
-            continue
-        if user_data_32 != 0 and a.user_data_32 != user_data_32:
-            continue
-        if ledger != 0 and a.ledger != ledger:
-            continue
-        if code != 0 and a.code != code:
             continue
         rows[found] = row
         found += 1

@@ -585,19 +585,7 @@ class Ledger:
             return []
 
         def read(engine: Engine) -> Array:
-            rows = K.scan_accounts(
-                engine.accounts,
-                engine.n_accounts,
-                *params["user_data_128"],
-                np.uint64(params["user_data_64"]),
-                params["user_data_32"],
-                params["ledger"],
-                params["code"],
-                np.uint64(params["timestamp_min"]),
-                np.uint64(params["timestamp_max"]),
-                params["limit"],
-                params["reversed"],
-            )
+            rows = K.scan_accounts(engine.accounts, engine.n_accounts, *_scan_args(params))
             copied: Array = engine.accounts[rows].copy()
             return copied
 
@@ -609,23 +597,9 @@ class Ledger:
             return []
 
         def read(engine: Engine) -> Array:
+            no_account = (np.uint64(0), np.uint64(0), False, False, False)
             rows, _ = K.scan_transfers(
-                engine.transfers,
-                engine.n_transfers,
-                np.uint64(0),
-                np.uint64(0),
-                False,
-                False,
-                False,
-                *params["user_data_128"],
-                np.uint64(params["user_data_64"]),
-                params["user_data_32"],
-                params["ledger"],
-                params["code"],
-                np.uint64(params["timestamp_min"]),
-                np.uint64(params["timestamp_max"]),
-                params["limit"],
-                params["reversed"],
+                engine.transfers, engine.n_transfers, *no_account, *_scan_args(params)
             )
             copied: Array = engine.transfers[rows].copy()
             return copied
@@ -785,6 +759,21 @@ def _query_filter(f: QueryFilter) -> dict[str, Any] | None:
     }
 
 
+def _scan_args(params: dict[str, Any]) -> tuple[Any, ...]:
+    """The filter arguments the compiled scans share, in their order."""
+    return (
+        *params["user_data_128"],
+        np.uint64(params["user_data_64"]),
+        params["user_data_32"],
+        params.get("ledger", 0),
+        params["code"],
+        np.uint64(params["timestamp_min"]),
+        np.uint64(params["timestamp_max"]),
+        params["limit"],
+        params["reversed"],
+    )
+
+
 def _scan_account(engine: Engine, params: dict[str, Any]) -> tuple[Array, Array]:
     lo, hi = params["account"]
     rows, sides = K.scan_transfers(
@@ -795,15 +784,7 @@ def _scan_account(engine: Engine, params: dict[str, Any]) -> tuple[Array, Array]
         True,
         params["debits"],
         params["credits"],
-        *params["user_data_128"],
-        np.uint64(params["user_data_64"]),
-        params["user_data_32"],
-        0,
-        params["code"],
-        np.uint64(params["timestamp_min"]),
-        np.uint64(params["timestamp_max"]),
-        params["limit"],
-        params["reversed"],
+        *_scan_args(params),
     )
     return rows, sides.astype(np.int64)
 
