@@ -27,15 +27,14 @@ from ._convert import BATCH_EVENTS_MAX
 from ._types import ACCOUNT_DTYPE, BALANCE_DTYPE, RESULT_DTYPE, TRANSFER_DTYPE
 
 _MADV_POPULATE_WRITE = 23  # Linux 5.14+
-_SYNC_FILE_RANGE_WRITE = 2
 _LIBC: ctypes.CDLL | None
 try:
     _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 except OSError:  # pragma: no cover - not Linux
     _LIBC = None
 
-WRITEBACK_ROWS_MIN = 1 << 15
-"""Rows (4 MiB of transfers) written between two background writebacks of the state files."""
+PREFAULT_GROUPS_AHEAD = 4
+"""How many groups' worth of rows the prefault thread maps in ahead of the writer."""
 
 KIND_ACCOUNTS = 1
 KIND_TRANSFERS = 2
@@ -98,19 +97,6 @@ class _RowFile:
         start -= start % mmap.PAGESIZE
         _LIBC.madvise(ctypes.c_void_p(start), ctypes.c_size_t(stop - start), _MADV_POPULATE_WRITE)
 
-    def start_writeback(self, first_row: int, rows: int) -> None:
-        """Start writing rows to disk without waiting (``sync_file_range``), so that dirty
-        pages never pile up into one long flush at snapshot time."""
-        if self._fd < 0 or rows <= 0 or _LIBC is None:
-            return
-        size = self.dtype.itemsize
-        _LIBC.sync_file_range(
-            self._fd,
-            ctypes.c_longlong(first_row * size),
-            ctypes.c_longlong(rows * size),
-            ctypes.c_uint(_SYNC_FILE_RANGE_WRITE),
-        )
-
     def sync(self) -> None:
         """Make every row written so far durable (rows are never rewritten)."""
         if self._fd >= 0:
@@ -163,7 +149,7 @@ class Engine:
         self.heap_ts: Array = np.zeros(64, np.uint64)
         self.heap_row: Array = np.zeros(64, np.int64)
         self._expired_rows: Array = np.zeros(64, np.int64)
-        self._written_back = 0  # rows whose writeback has been started (prefault thread)
+        self._prefaulted_until = 0  # rows whose pages are mapped in (prefault thread)
         # Undo log for linked chains; a chain never spans requests, so one batch bounds it.
         self._undo_rows: Array = np.zeros(2 * BATCH_EVENTS_MAX + 2, np.int64)
         self._undo_accounts: Array = np.zeros(2 * BATCH_EVENTS_MAX + 2, ACCOUNT_DTYPE)
@@ -395,14 +381,14 @@ class Engine:
         Reads a counter the writer may be advancing; any value gives a harmless hint.
         """
         committed = self.n_transfers
-        first = committed + skip
-        self._transfers.prefault(first, rows)
-        self._balances.prefault(2 * first, 2 * rows)
-        start = self._written_back
-        if committed - start >= WRITEBACK_ROWS_MIN:
-            self._transfers.start_writeback(start, committed - start)
-            self._balances.start_writeback(2 * start, 2 * (committed - start))
-            self._written_back = committed
+        # Stay several groups ahead, so that the writer never waits for a page itself.
+        first = max(self._prefaulted_until, committed + skip)
+        until = committed + skip + PREFAULT_GROUPS_AHEAD * rows
+        if until > first:
+            self._transfers.prefault(first, until - first)
+            self._balances.prefault(2 * first, 2 * (until - first))
+            self._prefaulted_until = until
+
 
     def sync_rows(self) -> None:
         self._transfers.sync()
