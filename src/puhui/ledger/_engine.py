@@ -268,6 +268,71 @@ class Engine:
             raise ValueError(f"unknown batch kind {kind}")
         return results
 
+    def warm_up(self) -> None:
+        """Load every compiled kernel now (numba reads machine code from its cache lazily, at
+        the first call) and map in the first rows, so the first request does not pay for it."""
+        none_accounts = np.zeros(0, ACCOUNT_DTYPE)
+        none_transfers = np.zeros(0, TRANSFER_DTYPE)
+        no_batches = np.zeros(1, np.int64)
+        no_nows = np.zeros(0, np.uint64)
+        counters = self.counters.copy()  # the kernels only touch counters of real batches
+        K.create_accounts(
+            none_accounts,
+            no_batches,
+            no_nows,
+            self.accounts,
+            self.acct_slots,
+            self._transfers.array,
+            counters,
+            np.zeros(0, RESULT_DTYPE),
+        )
+        K.create_transfers(
+            none_transfers,
+            no_batches,
+            no_nows,
+            self.accounts,
+            self.acct_slots,
+            self._transfers.array,
+            self.xfer_slots,
+            self.xfer_state,
+            self._balances.array,
+            self.retired,
+            self.heap_deadline,
+            self.heap_ts,
+            self.heap_row,
+            counters,
+            self._undo_rows,
+            self._undo_accounts,
+            self._undo_state_rows,
+            self._undo_state_values,
+            self._undo_counts,
+            np.zeros(0, RESULT_DTYPE),
+        )
+        K.count_due(
+            self.heap_deadline,
+            self.heap_ts,
+            self.heap_row,
+            np.uint64(0),
+            self._transfers.array,
+            self.xfer_state,
+            counters,
+        )
+        K.expire(
+            np.uint64(0),
+            0,
+            self.accounts,
+            self.acct_slots,
+            self._transfers.array,
+            self.xfer_state,
+            self.heap_deadline,
+            self.heap_ts,
+            self.heap_row,
+            counters,
+            self._expired_rows,
+        )
+        K.find_rows(self.acct_slots, self.accounts, np.zeros(0, np.uint64), np.zeros(0, np.uint64))
+        self.prefault_after(0, BATCH_EVENTS_MAX)
+
     def due_count(self, now: int, limit: int) -> int:
         """How many pending transfers a pulse at ``now`` would expire (at most ``limit``)."""
         n = int(self.counters[K.C_HEAP])
@@ -388,7 +453,6 @@ class Engine:
             self._transfers.prefault(first, until - first)
             self._balances.prefault(2 * first, 2 * (until - first))
             self._prefaulted_until = until
-
 
     def sync_rows(self) -> None:
         self._transfers.sync()

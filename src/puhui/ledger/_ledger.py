@@ -178,6 +178,7 @@ class Ledger:
             self._bind_state_dir()
             self._engine = Engine(state_dir, transfers_capacity=self._options.transfers_capacity)
             self._recover()
+            self._engine.warm_up()
         except BaseException:
             self._release_lock()
             raise
