@@ -400,3 +400,19 @@ def test_burned_ids_stay_burned_when_their_table_grows(tmp_path: Path) -> None:
         assert {r.status for r in again} == {CreateTransferStatus.ID_ALREADY_FAILED}
     finally:
         led.close()
+
+
+def test_a_request_queued_after_close_gets_an_error_not_a_hang(tmp_path: Path) -> None:
+    from concurrent.futures import Future
+
+    from puhui.ledger._engine import KIND_TRANSFERS
+    from puhui.ledger._ledger import _Request
+
+    led = open(tmp_path / "journal")
+    led.close()
+    # What a caller racing with close() can leave behind: a request the writer never sees.
+    orphan: Future[object] = Future()
+    led._queue.put(_Request(KIND_TRANSFERS, None, future=orphan))
+    led._fail_orphans()
+    with pytest.raises(LedgerClosedError):
+        orphan.result(timeout=1)

@@ -138,6 +138,9 @@ def _resolve(completions: list[tuple[asyncio.Future[Any], Any, BaseException | N
             waiter.set_result(result)
 
 
+WRITER_CHECK_S = 1.0
+"""How often a waiting caller checks that the writer is still running."""
+
 _READ = 0
 _CLOSE = -1
 _TICK = -2
@@ -283,7 +286,11 @@ class Ledger:
             ) from self._failure
         future: Future[Any] = Future()
         self._queue.put(_Request(kind, payload, future=future))
-        return future.result()
+        while True:
+            try:
+                return future.result(timeout=WRITER_CHECK_S)
+            except TimeoutError:
+                self._fail_orphans()
 
     async def _submit_async(self, kind: int, payload: Any) -> Any:
         if self._closed:
@@ -299,7 +306,21 @@ class Ledger:
             self._queue.put_nowait(request)
         except queue.Full:  # back-pressure without blocking the event loop
             await asyncio.to_thread(self._queue.put, request)
-        return await waiter
+        while True:
+            done, _ = await asyncio.wait({waiter}, timeout=WRITER_CHECK_S)
+            if done:
+                return waiter.result()
+            self._fail_orphans()
+
+    def _fail_orphans(self) -> None:
+        """A request queued after the writer stopped (a race with ``close``) gets an error."""
+        if not self._writer.is_alive():
+            error = (
+                LedgerFailedError("the ledger stopped after a fault; reopen it")
+                if self._failure is not None
+                else LedgerClosedError("the ledger client is closed")
+            )
+            self._drain_failed(error)
 
     def _complete(
         self, request: _Request, result: Any = None, error: BaseException | None = None
