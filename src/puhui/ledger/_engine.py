@@ -230,66 +230,35 @@ class Engine:
             return results
         if kind == KIND_ACCOUNTS:
             self._ensure_accounts(events.shape[0])
-            K.create_accounts(
-                events,
-                starts,
-                nows,
-                self.accounts,
-                self.acct_slots,
-                self._transfers.array,
-                self.counters,
-                results,
-            )
+            self._create_accounts(events, starts, nows, self.counters, results)
         elif kind == KIND_TRANSFERS:
             self._ensure_transfers(events.shape[0])
-            K.create_transfers(
-                events,
-                starts,
-                nows,
-                self.accounts,
-                self.acct_slots,
-                self._transfers.array,
-                self.xfer_slots,
-                self.xfer_state,
-                self._balances.array,
-                self.retired,
-                self.heap_deadline,
-                self.heap_ts,
-                self.heap_row,
-                self.counters,
-                self._undo_rows,
-                self._undo_accounts,
-                self._undo_state_rows,
-                self._undo_state_values,
-                self._undo_counts,
-                results,
-            )
+            self._create_transfers(events, starts, nows, self.counters, results)
         else:
             raise ValueError(f"unknown batch kind {kind}")
         return results
 
-    def warm_up(self) -> None:
-        """Load every compiled kernel now (numba reads machine code from its cache lazily, at
-        the first call) and map in the first rows, so the first request does not pay for it."""
-        none_accounts = np.zeros(0, ACCOUNT_DTYPE)
-        none_transfers = np.zeros(0, TRANSFER_DTYPE)
-        no_batches = np.zeros(1, np.int64)
-        no_nows = np.zeros(0, np.uint64)
-        counters = self.counters.copy()  # the kernels only touch counters of real batches
+    def _create_accounts(
+        self, events: Array, starts: Array, nows: Array, counters: Array, results: Array
+    ) -> None:
         K.create_accounts(
-            none_accounts,
-            no_batches,
-            no_nows,
+            events,
+            starts,
+            nows,
             self.accounts,
             self.acct_slots,
             self._transfers.array,
             counters,
-            np.zeros(0, RESULT_DTYPE),
+            results,
         )
+
+    def _create_transfers(
+        self, events: Array, starts: Array, nows: Array, counters: Array, results: Array
+    ) -> None:
         K.create_transfers(
-            none_transfers,
-            no_batches,
-            no_nows,
+            events,
+            starts,
+            nows,
             self.accounts,
             self.acct_slots,
             self._transfers.array,
@@ -306,8 +275,20 @@ class Engine:
             self._undo_state_rows,
             self._undo_state_values,
             self._undo_counts,
-            np.zeros(0, RESULT_DTYPE),
+            results,
         )
+
+    def warm_up(self) -> None:
+        """Load every compiled kernel now (numba reads machine code from its cache lazily, at
+        the first call) and map in the first rows, so the first request does not pay for it."""
+        none_accounts = np.zeros(0, ACCOUNT_DTYPE)
+        none_transfers = np.zeros(0, TRANSFER_DTYPE)
+        no_batches = np.zeros(1, np.int64)
+        no_nows = np.zeros(0, np.uint64)
+        none_results = np.zeros(0, RESULT_DTYPE)
+        counters = self.counters.copy()  # the kernels only touch counters of real batches
+        self._create_accounts(none_accounts, no_batches, no_nows, counters, none_results)
+        self._create_transfers(none_transfers, no_batches, no_nows, counters, none_results)
         K.count_due(
             self.heap_deadline,
             self.heap_ts,
