@@ -416,3 +416,45 @@ def test_a_request_queued_after_close_gets_an_error_not_a_hang(tmp_path: Path) -
     led._fail_orphans()
     with pytest.raises(LedgerClosedError):
         orphan.result(timeout=1)
+
+
+def test_concurrent_callers_share_group_commits(journal_url: str, tmp_path: Path) -> None:
+    """Many callers at once: their requests are journalled and applied as groups, and each
+    caller gets exactly its own results."""
+    import asyncio
+
+    from puhui.ledger import AsyncLedger
+
+    led = open(journal_url, state_dir=tmp_path / "state")
+    try:
+        _accounts(led)
+
+        async def caller(index: int, client: AsyncLedger) -> list[tuple[int, int]]:
+            out = []
+            for k in range(25):
+                tid = 1_000 * (index + 1) + k
+                amount = index + 1
+                [result] = await client.create_transfers([_transfer(tid, amount=amount)])
+                out.append((tid, int(result.status)))
+            return out
+
+        async def run() -> list[list[tuple[int, int]]]:
+            client = AsyncLedger(led)
+            return await asyncio.gather(*(caller(i, client) for i in range(16)))
+
+        per_caller = asyncio.run(run())
+        assert all(
+            status == CreateTransferStatus.CREATED for out in per_caller for _, status in out
+        )
+        stored = {
+            t.id: t.amount
+            for t in led.lookup_transfers([tid for out in per_caller for tid, _ in out])
+        }
+        assert stored == {1_000 * (i + 1) + k: i + 1 for i in range(16) for k in range(25)}
+        groups = led.stats.recent()["requests"]
+        assert groups.max() > 1  # some group commits carried several callers' requests
+        [debit] = led.lookup_accounts([1])
+        assert debit.debits_posted == sum(25 * (i + 1) for i in range(16))
+        assert verify(led).ok
+    finally:
+        led.close()

@@ -138,9 +138,6 @@ def _resolve(completions: list[tuple[asyncio.Future[Any], Any, BaseException | N
             waiter.set_result(result)
 
 
-WRITER_CHECK_S = 1.0
-"""How often a waiting caller checks that the writer is still running."""
-
 _READ = 0
 _CLOSE = -1
 _TICK = -2
@@ -286,11 +283,10 @@ class Ledger:
             ) from self._failure
         future: Future[Any] = Future()
         self._queue.put(_Request(kind, payload, future=future))
-        while True:
-            try:
-                return future.result(timeout=WRITER_CHECK_S)
-            except TimeoutError:
-                self._fail_orphans()
+        if self._closed or self._failure is not None:  # raced with close() or a fault
+            self._writer.join()
+            self._fail_orphans()
+        return future.result()
 
     async def _submit_async(self, kind: int, payload: Any) -> Any:
         if self._closed:
@@ -306,14 +302,15 @@ class Ledger:
             self._queue.put_nowait(request)
         except queue.Full:  # back-pressure without blocking the event loop
             await asyncio.to_thread(self._queue.put, request)
-        while True:
-            done, _ = await asyncio.wait({waiter}, timeout=WRITER_CHECK_S)
-            if done:
-                return waiter.result()
+        if self._closed or self._failure is not None:  # raced with close() or a fault
+            await asyncio.to_thread(self._writer.join)
             self._fail_orphans()
+        return await waiter
 
     def _fail_orphans(self) -> None:
-        """A request queued after the writer stopped (a race with ``close``) gets an error."""
+        """Requests queued after the writer stopped (a race with ``close`` or a fault) get an
+        error instead of waiting for ever. A request queued while the writer still runs is
+        answered by it: the writer drains the queue on its way out."""
         if not self._writer.is_alive():
             error = (
                 LedgerFailedError("the ledger stopped after a fault; reopen it")
@@ -477,9 +474,7 @@ class Ledger:
             while j < len(writes) and writes[j].kind == writes[i].kind:
                 j += 1
             batch = writes[i:j]
-            events = (
-                batch[0].payload if len(batch) == 1 else np.concatenate([r.payload for r in batch])
-            )
+            events = batch[0].payload if len(batch) == 1 else _join([r.payload for r in batch])
             starts = np.zeros(len(batch) + 1, np.int64)
             np.cumsum([r.payload.shape[0] for r in batch], out=starts[1:])
             results = self._engine.apply(
@@ -658,6 +653,13 @@ class Ledger:
         self._write_snapshot(op, image)
 
 
+def _join(arrays: list[Array]) -> Array:
+    """Concatenate record arrays of one dtype by their bytes (``np.concatenate`` checks the
+    structured dtype per array: 30 µs each, the larger part of a group of single requests)."""
+    joined = bytearray().join(a.view(np.uint8).data for a in arrays)  # writable, one copy
+    return np.frombuffer(joined, dtype=arrays[0].dtype)
+
+
 def apply_record(engine: Engine, payload: bytes) -> None:
     """Apply one journal record to ``engine`` (recovery and verification replays)."""
     entries = decode_group(payload)
@@ -673,7 +675,7 @@ def apply_record(engine: Engine, payload: bytes) -> None:
             j += 1
         chunk = entries[i:j]
         arrays = [e[3] for e in chunk if e[3] is not None]
-        all_events = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+        all_events = arrays[0] if len(arrays) == 1 else _join(arrays)
         starts = np.zeros(len(chunk) + 1, np.int64)
         np.cumsum([e[1] for e in chunk], out=starts[1:])
         engine.apply(kind, all_events, starts, np.array([e[2] for e in chunk], np.uint64))
