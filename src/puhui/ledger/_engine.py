@@ -289,28 +289,8 @@ class Engine:
         counters = self.counters.copy()  # the kernels only touch counters of real batches
         self._create_accounts(none_accounts, no_batches, no_nows, counters, none_results)
         self._create_transfers(none_transfers, no_batches, no_nows, counters, none_results)
-        K.count_due(
-            self.heap_deadline,
-            self.heap_ts,
-            self.heap_row,
-            np.uint64(0),
-            self._transfers.array,
-            self.xfer_state,
-            counters,
-        )
-        K.expire(
-            np.uint64(0),
-            0,
-            self.accounts,
-            self.acct_slots,
-            self._transfers.array,
-            self.xfer_state,
-            self.heap_deadline,
-            self.heap_ts,
-            self.heap_row,
-            counters,
-            self._expired_rows,
-        )
+        self._count_due(0, counters)
+        self._expire(0, 0, counters)
         K.find_rows(self.acct_slots, self.accounts, np.zeros(0, np.uint64), np.zeros(0, np.uint64))
         self.prefault_after(0, BATCH_EVENTS_MAX)
 
@@ -319,20 +299,7 @@ class Engine:
         n = int(self.counters[K.C_HEAP])
         if n == 0 or int(self.heap_deadline[0]) > now:
             return 0
-        return min(
-            limit,
-            int(
-                K.count_due(
-                    self.heap_deadline,
-                    self.heap_ts,
-                    self.heap_row,
-                    np.uint64(now),
-                    self._transfers.array,
-                    self.xfer_state,
-                    self.counters,
-                )
-            ),
-        )
+        return min(limit, self._count_due(now, self.counters))
 
     def next_deadline(self) -> int | None:
         if int(self.counters[K.C_HEAP]) == 0:
@@ -343,6 +310,22 @@ class Engine:
         """Expire due pending transfers; returns how many expired."""
         if self._expired_rows.shape[0] < limit:
             self._expired_rows = np.zeros(_pow2_at_least(limit), np.int64)
+        return self._expire(now, limit, self.counters)
+
+    def _count_due(self, now: int, counters: Array) -> int:
+        return int(
+            K.count_due(
+                self.heap_deadline,
+                self.heap_ts,
+                self.heap_row,
+                np.uint64(now),
+                self._transfers.array,
+                self.xfer_state,
+                counters,
+            )
+        )
+
+    def _expire(self, now: int, limit: int, counters: Array) -> int:
         return int(
             K.expire(
                 np.uint64(now),
@@ -354,7 +337,7 @@ class Engine:
                 self.heap_deadline,
                 self.heap_ts,
                 self.heap_row,
-                self.counters,
+                counters,
                 self._expired_rows,
             )
         )
