@@ -109,7 +109,13 @@ def rss_anon_bytes() -> int:
 
 
 def run_variant(
-    variant: str, transfers: int, accounts: int, workdir: Path, url: str, journal_kind: str
+    variant: str,
+    transfers: int,
+    accounts: int,
+    workdir: Path,
+    url: str,
+    journal_kind: str,
+    loop: str = "uvloop",
 ) -> dict[str, Any]:
     from puhui.ledger import Ledger, LedgerOptions, open, verify
     from puhui.ledger._convert import array_to_transfers
@@ -131,7 +137,7 @@ def run_variant(
         latencies: list[float] = []
         journal_bytes_before = _journal_bytes(led)
         if variant == "concurrent_64":
-            elapsed, latencies = _concurrent(led, rng, transfers, accounts)
+            elapsed, latencies = _concurrent(led, rng, transfers, accounts, loop)
         else:
             batches = [
                 make_batch(rng, 1 + i, min(BATCH, transfers - i), accounts, zipf)
@@ -185,6 +191,7 @@ def run_variant(
         "bytes_per_account": sizes["account_bytes"] / max(1, sizes["accounts"]),
         "index_bytes_per_transfer": sizes["transfer_index_bytes"] / max(1, sizes["transfers"]),
         "verify_ok": verify_ok,
+        "event_loop": loop if variant == "concurrent_64" else None,
     }
 
 
@@ -266,7 +273,7 @@ def recovery_writer(transfers: int, accounts: int, workdir: Path) -> None:
 
 
 def _concurrent(
-    led: Any, rng: np.random.Generator, transfers: int, accounts: int
+    led: Any, rng: np.random.Generator, transfers: int, accounts: int, loop: str
 ) -> tuple[float, list[float]]:
     """64 asyncio callers (the API server's situation), each awaiting one transfer at a time."""
     import asyncio
@@ -291,6 +298,10 @@ def _concurrent(
         await asyncio.gather(*(caller(i) for i in range(callers)))
         return time.perf_counter() - start
 
+    if loop == "uvloop":  # what uvicorn runs the API server on
+        import uvloop
+
+        return uvloop.run(run()), latencies
     return asyncio.run(run()), latencies
 
 
@@ -387,6 +398,7 @@ def _child(args: argparse.Namespace) -> None:
                 workdir,
                 args.database_url or "",
                 args.journal,
+                args.loop,
             )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -405,7 +417,7 @@ def _spawn(variant: str, transfers: int, accounts: int, args: argparse.Namespace
         "--accounts",
         str(accounts),
     ]
-    cmd += ["--journal", args.journal]
+    cmd += ["--journal", args.journal, "--loop", args.loop]
     if args.workdir:
         cmd += ["--workdir", args.workdir]
     if args.database_url:
@@ -430,6 +442,12 @@ def main() -> None:
     parser.add_argument("--workdir", default=None, help="where journals are written")
     parser.add_argument(
         "--journal", choices=("file", "sqlite"), default="file", help="embedded journal kind"
+    )
+    parser.add_argument(
+        "--loop",
+        choices=("uvloop", "asyncio"),
+        default="uvloop",
+        help="event loop of the concurrent_64 callers (uvicorn runs the API on uvloop)",
     )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--variant", default=None, help=argparse.SUPPRESS)

@@ -158,9 +158,12 @@ def test_ledger_verify_reports_a_failure_with_exit_1(
             accounts=10,
             transfers=9,
             journal_ops=9,
-            ledgers={156: dict.fromkeys(
-                ("debits_pending", "debits_posted", "credits_pending", "credits_posted"), 0
-            ) | {"debits_posted": 1}},
+            ledgers={
+                156: dict.fromkeys(
+                    ("debits_pending", "debits_posted", "credits_pending", "credits_posted"), 0
+                )
+                | {"debits_posted": 1}
+            },
             problems=["ledger 156: posted debits != posted credits"],
         )
 

@@ -150,9 +150,7 @@ def _deadline(transfer: Transfer) -> int:
 
 def _valid_range(minimum: int, maximum: int) -> bool:
     return (
-        minimum < TIMESTAMP_MAX
-        and maximum < TIMESTAMP_MAX
-        and (maximum == 0 or minimum <= maximum)
+        minimum < TIMESTAMP_MAX and maximum < TIMESTAMP_MAX and (maximum == 0 or minimum <= maximum)
     )
 
 

@@ -142,9 +142,7 @@ class Backend:
     state_dir: Path
 
 
-@pytest.fixture(
-    params=["sqlite", "file", pytest.param("postgresql", marks=pytest.mark.postgres)]
-)
+@pytest.fixture(params=["sqlite", "file", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     """SQLite always; PostgreSQL when PUHUI_TEST_DATABASE_URL is set (else a visible skip)."""
     if request.param == "sqlite":

@@ -17,6 +17,7 @@ import os
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -123,11 +124,88 @@ class _Request:
     kind: int
     payload: Any
     future: Future[Any] | None = None
-    waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]] | None = None
+    waiter: tuple[asyncio.AbstractEventLoop, _Waiter] | None = None
+    parts: Array | None = None
+    """Several callers' batches joined into ``payload``: their boundaries (n + 1 offsets).
+    Each part keeps its own timestamp and linked chains, as if submitted on its own."""
     done: bool = False
 
 
-def _resolve(completions: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+class _Split:
+    """The waiter of a joined request: hands each caller its slice of the results."""
+
+    __slots__ = ("futures", "parts")
+
+    def __init__(self, futures: list[asyncio.Future[Any]], parts: Array) -> None:
+        self.futures = futures
+        self.parts = parts
+
+    def done(self) -> bool:
+        return False
+
+    def set_exception(self, error: BaseException) -> None:
+        for future in self.futures:
+            if not future.done():
+                future.set_exception(error)
+
+    def set_result(self, results: Array) -> None:
+        parts = self.parts.tolist()
+        for k, future in enumerate(self.futures):
+            if not future.done():  # a caller that gave up (cancelled) is skipped
+                future.set_result(results[parts[k] : parts[k + 1]])
+
+
+_Waiter = asyncio.Future[Any] | _Split
+
+
+class _Coalescer:
+    """Joins the batches that one event loop submits in one turn into one request.
+
+    Coroutines woken by the same group commit all submit their next batch in the same loop
+    turn; queuing them as one request leaves the writer one item to take, stamp and answer
+    instead of dozens (TigerBeetle's clients batch the same way).
+    """
+
+    def __init__(self, ledger: Ledger, loop: asyncio.AbstractEventLoop) -> None:
+        self.ledger = ledger
+        self.loop = loop
+        self.pending: list[tuple[int, Array, asyncio.Future[Any]]] = []
+        self.scheduled = False
+
+    def submit(self, kind: int, payload: Array) -> asyncio.Future[Any]:
+        future = self.loop.create_future()
+        self.pending.append((kind, payload, future))
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self.flush)
+        return future
+
+    def flush(self) -> None:
+        self.scheduled = False
+        pending, self.pending = self.pending, []
+        limit = self.ledger._options.group_events_max
+        i = 0
+        while i < len(pending):
+            kind, events = pending[i][0], pending[i][1].shape[0]
+            j = i + 1
+            while j < len(pending) and pending[j][0] == kind and events < limit:
+                events += pending[j][1].shape[0]
+                j += 1
+            if j == i + 1:
+                request = _Request(kind, pending[i][1], waiter=(self.loop, pending[i][2]))
+            else:
+                run = pending[i:j]
+                parts = np.zeros(len(run) + 1, np.int64)
+                np.cumsum([p[1].shape[0] for p in run], out=parts[1:])
+                split = _Split([p[2] for p in run], parts)
+                request = _Request(
+                    kind, _join([p[1] for p in run]), waiter=(self.loop, split), parts=parts
+                )
+            self.ledger._enqueue_async(request)
+            i = j
+
+
+def _resolve(completions: list[tuple[_Waiter, Any, BaseException | None]]) -> None:
     """Runs in an event loop: complete every waiter of one group at once (one wake-up)."""
     for waiter, result, error in completions:
         if waiter.done():
@@ -163,8 +241,12 @@ class Ledger:
         self._failure: BaseException | None = None
         self._queue: queue.Queue[_Request] = queue.Queue(self._options.queue_requests_max)
         self._completions: dict[
-            asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, BaseException | None]]
+            asyncio.AbstractEventLoop, list[tuple[_Waiter, Any, BaseException | None]]
         ] = {}
+        self._coalescers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Coalescer] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._tasks: set[asyncio.Task[None]] = set()
         self._op = 0
         self._journal_seconds = 0.0
         self.stats = GroupStats()
@@ -296,16 +378,32 @@ class Ledger:
                 "the ledger stopped after a fault; reopen it"
             ) from self._failure
         loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[Any] = loop.create_future()
-        request = _Request(kind, payload, waiter=(loop, waiter))
+        coalescer = self._coalescers.get(loop)
+        if coalescer is None:
+            coalescer = self._coalescers[loop] = _Coalescer(self, loop)
+        return await coalescer.submit(kind, payload)
+
+    def _enqueue_async(self, request: _Request) -> None:
+        """Queue an event loop's request without blocking that loop."""
         try:
             self._queue.put_nowait(request)
-        except queue.Full:  # back-pressure without blocking the event loop
-            await asyncio.to_thread(self._queue.put, request)
+        except queue.Full:  # back-pressure: a worker thread waits for room
+            self._background(asyncio.to_thread(self._queue.put, request), request)
+            return
         if self._closed or self._failure is not None:  # raced with close() or a fault
-            await asyncio.to_thread(self._writer.join)
-            self._fail_orphans()
-        return await waiter
+            self._background(asyncio.to_thread(lambda: None), request)
+
+    def _background(self, queuing: Any, request: _Request) -> None:
+        async def finish() -> None:
+            await queuing
+            if self._closed or self._failure is not None:
+                await asyncio.to_thread(self._writer.join)
+                self._fail_orphans()
+
+        assert request.waiter is not None
+        task = request.waiter[0].create_task(finish())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _fail_orphans(self) -> None:
         """Requests queued after the writer stopped (a race with ``close`` or a fault) get an
@@ -408,10 +506,21 @@ class Ledger:
         nows: list[int] = []
         for request in writes:
             events: Array = request.payload
-            now = stamp
-            nows.append(now)
-            stamp = now + events.shape[0]
-            entries.append((request.kind, events.shape[0], now, events.view(np.uint8).data))
+            if request.parts is None:
+                nows.append(stamp)
+                entries.append((request.kind, events.shape[0], stamp, events.view(np.uint8).data))
+                stamp += events.shape[0]
+                continue
+            data = events.view(np.uint8).data
+            size = events.dtype.itemsize
+            parts = request.parts.tolist()
+            for k in range(len(parts) - 1):
+                count = parts[k + 1] - parts[k]
+                nows.append(stamp)
+                entries.append(
+                    (request.kind, count, stamp, data[parts[k] * size : parts[k + 1] * size])
+                )
+                stamp += count
         answers: list[tuple[_Request, Array]] = []
         if entries:
             self._op += 1
@@ -439,7 +548,7 @@ class Ledger:
                 durable.result()
             self.stats.record(
                 events=sum(r.payload.shape[0] for r in writes),
-                requests=len(writes),
+                requests=len(nows),
                 apply_s=applied - started,
                 journal_s=self._journal_seconds,
                 total_s=time.perf_counter() - started,
@@ -467,21 +576,37 @@ class Ledger:
     def _apply_requests(
         self, writes: list[_Request], nows: list[int]
     ) -> list[tuple[_Request, Array]]:
+        """Apply runs of same-kind requests, each run in one kernel call. ``nows`` holds one
+        timestamp per part (a joined request has several parts; others have one)."""
         answers: list[tuple[_Request, Array]] = []
         i = 0
+        part = 0
         while i < len(writes):
             j = i
             while j < len(writes) and writes[j].kind == writes[i].kind:
                 j += 1
             batch = writes[i:j]
             events = batch[0].payload if len(batch) == 1 else _join([r.payload for r in batch])
-            starts = np.zeros(len(batch) + 1, np.int64)
-            np.cumsum([r.payload.shape[0] for r in batch], out=starts[1:])
+            counts: list[int] = []
+            for request in batch:
+                if request.parts is None:
+                    counts.append(request.payload.shape[0])
+                else:
+                    counts.extend(np.diff(request.parts).tolist())
+            starts = np.zeros(len(counts) + 1, np.int64)
+            np.cumsum(counts, out=starts[1:])
             results = self._engine.apply(
-                writes[i].kind, events, starts, np.array(nows[i:j], dtype=np.uint64)
+                writes[i].kind,
+                events,
+                starts,
+                np.array(nows[part : part + len(counts)], dtype=np.uint64),
             )
-            for k, request in enumerate(batch):
-                answers.append((request, results[starts[k] : starts[k + 1]]))
+            part += len(counts)
+            offset = 0
+            for request in batch:
+                size = request.payload.shape[0]
+                answers.append((request, results[offset : offset + size]))
+                offset += size
             i = j
         return answers
 
