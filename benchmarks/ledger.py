@@ -171,6 +171,7 @@ def run_variant(
                 "transfer_index_bytes": e.xfer_slots.nbytes + e.xfer_state.nbytes,
             }
         )
+        groups = led.stats.recent()
         journal_bytes = _journal_bytes(led) - journal_bytes_before
         verify_ok = verify(led).ok if transfers <= 2_000_000 else None
     finally:
@@ -192,6 +193,23 @@ def run_variant(
         "index_bytes_per_transfer": sizes["transfer_index_bytes"] / max(1, sizes["transfers"]),
         "verify_ok": verify_ok,
         "event_loop": loop if variant == "concurrent_64" else None,
+        "slow_groups": _slow_groups(groups),
+    }
+
+
+def _slow_groups(groups: dict[str, Any]) -> dict[str, float] | None:
+    """Where the slowest 1% of group commits spent their time (what bounds p99)."""
+    total = groups["total_s"]
+    if total.shape[0] < 100:
+        return None
+    slow = total >= np.percentile(total, 99)
+    return {
+        "count": int(slow.sum()),
+        "total_ms": float(total[slow].mean() * 1e3),
+        "journal_ms": float(groups["journal_s"][slow].mean() * 1e3),
+        "apply_ms": float(groups["apply_s"][slow].mean() * 1e3),
+        "median_journal_ms": float(np.median(groups["journal_s"]) * 1e3),
+        "median_apply_ms": float(np.median(groups["apply_s"]) * 1e3),
     }
 
 

@@ -11,8 +11,6 @@ directory is given, or in anonymous memory otherwise (verification replays, test
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import mmap
 import os
 from dataclasses import dataclass
@@ -24,14 +22,8 @@ import numpy.typing as npt
 
 from . import _kernel as K
 from ._convert import BATCH_EVENTS_MAX
+from ._os import populate_write, write_back
 from ._types import ACCOUNT_DTYPE, BALANCE_DTYPE, RESULT_DTYPE, TRANSFER_DTYPE
-
-_MADV_POPULATE_WRITE = 23  # Linux 5.14+
-_LIBC: ctypes.CDLL | None
-try:
-    _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-except OSError:  # pragma: no cover - not Linux
-    _LIBC = None
 
 PREFAULT_GROUPS_AHEAD = 4
 """How many groups' worth of rows the prefault thread maps in ahead of the writer."""
@@ -55,6 +47,7 @@ class _RowFile:
         self.path = path
         self._maps: list[mmap.mmap] = []
         self._fd = -1
+        self._written_back = 0
         if path is not None:
             self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         self.array: Array = np.zeros(0, dtype)
@@ -90,12 +83,32 @@ class _RowFile:
         """
         array = self.array
         end = min(first_row + rows, array.shape[0])
-        if self._fd < 0 or end <= first_row or _LIBC is None:
+        if self._fd < 0 or end <= first_row:
             return
         start = array.ctypes.data + first_row * self.dtype.itemsize
         stop = array.ctypes.data + end * self.dtype.itemsize
         start -= start % mmap.PAGESIZE
-        _LIBC.madvise(ctypes.c_void_p(start), ctypes.c_size_t(stop - start), _MADV_POPULATE_WRITE)
+        populate_write(start, stop - start)
+
+    def write_back(self, end_row: int, chunk_bytes: int) -> bool:
+        """Write back (not sync) one chunk of the whole pages below ``end_row`` not yet
+        written back, and wait for it; True if more is left.
+
+        Paced this way, from a thread of idle I/O priority, the rows reach the disk in the
+        gaps between journal writes instead of in the kernel's bursts when dirty pages pile
+        up, which stalled the journal's syncs behind them.
+        """
+        if self._fd < 0:
+            return False
+        end = end_row * self.dtype.itemsize
+        end -= end % mmap.PAGESIZE
+        if end - self._written_back < mmap.PAGESIZE:
+            return False
+        stop = min(end, self._written_back + chunk_bytes)
+        if not write_back(self._fd, self._written_back, stop - self._written_back):
+            return False  # not supported here: the kernel's own writeback does it
+        self._written_back = stop
+        return stop < end
 
     def sync(self) -> None:
         """Make every row written so far durable (rows are never rewritten)."""
@@ -417,6 +430,13 @@ class Engine:
             self._transfers.prefault(first, until - first)
             self._balances.prefault(2 * first, 2 * (until - first))
             self._prefaulted_until = until
+
+    def write_back_rows(self, chunk_bytes: int = 1 << 20) -> bool:
+        """One step of background writeback of the rows written so far (any thread; reads
+        a counter the writer may be advancing). True if more is left."""
+        committed = self.n_transfers
+        more = self._transfers.write_back(committed, chunk_bytes)
+        return self._balances.write_back(2 * committed, chunk_bytes) or more
 
     def sync_rows(self) -> None:
         self._transfers.sync()

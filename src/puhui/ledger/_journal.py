@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ._errors import JournalCorruptError, JournalUnavailableError, LedgerLockedError
+from ._os import lower_io_priority
 from ._types import ACCOUNT_DTYPE, TRANSFER_DTYPE
 
 ENTRY_HEADER = struct.Struct("<BxxxIQ")  # kind, count (events, or pulse limit), now
@@ -398,6 +399,7 @@ class FileJournal:
 
     def _make_spare(self, size: int) -> None:
         """Zero-fill the next segment in the background (``spare.zero``)."""
+        lower_io_priority()
         path = self.directory / "spare.zero"
         self._write_zeros(path, size)
         with self._spare_lock:

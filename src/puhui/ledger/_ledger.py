@@ -54,6 +54,7 @@ from ._errors import (
     WrongTypeError,
 )
 from ._journal import Journal, decode_group, encode_group, open_journal
+from ._os import lower_io_priority
 from ._types import (
     ACCOUNT_DTYPE,
     AMOUNT_MAX,
@@ -269,6 +270,12 @@ class Ledger:
         self._prefaulting: Future[None] | None = None
         self._writer = threading.Thread(target=self._run, name="puhui-ledger-writer", daemon=True)
         self._writer.start()
+        self._write_back_wanted = threading.Event()
+        self._write_back_stop = False
+        self._write_back = threading.Thread(
+            target=self._write_back_rows, name="puhui-ledger-writeback", daemon=True
+        )
+        self._write_back.start()
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -339,6 +346,9 @@ class Ledger:
             self._write_snapshot(self._op, self._engine.image())
         self._journal_thread.shutdown()
         self._prefault_thread.shutdown()
+        self._write_back_stop = True
+        self._write_back_wanted.set()
+        self._write_back.join()
         self._engine.close()
         self._journal.close()
         self._release_lock()
@@ -472,6 +482,18 @@ class Ledger:
                 self._drain_failed(LedgerClosedError("the ledger client is closed"))
                 return
 
+    def _write_back_rows(self) -> None:
+        """Trickle the rows each group wrote to the disk at idle I/O priority (see
+        ``Engine.write_back_rows``); snapshots still fsync them before they count."""
+        lower_io_priority()
+        while True:
+            self._write_back_wanted.wait()
+            self._write_back_wanted.clear()
+            while not self._write_back_stop and self._engine.write_back_rows():
+                pass
+            if self._write_back_stop:
+                return
+
     def _drain_failed(self, error: BaseException | None = None) -> None:
         while True:
             try:
@@ -554,6 +576,8 @@ class Ledger:
                 total_s=time.perf_counter() - started,
             )
             self._events_since_snapshot += sum(r.payload.shape[0] for r in writes)
+            if not self._write_back_wanted.is_set():
+                self._write_back_wanted.set()
         for request, results in answers:
             self._complete(request, results)
         for request in group:
