@@ -417,6 +417,10 @@ class Engine:
         self.heap_row[:n_heap] = image.heap_row
         self.counters[:] = counters
 
+    def prefaulted_ahead(self) -> int:
+        """Rows already mapped in beyond those written."""
+        return self._prefaulted_until - self.n_transfers
+
     def prefault_after(self, skip: int, rows: int) -> None:
         """Prepare the pages of ``rows`` rows that follow the next ``skip`` (any thread).
 

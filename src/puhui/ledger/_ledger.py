@@ -75,6 +75,11 @@ log = logging.getLogger("puhui.ledger")
 
 TIMESTAMP_MAX = (1 << 64) - 2
 
+PREFAULT_ROWS_MIN = 8192
+"""Fewest rows the prefault thread maps in at a time (1 MiB of transfer rows)."""
+WRITE_BACK_ROWS_MIN = 8192
+"""Rows that accumulate before the writeback thread is woken (1 MiB of transfer rows)."""
+
 
 @dataclass(frozen=True, slots=True)
 class LedgerOptions:
@@ -248,6 +253,8 @@ class Ledger:
             weakref.WeakKeyDictionary()
         )
         self._tasks: set[asyncio.Task[None]] = set()
+        self._last_coalescer: _Coalescer | None = None
+        """The coalescer of the loop that submitted last (most programs have one loop)."""
         self._op = 0
         self._journal_seconds = 0.0
         self.stats = GroupStats()
@@ -268,14 +275,16 @@ class Ledger:
         self._journal_thread = ThreadPoolExecutor(1, thread_name_prefix="puhui-ledger-journal")
         self._prefault_thread = ThreadPoolExecutor(1, thread_name_prefix="puhui-ledger-prefault")
         self._prefaulting: Future[None] | None = None
-        self._writer = threading.Thread(target=self._run, name="puhui-ledger-writer", daemon=True)
-        self._writer.start()
+        # Everything the writer touches exists before it starts.
         self._write_back_wanted = threading.Event()
+        self._write_back_signalled = 0
         self._write_back_stop = False
         self._write_back = threading.Thread(
             target=self._write_back_rows, name="puhui-ledger-writeback", daemon=True
         )
         self._write_back.start()
+        self._writer = threading.Thread(target=self._run, name="puhui-ledger-writer", daemon=True)
+        self._writer.start()
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -380,7 +389,9 @@ class Ledger:
             self._fail_orphans()
         return future.result()
 
-    async def _submit_async(self, kind: int, payload: Any) -> Any:
+    def _submit_async(self, kind: int, payload: Any) -> asyncio.Future[Any]:
+        """Submit from a coroutine: the returned future is awaited by the caller (a plain
+        function, not a coroutine: one frame less per request)."""
         if self._closed:
             raise LedgerClosedError("the ledger client is closed")
         if self._failure is not None:
@@ -388,10 +399,13 @@ class Ledger:
                 "the ledger stopped after a fault; reopen it"
             ) from self._failure
         loop = asyncio.get_running_loop()
-        coalescer = self._coalescers.get(loop)
-        if coalescer is None:
-            coalescer = self._coalescers[loop] = _Coalescer(self, loop)
-        return await coalescer.submit(kind, payload)
+        coalescer = self._last_coalescer
+        if coalescer is None or coalescer.loop is not loop:
+            coalescer = self._coalescers.get(loop)
+            if coalescer is None:
+                coalescer = self._coalescers[loop] = _Coalescer(self, loop)
+            self._last_coalescer = coalescer
+        return coalescer.submit(kind, payload)
 
     def _enqueue_async(self, request: _Request) -> None:
         """Queue an event loop's request without blocking that loop."""
@@ -553,10 +567,14 @@ class Ledger:
             durable = self._journal_thread.submit(self._append, self._op, encode_group(entries))
             # Meanwhile another thread maps in the pages the next group will write, off the
             # writer's path (beyond this group's rows, so no overlap), unless it is still busy.
+            # Small groups wake that thread only once per PREFAULT_ROWS_MIN rows.
             events_in_group = sum(r.payload.shape[0] for r in writes)
-            if self._prefaulting is None or self._prefaulting.done():
+            window = max(events_in_group, PREFAULT_ROWS_MIN)
+            if (self._prefaulting is None or self._prefaulting.done()) and (
+                engine.prefaulted_ahead() < 2 * window
+            ):
                 self._prefaulting = self._prefault_thread.submit(
-                    self._engine.prefault_after, events_in_group, max(events_in_group, 1024)
+                    engine.prefault_after, events_in_group, window
                 )
             started = time.perf_counter()
             try:
@@ -576,7 +594,9 @@ class Ledger:
                 total_s=time.perf_counter() - started,
             )
             self._events_since_snapshot += sum(r.payload.shape[0] for r in writes)
-            if not self._write_back_wanted.is_set():
+            # Wake the writeback thread once a chunk's worth of rows is waiting, not per group.
+            if engine.n_transfers - self._write_back_signalled >= WRITE_BACK_ROWS_MIN:
+                self._write_back_signalled = engine.n_transfers
                 self._write_back_wanted.set()
         for request, results in answers:
             self._complete(request, results)
