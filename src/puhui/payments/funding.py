@@ -1,0 +1,156 @@
+"""Money in and out through banks: the ``BankGateway`` port and a simulator adapter.
+
+Every request carries the operation's reference, which the bank keeps: asking about a
+reference (``query``) is always safe, sending it again is not (a real bank may pay twice).
+So the service sends a reference once and afterwards only queries it.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from puhui.clock import Clock
+
+from ._errors import PaymentsError
+
+
+class BankStatus(StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    PROCESSING = "processing"
+    """Accepted; the outcome comes later (query again)."""
+    NOT_FOUND = "not_found"
+    """The bank never received this reference (only ``query`` says so)."""
+
+
+class BankDirection(StrEnum):
+    CHARGE = "charge"
+    """Pull money from the customer's card into the platform's settlement account (top-up)."""
+    PAYOUT = "payout"
+    """Push money from the settlement account to the customer's card (withdrawal)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BankResult:
+    reference: str
+    status: BankStatus
+    reason: str = ""
+
+
+class BankTimeoutError(PaymentsError):
+    """The bank did not answer in time: the request may or may not have been done."""
+
+    code = "bank_timeout"
+
+
+class BankGateway(Protocol):
+    def submit(
+        self, direction: BankDirection, reference: str, card_token: str, amount: int, currency: str
+    ) -> BankResult:
+        """Send a charge or a payout once; raises ``BankTimeoutError`` when the outcome is
+        unknown."""
+        ...
+
+    def query(self, reference: str) -> BankResult:
+        """The current state of a reference (``NOT_FOUND`` if it never arrived)."""
+        ...
+
+
+@dataclass(slots=True)
+class _BankRecord:
+    direction: BankDirection
+    card_token: str
+    amount: int
+    currency: str
+    status: BankStatus
+    settles_at_ns: int
+    final_status: BankStatus
+    reason: str
+    at_ns: int
+
+
+class SimulatedBank:
+    """A bank for tests, demos and the simulator: deterministic for a seed.
+
+    ``failure_rate`` of requests fail (card declined), ``timeout_rate`` are done at the bank
+    but the answer is lost (``BankTimeoutError``), ``lost_rate`` never reach the bank and
+    also time out, ``processing_rate`` answer ``PROCESSING`` and settle ``confirm_delay_s``
+    later (by the given clock). ``sends`` counts how often each reference was sent.
+    """
+
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        seed: int = 0,
+        failure_rate: float = 0.0,
+        timeout_rate: float = 0.0,
+        lost_rate: float = 0.0,
+        processing_rate: float = 0.0,
+        confirm_delay_s: float = 5.0,
+    ) -> None:
+        self.clock = clock
+        self.failure_rate = failure_rate
+        self.timeout_rate = timeout_rate
+        self.lost_rate = lost_rate
+        self.processing_rate = processing_rate
+        self.confirm_delay_s = confirm_delay_s
+        self._random = random.Random(seed)
+        self._records: dict[str, _BankRecord] = {}
+        self._lock = threading.Lock()
+        self.sends: dict[str, int] = {}
+
+    def submit(
+        self, direction: BankDirection, reference: str, card_token: str, amount: int, currency: str
+    ) -> BankResult:
+        with self._lock:
+            self.sends[reference] = self.sends.get(reference, 0) + 1
+            existing = self._records.get(reference)
+            if existing is not None:  # a real bank might do it twice; this one tells
+                return BankResult(reference, self._settle(existing), "duplicate reference")
+            roll = self._random.random()
+            if roll < self.lost_rate:
+                raise BankTimeoutError("the bank did not answer")
+            now = self.clock.now_ns()
+            failed = self._random.random() < self.failure_rate
+            final = BankStatus.FAILED if failed else BankStatus.SUCCEEDED
+            processing = self._random.random() < self.processing_rate
+            record = _BankRecord(
+                direction=direction,
+                card_token=card_token,
+                amount=amount,
+                currency=currency,
+                status=BankStatus.PROCESSING if processing else final,
+                settles_at_ns=now + int(self.confirm_delay_s * 1e9) if processing else now,
+                final_status=final,
+                reason="card declined" if failed else "",
+                at_ns=now,
+            )
+            self._records[reference] = record
+            if self._random.random() < self.timeout_rate:
+                raise BankTimeoutError("the bank did not answer")
+            return BankResult(reference, record.status, record.reason)
+
+    def query(self, reference: str) -> BankResult:
+        with self._lock:
+            record = self._records.get(reference)
+            if record is None:
+                return BankResult(reference, BankStatus.NOT_FOUND)
+            return BankResult(reference, self._settle(record), record.reason)
+
+    def _settle(self, record: _BankRecord) -> BankStatus:
+        if record.status is BankStatus.PROCESSING and self.clock.now_ns() >= record.settles_at_ns:
+            record.status = record.final_status
+        return record.status
+
+    def records(self) -> list[tuple[str, BankDirection, int, str, BankStatus]]:
+        """What the bank did: (reference, direction, amount, currency, status) in order."""
+        with self._lock:
+            return [
+                (ref, r.direction, r.amount, r.currency, self._settle(r))
+                for ref, r in self._records.items()
+            ]

@@ -1,0 +1,1208 @@
+"""The payments service: parties, wallets and the operations that move their money.
+
+Every operation follows one pattern (``docs/payments.md``):
+
+1. check the request (parties, amounts, KYC limits) and ask risk (``decide``);
+2. record the operation and its decision in SQL, under the caller's idempotency key, with
+   the day's outflow reserved in the same transaction;
+3. move the money in the ledger with transfer ids derived from the operation id;
+4. record the outcome.
+
+A crash between any two steps leaves a row that ``recover()`` finishes: resubmitting the
+same transfer ids can never move money twice (the ledger answers ``EXISTS``), and the bank
+is only ever queried about a reference once it may have been sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from puhui import risk
+from puhui.clock import Clock
+from puhui.ledger import (
+    AMOUNT_MAX as LEDGER_AMOUNT_MAX,
+)
+from puhui.ledger import (
+    Account,
+    AccountFlags,
+    CreateAccountStatus,
+    CreateTransferStatus,
+    Ledger,
+    Transfer,
+    TransferFlags,
+)
+from puhui.ledger import id as ledger_id
+from puhui.money import Currency, currency
+from puhui.store import payments as t
+
+from ._errors import (
+    AccountFrozenError,
+    CardNotFoundError,
+    CustomerNotFoundError,
+    IdempotencyKeyReusedError,
+    IdentityTakenError,
+    InsufficientFundsError,
+    InvalidPayloadError,
+    KycLevelError,
+    KycLimitExceededError,
+    MerchantNotFoundError,
+    OperationNotFoundError,
+    OperationStateError,
+    PaymentCodeInvalidError,
+    PhoneTakenError,
+    SamePartyError,
+)
+from .funding import BankDirection, BankGateway, BankResult, BankStatus, BankTimeoutError
+from .model import (
+    FINAL_STATUSES,
+    IDEMPOTENCY_KEY_CHARS_MAX,
+    NOTE_CHARS_MAX,
+    AccountCode,
+    AccountKind,
+    KycLevel,
+    KycLimits,
+    OperationKind,
+    OperationStatus,
+    PaymentsOptions,
+    TransferCode,
+    business_day,
+    check_amount,
+    check_text,
+    merchant_account_id,
+    normalize_phone,
+    parse_qr,
+    platform_account_id,
+    request_fingerprint,
+    transfer_id,
+    wallet_account_id,
+)
+
+Decide = Callable[[Sequence[risk.RiskEvent]], list[risk.RiskDecision]]
+
+_S = OperationStatus
+_CREATED_OR_EXISTS = (CreateTransferStatus.CREATED, CreateTransferStatus.EXISTS)
+_LEG_MOVE = 0
+"""Leg 0: the transfer that moves (or holds) the money."""
+_LEG_SETTLE = 1
+"""Leg 1: the post or void of a held leg 0."""
+
+
+@dataclass(frozen=True, slots=True)
+class Customer:
+    id: int
+    phone: str
+    display_name: str
+    kyc_level: KycLevel
+    frozen: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BankCard:
+    id: int
+    customer_id: int
+    bank_name: str
+    last4: str
+
+
+@dataclass(frozen=True, slots=True)
+class Merchant:
+    id: int
+    name: str
+    category: str
+    fee_bps: int
+    frozen: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    """A ledger account's money, in minor units."""
+
+    posted: int
+    """Settled: credits posted minus debits posted."""
+    held: int
+    """Debits pending (held for a challenge, a review or a bank payout)."""
+
+    @property
+    def available(self) -> int:
+        return self.posted - self.held
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """One recorded operation (what ``payments_operations`` holds, typed)."""
+
+    id: int
+    kind: OperationKind
+    status: OperationStatus
+    currency: str
+    amount: int
+    payer_customer_id: int | None
+    payee_customer_id: int | None
+    merchant_id: int | None
+    card_id: int | None
+    note: str
+    decision: risk.Decision
+    risk_score: int
+    error_code: str | None
+    hold_expires_at_ns: int | None
+    created_at_ns: int
+    updated_at_ns: int
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+
+@dataclass(frozen=True, slots=True)
+class Payee:
+    """Who receives a P2P transfer: exactly one of a customer id, a phone number or a QR
+    payload."""
+
+    customer_id: int | None = None
+    phone: str | None = None
+    qr: str | None = None
+
+
+def _hex(value: int) -> str:
+    return f"{value:032x}"
+
+
+class Payments:
+    """The payments service over one SQL engine, one ledger and one bank gateway."""
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        ledger: Ledger,
+        *,
+        clock: Clock,
+        bank: BankGateway,
+        decide: Decide = risk.decide,
+        options: PaymentsOptions | None = None,
+        new_id: Callable[[], int] = ledger_id,
+    ) -> None:
+        self.engine = engine
+        self.ledger = ledger
+        self.clock = clock
+        self.bank = bank
+        self.decide = decide
+        self.options = options or PaymentsOptions()
+        self.new_id = new_id
+        self._platform_ready: set[str] = set()
+
+    # --- parties ------------------------------------------------------------------------------
+
+    def register_customer(self, phone: str, display_name: str) -> Customer:
+        phone = normalize_phone(phone)
+        display_name = check_text(display_name, "display_name", 64)
+        try:
+            with self.engine.begin() as conn:
+                new_id = conn.execute(
+                    t.customers.insert().values(
+                        phone=phone,
+                        display_name=display_name,
+                        kyc_level=int(KycLevel.UNVERIFIED),
+                        national_id_hash=None,
+                        frozen=False,
+                        created_at_ns=self.clock.now_ns(),
+                    )
+                ).inserted_primary_key
+        except sa.exc.IntegrityError as error:
+            raise PhoneTakenError("that phone number already has a customer") from error
+        assert new_id is not None
+        return self.customer(int(new_id[0]))
+
+    def customer(self, customer_id: int) -> Customer:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(t.customers).where(t.customers.c.id == customer_id)
+            ).first()
+        if row is None:
+            raise CustomerNotFoundError(f"no customer {customer_id}")
+        return Customer(row.id, row.phone, row.display_name, KycLevel(row.kyc_level), row.frozen)
+
+    def verify_identity(self, customer_id: int, national_id: str) -> Customer:
+        """KYC level 1: the name and national id were checked (the id is kept only hashed)."""
+        national_id = check_text(national_id, "national_id", 32)
+        digest = hashlib.sha256(f"puhui-national-id\0{national_id}".encode()).hexdigest()
+        current = self.customer(customer_id)
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                sa.select(t.customers.c.id).where(t.customers.c.national_id_hash == digest)
+            ).first()
+            if row is not None and row.id != customer_id:
+                raise IdentityTakenError("that national id belongs to another customer")
+            if current.kyc_level >= KycLevel.BASIC:
+                if row is None:
+                    raise KycLevelError("the customer's identity is already verified")
+                return current
+            conn.execute(
+                t.customers.update()
+                .where(t.customers.c.id == customer_id)
+                .values(kyc_level=int(KycLevel.BASIC), national_id_hash=digest)
+            )
+        return self.customer(customer_id)
+
+    def verify_full(self, customer_id: int, *, biometric_passed: bool) -> Customer:
+        """KYC level 2: identity verified, a bank card bound and a biometric check passed."""
+        current = self.customer(customer_id)
+        if current.kyc_level >= KycLevel.FULL:
+            return current
+        if current.kyc_level < KycLevel.BASIC:
+            raise KycLevelError("verify the customer's identity first (level 1)")
+        if not biometric_passed:
+            raise KycLevelError("the biometric check did not pass")
+        if not self.cards(customer_id):
+            raise KycLevelError("bind a bank card first")
+        with self.engine.begin() as conn:
+            conn.execute(
+                t.customers.update()
+                .where(t.customers.c.id == customer_id)
+                .values(kyc_level=int(KycLevel.FULL))
+            )
+        return self.customer(customer_id)
+
+    def set_frozen(self, customer_id: int, frozen: bool) -> Customer:
+        self.customer(customer_id)
+        with self.engine.begin() as conn:
+            conn.execute(
+                t.customers.update().where(t.customers.c.id == customer_id).values(frozen=frozen)
+            )
+        return self.customer(customer_id)
+
+    def bind_card(self, customer_id: int, card_token: str, bank_name: str, last4: str) -> BankCard:
+        """Bind a bank card (the bank's token for it; the card number never reaches Puhui)."""
+        self.customer(customer_id)
+        card_token = check_text(card_token, "card_token", 64)
+        bank_name = check_text(bank_name, "bank_name", 64)
+        if not (isinstance(last4, str) and len(last4) == 4 and last4.isascii() and last4.isdigit()):
+            raise InvalidPayloadError("last4 must be the card's last 4 digits")
+        with self.engine.begin() as conn:
+            existing = conn.execute(
+                sa.select(t.bank_cards.c.id).where(
+                    t.bank_cards.c.customer_id == customer_id,
+                    t.bank_cards.c.card_token == card_token,
+                )
+            ).first()
+            if existing is None:
+                conn.execute(
+                    t.bank_cards.insert().values(
+                        customer_id=customer_id,
+                        card_token=card_token,
+                        bank_name=bank_name,
+                        last4=last4,
+                        created_at_ns=self.clock.now_ns(),
+                    )
+                )
+        return next(c for c in self.cards(customer_id) if c.last4 == last4)
+
+    def cards(self, customer_id: int) -> list[BankCard]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(t.bank_cards)
+                .where(t.bank_cards.c.customer_id == customer_id)
+                .order_by(t.bank_cards.c.id)
+            ).all()
+        return [BankCard(r.id, r.customer_id, r.bank_name, r.last4) for r in rows]
+
+    def register_merchant(
+        self, name: str, category: str, fee_bps: int, settlement_card_token: str
+    ) -> Merchant:
+        name = check_text(name, "name", 64)
+        category = check_text(category, "category", 32)
+        if type(fee_bps) is not int or not 0 <= fee_bps <= 10_000:
+            raise InvalidPayloadError("fee_bps must be an int from 0 to 10000")
+        settlement_card_token = check_text(settlement_card_token, "settlement_card_token", 64)
+        with self.engine.begin() as conn:
+            new_id = conn.execute(
+                t.merchants.insert().values(
+                    name=name,
+                    category=category,
+                    fee_bps=fee_bps,
+                    settlement_card_token=settlement_card_token,
+                    frozen=False,
+                    created_at_ns=self.clock.now_ns(),
+                )
+            ).inserted_primary_key
+        assert new_id is not None
+        return self.merchant(int(new_id[0]))
+
+    def merchant(self, merchant_id: int) -> Merchant:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(t.merchants).where(t.merchants.c.id == merchant_id)
+            ).first()
+        if row is None:
+            raise MerchantNotFoundError(f"no merchant {merchant_id}")
+        return Merchant(row.id, row.name, row.category, row.fee_bps, row.frozen)
+
+    # --- accounts -----------------------------------------------------------------------------
+
+    def _ensure_platform(self, cur: Currency) -> None:
+        if cur.code in self._platform_ready:
+            return
+        flags = {
+            AccountCode.BANK_SETTLEMENT: AccountFlags.HISTORY,
+            AccountCode.SUSPENSE: AccountFlags.HISTORY,
+            AccountCode.ESCROW: AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlags.HISTORY,
+            AccountCode.FEE_REVENUE: AccountFlags.HISTORY,
+        }
+        self._create_accounts(
+            [
+                Account(id=platform_account_id(code, cur), ledger=cur.ledger, code=code, flags=flag)
+                for code, flag in flags.items()
+            ]
+        )
+        self._platform_ready.add(cur.code)
+
+    def _create_accounts(self, accounts: list[Account]) -> None:
+        results = self.ledger.create_accounts(accounts)
+        for account, result in zip(accounts, results, strict=True):
+            if result.status not in (CreateAccountStatus.CREATED, CreateAccountStatus.EXISTS):
+                raise RuntimeError(f"ledger account {account.id:#x}: {result.status.name}")
+
+    def open_wallet(self, customer_id: int, currency_code: str) -> int:
+        """The customer's wallet in a currency (opened on first use); returns its ledger id."""
+        cur = currency(currency_code)
+        self.customer(customer_id)
+        self._ensure_platform(cur)
+        account = wallet_account_id(customer_id, cur)
+        self._create_accounts(
+            [
+                Account(
+                    id=account,
+                    ledger=cur.ledger,
+                    code=AccountCode.CUSTOMER_WALLET,
+                    user_data_64=customer_id,
+                    flags=AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlags.HISTORY,
+                )
+            ]
+        )
+        with self.engine.begin() as conn:
+            exists = conn.execute(
+                sa.select(t.wallets.c.account_id).where(
+                    t.wallets.c.customer_id == customer_id, t.wallets.c.currency == cur.code
+                )
+            ).first()
+            if exists is None:
+                conn.execute(
+                    t.wallets.insert().values(
+                        customer_id=customer_id,
+                        currency=cur.code,
+                        account_id=_hex(account),
+                        created_at_ns=self.clock.now_ns(),
+                    )
+                )
+        return account
+
+    def _open_merchant_account(self, merchant_id: int, cur: Currency) -> int:
+        self._ensure_platform(cur)
+        account = merchant_account_id(merchant_id, cur)
+        self._create_accounts(
+            [
+                Account(
+                    id=account,
+                    ledger=cur.ledger,
+                    code=AccountCode.MERCHANT_RECEIVABLE,
+                    user_data_64=merchant_id,
+                    flags=AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlags.HISTORY,
+                )
+            ]
+        )
+        return account
+
+    def _balance_of(self, account: int) -> Balance:
+        found = self.ledger.lookup_accounts([account])
+        if not found:
+            return Balance(0, 0)
+        a = found[0]
+        return Balance(a.credits_posted - a.debits_posted, a.debits_pending)
+
+    def balance(self, customer_id: int, currency_code: str) -> Balance:
+        self.customer(customer_id)
+        return self._balance_of(wallet_account_id(customer_id, currency(currency_code)))
+
+    def merchant_balance(self, merchant_id: int, currency_code: str) -> Balance:
+        self.merchant(merchant_id)
+        return self._balance_of(merchant_account_id(merchant_id, currency(currency_code)))
+
+    def platform_balance(self, code: AccountCode, currency_code: str) -> Balance:
+        """A platform account's money, seen from the platform's books: credits minus debits
+        (the bank settlement account, an asset, shows a negative figure)."""
+        return self._balance_of(platform_account_id(code, currency(currency_code)))
+
+    # --- payment codes (the merchant scans the customer's code) --------------------------------
+
+    def issue_payment_code(self, customer_id: int) -> str:
+        """A one-time 18-digit payment code, valid for ``payment_code_ttl_s``."""
+        customer = self.customer(customer_id)
+        if customer.frozen:
+            raise AccountFrozenError("the customer is frozen")
+        code = "28" + "".join(str(secrets.randbelow(10)) for _ in range(16))
+        with self.engine.begin() as conn:
+            conn.execute(
+                t.payment_codes.insert().values(
+                    code=code,
+                    customer_id=customer_id,
+                    expires_at_ns=self.clock.now_ns() + self.options.payment_code_ttl_s * 10**9,
+                    used=False,
+                )
+            )
+        return code
+
+    def _redeem_payment_code(self, code: str) -> int:
+        check_text(code, "payment_code", 18)
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                sa.select(t.payment_codes).where(t.payment_codes.c.code == code)
+            ).first()
+            if row is None or row.used or row.expires_at_ns <= self.clock.now_ns():
+                raise PaymentCodeInvalidError("the payment code is unknown, used or expired")
+            done = conn.execute(
+                t.payment_codes.update()
+                .where(t.payment_codes.c.code == code, t.payment_codes.c.used.is_(False))
+                .values(used=True)
+            )
+            if done.rowcount != 1:
+                raise PaymentCodeInvalidError("the payment code is unknown, used or expired")
+            return int(row.customer_id)
+
+    # --- operations: what callers do ------------------------------------------------------------
+
+    def top_up(
+        self, customer_id: int, card_id: int, amount: int, currency_code: str, *, key: str
+    ) -> Operation:
+        """Charge the customer's bank card and credit the wallet once the bank confirms."""
+        cur = currency(currency_code)
+        amount = check_amount(amount)
+        request = {"card_id": card_id, "amount": amount, "currency": cur.code}
+        replay = self._replay(f"c:{customer_id}", key, OperationKind.TOP_UP, request)
+        if replay is not None:
+            return replay
+        customer = self._active_customer(customer_id)
+        self._card_of(customer_id, card_id)
+        self.open_wallet(customer_id, cur.code)
+        self._check_balance_cap(customer, cur, amount)
+        decision = self._decide(risk.EventKind.TOP_UP, customer_id, amount, cur, f"card:{card_id}")
+        op = self._record(
+            OperationKind.TOP_UP,
+            f"c:{customer_id}",
+            key,
+            request,
+            decision,
+            cur,
+            amount,
+            payee_customer_id=customer_id,
+            card_id=card_id,
+        )
+        return self._drive(op)
+
+    def withdraw(
+        self, customer_id: int, card_id: int, amount: int, currency_code: str, *, key: str
+    ) -> Operation:
+        """Hold the amount in the wallet, pay it out to the card, then post (or void) the hold."""
+        cur = currency(currency_code)
+        amount = check_amount(amount)
+        request = {"card_id": card_id, "amount": amount, "currency": cur.code}
+        replay = self._replay(f"c:{customer_id}", key, OperationKind.WITHDRAWAL, request)
+        if replay is not None:
+            return replay
+        customer = self._active_customer(customer_id)
+        self._card_of(customer_id, card_id)
+        self._check_single(customer, cur, amount)
+        self._check_funds(wallet_account_id(customer_id, cur), amount)
+        decision = self._decide(
+            risk.EventKind.WITHDRAWAL, customer_id, amount, cur, f"card:{card_id}"
+        )
+        op = self._record(
+            OperationKind.WITHDRAWAL,
+            f"c:{customer_id}",
+            key,
+            request,
+            decision,
+            cur,
+            amount,
+            payer=customer,
+            card_id=card_id,
+        )
+        return self._drive(op)
+
+    def transfer(
+        self,
+        payer_id: int,
+        payee: Payee,
+        amount: int,
+        currency_code: str,
+        *,
+        key: str,
+        note: str = "",
+    ) -> Operation:
+        """P2P: from one wallet to another customer's (by id, phone or QR payload)."""
+        cur = currency(currency_code)
+        amount = check_amount(amount)
+        note = check_text(note, "note", NOTE_CHARS_MAX, empty=True)
+        payee_id = self._resolve_payee(payee)
+        request = {"payee": payee_id, "amount": amount, "currency": cur.code, "note": note}
+        replay = self._replay(f"c:{payer_id}", key, OperationKind.P2P, request)
+        if replay is not None:
+            return replay
+        if payee_id == payer_id:
+            raise SamePartyError("a customer cannot pay themselves")
+        payer = self._active_customer(payer_id)
+        receiver = self._active_customer(payee_id)
+        self._check_single(payer, cur, amount)
+        self._check_funds(wallet_account_id(payer_id, cur), amount)
+        self.open_wallet(payee_id, cur.code)
+        self._check_balance_cap(receiver, cur, amount)
+        decision = self._decide(risk.EventKind.P2P, payer_id, amount, cur, f"c:{payee_id}")
+        op = self._record(
+            OperationKind.P2P,
+            f"c:{payer_id}",
+            key,
+            request,
+            decision,
+            cur,
+            amount,
+            payer=payer,
+            payee_customer_id=payee_id,
+            note=note,
+        )
+        return self._drive(op)
+
+    def pay_merchant(
+        self, customer_id: int, merchant_qr: str, amount: int, currency_code: str, *, key: str
+    ) -> Operation:
+        """The customer scans the merchant's QR code and pays (the fee is taken at settlement)."""
+        target = parse_qr(merchant_qr)
+        if target.kind is not AccountKind.MERCHANT:
+            raise MerchantNotFoundError("that QR code is not a merchant's")
+        return self._merchant_payment(
+            customer_id, target.owner_id, amount, currency_code, f"c:{customer_id}", key
+        )
+
+    def collect(
+        self, merchant_id: int, payment_code: str, amount: int, currency_code: str, *, key: str
+    ) -> Operation:
+        """The merchant scans the customer's payment code and collects the amount."""
+        cur = currency(currency_code)
+        amount = check_amount(amount)
+        check_text(key, "idempotency key", IDEMPOTENCY_KEY_CHARS_MAX)
+        request = {"code": payment_code, "amount": amount, "currency": cur.code}
+        replay = self._replay(f"m:{merchant_id}", key, OperationKind.MERCHANT_PAYMENT, request)
+        if replay is not None:
+            return replay
+        self.merchant(merchant_id)
+        customer_id = self._redeem_payment_code(payment_code)
+        return self._merchant_payment(
+            customer_id, merchant_id, amount, cur.code, f"m:{merchant_id}", key, request
+        )
+
+    def _merchant_payment(
+        self,
+        customer_id: int,
+        merchant_id: int,
+        amount: int,
+        currency_code: str,
+        scope: str,
+        key: str,
+        request: dict[str, Any] | None = None,
+    ) -> Operation:
+        cur = currency(currency_code)
+        amount = check_amount(amount)
+        request = request or {"merchant": merchant_id, "amount": amount, "currency": cur.code}
+        replay = self._replay(scope, key, OperationKind.MERCHANT_PAYMENT, request)
+        if replay is not None:
+            return replay
+        customer = self._active_customer(customer_id)
+        merchant = self.merchant(merchant_id)
+        if merchant.frozen:
+            raise AccountFrozenError("the merchant is frozen")
+        self._check_single(customer, cur, amount)
+        self._check_funds(wallet_account_id(customer_id, cur), amount)
+        self._open_merchant_account(merchant_id, cur)
+        decision = self._decide(
+            risk.EventKind.PAYMENT, customer_id, amount, cur, f"m:{merchant_id}"
+        )
+        op = self._record(
+            OperationKind.MERCHANT_PAYMENT,
+            scope,
+            key,
+            request,
+            decision,
+            cur,
+            amount,
+            payer=customer,
+            merchant_id=merchant_id,
+        )
+        return self._drive(op)
+
+    def verify_challenge(self, operation_id: int, *, passed: bool) -> Operation:
+        """The customer's step-up verification: passed releases the held payment, failed
+        returns the money."""
+        op = self.operation(operation_id)
+        if op.status is not _S.CHALLENGED:
+            raise OperationStateError(f"operation is {op.status}, not challenged")
+        return self._check_done(op, passed=passed, failure="challenge_failed")
+
+    def decide_review(self, operation_id: int, *, approve: bool) -> Operation:
+        """An analyst's decision on a payment held for review."""
+        op = self.operation(operation_id)
+        if op.status is not _S.CHALLENGED or op.decision is not risk.Decision.REVIEW:
+            raise OperationStateError(f"operation is {op.status}, not held for review")
+        return self._check_done(op, passed=approve, failure="review_rejected")
+
+    def on_bank_result(self, result: BankResult) -> Operation:
+        """An asynchronous confirmation from the bank about one of our references."""
+        op = self.operation(int(result.reference, 16))
+        if op.status is not _S.AWAITING_BANK:
+            return op
+        return self._apply_bank_result(op, result)
+
+    # --- reading operations ---------------------------------------------------------------------
+
+    def operation(self, operation_id: int) -> Operation:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(t.operations).where(t.operations.c.id == _hex(operation_id))
+            ).first()
+        if row is None:
+            raise OperationNotFoundError(f"no operation {operation_id:#x}")
+        return _operation(row)
+
+    def operations(
+        self, *, status: OperationStatus | None = None, limit: int = 100
+    ) -> list[Operation]:
+        query = sa.select(t.operations).order_by(t.operations.c.created_at_ns).limit(limit)
+        if status is not None:
+            query = query.where(t.operations.c.status == str(status))
+        with self.engine.connect() as conn:
+            return [_operation(r) for r in conn.execute(query).all()]
+
+    # --- recovery -----------------------------------------------------------------------------
+
+    def recover(self) -> dict[str, int]:
+        """Finish every operation left half-way (a crash, a bank timeout, an expired hold).
+
+        Safe to run at any time and any number of times: operations younger than
+        ``recovery_age_s`` are left to the call that is still running them. Returns how many
+        operations ended in each final status.
+        """
+        now = self.clock.now_ns()
+        cutoff = now - self.options.recovery_age_s * 10**9
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(t.operations)
+                .where(
+                    t.operations.c.status.in_(
+                        [str(_S.PENDING), str(_S.AWAITING_BANK), str(_S.CHALLENGED)]
+                    )
+                )
+                .order_by(t.operations.c.created_at_ns)
+            ).all()
+        outcome: dict[str, int] = {}
+        for row in rows:
+            op = _operation(row)
+            if op.status is _S.CHALLENGED:
+                if op.hold_expires_at_ns is None or op.hold_expires_at_ns > now:
+                    continue
+            elif op.updated_at_ns > cutoff:
+                continue
+            done = self._drive(op)
+            if done.final:
+                outcome[str(done.status)] = outcome.get(str(done.status), 0) + 1
+        return outcome
+
+    # --- the steps ------------------------------------------------------------------------------
+
+    def _replay(
+        self, scope: str, key: str, kind: OperationKind, request: dict[str, Any]
+    ) -> Operation | None:
+        """The stored result of an earlier call with the same key (None if there is none)."""
+        check_text(key, "idempotency key", IDEMPOTENCY_KEY_CHARS_MAX)
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(t.operations).where(
+                    t.operations.c.scope == scope, t.operations.c.idempotency_key == key
+                )
+            ).first()
+        if row is None:
+            return None
+        if row.fingerprint != request_fingerprint(kind, request):
+            raise IdempotencyKeyReusedError("this idempotency key was used for a different request")
+        op = _operation(row)
+        if op.status is _S.PENDING:  # the first call died half-way: finish it now
+            return self._drive(op)
+        return op
+
+    def _active_customer(self, customer_id: int) -> Customer:
+        customer = self.customer(customer_id)
+        if customer.frozen:
+            raise AccountFrozenError("the customer is frozen")
+        return customer
+
+    def _card_of(self, customer_id: int, card_id: int) -> str:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(t.bank_cards.c.card_token).where(
+                    t.bank_cards.c.id == card_id, t.bank_cards.c.customer_id == customer_id
+                )
+            ).first()
+        if row is None:
+            raise CardNotFoundError("that card is not bound to this customer")
+        return str(row.card_token)
+
+    def _resolve_payee(self, payee: Payee) -> int:
+        given = [v for v in (payee.customer_id, payee.phone, payee.qr) if v is not None]
+        if len(given) != 1:
+            raise InvalidPayloadError("a payee is exactly one of customer_id, phone, qr")
+        if payee.customer_id is not None:
+            return self.customer(payee.customer_id).id
+        if payee.phone is not None:
+            phone = normalize_phone(payee.phone)
+            with self.engine.connect() as conn:
+                row = conn.execute(
+                    sa.select(t.customers.c.id).where(t.customers.c.phone == phone)
+                ).first()
+            if row is None:
+                raise CustomerNotFoundError("no customer has that phone number")
+            return int(row.id)
+        assert payee.qr is not None
+        target = parse_qr(payee.qr)
+        if target.kind is not AccountKind.CUSTOMER:
+            raise CustomerNotFoundError("that QR code is not a customer's")
+        return self.customer(target.owner_id).id
+
+    def _limits(self, customer: Customer, cur: Currency) -> KycLimits:
+        return self.options.kyc_limits[customer.kyc_level].in_minor_units(cur)
+
+    def _check_single(self, customer: Customer, cur: Currency, amount: int) -> None:
+        if amount > self._limits(customer, cur).single_payment:
+            raise KycLimitExceededError(
+                "the amount is above the customer's single-payment limit", limit="single_payment"
+            )
+
+    def _check_balance_cap(self, customer: Customer, cur: Currency, amount: int) -> None:
+        balance = self._balance_of(wallet_account_id(customer.id, cur))
+        if balance.posted + amount > self._limits(customer, cur).wallet_balance:
+            raise KycLimitExceededError(
+                "the wallet would exceed the customer's balance limit", limit="wallet_balance"
+            )
+
+    def _check_funds(self, account: int, amount: int) -> None:
+        if self._balance_of(account).available < amount:
+            raise InsufficientFundsError("the wallet does not hold enough")
+
+    def _decide(
+        self, kind: risk.EventKind, customer_id: int, amount: int, cur: Currency, counterparty: str
+    ) -> risk.RiskDecision:
+        event = risk.RiskEvent(
+            kind=kind,
+            customer_id=customer_id,
+            at_ns=self.clock.now_ns(),
+            amount=amount,
+            currency=cur.code,
+            counterparty=counterparty,
+        )
+        [decision] = self.decide([event])
+        return decision
+
+    def _record(
+        self,
+        kind: OperationKind,
+        scope: str,
+        key: str,
+        request: dict[str, Any],
+        decision: risk.RiskDecision,
+        cur: Currency,
+        amount: int,
+        *,
+        payer: Customer | None = None,
+        payee_customer_id: int | None = None,
+        merchant_id: int | None = None,
+        card_id: int | None = None,
+        note: str = "",
+    ) -> Operation:
+        """Write the operation (step 2) and reserve the payer's daily outflow with it."""
+        now = self.clock.now_ns()
+        operation_id = self.new_id()
+        rejected = decision.decision is risk.Decision.REJECT
+        day = business_day(now, self.options)
+        values = {
+            "id": _hex(operation_id),
+            "kind": str(kind),
+            "scope": scope,
+            "idempotency_key": key,
+            "fingerprint": request_fingerprint(kind, request),
+            "status": str(_S.REJECTED if rejected else _S.PENDING),
+            "currency": cur.code,
+            "amount": amount,
+            "payer_customer_id": payer.id if payer else None,
+            "payee_customer_id": payee_customer_id,
+            "merchant_id": merchant_id,
+            "card_id": card_id,
+            "note": note,
+            "day": day,
+            "decision": str(decision.decision),
+            "risk_score": decision.score,
+            "risk_reasons": json.dumps(
+                {
+                    "reasons": list(decision.reasons),
+                    "ruleset": decision.ruleset_version,
+                    "model": decision.model_version,
+                }
+            ),
+            "error_code": "risk_rejected" if rejected else None,
+            "bank_status": None,
+            "bank_sent": False,
+            "hold_expires_at_ns": None,
+            "created_at_ns": now,
+            "updated_at_ns": now,
+        }
+        try:
+            with self.engine.begin() as conn:
+                if payer is not None and not rejected:
+                    self._reserve_outflow(conn, payer, cur, day, amount)
+                conn.execute(t.operations.insert().values(**values))
+        except sa.exc.IntegrityError:
+            # The same key raced in from another caller: theirs was recorded first.
+            replay = self._replay(scope, key, kind, request)
+            if replay is None:
+                raise
+            return replay
+        return self.operation(operation_id)
+
+    def _reserve_outflow(
+        self, conn: sa.Connection, payer: Customer, cur: Currency, day: int, amount: int
+    ) -> None:
+        limit = self._limits(payer, cur).daily_outflow
+        d = t.daily_outflow
+        where = (d.c.customer_id == payer.id, d.c.day == day, d.c.currency == cur.code)
+        done = conn.execute(
+            d.update()
+            .where(*where, d.c.amount + amount <= limit)
+            .values(amount=d.c.amount + amount)
+        )
+        if done.rowcount == 1:
+            return
+        if conn.execute(sa.select(d.c.amount).where(*where)).first() is not None or amount > limit:
+            raise KycLimitExceededError(
+                "the customer's daily outflow limit would be exceeded", limit="daily_outflow"
+            )
+        conn.execute(
+            d.insert().values(customer_id=payer.id, day=day, currency=cur.code, amount=amount)
+        )
+
+    def _release_outflow(self, conn: sa.Connection, op: Operation, day: int) -> None:
+        if op.payer_customer_id is None or op.decision is risk.Decision.REJECT:
+            return
+        d = t.daily_outflow
+        conn.execute(
+            d.update()
+            .where(
+                d.c.customer_id == op.payer_customer_id,
+                d.c.day == day,
+                d.c.currency == op.currency,
+            )
+            .values(amount=d.c.amount - op.amount)
+        )
+
+    def _finish(
+        self,
+        op: Operation,
+        status: OperationStatus,
+        *,
+        error_code: str | None = None,
+        expect: OperationStatus | None = None,
+        **extra: Any,
+    ) -> Operation:
+        """Record an operation's new status (step 4), if nobody else did first."""
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                sa.select(t.operations.c.day).where(t.operations.c.id == _hex(op.id))
+            ).one()
+            done = conn.execute(
+                t.operations.update()
+                .where(
+                    t.operations.c.id == _hex(op.id),
+                    t.operations.c.status == str(expect or op.status),
+                )
+                .values(
+                    status=str(status),
+                    error_code=error_code,
+                    updated_at_ns=self.clock.now_ns(),
+                    **extra,
+                )
+            )
+            if done.rowcount == 1 and status in (_S.FAILED, _S.EXPIRED):
+                self._release_outflow(conn, op, row.day)
+        return self.operation(op.id)
+
+    def _drive(self, op: Operation) -> Operation:
+        """Take an operation as far as it can go now (step 3 onwards)."""
+        if op.final:
+            return op
+        if op.status is _S.CHALLENGED:
+            return self._expire_hold(op)
+        held = op.decision in (risk.Decision.CHALLENGE, risk.Decision.REVIEW)
+        if held and op.status is _S.PENDING and not self._passed(op):
+            return self._hold(op)
+        if op.kind is OperationKind.TOP_UP:
+            return self._drive_top_up(op)
+        if op.kind is OperationKind.WITHDRAWAL:
+            return self._drive_withdrawal(op)
+        status = self._move(op, hold_s=None)
+        if status not in _CREATED_OR_EXISTS:
+            return self._finish(op, _S.FAILED, error_code=self._failure_code(status))
+        return self._finish(op, _S.COMPLETED)
+
+    def _accounts_of(self, op: Operation) -> tuple[int, int, TransferCode]:
+        cur = currency(op.currency)
+        if op.kind is OperationKind.P2P:
+            assert op.payer_customer_id is not None and op.payee_customer_id is not None
+            return (
+                wallet_account_id(op.payer_customer_id, cur),
+                wallet_account_id(op.payee_customer_id, cur),
+                TransferCode.P2P,
+            )
+        if op.kind is OperationKind.MERCHANT_PAYMENT:
+            assert op.payer_customer_id is not None and op.merchant_id is not None
+            return (
+                wallet_account_id(op.payer_customer_id, cur),
+                merchant_account_id(op.merchant_id, cur),
+                TransferCode.MERCHANT_PAYMENT,
+            )
+        if op.kind is OperationKind.TOP_UP:
+            assert op.payee_customer_id is not None
+            return (
+                platform_account_id(AccountCode.BANK_SETTLEMENT, cur),
+                wallet_account_id(op.payee_customer_id, cur),
+                TransferCode.TOP_UP,
+            )
+        assert op.payer_customer_id is not None
+        return (
+            wallet_account_id(op.payer_customer_id, cur),
+            platform_account_id(AccountCode.BANK_SETTLEMENT, cur),
+            TransferCode.WITHDRAWAL,
+        )
+
+    def _move(self, op: Operation, *, hold_s: int | None) -> CreateTransferStatus:
+        """Leg 0: move the money, or hold it (a pending transfer) when ``hold_s`` is given
+        (0: no time limit)."""
+        debit, credit, code = self._accounts_of(op)
+        [result] = self.ledger.create_transfers(
+            [
+                Transfer(
+                    id=transfer_id(op.id, _LEG_MOVE),
+                    debit_account_id=debit,
+                    credit_account_id=credit,
+                    amount=op.amount,
+                    user_data_128=op.id,
+                    ledger=currency(op.currency).ledger,
+                    code=code,
+                    timeout=hold_s or 0,
+                    flags=TransferFlags.PENDING if hold_s is not None else TransferFlags.NONE,
+                )
+            ]
+        )
+        return result.status
+
+    def _settle_hold(self, op: Operation, *, post: bool) -> CreateTransferStatus:
+        """Leg 1: post or void the hold of leg 0."""
+        flags = TransferFlags.POST_PENDING_TRANSFER if post else TransferFlags.VOID_PENDING_TRANSFER
+        [result] = self.ledger.create_transfers(
+            [
+                Transfer(
+                    id=transfer_id(op.id, _LEG_SETTLE),
+                    pending_id=transfer_id(op.id, _LEG_MOVE),
+                    amount=LEDGER_AMOUNT_MAX if post else 0,
+                    flags=flags,
+                )
+            ]
+        )
+        return result.status
+
+    def _settled_leg(self, op: Operation) -> TransferFlags | None:
+        """How leg 1 settled the hold, if it exists (post or void)."""
+        found = self.ledger.lookup_transfers([transfer_id(op.id, _LEG_SETTLE)])
+        if not found:
+            return None
+        return found[0].flags & (
+            TransferFlags.POST_PENDING_TRANSFER | TransferFlags.VOID_PENDING_TRANSFER
+        )
+
+    def _failure_code(self, status: CreateTransferStatus) -> str:
+        if status in (CreateTransferStatus.EXCEEDS_CREDITS, CreateTransferStatus.ID_ALREADY_FAILED):
+            return "insufficient_funds"
+        return f"ledger_{status.name.lower()}"
+
+    def _passed(self, op: Operation) -> bool:
+        """Whether a held operation's check was passed (it went back to ``pending``)."""
+        return op.error_code == "check_passed"
+
+    def _hold(self, op: Operation) -> Operation:
+        """Risk wants a check first: hold the payer's money (not for top-ups: nothing is
+        charged yet) and wait for the customer (challenge) or an analyst (review)."""
+        challenge = op.decision is risk.Decision.CHALLENGE
+        timeout_s = self.options.challenge_timeout_s if challenge else 0
+        if op.kind is not OperationKind.TOP_UP:
+            # Payments expire in the ledger by themselves; a withdrawal's hold is the same
+            # leg 0 the payout keeps holding (no timeout), voided by us if the check lapses.
+            ledger_timeout = timeout_s if op.kind is not OperationKind.WITHDRAWAL else 0
+            status = self._move(op, hold_s=ledger_timeout)
+            if status not in _CREATED_OR_EXISTS:
+                return self._finish(op, _S.FAILED, error_code=self._failure_code(status))
+        expires = self.clock.now_ns() + timeout_s * 10**9 if challenge else None
+        return self._finish(op, _S.CHALLENGED, hold_expires_at_ns=expires)
+
+    def _check_done(self, op: Operation, *, passed: bool, failure: str) -> Operation:
+        if not passed:
+            if op.kind is OperationKind.TOP_UP:
+                return self._finish(op, _S.FAILED, error_code=failure)
+            return self._release_hold(op, post=False, failure=failure)
+        if op.kind in (OperationKind.TOP_UP, OperationKind.WITHDRAWAL):
+            resumed = self._finish(op, _S.PENDING, error_code="check_passed")
+            return self._drive(resumed)
+        return self._release_hold(op, post=True, failure=failure)
+
+    def _release_hold(
+        self, op: Operation, *, post: bool, failure: str, lapsed: bool = False
+    ) -> Operation:
+        status = self._settle_hold(op, post=post)
+        if status in _CREATED_OR_EXISTS:
+            if post:
+                return self._finish(op, _S.COMPLETED)
+            return self._finish(op, _S.EXPIRED if lapsed else _S.FAILED, error_code=failure)
+        if status is CreateTransferStatus.PENDING_TRANSFER_EXPIRED:
+            return self._finish(op, _S.EXPIRED, error_code="hold_expired")
+        raise RuntimeError(f"settling the hold of {op.id:#x} failed: {status.name}")
+
+    def _expire_hold(self, op: Operation) -> Operation:
+        """A challenged operation found by recovery: record how its hold ended."""
+        settled = self._settled_leg(op)
+        if settled == TransferFlags.POST_PENDING_TRANSFER:
+            return self._finish(op, _S.COMPLETED)
+        if settled == TransferFlags.VOID_PENDING_TRANSFER:
+            failure = (
+                "review_rejected" if op.decision is risk.Decision.REVIEW else "challenge_failed"
+            )
+            return self._finish(op, _S.FAILED, error_code=failure)
+        if op.hold_expires_at_ns is not None and op.hold_expires_at_ns <= self.clock.now_ns():
+            if op.kind is OperationKind.TOP_UP:  # nothing was held
+                return self._finish(op, _S.EXPIRED, error_code="hold_expired")
+            return self._release_hold(op, post=False, failure="hold_expired", lapsed=True)
+        return op
+
+    # --- bank flows -----------------------------------------------------------------------------
+
+    def _send_to_bank(self, op: Operation, direction: BankDirection) -> Operation:
+        """Mark the reference sent (once, ever), then send it; a crash in between leaves a
+        reference that is only ever queried."""
+        with self.engine.begin() as conn:
+            claimed = conn.execute(
+                t.operations.update()
+                .where(t.operations.c.id == _hex(op.id), t.operations.c.bank_sent.is_(False))
+                .values(bank_sent=True, updated_at_ns=self.clock.now_ns())
+            ).rowcount
+        if claimed != 1:
+            return self._query_bank(self.operation(op.id))
+        assert op.card_id is not None
+        customer = (
+            op.payee_customer_id if direction is BankDirection.CHARGE else op.payer_customer_id
+        )
+        assert customer is not None
+        token = self._card_of(customer, op.card_id)
+        try:
+            result = self.bank.submit(direction, _hex(op.id), token, op.amount, op.currency)
+        except BankTimeoutError:
+            return self._finish(op, _S.AWAITING_BANK, bank_status="timeout")
+        return self._apply_bank_result(op, result)
+
+    def _query_bank(self, op: Operation) -> Operation:
+        try:
+            result = self.bank.query(_hex(op.id))
+        except BankTimeoutError:
+            return op
+        # Sent (or about to be) but unknown to the bank: only once it is old enough is it
+        # certain that it never arrived; it is never sent again.
+        recent = op.updated_at_ns > self.clock.now_ns() - self.options.recovery_age_s * 10**9
+        if result.status is BankStatus.NOT_FOUND and recent:
+            return op
+        return self._apply_bank_result(op, result)
+
+    def _apply_bank_result(self, op: Operation, result: BankResult) -> Operation:
+        if result.status is BankStatus.PROCESSING:
+            if op.status is not _S.AWAITING_BANK:
+                return self._finish(op, _S.AWAITING_BANK, bank_status=str(result.status))
+            return op
+        if op.kind is OperationKind.TOP_UP:
+            if result.status is BankStatus.SUCCEEDED:
+                status = self._move(op, hold_s=None)
+                if status not in _CREATED_OR_EXISTS:
+                    raise RuntimeError(f"crediting top-up {op.id:#x} failed: {status.name}")
+                return self._finish(op, _S.COMPLETED, bank_status=str(result.status))
+            return self._finish(
+                op, _S.FAILED, error_code=_bank_failure(result), bank_status=str(result.status)
+            )
+        # A withdrawal: post the hold on success, void it otherwise.
+        post = result.status is BankStatus.SUCCEEDED
+        status = self._settle_hold(op, post=post)
+        if status not in _CREATED_OR_EXISTS:
+            raise RuntimeError(f"settling withdrawal {op.id:#x} failed: {status.name}")
+        if post:
+            return self._finish(op, _S.COMPLETED, bank_status=str(result.status))
+        return self._finish(
+            op, _S.FAILED, error_code=_bank_failure(result), bank_status=str(result.status)
+        )
+
+    def _drive_top_up(self, op: Operation) -> Operation:
+        if op.status is _S.AWAITING_BANK or self._sent(op):
+            return self._query_bank(op)
+        return self._send_to_bank(op, BankDirection.CHARGE)
+
+    def _drive_withdrawal(self, op: Operation) -> Operation:
+        if op.status is _S.AWAITING_BANK or self._sent(op):
+            return self._query_bank(op)
+        status = self._move(op, hold_s=0)  # hold the money until the bank answers
+        if status not in _CREATED_OR_EXISTS:
+            return self._finish(op, _S.FAILED, error_code=self._failure_code(status))
+        return self._send_to_bank(op, BankDirection.PAYOUT)
+
+    def _sent(self, op: Operation) -> bool:
+        with self.engine.connect() as conn:
+            return bool(
+                conn.execute(
+                    sa.select(t.operations.c.bank_sent).where(t.operations.c.id == _hex(op.id))
+                ).scalar_one()
+            )
+
+
+def _bank_failure(result: BankResult) -> str:
+    return "bank_not_reached" if result.status is BankStatus.NOT_FOUND else "bank_declined"
+
+
+def _operation(row: Any) -> Operation:
+    return Operation(
+        id=int(row.id, 16),
+        kind=OperationKind(row.kind),
+        status=OperationStatus(row.status),
+        currency=row.currency,
+        amount=row.amount,
+        payer_customer_id=row.payer_customer_id,
+        payee_customer_id=row.payee_customer_id,
+        merchant_id=row.merchant_id,
+        card_id=row.card_id,
+        note=row.note,
+        decision=risk.Decision(row.decision),
+        risk_score=row.risk_score,
+        error_code=row.error_code,
+        hold_expires_at_ns=row.hold_expires_at_ns,
+        created_at_ns=row.created_at_ns,
+        updated_at_ns=row.updated_at_ns,
+    )

@@ -1,0 +1,16 @@
+"""Risk control in front of every money movement: ``decide(events)``.
+
+Until the real engine lands (issue #6) ``decide`` accepts every event with score 0 and says
+so in its versions (``pass-through``), so each service already calls it, stores the
+decision with the operation and handles all four outcomes.
+"""
+
+from ._decide import (
+    Decision,
+    EventKind,
+    RiskDecision,
+    RiskEvent,
+    decide,
+)
+
+__all__ = ["Decision", "EventKind", "RiskDecision", "RiskEvent", "decide"]

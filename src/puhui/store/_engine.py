@@ -1,0 +1,38 @@
+"""The SQL engine factory: SQLite (the embedded default, WAL) or PostgreSQL (psycopg 3)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+
+def create_engine(url: str, **kwargs: Any) -> sa.Engine:
+    """An engine for ``url``. SQLite files get WAL, full sync, foreign keys and a busy
+    timeout, and their directory is created; PostgreSQL connections are checked before use.
+    """
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 30}, **kwargs)
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(connection: Any, _record: Any) -> None:
+            cursor = connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+            # pysqlite's own implicit BEGIN is off, so the one below is the only one.
+            connection.isolation_level = None
+
+        @sa.event.listens_for(engine, "begin")
+        def _begin_immediate(connection: sa.Connection) -> None:
+            # Take the write lock at BEGIN: two writers never deadlock on a lock upgrade.
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True, **kwargs)

@@ -1,0 +1,110 @@
+"""Tables of ``puhui.payments`` (only that package reads or writes them).
+
+Money is never stored here: balances live in the ledger. Amounts are minor units in
+``BIGINT`` columns with ``CHECK`` constraints, a second guard behind the service's own checks.
+Times are nanoseconds since the Unix epoch (``*_at_ns``), from the service's clock.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from ._metadata import Id, metadata
+
+customers = sa.Table(
+    "payments_customers",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("phone", sa.String(16), nullable=False, unique=True),
+    sa.Column("display_name", sa.String(64), nullable=False),
+    sa.Column("kyc_level", sa.SmallInteger, nullable=False),
+    sa.Column("national_id_hash", sa.String(64), nullable=True, unique=True),
+    sa.Column("frozen", sa.Boolean, nullable=False),
+    sa.Column("created_at_ns", sa.BigInteger, nullable=False),
+    sa.CheckConstraint("kyc_level BETWEEN 0 AND 2", name="kyc_level"),
+)
+
+bank_cards = sa.Table(
+    "payments_bank_cards",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("customer_id", sa.BigInteger, sa.ForeignKey(customers.c.id), nullable=False),
+    sa.Column("card_token", sa.String(64), nullable=False),
+    sa.Column("bank_name", sa.String(64), nullable=False),
+    sa.Column("last4", sa.String(4), nullable=False),
+    sa.Column("created_at_ns", sa.BigInteger, nullable=False),
+    sa.UniqueConstraint("customer_id", "card_token"),
+)
+
+merchants = sa.Table(
+    "payments_merchants",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("category", sa.String(32), nullable=False),
+    sa.Column("fee_bps", sa.Integer, nullable=False),
+    sa.Column("settlement_card_token", sa.String(64), nullable=False),
+    sa.Column("frozen", sa.Boolean, nullable=False),
+    sa.Column("created_at_ns", sa.BigInteger, nullable=False),
+    sa.CheckConstraint("fee_bps BETWEEN 0 AND 10000", name="fee_bps"),
+)
+
+wallets = sa.Table(
+    "payments_wallets",
+    metadata,
+    sa.Column("customer_id", sa.BigInteger, sa.ForeignKey(customers.c.id), primary_key=True),
+    sa.Column("currency", sa.String(3), primary_key=True),
+    sa.Column("account_id", sa.String(32), nullable=False, unique=True),
+    sa.Column("created_at_ns", sa.BigInteger, nullable=False),
+)
+
+operations = sa.Table(
+    "payments_operations",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("scope", sa.String(32), nullable=False),
+    sa.Column("idempotency_key", sa.String(255), nullable=False),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("amount", sa.BigInteger, nullable=False),
+    sa.Column("payer_customer_id", sa.BigInteger, nullable=True),
+    sa.Column("payee_customer_id", sa.BigInteger, nullable=True),
+    sa.Column("merchant_id", sa.BigInteger, nullable=True),
+    sa.Column("card_id", sa.BigInteger, nullable=True),
+    sa.Column("note", sa.String(140), nullable=False),
+    sa.Column("day", sa.Integer, nullable=False),
+    sa.Column("decision", sa.String(16), nullable=False),
+    sa.Column("risk_score", sa.Integer, nullable=False),
+    sa.Column("risk_reasons", sa.Text, nullable=False),
+    sa.Column("error_code", sa.String(64), nullable=True),
+    sa.Column("bank_status", sa.String(16), nullable=True),
+    sa.Column("bank_sent", sa.Boolean, nullable=False),
+    sa.Column("hold_expires_at_ns", sa.BigInteger, nullable=True),
+    sa.Column("created_at_ns", sa.BigInteger, nullable=False),
+    sa.Column("updated_at_ns", sa.BigInteger, nullable=False),
+    sa.UniqueConstraint("scope", "idempotency_key"),
+    sa.Index(None, "status", "created_at_ns"),
+    sa.Index(None, "payer_customer_id", "created_at_ns"),
+    sa.CheckConstraint("amount > 0", name="amount_positive"),
+)
+
+daily_outflow = sa.Table(
+    "payments_daily_outflow",
+    metadata,
+    sa.Column("customer_id", sa.BigInteger, primary_key=True),
+    sa.Column("day", sa.Integer, primary_key=True),
+    sa.Column("currency", sa.String(3), primary_key=True),
+    sa.Column("amount", sa.BigInteger, nullable=False),
+    sa.CheckConstraint("amount >= 0", name="amount_not_negative"),
+)
+
+payment_codes = sa.Table(
+    "payments_payment_codes",
+    metadata,
+    sa.Column("code", sa.String(18), primary_key=True),
+    sa.Column("customer_id", sa.BigInteger, sa.ForeignKey(customers.c.id), nullable=False),
+    sa.Column("expires_at_ns", sa.BigInteger, nullable=False),
+    sa.Column("used", sa.Boolean, nullable=False),
+)

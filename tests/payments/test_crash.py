@@ -1,0 +1,129 @@
+"""Crashes across an operation that moves money and writes a row: nothing moves twice.
+
+A child process (``crash_child.py``) is killed between the ledger transfer and the row that
+records it (and between the row and the transfer); the test reopens the service, runs
+``recover()`` and checks that the operation finished exactly once. A second test SIGKILLs a
+child making payments at a random moment, repeatedly, and checks that every answered
+payment is recorded as answered and that the books match the records.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from puhui.ledger import verify
+from puhui.payments import OperationStatus, Payee
+from puhui.payments.model import transfer_id
+
+from . import crash_child as child
+from .conftest import START_NS
+
+CHILD = Path(child.__file__).resolve()
+HOUR_NS = 3600 * 10**9
+
+
+def _run(url: str, data: Path, mode: str, start_ns: int) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(CHILD), url, str(data), mode, str(start_ns)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _setup(url: str, data: Path) -> None:
+    done = _run(url, data, "setup", START_NS)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("mode", ["kill-after-move", "kill-after-record"])
+def test_recovery_finishes_an_operation_cut_short_exactly_once(
+    database_url: str, tmp_path: Path, mode: str
+) -> None:
+    _setup(database_url, tmp_path)
+    crashed = _run(database_url, tmp_path, mode, START_NS + HOUR_NS)
+    assert crashed.returncode == 0, crashed.stderr  # os._exit(0) inside the hook
+    payments, ledger = child.open_service(database_url, tmp_path, START_NS + 2 * HOUR_NS)
+    try:
+        [op] = payments.operations(status=OperationStatus.PENDING)
+        moved = payments.balance(2, "CNY").posted - child.FUND
+        assert moved == (12_34 if mode == "kill-after-move" else 0)
+        assert payments.recover() == {"completed": 1}
+        assert payments.operation(op.id).status is OperationStatus.COMPLETED
+        assert payments.balance(1, "CNY").posted == child.FUND - 12_34
+        assert payments.balance(2, "CNY").posted == child.FUND + 12_34
+        # The caller's retry, after the crash, returns the result and moves nothing.
+        again = payments.transfer(1, Payee(customer_id=2), 12_34, "CNY", key="crash")
+        assert again.id == op.id and again.status is OperationStatus.COMPLETED
+        assert payments.recover() == {}
+        assert payments.balance(2, "CNY").posted == child.FUND + 12_34
+        assert verify(ledger).ok
+    finally:
+        ledger.close()
+        payments.engine.dispose()
+
+
+def test_random_kills_lose_no_answered_payment_and_move_nothing_twice(
+    database_url: str, tmp_path: Path
+) -> None:
+    _setup(database_url, tmp_path)
+    rng = random.Random(7)
+    answered: dict[int, str] = {}
+    start = START_NS
+    for cycle in range(5):
+        start += HOUR_NS
+        proc = subprocess.Popen(
+            [sys.executable, str(CHILD), database_url, str(tmp_path), "loop", str(start)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 60
+        line = proc.stdout.readline()  # wait for the first answer, then kill at random
+        assert line.startswith("DONE"), proc.stderr.read() if proc.stderr else ""
+        time.sleep(rng.uniform(0.05, 0.5))
+        os.kill(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=60)
+        assert time.monotonic() < deadline
+        for text in [line, *out.splitlines()]:
+            _, n, status = text.split()
+            answered[int(n)] = status
+        # Every child starts again at key loop-0: its first answers are replays of payments
+        # answered before, which must return the same result and move nothing.
+        start += HOUR_NS
+        payments, ledger = child.open_service(database_url, tmp_path, start)
+        try:
+            payments.recover()
+            ops = payments.operations(limit=100_000)
+            assert all(op.final for op in ops)  # recovery left nothing half-way
+            p2p = [op for op in ops if op.kind == "p2p"]
+            assert all(status == "completed" for status in answered.values())
+            assert {op.status for op in p2p} == {OperationStatus.COMPLETED}
+            assert len(p2p) >= len(answered)  # the answered ones, plus one finished by recovery
+            # Each completed payment moved its money exactly once.
+            found = ledger.lookup_transfers([transfer_id(op.id, 0) for op in p2p])
+            assert sorted(t.user_data_128 for t in found) == sorted(op.id for op in p2p)
+            # The books match the records: each wallet is its top-up plus what the completed
+            # payments brought in, minus what they took out.
+            for k in range(1, child.CUSTOMERS + 1):
+                expected = child.FUND
+                for op in p2p:
+                    if op.payer_customer_id == k:
+                        expected -= op.amount
+                    if op.payee_customer_id == k:
+                        expected += op.amount
+                assert payments.balance(k, "CNY").posted == expected, (cycle, k)
+            assert verify(ledger).ok
+        finally:
+            ledger.close()
+            payments.engine.dispose()
