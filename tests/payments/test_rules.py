@@ -24,6 +24,7 @@ from puhui.payments import (
     CustomerNotFoundError,
     IdempotencyKeyReusedError,
     IdentityTakenError,
+    InsufficientFundsError,
     InvalidPayloadError,
     InvalidPhoneError,
     KycLevel,
@@ -87,13 +88,7 @@ def _ref(op: Operation) -> str:
 
 
 def _freeze_merchant(world: World, merchant_id: int) -> None:
-    """The service has no call for it yet (an operator's job): flip the row directly."""
-    with world.engine.begin() as conn:
-        conn.execute(
-            tables.merchants.update()
-            .where(tables.merchants.c.id == merchant_id)
-            .values(frozen=True)
-        )
+    assert world.payments.set_merchant_frozen(merchant_id, True).frozen
 
 
 def _outflow(world: World, customer_id: int) -> int:
@@ -541,10 +536,6 @@ def test_binding_the_same_card_again_returns_it(world: World) -> None:
     assert p.cards(alice) == [first]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: bind_card returns the first card with the same last4, not the card just bound",
-)
 def test_binding_a_second_card_with_the_same_last4_returns_the_new_card(world: World) -> None:
     p = world.payments
     alice = p.register_customer("13800000001", "Alice").id
@@ -554,10 +545,6 @@ def test_binding_a_second_card_with_the_same_last4_returns_the_new_card(world: W
     assert second.id != first.id and second.bank_name == "City Bank"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: bind_card of a bound token with another last4 raises a bare StopIteration",
-)
 def test_rebinding_a_card_with_another_last4_is_answered(world: World) -> None:
     p = world.payments
     alice = p.register_customer("13800000001", "Alice").id
@@ -727,10 +714,6 @@ def test_the_wallet_balance_cap_stops_an_incoming_p2p(world: World) -> None:
     assert p.balance(bob, CNY) == Balance(1_000_00, 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the wallet balance cap ignores incoming P2P money still held for a challenge",
-)
 def test_the_wallet_balance_cap_counts_incoming_payments_still_held(world: World) -> None:
     p = world.payments
     alice = _customer(world, "13800000001")
@@ -745,10 +728,6 @@ def test_the_wallet_balance_cap_counts_incoming_payments_still_held(world: World
         p.transfer(alice, Payee(customer_id=bob), 300_00, CNY, key="h2")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the wallet balance cap ignores top-ups still awaiting the bank's answer",
-)
 def test_the_wallet_balance_cap_counts_top_ups_awaiting_the_bank(world: World) -> None:
     p = world.payments
     alice = _customer(world, "13800000001", level=KycLevel.UNVERIFIED)  # cap: 1,000 CNY
@@ -869,6 +848,19 @@ def test_a_payment_code_collects_once(world: World) -> None:
         p.collect(shop, code, 12_00, CNY, key="c2")
     assert p.balance(alice, CNY).posted == 88_00
     assert p.merchant_balance(shop, CNY).posted == 12_00
+
+
+def test_a_payment_refused_by_a_check_leaves_its_payment_code_valid(world: World) -> None:
+    p = world.payments
+    alice = _customer(world, "13800000001")
+    shop = _shop(world)
+    _fund(world, alice, 100_00)
+    code = p.issue_payment_code(alice)
+    with _refused(world, InsufficientFundsError, "insufficient_funds"):
+        p.collect(shop, code, 500_00, CNY, key="c1")
+    paid = p.collect(shop, code, 12_00, CNY, key="c2")  # the same code, now for what she has
+    assert paid.status is S.COMPLETED
+    assert p.balance(alice, CNY).posted == 88_00
 
 
 def test_an_unknown_payment_code_is_invalid(world: World) -> None:
@@ -997,10 +989,6 @@ def test_a_p2p_challenge_passed_after_its_deadline_expires(world: World) -> None
     _assert_back(world, late)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: verify_challenge ignores hold_expires_at_ns; a lapsed withdrawal still pays out",
-)
 def test_a_challenge_passed_after_its_deadline_does_not_pay_out(world: World) -> None:
     p = world.payments
     alice = _customer(world, "13800000001")
@@ -1057,10 +1045,6 @@ def test_decide_review_is_only_for_operations_held_for_review(world: World) -> N
         p.decide_review(UNKNOWN_ID, approve=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: verify_challenge accepts a payment held for REVIEW, bypassing the analyst",
-)
 def test_the_customer_cannot_pass_a_review_with_verify_challenge(world: World) -> None:
     p = world.payments
     op = _challenged_p2p(world, risk.Decision.REVIEW)
@@ -1069,10 +1053,6 @@ def test_the_customer_cannot_pass_a_review_with_verify_challenge(world: World) -
     assert p.operation(op.id).status is S.CHALLENGED
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a held payment still completes after its payer was frozen",
-)
 def test_a_payer_frozen_during_a_challenge_cannot_release_the_payment(world: World) -> None:
     p = world.payments
     op = _challenged_p2p(world)
@@ -1188,10 +1168,6 @@ def test_a_bank_notice_for_an_unknown_reference_is_not_found(world: World) -> No
             p.on_bank_result(BankResult(reference, BankStatus.SUCCEEDED))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: on_bank_result raises a bare ValueError for a reference that is not hex",
-)
 def test_a_bank_notice_with_a_malformed_reference_is_a_payments_error(world: World) -> None:
     p = world.payments
     alice = _customer(world, "13800000001")

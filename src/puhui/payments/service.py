@@ -286,22 +286,26 @@ class Payments:
             raise InvalidPayloadError("last4 must be the card's last 4 digits")
         with self.engine.begin() as conn:
             existing = conn.execute(
-                sa.select(t.bank_cards.c.id).where(
+                sa.select(t.bank_cards).where(
                     t.bank_cards.c.customer_id == customer_id,
                     t.bank_cards.c.card_token == card_token,
                 )
             ).first()
-            if existing is None:
-                conn.execute(
-                    t.bank_cards.insert().values(
-                        customer_id=customer_id,
-                        card_token=card_token,
-                        bank_name=bank_name,
-                        last4=last4,
-                        created_at_ns=self.clock.now_ns(),
-                    )
+            if existing is not None:  # binding again: the same card, or a mistake
+                if (existing.bank_name, existing.last4) != (bank_name, last4):
+                    raise InvalidPayloadError("that card is already bound with other details")
+                return BankCard(existing.id, customer_id, existing.bank_name, existing.last4)
+            new_id = conn.execute(
+                t.bank_cards.insert().values(
+                    customer_id=customer_id,
+                    card_token=card_token,
+                    bank_name=bank_name,
+                    last4=last4,
+                    created_at_ns=self.clock.now_ns(),
                 )
-        return next(c for c in self.cards(customer_id) if c.last4 == last4)
+            ).inserted_primary_key
+        assert new_id is not None
+        return BankCard(int(new_id[0]), customer_id, bank_name, last4)
 
     def cards(self, customer_id: int) -> list[BankCard]:
         with self.engine.connect() as conn:
@@ -333,6 +337,15 @@ class Payments:
             ).inserted_primary_key
         assert new_id is not None
         return self.merchant(int(new_id[0]))
+
+    def set_merchant_frozen(self, merchant_id: int, frozen: bool) -> Merchant:
+        """Freeze a merchant: no payment may reach it (held payments to it stay held)."""
+        self.merchant(merchant_id)
+        with self.engine.begin() as conn:
+            conn.execute(
+                t.merchants.update().where(t.merchants.c.id == merchant_id).values(frozen=frozen)
+            )
+        return self.merchant(merchant_id)
 
     def merchant(self, merchant_id: int) -> Merchant:
         with self.engine.connect() as conn:
@@ -457,22 +470,31 @@ class Payments:
             )
         return code
 
-    def _redeem_payment_code(self, code: str) -> int:
+    def _peek_payment_code(self, code: str) -> int:
+        """The customer of a valid payment code (not yet used: see ``_redeem``)."""
         check_text(code, "payment_code", 18)
-        with self.engine.begin() as conn:
+        with self.engine.connect() as conn:
             row = conn.execute(
                 sa.select(t.payment_codes).where(t.payment_codes.c.code == code)
             ).first()
-            if row is None or row.used or row.expires_at_ns <= self.clock.now_ns():
-                raise PaymentCodeInvalidError("the payment code is unknown, used or expired")
-            done = conn.execute(
-                t.payment_codes.update()
-                .where(t.payment_codes.c.code == code, t.payment_codes.c.used.is_(False))
-                .values(used=True)
+        if row is None or row.used or row.expires_at_ns <= self.clock.now_ns():
+            raise PaymentCodeInvalidError("the payment code is unknown, used or expired")
+        return int(row.customer_id)
+
+    def _redeem(self, conn: sa.Connection, code: str) -> None:
+        """Use a payment code up, in the transaction that records its payment (so a payment
+        refused by a check leaves the code valid, and two merchants cannot both use it)."""
+        done = conn.execute(
+            t.payment_codes.update()
+            .where(
+                t.payment_codes.c.code == code,
+                t.payment_codes.c.used.is_(False),
+                t.payment_codes.c.expires_at_ns > self.clock.now_ns(),
             )
-            if done.rowcount != 1:
-                raise PaymentCodeInvalidError("the payment code is unknown, used or expired")
-            return int(row.customer_id)
+            .values(used=True)
+        )
+        if done.rowcount != 1:
+            raise PaymentCodeInvalidError("the payment code is unknown, used or expired")
 
     # --- operations: what callers do ------------------------------------------------------------
 
@@ -599,9 +621,16 @@ class Payments:
         if replay is not None:
             return replay
         self.merchant(merchant_id)
-        customer_id = self._redeem_payment_code(payment_code)
+        customer_id = self._peek_payment_code(payment_code)
         return self._merchant_payment(
-            customer_id, merchant_id, amount, cur.code, f"m:{merchant_id}", key, request
+            customer_id,
+            merchant_id,
+            amount,
+            cur.code,
+            f"m:{merchant_id}",
+            key,
+            request,
+            payment_code=payment_code,
         )
 
     def _merchant_payment(
@@ -613,6 +642,8 @@ class Payments:
         scope: str,
         key: str,
         request: dict[str, Any] | None = None,
+        *,
+        payment_code: str | None = None,
     ) -> Operation:
         cur = currency(currency_code)
         amount = check_amount(amount)
@@ -640,6 +671,7 @@ class Payments:
             amount,
             payer=customer,
             merchant_id=merchant_id,
+            payment_code=payment_code,
         )
         return self._drive(op)
 
@@ -647,8 +679,12 @@ class Payments:
         """The customer's step-up verification: passed releases the held payment, failed
         returns the money."""
         op = self.operation(operation_id)
-        if op.status is not _S.CHALLENGED:
-            raise OperationStateError(f"operation is {op.status}, not challenged")
+        if op.status is not _S.CHALLENGED or op.decision is not risk.Decision.CHALLENGE:
+            raise OperationStateError(f"operation is {op.status}, not awaiting verification")
+        if op.hold_expires_at_ns is not None and op.hold_expires_at_ns <= self.clock.now_ns():
+            return self._drive(op)  # too late: the hold lapses, whatever the answer
+        if passed:
+            self._check_parties_active(op)
         return self._check_done(op, passed=passed, failure="challenge_failed")
 
     def decide_review(self, operation_id: int, *, approve: bool) -> Operation:
@@ -656,11 +692,20 @@ class Payments:
         op = self.operation(operation_id)
         if op.status is not _S.CHALLENGED or op.decision is not risk.Decision.REVIEW:
             raise OperationStateError(f"operation is {op.status}, not held for review")
+        if approve:
+            self._check_parties_active(op)
         return self._check_done(op, passed=approve, failure="review_rejected")
 
     def on_bank_result(self, result: BankResult) -> Operation:
         """An asynchronous confirmation from the bank about one of our references."""
-        op = self.operation(int(result.reference, 16))
+        reference = result.reference
+        if not (isinstance(reference, str) and len(reference) == 32):
+            raise OperationNotFoundError("not a reference of ours")
+        try:
+            operation_id = int(reference, 16)
+        except ValueError:
+            raise OperationNotFoundError("not a reference of ours") from None
+        op = self.operation(operation_id)
         if op.status is not _S.AWAITING_BANK:
             return op
         return self._apply_bank_result(op, result)
@@ -747,6 +792,14 @@ class Payments:
             raise AccountFrozenError("the customer is frozen")
         return customer
 
+    def _check_parties_active(self, op: Operation) -> None:
+        """Before held money is released: nobody involved may have been frozen since."""
+        for customer_id in (op.payer_customer_id, op.payee_customer_id):
+            if customer_id is not None:
+                self._active_customer(customer_id)
+        if op.merchant_id is not None and self.merchant(op.merchant_id).frozen:
+            raise AccountFrozenError("the merchant is frozen")
+
     def _card_of(self, customer_id: int, card_id: int) -> str:
         with self.engine.connect() as conn:
             row = conn.execute(
@@ -789,8 +842,23 @@ class Payments:
             )
 
     def _check_balance_cap(self, customer: Customer, cur: Currency, amount: int) -> None:
-        balance = self._balance_of(wallet_account_id(customer.id, cur))
-        if balance.posted + amount > self._limits(customer, cur).wallet_balance:
+        """The wallet's cap counts what it holds, what is held on its way in (a challenged
+        payment to it) and top-ups not yet answered by the bank."""
+        found = self.ledger.lookup_accounts([wallet_account_id(customer.id, cur)])
+        incoming = found[0].credits_posted - found[0].debits_posted if found else 0
+        incoming += found[0].credits_pending if found else 0
+        with self.engine.connect() as conn:
+            incoming += conn.execute(
+                sa.select(sa.func.coalesce(sa.func.sum(t.operations.c.amount), 0)).where(
+                    t.operations.c.payee_customer_id == customer.id,
+                    t.operations.c.kind == str(OperationKind.TOP_UP),
+                    t.operations.c.currency == cur.code,
+                    t.operations.c.status.in_(
+                        [str(_S.PENDING), str(_S.AWAITING_BANK), str(_S.CHALLENGED)]
+                    ),
+                )
+            ).scalar_one()
+        if incoming + amount > self._limits(customer, cur).wallet_balance:
             raise KycLimitExceededError(
                 "the wallet would exceed the customer's balance limit", limit="wallet_balance"
             )
@@ -828,8 +896,10 @@ class Payments:
         merchant_id: int | None = None,
         card_id: int | None = None,
         note: str = "",
+        payment_code: str | None = None,
     ) -> Operation:
-        """Write the operation (step 2) and reserve the payer's daily outflow with it."""
+        """Write the operation (step 2) and reserve the payer's daily outflow with it (and use
+        up the payment code it was made with)."""
         now = self.clock.now_ns()
         operation_id = self.new_id()
         rejected = decision.decision is risk.Decision.REJECT
@@ -867,6 +937,8 @@ class Payments:
         }
         try:
             with self.engine.begin() as conn:
+                if payment_code is not None:
+                    self._redeem(conn, payment_code)
                 if payer is not None and not rejected:
                     self._reserve_outflow(conn, payer, cur, day, amount)
                 conn.execute(t.operations.insert().values(**values))
