@@ -100,3 +100,74 @@ class KycLevelError(PaymentsError):
     """A KYC level may only go up one step at a time, with the evidence that step needs."""
 
     code = "kyc_level_invalid"
+
+
+class OrderNotFoundError(PaymentsError):
+    code = "order_not_found"
+
+
+class NotOrderPartyError(PaymentsError):
+    """The caller is not the order's buyer (or seller) and may not do this."""
+
+    code = "not_order_party"
+
+
+class OrderClosedError(PaymentsError):
+    """The order is closed (cancelled, unpaid in time or refunded in full)."""
+
+    code = "order_closed"
+
+
+class OrderFinishedError(PaymentsError):
+    """The order is finished: receipt was confirmed and the seller paid (confirm twice,
+    refund after finish)."""
+
+    code = "order_finished"
+
+
+class OrderNotPaidError(PaymentsError):
+    """The order has not been paid (ship or refund an unpaid order)."""
+
+    code = "order_not_paid"
+
+
+class OrderAlreadyPaidError(PaymentsError):
+    code = "order_already_paid"
+
+
+class OrderNotShippedError(PaymentsError):
+    """The order has not been shipped (confirm receipt, extend the timer)."""
+
+    code = "order_not_shipped"
+
+
+class OrderAlreadyShippedError(PaymentsError):
+    code = "order_already_shipped"
+
+
+class RefundOpenError(PaymentsError):
+    """A refund of this order is still open (one at a time; no confirmation meanwhile)."""
+
+    code = "refund_open"
+
+
+class RefundExceedsEscrowError(PaymentsError):
+    """More than what is left in escrow for this order."""
+
+    code = "refund_exceeds_escrow"
+
+
+class RefundNotFoundError(PaymentsError):
+    code = "refund_not_found"
+
+
+class RefundStateError(PaymentsError):
+    """The refund is not in a state that allows this (answer twice, escalate late)."""
+
+    code = "refund_state_invalid"
+
+
+class ExtensionLimitError(PaymentsError):
+    """The confirmation timer may not be extended that far."""
+
+    code = "extension_limit_exceeded"

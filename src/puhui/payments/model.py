@@ -59,6 +59,14 @@ class TransferCode(IntEnum):
     WITHDRAWAL = 2
     P2P = 3
     MERCHANT_PAYMENT = 4
+    ESCROW_HOLD = 5
+    """A buyer pays a guaranteed-transaction order: wallet → escrow."""
+    ESCROW_RELEASE = 6
+    """The order finishes: escrow → merchant (less the fee)."""
+    REFUND = 7
+    """Escrow → the buyer's wallet."""
+    FEE = 8
+    """The platform's fee on a release: escrow → fee revenue."""
 
 
 OWNER_ID_MAX: Final = (1 << 63) - 1
@@ -107,6 +115,62 @@ class OperationKind(StrEnum):
     WITHDRAWAL = "withdrawal"
     P2P = "p2p"
     MERCHANT_PAYMENT = "merchant_payment"
+    ORDER_PAYMENT = "order_payment"
+    ESCROW_RELEASE = "escrow_release"
+    REFUND = "refund"
+
+
+class Fulfilment(StrEnum):
+    """How an order's goods reach the buyer; sets the auto-confirm timer after shipment."""
+
+    INSTANT = "instant"
+    AUTO_DELIVERY = "auto_delivery"
+    VIRTUAL = "virtual"
+    EXPRESS = "express"
+    SURFACE_MAIL = "surface_mail"
+
+
+DEFAULT_AUTO_CONFIRM_S: Final = {
+    Fulfilment.INSTANT: 0,
+    Fulfilment.AUTO_DELIVERY: 24 * 3600,
+    Fulfilment.VIRTUAL: 3 * 86_400,
+    Fulfilment.EXPRESS: 10 * 86_400,
+    Fulfilment.SURFACE_MAIL: 30 * 86_400,
+}
+
+
+class OrderStatus(StrEnum):
+    CREATED = "created"
+    PAID = "paid"
+    """The buyer's money is in escrow."""
+    SHIPPED = "shipped"
+    FINISHED = "finished"
+    """Released to the seller (final)."""
+    CLOSED = "closed"
+    """Cancelled, unpaid in time, or refunded in full (final)."""
+
+
+class RefundStatus(StrEnum):
+    REQUESTED = "requested"
+    """Waiting for the seller's answer (approved by itself when none comes in time)."""
+    REJECTED = "rejected"
+    """The seller said no; the buyer may escalate within the window."""
+    ESCALATED = "escalated"
+    """Waiting for the platform's arbitration."""
+    REFUNDED = "refunded"
+    """Money went back to the buyer (final)."""
+    DENIED = "denied"
+    """No refund: rejected and not escalated in time, or arbitration released to the seller
+    (final)."""
+
+
+class Arbitration(StrEnum):
+    REFUND = "refund"
+    """The buyer gets the amount asked for."""
+    RELEASE = "release"
+    """No refund: everything left in escrow goes to the seller now."""
+    SPLIT = "split"
+    """The buyer gets ``buyer_amount``; the rest of the escrow goes to the seller now."""
 
 
 class OperationStatus(StrEnum):
@@ -207,6 +271,20 @@ class PaymentsOptions:
     """``recover()`` leaves alone operations younger than this (they may still be running)."""
     batch_operations_max: int = 8189
     """Most operations in one batch call."""
+    auto_confirm_s: dict[Fulfilment, int] = field(
+        default_factory=lambda: dict(DEFAULT_AUTO_CONFIRM_S)
+    )
+    """After shipment, how long until receipt is confirmed by itself, by fulfilment."""
+    unpaid_close_s: int = 86_400
+    """An order not paid within this closes by itself."""
+    extension_max_s: int = 30 * 86_400
+    """The most a seller may extend an order's confirmation timer, in all."""
+    refund_answer_before_shipment_s: int = 24 * 3600
+    """A refund asked for before shipment is approved by itself if the seller does not
+    answer within this."""
+    refund_answer_after_shipment_s: int = 36 * 3600
+    escalation_window_s: int = 5 * 86_400
+    """How long a buyer whose refund was rejected may escalate to arbitration."""
 
 
 def business_day(now_ns: int, options: PaymentsOptions) -> int:

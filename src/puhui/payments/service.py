@@ -85,6 +85,11 @@ from .model import (
 )
 
 Decide = Callable[[Sequence[risk.RiskEvent]], list[risk.RiskDecision]]
+FinishHook = Callable[[sa.Connection, "Operation", OperationStatus], None]
+
+INTERNAL = risk.RiskDecision(risk.Decision.ACCEPT, 0, ("platform",), "internal", "internal")
+"""The decision recorded on the platform's own movements (escrow releases and refunds):
+they only carry out what a customer's decided operation and the order's rules imply."""
 
 _S = OperationStatus
 _CREATED_OR_EXISTS = (CreateTransferStatus.CREATED, CreateTransferStatus.EXISTS)
@@ -152,6 +157,10 @@ class Operation:
     risk_score: int
     error_code: str | None
     hold_expires_at_ns: int | None
+    order_id: int | None
+    refund_id: int | None
+    fee: int
+    """The platform's fee taken out of ``amount`` (escrow releases)."""
     created_at_ns: int
     updated_at_ns: int
 
@@ -196,6 +205,9 @@ class Payments:
         self.options = options or PaymentsOptions()
         self.new_id = new_id
         self._platform_ready: set[str] = set()
+        self._finish_hooks: list[FinishHook] = []
+        """Called in the transaction that records an operation's new status (checkout uses
+        it to move its orders along with their money)."""
 
     # --- parties ------------------------------------------------------------------------------
 
@@ -897,6 +909,10 @@ class Payments:
         card_id: int | None = None,
         note: str = "",
         payment_code: str | None = None,
+        order_id: int | None = None,
+        refund_id: int | None = None,
+        fee: int = 0,
+        within: Callable[[sa.Connection, int], None] | None = None,
     ) -> Operation:
         """Write the operation (step 2) and reserve the payer's daily outflow with it (and use
         up the payment code it was made with)."""
@@ -932,6 +948,9 @@ class Payments:
             "bank_status": None,
             "bank_sent": False,
             "hold_expires_at_ns": None,
+            "order_id": None if order_id is None else _hex(order_id),
+            "refund_id": None if refund_id is None else _hex(refund_id),
+            "fee": fee,
             "created_at_ns": now,
             "updated_at_ns": now,
         }
@@ -942,6 +961,8 @@ class Payments:
                 if payer is not None and not rejected:
                     self._reserve_outflow(conn, payer, cur, day, amount)
                 conn.execute(t.operations.insert().values(**values))
+                if within is not None:
+                    within(conn, operation_id)
         except sa.exc.IntegrityError:
             # The same key raced in from another caller: theirs was recorded first.
             replay = self._replay(scope, key, kind, request)
@@ -1012,8 +1033,11 @@ class Payments:
                     **extra,
                 )
             )
-            if done.rowcount == 1 and status in (_S.FAILED, _S.EXPIRED):
-                self._release_outflow(conn, op, row.day)
+            if done.rowcount == 1:
+                if status in (_S.FAILED, _S.EXPIRED):
+                    self._release_outflow(conn, op, row.day)
+                for hook in self._finish_hooks:
+                    hook(conn, op, status)
         return self.operation(op.id)
 
     def _drive(self, op: Operation) -> Operation:
@@ -1034,56 +1058,69 @@ class Payments:
             return self._finish(op, _S.FAILED, error_code=self._failure_code(status))
         return self._finish(op, _S.COMPLETED)
 
-    def _accounts_of(self, op: Operation) -> tuple[int, int, TransferCode]:
+    def _legs(self, op: Operation) -> list[tuple[int, int, int, TransferCode]]:
+        """The transfers of an operation: (debit, credit, amount, code) each."""
         cur = currency(op.currency)
-        if op.kind is OperationKind.P2P:
-            assert op.payer_customer_id is not None and op.payee_customer_id is not None
-            return (
-                wallet_account_id(op.payer_customer_id, cur),
-                wallet_account_id(op.payee_customer_id, cur),
-                TransferCode.P2P,
-            )
-        if op.kind is OperationKind.MERCHANT_PAYMENT:
-            assert op.payer_customer_id is not None and op.merchant_id is not None
-            return (
-                wallet_account_id(op.payer_customer_id, cur),
-                merchant_account_id(op.merchant_id, cur),
-                TransferCode.MERCHANT_PAYMENT,
-            )
-        if op.kind is OperationKind.TOP_UP:
-            assert op.payee_customer_id is not None
-            return (
-                platform_account_id(AccountCode.BANK_SETTLEMENT, cur),
-                wallet_account_id(op.payee_customer_id, cur),
-                TransferCode.TOP_UP,
-            )
-        assert op.payer_customer_id is not None
-        return (
-            wallet_account_id(op.payer_customer_id, cur),
-            platform_account_id(AccountCode.BANK_SETTLEMENT, cur),
-            TransferCode.WITHDRAWAL,
+        escrow = platform_account_id(AccountCode.ESCROW, cur)
+        bank = platform_account_id(AccountCode.BANK_SETTLEMENT, cur)
+        payer = (
+            None if op.payer_customer_id is None else wallet_account_id(op.payer_customer_id, cur)
         )
+        payee = (
+            None if op.payee_customer_id is None else wallet_account_id(op.payee_customer_id, cur)
+        )
+        merchant = None if op.merchant_id is None else merchant_account_id(op.merchant_id, cur)
+        kind = op.kind
+        if kind is OperationKind.P2P and payer and payee:
+            return [(payer, payee, op.amount, TransferCode.P2P)]
+        if kind is OperationKind.MERCHANT_PAYMENT and payer and merchant:
+            return [(payer, merchant, op.amount, TransferCode.MERCHANT_PAYMENT)]
+        if kind is OperationKind.TOP_UP and payee:
+            return [(bank, payee, op.amount, TransferCode.TOP_UP)]
+        if kind is OperationKind.WITHDRAWAL and payer:
+            return [(payer, bank, op.amount, TransferCode.WITHDRAWAL)]
+        if kind is OperationKind.ORDER_PAYMENT and payer:
+            return [(payer, escrow, op.amount, TransferCode.ESCROW_HOLD)]
+        if kind is OperationKind.REFUND and payee:
+            return [(escrow, payee, op.amount, TransferCode.REFUND)]
+        if kind is OperationKind.ESCROW_RELEASE and merchant:
+            legs = [(escrow, merchant, op.amount - op.fee, TransferCode.ESCROW_RELEASE)]
+            if op.fee:
+                fees = platform_account_id(AccountCode.FEE_REVENUE, cur)
+                legs.append((escrow, fees, op.fee, TransferCode.FEE))
+            return legs
+        raise RuntimeError(f"operation {op.id:#x} ({kind}) lacks the parties its legs need")
 
     def _move(self, op: Operation, *, hold_s: int | None) -> CreateTransferStatus:
-        """Leg 0: move the money, or hold it (a pending transfer) when ``hold_s`` is given
-        (0: no time limit)."""
-        debit, credit, code = self._accounts_of(op)
-        [result] = self.ledger.create_transfers(
-            [
+        """Move the money: leg 0, or leg 0 linked with legs 2, 3, … (all or none); or hold it
+        (one pending transfer) when ``hold_s`` is given (0: no time limit).
+
+        Returns leg 0's status. ``EXISTS`` means an earlier attempt did it all: a chain is
+        created whole or not at all, and the same ids always carry the same legs.
+        """
+        legs = self._legs(op)
+        if hold_s is not None and len(legs) != 1:
+            raise RuntimeError("only a one-leg operation can be held")
+        ledger = currency(op.currency).ledger
+        transfers = []
+        for index, (debit, credit, amount, code) in enumerate(legs):
+            linked = index < len(legs) - 1
+            transfers.append(
                 Transfer(
-                    id=transfer_id(op.id, _LEG_MOVE),
+                    id=transfer_id(op.id, _LEG_MOVE if index == 0 else index + 1),
                     debit_account_id=debit,
                     credit_account_id=credit,
-                    amount=op.amount,
+                    amount=amount,
                     user_data_128=op.id,
-                    ledger=currency(op.currency).ledger,
+                    ledger=ledger,
                     code=code,
                     timeout=hold_s or 0,
-                    flags=TransferFlags.PENDING if hold_s is not None else TransferFlags.NONE,
+                    flags=(TransferFlags.PENDING if hold_s is not None else TransferFlags.NONE)
+                    | (TransferFlags.LINKED if linked else TransferFlags.NONE),
                 )
-            ]
-        )
-        return result.status
+            )
+        results = self.ledger.create_transfers(transfers)
+        return results[0].status
 
     def _settle_hold(self, op: Operation, *, post: bool) -> CreateTransferStatus:
         """Leg 1: post or void the hold of leg 0."""
@@ -1275,6 +1312,9 @@ def _operation(row: Any) -> Operation:
         risk_score=row.risk_score,
         error_code=row.error_code,
         hold_expires_at_ns=row.hold_expires_at_ns,
+        order_id=None if row.order_id is None else int(row.order_id, 16),
+        refund_id=None if row.refund_id is None else int(row.refund_id, 16),
+        fee=row.fee,
         created_at_ns=row.created_at_ns,
         updated_at_ns=row.updated_at_ns,
     )
