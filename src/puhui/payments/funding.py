@@ -7,8 +7,11 @@ So the service sends a reference once and afterwards only queries it.
 
 from __future__ import annotations
 
+import csv
+import io
 import random
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -16,6 +19,19 @@ from typing import Protocol
 from puhui.clock import Clock
 
 from ._errors import PaymentsError
+
+STATEMENT_COLUMNS = ("reference", "direction", "amount", "currency", "status")
+"""The columns of a bank's daily statement file (CSV, one line per reference)."""
+
+
+def statement_csv(lines: Sequence[tuple[str, str, int, str, str]]) -> bytes:
+    """A statement file's bytes from (reference, direction, amount, currency, status) lines."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(STATEMENT_COLUMNS)
+    for line in lines:
+        writer.writerow(line)
+    return buffer.getvalue().encode()
 
 
 class BankStatus(StrEnum):
@@ -146,6 +162,40 @@ class SimulatedBank:
         if record.status is BankStatus.PROCESSING and self.clock.now_ns() >= record.settles_at_ns:
             record.status = record.final_status
         return record.status
+
+    def statement(
+        self,
+        day: int,
+        *,
+        day_offset_s: int = 8 * 3600,
+        drop: int = 0,
+        add: int = 0,
+        alter: int = 0,
+        seed: int = 0,
+    ) -> bytes:
+        """The statement file of business day ``day`` (days since 1970-01-01 at UTC +
+        ``day_offset_s``), with discrepancies injected for reconciliation tests: ``drop``
+        succeeded lines left out, ``add`` lines for references that do not exist, ``alter``
+        amounts changed by one minor unit."""
+        with self._lock:
+            lines = [
+                (ref, str(r.direction), r.amount, r.currency, str(self._settle(r)))
+                for ref, r in self._records.items()
+                if (r.at_ns // 1_000_000_000 + day_offset_s) // 86_400 == day
+            ]
+        rng = random.Random(seed)
+        succeeded = [i for i, line in enumerate(lines) if line[4] == BankStatus.SUCCEEDED]
+        picked = rng.sample(succeeded, min(len(succeeded), drop + alter))
+        dropped, altered = set(picked[:drop]), set(picked[drop:])
+        out = []
+        for i, (ref, direction, amount, code, status) in enumerate(lines):
+            if i in dropped:
+                continue
+            out.append((ref, direction, amount + 1 if i in altered else amount, code, status))
+        for _ in range(add):
+            ref = f"{rng.getrandbits(128):032x}"
+            out.append((ref, str(BankDirection.CHARGE), rng.randint(1, 100_00), "CNY", "succeeded"))
+        return statement_csv(out)
 
     def records(self) -> list[tuple[str, BankDirection, int, str, BankStatus]]:
         """What the bank did: (reference, direction, amount, currency, status) in order."""

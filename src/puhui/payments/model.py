@@ -67,6 +67,12 @@ class TransferCode(IntEnum):
     """Escrow → the buyer's wallet."""
     FEE = 8
     """The platform's fee on a release: escrow → fee revenue."""
+    BILL_PAYMENT = 9
+    """Wallet → the biller's clearing account (held until the biller writes the bill off)."""
+    SETTLEMENT_PAYOUT = 10
+    """Merchant receivable → bank settlement (held until the bank pays the merchant)."""
+    SETTLEMENT_FEE = 11
+    """Merchant receivable → fee revenue: the fee on merchant payments, taken at settlement."""
 
 
 OWNER_ID_MAX: Final = (1 << 63) - 1
@@ -118,6 +124,16 @@ class OperationKind(StrEnum):
     ORDER_PAYMENT = "order_payment"
     ESCROW_RELEASE = "escrow_release"
     REFUND = "refund"
+    BILL_PAYMENT = "bill_payment"
+    SETTLEMENT = "settlement"
+
+
+class BillerKind(StrEnum):
+    WATER = "water"
+    ELECTRICITY = "electricity"
+    GAS = "gas"
+    PHONE = "phone"
+    BROADBAND = "broadband"
 
 
 class Fulfilment(StrEnum):
@@ -180,6 +196,8 @@ class OperationStatus(StrEnum):
     """Recorded; money not yet moved (or moved and not yet recorded: recovery decides)."""
     AWAITING_BANK = "awaiting_bank"
     """Sent to the bank, whose answer is not in yet (queried, never sent again)."""
+    AWAITING_BILLER = "awaiting_biller"
+    """A bill payment sent to the biller, whose write-off is not confirmed yet."""
     CHALLENGED = "challenged"
     """Risk asked for step-up verification; the money is held (a pending transfer)."""
     COMPLETED = "completed"

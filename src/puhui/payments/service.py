@@ -72,6 +72,7 @@ from .model import (
     OperationStatus,
     PaymentsOptions,
     TransferCode,
+    account_id,
     business_day,
     check_amount,
     check_text,
@@ -160,7 +161,8 @@ class Operation:
     order_id: int | None
     refund_id: int | None
     fee: int
-    """The platform's fee taken out of ``amount`` (escrow releases)."""
+    """The platform's fee taken out of ``amount`` (escrow releases, settlements)."""
+    biller_id: int | None
     created_at_ns: int
     updated_at_ns: int
 
@@ -205,6 +207,8 @@ class Payments:
         self.options = options or PaymentsOptions()
         self.new_id = new_id
         self._platform_ready: set[str] = set()
+        self._drivers: dict[OperationKind, Callable[[Operation], Operation]] = {}
+        """Flows other modules own (bills, settlement): ``_drive`` and ``recover`` use them."""
         self._finish_hooks: list[FinishHook] = []
         """Called in the transaction that records an operation's new status (checkout uses
         it to move its orders along with their money)."""
@@ -758,7 +762,12 @@ class Payments:
                 sa.select(t.operations)
                 .where(
                     t.operations.c.status.in_(
-                        [str(_S.PENDING), str(_S.AWAITING_BANK), str(_S.CHALLENGED)]
+                        [
+                            str(_S.PENDING),
+                            str(_S.AWAITING_BANK),
+                            str(_S.AWAITING_BILLER),
+                            str(_S.CHALLENGED),
+                        ]
                     )
                 )
                 .order_by(t.operations.c.created_at_ns)
@@ -912,6 +921,7 @@ class Payments:
         order_id: int | None = None,
         refund_id: int | None = None,
         fee: int = 0,
+        biller_id: int | None = None,
         within: Callable[[sa.Connection, int], None] | None = None,
     ) -> Operation:
         """Write the operation (step 2) and reserve the payer's daily outflow with it (and use
@@ -951,6 +961,7 @@ class Payments:
             "order_id": None if order_id is None else _hex(order_id),
             "refund_id": None if refund_id is None else _hex(refund_id),
             "fee": fee,
+            "biller_id": biller_id,
             "created_at_ns": now,
             "updated_at_ns": now,
         }
@@ -1049,9 +1060,12 @@ class Payments:
         held = op.decision in (risk.Decision.CHALLENGE, risk.Decision.REVIEW)
         if held and op.status is _S.PENDING and not self._passed(op):
             return self._hold(op)
+        driver = self._drivers.get(op.kind)
+        if driver is not None:
+            return driver(op)
         if op.kind is OperationKind.TOP_UP:
             return self._drive_top_up(op)
-        if op.kind is OperationKind.WITHDRAWAL:
+        if op.kind in (OperationKind.WITHDRAWAL, OperationKind.SETTLEMENT):
             return self._drive_withdrawal(op)
         status = self._move(op, hold_s=None)
         if status not in _CREATED_OR_EXISTS:
@@ -1083,6 +1097,15 @@ class Payments:
             return [(payer, escrow, op.amount, TransferCode.ESCROW_HOLD)]
         if kind is OperationKind.REFUND and payee:
             return [(escrow, payee, op.amount, TransferCode.REFUND)]
+        if kind is OperationKind.BILL_PAYMENT and payer and op.biller_id:
+            clearing = account_id(AccountKind.BILLER, cur, op.biller_id)
+            return [(payer, clearing, op.amount, TransferCode.BILL_PAYMENT)]
+        if kind is OperationKind.SETTLEMENT and merchant:
+            legs = [(merchant, bank, op.amount, TransferCode.SETTLEMENT_PAYOUT)]
+            if op.fee:
+                fees = platform_account_id(AccountCode.FEE_REVENUE, cur)
+                legs.append((merchant, fees, op.fee, TransferCode.SETTLEMENT_FEE))
+            return legs
         if kind is OperationKind.ESCROW_RELEASE and merchant:
             legs = [(escrow, merchant, op.amount - op.fee, TransferCode.ESCROW_RELEASE)]
             if op.fee:
@@ -1099,12 +1122,11 @@ class Payments:
         created whole or not at all, and the same ids always carry the same legs.
         """
         legs = self._legs(op)
-        if hold_s is not None and len(legs) != 1:
-            raise RuntimeError("only a one-leg operation can be held")
         ledger = currency(op.currency).ledger
         transfers = []
         for index, (debit, credit, amount, code) in enumerate(legs):
             linked = index < len(legs) - 1
+            held = hold_s is not None and index == 0  # only leg 0 is ever held
             transfers.append(
                 Transfer(
                     id=transfer_id(op.id, _LEG_MOVE if index == 0 else index + 1),
@@ -1114,8 +1136,8 @@ class Payments:
                     user_data_128=op.id,
                     ledger=ledger,
                     code=code,
-                    timeout=hold_s or 0,
-                    flags=(TransferFlags.PENDING if hold_s is not None else TransferFlags.NONE)
+                    timeout=(hold_s or 0) if held else 0,
+                    flags=(TransferFlags.PENDING if held else TransferFlags.NONE)
                     | (TransferFlags.LINKED if linked else TransferFlags.NONE),
                 )
             )
@@ -1221,17 +1243,31 @@ class Payments:
             ).rowcount
         if claimed != 1:
             return self._query_bank(self.operation(op.id))
-        assert op.card_id is not None
-        customer = (
-            op.payee_customer_id if direction is BankDirection.CHARGE else op.payer_customer_id
-        )
-        assert customer is not None
-        token = self._card_of(customer, op.card_id)
+        token = self._bank_token(op, direction)
         try:
             result = self.bank.submit(direction, _hex(op.id), token, op.amount, op.currency)
         except BankTimeoutError:
             return self._finish(op, _S.AWAITING_BANK, bank_status="timeout")
         return self._apply_bank_result(op, result)
+
+    def _bank_token(self, op: Operation, direction: BankDirection) -> str:
+        """The bank's token for the card or account at the other end of a bank operation."""
+        if op.kind is OperationKind.SETTLEMENT:
+            assert op.merchant_id is not None
+            with self.engine.connect() as conn:
+                return str(
+                    conn.execute(
+                        sa.select(t.merchants.c.settlement_card_token).where(
+                            t.merchants.c.id == op.merchant_id
+                        )
+                    ).scalar_one()
+                )
+        assert op.card_id is not None
+        customer = (
+            op.payee_customer_id if direction is BankDirection.CHARGE else op.payer_customer_id
+        )
+        assert customer is not None
+        return self._card_of(customer, op.card_id)
 
     def _query_bank(self, op: Operation) -> Operation:
         try:
@@ -1259,7 +1295,7 @@ class Payments:
             return self._finish(
                 op, _S.FAILED, error_code=_bank_failure(result), bank_status=str(result.status)
             )
-        # A withdrawal: post the hold on success, void it otherwise.
+        # A withdrawal or a settlement payout: post the hold on success, void it otherwise.
         post = result.status is BankStatus.SUCCEEDED
         status = self._settle_hold(op, post=post)
         if status not in _CREATED_OR_EXISTS:
@@ -1315,6 +1351,7 @@ def _operation(row: Any) -> Operation:
         order_id=None if row.order_id is None else int(row.order_id, 16),
         refund_id=None if row.refund_id is None else int(row.refund_id, 16),
         fee=row.fee,
+        biller_id=row.biller_id,
         created_at_ns=row.created_at_ns,
         updated_at_ns=row.updated_at_ns,
     )

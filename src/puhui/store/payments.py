@@ -85,11 +85,14 @@ operations = sa.Table(
     sa.Column("order_id", sa.String(32), nullable=True),
     sa.Column("refund_id", sa.String(32), nullable=True),
     sa.Column("fee", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("biller_id", sa.BigInteger, nullable=True),
+    sa.Column("settlement_id", sa.String(32), nullable=True),
     sa.Column("created_at_ns", sa.BigInteger, nullable=False),
     sa.Column("updated_at_ns", sa.BigInteger, nullable=False),
     sa.UniqueConstraint("scope", "idempotency_key"),
     sa.Index(None, "status", "created_at_ns"),
     sa.Index(None, "payer_customer_id", "created_at_ns"),
+    sa.Index(None, "merchant_id", "settlement_id"),
     sa.CheckConstraint("amount > 0", name="amount_positive"),
 )
 
@@ -171,4 +174,77 @@ refunds = sa.Table(
     sa.Index(None, "status", "answer_by_ns"),
     sa.Index(None, "order_id"),
     sa.CheckConstraint("amount > 0", name="amount_positive"),
+)
+
+billers = sa.Table(
+    "payments_billers",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("code", sa.String(32), nullable=False, unique=True),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("created_at_ns", sa.BigInteger, nullable=False),
+)
+
+bill_bindings = sa.Table(
+    "payments_bill_bindings",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("customer_id", sa.BigInteger, sa.ForeignKey(customers.c.id), nullable=False),
+    sa.Column("biller_id", sa.BigInteger, sa.ForeignKey(billers.c.id), nullable=False),
+    sa.Column("household_account", sa.String(32), nullable=False),
+    sa.Column("alias", sa.String(32), nullable=False),
+    sa.Column("created_at_ns", sa.BigInteger, nullable=False),
+    sa.UniqueConstraint("customer_id", "biller_id", "household_account"),
+)
+
+bill_payments = sa.Table(
+    "payments_bill_payments",
+    metadata,
+    sa.Column("operation_id", sa.String(32), primary_key=True),
+    sa.Column("binding_id", sa.BigInteger, sa.ForeignKey(bill_bindings.c.id), nullable=False),
+    sa.Column("biller_id", sa.BigInteger, nullable=False),
+    sa.Column("household_account", sa.String(32), nullable=False),
+    sa.Column("bill_id", sa.String(64), nullable=False),
+    sa.Column("period", sa.String(16), nullable=False),
+    sa.Column("receipt_no", sa.String(40), nullable=True, unique=True),
+    sa.Column("written_off_at_ns", sa.BigInteger, nullable=True),
+    sa.UniqueConstraint("biller_id", "bill_id"),
+)
+
+settlements = sa.Table(
+    "payments_settlements",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("merchant_id", sa.BigInteger, nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("day", sa.Integer, nullable=False),
+    sa.Column("gross", sa.BigInteger, nullable=False),
+    sa.Column("fee", sa.BigInteger, nullable=False),
+    sa.Column("payout", sa.BigInteger, nullable=False),
+    sa.Column("items", sa.Integer, nullable=False),
+    sa.Column("operation_id", sa.String(32), nullable=True),
+    sa.Column("created_at_ns", sa.BigInteger, nullable=False),
+    sa.UniqueConstraint("merchant_id", "currency", "day"),
+    sa.CheckConstraint("payout >= 0 AND fee >= 0", name="amounts_not_negative"),
+)
+
+reconciliations = sa.Table(
+    "payments_reconciliations",
+    metadata,
+    sa.Column("day", sa.Integer, primary_key=True),
+    sa.Column("statement_sha256", sa.String(64), nullable=False),
+    sa.Column("matched", sa.Integer, nullable=False),
+    sa.Column("mismatches", sa.Integer, nullable=False),
+    sa.Column("created_at_ns", sa.BigInteger, nullable=False),
+)
+
+reconciliation_items = sa.Table(
+    "payments_reconciliation_items",
+    metadata,
+    sa.Column("day", sa.Integer, sa.ForeignKey(reconciliations.c.day), primary_key=True),
+    sa.Column("reference", sa.String(32), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("ours", sa.BigInteger, nullable=True),
+    sa.Column("bank", sa.BigInteger, nullable=True),
 )

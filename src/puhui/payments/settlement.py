@@ -1,0 +1,366 @@
+"""Merchant settlement (T+1) and reconciliation with the bank's statement.
+
+**Settlement.** ``settle(day)`` pays each merchant, per currency, what became due before
+business day ``day``: its merchant payments (less the fee, taken now, one rounding per
+settlement) and its escrow releases (their fee was taken at release), plus anything an
+earlier payout failed to pay. The payout is a held transfer (merchant receivable → bank
+settlement) sent to the bank like a withdrawal: posted when the bank pays, voided (the money
+stays owed) when it does not. One settlement per merchant, currency and day — running the
+job again, or after a crash half-way, finishes what is there and pays nothing twice.
+
+**Reconciliation.** ``reconcile(day, statement)`` compares what the ledger says moved
+through the bank on a business day (completed top-ups, withdrawals and settlement payouts)
+with the bank's statement file and records every difference — missing at the bank, extra at
+the bank, amount differs. It changes no money: differences are for people to look at.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from puhui.money import currency
+from puhui.store import payments as t
+
+from ._errors import InvalidPayloadError, PaymentsError
+from .funding import STATEMENT_COLUMNS, BankStatus
+from .model import OperationKind, OperationStatus, business_day, fee
+from .service import INTERNAL, Operation, Payments, _hex
+
+_S = OperationStatus
+_DUE_KINDS = (str(OperationKind.MERCHANT_PAYMENT), str(OperationKind.ESCROW_RELEASE))
+_BANK_KINDS = (
+    str(OperationKind.TOP_UP),
+    str(OperationKind.WITHDRAWAL),
+    str(OperationKind.SETTLEMENT),
+)
+
+
+class StatementInvalidError(InvalidPayloadError):
+    """The bank's statement file cannot be read (columns, amounts)."""
+
+    code = "statement_invalid"
+
+
+class SettlementNotFoundError(PaymentsError):
+    code = "settlement_not_found"
+
+
+@dataclass(frozen=True, slots=True)
+class StatementLine:
+    """One item of a merchant's settlement statement."""
+
+    operation_id: int
+    kind: OperationKind
+    day: int
+    amount: int
+    """Gross amount of the payment or release."""
+    fee: int
+    """Fee already taken (escrow releases); merchant payments' fee is the settlement's."""
+
+
+@dataclass(frozen=True, slots=True)
+class SettlementStatement:
+    merchant_id: int
+    currency: str
+    day: int
+    """The business day the settlement ran (it covers items of earlier days)."""
+    lines: tuple[StatementLine, ...]
+    gross: int
+    fee: int
+    """All fees on these items: taken at release, plus the settlement's own."""
+    payout: int
+    """What was sent to the merchant's bank account (includes carry-over of failed payouts)."""
+    operation: Operation | None
+    """The payout operation (its status says whether the bank paid)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Mismatch:
+    reference: str
+    kind: str
+    """``missing_at_bank``, ``extra_at_bank`` or ``amount_differs``."""
+    ours: int | None
+    bank: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReconciliationReport:
+    day: int
+    matched: int
+    mismatches: tuple[Mismatch, ...]
+    statement_sha256: str
+
+    @property
+    def clean(self) -> bool:
+        return not self.mismatches
+
+
+class Settlement:
+    """Settlement and reconciliation jobs over a ``Payments`` service."""
+
+    def __init__(self, payments: Payments) -> None:
+        self.payments = payments
+        self.engine = payments.engine
+        self.clock = payments.clock
+
+    def today(self) -> int:
+        return business_day(self.clock.now_ns(), self.payments.options)
+
+    # --- settlement -----------------------------------------------------------------------------
+
+    def settle(self, day: int | None = None) -> list[SettlementStatement]:
+        """Settle every merchant for business day ``day`` (default: today): pay out what was
+        completed before it. Returns the statements of the settlements this day has."""
+        day = self.today() if day is None else day
+        o = t.operations.c
+        with self.engine.connect() as conn:
+            due = conn.execute(
+                sa.select(o.merchant_id, o.currency)
+                .where(
+                    o.kind.in_(_DUE_KINDS),
+                    o.status == str(_S.COMPLETED),
+                    o.settlement_id.is_(None),
+                    o.day < day,
+                )
+                .group_by(o.merchant_id, o.currency)
+            ).all()
+            done = conn.execute(
+                sa.select(t.settlements.c.merchant_id, t.settlements.c.currency).where(
+                    t.settlements.c.day == day
+                )
+            ).all()
+        for merchant_id, code in sorted({(r[0], r[1]) for r in due} | {(r[0], r[1]) for r in done}):
+            self._settle_one(int(merchant_id), code, day)
+        return [self.statement(m, c, day) for m, c in self._settled(day)]
+
+    def _settled(self, day: int) -> list[tuple[int, str]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(t.settlements.c.merchant_id, t.settlements.c.currency)
+                .where(t.settlements.c.day == day)
+                .order_by(t.settlements.c.merchant_id, t.settlements.c.currency)
+            ).all()
+        return [(int(r[0]), str(r[1])) for r in rows]
+
+    def _settle_one(self, merchant_id: int, currency_code: str, day: int) -> None:
+        payments = self.payments
+        with self.engine.connect() as conn:
+            existing = conn.execute(
+                sa.select(t.settlements).where(
+                    t.settlements.c.merchant_id == merchant_id,
+                    t.settlements.c.currency == currency_code,
+                    t.settlements.c.day == day,
+                )
+            ).first()
+        if existing is not None:  # recorded before: finish its payout if a crash cut it short
+            if existing.operation_id is not None:
+                payments._drive(payments.operation(int(existing.operation_id, 16)))
+            return
+        merchant = payments.merchant(merchant_id)
+        cur = currency(currency_code)
+        o = t.operations.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(o.id, o.kind, o.amount, o.fee, o.day).where(
+                    o.merchant_id == merchant_id,
+                    o.currency == cur.code,
+                    o.kind.in_(_DUE_KINDS),
+                    o.status == str(_S.COMPLETED),
+                    o.settlement_id.is_(None),
+                )
+            ).all()
+        due = [r for r in rows if r.day < day]
+        not_due = [r for r in rows if r.day >= day]
+        gross_payments = sum(r.amount for r in due if r.kind == OperationKind.MERCHANT_PAYMENT)
+        settlement_fee = fee(gross_payments, merchant.fee_bps)
+        net_not_due = sum(r.amount - r.fee for r in not_due)
+        available = payments.merchant_balance(merchant_id, cur.code).available
+        payout = available - net_not_due - settlement_fee
+        if payout < 0:  # a payment completed between the two reads: settle it tomorrow
+            return
+        settlement_id = payments.new_id()
+        now = self.clock.now_ns()
+
+        def record(conn: sa.Connection, operation_id: int | None) -> None:
+            conn.execute(
+                t.settlements.insert().values(
+                    id=_hex(settlement_id),
+                    merchant_id=merchant_id,
+                    currency=cur.code,
+                    day=day,
+                    gross=sum(r.amount for r in due),
+                    fee=settlement_fee + sum(r.fee for r in due),
+                    payout=payout,
+                    items=len(due),
+                    operation_id=None if operation_id is None else _hex(operation_id),
+                    created_at_ns=now,
+                )
+            )
+            marked = conn.execute(
+                t.operations.update()
+                .where(o.id.in_([r.id for r in due]), o.settlement_id.is_(None))
+                .values(settlement_id=_hex(settlement_id))
+            ).rowcount
+            if marked != len(due):
+                raise PaymentsError("settlement raced with another run; run it again")
+
+        if payout == 0:  # nothing to send (e.g. all due money was refunded): record only
+            try:
+                with self.engine.begin() as conn:
+                    record(conn, None)
+            except sa.exc.IntegrityError:
+                pass  # another run recorded it
+            return
+        op = payments._record(
+            OperationKind.SETTLEMENT,
+            "settlement",
+            f"{merchant_id}:{cur.code}:{day}",
+            {"merchant": merchant_id, "currency": cur.code, "day": day},
+            INTERNAL,
+            cur,
+            payout,
+            merchant_id=merchant_id,
+            fee=settlement_fee,
+            within=record,
+        )
+        payments._drive(op)
+
+    def statement(self, merchant_id: int, currency_code: str, day: int) -> SettlementStatement:
+        """The statement of a merchant's settlement on ``day``: its items and its payout."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(t.settlements).where(
+                    t.settlements.c.merchant_id == merchant_id,
+                    t.settlements.c.currency == currency_code,
+                    t.settlements.c.day == day,
+                )
+            ).first()
+            if row is None:
+                raise SettlementNotFoundError(f"no settlement of merchant {merchant_id} on {day}")
+            items = conn.execute(
+                sa.select(t.operations)
+                .where(t.operations.c.settlement_id == row.id)
+                .order_by(t.operations.c.created_at_ns)
+            ).all()
+        lines = tuple(
+            StatementLine(int(r.id, 16), OperationKind(r.kind), r.day, r.amount, r.fee)
+            for r in items
+        )
+        op = (
+            None if row.operation_id is None else self.payments.operation(int(row.operation_id, 16))
+        )
+        return SettlementStatement(
+            merchant_id, currency_code, day, lines, row.gross, row.fee, row.payout, op
+        )
+
+    # --- reconciliation ---------------------------------------------------------------------------
+
+    def reconcile(self, day: int, statement: Path | str | bytes) -> ReconciliationReport:
+        """Compare the bank's statement of business day ``day`` with the ledger's records.
+
+        ``statement`` is a CSV file (or its bytes) with the columns of
+        ``STATEMENT_COLUMNS``; lines whose status is not ``succeeded`` are ignored. Running it
+        again with the same statement returns the same report; with a corrected statement it
+        replaces the report.
+        """
+        data = statement if isinstance(statement, bytes) else Path(statement).read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        with self.engine.connect() as conn:
+            existing = conn.execute(
+                sa.select(t.reconciliations).where(t.reconciliations.c.day == day)
+            ).first()
+        if existing is not None and existing.statement_sha256 == digest:
+            return self.report(day)
+        bank = _read_statement(data)
+        o = t.operations.c
+        with self.engine.connect() as conn:
+            ours = {
+                r.id: int(r.amount)
+                for r in conn.execute(
+                    sa.select(o.id, o.amount).where(
+                        o.kind.in_(_BANK_KINDS), o.status == str(_S.COMPLETED), o.day == day
+                    )
+                ).all()
+            }
+        mismatches: list[Mismatch] = []
+        matched = 0
+        for reference in sorted(set(ours) | set(bank)):
+            mine, theirs = ours.get(reference), bank.get(reference)
+            if mine is None:
+                mismatches.append(Mismatch(reference, "extra_at_bank", None, theirs))
+            elif theirs is None:
+                mismatches.append(Mismatch(reference, "missing_at_bank", mine, None))
+            elif mine != theirs:
+                mismatches.append(Mismatch(reference, "amount_differs", mine, theirs))
+            else:
+                matched += 1
+        with self.engine.begin() as conn:
+            conn.execute(t.reconciliation_items.delete().where(t.reconciliation_items.c.day == day))
+            conn.execute(t.reconciliations.delete().where(t.reconciliations.c.day == day))
+            conn.execute(
+                t.reconciliations.insert().values(
+                    day=day,
+                    statement_sha256=digest,
+                    matched=matched,
+                    mismatches=len(mismatches),
+                    created_at_ns=self.clock.now_ns(),
+                )
+            )
+            if mismatches:
+                conn.execute(
+                    t.reconciliation_items.insert(),
+                    [
+                        {
+                            "day": day,
+                            "reference": m.reference,
+                            "kind": m.kind,
+                            "ours": m.ours,
+                            "bank": m.bank,
+                        }
+                        for m in mismatches
+                    ],
+                )
+        return self.report(day)
+
+    def report(self, day: int) -> ReconciliationReport:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(t.reconciliations).where(t.reconciliations.c.day == day)
+            ).first()
+            if row is None:
+                raise SettlementNotFoundError(f"no reconciliation of day {day}")
+            items = conn.execute(
+                sa.select(t.reconciliation_items)
+                .where(t.reconciliation_items.c.day == day)
+                .order_by(t.reconciliation_items.c.reference)
+            ).all()
+        return ReconciliationReport(
+            day,
+            row.matched,
+            tuple(Mismatch(i.reference, i.kind, i.ours, i.bank) for i in items),
+            row.statement_sha256,
+        )
+
+
+def _read_statement(data: bytes) -> dict[str, int]:
+    try:
+        reader = csv.DictReader(io.StringIO(data.decode("utf-8")))
+        if tuple(reader.fieldnames or ()) != STATEMENT_COLUMNS:
+            raise StatementInvalidError(f"a statement's columns are {', '.join(STATEMENT_COLUMNS)}")
+        out: dict[str, int] = {}
+        for line in reader:
+            if line["status"] != BankStatus.SUCCEEDED:
+                continue
+            amount = int(line["amount"])
+            if amount <= 0 or len(line["reference"]) != 32:
+                raise StatementInvalidError(f"bad statement line for {line['reference']!r}")
+            out[line["reference"]] = out.get(line["reference"], 0) + amount
+        return out
+    except (UnicodeDecodeError, ValueError, KeyError, csv.Error) as error:
+        raise StatementInvalidError(f"the statement cannot be read: {error}") from None

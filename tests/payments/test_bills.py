@@ -1,0 +1,137 @@
+"""Utility bills: bind a household, query, pay once, receipt; unknown outcomes by query."""
+
+from __future__ import annotations
+
+import pytest
+
+from puhui.payments import (
+    BillAlreadyPaidError,
+    BillerKind,
+    BillerNotFoundError,
+    Bills,
+    BindingNotFoundError,
+    InsufficientFundsError,
+    NothingDueError,
+    OperationStatus,
+    ReceiptNotReadyError,
+    SimulatedBiller,
+)
+
+from .conftest import World
+
+S = OperationStatus
+CNY = "CNY"
+
+
+class Household:
+    def __init__(self, world: World) -> None:
+        p = world.payments
+        self.world = world
+        self.p = p
+        self.biller = SimulatedBiller(world.clock, seed=5)
+        self.bills = Bills(p, self.biller)
+        self.bills.register_biller("SH-WATER", "Shanghai Water", BillerKind.WATER)
+        c = p.register_customer("13900000001", "Household")
+        p.verify_identity(c.id, "ID-H")
+        card = p.bind_card(c.id, "tok-h", "Rural Bank", "0001")
+        p.verify_full(c.id, biometric_passed=True)
+        assert p.top_up(c.id, card.id, 2_000_00, CNY, key="fund").status is S.COMPLETED
+        self.customer = c.id
+        self.binding = self.bills.bind(c.id, "SH-WATER", "3100012345", "home").id
+
+
+@pytest.fixture
+def home(world: World) -> Household:
+    return Household(world)
+
+
+def test_a_bill_is_queried_paid_written_off_and_receipted(home: Household) -> None:
+    bill = home.bills.query_bill(home.customer, home.binding)
+    assert bill is not None and bill.amount > 0
+    op = home.bills.pay(home.customer, home.binding, bill.bill_id, key="water-1")
+    assert op.status is S.COMPLETED
+    assert home.p.balance(home.customer, CNY).posted == 2_000_00 - bill.amount
+    receipt = home.bills.receipt(op.id)
+    assert (receipt.bill_id, receipt.amount, receipt.household_account) == (
+        bill.bill_id,
+        bill.amount,
+        "3100012345",
+    )
+    assert home.bills.query_bill(home.customer, home.binding) is None  # nothing due now
+    with pytest.raises(NothingDueError):
+        home.bills.pay(home.customer, home.binding, bill.bill_id, key="water-2")
+    # A retry of the first call returns it and moves nothing.
+    assert home.bills.pay(home.customer, home.binding, bill.bill_id, key="water-1") == op
+    assert home.p.balance(home.customer, CNY).posted == 2_000_00 - bill.amount
+
+
+def test_an_unknown_outcome_is_resolved_by_query_never_by_paying_twice(home: Household) -> None:
+    bill = home.bills.query_bill(home.customer, home.binding)
+    assert bill is not None
+    home.biller.timeout_rate = 1.0  # written off at the biller, answer lost
+    op = home.bills.pay(home.customer, home.binding, bill.bill_id, key="w")
+    assert op.status is S.AWAITING_BILLER
+    assert home.p.balance(home.customer, CNY).held == bill.amount
+    with pytest.raises(ReceiptNotReadyError):
+        home.bills.receipt(op.id)
+    home.biller.timeout_rate = 0.0
+    home.world.clock.advance(60 * 10**9)
+    assert home.p.recover() == {"completed": 1}
+    assert home.biller.sends[f"{op.id:032x}"] == 1
+    assert home.p.balance(home.customer, CNY).posted == 2_000_00 - bill.amount
+    assert home.bills.receipt(op.id).amount == bill.amount
+
+
+def test_a_refused_write_off_gives_the_money_back_and_frees_the_bill(home: Household) -> None:
+    bill = home.bills.query_bill(home.customer, home.binding)
+    assert bill is not None
+    home.biller.refusal_rate = 1.0
+    op = home.bills.pay(home.customer, home.binding, bill.bill_id, key="w1")
+    assert (op.status, op.error_code) == (S.FAILED, "biller_refused")
+    assert home.p.balance(home.customer, CNY).available == 2_000_00
+    home.biller.refusal_rate = 0.0
+    again = home.bills.pay(home.customer, home.binding, bill.bill_id, key="w2")
+    assert again.status is S.COMPLETED
+
+
+def test_processing_write_off_completes_when_the_biller_confirms(home: Household) -> None:
+    bill = home.bills.query_bill(home.customer, home.binding)
+    assert bill is not None
+    home.biller.processing_rate = 1.0
+    op = home.bills.pay(home.customer, home.binding, bill.bill_id, key="w")
+    assert op.status is S.AWAITING_BILLER
+    home.biller.settle()
+    home.world.clock.advance(60 * 10**9)
+    home.p.recover()
+    assert home.p.operation(op.id).status is S.COMPLETED
+
+
+def test_the_same_bill_cannot_be_paid_by_two_people(home: Household, world: World) -> None:
+    bill = home.bills.query_bill(home.customer, home.binding)
+    assert bill is not None
+    p = world.payments
+    other = p.register_customer("13900000002", "Flatmate")
+    p.verify_identity(other.id, "ID-F")
+    card = p.bind_card(other.id, "tok-f", "Rural Bank", "0002")
+    p.verify_full(other.id, biometric_passed=True)
+    p.top_up(other.id, card.id, 1_000_00, CNY, key="fund")
+    theirs = home.bills.bind(other.id, "SH-WATER", "3100012345").id
+    assert home.bills.pay(home.customer, home.binding, bill.bill_id, key="a").status is S.COMPLETED
+    with pytest.raises(NothingDueError):
+        home.bills.pay(other.id, theirs, bill.bill_id, key="b")
+    assert p.balance(other.id, CNY).posted == 1_000_00
+
+
+def test_wrong_inputs_are_refused_and_move_nothing(home: Household) -> None:
+    bill = home.bills.query_bill(home.customer, home.binding)
+    assert bill is not None
+    with pytest.raises(BillerNotFoundError):
+        home.bills.bind(home.customer, "NOPE", "1")
+    with pytest.raises(BindingNotFoundError):
+        home.bills.pay(home.customer, home.binding + 99, bill.bill_id, key="x")
+    with pytest.raises(BillAlreadyPaidError):
+        home.bills.pay(home.customer, home.binding, "SH-WATER-3100012345-1999-01", key="y")
+    home.p.withdraw(home.customer, home.p.cards(home.customer)[0].id, 2_000_00, CNY, key="all")
+    with pytest.raises(InsufficientFundsError):
+        home.bills.pay(home.customer, home.binding, bill.bill_id, key="z")
+    assert home.p.operations(status=S.PENDING) == []

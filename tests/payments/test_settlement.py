@@ -1,0 +1,130 @@
+"""T+1 merchant settlement and reconciliation against the bank's statement."""
+
+from __future__ import annotations
+
+import pytest
+
+from puhui.payments import (
+    AccountCode,
+    Checkout,
+    Fulfilment,
+    OperationStatus,
+    Settlement,
+    StatementInvalidError,
+    merchant_qr,
+    statement_csv,
+)
+
+from .conftest import World
+
+S = OperationStatus
+CNY = "CNY"
+DAY_NS = 86_400 * 10**9
+
+
+class Market:
+    def __init__(self, world: World) -> None:
+        p = world.payments
+        self.world = world
+        self.p = p
+        self.settlement = Settlement(p)
+        self.checkout = Checkout(p)
+        c = p.register_customer("13700000001", "Shopper")
+        p.verify_identity(c.id, "ID-S")
+        self.card = p.bind_card(c.id, "tok-s", "Rural Bank", "0001").id
+        p.verify_full(c.id, biometric_passed=True)
+        assert p.top_up(c.id, self.card, 5_000_00, CNY, key="fund").status is S.COMPLETED
+        self.customer = c.id
+        self.shop = p.register_merchant("Dumplings", "food", 100, "tok-dumplings").id  # 1 %
+
+    def pay(self, amount: int, key: str) -> None:
+        op = self.p.pay_merchant(self.customer, merchant_qr(self.shop), amount, CNY, key=key)
+        assert op.status is S.COMPLETED
+
+    def receivable(self) -> int:
+        return self.p.merchant_balance(self.shop, CNY).posted
+
+
+@pytest.fixture
+def market(world: World) -> Market:
+    return Market(world)
+
+
+def test_settlement_pays_yesterdays_takings_less_the_fee_and_only_once(market: Market) -> None:
+    market.pay(100_00, "a")
+    market.pay(50_55, "b")
+    today = market.settlement.today()
+    assert market.settlement.settle(today) == []  # T+1: nothing of today is due today
+    market.world.clock.advance(DAY_NS)
+    market.pay(10_00, "c")  # today's: not due
+    [statement] = market.settlement.settle()
+    assert statement.gross == 150_55 and statement.fee == 1_51  # 1 % of 150.55, rounded
+    assert statement.payout == 150_55 - 1_51
+    assert len(statement.lines) == 2
+    assert statement.operation is not None and statement.operation.status is S.COMPLETED
+    assert market.receivable() == 10_00
+    assert market.p.platform_balance(AccountCode.FEE_REVENUE, CNY).posted == 1_51
+    again = market.settlement.settle()
+    assert again == [statement]  # idempotent per business day
+    assert market.receivable() == 10_00
+    assert market.world.bank.sends[f"{statement.operation.id:032x}"] == 1
+
+
+def test_a_failed_payout_stays_owed_and_is_paid_next_time(market: Market) -> None:
+    market.pay(80_00, "a")
+    market.world.clock.advance(DAY_NS)
+    market.world.bank.failure_rate = 1.0
+    [first] = market.settlement.settle()
+    assert first.operation is not None and first.operation.status is S.FAILED
+    assert market.receivable() == 80_00 - 80  # the fee was taken; the payout was not
+    market.world.bank.failure_rate = 0.0
+    market.world.clock.advance(DAY_NS)
+    market.pay(20_00, "b")
+    market.world.clock.advance(DAY_NS)
+    [second] = market.settlement.settle()
+    assert second.payout == (80_00 - 80) + (20_00 - 20)  # the carry-over and the new takings
+    assert market.receivable() == 0
+
+
+def test_escrow_releases_are_settled_net_of_their_fee(market: Market) -> None:
+    c = market.checkout
+    order = c.create_order(
+        market.customer, market.shop, 300_00, CNY, Fulfilment.INSTANT, "Tea", key="o"
+    )
+    c.pay_order(order.id, market.customer, key="p")
+    c.ship_order(order.id, market.shop)
+    c.confirm_receipt(order.id, market.customer)
+    assert market.receivable() == 300_00 - 3_00
+    market.world.clock.advance(DAY_NS)
+    [statement] = market.settlement.settle()
+    assert (statement.gross, statement.fee, statement.payout) == (300_00, 3_00, 297_00)
+    assert market.receivable() == 0
+
+
+def test_reconciliation_reports_each_difference_and_fixes_nothing(market: Market) -> None:
+    market.pay(10_00, "a")
+    for k in range(3):
+        market.p.top_up(market.customer, market.card, 10_00 + k, CNY, key=f"t{k}")
+    market.p.withdraw(market.customer, market.card, 7_00, CNY, key="w")
+    day = market.settlement.today()
+    clean = market.settlement.reconcile(day, market.world.bank.statement(day))
+    assert clean.clean and clean.matched == 5  # the seed top-up, three top-ups, a withdrawal
+    books = market.p.balance(market.customer, CNY)
+    faulty = market.world.bank.statement(day, drop=1, add=1, alter=1, seed=3)
+    report = market.settlement.reconcile(day, faulty)
+    kinds = sorted(m.kind for m in report.mismatches)
+    assert kinds == ["amount_differs", "extra_at_bank", "missing_at_bank"]
+    differs = next(m for m in report.mismatches if m.kind == "amount_differs")
+    assert differs.bank == (differs.ours or 0) + 1
+    assert report.matched == 3
+    assert market.p.balance(market.customer, CNY) == books  # nothing was "fixed"
+    assert market.settlement.reconcile(day, faulty) == report  # same statement, same report
+
+
+def test_an_unreadable_statement_is_refused(market: Market) -> None:
+    day = market.settlement.today()
+    with pytest.raises(StatementInvalidError):
+        market.settlement.reconcile(day, b"ref,amount\nx,1\n")
+    bad = statement_csv([("a" * 32, "charge", -5, "CNY", "succeeded")])
+    with pytest.raises(StatementInvalidError):
+        market.settlement.reconcile(day, bad)
