@@ -43,6 +43,35 @@ EXPECTED_NET = {
     "fx_usd": "900.00",
 }
 
+EXPECTED_PAYMENT_STEPS = {
+    "register_parties": ["kyc full", "kyc full", "registered", "empty"],
+    "top_up": ["completed"],
+    "p2p": ["completed"],
+    "qr_payment": ["completed"],
+    "order_paid": ["created", "completed", "paid"],
+    "order_shipped": ["shipped"],
+    "auto_confirm": ["finished", "credited", "credited"],
+    "second_order": ["completed", "shipped"],
+    "partial_refund": ["requested", "refunded"],
+    "confirm_receipt": ["finished", "credited", "credited"],
+    "withdrawal": ["completed"],
+    "accounting_identity": ["holds", "ok"],
+}
+
+# What one run of the payments tour adds to each account, in CNY fen: top-up 2,000.00, P2P
+# 150.00, QR 38.50, orders 299.00 and 120.00 (40.00 refunded; fee 0.6 % of 299.00 and 80.00),
+# withdrawal 500.00.
+EXPECTED_PAYMENT_CHANGES = {
+    "buyer_wallet": 932_50,
+    "friend_wallet": 150_00,
+    "merchant_receivable": 415_23,
+    "escrow": 0,
+    "fee_revenue": 1_79 + 48,
+    "bank_settlement": -1_500_00,
+}
+PLATFORM_ACCOUNTS = ("escrow", "fee_revenue", "bank_settlement")
+"""Shared by every run (the other accounts are new in each run)."""
+
 
 def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
     return runner.invoke(app, list(args), env=env)
@@ -55,11 +84,29 @@ def last_json(result: Result) -> dict[str, Any]:
     return data
 
 
-def check_demo(data: dict[str, Any], accounts_total: int) -> None:
+def check_demo(data: dict[str, Any], accounts_total: int, runs: int = 1) -> None:
+    """``runs``: how many demos ran on this data, this one included."""
     assert data["ok"] is True
     assert {s["name"]: s["statuses"] for s in data["steps"]} == EXPECTED_STEPS
     assert all(step["as_expected"] for step in data["steps"])
     assert {b["key"]: b["net"] for b in data["balances"]} == EXPECTED_NET
+    payments = data["payments"]
+    assert payments["ok"] is True
+    assert {s["name"]: s["statuses"] for s in payments["steps"]} == EXPECTED_PAYMENT_STEPS
+    assert all(step["as_expected"] for step in payments["steps"])
+    assert payments["identity"] == {
+        "ok": True,
+        "holds": True,
+        "books": 1_500_00,
+        "bank_settlement": -1_500_00,
+        "top_ups_minus_withdrawals": 1_500_00,
+        "verify_ok": True,
+    }
+    balances = {b["key"]: b for b in payments["balances"]}
+    assert {key: b["change"] for key, b in balances.items()} == EXPECTED_PAYMENT_CHANGES
+    for key, change in EXPECTED_PAYMENT_CHANGES.items():
+        assert balances[key]["currency"] == "CNY"
+        assert balances[key]["balance"] == change * (runs if key in PLATFORM_ACCOUNTS else 1)
     verify = data["verify"]
     assert verify["ok"] is True
     assert verify["problems"] == []
@@ -73,12 +120,15 @@ def test_demo_succeeds_twice_in_a_row(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     first = invoke("demo", "--data-dir", str(data_dir), "--json")
     assert first.exit_code == 0, first.output
-    check_demo(last_json(first), accounts_total=10)
+    # 10 accounts of the ledger tour; 4 platform accounts, 2 wallets and a merchant's.
+    check_demo(last_json(first), accounts_total=17)
     assert (data_dir / "ledger").is_dir()
+    assert (data_dir / "puhui.sqlite").is_file()
+    assert last_json(first)["payments"]["database"] == f"sqlite:///{data_dir / 'puhui.sqlite'}"
 
     second = invoke("demo", "--data-dir", str(data_dir), "--json")
     assert second.exit_code == 0, second.output
-    check_demo(last_json(second), accounts_total=20)
+    check_demo(last_json(second), accounts_total=30, runs=2)  # platform accounts are shared
     assert last_json(first)["run_id"] != last_json(second)["run_id"]
     assert "verify: ok" in second.stdout
 
@@ -91,6 +141,8 @@ def test_demo_prints_balances_in_major_units(tmp_path: Path) -> None:
     assert "exceeds_credits" in result.stdout
     assert "linked_event_failed" in result.stdout
     assert "nothing moved" in result.stdout
+    for words in ("escrow", "auto-confirm", "refund", "2,000.00 CNY", "297.21 CNY", "1.79 CNY"):
+        assert words in result.stdout
     assert not result.stdout.strip().splitlines()[-1].startswith("{")  # no JSON unless asked
 
 
@@ -98,9 +150,11 @@ def test_demo_uses_the_data_dir_from_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    result = invoke("demo", env={"PUHUI_DATA_DIR": "elsewhere", "PUHUI_LEDGER_URL": ""})
+    env = {"PUHUI_DATA_DIR": "elsewhere", "PUHUI_LEDGER_URL": "", "PUHUI_DATABASE_URL": ""}
+    result = invoke("demo", env=env)
     assert result.exit_code == 0, result.output
     assert (tmp_path / "elsewhere" / "ledger").is_dir()
+    assert (tmp_path / "elsewhere" / "puhui.sqlite").is_file()
     assert not (tmp_path / "puhui-data").exists()
 
 
@@ -134,14 +188,14 @@ def test_ledger_verify_and_info(tmp_path: Path) -> None:
     assert verify.exit_code == 0, verify.output
     report = last_json(verify)
     assert report["ok"] is True
-    assert report["accounts"] == 10
+    assert report["accounts"] == 17
     assert set(report["ledgers"]) == {"156", "840"}
     assert "Per-ledger sums" in verify.stdout
 
     info = invoke("ledger", "info", f"file://{journal}", "--json")
     assert info.exit_code == 0, info.output
     facts = last_json(info)
-    assert facts["accounts"] == 10
+    assert facts["accounts"] == 17
     assert facts["transfers"] == report["transfers"] > 0
     assert facts["last_journal_op"] == report["journal_ops"] > 0
     assert facts["state_dir"] == journal + ".state"
@@ -177,6 +231,7 @@ def test_ledger_verify_reports_a_failure_with_exit_1(
     demo = invoke("demo", "--data-dir", str(tmp_path), "--json")
     assert demo.exit_code == 1, demo.output
     assert last_json(demo)["ok"] is False
+    assert last_json(demo)["payments"]["identity"]["verify_ok"] is False
 
 
 @pytest.mark.parametrize("command", ["verify", "info"])
@@ -254,11 +309,15 @@ def test_demo_and_verify_on_postgres(
     """``postgres_schema_url`` (tests/conftest.py) is a fresh schema, or a skip without PG."""
     postgres_url = postgres_schema_url
     monkeypatch.chdir(tmp_path)  # the ledger keeps a PostgreSQL journal's state under ./puhui-data
-    env = {"PUHUI_LEDGER_URL": postgres_url, "PUHUI_DATA_DIR": str(tmp_path / "data")}
-    for accounts_total in (10, 20):
+    env = {
+        "PUHUI_LEDGER_URL": postgres_url,
+        "PUHUI_DATABASE_URL": postgres_url,
+        "PUHUI_DATA_DIR": str(tmp_path / "data"),
+    }
+    for runs, accounts_total in ((1, 17), (2, 30)):
         result = invoke("demo", "--json", env=env)
         assert result.exit_code == 0, result.output
-        check_demo(last_json(result), accounts_total=accounts_total)
+        check_demo(last_json(result), accounts_total=accounts_total, runs=runs)
     verify = invoke("ledger", "verify", postgres_url, "--json")
     assert verify.exit_code == 0, verify.output
-    assert last_json(verify)["accounts"] == 20
+    assert last_json(verify)["accounts"] == 30

@@ -4,14 +4,17 @@ Commands:
 
 - ``puhui demo``: a guided tour of the ledger (accounts in two currencies, top-ups, an FX
   conversion as a linked chain, a chain that fails on purpose, two-phase payments, a rejected
-  overdraft), then ``verify``.
+  overdraft), then of the payments service on the same ledger and the SQL store (KYC, top-up,
+  P2P, a QR payment, orders with escrow, auto-confirm and a refund, a withdrawal, the
+  accounting identity; ``puhui._demo_payments``), then ``verify``.
 - ``puhui ledger verify`` and ``puhui ledger info``: check and describe a ledger.
 - ``puhui version``.
 
 Exit codes: 0 success; 1 the command ran but found a problem (``verify`` failed, or a demo step
 did not end as expected); 2 an error (``error: <code>: <message>`` on stderr, no traceback).
 With ``--json`` the last line of stdout is one JSON object for machines; 128-bit integers
-(ids, amounts in minor units) are written as decimal strings.
+(ids, amounts in minor units) are written as decimal strings; the demo's ``payments`` part
+writes its amounts (at most 2**63 - 1, the payments service's range) as JSON integers.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import enum
 import hashlib
 import json
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal
@@ -34,6 +38,8 @@ from rich.markup import escape
 from rich.table import Table
 
 import puhui.ledger as tb
+from puhui._demo_payments import PaymentsTour, payments_service, print_payments
+from puhui.clock import ManualClock
 from puhui.config import Settings
 from puhui.errors import InvalidInputError, PuhuiError
 from puhui.money import (
@@ -736,8 +742,9 @@ def demo(
         Path | None,
         typer.Option(
             "--data-dir",
-            help="Directory for the demo's data; the ledger journal is <data-dir>/ledger. "
-            "Default: $PUHUI_DATA_DIR or ./puhui-data (with $PUHUI_LEDGER_URL if set).",
+            help="Directory for the demo's data; the ledger journal is <data-dir>/ledger and "
+            "the SQL store <data-dir>/puhui.sqlite. Default: $PUHUI_DATA_DIR or ./puhui-data "
+            "(with $PUHUI_LEDGER_URL and $PUHUI_DATABASE_URL if set).",
             show_default=False,
         ),
     ] = None,
@@ -745,30 +752,45 @@ def demo(
         bool, typer.Option("--json", help="Also print one JSON object as the last line.")
     ] = False,
 ) -> None:
-    """Tour the ledger: two currencies, FX, a failing chain, two-phase payments, verify."""
+    """Tour the ledger (two currencies, FX, a failing chain, two-phase payments), then the
+    payments service (KYC, top-up, P2P, QR, escrow with auto-confirm and a refund,
+    withdrawal), then verify."""
     with _reported_errors():
         settings = Settings.from_env()
         if data_dir is not None:
             _make_data_dir(data_dir)
             url = str(data_dir / "ledger")
+            database_url = f"sqlite:///{data_dir / 'puhui.sqlite'}"
         else:
             _make_data_dir(settings.data_dir)
             url = settings.ledger_url
+            database_url = settings.database_url
         console = _console()
-        with tb.open(url) as ledger:
+        # One clock for the ledger and the payments service: it starts at the real time (the
+        # ledger never goes back in time) and jumps when the payments tour waits for a timer.
+        clock = ManualClock(time.time_ns())
+        with tb.open(url, clock=clock) as ledger:
             run_id = tb.id()
             tour = _Demo(ledger, run_id)
-            console.print(f"[bold]Puhui ledger demo[/] - ledger {escape(_display_url(url))}")
+            console.print(f"[bold]Puhui demo[/] - ledger {escape(_display_url(url))}")
             console.print(f"run {run_id} (all ids of this run derive from it)")
             tour.run()
             balances = tour.balances()
             history = tour.merchant_history()
-            report = tb.verify(ledger)
+            with payments_service(database_url, ledger, clock) as payments:
+                payments_tour = PaymentsTour(payments, clock, run_id)
+                payments_tour.run()
+                report = tb.verify(ledger)
+                payments_tour.check_books(report)
+        console.rule("[bold]Ledger[/]")
         _print_steps(console, tour.steps)
         _print_balances(console, balances)
         _print_history(console, history)
+        print_payments(console, payments_tour, _display_url(database_url))
+        console.print()
+        console.rule("[bold]Verify the whole ledger[/]")
         _print_verify(console, report)
-        steps_ok = all(step.as_expected for step in tour.steps)
+        steps_ok = all(step.as_expected for step in tour.steps) and payments_tour.ok
         if not steps_ok:
             console.print("[bold red]demo: a step did not end as expected[/]")
         ok = report.ok and steps_ok
@@ -790,6 +812,10 @@ def demo(
                     ],
                     "balances": [_balance_row(a, account) for a, account in balances],
                     "verify": report.to_dict(),
+                    "payments": {
+                        "database": _display_url(database_url),
+                        **payments_tour.to_json(),
+                    },
                 }
             )
         raise typer.Exit(EXIT_OK if ok else EXIT_PROBLEM)
