@@ -38,7 +38,9 @@ from ._errors import (
     RefundOpenError,
     RefundStateError,
     SamePartyError,
+    StoreLedgerMismatchError,
 )
+from .batch import PaymentBatches, PaymentRequest
 from .bills import (
     Bill,
     BillAlreadyPaidError,
@@ -159,7 +161,9 @@ __all__ = [
     "OrderNotShippedError",
     "OrderStatus",
     "Payee",
+    "PaymentBatches",
     "PaymentCodeInvalidError",
+    "PaymentRequest",
     "Payments",
     "PaymentsError",
     "PaymentsOptions",
@@ -181,6 +185,7 @@ __all__ = [
     "SimulatedBiller",
     "StatementInvalidError",
     "StatementLine",
+    "StoreLedgerMismatchError",
     "TransferCode",
     "WriteOffStatus",
     "customer_qr",

@@ -171,3 +171,10 @@ class ExtensionLimitError(PaymentsError):
     """The confirmation timer may not be extended that far."""
 
     code = "extension_limit_exceeded"
+
+
+class StoreLedgerMismatchError(PaymentsError):
+    """The SQL store's records belong to another ledger: open the pair that belongs
+    together (or start both afresh)."""
+
+    code = "store_ledger_mismatch"

@@ -226,7 +226,7 @@ class Bills:
         self.clock = payments.clock
         self.billers = billers
         payments._drivers[OperationKind.BILL_PAYMENT] = self._drive
-        payments._finish_hooks.append(self._on_finished)
+        payments._finish_hooks["bills"] = self._on_finished
 
     # --- billers and households -------------------------------------------------------------
 

@@ -87,6 +87,10 @@ class Order:
     """Since when the confirmation timer is stopped by an open refund."""
     open_refund_id: int | None
     close_reason: str | None
+    payment_operation_id: int | None
+    """The buyer's payment (wallet → escrow), once one is under way."""
+    release_operation_id: int | None
+    """The release to the seller (escrow → merchant), once it is under way."""
 
     @property
     def in_escrow(self) -> int:
@@ -133,6 +137,8 @@ def _order(row: Any) -> Order:
         suspended_at_ns=row.suspended_at_ns,
         open_refund_id=_id(row.open_refund_id),
         close_reason=row.close_reason,
+        payment_operation_id=_id(row.payment_operation_id),
+        release_operation_id=_id(row.release_operation_id),
     )
 
 
@@ -159,7 +165,7 @@ class Checkout:
         self.engine = payments.engine
         self.clock = payments.clock
         self.options = payments.options
-        payments._finish_hooks.append(self._on_finished)
+        payments._finish_hooks["checkout"] = self._on_finished
 
     # --- reading --------------------------------------------------------------------------------
 

@@ -58,6 +58,7 @@ from ._errors import (
     PaymentCodeInvalidError,
     PhoneTakenError,
     SamePartyError,
+    StoreLedgerMismatchError,
 )
 from .funding import BankDirection, BankGateway, BankResult, BankStatus, BankTimeoutError
 from .model import (
@@ -207,11 +208,31 @@ class Payments:
         self.options = options or PaymentsOptions()
         self.new_id = new_id
         self._platform_ready: set[str] = set()
+        self._bind_to_ledger()
         self._drivers: dict[OperationKind, Callable[[Operation], Operation]] = {}
         """Flows other modules own (bills, settlement): ``_drive`` and ``recover`` use them."""
-        self._finish_hooks: list[FinishHook] = []
+        self._finish_hooks: dict[str, FinishHook] = {}
         """Called in the transaction that records an operation's new status (checkout uses
-        it to move its orders along with their money)."""
+        it to move its orders along with their money). Keyed by owner: a second ``Checkout``
+        over the same service replaces the first's hook instead of running it twice."""
+
+    def _bind_to_ledger(self) -> None:
+        """A store and a ledger are one pair: record the ledger's identity in the store on
+        first use, and refuse a ledger that is not the one the records belong to (account
+        ids come from record ids, so customer 1 of a fresh store would otherwise inherit
+        the wallet — and the money — of customer 1 of an old ledger)."""
+        identity = self.ledger.journal.identity
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                sa.select(t.meta.c.value).where(t.meta.c.key == "ledger_identity")
+            ).first()
+            if row is None:
+                conn.execute(t.meta.insert().values(key="ledger_identity", value=identity))
+                return
+        if row.value != identity:
+            raise StoreLedgerMismatchError(
+                "this SQL store belongs to another ledger (journal identity differs)"
+            )
 
     # --- parties ------------------------------------------------------------------------------
 
@@ -738,11 +759,18 @@ class Payments:
         return _operation(row)
 
     def operations(
-        self, *, status: OperationStatus | None = None, limit: int = 100
+        self,
+        *,
+        status: OperationStatus | None = None,
+        order_id: int | None = None,
+        limit: int = 100,
     ) -> list[Operation]:
+        """Recorded operations, oldest first: all, or those in ``status``, or an order's."""
         query = sa.select(t.operations).order_by(t.operations.c.created_at_ns).limit(limit)
         if status is not None:
             query = query.where(t.operations.c.status == str(status))
+        if order_id is not None:
+            query = query.where(t.operations.c.order_id == _hex(order_id))
         with self.engine.connect() as conn:
             return [_operation(r) for r in conn.execute(query).all()]
 
@@ -1047,7 +1075,7 @@ class Payments:
             if done.rowcount == 1:
                 if status in (_S.FAILED, _S.EXPIRED):
                     self._release_outflow(conn, op, row.day)
-                for hook in self._finish_hooks:
+                for hook in self._finish_hooks.values():
                     hook(conn, op, status)
         return self.operation(op.id)
 

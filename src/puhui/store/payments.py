@@ -248,3 +248,13 @@ reconciliation_items = sa.Table(
     sa.Column("ours", sa.BigInteger, nullable=True),
     sa.Column("bank", sa.BigInteger, nullable=True),
 )
+
+meta = sa.Table(
+    "payments_meta",
+    metadata,
+    sa.Column("key", sa.String(32), primary_key=True),
+    sa.Column("value", sa.String(64), nullable=False),
+)
+"""Facts about the store itself: ``ledger_identity``, the journal this store's records
+belong to (a store and a ledger are one pair: customer 1's wallet is the same ledger account
+only within the pair)."""
