@@ -176,11 +176,15 @@ def test_a_store_refuses_a_ledger_it_does_not_belong_to(world: World, tmp_path: 
         other.close()
     fresh = create_engine(f"sqlite:///{tmp_path / 'fresh.sqlite'}")
     migrate(fresh)
-    Payments(fresh, world.ledger, clock=world.clock, bank=world.bank)  # a new store pairs up
     third = L.open(str(tmp_path / "third"), clock=clock)
     try:
-        with pytest.raises(StoreLedgerMismatchError):  # ... and is then that ledger's only
-            Payments(fresh, third, clock=clock, bank=world.bank)
+        # A fresh store on a ledger that holds another store's wallets: refused.
+        _customer(world, 1, fund=10_00)
+        with pytest.raises(StoreLedgerMismatchError):
+            Payments(fresh, world.ledger, clock=world.clock, bank=world.bank)
+        Payments(fresh, third, clock=clock, bank=world.bank)  # a fresh pair is fine ...
+        with pytest.raises(StoreLedgerMismatchError):  # ... and then belongs together
+            Payments(fresh, world.ledger, clock=world.clock, bank=world.bank)
     finally:
         third.close()
         fresh.dispose()

@@ -35,6 +35,8 @@ from puhui.ledger import (
     CreateAccountStatus,
     CreateTransferStatus,
     Ledger,
+    QueryFilter,
+    QueryFilterFlags,
     Transfer,
     TransferFlags,
 )
@@ -227,12 +229,25 @@ class Payments:
                 sa.select(t.meta.c.value).where(t.meta.c.key == "ledger_identity")
             ).first()
             if row is None:
+                if self._ledger_has_payments_accounts():
+                    raise StoreLedgerMismatchError(
+                        "this ledger already holds payments accounts of another SQL store"
+                    )
                 conn.execute(t.meta.insert().values(key="ledger_identity", value=identity))
                 return
         if row.value != identity:
             raise StoreLedgerMismatchError(
                 "this SQL store belongs to another ledger (journal identity differs)"
             )
+
+    def _ledger_has_payments_accounts(self) -> bool:
+        for code in AccountCode:
+            found = self.ledger.query_accounts(
+                QueryFilter(0, 0, 0, 0, int(code), 0, 0, 1, QueryFilterFlags.NONE)
+            )
+            if found:
+                return True
+        return False
 
     # --- parties ------------------------------------------------------------------------------
 
