@@ -16,7 +16,7 @@ the single-operation path, which sorts the collision out.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -202,14 +202,10 @@ class PaymentBatches:
         if not items:
             return items
         pairs = sorted({(i.scope, i.request.key) for i in items})
-        o = t.operations.c
         found: dict[tuple[str, str], Any] = {}
         with self.engine.connect() as conn:
-            for start in range(0, len(pairs), 500):
-                chunk = pairs[start : start + 500]
-                for row in conn.execute(
-                    sa.select(t.operations).where(sa.tuple_(o.scope, o.idempotency_key).in_(chunk))
-                ):
+            for start in range(0, len(pairs), 4096):
+                for row in _rows_with_keys(conn, pairs[start : start + 4096]):
                     found[(row.scope, row.idempotency_key)] = row
         fresh: list[_Item] = []
         seen: dict[tuple[str, str], _Item] = {}
@@ -500,7 +496,7 @@ class PaymentBatches:
             over = self._over_limit(conn, outflow)
             if over:
                 raise KycLimitExceededError("daily outflow raced", limit="daily_outflow")
-            conn.execute(t.operations.insert(), rows)
+            _insert_many(conn, t.operations, rows)
 
     def _over_limit(self, conn: sa.Connection, outflow: dict[tuple[int, str], int]) -> bool:
         d = t.daily_outflow.c
@@ -568,7 +564,6 @@ class PaymentBatches:
     def _finish(self, items: list[_Item]) -> None:
         """Step 4: every outcome, one transaction (guarded: only rows still ``pending``)."""
         now = self.clock.now_ns()
-        o = t.operations.c
         changed = [i for i in items if i.status is not _S.PENDING and i.status is not _S.REJECTED]
         if not changed:
             return
@@ -579,21 +574,20 @@ class PaymentBatches:
                 release[key] = release.get(key, 0) + item.request.amount
         d = t.daily_outflow
         with self.engine.begin() as conn:
-            conn.execute(
-                t.operations.update()
-                .where(o.id == sa.bindparam("b_id"), o.status == str(_S.PENDING))
-                .values(
-                    status=sa.bindparam("b_status"),
-                    error_code=sa.bindparam("b_error"),
-                    hold_expires_at_ns=sa.bindparam("b_expires"),
-                    updated_at_ns=now,
-                ),
+            ph = _placeholder(conn)
+            conn.exec_driver_sql(
+                f"UPDATE {t.operations.name} SET status = {ph('status')},"
+                f" error_code = {ph('error')}, hold_expires_at_ns = {ph('expires')},"
+                f" updated_at_ns = {ph('now')}"
+                f" WHERE id = {ph('id')} AND status = {ph('pending')}",
                 [
                     {
-                        "b_id": _hex(i.operation_id),
-                        "b_status": str(i.status),
-                        "b_error": i.error_code,
-                        "b_expires": i.hold_expires_at_ns,
+                        "id": _hex(i.operation_id),
+                        "status": str(i.status),
+                        "error": i.error_code,
+                        "expires": i.hold_expires_at_ns,
+                        "now": now,
+                        "pending": str(_S.PENDING),
                     }
                     for i in changed
                 ],
@@ -669,6 +663,55 @@ class PaymentBatches:
             assert answer is not None
             out.append(answer)
         return out
+
+
+def _placeholder(conn: sa.Connection) -> Callable[[str], str]:
+    """Named placeholders in the driver's own style (``:name`` for SQLite, ``%(name)s`` for
+    psycopg): hot statements skip SQLAlchemy's per-row parameter processing."""
+    if conn.dialect.name == "sqlite":
+        return lambda name: f":{name}"
+    return lambda name: f"%({name})s"
+
+
+def _insert_many(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+    """``INSERT`` many rows through the driver's ``executemany`` (every column given)."""
+    if not rows:
+        return
+    ph = _placeholder(conn)
+    columns = list(rows[0])
+    conn.exec_driver_sql(
+        f"INSERT INTO {table.name} ({', '.join(columns)})"
+        f" VALUES ({', '.join(ph(c) for c in columns)})",
+        rows,
+    )
+
+
+def _rows_with_keys(conn: sa.Connection, pairs: list[tuple[str, str]]) -> Sequence[Any]:
+    """Operations recorded under any of ``pairs`` (scope, idempotency key): one statement
+    built for the driver, using the unique index on the pair (an expanding ``IN`` costs
+    more to compile than to run)."""
+    table = t.operations.name
+    if conn.dialect.name == "sqlite":
+        params: dict[str, str] = {}
+        values = []
+        for n, (scope, key) in enumerate(pairs):
+            params[f"s{n}"], params[f"k{n}"] = scope, key
+            values.append(f"(:s{n}, :k{n})")
+        # A join, not ``(scope, key) IN (VALUES …)``: SQLite scans the table for the latter.
+        sql = (
+            f"WITH wanted(s, k) AS (VALUES {', '.join(values)})"
+            f" SELECT {', '.join(f'o.{c.name}' for c in t.operations.columns)}"
+            f" FROM wanted JOIN {table} AS o ON o.scope = wanted.s AND o.idempotency_key = wanted.k"
+        )
+        return conn.exec_driver_sql(sql, params).all()
+    columns = ", ".join(c.name for c in t.operations.columns)
+    sql = (
+        f"SELECT {columns} FROM {table} WHERE (scope, idempotency_key) IN"
+        " (SELECT * FROM unnest(%(scopes)s::text[], %(keys)s::text[]))"
+    )
+    return conn.exec_driver_sql(
+        sql, {"scopes": [p[0] for p in pairs], "keys": [p[1] for p in pairs]}
+    ).all()
 
 
 def _phone_ok(phone: str) -> bool:

@@ -1,0 +1,308 @@
+"""Payments through the service layer: P2P and merchant payments, and escrow orders.
+
+Every payment goes the whole way: checks (parties, KYC limits, funds), ``risk.decide`` (the
+pass-through engine), the record under its idempotency key with the day's outflow reserved,
+the ledger transfer (journalled and durable before the answer), and the outcome's record —
+on the embedded default (a SQLite file and the file journal) unless ``--database-url`` names
+PostgreSQL for the SQL store.
+
+Variants (each in a fresh process, median of ``--runs``):
+
+* ``batch``   ``--callers`` threads each submitting batches of ``--batch`` payments
+              (``PaymentBatches.pay_many``), half P2P, half merchant payments;
+* ``single``  the same payments one at a time (``Payments.transfer`` / ``pay_merchant``)
+              from ``--callers`` threads: what an API call per payment costs;
+* ``escrow``  guaranteed-transaction orders, each created, paid, shipped and confirmed
+              (four operations, two of them money movements) from ``--callers`` threads.
+
+Latency is per call: a whole batch for ``batch``, one payment or one order for the others.
+
+    python benchmarks/payments.py --json          # full run
+    python benchmarks/payments.py --quick --json  # smoke run (the test suite calls this)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+VARIANTS = ("batch", "single", "escrow")
+HUGE = 10**12  # limits (major units) the benchmark's customers never reach
+
+
+def _service(workdir: Path, database_url: str | None) -> tuple[Any, Any, Any]:
+    from puhui import ledger as L
+    from puhui.clock import SystemClock
+    from puhui.payments import KycLevel, KycLimits, Payments, PaymentsOptions, SimulatedBank
+    from puhui.store import create_engine, migrate
+
+    clock = SystemClock()
+    url = database_url or f"sqlite:///{workdir / 'puhui.sqlite'}"
+    if database_url:
+        url = _fresh_schema(database_url)
+    engine = create_engine(url)
+    migrate(engine)
+    ledger = L.open(str(workdir / "ledger"), state_dir=workdir / "state", clock=clock)
+    limits = {level: KycLimits(HUGE, HUGE, HUGE) for level in KycLevel}
+    payments = Payments(
+        engine,
+        ledger,
+        clock=clock,
+        bank=SimulatedBank(clock),
+        options=PaymentsOptions(kyc_limits=limits),
+    )
+    return payments, ledger, engine
+
+
+def _fresh_schema(url: str) -> str:
+    import uuid
+
+    import psycopg
+
+    schema = f"puhui_bench_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(
+        url.replace("postgresql+psycopg://", "postgresql://", 1), autocommit=True
+    ) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    return f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
+
+
+def _parties(payments: Any, customers: int, merchants: int) -> tuple[list[int], list[int]]:
+    ids = []
+    for k in range(customers):
+        c = payments.register_customer(f"+86139{k:08d}", f"C{k}")
+        payments.verify_identity(c.id, f"ID{k:012d}")
+        card = payments.bind_card(c.id, f"tok{k}", "Bank", f"{k % 10_000:04d}")
+        payments.verify_full(c.id, biometric_passed=True)
+        op = payments.top_up(c.id, card.id, 10_000_000_00, "CNY", key="fund")
+        if op.status != "completed":
+            raise SystemExit(f"funding failed: {op}")
+        ids.append(c.id)
+    shops = [
+        payments.register_merchant(f"M{k}", "retail", 60, f"mtok{k}").id for k in range(merchants)
+    ]
+    return ids, shops
+
+
+def _requests(
+    rng: random.Random, n: int, customers: list[int], merchants: list[int], tag: str
+) -> list[Any]:
+    from puhui.payments import Payee, PaymentRequest, merchant_qr
+
+    out = []
+    for i in range(n):
+        payer = rng.choice(customers)
+        amount = rng.randint(1_00, 100_00)
+        if i % 2:
+            payee = rng.choice(customers)
+            while payee == payer:
+                payee = rng.choice(customers)
+            out.append(
+                PaymentRequest(payer, amount, "CNY", f"{tag}-{i}", payee=Payee(customer_id=payee))
+            )
+        else:
+            out.append(
+                PaymentRequest(
+                    payer,
+                    amount,
+                    "CNY",
+                    f"{tag}-{i}",
+                    merchant_qr=merchant_qr(rng.choice(merchants)),
+                )
+            )
+    return out
+
+
+def run_variant(variant: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    from puhui.ledger import verify
+    from puhui.payments import Checkout, Fulfilment, Operation, PaymentBatches
+
+    payments, ledger, engine = _service(workdir, args.database_url)
+    try:
+        started = time.perf_counter()
+        customers, merchants = _parties(payments, args.customers, args.merchants)
+        setup_s = time.perf_counter() - started
+        latencies: list[float] = []
+        lock = threading.Lock()
+        failures: list[str] = []
+        total = args.payments if variant != "escrow" else args.orders
+        per_caller = total // args.callers
+
+        def batch_caller(index: int) -> None:
+            rng = random.Random(index)
+            batches = PaymentBatches(payments)
+            requests = _requests(rng, per_caller, customers, merchants, f"b{index}")
+            for start in range(0, len(requests), args.batch):
+                chunk = requests[start : start + args.batch]
+                t0 = time.perf_counter()
+                answers = batches.pay_many(chunk)
+                elapsed = time.perf_counter() - t0
+                bad = [
+                    a for a in answers if not isinstance(a, Operation) or a.status != "completed"
+                ]
+                with lock:
+                    latencies.append(elapsed)
+                    failures.extend(str(a) for a in bad[:3])
+
+        def single_caller(index: int) -> None:
+            rng = random.Random(index)
+            for request in _requests(rng, per_caller, customers, merchants, f"s{index}"):
+                t0 = time.perf_counter()
+                if request.payee is not None:
+                    op = payments.transfer(
+                        request.payer_id, request.payee, request.amount, "CNY", key=request.key
+                    )
+                else:
+                    op = payments.pay_merchant(
+                        request.payer_id,
+                        request.merchant_qr,
+                        request.amount,
+                        "CNY",
+                        key=request.key,
+                    )
+                elapsed = time.perf_counter() - t0
+                with lock:
+                    latencies.append(elapsed)
+                    if op.status != "completed":
+                        failures.append(str(op))
+
+        checkout = Checkout(payments)
+
+        def escrow_caller(index: int) -> None:
+            rng = random.Random(index)
+            for i in range(per_caller):
+                buyer, shop = rng.choice(customers), rng.choice(merchants)
+                t0 = time.perf_counter()
+                order = checkout.create_order(
+                    buyer,
+                    shop,
+                    rng.randint(1_00, 500_00),
+                    "CNY",
+                    Fulfilment.EXPRESS,
+                    "goods",
+                    key=f"e{index}-{i}",
+                )
+                paid = checkout.pay_order(order.id, buyer, key=f"pay-{order.id}")
+                checkout.ship_order(order.id, shop)
+                done = checkout.confirm_receipt(order.id, buyer)
+                elapsed = time.perf_counter() - t0
+                with lock:
+                    latencies.append(elapsed)
+                    if paid.status != "completed" or done.status != "finished":
+                        failures.append(f"order {order.id:#x}: {paid.status} {done.status}")
+
+        target = {"batch": batch_caller, "single": single_caller, "escrow": escrow_caller}[variant]
+        threads = [threading.Thread(target=target, args=(k,)) for k in range(args.callers)]
+        t0 = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed = time.perf_counter() - t0
+        if failures:
+            raise SystemExit(f"{len(failures)} payments did not complete, e.g. {failures[:3]}")
+        done_count = per_caller * args.callers
+        lat = np.array(latencies) * 1e3
+        ok = verify(ledger).ok if args.verify else None
+        return {
+            "variant": variant,
+            "callers": args.callers,
+            "batch": args.batch if variant == "batch" else 1,
+            "count": done_count,
+            "per_s": done_count / elapsed,
+            "p50_ms": float(np.percentile(lat, 50)),
+            "p99_ms": float(np.percentile(lat, 99)),
+            "p100_ms": float(lat.max()),
+            "setup_s": setup_s,
+            "store": "postgresql" if args.database_url else "sqlite",
+            "verify_ok": ok,
+        }
+    finally:
+        ledger.close()
+        engine.dispose()
+
+
+def _spawn(variant: str, args: argparse.Namespace) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--child", variant]
+    for name in ("customers", "merchants", "payments", "orders", "callers", "batch"):
+        cmd += [f"--{name}", str(getattr(args, name))]
+    if args.database_url:
+        cmd += ["--database-url", args.database_url]
+    if args.verify:
+        cmd.append("--verify")
+    out = subprocess.run(cmd, check=False, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"variant {variant} failed:\n{out.stderr[-4000:]}")
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser.add_argument("--json", action="store_true", help="print one JSON object last")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--runs", type=int, default=None)
+    parser.add_argument("--customers", type=int, default=None)
+    parser.add_argument("--merchants", type=int, default=None)
+    parser.add_argument("--payments", type=int, default=None, help="payments per run")
+    parser.add_argument("--orders", type=int, default=None, help="escrow orders per run")
+    parser.add_argument("--callers", type=int, default=None, help="concurrent caller threads")
+    parser.add_argument("--batch", type=int, default=None, help="payments per batch call")
+    parser.add_argument("--database-url", default=os.environ.get("PUHUI_BENCH_DATABASE_URL"))
+    parser.add_argument("--verify", action="store_true", help="verify the ledger after each run")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    quick = args.quick
+    args.customers = args.customers or (20 if quick else 1_000)
+    args.merchants = args.merchants or (5 if quick else 100)
+    args.payments = args.payments or (400 if quick else 200_000)
+    args.orders = args.orders or (40 if quick else 2_000)
+    args.callers = args.callers or (4 if quick else 8)
+    args.batch = args.batch or (50 if quick else 1_000)
+    runs = args.runs or (1 if quick else 3)
+    if args.child:
+        workdir = Path(tempfile.mkdtemp(prefix="puhui-pay-bench-"))
+        try:
+            print(json.dumps(run_variant(args.child, args, workdir)))
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return
+    report: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
+    for variant in args.variants.split(","):
+        results = sorted((_spawn(variant, args) for _ in range(runs)), key=lambda r: r["per_s"])
+        median = dict(results[len(results) // 2])
+        median["runs_per_s"] = [r["per_s"] for r in results]
+        report[variant] = median
+        unit = "orders/s" if variant == "escrow" else "payments/s"
+        print(
+            f"{variant:8s} {median['per_s']:>10,.0f} {unit}  ({median['callers']} callers,"
+            f" {median['batch']} per call)  p50 {median['p50_ms']:.2f} ms"
+            f"  p99 {median['p99_ms']:.2f} ms"
+            f"  p100 {median['p100_ms']:.2f} ms  runs {[round(r) for r in median['runs_per_s']]}",
+            flush=True,
+        )
+    if args.json:
+        summary = {
+            "payments_per_s": report.get("batch", report.get("single", {})).get("per_s"),
+            "p99_ms": report.get("batch", report.get("single", {})).get("p99_ms"),
+            "escrow_orders_per_s": report.get("escrow", {}).get("per_s"),
+            **report,
+        }
+        print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
