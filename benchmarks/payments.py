@@ -137,7 +137,9 @@ def run_variant(variant: str, args: argparse.Namespace, workdir: Path) -> dict[s
         latencies: list[float] = []
         lock = threading.Lock()
         failures: list[str] = []
-        total = args.payments if variant != "escrow" else args.orders
+        total = {"batch": args.payments, "single": args.single_payments, "escrow": args.orders}[
+            variant
+        ]
         per_caller = total // args.callers
 
         def batch_caller(index: int) -> None:
@@ -236,8 +238,16 @@ def run_variant(variant: str, args: argparse.Namespace, workdir: Path) -> dict[s
 
 def _spawn(variant: str, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--child", variant]
-    for name in ("customers", "merchants", "payments", "orders", "callers", "batch"):
-        cmd += [f"--{name}", str(getattr(args, name))]
+    for name in (
+        "customers",
+        "merchants",
+        "payments",
+        "single_payments",
+        "orders",
+        "callers",
+        "batch",
+    ):
+        cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     if args.database_url:
         cmd += ["--database-url", args.database_url]
     if args.verify:
@@ -258,6 +268,9 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=None)
     parser.add_argument("--merchants", type=int, default=None)
     parser.add_argument("--payments", type=int, default=None, help="payments per run")
+    parser.add_argument(
+        "--single-payments", type=int, default=None, help="payments per run of `single`"
+    )
     parser.add_argument("--orders", type=int, default=None, help="escrow orders per run")
     parser.add_argument("--callers", type=int, default=None, help="concurrent caller threads")
     parser.add_argument("--batch", type=int, default=None, help="payments per batch call")
@@ -269,7 +282,8 @@ def main() -> None:
     args.customers = args.customers or (20 if quick else 1_000)
     args.merchants = args.merchants or (5 if quick else 100)
     args.payments = args.payments or (400 if quick else 200_000)
-    args.orders = args.orders or (40 if quick else 2_000)
+    args.single_payments = args.single_payments or (100 if quick else 4_000)
+    args.orders = args.orders or (40 if quick else 1_000)
     args.callers = args.callers or (4 if quick else 8)
     args.batch = args.batch or (50 if quick else 1_000)
     runs = args.runs or (1 if quick else 3)

@@ -38,3 +38,19 @@ def test_ledger_benchmark_quick_run_prints_json(tmp_path: Path) -> None:
         assert figures["batch_p99_ms"] >= figures["batch_p50_ms"] > 0
         assert figures["baseline_transfers_per_s"] > 0
         assert figures["verify_ok"] is True
+
+
+def test_payments_benchmark_quick_run_prints_json() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "payments.py"), "--quick", "--json", "--verify"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["payments_per_s"] > 0 and report["escrow_orders_per_s"] > 0
+    assert report["p99_ms"] >= report["batch"]["p50_ms"] > 0
+    for variant in ("batch", "single", "escrow"):
+        assert report[variant]["count"] > 0
+        assert report[variant]["verify_ok"] is True

@@ -100,8 +100,6 @@ class PaymentBatches:
         self.payments = payments
         self.engine = payments.engine
         self.clock = payments.clock
-        self._opened: set[int] = set()
-        """Ledger accounts known to exist (wallets and merchant accounts opened before)."""
 
     def pay_many(self, requests: Sequence[PaymentRequest]) -> list[Operation | PuhuiError]:
         """One answer per request, in order: its ``Operation``, or the error that refused it
@@ -369,15 +367,9 @@ class PaymentBatches:
             if cur.code not in payments._platform_ready:
                 payments._ensure_platform(cur)
             if item.payee_id is not None and item.payee_id in customers:
-                account = wallet_account_id(item.payee_id, cur)
-                if account not in self._opened:
-                    payments.open_wallet(item.payee_id, cur.code)
-                    self._opened.add(account)
+                payments.open_wallet(item.payee_id, cur.code)  # cached once open
             if item.merchant_id is not None and item.merchant_id in merchants:
-                account = merchant_account_id(item.merchant_id, cur)
-                if account not in self._opened:
-                    payments._open_merchant_account(item.merchant_id, cur)
-                    self._opened.add(account)
+                payments._open_merchant_account(item.merchant_id, cur)  # cached once open
 
     def _decide(self, items: list[_Item]) -> None:
         now = self.clock.now_ns()

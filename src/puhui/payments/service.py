@@ -210,6 +210,8 @@ class Payments:
         self.options = options or PaymentsOptions()
         self.new_id = new_id
         self._platform_ready: set[str] = set()
+        self._opened: set[int] = set()
+        """Ledger accounts this service has opened or seen exist (accounts never go away)."""
         self._bind_to_ledger()
         self._drivers: dict[OperationKind, Callable[[Operation], Operation]] = {}
         """Flows other modules own (bills, settlement): ``_drive`` and ``recover`` use them."""
@@ -436,9 +438,11 @@ class Payments:
     def open_wallet(self, customer_id: int, currency_code: str) -> int:
         """The customer's wallet in a currency (opened on first use); returns its ledger id."""
         cur = currency(currency_code)
+        account = wallet_account_id(customer_id, cur)
+        if account in self._opened:
+            return account
         self.customer(customer_id)
         self._ensure_platform(cur)
-        account = wallet_account_id(customer_id, cur)
         self._create_accounts(
             [
                 Account(
@@ -465,11 +469,14 @@ class Payments:
                         created_at_ns=self.clock.now_ns(),
                     )
                 )
+        self._opened.add(account)
         return account
 
     def _open_merchant_account(self, merchant_id: int, cur: Currency) -> int:
-        self._ensure_platform(cur)
         account = merchant_account_id(merchant_id, cur)
+        if account in self._opened:
+            return account
+        self._ensure_platform(cur)
         self._create_accounts(
             [
                 Account(
@@ -481,6 +488,7 @@ class Payments:
                 )
             ]
         )
+        self._opened.add(account)
         return account
 
     def _balance_of(self, account: int) -> Balance:
