@@ -54,22 +54,24 @@ EXPECTED_PAYMENT_STEPS = {
     "second_order": ["completed", "shipped"],
     "partial_refund": ["requested", "refunded"],
     "confirm_receipt": ["finished", "credited", "credited"],
+    "water_bill": ["completed", "paid"],
     "withdrawal": ["completed"],
     "accounting_identity": ["holds", "ok"],
 }
 
 # What one run of the payments tour adds to each account, in CNY fen: top-up 2,000.00, P2P
 # 150.00, QR 38.50, orders 299.00 and 120.00 (40.00 refunded; fee 0.6 % of 299.00 and 80.00),
-# withdrawal 500.00.
+# a water bill of 86.40, withdrawal 500.00.
 EXPECTED_PAYMENT_CHANGES = {
-    "buyer_wallet": 932_50,
+    "buyer_wallet": 932_50 - 86_40,
     "friend_wallet": 150_00,
     "merchant_receivable": 415_23,
     "escrow": 0,
     "fee_revenue": 1_79 + 48,
+    "biller_clearing": 86_40,
     "bank_settlement": -1_500_00,
 }
-PLATFORM_ACCOUNTS = ("escrow", "fee_revenue", "bank_settlement")
+PLATFORM_ACCOUNTS = ("escrow", "fee_revenue", "biller_clearing", "bank_settlement")
 """Shared by every run (the other accounts are new in each run)."""
 
 
@@ -120,15 +122,16 @@ def test_demo_succeeds_twice_in_a_row(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     first = invoke("demo", "--data-dir", str(data_dir), "--json")
     assert first.exit_code == 0, first.output
-    # 10 accounts of the ledger tour; 4 platform accounts, 2 wallets and a merchant's.
-    check_demo(last_json(first), accounts_total=17)
+    # 10 accounts of the ledger tour; 4 platform accounts, 2 wallets, a merchant's and the
+    # biller's clearing account.
+    check_demo(last_json(first), accounts_total=18)
     assert (data_dir / "ledger").is_dir()
     assert (data_dir / "puhui.sqlite").is_file()
     assert last_json(first)["payments"]["database"] == f"sqlite:///{data_dir / 'puhui.sqlite'}"
 
     second = invoke("demo", "--data-dir", str(data_dir), "--json")
     assert second.exit_code == 0, second.output
-    check_demo(last_json(second), accounts_total=30, runs=2)  # platform accounts are shared
+    check_demo(last_json(second), accounts_total=31, runs=2)  # platform accounts are shared
     assert last_json(first)["run_id"] != last_json(second)["run_id"]
     assert "verify: ok" in second.stdout
 
@@ -188,14 +191,14 @@ def test_ledger_verify_and_info(tmp_path: Path) -> None:
     assert verify.exit_code == 0, verify.output
     report = last_json(verify)
     assert report["ok"] is True
-    assert report["accounts"] == 17
+    assert report["accounts"] == 18
     assert set(report["ledgers"]) == {"156", "840"}
     assert "Per-ledger sums" in verify.stdout
 
     info = invoke("ledger", "info", f"file://{journal}", "--json")
     assert info.exit_code == 0, info.output
     facts = last_json(info)
-    assert facts["accounts"] == 17
+    assert facts["accounts"] == 18
     assert facts["transfers"] == report["transfers"] > 0
     assert facts["last_journal_op"] == report["journal_ops"] > 0
     assert facts["state_dir"] == journal + ".state"
@@ -314,10 +317,10 @@ def test_demo_and_verify_on_postgres(
         "PUHUI_DATABASE_URL": postgres_url,
         "PUHUI_DATA_DIR": str(tmp_path / "data"),
     }
-    for runs, accounts_total in ((1, 17), (2, 30)):
+    for runs, accounts_total in ((1, 18), (2, 31)):
         result = invoke("demo", "--json", env=env)
         assert result.exit_code == 0, result.output
         check_demo(last_json(result), accounts_total=accounts_total, runs=runs)
     verify = invoke("ledger", "verify", postgres_url, "--json")
     assert verify.exit_code == 0, verify.output
-    assert last_json(verify)["accounts"] == 30
+    assert last_json(verify)["accounts"] == 31

@@ -32,6 +32,8 @@ from puhui.money import format_amount, parse_amount
 from puhui.payments import (
     AccountCode,
     BankCard,
+    BillerKind,
+    Bills,
     Checkout,
     Customer,
     Fulfilment,
@@ -44,6 +46,7 @@ from puhui.payments import (
     Payee,
     Payments,
     SimulatedBank,
+    SimulatedBiller,
     merchant_qr,
 )
 from puhui.store import create_engine, migrate
@@ -52,6 +55,10 @@ __all__ = ["PaymentsTour", "payments_service", "print_payments"]
 
 CURRENCY: Final = "CNY"
 MERCHANT_FEE_BPS: Final = 60
+BILLER_CODE: Final = "DEMO-WATER"
+WATER_BILL: Final = 86_40
+"""The demo household's water bill (unit: fen; 86.40 CNY)."""
+"""The demo's water company (shared by every run, like the platform's accounts)."""
 """The merchant's fee on escrow releases (unit: basis points; 60 = 0.60 %)."""
 NS_PER_S: Final = 10**9
 STATUS_COLUMN_CHARS: Final = 20
@@ -169,6 +176,8 @@ class PaymentsTour:
     def __init__(self, payments: Payments, clock: ManualClock, run_id: int) -> None:
         self.payments = payments
         self.checkout = Checkout(payments)
+        self.bills = Bills(payments, SimulatedBiller(clock, amount=WATER_BILL))
+        self.bills.register_biller(BILLER_CODE, "City Water", BillerKind.WATER)
         self.clock = clock
         self.run_id = run_id
         self.steps: list[PaymentStep] = []
@@ -221,6 +230,10 @@ class PaymentsTour:
             "merchant_receivable": (f"{self.merchant.name}'s receivable", self.receivable()),
             "escrow": ("Escrow (platform)", self.platform(AccountCode.ESCROW)),
             "fee_revenue": ("Fee revenue (platform)", self.platform(AccountCode.FEE_REVENUE)),
+            "biller_clearing": (
+                "City Water's clearing (owed to the biller)",
+                self.bills.clearing_balance(BILLER_CODE, CURRENCY).posted,
+            ),
             "bank_settlement": (
                 "Bank settlement (platform)",
                 self.platform(AccountCode.BANK_SETTLEMENT),
@@ -246,6 +259,7 @@ class PaymentsTour:
         order = self.second_order()
         self.partial_refund(order)
         self.confirm_rest(order)
+        self.pay_water_bill()
         self.withdraw()
 
     def register_parties(self) -> None:
@@ -499,6 +513,31 @@ class PaymentsTour:
         step.add("the order, after Mei confirms", str(finished.status), "finished")
         self._check_release(step, in_escrow, merchant_before, fees_before)
 
+    def pay_water_bill(self) -> None:
+        household = self.digits("household", 10)
+        binding = self.bills.bind(self.buyer.id, BILLER_CODE, household, "home")
+        bill = self.bills.query_bill(self.buyer.id, binding.id)
+        step = self.step(
+            "water_bill",
+            "Utility bill: Mei binds her household's water account, the bill is queried and "
+            "paid; the biller writes it off and an e-receipt is issued",
+        )
+        if bill is None:
+            step.add(f"the water bill of household {household}", "nothing due", "due")
+            return
+        op = self.bills.pay(self.buyer.id, binding.id, bill.bill_id, key=self.key("water"))
+        step.add(
+            f"Mei's wallet -> City Water, household {household}, {bill.period}: "
+            f"{_cny(bill.amount)}",
+            op.status,
+            COMPLETED,
+        )
+        if op.status is OperationStatus.COMPLETED:
+            receipt = self.bills.receipt(op.id)
+            step.notes.append(f"e-receipt {receipt.receipt_no} for bill {receipt.bill_id}")
+        again = self.bills.query_bill(self.buyer.id, binding.id)
+        step.add("the same bill queried again", "paid" if again is None else "still due", "paid")
+
     def withdraw(self) -> None:
         amount = self.money("500.00")
         op = self.payments.withdraw(
@@ -540,6 +579,7 @@ class PaymentsTour:
                 "merchant_receivable",
                 "escrow",
                 "fee_revenue",
+                "biller_clearing",
             )
         )
         identity = IdentityCheck(
@@ -565,8 +605,9 @@ class PaymentsTour:
         )
         step.notes.extend(
             [
-                "books: what this run added to the wallets, the merchant's receivable, escrow "
-                "and fee revenue; at the bank: minus the change of the bank settlement account",
+                "books: what this run added to the wallets, the merchant's receivable, escrow, "
+                "fee revenue and the biller's clearing account; at the bank: minus the change "
+                "of the bank settlement account",
                 f"top-ups {_cny(completed(OperationKind.TOP_UP))}, withdrawals "
                 f"{_cny(completed(OperationKind.WITHDRAWAL))}; escrow changed by "
                 f"{_cny(change['escrow'])}"

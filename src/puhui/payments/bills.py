@@ -36,7 +36,7 @@ from .model import (
     check_text,
     wallet_account_id,
 )
-from .service import _CREATED_OR_EXISTS, Operation, Payments, _hex
+from .service import _CREATED_OR_EXISTS, Balance, Operation, Payments, _hex
 
 _S = OperationStatus
 
@@ -154,8 +154,11 @@ class SimulatedBiller:
         timeout_rate: float = 0.0,
         processing_rate: float = 0.0,
         currency_code: str = "CNY",
+        amount: int | None = None,
     ) -> None:
         self.clock = clock
+        self.amount = amount
+        """Every bill's amount, when given (demos); otherwise a hash of the bill."""
         self.refusal_rate = refusal_rate
         self.timeout_rate = timeout_rate
         self.processing_rate = processing_rate
@@ -178,7 +181,7 @@ class SimulatedBiller:
             if (biller_code, bill_id) in self._paid:
                 return None
         digest = hashlib.sha256(bill_id.encode()).digest()
-        amount = 20_00 + int.from_bytes(digest[:4], "little") % 480_00  # 20.00 to 500.00
+        amount = self.amount or 20_00 + int.from_bytes(digest[:4], "little") % 480_00
         return Bill(bill_id, household_account, period, amount, self.currency)
 
     def write_off(
@@ -305,6 +308,12 @@ class Bills:
         binding = self.binding(customer_id, binding_id)
         biller = self._biller_by_id(binding.biller_id)
         return self.billers.query_bill(biller.code, binding.household_account)
+
+    def clearing_balance(self, biller_code: str, currency_code: str) -> Balance:
+        """What the platform owes a biller for bill payments (the biller's clearing account)."""
+        biller = self.biller(biller_code)
+        cur = currency(currency_code)
+        return self.payments._balance_of(account_id(AccountKind.BILLER, cur, biller.id))
 
     # --- paying ---------------------------------------------------------------------------------
 
