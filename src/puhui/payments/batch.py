@@ -559,13 +559,19 @@ class PaymentBatches:
         changed = [i for i in items if i.status is not _S.PENDING and i.status is not _S.REJECTED]
         if not changed:
             return
-        release: dict[tuple[int, str], int] = {}
-        for item in changed:
-            if item.status is _S.FAILED and item.cur is not None:
-                key = (item.request.payer_id, item.cur.code)
-                release[key] = release.get(key, 0) + item.request.amount
         d = t.daily_outflow
         with self.engine.begin() as conn:
+            # Only rows still pending change (a retry through the single path may have
+            # finished one meanwhile): only their reservations are given back, and the
+            # others are answered from their records.
+            still = _pending_ids(conn, [_hex(i.operation_id) for i in changed])
+            finished_elsewhere = [i for i in changed if _hex(i.operation_id) not in still]
+            changed = [i for i in changed if _hex(i.operation_id) in still]
+            release: dict[tuple[int, str], int] = {}
+            for item in changed:
+                if item.status is _S.FAILED and item.cur is not None:
+                    key = (item.request.payer_id, item.cur.code)
+                    release[key] = release.get(key, 0) + item.request.amount
             ph = _placeholder(conn)
             conn.exec_driver_sql(
                 f"UPDATE {t.operations.name} SET status = {ph('status')},"
@@ -595,8 +601,13 @@ class PaymentBatches:
                     .values(amount=d.c.amount - sa.bindparam("b_a")),
                     [{"b_c": c, "b_k": k, "b_a": a} for (c, k), a in release.items()],
                 )
+        for item in finished_elsewhere:
+            item.extra["record"] = self.payments.operation(item.operation_id)
 
     def _operation(self, item: _Item) -> Operation:
+        record = item.extra.get("record")
+        if isinstance(record, Operation):
+            return record
         assert item.cur is not None and item.decision is not None
         now = self.clock.now_ns()
         return Operation(
@@ -676,6 +687,26 @@ def _insert_many(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]
         f" VALUES ({', '.join(ph(c) for c in columns)})",
         rows,
     )
+
+
+def _pending_ids(conn: sa.Connection, ids: list[str]) -> set[str]:
+    """Which of ``ids`` are operations still ``pending`` (in the caller's transaction)."""
+    out: set[str] = set()
+    for start in range(0, len(ids), 4096):
+        chunk = ids[start : start + 4096]
+        if conn.dialect.name == "sqlite":
+            marks = ", ".join(f":i{n}" for n in range(len(chunk)))
+            params: dict[str, object] = {f"i{n}": v for n, v in enumerate(chunk)}
+            params["pending"] = str(_S.PENDING)
+            sql = f"SELECT id FROM {t.operations.name} WHERE id IN ({marks}) AND status = :pending"
+        else:
+            params = {"ids": chunk, "pending": str(_S.PENDING)}
+            sql = (
+                f"SELECT id FROM {t.operations.name}"
+                " WHERE id = ANY(%(ids)s) AND status = %(pending)s FOR UPDATE"
+            )
+        out.update(str(row[0]) for row in conn.exec_driver_sql(sql, params))
+    return out
 
 
 def _rows_with_keys(conn: sa.Connection, pairs: list[tuple[str, str]]) -> Sequence[Any]:

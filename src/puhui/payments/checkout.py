@@ -63,6 +63,8 @@ from .service import INTERNAL, Operation, Payments, _hex
 _O = OrderStatus
 _R = RefundStatus
 _OPEN_REFUNDS = (str(_R.REQUESTED), str(_R.REJECTED), str(_R.ESCALATED))
+_RELEASE_OUTCOMES = ("arbitrated_release", "arbitrated_split")
+"""Rulings after which what is left in escrow belongs to the seller."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,6 +289,7 @@ class Checkout:
             return replay
         if order.buyer_customer_id != buyer_id:
             raise NotOrderPartyError("only the order's buyer can pay it")
+        order = self._due(order)
         self._expect(order, _O.CREATED)
         with self.engine.connect() as conn:
             paying = conn.execute(
@@ -373,7 +376,7 @@ class Checkout:
 
     def extend_confirmation(self, order_id: int, merchant_id: int, extra_s: int) -> Order:
         """The seller gives the buyer more time before receipt confirms itself."""
-        order = self.order(order_id)
+        order = self._due(self.order(order_id))
         self._seller(order, merchant_id)
         if order.status is not _O.SHIPPED:
             self._expect(order, _O.SHIPPED)
@@ -405,6 +408,10 @@ class Checkout:
         order = self.order(order_id)
         if order.buyer_customer_id != buyer_id:
             raise NotOrderPartyError("only the order's buyer can confirm receipt")
+        was = order.status
+        order = self._due(order)
+        if was is _O.SHIPPED and order.status is _O.FINISHED:
+            return order  # its timer confirmed it a moment ago: the same outcome
         if order.open_refund_id is not None:
             raise RefundOpenError("a refund of this order is open")
         self._expect(order, _O.SHIPPED)
@@ -430,10 +437,13 @@ class Checkout:
         order = self.order(order_id)
         if order.buyer_customer_id != buyer_id:
             raise NotOrderPartyError("only the order's buyer can ask for a refund")
+        order = self._due(order)
         if order.status not in (_O.PAID, _O.SHIPPED):
             self._expect(order, _O.PAID)
         if order.open_refund_id is not None:
             raise RefundOpenError("a refund of this order is already open")
+        if any(r.outcome in _RELEASE_OUTCOMES for r in self.refunds(order_id)):
+            raise RefundStateError("the dispute was decided: what is left goes to the seller")
         if amount > order.in_escrow:
             raise RefundExceedsEscrowError(
                 f"at most {order.in_escrow} is left in escrow for this order"
@@ -493,6 +503,9 @@ class Checkout:
         self._seller(order, merchant_id)
         if refund.status is not _R.REQUESTED:
             raise RefundStateError(f"the refund is {refund.status}, not awaiting an answer")
+        if self._now() >= refund.answer_by_ns:  # silence approved it; the timer is late
+            self._pay_refund(refund, refund.amount, outcome="approved_unanswered")
+            raise RefundStateError("the time to answer has passed: the refund was approved")
         if approve:
             self._pay_refund(refund, refund.amount, outcome="approved")
         else:
@@ -575,7 +588,13 @@ class Checkout:
         deny rejected refunds not escalated in time, confirm receipt of shipped orders.
         Returns how many of each it did."""
         now = self._now()
-        done = {"closed": 0, "refunds_approved": 0, "refunds_denied": 0, "confirmed": 0}
+        done = {
+            "closed": 0,
+            "refunds_approved": 0,
+            "refunds_denied": 0,
+            "confirmed": 0,
+            "released_after_arbitration": 0,
+        }
         o, r = t.orders.c, t.refunds.c
         with self.engine.connect() as conn:
             unpaid = conn.execute(
@@ -608,6 +627,19 @@ class Checkout:
                     o.open_refund_id.is_(None),
                 )
             ).all()
+            # Arbitration decided that the seller gets the rest; a crash came in between.
+            decided = conn.execute(
+                sa.select(t.orders).where(
+                    o.status.in_([str(_O.PAID), str(_O.SHIPPED)]),
+                    o.release_operation_id.is_(None),
+                    o.open_refund_id.is_(None),
+                    sa.exists().where(r.order_id == o.id, r.outcome.in_(_RELEASE_OUTCOMES)),
+                )
+            ).all()
+        for row in decided:
+            with contextlib.suppress(RefundOpenError):
+                self._release(_order(row))
+                done["released_after_arbitration"] += 1
         for row in due:
             if row.release_operation_id is None:
                 with contextlib.suppress(RefundOpenError):  # a refund opened meanwhile
@@ -630,6 +662,28 @@ class Checkout:
         if row is not None and row.fingerprint != fingerprint:
             raise IdempotencyKeyReusedError("this idempotency key was used for a different request")
         return row
+
+    def _due(self, order: Order) -> Order:
+        """Apply this order's own timers that are due before acting on it (``run_timers``
+        may not have run yet): an unpaid order past its pay-by time closes; a shipped one
+        past its confirmation time is released to the seller."""
+        now = self._now()
+        if order.status is _O.CREATED and now >= order.pay_by_ns:
+            self._close_unpaid(order.id, "unpaid")
+            return self.order(order.id)
+        if (
+            order.status is _O.SHIPPED
+            and order.open_refund_id is None
+            and order.confirm_by_ns is not None
+            and now >= order.confirm_by_ns
+        ):
+            with contextlib.suppress(RefundOpenError):
+                if order.release_operation_id is None:
+                    self._release(order)
+                else:
+                    self.payments._drive(self.payments.operation(order.release_operation_id))
+            return self.order(order.id)
+        return order
 
     def _seller(self, order: Order, merchant_id: int) -> None:
         if order.merchant_id != merchant_id:
@@ -677,6 +731,7 @@ class Checkout:
                     t.orders.c.status.in_([str(_O.PAID), str(_O.SHIPPED)]),
                     t.orders.c.release_operation_id.is_(None),
                     t.orders.c.open_refund_id.is_(None),
+                    t.orders.c.refunded == order.refunded,  # the amount is still right
                 )
                 .values(release_operation_id=_hex(operation_id), updated_at_ns=self._now())
             )

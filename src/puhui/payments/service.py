@@ -102,6 +102,17 @@ _LEG_MOVE = 0
 _LEG_SETTLE = 1
 """Leg 1: the post or void of a held leg 0."""
 
+# Markers of a held operation claimed for one outcome (``pending`` with this error code).
+_PASSED = "check_passed"
+_FAILED_CHECK = "check_failed"
+_REJECTED_REVIEW = "review_rejected_pending"
+_LAPSING = "hold_lapsing"
+_CHECK_MARKERS = frozenset({_PASSED, _FAILED_CHECK, _REJECTED_REVIEW, _LAPSING})
+_POSTED_AFTER_CHECK = frozenset(
+    {OperationKind.P2P, OperationKind.MERCHANT_PAYMENT, OperationKind.ORDER_PAYMENT}
+)
+"""Kinds whose hold is simply posted once the check is passed."""
+
 
 @dataclass(frozen=True, slots=True)
 class Customer:
@@ -1109,8 +1120,13 @@ class Payments:
         if op.status is _S.CHALLENGED:
             return self._expire_hold(op)
         held = op.decision in (risk.Decision.CHALLENGE, risk.Decision.REVIEW)
-        if held and op.status is _S.PENDING and not self._passed(op):
-            return self._hold(op)
+        if held and op.status is _S.PENDING:
+            if op.error_code is None:  # not held yet (or a crash before it was recorded)
+                return self._hold(op)
+            if op.error_code in _CHECK_MARKERS:
+                done = self._after_check(op)
+                if done is not None:
+                    return done
         driver = self._drivers.get(op.kind)
         if driver is not None:
             return driver(op)
@@ -1210,15 +1226,6 @@ class Payments:
         )
         return result.status
 
-    def _settled_leg(self, op: Operation) -> TransferFlags | None:
-        """How leg 1 settled the hold, if it exists (post or void)."""
-        found = self.ledger.lookup_transfers([transfer_id(op.id, _LEG_SETTLE)])
-        if not found:
-            return None
-        return found[0].flags & (
-            TransferFlags.POST_PENDING_TRANSFER | TransferFlags.VOID_PENDING_TRANSFER
-        )
-
     def _failure_code(self, status: CreateTransferStatus) -> str:
         if status in (CreateTransferStatus.EXCEEDS_CREDITS, CreateTransferStatus.ID_ALREADY_FAILED):
             return "insufficient_funds"
@@ -1226,7 +1233,7 @@ class Payments:
 
     def _passed(self, op: Operation) -> bool:
         """Whether a held operation's check was passed (it went back to ``pending``)."""
-        return op.error_code == "check_passed"
+        return op.error_code == _PASSED
 
     def _hold(self, op: Operation) -> Operation:
         """Risk wants a check first: hold the payer's money (not for top-ups: nothing is
@@ -1234,24 +1241,49 @@ class Payments:
         challenge = op.decision is risk.Decision.CHALLENGE
         timeout_s = self.options.challenge_timeout_s if challenge else 0
         if op.kind is not OperationKind.TOP_UP:
-            # Payments expire in the ledger by themselves; a withdrawal's hold is the same
-            # leg 0 the payout keeps holding (no timeout), voided by us if the check lapses.
-            ledger_timeout = timeout_s if op.kind is not OperationKind.WITHDRAWAL else 0
-            status = self._move(op, hold_s=ledger_timeout)
+            # A payment whose check releases it by posting the hold also expires in the
+            # ledger by itself. Where the flow goes on holding the same leg 0 after the
+            # check (a withdrawal's payout, a bill's write-off) the hold has no timeout and
+            # is voided by us if the check lapses.
+            posts = op.kind in _POSTED_AFTER_CHECK
+            status = self._move(op, hold_s=timeout_s if posts else 0)
             if status not in _CREATED_OR_EXISTS:
                 return self._finish(op, _S.FAILED, error_code=self._failure_code(status))
         expires = self.clock.now_ns() + timeout_s * 10**9 if challenge else None
         return self._finish(op, _S.CHALLENGED, hold_expires_at_ns=expires)
 
     def _check_done(self, op: Operation, *, passed: bool, failure: str) -> Operation:
-        if not passed:
-            if op.kind is OperationKind.TOP_UP:
-                return self._finish(op, _S.FAILED, error_code=failure)
-            return self._release_hold(op, post=False, failure=failure)
-        if op.kind in (OperationKind.TOP_UP, OperationKind.WITHDRAWAL):
-            resumed = self._finish(op, _S.PENDING, error_code="check_passed")
-            return self._drive(resumed)
-        return self._release_hold(op, post=True, failure=failure)
+        """Claim the held operation for this outcome, then carry it out.
+
+        The claim (``challenged`` → ``pending`` with a marker) is one guarded update, so of
+        a customer's answer, an analyst's decision and recovery's lapse only one can win;
+        the loser finds the winner's marker and carries out that instead. A crash after the
+        claim leaves a ``pending`` operation that ``recover()`` finishes the same way.
+        """
+        marker = (
+            _PASSED
+            if passed
+            else (_FAILED_CHECK if failure == "challenge_failed" else _REJECTED_REVIEW)
+        )
+        claimed = self._finish(op, _S.PENDING, error_code=marker, expect=_S.CHALLENGED)
+        return self._drive(claimed)
+
+    def _after_check(self, op: Operation) -> Operation | None:
+        """Carry out a claimed check outcome (None: passed, and the flow goes on as usual)."""
+        marker = op.error_code
+        if marker == _PASSED:
+            if op.kind in _POSTED_AFTER_CHECK:
+                return self._release_hold(op, post=True, failure="challenge_failed")
+            return None  # top-ups, withdrawals, bills go on with their own flow
+        failure = {
+            _FAILED_CHECK: "challenge_failed",
+            _REJECTED_REVIEW: "review_rejected",
+            _LAPSING: "hold_expired",
+        }[marker or ""]
+        lapsed = marker == _LAPSING
+        if op.kind is OperationKind.TOP_UP:  # nothing was held
+            return self._finish(op, _S.EXPIRED if lapsed else _S.FAILED, error_code=failure)
+        return self._release_hold(op, post=False, failure=failure, lapsed=lapsed)
 
     def _release_hold(
         self, op: Operation, *, post: bool, failure: str, lapsed: bool = False
@@ -1266,20 +1298,11 @@ class Payments:
         raise RuntimeError(f"settling the hold of {op.id:#x} failed: {status.name}")
 
     def _expire_hold(self, op: Operation) -> Operation:
-        """A challenged operation found by recovery: record how its hold ended."""
-        settled = self._settled_leg(op)
-        if settled == TransferFlags.POST_PENDING_TRANSFER:
-            return self._finish(op, _S.COMPLETED)
-        if settled == TransferFlags.VOID_PENDING_TRANSFER:
-            failure = (
-                "review_rejected" if op.decision is risk.Decision.REVIEW else "challenge_failed"
-            )
-            return self._finish(op, _S.FAILED, error_code=failure)
-        if op.hold_expires_at_ns is not None and op.hold_expires_at_ns <= self.clock.now_ns():
-            if op.kind is OperationKind.TOP_UP:  # nothing was held
-                return self._finish(op, _S.EXPIRED, error_code="hold_expired")
-            return self._release_hold(op, post=False, failure="hold_expired", lapsed=True)
-        return op
+        """A challenged operation whose deadline passed: claim it for the lapse."""
+        if op.hold_expires_at_ns is None or op.hold_expires_at_ns > self.clock.now_ns():
+            return op
+        claimed = self._finish(op, _S.PENDING, error_code=_LAPSING, expect=_S.CHALLENGED)
+        return self._drive(claimed)
 
     # --- bank flows -----------------------------------------------------------------------------
 

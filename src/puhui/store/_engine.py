@@ -8,6 +8,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
+TURN_TIMEOUT_S = 30.0
+"""Longest a transaction waits for another of the same process (SQLite's busy timeout)."""
+
 
 def create_engine(url: str, **kwargs: Any) -> sa.Engine:
     """An engine for ``url``. SQLite files get WAL, full sync, foreign keys and a busy
@@ -32,28 +35,36 @@ def create_engine(url: str, **kwargs: Any) -> sa.Engine:
 
         # Transactions of this process queue on a lock of their own before SQLite's: a
         # waiting thread starts the moment the lock is free, instead of sleeping in
-        # SQLite's busy handler (1, 2, 5 … 100 ms steps) — 5k → see docs/benchmarks.md.
-        # Other processes still meet SQLite's lock and its busy timeout.
-        turn = threading.RLock()
+        # SQLite's busy handler (1, 2, 5 … 100 ms steps). Other processes still meet
+        # SQLite's lock and its busy timeout. A plain lock (any thread may release it) so
+        # that a connection dropped without commit or rollback still gives it back when the
+        # pool resets it; waiting is bounded like SQLite's own.
+        turn = threading.Lock()
 
         @sa.event.listens_for(engine, "begin")
         def _begin_immediate(connection: sa.Connection) -> None:
             # Take the write lock at BEGIN: two writers never deadlock on a lock upgrade.
-            turn.acquire()
+            if not turn.acquire(timeout=TURN_TIMEOUT_S):
+                raise sa.exc.OperationalError(
+                    "BEGIN IMMEDIATE", None, TimeoutError("waited too long for a transaction")
+                )
             try:
                 connection.exec_driver_sql("BEGIN IMMEDIATE")
             except BaseException:
                 turn.release()
                 raise
-            connection.info["puhui_turn"] = connection.info.get("puhui_turn", 0) + 1
+            connection.info["puhui_turn"] = True
 
         def _end(connection: sa.Connection) -> None:
-            held = connection.info.get("puhui_turn", 0)
-            if held:
-                connection.info["puhui_turn"] = held - 1
+            if connection.info.pop("puhui_turn", False):
+                turn.release()
+
+        def _reset(dbapi_connection: Any, record: Any, *_: Any) -> None:
+            if record.info.pop("puhui_turn", False):  # dropped inside a transaction
                 turn.release()
 
         sa.event.listen(engine, "commit", _end)
         sa.event.listen(engine, "rollback", _end)
+        sa.event.listen(engine.pool, "reset", _reset)
         return engine
     return sa.create_engine(url, pool_pre_ping=True, **kwargs)
