@@ -572,6 +572,8 @@ class PaymentBatches:
                 if item.status is _S.FAILED and item.cur is not None:
                     key = (item.request.payer_id, item.cur.code)
                     release[key] = release.get(key, 0) + item.request.amount
+            if not changed:
+                return
             ph = _placeholder(conn)
             conn.exec_driver_sql(
                 f"UPDATE {t.operations.name} SET status = {ph('status')},"

@@ -59,7 +59,7 @@ def create_engine(url: str, **kwargs: Any) -> sa.Engine:
             if connection.info.pop("puhui_turn", False):
                 turn.release()
 
-        def _reset(dbapi_connection: Any, record: Any, *_: Any) -> None:
+        def _reset(dbapi_connection: Any, record: Any, reset_state: Any) -> None:
             if record.info.pop("puhui_turn", False):  # dropped inside a transaction
                 turn.release()
 

@@ -1,0 +1,161 @@
+"""Races and crash windows a review found, replayed step by step with the service's own
+internal steps in the order two threads (or a process killed half-way) would reach them."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from puhui import risk
+from puhui.payments import (
+    Arbitration,
+    BillerKind,
+    Bills,
+    Checkout,
+    OperationStatus,
+    Payee,
+    PaymentBatches,
+    PaymentRequest,
+    RefundOpenError,
+    SimulatedBiller,
+)
+from puhui.store import payments as tables
+
+from .conftest import World
+
+S = OperationStatus
+CNY = "CNY"
+SECOND_NS = 10**9
+
+
+def _customer(world: World, n: int, fund: int = 0) -> tuple[int, int]:
+    p = world.payments
+    c = p.register_customer(f"1350000000{n}", f"C{n}")
+    p.verify_identity(c.id, f"ID{n}")
+    card = p.bind_card(c.id, f"tok{n}", "Bank", f"000{n}")
+    p.verify_full(c.id, biometric_passed=True)
+    if fund:
+        assert p.top_up(c.id, card.id, fund, CNY, key="fund").status is S.COMPLETED
+    return c.id, card.id
+
+
+def test_a_challenge_lapsing_while_it_is_answered_pays_nothing_out(world: World) -> None:
+    p = world.payments
+    customer, card = _customer(world, 1, fund=1_000_00)
+    world.risk.next = [risk.Decision.CHALLENGE]
+    op = p.withdraw(customer, card, 300_00, CNY, key="w")
+    answering = p.operation(op.id)  # the customer's call read it before the deadline ...
+    world.clock.advance((p.options.challenge_timeout_s + 1) * SECOND_NS)
+    assert p.recover() == {"expired": 1}  # ... recovery claimed the lapse first
+    late = p._check_done(answering, passed=True, failure="challenge_failed")
+    assert late.status is S.EXPIRED
+    assert f"{op.id:032x}" not in world.bank.sends
+    assert p.balance(customer, CNY).available == 1_000_00
+
+
+def test_an_answer_claimed_first_wins_over_the_lapse(world: World) -> None:
+    p = world.payments
+    customer, card = _customer(world, 1, fund=1_000_00)
+    world.risk.next = [risk.Decision.CHALLENGE]
+    op = p.withdraw(customer, card, 300_00, CNY, key="w")
+    claimed = p._finish(op, S.PENDING, error_code="check_passed", expect=S.CHALLENGED)
+    world.clock.advance((p.options.challenge_timeout_s + 1) * SECOND_NS)
+    # The answering call died right after its claim. The lapse cannot claim the operation
+    # any more: it carries out the answer that won (the payout), once.
+    assert p._expire_hold(op).status is S.COMPLETED
+    assert p.recover() == {}
+    assert world.bank.sends[f"{claimed.id:032x}"] == 1
+    assert p.balance(customer, CNY).posted == 700_00
+
+
+def test_a_bill_payment_passed_by_a_check_is_written_off_by_the_biller(world: World) -> None:
+    p = world.payments
+    customer, _ = _customer(world, 1, fund=1_000_00)
+    biller = SimulatedBiller(world.clock, amount=103_07)
+    bills = Bills(p, biller)
+    bills.register_biller("W", "Water", BillerKind.WATER)
+    binding = bills.bind(customer, "W", "42").id
+    bill = bills.query_bill(customer, binding)
+    assert bill is not None
+    world.risk.next = [risk.Decision.CHALLENGE]
+    op = bills.pay(customer, binding, bill.bill_id, key="b")
+    assert op.status is S.CHALLENGED and biller.sends == {}
+    assert p.verify_challenge(op.id, passed=True).status is S.COMPLETED
+    assert biller.sends == {f"{op.id:032x}": 1}
+    assert bills.query_bill(customer, binding) is None
+    assert bills.receipt(op.id).amount == 103_07
+
+
+def test_a_release_with_a_stale_amount_is_refused(world: World) -> None:
+    p = world.payments
+    buyer, _ = _customer(world, 1, fund=1_000_00)
+    shop = p.register_merchant("Shop", "retail", 0, "tok-m").id
+    checkout = Checkout(p)
+    order = checkout.create_order(buyer, shop, 100_00, CNY, "express", "t", key="o")
+    checkout.pay_order(order.id, buyer, key="p")
+    checkout.ship_order(order.id, shop)
+    stale = checkout.order(order.id)  # a confirmation read the order ...
+    refund = checkout.request_refund(order.id, buyer, 50_00, "half", key="r")
+    checkout.answer_refund(refund.id, shop, approve=True)  # ... then half was refunded
+    try:
+        checkout._release(stale)
+        raise AssertionError("a stale release went through")
+    except RefundOpenError:
+        pass
+    checkout.confirm_receipt(order.id, buyer)
+    assert p.merchant_balance(shop, CNY).posted == 50_00
+    assert p.balance(buyer, CNY).posted == 950_00
+
+
+def test_an_arbitrated_split_cut_short_by_a_crash_is_finished_by_the_timers(
+    world: World,
+) -> None:
+    p = world.payments
+    buyer, _ = _customer(world, 1, fund=1_000_00)
+    shop = p.register_merchant("Shop", "retail", 0, "tok-m").id
+    checkout = Checkout(p)
+    order = checkout.create_order(buyer, shop, 100_00, CNY, "express", "t", key="o")
+    checkout.pay_order(order.id, buyer, key="p")
+    refund = checkout.request_refund(order.id, buyer, 100_00, "never came", key="r")
+    checkout.answer_refund(refund.id, shop, approve=False)
+    checkout.escalate_refund(refund.id, buyer)
+    # arbitrate(split): the buyer's part is paid, then the process dies before the release.
+    checkout._pay_refund(
+        checkout.refund(refund.id), 30_00, outcome=f"arbitrated_{Arbitration.SPLIT}"
+    )
+    assert checkout.run_timers()["released_after_arbitration"] == 1
+    assert checkout.order(order.id).status == "finished"
+    assert p.merchant_balance(shop, CNY).posted == 70_00
+    assert p.balance(buyer, CNY).posted == 930_00
+
+
+def test_a_batch_gives_back_only_the_allowance_it_still_owns(world: World) -> None:
+    p = world.payments
+    payer, _ = _customer(world, 1, fund=2_000_00)
+    payee, _ = _customer(world, 2)
+
+    def outflow() -> int:
+        with world.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    sa.select(sa.func.sum(tables.daily_outflow.c.amount)).where(
+                        tables.daily_outflow.c.customer_id == payer
+                    )
+                ).scalar_one()
+                or 0
+            )
+
+    batches = PaymentBatches(p)
+    requests = [PaymentRequest(payer, 800_00, CNY, "bk", payee=Payee(customer_id=payee))]
+    answers: list[object] = [None]
+    items = batches._parse(requests, answers)  # type: ignore[arg-type]
+    items = batches._replays(items, answers)  # type: ignore[arg-type]
+    items = batches._check(items, answers)  # type: ignore[arg-type]
+    batches._decide(items)
+    batches._record(items)
+    p.transfer(payer, Payee(customer_id=payee), 1_500_00, CNY, key="other")  # drains it
+    batches._move(items)
+    assert items[0].status is S.FAILED
+    retry = p.transfer(payer, Payee(customer_id=payee), 800_00, CNY, key="bk")  # finishes it
+    assert retry.status is S.FAILED
+    batches._finish(items)
+    assert outflow() == 1_500_00  # the failed 800 given back once, not twice
