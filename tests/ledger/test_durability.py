@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -83,10 +84,10 @@ def _state(ledger: Ledger) -> tuple[bytes, bytes, bytes]:
 
 
 @pytest.fixture
-def ledger(journal_url: str, tmp_path: Path) -> Ledger:
+def ledger(journal_url: str, tmp_path: Path) -> Iterator[Ledger]:
     led = open(journal_url, state_dir=tmp_path / "state")
     _accounts(led)
-    yield led  # type: ignore[misc]
+    yield led
     led.close()
 
 
@@ -102,8 +103,8 @@ def ledger(journal_url: str, tmp_path: Path) -> Ledger:
         (_transfer(1, ledger=1 << 32), FieldOutOfRangeError),
         (_transfer(1, code=1 << 16), FieldOutOfRangeError),
         (_transfer(1, flags=1 << 16), FieldOutOfRangeError),
-        (_transfer(1, amount=1.5), WrongTypeError),
-        (_transfer(1, amount="10"), WrongTypeError),
+        (_transfer(1, amount=1.5), WrongTypeError),  # type: ignore[arg-type]
+        (_transfer(1, amount="10"), WrongTypeError),  # type: ignore[arg-type]
         (_transfer(1, debit_account_id=None), WrongTypeError),
         (Account(id=1, ledger=1, code=1), WrongTypeError),
         ({"id": 1}, WrongTypeError),
@@ -147,7 +148,7 @@ def test_columnar_input_must_have_the_ledger_layout(ledger: Ledger) -> None:
     wrong = np.zeros(2, dtype=[("id_lo", "<u8"), ("amount", "<f8")])
     with pytest.raises(UnknownFieldError) as raised:
         ledger.create_transfers_array(wrong)
-    assert "amount" in raised.value.details["unknown"]  # type: ignore[attr-defined]
+    assert "amount" in raised.value.details["unknown"]
     with pytest.raises(UnknownFieldError):
         ledger.create_transfers_array(np.zeros(2, ACCOUNT_DTYPE))
     with pytest.raises(WrongTypeError):

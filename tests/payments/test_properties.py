@@ -184,11 +184,11 @@ def test_books_always_match_the_records(plan: list[tuple[object, ...]]) -> None:
                     bank.timeout_rate = 1.0 if extra == "timeout" else 0.0
                     bank.lost_rate = 1.0 if extra == "lost" else 0.0
                     bank.processing_rate = 1.0 if extra == "processing" else 0.0
-                    card = payments.cards(customers[a])[0].id
+                    card_id = payments.cards(customers[a])[0].id
                     if kind == "top_up":
-                        payments.top_up(customers[a], card, b, "CNY", key=key)
+                        payments.top_up(customers[a], card_id, b, "CNY", key=key)
                     else:
-                        payments.withdraw(customers[a], card, b, "CNY", key=key)
+                        payments.withdraw(customers[a], card_id, b, "CNY", key=key)
                 elif kind == "p2p":
                     assert isinstance(a, int) and isinstance(b, int) and isinstance(extra, int)
                     payee = customers[(a + extra) % CUSTOMERS]
