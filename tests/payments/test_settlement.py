@@ -128,3 +128,59 @@ def test_an_unreadable_statement_is_refused(market: Market) -> None:
     bad = statement_csv([("a" * 32, "charge", -5, "CNY", "succeeded")])
     with pytest.raises(StatementInvalidError):
         market.settlement.reconcile(day, bad)
+
+
+def test_a_settlement_that_dies_half_way_is_finished_by_running_it_again(
+    market: Market, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    market.pay(60_00, "a")
+    market.world.clock.advance(DAY_NS)
+    p = market.p
+    real_drive = p._drive
+
+    def crash(op: object) -> object:
+        raise SystemExit("killed after recording the settlement, before its payout")
+
+    monkeypatch.setattr(p, "_drive", crash)
+    with pytest.raises(SystemExit):
+        market.settlement.settle()
+    monkeypatch.setattr(p, "_drive", real_drive)
+    assert market.receivable() == 60_00  # recorded, nothing paid yet
+    [statement] = market.settlement.settle()  # the same business day, run again
+    assert statement.operation is not None and statement.operation.status is S.COMPLETED
+    assert statement.payout == 60_00 - 60
+    assert market.receivable() == 0
+    assert market.world.bank.sends[f"{statement.operation.id:032x}"] == 1
+
+
+def test_timers_that_die_half_way_are_finished_by_running_them_again(
+    market: Market, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c = market.checkout
+    orders = []
+    for k in range(3):
+        order = c.create_order(
+            market.customer, market.shop, 100_00, CNY, Fulfilment.INSTANT, "Tea", key=f"o{k}"
+        )
+        c.pay_order(order.id, market.customer, key=f"p{k}")
+        c.ship_order(order.id, market.shop)
+        orders.append(order.id)
+    p = market.p
+    real_drive = p._drive
+    calls = {"n": 0}
+
+    def crash_on_second(op: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise SystemExit("killed during the second release")
+        return real_drive(op)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(p, "_drive", crash_on_second)
+    with pytest.raises(SystemExit):
+        c.run_timers()
+    monkeypatch.setattr(p, "_drive", real_drive)
+    p.recover()  # what start-up does: the second release was recorded, not moved
+    c.run_timers()
+    assert [c.order(o).status for o in orders] == ["finished"] * 3
+    assert market.receivable() == 3 * (100_00 - 1_00)
+    assert c.run_timers()["confirmed"] == 0
