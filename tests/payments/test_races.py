@@ -3,6 +3,7 @@ internal steps in the order two threads (or a process killed half-way) would rea
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 
 from puhui import risk
@@ -159,3 +160,30 @@ def test_a_batch_gives_back_only_the_allowance_it_still_owns(world: World) -> No
     assert retry.status is S.FAILED
     batches._finish(items)
     assert outflow() == 1_500_00  # the failed 800 given back once, not twice
+
+
+def test_one_operation_recovery_cannot_finish_does_not_hold_up_the_others(
+    world: World, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    p = world.payments
+    customer, card = _customer(world, 1)
+    world.bank.timeout_rate = 1.0  # both top-ups await the bank
+    first = p.top_up(customer, card, 10_00, CNY, key="t1")
+    second = p.top_up(customer, card, 20_00, CNY, key="t2")
+    assert (first.status, second.status) == (S.AWAITING_BANK, S.AWAITING_BANK)
+    world.bank.timeout_rate = 0.0
+    world.clock.advance(60 * SECOND_NS)
+    real_query = world.bank.query
+
+    def broken_for_the_first(reference: str) -> object:
+        if reference == f"{first.id:032x}":
+            raise RuntimeError("the bank's answer cannot be read")
+        return real_query(reference)
+
+    monkeypatch.setattr(world.bank, "query", broken_for_the_first)
+    assert p.recover() == {"stuck": 1, "completed": 1}
+    assert "could not finish operation" in caplog.text
+    assert p.operation(second.id).status is S.COMPLETED
+    monkeypatch.setattr(world.bank, "query", real_query)
+    assert p.recover() == {"completed": 1}
+    assert p.balance(customer, CNY).posted == 30_00

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -87,6 +88,8 @@ from .model import (
     transfer_id,
     wallet_account_id,
 )
+
+log = logging.getLogger("puhui.payments")
 
 Decide = Callable[[Sequence[risk.RiskEvent]], list[risk.RiskDecision]]
 FinishHook = Callable[[sa.Connection, "Operation", OperationStatus], None]
@@ -815,7 +818,8 @@ class Payments:
 
         Safe to run at any time and any number of times: operations younger than
         ``recovery_age_s`` are left to the call that is still running them. Returns how many
-        operations ended in each final status.
+        operations ended in each final status, and under ``stuck`` how many could not be
+        finished (each is logged with its error; the others are not held up by it).
         """
         now = self.clock.now_ns()
         cutoff = now - self.options.recovery_age_s * 10**9
@@ -842,7 +846,14 @@ class Payments:
                     continue
             elif op.updated_at_ns > cutoff:
                 continue
-            done = self._drive(op)
+            try:
+                done = self._drive(op)
+            except Exception:
+                # One operation that cannot be finished (a bug, a partner down) must not
+                # keep every newer one from recovery: log it loudly, count it, go on.
+                log.exception("recovery could not finish operation %032x", op.id)
+                outcome["stuck"] = outcome.get("stuck", 0) + 1
+                continue
             if done.final:
                 outcome[str(done.status)] = outcome.get(str(done.status), 0) + 1
         return outcome
