@@ -10,6 +10,9 @@ Variants (each in a fresh process, median of ``--runs``):
 
 * ``batch``   ``--callers`` threads each submitting batches of ``--batch`` payments
               (``PaymentBatches.pay_many``), half P2P, half merchant payments;
+* ``coalesced`` ``--async-callers`` coroutines (uvloop) each paying one payment at a time
+              through ``PaymentCoalescer``, which carries concurrent payments out together
+              (what an API server would do);
 * ``single``  the same payments one at a time (``Payments.transfer`` / ``pay_merchant``)
               from ``--callers`` threads: what an API call per payment costs;
 * ``escrow``  guaranteed-transaction orders, each created, paid, shipped and confirmed
@@ -38,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-VARIANTS = ("batch", "single", "escrow")
+VARIANTS = ("batch", "coalesced", "single", "escrow")
 HUGE = 10**12  # limits (major units) the benchmark's customers never reach
 
 
@@ -126,7 +129,6 @@ def _requests(
 
 
 def run_variant(variant: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    from puhui.ledger import verify
     from puhui.payments import Checkout, Fulfilment, Operation, PaymentBatches
 
     payments, ledger, engine = _service(workdir, args.database_url)
@@ -137,9 +139,12 @@ def run_variant(variant: str, args: argparse.Namespace, workdir: Path) -> dict[s
         latencies: list[float] = []
         lock = threading.Lock()
         failures: list[str] = []
-        total = {"batch": args.payments, "single": args.single_payments, "escrow": args.orders}[
-            variant
-        ]
+        total = {
+            "batch": args.payments,
+            "coalesced": args.payments,
+            "single": args.single_payments,
+            "escrow": args.orders,
+        }[variant]
         per_caller = total // args.callers
 
         def batch_caller(index: int) -> None:
@@ -205,6 +210,9 @@ def run_variant(variant: str, args: argparse.Namespace, workdir: Path) -> dict[s
                     if paid.status != "completed" or done.status != "finished":
                         failures.append(f"order {order.id:#x}: {paid.status} {done.status}")
 
+        if variant == "coalesced":
+            elapsed, latencies = _coalesced(payments, customers, merchants, args)
+            return _result(variant, args, args.payments, elapsed, latencies, setup_s, ledger)
         target = {"batch": batch_caller, "single": single_caller, "escrow": escrow_caller}[variant]
         threads = [threading.Thread(target=target, args=(k,)) for k in range(args.callers)]
         t0 = time.perf_counter()
@@ -215,25 +223,74 @@ def run_variant(variant: str, args: argparse.Namespace, workdir: Path) -> dict[s
         elapsed = time.perf_counter() - t0
         if failures:
             raise SystemExit(f"{len(failures)} payments did not complete, e.g. {failures[:3]}")
-        done_count = per_caller * args.callers
-        lat = np.array(latencies) * 1e3
-        ok = verify(ledger).ok if args.verify else None
-        return {
-            "variant": variant,
-            "callers": args.callers,
-            "batch": args.batch if variant == "batch" else 1,
-            "count": done_count,
-            "per_s": done_count / elapsed,
-            "p50_ms": float(np.percentile(lat, 50)),
-            "p99_ms": float(np.percentile(lat, 99)),
-            "p100_ms": float(lat.max()),
-            "setup_s": setup_s,
-            "store": "postgresql" if args.database_url else "sqlite",
-            "verify_ok": ok,
-        }
+        return _result(
+            variant, args, per_caller * args.callers, elapsed, latencies, setup_s, ledger
+        )
     finally:
         ledger.close()
         engine.dispose()
+
+
+def _result(
+    variant: str,
+    args: argparse.Namespace,
+    count: int,
+    elapsed: float,
+    latencies: list[float],
+    setup_s: float,
+    ledger: Any,
+) -> dict[str, Any]:
+    from puhui.ledger import verify
+
+    lat = np.array(latencies) * 1e3
+    return {
+        "variant": variant,
+        "callers": args.async_callers if variant == "coalesced" else args.callers,
+        "batch": args.batch if variant == "batch" else 1,
+        "count": count,
+        "per_s": count / elapsed,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "p100_ms": float(lat.max()),
+        "setup_s": setup_s,
+        "store": "postgresql" if args.database_url else "sqlite",
+        "verify_ok": verify(ledger).ok if args.verify else None,
+    }
+
+
+def _coalesced(
+    payments: Any, customers: list[int], merchants: list[int], args: argparse.Namespace
+) -> tuple[float, list[float]]:
+    import asyncio
+
+    import uvloop
+
+    from puhui.payments import Operation, PaymentBatches, PaymentCoalescer
+
+    coalescer = PaymentCoalescer(PaymentBatches(payments), batch_max=args.batch)
+    per_caller = args.payments // args.async_callers
+    latencies: list[float] = []
+    failures: list[str] = []
+
+    async def caller(index: int) -> None:
+        requests = _requests(random.Random(index), per_caller, customers, merchants, f"a{index}")
+        for request in requests:
+            t0 = time.perf_counter()
+            op = await coalescer.pay(request)
+            latencies.append(time.perf_counter() - t0)
+            if not isinstance(op, Operation) or op.status != "completed":
+                failures.append(str(op))
+
+    async def run() -> float:
+        start = time.perf_counter()
+        await asyncio.gather(*(caller(k) for k in range(args.async_callers)))
+        return time.perf_counter() - start
+
+    elapsed = uvloop.run(run())
+    if failures:
+        raise SystemExit(f"{len(failures)} payments did not complete, e.g. {failures[:3]}")
+    args.payments = per_caller * args.async_callers
+    return elapsed, latencies
 
 
 def _spawn(variant: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -245,6 +302,7 @@ def _spawn(variant: str, args: argparse.Namespace) -> dict[str, Any]:
         "single_payments",
         "orders",
         "callers",
+        "async_callers",
         "batch",
     ):
         cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
@@ -273,6 +331,9 @@ def main() -> None:
     )
     parser.add_argument("--orders", type=int, default=None, help="escrow orders per run")
     parser.add_argument("--callers", type=int, default=None, help="concurrent caller threads")
+    parser.add_argument(
+        "--async-callers", type=int, default=None, help="coroutines of the coalesced variant"
+    )
     parser.add_argument("--batch", type=int, default=None, help="payments per batch call")
     parser.add_argument("--database-url", default=os.environ.get("PUHUI_BENCH_DATABASE_URL"))
     parser.add_argument("--verify", action="store_true", help="verify the ledger after each run")
@@ -285,6 +346,7 @@ def main() -> None:
     args.single_payments = args.single_payments or (100 if quick else 4_000)
     args.orders = args.orders or (40 if quick else 1_000)
     args.callers = args.callers or (4 if quick else 8)
+    args.async_callers = args.async_callers or (16 if quick else 256)
     args.batch = args.batch or (50 if quick else 1_000)
     runs = args.runs or (1 if quick else 3)
     if args.child:

@@ -51,6 +51,6 @@ def test_payments_benchmark_quick_run_prints_json() -> None:
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["payments_per_s"] > 0 and report["escrow_orders_per_s"] > 0
     assert report["p99_ms"] >= report["batch"]["p50_ms"] > 0
-    for variant in ("batch", "single", "escrow"):
+    for variant in ("batch", "coalesced", "single", "escrow"):
         assert report[variant]["count"] > 0
         assert report[variant]["verify_ok"] is True

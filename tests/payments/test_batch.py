@@ -188,3 +188,35 @@ def test_a_store_refuses_a_ledger_it_does_not_belong_to(world: World, tmp_path: 
     finally:
         third.close()
         fresh.dispose()
+
+
+def test_concurrent_single_payments_are_carried_out_together(world: World) -> None:
+    import asyncio
+
+    from puhui.payments import PaymentCoalescer
+
+    p = world.payments
+    alice = _customer(world, 1, fund=1_000_00)
+    bob = _customer(world, 2)
+    coalescer = PaymentCoalescer(PaymentBatches(p))
+
+    async def one(k: int) -> Operation | PuhuiError:
+        amount = 0 if k == 7 else 1_00 + k  # one bad request among them
+        try:
+            return await coalescer.pay(
+                PaymentRequest(alice, amount, CNY, f"c{k}", payee=Payee(customer_id=bob))
+            )
+        except PuhuiError as error:
+            return error
+
+    async def run() -> list[Operation | PuhuiError]:
+        return list(await asyncio.gather(*(one(k) for k in range(40))))
+
+    answers = asyncio.run(run())
+    assert answers[7].code == "amount_out_of_range"  # type: ignore[union-attr]
+    paid = [a for k, a in enumerate(answers) if k != 7]
+    assert all(isinstance(a, Operation) and a.status is S.COMPLETED for a in paid)
+    assert coalescer.batches_run < 40  # they went in groups
+    total = sum(1_00 + k for k in range(40) if k != 7)
+    assert p.balance(bob, CNY).posted == total
+    assert p.balance(alice, CNY).posted == 1_000_00 - total

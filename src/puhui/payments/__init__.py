@@ -40,7 +40,7 @@ from ._errors import (
     SamePartyError,
     StoreLedgerMismatchError,
 )
-from .batch import PaymentBatches, PaymentRequest
+from .batch import PaymentBatches, PaymentCoalescer, PaymentRequest
 from .bills import (
     Bill,
     BillAlreadyPaidError,
@@ -162,6 +162,7 @@ __all__ = [
     "OrderStatus",
     "Payee",
     "PaymentBatches",
+    "PaymentCoalescer",
     "PaymentCodeInvalidError",
     "PaymentRequest",
     "Payments",

@@ -15,6 +15,7 @@ the single-operation path, which sorts the collision out.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -769,3 +770,54 @@ def _row_operation(row: object) -> Operation:
     from .service import _operation
 
     return _operation(row)
+
+
+class PaymentCoalescer:
+    """Single payments from many coroutines, carried out together as batches.
+
+    One payment at a time costs two SQL commits (its record and its outcome) and a ledger
+    round trip; under load that, not the work, is the limit. ``await pay(request)`` queues
+    the request; while one batch runs (in a worker thread), the next fills up, and each
+    caller gets its own answer — the ``Operation``, or the error that refused it, raised.
+    Belongs to one event loop.
+    """
+
+    def __init__(self, batches: PaymentBatches, *, batch_max: int = 1_000) -> None:
+        self.batches = batches
+        self.batch_max = batch_max
+        self._pending: list[tuple[PaymentRequest, asyncio.Future[Operation]]] = []
+        self._draining: asyncio.Task[None] | None = None
+        self.batches_run = 0
+        """How many ``pay_many`` calls carried the payments so far."""
+
+    async def pay(self, request: PaymentRequest) -> Operation:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Operation] = loop.create_future()
+        self._pending.append((request, future))
+        if self._draining is None or self._draining.done():
+            self._draining = loop.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        while self._pending:
+            chunk = self._pending[: self.batch_max]
+            del self._pending[: self.batch_max]
+            try:
+                answers = await asyncio.to_thread(
+                    self.batches.pay_many, [request for request, _ in chunk]
+                )
+            except BaseException as error:  # the batch itself failed: every caller hears it
+                for _, future in chunk:
+                    if not future.done():
+                        future.set_exception(error)
+                if not isinstance(error, Exception):
+                    raise
+                continue
+            self.batches_run += 1
+            for (_, future), answer in zip(chunk, answers, strict=True):
+                if future.done():  # the caller gave up; the payment stands, as recorded
+                    continue
+                if isinstance(answer, Operation):
+                    future.set_result(answer)
+                else:
+                    future.set_exception(answer)
