@@ -472,16 +472,7 @@ class PaymentBatches:
                         }
                     )
             if updates:
-                conn.execute(
-                    d.update()
-                    .where(
-                        d.c.customer_id == sa.bindparam("b_c"),
-                        d.c.day == self._day,
-                        d.c.currency == sa.bindparam("b_k"),
-                    )
-                    .values(amount=d.c.amount + sa.bindparam("b_a")),
-                    updates,
-                )
+                _add_outflow(conn, self._day, updates, sign=1)
             if inserts:
                 conn.execute(d.insert(), inserts)
             # The allowance was checked against what was there before; a concurrent caller
@@ -560,7 +551,6 @@ class PaymentBatches:
         changed = [i for i in items if i.status is not _S.PENDING and i.status is not _S.REJECTED]
         if not changed:
             return
-        d = t.daily_outflow
         with self.engine.begin() as conn:
             # Only rows still pending change (a retry through the single path may have
             # finished one meanwhile): only their reservations are given back, and the
@@ -594,15 +584,11 @@ class PaymentBatches:
                 ],
             )
             if release:
-                conn.execute(
-                    d.update()
-                    .where(
-                        d.c.customer_id == sa.bindparam("b_c"),
-                        d.c.day == self._day,
-                        d.c.currency == sa.bindparam("b_k"),
-                    )
-                    .values(amount=d.c.amount - sa.bindparam("b_a")),
+                _add_outflow(
+                    conn,
+                    self._day,
                     [{"b_c": c, "b_k": k, "b_a": a} for (c, k), a in release.items()],
+                    sign=-1,
                 )
         for item in finished_elsewhere:
             item.extra["record"] = self.payments.operation(item.operation_id)
@@ -669,6 +655,24 @@ class PaymentBatches:
             assert answer is not None
             out.append(answer)
         return out
+
+
+def _add_outflow(conn: sa.Connection, day: int, rows: list[dict[str, Any]], *, sign: int) -> None:
+    """Add (``sign`` 1) or give back (-1) amounts of the day's outflow; ``rows`` hold
+    ``b_c`` (customer), ``b_k`` (currency) and ``b_a`` (amount)."""
+    d = t.daily_outflow
+    amount: sa.ColumnElement[int] = sa.bindparam("b_a", type_=sa.BigInteger)
+    change = amount if sign > 0 else -amount
+    conn.execute(
+        d.update()
+        .where(
+            d.c.customer_id == sa.bindparam("b_c"),
+            d.c.day == day,
+            d.c.currency == sa.bindparam("b_k"),
+        )
+        .values(amount=d.c.amount + change),
+        rows,
+    )
 
 
 def _placeholder(conn: sa.Connection) -> Callable[[str], str]:

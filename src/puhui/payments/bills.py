@@ -423,13 +423,7 @@ class Bills:
         status = payments._move(op, hold_s=0)
         if status not in _CREATED_OR_EXISTS:
             return payments._finish(op, _S.FAILED, error_code=payments._failure_code(status))
-        with self.engine.begin() as conn:
-            claimed = conn.execute(
-                t.operations.update()
-                .where(t.operations.c.id == _hex(op.id), t.operations.c.bank_sent.is_(False))
-                .values(bank_sent=True, updated_at_ns=self.clock.now_ns())
-            ).rowcount
-        if claimed != 1:
+        if not payments._claim_send(op):
             return self._query(payments.operation(op.id))
         code, bill_id = self._bill_of(op)
         try:

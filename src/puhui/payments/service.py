@@ -1317,16 +1317,22 @@ class Payments:
 
     # --- bank flows -----------------------------------------------------------------------------
 
-    def _send_to_bank(self, op: Operation, direction: BankDirection) -> Operation:
-        """Mark the reference sent (once, ever), then send it; a crash in between leaves a
-        reference that is only ever queried."""
+    def _claim_send(self, op: Operation) -> bool:
+        """Mark an operation's reference sent to its partner (bank or biller) — once, ever,
+        whoever asks first. Only the winner sends; a crash after the mark leaves a
+        reference that is only ever queried, never sent again."""
         with self.engine.begin() as conn:
             claimed = conn.execute(
                 t.operations.update()
                 .where(t.operations.c.id == _hex(op.id), t.operations.c.bank_sent.is_(False))
                 .values(bank_sent=True, updated_at_ns=self.clock.now_ns())
             ).rowcount
-        if claimed != 1:
+        return bool(claimed == 1)
+
+    def _send_to_bank(self, op: Operation, direction: BankDirection) -> Operation:
+        """Mark the reference sent (once, ever), then send it; a crash in between leaves a
+        reference that is only ever queried."""
+        if not self._claim_send(op):
             return self._query_bank(self.operation(op.id))
         token = self._bank_token(op, direction)
         try:
