@@ -19,6 +19,9 @@ import pytest
 import puhui.config
 import puhui.ledger
 import puhui.money
+import puhui.payments
+import puhui.risk
+import puhui.store
 from puhui import limits
 
 LEDGER_ALL = [
@@ -298,11 +301,126 @@ TB_SHARED_NAMES = [
     "id",
 ]
 
+# The public faces of the services (everything else in those packages is private).
+PAYMENTS_ALL = [
+    "STATEMENT_COLUMNS",
+    "AccountCode",
+    "AccountFrozenError",
+    "AmountOutOfRangeError",
+    "Arbitration",
+    "Balance",
+    "BankCard",
+    "BankDirection",
+    "BankGateway",
+    "BankResult",
+    "BankStatus",
+    "BankTimeoutError",
+    "Bill",
+    "BillAlreadyPaidError",
+    "Biller",
+    "BillerGateway",
+    "BillerKind",
+    "BillerNotFoundError",
+    "BillerTimeoutError",
+    "Bills",
+    "Binding",
+    "BindingNotFoundError",
+    "CardNotFoundError",
+    "Checkout",
+    "Customer",
+    "CustomerNotFoundError",
+    "ExtensionLimitError",
+    "Fulfilment",
+    "IdempotencyKeyReusedError",
+    "IdentityTakenError",
+    "InsufficientFundsError",
+    "InvalidPayloadError",
+    "InvalidPhoneError",
+    "KycLevel",
+    "KycLevelError",
+    "KycLimitExceededError",
+    "KycLimits",
+    "Merchant",
+    "MerchantNotFoundError",
+    "Mismatch",
+    "NotOrderPartyError",
+    "NothingDueError",
+    "Operation",
+    "OperationKind",
+    "OperationNotFoundError",
+    "OperationStateError",
+    "OperationStatus",
+    "Order",
+    "OrderAlreadyPaidError",
+    "OrderAlreadyShippedError",
+    "OrderClosedError",
+    "OrderFinishedError",
+    "OrderNotFoundError",
+    "OrderNotPaidError",
+    "OrderNotShippedError",
+    "OrderStatus",
+    "Payee",
+    "PaymentBatches",
+    "PaymentCoalescer",
+    "PaymentCodeInvalidError",
+    "PaymentRequest",
+    "Payments",
+    "PaymentsError",
+    "PaymentsOptions",
+    "PhoneTakenError",
+    "Receipt",
+    "ReceiptNotReadyError",
+    "ReconciliationReport",
+    "Refund",
+    "RefundExceedsEscrowError",
+    "RefundNotFoundError",
+    "RefundOpenError",
+    "RefundStateError",
+    "RefundStatus",
+    "SamePartyError",
+    "Settlement",
+    "SettlementNotFoundError",
+    "SettlementStatement",
+    "SimulatedBank",
+    "SimulatedBiller",
+    "StatementInvalidError",
+    "StatementLine",
+    "StoreLedgerMismatchError",
+    "TransferCode",
+    "WriteOffStatus",
+    "customer_qr",
+    "merchant_qr",
+    "statement_csv",
+]
+
+STORE_ALL = [
+    "create_engine",
+    "current_revision",
+    "metadata",
+    "migrate",
+    "payments",
+]
+
+RISK_ALL = [
+    "Decision",
+    "EventKind",
+    "RiskDecision",
+    "RiskEvent",
+    "decide",
+]
+
 
 @pytest.mark.parametrize(
     ("module", "expected"),
-    [(puhui.ledger, LEDGER_ALL), (puhui.money, MONEY_ALL), (puhui.config, CONFIG_ALL)],
-    ids=["ledger", "money", "config"],
+    [
+        (puhui.ledger, LEDGER_ALL),
+        (puhui.money, MONEY_ALL),
+        (puhui.config, CONFIG_ALL),
+        (puhui.payments, PAYMENTS_ALL),
+        (puhui.store, STORE_ALL),
+        (puhui.risk, RISK_ALL),
+    ],
+    ids=["ledger", "money", "config", "payments", "store", "risk"],
 )
 def test_all_is_sorted_and_pinned(module: object, expected: list[str]) -> None:
     exported = list(vars(module)["__all__"])
