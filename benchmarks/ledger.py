@@ -26,6 +26,7 @@ import argparse
 import gc
 import json
 import os
+import re
 import resource
 import shutil
 import sqlite3
@@ -176,6 +177,8 @@ def run_variant(
         verify_ok = verify(led).ok if transfers <= 2_000_000 else None
     finally:
         led.close()
+        if variant == "postgres":
+            _drop_schema(journal)
     lat = np.array(latencies) * 1e3
     return {
         "variant": variant,
@@ -225,6 +228,18 @@ def _fresh_schema(url: str) -> str:
         conn.execute(f'CREATE SCHEMA "{schema}"')
     separator = "&" if "?" in url else "?"
     return f"{url}{separator}options=-csearch_path%3D{schema}"
+
+
+def _drop_schema(url: str) -> None:
+    """Drop the schema ``_fresh_schema`` made for a run (the database is shared)."""
+    import psycopg
+
+    match = re.search(r"search_path%3D(puhui_bench_[0-9a-f]{12})", url)
+    if match is None:
+        return
+    base = url.split("?", maxsplit=1)[0].replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{match.group(1)}" CASCADE')
 
 
 def run_recovery(transfers: int, accounts: int, workdir: Path) -> dict[str, Any]:

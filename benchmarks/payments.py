@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -80,6 +81,18 @@ def _fresh_schema(url: str) -> str:
     ) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
     return f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
+
+
+def _drop_schema(url: str) -> None:
+    """Drop the schema ``_fresh_schema`` made for a run (the database is shared)."""
+    import psycopg
+
+    match = re.search(r"search_path%3D(puhui_bench_[0-9a-f]{12})", url)
+    if match is None:
+        return
+    base = url.split("?", maxsplit=1)[0].replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{match.group(1)}" CASCADE')
 
 
 def _parties(payments: Any, customers: int, merchants: int) -> tuple[list[int], list[int]]:
@@ -229,6 +242,8 @@ def run_variant(variant: str, args: argparse.Namespace, workdir: Path) -> dict[s
     finally:
         ledger.close()
         engine.dispose()
+        if args.database_url:
+            _drop_schema(str(engine.url.render_as_string(hide_password=False)))
 
 
 def _result(
