@@ -412,14 +412,18 @@ class Ledger:
         try:
             self._queue.put_nowait(request)
         except queue.Full:  # back-pressure: a worker thread waits for room
-            self._background(asyncio.to_thread(self._queue.put, request), request)
+            self._background(request, wait_for_room=True)
             return
         if self._closed or self._failure is not None:  # raced with close() or a fault
-            self._background(asyncio.to_thread(lambda: None), request)
+            self._background(request, wait_for_room=False)
 
-    def _background(self, queuing: Any, request: _Request) -> None:
+    def _background(self, request: _Request, *, wait_for_room: bool) -> None:
+        """Finish queuing ``request`` off the event loop: wait for room in the queue if
+        asked, then, if the writer stopped meanwhile, fail what it will never answer."""
+
         async def finish() -> None:
-            await queuing
+            if wait_for_room:
+                await asyncio.to_thread(self._queue.put, request)
             if self._closed or self._failure is not None:
                 await asyncio.to_thread(self._writer.join)
                 self._fail_orphans()

@@ -58,7 +58,7 @@ from .model import (
     transfer_id,
     wallet_account_id,
 )
-from .service import Operation, Payee, Payments, _hex
+from .service import Operation, Payee, Payments, _hex, _operation
 
 _S = OperationStatus
 
@@ -91,6 +91,10 @@ class _Item:
     status: OperationStatus = _S.PENDING
     error_code: str | None = None
     hold_expires_at_ns: int | None = None
+    day: int = 0
+    """The business day the payment counts in (its outflow's day)."""
+    copies: list[int] = field(default_factory=list)
+    """Slots of the same request sent again in the same batch: they get this answer."""
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -111,24 +115,22 @@ class PaymentBatches:
                 f"at most {options.batch_operations_max} payments in one batch"
             )
         answers: list[Operation | PuhuiError | None] = [None] * len(requests)
-        items = self._parse(requests, answers)
-        items = self._replays(items, answers)
-        items = self._check(items, answers)
-        if not items:
-            return self._done(answers)
-        self._decide(items)
-        try:
-            self._record(items)
-        except (sa.exc.IntegrityError, KycLimitExceededError):
-            # A key or the day's allowance raced with another caller: go one by one.
-            for item in items:
-                answers[item.index] = self._one(item.request)
-            return self._done(answers)
-        self._move(items)
-        self._finish(items)
-        for item in items:
-            answers[item.index] = self._operation(item)
-        return self._done(answers)
+        fresh = self._replays(self._parse(requests, answers), answers)
+        items = self._check(fresh, answers)
+        if items:
+            self._decide(items)
+            try:
+                self._record(items)
+            except (sa.exc.IntegrityError, KycLimitExceededError):
+                # A key or the day's allowance raced with another caller: go one by one.
+                for item in items:
+                    answers[item.index] = self._one(item.request)
+            else:
+                self._move(items)
+                self._finish(items)
+                for item in items:
+                    answers[item.index] = self._operation(item)
+        return self._done(answers, fresh)
 
     # --- steps ----------------------------------------------------------------------------------
 
@@ -217,7 +219,7 @@ class PaymentBatches:
                         "this idempotency key was used for a different request"
                     )
                 else:
-                    answers[item.index] = self.payments._drive(_row_operation(known))
+                    answers[item.index] = self.payments._drive(_operation(known))
                 continue
             first = seen.get(pair)
             if first is not None:  # the same key twice in one batch
@@ -225,12 +227,11 @@ class PaymentBatches:
                     answers[item.index] = IdempotencyKeyReusedError(
                         "this idempotency key was used for a different request"
                     )
-                else:
-                    item.extra["same_as"] = first.index
+                else:  # answered with the first one's answer (see ``_done``)
+                    first.copies.append(item.index)
                 continue
             seen[pair] = item
             fresh.append(item)
-        self._duplicates = [i for i in items if "same_as" in i.extra]
         return fresh
 
     def _check(
@@ -341,7 +342,8 @@ class PaymentBatches:
             spent[wallet] = spent.get(wallet, 0) + request.amount
             outflow[key] = outflow.get(key, 0) + request.amount
             checked.append(item)
-        self._day = day
+        for item in checked:
+            item.day = day
         return checked
 
     def _outflow(self, items: list[_Item], day: int) -> dict[tuple[int, str], int]:
@@ -397,6 +399,7 @@ class PaymentBatches:
     def _record(self, items: list[_Item]) -> None:
         """Step 2 for the whole batch: the records and the day's outflow, one transaction."""
         now = self.clock.now_ns()
+        day = items[0].day
         rows = []
         outflow: dict[tuple[int, str], int] = {}
         for item in items:
@@ -424,7 +427,7 @@ class PaymentBatches:
                     "merchant_id": item.merchant_id,
                     "card_id": None,
                     "note": item.request.note,
-                    "day": self._day,
+                    "day": item.day,
                     "decision": str(decision.decision),
                     "risk_score": decision.score,
                     "risk_reasons": json.dumps(
@@ -453,7 +456,7 @@ class PaymentBatches:
                 (int(r.customer_id), str(r.currency)): int(r.amount)
                 for r in conn.execute(
                     sa.select(d.c.customer_id, d.c.currency, d.c.amount).where(
-                        d.c.day == self._day,
+                        d.c.day == day,
                         d.c.customer_id.in_(sorted({k[0] for k in outflow})),
                     )
                 )
@@ -466,23 +469,25 @@ class PaymentBatches:
                     inserts.append(
                         {
                             "customer_id": customer_id,
-                            "day": self._day,
+                            "day": item.day,
                             "currency": code,
                             "amount": amount,
                         }
                     )
             if updates:
-                _add_outflow(conn, self._day, updates, sign=1)
+                _add_outflow(conn, day, updates, sign=1)
             if inserts:
                 conn.execute(d.insert(), inserts)
             # The allowance was checked against what was there before; a concurrent caller
             # may have used some meanwhile: check again now that the rows are locked.
-            over = self._over_limit(conn, outflow)
+            over = self._over_limit(conn, outflow, day)
             if over:
                 raise KycLimitExceededError("daily outflow raced", limit="daily_outflow")
             _insert_many(conn, t.operations, rows)
 
-    def _over_limit(self, conn: sa.Connection, outflow: dict[tuple[int, str], int]) -> bool:
+    def _over_limit(
+        self, conn: sa.Connection, outflow: dict[tuple[int, str], int], day: int
+    ) -> bool:
         d = t.daily_outflow.c
         levels = {
             int(r.id): KycLevel(r.kyc_level)
@@ -494,7 +499,7 @@ class PaymentBatches:
         }
         for r in conn.execute(
             sa.select(d.customer_id, d.currency, d.amount).where(
-                d.day == self._day, d.customer_id.in_(sorted({k[0] for k in outflow}))
+                d.day == day, d.customer_id.in_(sorted({k[0] for k in outflow}))
             )
         ):
             limits = self.payments.options.kyc_limits[levels[int(r.customer_id)]]
@@ -586,7 +591,7 @@ class PaymentBatches:
             if release:
                 _add_outflow(
                     conn,
-                    self._day,
+                    changed[0].day,
                     [{"b_c": c, "b_k": k, "b_a": a} for (c, k), a in release.items()],
                     sign=-1,
                 )
@@ -644,12 +649,13 @@ class PaymentBatches:
         except PuhuiError as error:
             return error
 
-    def _done(self, answers: list[Operation | PuhuiError | None]) -> list[Operation | PuhuiError]:
-        for item in getattr(self, "_duplicates", []):
-            same_as = item.extra["same_as"]
-            assert isinstance(same_as, int)
-            answers[item.index] = answers[same_as]
-        self._duplicates = []
+    def _done(
+        self, answers: list[Operation | PuhuiError | None], fresh: list[_Item]
+    ) -> list[Operation | PuhuiError]:
+        """Every slot's answer; a request sent twice in the batch gets the first's."""
+        for item in fresh:
+            for index in item.copies:
+                answers[index] = answers[item.index]
         out: list[Operation | PuhuiError] = []
         for answer in answers:
             assert answer is not None
@@ -768,12 +774,6 @@ def _payee_id(payee: Payee, phones: dict[str, int]) -> int:
     if target.kind is not AccountKind.CUSTOMER:
         raise CustomerNotFoundError("that QR code is not a customer's")
     return target.owner_id
-
-
-def _row_operation(row: object) -> Operation:
-    from .service import _operation
-
-    return _operation(row)
 
 
 class PaymentCoalescer:

@@ -679,8 +679,15 @@ class Payments:
         target = parse_qr(merchant_qr)
         if target.kind is not AccountKind.MERCHANT:
             raise MerchantNotFoundError("that QR code is not a merchant's")
+        cur = currency(currency_code)
+        amount = check_amount(amount)
+        request = {"merchant": target.owner_id, "amount": amount, "currency": cur.code}
+        scope = f"c:{customer_id}"
+        replay = self._replay(scope, key, OperationKind.MERCHANT_PAYMENT, request)
+        if replay is not None:
+            return replay
         return self._merchant_payment(
-            customer_id, target.owner_id, amount, currency_code, f"c:{customer_id}", key
+            customer_id, target.owner_id, amount, cur, scope, key, request
         )
 
     def collect(
@@ -700,7 +707,7 @@ class Payments:
             customer_id,
             merchant_id,
             amount,
-            cur.code,
+            cur,
             f"m:{merchant_id}",
             key,
             request,
@@ -712,19 +719,15 @@ class Payments:
         customer_id: int,
         merchant_id: int,
         amount: int,
-        currency_code: str,
+        cur: Currency,
         scope: str,
         key: str,
-        request: dict[str, Any] | None = None,
+        request: dict[str, Any],
         *,
         payment_code: str | None = None,
     ) -> Operation:
-        cur = currency(currency_code)
-        amount = check_amount(amount)
-        request = request or {"merchant": merchant_id, "amount": amount, "currency": cur.code}
-        replay = self._replay(scope, key, OperationKind.MERCHANT_PAYMENT, request)
-        if replay is not None:
-            return replay
+        """A merchant payment whose input is checked and whose key has no record yet (both
+        callers look for a replay first)."""
         customer = self._active_customer(customer_id)
         merchant = self.merchant(merchant_id)
         if merchant.frozen:
