@@ -220,3 +220,24 @@ def test_concurrent_single_payments_are_carried_out_together(world: World) -> No
     total = sum(1_00 + k for k in range(40) if k != 7)
     assert p.balance(bob, CNY).posted == total
     assert p.balance(alice, CNY).posted == 1_000_00 - total
+
+
+def test_a_batch_counts_top_ups_awaiting_the_bank_against_the_payee_cap(world: World) -> None:
+    p = world.payments
+    small = _customer(world, 1, level=KycLevel.UNVERIFIED)  # cap 1,000 CNY
+    bob = _customer(world, 2, fund=2_000_00)
+    card = p.bind_card(small, "tok-late", "Bank", "0009")
+    world.bank.processing_rate = 1.0
+    assert p.top_up(small, card.id, 700_00, CNY, key="late").status is S.AWAITING_BANK
+    # 700 CNY on their way + 400 CNY more would be 1,100 CNY: above the cap, as one at a time.
+    answers = PaymentBatches(p).pay_many(
+        [
+            PaymentRequest(bob, 400_00, CNY, "over", payee=Payee(customer_id=small)),
+            PaymentRequest(bob, 300_00, CNY, "fits", payee=Payee(customer_id=small)),
+        ]
+    )
+    assert isinstance(answers[0], KycLimitExceededError)
+    assert answers[0].details["limit"] == "wallet_balance"
+    assert _ok(answers[1]).status is S.COMPLETED
+    assert p.balance(small, CNY).posted == 300_00
+    assert p.balance(bob, CNY).posted == 1_700_00

@@ -61,6 +61,8 @@ from .model import (
 from .service import Operation, Payee, Payments, _hex, _operation
 
 _S = OperationStatus
+_IN_FLIGHT = (_S.PENDING, _S.AWAITING_BANK, _S.CHALLENGED)
+"""Statuses of a top-up whose money may still arrive."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +236,24 @@ class PaymentBatches:
             fresh.append(item)
         return fresh
 
+    @staticmethod
+    def _arriving(conn: sa.Connection, payees: set[int | None]) -> dict[tuple[int, str], int]:
+        """Top-ups to these customers still waiting for the bank (or for step-up), by
+        (customer, currency): a wallet's cap counts them, as ``Payments`` does one at a time."""
+        if not payees:
+            return {}
+        ops = t.operations.c
+        rows = conn.execute(
+            sa.select(ops.payee_customer_id, ops.currency, sa.func.sum(ops.amount))
+            .where(
+                ops.status.in_([str(s) for s in _IN_FLIGHT]),
+                ops.kind == str(OperationKind.TOP_UP),
+                ops.payee_customer_id.in_(sorted(p for p in payees if p is not None)),
+            )
+            .group_by(ops.payee_customer_id, ops.currency)
+        )
+        return {(int(r[0]), str(r[1])): int(r[2]) for r in rows}
+
     def _check(
         self, items: list[_Item], answers: list[Operation | PuhuiError | None]
     ) -> list[_Item]:
@@ -262,6 +282,7 @@ class PaymentBatches:
                     )
                 )
             }
+            arriving = self._arriving(conn, {i.payee_id for i in items} - {None})
         self._open_accounts(items, customers, merchants)
         accounts: list[int] = []
         for i in items:
@@ -325,7 +346,7 @@ class PaymentBatches:
                     cap = payments.options.kyc_limits[payee_level].in_minor_units(cur)
                     target = wallet_account_id(item.payee_id, cur)
                     held = balances.get(target)
-                    incoming = (
+                    incoming = arriving.get((item.payee_id, cur.code), 0) + (
                         0
                         if held is None
                         else held.credits_posted - held.debits_posted + held.credits_pending
