@@ -326,6 +326,7 @@ PAYMENTS_ALL = [
     "Binding",
     "BindingNotFoundError",
     "CardNotFoundError",
+    "Channel",
     "Checkout",
     "Customer",
     "CustomerNotFoundError",

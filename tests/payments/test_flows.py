@@ -8,12 +8,15 @@ from puhui import risk
 from puhui.payments import (
     AccountCode,
     BankStatus,
+    Channel,
     IdempotencyKeyReusedError,
     InsufficientFundsError,
     KycLevel,
     KycLimitExceededError,
     OperationStatus,
     Payee,
+    PaymentBatches,
+    PaymentRequest,
     customer_qr,
     merchant_qr,
 )
@@ -169,3 +172,31 @@ def test_rejected_payment_moves_nothing_and_is_recorded(world: World) -> None:
     op = p.transfer(alice, Payee(customer_id=bob), 20_00, "CNY", key="r1")
     assert (op.status, op.error_code, op.decision) == (S.REJECTED, "risk_rejected", "reject")
     assert p.balance(alice, "CNY").posted == 50_00 and p.balance(bob, "CNY").posted == 0
+
+
+def test_every_money_operation_tells_risk_where_the_request_came_from(world: World) -> None:
+    p = world.payments
+    alice = _customer(world, "13800000001")
+    bob = _customer(world, "13800000002")
+    shop = p.register_merchant("Noodle Shop", "food", 60, "tok-shop")
+    phone = Channel(device_id="dev-alice", ip="10.0.0.7")
+    card = _card(world, alice)
+    p.top_up(alice, card, 100_00, "CNY", key="t", channel=phone)
+    p.transfer(alice, Payee(customer_id=bob), 1_00, "CNY", key="p", channel=phone)
+    p.pay_merchant(alice, merchant_qr(shop.id), 1_00, "CNY", key="m", channel=phone)
+    p.collect(shop.id, p.issue_payment_code(alice), 1_00, "CNY", key="c", channel=phone)
+    p.withdraw(alice, card, 1_00, "CNY", key="w", channel=phone)
+    PaymentBatches(p).pay_many(
+        [PaymentRequest(alice, 1_00, "CNY", "b", payee=Payee(customer_id=bob), channel=phone)]
+    )
+    p.transfer(alice, Payee(customer_id=bob), 1_00, "CNY", key="none")
+    seen = [(e.kind, e.device_id, e.ip) for e in world.risk.seen if e.customer_id == alice]
+    assert seen == [
+        (risk.EventKind.TOP_UP, "dev-alice", "10.0.0.7"),
+        (risk.EventKind.P2P, "dev-alice", "10.0.0.7"),
+        (risk.EventKind.PAYMENT, "dev-alice", "10.0.0.7"),
+        (risk.EventKind.PAYMENT, "dev-alice", "10.0.0.7"),
+        (risk.EventKind.WITHDRAWAL, "dev-alice", "10.0.0.7"),
+        (risk.EventKind.P2P, "dev-alice", "10.0.0.7"),
+        (risk.EventKind.P2P, "", ""),
+    ]

@@ -87,6 +87,7 @@ from .model import (
 from .service import (
     Balance,
     BankCard,
+    Channel,
     Customer,
     Merchant,
     Operation,
@@ -127,6 +128,7 @@ __all__ = [
     "Binding",
     "BindingNotFoundError",
     "CardNotFoundError",
+    "Channel",
     "Checkout",
     "Customer",
     "CustomerNotFoundError",

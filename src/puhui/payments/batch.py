@@ -58,7 +58,7 @@ from .model import (
     transfer_id,
     wallet_account_id,
 )
-from .service import Operation, Payee, Payments, _hex, _operation
+from .service import NO_CHANNEL, Channel, Operation, Payee, Payments, _hex, _operation
 
 _S = OperationStatus
 _IN_FLIGHT = (_S.PENDING, _S.AWAITING_BANK, _S.CHALLENGED)
@@ -76,6 +76,8 @@ class PaymentRequest:
     payee: Payee | None = None
     merchant_qr: str | None = None
     note: str = ""
+    channel: Channel = NO_CHANNEL
+    """Where the request came from (for risk control only)."""
 
 
 @dataclass(slots=True)
@@ -412,6 +414,8 @@ class PaymentBatches:
                     amount=item.request.amount,
                     currency=item.cur.code,
                     counterparty=counterparty,
+                    device_id=item.request.channel.device_id,
+                    ip=item.request.channel.ip,
                 )
             )
         for item, decision in zip(items, self.payments.decide(events), strict=True):
@@ -658,6 +662,7 @@ class PaymentBatches:
                     request.currency,
                     key=request.key,
                     note=request.note,
+                    channel=request.channel,
                 )
             assert request.merchant_qr is not None
             return self.payments.pay_merchant(
@@ -666,6 +671,7 @@ class PaymentBatches:
                 request.amount,
                 request.currency,
                 key=request.key,
+                channel=request.channel,
             )
         except PuhuiError as error:
             return error

@@ -36,7 +36,7 @@ from .model import (
     check_text,
     wallet_account_id,
 )
-from .service import _CREATED_OR_EXISTS, Balance, Operation, Payments, _hex
+from .service import _CREATED_OR_EXISTS, NO_CHANNEL, Balance, Channel, Operation, Payments, _hex
 
 _S = OperationStatus
 
@@ -317,7 +317,15 @@ class Bills:
 
     # --- paying ---------------------------------------------------------------------------------
 
-    def pay(self, customer_id: int, binding_id: int, bill_id: str, *, key: str) -> Operation:
+    def pay(
+        self,
+        customer_id: int,
+        binding_id: int,
+        bill_id: str,
+        *,
+        key: str,
+        channel: Channel = NO_CHANNEL,
+    ) -> Operation:
         """Pay the bill ``bill_id`` (as ``query_bill`` returned it) of a bound household."""
         check_text(key, "idempotency key", IDEMPOTENCY_KEY_CHARS_MAX)
         bill_id = check_text(bill_id, "bill_id", 64)
@@ -339,7 +347,12 @@ class Bills:
         payments._check_funds(wallet_account_id(customer_id, cur), bill.amount)
         self._open_clearing(biller.id, cur.code)
         decision = payments._decide(
-            risk.EventKind.PAYMENT, customer_id, bill.amount, cur, f"biller:{biller.code}"
+            risk.EventKind.PAYMENT,
+            customer_id,
+            bill.amount,
+            cur,
+            f"biller:{biller.code}",
+            channel,
         )
 
         def remember(conn: sa.Connection, operation_id: int) -> None:

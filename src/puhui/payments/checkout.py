@@ -58,7 +58,7 @@ from .model import (
     request_fingerprint,
     wallet_account_id,
 )
-from .service import INTERNAL, Operation, Payments, _hex
+from .service import INTERNAL, NO_CHANNEL, Channel, Operation, Payments, _hex
 
 _O = OrderStatus
 _R = RefundStatus
@@ -278,7 +278,9 @@ class Checkout:
             return _order(raced)
         return self.order(order_id)
 
-    def pay_order(self, order_id: int, buyer_id: int, *, key: str) -> Operation:
+    def pay_order(
+        self, order_id: int, buyer_id: int, *, key: str, channel: Channel = NO_CHANNEL
+    ) -> Operation:
         """The buyer pays: wallet → escrow. The order is PAID once the money is in escrow
         (a payment held for a risk check pays the order when it is released)."""
         order = self.order(order_id)
@@ -306,7 +308,7 @@ class Checkout:
         payments._check_single(buyer, cur, order.amount)
         payments._check_funds(wallet_account_id(buyer_id, cur), order.amount)
         decision = payments._decide(
-            risk.EventKind.PAYMENT, buyer_id, order.amount, cur, f"m:{order.merchant_id}"
+            risk.EventKind.PAYMENT, buyer_id, order.amount, cur, f"m:{order.merchant_id}", channel
         )
 
         def claim(conn: sa.Connection, operation_id: int) -> None:

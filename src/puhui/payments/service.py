@@ -198,6 +198,18 @@ class Payee:
     qr: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Channel:
+    """Where a request came from, as risk control sees it (nothing here is stored with the
+    operation, and none of it changes what the request means or its idempotency)."""
+
+    device_id: str = ""
+    ip: str = ""
+
+
+NO_CHANNEL = Channel()
+
+
 def _hex(value: int) -> str:
     return f"{value:032x}"
 
@@ -573,7 +585,14 @@ class Payments:
     # --- operations: what callers do ------------------------------------------------------------
 
     def top_up(
-        self, customer_id: int, card_id: int, amount: int, currency_code: str, *, key: str
+        self,
+        customer_id: int,
+        card_id: int,
+        amount: int,
+        currency_code: str,
+        *,
+        key: str,
+        channel: Channel = NO_CHANNEL,
     ) -> Operation:
         """Charge the customer's bank card and credit the wallet once the bank confirms."""
         cur = currency(currency_code)
@@ -586,7 +605,9 @@ class Payments:
         self._card_of(customer_id, card_id)
         self.open_wallet(customer_id, cur.code)
         self._check_balance_cap(customer, cur, amount)
-        decision = self._decide(risk.EventKind.TOP_UP, customer_id, amount, cur, f"card:{card_id}")
+        decision = self._decide(
+            risk.EventKind.TOP_UP, customer_id, amount, cur, f"card:{card_id}", channel
+        )
         op = self._record(
             OperationKind.TOP_UP,
             f"c:{customer_id}",
@@ -601,7 +622,14 @@ class Payments:
         return self._drive(op)
 
     def withdraw(
-        self, customer_id: int, card_id: int, amount: int, currency_code: str, *, key: str
+        self,
+        customer_id: int,
+        card_id: int,
+        amount: int,
+        currency_code: str,
+        *,
+        key: str,
+        channel: Channel = NO_CHANNEL,
     ) -> Operation:
         """Hold the amount in the wallet, pay it out to the card, then post (or void) the hold."""
         cur = currency(currency_code)
@@ -615,7 +643,7 @@ class Payments:
         self._check_single(customer, cur, amount)
         self._check_funds(wallet_account_id(customer_id, cur), amount)
         decision = self._decide(
-            risk.EventKind.WITHDRAWAL, customer_id, amount, cur, f"card:{card_id}"
+            risk.EventKind.WITHDRAWAL, customer_id, amount, cur, f"card:{card_id}", channel
         )
         op = self._record(
             OperationKind.WITHDRAWAL,
@@ -639,6 +667,7 @@ class Payments:
         *,
         key: str,
         note: str = "",
+        channel: Channel = NO_CHANNEL,
     ) -> Operation:
         """P2P: from one wallet to another customer's (by id, phone or QR payload)."""
         cur = currency(currency_code)
@@ -657,7 +686,7 @@ class Payments:
         self._check_funds(wallet_account_id(payer_id, cur), amount)
         self.open_wallet(payee_id, cur.code)
         self._check_balance_cap(receiver, cur, amount)
-        decision = self._decide(risk.EventKind.P2P, payer_id, amount, cur, f"c:{payee_id}")
+        decision = self._decide(risk.EventKind.P2P, payer_id, amount, cur, f"c:{payee_id}", channel)
         op = self._record(
             OperationKind.P2P,
             f"c:{payer_id}",
@@ -673,7 +702,14 @@ class Payments:
         return self._drive(op)
 
     def pay_merchant(
-        self, customer_id: int, merchant_qr: str, amount: int, currency_code: str, *, key: str
+        self,
+        customer_id: int,
+        merchant_qr: str,
+        amount: int,
+        currency_code: str,
+        *,
+        key: str,
+        channel: Channel = NO_CHANNEL,
     ) -> Operation:
         """The customer scans the merchant's QR code and pays (the fee is taken at settlement)."""
         target = parse_qr(merchant_qr)
@@ -687,11 +723,18 @@ class Payments:
         if replay is not None:
             return replay
         return self._merchant_payment(
-            customer_id, target.owner_id, amount, cur, scope, key, request
+            customer_id, target.owner_id, amount, cur, scope, key, request, channel=channel
         )
 
     def collect(
-        self, merchant_id: int, payment_code: str, amount: int, currency_code: str, *, key: str
+        self,
+        merchant_id: int,
+        payment_code: str,
+        amount: int,
+        currency_code: str,
+        *,
+        key: str,
+        channel: Channel = NO_CHANNEL,
     ) -> Operation:
         """The merchant scans the customer's payment code and collects the amount."""
         cur = currency(currency_code)
@@ -712,6 +755,7 @@ class Payments:
             key,
             request,
             payment_code=payment_code,
+            channel=channel,
         )
 
     def _merchant_payment(
@@ -725,6 +769,7 @@ class Payments:
         request: dict[str, Any],
         *,
         payment_code: str | None = None,
+        channel: Channel = NO_CHANNEL,
     ) -> Operation:
         """A merchant payment whose input is checked and whose key has no record yet (both
         callers look for a replay first)."""
@@ -736,7 +781,7 @@ class Payments:
         self._check_funds(wallet_account_id(customer_id, cur), amount)
         self._open_merchant_account(merchant_id, cur)
         decision = self._decide(
-            risk.EventKind.PAYMENT, customer_id, amount, cur, f"m:{merchant_id}"
+            risk.EventKind.PAYMENT, customer_id, amount, cur, f"m:{merchant_id}", channel
         )
         op = self._record(
             OperationKind.MERCHANT_PAYMENT,
@@ -965,7 +1010,13 @@ class Payments:
             raise InsufficientFundsError("the wallet does not hold enough")
 
     def _decide(
-        self, kind: risk.EventKind, customer_id: int, amount: int, cur: Currency, counterparty: str
+        self,
+        kind: risk.EventKind,
+        customer_id: int,
+        amount: int,
+        cur: Currency,
+        counterparty: str,
+        channel: Channel = NO_CHANNEL,
     ) -> risk.RiskDecision:
         event = risk.RiskEvent(
             kind=kind,
@@ -974,6 +1025,8 @@ class Payments:
             amount=amount,
             currency=cur.code,
             counterparty=counterparty,
+            device_id=channel.device_id,
+            ip=channel.ip,
         )
         [decision] = self.decide([event])
         return decision
