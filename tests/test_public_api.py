@@ -21,6 +21,7 @@ import puhui.ledger
 import puhui.money
 import puhui.payments
 import puhui.risk
+import puhui.sim
 import puhui.store
 from puhui import limits
 
@@ -410,6 +411,18 @@ RISK_ALL = [
     "decide",
 ]
 
+SIM_ALL = [
+    "DEFAULT_INCIDENCE",
+    "Role",
+    "Scenario",
+    "ScenarioReport",
+    "SimConfig",
+    "SimEvent",
+    "SimReport",
+    "simulate",
+    "write_events",
+]
+
 
 @pytest.mark.parametrize(
     ("module", "expected"),
@@ -420,8 +433,9 @@ RISK_ALL = [
         (puhui.payments, PAYMENTS_ALL),
         (puhui.store, STORE_ALL),
         (puhui.risk, RISK_ALL),
+        (puhui.sim, SIM_ALL),
     ],
-    ids=["ledger", "money", "config", "payments", "store", "risk"],
+    ids=["ledger", "money", "config", "payments", "store", "risk", "sim"],
 )
 def test_all_is_sorted_and_pinned(module: object, expected: list[str]) -> None:
     exported = list(vars(module)["__all__"])

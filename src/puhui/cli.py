@@ -19,13 +19,10 @@ writes its amounts (at most 2**63 - 1, the payments service's range) as JSON int
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import hashlib
-import json
-import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal
 from importlib import metadata
@@ -38,6 +35,14 @@ from rich.markup import escape
 from rich.table import Table
 
 import puhui.ledger as tb
+from puhui._cli_common import (
+    EXIT_OK,
+    EXIT_PROBLEM,
+)
+from puhui._cli_common import console as _console
+from puhui._cli_common import emit_json as _emit_json
+from puhui._cli_common import reported_errors as _reported_errors
+from puhui._cli_sim import sim_app
 from puhui._demo_payments import PaymentsTour, payments_service, print_payments
 from puhui.clock import ManualClock
 from puhui.config import Settings
@@ -52,15 +57,6 @@ from puhui.money import (
 )
 
 __all__ = ["app", "main"]
-
-EXIT_OK: Final = 0
-EXIT_PROBLEM: Final = 1
-"""The command ran and found a problem (``verify`` failed, a demo step went wrong)."""
-EXIT_ERROR: Final = 2
-"""A ``PuhuiError`` (or a usage error) stopped the command."""
-
-CONSOLE_WIDTH_UNATTACHED_CHARS: Final = 110
-"""Width of Rich output when stdout is not a terminal (pipes, CI logs), in characters."""
 
 STATUS_COLUMN_CHARS: Final = 20
 """Width of the status column in the demo's step listing (unit: characters)."""
@@ -80,6 +76,7 @@ ledger_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(ledger_app, name="ledger")
+app.add_typer(sim_app, name="sim")
 
 
 class LedgerNotFoundError(InvalidInputError):
@@ -95,27 +92,6 @@ class DataDirUnavailableError(PuhuiError):
 
 
 # --- plumbing -------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _reported_errors() -> Iterator[None]:
-    """Turn a ``PuhuiError`` into ``error: <code>: <message>`` on stderr and exit code 2."""
-    try:
-        yield
-    except PuhuiError as error:
-        typer.echo(f"error: {error.code}: {error.message}", err=True)
-        raise typer.Exit(EXIT_ERROR) from None
-
-
-def _console() -> Console:
-    width = None if sys.stdout.isatty() else CONSOLE_WIDTH_UNATTACHED_CHARS
-    return Console(highlight=False, width=width)
-
-
-def _emit_json(data: dict[str, Any]) -> None:
-    """Write ``data`` as one line of JSON: always the last line of the command's output."""
-    sys.stdout.write(json.dumps(data, sort_keys=False) + "\n")
-    sys.stdout.flush()
 
 
 def _local_journal(url: str) -> Path | None:
