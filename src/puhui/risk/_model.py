@@ -1,0 +1,343 @@
+"""Risk models: gradient-boosted trees (LightGBM) trained on labelled history, scored by a
+numba kernel over the trees' arrays.
+
+LightGBM trains the model; scoring does not call LightGBM: the trees are flattened into
+arrays once (``_Forest``) and a numba kernel walks them, several times faster than
+``Booster.predict`` on small and large batches alike and equal to it (the tests compare raw
+scores). A model file is one JSON document: the LightGBM model text, the feature names in
+order, the metrics measured on the held-out part of the training data and a version (the
+SHA-256 of the model text), written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from puhui.errors import InvalidInputError, PuhuiError
+
+SCORE_MAX: Final = 1000
+MODEL_FORMAT: Final = "puhui-risk-model/1"
+ZERO_THRESHOLD: Final = 1e-35
+"""LightGBM's ``kZeroThreshold``: |x| at or below it counts as zero for ``missing_type`` Zero."""
+_MISSING_NONE, _MISSING_ZERO, _MISSING_NAN = 0, 1, 2
+TRAIN_ROWS_MIN: Final = 50
+
+
+class ModelFileError(PuhuiError):
+    """A model file that cannot be read: missing, not JSON, another format, or altered."""
+
+    code = "risk_model_invalid"
+
+
+class TrainingDataError(InvalidInputError):
+    """Training data that cannot give a model (too few rows, one class only, bad shapes)."""
+
+    code = "risk_training_data_invalid"
+
+
+@dataclass(frozen=True, slots=True)
+class _Forest:
+    """Every tree's nodes in flat arrays. Node ``n``: ``feature[n]`` and ``threshold[n]``
+    decide, ``left[n]``/``right[n]`` point at the next node, or at leaf ``~child`` when
+    negative; ``roots[t]`` is tree ``t``'s first node (``~leaf`` for a one-leaf tree)."""
+
+    feature: npt.NDArray[np.int32]
+    threshold: npt.NDArray[np.float64]
+    left: npt.NDArray[np.int32]
+    right: npt.NDArray[np.int32]
+    missing: npt.NDArray[np.int8]
+    default_left: npt.NDArray[np.bool_]
+    leaf_value: npt.NDArray[np.float64]
+    roots: npt.NDArray[np.int32]
+
+
+def _flatten(dump: Mapping[str, Any]) -> _Forest:
+    feature: list[int] = []
+    threshold: list[float] = []
+    left: list[int] = []
+    right: list[int] = []
+    missing: list[int] = []
+    default_left: list[bool] = []
+    leaves: list[float] = []
+    roots: list[int] = []
+
+    def walk(node: Mapping[str, Any]) -> int:
+        if "leaf_value" in node or "split_feature" not in node:
+            leaves.append(float(node.get("leaf_value", 0.0)))
+            return ~(len(leaves) - 1)
+        if node.get("decision_type", "<=") != "<=":
+            raise ModelFileError("only numerical splits (<=) are supported")
+        index = len(feature)
+        feature.append(int(node["split_feature"]))
+        threshold.append(float(node["threshold"]))
+        missing.append({"None": _MISSING_NONE, "Zero": _MISSING_ZERO, "NaN": _MISSING_NAN}[
+            str(node.get("missing_type", "None"))
+        ])  # fmt: skip
+        default_left.append(bool(node.get("default_left", True)))
+        left.append(0)
+        right.append(0)
+        left[index] = walk(node["left_child"])
+        right[index] = walk(node["right_child"])
+        return index
+
+    for tree in dump["tree_info"]:
+        roots.append(walk(tree["tree_structure"]))
+    return _Forest(
+        feature=np.asarray(feature, dtype=np.int32),
+        threshold=np.asarray(threshold, dtype=np.float64),
+        left=np.asarray(left, dtype=np.int32),
+        right=np.asarray(right, dtype=np.int32),
+        missing=np.asarray(missing, dtype=np.int8),
+        default_left=np.asarray(default_left, dtype=np.bool_),
+        leaf_value=np.asarray(leaves, dtype=np.float64),
+        roots=np.asarray(roots, dtype=np.int32),
+    )
+
+
+def _compiled(function: Callable[..., Any]) -> Any:
+    """Compile with numba (nopython, cached on disk, the GIL released)."""
+    from numba import njit
+
+    return njit(cache=True, nogil=True)(function)
+
+
+def _raw_scores_py(
+    x: Any,
+    feature: Any,
+    threshold: Any,
+    left: Any,
+    right: Any,
+    missing: Any,
+    default_left: Any,
+    leaf_value: Any,
+    roots: Any,
+    out: Any,
+) -> None:
+    """LightGBM's numerical decision, node for node (``NumericalDecision`` in its tree.h)."""
+    for row in range(x.shape[0]):
+        total = 0.0
+        for t in range(roots.shape[0]):
+            node = roots[t]
+            while node >= 0:
+                value = x[row, feature[node]]
+                kind = missing[node]
+                if math.isnan(value) and kind != 2:
+                    value = 0.0
+                if (kind == 1 and -1e-35 <= value <= 1e-35) or (kind == 2 and math.isnan(value)):
+                    node = left[node] if default_left[node] else right[node]
+                elif value <= threshold[node]:
+                    node = left[node]
+                else:
+                    node = right[node]
+            total += leaf_value[~node]
+        out[row] = total
+
+
+_raw_scores = _compiled(_raw_scores_py)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelMetrics:
+    """Measured on the held-out rows of the training data."""
+
+    rows: int
+    positives: int
+    auc: float
+    precision_at_500: float
+    """Precision of ``score >= 500``."""
+    recall_at_500: float
+
+    def as_json(self) -> dict[str, float | int]:
+        return {
+            "rows": self.rows,
+            "positives": self.positives,
+            "auc": self.auc,
+            "precision_at_500": self.precision_at_500,
+            "recall_at_500": self.recall_at_500,
+        }
+
+
+class RiskModel:
+    """A trained model: scores 0-1000 (the fraud probability times 1000, rounded)."""
+
+    def __init__(
+        self, model_text: str, feature_names: Sequence[str], metrics: ModelMetrics
+    ) -> None:
+        import lightgbm as lgb
+
+        self.model_text = model_text
+        self.feature_names = tuple(feature_names)
+        self.metrics = metrics
+        self.version = hashlib.sha256(model_text.encode()).hexdigest()[:16]
+        self._booster = lgb.Booster(model_str=model_text)
+        if self._booster.num_feature() != len(self.feature_names):
+            raise ModelFileError("the model's feature count differs from its feature names")
+        self._forest = _flatten(self._booster.dump_model())
+
+    def matrix(self, features: Mapping[str, npt.ArrayLike]) -> npt.NDArray[np.float64]:
+        """The model's input: one float64 column per feature, in the model's order."""
+        missing = [name for name in self.feature_names if name not in features]
+        if missing:
+            raise InvalidInputError(f"features missing for the model: {', '.join(missing[:5])}")
+        columns = [np.asarray(features[name], dtype=np.float64) for name in self.feature_names]
+        if not columns:
+            return np.zeros((0, 0))
+        return np.ascontiguousarray(np.column_stack(columns))
+
+    def raw(self, features: Mapping[str, npt.ArrayLike]) -> npt.NDArray[np.float64]:
+        """Log-odds per row (the sum of the trees' leaves)."""
+        x = self.matrix(features)
+        out = np.empty(x.shape[0], dtype=np.float64)
+        f = self._forest
+        _raw_scores(
+            x, f.feature, f.threshold, f.left, f.right, f.missing, f.default_left,
+            f.leaf_value, f.roots, out,
+        )  # fmt: skip
+        return out
+
+    def score(self, features: Mapping[str, npt.ArrayLike]) -> npt.NDArray[np.int32]:
+        """Scores 0-1000 per row."""
+        raw = self.raw(features)
+        probability = 1.0 / (1.0 + np.exp(-raw))
+        return np.rint(probability * SCORE_MAX).astype(np.int32)
+
+    def explain(
+        self, features: Mapping[str, npt.ArrayLike], top: int = 3
+    ) -> list[list[tuple[str, float]]]:
+        """The ``top`` features that pushed each row's score up most (SHAP contributions from
+        LightGBM; slower than scoring: call it for the rows that need reasons)."""
+        x = self.matrix(features)
+        if x.shape[0] == 0:
+            return []
+        contrib = np.asarray(self._booster.predict(x, pred_contrib=True))[:, :-1]
+        out = []
+        for row in contrib:
+            order = np.argsort(-row)[:top]
+            out.append(
+                [(self.feature_names[i], round(float(row[i]), 4)) for i in order if row[i] > 0]
+            )
+        return out
+
+    # --- files ----------------------------------------------------------------------------------
+
+    def save(self, path: Path) -> None:
+        document = {
+            "format": MODEL_FORMAT,
+            "version": self.version,
+            "feature_names": list(self.feature_names),
+            "metrics": self.metrics.as_json(),
+            "model": self.model_text,
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with tmp.open("w", encoding="utf-8") as out:
+            json.dump(document, out)
+            out.flush()
+            os.fsync(out.fileno())
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> RiskModel:
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ModelFileError(f"no model file at {path}") from None
+        except (OSError, ValueError) as error:
+            raise ModelFileError(f"model file {path} is not readable JSON: {error}") from None
+        if not isinstance(document, dict) or document.get("format") != MODEL_FORMAT:
+            raise ModelFileError(f"{path} is not a {MODEL_FORMAT} file")
+        try:
+            metrics = ModelMetrics(**document["metrics"])
+            model = cls(str(document["model"]), list(document["feature_names"]), metrics)
+        except (KeyError, TypeError, ValueError) as error:
+            raise ModelFileError(f"model file {path} is incomplete: {error}") from None
+        if model.version != document.get("version"):
+            raise ModelFileError(f"model file {path} was altered (version does not match)")
+        return model
+
+
+def auc(labels: npt.ArrayLike, scores: npt.ArrayLike) -> float:
+    """Area under the ROC curve (the Mann-Whitney statistic, ties counted half)."""
+    y = np.asarray(labels, dtype=bool)
+    s = np.asarray(scores, dtype=np.float64)
+    positives, negatives = int(y.sum()), int((~y).sum())
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s), dtype=np.float64)
+    sorted_scores = s[order]
+    # Average ranks over ties.
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    average = first + (counts + 1) / 2.0
+    ranks[order] = np.repeat(average, counts)
+    return float((ranks[y].sum() - positives * (positives + 1) / 2.0) / (positives * negatives))
+
+
+def train(
+    features: Mapping[str, npt.ArrayLike],
+    labels: npt.ArrayLike,
+    *,
+    seed: int = 0,
+    rounds: int = 100,
+    leaves: int = 15,
+    holdout: float = 0.2,
+) -> RiskModel:
+    """Train a model on labelled rows (label 1: fraud); ``holdout`` of the rows, drawn at
+    random (seeded), are kept out of training to measure the metrics."""
+    import lightgbm as lgb
+
+    names = sorted(features)
+    y = np.asarray(labels, dtype=np.int8)
+    columns = [np.asarray(features[name], dtype=np.float64) for name in names]
+    if not names or any(c.shape != y.shape for c in columns) or y.ndim != 1:
+        raise TrainingDataError("every feature column must have one value per label")
+    if len(y) < TRAIN_ROWS_MIN or y.min() == y.max():
+        raise TrainingDataError(f"need at least {TRAIN_ROWS_MIN} rows and both labels")
+    if not 0.0 < holdout < 1.0:
+        raise TrainingDataError("holdout must be between 0 and 1")
+    x = np.column_stack(columns)
+    rng = np.random.default_rng(seed)
+    test = rng.random(len(y)) < holdout
+    if y[~test].min() == y[~test].max() or test.sum() == 0:
+        test[:] = False
+        test[rng.choice(len(y), size=max(1, int(len(y) * holdout)), replace=False)] = True
+    params = {
+        "objective": "binary",
+        "num_leaves": leaves,
+        "learning_rate": 0.1,
+        "min_data_in_leaf": 20,
+        "feature_fraction": 0.9,
+        "bagging_fraction": 0.9,
+        "bagging_freq": 1,
+        "seed": seed,
+        "deterministic": True,
+        "force_row_wise": True,
+        "num_threads": 2,
+        "verbose": -1,
+    }
+    booster = lgb.train(params, lgb.Dataset(x[~test], y[~test], feature_name=names), rounds)
+    text = booster.model_to_string()
+    placeholder = ModelMetrics(0, 0, float("nan"), 0.0, 0.0)
+    model = RiskModel(text, names, placeholder)
+    held = {name: x[test, k] for k, name in enumerate(names)}
+    scores = model.score(held)
+    truth = y[test].astype(bool)
+    flagged = scores >= SCORE_MAX // 2
+    metrics = ModelMetrics(
+        rows=int(test.sum()),
+        positives=int(truth.sum()),
+        auc=auc(truth, scores),
+        precision_at_500=float(truth[flagged].mean()) if flagged.any() else 0.0,
+        recall_at_500=float(flagged[truth].mean()) if truth.any() else 0.0,
+    )
+    return RiskModel(text, names, metrics)
