@@ -1,0 +1,238 @@
+"""The decision log: every batch risk decided, with the events, the decisions and the feature
+values they used, appended to checksummed segment files.
+
+It is the audit trail (any decision can be explained later from the values it saw), the
+event source that rebuilds the in-memory feature state after a restart (snapshot + replay
+of what came after it), and the input of backtests (a candidate ruleset is evaluated on the
+stored feature values, exactly as they were).
+
+Record layout: ``MAGIC`` (4 bytes), body length (u32 LE), CRC-32 of the body (u32 LE), then
+the body: an uncompressed ``.npz`` (numpy's own zip of arrays; strings as unicode arrays, no
+pickles) holding the batch's columns and a ``__meta__`` array with a JSON document. A crash
+can leave a torn record at the end of the last segment: opening the log cuts it off (it was
+never acknowledged as written); a bad record anywhere else (followed by more records, or in
+an earlier segment) is corruption and an error.
+
+Durability: records are written to the file at once and ``fdatasync``-ed at most every
+``sync_interval_s`` (and on ``flush``/``close``). The money side does not depend on the log:
+each operation stores its own decision, score and reasons in its SQL row; what a crash may
+lose is the last fraction of a second of audit detail and feature history.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from puhui.errors import PuhuiError
+
+MAGIC: Final = b"PRDL"
+HEADER: Final = struct.Struct("<4sII")
+SEGMENT_BYTES_DEFAULT: Final = 64 * 1024 * 1024
+SYNC_INTERVAL_S_DEFAULT: Final = 0.1
+RECORD_BYTES_MAX: Final = 1 << 30
+
+
+class DecisionLogCorruptError(PuhuiError):
+    """A record before the end of the log fails its checksum or cannot be read."""
+
+    code = "risk_log_corrupt"
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    """One appended batch: its columns (equal lengths) and its metadata."""
+
+    meta: dict[str, Any]
+    columns: dict[str, npt.NDArray[Any]]
+    segment: int
+    offset: int
+
+    @property
+    def rows(self) -> int:
+        return int(self.meta.get("rows", 0))
+
+
+def _segment_name(number: int) -> str:
+    return f"decisions-{number:08d}.log"
+
+
+def _encode(columns: Mapping[str, npt.NDArray[Any]], meta: Mapping[str, Any]) -> bytes:
+    buffer = io.BytesIO()
+    arrays = dict(columns)
+    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(buffer, allow_pickle=False, **arrays)
+    body = buffer.getvalue()
+    return HEADER.pack(MAGIC, len(body), zlib.crc32(body)) + body
+
+
+def _decode(body: bytes) -> tuple[dict[str, Any], dict[str, npt.NDArray[Any]]]:
+    with np.load(io.BytesIO(body), allow_pickle=False) as archive:
+        columns = {name: archive[name] for name in archive.files}
+    meta = json.loads(bytes(columns.pop("__meta__")).decode())
+    return meta, columns
+
+
+class DecisionLog:
+    """An append-only log of decided batches in ``directory`` (one writer at a time)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        segment_bytes: int = SEGMENT_BYTES_DEFAULT,
+        sync_interval_s: float = SYNC_INTERVAL_S_DEFAULT,
+    ) -> None:
+        self.directory = directory
+        self.segment_bytes = segment_bytes
+        self.sync_interval_s = sync_interval_s
+        directory.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        numbers = self._segments()
+        self._number = numbers[-1] if numbers else 1
+        path = directory / _segment_name(self._number)
+        end, self._next_id = self._scan_tail(path, numbers)
+        self._file = path.open("ab")
+        if self._file.tell() != end:  # a torn record at the tail: cut it off
+            self._file.truncate(end)
+            self._file.seek(end)
+            os.fsync(self._file.fileno())
+        self._synced_at = time.monotonic()
+        self._dirty = False
+
+    def _segments(self) -> list[int]:
+        found = []
+        for path in self.directory.glob("decisions-*.log"):
+            stem = path.stem.removeprefix("decisions-")
+            if stem.isdigit():
+                found.append(int(stem))
+        return sorted(found)
+
+    def _scan_tail(self, path: Path, numbers: list[int]) -> tuple[int, int]:
+        """Where the last segment's good records end, and the next decision id."""
+        next_id = 1
+        for number in numbers:
+            last = number == numbers[-1]
+            end = 0
+            for record, record_end in self._read_segment(number, tolerate_tail=last):
+                next_id = int(record.meta["first_id"]) + record.rows
+                end = record_end
+            if last:
+                return end, next_id
+        return 0, next_id
+
+    @property
+    def next_id(self) -> int:
+        """The id the next decision will get (ids are dense, from 1)."""
+        return self._next_id
+
+    def append(self, columns: Mapping[str, npt.NDArray[Any]], meta: Mapping[str, Any]) -> int:
+        """Append one batch; returns the id of its first decision (the others follow)."""
+        lengths = {len(v) for v in columns.values()}
+        if len(lengths) > 1:
+            raise ValueError("every column of a record has one value per row")
+        rows = lengths.pop() if lengths else 0
+        with self._lock:
+            first = self._next_id
+            record = _encode(columns, {**meta, "rows": rows, "first_id": first})
+            if len(record) > RECORD_BYTES_MAX:
+                raise ValueError("a decision log record is limited to 1 GiB")
+            if self._file.tell() > 0 and self._file.tell() + len(record) > self.segment_bytes:
+                self._rotate()
+            self._file.write(record)
+            self._file.flush()
+            self._dirty = True
+            self._next_id = first + rows
+            if time.monotonic() - self._synced_at >= self.sync_interval_s:
+                self._sync()
+            return first
+
+    def _sync(self) -> None:
+        if self._dirty:
+            os.fdatasync(self._file.fileno())
+            self._dirty = False
+        self._synced_at = time.monotonic()
+
+    def _rotate(self) -> None:
+        self._sync()
+        self._file.close()
+        self._number += 1
+        self._file = (self.directory / _segment_name(self._number)).open("ab")
+        dir_fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def flush(self) -> None:
+        """Make everything appended so far durable."""
+        with self._lock:
+            self._sync()
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._file.closed:
+                self._sync()
+                self._file.close()
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def records(self, since_id: int = 1) -> Iterator[LogRecord]:
+        """Every record holding a decision with id ``since_id`` or later, in order."""
+        with self._lock:
+            if not self._file.closed:
+                self._file.flush()
+        numbers = self._segments()
+        for number in numbers:
+            tolerate = number == numbers[-1]
+            for record, _ in self._read_segment(number, tolerate_tail=tolerate):
+                if int(record.meta["first_id"]) + record.rows > since_id:
+                    yield record
+
+    def _read_segment(self, number: int, *, tolerate_tail: bool) -> Iterator[tuple[LogRecord, int]]:
+        path = self.directory / _segment_name(number)
+        if not path.exists():
+            return
+        with path.open("rb") as f:
+            data = f.read()
+        offset = 0
+        while offset < len(data):
+            problem = ""
+            length = 0
+            if len(data) - offset < HEADER.size:
+                problem = "a truncated header"
+            else:
+                magic, length, crc = HEADER.unpack_from(data, offset)
+                body = data[offset + HEADER.size : offset + HEADER.size + length]
+                if magic != MAGIC:
+                    problem = "a bad record marker"
+                elif len(body) < length:
+                    problem = "a truncated record"
+                elif zlib.crc32(body) != crc:
+                    problem = "a checksum mismatch"
+            if problem:
+                torn = problem.startswith("a truncated") or (
+                    offset + HEADER.size + length >= len(data)  # the last record, cut short
+                )
+                if tolerate_tail and torn:
+                    return  # a torn write at the end: never acknowledged
+                raise DecisionLogCorruptError(f"{path.name} at byte {offset}: {problem}")
+            try:
+                meta, columns = _decode(body)
+            except (ValueError, OSError, KeyError) as error:
+                raise DecisionLogCorruptError(f"{path.name} at byte {offset}: {error}") from None
+            end = offset + HEADER.size + length
+            yield LogRecord(meta, columns, number, offset), end
+            offset = end

@@ -1,0 +1,77 @@
+"""The decision log: batches come back as written, in order, across segments and restarts; a
+torn tail is cut off; corruption before the end is an error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from puhui.risk._log import DecisionLog, DecisionLogCorruptError
+
+
+def _batch(n: int, start: int) -> dict[str, np.ndarray]:
+    return {
+        "at_ns": np.arange(start, start + n, dtype=np.int64),
+        "device": np.array([f"d{k}" for k in range(start, start + n)]),
+        "features": np.full((n, 3), start, dtype=np.float32),
+    }
+
+
+def test_batches_come_back_in_order_with_dense_ids_across_restarts(tmp_path: Path) -> None:
+    log = DecisionLog(tmp_path, segment_bytes=2_000)  # small: several segments
+    firsts = [
+        log.append(_batch(n, 10 * k), {"ruleset": f"v{k}"}) for k, n in enumerate([3, 1, 5, 2])
+    ]
+    assert firsts == [1, 4, 5, 10]
+    log.close()
+    assert len(list(tmp_path.glob("decisions-*.log"))) > 1
+    again = DecisionLog(tmp_path, segment_bytes=2_000)
+    assert again.next_id == 12
+    assert again.append(_batch(1, 99), {"ruleset": "v9"}) == 12
+    records = list(again.records())
+    assert [r.meta["ruleset"] for r in records] == ["v0", "v1", "v2", "v3", "v9"]
+    assert [r.rows for r in records] == [3, 1, 5, 2, 1]
+    assert records[2].columns["device"].tolist() == ["d20", "d21", "d22", "d23", "d24"]
+    assert records[2].columns["features"].shape == (5, 3)
+    assert [r.meta["first_id"] for r in again.records(since_id=9)] == [5, 10, 12]
+    again.close()
+
+
+def test_a_torn_tail_is_cut_off_and_appending_goes_on(tmp_path: Path) -> None:
+    log = DecisionLog(tmp_path)
+    log.append(_batch(2, 0), {})
+    log.append(_batch(2, 2), {})
+    log.close()
+    segment = next(tmp_path.glob("decisions-*.log"))
+    size = segment.stat().st_size
+    with segment.open("r+b") as f:
+        f.truncate(size - 7)  # the second record, half written
+    log = DecisionLog(tmp_path)
+    assert log.next_id == 3
+    assert log.append(_batch(1, 5), {}) == 3
+    assert [r.rows for r in log.records()] == [2, 1]
+    log.close()
+
+
+def test_corruption_before_the_end_is_an_error(tmp_path: Path) -> None:
+    log = DecisionLog(tmp_path)
+    log.append(_batch(4, 0), {})
+    log.append(_batch(4, 4), {})
+    log.close()
+    segment = next(tmp_path.glob("decisions-*.log"))
+    data = bytearray(segment.read_bytes())
+    data[40] ^= 0xFF  # inside the first record's body
+    segment.write_bytes(bytes(data))
+    with pytest.raises(DecisionLogCorruptError, match="checksum"):
+        DecisionLog(tmp_path)
+    assert DecisionLogCorruptError.code == "risk_log_corrupt"
+
+
+def test_columns_of_different_lengths_are_refused(tmp_path: Path) -> None:
+    log = DecisionLog(tmp_path)
+    with pytest.raises(ValueError, match="one value per row"):
+        log.append({"a": np.zeros(2), "b": np.zeros(3)}, {})
+    assert log.next_id == 1
+    log.close()
