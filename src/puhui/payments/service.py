@@ -205,6 +205,9 @@ class Channel:
 
     device_id: str = ""
     ip: str = ""
+    latitude: float | None = None
+    """Where the customer is (degrees, WGS 84), when the app shares it."""
+    longitude: float | None = None
 
 
 NO_CHANNEL = Channel()

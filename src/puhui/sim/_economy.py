@@ -138,7 +138,7 @@ class Person:
 
     @property
     def channel(self) -> Channel:
-        return Channel(device_id=self.device, ip=self.ip)
+        return Channel(device_id=self.device, ip=self.ip, latitude=self.lat, longitude=self.lon)
 
 
 @dataclass(slots=True)
@@ -669,7 +669,7 @@ class Economy:
                 promoter.customer_id, Payee(customer_id=p.customer_id), BONUS, CNY, key=key,
                 note="new-user bonus", channel=ch,
             ),
-            channel=Channel(device_id="platform", ip="10.255.0.1"), where=(31.23, 121.47),
+            channel=Channel("platform", "10.255.0.1", 31.23, 121.47), where=(31.23, 121.47),
             label=(label[0], label[1], Role.GOOD), exit_=False,
         )  # fmt: skip
 
@@ -854,7 +854,7 @@ class Economy:
             attack.passes_otp = True
             attack.ip = f"10.{rng.integers(len(CITIES))}.{rng.integers(256)}.{rng.integers(255)}"
             attack.lat, attack.lon = CITIES[int(rng.integers(len(CITIES)))][1:]
-        channel = Channel(device_id=attack.device, ip=attack.ip)
+        channel = Channel(attack.device, attack.ip, attack.lat, attack.lon)
         where = (attack.lat, attack.lon)
         steps = [risk.EventKind.LOGIN, risk.EventKind.PASSWORD_RESET]
         if sim_swap:
@@ -985,7 +985,7 @@ class Economy:
         source = self._new_person(
             Role.FRAUDSTER, kyc=KycLevel.BASIC, fund=0, bill=False, device=attack.device
         )
-        channel = Channel(device_id=attack.device, ip=attack.ip)
+        channel = Channel(attack.device, attack.ip, attack.lat, attack.lon)
         amount = int(self.rng.integers(20, 50)) * 100 * YUAN
         op = self._stolen_card_top_up(attack, source, amount, channel)
         if op is None or op.status is not OperationStatus.COMPLETED:
@@ -1001,7 +1001,7 @@ class Economy:
         fraudster = self._new_person(
             Role.FRAUDSTER, kyc=KycLevel.BASIC, fund=0, bill=False, device=attack.device
         )
-        channel = Channel(device_id=attack.device, ip=attack.ip)
+        channel = Channel(attack.device, attack.ip, attack.lat, attack.lon)
         tests = int(self.rng.integers(5, 16))
         for k in range(tests):
             tiny = int(self.rng.integers(1, 6)) * YUAN
