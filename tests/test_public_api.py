@@ -399,6 +399,7 @@ STORE_ALL = [
     "metadata",
     "migrate",
     "payments",
+    "platform",
 ]
 
 RISK_ALL = [
