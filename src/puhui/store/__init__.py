@@ -1,7 +1,8 @@
 """SQL storage for the services: the engine factory, every domain's tables, migrations.
 
 Each service owns its tables (``puhui.store.payments`` for payments, ``puhui.store.platform``
-for tenants, API keys, idempotency records and the audit log) and no other package reads them. ``migrate(engine)`` brings a database to the current schema (Alembic).
+for tenants, API keys, idempotency records and the audit log) and no other package reads them.
+``migrate(engine)`` brings a database to the current schema (Alembic).
 """
 
 from . import payments, platform
