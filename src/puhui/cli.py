@@ -38,6 +38,7 @@ from rich.markup import escape
 from rich.table import Table
 
 import puhui.ledger as tb
+from puhui._cli_platform import register as register_platform_commands
 from puhui._demo_payments import PaymentsTour, payments_service, print_payments
 from puhui.clock import ManualClock
 from puhui.config import Settings
@@ -889,6 +890,9 @@ def version() -> None:
     except metadata.PackageNotFoundError:  # running from a source tree that is not installed
         number = "0+unknown"
     typer.echo(f"puhui {number}")
+
+
+register_platform_commands(app)  # serve, tenant, key, audit (puhui._cli_platform)
 
 
 def main() -> None:
