@@ -32,6 +32,7 @@ from .model import (
     TenantKind,
     TenantStatus,
     UnknownScopeError,
+    UnknownTenantKindError,
 )
 from .tenants import ApiKey, Principal, Tenant, Tenants
 
@@ -66,4 +67,5 @@ __all__ = [
     "TenantStatus",
     "Tenants",
     "UnknownScopeError",
+    "UnknownTenantKindError",
 ]

@@ -38,6 +38,20 @@ class TenantStatus(enum.StrEnum):
     """Its keys no longer authenticate."""
 
 
+class UnknownTenantKindError(InvalidInputError):
+    code = "unknown_tenant_kind"
+
+
+def parse_kind(kind: object) -> TenantKind:
+    try:
+        return TenantKind(str(kind))
+    except ValueError:
+        known = ", ".join(k.value for k in TenantKind)
+        raise UnknownTenantKindError(
+            f"unknown tenant kind {str(kind)[:32]!r}; known: {known}"
+        ) from None
+
+
 tenant_name_chars_max: Final = 64
 """Longest tenant name (unit: characters)."""
 

@@ -31,6 +31,7 @@ from .model import (
     format_token,
     key_id_chars,
     key_name_chars_max,
+    parse_kind,
     parse_mask,
     parse_scopes,
     parse_token,
@@ -121,7 +122,7 @@ class Tenants:
 
     def create(self, name: str, kind: TenantKind | str) -> Tenant:
         name = check_name(name, "tenant name", tenant_name_chars_max)
-        tenant_kind = TenantKind(kind)
+        tenant_kind = parse_kind(kind)
         mask = 0
         while mask == 0:
             mask = secrets.randbits(128)
