@@ -4,6 +4,7 @@ also at the end (the anchor)."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import sqlalchemy as sa
 
@@ -43,7 +44,7 @@ def test_an_intact_chain_verifies(engine: sa.Engine, clock: ManualClock) -> None
     entries = audit.entries()
     assert [e.seq for e in entries] == [1, 2, 3, 4, 5]
     assert entries[0].method == "POST"
-    assert all(e.prev_hash == p.hash for p, e in zip(entries, entries[1:], strict=False))
+    assert all(e.prev_hash == p.hash for p, e in itertools.pairwise(entries))
     assert report.head_hash == entries[-1].hash == report.anchor_head_hash
 
 
