@@ -35,7 +35,8 @@ BATCH = limits.batch_events_max
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: a number is not accepted for a decimal-text field, nor text for a number.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class AccountIn(_In):
