@@ -48,7 +48,9 @@ def test_same_key_different_body_is_409_reused(api: Api) -> None:
     api.client.post(
         "/v1/ledger/accounts", json={"accounts": [account(1), account(2)]}, headers=api.auth()
     )
-    assert _post(api, "/v1/ledger/transfers", {"transfers": [transfer(10, 1, 2, 5)]}, "k").is_success
+    assert _post(
+        api, "/v1/ledger/transfers", {"transfers": [transfer(10, 1, 2, 5)]}, "k"
+    ).is_success
     response = _post(api, "/v1/ledger/transfers", {"transfers": [transfer(11, 1, 2, 7)]}, "k")
     assert response.status_code == 409
     assert response.json()["code"] == "idempotency_key_reused"
@@ -56,7 +58,9 @@ def test_same_key_different_body_is_409_reused(api: Api) -> None:
     assert other_path.json()["code"] == "idempotency_key_reused"
     assert _balance(api, "2") == "5"
     # keys are per tenant: tenant B may use "k" for its own request
-    assert _post(api, "/v1/ledger/accounts", {"accounts": [account(3)]}, "k", api.token_b).is_success
+    assert _post(
+        api, "/v1/ledger/accounts", {"accounts": [account(3)]}, "k", api.token_b
+    ).is_success
 
 
 def test_a_request_in_flight_is_409_and_a_crashed_one_frees_its_key(api: Api) -> None:
@@ -74,31 +78,37 @@ def test_a_request_in_flight_is_409_and_a_crashed_one_frees_its_key(api: Api) ->
     assert response.status_code == 200 and response.json()["results"][0]["status"] == "created"
 
 
+def _twice_at_once(api: Api, body: dict[str, Any], key: str) -> list[Any]:
+    answers: list[Any] = []
+    start = threading.Barrier(2)
+
+    def send() -> None:
+        start.wait()
+        answers.append(_post(api, "/v1/ledger/accounts", body, key))
+
+    threads = [threading.Thread(target=send) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return answers
+
+
 def test_concurrent_duplicates_run_once(api: Api) -> None:
     for round_ in range(8):
-        body = {"accounts": [account(100 + round_)]}
-        answers: list[Any] = []
-        start = threading.Barrier(2)
-
-        def send(body: dict[str, Any] = body, key: str = f"dup-{round_}") -> None:
-            start.wait()
-            answers.append(_post(api, "/v1/ledger/accounts", body, key))
-
-        threads = [threading.Thread(target=send) for _ in range(2)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        answers = _twice_at_once(api, {"accounts": [account(100 + round_)]}, f"dup-{round_}")
         outcomes = sorted(
             (r.status_code, r.json().get("code") or r.json()["results"][0]["status"])
             for r in answers
         )
-        # never "exists": the second request either waited its turn and replayed, or was
-        # refused while the first was in flight
+        # never "exists": the second request either came after the first and got its stored
+        # answer, or was refused while the first was in flight
         assert outcomes in (
             [(200, "created"), (200, "created")],
             [(200, "created"), (409, "idempotency_request_in_progress")],
         ), outcomes
+        replayed = [r.headers.get("idempotent-replayed") for r in answers if r.status_code == 200]
+        assert replayed.count("true") == len(replayed) - 1
 
 
 def test_invalid_requests_and_expired_keys_are_not_remembered(api: Api) -> None:

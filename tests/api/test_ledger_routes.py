@@ -94,7 +94,9 @@ def test_account_transfers_page_by_cursor(api: Api) -> None:
 
 def test_cursors_are_checked(api: Api) -> None:
     _results(api, "/v1/ledger/accounts", {"accounts": [account(1), account(2)]})
-    _results(api, "/v1/ledger/transfers", {"transfers": [transfer(5, 1, 2, 1), transfer(6, 1, 2, 1)]})
+    _results(
+        api, "/v1/ledger/transfers", {"transfers": [transfer(5, 1, 2, 1), transfer(6, 1, 2, 1)]}
+    )
     page = api.client.get(
         "/v1/ledger/accounts/1/transfers", params={"limit": 1}, headers=api.auth()
     ).json()

@@ -20,7 +20,7 @@ def _problem(response: Any, status: int, code: str) -> dict[str, Any]:
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/problem+json"
     body: dict[str, Any] = response.json()
-    assert PROBLEM_KEYS <= set(body)
+    assert set(body) >= PROBLEM_KEYS
     assert (body["status"], body["code"]) == (status, code)
     assert body["type"].endswith("/" + code)
     return body
@@ -45,7 +45,9 @@ def test_authentication_and_scopes(api: Api) -> None:
 
 def test_http_level_problems(api: Api) -> None:
     _problem(api.client.get("/v1/nowhere", headers=api.auth()), 404, "not_found")
-    _problem(api.client.delete("/v1/ledger/accounts", headers=api.auth()), 405, "method_not_allowed")
+    _problem(
+        api.client.delete("/v1/ledger/accounts", headers=api.auth()), 405, "method_not_allowed"
+    )
 
 
 BAD_BODIES: list[Any] = [

@@ -6,7 +6,7 @@ stable error code, and audits state changes (``puhui.api._route``). Routers, one
 are listed in ``ROUTERS``. See docs/api.md.
 """
 
-from ._app import ROUTERS, create_app
+from ._app import ROUTERS, create_app, platform_routes
 from ._guards import ApiOptions
 from ._problems import (
     STATUS_BY_CODE,
@@ -33,4 +33,5 @@ __all__ = [
     "RequestTooLargeError",
     "create_app",
     "endpoint",
+    "platform_routes",
 ]

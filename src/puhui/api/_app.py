@@ -19,11 +19,25 @@ from . import _ledger_routes
 from ._context import ApiContext
 from ._guards import ApiOptions, BodyLimitMiddleware, RateLimiter
 from ._problems import problem_from_exception
+from ._route import PlatformRoute
 
 API_TITLE = "Puhui open API"
 
 ROUTERS = (_ledger_routes.router,)
 """One router per domain; each later service adds its own here."""
+
+
+def platform_routes(app: FastAPI) -> list[PlatformRoute]:
+    """Every authenticated route of ``app`` (the isolation tests iterate these)."""
+    found: list[PlatformRoute] = []
+    pending: list[Any] = list(app.routes)
+    while pending:
+        route = pending.pop(0)
+        if isinstance(route, PlatformRoute):
+            found.append(route)
+        elif hasattr(route, "original_router"):  # FastAPI keeps included routers as a branch
+            pending.extend(route.original_router.routes)
+    return found
 
 
 def create_app(
