@@ -16,10 +16,12 @@ from pathlib import Path
 
 import pytest
 
+import puhui.api
 import puhui.config
 import puhui.ledger
 import puhui.money
 import puhui.payments
+import puhui.platform
 import puhui.risk
 import puhui.sim
 import puhui.store
@@ -401,6 +403,58 @@ STORE_ALL = [
     "metadata",
     "migrate",
     "payments",
+    "platform",
+]
+
+PLATFORM_ALL = [
+    "ApiKey",
+    "ApiKeyNotFoundError",
+    "AuditEntry",
+    "AuditLog",
+    "AuditProblem",
+    "AuditProblemKind",
+    "AuditReport",
+    "Claim",
+    "ClaimResult",
+    "IdempotencyOptions",
+    "IdempotencyRecords",
+    "IdempotencyRequestInProgressError",
+    "InvalidApiKeyError",
+    "InvalidIdempotencyKeyError",
+    "InvalidNameError",
+    "PlatformError",
+    "Principal",
+    "ReservedFieldError",
+    "Scope",
+    "ScopeMissingError",
+    "ScopeNotAllowedError",
+    "StoredResponse",
+    "Tenant",
+    "TenantKind",
+    "TenantLedger",
+    "TenantNameTakenError",
+    "TenantNotFoundError",
+    "TenantStatus",
+    "Tenants",
+    "UnknownScopeError",
+    "UnknownTenantKindError",
+]
+
+API_ALL = [
+    "ROUTERS",
+    "STATUS_BY_CODE",
+    "ApiOptions",
+    "Endpoint",
+    "InternalError",
+    "InvalidCursorError",
+    "MethodNotAllowedError",
+    "NotFoundError",
+    "PlatformRoute",
+    "RateLimitedError",
+    "RequestTooLargeError",
+    "create_app",
+    "endpoint",
+    "platform_routes",
 ]
 
 RISK_ALL = [
@@ -434,8 +488,10 @@ SIM_ALL = [
         (puhui.store, STORE_ALL),
         (puhui.risk, RISK_ALL),
         (puhui.sim, SIM_ALL),
+        (puhui.platform, PLATFORM_ALL),
+        (puhui.api, API_ALL),
     ],
-    ids=["ledger", "money", "config", "payments", "store", "risk", "sim"],
+    ids=["ledger", "money", "config", "payments", "store", "risk", "sim", "platform", "api"],
 )
 def test_all_is_sorted_and_pinned(module: object, expected: list[str]) -> None:
     exported = list(vars(module)["__all__"])

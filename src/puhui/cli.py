@@ -42,6 +42,7 @@ from puhui._cli_common import (
 from puhui._cli_common import console as _console
 from puhui._cli_common import emit_json as _emit_json
 from puhui._cli_common import reported_errors as _reported_errors
+from puhui._cli_platform import register as register_platform_commands
 from puhui._cli_sim import sim_app
 from puhui._demo_payments import PaymentsTour, payments_service, print_payments
 from puhui.clock import ManualClock
@@ -865,6 +866,9 @@ def version() -> None:
     except metadata.PackageNotFoundError:  # running from a source tree that is not installed
         number = "0+unknown"
     typer.echo(f"puhui {number}")
+
+
+register_platform_commands(app)  # serve, tenant, key, audit (puhui._cli_platform)
 
 
 def main() -> None:

@@ -1,0 +1,232 @@
+"""The platform's CLI commands: ``puhui serve``, ``puhui tenant create|list``,
+``puhui key create|revoke|list``, ``puhui audit verify``.
+
+Registered on the main app by ``puhui.cli`` (``register(app)``). The SQL store is
+``--database-url`` or ``$PUHUI_DATABASE_URL`` (default: the SQLite file in ./puhui-data),
+migrated to the newest schema before use. Exit codes as the rest of the CLI: 0 ok, 1 a check
+found a problem (``audit verify``), 2 an error (``error: <code>: <message>`` on stderr).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import sqlalchemy as sa
+import typer
+
+from puhui._cli_common import EXIT_OK, EXIT_PROBLEM
+from puhui._cli_common import emit_json as _emit_json
+from puhui._cli_common import reported_errors as _reported_errors
+from puhui.config import Settings
+from puhui.platform import ApiKey, AuditLog, Tenant, Tenants
+from puhui.store import create_engine, migrate
+
+tenant_app = typer.Typer(
+    help="Create and list tenants (partner institutions).", no_args_is_help=True
+)
+key_app = typer.Typer(help="Create, revoke and list API keys.", no_args_is_help=True)
+audit_app = typer.Typer(help="Check the API's hash-chained audit log.", no_args_is_help=True)
+
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        help="SQL store: sqlite:///path or postgresql+psycopg://... "
+        "Default: $PUHUI_DATABASE_URL or ./puhui-data/puhui.sqlite.",
+        show_default=False,
+    ),
+]
+AsJson = Annotated[
+    bool, typer.Option("--json", help="Also print one JSON object as the last line.")
+]
+
+
+def register(app: typer.Typer) -> None:
+    """Add the platform's commands to the ``puhui`` app."""
+    app.command()(serve)
+    app.add_typer(tenant_app, name="tenant")
+    app.add_typer(key_app, name="key")
+    app.add_typer(audit_app, name="audit")
+
+
+@contextlib.contextmanager
+def _store(database_url: str | None) -> Iterator[sa.Engine]:
+    settings = Settings.from_env()
+    engine = create_engine(database_url or settings.database_url)
+    try:
+        migrate(engine)
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def _tenant_dict(tenant: Tenant) -> dict[str, Any]:
+    return {
+        "id": tenant.id,
+        "name": tenant.name,
+        "kind": tenant.kind.value,
+        "status": tenant.status.value,
+        "created_at_ns": tenant.created_at_ns,
+    }
+
+
+def _key_dict(key: ApiKey) -> dict[str, Any]:
+    return {
+        "id": key.id,
+        "tenant_id": key.tenant_id,
+        "name": key.name,
+        "scopes": sorted(s.value for s in key.scopes),
+        "created_at_ns": key.created_at_ns,
+        "revoked": key.revoked,
+        "revoked_at_ns": key.revoked_at_ns,
+    }
+
+
+# --- serve ----------------------------------------------------------------------------------
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.", min=1, max=65535)] = 8000,
+    database_url: DatabaseUrl = None,
+    ledger_url: Annotated[
+        str | None,
+        typer.Option(
+            "--ledger-url",
+            help="Ledger journal. Default: $PUHUI_LEDGER_URL or ./puhui-data/ledger.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Run the open API (FastAPI on uvicorn) over the SQL store and the ledger."""
+    import uvicorn
+
+    import puhui.ledger as tb
+    from puhui.api import create_app
+
+    with _reported_errors():
+        settings = Settings.from_env()
+        url = ledger_url or settings.ledger_url
+        if "://" not in url:
+            Path(url).parent.mkdir(parents=True, exist_ok=True)
+        with _store(database_url) as engine, tb.open(url) as ledger:
+            app = create_app(engine, ledger)
+            uvicorn.run(app, host=host, port=port, loop="uvloop", log_level="info")
+
+
+# --- tenants --------------------------------------------------------------------------------
+
+
+@tenant_app.command("create")
+def tenant_create(
+    name: Annotated[str, typer.Argument(help="The institution's name (unique).")],
+    kind: Annotated[
+        str,
+        typer.Option(help="bank | fund_company | insurer | merchant_acquirer | biller | operator"),
+    ] = "bank",
+    database_url: DatabaseUrl = None,
+    as_json: AsJson = False,
+) -> None:
+    """Create a tenant; prints its number."""
+    with _reported_errors(), _store(database_url) as engine:
+        tenant = Tenants(engine).create(name, kind)
+    typer.echo(f"tenant {tenant.id} {tenant.name} ({tenant.kind.value})")
+    if as_json:
+        _emit_json({"command": "tenant create", "tenant": _tenant_dict(tenant)})
+
+
+@tenant_app.command("list")
+def tenant_list(database_url: DatabaseUrl = None, as_json: AsJson = False) -> None:
+    """List tenants."""
+    with _reported_errors(), _store(database_url) as engine:
+        tenants = Tenants(engine).list_tenants()
+    for tenant in tenants:
+        typer.echo(f"{tenant.id}\t{tenant.name}\t{tenant.kind.value}\t{tenant.status.value}")
+    if as_json:
+        _emit_json({"command": "tenant list", "tenants": [_tenant_dict(t) for t in tenants]})
+
+
+# --- keys -----------------------------------------------------------------------------------
+
+
+@key_app.command("create")
+def key_create(
+    tenant: Annotated[str, typer.Argument(help="The tenant's number or name.")],
+    scope: Annotated[
+        list[str],
+        typer.Option(
+            "--scope",
+            help="A scope to grant (repeat): ledger:read, ledger:write, payments:read, "
+            "payments:write, platform:admin (operator tenants only).",
+        ),
+    ],
+    name: Annotated[str, typer.Option(help="A label for the key.")] = "",
+    database_url: DatabaseUrl = None,
+    as_json: AsJson = False,
+) -> None:
+    """Create an API key. Its token is printed once, now: store it, it cannot be shown again."""
+    with _reported_errors(), _store(database_url) as engine:
+        tenants = Tenants(engine)
+        owner = tenants.find(tenant)
+        key, token = tenants.create_key(owner.id, scope, name)
+    typer.echo(f"key {key.id} for tenant {owner.id} ({' '.join(sorted(key.scopes))})")
+    typer.echo(f"token (shown once): {token}")
+    if as_json:
+        _emit_json({"command": "key create", "key": _key_dict(key), "token": token})
+
+
+@key_app.command("revoke")
+def key_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (the part after 'pk_').")],
+    database_url: DatabaseUrl = None,
+    as_json: AsJson = False,
+) -> None:
+    """Revoke an API key: it stops authenticating at once."""
+    with _reported_errors(), _store(database_url) as engine:
+        key = Tenants(engine).revoke_key(key_id)
+    typer.echo(f"key {key.id} revoked")
+    if as_json:
+        _emit_json({"command": "key revoke", "key": _key_dict(key)})
+
+
+@key_app.command("list")
+def key_list(
+    tenant: Annotated[
+        str | None, typer.Argument(help="Only this tenant's keys (number or name).")
+    ] = None,
+    database_url: DatabaseUrl = None,
+    as_json: AsJson = False,
+) -> None:
+    """List API keys (never their secrets)."""
+    with _reported_errors(), _store(database_url) as engine:
+        tenants = Tenants(engine)
+        tenant_id = tenants.find(tenant).id if tenant is not None else None
+        keys = tenants.list_keys(tenant_id)
+    for key in keys:
+        state = "revoked" if key.revoked else "active"
+        scopes = " ".join(sorted(key.scopes))
+        typer.echo(f"{key.id}\ttenant {key.tenant_id}\t{state}\t{scopes}\t{key.name}")
+    if as_json:
+        _emit_json({"command": "key list", "keys": [_key_dict(k) for k in keys]})
+
+
+# --- audit ----------------------------------------------------------------------------------
+
+
+@audit_app.command("verify")
+def audit_verify(database_url: DatabaseUrl = None, as_json: AsJson = False) -> None:
+    """Check the audit chain; exit 0 if intact, 1 if an entry was edited, inserted or deleted."""
+    with _reported_errors(), _store(database_url) as engine:
+        report = AuditLog(engine).verify()
+    if report.ok:
+        typer.echo(f"audit log intact: {report.entries} entries, head {report.head_hash}")
+    elif (problem := report.problem) is not None:
+        typer.echo(
+            f"audit log BROKEN at entry {problem.seq}: {problem.kind.value} ({problem.detail})"
+        )
+    if as_json:
+        _emit_json({"command": "audit verify", **report.to_dict()})
+    raise typer.Exit(EXIT_OK if report.ok else EXIT_PROBLEM)

@@ -1,0 +1,37 @@
+"""Puhui's open API (FastAPI): ``create_app(engine, ledger)`` builds it; ``puhui serve`` runs it.
+
+Every route under ``/v1`` authenticates a tenant's API key, checks its scope and rate limit,
+honours ``Idempotency-Key`` on POST, answers errors as ``application/problem+json`` with the
+stable error code, and audits state changes (``puhui.api._route``). Routers, one per domain,
+are listed in ``ROUTERS``. See docs/api.md.
+"""
+
+from ._app import ROUTERS, create_app, platform_routes
+from ._guards import ApiOptions
+from ._problems import (
+    STATUS_BY_CODE,
+    InternalError,
+    InvalidCursorError,
+    MethodNotAllowedError,
+    NotFoundError,
+    RateLimitedError,
+    RequestTooLargeError,
+)
+from ._route import Endpoint, PlatformRoute, endpoint
+
+__all__ = [
+    "ROUTERS",
+    "STATUS_BY_CODE",
+    "ApiOptions",
+    "Endpoint",
+    "InternalError",
+    "InvalidCursorError",
+    "MethodNotAllowedError",
+    "NotFoundError",
+    "PlatformRoute",
+    "RateLimitedError",
+    "RequestTooLargeError",
+    "create_app",
+    "endpoint",
+    "platform_routes",
+]

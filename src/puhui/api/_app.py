@@ -1,0 +1,90 @@
+"""``create_app``: the API's composition root (the caller opens and closes what it passes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from puhui.clock import Clock, SystemClock
+from puhui.errors import PuhuiError
+from puhui.ledger import AsyncLedger, Ledger
+from puhui.platform import AuditLog, IdempotencyRecords, Tenants
+
+from . import _ledger_routes
+from ._context import ApiContext
+from ._guards import ApiOptions, BodyLimitMiddleware, RateLimiter
+from ._problems import problem_from_exception
+from ._route import PlatformRoute
+
+API_TITLE = "Puhui open API"
+
+ROUTERS = (_ledger_routes.router,)
+"""One router per domain; each later service adds its own here."""
+
+
+def platform_routes(app: FastAPI) -> list[PlatformRoute]:
+    """Every authenticated route of ``app`` (the isolation tests iterate these)."""
+    found: list[PlatformRoute] = []
+    pending: list[Any] = list(app.routes)
+    while pending:
+        route = pending.pop(0)
+        if isinstance(route, PlatformRoute):
+            found.append(route)
+        elif hasattr(route, "original_router"):  # FastAPI keeps included routers as a branch
+            pending.extend(route.original_router.routes)
+    return found
+
+
+def create_app(
+    engine: sa.Engine,
+    ledger: Ledger | AsyncLedger,
+    *,
+    clock: Clock | None = None,
+    options: ApiOptions | None = None,
+) -> FastAPI:
+    """The API over the SQL store ``engine`` (migrated to the newest schema by the caller) and
+    the open ``ledger``. Nothing is opened here and nothing is closed on shutdown."""
+    clock = clock or SystemClock()
+    options = options or ApiOptions()
+    async_ledger = ledger if isinstance(ledger, AsyncLedger) else AsyncLedger(ledger)
+    from importlib import metadata
+
+    try:
+        version = metadata.version("puhui")
+    except metadata.PackageNotFoundError:  # a source tree that is not installed
+        version = "0+unknown"
+    app = FastAPI(
+        title=API_TITLE,
+        version=version,
+        description="Partners' HTTP API: the ledger (TigerBeetle's semantics) per tenant. "
+        "See docs/api.md.",
+    )
+    app.state.puhui = ApiContext(
+        tenants=Tenants(engine, clock=clock),
+        idempotency=IdempotencyRecords(engine, clock=clock, options=options.idempotency),
+        audit=AuditLog(engine, clock=clock),
+        ledger=async_ledger,
+        limiter=RateLimiter(clock, options.rate_per_key_per_s, options.rate_burst_requests),
+        options=options,
+        clock=clock,
+    )
+    for router in ROUTERS:
+        app.include_router(router)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    async def as_problem(_request: Request, exc: Exception) -> Response:
+        return problem_from_exception(exc)
+
+    handlers: Any = app.exception_handlers
+    for kind in (StarletteHTTPException, RequestValidationError, PuhuiError):
+        handlers[kind] = as_problem
+    app.add_middleware(BodyLimitMiddleware, bytes_max=options.request_body_bytes_max)
+    return app

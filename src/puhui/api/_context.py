@@ -1,0 +1,22 @@
+"""What the routes share: built once by ``create_app`` and kept in ``app.state.puhui``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from puhui.clock import Clock
+from puhui.ledger import AsyncLedger
+from puhui.platform import AuditLog, IdempotencyRecords, Tenants
+
+from ._guards import ApiOptions, RateLimiter
+
+
+@dataclass(frozen=True, slots=True)
+class ApiContext:
+    tenants: Tenants
+    idempotency: IdempotencyRecords
+    audit: AuditLog
+    ledger: AsyncLedger
+    limiter: RateLimiter
+    options: ApiOptions
+    clock: Clock

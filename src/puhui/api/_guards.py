@@ -1,0 +1,155 @@
+"""The API's limits: options, the request-body limit (ASGI middleware), the per-key token
+bucket and cursor pagination."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from puhui.clock import Clock
+from puhui.platform import IdempotencyOptions
+
+from ._problems import (
+    InvalidCursorError,
+    RateLimitedError,
+    RequestTooLargeError,
+    problem_from_error,
+)
+
+NS_PER_S = 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class ApiOptions:
+    """Limits of one API server (units last in each name)."""
+
+    request_body_bytes_max: int = 8 * 1024 * 1024
+    """Largest request body (a full batch of 8,189 events in JSON fits)."""
+    rate_per_key_per_s: float = 2000.0
+    """Requests per second each API key may sustain (token bucket refill)."""
+    rate_burst_requests: int = 4000
+    """Requests a key may send at once before the sustained rate applies (bucket size)."""
+    page_size_default: int = 100
+    page_size_max: int = 1000
+    idempotency: IdempotencyOptions = field(default_factory=IdempotencyOptions)
+
+    def __post_init__(self) -> None:
+        if self.request_body_bytes_max <= 0 or self.rate_burst_requests <= 0:
+            raise ValueError("limits must be positive")
+        if self.rate_per_key_per_s <= 0:
+            raise ValueError("rate_per_key_per_s must be positive")
+        if not 0 < self.page_size_default <= self.page_size_max:
+            raise ValueError("need 0 < page_size_default <= page_size_max")
+
+
+class BodyLimitMiddleware:
+    """Refuse (413 ``request_too_large``) a body over ``bytes_max``: at once when
+    ``Content-Length`` says so, else as soon as the streamed body passes the limit."""
+
+    def __init__(self, app: ASGIApp, bytes_max: int) -> None:
+        self.app = app
+        self.bytes_max = bytes_max
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = RequestTooLargeError(
+            f"request body over {self.bytes_max} bytes", bytes_max=self.bytes_max
+        )
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = 0
+                if declared > self.bytes_max:
+                    await problem_from_error(too_large)(scope, receive, send)
+                    return
+        if any(name == b"content-length" for name, _ in scope.get("headers", ())):
+            await self.app(scope, receive, send)  # the server holds the body to its length
+            return
+        # A streamed body (no Content-Length) is read here first, up to the limit, and
+        # handed to the app only if it fits: memory stays bounded by ``bytes_max``.
+        chunks: list[bytes] = []
+        received = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunk = message.get("body", b"")
+            received += len(chunk)
+            if received > self.bytes_max:
+                await problem_from_error(too_large)(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+class RateLimiter:
+    """A token bucket per API key: ``burst`` tokens, refilled at ``rate_per_s``."""
+
+    def __init__(self, clock: Clock, rate_per_s: float, burst: int) -> None:
+        self.clock = clock
+        self.rate_per_s = rate_per_s
+        self.burst = burst
+        self._buckets: dict[str, tuple[float, int]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, key_id: str) -> None:
+        """Spend one token of ``key_id``'s bucket, or raise ``RateLimitedError`` with the
+        whole seconds to wait (``retry_after_s``)."""
+        now = self.clock.now_ns()
+        with self._lock:
+            tokens, last_ns = self._buckets.get(key_id, (float(self.burst), now))
+            elapsed_s = max(0, now - last_ns) / NS_PER_S
+            tokens = min(float(self.burst), tokens + elapsed_s * self.rate_per_s)
+            if tokens < 1.0:
+                self._buckets[key_id] = (tokens, now)
+                wait_s = max(1, math.ceil((1.0 - tokens) / self.rate_per_s))
+                raise RateLimitedError("too many requests for this key", retry_after_s=wait_s)
+            self._buckets[key_id] = (tokens - 1.0, now)
+
+
+# --- cursor pagination ------------------------------------------------------------------------
+
+
+def encode_cursor(kind: str, position: dict[str, Any]) -> str:
+    """An opaque cursor for the next page of list ``kind`` (URL-safe text)."""
+    raw = json.dumps({"k": kind, **position}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+cursor_chars_max = 512
+
+
+def decode_cursor(kind: str, cursor: str) -> dict[str, Any]:
+    """The position a cursor of list ``kind`` holds, or ``InvalidCursorError``."""
+    if len(cursor) > cursor_chars_max:
+        raise InvalidCursorError("cursor too long")
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        data = json.loads(raw)
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise InvalidCursorError("malformed cursor") from None
+    if not isinstance(data, dict) or data.pop("k", None) != kind:
+        raise InvalidCursorError("this cursor belongs to another list")
+    return data

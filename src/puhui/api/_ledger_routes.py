@@ -1,0 +1,313 @@
+"""The ledger over HTTP: batch endpoints mirroring ``puhui.ledger`` (TigerBeetle's API), each
+seen through the caller's ``TenantLedger`` (other tenants' accounts do not exist for it)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.security import HTTPBearer
+
+from puhui.errors import InvalidInputError
+from puhui.ledger import (
+    AccountFilter,
+    AccountFilterFlags,
+    FieldOutOfRangeError,
+    account_from_mapping,
+    transfer_from_mapping,
+)
+from puhui.platform import Scope, TenantLedger
+
+from ._context import ApiContext
+from ._guards import decode_cursor, encode_cursor
+from ._problems import PROBLEM_JSON, InvalidCursorError
+from ._route import PlatformRoute, endpoint, principal_of
+from ._schemas import (
+    U16,
+    U32,
+    AccountsOut,
+    BalancePage,
+    CreateAccountsIn,
+    CreateResultOut,
+    CreateResultsOut,
+    CreateTransfersIn,
+    LookupIn,
+    Problem,
+    TransferPage,
+    TransfersOut,
+    U64Text,
+    U128Text,
+    account_out,
+    balance_out,
+    transfer_out,
+)
+
+bearer = HTTPBearer(auto_error=False, description="An API key: `pk_<key id>_<secret>`.")
+
+_problem = {"model": Problem, "content": {PROBLEM_JSON: {}}}
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {**_problem, "description": description}
+    for status, description in {
+        400: "Bad request (malformed header or cursor)",
+        401: "Missing, unknown or revoked API key",
+        403: "The key lacks the route's scope",
+        409: "Idempotency conflict",
+        413: "Request body too large",
+        422: "The request does not match the schema",
+        429: "Rate limited; see Retry-After",
+    }.items()
+}
+
+router = APIRouter(
+    prefix="/v1/ledger",
+    tags=["ledger"],
+    route_class=PlatformRoute,
+    responses=PROBLEM_RESPONSES,
+    dependencies=[Depends(bearer)],  # documents the scheme; PlatformRoute authenticates
+)
+
+
+def _tenant_ledger(request: Request) -> TenantLedger:
+    context: ApiContext = request.app.state.puhui
+    return TenantLedger(context.ledger, principal_of(request).tenant)
+
+
+def _mapping(model: Any) -> dict[str, Any]:
+    """A validated input model as the ledger's field mapping (decimal text → int)."""
+    data: dict[str, Any] = model.model_dump()
+    return {k: int(v) if isinstance(v, str) else v for k, v in data.items()}
+
+
+@router.post("/accounts", response_model=CreateResultsOut, summary="create_accounts")
+@endpoint(Scope.LEDGER_WRITE, changes_state=True)
+async def create_accounts(body: CreateAccountsIn, request: Request) -> CreateResultsOut:
+    """Create accounts; one result per event (``created``, ``exists``, ...)."""
+    accounts = [account_from_mapping(_mapping(a)) for a in body.accounts]
+    results = await _tenant_ledger(request).create_accounts(accounts)
+    return CreateResultsOut(
+        results=[
+            CreateResultOut(
+                index=i,
+                id=str(accounts[i].id),
+                status=r.status.name.lower(),
+                timestamp=str(r.timestamp),
+            )
+            for i, r in enumerate(results)
+        ]
+    )
+
+
+@router.post("/transfers", response_model=CreateResultsOut, summary="create_transfers")
+@endpoint(Scope.LEDGER_WRITE, changes_state=True)
+async def create_transfers(body: CreateTransfersIn, request: Request) -> CreateResultsOut:
+    """Create transfers (linked chains, two-phase, balancing: TigerBeetle's semantics)."""
+    transfers = [transfer_from_mapping(_mapping(t)) for t in body.transfers]
+    results = await _tenant_ledger(request).create_transfers(transfers)
+    return CreateResultsOut(
+        results=[
+            CreateResultOut(
+                index=i,
+                id=str(transfers[i].id),
+                status=r.status.name.lower(),
+                timestamp=str(r.timestamp),
+            )
+            for i, r in enumerate(results)
+        ]
+    )
+
+
+def _ids(body: LookupIn) -> list[int]:
+    ids = [int(text) for text in body.ids]
+    for i, value in enumerate(ids):
+        if value >= 1 << 128:
+            raise FieldOutOfRangeError(f"ids[{i}] exceeds 2**128 - 1", index=i)
+    return ids
+
+
+@router.post("/accounts/lookup", response_model=AccountsOut, summary="lookup_accounts")
+@endpoint(Scope.LEDGER_READ, changes_state=False)
+async def lookup_accounts(body: LookupIn, request: Request) -> AccountsOut:
+    """The accounts with these ids that exist (for this tenant), in the order asked."""
+    found = await _tenant_ledger(request).lookup_accounts(_ids(body))
+    return AccountsOut(accounts=[account_out(a) for a in found])
+
+
+@router.post("/transfers/lookup", response_model=TransfersOut, summary="lookup_transfers")
+@endpoint(Scope.LEDGER_READ, changes_state=False)
+async def lookup_transfers(body: LookupIn, request: Request) -> TransfersOut:
+    """The transfers with these ids that exist (for this tenant), in the order asked."""
+    found = await _tenant_ledger(request).lookup_transfers(_ids(body))
+    return TransfersOut(transfers=[transfer_out(t) for t in found])
+
+
+def _account_filter(
+    request: Request,
+    kind: str,
+    account_id: str,
+    *,
+    limit: int | None,
+    cursor: str | None,
+    debits: bool,
+    credits: bool,
+    reversed: bool,
+    timestamp_min: str,
+    timestamp_max: str,
+    code: int,
+    user_data_128: str,
+    user_data_64: str,
+    user_data_32: int,
+) -> AccountFilter:
+    context: ApiContext = request.app.state.puhui
+    page = limit or context.options.page_size_default
+    if page > context.options.page_size_max:
+        raise InvalidInputError(f"limit must be at most {context.options.page_size_max}")
+    low, high = int(timestamp_min), int(timestamp_max)
+    if cursor is not None:
+        position = decode_cursor(kind, cursor)
+        after, was_reversed = position.get("ts"), position.get("r")
+        if not isinstance(after, int) or not isinstance(was_reversed, bool) or after < 0:
+            raise InvalidCursorError("malformed cursor")
+        if was_reversed != reversed:
+            raise InvalidCursorError("the cursor was made with another 'reversed'")
+        if reversed:
+            high = after - 1 if high == 0 else min(high, after - 1)
+            if high <= 0:
+                high = 1
+                low = max(low, 2)  # an empty range: nothing older than the first timestamp
+        else:
+            low = max(low, after + 1)
+    flags = AccountFilterFlags.NONE
+    if debits:
+        flags |= AccountFilterFlags.DEBITS
+    if credits:
+        flags |= AccountFilterFlags.CREDITS
+    if reversed:
+        flags |= AccountFilterFlags.REVERSED
+    account = int(account_id)
+    if account >= 1 << 128:
+        raise FieldOutOfRangeError("account_id exceeds 2**128 - 1")
+    return AccountFilter(
+        account_id=account,
+        user_data_128=_u128(user_data_128, "user_data_128"),
+        user_data_64=int(user_data_64),
+        user_data_32=user_data_32,
+        code=code,
+        timestamp_min=low,
+        timestamp_max=high,
+        limit=page,
+        flags=flags,
+    )
+
+
+def _u128(text: str, name: str) -> int:
+    value = int(text)
+    if value >= 1 << 128:
+        raise FieldOutOfRangeError(f"{name} exceeds 2**128 - 1")
+    return value
+
+
+def _next_cursor(kind: str, timestamps: list[int], limit: int, reversed: bool) -> str | None:
+    if len(timestamps) < limit or not timestamps:
+        return None
+    return encode_cursor(kind, {"ts": timestamps[-1], "r": reversed})
+
+
+Limit = Annotated[int | None, Query(ge=1, description="Page size (default 100, at most 1000).")]
+Cursor = Annotated[str | None, Query(max_length=512, description="From the previous page.")]
+
+
+@router.get(
+    "/accounts/{account_id}/transfers",
+    response_model=TransferPage,
+    summary="get_account_transfers",
+)
+@endpoint(Scope.LEDGER_READ, changes_state=False)
+async def get_account_transfers(
+    account_id: U128Text,
+    request: Request,
+    limit: Limit = None,
+    cursor: Cursor = None,
+    debits: bool = True,
+    credits: bool = True,
+    reversed: bool = False,
+    timestamp_min: Annotated[U64Text, Query()] = "0",
+    timestamp_max: Annotated[U64Text, Query()] = "0",
+    code: Annotated[U16, Query()] = 0,
+    user_data_128: Annotated[U128Text, Query()] = "0",
+    user_data_64: Annotated[U64Text, Query()] = "0",
+    user_data_32: Annotated[U32, Query()] = 0,
+) -> TransferPage:
+    """The account's transfers, oldest first (``reversed``: newest first), a page at a time."""
+    kind = "account_transfers"
+    account_filter = _account_filter(
+        request,
+        kind,
+        account_id,
+        limit=limit,
+        cursor=cursor,
+        debits=debits,
+        credits=credits,
+        reversed=reversed,
+        timestamp_min=timestamp_min,
+        timestamp_max=timestamp_max,
+        code=code,
+        user_data_128=user_data_128,
+        user_data_64=user_data_64,
+        user_data_32=user_data_32,
+    )
+    found = await _tenant_ledger(request).get_account_transfers(account_filter)
+    return TransferPage(
+        data=[transfer_out(t) for t in found],
+        next_cursor=_next_cursor(
+            kind, [t.timestamp for t in found], account_filter.limit, reversed
+        ),
+    )
+
+
+@router.get(
+    "/accounts/{account_id}/balances",
+    response_model=BalancePage,
+    summary="get_account_balances",
+)
+@endpoint(Scope.LEDGER_READ, changes_state=False)
+async def get_account_balances(
+    account_id: U128Text,
+    request: Request,
+    limit: Limit = None,
+    cursor: Cursor = None,
+    debits: bool = True,
+    credits: bool = True,
+    reversed: bool = False,
+    timestamp_min: Annotated[U64Text, Query()] = "0",
+    timestamp_max: Annotated[U64Text, Query()] = "0",
+    code: Annotated[U16, Query()] = 0,
+    user_data_128: Annotated[U128Text, Query()] = "0",
+    user_data_64: Annotated[U64Text, Query()] = "0",
+    user_data_32: Annotated[U32, Query()] = 0,
+) -> BalancePage:
+    """The account's balance after each of its transfers (accounts with the ``history``
+    flag only), a page at a time."""
+    kind = "account_balances"
+    account_filter = _account_filter(
+        request,
+        kind,
+        account_id,
+        limit=limit,
+        cursor=cursor,
+        debits=debits,
+        credits=credits,
+        reversed=reversed,
+        timestamp_min=timestamp_min,
+        timestamp_max=timestamp_max,
+        code=code,
+        user_data_128=user_data_128,
+        user_data_64=user_data_64,
+        user_data_32=user_data_32,
+    )
+    found = await _tenant_ledger(request).get_account_balances(account_filter)
+    return BalancePage(
+        data=[balance_out(b) for b in found],
+        next_cursor=_next_cursor(
+            kind, [b.timestamp for b in found], account_filter.limit, reversed
+        ),
+    )

@@ -1,0 +1,163 @@
+"""Errors as ``application/problem+json`` (RFC 9457), carrying Puhui's stable error code.
+
+``STATUS_BY_CODE`` is the one table from error codes to HTTP statuses. A code not in it falls
+back by class: bad input (``InvalidInputError``) is 422, any other ``PuhuiError`` (a business
+rule refused the request) 409. Anything that is not a ``PuhuiError`` is a bug: it is logged
+with its traceback and answered 500 ``internal_error`` without details.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Final
+
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from puhui.errors import InvalidInputError, PuhuiError
+
+PROBLEM_JSON: Final = "application/problem+json"
+TYPE_BASE: Final = "https://puhui.dev/errors/"
+"""A problem's ``type`` is this plus its code (the codes are documented in docs/errors.md)."""
+
+log = logging.getLogger("puhui.api")
+
+
+class NotFoundError(PuhuiError):
+    """No such route (or no such resource for this tenant)."""
+
+    code = "not_found"
+
+
+class MethodNotAllowedError(PuhuiError):
+    code = "method_not_allowed"
+
+
+class RequestTooLargeError(InvalidInputError):
+    """The request body is larger than the API accepts."""
+
+    code = "request_too_large"
+
+
+class RateLimitedError(PuhuiError):
+    """The key has used up its request budget for now; retry after ``Retry-After`` seconds."""
+
+    code = "rate_limited"
+
+
+class InvalidCursorError(InvalidInputError):
+    """A pagination cursor that this API did not hand out (or for another list)."""
+
+    code = "cursor_invalid"
+
+
+class InternalError(PuhuiError):
+    """A fault of the server (a bug); nothing about it is shown to the client."""
+
+    code = "internal_error"
+
+
+STATUS_BY_CODE: Final[dict[str, int]] = {
+    # authentication, authorisation, HTTP
+    "api_key_invalid": 401,
+    "scope_missing": 403,
+    "not_found": 404,
+    "tenant_not_found": 404,
+    "api_key_not_found": 404,
+    "method_not_allowed": 405,
+    "request_too_large": 413,
+    "rate_limited": 429,
+    # request validation
+    "invalid_input": 422,
+    "cursor_invalid": 400,
+    "idempotency_key_invalid": 400,
+    # idempotency
+    "idempotency_key_reused": 409,
+    "idempotency_request_in_progress": 409,
+    # the ledger's own faults: the service is unavailable, the request may be retried
+    "ledger_closed": 503,
+    "ledger_failed": 503,
+    "ledger_locked": 503,
+    "journal_unavailable": 503,
+    "internal_error": 500,
+}
+
+
+def status_for(error: PuhuiError) -> int:
+    status = STATUS_BY_CODE.get(error.code)
+    if status is not None:
+        return status
+    return 422 if isinstance(error, InvalidInputError) else 409
+
+
+def problem(
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    extra: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    body: dict[str, Any] = {
+        "type": TYPE_BASE + code,
+        "title": code.replace("_", " "),
+        "status": status,
+        "code": code,
+        "detail": detail,
+    }
+    if extra:
+        body.update(extra)
+    return Response(
+        json.dumps(body, separators=(",", ":")).encode(),
+        status_code=status,
+        media_type=PROBLEM_JSON,
+        headers=headers,
+    )
+
+
+def _safe_details(details: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in details.items() if isinstance(v, str | int | bool) or v is None}
+
+
+def problem_from_error(error: PuhuiError, headers: dict[str, str] | None = None) -> Response:
+    extra = _safe_details(error.details)
+    return problem(status_for(error), error.code, error.message, extra=extra, headers=headers)
+
+
+def _validation_errors(error: RequestValidationError) -> list[dict[str, Any]]:
+    """Pydantic's errors without the offending input (which may be large or personal)."""
+    out = []
+    for item in error.errors()[:20]:
+        out.append(
+            {
+                "loc": [str(part) for part in item.get("loc", ())],
+                "type": str(item.get("type", "")),
+                "msg": str(item.get("msg", ""))[:200],
+            }
+        )
+    return out
+
+
+def problem_from_exception(exc: BaseException) -> Response:
+    """The problem response for anything a route raised."""
+    if isinstance(exc, PuhuiError):
+        return problem_from_error(exc)
+    if isinstance(exc, RequestValidationError):
+        return problem(
+            422,
+            "invalid_input",
+            "the request does not match the schema",
+            extra={"errors": _validation_errors(exc)},
+        )
+    if isinstance(exc, StarletteHTTPException):
+        if exc.status_code == 404:
+            return problem_from_error(NotFoundError("no such resource"))
+        if exc.status_code == 405:
+            return problem_from_error(MethodNotAllowedError("method not allowed on this route"))
+        headers = dict(exc.headers) if exc.headers else None
+        code = "invalid_input" if 400 <= exc.status_code < 500 else "internal_error"
+        return problem(exc.status_code, code, str(exc.detail)[:200], headers=headers)
+    log.error("unhandled error in a route", exc_info=exc)
+    return problem_from_error(InternalError("internal error"))

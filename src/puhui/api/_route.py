@@ -1,0 +1,192 @@
+"""What every authenticated route goes through, in order, before and after its handler:
+
+1. the bearer API key → a ``Principal`` (401 ``api_key_invalid``);
+2. the key's token bucket (429 ``rate_limited`` with ``Retry-After``);
+3. the route's scope (403 ``scope_missing``);
+4. on POST, the ``Idempotency-Key`` header: replay, refuse (409) or claim;
+5. the handler; any error becomes ``application/problem+json``;
+6. the idempotency record is completed (or given back), and a state-changing route's
+   request is appended to the audit chain (who, what, when, result).
+
+Routes declare their scope and whether they change state with ``@endpoint(...)``; the app
+refuses to build a route without it, and the isolation tests iterate these declarations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from starlette.requests import Request
+from starlette.responses import Response
+
+from puhui.errors import InvalidInputError, PuhuiError
+from puhui.payments import IdempotencyKeyReusedError
+from puhui.platform import (
+    Claim,
+    IdempotencyRequestInProgressError,
+    InvalidApiKeyError,
+    Principal,
+    Scope,
+    StoredResponse,
+)
+from puhui.platform.model import check_idempotency_key, request_fingerprint
+
+from ._context import ApiContext
+from ._problems import problem_from_error, problem_from_exception
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+REPLAY_HEADER = "Idempotent-Replayed"
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    scope: Scope
+    """The scope a key needs to call the route."""
+    changes_state: bool
+    """Whether a call may change state (then it is audited)."""
+
+
+def endpoint(scope: Scope, *, changes_state: bool) -> Callable[[F], F]:
+    """Declare a route handler's scope and whether it changes state."""
+
+    def mark(handler: F) -> F:
+        handler.__puhui_endpoint__ = Endpoint(scope, changes_state)  # type: ignore[attr-defined]
+        return handler
+
+    return mark
+
+
+def principal_of(request: Request) -> Principal:
+    """The principal ``PlatformRoute`` authenticated for this request."""
+    principal: Principal = request.state.principal
+    return principal
+
+
+class PlatformRoute(APIRoute):
+    """An ``APIRoute`` that runs the platform's pipeline around its handler."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        spec = getattr(endpoint, "__puhui_endpoint__", None)
+        if not isinstance(spec, Endpoint):
+            raise TypeError(f"route {path} must declare its scope with @endpoint(...)")
+        self.puhui: Endpoint = spec
+        super().__init__(path, endpoint, **kwargs)
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        inner = super().get_route_handler()
+        spec = self.puhui
+        route_path = self.path
+
+        async def handler(request: Request) -> Response:
+            return await _run(spec, route_path, request, inner)
+
+        return handler
+
+
+def _bearer(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise InvalidApiKeyError("send the API key as 'Authorization: Bearer <key>'")
+    return token.strip()
+
+
+def _error_headers(error: PuhuiError) -> dict[str, str] | None:
+    if isinstance(error, InvalidApiKeyError):
+        return {"WWW-Authenticate": "Bearer"}
+    retry = error.details.get("retry_after_s")
+    return {"Retry-After": str(retry)} if isinstance(retry, int) else None
+
+
+async def _run(
+    spec: Endpoint,
+    route_path: str,
+    request: Request,
+    inner: Callable[[Request], Awaitable[Response]],
+) -> Response:
+    context: ApiContext = request.app.state.puhui
+    principal: Principal | None = None
+    try:
+        principal = await asyncio.to_thread(context.tenants.authenticate, _bearer(request))
+        context.limiter.take(principal.key_id)
+        principal.require(spec.scope)
+        request.state.principal = principal
+        response = await _idempotent(context, principal, request, inner)
+    except PuhuiError as error:
+        response = problem_from_error(error, headers=_error_headers(error))
+    if spec.changes_state and principal is not None:
+        await asyncio.to_thread(
+            context.audit.append,
+            tenant_id=principal.tenant.id,
+            key_id=principal.key_id,
+            method=request.method,
+            route=route_path,
+            target=request.url.path,
+            status=response.status_code,
+        )
+    return response
+
+
+async def _handle(
+    request: Request, inner: Callable[[Request], Awaitable[Response]]
+) -> tuple[Response, bool]:
+    """The handler's response, and whether the request was refused as invalid input
+    (nothing happened, so nothing is remembered under its idempotency key)."""
+    try:
+        return await inner(request), False
+    except Exception as exc:
+        invalid = isinstance(exc, RequestValidationError | InvalidInputError)
+        return problem_from_exception(exc), invalid
+
+
+async def _idempotent(
+    context: ApiContext,
+    principal: Principal,
+    request: Request,
+    inner: Callable[[Request], Awaitable[Response]],
+) -> Response:
+    key = request.headers.get("idempotency-key")
+    if key is None or request.method != "POST":
+        response, _ = await _handle(request, inner)
+        return response
+    key = check_idempotency_key(key)
+    fingerprint = request_fingerprint(request.method, request.url.path, await request.body())
+    tenant_id = principal.tenant.id
+    claimed = await asyncio.to_thread(context.idempotency.begin, tenant_id, key, fingerprint)
+    if claimed.claim is Claim.REPLAY and claimed.response is not None:
+        stored = claimed.response
+        return Response(
+            stored.body,
+            status_code=stored.status_code,
+            media_type=stored.content_type,
+            headers={REPLAY_HEADER: "true"},
+        )
+    if claimed.claim is Claim.REUSED:
+        raise IdempotencyKeyReusedError(
+            "this Idempotency-Key was used with a different request (method, path or body)"
+        )
+    if claimed.claim is Claim.IN_PROGRESS:
+        raise IdempotencyRequestInProgressError(
+            "a request with this Idempotency-Key is still in progress; retry later"
+        )
+    try:
+        response, invalid = await _handle(request, inner)
+    except BaseException:
+        await asyncio.to_thread(context.idempotency.release, tenant_id, key, fingerprint)
+        raise
+    if response.status_code >= 500 or invalid:
+        await asyncio.to_thread(context.idempotency.release, tenant_id, key, fingerprint)
+    else:
+        stored = StoredResponse(
+            status_code=response.status_code,
+            content_type=response.media_type or "application/json",
+            body=bytes(response.body),
+        )
+        await asyncio.to_thread(context.idempotency.finish, tenant_id, key, fingerprint, stored)
+    return response

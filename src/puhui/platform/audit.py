@@ -1,0 +1,125 @@
+"""The hash-chained audit log of every state-changing API request.
+
+Each entry stores the SHA-256 of its own fields and of the entry before it, so editing an
+entry, inserting one or deleting one breaks the chain from there on. Deleting the *last*
+entries leaves a shorter chain that is valid by itself; the anchor (a one-row table with the
+head hash and the count, updated in the same transaction as each append) catches that. Whoever
+can rewrite the whole log *and* the anchor can forge a consistent history: keep the head hash
+``verify`` reports somewhere else (an operator's log, a notary) to detect that as well.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import sqlalchemy as sa
+
+from puhui.clock import Clock, SystemClock
+from puhui.store import platform as tables
+
+from .model import GENESIS_HASH, AuditEntry, AuditReport, audit_hash, verify_chain
+
+route_chars_max = 255
+target_chars_max = 255
+read_chunk_entries = 5000
+"""Entries ``verify`` reads per query (unit: entries); the log is streamed, never loaded."""
+
+
+class AuditLog:
+    """Append to the chain and verify it."""
+
+    def __init__(self, engine: sa.Engine, *, clock: Clock | None = None) -> None:
+        self.engine = engine
+        self.clock = clock or SystemClock()
+
+    def append(
+        self,
+        *,
+        tenant_id: int | None,
+        key_id: str | None,
+        method: str,
+        route: str,
+        target: str,
+        status: int,
+    ) -> AuditEntry:
+        """Add one entry at the head of the chain (and move the anchor), atomically."""
+        log, anchor = tables.audit_log, tables.audit_anchor
+        now = self.clock.now_ns()
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                sa.select(anchor.c.head_hash, anchor.c.count)
+                .where(anchor.c.id == 1)
+                .with_for_update()
+            ).first()
+            if row is None:
+                prev_hash, count = GENESIS_HASH, 0
+                conn.execute(anchor.insert().values(id=1, head_hash=GENESIS_HASH, count=0))
+            else:
+                prev_hash, count = str(row[0]), int(row[1])
+            method = method.upper()[:8]
+            route = route[:route_chars_max]
+            target = target[:target_chars_max]
+            digest = audit_hash(
+                seq=count + 1,
+                at_ns=now,
+                tenant_id=tenant_id,
+                key_id=key_id,
+                method=method,
+                route=route,
+                target=target,
+                status=status,
+                prev_hash=prev_hash,
+            )
+            entry = AuditEntry(
+                count + 1, now, tenant_id, key_id, method, route, target, status, prev_hash, digest
+            )
+            conn.execute(log.insert().values(dataclasses.asdict(entry)))
+            conn.execute(
+                anchor.update().where(anchor.c.id == 1).values(head_hash=digest, count=count + 1)
+            )
+        return entry
+
+    def entries(self, *, after_seq: int = 0, limit: int = 100) -> list[AuditEntry]:
+        """Entries in order, from ``after_seq + 1``."""
+        log = tables.audit_log
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(log).where(log.c.seq > after_seq).order_by(log.c.seq).limit(limit)
+            ).all()
+        return [_entry(row) for row in rows]
+
+    def _stream(self) -> Iterator[AuditEntry]:
+        after = -1  # also reads entries a forger may have given a seq below 1
+        while True:
+            chunk = self.entries(after_seq=after, limit=read_chunk_entries)
+            yield from chunk
+            if len(chunk) < read_chunk_entries:
+                return
+            after = chunk[-1].seq
+
+    def verify(self) -> AuditReport:
+        """Check every entry and the anchor; the report names the first bad entry."""
+        anchor = tables.audit_anchor
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(anchor.c.head_hash, anchor.c.count).where(anchor.c.id == 1)
+            ).first()
+        head, count = (GENESIS_HASH, 0) if row is None else (str(row[0]), int(row[1]))
+        return verify_chain(self._stream(), count, head)
+
+
+def _entry(row: sa.Row[tuple[object, ...]]) -> AuditEntry:
+    m = row._mapping
+    return AuditEntry(
+        seq=int(m["seq"]),
+        at_ns=int(m["at_ns"]),
+        tenant_id=None if m["tenant_id"] is None else int(m["tenant_id"]),
+        key_id=None if m["key_id"] is None else str(m["key_id"]),
+        method=str(m["method"]),
+        route=str(m["route"]),
+        target=str(m["target"]),
+        status=int(m["status"]),
+        prev_hash=str(m["prev_hash"]),
+        hash=str(m["hash"]),
+    )

@@ -1,0 +1,171 @@
+"""Records of the API's ``Idempotency-Key`` header, with Stripe's semantics.
+
+Per tenant, a key names one request (its fingerprint: method, path, body). The first request
+with a key claims it (``in_progress``) and, when it ends, stores its response (``done``). Then:
+
+- the same key with the same request gets the stored response back (``REPLAY``);
+- the same key with a different request is refused (``REUSED``: 409 ``idempotency_key_reused``);
+- the same key while the first is still running is refused (``IN_PROGRESS``: 409
+  ``idempotency_request_in_progress``).
+
+A request that crashed without finishing does not wedge its key: the claim lasts
+``lock_timeout_s``; after that the next request with the key takes it over and runs. Records
+are kept ``window_s`` (24 h by default) from the first request; afterwards the key is new again.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from puhui.clock import Clock, SystemClock
+from puhui.store import platform as tables
+
+NS_PER_S = 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyOptions:
+    window_s: float = 24 * 3600.0
+    """How long a key and its stored response are kept, from the first request."""
+    lock_timeout_s: float = 60.0
+    """How long a claim holds without a result: a request still unfinished after this is
+    taken for crashed and its key may be claimed again. Must exceed the longest a request
+    may run."""
+
+    def __post_init__(self) -> None:
+        if not (self.window_s > 0 and self.lock_timeout_s > 0):
+            raise ValueError("window_s and lock_timeout_s must be positive")
+
+
+class Claim(enum.Enum):
+    STARTED = "started"
+    """The caller holds the key: run the request, then ``finish`` (or ``release``)."""
+    REPLAY = "replay"
+    """A response is stored for this very request: send it again."""
+    REUSED = "reused"
+    """The key belongs to a different request."""
+    IN_PROGRESS = "in_progress"
+    """The same request is running under this key right now."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    status_code: int
+    content_type: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    claim: Claim
+    response: StoredResponse | None = None
+
+
+class IdempotencyRecords:
+    """The idempotency records of every tenant, in the SQL store."""
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        *,
+        clock: Clock | None = None,
+        options: IdempotencyOptions | None = None,
+    ) -> None:
+        self.engine = engine
+        self.clock = clock or SystemClock()
+        self.options = options or IdempotencyOptions()
+
+    def begin(self, tenant_id: int, key: str, fingerprint: str) -> ClaimResult:
+        """Claim ``key`` for the request ``fingerprint`` (see the module's description)."""
+        try:
+            return self._begin(tenant_id, key, fingerprint)
+        except sa.exc.IntegrityError:
+            # Two first requests raced to insert (PostgreSQL); the loser sees the winner's row.
+            return self._begin(tenant_id, key, fingerprint)
+
+    def _begin(self, tenant_id: int, key: str, fingerprint: str) -> ClaimResult:
+        t = tables.idempotency
+        now = self.clock.now_ns()
+        lock_ns = int(self.options.lock_timeout_s * NS_PER_S)
+        where = sa.and_(t.c.tenant_id == tenant_id, t.c.key == key)
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(t).where(where).with_for_update()).first()
+            if row is not None and row.expires_at_ns <= now:
+                conn.execute(t.delete().where(where))
+                row = None
+            if row is None:
+                conn.execute(
+                    t.insert().values(
+                        tenant_id=tenant_id,
+                        key=key,
+                        fingerprint=fingerprint,
+                        state="in_progress",
+                        created_at_ns=now,
+                        locked_until_ns=now + lock_ns,
+                        expires_at_ns=now + int(self.options.window_s * NS_PER_S),
+                    )
+                )
+                return ClaimResult(Claim.STARTED)
+            if row.fingerprint != fingerprint:
+                return ClaimResult(Claim.REUSED)
+            if row.state == "done":
+                stored = StoredResponse(
+                    status_code=int(row.status_code),
+                    content_type=str(row.content_type),
+                    body=bytes(row.body),
+                )
+                return ClaimResult(Claim.REPLAY, stored)
+            if row.locked_until_ns > now:
+                return ClaimResult(Claim.IN_PROGRESS)
+            # The claim outlived its timeout: its request is taken for crashed.
+            conn.execute(t.update().where(where).values(locked_until_ns=now + lock_ns))
+            return ClaimResult(Claim.STARTED)
+
+    def finish(self, tenant_id: int, key: str, fingerprint: str, response: StoredResponse) -> None:
+        """Store the response of a claimed request; later requests with the key replay it."""
+        t = tables.idempotency
+        with self.engine.begin() as conn:
+            conn.execute(
+                t.update()
+                .where(
+                    t.c.tenant_id == tenant_id,
+                    t.c.key == key,
+                    t.c.fingerprint == fingerprint,
+                    t.c.state == "in_progress",
+                )
+                .values(
+                    state="done",
+                    status_code=response.status_code,
+                    content_type=response.content_type[:64],
+                    body=response.body,
+                )
+            )
+
+    def release(self, tenant_id: int, key: str, fingerprint: str) -> None:
+        """Give a claimed key back without a result (the request failed before it changed
+        anything, or on a server error): the client may retry with the same key at once."""
+        t = tables.idempotency
+        with self.engine.begin() as conn:
+            conn.execute(
+                t.delete().where(
+                    t.c.tenant_id == tenant_id,
+                    t.c.key == key,
+                    t.c.fingerprint == fingerprint,
+                    t.c.state == "in_progress",
+                )
+            )
+
+    def purge_expired(self, limit: int = 10_000) -> int:
+        """Delete up to ``limit`` expired records; the number deleted."""
+        t = tables.idempotency
+        now = self.clock.now_ns()
+        with self.engine.begin() as conn:
+            keys = conn.execute(
+                sa.select(t.c.tenant_id, t.c.key).where(t.c.expires_at_ns <= now).limit(limit)
+            ).all()
+            for tenant_id, key in keys:
+                conn.execute(t.delete().where(t.c.tenant_id == tenant_id, t.c.key == key))
+        return len(keys)

@@ -1,0 +1,133 @@
+"""``TenantLedger``: one tenant's view of the shared ledger, isolated from every other's.
+
+Two guards, each enough on its own against an honest mistake, together against a probe:
+
+1. **Scrambled ids.** Every id a tenant sends (account, transfer, pending transfer) is XORed
+   with the tenant's random 128-bit mask before it reaches the ledger, and every id the
+   ledger returns is XORed back (``model.scramble_id``). Tenants keep TigerBeetle's
+   semantics on their own ids, but one tenant's id ``x`` is a different ledger id from
+   another tenant's ``x``: an account of another tenant (or of a Puhui service) can only be
+   named by guessing 128 random bits. So a transfer touching it fails with the ledger's own
+   ``debit_account_not_found``/``credit_account_not_found`` and a lookup finds nothing —
+   exactly as if the account did not exist, even in the precedence of result codes, and
+   creating an account with an id another tenant uses simply works.
+2. **Owner stamp.** Every account a tenant creates carries the tenant's number in
+   ``user_data_32`` (the API reserves that field of accounts; a request setting it is
+   refused). Lookups, listings and balances return only accounts (and transfers of
+   accounts) stamped with the caller's number. The stamp also shows operators, in the
+   ledger itself, which tenant owns an account.
+
+Why not an ownership table in SQL: the ledger would then need a second store consulted (and
+written in step) on every batch — two systems to keep consistent for every account, and a
+SQL query per request on the hot path. The stamp is written atomically with the account,
+and the checks run in memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from puhui.errors import InvalidInputError
+from puhui.ledger import (
+    Account,
+    AccountBalance,
+    AccountFilter,
+    AsyncLedger,
+    CreateAccountResult,
+    CreateTransferResult,
+    Transfer,
+)
+
+from .model import scramble_id
+from .tenants import Tenant
+
+
+class ReservedFieldError(InvalidInputError):
+    """An account sets ``user_data_32``, which the platform reserves for the owner's number."""
+
+    code = "reserved_field"
+
+
+class TenantLedger:
+    """The ledger as one tenant sees it (see the module's description)."""
+
+    def __init__(self, ledger: AsyncLedger, tenant: Tenant) -> None:
+        self.ledger = ledger
+        self.tenant = tenant
+        self._mask = tenant.ledger_id_mask
+
+    def _id(self, value: int) -> int:
+        return scramble_id(value, self._mask)
+
+    async def create_accounts(self, accounts: Sequence[Account]) -> list[CreateAccountResult]:
+        for index, account in enumerate(accounts):
+            if account.user_data_32 not in (0, self.tenant.id):
+                raise ReservedFieldError(
+                    f"accounts[{index}].user_data_32 is reserved: the platform sets it to the "
+                    "owner's tenant number",
+                    index=index,
+                )
+        events = [
+            dataclasses.replace(a, id=self._id(a.id), user_data_32=self.tenant.id) for a in accounts
+        ]
+        return await self.ledger.create_accounts(events)
+
+    async def create_transfers(self, transfers: Sequence[Transfer]) -> list[CreateTransferResult]:
+        events = [
+            dataclasses.replace(
+                t,
+                id=self._id(t.id),
+                debit_account_id=self._id(t.debit_account_id),
+                credit_account_id=self._id(t.credit_account_id),
+                pending_id=self._id(t.pending_id),
+            )
+            for t in transfers
+        ]
+        return await self.ledger.create_transfers(events)
+
+    async def lookup_accounts(self, ids: Sequence[int]) -> list[Account]:
+        found = await self.ledger.lookup_accounts([self._id(i) for i in ids])
+        return [
+            dataclasses.replace(a, id=self._id(a.id))
+            for a in found
+            if a.user_data_32 == self.tenant.id
+        ]
+
+    async def _owned(self, ledger_ids: set[int]) -> set[int]:
+        """Which of these (scrambled) account ids are this tenant's."""
+        found = await self.ledger.lookup_accounts(sorted(ledger_ids))
+        return {a.id for a in found if a.user_data_32 == self.tenant.id}
+
+    def _transfer_out(self, t: Transfer) -> Transfer:
+        return dataclasses.replace(
+            t,
+            id=self._id(t.id),
+            debit_account_id=self._id(t.debit_account_id),
+            credit_account_id=self._id(t.credit_account_id),
+            pending_id=self._id(t.pending_id),
+        )
+
+    async def lookup_transfers(self, ids: Sequence[int]) -> list[Transfer]:
+        found = await self.ledger.lookup_transfers([self._id(i) for i in ids])
+        if not found:
+            return []
+        owned = await self._owned({t.debit_account_id for t in found})
+        return [self._transfer_out(t) for t in found if t.debit_account_id in owned]
+
+    async def get_account_transfers(self, account_filter: AccountFilter) -> list[Transfer]:
+        scrambled = dataclasses.replace(
+            account_filter, account_id=self._id(account_filter.account_id)
+        )
+        if not await self._owned({scrambled.account_id}):
+            return []
+        found = await self.ledger.get_account_transfers(scrambled)
+        return [self._transfer_out(t) for t in found]
+
+    async def get_account_balances(self, account_filter: AccountFilter) -> list[AccountBalance]:
+        scrambled = dataclasses.replace(
+            account_filter, account_id=self._id(account_filter.account_id)
+        )
+        if not await self._owned({scrambled.account_id}):
+            return []
+        return await self.ledger.get_account_balances(scrambled)

@@ -1,0 +1,163 @@
+"""Errors are application/problem+json with a stable code; bad input is 4xx, never 500;
+body size and rate limits."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from puhui.api import STATUS_BY_CODE, ApiOptions
+
+from .conftest import Api, account, make_api, transfer
+
+PROBLEM_KEYS = {"type", "title", "status", "code", "detail"}
+
+
+def _problem(response: Any, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body: dict[str, Any] = response.json()
+    assert set(body) >= PROBLEM_KEYS
+    assert (body["status"], body["code"]) == (status, code)
+    assert body["type"].endswith("/" + code)
+    return body
+
+
+def test_authentication_and_scopes(api: Api) -> None:
+    path = "/v1/ledger/accounts/lookup"
+    body = {"ids": ["1"]}
+    response = api.client.post(path, json=body)
+    _problem(response, 401, "api_key_invalid")
+    assert response.headers["www-authenticate"] == "Bearer"
+    _problem(api.client.post(path, json=body, headers=api.auth("pk_x")), 401, "api_key_invalid")
+    _problem(
+        api.client.post(path, json=body, headers={"Authorization": "Basic abc"}),
+        401,
+        "api_key_invalid",
+    )
+    _, write_only = api.tenants.create_key(api.a.id, ["ledger:write"])
+    response = api.client.post(path, json=body, headers=api.auth(write_only))
+    assert _problem(response, 403, "scope_missing")["scope"] == "ledger:read"
+
+
+def test_http_level_problems(api: Api) -> None:
+    _problem(api.client.get("/v1/nowhere", headers=api.auth()), 404, "not_found")
+    _problem(
+        api.client.delete("/v1/ledger/accounts", headers=api.auth()), 405, "method_not_allowed"
+    )
+
+
+BAD_BODIES: list[Any] = [
+    None,
+    [],
+    "text",
+    {},
+    {"accounts": "no"},
+    {"accounts": [{}]},
+    {"accounts": [account(1, unknown=1)]},  # unknown field
+    {"accounts": [account(1) | {"id": 1}]},  # ids are decimal strings
+    {"accounts": [account(1) | {"id": "-1"}]},
+    {"accounts": [account(1) | {"id": "1.5"}]},
+    {"accounts": [account(1) | {"id": "01"}]},
+    {"accounts": [account(1) | {"ledger": -1}]},
+    {"accounts": [account(1) | {"ledger": 1 << 32}]},
+    {"accounts": [account(1) | {"code": 1.5}]},
+    {"accounts": [account(1) | {"flags": "1"}]},
+    {"accounts": [account(1)] * 8190},  # more than a batch
+]
+
+
+@pytest.mark.parametrize("body", BAD_BODIES, ids=[f"body{i}" for i in range(len(BAD_BODIES))])
+def test_bad_bodies_are_422_invalid_input(api: Api, body: Any) -> None:
+    response = api.client.post("/v1/ledger/accounts", json=body, headers=api.auth())
+    problem = _problem(response, 422, "invalid_input")
+    assert problem["errors"] and all("loc" in e and "msg" in e for e in problem["errors"])
+
+
+def test_malformed_json_and_out_of_range_values(api: Api) -> None:
+    response = api.client.post(
+        "/v1/ledger/accounts",
+        content=b'{"accounts": [',
+        headers=api.auth(**{"content-type": "application/json"}),
+    )
+    _problem(response, 422, "invalid_input")
+    too_big = str(1 << 128)  # 39 digits, one past the largest u128
+    response = api.client.post(
+        "/v1/ledger/transfers",
+        json={"transfers": [transfer(1, 1, 2, 1) | {"amount": too_big}]},
+        headers=api.auth(),
+    )
+    _problem(response, 422, "field_out_of_range")
+    response = api.client.post(
+        "/v1/ledger/accounts/lookup", json={"ids": [too_big]}, headers=api.auth()
+    )
+    _problem(response, 422, "field_out_of_range")
+    response = api.client.get(f"/v1/ledger/accounts/{too_big}/transfers", headers=api.auth())
+    _problem(response, 422, "field_out_of_range")
+    response = api.client.get(
+        "/v1/ledger/accounts/1/transfers", params={"limit": 100_000}, headers=api.auth()
+    )
+    _problem(response, 422, "invalid_input")
+    response = api.client.get(
+        "/v1/ledger/accounts/x/transfers", params={"limit": 0}, headers=api.auth()
+    )
+    _problem(response, 422, "invalid_input")
+
+
+def test_bad_idempotency_keys_are_400(api: Api) -> None:
+    response = api.client.post(
+        "/v1/ledger/accounts",
+        json={"accounts": [account(1)]},
+        headers=api.auth(**{"Idempotency-Key": "x" * 256}),
+    )
+    _problem(response, 400, "idempotency_key_invalid")
+
+
+def test_every_status_in_the_table_is_an_error_status() -> None:
+    assert all(400 <= status <= 599 for status in STATUS_BY_CODE.values())
+
+
+@pytest.fixture
+def small_api(tmp_path: Path) -> Iterator[Api]:
+    options = ApiOptions(request_body_bytes_max=1024, rate_per_key_per_s=1.0, rate_burst_requests=3)
+    yield from make_api(tmp_path, options)
+
+
+def test_request_bodies_over_the_limit_are_413(small_api: Api) -> None:
+    api = small_api
+    body = {"accounts": [account(i) for i in range(1, 40)]}
+    response = api.client.post("/v1/ledger/accounts", json=body, headers=api.auth())
+    assert _problem(response, 413, "request_too_large")["bytes_max"] == 1024
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it streams
+        yield b'{"accounts": ['
+        for i in range(1, 40):
+            yield (b"," if i > 1 else b"") + b'{"id": "%d", "ledger": 1, "code": 1}' % i
+        yield b"]}"
+
+    response = api.client.post(
+        "/v1/ledger/accounts",
+        content=chunks(),
+        headers=api.auth(**{"content-type": "application/json"}),
+    )
+    _problem(response, 413, "request_too_large")
+    lookup = api.client.post("/v1/ledger/accounts/lookup", json={"ids": ["1"]}, headers=api.auth())
+    assert lookup.json()["accounts"] == []
+
+
+def test_rate_limit_per_key_with_retry_after(small_api: Api) -> None:
+    api = small_api
+    path, body = "/v1/ledger/accounts/lookup", {"ids": ["1"]}
+    for _ in range(3):  # the burst
+        assert api.client.post(path, json=body, headers=api.auth()).status_code == 200
+    response = api.client.post(path, json=body, headers=api.auth())
+    _problem(response, 429, "rate_limited")
+    assert response.headers["retry-after"] == "1"
+    # another key has its own bucket
+    assert api.client.post(path, json=body, headers=api.auth(api.token_b)).status_code == 200
+    api.clock.advance(1_000_000_000)  # one token back after a second at 1 request/s
+    assert api.client.post(path, json=body, headers=api.auth()).status_code == 200
+    assert api.client.post(path, json=body, headers=api.auth()).status_code == 429

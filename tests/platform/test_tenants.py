@@ -1,0 +1,104 @@
+"""Tenants and API keys: shown once, stored as hashes only, scoped, revocable."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from puhui.clock import ManualClock
+from puhui.platform import (
+    ApiKeyNotFoundError,
+    InvalidApiKeyError,
+    InvalidNameError,
+    Scope,
+    ScopeMissingError,
+    ScopeNotAllowedError,
+    TenantKind,
+    TenantNameTakenError,
+    Tenants,
+    TenantStatus,
+    UnknownTenantKindError,
+)
+from puhui.store import platform as tables
+
+
+def test_a_key_is_shown_once_and_stored_as_a_hash_only(
+    engine: sa.Engine, clock: ManualClock
+) -> None:
+    tenants = Tenants(engine, clock=clock)
+    bank = tenants.create("Bank A", TenantKind.BANK)
+    key, token = tenants.create_key(bank.id, ["ledger:read"], "reporting")
+    secret = token.rsplit("_", 1)[1]
+    assert token.startswith(f"pk_{key.id}_") and len(secret) == 64
+    with engine.connect() as conn:
+        rows = [tuple(map(str, row)) for row in conn.execute(sa.select(tables.api_keys)).all()]
+    assert rows and not any(secret in value for row in rows for value in row)
+    listed = tenants.list_keys(bank.id)
+    assert [k.id for k in listed] == [key.id]
+    assert not hasattr(listed[0], "secret")
+    principal = tenants.authenticate(token)
+    assert (principal.tenant.id, principal.key_id) == (bank.id, key.id)
+    assert principal.scopes == {Scope.LEDGER_READ}
+
+
+def test_wrong_secret_malformed_and_revoked_keys_do_not_authenticate(
+    engine: sa.Engine, clock: ManualClock
+) -> None:
+    tenants = Tenants(engine, clock=clock)
+    bank = tenants.create("Bank A", "bank")
+    key, token = tenants.create_key(bank.id, ["ledger:read"])
+    other_secret = token[:-1] + ("0" if token[-1] != "0" else "1")
+    for bad in [other_secret, "pk_nope", "", token + "x", f"pk_{'0' * 16}_{'a' * 64}"]:
+        with pytest.raises(InvalidApiKeyError):
+            tenants.authenticate(bad)
+    clock.advance(5)
+    revoked = tenants.revoke_key(key.id)
+    assert revoked.revoked_at_ns == clock.now_ns()
+    again = tenants.revoke_key(key.id)  # idempotent: the first time stays
+    assert again.revoked_at_ns == revoked.revoked_at_ns
+    with pytest.raises(InvalidApiKeyError):
+        tenants.authenticate(token)
+    with pytest.raises(ApiKeyNotFoundError):
+        tenants.revoke_key("0" * 16)
+    assert tenants.list_keys(bank.id)[0].revoked
+
+
+def test_a_suspended_tenants_keys_stop_working(engine: sa.Engine, clock: ManualClock) -> None:
+    tenants = Tenants(engine, clock=clock)
+    bank = tenants.create("Bank A", "bank")
+    _, token = tenants.create_key(bank.id, ["ledger:read"])
+    tenants.set_status(bank.id, TenantStatus.SUSPENDED)
+    with pytest.raises(InvalidApiKeyError):
+        tenants.authenticate(token)
+    tenants.set_status(bank.id, TenantStatus.ACTIVE)
+    assert tenants.authenticate(token).tenant.status is TenantStatus.ACTIVE
+
+
+def test_scopes_and_operator_keys(engine: sa.Engine, clock: ManualClock) -> None:
+    tenants = Tenants(engine, clock=clock)
+    bank = tenants.create("Bank A", "bank")
+    ops = tenants.create("Platform ops", "operator")
+    with pytest.raises(ScopeNotAllowedError):
+        tenants.create_key(bank.id, ["platform:admin"])
+    _, token = tenants.create_key(ops.id, ["platform:admin"])
+    principal = tenants.authenticate(token)
+    principal.require(Scope.PLATFORM_ADMIN)
+    with pytest.raises(ScopeMissingError):
+        principal.require(Scope.LEDGER_WRITE)
+
+
+def test_tenant_names_and_masks(engine: sa.Engine, clock: ManualClock) -> None:
+    tenants = Tenants(engine, clock=clock)
+    a = tenants.create("Bank A", "bank")
+    b = tenants.create("Insurer B", "insurer")
+    assert a.id != b.id and a.ledger_id_mask != b.ledger_id_mask
+    assert 0 not in (a.ledger_id_mask, b.ledger_id_mask)
+    assert tenants.find("Bank A") == a == tenants.get(a.id) == tenants.find(str(a.id))
+    with pytest.raises(TenantNameTakenError):
+        tenants.create("Bank A", "bank")
+    for bad in ["", " lead", "x" * 65, "a;drop"]:
+        with pytest.raises(InvalidNameError):
+            tenants.create(bad, "bank")
+    with pytest.raises(UnknownTenantKindError):
+        tenants.create("C", "casino")
+    assert [t.name for t in tenants.list_tenants()] == ["Bank A", "Insurer B"]
