@@ -404,6 +404,7 @@ STORE_ALL = [
     "migrate",
     "payments",
     "platform",
+    "risk",
 ]
 
 PLATFORM_ALL = [
@@ -458,8 +459,15 @@ API_ALL = [
 ]
 
 RISK_ALL = [
+    "Case",
+    "CaseClosedError",
+    "CaseNotFoundError",
+    "CaseOutcome",
+    "CaseStatus",
+    "Cases",
     "Decision",
     "EventKind",
+    "InvalidCaseDecisionError",
     "RiskDecision",
     "RiskEvent",
     "decide",

@@ -620,6 +620,10 @@ class PaymentBatches:
                     [{"b_c": c, "b_k": k, "b_a": a} for (c, k), a in release.items()],
                     sign=-1,
                 )
+            for item in changed:
+                held = item.decision.decision if item.decision is not None else None
+                if item.status is _S.CHALLENGED and held is risk.Decision.REVIEW:
+                    self.payments.open_case(conn, self._operation(item))
         for item in finished_elsewhere:
             item.extra["record"] = self.payments.operation(item.operation_id)
 

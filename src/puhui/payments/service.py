@@ -230,6 +230,7 @@ class Payments:
         decide: Decide = risk.decide,
         options: PaymentsOptions | None = None,
         new_id: Callable[[], int] = ledger_id,
+        cases: risk.Cases | None = None,
     ) -> None:
         self.engine = engine
         self.ledger = ledger
@@ -248,6 +249,12 @@ class Payments:
         """Called in the transaction that records an operation's new status (checkout uses
         it to move its orders along with their money). Keyed by owner: a second ``Checkout``
         over the same service replaces the first's hook instead of running it twice."""
+        self.cases = cases
+        """Risk's case queue: a payment held for review opens a case (in the transaction
+        that records the hold); an analyst's decision on it releases or returns the money."""
+        if cases is not None:
+            cases.on_decided("operation", self._carry_out_case)
+            self._finish_hooks["risk_cases"] = self._open_case
 
     def _bind_to_ledger(self) -> None:
         """A store and a ledger are one pair: record the ledger's identity in the store on
@@ -820,6 +827,42 @@ class Payments:
         if approve:
             self._check_parties_active(op)
         return self._check_done(op, passed=approve, failure="review_rejected")
+
+    def _open_case(self, conn: sa.Connection, op: Operation, status: OperationStatus) -> None:
+        if self.cases is None or status is not _S.CHALLENGED:
+            return
+        if op.decision is not risk.Decision.REVIEW:
+            return
+        self.open_case(conn, op)
+
+    def open_case(self, conn: sa.Connection, op: Operation) -> None:
+        """Open the review case of a held operation, in the caller's transaction."""
+        if self.cases is None:
+            return
+        stored = conn.execute(
+            sa.select(t.operations.c.risk_reasons).where(t.operations.c.id == _hex(op.id))
+        ).scalar_one()
+        reasons = json.loads(stored).get("reasons", []) if stored else []
+        self.cases.open(
+            conn,
+            "operation",
+            _hex(op.id),
+            customer_id=op.payer_customer_id or op.payee_customer_id or 0,
+            amount=op.amount,
+            currency=op.currency,
+            score=op.risk_score,
+            reasons=[str(r) for r in reasons],
+        )
+
+    def _carry_out_case(self, case: risk.Case) -> None:
+        """An analyst decided a case about one of our operations: release or return the
+        held money (idempotent: nothing to do once the hold has ended), and freeze an account
+        confirmed taken over."""
+        op = self.operation(int(case.subject_id, 16))
+        if op.status is _S.CHALLENGED and op.decision is risk.Decision.REVIEW:
+            self.decide_review(op.id, approve=case.status == risk.CaseStatus.APPROVED)
+        if case.account_takeover and not self.customer(case.customer_id).frozen:
+            self.set_frozen(case.customer_id, True)
 
     def on_bank_result(self, result: BankResult) -> Operation:
         """An asynchronous confirmation from the bank about one of our references."""

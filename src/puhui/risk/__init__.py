@@ -5,6 +5,15 @@ so in its versions (``pass-through``), so each service already calls it, stores 
 decision with the operation and handles all four outcomes.
 """
 
+from ._cases import (
+    Case,
+    CaseClosedError,
+    CaseNotFoundError,
+    CaseOutcome,
+    Cases,
+    CaseStatus,
+    InvalidCaseDecisionError,
+)
 from ._decide import (
     Decision,
     EventKind,
@@ -13,4 +22,17 @@ from ._decide import (
     decide,
 )
 
-__all__ = ["Decision", "EventKind", "RiskDecision", "RiskEvent", "decide"]
+__all__ = [
+    "Case",
+    "CaseClosedError",
+    "CaseNotFoundError",
+    "CaseOutcome",
+    "CaseStatus",
+    "Cases",
+    "Decision",
+    "EventKind",
+    "InvalidCaseDecisionError",
+    "RiskDecision",
+    "RiskEvent",
+    "decide",
+]

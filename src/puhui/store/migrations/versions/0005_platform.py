@@ -118,9 +118,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("platform_audit_anchor")
     op.drop_table("platform_audit_log")
-    op.drop_index(
-        op.f("ix_platform_idempotency_expires_at_ns"), table_name="platform_idempotency"
-    )
+    op.drop_index(op.f("ix_platform_idempotency_expires_at_ns"), table_name="platform_idempotency")
     op.drop_table("platform_idempotency")
     op.drop_index(
         op.f("ix_platform_api_keys_tenant_id_created_at_ns"), table_name="platform_api_keys"

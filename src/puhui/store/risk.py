@@ -1,0 +1,40 @@
+"""Tables of ``puhui.risk`` (only that package reads or writes them).
+
+Cases: what an analyst looks at when risk control holds something for review, and what they
+decided (the outcome is a label for training). Times are nanoseconds since the Unix epoch.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from ._metadata import Id, metadata
+
+CASE_STATUSES = ("open", "escalated", "approved", "rejected")
+
+cases = sa.Table(
+    "risk_cases",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    # What is held: ("operation", the payments operation id in hex), for now.
+    sa.Column("subject_kind", sa.String(16), nullable=False),
+    sa.Column("subject_id", sa.String(64), nullable=False),
+    sa.Column("customer_id", sa.BigInteger, nullable=False),
+    sa.Column("amount", sa.BigInteger, nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("score", sa.Integer, nullable=False),
+    sa.Column("reasons", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("analyst", sa.String(64), nullable=True),
+    sa.Column("note", sa.String(500), nullable=False, server_default=""),
+    sa.Column("account_takeover", sa.Boolean, nullable=False, server_default=sa.false()),
+    # 1 fraud, 0 legitimate; NULL while undecided (or only escalated).
+    sa.Column("label", sa.SmallInteger, nullable=True),
+    # The decision was carried out on its subject (the held payment released or returned).
+    sa.Column("resolved", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("opened_at_ns", sa.BigInteger, nullable=False),
+    sa.Column("decided_at_ns", sa.BigInteger, nullable=True),
+    sa.UniqueConstraint("subject_kind", "subject_id"),
+    sa.CheckConstraint("status IN ('open', 'escalated', 'approved', 'rejected')", name="status"),
+    sa.Index(None, "status", "id"),
+)
