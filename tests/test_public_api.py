@@ -402,11 +402,28 @@ STORE_ALL = [
 ]
 
 RISK_ALL = [
+    "LIST_NAMES",
     "Decision",
     "EventKind",
+    "FeatureType",
+    "ListEntry",
     "RiskDecision",
     "RiskEvent",
+    "RiskFeaturesError",
+    "RiskListError",
+    "RiskLists",
+    "Rule",
+    "RuleHit",
+    "RuleOutcome",
+    "RuleParseError",
+    "RuleResults",
+    "RuleStatus",
+    "Ruleset",
+    "RulesetWatcher",
+    "Thresholds",
     "decide",
+    "load_ruleset",
+    "parse_ruleset",
 ]
 
 
