@@ -212,7 +212,8 @@ class RiskLists:
             if not isinstance(raw_entries, list):
                 raise RiskListError(f"list {name!r} is not an array")
             for raw in raw_entries:
-                lists._entries[name][_value_of(raw)] = _entry_of(raw)
+                value = _value_of(raw)
+                lists._entries[name][value] = _entry_of(raw)
         return lists
 
 
