@@ -137,7 +137,8 @@ def batches(draw: st.DrawFn, size: int | None = None) -> dict[str, np.ndarray]:
     words = st.lists(st.sampled_from(WORDS), min_size=n, max_size=n)
     flags = st.lists(st.booleans(), min_size=n, max_size=n)
     batch: dict[str, np.ndarray] = {}
-    batch["n1"] = np.array(draw(numbers_), dtype=np.float64)
+    odd = st.lists(st.sampled_from([*NUMBERS, np.nan, np.inf, -np.inf]), min_size=n, max_size=n)
+    batch["n1"] = np.array(draw(odd), dtype=np.float64)  # missing and infinite values too
     batch["n2"] = np.array([int(v) for v in draw(numbers_)], dtype=np.int64)
     batch["n3"] = np.array(draw(numbers_), dtype=np.float64)
     batch["b1"] = np.array(draw(flags), dtype=np.bool_)
@@ -353,3 +354,28 @@ def test_reference_expected_type_is_comparable() -> None:
     assert Expected(Decision.ACCEPT, 0, frozenset(), frozenset()) == Expected(
         Decision.ACCEPT, 0, frozenset(), frozenset()
     )
+
+
+@pytest.mark.parametrize("size", [1, 64])
+def test_missing_and_infinite_values_follow_ieee(size: int) -> None:
+    """NaN compares false (``!=`` true); inf - inf and 0 * inf are NaN; in both paths, no
+    warnings (pytest turns them into errors)."""
+    rules = [
+        rule("nan", "x * 0 != x * 0", action="reject"),
+        rule("eq", "x - x == 0", action="challenge"),
+        rule("ratio", "abs(1 / x) < 0.5 and min(x, 0) <= 0", score=10),
+        rule("neg", "not (x > 0) and not (x <= 0)", score=20),
+    ]
+    ruleset = parse_ruleset(ruleset_text(rules), COMBINE_SCHEMA, sample={"x": np.array([np.inf])})
+    values = np.resize(np.array([np.nan, np.inf, -np.inf, 1.0, 0.0]), size)
+    batch = {"x": values}
+    assert actual(ruleset, batch, None) == expect(ruleset, batch, None)
+    if size == 64:
+        decisions = [o.decision for o in ruleset.evaluate(batch)][:5]
+        assert decisions == [
+            Decision.REJECT,  # NaN: NaN * 0 != NaN * 0
+            Decision.REJECT,  # inf * 0 is NaN
+            Decision.REJECT,
+            Decision.CHALLENGE,
+            Decision.CHALLENGE,
+        ]

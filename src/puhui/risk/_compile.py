@@ -348,7 +348,9 @@ class _Compiler:
         if node not in self.sample_values:
             assert self.sample is not None
             size = next(iter(self.sample.values())).shape[0]
-            self.sample_values[node] = vector_value(node, self._sample_leaf, self.literal, size)
+            with np.errstate(all="ignore"):  # inf - inf, 0 * inf: NaN, as in the kernel
+                value = vector_value(node, self._sample_leaf, self.literal, size)
+            self.sample_values[node] = value
         return self.sample_values[node]
 
     def _sample_leaf(self, node: Node) -> np.ndarray | None:
@@ -955,11 +957,12 @@ class Ruleset:
             column = index.get(("derived", node))
             return X[column] if column is not None and column < current else None
 
-        for current, key in enumerate(program.columns):
-            if key[0] == "derived":
-                value = vector_value(key[1], leaf, self._literal, size)
-                assert value is not None
-                X[current] = value
+        with np.errstate(all="ignore"):  # inf - inf, 0 * inf: NaN, as in the kernel
+            for current, key in enumerate(program.columns):
+                if key[0] == "derived":
+                    value = vector_value(key[1], leaf, self._literal, size)
+                    assert value is not None
+                    X[current] = value
 
     def _fill(
         self, X: np.ndarray, features: Mapping[str, np.ndarray], lists: RiskLists | None
