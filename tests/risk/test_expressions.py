@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from puhui.risk import FeatureType
 from puhui.risk._expr import (
@@ -193,3 +195,99 @@ def test_type_errors_are_caught_at_compile_time(text: str, message: str, offset:
 def test_features_of_lists_each_feature_once_in_order() -> None:
     tree = parse('b > a and kind == "x" or a + b > c and device.id in list("blocked_devices")')
     assert features_of(tree) == ["b", "a", "kind", "c", "device.id"]
+
+
+# --- round trip: any tree, printed with as few parentheses as precedence allows, parses back --
+
+_LEVEL = {"or": 1, "and": 2, "not": 3, "compare": 4, "+": 5, "-": 5, "*": 6, "/": 6}
+_UNARY, _PRIMARY = 7, 8
+
+
+def _wrap(node: Node, floor: int) -> str:
+    text, level = _print(node)
+    return text if level >= floor else f"({text})"
+
+
+def _print(node: Node) -> tuple[str, int]:
+    match node:
+        case Num(v):
+            return repr(v), (_UNARY if v < 0 or repr(v).startswith("-") else _PRIMARY)
+        case Str(v):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"', _PRIMARY
+        case Bool(v):
+            return ("true" if v else "false"), _PRIMARY
+        case Feature(name):
+            return name, _PRIMARY
+        case Call(function, args):
+            return f"{function}({', '.join(_print(arg)[0] for arg in args)})", _PRIMARY
+        case Neg(operand):
+            return "-" + _wrap(operand, _UNARY), _UNARY
+        case Arith(op, left, right):
+            level = _LEVEL[op]
+            return f"{_wrap(left, level)} {op} {_wrap(right, level + 1)}", level
+        case Compare(op, left, right):
+            return f"{_wrap(left, 5)} {op} {_wrap(right, 5)}", 4
+        case InValues(operand, values, negated):
+            listed = ", ".join(_print(v)[0] for v in values)
+            return f"{_wrap(operand, 5)} {'not in' if negated else 'in'} [{listed}]", 4
+        case InList(operand, name, negated):
+            return f'{_wrap(operand, 5)} {"not in" if negated else "in"} list("{name}")', 4
+        case Not(operand):
+            return "not " + _wrap(operand, 3), 3
+        case Logic(op, items):
+            level = _LEVEL[op]
+            return f" {op} ".join(_wrap(item, level + 1) for item in items), level
+    raise AssertionError(node)
+
+
+_numbers = st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False).map(Num)
+_literals = st.one_of(_numbers, st.text("ab\"\\ '", max_size=4).map(Str), st.booleans().map(Bool))
+_leaves = st.one_of(_literals, st.sampled_from(["a", "b.c", "d_1.e2"]).map(Feature))
+
+
+def _trees(children: st.SearchStrategy[Node]) -> st.SearchStrategy[Node]:
+    not_neg_num = children.filter(lambda n: not isinstance(n, Num))
+    return st.one_of(
+        not_neg_num.map(Neg),
+        st.builds(Arith, st.sampled_from(["+", "-", "*", "/"]), children, children),
+        st.builds(Call, st.just("abs"), st.tuples(children)),
+        st.builds(
+            Call,
+            st.sampled_from(["min", "max"]),
+            st.lists(children, min_size=2, max_size=3).map(tuple),
+        ),
+        st.builds(Compare, st.sampled_from(["==", "!=", "<", "<=", ">", ">="]), children, children),
+        st.builds(
+            InValues,
+            children,
+            st.lists(_literals, min_size=1, max_size=3).map(tuple),
+            st.booleans(),
+        ),
+        st.builds(InList, children, st.sampled_from(["blocked_ips", "x"]), st.booleans()),
+        children.map(Not),
+        st.builds(
+            Logic,
+            st.just("and"),
+            st.lists(
+                children.filter(lambda n: not (isinstance(n, Logic) and n.op == "and")),
+                min_size=2,
+                max_size=3,
+            ).map(tuple),
+        ),
+        st.builds(
+            Logic,
+            st.just("or"),
+            st.lists(
+                children.filter(lambda n: not (isinstance(n, Logic) and n.op == "or")),
+                min_size=2,
+                max_size=3,
+            ).map(tuple),
+        ),
+    )
+
+
+@settings(max_examples=500, deadline=None)
+@given(tree=st.recursive(_leaves, _trees, max_leaves=12))
+def test_printed_trees_parse_back(tree: Node) -> None:
+    text = _print(tree)[0]
+    assert parse(text) == tree, text
