@@ -418,7 +418,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result.outcome(0)
         latencies.append(time.perf_counter() - t0)
     lat_ms = np.array(latencies) * 1e3
-    program = ruleset._program
     return {
         "rules_active": sum(1 for r in ruleset.rules if r.status == "active"),
         "rules_shadow": sum(1 for r in ruleset.rules if r.status == "shadow"),
@@ -432,12 +431,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "decisions": decided,
         "single_p50_ms": float(np.percentile(lat_ms, 50)),
         "single_p99_ms": float(np.percentile(lat_ms, 99)),
-        "index": {
-            "equality_groups": int(program.eq_groups.shape[0]),
-            "threshold_groups": int(program.threshold_groups.shape[0]),
-            "always_clauses": int(program.always_clauses.shape[0]),
-            "derived_columns": sum(1 for key in program.columns if key[0] == "derived"),
-        },
+        "index": ruleset.index_stats,
     }
 
 

@@ -379,3 +379,39 @@ def test_missing_and_infinite_values_follow_ieee(size: int) -> None:
             Decision.CHALLENGE,
             Decision.CHALLENGE,
         ]
+
+
+def test_guards_are_chosen_by_measured_rarity_and_results_do_not_change() -> None:
+    schema = {"flag": FeatureType.BOOLEAN, "amount": FeatureType.NUMBER}
+    text = ruleset_text([rule("r", "amount > 10 and flag")])
+    rng = np.random.default_rng(1)
+    sample = {"flag": rng.random(1000) < 0.01, "amount": rng.uniform(11, 99, 1000)}
+    guessed = parse_ruleset(text, schema)  # by kind: a threshold is assumed rarer than a flag
+    measured = parse_ruleset(text, schema, sample=sample)  # here the flag is the rare one
+    assert guessed.index_stats["threshold_groups"] == 1
+    assert guessed.index_stats["equality_groups"] == 0
+    assert measured.index_stats["threshold_groups"] == 0
+    assert measured.index_stats["equality_groups"] == 1
+    batch = {"flag": rng.random(500) < 0.5, "amount": rng.uniform(0, 20, 500)}
+    assert actual(guessed, batch, None) == actual(measured, batch, None)
+    assert actual(measured, batch, None) == expect(measured, batch, None)
+
+
+def test_or_inside_and_is_expanded_into_indexed_clauses() -> None:
+    schema = {"a": FeatureType.NUMBER, "b": FeatureType.NUMBER, "kind": FeatureType.CATEGORY}
+    text = ruleset_text([rule("r", '(a > 1 or b > 2) and kind == "x"')])
+    ruleset = parse_ruleset(text, schema)
+    assert ruleset.index_stats == {
+        "clauses": 2,
+        "equality_groups": 0,
+        "threshold_groups": 2,
+        "always_clauses": 0,
+        "derived_columns": 0,
+    }
+    batch = {
+        "a": np.array([2.0, 2.0, 0.0, 0.0]),
+        "b": np.array([3.0, 0.0, 3.0, 0.0]),
+        "kind": np.array(["x", "x", "x", "x"]),
+    }
+    hits = [o.reasons for o in ruleset.evaluate(batch)]
+    assert [len(h) for h in hits] == [1, 1, 1, 0]  # a rule hits once, however many clauses hold

@@ -7,7 +7,6 @@ decides a whole batch of feature columns at once; ``RulesetWatcher`` keeps one h
 ``RiskLists`` holds the block and allow lists rules look values up in.
 """
 
-from ._compile import RuleHit, RuleOutcome, RuleResults, Ruleset
 from ._decide import (
     Decision,
     EventKind,
@@ -16,6 +15,7 @@ from ._decide import (
     decide,
 )
 from ._errors import RiskFeaturesError, RiskListError, RuleParseError
+from ._evaluate import RuleHit, RuleOutcome, RuleResults, Ruleset
 from ._expr import FeatureType
 from ._lists import LIST_NAMES, ListEntry, RiskLists
 from ._load import RulesetWatcher, load_ruleset, parse_ruleset

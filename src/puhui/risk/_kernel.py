@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 from numba import njit
 
 LOAD = 0
@@ -351,7 +350,3 @@ def evaluate_batch(
         score[e] = total
     hit_offsets[n] = written
     return written
-
-
-def empty_int_matrix(columns: int) -> np.ndarray:
-    return np.zeros((0, columns), dtype=np.int64)

@@ -20,8 +20,8 @@ import numpy as np
 
 from puhui.clock import Clock
 
-from ._compile import Ruleset
 from ._errors import RuleParseError
+from ._evaluate import Ruleset
 from ._expr import FeatureType
 from ._lists import LIST_NAMES
 from ._ruleset import read_ruleset, ruleset_bytes_max
