@@ -1,16 +1,17 @@
-"""Compile a checked ruleset into flat arrays for the kernel, and evaluate it over a batch.
+"""Compile a checked ruleset into the flat arrays the kernel runs (``compile_program``).
 
-Compilation, per rule that is not ``off``:
+Per rule that is not ``off``:
 
 1. Fold constant arithmetic (``10 * 1000`` → ``10000``).
-2. Split the expression into clauses at a top-level ``or``, each clause into conjuncts at
-   ``and``.
-3. Pick each clause's *guard*: the conjunct most likely to be rare that an index can answer
-   for all rules at once — ``col == k`` / ``col in [...]`` / ``feature in list(...)`` / a
-   boolean feature (equality index), then ``expr > c`` and friends (threshold index), then a
-   comparison of two expressions (a derived 0/1 column, equality index). A guard on anything
-   but a plain feature makes that sub-expression a *derived column*, computed once per event
-   however many rules share it.
+2. Expand the expression into an ``or`` of ``and``s (``(a or b) and c`` → ``a and c``,
+   ``b and c``; at most ``clauses_per_rule_max`` clauses, else the sub-expression stays whole).
+3. Pick each clause's *guard*: the conjunct that an index can answer for all rules at once
+   and that holds least often — measured on a sample batch when one is given, else guessed by
+   kind (list lookups, then ``expr > c`` and friends, then boolean flags, then ``col == k`` /
+   ``col in [...]``, then comparisons of two expressions). Equality guards go to an equality
+   index, ordering guards to a threshold index (sorted per column and direction). A guard on
+   anything but a plain feature makes that sub-expression a *derived column*, computed once
+   per event however many rules share it.
 4. The other conjuncts become bytecode, cheapest first, joined by short-circuit jumps.
 
 Every value is a float64 in one (columns, events) matrix: numbers as they are, booleans

@@ -2,8 +2,9 @@
 
 Entries are looked up one at a time (``lookup``) or a whole batch column at once
 (``contains``: a numba hash-table lookup in a snapshot of the list, then each found entry's
-expiry checked against the clock; measured 0.23 ms per 10,000 ids against 2,000 entries,
-against 1.25 ms for ``np.searchsorted`` on the sorted unicode values). Expired entries never
+expiry checked against the clock; measured 0.18 ms per 10,000 ids against 2,000 entries,
+against 1.4 ms for a Python set, 1.5 ms for ``np.searchsorted`` on the sorted values and
+5.3 ms for ``np.isin``). Expired entries never
 match; they stay stored until removed or ``purge_expired`` is called. Persistence is one JSON
 file written atomically (a temporary file renamed over the old one).
 """
