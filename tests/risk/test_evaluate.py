@@ -415,3 +415,32 @@ def test_or_inside_and_is_expanded_into_indexed_clauses() -> None:
     }
     hits = [o.reasons for o in ruleset.evaluate(batch)]
     assert [len(h) for h in hits] == [1, 1, 1, 0]  # a rule hits once, however many clauses hold
+
+
+def test_one_ruleset_serves_several_threads() -> None:
+    import threading
+
+    schema = {"x": FeatureType.NUMBER, "k": FeatureType.CATEGORY}
+    rules = [rule(f"r{i}", f'x * {i % 7 + 1} > {i} and k != "{i % 3}"', score=i) for i in range(60)]
+    ruleset = parse_ruleset(ruleset_text(rules), schema)
+    rng = np.random.default_rng(2)
+    batches = [
+        {"x": rng.uniform(0, 60, 300), "k": rng.choice(np.array(["0", "1", "2"]), 300)}
+        for _ in range(8)
+    ]
+    expected = [actual(ruleset, batch, None) for batch in batches]
+    failures: list[int] = []
+
+    def worker(offset: int) -> None:
+        for round_ in range(10):
+            index = (offset + round_) % len(batches)
+            if actual(ruleset, batches[index], None) != expected[index]:
+                failures.append(index)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures
+    assert expected[0] == expect(ruleset, batches[0], None)
