@@ -54,3 +54,21 @@ def test_payments_benchmark_quick_run_prints_json() -> None:
     for variant in ("batch", "coalesced", "single", "escrow"):
         assert report[variant]["count"] > 0
         assert report[variant]["verify_ok"] is True
+
+
+def test_risk_benchmark_quick_run_prints_json() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "risk.py"), "--quick", "--json"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    figures = report["rules_300"]
+    assert figures["rules_active"] == 300 and figures["sample"] is True
+    assert figures["compile_s"] > 0 and figures["decisions_per_s"] > 0
+    assert figures["single_p99_ms"] >= figures["single_p50_ms"] > 0
+    assert sum(figures["decisions"].values()) == figures["batch"] * len(
+        figures["runs_decisions_per_s"]
+    )

@@ -459,6 +459,7 @@ API_ALL = [
 ]
 
 RISK_ALL = [
+    "LIST_NAMES",
     "Case",
     "CaseClosedError",
     "CaseNotFoundError",
@@ -467,10 +468,26 @@ RISK_ALL = [
     "Cases",
     "Decision",
     "EventKind",
+    "FeatureType",
     "InvalidCaseDecisionError",
+    "ListEntry",
     "RiskDecision",
     "RiskEvent",
+    "RiskFeaturesError",
+    "RiskListError",
+    "RiskLists",
+    "Rule",
+    "RuleHit",
+    "RuleOutcome",
+    "RuleParseError",
+    "RuleResults",
+    "RuleStatus",
+    "Ruleset",
+    "RulesetWatcher",
+    "Thresholds",
     "decide",
+    "load_ruleset",
+    "parse_ruleset",
 ]
 
 SIM_ALL = [
