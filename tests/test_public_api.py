@@ -402,8 +402,14 @@ STORE_ALL = [
 ]
 
 RISK_ALL = [
+    "FEATURE_SCHEMA",
     "Decision",
+    "EventBatch",
     "EventKind",
+    "FeatureSnapshotCorruptError",
+    "FeatureSpec",
+    "FeatureStore",
+    "InvalidRiskEventError",
     "RiskDecision",
     "RiskEvent",
     "decide",
