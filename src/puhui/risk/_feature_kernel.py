@@ -16,9 +16,10 @@ State is columnar and indexed by dense entity ids (see ``_features.FeatureStore`
   ``c_distinct`` int32[cap, 54] (distinct counterparties, two rings), ``c_out`` int64[cap, 24]
   (outflow ring);
 * counterparty profile: ``p_int`` int64[cap, P_INT], ``p_payers`` int32[cap, 24];
-* ``pair_keys``/``pair_last``: an open-addressing hash table (linear probing, capacity a power
-  of two, key 0 = empty) of (customer, counterparty) and (customer, device) pairs with the time
-  of the newest payment (pairs of the first kind) or sighting (second kind);
+* ``pairs`` int64[cap, 2]: an open-addressing hash table (linear probing, capacity a power
+  of two; column 0 the key, 0 = empty; column 1 a time, side by side: one cache line) of
+  (customer, counterparty) and (customer, device) pairs with the time of the newest payment
+  (pairs of the first kind) or sighting (second kind);
 * ``counters`` int64[COUNTERS]: see the ``K_*`` indices.
 
 A ring of ``n`` buckets of ``g`` ns keeps, for each bucket number ``b = t // g`` in
@@ -175,57 +176,66 @@ _SHIFT = np.uint64(33)
 def _velocity(vel, meta, e, buckets, slots, money, amount, out_i, base, i):
     """Write the 10 velocity features of entity ``e`` (before the event), then add the event.
 
-    Each ring first moves to the event's bucket, expiring the buckets that leave it. A ring
-    idle for ``n`` buckets or more is reset lazily: its totals become 0 and the bucket is
-    remembered (``reset``); a slot is subtracted from the totals later only if it was written
-    at or after that bucket, so a reset costs one slot, not ``n``. Totals live in locals
-    while a ring is worked on (the compiler cannot keep them in registers through stores to
-    ``vel``, which might alias ``meta``).
+    One call per ring with literal sizes, so the compiler folds them (``% n`` by a constant).
     """
     if e < 0:
         for k in range(2 * RINGS):
             out_i[base + k, i] = 0
         return
-    for r in range(RINGS):
-        b = buckets[r]
-        slot = slots[r]
-        head = meta[e, r]
-        count = meta[e, RINGS + r]
-        total = meta[e, 2 * RINGS + r]
-        off = RING_OFFSET[r]
-        if b > head:
-            n = RING_BUCKETS[r]
-            if b - head >= n:
-                count = 0
-                total = 0
-                meta[e, 3 * RINGS + r] = b
-                s = 2 * (off + slot)
+    _ring(vel, meta, e, 0, 12, 0, buckets[0], slots[0], money, amount, out_i, base, i)
+    _ring(vel, meta, e, 1, 20, 12, buckets[1], slots[1], money, amount, out_i, base, i)
+    _ring(vel, meta, e, 2, 24, 32, buckets[2], slots[2], money, amount, out_i, base, i)
+    _ring(vel, meta, e, 3, 7, 56, buckets[3], slots[3], money, amount, out_i, base, i)
+    _ring(vel, meta, e, 4, 30, 63, buckets[4], slots[4], money, amount, out_i, base, i)
+
+
+@_jit(inline="always")
+def _ring(vel, meta, e, r, n, off, b, slot, money, amount, out_i, base, i):
+    """Ring ``r`` (``n`` buckets from slot ``off``) of entity ``e``: move it to bucket ``b``,
+    write its count and sum, then add the event.
+
+    Moving expires the buckets that leave the ring. A ring idle for ``n`` buckets or more is
+    reset lazily: its totals become 0 and the bucket is remembered (``reset``); a slot is
+    subtracted from the totals later only if it was written at or after that bucket, so a
+    reset costs one slot, not ``n``. Totals live in locals while the ring is worked on (the
+    compiler cannot keep them in registers through stores to ``vel``, which might alias
+    ``meta``).
+    """
+    head = meta[e, r]
+    count = meta[e, RINGS + r]
+    total = meta[e, 2 * RINGS + r]
+    if b > head:
+        if b - head >= n:
+            count = 0
+            total = 0
+            meta[e, 3 * RINGS + r] = b
+            s = 2 * (off + slot)
+            vel[e, s] = 0
+            vel[e, s + 1] = 0
+        else:
+            reset = meta[e, 3 * RINGS + r]
+            k_slot = (head + 1) % n
+            for k in range(head + 1, b + 1):
+                s = 2 * (off + k_slot)
+                if k - n >= reset:
+                    count -= vel[e, s]
+                    total -= vel[e, s + 1]
                 vel[e, s] = 0
                 vel[e, s + 1] = 0
-            else:
-                reset = meta[e, 3 * RINGS + r]
-                k_slot = (slot - (b - head) + 1) % n  # the slot of bucket head + 1
-                for k in range(head + 1, b + 1):
-                    s = 2 * (off + k_slot)
-                    if k - n >= reset:
-                        count -= vel[e, s]
-                        total -= vel[e, s + 1]
-                    vel[e, s] = 0
-                    vel[e, s + 1] = 0
-                    k_slot += 1
-                    if k_slot == n:
-                        k_slot = 0
-            meta[e, r] = b
-        out_i[base + 2 * r, i] = count
-        out_i[base + 2 * r + 1, i] = total
-        if money:
-            s = 2 * (off + slot)
-            vel[e, s] += 1
-            vel[e, s + 1] += amount
-            count += 1
-            total += amount
-        meta[e, RINGS + r] = count
-        meta[e, 2 * RINGS + r] = total
+                k_slot += 1
+                if k_slot == n:
+                    k_slot = 0
+        meta[e, r] = b
+    out_i[base + 2 * r, i] = count
+    out_i[base + 2 * r + 1, i] = total
+    if money:
+        s = 2 * (off + slot)
+        vel[e, s] += 1
+        vel[e, s + 1] += amount
+        count += 1
+        total += amount
+    meta[e, RINGS + r] = count
+    meta[e, 2 * RINGS + r] = total
 
 
 @_jit(inline="always")
@@ -241,11 +251,17 @@ def _advance_ring(values, heads, totals, e, head_col, total_col, off, n, b):
         values[e, off + b % n] = 0
     else:
         reset = heads[e, head_col + 1]
+        total = totals[e, total_col]
+        k_slot = (head + 1) % n
         for k in range(head + 1, b + 1):
-            s = off + k % n
+            s = off + k_slot
             if k - n >= reset:
-                totals[e, total_col] -= values[e, s]
+                total -= values[e, s]
             values[e, s] = 0
+            k_slot += 1
+            if k_slot == n:
+                k_slot = 0
+        totals[e, total_col] = total
     heads[e, head_col] = b
 
 
@@ -289,7 +305,7 @@ def haversine_km(lat1, lon1, lat2, lon2):
 
 
 @_jit(inline="always")
-def _pair_slot(keys, key):
+def _pair_slot(pairs, key):
     """The slot holding ``key``, or the empty slot where it would go."""
     x = np.uint64(key)
     x ^= x >> _SHIFT
@@ -297,10 +313,10 @@ def _pair_slot(keys, key):
     x ^= x >> _SHIFT
     x *= _MIX2
     x ^= x >> _SHIFT
-    mask = keys.size - 1
+    mask = pairs.shape[0] - 1
     slot = np.int64(x & np.uint64(mask))
     while True:
-        k = keys[slot]
+        k = pairs[slot, 0]
         if k == key or k == 0:
             return slot
         slot = (slot + 1) & mask
@@ -312,13 +328,13 @@ def pair_key(tag, customer, other):
 
 
 @_jit()
-def rehash_pairs(old_keys, old_last, new_keys, new_last):
-    for j in range(old_keys.size):
-        key = old_keys[j]
+def rehash_pairs(old, new):
+    for j in range(old.shape[0]):
+        key = old[j, 0]
         if key != 0:
-            slot = _pair_slot(new_keys, key)
-            new_keys[slot] = key
-            new_last[slot] = old_last[j]
+            slot = _pair_slot(new, key)
+            new[slot, 0] = key
+            new[slot, 1] = old[j, 1]
 
 
 # --- the pass -------------------------------------------------------------------------------------
@@ -357,8 +373,7 @@ def compute(
     c_out,
     p_int,
     p_payers,
-    pair_keys,
-    pair_last,
+    pairs,
     out_i,
     out_f,
     out_b,
@@ -472,8 +487,8 @@ def compute(
 
         # new device for this customer
         if d >= 0:
-            device_slot = _pair_slot(pair_keys, pair_key(PAIR_DEVICE, c, d))
-            out_b[B_NEW_DEVICE, i] = pair_keys[device_slot] == 0
+            device_slot = _pair_slot(pairs, pair_key(PAIR_DEVICE, c, d))
+            out_b[B_NEW_DEVICE, i] = pairs[device_slot, 0] == 0
         else:
             device_slot = -1
             out_b[B_NEW_DEVICE, i] = False
@@ -495,8 +510,8 @@ def compute(
         out_i[I_DISTINCT_COUNTERPARTIES_24H, i] = c_int[c, CI_DISTINCT_TOTAL]
         out_i[I_DISTINCT_COUNTERPARTIES_30D, i] = c_int[c, CI_DISTINCT_TOTAL + 1]
         if p >= 0:
-            pair_slot = _pair_slot(pair_keys, pair_key(PAIR_COUNTERPARTY, c, p))
-            known_pair = pair_keys[pair_slot] != 0
+            pair_slot = _pair_slot(pairs, pair_key(PAIR_COUNTERPARTY, c, p))
+            known_pair = pairs[pair_slot, 0] != 0
             out_b[B_FIRST_PAYMENT, i] = not known_pair
             _advance_ring(
                 p_payers,
@@ -539,14 +554,14 @@ def compute(
 
             # --- counterparty: updates --------------------------------------------------------
             if money:
-                previous = pair_last[pair_slot] if known_pair else -1
+                previous = pairs[pair_slot, 1] if known_pair else -1
                 if not known_pair:
-                    pair_keys[pair_slot] = pair_key(PAIR_COUNTERPARTY, c, p)
+                    pairs[pair_slot, 0] = pair_key(PAIR_COUNTERPARTY, c, p)
                     counters[K_PAIRS] += 1
                     # a new pair may take the slot a new device pair found empty above
                     if device_slot == pair_slot:
-                        device_slot = _pair_slot(pair_keys, pair_key(PAIR_DEVICE, c, d))
-                pair_last[pair_slot] = t
+                        device_slot = _pair_slot(pairs, pair_key(PAIR_DEVICE, c, d))
+                pairs[pair_slot, 1] = t
                 for r in range(2):
                     g = DISTINCT_BUCKET_NS[r]
                     _move_distinct(
@@ -596,10 +611,10 @@ def compute(
             c_float[c, CF_LON] = lon
             c_int[c, CI_LOCATION_AT] = t
         if device_slot >= 0:
-            if pair_keys[device_slot] == 0:
-                pair_keys[device_slot] = pair_key(PAIR_DEVICE, c, d)
+            if pairs[device_slot, 0] == 0:
+                pairs[device_slot, 0] = pair_key(PAIR_DEVICE, c, d)
                 counters[K_PAIRS] += 1
-            pair_last[device_slot] = t
+            pairs[device_slot, 1] = t
         if money:
             n = history + 1
             x = float(amount)

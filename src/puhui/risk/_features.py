@@ -251,26 +251,32 @@ class EventBatch:
 
 
 class _Interner:
-    """Dense ids for the keys of one entity kind, in order of first sighting."""
+    """Dense ids for the keys of one entity kind, in order of first sighting.
 
-    __slots__ = ("ids", "keys")
+    Only a dict (insertion-ordered: its keys are in id order): a dict of strings or ints to
+    ints is not tracked by the garbage collector, so a million keys cost no collection pauses.
+    """
+
+    __slots__ = ("ids",)
 
     def __init__(self) -> None:
         self.ids: dict[Any, int] = {}
-        self.keys: list[Any] = []
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return len(self.ids)
+
+    def keys(self) -> list[Any]:
+        return list(self.ids)
 
     def intern(self, key: Any) -> int:
-        found = self.ids.get(key)
+        ids = self.ids
+        found = ids.get(key)
         if found is not None:
             return found
-        if len(self.keys) >= ENTITIES_MAX:
+        new = len(ids)
+        if new >= ENTITIES_MAX:
             raise InvalidRiskEventError(f"more than {ENTITIES_MAX} keys of one entity kind")
-        new = len(self.keys)
-        self.ids[key] = new
-        self.keys.append(key)
+        ids[key] = new
         return new
 
 
@@ -338,8 +344,7 @@ class FeatureStore:
         self._state.update(_customer_arrays(capacity))
         self._state.update(_counterparty_arrays(capacity))
         pairs = 1 << max(1, (pair_capacity - 1).bit_length())
-        self._state["pair_keys"] = np.zeros(pairs, np.int64)
-        self._state["pair_last"] = np.zeros(pairs, np.int64)
+        self._state["pairs"] = np.zeros((pairs, 2), np.int64)
         self._state["counters"] = np.zeros(K.COUNTERS, np.int64)
         self._state["counters"][K.K_WATERMARK] = -1
         self._links: list[tuple[int, int]] = []
@@ -533,8 +538,7 @@ class FeatureStore:
             s["c_out"],
             s["p_int"],
             s["p_payers"],
-            s["pair_keys"],
-            s["pair_last"],
+            s["pairs"],
             out_i,
             out_f,
             out_b,
@@ -599,18 +603,16 @@ class FeatureStore:
         for counterparty, customer in self._links:
             p_int[counterparty, K.PI_LINK] = customer
         self._links.clear()
-        keys = self._state["pair_keys"]
+        pairs = self._state["pairs"]
         used = int(self._state["counters"][K.K_PAIRS])
         # Each event adds at most two pairs; keep the load at or under one half.
-        if 2 * (used + 2 * batch_events) > keys.size:
-            size = keys.size
+        if 2 * (used + 2 * batch_events) > pairs.shape[0]:
+            size = pairs.shape[0]
             while 2 * (used + 2 * batch_events) > size:
                 size *= 2
-            new_keys = np.zeros(size, np.int64)
-            new_last = np.zeros(size, np.int64)
-            K.rehash_pairs(keys, self._state["pair_last"], new_keys, new_last)
-            self._state["pair_keys"] = new_keys
-            self._state["pair_last"] = new_last
+            grown = np.zeros((size, 2), np.int64)
+            K.rehash_pairs(pairs, grown)
+            self._state["pairs"] = grown
 
     # --- recovery -------------------------------------------------------------------------
 
@@ -624,10 +626,10 @@ class FeatureStore:
         target = Path(path)
         arrays: dict[str, np.ndarray[Any, Any]] = {
             "format": np.array([SNAPSHOT_FORMAT], np.int64),
-            "customers": np.array(self._customers.keys, np.int64),
+            "customers": np.array(self._customers.keys(), np.int64),
         }
         for kind, interner in self._strings.items():
-            blob, offsets = _pack_strings(interner.keys)
+            blob, offsets = _pack_strings(interner.keys())
             arrays[f"keys_{kind}_blob"] = blob
             arrays[f"keys_{kind}_offsets"] = offsets
         sizes = self.entity_counts()
@@ -688,13 +690,13 @@ class FeatureStore:
                 store._state[state_name] = saved.copy()
         except KeyError as error:
             raise FeatureSnapshotCorruptError(f"snapshot {name} lacks {error}") from error
-        pairs = store._state["pair_keys"].size
-        if pairs & (pairs - 1) or store._state["pair_last"].size != pairs:
+        pairs = store._state["pairs"].shape[0]
+        if pairs & (pairs - 1) or pairs < 2:
             raise FeatureSnapshotCorruptError(f"snapshot {name}: the pair table has a bad size")
         return store
 
 
-_WHOLE_ARRAYS: Final = frozenset({"pair_keys", "pair_last", "counters"})
+_WHOLE_ARRAYS: Final = frozenset({"pairs", "counters"})
 _KIND_OF_PREFIX: Final = {prefix: kind for kind, prefix in _VELOCITY_PREFIX.items()}
 
 
