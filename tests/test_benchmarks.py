@@ -72,3 +72,29 @@ def test_risk_benchmark_quick_run_prints_json() -> None:
     assert sum(figures["decisions"].values()) == figures["batch"] * len(
         figures["runs_decisions_per_s"]
     )
+
+
+def test_risk_features_benchmark_quick_run_prints_json() -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "risk_features.py"),
+            "--quick",
+            "--json",
+            "--events",
+            "5000",
+            "--batch",
+            "1000",
+            "--singles",
+            "50",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["events"] == 5000 and report["batch"] == 1000
+    assert report["events_per_s"] > 0 and report["columns_per_s"] > 0
+    assert report["single_p99_ms"] >= report["single_p50_ms"] > 0
+    assert report["memory_bytes"] > 0 and sum(report["entities"].values()) > 0

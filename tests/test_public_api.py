@@ -459,6 +459,7 @@ API_ALL = [
 ]
 
 RISK_ALL = [
+    "FEATURE_SCHEMA",
     "LIST_NAMES",
     "Case",
     "CaseClosedError",
@@ -467,9 +468,14 @@ RISK_ALL = [
     "CaseStatus",
     "Cases",
     "Decision",
+    "EventBatch",
     "EventKind",
+    "FeatureSnapshotCorruptError",
+    "FeatureSpec",
+    "FeatureStore",
     "FeatureType",
     "InvalidCaseDecisionError",
+    "InvalidRiskEventError",
     "ListEntry",
     "RiskDecision",
     "RiskEvent",

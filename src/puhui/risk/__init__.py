@@ -1,10 +1,16 @@
-"""Risk control in front of every money movement: ``decide(events)``, rules and lists.
+"""Risk control in front of every money movement: ``decide(events)``, and what it is made of.
 
-``decide`` is still a pass-through (every event accepted, versions ``pass-through``) until the
-engine is wired in (issue #6). The rules engine is here: a ruleset file (TOML, see
-``docs/risk-rules.md``) compiles to a ``Ruleset`` whose ``evaluate(features, lists=...)``
-decides a whole batch of feature columns at once; ``RulesetWatcher`` keeps one hot-reloaded;
-``RiskLists`` holds the block and allow lists rules look values up in.
+- ``FeatureStore`` computes the features rules and models read, as columns: velocity over
+  sliding windows, history of amounts, account and device facts, locations, fan-in and
+  one-hop graph features (``FEATURE_SCHEMA`` names and describes them;
+  ``docs/risk-features.md``).
+- A ruleset file (TOML, ``docs/risk-rules.md``) compiles to a ``Ruleset`` whose
+  ``evaluate(features, lists=...)`` decides a whole batch at once; ``RulesetWatcher`` keeps
+  one hot-reloaded; ``RiskLists`` holds the block and allow lists rules look values up in.
+- ``Cases``: what is held for review, the analysts' decisions and the labels they give.
+
+``decide`` itself is still the pass-through (every event accepted, versions
+``pass-through``) until the engine that combines these is wired in (issue #6).
 """
 
 from ._cases import (
@@ -26,11 +32,20 @@ from ._decide import (
 from ._errors import RiskFeaturesError, RiskListError, RuleParseError
 from ._evaluate import RuleHit, RuleOutcome, RuleResults, Ruleset
 from ._expr import FeatureType
+from ._features import (
+    FEATURE_SCHEMA,
+    EventBatch,
+    FeatureSnapshotCorruptError,
+    FeatureSpec,
+    FeatureStore,
+    InvalidRiskEventError,
+)
 from ._lists import LIST_NAMES, ListEntry, RiskLists
 from ._load import RulesetWatcher, load_ruleset, parse_ruleset
 from ._ruleset import Rule, RuleStatus, Thresholds
 
 __all__ = [
+    "FEATURE_SCHEMA",
     "LIST_NAMES",
     "Case",
     "CaseClosedError",
@@ -39,9 +54,14 @@ __all__ = [
     "CaseStatus",
     "Cases",
     "Decision",
+    "EventBatch",
     "EventKind",
+    "FeatureSnapshotCorruptError",
+    "FeatureSpec",
+    "FeatureStore",
     "FeatureType",
     "InvalidCaseDecisionError",
+    "InvalidRiskEventError",
     "ListEntry",
     "RiskDecision",
     "RiskEvent",

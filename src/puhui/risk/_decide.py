@@ -41,6 +41,17 @@ class RiskEvent:
     """Who receives the money: ``c:<customer id>``, ``m:<merchant id>``, ``card:<id>``…"""
     device_id: str = ""
     ip: str = ""
+    merchant: str = ""
+    """The merchant paid (``m:<id>``); when empty, a counterparty ``m:<id>`` is taken."""
+    latitude: float | None = None
+    """Where the customer is (degrees, WGS 84), when the channel knows it."""
+    longitude: float | None = None
+    tz_offset_s: int | None = None
+    """The customer's offset from UTC in seconds (None: UTC), for local time of day."""
+    kyc_level: int | None = None
+    """The customer's KYC level at the time (``puhui.payments.KycLevel`` values)."""
+    account_created_ns: int | None = None
+    """When the customer's account was opened (None: the store takes its first sighting)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,794 @@
+"""The risk feature store: columnar event batches, features in one compiled pass, snapshots.
+
+``FeatureStore.compute(batch)`` returns, for every event of the batch, its features as of just
+before it (then applies the event to the state), in batch order: a batch gives exactly the
+features its events give when fed one by one. Features and their windows are described in
+``docs/risk-features.md`` and, one line each, in ``FEATURE_SCHEMA``.
+
+Entity keys (devices, IPs, merchants, counterparties: strings; customers: ints) are mapped to
+dense ids by the store's interning tables; all state is numpy arrays indexed by those ids,
+grown by doubling. The store has one writer: callers serialise ``batch_*``, ``compute`` and
+``snapshot``.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import math
+import os
+import zipfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import numpy as np
+
+from puhui.errors import InvalidInputError, PuhuiError
+
+from . import _feature_kernel as K
+from ._decide import EventKind, RiskEvent
+
+IntArray = np.ndarray[Any, np.dtype[np.int64]]
+FloatArray = np.ndarray[Any, np.dtype[np.float64]]
+FeatureType = Literal["int64", "float64", "bool"]
+
+BATCH_EVENTS_MAX: Final = 1_000_000
+"""Most events in one ``compute`` call (unit: events); larger streams go in several batches."""
+
+ENTITIES_MAX: Final = K.PAIR_ID_MAX
+"""Most distinct keys of one entity kind (customers, devices, …) a store holds (unit: keys)."""
+
+TZ_OFFSET_S_MAX: Final = 18 * 3600
+"""Largest time-zone offset accepted, either side of UTC (unit: seconds)."""
+
+SNAPSHOT_FORMAT: Final = 1
+
+_KIND_CODES: dict[EventKind, int] = {kind: code for code, kind in enumerate(EventKind)}
+
+
+class InvalidRiskEventError(InvalidInputError):
+    """A risk event (or a column of a batch) that can never be valid; nothing was changed."""
+
+    code = "risk_event_invalid"
+
+
+class FeatureSnapshotCorruptError(PuhuiError):
+    """A feature-store snapshot that cannot be read back (truncated, altered, unknown format)."""
+
+    code = "feature_snapshot_corrupt"
+
+
+# --- schema -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureSpec:
+    """One feature column: its name, numpy type and what it means (one line)."""
+
+    name: str
+    type: FeatureType
+    description: str
+
+
+_WINDOW_TEXT = {
+    "1m": "1 min (5 s buckets)",
+    "1h": "1 h (3 min buckets)",
+    "24h": "24 h (1 h buckets)",
+    "7d": "7 d (1 d buckets)",
+    "30d": "30 d (1 d buckets)",
+}
+_ENTITY_TEXT = {
+    "customer": "made by this customer",
+    "device": "made from this device",
+    "merchant": "paid to this merchant",
+    "counterparty": "naming this counterparty",
+    "ip": "made from this IP address",
+}
+
+
+def _velocity_specs() -> list[FeatureSpec]:
+    specs = []
+    for entity in K.ENTITY_KINDS:
+        for window in K.WINDOW_NAMES:
+            where = f"{_ENTITY_TEXT[entity]}, last {_WINDOW_TEXT[window]}"
+            specs.append(FeatureSpec(f"{entity}.count_{window}", "int64", f"Money events {where}."))
+            specs.append(
+                FeatureSpec(
+                    f"{entity}.sum_{window}",
+                    "int64",
+                    f"Amount (minor units) of money events {where}.",
+                )
+            )
+    return specs
+
+
+_INT_SPECS: Final = (
+    *_velocity_specs(),
+    FeatureSpec(
+        "customer.distinct_counterparties_24h",
+        "int64",
+        "Counterparties this customer paid in the last 24 h (1 h buckets).",
+    ),
+    FeatureSpec(
+        "customer.distinct_counterparties_30d",
+        "int64",
+        "Counterparties this customer paid in the last 30 d (1 d buckets).",
+    ),
+    FeatureSpec(
+        "counterparty.distinct_payers_24h",
+        "int64",
+        "Customers who paid this counterparty in the last 24 h (1 h buckets): fan-in.",
+    ),
+    FeatureSpec(
+        "customer.amount_history_count",
+        "int64",
+        "Money events of this customer before this one (the basis of z-score and percentile).",
+    ),
+    FeatureSpec(
+        "customer.kyc_level", "int64", "KYC level given with the event, else the last known; -1."
+    ),
+    FeatureSpec("event.local_hour", "int64", "Hour of day 0-23 at the customer's time zone."),
+    FeatureSpec(
+        "customer.outflow_24h",
+        "int64",
+        "Amount this customer sent out (payment, P2P, withdrawal) in the last 24 h (1 h buckets).",
+    ),
+    FeatureSpec(
+        "counterparty.outflow_24h",
+        "int64",
+        "Amount the counterparty (when it is a customer, c:<id>) sent out in the last 24 h.",
+    ),
+    FeatureSpec(
+        "event.late_ns",
+        "int64",
+        "How far the event is older than the newest one seen (0: in order).",
+    ),
+    FeatureSpec("event.kind", "int64", "Event kind code (position in EventKind: payment = 0)."),
+    FeatureSpec("event.amount", "int64", "The event's amount in minor units."),
+)
+
+_FLOAT_SPECS: Final = (
+    FeatureSpec(
+        "customer.amount_zscore",
+        "float64",
+        "(amount - mean) / std of the customer's past amounts; NaN under 2 or std 0.",
+    ),
+    FeatureSpec(
+        "customer.amount_percentile",
+        "float64",
+        "Share of the customer's past amounts below this one (log-bucket estimate); NaN: none.",
+    ),
+    FeatureSpec(
+        "customer.account_age_s",
+        "float64",
+        "Seconds since the account was created (given) or first seen.",
+    ),
+    FeatureSpec(
+        "customer.since_password_reset_s",
+        "float64",
+        "Seconds since the customer's last password reset; NaN: never.",
+    ),
+    FeatureSpec(
+        "customer.since_device_change_s",
+        "float64",
+        "Seconds since the customer's last device change; NaN: never.",
+    ),
+    FeatureSpec(
+        "location.distance_km",
+        "float64",
+        "Great-circle km from the customer's previous location; NaN: no location.",
+    ),
+    FeatureSpec(
+        "location.interval_s",
+        "float64",
+        "Seconds since the customer's previous location; NaN: no location.",
+    ),
+    FeatureSpec(
+        "location.speed_kmh",
+        "float64",
+        "Implied speed from the previous location (interval at least 1 s); NaN: no location.",
+    ),
+    FeatureSpec(
+        "counterparty.account_age_s",
+        "float64",
+        "Seconds since the counterparty's account was created or first seen (0: new); NaN: none.",
+    ),
+    FeatureSpec(
+        "counterparty.passthrough_ratio_24h",
+        "float64",
+        "Counterparty's outflow over its inflow in the last 24 h; NaN: no inflow.",
+    ),
+)
+
+_BOOL_SPECS: Final = (
+    FeatureSpec(
+        "counterparty.first_payment",
+        "bool",
+        "The customer has never paid this counterparty before.",
+    ),
+    FeatureSpec(
+        "device.new_for_customer", "bool", "The customer has never used this device before."
+    ),
+    FeatureSpec("event.is_night", "bool", "Local hour is 0-5 (00:00-05:59)."),
+)
+
+FEATURE_SCHEMA: Final[dict[str, FeatureSpec]] = {
+    spec.name: spec for spec in (*_INT_SPECS, *_FLOAT_SPECS, *_BOOL_SPECS)
+}
+"""Every feature ``FeatureStore.compute`` returns: name → type and one-line description."""
+
+if len(_INT_SPECS) != K.N_INT or len(_FLOAT_SPECS) != K.N_FLOAT or len(_BOOL_SPECS) != K.N_BOOL:
+    raise RuntimeError("feature schema and kernel rows disagree")  # pragma: no cover
+
+
+# --- batches ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class EventBatch:
+    """Events as columns. Entity columns hold dense ids of the store that built the batch
+    (-1: none); build batches with ``FeatureStore.batch_from_events``/``batch_from_columns``
+    and compute them with the same store."""
+
+    kind: IntArray
+    customer: IntArray
+    at_ns: IntArray
+    amount: IntArray
+    device: IntArray
+    merchant: IntArray
+    counterparty: IntArray
+    ip: IntArray
+    latitude: FloatArray
+    longitude: FloatArray
+    tz_offset_s: IntArray
+    kyc_level: IntArray
+    account_created_ns: IntArray
+
+    def __len__(self) -> int:
+        return int(self.kind.size)
+
+
+class _Interner:
+    """Dense ids for the keys of one entity kind, in order of first sighting.
+
+    Only a dict (insertion-ordered: its keys are in id order): a dict of strings or ints to
+    ints is not tracked by the garbage collector, so a million keys cost no collection pauses.
+    """
+
+    __slots__ = ("ids",)
+
+    def __init__(self) -> None:
+        self.ids: dict[Any, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def keys(self) -> list[Any]:
+        return list(self.ids)
+
+    def intern(self, key: Any) -> int:
+        ids = self.ids
+        found = ids.get(key)
+        if found is not None:
+            return found
+        new = len(ids)
+        if new >= ENTITIES_MAX:
+            raise InvalidRiskEventError(f"more than {ENTITIES_MAX} keys of one entity kind")
+        ids[key] = new
+        return new
+
+
+# --- the store ----------------------------------------------------------------------------------
+
+
+def _entity_arrays(capacity: int) -> dict[str, np.ndarray[Any, Any]]:
+    return {
+        "vel": np.zeros((capacity, 2 * K.SLOTS), np.int64),
+        "meta": np.zeros((capacity, K.META), np.int64),
+    }
+
+
+def _customer_arrays(capacity: int) -> dict[str, np.ndarray[Any, Any]]:
+    c_int = np.zeros((capacity, K.C_INT), np.int64)
+    c_int[:, list(K.C_INT_UNSET)] = -1
+    return {
+        "c_int": c_int,
+        "c_float": np.zeros((capacity, K.C_FLOAT), np.float64),
+        "c_hist": np.zeros((capacity, K.HIST_BUCKETS), np.int32),
+        "c_distinct": np.zeros((capacity, K.DISTINCT_SLOTS), np.int32),
+        "c_out": np.zeros((capacity, K.DAY_BUCKETS), np.int64),
+    }
+
+
+def _counterparty_arrays(capacity: int) -> dict[str, np.ndarray[Any, Any]]:
+    p_int = np.zeros((capacity, K.P_INT), np.int64)
+    p_int[:, list(K.P_INT_UNSET)] = -1
+    return {"p_int": p_int, "p_payers": np.zeros((capacity, K.DAY_BUCKETS), np.int32)}
+
+
+_STRING_KINDS: Final = ("device", "merchant", "counterparty", "ip")
+_VELOCITY_PREFIX: Final = {
+    "customer": "c",
+    "device": "d",
+    "merchant": "m",
+    "counterparty": "p",
+    "ip": "i",
+}
+
+
+def _grown(array: np.ndarray[Any, Any], rows: int, fresh: np.ndarray[Any, Any]) -> Any:
+    """``array`` with ``rows`` rows: its own rows, then rows of ``fresh`` (the defaults)."""
+    out = fresh[:rows].copy() if fresh.shape[0] >= rows else fresh
+    out[: array.shape[0]] = array
+    return out
+
+
+class FeatureStore:
+    """Risk features over sliding windows, computed in one compiled pass per batch.
+
+    Not thread-safe: one writer at a time (as the ledger's writer).
+    """
+
+    def __init__(self, *, capacity: int = 1024, pair_capacity: int = 4096) -> None:
+        if capacity < 1 or pair_capacity < 2:
+            raise InvalidInputError("capacities must be positive")
+        self._customers = _Interner()
+        self._strings = {kind: _Interner() for kind in _STRING_KINDS}
+        self._capacity = {kind: capacity for kind in K.ENTITY_KINDS}
+        self._state: dict[str, np.ndarray[Any, Any]] = {}
+        for prefix in _VELOCITY_PREFIX.values():
+            for name, array in _entity_arrays(capacity).items():
+                self._state[f"{prefix}_{name}"] = array
+        self._state.update(_customer_arrays(capacity))
+        self._state.update(_counterparty_arrays(capacity))
+        pairs = 1 << max(1, (pair_capacity - 1).bit_length())
+        self._state["pairs"] = np.zeros((pairs, 2), np.int64)
+        self._state["counters"] = np.zeros(K.COUNTERS, np.int64)
+        self._state["counters"][K.K_WATERMARK] = -1
+        self._links: list[tuple[int, int]] = []
+        """New counterparties naming a customer (``c:<id>``), written into ``p_int`` next."""
+
+    # --- facts ----------------------------------------------------------------------------
+
+    @property
+    def events_applied(self) -> int:
+        """Events computed since the store was created (snapshots carry it over)."""
+        return int(self._state["counters"][K.K_EVENTS])
+
+    @property
+    def watermark_ns(self) -> int:
+        """Time of the newest event seen (-1 before the first); older events count as at it."""
+        return int(self._state["counters"][K.K_WATERMARK])
+
+    def entity_counts(self) -> dict[str, int]:
+        """Keys interned per entity kind."""
+        counts = {"customer": len(self._customers)}
+        counts.update({kind: len(interner) for kind, interner in self._strings.items()})
+        return counts
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the state arrays (interning tables not included)."""
+        return sum(int(array.nbytes) for array in self._state.values())
+
+    # --- batches --------------------------------------------------------------------------
+
+    def batch_from_events(self, events: Sequence[RiskEvent]) -> EventBatch:
+        """Columns of ``events``, their keys interned (new keys get new ids)."""
+        if len(events) > BATCH_EVENTS_MAX:
+            raise InvalidRiskEventError(f"more than {BATCH_EVENTS_MAX} events in one batch")
+        kinds = []
+        for event in events:
+            code = _KIND_CODES.get(event.kind)
+            if code is None:
+                raise InvalidRiskEventError(f"unknown event kind {event.kind!r}")
+            kinds.append(code)
+        nan = math.nan
+        return self.batch_from_columns(
+            kind=kinds,
+            customer_id=[e.customer_id for e in events],
+            at_ns=[e.at_ns for e in events],
+            amount=[e.amount for e in events],
+            device=[e.device_id for e in events],
+            merchant=[e.merchant for e in events],
+            counterparty=[e.counterparty for e in events],
+            ip=[e.ip for e in events],
+            latitude=[nan if e.latitude is None else e.latitude for e in events],
+            longitude=[nan if e.longitude is None else e.longitude for e in events],
+            tz_offset_s=[e.tz_offset_s or 0 for e in events],
+            kyc_level=[-1 if e.kyc_level is None else e.kyc_level for e in events],
+            account_created_ns=[e.account_created_ns or 0 for e in events],
+        )
+
+    def batch_from_columns(
+        self,
+        *,
+        kind: Iterable[int] | IntArray,
+        customer_id: Iterable[int] | IntArray,
+        at_ns: Iterable[int] | IntArray,
+        amount: Iterable[int] | IntArray | None = None,
+        device: Sequence[str] | None = None,
+        merchant: Sequence[str] | None = None,
+        counterparty: Sequence[str] | None = None,
+        ip: Sequence[str] | None = None,
+        latitude: Iterable[float] | FloatArray | None = None,
+        longitude: Iterable[float] | FloatArray | None = None,
+        tz_offset_s: Iterable[int] | IntArray | None = None,
+        kyc_level: Iterable[int] | IntArray | None = None,
+        account_created_ns: Iterable[int] | IntArray | None = None,
+    ) -> EventBatch:
+        """A batch from columns (``kind``: ``EventKind`` positions; strings: "" = none).
+
+        A merchant payment may name its merchant only as its counterparty (``m:<id>``): the
+        merchant column then takes it. Everything is checked before any key is interned.
+        """
+        kinds = _int_column("kind", kind)
+        n = kinds.size
+        if n > BATCH_EVENTS_MAX:
+            raise InvalidRiskEventError(f"more than {BATCH_EVENTS_MAX} events in one batch")
+        customer_ids = _int_column("customer_id", customer_id, n)
+        times = _int_column("at_ns", at_ns, n)
+        amounts = _int_column("amount", amount, n, default=0)
+        lats = _float_column("latitude", latitude, n)
+        lons = _float_column("longitude", longitude, n)
+        tz = _int_column("tz_offset_s", tz_offset_s, n, default=0)
+        kyc = _int_column("kyc_level", kyc_level, n, default=-1)
+        created = _int_column("account_created_ns", account_created_ns, n, default=0)
+        strings = {
+            "device": _str_column("device", device, n),
+            "merchant": _str_column("merchant", merchant, n),
+            "counterparty": _str_column("counterparty", counterparty, n),
+            "ip": _str_column("ip", ip, n),
+        }
+        _check(kinds.size == 0 or (kinds.min() >= 0 and kinds.max() < K.KINDS), "kind", "unknown")
+        _check(not (times < 0).any(), "at_ns", "negative")
+        _check(not (amounts < 0).any(), "amount", "negative")
+        _check(not (created < 0).any(), "account_created_ns", "negative")
+        _check(not (kyc < -1).any(), "kyc_level", "below -1")
+        _check(not (np.abs(tz) > TZ_OFFSET_S_MAX).any(), "tz_offset_s", "beyond ±18 h")
+        with np.errstate(invalid="ignore"):
+            _check(not (np.abs(lats) > 90).any(), "latitude", "beyond ±90")
+            _check(not (np.abs(lons) > 180).any(), "longitude", "beyond ±180")
+        merchants = strings["merchant"]
+        for j, cp in enumerate(strings["counterparty"]):
+            if not merchants[j] and cp.startswith("m:"):
+                merchants[j] = cp
+        batch_ids = {kind_: self._intern_strings(kind_, keys) for kind_, keys in strings.items()}
+        return EventBatch(
+            kind=kinds,
+            customer=self._intern_customers(customer_ids),
+            at_ns=times,
+            amount=amounts,
+            device=batch_ids["device"],
+            merchant=batch_ids["merchant"],
+            counterparty=batch_ids["counterparty"],
+            ip=batch_ids["ip"],
+            latitude=lats,
+            longitude=lons,
+            tz_offset_s=tz,
+            kyc_level=kyc,
+            account_created_ns=created,
+        )
+
+    def _intern_customers(self, customer_ids: IntArray) -> IntArray:
+        if customer_ids.size == 0:
+            return np.zeros(0, np.int64)
+        unique, inverse = np.unique(customer_ids, return_inverse=True)
+        interner = self._customers
+        dense = np.array([interner.intern(int(key)) for key in unique.tolist()], np.int64)
+        return np.ascontiguousarray(dense[inverse.reshape(-1)])
+
+    def _intern_strings(self, kind: str, keys: list[str]) -> IntArray:
+        interner = self._strings[kind]
+        links = self._links
+        out = np.empty(len(keys), np.int64)
+        ids = interner.ids
+        for j, key in enumerate(keys):
+            found = ids.get(key)
+            if found is None:
+                if not key:
+                    out[j] = -1
+                    continue
+                found = interner.intern(key)
+                if kind == "counterparty":
+                    links.append((found, self._customer_link(key)))
+            out[j] = found
+        return out
+
+    def _customer_link(self, key: str) -> int:
+        if key.startswith("c:"):
+            text = key[2:]
+            if text.isdigit() and text.isascii():
+                return self._customers.intern(int(text))
+        return -1
+
+    # --- computing ------------------------------------------------------------------------
+
+    def compute(self, batch: EventBatch) -> dict[str, np.ndarray[Any, Any]]:
+        """Features of each event as of just before it, in batch order; then the events are
+        part of the state. Returns one column per feature of ``FEATURE_SCHEMA``."""
+        n = len(batch)
+        self._check_batch(batch)
+        self._ensure_capacity(n)
+        s = self._state
+        out_i = np.empty((K.N_INT, n), np.int64)
+        out_f = np.empty((K.N_FLOAT, n), np.float64)
+        out_b = np.empty((K.N_BOOL, n), np.bool_)
+        K.compute(
+            batch.kind,
+            batch.customer,
+            batch.at_ns,
+            batch.amount,
+            batch.device,
+            batch.merchant,
+            batch.counterparty,
+            batch.ip,
+            batch.latitude,
+            batch.longitude,
+            batch.tz_offset_s,
+            batch.kyc_level,
+            batch.account_created_ns,
+            s["counters"],
+            *(s[f"{prefix}_{name}"] for prefix in "cdmpi" for name in ("vel", "meta")),
+            s["c_int"],
+            s["c_float"],
+            s["c_hist"],
+            s["c_distinct"],
+            s["c_out"],
+            s["p_int"],
+            s["p_payers"],
+            s["pairs"],
+            out_i,
+            out_f,
+            out_b,
+            np.empty(K.RINGS, np.int64),
+            np.empty(K.RINGS, np.int64),
+        )
+        features: dict[str, np.ndarray[Any, Any]] = {}
+        for row, spec in enumerate(_INT_SPECS):
+            features[spec.name] = out_i[row]
+        for row, spec in enumerate(_FLOAT_SPECS):
+            features[spec.name] = out_f[row]
+        for row, spec in enumerate(_BOOL_SPECS):
+            features[spec.name] = out_b[row]
+        return features
+
+    def _check_batch(self, batch: EventBatch) -> None:
+        """The kernel runs without bounds checks: a batch must fit this store's tables."""
+        n = len(batch)
+        if n > BATCH_EVENTS_MAX:
+            raise InvalidRiskEventError(f"more than {BATCH_EVENTS_MAX} events in one batch")
+        sizes = self.entity_counts()
+        limits = {"customer": sizes["customer"], **{k: sizes[k] for k in _STRING_KINDS}}
+        for name in ("kind", "at_ns", "amount", "tz_offset_s", "kyc_level", "account_created_ns"):
+            _check_array(batch, name, np.int64, n)
+        for name in ("latitude", "longitude"):
+            _check_array(batch, name, np.float64, n)
+        for kind, size in limits.items():
+            column = _check_array(batch, kind, np.int64, n)
+            low = 0 if kind == "customer" else -1
+            if n and (int(column.min()) < low or int(column.max()) >= size):
+                raise InvalidRiskEventError(
+                    f"column {kind} holds ids this store did not issue", column=kind
+                )
+        if n and (int(batch.kind.min()) < 0 or int(batch.kind.max()) >= K.KINDS):
+            raise InvalidRiskEventError("column kind: a value is unknown", column="kind")
+        if n and int(batch.at_ns.min()) < 0:
+            raise InvalidRiskEventError("column at_ns: a value is negative", column="at_ns")
+
+    def _ensure_capacity(self, batch_events: int) -> None:
+        sizes = self.entity_counts()
+        for kind, prefix in _VELOCITY_PREFIX.items():
+            capacity = self._capacity[kind]
+            if sizes[kind] <= capacity:
+                continue
+            while capacity < sizes[kind]:
+                capacity = max(1, 2 * capacity)
+            self._capacity[kind] = capacity
+            fresh = _entity_arrays(capacity)
+            for name in ("vel", "meta"):
+                key = f"{prefix}_{name}"
+                self._state[key] = _grown(self._state[key], capacity, fresh[name])
+            extra = (
+                _customer_arrays(capacity)
+                if kind == "customer"
+                else _counterparty_arrays(capacity)
+                if kind == "counterparty"
+                else {}
+            )
+            for key, array in extra.items():
+                self._state[key] = _grown(self._state[key], capacity, array)
+        p_int = self._state["p_int"]
+        for counterparty, customer in self._links:
+            p_int[counterparty, K.PI_LINK] = customer
+        self._links.clear()
+        pairs = self._state["pairs"]
+        used = int(self._state["counters"][K.K_PAIRS])
+        # Each event adds at most two pairs; keep the load at or under one half.
+        if 2 * (used + 2 * batch_events) > pairs.shape[0]:
+            size = pairs.shape[0]
+            while 2 * (used + 2 * batch_events) > size:
+                size *= 2
+            grown = np.zeros((size, 2), np.int64)
+            K.rehash_pairs(pairs, grown)
+            self._state["pairs"] = grown
+
+    # --- recovery -------------------------------------------------------------------------
+
+    def snapshot(self, path: str | os.PathLike[str]) -> None:
+        """Write the whole state to ``path`` atomically (temp file, fsync, rename, fsync dir).
+
+        After ``FeatureStore.restore(path)``, computing the events that came after the snapshot
+        gives exactly the features an uninterrupted store gives.
+        """
+        self._ensure_capacity(0)  # pending counterparty links go into the arrays
+        target = Path(path)
+        arrays: dict[str, np.ndarray[Any, Any]] = {
+            "format": np.array([SNAPSHOT_FORMAT], np.int64),
+            "customers": np.array(self._customers.keys(), np.int64),
+        }
+        for kind, interner in self._strings.items():
+            blob, offsets = _pack_strings(interner.keys())
+            arrays[f"keys_{kind}_blob"] = blob
+            arrays[f"keys_{kind}_offsets"] = offsets
+        sizes = self.entity_counts()
+        for name, array in self._state.items():
+            rows = _rows_for(name, sizes)
+            arrays[f"state_{name}"] = array if rows is None else array[:rows]
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        try:
+            with tmp.open("wb") as f:
+                np.savez(f, allow_pickle=False, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    @classmethod
+    def restore(cls, path: str | os.PathLike[str]) -> FeatureStore:
+        """A store holding exactly the state saved by ``snapshot(path)``."""
+        name = Path(path).name
+        try:
+            with Path(path).open("rb") as f:
+                data = f.read()
+            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+                loaded = {key: npz[key] for key in npz.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+            raise FeatureSnapshotCorruptError(f"snapshot {name} cannot be read: {error}") from error
+        try:
+            if loaded["format"].tolist() != [SNAPSHOT_FORMAT]:
+                raise FeatureSnapshotCorruptError(f"snapshot {name} has an unknown format")
+            store = cls(capacity=1, pair_capacity=2)
+            for key in loaded["customers"].tolist():
+                store._customers.intern(int(key))
+            for kind, interner in store._strings.items():
+                for key in _unpack_strings(
+                    loaded[f"keys_{kind}_blob"], loaded[f"keys_{kind}_offsets"]
+                ):
+                    interner.intern(key)
+            sizes = store.entity_counts()
+            for kind in K.ENTITY_KINDS:
+                store._capacity[kind] = sizes[kind]
+            for state_name, array in store._state.items():
+                saved = loaded[f"state_{state_name}"]
+                rows = _rows_for(state_name, sizes)
+                if saved.dtype != array.dtype or saved.shape[1:] != array.shape[1:]:
+                    raise FeatureSnapshotCorruptError(
+                        f"snapshot {name}: {state_name} has a bad shape"
+                    )
+                if rows is not None and saved.shape[0] != rows:
+                    raise FeatureSnapshotCorruptError(
+                        f"snapshot {name}: {state_name} has a bad size"
+                    )
+                store._state[state_name] = saved.copy()
+        except KeyError as error:
+            raise FeatureSnapshotCorruptError(f"snapshot {name} lacks {error}") from error
+        pairs = store._state["pairs"].shape[0]
+        if pairs & (pairs - 1) or pairs < 2:
+            raise FeatureSnapshotCorruptError(f"snapshot {name}: the pair table has a bad size")
+        return store
+
+
+_WHOLE_ARRAYS: Final = frozenset({"pairs", "counters"})
+_KIND_OF_PREFIX: Final = {prefix: kind for kind, prefix in _VELOCITY_PREFIX.items()}
+
+
+def _rows_for(name: str, sizes: dict[str, int]) -> int | None:
+    """Rows of state array ``name`` in use (None: the array is saved whole).
+
+    State names start with the prefix of the entity kind that indexes them (``c_int``: customer,
+    ``p_payers``: counterparty, ``d_counts``: device, …)."""
+    if name in _WHOLE_ARRAYS:
+        return None
+    return sizes[_KIND_OF_PREFIX[name.split("_", 1)[0]]]
+
+
+def _pack_strings(keys: list[str]) -> tuple[np.ndarray[Any, Any], IntArray]:
+    encoded = [key.encode("utf-8") for key in keys]
+    offsets = np.zeros(len(encoded) + 1, np.int64)
+    if encoded:
+        offsets[1:] = np.cumsum([len(b) for b in encoded])
+    return np.frombuffer(b"".join(encoded), np.uint8).copy(), offsets
+
+
+def _unpack_strings(blob: np.ndarray[Any, Any], offsets: IntArray) -> list[str]:
+    raw = blob.tobytes()
+    bounds = offsets.tolist()
+    return [raw[a:b].decode("utf-8") for a, b in itertools.pairwise(bounds)]
+
+
+# --- column checks ------------------------------------------------------------------------------
+
+
+def _check_array(batch: EventBatch, name: str, dtype: Any, n: int) -> np.ndarray[Any, Any]:
+    array: np.ndarray[Any, Any] = getattr(batch, name)
+    if (
+        not isinstance(array, np.ndarray)
+        or array.dtype != dtype
+        or array.shape != (n,)
+        or not array.flags.c_contiguous
+    ):
+        raise InvalidRiskEventError(f"column {name} must be a contiguous {np.dtype(dtype)} array")
+    return array
+
+
+def _check(ok: bool, column: str, problem: str) -> None:
+    if not ok:
+        raise InvalidRiskEventError(f"column {column}: a value is {problem}", column=column)
+
+
+def _int_column(
+    column: str, values: Any, n: int | None = None, *, default: int | None = None
+) -> IntArray:
+    if values is None:
+        if default is None or n is None:
+            raise InvalidRiskEventError(f"column {column} is required", column=column)
+        return np.full(n, default, np.int64)
+    try:
+        array = np.asarray(values if isinstance(values, np.ndarray) else list(values))
+    except (TypeError, ValueError) as error:
+        raise InvalidRiskEventError(f"column {column}: {error}", column=column) from error
+    if array.size == 0:
+        array = array.astype(np.int64)
+    if array.ndim != 1 or not (
+        np.issubdtype(array.dtype, np.integer) and not np.issubdtype(array.dtype, np.bool_)
+    ):
+        raise InvalidRiskEventError(f"column {column} must hold integers", column=column)
+    if n is not None and array.size != n:
+        raise InvalidRiskEventError(f"column {column} has {array.size} values, not {n}")
+    if array.dtype == np.uint64 and array.size and int(array.max()) > np.iinfo(np.int64).max:
+        raise InvalidRiskEventError(f"column {column}: a value is too large", column=column)
+    return np.ascontiguousarray(array, dtype=np.int64)
+
+
+def _float_column(column: str, values: Any, n: int) -> FloatArray:
+    if values is None:
+        return np.full(n, np.nan, np.float64)
+    try:
+        array = np.asarray(
+            values if isinstance(values, np.ndarray) else list(values), dtype=np.float64
+        )
+    except (TypeError, ValueError) as error:
+        raise InvalidRiskEventError(f"column {column}: {error}", column=column) from error
+    if array.ndim != 1 or array.size != n:
+        raise InvalidRiskEventError(f"column {column} has {array.size} values, not {n}")
+    return np.ascontiguousarray(array)
+
+
+def _str_column(column: str, values: Sequence[str] | None, n: int) -> list[str]:
+    if values is None:
+        return [""] * n
+    out = list(values)
+    if len(out) != n:
+        raise InvalidRiskEventError(f"column {column} has {len(out)} values, not {n}")
+    for value in out:
+        if not isinstance(value, str):
+            raise InvalidRiskEventError(f"column {column} must hold strings", column=column)
+    return out
