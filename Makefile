@@ -3,7 +3,7 @@
 #   make demo    create .venv if needed, install Puhui, run the demo: the ledger, then payments (data in ./puhui-data)
 #   make test    install the dev tools, then ruff, mypy --strict and pytest
 #   make lint    ruff and mypy --strict only
-#   make bench   run the benchmarks (benchmarks/ledger.py, benchmarks/payments.py; BENCH_ARGS=--quick for a smoke run)
+#   make bench   run the benchmarks (benchmarks/ledger.py, payments.py, risk.py; BENCH_ARGS=--quick for a smoke run)
 #   make clean   remove caches and build output (keeps .venv and ./puhui-data)
 #   make distclean   also remove .venv and ./puhui-data
 #
@@ -48,6 +48,7 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ledger.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/payments.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/risk.py $(BENCH_ARGS)
 
 clean:
 	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache .hypothesis
