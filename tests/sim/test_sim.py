@@ -168,3 +168,15 @@ def test_the_cli_writes_events_and_a_json_report(tmp_path: Path) -> None:
     assert {"loss_rate", "good_rejected_rate", "good_challenged_rate", "scenarios"} <= set(report)
     bad = CliRunner().invoke(app, ["sim", "run", "--customers", "3", "--out", str(out)])
     assert bad.exit_code == 2 and "invalid_input" in bad.output
+
+
+@pytest.mark.parametrize("scenario", list(Scenario))
+def test_each_scenario_strikes_and_is_labelled(scenario: Scenario) -> None:
+    config = SimConfig(customers=20, days=2, seed=5, fraud_rate=100.0, scenarios=(scenario,))
+    report, events = simulate(config)
+    stats = report.scenarios[str(scenario)]
+    assert stats.attacks > 0
+    labelled = [e for e in events if e.label]
+    assert {e.label for e in labelled} <= {str(scenario)}
+    if scenario is not Scenario.APP_SCAM:  # a scam's payments come days after the set-up
+        assert labelled and stats.events == len(labelled)

@@ -58,7 +58,16 @@ from .model import (
     transfer_id,
     wallet_account_id,
 )
-from .service import NO_CHANNEL, Channel, Operation, Payee, Payments, _hex, _operation
+from .service import (
+    NO_CHANNEL,
+    Channel,
+    Customer,
+    Operation,
+    Payee,
+    Payments,
+    _hex,
+    _operation,
+)
 
 _S = OperationStatus
 _IN_FLIGHT = (_S.PENDING, _S.AWAITING_BANK, _S.CHALLENGED)
@@ -269,10 +278,15 @@ class PaymentBatches:
         shops = {i.merchant_id for i in items if i.merchant_id is not None}
         with self.engine.connect() as conn:
             customers = {
-                int(r.id): (KycLevel(r.kyc_level), bool(r.frozen))
+                int(r.id): Customer(
+                    int(r.id), "", "", KycLevel(r.kyc_level), bool(r.frozen), int(r.created_at_ns)
+                )
                 for r in conn.execute(
                     sa.select(
-                        t.customers.c.id, t.customers.c.kyc_level, t.customers.c.frozen
+                        t.customers.c.id,
+                        t.customers.c.kyc_level,
+                        t.customers.c.frozen,
+                        t.customers.c.created_at_ns,
                     ).where(t.customers.c.id.in_(sorted(people)))
                 )
             }
@@ -305,16 +319,17 @@ class PaymentBatches:
                 payer = customers.get(request.payer_id)
                 if payer is None:
                     raise CustomerNotFoundError(f"no customer {request.payer_id}")
-                if payer[1]:
+                item.extra["payer"] = payer
+                if payer.frozen:
                     raise AccountFrozenError("the customer is frozen")
-                limits = payments.options.kyc_limits[payer[0]].in_minor_units(cur)
+                limits = payments.options.kyc_limits[payer.kyc_level].in_minor_units(cur)
                 if item.payee_id is not None:
                     payee = customers.get(item.payee_id)
                     if payee is None:
                         raise CustomerNotFoundError(f"no customer {item.payee_id}")
                     if item.payee_id == request.payer_id:
                         raise SamePartyError("a customer cannot pay themselves")
-                    if payee[1]:
+                    if payee.frozen:
                         raise AccountFrozenError("the payee is frozen")
                 else:
                     assert item.merchant_id is not None
@@ -344,7 +359,7 @@ class PaymentBatches:
                         limit="daily_outflow",
                     )
                 if item.payee_id is not None:
-                    payee_level = customers[item.payee_id][0]
+                    payee_level = customers[item.payee_id].kyc_level
                     cap = payments.options.kyc_limits[payee_level].in_minor_units(cur)
                     target = wallet_account_id(item.payee_id, cur)
                     held = balances.get(target)
@@ -398,24 +413,19 @@ class PaymentBatches:
                 payments._open_merchant_account(item.merchant_id, cur)  # cached once open
 
     def _decide(self, items: list[_Item]) -> None:
-        now = self.clock.now_ns()
+        payments = self.payments
         events = []
         for item in items:
             assert item.cur is not None
+            payer = item.extra["payer"]
+            assert isinstance(payer, Customer)
             counterparty = (
                 f"c:{item.payee_id}" if item.payee_id is not None else f"m:{item.merchant_id}"
             )
             kind = risk.EventKind.P2P if item.payee_id is not None else risk.EventKind.PAYMENT
             events.append(
-                risk.RiskEvent(
-                    kind=kind,
-                    customer_id=item.request.payer_id,
-                    at_ns=now,
-                    amount=item.request.amount,
-                    currency=item.cur.code,
-                    counterparty=counterparty,
-                    device_id=item.request.channel.device_id,
-                    ip=item.request.channel.ip,
+                payments.risk_event(
+                    kind, payer, item.request.amount, item.cur, counterparty, item.request.channel
                 )
             )
         for item, decision in zip(items, self.payments.decide(events), strict=True):

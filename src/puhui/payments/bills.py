@@ -348,7 +348,7 @@ class Bills:
         self._open_clearing(biller.id, cur.code)
         decision = payments._decide(
             risk.EventKind.PAYMENT,
-            customer_id,
+            customer,
             bill.amount,
             cur,
             f"biller:{biller.code}",

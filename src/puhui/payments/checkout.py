@@ -308,7 +308,7 @@ class Checkout:
         payments._check_single(buyer, cur, order.amount)
         payments._check_funds(wallet_account_id(buyer_id, cur), order.amount)
         decision = payments._decide(
-            risk.EventKind.PAYMENT, buyer_id, order.amount, cur, f"m:{order.merchant_id}", channel
+            risk.EventKind.PAYMENT, buyer, order.amount, cur, f"m:{order.merchant_id}", channel
         )
 
         def claim(conn: sa.Connection, operation_id: int) -> None:

@@ -124,6 +124,8 @@ class Customer:
     display_name: str
     kyc_level: KycLevel
     frozen: bool
+    created_at_ns: int = 0
+    """When the customer registered (nanoseconds since the epoch)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,7 +318,14 @@ class Payments:
             ).first()
         if row is None:
             raise CustomerNotFoundError(f"no customer {customer_id}")
-        return Customer(row.id, row.phone, row.display_name, KycLevel(row.kyc_level), row.frozen)
+        return Customer(
+            row.id,
+            row.phone,
+            row.display_name,
+            KycLevel(row.kyc_level),
+            row.frozen,
+            int(row.created_at_ns),
+        )
 
     def verify_identity(self, customer_id: int, national_id: str) -> Customer:
         """KYC level 1: the name and national id were checked (the id is kept only hashed)."""
@@ -616,7 +625,7 @@ class Payments:
         self.open_wallet(customer_id, cur.code)
         self._check_balance_cap(customer, cur, amount)
         decision = self._decide(
-            risk.EventKind.TOP_UP, customer_id, amount, cur, f"card:{card_id}", channel
+            risk.EventKind.TOP_UP, customer, amount, cur, f"card:{card_id}", channel
         )
         op = self._record(
             OperationKind.TOP_UP,
@@ -653,7 +662,7 @@ class Payments:
         self._check_single(customer, cur, amount)
         self._check_funds(wallet_account_id(customer_id, cur), amount)
         decision = self._decide(
-            risk.EventKind.WITHDRAWAL, customer_id, amount, cur, f"card:{card_id}", channel
+            risk.EventKind.WITHDRAWAL, customer, amount, cur, f"card:{card_id}", channel
         )
         op = self._record(
             OperationKind.WITHDRAWAL,
@@ -696,7 +705,7 @@ class Payments:
         self._check_funds(wallet_account_id(payer_id, cur), amount)
         self.open_wallet(payee_id, cur.code)
         self._check_balance_cap(receiver, cur, amount)
-        decision = self._decide(risk.EventKind.P2P, payer_id, amount, cur, f"c:{payee_id}", channel)
+        decision = self._decide(risk.EventKind.P2P, payer, amount, cur, f"c:{payee_id}", channel)
         op = self._record(
             OperationKind.P2P,
             f"c:{payer_id}",
@@ -791,7 +800,7 @@ class Payments:
         self._check_funds(wallet_account_id(customer_id, cur), amount)
         self._open_merchant_account(merchant_id, cur)
         decision = self._decide(
-            risk.EventKind.PAYMENT, customer_id, amount, cur, f"m:{merchant_id}", channel
+            risk.EventKind.PAYMENT, customer, amount, cur, f"m:{merchant_id}", channel
         )
         op = self._record(
             OperationKind.MERCHANT_PAYMENT,
@@ -1058,24 +1067,43 @@ class Payments:
     def _decide(
         self,
         kind: risk.EventKind,
-        customer_id: int,
+        customer: Customer,
         amount: int,
         cur: Currency,
         counterparty: str,
         channel: Channel = NO_CHANNEL,
     ) -> risk.RiskDecision:
-        event = risk.RiskEvent(
+        [decision] = self.decide(
+            [self.risk_event(kind, customer, amount, cur, counterparty, channel)]
+        )
+        return decision
+
+    def risk_event(
+        self,
+        kind: risk.EventKind,
+        customer: Customer,
+        amount: int,
+        cur: Currency,
+        counterparty: str,
+        channel: Channel = NO_CHANNEL,
+    ) -> risk.RiskEvent:
+        """What risk control is told about one operation of ``customer``, now."""
+        return risk.RiskEvent(
             kind=kind,
-            customer_id=customer_id,
+            customer_id=customer.id,
             at_ns=self.clock.now_ns(),
             amount=amount,
             currency=cur.code,
             counterparty=counterparty,
             device_id=channel.device_id,
             ip=channel.ip,
+            merchant=counterparty if counterparty.startswith("m:") else "",
+            latitude=channel.latitude,
+            longitude=channel.longitude,
+            tz_offset_s=self.options.day_offset_s,
+            kyc_level=int(customer.kyc_level),
+            account_created_ns=customer.created_at_ns or None,
         )
-        [decision] = self.decide([event])
-        return decision
 
     def _record(
         self,

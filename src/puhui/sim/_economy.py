@@ -640,7 +640,8 @@ class Economy:
         if p.shops and rng.random() < 0.7:
             shop = self.shops[p.shops[int(rng.integers(len(p.shops)))]]
         else:
-            shop = self.shops[int(rng.choice(len(self.shops), p=self._shop_weights))]
+            # the popular shops of the founding population (colluding ones join later)
+            shop = self.shops[int(rng.choice(len(self._shop_weights), p=self._shop_weights))]
         median = CATEGORY_YUAN[shop.category] * (1.0 if p.urban else 0.6)
         amount = max(1 * YUAN, int(rng.lognormal(math.log(median * YUAN), 0.7)))
         self._top_up_for(p, amount)

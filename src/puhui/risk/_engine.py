@@ -1,0 +1,323 @@
+"""The risk engine: features, model and rules in one pass per batch, every decision logged.
+
+``RiskEngine`` is a ``decide`` (the services take any callable of that shape): for a batch of
+events it computes the features (``FeatureStore``, in event order), scores them with the
+model (``model.score``, a feature rules can read; a shadow model's score is computed and
+logged beside it), evaluates the live ruleset (block/allow lists included) and answers one
+``RiskDecision`` per event: the ruleset's decision, a score (the higher of the rules' score
+and the model's), and reasons (the rules that hit with the values they read, then the
+model's top contributing features). Every batch is appended to the decision log with the
+events' columns and the values of every feature, so a decision can be explained later,
+backtested, and the feature state rebuilt after a restart.
+
+One engine serves one process; calls are serialised (the feature state has one writer).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from ._decide import Decision, EventKind, RiskDecision, RiskEvent
+from ._evaluate import Ruleset
+from ._expr import FeatureType
+from ._features import FEATURE_SCHEMA, FeatureStore
+from ._lists import RiskLists
+from ._load import RulesetWatcher
+from ._log import DecisionLog
+from ._model import RiskModel
+
+KINDS: Final = tuple(EventKind)
+DECISIONS: Final = (Decision.ACCEPT, Decision.CHALLENGE, Decision.REVIEW, Decision.REJECT)
+"""By severity: the rules' severity 0..3 indexes this."""
+REASONS_MAX: Final = 8
+DEFAULT_RULES: Final = Path(__file__).parent / "rules" / "default.toml"
+"""The ruleset Puhui ships (``docs/risk.md`` explains each rule)."""
+SNAPSHOT_NAME: Final = "features.npz"
+SNAPSHOT_META: Final = "features.json"
+
+EVENT_COLUMNS: Final = {
+    "event.type": "The event's kind (``payment``, ``p2p``, ``top_up``, ``login``…).",
+    "event.customer": "The customer, as ``c:<id>`` (what ``*_customers`` lists hold).",
+    "event.device": "The device id the request came from.",
+    "event.ip": "The IP address the request came from.",
+    "event.counterparty": "Who receives the money: ``c:<id>``, ``m:<id>``, ``card:<id>``…",
+    "event.merchant": "The merchant paid (``m:<id>``), else empty.",
+    "event.card": "The card (``card:<id>``) of a top-up or withdrawal, else empty.",
+}
+"""Features the engine adds from the events themselves, for rules and lists."""
+
+
+def engine_schema() -> dict[str, FeatureType]:
+    """Every feature a ruleset run by the engine may read, with its type."""
+    schema: dict[str, FeatureType] = {}
+    for name, spec in FEATURE_SCHEMA.items():
+        schema[name] = FeatureType.BOOLEAN if spec.type == "bool" else FeatureType.NUMBER
+    for name in EVENT_COLUMNS:
+        schema[name] = FeatureType.CATEGORY
+    schema["model.score"] = FeatureType.NUMBER
+    schema["model.shadow_score"] = FeatureType.NUMBER
+    return schema
+
+
+def _text(values: Sequence[str]) -> npt.NDArray[np.str_]:
+    return np.asarray(values if values else [""], dtype=np.str_)[: len(values)]
+
+
+def event_columns(events: Sequence[RiskEvent]) -> dict[str, npt.NDArray[Any]]:
+    """The events as the log keeps them (and as ``FeatureStore.batch_from_columns`` reads)."""
+    nan = float("nan")
+    return {
+        "kind": np.asarray([KINDS.index(EventKind(e.kind)) for e in events], dtype=np.int8),
+        "customer_id": np.asarray([e.customer_id for e in events], dtype=np.int64),
+        "at_ns": np.asarray([e.at_ns for e in events], dtype=np.int64),
+        "amount": np.asarray([e.amount for e in events], dtype=np.int64),
+        "currency": _text([e.currency for e in events]),
+        "device": _text([e.device_id for e in events]),
+        "merchant": _text([e.merchant for e in events]),
+        "counterparty": _text([e.counterparty for e in events]),
+        "ip": _text([e.ip for e in events]),
+        "latitude": np.asarray(
+            [nan if e.latitude is None else e.latitude for e in events], dtype=np.float64
+        ),
+        "longitude": np.asarray(
+            [nan if e.longitude is None else e.longitude for e in events], dtype=np.float64
+        ),
+        "tz_offset_s": np.asarray([e.tz_offset_s or 0 for e in events], dtype=np.int64),
+        "kyc_level": np.asarray(
+            [-1 if e.kyc_level is None else e.kyc_level for e in events], dtype=np.int64
+        ),
+        "account_created_ns": np.asarray(
+            [e.account_created_ns or 0 for e in events], dtype=np.int64
+        ),
+    }
+
+
+def _event_features(columns: Mapping[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
+    counterparty = columns["counterparty"]
+    merchant = columns["merchant"]
+    is_card = np.char.startswith(counterparty, "card:")
+    is_merchant = np.char.startswith(counterparty, "m:")
+    return {
+        "event.type": np.asarray([str(KINDS[k]) for k in columns["kind"]], dtype=np.str_),
+        "event.customer": np.char.add("c:", columns["customer_id"].astype(np.str_)),
+        "event.device": columns["device"],
+        "event.ip": columns["ip"],
+        "event.counterparty": counterparty,
+        "event.merchant": np.where(
+            merchant != "", merchant, np.where(is_merchant, counterparty, "")
+        ),
+        "event.card": np.where(is_card, counterparty, ""),
+    }
+
+
+class RiskEngine:
+    """Features → model → rules → decisions, logged. Call it like ``puhui.risk.decide``."""
+
+    def __init__(
+        self,
+        rules: Ruleset | RulesetWatcher,
+        *,
+        features: FeatureStore | None = None,
+        lists: RiskLists | None = None,
+        model: RiskModel | None = None,
+        shadow_model: RiskModel | None = None,
+        log: DecisionLog | None = None,
+        explain_top: int = 3,
+    ) -> None:
+        self.rules = rules
+        self.features = features or FeatureStore()
+        self.lists = lists
+        self.model = model
+        self.shadow_model = shadow_model
+        self.log = log
+        self.explain_top = explain_top
+        self._lock = threading.Lock()
+        self._schema_names: tuple[str, ...] = ()
+        self._schema_hash = ""
+
+    def ruleset(self) -> Ruleset:
+        return self.rules.current() if isinstance(self.rules, RulesetWatcher) else self.rules
+
+    @property
+    def model_version(self) -> str:
+        return self.model.version if self.model is not None else "none"
+
+    def __call__(self, events: Sequence[RiskEvent]) -> list[RiskDecision]:
+        if not events:
+            return []
+        columns = event_columns(events)
+        with self._lock:
+            return self._decide(columns)
+
+    def _decide(self, columns: Mapping[str, npt.NDArray[Any]]) -> list[RiskDecision]:
+        batch = self.features.batch_from_columns(
+            kind=columns["kind"],
+            customer_id=columns["customer_id"],
+            at_ns=columns["at_ns"],
+            amount=columns["amount"],
+            device=list(columns["device"]),
+            merchant=list(columns["merchant"]),
+            counterparty=list(columns["counterparty"]),
+            ip=list(columns["ip"]),
+            latitude=columns["latitude"],
+            longitude=columns["longitude"],
+            tz_offset_s=columns["tz_offset_s"],
+            kyc_level=columns["kyc_level"],
+            account_created_ns=columns["account_created_ns"],
+        )
+        computed = self.features.compute(batch)
+        feats: dict[str, npt.NDArray[Any]] = dict(computed)
+        feats.update(_event_features(columns))
+        n = len(columns["kind"])
+        model_score = np.zeros(n, dtype=np.int64)
+        if self.model is not None:
+            model_score = self.model.score(feats).astype(np.int64)
+        feats["model.score"] = model_score.astype(np.float64)
+        shadow = (
+            self.shadow_model.score(feats).astype(np.float64)
+            if self.shadow_model is not None
+            else np.zeros(n, dtype=np.float64)
+        )
+        feats["model.shadow_score"] = shadow
+        ruleset = self.ruleset()
+        results = ruleset.evaluate(feats, lists=self.lists)
+        severity = np.asarray(results.severity)
+        scores = np.maximum(np.asarray(results.scores, dtype=np.int64), model_score)
+        flagged = np.flatnonzero(severity > 0)
+        explained: dict[int, list[tuple[str, float]]] = {}
+        if self.model is not None and len(flagged) and self.explain_top:
+            rows = {k: v[flagged] for k, v in feats.items() if k in self.model.feature_names}
+            top = self.model.explain(rows, self.explain_top)
+            for row, contributions in zip(flagged.tolist(), top, strict=True):
+                explained[row] = contributions
+        out: list[RiskDecision] = []
+        reasons_column: list[str] = []
+        for i in range(n):
+            reasons: tuple[str, ...] = ()
+            if severity[i] > 0 or results.hit_offsets[i + 1] > results.hit_offsets[i]:
+                outcome = results.outcome(i)
+                found = [_hit_text(h.rule_id, h.values) for h in outcome.reasons]
+                found += [f"model:{name}={value:+.3f}" for name, value in explained.get(i, [])]
+                found += [f"shadow:{h.rule_id}" for h in outcome.shadow_hits]
+                reasons = tuple(found[:REASONS_MAX])
+            out.append(
+                RiskDecision(
+                    DECISIONS[int(severity[i])],
+                    int(scores[i]),
+                    reasons,
+                    results.ruleset_version,
+                    self.model_version,
+                )
+            )
+            reasons_column.append(json.dumps(list(reasons)))
+        if self.log is not None:
+            self._append(columns, feats, out, reasons_column, results.ruleset_version, shadow)
+        return out
+
+    # --- the decision log ------------------------------------------------------------------
+
+    def _append(
+        self,
+        columns: Mapping[str, npt.NDArray[Any]],
+        feats: Mapping[str, npt.NDArray[Any]],
+        decisions: Sequence[RiskDecision],
+        reasons: Sequence[str],
+        ruleset_version: str,
+        shadow: npt.NDArray[np.float64],
+    ) -> None:
+        assert self.log is not None
+        numeric = [k for k in FEATURE_SCHEMA if k in feats] + ["model.score", "model.shadow_score"]
+        names = tuple(numeric)
+        if names != self._schema_names:
+            self._schema_names = names
+            self._schema_hash = hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+            schema_path = self.log.directory / f"schema-{self._schema_hash}.json"
+            if not schema_path.exists():
+                tmp = schema_path.with_name(schema_path.name + ".tmp")
+                tmp.write_text(json.dumps(list(names)))
+                tmp.replace(schema_path)
+        matrix = np.column_stack([np.asarray(feats[k], dtype=np.float32) for k in names])
+        record = dict(columns)
+        record["decision"] = np.asarray(
+            [DECISIONS.index(d.decision) for d in decisions], dtype=np.int8
+        )
+        record["score"] = np.asarray([d.score for d in decisions], dtype=np.int16)
+        record["reasons"] = _text(list(reasons))
+        record["features"] = matrix
+        self.log.append(
+            record,
+            {
+                "ruleset": ruleset_version,
+                "model": self.model_version,
+                "shadow_model": self.shadow_model.version if self.shadow_model else "none",
+                "schema": self._schema_hash,
+            },
+        )
+
+    # --- restarts ---------------------------------------------------------------------------
+
+    def snapshot(self, directory: Path) -> None:
+        """Save the feature state and the log position it covers (atomically, file by file:
+        the position is written last, so a crash between leaves the older pair usable)."""
+        with self._lock:
+            directory.mkdir(parents=True, exist_ok=True)
+            next_id = self.log.next_id if self.log is not None else 0
+            if self.log is not None:
+                self.log.flush()
+            self.features.snapshot(directory / SNAPSHOT_NAME)
+            meta = directory / SNAPSHOT_META
+            tmp = meta.with_name(meta.name + ".tmp")
+            tmp.write_text(json.dumps({"log_next_id": next_id}))
+            tmp.replace(meta)
+
+    def recover(self, directory: Path) -> int:
+        """Rebuild the feature state: the snapshot in ``directory`` (if any), then every
+        logged batch after it, in order. Returns how many logged events were replayed."""
+        with self._lock:
+            since = 1
+            meta = directory / SNAPSHOT_META
+            if meta.exists() and (directory / SNAPSHOT_NAME).exists():
+                self.features = FeatureStore.restore(directory / SNAPSHOT_NAME)
+                since = int(json.loads(meta.read_text())["log_next_id"])
+            if self.log is None:
+                return 0
+            replayed = 0
+            for record in self.log.records(since_id=since):
+                first = int(record.meta["first_id"])
+                skip = max(0, since - first)
+                c = {k: v[skip:] for k, v in record.columns.items()}
+                self.features.compute(
+                    self.features.batch_from_columns(
+                        kind=c["kind"],
+                        customer_id=c["customer_id"],
+                        at_ns=c["at_ns"],
+                        amount=c["amount"],
+                        device=list(c["device"]),
+                        merchant=list(c["merchant"]),
+                        counterparty=list(c["counterparty"]),
+                        ip=list(c["ip"]),
+                        latitude=c["latitude"],
+                        longitude=c["longitude"],
+                        tz_offset_s=c["tz_offset_s"],
+                        kyc_level=c["kyc_level"],
+                        account_created_ns=c["account_created_ns"],
+                    )
+                )
+                replayed += len(c["kind"])
+            return replayed
+
+
+def _hit_text(rule_id: str, values: Sequence[tuple[str, object]]) -> str:
+    shown = ", ".join(
+        f"{name}={value:.6g}" if isinstance(value, float) else f"{name}={value}"
+        for name, value in values
+    )
+    return f"{rule_id}({shown})" if shown else rule_id
