@@ -43,6 +43,7 @@ from puhui._cli_common import console as _console
 from puhui._cli_common import emit_json as _emit_json
 from puhui._cli_common import reported_errors as _reported_errors
 from puhui._cli_platform import register as register_platform_commands
+from puhui._cli_risk import risk_app
 from puhui._cli_sim import sim_app
 from puhui._demo_payments import PaymentsTour, payments_service, print_payments
 from puhui.clock import ManualClock
@@ -78,6 +79,7 @@ ledger_app = typer.Typer(
 )
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(sim_app, name="sim")
+app.add_typer(risk_app, name="risk")
 
 
 class LedgerNotFoundError(InvalidInputError):

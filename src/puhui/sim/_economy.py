@@ -28,6 +28,7 @@ from puhui import ledger as L
 from puhui import risk
 from puhui.clock import ManualClock
 from puhui.errors import PuhuiError
+from puhui.money import currency
 from puhui.payments import (
     BillerKind,
     Bills,
@@ -219,6 +220,8 @@ class Economy:
         """Operations whose money, once completed, has left the platform."""
         self._promoter: Person | None = None
         self._populated = False
+        self._asking = ""
+        """The scenario of the request being made (empty: honest)."""
         self._batches = PaymentBatches(self.payments)
         self._batch: list[_Queued] = []
         self._queued: dict[int, int] = {}
@@ -252,6 +255,9 @@ class Economy:
     # --- risk in front of everything ----------------------------------------------------------
 
     def _decide(self, events: Sequence[risk.RiskEvent]) -> list[risk.RiskDecision]:
+        """Risk's answer; the truth about each event asked is noted beside it, in order
+        (``SimReport.risk_labels``: what a model is trained on)."""
+        self.report.risk_labels.extend([self._asking] * len(events))
         return self._decide_fn(events)
 
     def _observe(
@@ -266,19 +272,11 @@ class Economy:
     ) -> risk.Decision:
         """An event that moves no money (login, device change, password reset, card binding):
         risk decides; a challenge is a step-up the actor passes or fails."""
-        now = self.clock.now_ns()
-        [decision] = self._decide_fn(
-            [
-                risk.RiskEvent(
-                    kind=kind,
-                    customer_id=person.customer_id,
-                    at_ns=now,
-                    counterparty=counterparty,
-                    device_id=channel.device_id,
-                    ip=channel.ip,
-                )
-            ]
-        )
+        customer = self.payments.customer(person.customer_id)
+        event = self.payments.risk_event(kind, customer, 0, currency(CNY), counterparty, channel)
+        self._asking = label[0]
+        [decision] = self._decide([event])
+        self._asking = ""
         outcome = decision.decision
         status = {
             risk.Decision.ACCEPT: "accepted",
@@ -322,10 +320,13 @@ class Economy:
         """A money operation through the service. ``exit_``: completed, the money has left
         the platform (a withdrawal, goods bought, a colluding merchant's takings)."""
         key = f"sim-{next(self._keys)}"
+        self._asking = label[0]
         try:
             answer: Operation | PuhuiError = call(channel, key)
         except PuhuiError as error:
             answer = error
+        finally:
+            self._asking = ""
         return self._answered(
             answer, kind, person, counterparty, amount, channel=channel, where=where,
             label=label, exit_=exit_,
@@ -528,7 +529,9 @@ class Economy:
         if amount <= 0:
             return
         key = f"sim-{next(self._keys)}"
-        self.payments.top_up(person.customer_id, person.card_id, amount, CNY, key=key)
+        self.payments.top_up(
+            person.customer_id, person.card_id, amount, CNY, key=key, channel=person.channel
+        )
 
     def _where(self, person: Person) -> tuple[float, float]:
         return (person.lat, person.lon)

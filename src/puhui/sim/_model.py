@@ -185,6 +185,9 @@ class SimReport:
     """Requests the service refused before risk (funds, limits…)."""
     scenarios: dict[str, ScenarioReport] = field(default_factory=dict)
     elapsed_s: float = 0.0
+    risk_labels: list[str] = field(default_factory=list)
+    """The scenario (empty: honest) of every event risk was asked about, in the order it
+    was asked (setup included): aligned with a ``RiskEngine``'s decision log."""
 
     @property
     def fraud_lost(self) -> int:
