@@ -411,6 +411,7 @@ PLATFORM_ALL = [
     "AuditLog",
     "AuditProblem",
     "AuditProblemKind",
+    "AuditRecord",
     "AuditReport",
     "Claim",
     "ClaimResult",

@@ -16,6 +16,7 @@ from puhui.ledger import AsyncLedger, Ledger
 from puhui.platform import AuditLog, IdempotencyRecords, Tenants
 
 from . import _ledger_routes
+from ._batching import AuditBatcher, PrincipalCache
 from ._context import ApiContext
 from ._guards import ApiOptions, BodyLimitMiddleware, RateLimiter
 from ._problems import problem_from_exception
@@ -64,10 +65,14 @@ def create_app(
         description="Partners' HTTP API: the ledger (TigerBeetle's semantics) per tenant. "
         "See docs/api.md.",
     )
+    tenants = Tenants(engine, clock=clock)
+    audit = AuditLog(engine, clock=clock)
     app.state.puhui = ApiContext(
-        tenants=Tenants(engine, clock=clock),
+        tenants=tenants,
         idempotency=IdempotencyRecords(engine, clock=clock, options=options.idempotency),
-        audit=AuditLog(engine, clock=clock),
+        audit=audit,
+        audit_batcher=AuditBatcher(audit),
+        principals=PrincipalCache(tenants, clock, options.auth_cache_s),
         ledger=async_ledger,
         limiter=RateLimiter(clock, options.rate_per_key_per_s, options.rate_burst_requests),
         options=options,

@@ -8,6 +8,7 @@ from puhui.clock import Clock
 from puhui.ledger import AsyncLedger
 from puhui.platform import AuditLog, IdempotencyRecords, Tenants
 
+from ._batching import AuditBatcher, PrincipalCache
 from ._guards import ApiOptions, RateLimiter
 
 
@@ -16,6 +17,8 @@ class ApiContext:
     tenants: Tenants
     idempotency: IdempotencyRecords
     audit: AuditLog
+    audit_batcher: AuditBatcher
+    principals: PrincipalCache
     ledger: AsyncLedger
     limiter: RateLimiter
     options: ApiOptions

@@ -27,6 +27,7 @@ from starlette.responses import Response
 from puhui.errors import InvalidInputError, PuhuiError
 from puhui.payments import IdempotencyKeyReusedError
 from puhui.platform import (
+    AuditRecord,
     Claim,
     IdempotencyRequestInProgressError,
     InvalidApiKeyError,
@@ -113,7 +114,7 @@ async def _run(
     context: ApiContext = request.app.state.puhui
     principal: Principal | None = None
     try:
-        principal = await asyncio.to_thread(context.tenants.authenticate, _bearer(request))
+        principal = await context.principals.authenticate(_bearer(request))
         context.limiter.take(principal.key_id)
         principal.require(spec.scope)
         request.state.principal = principal
@@ -121,14 +122,15 @@ async def _run(
     except PuhuiError as error:
         response = problem_from_error(error, headers=_error_headers(error))
     if spec.changes_state and principal is not None:
-        await asyncio.to_thread(
-            context.audit.append,
-            tenant_id=principal.tenant.id,
-            key_id=principal.key_id,
-            method=request.method,
-            route=route_path,
-            target=request.url.path,
-            status=response.status_code,
+        await context.audit_batcher.append(
+            AuditRecord(
+                tenant_id=principal.tenant.id,
+                key_id=principal.key_id,
+                method=request.method,
+                route=route_path,
+                target=request.url.path,
+                status=response.status_code,
+            )
         )
     return response
 
