@@ -121,6 +121,8 @@ async def _run(
         response = await _idempotent(context, principal, request, inner)
     except PuhuiError as error:
         response = problem_from_error(error, headers=_error_headers(error))
+    except Exception as exc:  # a fault of the store or a bug: logged, answered 500
+        response = problem_from_exception(exc)
     if spec.changes_state and principal is not None:
         await context.audit_batcher.append(
             AuditRecord(
