@@ -10,6 +10,7 @@ from puhui.platform import AuditLog, IdempotencyRecords, Tenants
 
 from ._batching import AuditBatcher, PrincipalCache
 from ._guards import ApiOptions, RateLimiter
+from ._metrics import ApiMetrics
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,3 +24,4 @@ class ApiContext:
     limiter: RateLimiter
     options: ApiOptions
     clock: Clock
+    metrics: ApiMetrics

@@ -15,6 +15,7 @@ refuses to build a route without it, and the isolation tests iterate these decla
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -113,6 +114,7 @@ async def _run(
 ) -> Response:
     context: ApiContext = request.app.state.puhui
     principal: Principal | None = None
+    started = time.perf_counter()
     try:
         principal = await context.principals.authenticate(_bearer(request))
         context.limiter.take(principal.key_id)
@@ -123,6 +125,11 @@ async def _run(
         response = problem_from_error(error, headers=_error_headers(error))
     except Exception as exc:  # a fault of the store or a bug: logged, answered 500
         response = problem_from_exception(exc)
+    if principal is not None:
+        context.metrics.latency.labels(route_path, request.method).observe(
+            time.perf_counter() - started
+        )
+    context.metrics.requests.labels(route_path, request.method, response.status_code).inc()
     if spec.changes_state and principal is not None:
         await context.audit_batcher.append(
             AuditRecord(
