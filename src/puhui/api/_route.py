@@ -131,16 +131,18 @@ async def _run(
         )
     context.metrics.requests.labels(route_path, request.method, response.status_code).inc()
     if spec.changes_state and principal is not None:
-        await context.audit_batcher.append(
-            AuditRecord(
-                tenant_id=principal.tenant.id,
-                key_id=principal.key_id,
-                method=request.method,
-                route=route_path,
-                target=request.url.path,
-                status=response.status_code,
-            )
+        record = AuditRecord(
+            tenant_id=principal.tenant.id,
+            key_id=principal.key_id,
+            method=request.method,
+            route=route_path,
+            target=request.url.path,
+            status=response.status_code,
         )
+        try:
+            await context.audit_batcher.append(record)
+        except Exception as exc:  # not audited: 500 (a retry with the same key replays)
+            response = problem_from_exception(exc)
     return response
 
 
