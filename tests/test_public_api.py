@@ -414,6 +414,7 @@ PLATFORM_ALL = [
     "AuditLog",
     "AuditProblem",
     "AuditProblemKind",
+    "AuditRecord",
     "AuditReport",
     "Claim",
     "ClaimResult",

@@ -28,3 +28,36 @@ def test_state_changing_requests_are_chained_into_the_audit_log(api: Api) -> Non
     assert entries[1].at_ns == entries[0].at_ns + 1000
     report = audit.verify()
     assert report.ok and report.entries == 3
+
+
+def test_concurrent_writes_are_all_audited_in_one_chain(api: Api) -> None:
+    import threading
+
+    start = threading.Barrier(8)
+
+    def send(i: int) -> None:
+        start.wait()
+        body = {"accounts": [account(1000 + i)]}
+        api.client.post("/v1/ledger/accounts", json=body, headers=api.auth())
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    audit = AuditLog(api.engine)
+    report = audit.verify()
+    assert report.ok and report.entries == 8
+    assert {e.status for e in audit.entries()} == {200}
+
+
+def test_a_revoked_key_stops_working_within_the_auth_cache_time(api: Api) -> None:
+    _, token = api.tenants.create_key(api.a.id, ["ledger:read"])
+    key_id = api.tenants.authenticate(token).key_id
+    path, body = "/v1/ledger/accounts/lookup", {"ids": ["1"]}
+    assert api.client.post(path, json=body, headers=api.auth(token)).status_code == 200
+    api.tenants.revoke_key(key_id)  # elsewhere (e.g. the CLI): this server remembers the key
+    assert api.client.post(path, json=body, headers=api.auth(token)).status_code == 200
+    api.clock.advance(1_000_000_000)  # ApiOptions.auth_cache_s (1 s) later
+    response = api.client.post(path, json=body, headers=api.auth(token))
+    assert response.status_code == 401 and response.json()["code"] == "api_key_invalid"

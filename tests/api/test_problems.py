@@ -161,3 +161,22 @@ def test_rate_limit_per_key_with_retry_after(small_api: Api) -> None:
     api.clock.advance(1_000_000_000)  # one token back after a second at 1 request/s
     assert api.client.post(path, json=body, headers=api.auth()).status_code == 200
     assert api.client.post(path, json=body, headers=api.auth()).status_code == 429
+
+
+def test_a_fault_of_the_store_is_a_logged_500_problem(
+    api: Api, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    records = api.client.app.state.puhui.idempotency  # type: ignore[attr-defined]
+
+    def broken(*_: object) -> None:
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(records, "begin", broken)
+    response = api.client.post(
+        "/v1/ledger/accounts",
+        json={"accounts": [account(1)]},
+        headers=api.auth(**{"Idempotency-Key": "k"}),
+    )
+    problem = _problem(response, 500, "internal_error")
+    assert "disk" not in problem["detail"]  # nothing about the fault reaches the client
+    assert any("unhandled error" in r.message for r in caplog.records)

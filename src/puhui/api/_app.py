@@ -7,6 +7,7 @@ from typing import Any
 import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -16,8 +17,10 @@ from puhui.ledger import AsyncLedger, Ledger
 from puhui.platform import AuditLog, IdempotencyRecords, Tenants
 
 from . import _ledger_routes
+from ._batching import AuditBatcher, PrincipalCache
 from ._context import ApiContext
 from ._guards import ApiOptions, BodyLimitMiddleware, RateLimiter
+from ._metrics import ApiMetrics
 from ._problems import problem_from_exception
 from ._route import PlatformRoute
 
@@ -64,14 +67,20 @@ def create_app(
         description="Partners' HTTP API: the ledger (TigerBeetle's semantics) per tenant. "
         "See docs/api.md.",
     )
+    tenants = Tenants(engine, clock=clock)
+    audit = AuditLog(engine, clock=clock)
+    metrics = ApiMetrics()
     app.state.puhui = ApiContext(
-        tenants=Tenants(engine, clock=clock),
+        tenants=tenants,
         idempotency=IdempotencyRecords(engine, clock=clock, options=options.idempotency),
-        audit=AuditLog(engine, clock=clock),
+        audit=audit,
+        audit_batcher=AuditBatcher(audit),
+        principals=PrincipalCache(tenants, clock, options.auth_cache_s),
         ledger=async_ledger,
         limiter=RateLimiter(clock, options.rate_per_key_per_s, options.rate_burst_requests),
         options=options,
         clock=clock,
+        metrics=metrics,
     )
     for router in ROUTERS:
         app.include_router(router)
@@ -79,6 +88,10 @@ def create_app(
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics_text() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def as_problem(_request: Request, exc: Exception) -> Response:
         return problem_from_exception(exc)

@@ -8,7 +8,9 @@ from puhui.clock import Clock
 from puhui.ledger import AsyncLedger
 from puhui.platform import AuditLog, IdempotencyRecords, Tenants
 
+from ._batching import AuditBatcher, PrincipalCache
 from ._guards import ApiOptions, RateLimiter
+from ._metrics import ApiMetrics
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,7 +18,10 @@ class ApiContext:
     tenants: Tenants
     idempotency: IdempotencyRecords
     audit: AuditLog
+    audit_batcher: AuditBatcher
+    principals: PrincipalCache
     ledger: AsyncLedger
     limiter: RateLimiter
     options: ApiOptions
     clock: Clock
+    metrics: ApiMetrics

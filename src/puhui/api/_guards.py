@@ -36,6 +36,9 @@ class ApiOptions:
     """Requests per second each API key may sustain (token bucket refill)."""
     rate_burst_requests: int = 4000
     """Requests a key may send at once before the sustained rate applies (bucket size)."""
+    auth_cache_s: float = 1.0
+    """How long an authenticated key is remembered: a key revoked elsewhere stops working
+    within this time (0: check the store on every request)."""
     page_size_default: int = 100
     page_size_max: int = 1000
     idempotency: IdempotencyOptions = field(default_factory=IdempotencyOptions)
@@ -43,6 +46,8 @@ class ApiOptions:
     def __post_init__(self) -> None:
         if self.request_body_bytes_max <= 0 or self.rate_burst_requests <= 0:
             raise ValueError("limits must be positive")
+        if self.auth_cache_s < 0:
+            raise ValueError("auth_cache_s must not be negative")
         if self.rate_per_key_per_s <= 0:
             raise ValueError("rate_per_key_per_s must be positive")
         if not 0 < self.page_size_default <= self.page_size_max:

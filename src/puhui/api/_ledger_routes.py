@@ -3,6 +3,9 @@ seen through the caller's ``TenantLedger`` (other tenants' accounts do not exist
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -72,6 +75,17 @@ def _tenant_ledger(request: Request) -> TenantLedger:
     return TenantLedger(context.ledger, principal_of(request).tenant)
 
 
+@contextlib.contextmanager
+def _ledger_timer(request: Request, operation: str, events: int) -> Iterator[None]:
+    metrics = request.app.state.puhui.metrics
+    metrics.ledger_batch.labels(operation).observe(events)
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        metrics.ledger_latency.labels(operation).observe(time.perf_counter() - started)
+
+
 def _mapping(model: Any) -> dict[str, Any]:
     """A validated input model as the ledger's field mapping (decimal text → int)."""
     data: dict[str, Any] = model.model_dump()
@@ -83,7 +97,8 @@ def _mapping(model: Any) -> dict[str, Any]:
 async def create_accounts(body: CreateAccountsIn, request: Request) -> CreateResultsOut:
     """Create accounts; one result per event (``created``, ``exists``, ...)."""
     accounts = [account_from_mapping(_mapping(a)) for a in body.accounts]
-    results = await _tenant_ledger(request).create_accounts(accounts)
+    with _ledger_timer(request, "create_accounts", len(accounts)):
+        results = await _tenant_ledger(request).create_accounts(accounts)
     return CreateResultsOut(
         results=[
             CreateResultOut(
@@ -102,7 +117,8 @@ async def create_accounts(body: CreateAccountsIn, request: Request) -> CreateRes
 async def create_transfers(body: CreateTransfersIn, request: Request) -> CreateResultsOut:
     """Create transfers (linked chains, two-phase, balancing: TigerBeetle's semantics)."""
     transfers = [transfer_from_mapping(_mapping(t)) for t in body.transfers]
-    results = await _tenant_ledger(request).create_transfers(transfers)
+    with _ledger_timer(request, "create_transfers", len(transfers)):
+        results = await _tenant_ledger(request).create_transfers(transfers)
     return CreateResultsOut(
         results=[
             CreateResultOut(

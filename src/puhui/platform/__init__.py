@@ -17,7 +17,7 @@ from ._errors import (
     TenantNameTakenError,
     TenantNotFoundError,
 )
-from .audit import AuditLog
+from .audit import AuditLog, AuditRecord
 from .idempotency import Claim, ClaimResult, IdempotencyOptions, IdempotencyRecords, StoredResponse
 from .ledger import ReservedFieldError, TenantLedger
 from .model import (
@@ -43,6 +43,7 @@ __all__ = [
     "AuditLog",
     "AuditProblem",
     "AuditProblemKind",
+    "AuditRecord",
     "AuditReport",
     "Claim",
     "ClaimResult",

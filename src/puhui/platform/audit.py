@@ -11,7 +11,8 @@ can rewrite the whole log *and* the anchor can forge a consistent history: keep 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 
@@ -24,6 +25,18 @@ route_chars_max = 255
 target_chars_max = 255
 read_chunk_entries = 5000
 """Entries ``verify`` reads per query (unit: entries); the log is streamed, never loaded."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """What to audit of one request (the log adds the time, sequence number and hashes)."""
+
+    tenant_id: int | None
+    key_id: str | None
+    method: str
+    route: str
+    target: str
+    status: int
 
 
 class AuditLog:
@@ -44,8 +57,14 @@ class AuditLog:
         status: int,
     ) -> AuditEntry:
         """Add one entry at the head of the chain (and move the anchor), atomically."""
+        record = AuditRecord(tenant_id, key_id, method, route, target, status)
+        return self.append_many([record])[0]
+
+    def append_many(self, records: Sequence[AuditRecord]) -> list[AuditEntry]:
+        """Add entries in order, in one transaction (one sync of the store for all)."""
         log, anchor = tables.audit_log, tables.audit_anchor
         now = self.clock.now_ns()
+        entries: list[AuditEntry] = []
         with self.engine.begin() as conn:
             row = conn.execute(
                 sa.select(anchor.c.head_hash, anchor.c.count)
@@ -57,28 +76,43 @@ class AuditLog:
                 conn.execute(anchor.insert().values(id=1, head_hash=GENESIS_HASH, count=0))
             else:
                 prev_hash, count = str(row[0]), int(row[1])
-            method = method.upper()[:8]
-            route = route[:route_chars_max]
-            target = target[:target_chars_max]
-            digest = audit_hash(
-                seq=count + 1,
-                at_ns=now,
-                tenant_id=tenant_id,
-                key_id=key_id,
-                method=method,
-                route=route,
-                target=target,
-                status=status,
-                prev_hash=prev_hash,
-            )
-            entry = AuditEntry(
-                count + 1, now, tenant_id, key_id, method, route, target, status, prev_hash, digest
-            )
-            conn.execute(log.insert().values(dataclasses.asdict(entry)))
-            conn.execute(
-                anchor.update().where(anchor.c.id == 1).values(head_hash=digest, count=count + 1)
-            )
-        return entry
+            for record in records:
+                count += 1
+                method = record.method.upper()[:8]
+                route = record.route[:route_chars_max]
+                target = record.target[:target_chars_max]
+                digest = audit_hash(
+                    seq=count,
+                    at_ns=now,
+                    tenant_id=record.tenant_id,
+                    key_id=record.key_id,
+                    method=method,
+                    route=route,
+                    target=target,
+                    status=record.status,
+                    prev_hash=prev_hash,
+                )
+                entries.append(
+                    AuditEntry(
+                        count,
+                        now,
+                        record.tenant_id,
+                        record.key_id,
+                        method,
+                        route,
+                        target,
+                        record.status,
+                        prev_hash,
+                        digest,
+                    )
+                )
+                prev_hash = digest
+            if entries:
+                conn.execute(log.insert(), [dataclasses.asdict(e) for e in entries])
+                conn.execute(
+                    anchor.update().where(anchor.c.id == 1).values(head_hash=prev_hash, count=count)
+                )
+        return entries
 
     def entries(self, *, after_seq: int = 0, limit: int = 100) -> list[AuditEntry]:
         """Entries in order, from ``after_seq + 1``."""

@@ -1,0 +1,112 @@
+"""Keeping the SQL store off each request's critical path.
+
+- ``AuditBatcher``: concurrent requests' audit entries are written together, one
+  transaction (one sync of the store) per group: a request still waits until its entry is
+  durable, but a hundred requests share one commit (group commit, as the ledger does).
+- ``PrincipalCache``: an authenticated token is remembered for ``ttl_s`` (1 s by default),
+  so a busy key costs one SQL read per second, not one per request. A key revoked elsewhere
+  (the CLI, another server) stops working within ``ttl_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+import weakref
+from dataclasses import dataclass, field
+
+from puhui.clock import Clock
+from puhui.platform import AuditLog, AuditRecord, Principal, Tenants
+
+NS_PER_S = 1_000_000_000
+
+audit_batch_entries_max = 1024
+"""Most audit entries written in one transaction (unit: entries)."""
+
+principals_cached_max = 10_000
+"""Most tokens remembered at once (unit: tokens); the cache is emptied when full."""
+
+
+@dataclass
+class _LoopState:
+    pending: list[tuple[AuditRecord, asyncio.Future[None]]] = field(default_factory=list)
+    flushing: bool = False
+    task: asyncio.Task[None] | None = None
+    """The running flush (kept referenced so it is not collected mid-way)."""
+
+
+class AuditBatcher:
+    """Group commit of audit entries (see the module's description)."""
+
+    def __init__(self, audit: AuditLog) -> None:
+        self.audit = audit
+        # One state per event loop: futures belong to the loop that made them.
+        self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def append(self, record: AuditRecord) -> None:
+        """Return once ``record`` is in the audit chain (durably)."""
+        loop = asyncio.get_running_loop()
+        state = self._states.get(loop)
+        if state is None:
+            state = self._states[loop] = _LoopState()
+        done: asyncio.Future[None] = loop.create_future()
+        state.pending.append((record, done))
+        if not state.flushing:
+            state.flushing = True
+            state.task = loop.create_task(self._flush(state))
+        await done
+
+    async def _flush(self, state: _LoopState) -> None:
+        try:
+            while state.pending:
+                batch = state.pending[:audit_batch_entries_max]
+                del state.pending[: len(batch)]
+                try:
+                    await asyncio.to_thread(self.audit.append_many, [r for r, _ in batch])
+                except BaseException as error:  # every waiter of the group learns of it
+                    for _, done in batch:
+                        if not done.done():
+                            done.set_exception(error)
+                    if not isinstance(error, Exception):
+                        raise
+                    continue
+                for _, done in batch:
+                    if not done.done():
+                        done.set_result(None)
+        finally:
+            state.flushing = False
+
+
+class PrincipalCache:
+    """Authenticated tokens, remembered briefly (see the module's description)."""
+
+    def __init__(self, tenants: Tenants, clock: Clock, ttl_s: float) -> None:
+        self.tenants = tenants
+        self.clock = clock
+        self.ttl_ns = int(ttl_s * NS_PER_S)
+        self._cache: dict[bytes, tuple[Principal, int]] = {}
+        self._lock = threading.Lock()
+
+    async def authenticate(self, token: str) -> Principal:
+        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        now = self.clock.now_ns()
+        if self.ttl_ns > 0:
+            with self._lock:
+                hit = self._cache.get(digest)
+            if hit is not None and hit[1] > now:
+                return hit[0]
+        principal = await asyncio.to_thread(self.tenants.authenticate, token)
+        if self.ttl_ns > 0:
+            with self._lock:
+                if len(self._cache) >= principals_cached_max:
+                    self._cache.clear()
+                self._cache[digest] = (principal, now + self.ttl_ns)
+        return principal
+
+    def forget(self) -> None:
+        """Drop every remembered token (after a revocation in this process)."""
+        with self._lock:
+            self._cache.clear()

@@ -1,0 +1,45 @@
+"""Prometheus metrics of one API app, served at ``/metrics`` (text exposition format).
+
+Each app has its own registry (two apps in one process never mix their figures). Labels
+carry route templates, never concrete paths, ids or keys: no personal data, bounded
+cardinality.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+BATCH_BUCKETS_EVENTS = (1, 2, 8, 32, 128, 512, 2048, 8189)
+
+
+class ApiMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "puhui_api_requests",
+            "Requests to authenticated routes, by route template, method and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "puhui_api_request_seconds",
+            "Time from authentication to the response, by route template and method.",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.ledger_batch = Histogram(
+            "puhui_api_ledger_batch_events",
+            "Events per create_accounts / create_transfers request.",
+            ["operation"],
+            buckets=BATCH_BUCKETS_EVENTS,
+            registry=self.registry,
+        )
+        self.ledger_latency = Histogram(
+            "puhui_api_ledger_batch_seconds",
+            "Time the ledger took for one create_accounts / create_transfers request.",
+            ["operation"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
