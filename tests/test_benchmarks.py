@@ -98,3 +98,20 @@ def test_risk_features_benchmark_quick_run_prints_json() -> None:
     assert report["events_per_s"] > 0 and report["columns_per_s"] > 0
     assert report["single_p99_ms"] >= report["single_p50_ms"] > 0
     assert report["memory_bytes"] > 0 and sum(report["entities"].values()) > 0
+
+
+def test_risk_engine_benchmark_quick_run_prints_json() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "risk_engine.py"), "--quick", "--json"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    engine = report["engine"]
+    assert engine["rules_active"] >= 200 and engine["decisions_per_s"] > 0
+    assert sum(engine["decisions"].values()) == engine["batch"] * len(
+        engine["runs_decisions_per_s"]
+    )
+    assert engine["single_events"] == 500 and engine["single_p99_ms"] >= engine["single_p50_ms"]

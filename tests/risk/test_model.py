@@ -123,3 +123,18 @@ def test_auc_is_the_share_of_correctly_ordered_pairs(rows: list[tuple[bool, int]
     neg = [s for y, s in rows if not y]
     pairs = [(p > n) + 0.5 * (p == n) for p in pos for n in neg]
     assert auc(labels, scores) == pytest.approx(sum(pairs) / len(pairs))
+
+
+def test_contributions_add_up_to_the_raw_score(model: RiskModel) -> None:
+    from puhui.risk._model import _contributions
+
+    features, _ = _data(300, seed=5)
+    x = model.matrix(features)
+    f = model._forest
+    contrib = np.zeros((x.shape[0], len(model.feature_names)))
+    _contributions(
+        x, f.feature, f.threshold, f.left, f.right, f.missing, f.default_left,
+        f.leaf_value, f.roots, f.node_value, contrib,
+    )  # fmt: skip
+    bias = sum(f.node_value[r] if r >= 0 else f.leaf_value[~r] for r in f.roots)
+    assert np.allclose(contrib.sum(axis=1) + bias, model.raw(features), atol=1e-9)

@@ -217,7 +217,7 @@ class RiskEngine:
                     self.model_version,
                 )
             )
-            reasons_column.append(json.dumps(list(reasons)))
+            reasons_column.append(json.dumps(list(reasons)) if reasons else "[]")
         if self.log is not None:
             self._append(columns, feats, out, reasons_column, results.ruleset_version, shadow)
         return out

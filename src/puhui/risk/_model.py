@@ -59,6 +59,8 @@ class _Forest:
     default_left: npt.NDArray[np.bool_]
     leaf_value: npt.NDArray[np.float64]
     roots: npt.NDArray[np.int32]
+    node_value: npt.NDArray[np.float64]
+    """Each internal node's value (the mean output of the rows that reached it in training)."""
 
 
 def _flatten(dump: Mapping[str, Any]) -> _Forest:
@@ -70,6 +72,7 @@ def _flatten(dump: Mapping[str, Any]) -> _Forest:
     default_left: list[bool] = []
     leaves: list[float] = []
     roots: list[int] = []
+    values: list[float] = []
 
     def walk(node: Mapping[str, Any]) -> int:
         if "leaf_value" in node or "split_feature" not in node:
@@ -84,6 +87,7 @@ def _flatten(dump: Mapping[str, Any]) -> _Forest:
             str(node.get("missing_type", "None"))
         ])  # fmt: skip
         default_left.append(bool(node.get("default_left", True)))
+        values.append(float(node.get("internal_value", 0.0)))
         left.append(0)
         right.append(0)
         left[index] = walk(node["left_child"])
@@ -101,6 +105,7 @@ def _flatten(dump: Mapping[str, Any]) -> _Forest:
         default_left=np.asarray(default_left, dtype=np.bool_),
         leaf_value=np.asarray(leaves, dtype=np.float64),
         roots=np.asarray(roots, dtype=np.int32),
+        node_value=np.asarray(values, dtype=np.float64),
     )
 
 
@@ -144,6 +149,43 @@ def _raw_scores_py(
 
 
 _raw_scores = _compiled(_raw_scores_py)
+
+
+def _contributions_py(  # pragma: no cover - compiled
+    x: Any,
+    feature: Any,
+    threshold: Any,
+    left: Any,
+    right: Any,
+    missing: Any,
+    default_left: Any,
+    leaf_value: Any,
+    roots: Any,
+    node_value: Any,
+    out: Any,
+) -> None:
+    """Per row and feature, how much the splits on that feature moved the raw score along
+    the row's paths (Saabas' decomposition: each step adds child value - node value)."""
+    for row in range(x.shape[0]):
+        for t in range(roots.shape[0]):
+            node = roots[t]
+            while node >= 0:
+                value = x[row, feature[node]]
+                kind = missing[node]
+                if math.isnan(value) and kind != 2:
+                    value = 0.0
+                if (kind == 1 and -1e-35 <= value <= 1e-35) or (kind == 2 and math.isnan(value)):
+                    child = left[node] if default_left[node] else right[node]
+                elif value <= threshold[node]:
+                    child = left[node]
+                else:
+                    child = right[node]
+                after = leaf_value[~child] if child < 0 else node_value[child]
+                out[row, feature[node]] += after - node_value[node]
+                node = child
+
+
+_contributions = _compiled(_contributions_py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,17 +256,23 @@ class RiskModel:
     def explain(
         self, features: Mapping[str, npt.ArrayLike], top: int = 3
     ) -> list[list[tuple[str, float]]]:
-        """The ``top`` features that pushed each row's score up most (SHAP contributions from
-        LightGBM; slower than scoring: call it for the rows that need reasons)."""
+        """The ``top`` features that pushed each row's score up most (log-odds each added,
+        by Saabas' decomposition of the trees' paths: as fast as scoring)."""
         x = self.matrix(features)
         if x.shape[0] == 0:
             return []
-        contrib = np.asarray(self._booster.predict(x, pred_contrib=True))[:, :-1]
+        f = self._forest
+        contrib = np.zeros((x.shape[0], len(self.feature_names)), dtype=np.float64)
+        _contributions(
+            x, f.feature, f.threshold, f.left, f.right, f.missing, f.default_left,
+            f.leaf_value, f.roots, f.node_value, contrib,
+        )  # fmt: skip
+        k = min(top, contrib.shape[1])
+        order = np.argsort(-contrib, axis=1)[:, :k]
         out = []
-        for row in contrib:
-            order = np.argsort(-row)[:top]
+        for row, picks in zip(contrib, order, strict=True):
             out.append(
-                [(self.feature_names[i], round(float(row[i]), 4)) for i in order if row[i] > 0]
+                [(self.feature_names[i], round(float(row[i]), 4)) for i in picks if row[i] > 0]
             )
         return out
 
