@@ -318,11 +318,10 @@ _VELOCITY_PREFIX: Final = {
 }
 
 
-def _grown(array: np.ndarray[Any, Any], rows: int, fresh: np.ndarray[Any, Any]) -> Any:
-    """``array`` with ``rows`` rows: its own rows, then rows of ``fresh`` (the defaults)."""
-    out = fresh[:rows].copy() if fresh.shape[0] >= rows else fresh
-    out[: array.shape[0]] = array
-    return out
+def _grown(array: np.ndarray[Any, Any], fresh: np.ndarray[Any, Any]) -> Any:
+    """``fresh`` (more rows, holding the defaults) with ``array``'s rows copied in first."""
+    fresh[: array.shape[0]] = array
+    return fresh
 
 
 class FeatureStore:
@@ -589,7 +588,7 @@ class FeatureStore:
             fresh = _entity_arrays(capacity)
             for name in ("vel", "meta"):
                 key = f"{prefix}_{name}"
-                self._state[key] = _grown(self._state[key], capacity, fresh[name])
+                self._state[key] = _grown(self._state[key], fresh[name])
             extra = (
                 _customer_arrays(capacity)
                 if kind == "customer"
@@ -598,7 +597,7 @@ class FeatureStore:
                 else {}
             )
             for key, array in extra.items():
-                self._state[key] = _grown(self._state[key], capacity, array)
+                self._state[key] = _grown(self._state[key], array)
         p_int = self._state["p_int"]
         for counterparty, customer in self._links:
             p_int[counterparty, K.PI_LINK] = customer
