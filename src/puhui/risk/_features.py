@@ -40,6 +40,10 @@ BATCH_EVENTS_MAX: Final = 1_000_000
 ENTITIES_MAX: Final = K.PAIR_ID_MAX
 """Most distinct keys of one entity kind (customers, devices, …) a store holds (unit: keys)."""
 
+AMOUNT_MAX: Final = 10**15
+"""Largest amount accepted (unit: minor units; 10 trillion CNY). Window sums are int64: even
+9,000 events at this amount in one window stay below 2**63."""
+
 TZ_OFFSET_S_MAX: Final = 18 * 3600
 """Largest time-zone offset accepted, either side of UTC (unit: seconds)."""
 
@@ -443,6 +447,7 @@ class FeatureStore:
         _check(kinds.size == 0 or (kinds.min() >= 0 and kinds.max() < K.KINDS), "kind", "unknown")
         _check(not (times < 0).any(), "at_ns", "negative")
         _check(not (amounts < 0).any(), "amount", "negative")
+        _check(not (amounts > AMOUNT_MAX).any(), "amount", "above AMOUNT_MAX")
         _check(not (created < 0).any(), "account_created_ns", "negative")
         _check(not (kyc < -1).any(), "kyc_level", "below -1")
         _check(not (np.abs(tz) > TZ_OFFSET_S_MAX).any(), "tz_offset_s", "beyond ±18 h")
