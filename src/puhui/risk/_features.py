@@ -13,7 +13,6 @@ grown by doubling. The store has one writer: callers serialise ``batch_*``, ``co
 
 from __future__ import annotations
 
-import io
 import itertools
 import math
 import os
@@ -660,9 +659,8 @@ class FeatureStore:
         """A store holding exactly the state saved by ``snapshot(path)``."""
         name = Path(path).name
         try:
-            with Path(path).open("rb") as f:
-                data = f.read()
-            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            # The file is opened here, not by np.load, which leaks it when the zip is bad.
+            with Path(path).open("rb") as f, np.load(f, allow_pickle=False) as npz:
                 loaded = {key: npz[key] for key in npz.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
             raise FeatureSnapshotCorruptError(f"snapshot {name} cannot be read: {error}") from error
@@ -691,7 +689,7 @@ class FeatureStore:
                     raise FeatureSnapshotCorruptError(
                         f"snapshot {name}: {state_name} has a bad size"
                     )
-                store._state[state_name] = saved.copy()
+                store._state[state_name] = np.ascontiguousarray(saved)
         except KeyError as error:
             raise FeatureSnapshotCorruptError(f"snapshot {name} lacks {error}") from error
         pairs = store._state["pairs"].shape[0]
