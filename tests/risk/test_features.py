@@ -278,7 +278,8 @@ def test_restore_then_replay_equals_an_uninterrupted_store(
     uninterrupted = FeatureStore(capacity=2, pair_capacity=2)
     expected = compute_in_batches(uninterrupted, events, [cut])
     before = FeatureStore(capacity=2, pair_capacity=2)
-    compute_in_batches(before, events[:cut], []) if cut else None
+    if cut:
+        compute_in_batches(before, events[:cut], [])
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "features.snapshot"
         before.snapshot(path)
@@ -357,6 +358,7 @@ def test_bad_columns_are_rejected_before_anything_changes() -> None:
         {"kind": [9]},
         {"at_ns": [-1]},
         {"amount": [-5]},
+        {"amount": [10**15 + 1]},
         {"latitude": [91.0], "longitude": [0.0]},
         {"tz_offset_s": [19 * 3600]},
         {"kyc_level": [-2]},

@@ -44,7 +44,15 @@ from numba import njit
 def _jit(*, inline: Literal["never", "always"] = "never") -> Callable[[Callable[..., Any]], Any]:
     # No array is allocated in these kernels, so numba's reference counting is off (``_nrt``,
     # as the ledger's kernels: it costs more than the feature logic in the per-event loop).
-    options: dict[str, Any] = {"cache": True, "nogil": True, "inline": inline, "_nrt": False}
+    # Every division is by a constant or guarded, so numpy's error model (no zero-division
+    # checks and their branches) changes no result.
+    options: dict[str, Any] = {
+        "cache": True,
+        "nogil": True,
+        "inline": inline,
+        "_nrt": False,
+        "error_model": "numpy",
+    }
     decorator: Callable[[Callable[..., Any]], Any] = njit(**options)
     return decorator
 

@@ -13,7 +13,6 @@ grown by doubling. The store has one writer: callers serialise ``batch_*``, ``co
 
 from __future__ import annotations
 
-import io
 import itertools
 import math
 import os
@@ -39,6 +38,10 @@ BATCH_EVENTS_MAX: Final = 1_000_000
 
 ENTITIES_MAX: Final = K.PAIR_ID_MAX
 """Most distinct keys of one entity kind (customers, devices, …) a store holds (unit: keys)."""
+
+AMOUNT_MAX: Final = 10**15
+"""Largest amount accepted (unit: minor units; 10 trillion CNY). Window sums are int64: even
+9,000 events at this amount in one window stay below 2**63."""
 
 TZ_OFFSET_S_MAX: Final = 18 * 3600
 """Largest time-zone offset accepted, either side of UTC (unit: seconds)."""
@@ -318,11 +321,10 @@ _VELOCITY_PREFIX: Final = {
 }
 
 
-def _grown(array: np.ndarray[Any, Any], rows: int, fresh: np.ndarray[Any, Any]) -> Any:
-    """``array`` with ``rows`` rows: its own rows, then rows of ``fresh`` (the defaults)."""
-    out = fresh[:rows].copy() if fresh.shape[0] >= rows else fresh
-    out[: array.shape[0]] = array
-    return out
+def _grown(array: np.ndarray[Any, Any], fresh: np.ndarray[Any, Any]) -> Any:
+    """``fresh`` (more rows, holding the defaults) with ``array``'s rows copied in first."""
+    fresh[: array.shape[0]] = array
+    return fresh
 
 
 class FeatureStore:
@@ -444,6 +446,7 @@ class FeatureStore:
         _check(kinds.size == 0 or (kinds.min() >= 0 and kinds.max() < K.KINDS), "kind", "unknown")
         _check(not (times < 0).any(), "at_ns", "negative")
         _check(not (amounts < 0).any(), "amount", "negative")
+        _check(not (amounts > AMOUNT_MAX).any(), "amount", "above AMOUNT_MAX")
         _check(not (created < 0).any(), "account_created_ns", "negative")
         _check(not (kyc < -1).any(), "kyc_level", "below -1")
         _check(not (np.abs(tz) > TZ_OFFSET_S_MAX).any(), "tz_offset_s", "beyond ±18 h")
@@ -589,7 +592,7 @@ class FeatureStore:
             fresh = _entity_arrays(capacity)
             for name in ("vel", "meta"):
                 key = f"{prefix}_{name}"
-                self._state[key] = _grown(self._state[key], capacity, fresh[name])
+                self._state[key] = _grown(self._state[key], fresh[name])
             extra = (
                 _customer_arrays(capacity)
                 if kind == "customer"
@@ -598,7 +601,7 @@ class FeatureStore:
                 else {}
             )
             for key, array in extra.items():
-                self._state[key] = _grown(self._state[key], capacity, array)
+                self._state[key] = _grown(self._state[key], array)
         p_int = self._state["p_int"]
         for counterparty, customer in self._links:
             p_int[counterparty, K.PI_LINK] = customer
@@ -656,9 +659,8 @@ class FeatureStore:
         """A store holding exactly the state saved by ``snapshot(path)``."""
         name = Path(path).name
         try:
-            with Path(path).open("rb") as f:
-                data = f.read()
-            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            # The file is opened here, not by np.load, which leaks it when the zip is bad.
+            with Path(path).open("rb") as f, np.load(f, allow_pickle=False) as npz:
                 loaded = {key: npz[key] for key in npz.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
             raise FeatureSnapshotCorruptError(f"snapshot {name} cannot be read: {error}") from error
@@ -687,7 +689,7 @@ class FeatureStore:
                     raise FeatureSnapshotCorruptError(
                         f"snapshot {name}: {state_name} has a bad size"
                     )
-                store._state[state_name] = saved.copy()
+                store._state[state_name] = np.ascontiguousarray(saved)
         except KeyError as error:
             raise FeatureSnapshotCorruptError(f"snapshot {name} lacks {error}") from error
         pairs = store._state["pairs"].shape[0]
