@@ -73,6 +73,8 @@ EXPECTED_PAYMENT_CHANGES = {
 }
 PLATFORM_ACCOUNTS = ("escrow", "fee_revenue", "biller_clearing", "bank_settlement")
 """Shared by every run (the other accounts are new in each run)."""
+RISK_TOUR_PLATFORM_CHANGES = {"bank_settlement": -(900_00 + 100_00 + 4_000_00)}
+"""What the risk tour (after the payments tour) adds to the shared accounts: its top-ups."""
 
 
 def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
@@ -108,7 +110,9 @@ def check_demo(data: dict[str, Any], accounts_total: int, runs: int = 1) -> None
     assert {key: b["change"] for key, b in balances.items()} == EXPECTED_PAYMENT_CHANGES
     for key, change in EXPECTED_PAYMENT_CHANGES.items():
         assert balances[key]["currency"] == "CNY"
-        assert balances[key]["balance"] == change * (runs if key in PLATFORM_ACCOUNTS else 1)
+        expected = change * (runs if key in PLATFORM_ACCOUNTS else 1)
+        expected += RISK_TOUR_PLATFORM_CHANGES.get(key, 0) * (runs - 1)
+        assert balances[key]["balance"] == expected
     verify = data["verify"]
     assert verify["ok"] is True
     assert verify["problems"] == []
@@ -123,15 +127,22 @@ def test_demo_succeeds_twice_in_a_row(tmp_path: Path) -> None:
     first = invoke("demo", "--data-dir", str(data_dir), "--json")
     assert first.exit_code == 0, first.output
     # 10 accounts of the ledger tour; 4 platform accounts, 2 wallets, a merchant's and the
-    # biller's clearing account.
-    check_demo(last_json(first), accounts_total=18)
+    # biller's clearing account; the risk tour's 3 wallets and its merchant's.
+    check_demo(last_json(first), accounts_total=22)
+    risk_part = last_json(first)["risk"]
+    assert risk_part["ok"] and [s["name"] for s in risk_part["steps"]] == [
+        "risk_history",
+        "risk_step_up",
+        "risk_case",
+        "risk_takeover",
+    ]
     assert (data_dir / "ledger").is_dir()
     assert (data_dir / "puhui.sqlite").is_file()
     assert last_json(first)["payments"]["database"] == f"sqlite:///{data_dir / 'puhui.sqlite'}"
 
     second = invoke("demo", "--data-dir", str(data_dir), "--json")
     assert second.exit_code == 0, second.output
-    check_demo(last_json(second), accounts_total=31, runs=2)  # platform accounts are shared
+    check_demo(last_json(second), accounts_total=39, runs=2)  # platform accounts are shared
     assert last_json(first)["run_id"] != last_json(second)["run_id"]
     assert "verify: ok" in second.stdout
 
@@ -191,14 +202,14 @@ def test_ledger_verify_and_info(tmp_path: Path) -> None:
     assert verify.exit_code == 0, verify.output
     report = last_json(verify)
     assert report["ok"] is True
-    assert report["accounts"] == 18
+    assert report["accounts"] == 22
     assert set(report["ledgers"]) == {"156", "840"}
     assert "Per-ledger sums" in verify.stdout
 
     info = invoke("ledger", "info", f"file://{journal}", "--json")
     assert info.exit_code == 0, info.output
     facts = last_json(info)
-    assert facts["accounts"] == 18
+    assert facts["accounts"] == 22
     assert facts["transfers"] == report["transfers"] > 0
     assert facts["last_journal_op"] == report["journal_ops"] > 0
     assert facts["state_dir"] == journal + ".state"
@@ -317,10 +328,10 @@ def test_demo_and_verify_on_postgres(
         "PUHUI_DATABASE_URL": postgres_url,
         "PUHUI_DATA_DIR": str(tmp_path / "data"),
     }
-    for runs, accounts_total in ((1, 18), (2, 31)):
+    for runs, accounts_total in ((1, 22), (2, 39)):
         result = invoke("demo", "--json", env=env)
         assert result.exit_code == 0, result.output
         check_demo(last_json(result), accounts_total=accounts_total, runs=runs)
     verify = invoke("ledger", "verify", postgres_url, "--json")
     assert verify.exit_code == 0, verify.output
-    assert last_json(verify)["accounts"] == 31
+    assert last_json(verify)["accounts"] == 39

@@ -46,6 +46,7 @@ from puhui._cli_platform import register as register_platform_commands
 from puhui._cli_risk import risk_app
 from puhui._cli_sim import sim_app
 from puhui._demo_payments import PaymentsTour, payments_service, print_payments
+from puhui._demo_risk import RiskTour, print_risk
 from puhui.clock import ManualClock
 from puhui.config import Settings
 from puhui.errors import InvalidInputError, PuhuiError
@@ -733,7 +734,7 @@ def demo(
 ) -> None:
     """Tour the ledger (two currencies, FX, a failing chain, two-phase payments), then the
     payments service (KYC, top-up, P2P, QR, escrow with auto-confirm and a refund,
-    withdrawal), then verify."""
+    withdrawal), then risk control (step-up, a case, a takeover stopped), then verify."""
     with _reported_errors():
         settings = Settings.from_env()
         if data_dir is not None:
@@ -761,15 +762,21 @@ def demo(
                 payments_tour.run()
                 report = tb.verify(ledger)
                 payments_tour.check_books(report)
+            risk_tour = RiskTour(database_url, ledger, clock, run_id, data_dir or settings.data_dir)
+            risk_tour.run()
+            report = tb.verify(ledger)
         console.rule("[bold]Ledger[/]")
         _print_steps(console, tour.steps)
         _print_balances(console, balances)
         _print_history(console, history)
         print_payments(console, payments_tour, _display_url(database_url))
+        print_risk(console, risk_tour)
         console.print()
         console.rule("[bold]Verify the whole ledger[/]")
         _print_verify(console, report)
-        steps_ok = all(step.as_expected for step in tour.steps) and payments_tour.ok
+        steps_ok = (
+            all(step.as_expected for step in tour.steps) and payments_tour.ok and risk_tour.ok
+        )
         if not steps_ok:
             console.print("[bold red]demo: a step did not end as expected[/]")
         ok = report.ok and steps_ok
@@ -795,6 +802,7 @@ def demo(
                         "database": _display_url(database_url),
                         **payments_tour.to_json(),
                     },
+                    "risk": risk_tour.to_json(),
                 }
             )
         raise typer.Exit(EXIT_OK if ok else EXIT_PROBLEM)

@@ -120,3 +120,28 @@ def test_a_restarted_engine_rebuilds_its_features_from_snapshot_and_log(tmp_path
 def test_the_default_ruleset_compiles_against_the_engine_schema() -> None:
     ruleset = load_ruleset(DEFAULT_RULES, engine_schema())
     assert len(ruleset.evaluated_rules) >= 15
+
+
+def test_a_refused_attempt_does_not_make_a_device_familiar(tmp_path: Path) -> None:
+    rules = """
+name = "t"
+version = "1"
+
+[[rule]]
+id = "new-device"
+description = "a device never accepted for this customer"
+when = 'device.new_for_customer and event.type == "login"'
+action = "challenge"
+priority = 1
+status = "active"
+owner = "t"
+"""
+    engine = RiskEngine(parse_ruleset(rules, engine_schema()))
+    login = [_event(0, 0, device="own", kind=EventKind.LOGIN)]
+    assert engine(login)[0].decision is Decision.CHALLENGE  # first sight
+    engine.trust_device(7, "own")  # the customer passed the step-up on it
+    assert engine([_event(1, 0, device="own", kind=EventKind.LOGIN)])[0].decision is Decision.ACCEPT
+    thief = [_event(2, 0, device="thief", kind=EventKind.LOGIN)]
+    assert engine(thief)[0].decision is Decision.CHALLENGE
+    again = [_event(3, 0, device="thief", kind=EventKind.LOGIN)]
+    assert engine(again)[0].decision is Decision.CHALLENGE  # still a stranger's phone

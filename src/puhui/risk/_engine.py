@@ -140,6 +140,8 @@ class RiskEngine:
         self.log = log
         self.explain_top = explain_top
         self._lock = threading.Lock()
+        self._trusted: dict[int, set[str]] = {}
+        """Devices each customer used in an accepted event (or confirmed by step-up)."""
         self._schema_names: tuple[str, ...] = ()
         self._schema_hash = ""
 
@@ -176,6 +178,10 @@ class RiskEngine:
         computed = self.features.compute(batch)
         feats: dict[str, npt.NDArray[Any]] = dict(computed)
         feats.update(_event_features(columns))
+        # A device is new for a customer until an event from it was accepted (or the
+        # customer confirmed it by step-up): a rejected or failed attempt must not make the
+        # attacker's phone familiar. Trust is as of the start of the batch.
+        feats["device.new_for_customer"] = self._untrusted(columns)
         n = len(columns["kind"])
         model_score = np.zeros(n, dtype=np.int64)
         if self.model is not None:
@@ -218,9 +224,39 @@ class RiskEngine:
                 )
             )
             reasons_column.append(json.dumps(list(reasons)) if reasons else "[]")
+        self._learn_trust(columns, severity)
         if self.log is not None:
             self._append(columns, feats, out, reasons_column, results.ruleset_version, shadow)
         return out
+
+    # --- trusted devices --------------------------------------------------------------------
+
+    def _untrusted(self, columns: Mapping[str, npt.NDArray[Any]]) -> npt.NDArray[np.bool_]:
+        trusted = self._trusted
+        empty: set[str] = set()
+        return np.fromiter(
+            (
+                str(device) not in trusted.get(int(customer), empty)
+                for customer, device in zip(columns["customer_id"], columns["device"], strict=True)
+            ),
+            dtype=np.bool_,
+            count=len(columns["device"]),
+        )
+
+    def _learn_trust(
+        self, columns: Mapping[str, npt.NDArray[Any]], severity: npt.NDArray[Any]
+    ) -> None:
+        for customer, device, level in zip(
+            columns["customer_id"], columns["device"], severity, strict=True
+        ):
+            if level == 0 and device:
+                self._trusted.setdefault(int(customer), set()).add(str(device))
+
+    def trust_device(self, customer_id: int, device_id: str) -> None:
+        """The customer proved this device is theirs (passed a step-up on it)."""
+        if device_id:
+            with self._lock:
+                self._trusted.setdefault(customer_id, set()).add(device_id)
 
     # --- the decision log ------------------------------------------------------------------
 
@@ -275,7 +311,8 @@ class RiskEngine:
             self.features.snapshot(directory / SNAPSHOT_NAME)
             meta = directory / SNAPSHOT_META
             tmp = meta.with_name(meta.name + ".tmp")
-            tmp.write_text(json.dumps({"log_next_id": next_id}))
+            trusted = {str(c): sorted(d) for c, d in self._trusted.items()}
+            tmp.write_text(json.dumps({"log_next_id": next_id, "trusted": trusted}))
             tmp.replace(meta)
 
     def recover(self, directory: Path) -> int:
@@ -286,7 +323,9 @@ class RiskEngine:
             meta = directory / SNAPSHOT_META
             if meta.exists() and (directory / SNAPSHOT_NAME).exists():
                 self.features = FeatureStore.restore(directory / SNAPSHOT_NAME)
-                since = int(json.loads(meta.read_text())["log_next_id"])
+                saved = json.loads(meta.read_text())
+                since = int(saved["log_next_id"])
+                self._trusted = {int(c): set(d) for c, d in saved.get("trusted", {}).items()}
             if self.log is None:
                 return 0
             replayed = 0
@@ -311,6 +350,7 @@ class RiskEngine:
                         account_created_ns=c["account_created_ns"],
                     )
                 )
+                self._learn_trust(c, c["decision"])
                 replayed += len(c["kind"])
             return replayed
 

@@ -288,6 +288,9 @@ class Economy:
             passed = self._passes_step_up(label)
             status = "challenge_passed" if passed else "challenge_failed"
             outcome = risk.Decision.ACCEPT if passed else risk.Decision.REJECT
+            trust = getattr(self._decide_fn, "trust_device", None)
+            if passed and trust is not None:  # the code arrived on this phone: it is theirs
+                trust(person.customer_id, channel.device_id)
         elif outcome is risk.Decision.REVIEW:
             outcome = risk.Decision.REJECT
         self._record(
