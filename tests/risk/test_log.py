@@ -20,14 +20,14 @@ def _batch(n: int, start: int) -> dict[str, np.ndarray]:
 
 
 def test_batches_come_back_in_order_with_dense_ids_across_restarts(tmp_path: Path) -> None:
-    log = DecisionLog(tmp_path, segment_bytes=2_000)  # small: several segments
+    log = DecisionLog(tmp_path, segment_bytes=300)  # small: several segments
     firsts = [
         log.append(_batch(n, 10 * k), {"ruleset": f"v{k}"}) for k, n in enumerate([3, 1, 5, 2])
     ]
     assert firsts == [1, 4, 5, 10]
     log.close()
     assert len(list(tmp_path.glob("decisions-*.log"))) > 1
-    again = DecisionLog(tmp_path, segment_bytes=2_000)
+    again = DecisionLog(tmp_path, segment_bytes=300)
     assert again.next_id == 12
     assert again.append(_batch(1, 99), {"ruleset": "v9"}) == 12
     records = list(again.records())

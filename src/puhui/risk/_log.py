@@ -7,8 +7,9 @@ of what came after it), and the input of backtests (a candidate ruleset is evalu
 stored feature values, exactly as they were).
 
 Record layout: ``MAGIC`` (4 bytes), body length (u32 LE), CRC-32 of the body (u32 LE), then
-the body: an uncompressed ``.npz`` (numpy's own zip of arrays; strings as unicode arrays, no
-pickles) holding the batch's columns and a ``__meta__`` array with a JSON document. A crash
+the body: a JSON header (the record's metadata, and each column's name, numpy dtype, shape
+and byte count) behind its length (u32 LE), then the columns' bytes back to back (strings as
+numpy unicode arrays; never Python objects, never pickles). A crash
 can leave a torn record at the end of the last segment: opening the log cuts it off (it was
 never acknowledged as written); a bad record anywhere else (followed by more records, or in
 an earlier segment) is corruption and an error.
@@ -21,7 +22,6 @@ lose is the last fraction of a second of audit detail and feature history.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import struct
@@ -70,19 +70,36 @@ def _segment_name(number: int) -> str:
 
 
 def _encode(columns: Mapping[str, npt.NDArray[Any]], meta: Mapping[str, Any]) -> bytes:
-    buffer = io.BytesIO()
-    arrays = dict(columns)
-    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    np.savez(buffer, allow_pickle=False, **arrays)
-    body = buffer.getvalue()
+    """Body: header length (u32 LE), a JSON header (the metadata, and each array's name,
+    dtype, shape and byte count), then the arrays' bytes back to back (C order)."""
+    arrays = []
+    chunks = []
+    for name, column in columns.items():
+        array = np.ascontiguousarray(column)
+        if array.dtype.hasobject:
+            raise ValueError(f"column {name!r} holds Python objects")
+        data = array.tobytes()
+        arrays.append([name, array.dtype.str, list(array.shape), len(data)])
+        chunks.append(data)
+    header = json.dumps({"meta": meta, "arrays": arrays}).encode()
+    body = struct.pack("<I", len(header)) + header + b"".join(chunks)
     return HEADER.pack(MAGIC, len(body), zlib.crc32(body)) + body
 
 
 def _decode(body: bytes) -> tuple[dict[str, Any], dict[str, npt.NDArray[Any]]]:
-    with np.load(io.BytesIO(body), allow_pickle=False) as archive:
-        columns = {name: archive[name] for name in archive.files}
-    meta = json.loads(bytes(columns.pop("__meta__")).decode())
-    return meta, columns
+    (size,) = struct.unpack_from("<I", body, 0)
+    header = json.loads(body[4 : 4 + size].decode())
+    offset = 4 + size
+    columns: dict[str, npt.NDArray[Any]] = {}
+    for name, dtype, shape, nbytes in header["arrays"]:
+        kind = np.dtype(dtype)
+        if kind.hasobject:
+            raise ValueError(f"column {name!r} declares Python objects")
+        count = nbytes // kind.itemsize if kind.itemsize else 0
+        array = np.frombuffer(body, dtype=kind, count=count, offset=offset)
+        columns[name] = array.reshape(shape).copy()
+        offset += nbytes
+    return dict(header["meta"]), columns
 
 
 class DecisionLog:
