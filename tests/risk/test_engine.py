@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from puhui.clock import ManualClock
 from puhui.risk import Decision, EventKind, RiskEvent, RiskLists, load_ruleset, parse_ruleset
@@ -145,3 +146,15 @@ owner = "t"
     assert engine(thief)[0].decision is Decision.CHALLENGE
     again = [_event(3, 0, device="thief", kind=EventKind.LOGIN)]
     assert engine(again)[0].decision is Decision.CHALLENGE  # still a stranger's phone
+
+
+def test_an_event_of_an_unknown_kind_is_an_input_error() -> None:
+    from puhui.risk import InvalidRiskEventError
+
+    engine = RiskEngine(
+        parse_ruleset(RULES.replace('list("blocked_devices")', '["x"]'), engine_schema())
+    )
+    bad = RiskEvent(kind="teleport", customer_id=1, at_ns=T0)  # type: ignore[arg-type]
+    with pytest.raises(InvalidRiskEventError):
+        engine([bad])
+    assert engine.features.events_applied == 0

@@ -28,7 +28,7 @@ import numpy.typing as npt
 from ._decide import Decision, EventKind, RiskDecision, RiskEvent
 from ._evaluate import Ruleset
 from ._expr import FeatureType
-from ._features import FEATURE_SCHEMA, FeatureStore
+from ._features import FEATURE_SCHEMA, FeatureStore, InvalidRiskEventError
 from ._lists import RiskLists
 from ._load import RulesetWatcher
 from ._log import DecisionLog
@@ -74,8 +74,12 @@ def _text(values: Sequence[str]) -> npt.NDArray[np.str_]:
 def event_columns(events: Sequence[RiskEvent]) -> dict[str, npt.NDArray[Any]]:
     """The events as the log keeps them (and as ``FeatureStore.batch_from_columns`` reads)."""
     nan = float("nan")
+    try:
+        kinds = [KINDS.index(EventKind(e.kind)) for e in events]
+    except ValueError:
+        raise InvalidRiskEventError("an event of an unknown kind") from None
     return {
-        "kind": np.asarray([KINDS.index(EventKind(e.kind)) for e in events], dtype=np.int8),
+        "kind": np.asarray(kinds, dtype=np.int8),
         "customer_id": np.asarray([e.customer_id for e in events], dtype=np.int64),
         "at_ns": np.asarray([e.at_ns for e in events], dtype=np.int64),
         "amount": np.asarray([e.amount for e in events], dtype=np.int64),
