@@ -164,22 +164,7 @@ class RiskEngine:
             return self._decide(columns)
 
     def _decide(self, columns: Mapping[str, npt.NDArray[Any]]) -> list[RiskDecision]:
-        batch = self.features.batch_from_columns(
-            kind=columns["kind"],
-            customer_id=columns["customer_id"],
-            at_ns=columns["at_ns"],
-            amount=columns["amount"],
-            device=list(columns["device"]),
-            merchant=list(columns["merchant"]),
-            counterparty=list(columns["counterparty"]),
-            ip=list(columns["ip"]),
-            latitude=columns["latitude"],
-            longitude=columns["longitude"],
-            tz_offset_s=columns["tz_offset_s"],
-            kyc_level=columns["kyc_level"],
-            account_created_ns=columns["account_created_ns"],
-        )
-        computed = self.features.compute(batch)
+        computed = self._features_of(columns)
         feats: dict[str, npt.NDArray[Any]] = dict(computed)
         feats.update(_event_features(columns))
         # A device is new for a customer until an event from it was accepted (or the
@@ -232,6 +217,25 @@ class RiskEngine:
         if self.log is not None:
             self._append(columns, feats, out, reasons_column, results.ruleset_version, shadow)
         return out
+
+    def _features_of(self, columns: Mapping[str, npt.NDArray[Any]]) -> dict[str, Any]:
+        """The feature store's pass over events given as the log's columns."""
+        batch = self.features.batch_from_columns(
+            kind=columns["kind"],
+            customer_id=columns["customer_id"],
+            at_ns=columns["at_ns"],
+            amount=columns["amount"],
+            device=list(columns["device"]),
+            merchant=list(columns["merchant"]),
+            counterparty=list(columns["counterparty"]),
+            ip=list(columns["ip"]),
+            latitude=columns["latitude"],
+            longitude=columns["longitude"],
+            tz_offset_s=columns["tz_offset_s"],
+            kyc_level=columns["kyc_level"],
+            account_created_ns=columns["account_created_ns"],
+        )
+        return dict(self.features.compute(batch))
 
     # --- trusted devices --------------------------------------------------------------------
 
@@ -337,23 +341,7 @@ class RiskEngine:
                 first = int(record.meta["first_id"])
                 skip = max(0, since - first)
                 c = {k: v[skip:] for k, v in record.columns.items()}
-                self.features.compute(
-                    self.features.batch_from_columns(
-                        kind=c["kind"],
-                        customer_id=c["customer_id"],
-                        at_ns=c["at_ns"],
-                        amount=c["amount"],
-                        device=list(c["device"]),
-                        merchant=list(c["merchant"]),
-                        counterparty=list(c["counterparty"]),
-                        ip=list(c["ip"]),
-                        latitude=c["latitude"],
-                        longitude=c["longitude"],
-                        tz_offset_s=c["tz_offset_s"],
-                        kyc_level=c["kyc_level"],
-                        account_created_ns=c["account_created_ns"],
-                    )
-                )
+                self._features_of(c)
                 self._learn_trust(c, c["decision"])
                 replayed += len(c["kind"])
             return replayed

@@ -18,7 +18,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -109,11 +109,31 @@ def _flatten(dump: Mapping[str, Any]) -> _Forest:
     )
 
 
-def _compiled(function: Callable[..., Any]) -> Any:
+def _compiled(
+    function: Callable[..., Any], *, inline: Literal["never", "always"] = "never"
+) -> Any:
     """Compile with numba (nopython, cached on disk, the GIL released)."""
     from numba import njit
 
-    return njit(cache=True, nogil=True)(function)
+    return njit(cache=True, nogil=True, inline=inline)(function)
+
+
+def _child_py(  # pragma: no cover - compiled
+    value: Any, node: Any, threshold: Any, left: Any, right: Any, missing: Any, default_left: Any
+) -> Any:
+    """Where a row goes from ``node``: LightGBM's numerical decision (``NumericalDecision``
+    in its tree.h), missing values included."""
+    kind = missing[node]
+    if math.isnan(value) and kind != 2:
+        value = 0.0
+    if (kind == 1 and -1e-35 <= value <= 1e-35) or (kind == 2 and math.isnan(value)):
+        return left[node] if default_left[node] else right[node]
+    if value <= threshold[node]:
+        return left[node]
+    return right[node]
+
+
+_child = _compiled(_child_py, inline="always")
 
 
 def _raw_scores_py(
@@ -128,22 +148,15 @@ def _raw_scores_py(
     roots: Any,
     out: Any,
 ) -> None:
-    """LightGBM's numerical decision, node for node (``NumericalDecision`` in its tree.h)."""
+    """The sum of every tree's leaf for each row (the raw score, log-odds)."""
     for row in range(x.shape[0]):
         total = 0.0
         for t in range(roots.shape[0]):
             node = roots[t]
             while node >= 0:
-                value = x[row, feature[node]]
-                kind = missing[node]
-                if math.isnan(value) and kind != 2:
-                    value = 0.0
-                if (kind == 1 and -1e-35 <= value <= 1e-35) or (kind == 2 and math.isnan(value)):
-                    node = left[node] if default_left[node] else right[node]
-                elif value <= threshold[node]:
-                    node = left[node]
-                else:
-                    node = right[node]
+                node = _child(
+                    x[row, feature[node]], node, threshold, left, right, missing, default_left
+                )
             total += leaf_value[~node]
         out[row] = total
 
@@ -170,16 +183,9 @@ def _contributions_py(  # pragma: no cover - compiled
         for t in range(roots.shape[0]):
             node = roots[t]
             while node >= 0:
-                value = x[row, feature[node]]
-                kind = missing[node]
-                if math.isnan(value) and kind != 2:
-                    value = 0.0
-                if (kind == 1 and -1e-35 <= value <= 1e-35) or (kind == 2 and math.isnan(value)):
-                    child = left[node] if default_left[node] else right[node]
-                elif value <= threshold[node]:
-                    child = left[node]
-                else:
-                    child = right[node]
+                child = _child(
+                    x[row, feature[node]], node, threshold, left, right, missing, default_left
+                )
                 after = leaf_value[~child] if child < 0 else node_value[child]
                 out[row, feature[node]] += after - node_value[node]
                 node = child
