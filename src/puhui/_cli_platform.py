@@ -160,7 +160,8 @@ def key_create(
         typer.Option(
             "--scope",
             help="A scope to grant (repeat): ledger:read, ledger:write, payments:read, "
-            "payments:write, platform:admin (operator tenants only).",
+            "payments:write, webhooks:read, webhooks:write, "
+            "platform:admin (operator tenants only).",
         ),
     ],
     name: Annotated[str, typer.Option(help="A label for the key.")] = "",
