@@ -293,15 +293,22 @@ class Webhooks:
         endpoint = WebhookEndpoint(endpoint_id, tenant_id, url, types, True, now, None)
         return endpoint, secret
 
-    def endpoints(self, tenant_id: int) -> list[WebhookEndpoint]:
-        """The tenant's endpoints, oldest first (at most ``endpoints_per_tenant_max`` are
-        enabled; disabled ones are listed too)."""
+    def endpoints(
+        self, tenant_id: int, *, after: tuple[int, str] | None = None, limit: int = 100
+    ) -> list[WebhookEndpoint]:
+        """The tenant's endpoints (disabled ones too), oldest first, after the endpoint whose
+        ``(created_at_ns, id)`` is ``after``."""
+        query = sa.select(_E).where(_E.c.tenant_id == tenant_id)
+        if after is not None:
+            at, endpoint_id = after
+            query = query.where(
+                sa.or_(
+                    _E.c.created_at_ns > at,
+                    sa.and_(_E.c.created_at_ns == at, _E.c.id > endpoint_id),
+                )
+            )
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(_E)
-                .where(_E.c.tenant_id == tenant_id)
-                .order_by(_E.c.created_at_ns, _E.c.id)
-            ).all()
+            rows = conn.execute(query.order_by(_E.c.created_at_ns, _E.c.id).limit(limit)).all()
         return [_endpoint(row) for row in rows]
 
     def endpoint(self, tenant_id: int, endpoint_id: str) -> WebhookEndpoint:
