@@ -454,3 +454,24 @@ def test_events_are_listed_a_page_at_a_time(setup: Setup) -> None:
     third = w.events(setup.a.id, after_seq=second[-1].seq, limit=2)
     assert [e.id for e in first + second + third] == ids
     assert w.events(setup.a.id, event_type="payment.succeeded") == []
+
+
+def test_the_receivers_example_in_the_docs_verifies_our_signatures() -> None:
+    """The Python example of docs/api.md agrees with ``signature_header``."""
+    import re
+    import time
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", doc, flags=re.DOTALL)
+    [example] = [b for b in blocks if "def verify_signature" in b]
+    namespace: dict[str, object] = {}
+    exec(compile(example, "docs/api.md", "exec"), namespace)
+    verify = namespace["verify_signature"]
+    assert callable(verify)
+    now = int(time.time())  # the example checks against the receiver's real clock
+    body = b'{"id":"evt_1"}'
+    header = signature_header("whsec_doc", now, body)
+    assert verify("whsec_doc", header, body)
+    assert not verify("whsec_doc", header, body + b" ")
+    assert not verify("whsec_doc", signature_header("whsec_doc", now - 3600, body), body)
