@@ -336,16 +336,26 @@ def test_replay_reaches_an_endpoint_created_after_the_event(setup: Setup) -> Non
     assert receiver.event_ids() == [event_id]
 
 
-def test_a_disabled_endpoint_gets_nothing(setup: Setup) -> None:
+def test_a_disabled_endpoint_gets_nothing_and_its_queue_becomes_dead_letters(
+    setup: Setup,
+) -> None:
     w = setup.webhooks
     endpoint, _ = w.create_endpoint(setup.a.id, "https://a.example/hook", ["*"])
-    setup.record(setup.a)
+    queued = setup.record(setup.a)
     disabled = w.disable_endpoint(setup.a.id, endpoint.id)
     assert not disabled.enabled and disabled.disabled_at_ns == setup.clock.now_ns()
     setup.record(setup.a)
     receiver = Receiver(setup.clock)
     assert rounds(w, receiver) == 0
     assert receiver.got == []
+    [dead] = w.dead_letters(setup.a.id)
+    assert (dead.event_id, dead.last_error, dead.attempts) == (queued, "endpoint_disabled", 0)
+    assert w.backlog() == 0
+    # Replayed, the event goes to the endpoints enabled now.
+    w.create_endpoint(setup.a.id, "https://a.example/new", ["*"])
+    assert w.replay(setup.a.id, queued) == 1
+    assert rounds(w, receiver) == 1
+    assert [str(r.url) for _, r in receiver.got] == ["https://a.example/new"]
 
 
 # --- crashes and restarts ---------------------------------------------------------------------

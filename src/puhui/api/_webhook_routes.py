@@ -230,8 +230,8 @@ async def list_endpoints(
 )
 @endpoint(Scope.WEBHOOKS_WRITE, changes_state=True)
 async def disable_endpoint(endpoint_id: EndpointId, request: Request) -> EndpointOut:
-    """Stop delivering to the endpoint (again is fine): its pending deliveries are not sent.
-    A disabled endpoint stays disabled (create a new one)."""
+    """Stop delivering to the endpoint (again is fine): its pending deliveries become dead
+    letters. A disabled endpoint stays disabled (create a new one)."""
     disabled = await asyncio.to_thread(
         _webhooks(request).disable_endpoint, _tenant(request), endpoint_id
     )

@@ -71,6 +71,8 @@ EVENT_ID_PREFIX: Final = "evt_"
 ENDPOINT_ID_PREFIX: Final = "we_"
 SECRET_PREFIX: Final = "whsec_"
 last_error_chars_max: Final = 200
+ENDPOINT_DISABLED: Final = "endpoint_disabled"
+"""The ``last_error`` of deliveries left pending when their endpoint was disabled."""
 
 
 class WebhookEndpointNotFoundError(PlatformError):
@@ -180,7 +182,7 @@ class WebhookDelivery:
 
 
 @dataclass(frozen=True, slots=True)
-class Claim:
+class DeliveryClaim:
     """A delivery a worker holds under ``lease`` for one attempt."""
 
     delivery_id: int
@@ -195,7 +197,7 @@ class Claim:
 
 @dataclass(frozen=True, slots=True)
 class AttemptResult:
-    claim: Claim
+    claim: DeliveryClaim
     status: int | None
     error: str | None
 
@@ -321,14 +323,26 @@ class Webhooks:
         return _endpoint(row)
 
     def disable_endpoint(self, tenant_id: int, endpoint_id: str) -> WebhookEndpoint:
-        """Stop delivering to the endpoint (again is fine). Its pending deliveries are not
-        sent; replaying an event later queues it only for enabled endpoints."""
+        """Stop delivering to the endpoint (again is fine). Its pending deliveries become dead
+        letters (``last_error`` ``endpoint_disabled``): listed, and replayable to the
+        tenant's enabled endpoints. An attempt in flight that succeeds is still recorded as
+        delivered."""
+        now = self.clock.now_ns()
         with self.engine.begin() as conn:
-            conn.execute(
+            done = conn.execute(
                 _E.update()
                 .where(_E.c.id == endpoint_id, _E.c.tenant_id == tenant_id, _E.c.enabled.is_(True))
-                .values(enabled=False, disabled_at_ns=self.clock.now_ns())
+                .values(enabled=False, disabled_at_ns=now)
             )
+            if done.rowcount == 1:
+                conn.execute(
+                    _D.update()
+                    .where(
+                        _D.c.endpoint_id == endpoint_id,
+                        _D.c.state == str(DeliveryState.PENDING),
+                    )
+                    .values(state=str(DeliveryState.DEAD), last_error=ENDPOINT_DISABLED)
+                )
         return self.endpoint(tenant_id, endpoint_id)
 
     # --- the outbox -----------------------------------------------------------------------------
@@ -514,14 +528,14 @@ class Webhooks:
                 ).scalar_one()
             )
 
-    def claim_due(self, limit: int | None = None) -> list[Claim]:
+    def claim_due(self, limit: int | None = None) -> list[DeliveryClaim]:
         """Take up to ``limit`` due deliveries of enabled endpoints for one attempt each: the
         attempt is counted and the delivery leased (not due again until the lease ends), so
         that a crash mid-attempt costs one attempt and a lease, never the delivery."""
         limit = limit or self.options.deliveries_per_round_max
         now = self.clock.now_ns()
         lease_until = now + int(self.options.lease_s * NS_PER_S)
-        claims: list[Claim] = []
+        claims: list[DeliveryClaim] = []
         with self.engine.begin() as conn:
             rows = conn.execute(
                 sa.select(
@@ -574,7 +588,7 @@ class Webhooks:
                     data=json.loads(row.payload),
                 )
                 claims.append(
-                    Claim(
+                    DeliveryClaim(
                         delivery_id=int(row.id),
                         lease=lease,
                         attempts=int(row.attempts) + 1,
@@ -678,7 +692,7 @@ class DeliveryWorker:
         await asyncio.to_thread(self.webhooks.finish_attempts, results, self.unit_random)
         return len(claims)
 
-    async def _attempt(self, claim: Claim) -> AttemptResult:
+    async def _attempt(self, claim: DeliveryClaim) -> AttemptResult:
         if self._client is None:
             raise RuntimeError("use the worker as 'async with DeliveryWorker(...) as worker'")
         timestamp = self.webhooks.clock.now_ns() // NS_PER_S
