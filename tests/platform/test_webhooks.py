@@ -485,3 +485,23 @@ def test_the_receivers_example_in_the_docs_verifies_our_signatures() -> None:
     assert verify("whsec_doc", header, body)
     assert not verify("whsec_doc", header, body + b" ")
     assert not verify("whsec_doc", signature_header("whsec_doc", now - 3600, body), body)
+
+
+def test_old_events_are_pruned_unless_a_delivery_still_waits(setup: Setup) -> None:
+    w = setup.webhooks
+    w.create_endpoint(setup.a.id, "https://a.example/hook", ["*"])
+    delivered = setup.record(setup.a)
+    rounds(w, Receiver(setup.clock))
+    waiting = setup.record(setup.a)
+    rounds(w, Receiver(setup.clock, status=500))
+    unwanted = setup.record(setup.b)  # B has no endpoint: nothing to deliver
+    assert w.prune() == 0
+    setup.clock.advance(int(w.options.event_retention_s * NS) + 1)
+    fresh = setup.record(setup.a)
+    assert w.prune() == 2
+    assert [e.id for e in w.events(setup.a.id)] == [waiting, fresh]
+    assert w.events(setup.b.id) == []
+    with pytest.raises(WebhookEventNotFoundError):
+        w.replay(setup.a.id, delivered)
+    with pytest.raises(WebhookEventNotFoundError):
+        w.event(setup.b.id, unwanted)

@@ -117,6 +117,13 @@ class WebhookOptions:
     """Enabled endpoints a tenant may have."""
     response_bytes_max: int = 4096
     """Bytes of a receiver's answer that are read (the rest is ignored)."""
+    event_retention_s: float = 30 * 24 * 3600.0
+    """How long events are kept (listed, replayable); older ones are deleted unless one of
+    their deliveries is still pending."""
+    prune_every_s: float = 60.0
+    """How often the worker deletes expired events."""
+    prune_events_max: int = 1000
+    """Events one pruning deletes at most (the rest go next time)."""
 
     def __post_init__(self) -> None:
         if not 0 < self.request_timeout_s < self.lease_s:
@@ -517,6 +524,28 @@ class Webhooks:
 
     # --- the worker's side ----------------------------------------------------------------------
 
+    def prune(self) -> int:
+        """Delete up to ``prune_events_max`` events older than ``event_retention_s`` whose
+        deliveries are all done (delivered or dead), with those deliveries. Returns how many
+        events went."""
+        cutoff = self.clock.now_ns() - int(self.options.event_retention_s * NS_PER_S)
+        pending = sa.exists().where(
+            _D.c.event_seq == _V.c.seq, _D.c.state == str(DeliveryState.PENDING)
+        )
+        with self.engine.begin() as conn:
+            seqs = list(
+                conn.execute(
+                    sa.select(_V.c.seq)
+                    .where(_V.c.created_at_ns < cutoff, ~pending)
+                    .order_by(_V.c.created_at_ns)
+                    .limit(self.options.prune_events_max)
+                ).scalars()
+            )
+            if seqs:
+                conn.execute(_D.delete().where(_D.c.event_seq.in_(seqs)))
+                conn.execute(_V.delete().where(_V.c.seq.in_(seqs)))
+        return len(seqs)
+
     def backlog(self) -> int:
         """Deliveries waiting (pending), over all tenants."""
         with self.engine.connect() as conn:
@@ -722,9 +751,15 @@ class DeliveryWorker:
         """Rounds until ``stop`` is set: a full round starts the next at once, otherwise the
         worker waits ``interval_s``. A failing round (the store unreachable) is logged and
         tried again after the interval; nothing is lost, the state is in SQL."""
+        clock, every_ns = self.webhooks.clock, int(self.webhooks.options.prune_every_s * NS_PER_S)
+        pruned_at: int | None = None
         while not stop.is_set():
             try:
                 made = await self.run_once()
+                now = clock.now_ns()
+                if pruned_at is None or now - pruned_at >= every_ns:
+                    await asyncio.to_thread(self.webhooks.prune)
+                    pruned_at = now
             except Exception:
                 log.exception("webhook delivery round failed")
                 made = 0

@@ -114,6 +114,7 @@ webhook_events = sa.Table(
     sa.Column("created_at_ns", sa.BigInteger, nullable=False),
     sa.Column("payload", sa.Text, nullable=False),
     sa.Index(None, "tenant_id", "seq"),
+    sa.Index(None, "created_at_ns"),
 )
 
 webhook_deliveries = sa.Table(

@@ -67,6 +67,12 @@ def upgrade() -> None:
         ["tenant_id", "seq"],
         unique=False,
     )
+    op.create_index(
+        op.f("ix_platform_webhook_events_created_at_ns"),
+        "platform_webhook_events",
+        ["created_at_ns"],
+        unique=False,
+    )
     op.create_table(
         "platform_webhook_deliveries",
         sa.Column(
@@ -135,6 +141,9 @@ def downgrade() -> None:
     op.drop_table("platform_webhook_deliveries")
     op.drop_index(
         op.f("ix_platform_webhook_events_tenant_id_seq"), table_name="platform_webhook_events"
+    )
+    op.drop_index(
+        op.f("ix_platform_webhook_events_created_at_ns"), table_name="platform_webhook_events"
     )
     op.drop_table("platform_webhook_events")
     op.drop_index(
