@@ -100,12 +100,22 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    webhook_interval: Annotated[
+        float,
+        typer.Option(
+            "--webhook-interval",
+            help="Seconds between webhook delivery rounds when idle; 0 turns delivery off "
+            "(another server delivers).",
+            min=0.0,
+        ),
+    ] = 1.0,
 ) -> None:
-    """Run the open API (FastAPI on uvicorn) over the SQL store and the ledger."""
+    """Run the open API (FastAPI on uvicorn) over the SQL store and the ledger, and deliver
+    webhooks beside it."""
     import uvicorn
 
     import puhui.ledger as tb
-    from puhui.api import create_app
+    from puhui.api import ApiOptions, create_app
 
     with _reported_errors():
         settings = Settings.from_env()
@@ -113,7 +123,8 @@ def serve(
         if "://" not in url:
             Path(url).parent.mkdir(parents=True, exist_ok=True)
         with _store(database_url) as engine, tb.open(url) as ledger:
-            app = create_app(engine, ledger)
+            options = ApiOptions(webhook_delivery_interval_s=webhook_interval or None)
+            app = create_app(engine, ledger, options=options)
             uvicorn.run(app, host=host, port=port, loop="uvloop", log_level="info")
 
 
@@ -160,7 +171,8 @@ def key_create(
         typer.Option(
             "--scope",
             help="A scope to grant (repeat): ledger:read, ledger:write, payments:read, "
-            "payments:write, platform:admin (operator tenants only).",
+            "payments:write, webhooks:read, webhooks:write, "
+            "platform:admin (operator tenants only).",
         ),
     ],
     name: Annotated[str, typer.Option(help="A label for the key.")] = "",

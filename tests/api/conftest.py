@@ -17,7 +17,14 @@ from puhui.platform import Tenant, Tenants
 from puhui.store import create_engine, migrate
 
 START_NS = 1_767_225_600 * 10**9  # 2026-01-01T00:00:00Z
-ALL_SCOPES = ["ledger:read", "ledger:write", "payments:read", "payments:write"]
+ALL_SCOPES = [
+    "ledger:read",
+    "ledger:write",
+    "payments:read",
+    "payments:write",
+    "webhooks:read",
+    "webhooks:write",
+]
 
 
 @dataclass

@@ -8,6 +8,7 @@ gets for resources that exist nowhere (no existence leak); and A's data is uncha
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, get_args, get_origin
@@ -18,12 +19,21 @@ from pydantic import BaseModel
 
 from puhui.api import ROUTERS, PlatformRoute, platform_routes
 from puhui.ledger import AccountFlags, TransferFlags
+from puhui.platform import EventType, Webhooks
 
 from .conftest import ALL_SCOPES, Api, account, make_api, transfer
 
-# Tenant A's resources, and ids that exist for nobody (the baseline).
+# Tenant A's resources, and ids that exist for nobody (the baseline). The webhook ids of A
+# are filled in by the ``world`` fixture once A's endpoint and event exist.
 A_IDS = {"account": "1", "other_account": "2", "transfer": "10", "pending": "11"}
-NOWHERE = {"account": "9001", "other_account": "9002", "transfer": "9010", "pending": "9011"}
+NOWHERE = {
+    "account": "9001",
+    "other_account": "9002",
+    "transfer": "9010",
+    "pending": "9011",
+    "webhook_endpoint": "we_" + "0" * 16,
+    "webhook_event": "evt_" + "0" * 32,
+}
 
 # Which resource each id-like field names (by "Model.field", then by field).
 FIELD_RESOURCE = {
@@ -32,9 +42,20 @@ FIELD_RESOURCE = {
     "debit_account_id": "account",
     "credit_account_id": "other_account",
     "account_id": "other_account",
+    "endpoint_id": "webhook_endpoint",
+    "event_id": "webhook_event",
 }
 LIST_OF_IDS = {"ids": ["account", "other_account", "transfer", "pending"]}
-PLAIN_VALUES: dict[str, Any] = {"ledger": 1, "code": 1, "amount": "1"}
+PLAIN_VALUES: dict[str, Any] = {
+    "ledger": 1,
+    "code": 1,
+    "amount": "1",
+    "url": "https://b.example/hook",
+    "event_types": ["*"],
+}
+# Ids and secrets a route generates afresh on each call (they differ between two calls
+# whatever the tenant): compared as placeholders.
+GENERATED = re.compile(r"(we|evt|whsec)_[0-9a-f]+")
 
 
 def _method(route: PlatformRoute) -> str:
@@ -52,6 +73,10 @@ ROUTES = _routes()
 ROUTE_IDS = [f"{_method(r)} {r.path}" for r in ROUTES]
 
 
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
 def _sample(model: type[BaseModel], ids: dict[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, field in model.model_fields.items():
@@ -61,7 +86,7 @@ def _sample(model: type[BaseModel], ids: dict[str, str]) -> dict[str, Any]:
             out[name] = ids[resource]
         elif name in LIST_OF_IDS:
             out[name] = [ids[r] for r in LIST_OF_IDS[name]]
-        elif get_origin(annotation) is list and issubclass(get_args(annotation)[0], BaseModel):
+        elif get_origin(annotation) is list and _is_model(get_args(annotation)[0]):
             out[name] = [_sample(get_args(annotation)[0], ids)]
         elif not field.is_required():
             continue
@@ -94,6 +119,8 @@ def _normalised(data: Any, ids: dict[str, str]) -> Any:
     if isinstance(data, list):
         return [_normalised(v, ids) for v in data]
     if isinstance(data, str):
+        if data not in names and GENERATED.fullmatch(data):
+            return "<generated>"
         return names.get(data, data)
     return data
 
@@ -106,6 +133,10 @@ def _a_state(api: Api) -> Any:
         api.client.post("/v1/ledger/transfers/lookup", json={"ids": ids}, headers=auth).json(),
         api.client.get("/v1/ledger/accounts/2/transfers", headers=auth).json(),
         api.client.get("/v1/ledger/accounts/2/balances", headers=auth).json(),
+        api.client.get("/v1/webhooks/endpoints", headers=auth).json(),
+        api.client.get("/v1/webhooks/events", headers=auth).json(),
+        api.client.get(f"/v1/webhooks/events/{A_IDS['webhook_event']}", headers=auth).json(),
+        api.client.get("/v1/webhooks/dead-letters", headers=auth).json(),
     )
 
 
@@ -131,12 +162,23 @@ def world(tmp_path: Path) -> Iterator[Api]:
             headers=auth,
         )
         assert [r["status"] for r in moved.json()["results"]] == ["created"] * 2
+        hook = api.client.post(
+            "/v1/webhooks/endpoints",
+            json={"url": "https://a.example/hook", "event_types": ["*"]},
+            headers=auth,
+        )
+        assert hook.status_code == 200, hook.text
+        A_IDS["webhook_endpoint"] = hook.json()["id"]
+        with api.engine.begin() as conn:
+            A_IDS["webhook_event"] = Webhooks(api.engine, clock=api.clock).record(
+                conn, api.a.id, EventType.PAYMENT_SUCCEEDED, {"amount": "1"}
+            )
         yield api
 
 
 def test_every_v1_route_goes_through_the_platform_pipeline(world: Api) -> None:
     app: FastAPI = world.client.app  # type: ignore[assignment]
-    assert len(ROUTES) == len(platform_routes(app)) >= 6
+    assert len(ROUTES) == len(platform_routes(app)) >= 13
     for router in ROUTERS:
         for route in router.routes:
             assert isinstance(route, PlatformRoute), getattr(route, "path", route)

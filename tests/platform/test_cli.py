@@ -116,3 +116,72 @@ def test_serve_answers_on_the_given_port(tmp_path: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_serve_delivers_webhooks_and_stops_cleanly(tmp_path: Path) -> None:
+    """``puhui serve`` runs the delivery worker: an event recorded in its store reaches a
+    local receiver, signed; on SIGTERM the server (and its worker) stop with exit status 0."""
+    import http.server
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from puhui.platform import EventType, Webhooks, verify_signature
+    from puhui.store import migrate
+
+    got: list[tuple[dict[str, str], bytes]] = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            got.append((dict(self.headers), self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    thread = threading.Thread(target=receiver.serve_forever, daemon=True)
+    thread.start()
+    url = f"sqlite:///{tmp_path / 'puhui.sqlite'}"
+    engine = create_engine(url)
+    migrate(engine)
+    tenant = Tenants(engine).create("Bank A", "bank")
+    webhooks = Webhooks(engine)
+    hook = f"http://127.0.0.1:{receiver.server_address[1]}/hook"
+    _, secret = webhooks.create_endpoint(tenant.id, hook, ["*"])
+    with engine.begin() as conn:
+        event_id = webhooks.record(conn, tenant.id, EventType.BILL_PAID, {"amount": "1"})
+    engine.dispose()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "puhui.cli", "serve", "--port", str(port)]
+    command += ["--database-url", url, "--ledger-url", str(tmp_path / "ledger")]
+    command += ["--webhook-interval", "0.1"]
+    log = (tmp_path / "serve.log").open("wb")
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        for _ in range(600):  # up to ~60 s for start-up (imports, numba) and the first round
+            if got or server.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert len(got) == 1, "the server delivered nothing"
+        headers, body = got[0]
+        assert headers["Puhui-Event-Id"] == event_id
+        assert verify_signature(secret, headers["Puhui-Signature"], body)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+        receiver.shutdown()
+        receiver.server_close()
+    text = (tmp_path / "serve.log").read_text()
+    # Uvicorn shuts the app down gracefully, then re-raises the signal it caught.
+    assert server.returncode in (0, -signal.SIGTERM), text[-2000:]
+    assert "Application shutdown complete" in text, text[-2000:]
+    assert "Traceback" not in text and "cut short" not in text, text[-2000:]

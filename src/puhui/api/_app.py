@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import sqlalchemy as sa
@@ -14,9 +18,9 @@ from starlette.responses import Response
 from puhui.clock import Clock, SystemClock
 from puhui.errors import PuhuiError
 from puhui.ledger import AsyncLedger, Ledger
-from puhui.platform import AuditLog, IdempotencyRecords, Tenants
+from puhui.platform import AuditLog, DeliveryWorker, IdempotencyRecords, Tenants, Webhooks
 
-from . import _ledger_routes
+from . import _ledger_routes, _webhook_routes
 from ._batching import AuditBatcher, PrincipalCache
 from ._context import ApiContext
 from ._guards import ApiOptions, BodyLimitMiddleware, RateLimiter
@@ -25,8 +29,9 @@ from ._problems import problem_from_exception
 from ._route import PlatformRoute
 
 API_TITLE = "Puhui open API"
+log = logging.getLogger("puhui.api")
 
-ROUTERS = (_ledger_routes.router,)
+ROUTERS = (_ledger_routes.router, _webhook_routes.router)
 """One router per domain; each later service adds its own here."""
 
 
@@ -61,11 +66,13 @@ def create_app(
         version = metadata.version("puhui")
     except metadata.PackageNotFoundError:  # a source tree that is not installed
         version = "0+unknown"
+    webhooks = Webhooks(engine, clock=clock, options=options.webhooks)
     app = FastAPI(
         title=API_TITLE,
         version=version,
-        description="Partners' HTTP API: the ledger (TigerBeetle's semantics) per tenant. "
-        "See docs/api.md.",
+        description="Partners' HTTP API: the ledger (TigerBeetle's semantics) per tenant, and "
+        "webhooks. See docs/api.md.",
+        lifespan=_delivering(webhooks, options.webhook_delivery_interval_s),
     )
     tenants = Tenants(engine, clock=clock)
     audit = AuditLog(engine, clock=clock)
@@ -81,7 +88,9 @@ def create_app(
         options=options,
         clock=clock,
         metrics=metrics,
+        webhooks=webhooks,
     )
+    metrics.webhook_backlog.set_function(webhooks.backlog)
     for router in ROUTERS:
         app.include_router(router)
 
@@ -101,3 +110,34 @@ def create_app(
         handlers[kind] = as_problem
     app.add_middleware(BodyLimitMiddleware, bytes_max=options.request_body_bytes_max)
     return app
+
+
+worker_stop_grace_s = 5.0
+"""How long shutdown waits for a delivery round in flight beyond its request timeout (unit:
+seconds); an attempt cut short is retried after its lease by the next server."""
+
+
+def _delivering(webhooks: Webhooks, interval_s: float | None) -> Any:
+    """The app's lifespan: with an interval, a webhook delivery worker runs beside the API and
+    is stopped (its round in flight finished, or cut short) on shutdown."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if interval_s is None:
+            yield
+            return
+        stop = asyncio.Event()
+        async with DeliveryWorker(webhooks) as worker:
+            task = asyncio.create_task(worker.run(stop, interval_s), name="webhook-delivery")
+            app.state.webhook_delivery = task
+            try:
+                yield
+            finally:
+                stop.set()
+                grace = webhooks.options.request_timeout_s + worker_stop_grace_s
+                try:
+                    await asyncio.wait_for(task, timeout=grace)
+                except TimeoutError:  # wait_for cancelled it; leases bring its work back
+                    log.warning("webhook delivery worker cut short on shutdown")
+
+    return lifespan

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from puhui.clock import Clock
 from puhui.ledger import AsyncLedger
-from puhui.platform import AuditLog, IdempotencyRecords, Tenants
+from puhui.platform import AuditLog, IdempotencyRecords, Tenants, Webhooks
 
 from ._batching import AuditBatcher, PrincipalCache
 from ._guards import ApiOptions, RateLimiter
@@ -25,3 +25,4 @@ class ApiContext:
     options: ApiOptions
     clock: Clock
     metrics: ApiMetrics
+    webhooks: Webhooks

@@ -14,7 +14,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from puhui.clock import Clock
-from puhui.platform import IdempotencyOptions
+from puhui.platform import IdempotencyOptions, WebhookOptions
 
 from ._problems import (
     InvalidCursorError,
@@ -42,6 +42,10 @@ class ApiOptions:
     page_size_default: int = 100
     page_size_max: int = 1000
     idempotency: IdempotencyOptions = field(default_factory=IdempotencyOptions)
+    webhooks: WebhookOptions = field(default_factory=WebhookOptions)
+    webhook_delivery_interval_s: float | None = None
+    """Run the webhook delivery worker on the app's lifespan, a round every this many seconds
+    when there is little to do (None: this app does not deliver; ``puhui serve`` sets 1 s)."""
 
     def __post_init__(self) -> None:
         if self.request_body_bytes_max <= 0 or self.rate_burst_requests <= 0:
@@ -52,6 +56,8 @@ class ApiOptions:
             raise ValueError("rate_per_key_per_s must be positive")
         if not 0 < self.page_size_default <= self.page_size_max:
             raise ValueError("need 0 < page_size_default <= page_size_max")
+        if self.webhook_delivery_interval_s is not None and self.webhook_delivery_interval_s <= 0:
+            raise ValueError("webhook_delivery_interval_s must be positive")
 
 
 class BodyLimitMiddleware:

@@ -7,7 +7,7 @@ cardinality.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS_EVENTS = (1, 2, 8, 32, 128, 512, 2048, 8189)
@@ -41,5 +41,10 @@ class ApiMetrics:
             "Time the ledger took for one create_accounts / create_transfers request.",
             ["operation"],
             buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.webhook_backlog = Gauge(
+            "puhui_webhook_backlog",
+            "Webhook deliveries waiting (pending), counted when scraped.",
             registry=self.registry,
         )

@@ -66,6 +66,8 @@ STATUS_BY_CODE: Final[dict[str, int]] = {
     "not_found": 404,
     "tenant_not_found": 404,
     "api_key_not_found": 404,
+    "webhook_endpoint_not_found": 404,
+    "webhook_event_not_found": 404,
     "method_not_allowed": 405,
     "request_too_large": 413,
     "rate_limited": 429,

@@ -57,7 +57,7 @@ from .bills import (
     SimulatedBiller,
     WriteOffStatus,
 )
-from .checkout import Checkout, Order, Refund
+from .checkout import Checkout, CheckoutHook, Order, Refund
 from .funding import (
     STATEMENT_COLUMNS,
     BankDirection,
@@ -72,6 +72,7 @@ from .model import (
     AccountCode,
     Arbitration,
     BillerKind,
+    CheckoutChange,
     Fulfilment,
     KycLevel,
     KycLimits,
@@ -130,6 +131,8 @@ __all__ = [
     "CardNotFoundError",
     "Channel",
     "Checkout",
+    "CheckoutChange",
+    "CheckoutHook",
     "Customer",
     "CustomerNotFoundError",
     "ExtensionLimitError",

@@ -16,6 +16,7 @@ Timers (auto-close, auto-confirm, refund answers, escalation windows) are run by
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +48,7 @@ from .model import (
     IDEMPOTENCY_KEY_CHARS_MAX,
     NOTE_CHARS_MAX,
     Arbitration,
+    CheckoutChange,
     Fulfilment,
     OperationKind,
     OperationStatus,
@@ -159,6 +161,11 @@ def _refund(row: Any) -> Refund:
     )
 
 
+CheckoutHook = Callable[[sa.Connection, CheckoutChange, Order, "Refund | None"], None]
+"""``hook(conn, change, order, refund)``: called in the transaction that records ``change``,
+with the order (and the refund, for refund changes) as that transaction sees them."""
+
+
 class Checkout:
     """Guaranteed transactions on top of a ``Payments`` service (same engine, ledger, clock)."""
 
@@ -167,7 +174,34 @@ class Checkout:
         self.engine = payments.engine
         self.clock = payments.clock
         self.options = payments.options
+        self._change_hooks: dict[str, CheckoutHook] = {}
         payments._finish_hooks["checkout"] = self._on_finished
+
+    def on_change(self, owner: str, hook: CheckoutHook) -> None:
+        """Have ``hook`` called in the transaction of every change of an order or a refund
+        (``CheckoutChange``): what it writes commits or rolls back with the change, and an
+        error it raises undoes the change. Keyed by ``owner``: registering again replaces."""
+        self._change_hooks[owner] = hook
+
+    def _changed(
+        self,
+        conn: sa.Connection,
+        change: CheckoutChange,
+        order_id: int,
+        refund_id: int | None = None,
+    ) -> None:
+        if not self._change_hooks:
+            return
+        order = _order(
+            conn.execute(sa.select(t.orders).where(t.orders.c.id == _hex(order_id))).one()
+        )
+        refund = None
+        if refund_id is not None:
+            refund = _refund(
+                conn.execute(sa.select(t.refunds).where(t.refunds.c.id == _hex(refund_id))).one()
+            )
+        for hook in list(self._change_hooks.values()):
+            hook(conn, change, order, refund)
 
     # --- reading --------------------------------------------------------------------------------
 
@@ -372,6 +406,8 @@ class Checkout:
                     updated_at_ns=now,
                 )
             )
+            if done.rowcount == 1:
+                self._changed(conn, CheckoutChange.ORDER_SHIPPED, order_id)
         if done.rowcount != 1:
             return self.ship_order(order_id, merchant_id)  # it changed meanwhile: say why
         return self.order(order_id)
@@ -496,6 +532,7 @@ class Checkout:
             )
             if done.rowcount != 1:
                 raise RefundOpenError("the order changed meanwhile; look at it again")
+            self._changed(conn, CheckoutChange.REFUND_REQUESTED, order_id, refund_id)
         return self.refund(refund_id)
 
     def answer_refund(self, refund_id: int, merchant_id: int, *, approve: bool) -> Refund:
@@ -513,7 +550,7 @@ class Checkout:
         else:
             now = self._now()
             with self.engine.begin() as conn:
-                conn.execute(
+                done = conn.execute(
                     t.refunds.update()
                     .where(
                         t.refunds.c.id == _hex(refund_id),
@@ -526,6 +563,8 @@ class Checkout:
                         updated_at_ns=now,
                     )
                 )
+                if done.rowcount == 1:
+                    self._changed(conn, CheckoutChange.REFUND_REJECTED, order.id, refund_id)
         return self.refund(refund_id)
 
     def escalate_refund(self, refund_id: int, buyer_id: int) -> Refund:
@@ -541,11 +580,13 @@ class Checkout:
             self.run_timers()
             raise RefundStateError("the window to escalate has passed")
         with self.engine.begin() as conn:
-            conn.execute(
+            done = conn.execute(
                 t.refunds.update()
                 .where(t.refunds.c.id == _hex(refund_id), t.refunds.c.status == str(_R.REJECTED))
                 .values(status=str(_R.ESCALATED), updated_at_ns=self._now())
             )
+            if done.rowcount == 1:
+                self._changed(conn, CheckoutChange.REFUND_ESCALATED, order.id, refund_id)
         return self.refund(refund_id)
 
     def arbitrate(
@@ -709,7 +750,7 @@ class Checkout:
 
     def _close_unpaid(self, order_id: int, reason: str) -> int:
         with self.engine.begin() as conn:
-            return conn.execute(
+            closed = conn.execute(
                 t.orders.update()
                 .where(
                     t.orders.c.id == _hex(order_id),
@@ -718,6 +759,9 @@ class Checkout:
                 )
                 .values(status=str(_O.CLOSED), close_reason=reason, updated_at_ns=self._now())
             ).rowcount
+            if closed == 1:
+                self._changed(conn, CheckoutChange.ORDER_CLOSED, order_id)
+            return closed
 
     def _release(self, order: Order) -> Operation:
         """Escrow → seller for everything the order still holds, less the fee."""
@@ -806,6 +850,7 @@ class Checkout:
             )
             if done.rowcount == 1:
                 self._reopen_order(conn, refund.order_id, now)
+                self._changed(conn, CheckoutChange.REFUND_DENIED, refund.order_id, refund.id)
 
     def _reopen_order(self, conn: sa.Connection, order_id: int, now: int) -> None:
         """The order's refund is settled: it may be refunded or confirmed again, and its
@@ -834,11 +879,13 @@ class Checkout:
         order_key = _hex(op.order_id)
         if op.kind is OperationKind.ORDER_PAYMENT:
             if status is OperationStatus.COMPLETED:
-                conn.execute(
+                paid = conn.execute(
                     t.orders.update()
                     .where(o.id == order_key, o.status == str(_O.CREATED))
                     .values(status=str(_O.PAID), paid_at_ns=now, updated_at_ns=now)
                 )
+                if paid.rowcount == 1:
+                    self._changed(conn, CheckoutChange.ORDER_PAID, op.order_id)
             elif status in (OperationStatus.FAILED, OperationStatus.EXPIRED):
                 # The buyer may pay again (another key); the order may close when unpaid.
                 conn.execute(
@@ -852,6 +899,7 @@ class Checkout:
                 .where(o.id == order_key)
                 .values(status=str(_O.FINISHED), updated_at_ns=now)
             )
+            self._changed(conn, CheckoutChange.ORDER_FINISHED, op.order_id)
         elif op.kind is OperationKind.REFUND and status is OperationStatus.COMPLETED:
             assert op.refund_id is not None
             conn.execute(
@@ -864,12 +912,15 @@ class Checkout:
                 .where(o.id == order_key)
                 .values(refunded=o.refunded + op.amount, updated_at_ns=now)
             )
-            conn.execute(
+            closed = conn.execute(
                 t.orders.update()
                 .where(o.id == order_key, o.refunded == o.amount)
                 .values(status=str(_O.CLOSED), close_reason="refunded", open_refund_id=None)
             )
             self._reopen_order(conn, op.order_id, now)
+            self._changed(conn, CheckoutChange.REFUND_REFUNDED, op.order_id, op.refund_id)
+            if closed.rowcount == 1:
+                self._changed(conn, CheckoutChange.ORDER_CLOSED, op.order_id)
         elif status is not OperationStatus.COMPLETED:
             # Escrow always holds what it releases or refunds: anything else is a bug.
             raise RuntimeError(f"escrow operation {op.id:#x} ended {status}: the books need a look")

@@ -189,6 +189,21 @@ class Arbitration(StrEnum):
     """The buyer gets ``buyer_amount``; the rest of the escrow goes to the seller now."""
 
 
+class CheckoutChange(StrEnum):
+    """A change of an order or refund that ``Checkout`` tells its change hooks about
+    (``Checkout.on_change``), in the transaction that records it."""
+
+    ORDER_PAID = "order.paid"
+    ORDER_SHIPPED = "order.shipped"
+    ORDER_FINISHED = "order.finished"
+    ORDER_CLOSED = "order.closed"
+    REFUND_REQUESTED = "refund.requested"
+    REFUND_REJECTED = "refund.rejected"
+    REFUND_ESCALATED = "refund.escalated"
+    REFUND_REFUNDED = "refund.refunded"
+    REFUND_DENIED = "refund.denied"
+
+
 class OperationStatus(StrEnum):
     """Where an operation is. Final: ``completed``, ``failed``, ``rejected``, ``expired``."""
 

@@ -4,8 +4,11 @@ and each tenant's isolated view of the ledger.
 ``Tenants`` creates tenants and keys and authenticates bearer tokens into a ``Principal``;
 ``IdempotencyRecords`` keeps the API's ``Idempotency-Key`` records (Stripe's semantics);
 ``AuditLog`` appends to and verifies the hash-chained audit log; ``TenantLedger`` is the
-ledger as one tenant sees it. Pure rules (scopes, tokens, fingerprints, chain hashes, id
-scrambling) live in ``puhui.platform.model``; tables in ``puhui.store.platform``.
+ledger as one tenant sees it; ``Webhooks`` keeps tenants' webhook endpoints and the event
+outbox, and ``DeliveryWorker`` delivers events, signed (``verify_signature`` for
+receivers). Pure rules (scopes, tokens, fingerprints, chain hashes, id scrambling, webhook
+signatures and the retry schedule) live in ``puhui.platform.model``; tables in
+``puhui.store.platform``.
 """
 
 from ._errors import (
@@ -17,26 +20,47 @@ from ._errors import (
     TenantNameTakenError,
     TenantNotFoundError,
 )
+from ._webhook_events import PartyKind, TenantOf
 from .audit import AuditLog, AuditRecord
 from .idempotency import Claim, ClaimResult, IdempotencyOptions, IdempotencyRecords, StoredResponse
 from .ledger import ReservedFieldError, TenantLedger
 from .model import (
+    ALL_EVENT_TYPES,
     AuditEntry,
     AuditProblem,
     AuditProblemKind,
     AuditReport,
+    EventType,
     InvalidIdempotencyKeyError,
     InvalidNameError,
+    InvalidWebhookUrlError,
+    RetrySchedule,
     Scope,
     ScopeNotAllowedError,
     TenantKind,
     TenantStatus,
+    UnknownEventTypeError,
     UnknownScopeError,
     UnknownTenantKindError,
+    signature_header,
+    verify_signature,
 )
 from .tenants import ApiKey, Principal, Tenant, Tenants
+from .webhooks import (
+    DeliveryState,
+    DeliveryWorker,
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookEndpointLimitError,
+    WebhookEndpointNotFoundError,
+    WebhookEvent,
+    WebhookEventNotFoundError,
+    WebhookOptions,
+    Webhooks,
+)
 
 __all__ = [
+    "ALL_EVENT_TYPES",
     "ApiKey",
     "ApiKeyNotFoundError",
     "AuditEntry",
@@ -47,15 +71,21 @@ __all__ = [
     "AuditReport",
     "Claim",
     "ClaimResult",
+    "DeliveryState",
+    "DeliveryWorker",
+    "EventType",
     "IdempotencyOptions",
     "IdempotencyRecords",
     "IdempotencyRequestInProgressError",
     "InvalidApiKeyError",
     "InvalidIdempotencyKeyError",
     "InvalidNameError",
+    "InvalidWebhookUrlError",
+    "PartyKind",
     "PlatformError",
     "Principal",
     "ReservedFieldError",
+    "RetrySchedule",
     "Scope",
     "ScopeMissingError",
     "ScopeNotAllowedError",
@@ -65,8 +95,20 @@ __all__ = [
     "TenantLedger",
     "TenantNameTakenError",
     "TenantNotFoundError",
+    "TenantOf",
     "TenantStatus",
     "Tenants",
+    "UnknownEventTypeError",
     "UnknownScopeError",
     "UnknownTenantKindError",
+    "WebhookDelivery",
+    "WebhookEndpoint",
+    "WebhookEndpointLimitError",
+    "WebhookEndpointNotFoundError",
+    "WebhookEvent",
+    "WebhookEventNotFoundError",
+    "WebhookOptions",
+    "Webhooks",
+    "signature_header",
+    "verify_signature",
 ]

@@ -87,6 +87,10 @@ class Scope(enum.StrEnum):
     LEDGER_WRITE = "ledger:write"
     PAYMENTS_READ = "payments:read"
     PAYMENTS_WRITE = "payments:write"
+    WEBHOOKS_READ = "webhooks:read"
+    """List webhook endpoints, events and dead letters."""
+    WEBHOOKS_WRITE = "webhooks:write"
+    """Create and disable webhook endpoints; replay events."""
     PLATFORM_ADMIN = "platform:admin"
     """Administration of tenants and keys; only keys of an operator tenant carry it."""
 
@@ -380,3 +384,217 @@ def scramble_id(value: int, mask: int) -> int:
 
 def parse_mask(text: str) -> int:
     return int(text, 16)
+
+
+# --- webhooks ---------------------------------------------------------------------------------
+
+
+class EventType(enum.StrEnum):
+    """What a webhook event reports (``<noun>.<past tense>``). Append only: partners filter
+    on these names."""
+
+    PAYMENT_SUCCEEDED = "payment.succeeded"
+    """A merchant payment (scanned QR, collected payment code, or an order's payment) went
+    through."""
+    PAYMENT_FAILED = "payment.failed"
+    """A merchant payment failed or its risk hold lapsed; nothing moved."""
+    TRANSFER_SUCCEEDED = "transfer.succeeded"
+    """A P2P transfer between wallets went through."""
+    TRANSFER_FAILED = "transfer.failed"
+    TOP_UP_SUCCEEDED = "top_up.succeeded"
+    """The bank confirmed a top-up; the wallet is credited."""
+    TOP_UP_FAILED = "top_up.failed"
+    WITHDRAWAL_SUCCEEDED = "withdrawal.succeeded"
+    """The bank paid a withdrawal out to the card."""
+    WITHDRAWAL_FAILED = "withdrawal.failed"
+    SETTLEMENT_SUCCEEDED = "settlement.succeeded"
+    """A merchant's settlement reached its bank account."""
+    SETTLEMENT_FAILED = "settlement.failed"
+    BILL_PAID = "bill.paid"
+    """The biller wrote the bill off; the payment is final."""
+    ORDER_PAID = "order.paid"
+    """The buyer's money is in escrow."""
+    ORDER_SHIPPED = "order.shipped"
+    ORDER_FINISHED = "order.finished"
+    """Escrow was released to the seller (receipt confirmed, by the buyer or its timer)."""
+    ORDER_CLOSED = "order.closed"
+    """Cancelled, unpaid in time, or refunded in full."""
+    REFUND_REQUESTED = "refund.requested"
+    REFUND_REJECTED = "refund.rejected"
+    """The seller said no; the buyer may escalate."""
+    REFUND_ESCALATED = "refund.escalated"
+    REFUND_REFUNDED = "refund.refunded"
+    """The money went back to the buyer."""
+    REFUND_DENIED = "refund.denied"
+    """Closed without money (not escalated in time, or arbitration for the seller)."""
+
+
+ALL_EVENT_TYPES: Final = "*"
+"""Subscribe an endpoint to every event type (also those added later)."""
+
+webhook_url_chars_max: Final = 2048
+"""Longest endpoint URL (unit: characters)."""
+webhook_event_types_max: Final = 64
+"""Most event types one endpoint names (unit: types)."""
+
+
+class InvalidWebhookUrlError(InvalidInputError):
+    """An endpoint URL that is not an absolute ``http``/``https`` URL with a host, is too long,
+    or carries credentials or a fragment."""
+
+    code = "webhook_url_invalid"
+
+
+class UnknownEventTypeError(InvalidInputError):
+    code = "webhook_event_type_unknown"
+
+
+_URL = re.compile(
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<authority>[^/?#\s]*)(?P<rest>[^#\s]*)(?P<frag>#.*)?"
+)
+_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?")
+
+
+def check_webhook_url(url: object) -> str:
+    """``url`` if Puhui may POST events to it: ``http``/``https`` only (no ``file:``,
+    ``ftp:``, ``javascript:``, ...), a host, no user:password, no fragment."""
+    if not isinstance(url, str) or not 0 < len(url) <= webhook_url_chars_max:
+        raise InvalidWebhookUrlError(f"url must be 1 to {webhook_url_chars_max} characters")
+    match = _URL.fullmatch(url)
+    if match is None:
+        raise InvalidWebhookUrlError("url must be an absolute http or https URL")
+    if match["scheme"].lower() not in ("http", "https"):
+        raise InvalidWebhookUrlError("url must use http or https")
+    authority = match["authority"]
+    if "@" in authority:
+        raise InvalidWebhookUrlError("url must not carry a user name or password")
+    host = _HOST.fullmatch(authority)
+    if host is None or not authority.strip(".:[]"):
+        raise InvalidWebhookUrlError("url needs a host name")
+    port = host.group(2)
+    if port is not None and not 0 < int(port[1:]) <= 65535:
+        raise InvalidWebhookUrlError("url has an invalid port")
+    if match["frag"] is not None:
+        raise InvalidWebhookUrlError("url must not have a #fragment")
+    if any(ord(ch) < 0x21 or ord(ch) > 0x7E for ch in url):
+        raise InvalidWebhookUrlError("url must be printable ASCII (percent-encode the rest)")
+    return url
+
+
+def parse_event_types(types: Iterable[str]) -> frozenset[str]:
+    """The event types an endpoint wants: known ``EventType`` names, or ``{"*"}`` for all."""
+    found: set[str] = set()
+    for text in types:
+        if text == ALL_EVENT_TYPES:
+            found.add(text)
+            continue
+        try:
+            found.add(EventType(text).value)
+        except ValueError:
+            raise UnknownEventTypeError(
+                f"unknown event type {str(text)[:64]!r}; see docs/api.md#webhooks"
+            ) from None
+    if not found:
+        raise UnknownEventTypeError("an endpoint needs at least one event type (or '*')")
+    if len(found) > webhook_event_types_max:
+        raise UnknownEventTypeError(f"at most {webhook_event_types_max} event types")
+    return frozenset({ALL_EVENT_TYPES}) if ALL_EVENT_TYPES in found else frozenset(found)
+
+
+def wants(event_types: frozenset[str], event_type: str) -> bool:
+    return ALL_EVENT_TYPES in event_types or event_type in event_types
+
+
+SIGNATURE_HEADER: Final = "Puhui-Signature"
+TIMESTAMP_HEADER: Final = "Puhui-Timestamp"
+EVENT_ID_HEADER: Final = "Puhui-Event-Id"
+SIGNATURE_VERSION: Final = "v1"
+signature_header_chars_max: Final = 1024
+"""Longest ``Puhui-Signature`` header ``verify_signature`` reads (unit: characters)."""
+
+
+def sign(secret: str, timestamp_s: int, body: bytes) -> str:
+    """The ``v1`` signature: hex HMAC-SHA256, keyed with the endpoint's secret (its text as
+    UTF-8), of ``"<timestamp>.<body>"`` (the decimal Unix time, a dot, the exact body bytes)."""
+    message = str(timestamp_s).encode("ascii") + b"." + body
+    return hmac.new(secret.encode("utf-8"), message, hashlib.sha256).hexdigest()
+
+
+def signature_header(secret: str, timestamp_s: int, body: bytes) -> str:
+    """``t=<unix seconds>,v1=<hex>``: the value of ``Puhui-Signature``."""
+    return f"t={timestamp_s},{SIGNATURE_VERSION}={sign(secret, timestamp_s, body)}"
+
+
+def verify_signature(
+    secret: str, header: str, body: bytes, tolerance_s: int = 300, *, now_s: int | None = None
+) -> bool:
+    """Whether ``header`` (a ``Puhui-Signature`` value) signs ``body`` with ``secret`` at a
+    time within ``tolerance_s`` seconds of now (``now_s``, default the machine's clock).
+
+    For receivers. Every ``v1=`` value in the header is tried (there may be more than one
+    while a secret is rotated); comparisons take constant time. A stale or future timestamp
+    fails, so that a captured request cannot be replayed later. Pass the body exactly as
+    received, before any JSON parsing.
+    """
+    if len(header) > signature_header_chars_max:
+        return False
+    timestamp: int | None = None
+    candidates: list[str] = []
+    for part in header.split(","):
+        name, _, value = part.strip().partition("=")
+        if name == "t" and value.isascii() and value.isdigit() and len(value) <= 12:
+            timestamp = int(value)
+        elif name == SIGNATURE_VERSION:
+            candidates.append(value)
+    if timestamp is None or not candidates:
+        return False
+    if now_s is None:
+        import time
+
+        now_s = int(time.time())  # a receiver's check: the real clock is the point
+    if abs(now_s - timestamp) > tolerance_s:
+        return False
+    expected = sign(secret, timestamp, body)
+    return any(hmac.compare_digest(expected, c) for c in candidates)
+
+
+@dataclass(frozen=True, slots=True)
+class RetrySchedule:
+    """When a failed delivery is tried again: exponential backoff with full jitter, capped,
+    until ``attempts_max`` attempts have failed (then it is a dead letter)."""
+
+    base_s: float = 10.0
+    """Ceiling of the wait after the first failure (unit: seconds)."""
+    cap_s: float = 6 * 3600.0
+    """Largest ceiling (unit: seconds)."""
+    floor_s: float = 1.0
+    """Shortest wait, so that a flapping receiver is never hammered (unit: seconds)."""
+    attempts_max: int = 15
+    """Attempts (the first included) before a delivery becomes a dead letter."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.floor_s <= self.base_s <= self.cap_s:
+            raise ValueError("need 0 < floor_s <= base_s <= cap_s")
+        if self.attempts_max < 1:
+            raise ValueError("attempts_max must be at least 1")
+
+    def ceiling_s(self, failures: int) -> float:
+        """The longest wait after ``failures`` failed attempts (1, 2, ...):
+        ``min(cap, base * 2**(failures - 1))``."""
+        if failures < 1:
+            raise ValueError("failures counts from 1")
+        return min(self.cap_s, self.base_s * 2.0 ** min(failures - 1, 62))
+
+    def delay_s(self, failures: int, unit_random: float) -> float:
+        """The wait after ``failures`` failed attempts, given ``unit_random`` in [0, 1):
+        uniform over [floor, ceiling] ("full jitter", which spreads the retries of many
+        deliveries that failed together best; AWS Architecture Blog, "Exponential Backoff
+        And Jitter")."""
+        if not 0.0 <= unit_random < 1.0:
+            raise ValueError("unit_random must be in [0, 1)")
+        ceiling = self.ceiling_s(failures)
+        return self.floor_s + (ceiling - self.floor_s) * unit_random
+
+    def exhausted(self, attempts: int) -> bool:
+        """Whether a delivery that failed ``attempts`` times is a dead letter."""
+        return attempts >= self.attempts_max

@@ -84,3 +84,59 @@ audit_anchor = sa.Table(
     sa.Column("count", sa.BigInteger, nullable=False),
     sa.CheckConstraint("id = 1", name="single_row"),
 )
+
+# --- webhooks ---------------------------------------------------------------------------------
+
+webhook_endpoints = sa.Table(
+    "platform_webhook_endpoints",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("tenant_id", sa.BigInteger, sa.ForeignKey(tenants.c.id), nullable=False),
+    sa.Column("url", sa.String(2048), nullable=False),
+    # The event types wanted, space separated and sorted; "*" for every type.
+    sa.Column("event_types", sa.String(1024), nullable=False),
+    # The signing secret itself (HMAC needs it): see puhui.platform.webhooks for why.
+    sa.Column("secret", sa.String(80), nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False),
+    sa.Column("created_at_ns", sa.BigInteger, nullable=False),
+    sa.Column("disabled_at_ns", sa.BigInteger, nullable=True),
+    sa.Index(None, "tenant_id", "created_at_ns"),
+)
+
+webhook_events = sa.Table(
+    "platform_webhook_events",
+    metadata,
+    # The order events were written in (cursor pagination follows it).
+    sa.Column("seq", Id, primary_key=True, autoincrement=True),
+    sa.Column("id", sa.String(36), nullable=False, unique=True),
+    sa.Column("tenant_id", sa.BigInteger, sa.ForeignKey(tenants.c.id), nullable=False),
+    sa.Column("type", sa.String(64), nullable=False),
+    sa.Column("created_at_ns", sa.BigInteger, nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Index(None, "tenant_id", "seq"),
+    sa.Index(None, "created_at_ns"),
+)
+
+webhook_deliveries = sa.Table(
+    "platform_webhook_deliveries",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("event_seq", sa.BigInteger, sa.ForeignKey(webhook_events.c.seq), nullable=False),
+    sa.Column("endpoint_id", sa.String(32), sa.ForeignKey(webhook_endpoints.c.id), nullable=False),
+    sa.Column("tenant_id", sa.BigInteger, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    # Due time; while an attempt is in flight, the end of its lease.
+    sa.Column("next_attempt_at_ns", sa.BigInteger, nullable=False),
+    sa.Column("lease", sa.String(32), nullable=True),
+    sa.Column("last_status", sa.Integer, nullable=True),
+    sa.Column("last_error", sa.String(200), nullable=True),
+    sa.Column("last_attempt_at_ns", sa.BigInteger, nullable=True),
+    sa.Column("delivered_at_ns", sa.BigInteger, nullable=True),
+    sa.Column("created_at_ns", sa.BigInteger, nullable=False),
+    sa.UniqueConstraint("event_seq", "endpoint_id"),
+    sa.Index(None, "state", "next_attempt_at_ns"),
+    sa.Index(None, "tenant_id", "state", "id"),
+    sa.CheckConstraint("state IN ('pending', 'delivered', 'dead')", name="state"),
+    sa.CheckConstraint("attempts >= 0", name="attempts"),
+)

@@ -1,0 +1,261 @@
+"""The webhook routes: endpoints, events (cursor pagination), dead letters and replay; and the
+delivery worker the app runs on its lifespan, against a real local HTTP receiver."""
+
+from __future__ import annotations
+
+import asyncio
+import http.server
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+
+from puhui.api import ApiOptions
+from puhui.platform import (
+    DeliveryWorker,
+    EventType,
+    RetrySchedule,
+    WebhookOptions,
+    Webhooks,
+    verify_signature,
+)
+
+from .conftest import START_NS, Api, make_api
+
+HOOKS = "/v1/webhooks"
+
+
+def _webhooks(api: Api) -> Webhooks:
+    webhooks: Webhooks = api.client.app.state.puhui.webhooks  # type: ignore[attr-defined]
+    return webhooks
+
+
+def _record(api: Api, tenant_id: int, event_type: EventType = EventType.ORDER_PAID) -> str:
+    with api.engine.begin() as conn:
+        return _webhooks(api).record(conn, tenant_id, event_type, {"order_id": "ab"})
+
+
+def _endpoint(api: Api, url: str = "https://a.example/hook", **body: Any) -> dict[str, Any]:
+    response = api.client.post(
+        f"{HOOKS}/endpoints",
+        json={"url": url, "event_types": ["*"], **body},
+        headers=api.auth(),
+    )
+    assert response.status_code == 200, response.text
+    created: dict[str, Any] = response.json()
+    return created
+
+
+def test_an_endpoint_is_created_with_its_secret_shown_once(api: Api) -> None:
+    created = _endpoint(api, event_types=["order.paid", "payment.succeeded"])
+    assert created["secret"].startswith("whsec_")
+    assert created["event_types"] == ["order.paid", "payment.succeeded"]
+    assert (created["enabled"], created["created_at"]) == (True, "2026-01-01T00:00:00.000000Z")
+    listed = api.client.get(f"{HOOKS}/endpoints", headers=api.auth()).json()
+    assert [e["id"] for e in listed["data"]] == [created["id"]]
+    assert "secret" not in listed["data"][0] and created["secret"] not in json.dumps(listed)
+    disabled = api.client.post(f"{HOOKS}/endpoints/{created['id']}/disable", headers=api.auth())
+    assert disabled.status_code == 200
+    assert disabled.json()["enabled"] is False
+    assert disabled.json()["disabled_at"] == "2026-01-01T00:00:00.000000Z"
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({"url": "ftp://a.example/", "event_types": ["*"]}, "webhook_url_invalid"),
+        ({"url": "file:///etc/passwd", "event_types": ["*"]}, "webhook_url_invalid"),
+        (
+            {"url": "https://a.example/", "event_types": ["money.printed"]},
+            "webhook_event_type_unknown",
+        ),
+        ({"url": "https://a.example/", "event_types": []}, "invalid_input"),
+        ({"url": "https://a.example/"}, "invalid_input"),
+    ],
+)
+def test_a_bad_endpoint_is_refused_and_nothing_is_created(
+    api: Api, body: dict[str, Any], code: str
+) -> None:
+    response = api.client.post(f"{HOOKS}/endpoints", json=body, headers=api.auth())
+    assert response.status_code == 422
+    assert response.json()["code"] == code
+    assert api.client.get(f"{HOOKS}/endpoints", headers=api.auth()).json()["data"] == []
+
+
+def test_unknown_ids_are_404_with_a_specific_code(api: Api) -> None:
+    missing = api.client.post(f"{HOOKS}/endpoints/we_{'0' * 16}/disable", headers=api.auth())
+    assert (missing.status_code, missing.json()["code"]) == (404, "webhook_endpoint_not_found")
+    event = api.client.get(f"{HOOKS}/events/evt_{'0' * 32}", headers=api.auth())
+    assert (event.status_code, event.json()["code"]) == (404, "webhook_event_not_found")
+    replay = api.client.post(f"{HOOKS}/events/evt_{'0' * 32}/replay", headers=api.auth())
+    assert (replay.status_code, replay.json()["code"]) == (404, "webhook_event_not_found")
+    malformed = api.client.get(f"{HOOKS}/events/not-an-id", headers=api.auth())
+    assert malformed.status_code == 422
+
+
+def test_events_are_listed_a_page_at_a_time(api: Api) -> None:
+    ids = [_record(api, api.a.id) for _ in range(5)]
+    paid = _record(api, api.a.id, EventType.PAYMENT_SUCCEEDED)
+    _record(api, api.b.id)
+    seen: list[str] = []
+    cursor: str | None = None
+    for _ in range(10):
+        params: dict[str, Any] = {"limit": 2, "type": "order.paid"}
+        if cursor:
+            params["cursor"] = cursor
+        page = api.client.get(f"{HOOKS}/events", params=params, headers=api.auth()).json()
+        seen += [e["id"] for e in page["data"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == ids
+    everything = api.client.get(f"{HOOKS}/events", headers=api.auth()).json()
+    assert [e["id"] for e in everything["data"]] == [*ids, paid]
+    assert everything["data"][0] == {
+        "id": ids[0],
+        "type": "order.paid",
+        "created_at": "2026-01-01T00:00:00.000000Z",
+        "data": {"order_id": "ab"},
+    }
+    bad_type = api.client.get(f"{HOOKS}/events", params={"type": "x.y"}, headers=api.auth())
+    assert bad_type.json()["code"] == "webhook_event_type_unknown"
+    bad_cursor = api.client.get(f"{HOOKS}/events", params={"cursor": "xyz"}, headers=api.auth())
+    assert (bad_cursor.status_code, bad_cursor.json()["code"]) == (400, "cursor_invalid")
+    other_list = api.client.get(
+        f"{HOOKS}/dead-letters", params={"cursor": cursor or page_cursor(api)}, headers=api.auth()
+    )
+    assert other_list.json()["code"] == "cursor_invalid"
+
+
+def page_cursor(api: Api) -> str:
+    page = api.client.get(f"{HOOKS}/events", params={"limit": 1}, headers=api.auth()).json()
+    cursor: str = page["next_cursor"]
+    return cursor
+
+
+def test_dead_letters_are_listed_and_replay_delivers_again(api: Api) -> None:
+    created = _endpoint(api)
+    event_id = _record(api, api.a.id)
+    webhooks = Webhooks(
+        api.engine,
+        clock=api.clock,
+        options=WebhookOptions(retry=RetrySchedule(base_s=1, cap_s=1, attempts_max=2)),
+    )
+    status = {"code": 500}
+    got: list[str] = []
+
+    def receiver(request: httpx2.Request) -> httpx2.Response:
+        got.append(request.headers["Puhui-Event-Id"])
+        return httpx2.Response(status["code"])
+
+    async def rounds(count: int) -> None:
+        transport = httpx2.MockTransport(receiver)
+        async with DeliveryWorker(webhooks, transport=transport) as worker:
+            for _ in range(count):
+                await worker.run_once()
+                api.clock.advance(2 * 10**9)
+
+    asyncio.run(rounds(3))
+    assert got == [event_id, event_id]
+    dead = api.client.get(f"{HOOKS}/dead-letters", headers=api.auth()).json()
+    [letter] = dead["data"]
+    assert (letter["event_id"], letter["endpoint_id"], letter["state"]) == (
+        event_id,
+        created["id"],
+        "dead",
+    )
+    assert (letter["attempts"], letter["last_status"], letter["next_attempt_at"]) == (2, 500, None)
+    # Tenant B sees no dead letter and cannot replay A's event.
+    b = {"Authorization": f"Bearer {api.token_b}"}
+    assert api.client.get(f"{HOOKS}/dead-letters", headers=b).json()["data"] == []
+    assert api.client.post(f"{HOOKS}/events/{event_id}/replay", headers=b).status_code == 404
+    replay = api.client.post(f"{HOOKS}/events/{event_id}/replay", headers=api.auth())
+    assert replay.json() == {"event_id": event_id, "deliveries_queued": 1}
+    status["code"] = 204
+    asyncio.run(rounds(1))
+    assert got == [event_id] * 3
+    detail = api.client.get(f"{HOOKS}/events/{event_id}", headers=api.auth()).json()
+    [delivery] = detail["deliveries"]
+    assert (delivery["state"], delivery["attempts"], delivery["last_status"]) == (
+        "delivered",
+        1,
+        204,
+    )
+    assert api.client.get(f"{HOOKS}/dead-letters", headers=api.auth()).json()["data"] == []
+
+
+def test_the_webhook_routes_need_their_scopes(api: Api) -> None:
+    _, read_only = api.tenants.create_key(api.a.id, ["webhooks:read"])
+    auth = {"Authorization": f"Bearer {read_only}"}
+    assert api.client.get(f"{HOOKS}/events", headers=auth).status_code == 200
+    refused = api.client.post(
+        f"{HOOKS}/endpoints", json={"url": "https://a.example/", "event_types": ["*"]}, headers=auth
+    )
+    assert (refused.status_code, refused.json()["scope"]) == (403, "webhooks:write")
+
+
+def test_the_backlog_is_a_metric(api: Api) -> None:
+    _endpoint(api)
+    _record(api, api.a.id)
+    _record(api, api.a.id)
+    assert "puhui_webhook_backlog 2.0" in api.client.get("/metrics").text
+
+
+# --- the worker on the app's lifespan ---------------------------------------------------------
+
+
+class _Receiver(http.server.BaseHTTPRequestHandler):
+    got: list[tuple[dict[str, str], bytes]] = []  # noqa: RUF012 (one list per server below)
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.got.append((dict(self.headers), body))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[str, list[tuple[dict[str, str], bytes]]]]:
+    handler: type[_Receiver] = type("Receiver", (_Receiver,), {"got": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook", handler.got
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_the_app_delivers_on_its_lifespan_and_stops_cleanly(
+    tmp_path: Path, receiver: tuple[str, list[tuple[dict[str, str], bytes]]]
+) -> None:
+    url, got = receiver
+    options = ApiOptions(webhook_delivery_interval_s=0.02)
+    app = None
+    for api in make_api(tmp_path, options):
+        app = api.client.app
+        secret = _endpoint(api, url)["secret"]
+        event_id = _record(api, api.a.id)
+        for _ in range(1500):  # a bounded wait for the worker (~30 s at most)
+            if got:
+                break
+            time.sleep(0.02)
+        assert len(got) == 1
+        headers, body = got[0]
+        assert headers["Puhui-Event-Id"] == event_id
+        assert verify_signature(secret, headers["Puhui-Signature"], body, now_s=START_NS // 10**9)
+        assert json.loads(body)["id"] == event_id
+    # The TestClient's exit ran the lifespan's shutdown: the worker returned by itself.
+    task = app.state.webhook_delivery  # type: ignore[union-attr]
+    assert task.done() and not task.cancelled() and task.exception() is None

@@ -1,0 +1,507 @@
+"""Webhooks: signatures, the outbox, delivery with retries, dead letters, replay, restarts and
+tenant isolation (a receiver in the test answers through httpx2's MockTransport)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx2
+import pytest
+import sqlalchemy as sa
+
+from puhui.clock import ManualClock
+from puhui.platform import (
+    DeliveryState,
+    DeliveryWorker,
+    EventType,
+    InvalidWebhookUrlError,
+    RetrySchedule,
+    Tenant,
+    Tenants,
+    UnknownEventTypeError,
+    WebhookEndpointLimitError,
+    WebhookEndpointNotFoundError,
+    WebhookEventNotFoundError,
+    WebhookOptions,
+    Webhooks,
+    signature_header,
+    verify_signature,
+)
+from puhui.store import create_engine
+
+NS = 10**9
+SCHEDULE = RetrySchedule(base_s=10.0, cap_s=80.0, floor_s=1.0, attempts_max=6)
+ALMOST_ONE = 0.999_999
+
+
+@dataclass
+class Receiver:
+    """A webhook receiver: answers ``status`` and keeps what it got, with the clock's time."""
+
+    clock: ManualClock
+    status: int = 200
+    got: list[tuple[int, httpx2.Request]] = field(default_factory=list)
+
+    def __call__(self, request: httpx2.Request) -> httpx2.Response:
+        self.got.append((self.clock.now_ns(), request))
+        return httpx2.Response(self.status, text="ok")
+
+    def event_ids(self) -> list[str]:
+        return [json.loads(r.content)["id"] for _, r in self.got]
+
+
+def rounds(
+    webhooks: Webhooks,
+    receiver: Callable[[httpx2.Request], httpx2.Response],
+    count: int = 1,
+    unit_random: Callable[[], float] = lambda: ALMOST_ONE,
+) -> int:
+    """Run ``count`` worker rounds; how many attempts they made."""
+
+    async def go() -> int:
+        transport = httpx2.MockTransport(receiver)
+        async with DeliveryWorker(webhooks, transport=transport, unit_random=unit_random) as w:
+            return sum([await w.run_once() for _ in range(count)])
+
+    return asyncio.run(go())
+
+
+@dataclass
+class Setup:
+    engine: sa.Engine
+    clock: ManualClock
+    webhooks: Webhooks
+    a: Tenant
+    b: Tenant
+
+    def record(self, tenant: Tenant, event_type: EventType = EventType.PAYMENT_SUCCEEDED) -> str:
+        with self.engine.begin() as conn:
+            return self.webhooks.record(conn, tenant.id, event_type, {"amount": "100"})
+
+
+@pytest.fixture
+def setup(engine: sa.Engine, clock: ManualClock) -> Setup:
+    tenants = Tenants(engine, clock=clock)
+    a, b = tenants.create("Bank A", "bank"), tenants.create("Bank B", "bank")
+    webhooks = Webhooks(engine, clock=clock, options=WebhookOptions(retry=SCHEDULE))
+    return Setup(engine, clock, webhooks, a, b)
+
+
+# --- signatures -------------------------------------------------------------------------------
+
+
+def test_a_signature_verifies_and_a_tampered_body_or_stale_time_does_not() -> None:
+    secret, body, t = "whsec_abc", b'{"id":"evt_1","type":"payment.succeeded"}', 1_767_225_600
+    header = signature_header(secret, t, body)
+    assert header.startswith(f"t={t},v1=")
+    assert verify_signature(secret, header, body, 300, now_s=t + 299)
+    assert verify_signature(secret, header, body, 300, now_s=t - 299)  # clocks drift both ways
+    assert not verify_signature(secret, header, body.replace(b"evt_1", b"evt_2"), now_s=t)
+    assert not verify_signature(secret, header, body, 300, now_s=t + 301)
+    assert not verify_signature("whsec_other", header, body, now_s=t)
+    # The timestamp is signed: moving it forward breaks the signature.
+    moved = header.replace(f"t={t}", f"t={t + 1000}")
+    assert not verify_signature(secret, moved, body, now_s=t + 1000)
+    for broken in ("", "v1=00", f"t={t}", "t=x,v1=00", f"t={t},v1=" + "0" * 64, "x" * 2000):
+        assert not verify_signature(secret, broken, body, now_s=t)
+    # During a rotation a header may carry two signatures: either may match.
+    rotated = f"{header},v1={'f' * 64}"
+    assert verify_signature(secret, rotated, body, now_s=t)
+
+
+def test_the_signature_is_the_documented_hmac_of_timestamp_dot_body() -> None:
+    import hashlib
+    import hmac
+
+    secret, body, t = "whsec_k", b"{}", 42
+    expected = hmac.new(b"whsec_k", b"42.{}", hashlib.sha256).hexdigest()
+    assert signature_header(secret, t, body) == f"t=42,v1={expected}"
+
+
+def test_the_retry_schedule_grows_to_its_cap_with_full_jitter() -> None:
+    schedule = RetrySchedule(base_s=10.0, cap_s=100.0, floor_s=1.0, attempts_max=8)
+    assert [schedule.ceiling_s(n) for n in range(1, 7)] == [10, 20, 40, 80, 100, 100]
+    rng = random.Random(5)
+    for failures in range(1, 8):
+        for _ in range(200):
+            delay = schedule.delay_s(failures, rng.random())
+            assert 1.0 <= delay <= schedule.ceiling_s(failures)
+    assert schedule.delay_s(3, 0.0) == 1.0
+    assert not schedule.exhausted(7) and schedule.exhausted(8)
+    with pytest.raises(ValueError):
+        schedule.delay_s(1, 1.0)
+    with pytest.raises(ValueError):
+        RetrySchedule(base_s=10.0, cap_s=5.0)
+
+
+# --- endpoints --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://example.com/hook",
+        "file:///etc/passwd",
+        "javascript:alert(1)",
+        "/relative/hook",
+        "https://user:pass@example.com/hook",
+        "https:///no-host",
+        "https://example.com/hook#part",
+        "https://exa mple.com/",
+        "https://example.com:99999/",
+        "https://example.com/" + "a" * 2100,
+    ],
+)
+def test_only_http_and_https_urls_are_accepted(setup: Setup, url: str) -> None:
+    with pytest.raises(InvalidWebhookUrlError):
+        setup.webhooks.create_endpoint(setup.a.id, url, ["*"])
+    assert setup.webhooks.endpoints(setup.a.id) == []
+
+
+def test_an_endpoint_shows_its_secret_once_and_is_listed_without_it(setup: Setup) -> None:
+    w = setup.webhooks
+    endpoint, secret = w.create_endpoint(
+        setup.a.id, "https://partner.example/hooks?x=1", ["payment.succeeded", "order.paid"]
+    )
+    assert secret.startswith("whsec_") and len(secret) == 6 + 64
+    assert endpoint.event_types == {"payment.succeeded", "order.paid"}
+    listed = w.endpoints(setup.a.id)
+    assert listed == [endpoint]
+    assert secret not in repr(listed)
+    http_endpoint, _ = w.create_endpoint(setup.a.id, "http://127.0.0.1:9000/h", ["*"])
+    assert http_endpoint.event_types == {"*"}
+    with pytest.raises(UnknownEventTypeError):
+        w.create_endpoint(setup.a.id, "https://p.example/", ["payment.exploded"])
+    with pytest.raises(UnknownEventTypeError):
+        w.create_endpoint(setup.a.id, "https://p.example/", [])
+
+
+def test_a_tenant_has_a_bounded_number_of_enabled_endpoints(engine: sa.Engine) -> None:
+    tenant = Tenants(engine).create("Bank C", "bank")
+    w = Webhooks(engine, options=WebhookOptions(endpoints_per_tenant_max=2))
+    first, _ = w.create_endpoint(tenant.id, "https://p.example/1", ["*"])
+    w.create_endpoint(tenant.id, "https://p.example/2", ["*"])
+    with pytest.raises(WebhookEndpointLimitError):
+        w.create_endpoint(tenant.id, "https://p.example/3", ["*"])
+    w.disable_endpoint(tenant.id, first.id)
+    w.create_endpoint(tenant.id, "https://p.example/3", ["*"])
+
+
+# --- delivery ---------------------------------------------------------------------------------
+
+
+def test_an_event_is_delivered_signed_to_the_endpoints_that_want_it(setup: Setup) -> None:
+    w = setup.webhooks
+    wanted, secret = w.create_endpoint(setup.a.id, "https://a.example/hook", ["payment.succeeded"])
+    w.create_endpoint(setup.a.id, "https://a.example/orders", ["order.paid"])
+    event_id = setup.record(setup.a)
+    receiver = Receiver(setup.clock)
+    assert rounds(w, receiver) == 1
+    assert len(receiver.got) == 1
+    _, request = receiver.got[0]
+    assert str(request.url) == "https://a.example/hook"
+    assert request.headers["Puhui-Event-Id"] == event_id
+    assert request.headers["content-type"] == "application/json"
+    t = int(request.headers["Puhui-Timestamp"])
+    assert t == setup.clock.now_ns() // NS
+    assert verify_signature(secret, request.headers["Puhui-Signature"], request.content, now_s=t)
+    body = json.loads(request.content)
+    assert body == {
+        "id": event_id,
+        "type": "payment.succeeded",
+        "created_at": "2026-01-01T00:00:00.000000Z",
+        "data": {"amount": "100"},
+    }
+    [delivery] = w.deliveries(setup.a.id, event_id)
+    assert (delivery.endpoint_id, delivery.state, delivery.attempts) == (
+        wanted.id,
+        DeliveryState.DELIVERED,
+        1,
+    )
+    assert delivery.last_status == 200
+    assert rounds(w, receiver) == 0  # delivered once, not again
+
+
+def test_a_failing_receiver_gets_retries_with_growing_delays_then_a_dead_letter(
+    setup: Setup,
+) -> None:
+    w = setup.webhooks
+    w.create_endpoint(setup.a.id, "https://a.example/hook", ["*"])
+    event_id = setup.record(setup.a)
+    receiver = Receiver(setup.clock, status=500)
+    for _ in range(SCHEDULE.attempts_max):
+        [delivery] = w.deliveries(setup.a.id, event_id)
+        assert delivery.state is DeliveryState.PENDING
+        if delivery.next_attempt_at_ns > setup.clock.now_ns():
+            setup.clock.set(delivery.next_attempt_at_ns - 1)
+            assert rounds(w, receiver) == 0, "tried before it was due"
+            setup.clock.advance(1)
+        assert rounds(w, receiver) == 1
+    times = [at for at, _ in receiver.got]
+    gaps_s = [(b - a) / NS for a, b in itertools.pairwise(times)]
+    # Full jitter pinned near its top: each wait is its ceiling, 10 s doubling to the 80 s cap.
+    assert gaps_s == pytest.approx([10, 20, 40, 80, 80], abs=0.01)
+    assert receiver.event_ids() == [event_id] * SCHEDULE.attempts_max
+    [dead] = w.dead_letters(setup.a.id)
+    assert (dead.event_id, dead.state, dead.attempts, dead.last_status) == (
+        event_id,
+        DeliveryState.DEAD,
+        6,
+        500,
+    )
+    assert dead.last_error == "HTTP 500"
+    setup.clock.advance(10 * 24 * 3600 * NS)
+    assert rounds(w, receiver) == 0, "a dead letter is not tried again by itself"
+
+
+def test_jittered_retries_stay_within_their_ceilings(setup: Setup) -> None:
+    w = setup.webhooks
+    w.create_endpoint(setup.a.id, "https://a.example/hook", ["*"])
+    event_id = setup.record(setup.a)
+    receiver = Receiver(setup.clock, status=503)
+    rng = random.Random(11)
+    last = setup.clock.now_ns()
+    for failures in range(1, SCHEDULE.attempts_max):
+        assert rounds(w, receiver, unit_random=rng.random) == 1
+        [delivery] = w.deliveries(setup.a.id, event_id)
+        wait_s = (delivery.next_attempt_at_ns - last) / NS
+        assert SCHEDULE.floor_s <= wait_s <= SCHEDULE.ceiling_s(failures)
+        setup.clock.set(delivery.next_attempt_at_ns)
+        last = delivery.next_attempt_at_ns
+
+
+def test_a_refused_connection_or_timeout_is_a_failed_attempt(setup: Setup) -> None:
+    w = setup.webhooks
+    w.create_endpoint(setup.a.id, "https://down.example/hook", ["*"])
+    event_id = setup.record(setup.a)
+
+    def refuse(request: httpx2.Request) -> httpx2.Response:
+        raise httpx2.ConnectError("connection refused", request=request)
+
+    assert rounds(w, refuse) == 1
+    [delivery] = w.deliveries(setup.a.id, event_id)
+    assert delivery.state is DeliveryState.PENDING
+    assert (delivery.attempts, delivery.last_status, delivery.last_error) == (
+        1,
+        None,
+        "ConnectError",
+    )
+
+
+def test_a_redirect_is_not_a_delivery(setup: Setup) -> None:
+    w = setup.webhooks
+    w.create_endpoint(setup.a.id, "https://a.example/hook", ["*"])
+    event_id = setup.record(setup.a)
+    receiver = Receiver(setup.clock, status=302)
+    assert rounds(w, receiver) == 1
+    [delivery] = w.deliveries(setup.a.id, event_id)
+    assert delivery.state is DeliveryState.PENDING and delivery.last_status == 302
+
+
+def test_replay_delivers_a_dead_letter_again_and_a_delivered_event_too(setup: Setup) -> None:
+    w = setup.webhooks
+    w.create_endpoint(setup.a.id, "https://a.example/hook", ["*"])
+    event_id = setup.record(setup.a)
+    receiver = Receiver(setup.clock, status=500)
+    for _ in range(SCHEDULE.attempts_max):
+        rounds(w, receiver)
+        setup.clock.advance(3600 * NS)
+    assert [d.event_id for d in w.dead_letters(setup.a.id)] == [event_id]
+    receiver.status = 200
+    assert w.replay(setup.a.id, event_id) == 1
+    assert w.dead_letters(setup.a.id) == []
+    assert rounds(w, receiver) == 1
+    [delivery] = w.deliveries(setup.a.id, event_id)
+    assert (delivery.state, delivery.attempts) == (DeliveryState.DELIVERED, 1)
+    # A delivered event replays too (a receiver that lost it asks again): same event id.
+    assert w.replay(setup.a.id, event_id) == 1
+    assert rounds(w, receiver) == 1
+    assert receiver.event_ids()[-2:] == [event_id, event_id]
+
+
+def test_replay_reaches_an_endpoint_created_after_the_event(setup: Setup) -> None:
+    w = setup.webhooks
+    event_id = setup.record(setup.a)
+    receiver = Receiver(setup.clock)
+    assert rounds(w, receiver) == 0  # no endpoint yet: the event waits in the outbox
+    w.create_endpoint(setup.a.id, "https://a.example/late", ["payment.succeeded"])
+    w.create_endpoint(setup.a.id, "https://a.example/other", ["order.paid"])
+    assert w.replay(setup.a.id, event_id) == 1
+    assert rounds(w, receiver) == 1
+    assert receiver.event_ids() == [event_id]
+
+
+def test_a_disabled_endpoint_gets_nothing_and_its_queue_becomes_dead_letters(
+    setup: Setup,
+) -> None:
+    w = setup.webhooks
+    endpoint, _ = w.create_endpoint(setup.a.id, "https://a.example/hook", ["*"])
+    queued = setup.record(setup.a)
+    disabled = w.disable_endpoint(setup.a.id, endpoint.id)
+    assert not disabled.enabled and disabled.disabled_at_ns == setup.clock.now_ns()
+    setup.record(setup.a)
+    receiver = Receiver(setup.clock)
+    assert rounds(w, receiver) == 0
+    assert receiver.got == []
+    [dead] = w.dead_letters(setup.a.id)
+    assert (dead.event_id, dead.last_error, dead.attempts) == (queued, "endpoint_disabled", 0)
+    assert w.backlog() == 0
+    # Replayed, the event goes to the endpoints enabled now.
+    w.create_endpoint(setup.a.id, "https://a.example/new", ["*"])
+    assert w.replay(setup.a.id, queued) == 1
+    assert rounds(w, receiver) == 1
+    assert [str(r.url) for _, r in receiver.got] == ["https://a.example/new"]
+
+
+# --- crashes and restarts ---------------------------------------------------------------------
+
+
+def test_nothing_is_lost_across_a_restart(setup: Setup) -> None:
+    """Events recorded by one process are delivered by a new worker over the same database;
+    an attempt cut short by a crash (claimed, never finished) is tried again once its lease
+    runs out."""
+    w = setup.webhooks
+    w.create_endpoint(setup.a.id, "https://a.example/hook", ["*"])
+    ids = [setup.record(setup.a) for _ in range(3)]
+    crashed = w.claim_due(limit=1)  # a worker took one and died before answering
+    assert [c.event_id for c in crashed] == ids[:1]
+    url = setup.engine.url.render_as_string(hide_password=False)
+    setup.engine.dispose()
+
+    engine = create_engine(url)  # the new process
+    try:
+        restarted = Webhooks(engine, clock=setup.clock, options=WebhookOptions(retry=SCHEDULE))
+        receiver = Receiver(setup.clock)
+        assert rounds(restarted, receiver) == 2
+        assert sorted(receiver.event_ids()) == sorted(ids[1:])
+        setup.clock.advance(int(restarted.options.lease_s * NS) - 1)
+        assert rounds(restarted, receiver) == 0, "the crashed attempt's lease still runs"
+        setup.clock.advance(1)
+        assert rounds(restarted, receiver) == 1
+        assert sorted(receiver.event_ids()) == sorted(ids)
+        [delivery] = restarted.deliveries(setup.a.id, ids[0])
+        assert (delivery.state, delivery.attempts) == (DeliveryState.DELIVERED, 2)
+    finally:
+        engine.dispose()
+
+
+def test_a_late_answer_from_an_expired_lease_changes_nothing(setup: Setup) -> None:
+    from puhui.platform.webhooks import AttemptResult
+
+    w = setup.webhooks
+    w.create_endpoint(setup.a.id, "https://a.example/hook", ["*"])
+    event_id = setup.record(setup.a)
+    [slow] = w.claim_due()
+    setup.clock.advance(int(w.options.lease_s * NS))
+    [again] = w.claim_due()  # the lease ran out: another worker took it
+    w.finish_attempts([AttemptResult(again, 200, None)], lambda: 0.5)
+    w.finish_attempts([AttemptResult(slow, 500, "HTTP 500")], lambda: 0.5)
+    [delivery] = w.deliveries(setup.a.id, event_id)
+    assert (delivery.state, delivery.last_status) == (DeliveryState.DELIVERED, 200)
+
+
+# --- the outbox's transaction -----------------------------------------------------------------
+
+
+def test_an_event_commits_or_rolls_back_with_the_transaction_that_records_it(
+    setup: Setup,
+) -> None:
+    w = setup.webhooks
+    w.create_endpoint(setup.a.id, "https://a.example/hook", ["*"])
+    with pytest.raises(RuntimeError), setup.engine.begin() as conn:
+        w.record(conn, setup.a.id, EventType.PAYMENT_SUCCEEDED, {"amount": "1"})
+        raise RuntimeError("the state change failed")
+    assert w.events(setup.a.id) == []
+    assert rounds(w, Receiver(setup.clock)) == 0
+    kept = setup.record(setup.a)
+    assert [e.id for e in w.events(setup.a.id)] == [kept]
+
+
+# --- tenants ----------------------------------------------------------------------------------
+
+
+def test_a_tenant_sees_and_touches_only_its_own_webhooks(setup: Setup) -> None:
+    w = setup.webhooks
+    endpoint, _ = w.create_endpoint(setup.a.id, "https://a.example/hook", ["*"])
+    event_id = setup.record(setup.a)
+    receiver = Receiver(setup.clock, status=500)
+    for _ in range(SCHEDULE.attempts_max):
+        rounds(w, receiver)
+        setup.clock.advance(3600 * NS)
+    b = setup.b.id
+    assert w.endpoints(b) == [] and w.events(b) == [] and w.dead_letters(b) == []
+    with pytest.raises(WebhookEventNotFoundError):
+        w.event(b, event_id)
+    with pytest.raises(WebhookEventNotFoundError):
+        w.replay(b, event_id)
+    with pytest.raises(WebhookEventNotFoundError):
+        w.deliveries(b, event_id)
+    with pytest.raises(WebhookEndpointNotFoundError):
+        w.disable_endpoint(b, endpoint.id)
+    assert w.endpoint(setup.a.id, endpoint.id).enabled
+    assert len(w.dead_letters(setup.a.id)) == 1
+    # B's events go to B's endpoints only.
+    w.create_endpoint(b, "https://b.example/hook", ["*"])
+    b_event = setup.record(setup.b)
+    receiver.status = 200
+    rounds(w, receiver)
+    assert [(str(r.url), json.loads(r.content)["id"]) for _, r in receiver.got[-1:]] == [
+        ("https://b.example/hook", b_event)
+    ]
+
+
+def test_events_are_listed_a_page_at_a_time(setup: Setup) -> None:
+    w = setup.webhooks
+    ids = [setup.record(setup.a, EventType.ORDER_PAID) for _ in range(5)]
+    setup.record(setup.b)
+    first = w.events(setup.a.id, limit=2)
+    second = w.events(setup.a.id, after_seq=first[-1].seq, limit=2)
+    third = w.events(setup.a.id, after_seq=second[-1].seq, limit=2)
+    assert [e.id for e in first + second + third] == ids
+    assert w.events(setup.a.id, event_type="payment.succeeded") == []
+
+
+def test_the_receivers_example_in_the_docs_verifies_our_signatures() -> None:
+    """The Python example of docs/api.md agrees with ``signature_header``."""
+    import re
+    import time
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", doc, flags=re.DOTALL)
+    [example] = [b for b in blocks if "def verify_signature" in b]
+    namespace: dict[str, object] = {}
+    exec(compile(example, "docs/api.md", "exec"), namespace)
+    verify = namespace["verify_signature"]
+    assert callable(verify)
+    now = int(time.time())  # the example checks against the receiver's real clock
+    body = b'{"id":"evt_1"}'
+    header = signature_header("whsec_doc", now, body)
+    assert verify("whsec_doc", header, body)
+    assert not verify("whsec_doc", header, body + b" ")
+    assert not verify("whsec_doc", signature_header("whsec_doc", now - 3600, body), body)
+
+
+def test_old_events_are_pruned_unless_a_delivery_still_waits(setup: Setup) -> None:
+    w = setup.webhooks
+    w.create_endpoint(setup.a.id, "https://a.example/hook", ["*"])
+    delivered = setup.record(setup.a)
+    rounds(w, Receiver(setup.clock))
+    waiting = setup.record(setup.a)
+    rounds(w, Receiver(setup.clock, status=500))
+    unwanted = setup.record(setup.b)  # B has no endpoint: nothing to deliver
+    assert w.prune() == 0
+    setup.clock.advance(int(w.options.event_retention_s * NS) + 1)
+    fresh = setup.record(setup.a)
+    assert w.prune() == 2
+    assert [e.id for e in w.events(setup.a.id)] == [waiting, fresh]
+    assert w.events(setup.b.id) == []
+    with pytest.raises(WebhookEventNotFoundError):
+        w.replay(setup.a.id, delivered)
+    with pytest.raises(WebhookEventNotFoundError):
+        w.event(setup.b.id, unwanted)
