@@ -424,6 +424,8 @@ PLATFORM_ALL = [
     "InvalidApiKeyError",
     "InvalidIdempotencyKeyError",
     "InvalidNameError",
+    "OwnedKind",
+    "PaymentOwners",
     "PlatformError",
     "Principal",
     "ReservedFieldError",

@@ -14,19 +14,30 @@ from starlette.responses import Response
 from puhui.clock import Clock, SystemClock
 from puhui.errors import PuhuiError
 from puhui.ledger import AsyncLedger, Ledger
-from puhui.platform import AuditLog, IdempotencyRecords, Tenants
+from puhui.payments import (
+    BankGateway,
+    BillerGateway,
+    Bills,
+    Checkout,
+    PaymentBatches,
+    Payments,
+    SimulatedBank,
+    SimulatedBiller,
+)
+from puhui.platform import AuditLog, IdempotencyRecords, PaymentOwners, Tenants
 
-from . import _ledger_routes
+from . import _ledger_routes, _payments_routes
 from ._batching import AuditBatcher, PrincipalCache
 from ._context import ApiContext
 from ._guards import ApiOptions, BodyLimitMiddleware, RateLimiter
 from ._metrics import ApiMetrics
+from ._payments_context import PaymentsContext
 from ._problems import problem_from_exception
 from ._route import PlatformRoute
 
 API_TITLE = "Puhui open API"
 
-ROUTERS = (_ledger_routes.router,)
+ROUTERS = (_ledger_routes.router, _payments_routes.router)
 """One router per domain; each later service adds its own here."""
 
 
@@ -49,9 +60,16 @@ def create_app(
     *,
     clock: Clock | None = None,
     options: ApiOptions | None = None,
+    payments: Payments | None = None,
+    bank: BankGateway | None = None,
+    billers: BillerGateway | None = None,
 ) -> FastAPI:
     """The API over the SQL store ``engine`` (migrated to the newest schema by the caller) and
-    the open ``ledger``. Nothing is opened here and nothing is closed on shutdown."""
+    the open ``ledger``. Nothing is opened here and nothing is closed on shutdown.
+
+    ``payments`` is the payments service the routes call; without it one is built over
+    ``engine`` and ``ledger`` with the ``bank`` and ``billers`` gateways (the simulators when
+    not given: a deployment passes its real adapters)."""
     clock = clock or SystemClock()
     options = options or ApiOptions()
     async_ledger = ledger if isinstance(ledger, AsyncLedger) else AsyncLedger(ledger)
@@ -64,8 +82,20 @@ def create_app(
     app = FastAPI(
         title=API_TITLE,
         version=version,
-        description="Partners' HTTP API: the ledger (TigerBeetle's semantics) per tenant. "
+        description="Partners' HTTP API: the ledger (TigerBeetle's semantics) and payments, "
+        "per tenant. "
         "See docs/api.md.",
+    )
+    if payments is None:
+        payments = Payments(
+            engine, async_ledger.ledger, clock=clock, bank=bank or SimulatedBank(clock)
+        )
+    payments_context = PaymentsContext(
+        payments=payments,
+        checkout=Checkout(payments),
+        bills=Bills(payments, billers or SimulatedBiller(clock)),
+        owners=PaymentOwners(engine, clock=clock),
+        batches=PaymentBatches(payments),
     )
     tenants = Tenants(engine, clock=clock)
     audit = AuditLog(engine, clock=clock)
@@ -81,6 +111,7 @@ def create_app(
         options=options,
         clock=clock,
         metrics=metrics,
+        payments=payments_context,
     )
     for router in ROUTERS:
         app.include_router(router)

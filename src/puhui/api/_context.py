@@ -11,6 +11,7 @@ from puhui.platform import AuditLog, IdempotencyRecords, Tenants
 from ._batching import AuditBatcher, PrincipalCache
 from ._guards import ApiOptions, RateLimiter
 from ._metrics import ApiMetrics
+from ._payments_context import PaymentsContext
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,3 +26,4 @@ class ApiContext:
     options: ApiOptions
     clock: Clock
     metrics: ApiMetrics
+    payments: PaymentsContext

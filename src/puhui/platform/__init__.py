@@ -4,7 +4,8 @@ and each tenant's isolated view of the ledger.
 ``Tenants`` creates tenants and keys and authenticates bearer tokens into a ``Principal``;
 ``IdempotencyRecords`` keeps the API's ``Idempotency-Key`` records (Stripe's semantics);
 ``AuditLog`` appends to and verifies the hash-chained audit log; ``TenantLedger`` is the
-ledger as one tenant sees it. Pure rules (scopes, tokens, fingerprints, chain hashes, id
+ledger as one tenant sees it; ``PaymentOwners`` says which tenant owns each payments
+customer and merchant. Pure rules (scopes, tokens, fingerprints, chain hashes, id
 scrambling) live in ``puhui.platform.model``; tables in ``puhui.store.platform``.
 """
 
@@ -34,6 +35,7 @@ from .model import (
     UnknownScopeError,
     UnknownTenantKindError,
 )
+from .owners import OwnedKind, PaymentOwners
 from .tenants import ApiKey, Principal, Tenant, Tenants
 
 __all__ = [
@@ -53,6 +55,8 @@ __all__ = [
     "InvalidApiKeyError",
     "InvalidIdempotencyKeyError",
     "InvalidNameError",
+    "OwnedKind",
+    "PaymentOwners",
     "PlatformError",
     "Principal",
     "ReservedFieldError",
