@@ -15,6 +15,8 @@ import puhui.ledger as tb
 from puhui.api import ApiOptions, create_app
 from puhui.clock import ManualClock
 from puhui.errors import PuhuiError
+from puhui.payments import Payments, SimulatedBank
+from puhui.payments.service import Decide
 from puhui.platform import Tenant, Tenants
 from puhui.store import create_engine, migrate
 
@@ -38,7 +40,9 @@ class Api:
         return {"Authorization": f"Bearer {token or self.token_a}", **headers}
 
 
-def make_api(tmp_path: Path, options: ApiOptions | None = None) -> Iterator[Api]:
+def make_api(
+    tmp_path: Path, options: ApiOptions | None = None, decide: Decide | None = None
+) -> Iterator[Api]:
     engine = create_engine(f"sqlite:///{tmp_path / 'puhui.sqlite'}")
     migrate(engine)
     clock = ManualClock(START_NS)
@@ -48,7 +52,11 @@ def make_api(tmp_path: Path, options: ApiOptions | None = None) -> Iterator[Api]
     _, token_a = tenants.create_key(a.id, ALL_SCOPES)
     _, token_b = tenants.create_key(b.id, ALL_SCOPES)
     with tb.open(str(tmp_path / "ledger")) as ledger:
-        app = create_app(engine, ledger, clock=clock, options=options)
+        payments = None
+        if decide is not None:
+            bank = SimulatedBank(clock)
+            payments = Payments(engine, ledger, clock=clock, bank=bank, decide=decide)
+        app = create_app(engine, ledger, clock=clock, options=options, payments=payments)
         with TestClient(app, raise_server_exceptions=True) as client:
             yield Api(client, engine, ledger, clock, tenants, a, b, token_a, token_b)
     engine.dispose()
@@ -103,7 +111,7 @@ def payments_world(
         token,
     )
     post_ok(api, f"{p}/customers/{c}/full-verification", {"biometric_passed": True}, token)
-    top_up = {"card_id": card["id"], "amount": 100_000_00, "currency": "CNY"}
+    top_up = {"card_id": card["id"], "amount": 30_000_00, "currency": "CNY"}
     assert post_ok(api, f"{p}/customers/{c}/top-ups", top_up, token)["status"] == "completed"
     merchant = post_ok(
         api,
