@@ -205,6 +205,9 @@ async def _refund_order(request: Request, refund_id: str) -> tuple[int, Order]:
 
 
 async def _payee(request: Request, payee: Payee) -> int:
+    if payee.customer_id is not None and payee.phone is None and payee.qr is None:
+        # Owned means registered: no need to ask the service (the payment checks it again).
+        return await _customer(request, payee.customer_id)
     payments = _ctx(request).payments
     try:
         payee_id = await _call(payments.resolve_payee, payee)
