@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -24,10 +25,17 @@ from puhui.payments import (
     SimulatedBank,
     SimulatedBiller,
 )
-from puhui.platform import AuditLog, IdempotencyRecords, PaymentOwners, Tenants
+from puhui.platform import (
+    AuditLog,
+    ClaimResult,
+    IdempotencyRecords,
+    PaymentOwners,
+    StoredResponse,
+    Tenants,
+)
 
 from . import _ledger_routes, _payments_routes
-from ._batching import AuditBatcher, PrincipalCache
+from ._batching import AuditBatcher, GroupCall, PrincipalCache
 from ._context import ApiContext
 from ._guards import ApiOptions, BodyLimitMiddleware, RateLimiter
 from ._metrics import ApiMetrics
@@ -98,11 +106,22 @@ def create_app(
         batches=PaymentBatches(payments),
     )
     tenants = Tenants(engine, clock=clock)
+    idempotency = IdempotencyRecords(engine, clock=clock, options=options.idempotency)
+
+    def begin_many(claims: Sequence[tuple[int, str, str]]) -> list[ClaimResult]:
+        return idempotency.begin_many(claims)
+
+    def finish_many(done: Sequence[tuple[int, str, str, StoredResponse]]) -> list[None]:
+        idempotency.finish_many(done)
+        return [None] * len(done)
+
     audit = AuditLog(engine, clock=clock)
     metrics = ApiMetrics()
     app.state.puhui = ApiContext(
         tenants=tenants,
-        idempotency=IdempotencyRecords(engine, clock=clock, options=options.idempotency),
+        idempotency=idempotency,
+        claims=GroupCall(begin_many),
+        finishes=GroupCall(finish_many),
         audit=audit,
         audit_batcher=AuditBatcher(audit),
         principals=PrincipalCache(tenants, clock, options.auth_cache_s),
