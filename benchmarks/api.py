@@ -191,6 +191,7 @@ async def _payment_clients(
     limits = httpx2.Limits(max_connections=clients, max_keepalive_connections=clients)
     headers = {"Authorization": f"Bearer {token}"}
     started = time.perf_counter()
+    cpu_started = time.process_time()
     deadline = started + seconds
 
     async with httpx2.AsyncClient(headers=headers, limits=limits, timeout=60.0) as client:
@@ -233,6 +234,7 @@ async def _payment_clients(
         "elapsed_s": time.perf_counter() - started,
         "latencies_ms": [round(x * 1000, 3) for x in latencies],
         "errors": errors,
+        "cpu_s": time.process_time() - cpu_started,
     }
 
 
@@ -298,8 +300,10 @@ def run_payments(
     for r in results:
         for code, n in r["errors"].items():
             errors[code] = errors.get(code, 0) + n
+    clients_cpu_s = sum(r["cpu_s"] for r in results)
     return {
         "requests": int(latencies.size),
+        "clients_cpu_ms_per_request": round(1000 * clients_cpu_s / max(1, latencies.size), 3),
         "elapsed_s": round(elapsed, 3),
         "requests_per_s": round(latencies.size / elapsed, 1),
         "p50_ms": round(float(np.percentile(latencies, 50)), 3),
@@ -455,6 +459,7 @@ def main() -> None:
             f"keys {'on' if args.idempotency_keys else 'off'})  p50 {payments['p50_ms']:.2f} ms"
             f"  p99 {payments['p99_ms']:.2f} ms"
             f"  server CPU {payments['server_cpu_ms_per_request']:.2f} ms/request"
+            f" (clients {payments['clients_cpu_ms_per_request']:.2f})"
             f"  not completed {payments['not_completed']}",
             flush=True,
         )
