@@ -24,6 +24,7 @@ from fastapi.security import HTTPBearer
 from puhui.errors import InvalidInputError
 from puhui.payments import (
     CustomerNotFoundError,
+    Merchant,
     MerchantNotFoundError,
     Operation,
     OperationNotFoundError,
@@ -216,7 +217,7 @@ async def _payee(request: Request, payee: Payee) -> int:
     return await _customer(request, payee_id)
 
 
-def _merchant_out(request: Request, merchant: Any) -> MerchantOut:
+def _merchant_out(merchant: Merchant) -> MerchantOut:
     return merchant_out(merchant, merchant_qr(merchant.id))
 
 
@@ -432,14 +433,14 @@ async def register_merchant(body: RegisterMerchantIn, request: Request) -> Merch
         body.settlement_card_token,
     )
     await _call(ctx.owners.claim, _tenant(request), OwnedKind.MERCHANT, merchant.id)
-    return _merchant_out(request, merchant)
+    return _merchant_out(merchant)
 
 
 @router.get("/merchants/{merchant_id}", response_model=MerchantOut)
 @endpoint(Scope.PAYMENTS_READ, changes_state=False)
 async def get_merchant(merchant_id: MerchantId, request: Request) -> MerchantOut:
     await _merchant(request, merchant_id)
-    return _merchant_out(request, await _call(_ctx(request).payments.merchant, merchant_id))
+    return _merchant_out(await _call(_ctx(request).payments.merchant, merchant_id))
 
 
 @router.get("/merchants/{merchant_id}/balances/{currency}", response_model=BalanceOut)
