@@ -115,3 +115,18 @@ def test_risk_engine_benchmark_quick_run_prints_json() -> None:
         engine["runs_decisions_per_s"]
     )
     assert engine["single_events"] == 500 and engine["single_p99_ms"] >= engine["single_p50_ms"]
+
+
+def test_api_benchmark_quick_run_prints_json() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "api.py"), "--quick", "--json"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["payments_per_s"] > 0 and report["ledger_transfers_per_s"] > 0
+    assert report["p99_ms"] >= report["p50_ms"] > 0
+    assert report["payments"]["requests"] > 0 and report["payments"]["not_completed"] == {}
+    assert report["ledger_batch"]["not_created"] == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -13,6 +14,9 @@ from fastapi.testclient import TestClient
 import puhui.ledger as tb
 from puhui.api import ApiOptions, create_app
 from puhui.clock import ManualClock
+from puhui.errors import PuhuiError
+from puhui.payments import Payments, SimulatedBank
+from puhui.payments.service import Decide
 from puhui.platform import Tenant, Tenants
 from puhui.store import create_engine, migrate
 
@@ -43,7 +47,9 @@ class Api:
         return {"Authorization": f"Bearer {token or self.token_a}", **headers}
 
 
-def make_api(tmp_path: Path, options: ApiOptions | None = None) -> Iterator[Api]:
+def make_api(
+    tmp_path: Path, options: ApiOptions | None = None, decide: Decide | None = None
+) -> Iterator[Api]:
     engine = create_engine(f"sqlite:///{tmp_path / 'puhui.sqlite'}")
     migrate(engine)
     clock = ManualClock(START_NS)
@@ -53,7 +59,11 @@ def make_api(tmp_path: Path, options: ApiOptions | None = None) -> Iterator[Api]
     _, token_a = tenants.create_key(a.id, ALL_SCOPES)
     _, token_b = tenants.create_key(b.id, ALL_SCOPES)
     with tb.open(str(tmp_path / "ledger")) as ledger:
-        app = create_app(engine, ledger, clock=clock, options=options)
+        payments = None
+        if decide is not None:
+            bank = SimulatedBank(clock)
+            payments = Payments(engine, ledger, clock=clock, bank=bank, decide=decide)
+        app = create_app(engine, ledger, clock=clock, options=options, payments=payments)
         with TestClient(app, raise_server_exceptions=True) as client:
             yield Api(client, engine, ledger, clock, tenants, a, b, token_a, token_b)
     engine.dispose()
@@ -77,4 +87,90 @@ def transfer(id_: int, debit: int, credit: int, amount: int, **fields: object) -
         "ledger": 1,
         "code": 1,
         **fields,
+    }
+
+
+def post_ok(api: Api, path: str, body: object = None, token: str | None = None) -> Any:
+    response = api.client.post(path, json=body, headers=api.auth(token))
+    assert response.status_code in (200, 201), (path, response.status_code, response.text)
+    return response.json()
+
+
+def payments_world(
+    api: Api, token: str | None = None, phone_prefix: str = "1380000"
+) -> dict[str, str]:
+    """A tenant's payments objects, made through the API: a fully verified customer with a
+    card and money, a second customer, a merchant, a P2P payment, a paid order with a
+    refund asked for, a bill binding and a payment code. Returns their ids (as text)."""
+    p = "/v1/payments"
+    first = post_ok(
+        api, f"{p}/customers", {"phone": f"+86{phone_prefix}0001", "display_name": "Li"}, token
+    )
+    second = post_ok(
+        api, f"{p}/customers", {"phone": f"+86{phone_prefix}0002", "display_name": "Wang"}, token
+    )
+    c = first["id"]
+    post_ok(api, f"{p}/customers/{c}/identity", {"national_id": f"ID{phone_prefix}1"}, token)
+    card = post_ok(
+        api,
+        f"{p}/customers/{c}/cards",
+        {"card_token": "tok-1", "bank_name": "ICBC", "last4": "1234"},
+        token,
+    )
+    post_ok(api, f"{p}/customers/{c}/full-verification", {"biometric_passed": True}, token)
+    top_up = {"card_id": card["id"], "amount": 30_000_00, "currency": "CNY"}
+    assert post_ok(api, f"{p}/customers/{c}/top-ups", top_up, token)["status"] == "completed"
+    merchant = post_ok(
+        api,
+        f"{p}/merchants",
+        {"name": "Tea", "category": "food", "fee_bps": 60, "settlement_card_token": "m-1"},
+        token,
+    )
+    p2p = post_ok(
+        api,
+        f"{p}/customers/{c}/transfers",
+        {"payee": {"customer_id": second["id"]}, "amount": 5_00, "currency": "CNY"},
+        token,
+    )
+    assert p2p["status"] == "completed", p2p
+    order = post_ok(
+        api,
+        f"{p}/orders",
+        {
+            "buyer_customer_id": c,
+            "merchant_id": merchant["id"],
+            "amount": 30_00,
+            "currency": "CNY",
+            "fulfilment": "express",
+            "title": "a teapot",
+        },
+        token,
+    )
+    post_ok(api, f"{p}/orders/{order['id']}/pay", None, token)
+    refund = post_ok(
+        api, f"{p}/orders/{order['id']}/refunds", {"amount": 10_00, "reason": "chipped"}, token
+    )
+    context = api.client.app.state.puhui  # type: ignore[attr-defined]
+    try:
+        context.payments.bills.biller("water")
+    except PuhuiError:
+        context.payments.bills.register_biller("water", "City Water", "water")
+    binding = post_ok(
+        api,
+        f"{p}/customers/{c}/bill-bindings",
+        {"biller_code": "water", "household_account": "H-1"},
+        token,
+    )
+    code = post_ok(api, f"{p}/customers/{c}/payment-codes", None, token)["payment_code"]
+    return {
+        "customer": str(c),
+        "other_customer": str(second["id"]),
+        "card": str(card["id"]),
+        "merchant": str(merchant["id"]),
+        "merchant_qr": merchant["qr"],
+        "operation": p2p["id"],
+        "order": order["id"],
+        "refund": refund["id"],
+        "binding": str(binding["id"]),
+        "payment_code": code,
     }

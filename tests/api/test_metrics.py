@@ -13,9 +13,7 @@ def test_metrics_count_requests_by_route_and_measure_batches(api: Api) -> None:
     api.client.get("/v1/ledger/accounts/1/transfers", headers=auth)
     api.client.get("/v1/ledger/accounts/1/transfers")  # no key
     response = api.client.get("/metrics")
-    assert response.status_code == 200 and response.headers["content-type"].startswith(
-        "text/plain"
-    )
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
     text = response.text
     expected = [
         'puhui_api_requests_total{method="POST",route="/v1/ledger/accounts",status="200"} 1.0',

@@ -171,7 +171,7 @@ def test_a_fault_of_the_store_is_a_logged_500_problem(
     def broken(*_: object) -> None:
         raise OSError("disk gone")
 
-    monkeypatch.setattr(records, "begin", broken)
+    monkeypatch.setattr(records, "begin_many", broken)
     response = api.client.post(
         "/v1/ledger/accounts",
         json={"accounts": [account(1)]},

@@ -59,3 +59,27 @@ def test_release_and_expiry(engine: sa.Engine, clock: ManualClock) -> None:
     clock.advance(1 * S)  # the window (1 h) is over: the key is new
     assert records.purge_expired() == 1
     assert records.begin(a, "k", "fp").claim is Claim.STARTED
+
+
+def test_a_group_of_claims_and_finishes_is_one_transaction_each(
+    engine: sa.Engine, clock: ManualClock
+) -> None:
+    """begin_many / finish_many (the API's group commit) answer as one-by-one calls would."""
+    records, a, b = _records(engine, clock)
+    records.begin(a, "old", "fp")
+    claims = records.begin_many(
+        [(a, "k1", "fp"), (a, "k1", "fp"), (b, "k1", "fp"), (a, "old", "other"), (a, "k2", "x")]
+    )
+    assert [c.claim for c in claims] == [
+        Claim.STARTED,
+        Claim.IN_PROGRESS,  # the same key twice in one group: the second waits its turn
+        Claim.STARTED,
+        Claim.REUSED,
+        Claim.STARTED,
+    ]
+    one = StoredResponse(201, "application/json", b"1")
+    two = StoredResponse(200, "application/json", b"2")
+    records.finish_many([(a, "k1", "fp", one), (a, "k2", "x", two), (b, "k1", "wrong", two)])
+    assert records.begin(a, "k1", "fp").response == one
+    assert records.begin(a, "k2", "x").response == two
+    assert records.begin(b, "k1", "fp").claim is Claim.IN_PROGRESS  # not finished: wrong fp

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -18,20 +18,39 @@ from starlette.responses import Response
 from puhui.clock import Clock, SystemClock
 from puhui.errors import PuhuiError
 from puhui.ledger import AsyncLedger, Ledger
-from puhui.platform import AuditLog, DeliveryWorker, IdempotencyRecords, Tenants, Webhooks
+from puhui.payments import (
+    BankGateway,
+    BillerGateway,
+    Bills,
+    Checkout,
+    PaymentBatches,
+    Payments,
+    SimulatedBank,
+    SimulatedBiller,
+)
+from puhui.platform import (
+    AuditLog,
+    ClaimResult,
+    DeliveryWorker,
+    IdempotencyRecords,
+    PaymentOwners,
+    StoredResponse,
+    Tenants,
+    Webhooks,
+)
 
-from . import _ledger_routes, _webhook_routes
-from ._batching import AuditBatcher, PrincipalCache
+from . import _ledger_routes, _payments_routes, _webhook_routes
+from ._batching import AuditBatcher, GroupCall, PrincipalCache
 from ._context import ApiContext
 from ._guards import ApiOptions, BodyLimitMiddleware, RateLimiter
 from ._metrics import ApiMetrics
+from ._payments_context import PaymentsContext
 from ._problems import problem_from_exception
 from ._route import PlatformRoute
 
 API_TITLE = "Puhui open API"
-log = logging.getLogger("puhui.api")
 
-ROUTERS = (_ledger_routes.router, _webhook_routes.router)
+ROUTERS = (_ledger_routes.router, _payments_routes.router, _webhook_routes.router)
 """One router per domain; each later service adds its own here."""
 
 
@@ -54,9 +73,16 @@ def create_app(
     *,
     clock: Clock | None = None,
     options: ApiOptions | None = None,
+    payments: Payments | None = None,
+    bank: BankGateway | None = None,
+    billers: BillerGateway | None = None,
 ) -> FastAPI:
     """The API over the SQL store ``engine`` (migrated to the newest schema by the caller) and
-    the open ``ledger``. Nothing is opened here and nothing is closed on shutdown."""
+    the open ``ledger``. Nothing is opened here and nothing is closed on shutdown.
+
+    ``payments`` is the payments service the routes call; without it one is built over
+    ``engine`` and ``ledger`` with the ``bank`` and ``billers`` gateways (the simulators when
+    not given: a deployment passes its real adapters)."""
     clock = clock or SystemClock()
     options = options or ApiOptions()
     async_ledger = ledger if isinstance(ledger, AsyncLedger) else AsyncLedger(ledger)
@@ -70,16 +96,44 @@ def create_app(
     app = FastAPI(
         title=API_TITLE,
         version=version,
-        description="Partners' HTTP API: the ledger (TigerBeetle's semantics) per tenant, and "
-        "webhooks. See docs/api.md.",
+        description="Partners' HTTP API: the ledger (TigerBeetle's semantics), payments and "
+        "webhooks, per tenant. See docs/api.md.",
         lifespan=_delivering(webhooks, options.webhook_delivery_interval_s),
     )
+    if payments is None:
+        payments = Payments(
+            engine, async_ledger.ledger, clock=clock, bank=bank or SimulatedBank(clock)
+        )
+    owners = PaymentOwners(engine, clock=clock)
+    checkout = Checkout(payments)
+    payments_context = PaymentsContext(
+        payments=payments,
+        checkout=checkout,
+        bills=Bills(payments, billers or SimulatedBiller(clock)),
+        owners=owners,
+        batches=PaymentBatches(payments),
+    )
+    # Webhooks of payments and orders, written in the transaction of each change, for the
+    # tenant that owns the customer or merchant (read in that same transaction).
+    webhooks.watch_payments(payments, owners.tenant_of)
+    webhooks.watch_checkout(checkout, owners.tenant_of)
     tenants = Tenants(engine, clock=clock)
+    idempotency = IdempotencyRecords(engine, clock=clock, options=options.idempotency)
+
+    def begin_many(claims: Sequence[tuple[int, str, str]]) -> list[ClaimResult]:
+        return idempotency.begin_many(claims)
+
+    def finish_many(done: Sequence[tuple[int, str, str, StoredResponse]]) -> list[None]:
+        idempotency.finish_many(done)
+        return [None] * len(done)
+
     audit = AuditLog(engine, clock=clock)
     metrics = ApiMetrics()
     app.state.puhui = ApiContext(
         tenants=tenants,
-        idempotency=IdempotencyRecords(engine, clock=clock, options=options.idempotency),
+        idempotency=idempotency,
+        claims=GroupCall(begin_many),
+        finishes=GroupCall(finish_many),
         audit=audit,
         audit_batcher=AuditBatcher(audit),
         principals=PrincipalCache(tenants, clock, options.auth_cache_s),
@@ -88,6 +142,7 @@ def create_app(
         options=options,
         clock=clock,
         metrics=metrics,
+        payments=payments_context,
         webhooks=webhooks,
     )
     metrics.webhook_backlog.set_function(webhooks.backlog)
@@ -115,6 +170,8 @@ def create_app(
 worker_stop_grace_s = 5.0
 """How long shutdown waits for a delivery round in flight beyond its request timeout (unit:
 seconds); an attempt cut short is retried after its lease by the next server."""
+
+log = logging.getLogger("puhui.api")
 
 
 def _delivering(webhooks: Webhooks, interval_s: float | None) -> Any:

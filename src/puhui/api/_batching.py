@@ -3,6 +3,8 @@
 - ``AuditBatcher``: concurrent requests' audit entries are written together, one
   transaction (one sync of the store) per group: a request still waits until its entry is
   durable, but a hundred requests share one commit (group commit, as the ledger does).
+- ``GroupCall``: the same for any store call that can take a group (the idempotency
+  records' ``begin_many`` / ``finish_many``): one transaction per group, one answer each.
 - ``PrincipalCache``: an authenticated token is remembered for ``ttl_s`` (1 s by default),
   so a busy key costs one SQL read per second, not one per request. A key revoked elsewhere
   (the CLI, another server) stops working within ``ttl_s``.
@@ -14,7 +16,9 @@ import asyncio
 import hashlib
 import threading
 import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from puhui.clock import Clock
 from puhui.platform import AuditLog, AuditRecord, Principal, Tenants
@@ -78,6 +82,58 @@ class AuditBatcher:
                         done.set_result(None)
         finally:
             state.flushing = False
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+group_calls_max = 1024
+"""Most requests' items in one grouped store call (unit: items)."""
+
+
+@dataclass
+class _GroupState(Generic[T, R]):
+    pending: list[tuple[T, asyncio.Future[R]]] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+
+
+class GroupCall(Generic[T, R]):
+    """``await call(item)`` → ``many([items...])[i]``: the items of concurrent callers go to
+    the store together, in a worker thread, while the next group fills up."""
+
+    def __init__(self, many: Callable[[Sequence[T]], Sequence[R]]) -> None:
+        self.many = many
+        self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _GroupState[T, R]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def __call__(self, item: T) -> R:
+        loop = asyncio.get_running_loop()
+        state = self._states.get(loop)
+        if state is None:
+            state = self._states[loop] = _GroupState()
+        done: asyncio.Future[R] = loop.create_future()
+        state.pending.append((item, done))
+        if state.task is None or state.task.done():
+            state.task = loop.create_task(self._drain(state))
+        return await done
+
+    async def _drain(self, state: _GroupState[T, R]) -> None:
+        while state.pending:
+            group = state.pending[:group_calls_max]
+            del state.pending[: len(group)]
+            try:
+                answers = await asyncio.to_thread(self.many, [item for item, _ in group])
+            except BaseException as error:  # every caller of the group learns of it
+                for _, done in group:
+                    if not done.done():
+                        done.set_exception(error)
+                if not isinstance(error, Exception):
+                    raise
+                continue
+            for (_, done), answer in zip(group, answers, strict=True):
+                if not done.done():
+                    done.set_result(answer)
 
 
 class PrincipalCache:

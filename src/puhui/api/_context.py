@@ -6,17 +6,29 @@ from dataclasses import dataclass
 
 from puhui.clock import Clock
 from puhui.ledger import AsyncLedger
-from puhui.platform import AuditLog, IdempotencyRecords, Tenants, Webhooks
+from puhui.platform import (
+    AuditLog,
+    ClaimResult,
+    IdempotencyRecords,
+    StoredResponse,
+    Tenants,
+    Webhooks,
+)
 
-from ._batching import AuditBatcher, PrincipalCache
+from ._batching import AuditBatcher, GroupCall, PrincipalCache
 from ._guards import ApiOptions, RateLimiter
 from ._metrics import ApiMetrics
+from ._payments_context import PaymentsContext
 
 
 @dataclass(frozen=True, slots=True)
 class ApiContext:
     tenants: Tenants
     idempotency: IdempotencyRecords
+    claims: GroupCall[tuple[int, str, str], ClaimResult]
+    """``idempotency.begin`` of concurrent requests, one transaction per group."""
+    finishes: GroupCall[tuple[int, str, str, StoredResponse], None]
+    """``idempotency.finish`` of concurrent requests, one transaction per group."""
     audit: AuditLog
     audit_batcher: AuditBatcher
     principals: PrincipalCache
@@ -25,4 +37,5 @@ class ApiContext:
     options: ApiOptions
     clock: Clock
     metrics: ApiMetrics
+    payments: PaymentsContext
     webhooks: Webhooks

@@ -171,7 +171,7 @@ async def _idempotent(
     key = check_idempotency_key(key)
     fingerprint = request_fingerprint(request.method, request.url.path, await request.body())
     tenant_id = principal.tenant.id
-    claimed = await asyncio.to_thread(context.idempotency.begin, tenant_id, key, fingerprint)
+    claimed = await context.claims((tenant_id, key, fingerprint))
     if claimed.claim is Claim.REPLAY and claimed.response is not None:
         stored = claimed.response
         return Response(
@@ -201,5 +201,5 @@ async def _idempotent(
             content_type=response.media_type or "application/json",
             body=bytes(response.body),
         )
-        await asyncio.to_thread(context.idempotency.finish, tenant_id, key, fingerprint, stored)
+        await context.finishes((tenant_id, key, fingerprint, stored))
     return response

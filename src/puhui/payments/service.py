@@ -21,7 +21,7 @@ import logging
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import sqlalchemy as sa
 
@@ -213,6 +213,9 @@ class Channel:
 
 
 NO_CHANNEL = Channel()
+
+
+PAYMENT_CODE_INVALID: Final = "the payment code is unknown, used or expired"
 
 
 def _hex(value: int) -> str:
@@ -583,8 +586,13 @@ class Payments:
                 sa.select(t.payment_codes).where(t.payment_codes.c.code == code)
             ).first()
         if row is None or row.used or row.expires_at_ns <= self.clock.now_ns():
-            raise PaymentCodeInvalidError("the payment code is unknown, used or expired")
+            raise PaymentCodeInvalidError(PAYMENT_CODE_INVALID)
         return int(row.customer_id)
+
+    def payment_code_customer(self, code: str) -> int:
+        """The customer whose valid (unused, unexpired) payment code this is, or
+        ``PaymentCodeInvalidError``."""
+        return self._peek_payment_code(code)
 
     def _redeem(self, conn: sa.Connection, code: str) -> None:
         """Use a payment code up, in the transaction that records its payment (so a payment
@@ -599,7 +607,7 @@ class Payments:
             .values(used=True)
         )
         if done.rowcount != 1:
-            raise PaymentCodeInvalidError("the payment code is unknown, used or expired")
+            raise PaymentCodeInvalidError(PAYMENT_CODE_INVALID)
 
     # --- operations: what callers do ------------------------------------------------------------
 
@@ -913,6 +921,50 @@ class Payments:
             query = query.where(t.operations.c.order_id == _hex(order_id))
         with self.engine.connect() as conn:
             return [_operation(r) for r in conn.execute(query).all()]
+
+    def customer_operations(
+        self,
+        customer_id: int,
+        *,
+        after: tuple[int, int] | None = None,
+        limit: int = 100,
+    ) -> list[Operation]:
+        """A customer's operations (paying or paid), oldest first, a page at a time: those
+        after ``after`` (the ``(created_at_ns, id)`` of the last one of the previous page)."""
+        ops = t.operations
+        query = (
+            sa.select(ops)
+            .where(
+                sa.or_(
+                    ops.c.payer_customer_id == customer_id,
+                    ops.c.payee_customer_id == customer_id,
+                )
+            )
+            .order_by(ops.c.created_at_ns, ops.c.id)
+            .limit(limit)
+        )
+        if after is not None:
+            at_ns, last_id = after
+            query = query.where(
+                sa.or_(
+                    ops.c.created_at_ns > at_ns,
+                    sa.and_(ops.c.created_at_ns == at_ns, ops.c.id > _hex(last_id)),
+                )
+            )
+        with self.engine.connect() as conn:
+            return [_operation(r) for r in conn.execute(query).all()]
+
+    def resolve_payee(self, payee: Payee) -> int:
+        """The customer id a P2P payee names (by id, phone or QR payload), or
+        ``CustomerNotFoundError``."""
+        return self._resolve_payee(payee)
+
+    def merchant_of_qr(self, merchant_qr: str) -> int:
+        """The merchant id a merchant QR payload names (the merchant may not exist)."""
+        target = parse_qr(merchant_qr)
+        if target.kind is not AccountKind.MERCHANT:
+            raise MerchantNotFoundError("that QR code is not a merchant's")
+        return target.owner_id
 
     # --- recovery -----------------------------------------------------------------------------
 

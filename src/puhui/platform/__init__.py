@@ -4,11 +4,11 @@ and each tenant's isolated view of the ledger.
 ``Tenants`` creates tenants and keys and authenticates bearer tokens into a ``Principal``;
 ``IdempotencyRecords`` keeps the API's ``Idempotency-Key`` records (Stripe's semantics);
 ``AuditLog`` appends to and verifies the hash-chained audit log; ``TenantLedger`` is the
-ledger as one tenant sees it; ``Webhooks`` keeps tenants' webhook endpoints and the event
-outbox, and ``DeliveryWorker`` delivers events, signed (``verify_signature`` for
-receivers). Pure rules (scopes, tokens, fingerprints, chain hashes, id scrambling, webhook
-signatures and the retry schedule) live in ``puhui.platform.model``; tables in
-``puhui.store.platform``.
+ledger as one tenant sees it; ``PaymentOwners`` says which tenant owns each payments
+customer and merchant; ``Webhooks`` keeps tenants' webhook endpoints and the event outbox,
+and ``DeliveryWorker`` delivers events, signed (``verify_signature`` for receivers). Pure
+rules (scopes, tokens, fingerprints, chain hashes, id scrambling, webhook signatures and the
+retry schedule) live in ``puhui.platform.model``; tables in ``puhui.store.platform``.
 """
 
 from ._errors import (
@@ -45,6 +45,7 @@ from .model import (
     signature_header,
     verify_signature,
 )
+from .owners import OwnedKind, PaymentOwners
 from .tenants import ApiKey, Principal, Tenant, Tenants
 from .webhooks import (
     DeliveryState,
@@ -81,7 +82,9 @@ __all__ = [
     "InvalidIdempotencyKeyError",
     "InvalidNameError",
     "InvalidWebhookUrlError",
+    "OwnedKind",
     "PartyKind",
+    "PaymentOwners",
     "PlatformError",
     "Principal",
     "ReservedFieldError",

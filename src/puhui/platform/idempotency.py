@@ -16,6 +16,7 @@ are kept ``window_s`` (24 h by default) from the first request; afterwards the k
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -86,63 +87,84 @@ class IdempotencyRecords:
             # Two first requests raced to insert (PostgreSQL); the loser sees the winner's row.
             return self._begin(tenant_id, key, fingerprint)
 
+    def begin_many(self, claims: Sequence[tuple[int, str, str]]) -> list[ClaimResult]:
+        """``begin`` for each ``(tenant_id, key, fingerprint)``, all in one transaction (one
+        commit for a group of concurrent requests). A key twice in the group: the second is
+        ``IN_PROGRESS``, as it would be a moment later."""
+        try:
+            with self.engine.begin() as conn:
+                return [self._begin_in(conn, *claim) for claim in claims]
+        except sa.exc.IntegrityError:
+            # A race with another server (PostgreSQL): sort it out one request at a time.
+            return [self.begin(*claim) for claim in claims]
+
     def _begin(self, tenant_id: int, key: str, fingerprint: str) -> ClaimResult:
+        with self.engine.begin() as conn:
+            return self._begin_in(conn, tenant_id, key, fingerprint)
+
+    def _begin_in(
+        self, conn: sa.Connection, tenant_id: int, key: str, fingerprint: str
+    ) -> ClaimResult:
         t = tables.idempotency
         now = self.clock.now_ns()
         lock_ns = int(self.options.lock_timeout_s * NS_PER_S)
         where = sa.and_(t.c.tenant_id == tenant_id, t.c.key == key)
-        with self.engine.begin() as conn:
-            row = conn.execute(sa.select(t).where(where).with_for_update()).first()
-            if row is not None and row.expires_at_ns <= now:
-                conn.execute(t.delete().where(where))
-                row = None
-            if row is None:
-                conn.execute(
-                    t.insert().values(
-                        tenant_id=tenant_id,
-                        key=key,
-                        fingerprint=fingerprint,
-                        state="in_progress",
-                        created_at_ns=now,
-                        locked_until_ns=now + lock_ns,
-                        expires_at_ns=now + int(self.options.window_s * NS_PER_S),
-                    )
+        row = conn.execute(sa.select(t).where(where).with_for_update()).first()
+        if row is not None and row.expires_at_ns <= now:
+            conn.execute(t.delete().where(where))
+            row = None
+        if row is None:
+            conn.execute(
+                t.insert().values(
+                    tenant_id=tenant_id,
+                    key=key,
+                    fingerprint=fingerprint,
+                    state="in_progress",
+                    created_at_ns=now,
+                    locked_until_ns=now + lock_ns,
+                    expires_at_ns=now + int(self.options.window_s * NS_PER_S),
                 )
-                return ClaimResult(Claim.STARTED)
-            if row.fingerprint != fingerprint:
-                return ClaimResult(Claim.REUSED)
-            if row.state == "done":
-                stored = StoredResponse(
-                    status_code=int(row.status_code),
-                    content_type=str(row.content_type),
-                    body=bytes(row.body),
-                )
-                return ClaimResult(Claim.REPLAY, stored)
-            if row.locked_until_ns > now:
-                return ClaimResult(Claim.IN_PROGRESS)
-            # The claim outlived its timeout: its request is taken for crashed.
-            conn.execute(t.update().where(where).values(locked_until_ns=now + lock_ns))
+            )
             return ClaimResult(Claim.STARTED)
+        if row.fingerprint != fingerprint:
+            return ClaimResult(Claim.REUSED)
+        if row.state == "done":
+            stored = StoredResponse(
+                status_code=int(row.status_code),
+                content_type=str(row.content_type),
+                body=bytes(row.body),
+            )
+            return ClaimResult(Claim.REPLAY, stored)
+        if row.locked_until_ns > now:
+            return ClaimResult(Claim.IN_PROGRESS)
+        # The claim outlived its timeout: its request is taken for crashed.
+        conn.execute(t.update().where(where).values(locked_until_ns=now + lock_ns))
+        return ClaimResult(Claim.STARTED)
 
     def finish(self, tenant_id: int, key: str, fingerprint: str, response: StoredResponse) -> None:
         """Store the response of a claimed request; later requests with the key replay it."""
+        self.finish_many([(tenant_id, key, fingerprint, response)])
+
+    def finish_many(self, done: Sequence[tuple[int, str, str, StoredResponse]]) -> None:
+        """``finish`` for each ``(tenant_id, key, fingerprint, response)``, in one transaction."""
         t = tables.idempotency
         with self.engine.begin() as conn:
-            conn.execute(
-                t.update()
-                .where(
-                    t.c.tenant_id == tenant_id,
-                    t.c.key == key,
-                    t.c.fingerprint == fingerprint,
-                    t.c.state == "in_progress",
+            for tenant_id, key, fingerprint, response in done:
+                conn.execute(
+                    t.update()
+                    .where(
+                        t.c.tenant_id == tenant_id,
+                        t.c.key == key,
+                        t.c.fingerprint == fingerprint,
+                        t.c.state == "in_progress",
+                    )
+                    .values(
+                        state="done",
+                        status_code=response.status_code,
+                        content_type=response.content_type[:64],
+                        body=response.body,
+                    )
                 )
-                .values(
-                    state="done",
-                    status_code=response.status_code,
-                    content_type=response.content_type[:64],
-                    body=response.body,
-                )
-            )
 
     def release(self, tenant_id: int, key: str, fingerprint: str) -> None:
         """Give a claimed key back without a result (the request failed before it changed

@@ -140,3 +140,19 @@ webhook_deliveries = sa.Table(
     sa.CheckConstraint("state IN ('pending', 'delivered', 'dead')", name="state"),
     sa.CheckConstraint("attempts >= 0", name="attempts"),
 )
+
+PAYMENT_OWNER_KINDS = ("customer", "merchant")
+"""What a tenant may own in payments (the CHECK constraint below lists the same)."""
+
+payment_owners = sa.Table(
+    "platform_payment_owners",
+    metadata,
+    # Which tenant owns each payments customer or merchant (payments' tables have no tenant
+    # column: the platform keeps who owns what, and the API checks it on every route).
+    sa.Column("kind", sa.String(16), primary_key=True),
+    sa.Column("object_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("tenant_id", sa.BigInteger, sa.ForeignKey(tenants.c.id), nullable=False),
+    sa.Column("created_at_ns", sa.BigInteger, nullable=False),
+    sa.CheckConstraint("kind IN ('customer', 'merchant')", name="kind"),
+    sa.Index(None, "tenant_id", "kind", "object_id"),
+)

@@ -1,0 +1,502 @@
+"""The open API over HTTP on loopback: single-payment POSTs, and the ledger's batch endpoint.
+
+A server like ``puhui serve`` (FastAPI on uvicorn with uvloop, one process) runs in a
+subprocess on a free loopback port over a fresh data directory (a SQLite file and the file
+journal). The benchmark creates a tenant and an API key, registers customers (verified, a
+card bound, topped up) and merchants through the API, then:
+
+* ``payments``: ``--clients`` concurrent HTTP clients (coroutines with httpx2, spread over
+  ``--client-processes`` processes so that the clients' own CPU is not one core's) each send
+  single-payment POSTs — half P2P, half merchant payments by QR — one after another, until
+  ``--payments`` are sent or ``--seconds`` pass. Every payment goes the whole way: key,
+  rate limit, scope, ownership, the payments service (checks, risk, record, ledger, outcome,
+  through ``PaymentCoalescer``), the audit chain. Reported: requests/s, p50/p99 latency;
+  ``--idempotency-keys`` sends an ``Idempotency-Key`` with each request.
+* ``ledger_batch``: ``--batch-clients`` clients POST full batches (``--batch`` transfers) to
+  ``/v1/ledger/transfers``; reported: transfers/s (bodies are encoded before the clock
+  starts).
+
+The machine is shared and has 2 cores: the server, its ledger writer and the clients all
+compete for them, and other work's load swings the wall-clock figures. So the server's own
+CPU time is reported beside them (``/proc``): requests (and transfers) per server
+CPU-second say what the server costs, whatever else ran.
+
+    python benchmarks/api.py --json          # full run
+    python benchmarks/api.py --quick --json  # smoke run (the test suite calls this)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HUGE = 10**12  # KYC limits (major units) the benchmark's customers never reach
+TOP_UP = 10**13  # minor units each customer starts with
+
+
+# --- the server ------------------------------------------------------------------------------
+
+
+def serve(workdir: Path, port: int) -> None:
+    """Run the API (what ``puhui serve`` runs, with the benchmark's limits) until killed."""
+    import uvicorn
+
+    from puhui import ledger as L
+    from puhui.api import ApiOptions, create_app
+    from puhui.clock import SystemClock
+    from puhui.payments import KycLevel, KycLimits, Payments, PaymentsOptions, SimulatedBank
+    from puhui.store import create_engine, migrate
+
+    clock = SystemClock()
+    engine = create_engine(f"sqlite:///{workdir / 'puhui.sqlite'}")
+    migrate(engine)
+    limits = {level: KycLimits(HUGE, HUGE, HUGE) for level in KycLevel}
+    options = ApiOptions(rate_per_key_per_s=1e9, rate_burst_requests=10**9)
+    with L.open(str(workdir / "ledger"), clock=clock) as ledger:
+        payments = Payments(
+            engine,
+            ledger,
+            clock=clock,
+            bank=SimulatedBank(clock),
+            options=PaymentsOptions(kyc_limits=limits),
+        )
+        app = create_app(engine, ledger, clock=clock, options=options, payments=payments)
+        uvicorn.run(
+            app, host="127.0.0.1", port=port, loop="uvloop", log_level="warning", access_log=False
+        )
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _tenant_key(workdir: Path) -> str:
+    from puhui.platform import Tenants
+    from puhui.store import create_engine, migrate
+
+    engine = create_engine(f"sqlite:///{workdir / 'puhui.sqlite'}")
+    migrate(engine)
+    tenants = Tenants(engine)
+    tenant = tenants.create("Bench Bank", "bank")
+    _, token = tenants.create_key(
+        tenant.id, ["payments:read", "payments:write", "ledger:read", "ledger:write"]
+    )
+    engine.dispose()
+    return token
+
+
+def _wait_ready(base: str, server: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
+    import httpx2
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"the server exited with {server.returncode}")
+        try:
+            if httpx2.get(f"{base}/healthz", timeout=1.0).status_code == 200:
+                return
+        except httpx2.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit("the server did not come up")
+
+
+# --- set-up ----------------------------------------------------------------------------------
+
+
+async def _setup(base: str, token: str, customers: int, merchants: int) -> dict[str, Any]:
+    import httpx2
+
+    headers = {"Authorization": f"Bearer {token}"}
+    p = f"{base}/v1/payments"
+    async with httpx2.AsyncClient(headers=headers, timeout=60.0) as client:
+
+        async def post(path: str, body: Any = None) -> Any:
+            response = await client.post(p + path, json=body)
+            if response.status_code not in (200, 201):
+                raise SystemExit(f"set-up {path}: {response.status_code} {response.text}")
+            return response.json()
+
+        async def customer(n: int) -> int:
+            c = (await post("/customers", {"phone": f"+86139{n:08d}", "display_name": "C"}))["id"]
+            await post(f"/customers/{c}/identity", {"national_id": f"ID{n:012d}"})
+            card = await post(
+                f"/customers/{c}/cards", {"card_token": f"t{n}", "bank_name": "B", "last4": "0000"}
+            )
+            await post(f"/customers/{c}/full-verification", {"biometric_passed": True})
+            await post(
+                f"/customers/{c}/top-ups",
+                {"card_id": card["id"], "amount": TOP_UP, "currency": "CNY"},
+            )
+            return int(c)
+
+        ids: list[int] = []
+        for start in range(0, customers, 50):
+            ids += await asyncio.gather(
+                *(customer(n) for n in range(start, min(customers, start + 50)))
+            )
+        qrs = []
+        for n in range(merchants):
+            merchant = await post(
+                "/merchants",
+                {"name": f"M{n}", "category": "food", "fee_bps": 60, "settlement_card_token": "s"},
+            )
+            qrs.append(merchant["qr"])
+    return {"customers": ids, "merchant_qrs": qrs}
+
+
+# --- payments --------------------------------------------------------------------------------
+
+
+async def _payment_clients(
+    base: str,
+    token: str,
+    world: dict[str, Any],
+    clients: int,
+    payments: int,
+    seconds: float,
+    keys: bool,
+    seed: int,
+) -> dict[str, Any]:
+    import httpx2
+
+    rng = np.random.default_rng(seed)
+    customers: list[int] = world["customers"]
+    qrs: list[str] = world["merchant_qrs"]
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    sent = 0
+    limits = httpx2.Limits(max_connections=clients, max_keepalive_connections=clients)
+    headers = {"Authorization": f"Bearer {token}"}
+    started = time.perf_counter()
+    cpu_started = time.process_time()
+    deadline = started + seconds
+
+    async with httpx2.AsyncClient(headers=headers, limits=limits, timeout=60.0) as client:
+
+        async def one_client(index: int) -> None:
+            nonlocal sent
+            n = 0
+            while sent < payments and time.perf_counter() < deadline:
+                sent += 1
+                n += 1
+                payer = customers[int(rng.integers(len(customers)))]
+                if n % 2:
+                    payee = customers[int(rng.integers(len(customers)))]
+                    if payee == payer:
+                        payee = customers[(customers.index(payer) + 1) % len(customers)]
+                    path = f"/v1/payments/customers/{payer}/transfers"
+                    body: dict[str, Any] = {
+                        "payee": {"customer_id": payee},
+                        "amount": 1 + int(rng.integers(10_000)),
+                        "currency": "CNY",
+                    }
+                else:
+                    path = f"/v1/payments/customers/{payer}/merchant-payments"
+                    body = {
+                        "merchant_qr": qrs[int(rng.integers(len(qrs)))],
+                        "amount": 1 + int(rng.integers(10_000)),
+                        "currency": "CNY",
+                    }
+                extra = {"Idempotency-Key": f"b{seed}-{index}-{n}"} if keys else None
+                t0 = time.perf_counter()
+                response = await client.post(base + path, json=body, headers=extra)
+                latencies.append(time.perf_counter() - t0)
+                if response.status_code != 201 or response.json().get("status") != "completed":
+                    code = str(response.json().get("code") or response.json().get("status"))
+                    errors[code] = errors.get(code, 0) + 1
+
+        await asyncio.gather(*(one_client(i) for i in range(clients)))
+    return {
+        "count": len(latencies),
+        "elapsed_s": time.perf_counter() - started,
+        "latencies_ms": [round(x * 1000, 3) for x in latencies],
+        "errors": errors,
+        "cpu_s": time.process_time() - cpu_started,
+    }
+
+
+def _client_process(args: argparse.Namespace) -> None:
+    """One process of HTTP clients (``--client``): prints its JSON result."""
+    import uvloop
+
+    world = json.loads(Path(args.world).read_text())
+    result = uvloop.run(
+        _payment_clients(
+            args.base,
+            args.token,
+            world,
+            args.clients_here,
+            args.payments_here,
+            args.seconds,
+            args.idempotency_keys,
+            args.seed,
+        )
+    )
+    print(json.dumps(result))
+
+
+def run_payments(
+    args: argparse.Namespace, base: str, token: str, world_file: Path
+) -> dict[str, Any]:
+    processes = max(1, args.client_processes)
+    per_process_clients = max(1, args.clients // processes)
+    per_process_payments = max(1, args.payments // processes)
+    children = []
+    for index in range(processes):
+        cmd = [
+            sys.executable,
+            __file__,
+            "--client",
+            "--base",
+            base,
+            "--token",
+            token,
+            "--world",
+            str(world_file),
+            "--clients-here",
+            str(per_process_clients),
+            "--payments-here",
+            str(per_process_payments),
+            "--seconds",
+            str(args.seconds),
+            "--seed",
+            str(index + 1),
+        ]
+        if args.idempotency_keys:
+            cmd.append("--idempotency-keys")
+        children.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    results = []
+    for child in children:
+        out, err = child.communicate()
+        if child.returncode != 0:
+            raise SystemExit(f"a client process failed:\n{err.decode()[-4000:]}")
+        results.append(json.loads(out.decode().strip().splitlines()[-1]))
+    latencies = np.array([x for r in results for x in r["latencies_ms"]], dtype=np.float64)
+    elapsed = max(r["elapsed_s"] for r in results)
+    errors: dict[str, int] = {}
+    for r in results:
+        for code, n in r["errors"].items():
+            errors[code] = errors.get(code, 0) + n
+    clients_cpu_s = sum(r["cpu_s"] for r in results)
+    return {
+        "requests": int(latencies.size),
+        "clients_cpu_ms_per_request": round(1000 * clients_cpu_s / max(1, latencies.size), 3),
+        "elapsed_s": round(elapsed, 3),
+        "requests_per_s": round(latencies.size / elapsed, 1),
+        "p50_ms": round(float(np.percentile(latencies, 50)), 3),
+        "p99_ms": round(float(np.percentile(latencies, 99)), 3),
+        "p100_ms": round(float(latencies.max()), 3),
+        "clients": per_process_clients * processes,
+        "client_processes": processes,
+        "idempotency_keys": args.idempotency_keys,
+        "not_completed": errors,
+    }
+
+
+# --- the ledger's batch endpoint -------------------------------------------------------------
+
+
+async def _ledger_batches(base: str, token: str, args: argparse.Namespace) -> dict[str, Any]:
+    import httpx2
+
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    accounts = 1_000
+    first_account = 1_000_000
+    async with httpx2.AsyncClient(headers=headers, timeout=300.0) as client:
+        for start in range(0, accounts, 500):
+            body = {
+                "accounts": [
+                    {"id": str(first_account + n), "ledger": 1, "code": 1}
+                    for n in range(start, start + 500)
+                ]
+            }
+            response = await client.post(f"{base}/v1/ledger/accounts", json=body)
+            assert response.status_code == 200, response.text
+        rng = np.random.default_rng(7)
+        bodies: list[bytes] = []
+        next_id = 10**9
+        for _ in range(args.batches):
+            debit = rng.integers(accounts, size=args.batch)
+            credit = (debit + 1 + rng.integers(accounts - 1, size=args.batch)) % accounts
+            transfers = []
+            for d, c in zip(debit.tolist(), credit.tolist(), strict=True):
+                transfers.append(
+                    {
+                        "id": str(next_id),
+                        "debit_account_id": str(first_account + d),
+                        "credit_account_id": str(first_account + c),
+                        "amount": "1",
+                        "ledger": 1,
+                        "code": 1,
+                    }
+                )
+                next_id += 1
+            bodies.append(json.dumps({"transfers": transfers}).encode())
+        queue = list(bodies)
+        latencies: list[float] = []
+        failed = 0
+
+        async def one_client() -> None:
+            nonlocal failed
+            while queue:
+                body = queue.pop()
+                t0 = time.perf_counter()
+                response = await client.post(f"{base}/v1/ledger/transfers", content=body)
+                latencies.append(time.perf_counter() - t0)
+                results = response.json()["results"]
+                failed += sum(1 for r in results if r["status"] != "created")
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one_client() for _ in range(args.batch_clients)))
+        elapsed = time.perf_counter() - started
+    total = args.batches * args.batch
+    lat = np.array(latencies) * 1000
+    return {
+        "transfers": total,
+        "batch": args.batch,
+        "clients": args.batch_clients,
+        "elapsed_s": round(elapsed, 3),
+        "transfers_per_s": round(total / elapsed, 1),
+        "batch_p50_ms": round(float(np.percentile(lat, 50)), 3),
+        "batch_p99_ms": round(float(np.percentile(lat, 99)), 3),
+        "not_created": failed,
+    }
+
+
+# --- main ------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser.add_argument("--json", action="store_true", help="print one JSON object last")
+    parser.add_argument("--customers", type=int, default=None)
+    parser.add_argument("--merchants", type=int, default=None)
+    parser.add_argument("--payments", type=int, default=None, help="most payments sent")
+    parser.add_argument("--seconds", type=float, default=None, help="most seconds of sending")
+    parser.add_argument("--clients", type=int, default=None, help="concurrent HTTP clients")
+    parser.add_argument("--client-processes", type=int, default=None)
+    parser.add_argument("--idempotency-keys", action="store_true")
+    parser.add_argument("--batch", type=int, default=None, help="transfers per batch request")
+    parser.add_argument("--batches", type=int, default=None, help="batch requests sent")
+    parser.add_argument("--batch-clients", type=int, default=None)
+    # internal modes: the server, and a process of clients
+    parser.add_argument("--serve", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--base", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--token", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--world", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--clients-here", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--payments-here", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=1, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(Path(args.serve), args.port)
+        return
+    quick = args.quick
+    args.customers = args.customers or (10 if quick else 1_000)
+    args.merchants = args.merchants or (2 if quick else 50)
+    args.payments = args.payments or (200 if quick else 60_000)
+    args.seconds = args.seconds or (10.0 if quick else 20.0)
+    args.clients = args.clients or (8 if quick else 256)
+    args.client_processes = args.client_processes or 1
+    args.batch = args.batch or (500 if quick else 8_189)
+    args.batches = args.batches or (4 if quick else 40)
+    args.batch_clients = args.batch_clients or 2
+    if args.client:
+        _client_process(args)
+        return
+
+    workdir = Path(tempfile.mkdtemp(prefix="puhui-api-bench-"))
+    server: subprocess.Popen[bytes] | None = None
+    try:
+        token = _tenant_key(workdir)
+        port = _free_port()
+        base = f"http://127.0.0.1:{port}"
+        server = subprocess.Popen(
+            [sys.executable, __file__, "--serve", str(workdir), "--port", str(port)],
+            stderr=subprocess.PIPE,
+        )
+        _wait_ready(base, server)
+        import uvloop
+
+        world = uvloop.run(_setup(base, token, args.customers, args.merchants))
+        world_file = workdir / "world.json"
+        world_file.write_text(json.dumps(world))
+        cpu_before = _cpu_s(server.pid)
+        payments = run_payments(args, base, token, world_file)
+        server_cpu_s = _cpu_s(server.pid) - cpu_before
+        payments["server_cpu_s"] = round(server_cpu_s, 3)
+        payments["server_cpu_ms_per_request"] = round(1000 * server_cpu_s / payments["requests"], 3)
+        payments["requests_per_server_cpu_s"] = round(payments["requests"] / server_cpu_s, 1)
+        print(
+            f"payments     {payments['requests_per_s']:>10,.0f} requests/s  "
+            f"({payments['clients']} clients in {payments['client_processes']} processes, "
+            f"keys {'on' if args.idempotency_keys else 'off'})  p50 {payments['p50_ms']:.2f} ms"
+            f"  p99 {payments['p99_ms']:.2f} ms"
+            f"  server CPU {payments['server_cpu_ms_per_request']:.2f} ms/request"
+            f" (clients {payments['clients_cpu_ms_per_request']:.2f})"
+            f"  not completed {payments['not_completed']}",
+            flush=True,
+        )
+        cpu_before = _cpu_s(server.pid)
+        batch = uvloop.run(_ledger_batches(base, token, args))
+        batch_cpu_s = _cpu_s(server.pid) - cpu_before
+        batch["server_cpu_s"] = round(batch_cpu_s, 3)
+        batch["transfers_per_server_cpu_s"] = round(batch["transfers"] / batch_cpu_s, 1)
+        print(
+            f"ledger batch {batch['transfers_per_s']:>10,.0f} transfers/s  "
+            f"({batch['clients']} clients, {batch['batch']} per request)  "
+            f"p50 {batch['batch_p50_ms']:.1f} ms  p99 {batch['batch_p99_ms']:.1f} ms  "
+            f"{batch['transfers_per_server_cpu_s']:,.0f} transfers per server CPU-second",
+            flush=True,
+        )
+    finally:
+        if server is not None:
+            server.terminate()
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+    if args.json:
+        report = {
+            "payments_per_s": payments["requests_per_s"],
+            "p50_ms": payments["p50_ms"],
+            "p99_ms": payments["p99_ms"],
+            "ledger_transfers_per_s": batch["transfers_per_s"],
+            "payments_per_server_cpu_s": payments["requests_per_server_cpu_s"],
+            "payments": payments,
+            "ledger_batch": batch,
+            "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        }
+        print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""The payments services the API calls, built once by ``create_app``."""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from dataclasses import dataclass, field
+
+from puhui.payments import Bills, Checkout, PaymentBatches, PaymentCoalescer, Payments
+from puhui.platform import PaymentOwners
+
+coalesced_batch_max = 1_000
+"""Most single payments carried out together in one batch (unit: payments)."""
+
+
+@dataclass
+class PaymentsContext:
+    payments: Payments
+    checkout: Checkout
+    bills: Bills
+    owners: PaymentOwners
+    batches: PaymentBatches
+    _coalescers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, PaymentCoalescer] = field(
+        default_factory=weakref.WeakKeyDictionary
+    )
+
+    def coalescer(self) -> PaymentCoalescer:
+        """This event loop's coalescer (its futures belong to the loop)."""
+        loop = asyncio.get_running_loop()
+        found = self._coalescers.get(loop)
+        if found is None:
+            found = self._coalescers[loop] = PaymentCoalescer(
+                self.batches, batch_max=coalesced_batch_max
+            )
+        return found
