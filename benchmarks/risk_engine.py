@@ -38,6 +38,10 @@ KIND_SHARES = (0.5, 0.18, 0.1, 0.04, 0.15, 0.01, 0.02)
 T0 = 1_767_000_000 * 10**9
 CUSTOMERS = 20_000
 """Active customers; the warm-up gives each a few events, so their phones are known."""
+EVENTS_PER_CUSTOMER_DAY = 10
+STEP_NS = 86_400 * 10**9 // (CUSTOMERS * EVENTS_PER_CUSTOMER_DAY)
+"""Event time between two events of the traffic (a customer acts about ten times a day): the
+features see a realistic rate whatever the machine's speed."""
 
 
 def make_events(rng: np.random.Generator, n: int, start_ns: int, step_ns: int) -> list[Any]:
@@ -127,7 +131,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="puhui-risk-bench-"))
     try:
         warm_store = FeatureStore()
-        warm_events = make_events(rng, args.warmup, T0, 50_000_000)
+        warm_events = make_events(rng, args.warmup, T0, STEP_NS)
         features = warm_store.compute(warm_store.batch_from_events(warm_events))
         names = [n for n in features if not n.startswith("event.")]
         label = features["customer.count_1h"] > np.quantile(features["customer.count_1h"], 0.98)
@@ -146,20 +150,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         log = DecisionLog(workdir / "log")
         engine = RiskEngine(ruleset, lists=RiskLists(SystemClock()), model=model, log=log)
         engine(warm_events[: args.batch])  # compile everything once
-        clock_ns = T0 + args.warmup * 50_000_000
+        clock_ns = T0 + args.warmup * STEP_NS
         # --- batches ------------------------------------------------------------------------
         rates = []
         decisions: dict[str, int] = {}
         for _ in range(args.runs):
-            events = make_events(rng, args.batch, clock_ns, 1_000_000)
-            clock_ns += args.batch * 1_000_000
+            events = make_events(rng, args.batch, clock_ns, STEP_NS)
+            clock_ns += args.batch * STEP_NS
             t0 = time.perf_counter()
             out = engine(events)
             rates.append(args.batch / (time.perf_counter() - t0))
             for d in out:
                 decisions[str(d.decision)] = decisions.get(str(d.decision), 0) + 1
         # --- one at a time, offered at a fixed rate ----------------------------------------
-        offered = make_events(rng, args.singles, clock_ns, 100_000)
+        offered = make_events(rng, args.singles, clock_ns, STEP_NS)
         arrivals: queue.SimpleQueue[tuple[float, Any]] = queue.SimpleQueue()
         interval = 1.0 / args.offered_per_s
         latencies: list[float] = []

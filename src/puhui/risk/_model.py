@@ -109,9 +109,7 @@ def _flatten(dump: Mapping[str, Any]) -> _Forest:
     )
 
 
-def _compiled(
-    function: Callable[..., Any], *, inline: Literal["never", "always"] = "never"
-) -> Any:
+def _compiled(function: Callable[..., Any], *, inline: Literal["never", "always"] = "never") -> Any:
     """Compile with numba (nopython, cached on disk, the GIL released)."""
     from numba import njit
 
