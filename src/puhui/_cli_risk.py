@@ -45,7 +45,7 @@ Days = Annotated[int, typer.Option(help="Simulated days.")]
 Rules = Annotated[Path | None, typer.Option(help="Ruleset file (default: the shipped one).")]
 
 
-def _progress(days: int) -> Progress:
+def _progress() -> Progress:
     return Progress(
         TextColumn("simulating"),
         BarColumn(),
@@ -79,7 +79,7 @@ def report(
     with reported_errors():
         config = SimConfig(customers=customers, days=days, seed=seed, fraud_rate=fraud_rate)
         loaded = RiskModel.load(model) if model is not None else None
-        with _progress(days) as progress:
+        with _progress() as progress:
             task = progress.add_task("days", total=days)
             sim, events = run_with_engine(
                 config,
@@ -143,7 +143,7 @@ def train_command(
         configs = [
             SimConfig(customers=customers, days=days, seed=s, fraud_rate=fraud_rate) for s in seeds
         ]
-        with _progress(days * len(configs)) as progress:
+        with _progress() as progress:
             task = progress.add_task("days", total=days * len(configs))
             done = [0]
 

@@ -198,7 +198,11 @@ class RiskEngine:
         for i in range(n):
             reasons: tuple[str, ...] = ()
             if severity[i] > 0 or results.hit_offsets[i + 1] > results.hit_offsets[i]:
-                reasons = self._reasons(ruleset, results, feats, i, explained.get(i, []))
+                outcome = results.outcome(i, limit=REASONS_MAX)
+                found = [_hit_text(h.rule_id, h.values) for h in outcome.reasons]
+                found += [f"model:{name}={value:+.3f}" for name, value in explained.get(i, [])]
+                found += [f"shadow:{h.rule_id}" for h in outcome.shadow_hits]
+                reasons = tuple(found[:REASONS_MAX])
             out.append(
                 RiskDecision(
                     DECISIONS[int(severity[i])],
@@ -232,31 +236,6 @@ class RiskEngine:
             account_created_ns=columns["account_created_ns"],
         )
         return dict(self.features.compute(batch))
-
-    @staticmethod
-    def _reasons(
-        ruleset: Ruleset,
-        results: Any,
-        feats: Mapping[str, npt.NDArray[Any]],
-        i: int,
-        model: Sequence[tuple[str, float]],
-    ) -> tuple[str, ...]:
-        """Event ``i``'s reasons, at most ``REASONS_MAX``: the active rules that hit, highest
-        priority first (then file order), with the values they read; the model's top
-        contributions; the shadow rules that hit. Only the reasons shown are formatted (an
-        event can hit hundreds of rules)."""
-        hits = results.hits[results.hit_offsets[i] : results.hit_offsets[i + 1]]
-        ranked = sorted((int(r) for r in hits), key=lambda r: int(results._order[r]))
-        rules = ruleset.evaluated_rules
-        active = [rules[r] for r in ranked if rules[r].status != "shadow"]
-        shadow = [rules[r] for r in ranked if rules[r].status == "shadow"]
-        found = [
-            _hit_text(rule.id, [(name, feats[name][i].item()) for name in rule.features])
-            for rule in active[:REASONS_MAX]
-        ]
-        found += [f"model:{name}={value:+.3f}" for name, value in model]
-        found += [f"shadow:{rule.id}" for rule in shadow[: max(0, REASONS_MAX - len(found))]]
-        return tuple(found[:REASONS_MAX])
 
     # --- trusted devices --------------------------------------------------------------------
 

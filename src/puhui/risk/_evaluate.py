@@ -91,17 +91,20 @@ class RuleResults:
         hits = self.hits[self.hit_offsets[index] : self.hit_offsets[index + 1]]
         return [self._rules[int(r)].id for r in hits]
 
-    def outcome(self, index: int) -> RuleOutcome:
+    def outcome(self, index: int, limit: int | None = None) -> RuleOutcome:
+        """Event ``index``'s outcome; with ``limit``, at most that many active and that many
+        shadow hits are built (the highest priority ones): an event can hit hundreds."""
         hits = self.hits[self.hit_offsets[index] : self.hit_offsets[index + 1]]
         ranked = sorted((int(r) for r in hits), key=lambda r: self._order[r])
         active: list[RuleHit] = []
         shadow: list[RuleHit] = []
         for r in ranked:
             rule = self._rules[r]
+            chosen = shadow if rule.status == RuleStatus.SHADOW else active
+            if limit is not None and len(chosen) >= limit:
+                continue
             values = tuple((name, self._features[name][index].item()) for name in rule.features)
-            (shadow if rule.status == RuleStatus.SHADOW else active).append(
-                RuleHit(rule.id, values)
-            )
+            chosen.append(RuleHit(rule.id, values))
         return RuleOutcome(
             self.decision(index),
             int(self.scores[index]),
