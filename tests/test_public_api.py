@@ -502,10 +502,12 @@ RISK_ALL = [
     "InvalidRiskEventError",
     "ListEntry",
     "RiskDecision",
+    "RiskEngine",
     "RiskEvent",
     "RiskFeaturesError",
     "RiskListError",
     "RiskLists",
+    "RiskStateLockedError",
     "Rule",
     "RuleHit",
     "RuleOutcome",
@@ -517,6 +519,7 @@ RISK_ALL = [
     "Thresholds",
     "decide",
     "load_ruleset",
+    "open_engine",
     "parse_ruleset",
 ]
 

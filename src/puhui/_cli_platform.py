@@ -109,22 +109,78 @@ def serve(
             min=0.0,
         ),
     ] = 1.0,
+    risk_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--risk-dir",
+            help="The risk engine's decision log and feature state. Default: <data dir>/risk.",
+            show_default=False,
+        ),
+    ] = None,
+    risk_rules: Annotated[
+        Path | None,
+        typer.Option(
+            "--risk-rules",
+            help="Ruleset file (TOML), hot-reloaded when it changes. Default: the packaged "
+            "rules (puhui/risk/rules/default.toml).",
+            show_default=False,
+        ),
+    ] = None,
+    risk_model: Annotated[
+        Path | None,
+        typer.Option(
+            "--risk-model",
+            help="Model file of `puhui risk train` scoring every event (default: rules only).",
+            show_default=False,
+        ),
+    ] = None,
+    risk_shadow_model: Annotated[
+        Path | None,
+        typer.Option(
+            "--risk-shadow-model",
+            help="Model file run in shadow: its scores are logged, it decides nothing.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Run the open API (FastAPI on uvicorn) over the SQL store and the ledger, and deliver
-    webhooks beside it."""
+    """Run the open API (FastAPI on uvicorn) over the SQL store and the ledger, deliver
+    webhooks beside it, and decide every money movement with the risk engine."""
     import uvicorn
 
     import puhui.ledger as tb
     from puhui.api import ApiOptions, create_app
+    from puhui.clock import SystemClock
+    from puhui.payments import Payments, SimulatedBank
+    from puhui.risk import Cases, open_engine
 
     with _reported_errors():
         settings = Settings.from_env()
         url = ledger_url or settings.ledger_url
         if "://" not in url:
             Path(url).parent.mkdir(parents=True, exist_ok=True)
-        with _store(database_url) as engine, tb.open(url) as ledger:
+        clock = SystemClock()
+        with (
+            _store(database_url) as engine,
+            tb.open(url) as ledger,
+            open_engine(
+                risk_dir or settings.data_dir / "risk",
+                clock=clock,
+                rules=risk_rules,
+                model=risk_model,
+                shadow_model=risk_shadow_model,
+            ) as risk_engine,
+        ):
+            payments = Payments(
+                engine,
+                ledger,
+                clock=clock,
+                bank=SimulatedBank(clock),
+                decide=risk_engine,
+                cases=Cases(engine, clock),
+            )
+            payments.recover()
             options = ApiOptions(webhook_delivery_interval_s=webhook_interval or None)
-            app = create_app(engine, ledger, options=options)
+            app = create_app(engine, ledger, clock=clock, options=options, payments=payments)
             uvicorn.run(app, host=host, port=port, loop="uvloop", log_level="info")
 
 

@@ -9,8 +9,13 @@
   one hot-reloaded; ``RiskLists`` holds the block and allow lists rules look values up in.
 - ``Cases``: what is held for review, the analysts' decisions and the labels they give.
 
-``decide`` itself is still the pass-through (every event accepted, versions
-``pass-through``) until the engine that combines these is wired in (issue #6).
+- ``RiskEngine`` combines them (features, then the model, then the rules) and logs every
+  decision with its feature values; ``open_engine`` gives a server its engine with the state
+  on disk (recovered on start, snapshotted on stop). ``puhui serve`` decides every payment
+  with it.
+
+``decide`` is the pass-through (every event accepted, versions ``pass-through``): the default
+of a service built without an engine, as in unit tests of the services.
 """
 
 from ._cases import (
@@ -29,6 +34,7 @@ from ._decide import (
     RiskEvent,
     decide,
 )
+from ._engine import RiskEngine
 from ._errors import RiskFeaturesError, RiskListError, RuleParseError
 from ._evaluate import RuleHit, RuleOutcome, RuleResults, Ruleset
 from ._expr import FeatureType
@@ -43,6 +49,7 @@ from ._features import (
 from ._lists import LIST_NAMES, ListEntry, RiskLists
 from ._load import RulesetWatcher, load_ruleset, parse_ruleset
 from ._ruleset import Rule, RuleStatus, Thresholds
+from ._runtime import RiskStateLockedError, open_engine
 
 __all__ = [
     "FEATURE_SCHEMA",
@@ -64,10 +71,12 @@ __all__ = [
     "InvalidRiskEventError",
     "ListEntry",
     "RiskDecision",
+    "RiskEngine",
     "RiskEvent",
     "RiskFeaturesError",
     "RiskListError",
     "RiskLists",
+    "RiskStateLockedError",
     "Rule",
     "RuleHit",
     "RuleOutcome",
@@ -79,5 +88,6 @@ __all__ = [
     "Thresholds",
     "decide",
     "load_ruleset",
+    "open_engine",
     "parse_ruleset",
 ]
