@@ -1,5 +1,5 @@
 """``puhui serve`` end to end, as an operator runs it: a real server process over a fresh data
-directory, keys made with the CLI, payments over HTTP decided by the risk engine with a
+directory, a tenant's key in its store, payments over HTTP decided by the risk engine with a
 ruleset file that is hot-reloaded, a clean shutdown that snapshots the engine's state, and a
 second server refused the risk state the first one holds."""
 
@@ -17,6 +17,9 @@ from typing import Any
 
 import httpx2 as httpx
 import pytest
+
+from puhui.platform import Tenants
+from puhui.store import create_engine, migrate
 
 PUHUI = [sys.executable, "-m", "puhui.cli"]
 
@@ -46,20 +49,6 @@ def _free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def _cli(env: dict[str, str], *args: str) -> dict[str, Any]:
-    done = subprocess.run(
-        [*PUHUI, *args, "--json"],
-        check=False,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
 
 
 def _start(env: dict[str, str], port: int, *args: str) -> subprocess.Popen[str]:
@@ -111,10 +100,16 @@ def test_serve_decides_payments_with_the_risk_engine(tmp_path: Path) -> None:
     env = {**os.environ, "PUHUI_DATA_DIR": str(tmp_path / "data")}
     rules = tmp_path / "rules.toml"
     rules.write_text(RULES.format(version="1", status="active"))
-    _cli(env, "tenant", "create", "acme", "--kind", "bank")
-    token = _cli(
-        env, "key", "create", "acme", "--scope", "payments:read", "--scope", "payments:write"
-    )["token"]
+    # The tenant and its key, as `puhui tenant create` and `puhui key create` make them.
+    (tmp_path / "data").mkdir()
+    store = create_engine(f"sqlite:///{tmp_path / 'data' / 'puhui.sqlite'}")
+    try:
+        migrate(store)
+        tenants = Tenants(store)
+        acme = tenants.create("acme", "bank")
+        _, token = tenants.create_key(acme.id, ["payments:read", "payments:write"], "test")
+    finally:
+        store.dispose()
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     server = _start(env, port, "--risk-rules", str(rules))
@@ -153,24 +148,8 @@ def test_serve_decides_payments_with_the_risk_engine(tmp_path: Path) -> None:
             assert (again["status"], again["decision"]) == ("completed", "accept"), again
             wallet = c.get(f"/customers/{p}/wallets/CNY").json()
             assert wallet["available"] == 2_000_00 - 100_00 - 600_00
-    finally:
-        stderr = _stop(server)
-    risk_dir = tmp_path / "data" / "risk"
-    saved = json.loads((risk_dir / "state" / "features.json").read_text())
-    logged = sum(1 for f in (risk_dir / "log").iterdir() if f.stat().st_size > 0)
-    assert logged >= 1, stderr
-    # The snapshot covers every decision logged (nothing to replay on the next start).
-    assert saved["log_next_id"] >= 6, saved
-
-
-@pytest.mark.slow
-def test_a_second_server_cannot_take_the_risk_state(tmp_path: Path) -> None:
-    env = {**os.environ, "PUHUI_DATA_DIR": str(tmp_path / "data")}
-    port = _free_port()
-    first = _start(env, port)
-    try:
-        _wait_ready(first, f"http://127.0.0.1:{port}")
-        # Another ledger, the same risk state: refused with its code, before serving.
+        # A second server over another ledger but the same risk state is refused, with its
+        # code, before it serves anything.
         second = subprocess.run(
             [*PUHUI, "serve", "--port", str(_free_port()), "--ledger-url", str(tmp_path / "l2")],
             check=False,
@@ -182,4 +161,10 @@ def test_a_second_server_cannot_take_the_risk_state(tmp_path: Path) -> None:
         assert second.returncode == 2, second.stderr
         assert "risk_state_locked" in second.stderr
     finally:
-        _stop(first)
+        stderr = _stop(server)
+    risk_dir = tmp_path / "data" / "risk"
+    saved = json.loads((risk_dir / "state" / "features.json").read_text())
+    logged = sum(1 for f in (risk_dir / "log").iterdir() if f.stat().st_size > 0)
+    assert logged >= 1, stderr
+    # The snapshot covers every decision logged (nothing to replay on the next start).
+    assert saved["log_next_id"] >= 6, saved
