@@ -22,11 +22,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import sqlalchemy as sa
 
 from puhui import risk
 from puhui.errors import PuhuiError
-from puhui.ledger import CreateTransferStatus, Transfer, TransferFlags
+from puhui.ledger import TRANSFER_DTYPE, CreateTransferStatus, TransferFlags
 from puhui.money import Currency, currency
 from puhui.store import payments as t
 
@@ -50,10 +51,10 @@ from .model import (
     OperationKind,
     OperationStatus,
     TransferCode,
+    account_id,
     business_day,
     check_amount,
     check_text,
-    merchant_account_id,
     merchant_payment_fingerprint,
     normalize_phone,
     p2p_fingerprint,
@@ -75,6 +76,11 @@ from .service import (
 _S = OperationStatus
 _IN_FLIGHT = (_S.PENDING, _S.AWAITING_BANK, _S.CHALLENGED)
 """Statuses of a top-up whose money may still arrive."""
+_HELD = frozenset({risk.Decision.CHALLENGE, risk.Decision.REVIEW})
+"""Decisions that hold the money (a pending transfer) until a check."""
+_CHALLENGE = risk.Decision.CHALLENGE
+_DONE = frozenset({int(CreateTransferStatus.CREATED), int(CreateTransferStatus.EXISTS)})
+"""Ledger answers that mean the transfer is there (made now, or by an earlier attempt)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -572,47 +578,75 @@ class PaymentBatches:
         _insert_many(conn, t.daily_outflow, inserts)
 
     def _move(self, items: list[_Item]) -> None:
-        """Step 3: one ledger call for every payment of the batch."""
+        """Step 3: one ledger call for every payment of the batch, built as columns (the
+        ledger's binary layout) rather than one ``Transfer`` object per payment."""
         options = self.payments.options
         live = [i for i in items if i.status is _S.PENDING]
-        transfers = []
+        if not live:
+            return
+        ids, debits, credits, amounts, operations = [], [], [], [], []
+        debit_highs, credit_highs, ledgers, codes, timeouts, flags = [], [], [], [], [], []
+        # An account id's high word is its kind and ledger, its low word the owner's id
+        # (``model.account_id``): the high words once per kind and currency.
+        highs: dict[tuple[AccountKind, str], int] = {}
+
+        def high(kind: AccountKind, cur: Currency) -> int:
+            word = highs.get((kind, cur.code))
+            if word is None:
+                word = highs[(kind, cur.code)] = account_id(kind, cur, 1) >> 64
+            return word
+
+        held_flags: list[bool] = []
         for item in live:
-            assert item.cur is not None and item.decision is not None
-            held = item.decision.decision in (risk.Decision.CHALLENGE, risk.Decision.REVIEW)
-            challenge = item.decision.decision is risk.Decision.CHALLENGE
-            credit = (
-                wallet_account_id(item.payee_id, item.cur)
-                if item.payee_id is not None
-                else merchant_account_id(item.merchant_id or 0, item.cur)
+            cur, decision = item.cur, item.decision
+            assert cur is not None and decision is not None
+            held = decision.decision in _HELD
+            to_customer = item.payee_id is not None
+            ids.append(transfer_id(item.operation_id, 0))
+            operations.append(item.operation_id)
+            debits.append(item.request.payer_id)
+            debit_highs.append(high(AccountKind.CUSTOMER, cur))
+            credits.append(item.payee_id if to_customer else item.merchant_id)
+            credit_highs.append(
+                high(AccountKind.CUSTOMER if to_customer else AccountKind.MERCHANT, cur)
             )
-            transfers.append(
-                Transfer(
-                    id=transfer_id(item.operation_id, 0),
-                    debit_account_id=wallet_account_id(item.request.payer_id, item.cur),
-                    credit_account_id=credit,
-                    amount=item.request.amount,
-                    user_data_128=item.operation_id,
-                    ledger=item.cur.ledger,
-                    code=TransferCode.P2P
-                    if item.payee_id is not None
-                    else TransferCode.MERCHANT_PAYMENT,
-                    timeout=options.challenge_timeout_s if challenge else 0,
-                    flags=TransferFlags.PENDING if held else TransferFlags.NONE,
-                )
-            )
-            item.extra["held"] = held
-        results = self.payments.ledger.create_transfers(transfers) if transfers else []
+            amounts.append(item.request.amount)
+            ledgers.append(cur.ledger)
+            codes.append(TransferCode.P2P if to_customer else TransferCode.MERCHANT_PAYMENT)
+            challenge = decision.decision is _CHALLENGE
+            timeouts.append(options.challenge_timeout_s if challenge else 0)
+            flags.append(TransferFlags.PENDING if held else TransferFlags.NONE)
+            held_flags.append(held)
+        low = (1 << 64) - 1
+        events = np.zeros(len(live), TRANSFER_DTYPE)
+        events["id_lo"] = [v & low for v in ids]
+        events["id_hi"] = [v >> 64 for v in ids]
+        events["debit_account_id_lo"] = debits  # owner ids: below 2**63 (``OWNER_ID_MAX``)
+        events["debit_account_id_hi"] = debit_highs
+        events["credit_account_id_lo"] = credits
+        events["credit_account_id_hi"] = credit_highs
+        events["amount_lo"] = amounts  # amounts: below 2**63 (``check_amount``)
+        events["user_data_128_lo"] = [v & low for v in operations]
+        events["user_data_128_hi"] = [v >> 64 for v in operations]
+        events["timeout"] = timeouts
+        events["ledger"] = ledgers
+        events["code"] = codes
+        events["flags"] = flags
+        results = self.payments.ledger.create_transfers_array(events)
         now = self.clock.now_ns()
-        for item, result in zip(live, results, strict=True):
-            if result.status not in (CreateTransferStatus.CREATED, CreateTransferStatus.EXISTS):
-                item.status = _S.FAILED
-                item.error_code = self.payments._failure_code(result.status)
-            elif item.extra["held"]:
-                item.status = _S.CHALLENGED
-                if item.decision is not None and item.decision.decision is risk.Decision.CHALLENGE:
-                    item.hold_expires_at_ns = now + options.challenge_timeout_s * 10**9
+        statuses = results["status"].tolist()
+        expires = now + options.challenge_timeout_s * 10**9
+        for item, held, status in zip(live, held_flags, statuses, strict=True):
+            if status in _DONE:
+                if held:
+                    item.status = _S.CHALLENGED
+                    if item.decision is not None and item.decision.decision is _CHALLENGE:
+                        item.hold_expires_at_ns = expires
+                else:
+                    item.status = _S.COMPLETED
             else:
-                item.status = _S.COMPLETED
+                item.status = _S.FAILED
+                item.error_code = self.payments._failure_code(CreateTransferStatus(status))
 
     def _finish(self, items: list[_Item]) -> None:
         """Step 4: every outcome, one transaction (guarded: only rows still ``pending``)."""
