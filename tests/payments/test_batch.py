@@ -382,3 +382,40 @@ def test_an_allowance_used_up_meanwhile_sends_the_batch_one_by_one(
             sa.select(ops.idempotency_key).where(ops.payer_customer_id == alice)
         ).scalars()
         assert sorted(keys) == ["b0", "early", "m0", "m1"]
+
+
+def test_a_batch_calls_the_finish_hooks_in_its_outcomes_transaction(world: World) -> None:
+    """Webhooks (``platform.Webhooks.watch_payments``) and risk's cases hook into the
+    transaction that records an operation's end; batched payments end there too."""
+    p = world.payments
+    alice = _customer(world, 1, fund=300_00)
+    bob = _customer(world, 2)
+    seen: list[tuple[int, OperationStatus, str]] = []
+
+    def hook(conn: sa.Connection, op: Operation, status: OperationStatus) -> None:
+        stored = conn.execute(
+            sa.select(tables.operations.c.status).where(tables.operations.c.id == f"{op.id:032x}")
+        ).scalar_one()
+        seen.append((op.id, status, stored))
+
+    p._finish_hooks["test"] = hook
+    world.risk.next = [risk.Decision.ACCEPT, risk.Decision.CHALLENGE, risk.Decision.REJECT]
+    answers = PaymentBatches(p).pay_many(
+        [
+            PaymentRequest(alice, 10_00, CNY, "h0", payee=Payee(customer_id=bob)),
+            PaymentRequest(alice, 500_00, CNY, "h1", payee=Payee(customer_id=bob)),  # too much
+            PaymentRequest(alice, 20_00, CNY, "h2", payee=Payee(customer_id=bob)),
+            PaymentRequest(alice, 30_00, CNY, "h3", payee=Payee(customer_id=bob)),
+        ]
+    )
+    done, held, rejected = _ok(answers[0]), _ok(answers[2]), _ok(answers[3])
+    assert isinstance(answers[1], InsufficientFundsError)
+    # Each outcome once, with the row already showing it; a rejection (recorded as such,
+    # nothing moved) calls no hook, as one at a time.
+    assert seen == [
+        (done.id, S.COMPLETED, "completed"),
+        (held.id, S.CHALLENGED, "challenged"),
+    ]
+    assert rejected.status is S.REJECTED
+    single = p.transfer(alice, Payee(customer_id=bob), 5_00, CNY, key="one")
+    assert seen[-1] == (single.id, S.COMPLETED, "completed")

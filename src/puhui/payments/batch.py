@@ -429,15 +429,21 @@ class PaymentBatches:
     ) -> None:
         """Open the payees' wallets and merchants' accounts this process has not seen yet."""
         payments = self.payments
+        wallets: set[tuple[int, str]] = set()
+        shops: dict[tuple[int, str], Currency] = {}
         for item in items:
             cur = item.cur
             assert cur is not None
             if cur.code not in payments._platform_ready:
                 payments._ensure_platform(cur)
             if item.payee_id is not None and item.payee_id in customers:
-                payments.open_wallet(item.payee_id, cur.code)  # cached once open
+                wallets.add((item.payee_id, cur.code))
             if item.merchant_id is not None and item.merchant_id in merchants:
-                payments._open_merchant_account(item.merchant_id, cur)  # cached once open
+                shops[(item.merchant_id, cur.code)] = cur
+        for customer_id, code in sorted(wallets):  # each party once a batch
+            payments.open_wallet(customer_id, code)  # cached once open
+        for (merchant_id, _), cur in sorted(shops.items()):
+            payments._open_merchant_account(merchant_id, cur)  # cached once open
 
     def _decide(self, items: list[_Item]) -> None:
         payments = self.payments
@@ -712,10 +718,14 @@ class PaymentBatches:
                 [{"b_c": c, "b_k": k, "b_a": a} for (c, k), a in sorted(release.items())],
                 sign=-1,
             )
-        for item in changed:
-            held = item.decision.decision if item.decision is not None else None
-            if item.status is _S.CHALLENGED and held is risk.Decision.REVIEW:
-                self.payments.open_case(conn, self._operation(item))
+        # The hooks a single operation's outcome calls (webhooks' outbox, risk's review
+        # case of a payment held for review), in the same transaction, once per outcome.
+        hooks = list(self.payments._finish_hooks.values())
+        if hooks:
+            for item in changed:
+                op = self._operation(item)
+                for hook in hooks:
+                    hook(conn, op, item.status)
 
     def _operation(self, item: _Item) -> Operation:
         if item.extra.get("elsewhere"):
