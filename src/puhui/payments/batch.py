@@ -19,7 +19,7 @@ import asyncio
 import json
 from collections import namedtuple
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -119,9 +119,14 @@ class _Item:
     """The business day the payment counts in (its outflow's day)."""
     created_at_ns: int = 0
     updated_at_ns: int = 0
-    copies: list[int] = field(default_factory=list)
+    copies: list[int] | None = None
     """Slots of the same request sent again in the same batch: they get this answer."""
-    extra: dict[str, object] = field(default_factory=dict)
+    payer: Customer | None = None
+    daily_outflow_limit: int = 0
+    """The payer's daily outflow limit in the payment's currency (minor units)."""
+    finished_elsewhere: bool = False
+    """Another caller recorded this payment's outcome first: answered from the record."""
+    record: Operation | None = None
 
 
 class PaymentBatches:
@@ -249,6 +254,8 @@ class PaymentBatches:
                         "this idempotency key was used for a different request"
                     )
                 else:  # answered with the first one's answer (see ``_done``)
+                    if first.copies is None:
+                        first.copies = []
                     first.copies.append(item.index)
                 continue
             seen[pair] = item
@@ -353,7 +360,7 @@ class PaymentBatches:
                 payer = customers.get(request.payer_id)
                 if payer is None:
                     raise CustomerNotFoundError(f"no customer {request.payer_id}")
-                item.extra["payer"] = payer
+                item.payer = payer
                 if payer.frozen:
                     raise AccountFrozenError("the customer is frozen")
                 limits = limits_of.get((payer.kyc_level, cur.code))
@@ -419,7 +426,7 @@ class PaymentBatches:
                 continue
             spent[wallet] = spent.get(wallet, 0) + request.amount
             outflow[key] = outflow.get(key, 0) + request.amount
-            item.extra["daily_outflow"] = limits.daily_outflow
+            item.daily_outflow_limit = limits.daily_outflow
             item.day = day
             checked.append(item)
         return checked
@@ -450,8 +457,8 @@ class PaymentBatches:
         events = []
         for item in items:
             assert item.cur is not None
-            payer = item.extra["payer"]
-            assert isinstance(payer, Customer)
+            payer = item.payer
+            assert payer is not None
             counterparty = (
                 f"c:{item.payee_id}" if item.payee_id is not None else f"m:{item.merchant_id}"
             )
@@ -486,9 +493,7 @@ class PaymentBatches:
             if not rejected:
                 key = (item.request.payer_id, item.cur.code)
                 outflow[key] = outflow.get(key, 0) + item.request.amount
-                limit = item.extra["daily_outflow"]
-                assert isinstance(limit, int)
-                limit_of[item.request.payer_id] = limit
+                limit_of[item.request.payer_id] = item.daily_outflow_limit
             # Decisions repeat (every accept of the pass-through is the same): their JSON once.
             facts = (decision.reasons, decision.ruleset_version, decision.model_version)
             reasons = reasons_text.get(facts)
@@ -682,7 +687,7 @@ class PaymentBatches:
             finished_elsewhere = [i for i in changed if i.hex_id not in still]
             changed = [i for i in changed if i.hex_id in still]
             for item in finished_elsewhere:  # answered from their records, after the commit
-                item.extra["elsewhere"] = True
+                item.finished_elsewhere = True
         if not changed:
             return
         ph = _placeholder(conn)
@@ -728,12 +733,10 @@ class PaymentBatches:
                     hook(conn, op, item.status)
 
     def _operation(self, item: _Item) -> Operation:
-        if item.extra.get("elsewhere"):
-            record = item.extra.get("record")
-            if not isinstance(record, Operation):
-                record = self.payments.operation(item.operation_id)
-                item.extra["record"] = record
-            return record
+        if item.finished_elsewhere:
+            if item.record is None:
+                item.record = self.payments.operation(item.operation_id)
+            return item.record
         assert item.cur is not None and item.decision is not None
         return Operation(
             id=item.operation_id,
@@ -787,7 +790,7 @@ class PaymentBatches:
     ) -> list[Operation | PuhuiError]:
         """Every slot's answer; a request sent twice in the batch gets the first's."""
         for item in fresh:
-            for index in item.copies:
+            for index in item.copies or ():
                 answers[index] = answers[item.index]
         out: list[Operation | PuhuiError] = []
         for answer in answers:
