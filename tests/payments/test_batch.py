@@ -419,3 +419,29 @@ def test_a_batch_calls_the_finish_hooks_in_its_outcomes_transaction(world: World
     assert rejected.status is S.REJECTED
     single = p.transfer(alice, Payee(customer_id=bob), 5_00, CNY, key="one")
     assert seen[-1] == (single.id, S.COMPLETED, "completed")
+
+
+def test_a_batch_reserves_within_the_allowance_without_going_one_by_one(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Payers with and without an outflow row for the day: the batch reserves all of it in
+    its own transaction (a wrong row count would silently send it one by one)."""
+    p = world.payments
+    alice = _customer(world, 1, fund=300_00)
+    bob = _customer(world, 2, fund=300_00)
+    carol = _customer(world, 3)
+    assert p.transfer(alice, Payee(customer_id=carol), 1_00, CNY, key="row").status is (S.COMPLETED)
+
+    def one_by_one(self: PaymentBatches, request: PaymentRequest) -> Operation | PuhuiError:
+        raise AssertionError("the batch fell back to one request at a time")
+
+    monkeypatch.setattr(PaymentBatches, "_one", one_by_one)
+    answers = PaymentBatches(p).pay_many(
+        [
+            PaymentRequest(alice, 10_00, CNY, "a0", payee=Payee(customer_id=carol)),
+            PaymentRequest(bob, 20_00, CNY, "b0", payee=Payee(customer_id=carol)),
+            PaymentRequest(alice, 30_00, CNY, "a1", payee=Payee(customer_id=carol)),
+        ]
+    )
+    assert [_ok(a).status for a in answers] == [S.COMPLETED] * 3
+    assert (_outflow(world, alice), _outflow(world, bob)) == (41_00, 20_00)
