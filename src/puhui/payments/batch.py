@@ -127,6 +127,7 @@ class _Item:
     finished_elsewhere: bool = False
     """Another caller recorded this payment's outcome first: answered from the record."""
     record: Operation | None = None
+    """The answer, once built (for the finish hooks) or read from the records."""
 
 
 class PaymentBatches:
@@ -672,7 +673,9 @@ class PaymentBatches:
                 self._record_outcomes(conn, changed, now, checked=False)
         except _RacedError:
             # A retry through the single path finished one of them meanwhile: again, with
-            # only the rows still pending.
+            # only the rows still pending (and no answer kept from the attempt rolled back).
+            for item in changed:
+                item.record = None
             with self.engine.begin() as conn:
                 self._record_outcomes(conn, changed, now, checked=True)
 
@@ -733,12 +736,13 @@ class PaymentBatches:
                     hook(conn, op, item.status)
 
     def _operation(self, item: _Item) -> Operation:
+        if item.record is not None:  # built for the finish hooks, or read back
+            return item.record
         if item.finished_elsewhere:
-            if item.record is None:
-                item.record = self.payments.operation(item.operation_id)
+            item.record = self.payments.operation(item.operation_id)
             return item.record
         assert item.cur is not None and item.decision is not None
-        return Operation(
+        item.record = Operation(
             id=item.operation_id,
             kind=item.kind,
             status=item.status,
@@ -760,6 +764,7 @@ class PaymentBatches:
             created_at_ns=item.created_at_ns,
             updated_at_ns=item.updated_at_ns,
         )
+        return item.record
 
     def _one(self, request: PaymentRequest) -> Operation | PuhuiError:
         try:
