@@ -224,20 +224,22 @@ def run_variant(variant: str, args: argparse.Namespace, workdir: Path) -> dict[s
                         failures.append(f"order {order.id:#x}: {paid.status} {done.status}")
 
         if variant == "coalesced":
+            cpu0 = time.process_time()
             elapsed, latencies = _coalesced(payments, customers, merchants, args)
-            return _result(variant, args, args.payments, elapsed, latencies, setup_s, ledger)
+            cpu_s = time.process_time() - cpu0
+            return _result(variant, args, args.payments, elapsed, latencies, setup_s, ledger, cpu_s)
         target = {"batch": batch_caller, "single": single_caller, "escrow": escrow_caller}[variant]
         threads = [threading.Thread(target=target, args=(k,)) for k in range(args.callers)]
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
-        elapsed = time.perf_counter() - t0
+        elapsed, cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
         if failures:
             raise SystemExit(f"{len(failures)} payments did not complete, e.g. {failures[:3]}")
         return _result(
-            variant, args, per_caller * args.callers, elapsed, latencies, setup_s, ledger
+            variant, args, per_caller * args.callers, elapsed, latencies, setup_s, ledger, cpu_s
         )
     finally:
         ledger.close()
@@ -254,6 +256,7 @@ def _result(
     latencies: list[float],
     setup_s: float,
     ledger: Any,
+    cpu_s: float,
 ) -> dict[str, Any]:
     from puhui.ledger import verify
 
@@ -268,6 +271,7 @@ def _result(
         "p99_ms": float(np.percentile(lat, 99)),
         "p100_ms": float(lat.max()),
         "setup_s": setup_s,
+        "cpu_us_per_op": cpu_s / count * 1e6,
         "store": "postgresql" if args.database_url else "sqlite",
         "verify_ok": verify(ledger).ok if args.verify else None,
     }
@@ -382,7 +386,8 @@ def main() -> None:
             f"{variant:8s} {median['per_s']:>10,.0f} {unit}  ({median['callers']} callers,"
             f" {median['batch']} per call)  p50 {median['p50_ms']:.2f} ms"
             f"  p99 {median['p99_ms']:.2f} ms"
-            f"  p100 {median['p100_ms']:.2f} ms  runs {[round(r) for r in median['runs_per_s']]}",
+            f"  p100 {median['p100_ms']:.2f} ms  cpu {median['cpu_us_per_op']:.0f} us/op"
+            f"  runs {[round(r) for r in median['runs_per_s']]}",
             flush=True,
         )
     if args.json:

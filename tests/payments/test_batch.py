@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from puhui import ledger as L
 from puhui import risk
 from puhui.clock import ManualClock
 from puhui.errors import PuhuiError
-from puhui.money import UnknownCurrencyError
+from puhui.ledger import TransferFlags
+from puhui.money import UnknownCurrencyError, currency
 from puhui.payments import (
     AccountFrozenError,
     IdempotencyKeyReusedError,
@@ -28,7 +31,14 @@ from puhui.payments import (
     StoreLedgerMismatchError,
     merchant_qr,
 )
+from puhui.payments.model import (
+    TransferCode,
+    merchant_account_id,
+    transfer_id,
+    wallet_account_id,
+)
 from puhui.store import create_engine, migrate
+from puhui.store import payments as tables
 
 from .conftest import START_NS, World
 
@@ -241,3 +251,197 @@ def test_a_batch_counts_top_ups_awaiting_the_bank_against_the_payee_cap(world: W
     assert _ok(answers[1]).status is S.COMPLETED
     assert p.balance(small, CNY).posted == 300_00
     assert p.balance(bob, CNY).posted == 1_700_00
+
+
+def test_a_batch_answer_is_its_record_and_its_transfer_is_the_single_paths(world: World) -> None:
+    p = world.payments
+    alice = _customer(world, 1, fund=300_00)
+    bob = _customer(world, 2)
+    shop = p.register_merchant("Shop", "retail", 50, "tok-shop").id
+    world.risk.next = [risk.Decision.ACCEPT, risk.Decision.ACCEPT, risk.Decision.CHALLENGE]
+    answers = PaymentBatches(p).pay_many(
+        [
+            PaymentRequest(alice, 10_00, CNY, "t0", payee=Payee(customer_id=bob), note="tea"),
+            PaymentRequest(alice, 20_00, CNY, "t1", merchant_qr=merchant_qr(shop)),
+            PaymentRequest(alice, 30_00, CNY, "t2", payee=Payee(customer_id=bob)),
+        ]
+    )
+    cur = currency(CNY)
+    wanted = [
+        (wallet_account_id(bob, cur), TransferCode.P2P, TransferFlags.NONE, 0),
+        (merchant_account_id(shop, cur), TransferCode.MERCHANT_PAYMENT, TransferFlags.NONE, 0),
+        (
+            wallet_account_id(bob, cur),
+            TransferCode.P2P,
+            TransferFlags.PENDING,
+            p.options.challenge_timeout_s,
+        ),
+    ]
+    for answer, (credit, code, flags, timeout) in zip(answers, wanted, strict=True):
+        op = _ok(answer)
+        assert op == p.operation(op.id)
+        [moved] = world.ledger.lookup_transfers([transfer_id(op.id, 0)])
+        assert (
+            moved.debit_account_id,
+            moved.credit_account_id,
+            moved.amount,
+            moved.user_data_128,
+            moved.ledger,
+            moved.code,
+            moved.flags,
+            moved.timeout,
+        ) == (
+            wallet_account_id(alice, cur),
+            credit,
+            op.amount,
+            op.id,
+            cur.ledger,
+            code,
+            flags,
+            timeout,
+        )
+
+
+def _outflow(world: World, customer_id: int) -> int:
+    d = tables.daily_outflow.c
+    with world.engine.connect() as conn:
+        return int(
+            conn.execute(
+                sa.select(sa.func.sum(d.amount)).where(d.customer_id == customer_id)
+            ).scalar_one()
+        )
+
+
+def test_an_outcome_a_retry_recorded_meanwhile_stands(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retry through the single path finishes one of the batch's payments between the
+    batch's ledger call and its outcomes: the batch keeps that outcome (no second update,
+    the reservation counted once) and records the others."""
+    p = world.payments
+    alice = _customer(world, 1, fund=300_00)
+    bob = _customer(world, 2)
+    move = PaymentBatches._move
+
+    def move_then_retry(self: PaymentBatches, items: list[Any]) -> None:
+        move(self, items)
+        world.clock.advance(10**9)
+        retried = p.transfer(alice, Payee(customer_id=bob), 10_00, CNY, key="k0")
+        assert retried.status is S.COMPLETED
+        world.clock.advance(10**9)  # the batch records its outcomes later than the retry
+
+    monkeypatch.setattr(PaymentBatches, "_move", move_then_retry)
+    answers = PaymentBatches(p).pay_many(
+        [
+            PaymentRequest(alice, 10_00, CNY, "k0", payee=Payee(customer_id=bob)),
+            PaymentRequest(alice, 20_00, CNY, "k1", payee=Payee(customer_id=bob)),
+        ]
+    )
+    first, second = (_ok(a) for a in answers)
+    assert (first.status, second.status) == (S.COMPLETED, S.COMPLETED)
+    assert first == p.operation(first.id) and second == p.operation(second.id)
+    assert p.balance(bob, CNY).posted == 30_00
+    assert _outflow(world, alice) == 30_00
+
+
+def test_an_allowance_used_up_meanwhile_sends_the_batch_one_by_one(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another caller spends the day's allowance between the batch's check and its record:
+    the conditional reservation refuses, nothing of the batch is recorded, and one request
+    at a time gets what is left."""
+    p = world.payments
+    alice = _customer(world, 1, level=KycLevel.BASIC, fund=12_000_00)  # daily 10,000
+    bob = _customer(world, 2)
+    assert p.transfer(alice, Payee(customer_id=bob), 1_000_00, CNY, key="early").status is (
+        S.COMPLETED
+    )
+    decide = PaymentBatches._decide
+
+    def spend_then_decide(self: PaymentBatches, items: list[Any]) -> None:
+        for key in ("m0", "m1"):  # 8,500 (at most 5,000 each: the single-payment limit)
+            meanwhile = p.transfer(alice, Payee(customer_id=bob), 4_250_00, CNY, key=key)
+            assert meanwhile.status is S.COMPLETED
+        decide(self, items)
+
+    monkeypatch.setattr(PaymentBatches, "_decide", spend_then_decide)
+    answers = PaymentBatches(p).pay_many(
+        [
+            PaymentRequest(alice, 400_00, CNY, "b0", payee=Payee(customer_id=bob)),
+            PaymentRequest(alice, 400_00, CNY, "b1", payee=Payee(customer_id=bob)),
+        ]
+    )
+    assert _ok(answers[0]).status is S.COMPLETED
+    assert isinstance(answers[1], KycLimitExceededError)
+    assert answers[1].details["limit"] == "daily_outflow"
+    assert _outflow(world, alice) == 9_900_00
+    assert p.balance(bob, CNY).posted == 9_900_00
+    ops = tables.operations.c
+    with world.engine.connect() as conn:
+        keys = conn.execute(
+            sa.select(ops.idempotency_key).where(ops.payer_customer_id == alice)
+        ).scalars()
+        assert sorted(keys) == ["b0", "early", "m0", "m1"]
+
+
+def test_a_batch_calls_the_finish_hooks_in_its_outcomes_transaction(world: World) -> None:
+    """Webhooks (``platform.Webhooks.watch_payments``) and risk's cases hook into the
+    transaction that records an operation's end; batched payments end there too."""
+    p = world.payments
+    alice = _customer(world, 1, fund=300_00)
+    bob = _customer(world, 2)
+    seen: list[tuple[int, OperationStatus, str]] = []
+
+    def hook(conn: sa.Connection, op: Operation, status: OperationStatus) -> None:
+        stored = conn.execute(
+            sa.select(tables.operations.c.status).where(tables.operations.c.id == f"{op.id:032x}")
+        ).scalar_one()
+        seen.append((op.id, status, stored))
+
+    p._finish_hooks["test"] = hook
+    world.risk.next = [risk.Decision.ACCEPT, risk.Decision.CHALLENGE, risk.Decision.REJECT]
+    answers = PaymentBatches(p).pay_many(
+        [
+            PaymentRequest(alice, 10_00, CNY, "h0", payee=Payee(customer_id=bob)),
+            PaymentRequest(alice, 500_00, CNY, "h1", payee=Payee(customer_id=bob)),  # too much
+            PaymentRequest(alice, 20_00, CNY, "h2", payee=Payee(customer_id=bob)),
+            PaymentRequest(alice, 30_00, CNY, "h3", payee=Payee(customer_id=bob)),
+        ]
+    )
+    done, held, rejected = _ok(answers[0]), _ok(answers[2]), _ok(answers[3])
+    assert isinstance(answers[1], InsufficientFundsError)
+    # Each outcome once, with the row already showing it; a rejection (recorded as such,
+    # nothing moved) calls no hook, as one at a time.
+    assert seen == [
+        (done.id, S.COMPLETED, "completed"),
+        (held.id, S.CHALLENGED, "challenged"),
+    ]
+    assert rejected.status is S.REJECTED
+    single = p.transfer(alice, Payee(customer_id=bob), 5_00, CNY, key="one")
+    assert seen[-1] == (single.id, S.COMPLETED, "completed")
+
+
+def test_a_batch_reserves_within_the_allowance_without_going_one_by_one(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Payers with and without an outflow row for the day: the batch reserves all of it in
+    its own transaction (a wrong row count would silently send it one by one)."""
+    p = world.payments
+    alice = _customer(world, 1, fund=300_00)
+    bob = _customer(world, 2, fund=300_00)
+    carol = _customer(world, 3)
+    assert p.transfer(alice, Payee(customer_id=carol), 1_00, CNY, key="row").status is (S.COMPLETED)
+
+    def one_by_one(self: PaymentBatches, request: PaymentRequest) -> Operation | PuhuiError:
+        raise AssertionError("the batch fell back to one request at a time")
+
+    monkeypatch.setattr(PaymentBatches, "_one", one_by_one)
+    answers = PaymentBatches(p).pay_many(
+        [
+            PaymentRequest(alice, 10_00, CNY, "a0", payee=Payee(customer_id=carol)),
+            PaymentRequest(bob, 20_00, CNY, "b0", payee=Payee(customer_id=carol)),
+            PaymentRequest(alice, 30_00, CNY, "a1", payee=Payee(customer_id=carol)),
+        ]
+    )
+    assert [_ok(a).status for a in answers] == [S.COMPLETED] * 3
+    assert (_outflow(world, alice), _outflow(world, bob)) == (41_00, 20_00)

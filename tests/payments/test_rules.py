@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from puhui import risk
 from puhui.errors import PuhuiError
@@ -42,7 +44,13 @@ from puhui.payments import (
     customer_qr,
     merchant_qr,
 )
-from puhui.payments.model import AMOUNT_MAX
+from puhui.payments.model import (
+    AMOUNT_MAX,
+    OperationKind,
+    merchant_payment_fingerprint,
+    p2p_fingerprint,
+    request_fingerprint,
+)
 from puhui.store import payments as tables
 
 from .conftest import World
@@ -1189,3 +1197,25 @@ def test_a_late_bank_notice_does_not_change_a_final_operation(world: World) -> N
     assert p.on_bank_result(BankResult(_ref(declined), BankStatus.SUCCEEDED)) == declined
     assert _books(world) == books
     assert p.balance(alice, CNY) == Balance(0, 0)
+
+
+@given(
+    party=st.integers(min_value=1, max_value=(1 << 63) - 1),
+    amount=st.integers(min_value=1, max_value=AMOUNT_MAX),
+    currency_code=st.sampled_from(["CNY", "JPY", "KWD", "USD"]),
+    note=st.text(max_size=140),
+)
+@settings(max_examples=200, deadline=None)
+def test_the_batch_fingerprints_are_the_request_fingerprints(
+    party: int, amount: int, currency_code: str, note: str
+) -> None:
+    """The batch path's fingerprints (no dict, no encoder per payment) hash the very text
+    ``request_fingerprint`` hashes: a retry through either path finds the other's record."""
+    p2p = {"payee": party, "amount": amount, "currency": currency_code, "note": note}
+    assert p2p_fingerprint(party, amount, currency_code, note) == request_fingerprint(
+        OperationKind.P2P, p2p
+    )
+    shop = {"merchant": party, "amount": amount, "currency": currency_code}
+    assert merchant_payment_fingerprint(party, amount, currency_code) == request_fingerprint(
+        OperationKind.MERCHANT_PAYMENT, shop
+    )

@@ -18,9 +18,12 @@ from puhui.payments import (
     Operation,
     OperationStatus,
     Payee,
+    PaymentBatches,
+    PaymentRequest,
     Payments,
     PaymentsOptions,
     SimulatedBank,
+    merchant_qr,
 )
 from puhui.platform import PartyKind, Tenant, Tenants, WebhookEvent, Webhooks
 
@@ -189,3 +192,24 @@ def test_a_state_change_that_rolls_back_leaves_no_event(shop: Shop) -> None:
     shop.payments.recover()
     assert shop.payments.operation(op.id).status is OperationStatus.COMPLETED
     assert shop.types(shop.a) == ["top_up.succeeded"]
+
+
+def test_batched_payments_publish_the_events_single_ones_do(shop: Shop) -> None:
+    """``PaymentBatches`` (and the API's ``PaymentCoalescer`` on it) record the same events,
+    in the batch's outcome transaction; a replayed batch records nothing more."""
+    _top_up(shop, 1_000_00, "fund")
+    p = shop.payments
+    friend = p.register_customer("13800000003", "Friend")
+    requests = [
+        PaymentRequest(shop.buyer, 30_00, CNY, "b1", merchant_qr=merchant_qr(shop.seller)),
+        PaymentRequest(shop.buyer, 5_00, CNY, "b2", payee=Payee(customer_id=friend.id)),
+    ]
+    batches = PaymentBatches(p)
+    paid, sent = batches.pay_many(requests)
+    assert isinstance(paid, Operation) and paid.status is OperationStatus.COMPLETED
+    assert isinstance(sent, Operation) and sent.status is OperationStatus.COMPLETED
+    assert shop.types(shop.a) == ["top_up.succeeded", "payment.succeeded", "transfer.succeeded"]
+    assert shop.types(shop.b) == ["payment.succeeded"]
+    assert shop.last(shop.b, "payment.succeeded").data["operation_id"] == f"{paid.id:032x}"
+    batches.pay_many(requests)  # a retry: answered from the records
+    assert len(shop.types(shop.a)) == 3 and len(shop.types(shop.b)) == 1

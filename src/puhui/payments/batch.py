@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import namedtuple
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import sqlalchemy as sa
 
 from puhui import risk
 from puhui.errors import PuhuiError
-from puhui.ledger import CreateTransferStatus, Transfer, TransferFlags
+from puhui.ledger import TRANSFER_DTYPE, CreateTransferStatus, TransferFlags
 from puhui.money import Currency, currency
 from puhui.store import payments as t
 
@@ -45,16 +47,18 @@ from .model import (
     NOTE_CHARS_MAX,
     AccountKind,
     KycLevel,
+    KycLimits,
     OperationKind,
     OperationStatus,
     TransferCode,
+    account_id,
     business_day,
     check_amount,
     check_text,
-    merchant_account_id,
+    merchant_payment_fingerprint,
     normalize_phone,
+    p2p_fingerprint,
     parse_qr,
-    request_fingerprint,
     transfer_id,
     wallet_account_id,
 )
@@ -72,6 +76,11 @@ from .service import (
 _S = OperationStatus
 _IN_FLIGHT = (_S.PENDING, _S.AWAITING_BANK, _S.CHALLENGED)
 """Statuses of a top-up whose money may still arrive."""
+_HELD = frozenset({risk.Decision.CHALLENGE, risk.Decision.REVIEW})
+"""Decisions that hold the money (a pending transfer) until a check."""
+_CHALLENGE = risk.Decision.CHALLENGE
+_DONE = frozenset({int(CreateTransferStatus.CREATED), int(CreateTransferStatus.EXISTS)})
+"""Ledger answers that mean the transfer is there (made now, or by an earlier attempt)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,15 +109,25 @@ class _Item:
     fingerprint: str = ""
     scope: str = ""
     operation_id: int = 0
+    hex_id: str = ""
+    """``operation_id`` as the records spell it (32 hex digits)."""
     decision: risk.RiskDecision | None = None
     status: OperationStatus = _S.PENDING
     error_code: str | None = None
     hold_expires_at_ns: int | None = None
     day: int = 0
     """The business day the payment counts in (its outflow's day)."""
-    copies: list[int] = field(default_factory=list)
+    created_at_ns: int = 0
+    updated_at_ns: int = 0
+    copies: list[int] | None = None
     """Slots of the same request sent again in the same batch: they get this answer."""
-    extra: dict[str, object] = field(default_factory=dict)
+    payer: Customer | None = None
+    daily_outflow_limit: int = 0
+    """The payer's daily outflow limit in the payment's currency (minor units)."""
+    finished_elsewhere: bool = False
+    """Another caller recorded this payment's outcome first: answered from the record."""
+    record: Operation | None = None
+    """The answer, once built (for the finish hooks) or read from the records."""
 
 
 class PaymentBatches:
@@ -159,12 +178,13 @@ class PaymentBatches:
         }
         if wanted:
             with self.engine.connect() as conn:
+                marks, params = _in(conn, "p", sorted(wanted))
                 phones = {
-                    row.phone: int(row.id)
-                    for row in conn.execute(
-                        sa.select(t.customers.c.id, t.customers.c.phone).where(
-                            t.customers.c.phone.in_(sorted(wanted))
-                        )
+                    str(row[1]): int(row[0])
+                    for row in _select(
+                        conn,
+                        f"SELECT id, phone FROM {t.customers.name} WHERE phone {marks}",
+                        params,
                     )
                 }
         for index, request in enumerate(requests):
@@ -179,12 +199,9 @@ class PaymentBatches:
                 if request.payee is not None:
                     item.kind = OperationKind.P2P
                     item.payee_id = _payee_id(request.payee, phones)
-                    fields: dict[str, object] = {
-                        "payee": item.payee_id,
-                        "amount": request.amount,
-                        "currency": item.cur.code,
-                        "note": request.note,
-                    }
+                    item.fingerprint = p2p_fingerprint(
+                        item.payee_id, request.amount, item.cur.code, request.note
+                    )
                 else:
                     assert request.merchant_qr is not None
                     target = parse_qr(request.merchant_qr)
@@ -192,13 +209,10 @@ class PaymentBatches:
                         raise MerchantNotFoundError("that QR code is not a merchant's")
                     item.kind = OperationKind.MERCHANT_PAYMENT
                     item.merchant_id = target.owner_id
-                    fields = {
-                        "merchant": item.merchant_id,
-                        "amount": request.amount,
-                        "currency": item.cur.code,
-                    }
+                    item.fingerprint = merchant_payment_fingerprint(
+                        item.merchant_id, request.amount, item.cur.code
+                    )
                 item.scope = f"c:{request.payer_id}"
-                item.fingerprint = request_fingerprint(item.kind, fields)
             except PaymentsError as error:
                 answers[index] = error
                 continue
@@ -241,29 +255,82 @@ class PaymentBatches:
                         "this idempotency key was used for a different request"
                     )
                 else:  # answered with the first one's answer (see ``_done``)
+                    if first.copies is None:
+                        first.copies = []
                     first.copies.append(item.index)
                 continue
             seen[pair] = item
             fresh.append(item)
         return fresh
 
-    @staticmethod
-    def _arriving(conn: sa.Connection, payees: set[int | None]) -> dict[tuple[int, str], int]:
-        """Top-ups to these customers still waiting for the bank (or for step-up), by
-        (customer, currency): a wallet's cap counts them, as ``Payments`` does one at a time."""
-        if not payees:
-            return {}
-        ops = t.operations.c
-        rows = conn.execute(
-            sa.select(ops.payee_customer_id, ops.currency, sa.func.sum(ops.amount))
-            .where(
-                ops.status.in_([str(s) for s in _IN_FLIGHT]),
-                ops.kind == str(OperationKind.TOP_UP),
-                ops.payee_customer_id.in_(sorted(p for p in payees if p is not None)),
-            )
-            .group_by(ops.payee_customer_id, ops.currency)
+    def _facts(
+        self, items: list[_Item], day: int
+    ) -> tuple[
+        dict[int, Customer], dict[int, bool], dict[tuple[int, str], int], dict[tuple[int, str], int]
+    ]:
+        """What the checks read from SQL, in one connection and outside the write lock (on
+        SQLite, plain autocommit reads: they neither wait for nor hold up the writers):
+        the parties, the payees' top-ups still arriving, the payers' outflow of the day."""
+        people = sorted(
+            {i.request.payer_id for i in items} | {i.payee_id for i in items if i.payee_id}
         )
-        return {(int(r[0]), str(r[1])): int(r[2]) for r in rows}
+        shops = sorted({i.merchant_id for i in items if i.merchant_id is not None})
+        payees = sorted({i.payee_id for i in items if i.payee_id is not None})
+        payers = sorted({i.request.payer_id for i in items})
+        with self.engine.connect() as conn:
+            ph = _placeholder(conn)
+            marks, params = _in(conn, "c", people)
+            customers = {
+                int(r[0]): Customer(int(r[0]), "", "", KycLevel(r[1]), bool(r[2]), int(r[3]))
+                for r in _select(
+                    conn,
+                    f"SELECT id, kyc_level, frozen, created_at_ns FROM {t.customers.name}"
+                    f" WHERE id {marks}",
+                    params,
+                )
+            }
+            merchants: dict[int, bool] = {}
+            if shops:
+                marks, params = _in(conn, "m", shops)
+                merchants = {
+                    int(r[0]): bool(r[1])
+                    for r in _select(
+                        conn,
+                        f"SELECT id, frozen FROM {t.merchants.name} WHERE id {marks}",
+                        params,
+                    )
+                }
+            # Top-ups to these customers still waiting for the bank (or for step-up), by
+            # (customer, currency): a wallet's cap counts them, as ``Payments`` does.
+            arriving: dict[tuple[int, str], int] = {}
+            if payees:
+                marks, params = _in(conn, "c", payees)
+                statuses, status_params = _in(conn, "s", [str(s) for s in _IN_FLIGHT])
+                params.update(status_params)
+                params["top_up"] = str(OperationKind.TOP_UP)
+                arriving = {
+                    (int(r[0]), str(r[1])): int(r[2])
+                    for r in _select(
+                        conn,
+                        f"SELECT payee_customer_id, currency, SUM(amount) AS amount"
+                        f" FROM {t.operations.name} WHERE status {statuses}"
+                        f" AND kind = {ph('top_up')} AND payee_customer_id {marks}"
+                        " GROUP BY payee_customer_id, currency",
+                        params,
+                    )
+                }
+            marks, params = _in(conn, "c", payers)
+            params["day"] = day
+            outflow = {
+                (int(r[0]), str(r[1])): int(r[2])
+                for r in _select(
+                    conn,
+                    f"SELECT customer_id, currency, amount FROM {t.daily_outflow.name}"
+                    f" WHERE day = {ph('day')} AND customer_id {marks}",
+                    params,
+                )
+            }
+        return customers, merchants, arriving, outflow
 
     def _check(
         self, items: list[_Item], answers: list[Operation | PuhuiError | None]
@@ -272,43 +339,18 @@ class PaymentBatches:
         if not items:
             return items
         payments = self.payments
-        people = {i.request.payer_id for i in items} | {
-            i.payee_id for i in items if i.payee_id is not None
-        }
-        shops = {i.merchant_id for i in items if i.merchant_id is not None}
-        with self.engine.connect() as conn:
-            customers = {
-                int(r.id): Customer(
-                    int(r.id), "", "", KycLevel(r.kyc_level), bool(r.frozen), int(r.created_at_ns)
-                )
-                for r in conn.execute(
-                    sa.select(
-                        t.customers.c.id,
-                        t.customers.c.kyc_level,
-                        t.customers.c.frozen,
-                        t.customers.c.created_at_ns,
-                    ).where(t.customers.c.id.in_(sorted(people)))
-                )
-            }
-            merchants = {
-                int(r.id): bool(r.frozen)
-                for r in conn.execute(
-                    sa.select(t.merchants.c.id, t.merchants.c.frozen).where(
-                        t.merchants.c.id.in_(sorted(shops))
-                    )
-                )
-            }
-            arriving = self._arriving(conn, {i.payee_id for i in items} - {None})
+        day = business_day(self.clock.now_ns(), payments.options)
+        customers, merchants, arriving, outflow = self._facts(items, day)
         self._open_accounts(items, customers, merchants)
-        accounts: list[int] = []
+        accounts: set[int] = set()
         for i in items:
             assert i.cur is not None
-            accounts.append(wallet_account_id(i.request.payer_id, i.cur))
+            accounts.add(wallet_account_id(i.request.payer_id, i.cur))
             if i.payee_id is not None and i.payee_id in customers:
-                accounts.append(wallet_account_id(i.payee_id, i.cur))
-        balances = {a.id: a for a in payments.ledger.lookup_accounts(sorted(set(accounts)))}
-        day = business_day(self.clock.now_ns(), payments.options)
-        outflow = self._outflow(items, day)
+                accounts.add(wallet_account_id(i.payee_id, i.cur))
+        balances = {a.id: a for a in payments.ledger.lookup_accounts(sorted(accounts))}
+        kyc_limits = payments.options.kyc_limits
+        limits_of: dict[tuple[KycLevel, str], KycLimits] = {}
         spent: dict[int, int] = {}
         received: dict[int, int] = {}
         checked: list[_Item] = []
@@ -319,10 +361,13 @@ class PaymentBatches:
                 payer = customers.get(request.payer_id)
                 if payer is None:
                     raise CustomerNotFoundError(f"no customer {request.payer_id}")
-                item.extra["payer"] = payer
+                item.payer = payer
                 if payer.frozen:
                     raise AccountFrozenError("the customer is frozen")
-                limits = payments.options.kyc_limits[payer.kyc_level].in_minor_units(cur)
+                limits = limits_of.get((payer.kyc_level, cur.code))
+                if limits is None:
+                    limits = kyc_limits[payer.kyc_level].in_minor_units(cur)
+                    limits_of[(payer.kyc_level, cur.code)] = limits
                 if item.payee_id is not None:
                     payee = customers.get(item.payee_id)
                     if payee is None:
@@ -360,7 +405,10 @@ class PaymentBatches:
                     )
                 if item.payee_id is not None:
                     payee_level = customers[item.payee_id].kyc_level
-                    cap = payments.options.kyc_limits[payee_level].in_minor_units(cur)
+                    cap = limits_of.get((payee_level, cur.code))
+                    if cap is None:
+                        cap = kyc_limits[payee_level].in_minor_units(cur)
+                        limits_of[(payee_level, cur.code)] = cap
                     target = wallet_account_id(item.payee_id, cur)
                     held = balances.get(target)
                     incoming = arriving.get((item.payee_id, cur.code), 0) + (
@@ -379,46 +427,39 @@ class PaymentBatches:
                 continue
             spent[wallet] = spent.get(wallet, 0) + request.amount
             outflow[key] = outflow.get(key, 0) + request.amount
-            checked.append(item)
-        for item in checked:
+            item.daily_outflow_limit = limits.daily_outflow
             item.day = day
+            checked.append(item)
         return checked
-
-    def _outflow(self, items: list[_Item], day: int) -> dict[tuple[int, str], int]:
-        d = t.daily_outflow.c
-        payers = sorted({i.request.payer_id for i in items})
-        with self.engine.connect() as conn:
-            return {
-                (int(r.customer_id), str(r.currency)): int(r.amount)
-                for r in conn.execute(
-                    sa.select(d.customer_id, d.currency, d.amount).where(
-                        d.day == day, d.customer_id.in_(payers)
-                    )
-                )
-            }
 
     def _open_accounts(
         self, items: list[_Item], customers: Mapping[int, object], merchants: Mapping[int, object]
     ) -> None:
         """Open the payees' wallets and merchants' accounts this process has not seen yet."""
         payments = self.payments
+        wallets: set[tuple[int, str]] = set()
+        shops: dict[tuple[int, str], Currency] = {}
         for item in items:
             cur = item.cur
             assert cur is not None
             if cur.code not in payments._platform_ready:
                 payments._ensure_platform(cur)
             if item.payee_id is not None and item.payee_id in customers:
-                payments.open_wallet(item.payee_id, cur.code)  # cached once open
+                wallets.add((item.payee_id, cur.code))
             if item.merchant_id is not None and item.merchant_id in merchants:
-                payments._open_merchant_account(item.merchant_id, cur)  # cached once open
+                shops[(item.merchant_id, cur.code)] = cur
+        for customer_id, code in sorted(wallets):  # each party once a batch
+            payments.open_wallet(customer_id, code)  # cached once open
+        for (merchant_id, _), cur in sorted(shops.items()):
+            payments._open_merchant_account(merchant_id, cur)  # cached once open
 
     def _decide(self, items: list[_Item]) -> None:
         payments = self.payments
         events = []
         for item in items:
             assert item.cur is not None
-            payer = item.extra["payer"]
-            assert isinstance(payer, Customer)
+            payer = item.payer
+            assert payer is not None
             counterparty = (
                 f"c:{item.payee_id}" if item.payee_id is not None else f"m:{item.merchant_id}"
             )
@@ -437,153 +478,187 @@ class PaymentBatches:
         day = items[0].day
         rows = []
         outflow: dict[tuple[int, str], int] = {}
+        limit_of: dict[int, int] = {}
+        reasons_text: dict[tuple[tuple[str, ...], str, str], str] = {}
+        pending, rejected_status = str(_S.PENDING), str(_S.REJECTED)
+        new_id = self.payments.new_id
         for item in items:
             decision = item.decision
             assert decision is not None and item.cur is not None
             rejected = decision.decision is risk.Decision.REJECT
-            item.operation_id = self.payments.new_id()
+            item.operation_id = new_id()
+            item.hex_id = _hex(item.operation_id)
+            item.created_at_ns = item.updated_at_ns = now
             item.status = _S.REJECTED if rejected else _S.PENDING
             item.error_code = "risk_rejected" if rejected else None
             if not rejected:
                 key = (item.request.payer_id, item.cur.code)
                 outflow[key] = outflow.get(key, 0) + item.request.amount
+                limit_of[item.request.payer_id] = item.daily_outflow_limit
+            # Decisions repeat (every accept of the pass-through is the same): their JSON once.
+            facts = (decision.reasons, decision.ruleset_version, decision.model_version)
+            reasons = reasons_text.get(facts)
+            if reasons is None:
+                reasons = json.dumps(
+                    {
+                        "reasons": list(decision.reasons),
+                        "ruleset": decision.ruleset_version,
+                        "model": decision.model_version,
+                    }
+                )
+                reasons_text[facts] = reasons
+            # Columns left out are NULL (or their default): the row is written lean.
             rows.append(
                 {
-                    "id": _hex(item.operation_id),
+                    "id": item.hex_id,
                     "kind": str(item.kind),
                     "scope": item.scope,
                     "idempotency_key": item.request.key,
                     "fingerprint": item.fingerprint,
-                    "status": str(item.status),
+                    "status": rejected_status if rejected else pending,
                     "currency": item.cur.code,
                     "amount": item.request.amount,
                     "payer_customer_id": item.request.payer_id,
                     "payee_customer_id": item.payee_id,
                     "merchant_id": item.merchant_id,
-                    "card_id": None,
                     "note": item.request.note,
                     "day": item.day,
                     "decision": str(decision.decision),
                     "risk_score": decision.score,
-                    "risk_reasons": json.dumps(
-                        {
-                            "reasons": list(decision.reasons),
-                            "ruleset": decision.ruleset_version,
-                            "model": decision.model_version,
-                        }
-                    ),
+                    "risk_reasons": reasons,
                     "error_code": item.error_code,
-                    "bank_status": None,
                     "bank_sent": False,
-                    "hold_expires_at_ns": None,
-                    "order_id": None,
-                    "refund_id": None,
                     "fee": 0,
-                    "biller_id": None,
-                    "settlement_id": None,
                     "created_at_ns": now,
                     "updated_at_ns": now,
                 }
             )
-        d = t.daily_outflow
         with self.engine.begin() as conn:
-            existing = {
-                (int(r.customer_id), str(r.currency)): int(r.amount)
-                for r in conn.execute(
-                    sa.select(d.c.customer_id, d.c.currency, d.c.amount).where(
-                        d.c.day == day,
-                        d.c.customer_id.in_(sorted({k[0] for k in outflow})),
-                    )
-                )
-            }
-            updates, inserts = [], []
-            for (customer_id, code), amount in outflow.items():
-                if (customer_id, code) in existing:
-                    updates.append({"b_c": customer_id, "b_k": code, "b_a": amount})
-                else:
-                    inserts.append(
-                        {
-                            "customer_id": customer_id,
-                            "day": item.day,
-                            "currency": code,
-                            "amount": amount,
-                        }
-                    )
-            if updates:
-                _add_outflow(conn, day, updates, sign=1)
-            if inserts:
-                conn.execute(d.insert(), inserts)
-            # The allowance was checked against what was there before; a concurrent caller
-            # may have used some meanwhile: check again now that the rows are locked.
-            over = self._over_limit(conn, outflow, day)
-            if over:
-                raise KycLimitExceededError("daily outflow raced", limit="daily_outflow")
+            self._reserve(conn, day, outflow, limit_of)
             _insert_many(conn, t.operations, rows)
 
-    def _over_limit(
-        self, conn: sa.Connection, outflow: dict[tuple[int, str], int], day: int
-    ) -> bool:
-        d = t.daily_outflow.c
-        levels = {
-            int(r.id): KycLevel(r.kyc_level)
-            for r in conn.execute(
-                sa.select(t.customers.c.id, t.customers.c.kyc_level).where(
-                    t.customers.c.id.in_(sorted({k[0] for k in outflow}))
-                )
+    def _reserve(
+        self,
+        conn: sa.Connection,
+        day: int,
+        outflow: dict[tuple[int, str], int],
+        limit_of: dict[int, int],
+    ) -> None:
+        """Reserve the day's outflow of every payer (in the recording transaction): one
+        conditional update per existing row, which only applies within the payer's limit —
+        a concurrent caller may have used some of the allowance since the check."""
+        if not outflow:
+            return
+        ph = _placeholder(conn)
+        marks, params = _in(conn, "c", sorted({k[0] for k in outflow}))
+        params["day"] = day
+        existing = {
+            (int(r[0]), str(r[1]))
+            for r in conn.exec_driver_sql(
+                f"SELECT customer_id, currency FROM {t.daily_outflow.name}"
+                f" WHERE day = {ph('day')} AND customer_id {marks}",
+                params,
             )
         }
-        for r in conn.execute(
-            sa.select(d.customer_id, d.currency, d.amount).where(
-                d.day == day, d.customer_id.in_(sorted({k[0] for k in outflow}))
+        updates, inserts = [], []
+        for (customer_id, code), amount in sorted(outflow.items()):  # one lock order
+            if (customer_id, code) in existing:
+                updates.append(
+                    {
+                        "c": customer_id,
+                        "k": code,
+                        "a": amount,
+                        "l": limit_of[customer_id],
+                        "day": day,
+                    }
+                )
+            else:  # within the limit: checked against nothing reserved yet
+                inserts.append(
+                    {"customer_id": customer_id, "day": day, "currency": code, "amount": amount}
+                )
+        if updates:
+            done = conn.exec_driver_sql(
+                f"UPDATE {t.daily_outflow.name} SET amount = amount + {ph('a')}"
+                f" WHERE customer_id = {ph('c')} AND day = {ph('day')}"
+                f" AND currency = {ph('k')} AND amount + {ph('a')} <= {ph('l')}",
+                updates,
             )
-        ):
-            limits = self.payments.options.kyc_limits[levels[int(r.customer_id)]]
-            if int(r.amount) > limits.in_minor_units(currency(r.currency)).daily_outflow:
-                return True
-        return False
+            if done.rowcount != len(updates):
+                raise KycLimitExceededError("daily outflow raced", limit="daily_outflow")
+        # A row another caller inserted meanwhile: IntegrityError, and the batch goes one
+        # by one (``pay_many``).
+        _insert_many(conn, t.daily_outflow, inserts)
 
     def _move(self, items: list[_Item]) -> None:
-        """Step 3: one ledger call for every payment of the batch."""
+        """Step 3: one ledger call for every payment of the batch, built as columns (the
+        ledger's binary layout) rather than one ``Transfer`` object per payment."""
         options = self.payments.options
         live = [i for i in items if i.status is _S.PENDING]
-        transfers = []
+        if not live:
+            return
+        ids, debits, credits, amounts, operations = [], [], [], [], []
+        debit_highs, credit_highs, ledgers, codes, timeouts, flags = [], [], [], [], [], []
+        # An account id's high word is its kind and ledger, its low word the owner's id
+        # (``model.account_id``): the high words once per kind and currency.
+        highs: dict[tuple[AccountKind, str], int] = {}
+
+        def high(kind: AccountKind, cur: Currency) -> int:
+            word = highs.get((kind, cur.code))
+            if word is None:
+                word = highs[(kind, cur.code)] = account_id(kind, cur, 1) >> 64
+            return word
+
+        held_flags: list[bool] = []
         for item in live:
-            assert item.cur is not None and item.decision is not None
-            held = item.decision.decision in (risk.Decision.CHALLENGE, risk.Decision.REVIEW)
-            challenge = item.decision.decision is risk.Decision.CHALLENGE
-            credit = (
-                wallet_account_id(item.payee_id, item.cur)
-                if item.payee_id is not None
-                else merchant_account_id(item.merchant_id or 0, item.cur)
+            cur, decision = item.cur, item.decision
+            assert cur is not None and decision is not None
+            held = decision.decision in _HELD
+            to_customer = item.payee_id is not None
+            ids.append(transfer_id(item.operation_id, 0))
+            operations.append(item.operation_id)
+            debits.append(item.request.payer_id)
+            debit_highs.append(high(AccountKind.CUSTOMER, cur))
+            credits.append(item.payee_id if to_customer else item.merchant_id)
+            credit_highs.append(
+                high(AccountKind.CUSTOMER if to_customer else AccountKind.MERCHANT, cur)
             )
-            transfers.append(
-                Transfer(
-                    id=transfer_id(item.operation_id, 0),
-                    debit_account_id=wallet_account_id(item.request.payer_id, item.cur),
-                    credit_account_id=credit,
-                    amount=item.request.amount,
-                    user_data_128=item.operation_id,
-                    ledger=item.cur.ledger,
-                    code=TransferCode.P2P
-                    if item.payee_id is not None
-                    else TransferCode.MERCHANT_PAYMENT,
-                    timeout=options.challenge_timeout_s if challenge else 0,
-                    flags=TransferFlags.PENDING if held else TransferFlags.NONE,
-                )
-            )
-            item.extra["held"] = held
-        results = self.payments.ledger.create_transfers(transfers) if transfers else []
+            amounts.append(item.request.amount)
+            ledgers.append(cur.ledger)
+            codes.append(TransferCode.P2P if to_customer else TransferCode.MERCHANT_PAYMENT)
+            challenge = decision.decision is _CHALLENGE
+            timeouts.append(options.challenge_timeout_s if challenge else 0)
+            flags.append(TransferFlags.PENDING if held else TransferFlags.NONE)
+            held_flags.append(held)
+        low = (1 << 64) - 1
+        events = np.zeros(len(live), TRANSFER_DTYPE)
+        events["id_lo"] = [v & low for v in ids]
+        events["id_hi"] = [v >> 64 for v in ids]
+        events["debit_account_id_lo"] = debits  # owner ids: below 2**63 (``OWNER_ID_MAX``)
+        events["debit_account_id_hi"] = debit_highs
+        events["credit_account_id_lo"] = credits
+        events["credit_account_id_hi"] = credit_highs
+        events["amount_lo"] = amounts  # amounts: below 2**63 (``check_amount``)
+        events["user_data_128_lo"] = [v & low for v in operations]
+        events["user_data_128_hi"] = [v >> 64 for v in operations]
+        events["timeout"] = timeouts
+        events["ledger"] = ledgers
+        events["code"] = codes
+        events["flags"] = flags
+        results = self.payments.ledger.create_transfers_array(events)
         now = self.clock.now_ns()
-        for item, result in zip(live, results, strict=True):
-            if result.status not in (CreateTransferStatus.CREATED, CreateTransferStatus.EXISTS):
-                item.status = _S.FAILED
-                item.error_code = self.payments._failure_code(result.status)
-            elif item.extra["held"]:
-                item.status = _S.CHALLENGED
-                if item.decision is not None and item.decision.decision is risk.Decision.CHALLENGE:
-                    item.hold_expires_at_ns = now + options.challenge_timeout_s * 10**9
+        statuses = results["status"].tolist()
+        expires = now + options.challenge_timeout_s * 10**9
+        for item, held, status in zip(live, held_flags, statuses, strict=True):
+            if status in _DONE:
+                if held:
+                    item.status = _S.CHALLENGED
+                    if item.decision is not None and item.decision.decision is _CHALLENGE:
+                        item.hold_expires_at_ns = expires
+                else:
+                    item.status = _S.COMPLETED
             else:
-                item.status = _S.COMPLETED
+                item.status = _S.FAILED
+                item.error_code = self.payments._failure_code(CreateTransferStatus(status))
 
     def _finish(self, items: list[_Item]) -> None:
         """Step 4: every outcome, one transaction (guarded: only rows still ``pending``)."""
@@ -591,59 +666,83 @@ class PaymentBatches:
         changed = [i for i in items if i.status is not _S.PENDING and i.status is not _S.REJECTED]
         if not changed:
             return
-        with self.engine.begin() as conn:
-            # Only rows still pending change (a retry through the single path may have
-            # finished one meanwhile): only their reservations are given back, and the
-            # others are answered from their records.
-            still = _pending_ids(conn, [_hex(i.operation_id) for i in changed])
-            finished_elsewhere = [i for i in changed if _hex(i.operation_id) not in still]
-            changed = [i for i in changed if _hex(i.operation_id) in still]
-            release: dict[tuple[int, str], int] = {}
+        for item in changed:
+            item.updated_at_ns = now
+        try:
+            with self.engine.begin() as conn:
+                self._record_outcomes(conn, changed, now, checked=False)
+        except _RacedError:
+            # A retry through the single path finished one of them meanwhile: again, with
+            # only the rows still pending (and no answer kept from the attempt rolled back).
             for item in changed:
-                if item.status is _S.FAILED and item.cur is not None:
-                    key = (item.request.payer_id, item.cur.code)
-                    release[key] = release.get(key, 0) + item.request.amount
-            if not changed:
-                return
-            ph = _placeholder(conn)
-            conn.exec_driver_sql(
-                f"UPDATE {t.operations.name} SET status = {ph('status')},"
-                f" error_code = {ph('error')}, hold_expires_at_ns = {ph('expires')},"
-                f" updated_at_ns = {ph('now')}"
-                f" WHERE id = {ph('id')} AND status = {ph('pending')}",
-                [
-                    {
-                        "id": _hex(i.operation_id),
-                        "status": str(i.status),
-                        "error": i.error_code,
-                        "expires": i.hold_expires_at_ns,
-                        "now": now,
-                        "pending": str(_S.PENDING),
-                    }
-                    for i in changed
-                ],
+                item.record = None
+            with self.engine.begin() as conn:
+                self._record_outcomes(conn, changed, now, checked=True)
+
+    def _record_outcomes(
+        self, conn: sa.Connection, changed: list[_Item], now: int, *, checked: bool
+    ) -> None:
+        """The outcomes of ``changed`` (in the caller's transaction). Unless ``checked``, it
+        takes every row to be still ``pending`` and raises ``_RacedError`` (rolling back) if one
+        is not; ``checked`` reads which are first (on PostgreSQL always: it locks them)."""
+        if checked or conn.dialect.name != "sqlite":
+            still = _pending_ids(conn, [i.hex_id for i in changed])
+            finished_elsewhere = [i for i in changed if i.hex_id not in still]
+            changed = [i for i in changed if i.hex_id in still]
+            for item in finished_elsewhere:  # answered from their records, after the commit
+                item.finished_elsewhere = True
+        if not changed:
+            return
+        ph = _placeholder(conn)
+        done = conn.exec_driver_sql(
+            f"UPDATE {t.operations.name} SET status = {ph('status')},"
+            f" error_code = {ph('error')}, hold_expires_at_ns = {ph('expires')},"
+            f" updated_at_ns = {ph('now')}"
+            f" WHERE id = {ph('id')} AND status = {ph('pending')}",
+            [
+                {
+                    "id": i.hex_id,
+                    "status": str(i.status),
+                    "error": i.error_code,
+                    "expires": i.hold_expires_at_ns,
+                    "now": now,
+                    "pending": str(_S.PENDING),
+                }
+                for i in changed
+            ],
+        )
+        if done.rowcount != len(changed):
+            raise _RacedError
+        # Only the reservations of rows that changed here are given back.
+        release: dict[tuple[int, str], int] = {}
+        for item in changed:
+            if item.status is _S.FAILED and item.cur is not None:
+                key = (item.request.payer_id, item.cur.code)
+                release[key] = release.get(key, 0) + item.request.amount
+        if release:
+            _add_outflow(
+                conn,
+                changed[0].day,
+                [{"b_c": c, "b_k": k, "b_a": a} for (c, k), a in sorted(release.items())],
+                sign=-1,
             )
-            if release:
-                _add_outflow(
-                    conn,
-                    changed[0].day,
-                    [{"b_c": c, "b_k": k, "b_a": a} for (c, k), a in release.items()],
-                    sign=-1,
-                )
+        # The hooks a single operation's outcome calls (webhooks' outbox, risk's review
+        # case of a payment held for review), in the same transaction, once per outcome.
+        hooks = list(self.payments._finish_hooks.values())
+        if hooks:
             for item in changed:
-                held = item.decision.decision if item.decision is not None else None
-                if item.status is _S.CHALLENGED and held is risk.Decision.REVIEW:
-                    self.payments.open_case(conn, self._operation(item))
-        for item in finished_elsewhere:
-            item.extra["record"] = self.payments.operation(item.operation_id)
+                op = self._operation(item)
+                for hook in hooks:
+                    hook(conn, op, item.status)
 
     def _operation(self, item: _Item) -> Operation:
-        record = item.extra.get("record")
-        if isinstance(record, Operation):
-            return record
+        if item.record is not None:  # built for the finish hooks, or read back
+            return item.record
+        if item.finished_elsewhere:
+            item.record = self.payments.operation(item.operation_id)
+            return item.record
         assert item.cur is not None and item.decision is not None
-        now = self.clock.now_ns()
-        return Operation(
+        item.record = Operation(
             id=item.operation_id,
             kind=item.kind,
             status=item.status,
@@ -662,9 +761,10 @@ class PaymentBatches:
             refund_id=None,
             fee=0,
             biller_id=None,
-            created_at_ns=now,
-            updated_at_ns=now,
+            created_at_ns=item.created_at_ns,
+            updated_at_ns=item.updated_at_ns,
         )
+        return item.record
 
     def _one(self, request: PaymentRequest) -> Operation | PuhuiError:
         try:
@@ -695,13 +795,53 @@ class PaymentBatches:
     ) -> list[Operation | PuhuiError]:
         """Every slot's answer; a request sent twice in the batch gets the first's."""
         for item in fresh:
-            for index in item.copies:
+            for index in item.copies or ():
                 answers[index] = answers[item.index]
         out: list[Operation | PuhuiError] = []
         for answer in answers:
             assert answer is not None
             out.append(answer)
         return out
+
+
+class _RacedError(Exception):
+    """A row the batch recorded was finished by another caller meanwhile (rolls back)."""
+
+
+_ROW_TYPES: dict[tuple[str, ...], Any] = {}
+
+
+def _select(conn: sa.Connection, sql: str, params: Mapping[str, Any]) -> Sequence[Any]:
+    """Rows of a ``SELECT`` (built for the driver, see ``_placeholder``), by index or name.
+
+    On SQLite it runs on the driver's connection in autocommit mode: a read of the WAL's
+    latest snapshot that does not begin a transaction, so it neither waits for the write
+    lock (``puhui.store`` takes it at every ``BEGIN``) nor holds it up. Only for reads whose
+    answers are checked again under the lock, or that need no more than one snapshot each.
+    """
+    if conn.dialect.name != "sqlite":
+        return conn.exec_driver_sql(sql, dict(params)).all()
+    if conn.in_transaction():  # the caller's transaction: read inside it
+        return conn.exec_driver_sql(sql, dict(params)).all()
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(sql, params)
+        names = tuple(d[0] for d in cursor.description)
+        row_type: Any = _ROW_TYPES.get(names)
+        if row_type is None:
+            row_type = _ROW_TYPES[names] = namedtuple("_Row", names, rename=True)
+        return [row_type._make(r) for r in cursor.fetchall()]
+    finally:
+        cursor.close()
+
+
+def _in(conn: sa.Connection, prefix: str, values: Sequence[Any]) -> tuple[str, dict[str, Any]]:
+    """``IN (…)`` over ``values`` for the driver: one named parameter each on SQLite, one
+    array parameter on PostgreSQL."""
+    if conn.dialect.name == "sqlite":
+        params = {f"{prefix}{n}": v for n, v in enumerate(values)}
+        return f"IN ({', '.join(f':{name}' for name in params)})", params
+    return f"= ANY(%({prefix})s)", {prefix: list(values)}
 
 
 def _add_outflow(conn: sa.Connection, day: int, rows: list[dict[str, Any]], *, sign: int) -> None:
@@ -780,15 +920,13 @@ def _rows_with_keys(conn: sa.Connection, pairs: list[tuple[str, str]]) -> Sequen
             f" SELECT {', '.join(f'o.{c.name}' for c in t.operations.columns)}"
             f" FROM wanted JOIN {table} AS o ON o.scope = wanted.s AND o.idempotency_key = wanted.k"
         )
-        return conn.exec_driver_sql(sql, params).all()
+        return _select(conn, sql, params)
     columns = ", ".join(c.name for c in t.operations.columns)
     sql = (
         f"SELECT {columns} FROM {table} WHERE (scope, idempotency_key) IN"
         " (SELECT * FROM unnest(%(scopes)s::text[], %(keys)s::text[]))"
     )
-    return conn.exec_driver_sql(
-        sql, {"scopes": [p[0] for p in pairs], "keys": [p[1] for p in pairs]}
-    ).all()
+    return _select(conn, sql, {"scopes": [p[0] for p in pairs], "keys": [p[1] for p in pairs]})
 
 
 def _phone_ok(phone: str) -> bool:
