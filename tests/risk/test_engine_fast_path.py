@@ -1,21 +1,23 @@
 """The engine's fast path decides exactly as the path it replaced: a simulated economy runs
 with ``RiskEngine`` (a model, a shadow model, shadow and score rules, a block list) in front of
-every event, and every call is replayed through ``EngineBefore`` (the engine of commit c0aa283,
-``engine_before.py``): the same decisions, scores, reasons and versions, and a decision log
-with the same columns, feature values and metadata, record for record."""
+every event (every other call through ``decide_columns``), and every call is replayed through
+``EngineBefore`` (the engine of commit c0aa283, ``engine_before.py``): the same decisions,
+scores, reasons and versions, and a decision log with the same columns, feature values and
+metadata, record for record."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from puhui.clock import SystemClock
 from puhui.risk import FEATURE_SCHEMA, RiskDecision, RiskEvent, RiskLists, parse_ruleset
-from puhui.risk._engine import DEFAULT_RULES, RiskEngine, engine_schema
+from puhui.risk._engine import DEFAULT_RULES, RiskEngine, engine_schema, event_columns
 from puhui.risk._log import DecisionLog, LogRecord
 from puhui.risk._model import RiskModel, train
 from puhui.sim import simulate
@@ -86,7 +88,14 @@ class _Recorder:
     )
 
     def __call__(self, events: Sequence[RiskEvent]) -> list[RiskDecision]:
-        decisions = self.engine(events)
+        # Every other call takes the columnar entry point, its strings given as lists.
+        if len(self.calls) % 2:
+            columns: dict[str, Any] = dict(event_columns(events))
+            columns["device"] = columns["device"].tolist()
+            columns["counterparty"] = columns["counterparty"].tolist()
+            decisions = self.engine.decide_columns(columns).decisions()
+        else:
+            decisions = self.engine(events)
         self.calls.append((list(events), decisions))
         return decisions
 
