@@ -207,3 +207,15 @@ def test_the_kernel_equals_lightgbm_when_zero_counts_as_missing() -> None:
     test["night"][::9] = 1e-36
     expected = booster.predict(model.matrix(test), raw_score=True)
     assert np.allclose(model.raw(test), expected, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("rows", [1, 5, 64, 65, 300])
+def test_the_input_matrix_is_the_features_as_float64_columns(model: RiskModel, rows: int) -> None:
+    features: dict[str, np.ndarray] = dict(_data(rows, seed=rows)[0])
+    features["device.new"] = features["device.new"] > 0  # bool, int and float columns alike
+    features["night"] = features["night"].astype(np.int64)
+    features["amount"][::3] = np.nan
+    x = model.matrix(features)
+    expected = np.column_stack([features[name].astype(np.float64) for name in model.feature_names])
+    assert x.dtype == np.float64 and x.flags.c_contiguous and x.shape == (rows, 4)
+    assert np.array_equal(x, expected, equal_nan=True)

@@ -10,6 +10,9 @@ model's top contributing features). Every batch is appended to the decision log 
 events' columns and the values of every feature, so a decision can be explained later,
 backtested, and the feature state rebuilt after a restart.
 
+``decide_columns`` is the same path for events given as columns (arrays in, ``DecidedBatch``
+out: no per-event objects); ``engine(events)`` is a thin adapter over it.
+
 One engine serves one process; calls are serialised (the feature state has one writer).
 """
 

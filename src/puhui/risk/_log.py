@@ -9,15 +9,17 @@ stored feature values, exactly as they were).
 Record layout: ``MAGIC`` (4 bytes), body length (u32 LE), CRC-32 of the body (u32 LE), then
 the body: a JSON header (the record's metadata, and each column's name, numpy dtype, shape
 and byte count) behind its length (u32 LE), then the columns' bytes back to back (strings as
-numpy unicode arrays; never Python objects, never pickles). A crash
+numpy unicode or bytes arrays; never Python objects, never pickles). A crash
 can leave a torn record at the end of the last segment: opening the log cuts it off (it was
 never acknowledged as written); a bad record anywhere else (followed by more records, or in
 an earlier segment) is corruption and an error.
 
-Durability: records are written to the file at once and ``fdatasync``-ed at most every
-``sync_interval_s`` (and on ``flush``/``close``). The money side does not depend on the log:
-each operation stores its own decision, score and reasons in its SQL row; what a crash may
-lose is the last fraction of a second of audit detail and feature history.
+Durability: a record is written to the file (the operating system has it) before ``append``
+returns; the log's thread ``fdatasync``s within ``sync_interval_s`` of a write, off the
+writer's path, and ``flush``/``close`` sync at once. The money side does not depend on the
+log: each operation stores its own decision, score and reasons in its SQL row; what a crash
+of the machine may lose is the last fraction of a second of audit detail and feature
+history (a crash of the process loses nothing appended).
 """
 
 from __future__ import annotations
