@@ -42,6 +42,8 @@ KINDS: Final = tuple(EventKind)
 DECISIONS: Final = (Decision.ACCEPT, Decision.CHALLENGE, Decision.REVIEW, Decision.REJECT)
 """By severity: the rules' severity 0..3 indexes this."""
 REASONS_MAX: Final = 8
+_ROW_WISE_ROWS_MAX: Final = 64
+"""Up to this many events, the log's feature matrix is converted at once (unit: events)."""
 DEFAULT_RULES: Final = Path(__file__).parent / "rules" / "default.toml"
 """The ruleset Puhui ships (``docs/risk.md`` explains each rule)."""
 SNAPSHOT_NAME: Final = "features.npz"
@@ -441,9 +443,14 @@ class RiskEngine:
                 tmp = schema_path.with_name(schema_path.name + ".tmp")
                 tmp.write_text(json.dumps(list(names)))
                 tmp.replace(schema_path)
-        matrix = np.empty((len(decided), len(names)), dtype=np.float32)
-        for k, name in enumerate(names):
-            matrix[:, k] = feats[name]
+        if len(decided) <= _ROW_WISE_ROWS_MAX:  # one conversion, then a small transpose
+            matrix = np.ascontiguousarray(
+                np.array([feats[name] for name in names], dtype=np.float32).T
+            )
+        else:
+            matrix = np.empty((len(decided), len(names)), dtype=np.float32)
+            for k, name in enumerate(names):
+                matrix[:, k] = feats[name]
         record = dict(columns)
         record["decision"] = decided.severity
         record["score"] = decided.score.astype(np.int16)
