@@ -206,6 +206,10 @@ def test_columns_in_decide_as_events_do(tmp_path: Path) -> None:
         ({"kind": [0], "customer_id": [7], "at_ns": [T0], "device": [7]}, "device must hold"),
         ({"kind": [0], "customer_id": [7], "at_ns": [T0], "latitude": ["n"]}, "latitude must"),
         ({"kind": [0], "customer_id": [7], "at_ns": [-1]}, "at_ns: a value is negative"),
+        ({"kind": 0, "customer_id": 7, "at_ns": T0}, "kind must be one-dimensional"),
+        ({"kind": [0], "customer_id": [7], "at_ns": [T0], "ip": "10.0.0.1"}, "ip must hold 1"),
+        ({"kind": [0], "customer_id": [[7]], "at_ns": [T0]}, "customer_id must hold 1"),
+        ({"kind": [0], "customer_id": [2**70], "at_ns": [T0]}, "customer_id must hold 1"),
     ],
 )
 def test_bad_columns_are_an_input_error_and_change_nothing(

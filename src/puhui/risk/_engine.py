@@ -190,16 +190,23 @@ def _normalized(
     for name in ("kind", "customer_id", "at_ns"):
         if name not in columns:
             raise InvalidRiskEventError(f"column {name} is required", column=name)
-    n = len(columns["kind"])
+    kinds = np.asarray(columns["kind"])
+    if kinds.ndim != 1:
+        raise InvalidRiskEventError("column kind must be one-dimensional", column="kind")
+    n = kinds.shape[0]
     out: dict[str, npt.NDArray[Any]] = {}
     strings: dict[str, list[str]] = {}
     for name in COLUMNS:
         given = columns.get(name)
         if name in _STRING_COLUMNS:
-            values = [""] * n if given is None else list(np.asarray(given, dtype=object))
-            if len(values) != n or not all(isinstance(v, str) for v in values):
+            texts = np.asarray([""] * n if given is None else given, dtype=object)
+            if (
+                texts.ndim != 1
+                or texts.shape[0] != n
+                or not all(isinstance(v, str) for v in texts.tolist())
+            ):
                 raise InvalidRiskEventError(f"column {name} must hold {n} strings", column=name)
-            strings[name] = [str(v) for v in values]
+            strings[name] = [str(v) for v in texts.tolist()]
             out[name] = _text(strings[name])
             continue
         dtype, default = _NUMBER_COLUMNS[name]
