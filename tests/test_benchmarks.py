@@ -114,6 +114,8 @@ def test_risk_engine_benchmark_quick_run_prints_json() -> None:
     assert sum(engine["decisions"].values()) == engine["batch"] * len(
         engine["runs_decisions_per_s"]
     )
+    assert engine["columnar_decisions_per_s"] > 0
+    assert len(engine["runs_columnar_decisions_per_s"]) == len(engine["runs_decisions_per_s"])
     assert engine["single_events"] == 500 and engine["single_p99_ms"] >= engine["single_p50_ms"]
 
 

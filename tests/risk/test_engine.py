@@ -10,7 +10,7 @@ import pytest
 
 from puhui.clock import ManualClock
 from puhui.risk import Decision, EventKind, RiskEvent, RiskLists, load_ruleset, parse_ruleset
-from puhui.risk._engine import DEFAULT_RULES, RiskEngine, engine_schema
+from puhui.risk._engine import DEFAULT_RULES, RiskEngine, engine_schema, event_columns
 from puhui.risk._log import DecisionLog
 
 T0 = 1_767_000_000 * 10**9
@@ -158,3 +158,69 @@ def test_an_event_of_an_unknown_kind_is_an_input_error() -> None:
     with pytest.raises(InvalidRiskEventError):
         engine([bad])
     assert engine.features.events_applied == 0
+
+
+def test_columns_in_decide_as_events_do(tmp_path: Path) -> None:
+    events = [_event(0, 100), _event(1, 200_000), _event(2, 500, device="evil")]
+    by_events = _engine(tmp_path / "a", ManualClock(T0))
+    by_columns = _engine(tmp_path / "b", ManualClock(T0))
+    expected = by_events(events)
+    columns = event_columns(events)
+    decided = by_columns.decide_columns(
+        {
+            "kind": columns["kind"].astype(np.int64),  # any integer type
+            "customer_id": [7, 7, 7],
+            "at_ns": columns["at_ns"],
+            "amount": columns["amount"],
+            "currency": ["CNY"] * 3,
+            "counterparty": ["c:9"] * 3,
+            "device": ["d1", "d1", "evil"],
+            "ip": columns["ip"],  # numpy strings as well as lists
+            "kyc_level": columns["kyc_level"],
+            "account_created_ns": columns["account_created_ns"],
+        }  # latitude, longitude, tz_offset_s, merchant: the events' defaults
+    )
+    assert decided.decisions() == expected
+    assert decided.severity.tolist() == [0, 2, 3]
+    assert decided.score.tolist() == [d.score for d in expected]
+    assert decided.reasons == [d.reasons for d in expected]
+    assert by_events.log is not None and by_columns.log is not None
+    [a] = list(by_events.log.records())
+    [b] = list(by_columns.log.records())
+    for name, column in a.columns.items():
+        assert column.dtype == b.columns[name].dtype, name
+        assert np.array_equal(column, b.columns[name], equal_nan=column.dtype.kind == "f"), name
+    _close(by_events)
+    _close(by_columns)
+
+
+@pytest.mark.parametrize(
+    ("columns", "problem"),
+    [
+        ({"kind": [0], "customer_id": [7]}, "at_ns is required"),
+        ({"kind": [0], "customer_id": [7], "at_ns": [T0], "colour": ["red"]}, "unknown column"),
+        ({"kind": [0, 1], "customer_id": [7], "at_ns": [T0, T0]}, "customer_id must hold 2"),
+        ({"kind": [0], "customer_id": [7.5], "at_ns": [T0]}, "customer_id must hold 1 integers"),
+        ({"kind": [42], "customer_id": [7], "at_ns": [T0]}, "kind: a value is unknown"),
+        ({"kind": [300], "customer_id": [7], "at_ns": [T0]}, "kind: a value is out of range"),
+        ({"kind": [0], "customer_id": [7], "at_ns": [T0], "device": [7]}, "device must hold"),
+        ({"kind": [0], "customer_id": [7], "at_ns": [T0], "latitude": ["n"]}, "latitude must"),
+        ({"kind": [0], "customer_id": [7], "at_ns": [-1]}, "at_ns: a value is negative"),
+        ({"kind": 0, "customer_id": 7, "at_ns": T0}, "kind must be one-dimensional"),
+        ({"kind": [0], "customer_id": [7], "at_ns": [T0], "ip": "10.0.0.1"}, "ip must hold 1"),
+        ({"kind": [0], "customer_id": [[7]], "at_ns": [T0]}, "customer_id must hold 1"),
+        ({"kind": [0], "customer_id": [2**70], "at_ns": [T0]}, "customer_id must hold 1"),
+    ],
+)
+def test_bad_columns_are_an_input_error_and_change_nothing(
+    tmp_path: Path, columns: dict[str, object], problem: str
+) -> None:
+    from puhui.risk import InvalidRiskEventError
+
+    engine = _engine(tmp_path, ManualClock(T0))
+    with pytest.raises(InvalidRiskEventError, match=problem) as caught:
+        engine.decide_columns(columns)
+    assert caught.value.code == "risk_event_invalid"
+    assert engine.features.events_applied == 0
+    assert engine.log is not None and engine.log.next_id == 1
+    _close(engine)

@@ -3,12 +3,17 @@ torn tail is cut off; corruption before the end is an error."""
 
 from __future__ import annotations
 
+import json
+import os
+import struct
+import threading
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from puhui.risk._log import DecisionLog, DecisionLogCorruptError
+from puhui.risk._log import DecisionLog, DecisionLogCorruptError, _encode
 
 
 def _batch(n: int, start: int) -> dict[str, np.ndarray]:
@@ -75,3 +80,61 @@ def test_columns_of_different_lengths_are_refused(tmp_path: Path) -> None:
         log.append({"a": np.zeros(2), "b": np.zeros(3)}, {})
     assert log.next_id == 1
     log.close()
+
+
+def test_a_record_keeps_its_byte_layout(tmp_path: Path) -> None:
+    """Records are written in parts (the arrays' own memory): the bytes on disk are still
+    MAGIC, length, CRC-32, header length, JSON header, then each array's bytes in C order."""
+    columns = {
+        **_batch(4, 7),
+        "empty": np.zeros((4, 0), dtype=np.float32),
+        "matrix": np.asfortranarray(np.arange(8, dtype=np.int16).reshape(4, 2)),
+    }
+    meta = {"ruleset": "v1", "rows": 4, "first_id": 1}
+    arrays = []
+    for name, column in columns.items():
+        data = np.ascontiguousarray(column).tobytes()
+        arrays.append([name, column.dtype.str, list(column.shape), len(data)])
+    header = json.dumps({"meta": meta, "arrays": arrays}).encode()
+    body = struct.pack("<I", len(header)) + header
+    body += b"".join(np.ascontiguousarray(c).tobytes() for c in columns.values())
+    expected = struct.pack("<4sII", b"PRDL", len(body), zlib.crc32(body)) + body
+    assert _encode(columns, meta) == expected
+    log = DecisionLog(tmp_path)
+    log.append(columns, {"ruleset": "v1"})
+    log.close()
+    assert (tmp_path / "decisions-00000001.log").read_bytes() == expected
+    again = DecisionLog(tmp_path)
+    [record] = list(again.records())
+    again.close()
+    assert np.array_equal(record.columns["matrix"], columns["matrix"])
+
+
+def test_appends_are_synced_by_the_log_thread_and_close_syncs_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced_by: list[int] = []
+    synced = threading.Event()
+    real = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        real(fd)
+        synced_by.append(threading.get_ident())
+        synced.set()
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    log = DecisionLog(tmp_path, sync_interval_s=0.01)
+    log.append(_batch(2, 0), {"ruleset": "v1"})
+    assert synced.wait(timeout=30)  # liveness only: the syncer does come
+    assert synced_by and threading.get_ident() not in synced_by  # not on the caller's path
+    synced_by.clear()
+    log.close()  # nothing new since the last sync: nothing to do, and the thread is gone
+    assert synced_by == []
+    assert not any(t.name == "decision-log-sync" and t.is_alive() for t in threading.enumerate())
+    again = DecisionLog(tmp_path, sync_interval_s=60.0)  # the syncer would wait a minute
+    again.append(_batch(1, 5), {"ruleset": "v2"})
+    again.flush()  # ...but flush does not wait for it
+    assert synced_by == [threading.get_ident()]
+    again.append(_batch(1, 6), {"ruleset": "v3"})
+    again.close()  # nor close (it wakes the syncer, or syncs itself)
+    assert len(synced_by) == 2

@@ -4,6 +4,7 @@ saved and loaded with their version and metrics."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import lightgbm as lgb
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 
 from puhui.risk._model import (
     ModelFileError,
+    ModelMetrics,
     RiskModel,
     TrainingDataError,
     auc,
@@ -138,3 +140,82 @@ def test_contributions_add_up_to_the_raw_score(model: RiskModel) -> None:
     )  # fmt: skip
     bias = sum(f.node_value[r] if r >= 0 else f.leaf_value[~r] for r in f.roots)
     assert np.allclose(contrib.sum(axis=1) + bias, model.raw(features), atol=1e-9)
+
+
+def _lightgbm_decision(value: float, threshold: float, missing: int, default_left: bool) -> bool:
+    """LightGBM's ``NumericalDecision`` (tree.h), plainly: True when the row goes left."""
+    if math.isnan(value) and missing != 2:  # missing type None or Zero: NaN counts as 0
+        value = 0.0
+    if (missing == 1 and -1e-35 <= value <= 1e-35) or (missing == 2 and math.isnan(value)):
+        return default_left
+    return value <= threshold
+
+
+def test_every_split_sends_every_kind_of_value_where_lightgbm_does() -> None:
+    from puhui.risk._model import _contributions, _Forest, _raw_scores
+
+    values = [math.nan, 0.0, -0.0, 1e-36, -1e-36, 1e-30, -1e-30, 0.5, -0.5, 2.0, -2.0, math.inf]
+    x = np.asarray(values, dtype=np.float64).reshape(-1, 1)
+    for missing in (0, 1, 2):
+        for default_left in (True, False):
+            for threshold in (-1.0, -1e-36, 0.0, 1e-36, 0.25, 1.0):
+                # One tree, one split: leaf 0 (left) is worth 1, leaf 1 (right) 10.
+                forest = _Forest(
+                    feature=np.zeros(1, np.int32),
+                    threshold=np.asarray([threshold]),
+                    left=np.asarray([~0], np.int32),
+                    right=np.asarray([~1], np.int32),
+                    missing=np.asarray([missing], np.int8),
+                    default_left=np.asarray([default_left]),
+                    leaf_value=np.asarray([1.0, 10.0]),
+                    roots=np.zeros(1, np.int32),
+                    node_value=np.asarray([4.0]),
+                )
+                f = forest
+                raw = np.empty(len(values))
+                _raw_scores(
+                    x, f.feature, f.threshold, f.left, f.right, f.missing, f.default_left,
+                    f.leaf_value, f.roots, raw,
+                )  # fmt: skip
+                contrib = np.zeros((len(values), 1))
+                _contributions(
+                    x, f.feature, f.threshold, f.left, f.right, f.missing, f.default_left,
+                    f.leaf_value, f.roots, f.node_value, contrib,
+                )  # fmt: skip
+                expected = [
+                    1.0 if _lightgbm_decision(v, threshold, missing, default_left) else 10.0
+                    for v in values
+                ]
+                case = (missing, default_left, threshold)
+                assert raw.tolist() == expected, case
+                assert (contrib[:, 0] + 4.0).tolist() == expected, case
+
+
+def test_the_kernel_equals_lightgbm_when_zero_counts_as_missing() -> None:
+    features, labels = _data(3_000, seed=4)
+    features["noise"][::3] = 0.0
+    features["amount"][::5] = 0.0
+    names = sorted(features)
+    x = np.column_stack([features[name] for name in names])
+    params = {"objective": "binary", "zero_as_missing": True, "verbose": -1, "seed": 1}
+    booster = lgb.train(params, lgb.Dataset(x, labels, feature_name=names), 30)
+    model = RiskModel(booster.model_to_string(), names, ModelMetrics(0, 0, 0.5, 0.0, 0.0))
+    assert (model._forest.missing == 1).any()  # splits of missing type Zero are exercised
+    test, _ = _data(2_000, seed=8)
+    test["noise"][::4] = 0.0
+    test["amount"][::6] = np.nan
+    test["night"][::9] = 1e-36
+    expected = booster.predict(model.matrix(test), raw_score=True)
+    assert np.allclose(model.raw(test), expected, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("rows", [1, 5, 64, 65, 300])
+def test_the_input_matrix_is_the_features_as_float64_columns(model: RiskModel, rows: int) -> None:
+    features: dict[str, np.ndarray] = dict(_data(rows, seed=rows)[0])
+    features["device.new"] = features["device.new"] > 0  # bool, int and float columns alike
+    features["night"] = features["night"].astype(np.int64)
+    features["amount"][::3] = np.nan
+    x = model.matrix(features)
+    expected = np.column_stack([features[name].astype(np.float64) for name in model.feature_names])
+    assert x.dtype == np.float64 and x.flags.c_contiguous and x.shape == (rows, 4)
+    assert np.array_equal(x, expected, equal_nan=True)

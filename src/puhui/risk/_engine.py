@@ -10,6 +10,9 @@ model's top contributing features). Every batch is appended to the decision log 
 events' columns and the values of every feature, so a decision can be explained later,
 backtested, and the feature state rebuilt after a restart.
 
+``decide_columns`` is the same path for events given as columns (arrays in, ``DecidedBatch``
+out: no per-event objects); ``engine(events)`` is a thin adapter over it.
+
 One engine serves one process; calls are serialised (the feature state has one writer).
 """
 
@@ -19,6 +22,7 @@ import hashlib
 import json
 import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -38,6 +42,8 @@ KINDS: Final = tuple(EventKind)
 DECISIONS: Final = (Decision.ACCEPT, Decision.CHALLENGE, Decision.REVIEW, Decision.REJECT)
 """By severity: the rules' severity 0..3 indexes this."""
 REASONS_MAX: Final = 8
+_ROW_WISE_ROWS_MAX: Final = 64
+"""Up to this many events, the log's feature matrix is converted at once (unit: events)."""
 DEFAULT_RULES: Final = Path(__file__).parent / "rules" / "default.toml"
 """The ruleset Puhui ships (``docs/risk.md`` explains each rule)."""
 SNAPSHOT_NAME: Final = "features.npz"
@@ -67,27 +73,50 @@ def engine_schema() -> dict[str, FeatureType]:
     return schema
 
 
+_STRING_COLUMNS: Final = ("currency", "device", "merchant", "counterparty", "ip")
+_KIND_NAMES: Final = np.asarray([str(kind) for kind in KINDS], dtype=np.str_)
+_KIND_CODES: Final = {kind: code for code, kind in enumerate(KINDS)}
+
+
 def _text(values: Sequence[str]) -> npt.NDArray[np.str_]:
     return np.asarray(values if values else [""], dtype=np.str_)[: len(values)]
 
 
 def event_columns(events: Sequence[RiskEvent]) -> dict[str, npt.NDArray[Any]]:
-    """The events as the log keeps them (and as ``FeatureStore.batch_from_columns`` reads)."""
+    """The events as the log keeps them (and as ``RiskEngine.decide_columns`` reads)."""
+    return _columns_of(events)[0]
+
+
+def _columns_of(
+    events: Sequence[RiskEvent],
+) -> tuple[dict[str, npt.NDArray[Any]], dict[str, list[str]]]:
+    """``event_columns``, and the string columns also as lists (what interning reads)."""
     nan = float("nan")
+    codes = _KIND_CODES
     try:
-        kinds = [KINDS.index(EventKind(e.kind)) for e in events]
-    except ValueError:
-        raise InvalidRiskEventError("an event of an unknown kind") from None
-    return {
+        kinds = [codes[e.kind] for e in events]
+    except (KeyError, TypeError):
+        try:
+            kinds = [codes[EventKind(e.kind)] for e in events]
+        except ValueError:
+            raise InvalidRiskEventError("an event of an unknown kind") from None
+    strings = {
+        "currency": [e.currency for e in events],
+        "device": [e.device_id for e in events],
+        "merchant": [e.merchant for e in events],
+        "counterparty": [e.counterparty for e in events],
+        "ip": [e.ip for e in events],
+    }
+    columns: dict[str, npt.NDArray[Any]] = {
         "kind": np.asarray(kinds, dtype=np.int8),
         "customer_id": np.asarray([e.customer_id for e in events], dtype=np.int64),
         "at_ns": np.asarray([e.at_ns for e in events], dtype=np.int64),
         "amount": np.asarray([e.amount for e in events], dtype=np.int64),
-        "currency": _text([e.currency for e in events]),
-        "device": _text([e.device_id for e in events]),
-        "merchant": _text([e.merchant for e in events]),
-        "counterparty": _text([e.counterparty for e in events]),
-        "ip": _text([e.ip for e in events]),
+        "currency": _text(strings["currency"]),
+        "device": _text(strings["device"]),
+        "merchant": _text(strings["merchant"]),
+        "counterparty": _text(strings["counterparty"]),
+        "ip": _text(strings["ip"]),
         "latitude": np.asarray(
             [nan if e.latitude is None else e.latitude for e in events], dtype=np.float64
         ),
@@ -102,6 +131,7 @@ def event_columns(events: Sequence[RiskEvent]) -> dict[str, npt.NDArray[Any]]:
             [e.account_created_ns or 0 for e in events], dtype=np.int64
         ),
     }
+    return columns, strings
 
 
 def _event_features(columns: Mapping[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
@@ -110,7 +140,7 @@ def _event_features(columns: Mapping[str, npt.NDArray[Any]]) -> dict[str, npt.ND
     is_card = np.char.startswith(counterparty, "card:")
     is_merchant = np.char.startswith(counterparty, "m:")
     return {
-        "event.type": np.asarray([str(KINDS[k]) for k in columns["kind"]], dtype=np.str_),
+        "event.type": _KIND_NAMES[columns["kind"]],
         "event.customer": np.char.add("c:", columns["customer_id"].astype(np.str_)),
         "event.device": columns["device"],
         "event.ip": columns["ip"],
@@ -120,6 +150,124 @@ def _event_features(columns: Mapping[str, npt.NDArray[Any]]) -> dict[str, npt.ND
         ),
         "event.card": np.where(is_card, counterparty, ""),
     }
+
+
+_NUMBER_COLUMNS: Final[dict[str, tuple[Any, float | None]]] = {
+    # name: (dtype, default when the column is absent; None: required)
+    "kind": (np.int8, None),
+    "customer_id": (np.int64, None),
+    "at_ns": (np.int64, None),
+    "amount": (np.int64, 0),
+    "latitude": (np.float64, float("nan")),
+    "longitude": (np.float64, float("nan")),
+    "tz_offset_s": (np.int64, 0),
+    "kyc_level": (np.int64, -1),
+    "account_created_ns": (np.int64, 0),
+}
+COLUMNS: Final = (
+    "kind",
+    "customer_id",
+    "at_ns",
+    "amount",
+    *_STRING_COLUMNS,
+    "latitude",
+    "longitude",
+    "tz_offset_s",
+    "kyc_level",
+    "account_created_ns",
+)
+"""The columns ``decide_columns`` reads, in the order ``event_columns`` gives them."""
+
+
+def _normalized(
+    columns: Mapping[str, Any],
+) -> tuple[dict[str, npt.NDArray[Any]], dict[str, list[str]]]:
+    """``columns`` as ``event_columns`` would have built them from the same events (the
+    decision log keeps them so), and the string columns as lists; bad input is refused."""
+    unknown = sorted(set(columns) - set(COLUMNS))
+    if unknown:
+        raise InvalidRiskEventError(f"unknown column {unknown[0]!r}", column=unknown[0])
+    for name in ("kind", "customer_id", "at_ns"):
+        if name not in columns:
+            raise InvalidRiskEventError(f"column {name} is required", column=name)
+    kinds = np.asarray(columns["kind"])
+    if kinds.ndim != 1:
+        raise InvalidRiskEventError("column kind must be one-dimensional", column="kind")
+    n = kinds.shape[0]
+    out: dict[str, npt.NDArray[Any]] = {}
+    strings: dict[str, list[str]] = {}
+    for name in COLUMNS:
+        given = columns.get(name)
+        if name in _STRING_COLUMNS:
+            texts = np.asarray([""] * n if given is None else given, dtype=object)
+            if (
+                texts.ndim != 1
+                or texts.shape[0] != n
+                or not all(isinstance(v, str) for v in texts.tolist())
+            ):
+                raise InvalidRiskEventError(f"column {name} must hold {n} strings", column=name)
+            strings[name] = [str(v) for v in texts.tolist()]
+            out[name] = _text(strings[name])
+            continue
+        dtype, default = _NUMBER_COLUMNS[name]
+        if given is None:
+            out[name] = np.full(n, default, dtype=dtype)
+            continue
+        array = np.asarray(given)
+        integral = dtype != np.float64
+        if (
+            array.ndim != 1
+            or array.shape[0] != n
+            or array.dtype.kind not in ("iu" if integral else "iuf")
+        ):
+            kind = "integers" if integral else "numbers"
+            raise InvalidRiskEventError(f"column {name} must hold {n} {kind}", column=name)
+        if (
+            integral
+            and array.size
+            and (int(array.min()) < np.iinfo(dtype).min or int(array.max()) > np.iinfo(dtype).max)
+        ):
+            raise InvalidRiskEventError(f"column {name}: a value is out of range", column=name)
+        out[name] = np.ascontiguousarray(array, dtype=dtype)
+    if n and (int(out["kind"].min()) < 0 or int(out["kind"].max()) >= len(KINDS)):
+        raise InvalidRiskEventError("column kind: a value is unknown", column="kind")
+    return out, strings
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class DecidedBatch:
+    """A batch's decisions as columns (``RiskEngine.decide_columns``)."""
+
+    severity: npt.NDArray[np.int8]
+    """Per event: 0 accept, 1 challenge, 2 review, 3 reject (``DECISIONS`` in that order)."""
+    score: npt.NDArray[np.int64]
+    """Per event, 0-1000: the higher of the rules' score and the model's."""
+    reasons: list[tuple[str, ...]]
+    """Per event (empty for an event no rule hit)."""
+    ruleset_version: str
+    model_version: str
+
+    def __len__(self) -> int:
+        return int(self.severity.shape[0])
+
+    def decisions(self) -> list[RiskDecision]:
+        """One ``RiskDecision`` per event, in order (events without reasons that share a
+        decision and a score share one immutable object: most events are accepted)."""
+        ruleset, model = self.ruleset_version, self.model_version
+        shared: dict[tuple[int, int], RiskDecision] = {}
+        out: list[RiskDecision] = []
+        for level, score, found in zip(
+            self.severity.tolist(), self.score.tolist(), self.reasons, strict=True
+        ):
+            if found:
+                out.append(RiskDecision(DECISIONS[level], score, found, ruleset, model))
+                continue
+            decision = shared.get((level, score))
+            if decision is None:
+                decision = RiskDecision(DECISIONS[level], score, (), ruleset, model)
+                shared[level, score] = decision
+            out.append(decision)
+        return out
 
 
 class RiskEngine:
@@ -159,19 +307,31 @@ class RiskEngine:
     def __call__(self, events: Sequence[RiskEvent]) -> list[RiskDecision]:
         if not events:
             return []
-        columns = event_columns(events)
+        columns, strings = _columns_of(events)
         with self._lock:
-            return self._decide(columns)
+            return self._decide(columns, strings).decisions()
 
-    def _decide(self, columns: Mapping[str, npt.NDArray[Any]]) -> list[RiskDecision]:
-        computed = self._features_of(columns)
+    def decide_columns(self, columns: Mapping[str, Any]) -> DecidedBatch:
+        """Decide a batch given as columns (the layout of ``event_columns``; ``kind``: positions
+        in ``EventKind``; only ``kind``, ``customer_id`` and ``at_ns`` are required) and answer
+        with columns: the fast path for services that hold their events as arrays."""
+        normalized, strings = _normalized(columns)
+        with self._lock:
+            return self._decide(normalized, strings)
+
+    def _decide(
+        self, columns: Mapping[str, npt.NDArray[Any]], strings: Mapping[str, list[str]]
+    ) -> DecidedBatch:
+        computed = self._features_of(columns, strings)
         feats: dict[str, npt.NDArray[Any]] = dict(computed)
         feats.update(_event_features(columns))
+        customers: list[int] = columns["customer_id"].tolist()
+        devices = strings["device"]
         # A device is new for a customer until an event from it was accepted (or the
         # customer confirmed it by step-up): a rejected or failed attempt must not make the
         # attacker's phone familiar. Trust is as of the start of the batch.
-        feats["device.new_for_customer"] = self._untrusted(columns)
-        n = len(columns["kind"])
+        feats["device.new_for_customer"] = self._untrusted(customers, devices)
+        n = len(customers)
         model_score = np.zeros(n, dtype=np.int64)
         if self.model is not None:
             model_score = self.model.score(feats).astype(np.int64)
@@ -193,42 +353,45 @@ class RiskEngine:
             top = self.model.explain(rows, self.explain_top)
             for row, contributions in zip(flagged.tolist(), top, strict=True):
                 explained[row] = contributions
-        out: list[RiskDecision] = []
-        reasons_column: list[str] = []
-        for i in range(n):
-            reasons: tuple[str, ...] = ()
-            if severity[i] > 0 or results.hit_offsets[i + 1] > results.hit_offsets[i]:
-                outcome = results.outcome(i, limit=REASONS_MAX)
-                found = [_hit_text(h.rule_id, h.values) for h in outcome.reasons]
-                found += [f"model:{name}={value:+.3f}" for name, value in explained.get(i, [])]
-                found += [f"shadow:{h.rule_id}" for h in outcome.shadow_hits]
-                reasons = tuple(found[:REASONS_MAX])
-            out.append(
-                RiskDecision(
-                    DECISIONS[int(severity[i])],
-                    int(scores[i]),
-                    reasons,
-                    results.ruleset_version,
-                    self.model_version,
-                )
-            )
-            reasons_column.append(json.dumps(list(reasons)) if reasons else "[]")
-        self._learn_trust(columns, severity)
+        # Reasons only for the events a rule hit (the others have none): most are accepted
+        # untouched, and one event's reasons cost more than deciding it.
+        hit = np.diff(results.hit_offsets) > 0
+        reasons: list[tuple[str, ...]] = [()] * n
+        for i in np.flatnonzero(hit | (severity > 0)).tolist():
+            outcome = results.outcome(i, limit=REASONS_MAX)
+            found = [_hit_text(h.rule_id, h.values) for h in outcome.reasons]
+            found += [f"model:{name}={value:+.3f}" for name, value in explained.get(i, [])]
+            found += [f"shadow:{h.rule_id}" for h in outcome.shadow_hits]
+            reasons[i] = tuple(found[:REASONS_MAX])
+        decided = DecidedBatch(
+            severity.astype(np.int8),
+            scores,
+            reasons,
+            results.ruleset_version,
+            self.model_version,
+        )
+        self._learn_trust(customers, devices, decided.severity.tolist())
         if self.log is not None:
-            self._append(columns, feats, out, reasons_column, results.ruleset_version, shadow)
-        return out
+            self._append(columns, feats, decided, shadow)
+        return decided
 
-    def _features_of(self, columns: Mapping[str, npt.NDArray[Any]]) -> dict[str, Any]:
+    def _features_of(
+        self, columns: Mapping[str, npt.NDArray[Any]], strings: Mapping[str, list[str]] | None
+    ) -> dict[str, Any]:
         """The feature store's pass over events given as the log's columns."""
+
+        def text(name: str) -> list[str]:
+            return strings[name] if strings is not None else columns[name].tolist()
+
         batch = self.features.batch_from_columns(
             kind=columns["kind"],
             customer_id=columns["customer_id"],
             at_ns=columns["at_ns"],
             amount=columns["amount"],
-            device=list(columns["device"]),
-            merchant=list(columns["merchant"]),
-            counterparty=list(columns["counterparty"]),
-            ip=list(columns["ip"]),
+            device=text("device"),
+            merchant=text("merchant"),
+            counterparty=text("counterparty"),
+            ip=text("ip"),
             latitude=columns["latitude"],
             longitude=columns["longitude"],
             tz_offset_s=columns["tz_offset_s"],
@@ -239,26 +402,27 @@ class RiskEngine:
 
     # --- trusted devices --------------------------------------------------------------------
 
-    def _untrusted(self, columns: Mapping[str, npt.NDArray[Any]]) -> npt.NDArray[np.bool_]:
+    def _untrusted(self, customers: list[int], devices: list[str]) -> npt.NDArray[np.bool_]:
         trusted = self._trusted
         empty: set[str] = set()
         return np.fromiter(
             (
-                str(device) not in trusted.get(int(customer), empty)
-                for customer, device in zip(columns["customer_id"], columns["device"], strict=True)
+                device not in trusted.get(customer, empty)
+                for customer, device in zip(customers, devices, strict=True)
             ),
             dtype=np.bool_,
-            count=len(columns["device"]),
+            count=len(devices),
         )
 
-    def _learn_trust(
-        self, columns: Mapping[str, npt.NDArray[Any]], severity: npt.NDArray[Any]
-    ) -> None:
-        for customer, device, level in zip(
-            columns["customer_id"], columns["device"], severity, strict=True
-        ):
+    def _learn_trust(self, customers: list[int], devices: list[str], severity: list[int]) -> None:
+        trusted = self._trusted
+        for customer, device, level in zip(customers, devices, severity, strict=True):
             if level == 0 and device:
-                self._trusted.setdefault(int(customer), set()).add(str(device))
+                found = trusted.get(customer)
+                if found is None:
+                    trusted[customer] = {device}
+                else:
+                    found.add(device)
 
     def trust_device(self, customer_id: int, device_id: str) -> None:
         """The customer proved this device is theirs (passed a step-up on it)."""
@@ -272,9 +436,7 @@ class RiskEngine:
         self,
         columns: Mapping[str, npt.NDArray[Any]],
         feats: Mapping[str, npt.NDArray[Any]],
-        decisions: Sequence[RiskDecision],
-        reasons: Sequence[str],
-        ruleset_version: str,
+        decided: DecidedBatch,
         shadow: npt.NDArray[np.float64],
     ) -> None:
         assert self.log is not None
@@ -288,18 +450,30 @@ class RiskEngine:
                 tmp = schema_path.with_name(schema_path.name + ".tmp")
                 tmp.write_text(json.dumps(list(names)))
                 tmp.replace(schema_path)
-        matrix = np.column_stack([np.asarray(feats[k], dtype=np.float32) for k in names])
+        if len(decided) <= _ROW_WISE_ROWS_MAX:  # one conversion, then a small transpose
+            matrix = np.ascontiguousarray(
+                np.array([feats[name] for name in names], dtype=np.float32).T
+            )
+        else:
+            matrix = np.empty((len(decided), len(names)), dtype=np.float32)
+            for k, name in enumerate(names):
+                matrix[:, k] = feats[name]
         record = dict(columns)
-        record["decision"] = np.asarray(
-            [DECISIONS.index(d.decision) for d in decisions], dtype=np.int8
-        )
-        record["score"] = np.asarray([d.score for d in decisions], dtype=np.int16)
-        record["reasons"] = _text(list(reasons))
+        record["decision"] = decided.severity
+        record["score"] = decided.score.astype(np.int16)
+        # Each event's reasons as a JSON list, ASCII (json.dumps escapes the rest) and so
+        # kept as bytes: a quarter of the unicode column's size, which is most of a record.
+        record["reasons"] = np.asarray(
+            [json.dumps(list(found)) if found else "[]" for found in decided.reasons]
+            if len(decided)
+            else [""],
+            dtype=np.bytes_,
+        )[: len(decided)]
         record["features"] = matrix
         self.log.append(
             record,
             {
-                "ruleset": ruleset_version,
+                "ruleset": decided.ruleset_version,
                 "model": self.model_version,
                 "shadow_model": self.shadow_model.version if self.shadow_model else "none",
                 "schema": self._schema_hash,
@@ -341,8 +515,10 @@ class RiskEngine:
                 first = int(record.meta["first_id"])
                 skip = max(0, since - first)
                 c = {k: v[skip:] for k, v in record.columns.items()}
-                self._features_of(c)
-                self._learn_trust(c, c["decision"])
+                self._features_of(c, None)
+                self._learn_trust(
+                    c["customer_id"].tolist(), c["device"].tolist(), c["decision"].tolist()
+                )
                 replayed += len(c["kind"])
             return replayed
 

@@ -485,19 +485,19 @@ class FeatureStore:
     def _intern_strings(self, kind: str, keys: list[str]) -> IntArray:
         interner = self._strings[kind]
         links = self._links
-        out = np.empty(len(keys), np.int64)
-        ids = interner.ids
-        for j, key in enumerate(keys):
-            found = ids.get(key)
-            if found is None:
-                if not key:
-                    out[j] = -1
+        get = interner.ids.get
+        found = [get(key, -1) for key in keys]  # most keys are known: one pass in C
+        if -1 in found:  # new keys (interned in order of first sighting) or empty ones
+            for j, key in enumerate(keys):
+                if found[j] != -1 or not key:
                     continue
-                found = interner.intern(key)
-                if kind == "counterparty":
-                    links.append((found, self._customer_link(key)))
-            out[j] = found
-        return out
+                known = get(key)
+                if known is None:
+                    known = interner.intern(key)
+                    if kind == "counterparty":
+                        links.append((known, self._customer_link(key)))
+                found[j] = known
+        return np.asarray(found, np.int64)
 
     def _customer_link(self, key: str) -> int:
         if key.startswith("c:"):

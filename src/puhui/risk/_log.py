@@ -9,15 +9,17 @@ stored feature values, exactly as they were).
 Record layout: ``MAGIC`` (4 bytes), body length (u32 LE), CRC-32 of the body (u32 LE), then
 the body: a JSON header (the record's metadata, and each column's name, numpy dtype, shape
 and byte count) behind its length (u32 LE), then the columns' bytes back to back (strings as
-numpy unicode arrays; never Python objects, never pickles). A crash
+numpy unicode or bytes arrays; never Python objects, never pickles). A crash
 can leave a torn record at the end of the last segment: opening the log cuts it off (it was
 never acknowledged as written); a bad record anywhere else (followed by more records, or in
 an earlier segment) is corruption and an error.
 
-Durability: records are written to the file at once and ``fdatasync``-ed at most every
-``sync_interval_s`` (and on ``flush``/``close``). The money side does not depend on the log:
-each operation stores its own decision, score and reasons in its SQL row; what a crash may
-lose is the last fraction of a second of audit detail and feature history.
+Durability: a record is written to the file (the operating system has it) before ``append``
+returns; the log's thread ``fdatasync``s within ``sync_interval_s`` of a write, off the
+writer's path, and ``flush``/``close`` sync at once. The money side does not depend on the
+log: each operation stores its own decision, score and reasons in its SQL row; what a crash
+of the machine may lose is the last fraction of a second of audit detail and feature
+history (a crash of the process loses nothing appended).
 """
 
 from __future__ import annotations
@@ -72,18 +74,30 @@ def _segment_name(number: int) -> str:
 def _encode(columns: Mapping[str, npt.NDArray[Any]], meta: Mapping[str, Any]) -> bytes:
     """Body: header length (u32 LE), a JSON header (the metadata, and each array's name,
     dtype, shape and byte count), then the arrays' bytes back to back (C order)."""
+    return b"".join(_encoded_parts(columns, meta)[0])
+
+
+def _encoded_parts(
+    columns: Mapping[str, npt.NDArray[Any]], meta: Mapping[str, Any]
+) -> tuple[list[bytes | memoryview], int]:
+    """A record as ``_encode`` lays it out, in parts (the arrays' own memory, not copies),
+    and its length: a batch's columns are megabytes, copied twice by joining them."""
     arrays = []
-    chunks = []
+    chunks: list[memoryview] = []
     for name, column in columns.items():
         array = np.ascontiguousarray(column)
         if array.dtype.hasobject:
             raise ValueError(f"column {name!r} holds Python objects")
-        data = array.tobytes()
-        arrays.append([name, array.dtype.str, list(array.shape), len(data)])
+        data = array.reshape(-1).view(np.uint8).data if array.nbytes else memoryview(b"")
+        arrays.append([name, array.dtype.str, list(array.shape), data.nbytes])
         chunks.append(data)
     header = json.dumps({"meta": meta, "arrays": arrays}).encode()
-    body = struct.pack("<I", len(header)) + header + b"".join(chunks)
-    return HEADER.pack(MAGIC, len(body), zlib.crc32(body)) + body
+    start = struct.pack("<I", len(header)) + header
+    length = len(start) + sum(chunk.nbytes for chunk in chunks)
+    crc = zlib.crc32(start)
+    for chunk in chunks:
+        crc = zlib.crc32(chunk, crc)
+    return [HEADER.pack(MAGIC, length, crc) + start, *chunks], HEADER.size + length
 
 
 def _decode(body: bytes) -> tuple[dict[str, Any], dict[str, npt.NDArray[Any]]]:
@@ -126,8 +140,12 @@ class DecisionLog:
             self._file.truncate(end)
             self._file.seek(end)
             os.fsync(self._file.fileno())
-        self._synced_at = time.monotonic()
-        self._dirty = False
+        self._written = 0
+        """Records written (to the OS) since opening; ``_synced`` of them are durable."""
+        self._synced = 0
+        self._pending = threading.Event()
+        self._stop = threading.Event()
+        self._syncer: threading.Thread | None = None
 
     def _segments(self) -> list[int]:
         found = []
@@ -163,24 +181,57 @@ class DecisionLog:
         rows = lengths.pop() if lengths else 0
         with self._lock:
             first = self._next_id
-            record = _encode(columns, {**meta, "rows": rows, "first_id": first})
-            if len(record) > RECORD_BYTES_MAX:
+            parts, size = _encoded_parts(columns, {**meta, "rows": rows, "first_id": first})
+            if size > RECORD_BYTES_MAX:
                 raise ValueError("a decision log record is limited to 1 GiB")
-            if self._file.tell() > 0 and self._file.tell() + len(record) > self.segment_bytes:
+            if self._file.tell() > 0 and self._file.tell() + size > self.segment_bytes:
                 self._rotate()
-            self._file.write(record)
+            for part in parts:
+                self._file.write(part)
             self._file.flush()
-            self._dirty = True
+            self._written += 1
+            if self._syncer is None and not self._stop.is_set():
+                self._syncer = threading.Thread(
+                    target=self._sync_in_background, name="decision-log-sync", daemon=True
+                )
+                self._syncer.start()
+            self._pending.set()
             self._next_id = first + rows
-            if time.monotonic() - self._synced_at >= self.sync_interval_s:
-                self._sync()
             return first
 
     def _sync(self) -> None:
-        if self._dirty:
+        """Make every record written so far durable (the lock held)."""
+        if self._synced < self._written:
             os.fdatasync(self._file.fileno())
-            self._dirty = False
-        self._synced_at = time.monotonic()
+            self._synced = self._written
+
+    def _sync_in_background(self) -> None:
+        """The syncer thread: ``fdatasync`` within ``sync_interval_s`` of a write, off the
+        caller's path (the write itself happened before ``append`` returned)."""
+        last = time.monotonic()
+        while True:
+            self._pending.wait()
+            if self._stop.is_set():
+                return
+            # Group the writes of one interval in one sync.
+            self._stop.wait(max(0.0, last + self.sync_interval_s - time.monotonic()))
+            with self._lock:
+                self._pending.clear()
+                if self._file.closed or self._synced >= self._written:
+                    if self._stop.is_set():
+                        return
+                    continue
+                target = self._written
+                fd = os.dup(self._file.fileno())  # the file may rotate while we sync
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            with self._lock:
+                self._synced = max(self._synced, target)
+            last = time.monotonic()
+            if self._stop.is_set():
+                return
 
     def _rotate(self) -> None:
         self._sync()
@@ -199,6 +250,10 @@ class DecisionLog:
             self._sync()
 
     def close(self) -> None:
+        self._stop.set()
+        self._pending.set()
+        if self._syncer is not None and self._syncer is not threading.current_thread():
+            self._syncer.join()
         with self._lock:
             if not self._file.closed:
                 self._sync()

@@ -18,7 +18,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -31,6 +31,8 @@ ZERO_THRESHOLD: Final = 1e-35
 """LightGBM's ``kZeroThreshold``: |x| at or below it counts as zero for ``missing_type`` Zero."""
 _MISSING_NONE, _MISSING_ZERO, _MISSING_NAN = 0, 1, 2
 TRAIN_ROWS_MIN: Final = 50
+_ROW_WISE_ROWS_MAX: Final = 64
+"""Up to this many rows, ``RiskModel.matrix`` converts all columns at once (unit: rows)."""
 
 
 class ModelFileError(PuhuiError):
@@ -109,29 +111,11 @@ def _flatten(dump: Mapping[str, Any]) -> _Forest:
     )
 
 
-def _compiled(function: Callable[..., Any], *, inline: Literal["never", "always"] = "never") -> Any:
+def _compiled(function: Callable[..., Any]) -> Any:
     """Compile with numba (nopython, cached on disk, the GIL released)."""
     from numba import njit
 
-    return njit(cache=True, nogil=True, inline=inline)(function)
-
-
-def _child_py(  # pragma: no cover - compiled
-    value: Any, node: Any, threshold: Any, left: Any, right: Any, missing: Any, default_left: Any
-) -> Any:
-    """Where a row goes from ``node``: LightGBM's numerical decision (``NumericalDecision``
-    in its tree.h), missing values included."""
-    kind = missing[node]
-    if math.isnan(value) and kind != 2:
-        value = 0.0
-    if (kind == 1 and -1e-35 <= value <= 1e-35) or (kind == 2 and math.isnan(value)):
-        return left[node] if default_left[node] else right[node]
-    if value <= threshold[node]:
-        return left[node]
-    return right[node]
-
-
-_child = _compiled(_child_py, inline="always")
+    return njit(cache=True, nogil=True)(function)
 
 
 def _raw_scores_py(
@@ -152,9 +136,21 @@ def _raw_scores_py(
         for t in range(roots.shape[0]):
             node = roots[t]
             while node >= 0:
-                node = _child(
-                    x[row, feature[node]], node, threshold, left, right, missing, default_left
-                )
+                # LightGBM's numerical decision (``NumericalDecision`` in its tree.h), written
+                # out here: an njit helper taking the arrays costs 20 times the step itself.
+                value = x[row, feature[node]]
+                if value <= threshold[node]:
+                    if missing[node] != _MISSING_ZERO or abs(value) > ZERO_THRESHOLD:
+                        node = left[node]
+                        continue
+                elif not math.isnan(value):
+                    if missing[node] != _MISSING_ZERO or abs(value) > ZERO_THRESHOLD:
+                        node = right[node]
+                        continue
+                elif missing[node] == _MISSING_NONE:  # NaN counts as 0.0
+                    node = left[node] if threshold[node] >= 0.0 else right[node]
+                    continue
+                node = left[node] if default_left[node] else right[node]
             total += leaf_value[~node]
         out[row] = total
 
@@ -181,9 +177,21 @@ def _contributions_py(  # pragma: no cover - compiled
         for t in range(roots.shape[0]):
             node = roots[t]
             while node >= 0:
-                child = _child(
-                    x[row, feature[node]], node, threshold, left, right, missing, default_left
-                )
+                value = x[row, feature[node]]  # the step of _raw_scores_py, written out
+                if value <= threshold[node]:
+                    if missing[node] != _MISSING_ZERO or abs(value) > ZERO_THRESHOLD:
+                        child = left[node]
+                    else:
+                        child = left[node] if default_left[node] else right[node]
+                elif not math.isnan(value):
+                    if missing[node] != _MISSING_ZERO or abs(value) > ZERO_THRESHOLD:
+                        child = right[node]
+                    else:
+                        child = left[node] if default_left[node] else right[node]
+                elif missing[node] == _MISSING_NONE:  # NaN counts as 0.0
+                    child = left[node] if threshold[node] >= 0.0 else right[node]
+                else:
+                    child = left[node] if default_left[node] else right[node]
                 after = leaf_value[~child] if child < 0 else node_value[child]
                 out[row, feature[node]] += after - node_value[node]
                 node = child
@@ -235,10 +243,16 @@ class RiskModel:
         missing = [name for name in self.feature_names if name not in features]
         if missing:
             raise InvalidInputError(f"features missing for the model: {', '.join(missing[:5])}")
-        columns = [np.asarray(features[name], dtype=np.float64) for name in self.feature_names]
+        columns = [features[name] for name in self.feature_names]
         if not columns:
             return np.zeros((0, 0))
-        return np.ascontiguousarray(np.column_stack(columns))
+        if len(np.asarray(columns[0])) <= _ROW_WISE_ROWS_MAX:
+            # A handful of events (one at a time): one conversion of the whole list, then a
+            # small transpose, is a fifth of the cost of converting column by column.
+            return np.ascontiguousarray(np.array(columns, dtype=np.float64).T)
+        return np.ascontiguousarray(
+            np.column_stack([np.asarray(column, dtype=np.float64) for column in columns])
+        )
 
     def raw(self, features: Mapping[str, npt.ArrayLike]) -> npt.NDArray[np.float64]:
         """Log-odds per row (the sum of the trees' leaves)."""

@@ -1,0 +1,347 @@
+"""The risk engine's decision path as it was before the columnar fast path (commit c0aa283):
+per-event objects, reasons built event by event, the model walked by LightGBM's decision
+written plainly in Python. ``test_engine_fast_path.py`` replays a simulated day through it
+and through ``RiskEngine`` and asks for the same decisions and the same log.
+
+Kept verbatim but for the model (``_ReferenceModel``: the old kernels' logic, uncompiled) and
+the restart methods (not needed here).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from puhui.risk import Decision, EventKind, RiskDecision, RiskEvent, RiskLists, Ruleset
+from puhui.risk._features import FEATURE_SCHEMA, FeatureStore, InvalidRiskEventError
+from puhui.risk._log import DecisionLog
+from puhui.risk._model import RiskModel
+
+
+def _child(value: float, node: int, f: Any) -> int:
+    """LightGBM's numerical decision, as the old kernel's ``_child_py`` wrote it."""
+    kind = f.missing[node]
+    if math.isnan(value) and kind != 2:
+        value = 0.0
+    if (kind == 1 and -1e-35 <= value <= 1e-35) or (kind == 2 and math.isnan(value)):
+        return int(f.left[node] if f.default_left[node] else f.right[node])
+    if value <= f.threshold[node]:
+        return int(f.left[node])
+    return int(f.right[node])
+
+
+KINDS: Final = tuple(EventKind)
+DECISIONS: Final = (Decision.ACCEPT, Decision.CHALLENGE, Decision.REVIEW, Decision.REJECT)
+"""By severity: the rules' severity 0..3 indexes this."""
+REASONS_MAX: Final = 8
+
+
+def _text(values: Sequence[str]) -> npt.NDArray[np.str_]:
+    return np.asarray(values if values else [""], dtype=np.str_)[: len(values)]
+
+
+def event_columns(events: Sequence[RiskEvent]) -> dict[str, npt.NDArray[Any]]:
+    """The events as the log keeps them (and as ``FeatureStore.batch_from_columns`` reads)."""
+    nan = float("nan")
+    try:
+        kinds = [KINDS.index(EventKind(e.kind)) for e in events]
+    except ValueError:
+        raise InvalidRiskEventError("an event of an unknown kind") from None
+    return {
+        "kind": np.asarray(kinds, dtype=np.int8),
+        "customer_id": np.asarray([e.customer_id for e in events], dtype=np.int64),
+        "at_ns": np.asarray([e.at_ns for e in events], dtype=np.int64),
+        "amount": np.asarray([e.amount for e in events], dtype=np.int64),
+        "currency": _text([e.currency for e in events]),
+        "device": _text([e.device_id for e in events]),
+        "merchant": _text([e.merchant for e in events]),
+        "counterparty": _text([e.counterparty for e in events]),
+        "ip": _text([e.ip for e in events]),
+        "latitude": np.asarray(
+            [nan if e.latitude is None else e.latitude for e in events], dtype=np.float64
+        ),
+        "longitude": np.asarray(
+            [nan if e.longitude is None else e.longitude for e in events], dtype=np.float64
+        ),
+        "tz_offset_s": np.asarray([e.tz_offset_s or 0 for e in events], dtype=np.int64),
+        "kyc_level": np.asarray(
+            [-1 if e.kyc_level is None else e.kyc_level for e in events], dtype=np.int64
+        ),
+        "account_created_ns": np.asarray(
+            [e.account_created_ns or 0 for e in events], dtype=np.int64
+        ),
+    }
+
+
+def _event_features(columns: Mapping[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
+    counterparty = columns["counterparty"]
+    merchant = columns["merchant"]
+    is_card = np.char.startswith(counterparty, "card:")
+    is_merchant = np.char.startswith(counterparty, "m:")
+    return {
+        "event.type": np.asarray([str(KINDS[k]) for k in columns["kind"]], dtype=np.str_),
+        "event.customer": np.char.add("c:", columns["customer_id"].astype(np.str_)),
+        "event.device": columns["device"],
+        "event.ip": columns["ip"],
+        "event.counterparty": counterparty,
+        "event.merchant": np.where(
+            merchant != "", merchant, np.where(is_merchant, counterparty, "")
+        ),
+        "event.card": np.where(is_card, counterparty, ""),
+    }
+
+
+class _ReferenceModel:
+    """``RiskModel.score`` and ``explain`` as they were, in plain Python."""
+
+    def __init__(self, model: RiskModel) -> None:
+        self.model = model
+        self.feature_names = model.feature_names
+        self.version = model.version
+
+    def _raw(self, x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        f = self.model._forest
+        out = np.empty(x.shape[0])
+        for row in range(x.shape[0]):
+            total = 0.0
+            for root in f.roots.tolist():
+                node = root
+                while node >= 0:
+                    node = _child(float(x[row, f.feature[node]]), node, f)
+                total += float(f.leaf_value[~node])
+            out[row] = total
+        return out
+
+    def score(self, features: Mapping[str, npt.ArrayLike]) -> npt.NDArray[np.int32]:
+        raw = self._raw(self.model.matrix(features))
+        probability = 1.0 / (1.0 + np.exp(-raw))
+        return np.rint(probability * 1000).astype(np.int32)
+
+    def explain(
+        self, features: Mapping[str, npt.ArrayLike], top: int = 3
+    ) -> list[list[tuple[str, float]]]:
+        x = self.model.matrix(features)
+        if x.shape[0] == 0:
+            return []
+        f = self.model._forest
+        contrib = np.zeros((x.shape[0], len(self.feature_names)), dtype=np.float64)
+        for row in range(x.shape[0]):
+            for root in f.roots.tolist():
+                node = root
+                while node >= 0:
+                    child = _child(float(x[row, f.feature[node]]), node, f)
+                    after = f.leaf_value[~child] if child < 0 else f.node_value[child]
+                    contrib[row, f.feature[node]] += after - f.node_value[node]
+                    node = child
+        k = min(top, contrib.shape[1])
+        order = np.argsort(-contrib, axis=1)[:, :k]
+        out = []
+        for values, picks in zip(contrib, order, strict=True):
+            out.append(
+                [
+                    (self.feature_names[i], round(float(values[i]), 4))
+                    for i in picks
+                    if values[i] > 0
+                ]
+            )
+        return out
+
+
+class EngineBefore:
+    """``RiskEngine`` before the fast path (ruleset given, no hot reload)."""
+
+    def __init__(
+        self,
+        rules: Ruleset,
+        *,
+        features: FeatureStore | None = None,
+        lists: RiskLists | None = None,
+        model: RiskModel | None = None,
+        shadow_model: RiskModel | None = None,
+        log: DecisionLog | None = None,
+        explain_top: int = 3,
+    ) -> None:
+        self.rules = rules
+        self.features = features or FeatureStore()
+        self.lists = lists
+        self.model = _ReferenceModel(model) if model is not None else None
+        self.shadow_model = _ReferenceModel(shadow_model) if shadow_model is not None else None
+        self.log = log
+        self.explain_top = explain_top
+        self._lock = threading.Lock()
+        self._trusted: dict[int, set[str]] = {}
+        """Devices each customer used in an accepted event (or confirmed by step-up)."""
+        self._schema_names: tuple[str, ...] = ()
+        self._schema_hash = ""
+
+    def ruleset(self) -> Ruleset:
+        return self.rules
+
+    @property
+    def model_version(self) -> str:
+        return self.model.version if self.model is not None else "none"
+
+    def __call__(self, events: Sequence[RiskEvent]) -> list[RiskDecision]:
+        if not events:
+            return []
+        columns = event_columns(events)
+        with self._lock:
+            return self._decide(columns)
+
+    def _decide(self, columns: Mapping[str, npt.NDArray[Any]]) -> list[RiskDecision]:
+        computed = self._features_of(columns)
+        feats: dict[str, npt.NDArray[Any]] = dict(computed)
+        feats.update(_event_features(columns))
+        # A device is new for a customer until an event from it was accepted (or the
+        # customer confirmed it by step-up): a rejected or failed attempt must not make the
+        # attacker's phone familiar. Trust is as of the start of the batch.
+        feats["device.new_for_customer"] = self._untrusted(columns)
+        n = len(columns["kind"])
+        model_score = np.zeros(n, dtype=np.int64)
+        if self.model is not None:
+            model_score = self.model.score(feats).astype(np.int64)
+        feats["model.score"] = model_score.astype(np.float64)
+        shadow = (
+            self.shadow_model.score(feats).astype(np.float64)
+            if self.shadow_model is not None
+            else np.zeros(n, dtype=np.float64)
+        )
+        feats["model.shadow_score"] = shadow
+        ruleset = self.ruleset()
+        results = ruleset.evaluate(feats, lists=self.lists)
+        severity = np.asarray(results.severity)
+        scores = np.maximum(np.asarray(results.scores, dtype=np.int64), model_score)
+        flagged = np.flatnonzero(severity > 0)
+        explained: dict[int, list[tuple[str, float]]] = {}
+        if self.model is not None and len(flagged) and self.explain_top:
+            rows = {k: v[flagged] for k, v in feats.items() if k in self.model.feature_names}
+            top = self.model.explain(rows, self.explain_top)
+            for row, contributions in zip(flagged.tolist(), top, strict=True):
+                explained[row] = contributions
+        out: list[RiskDecision] = []
+        reasons_column: list[str] = []
+        for i in range(n):
+            reasons: tuple[str, ...] = ()
+            if severity[i] > 0 or results.hit_offsets[i + 1] > results.hit_offsets[i]:
+                outcome = results.outcome(i, limit=REASONS_MAX)
+                found = [_hit_text(h.rule_id, h.values) for h in outcome.reasons]
+                found += [f"model:{name}={value:+.3f}" for name, value in explained.get(i, [])]
+                found += [f"shadow:{h.rule_id}" for h in outcome.shadow_hits]
+                reasons = tuple(found[:REASONS_MAX])
+            out.append(
+                RiskDecision(
+                    DECISIONS[int(severity[i])],
+                    int(scores[i]),
+                    reasons,
+                    results.ruleset_version,
+                    self.model_version,
+                )
+            )
+            reasons_column.append(json.dumps(list(reasons)) if reasons else "[]")
+        self._learn_trust(columns, severity)
+        if self.log is not None:
+            self._append(columns, feats, out, reasons_column, results.ruleset_version, shadow)
+        return out
+
+    def _features_of(self, columns: Mapping[str, npt.NDArray[Any]]) -> dict[str, Any]:
+        """The feature store's pass over events given as the log's columns."""
+        batch = self.features.batch_from_columns(
+            kind=columns["kind"],
+            customer_id=columns["customer_id"],
+            at_ns=columns["at_ns"],
+            amount=columns["amount"],
+            device=list(columns["device"]),
+            merchant=list(columns["merchant"]),
+            counterparty=list(columns["counterparty"]),
+            ip=list(columns["ip"]),
+            latitude=columns["latitude"],
+            longitude=columns["longitude"],
+            tz_offset_s=columns["tz_offset_s"],
+            kyc_level=columns["kyc_level"],
+            account_created_ns=columns["account_created_ns"],
+        )
+        return dict(self.features.compute(batch))
+
+    # --- trusted devices --------------------------------------------------------------------
+
+    def _untrusted(self, columns: Mapping[str, npt.NDArray[Any]]) -> npt.NDArray[np.bool_]:
+        trusted = self._trusted
+        empty: set[str] = set()
+        return np.fromiter(
+            (
+                str(device) not in trusted.get(int(customer), empty)
+                for customer, device in zip(columns["customer_id"], columns["device"], strict=True)
+            ),
+            dtype=np.bool_,
+            count=len(columns["device"]),
+        )
+
+    def _learn_trust(
+        self, columns: Mapping[str, npt.NDArray[Any]], severity: npt.NDArray[Any]
+    ) -> None:
+        for customer, device, level in zip(
+            columns["customer_id"], columns["device"], severity, strict=True
+        ):
+            if level == 0 and device:
+                self._trusted.setdefault(int(customer), set()).add(str(device))
+
+    def trust_device(self, customer_id: int, device_id: str) -> None:
+        """The customer proved this device is theirs (passed a step-up on it)."""
+        if device_id:
+            with self._lock:
+                self._trusted.setdefault(customer_id, set()).add(device_id)
+
+    # --- the decision log ------------------------------------------------------------------
+
+    def _append(
+        self,
+        columns: Mapping[str, npt.NDArray[Any]],
+        feats: Mapping[str, npt.NDArray[Any]],
+        decisions: Sequence[RiskDecision],
+        reasons: Sequence[str],
+        ruleset_version: str,
+        shadow: npt.NDArray[np.float64],
+    ) -> None:
+        assert self.log is not None
+        numeric = [k for k in FEATURE_SCHEMA if k in feats] + ["model.score", "model.shadow_score"]
+        names = tuple(numeric)
+        if names != self._schema_names:
+            self._schema_names = names
+            self._schema_hash = hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+            schema_path = self.log.directory / f"schema-{self._schema_hash}.json"
+            if not schema_path.exists():
+                tmp = schema_path.with_name(schema_path.name + ".tmp")
+                tmp.write_text(json.dumps(list(names)))
+                tmp.replace(schema_path)
+        matrix = np.column_stack([np.asarray(feats[k], dtype=np.float32) for k in names])
+        record = dict(columns)
+        record["decision"] = np.asarray(
+            [DECISIONS.index(d.decision) for d in decisions], dtype=np.int8
+        )
+        record["score"] = np.asarray([d.score for d in decisions], dtype=np.int16)
+        record["reasons"] = _text(list(reasons))
+        record["features"] = matrix
+        self.log.append(
+            record,
+            {
+                "ruleset": ruleset_version,
+                "model": self.model_version,
+                "shadow_model": self.shadow_model.version if self.shadow_model else "none",
+                "schema": self._schema_hash,
+            },
+        )
+
+
+def _hit_text(rule_id: str, values: Sequence[tuple[str, object]]) -> str:
+    shown = ", ".join(
+        f"{name}={value:.6g}" if isinstance(value, float) else f"{name}={value}"
+        for name, value in values
+    )
+    return f"{rule_id}({shown})" if shown else rule_id
