@@ -8,13 +8,19 @@ import time
 from collections.abc import Iterator
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.security import HTTPBearer
+from starlette.responses import Response
 
 from puhui.errors import InvalidInputError
 from puhui.ledger import (
+    ACCOUNT_DTYPE,
+    BATCH_EVENTS_MAX,
+    TRANSFER_DTYPE,
     AccountFilter,
     AccountFilterFlags,
+    BatchTooLargeError,
     FieldOutOfRangeError,
     account_from_mapping,
     transfer_from_mapping,
@@ -23,7 +29,12 @@ from puhui.platform import Scope, TenantLedger
 
 from ._context import ApiContext
 from ._guards import decode_cursor, encode_cursor
-from ._problems import PROBLEM_JSON, InvalidCursorError
+from ._problems import (
+    PROBLEM_JSON,
+    InvalidCursorError,
+    RecordsInvalidError,
+    UnsupportedMediaTypeError,
+)
 from ._route import PlatformRoute, endpoint, principal_of
 from ._schemas import (
     U16,
@@ -130,6 +141,98 @@ async def create_transfers(body: CreateTransfersIn, request: Request) -> CreateR
             for i, r in enumerate(results)
         ]
     )
+
+
+# --- the binary batch routes: TigerBeetle's wire layout, straight into the ledger's arrays ----
+
+OCTET_STREAM = "application/octet-stream"
+RECORD_BYTES = 128
+"""One account or transfer record (``ACCOUNT_DTYPE`` / ``TRANSFER_DTYPE``, little-endian)."""
+RESULT_BYTES = 16
+"""One result record (``RESULT_DTYPE``: timestamp u64, status u32, reserved u32)."""
+
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+BINARY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": f"One {RESULT_BYTES}-byte result per record, in order: timestamp (u64), "
+        "status (u32, TigerBeetle's result value; created = 4294967295), reserved (u32), "
+        "little-endian.",
+        "content": {OCTET_STREAM: _BINARY},
+    },
+    415: {**_problem, "description": "The body is not application/octet-stream"},
+}
+
+
+def _binary_body(record: str) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "description": f"At most {BATCH_EVENTS_MAX} {record} records of {RECORD_BYTES} bytes "
+            "each, back to back, in TigerBeetle's little-endian layout (see docs/api.md).",
+            "content": {OCTET_STREAM: _BINARY},
+        }
+    }
+
+
+async def _records(request: Request, dtype: np.dtype[Any], kind: str) -> np.ndarray[Any, Any]:
+    """The body's records as a (read-only) array of ``dtype``, checked: the media type, whole
+    records, at most a batch of them, and no ``timestamp`` (only the ledger sets one; importing
+    with one's own timestamps is not offered over the API, as in the JSON routes)."""
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != OCTET_STREAM:
+        raise UnsupportedMediaTypeError(f"send the {kind} as {OCTET_STREAM}")
+    body = await request.body()
+    if len(body) % RECORD_BYTES:
+        raise RecordsInvalidError(
+            f"the body ({len(body)} bytes) is not a whole number of {RECORD_BYTES}-byte records"
+        )
+    count = len(body) // RECORD_BYTES
+    if count > BATCH_EVENTS_MAX:
+        raise BatchTooLargeError(
+            f"{count} events in one batch; at most {BATCH_EVENTS_MAX}", count=count
+        )
+    events = np.frombuffer(body, dtype=dtype)
+    stamped = np.flatnonzero(events["timestamp"])
+    if stamped.size:
+        index = int(stamped[0])
+        raise RecordsInvalidError(
+            f"{kind}[{index}].timestamp must be 0: the ledger sets it", index=index
+        )
+    return events
+
+
+@router.post(
+    "/accounts/binary",
+    summary="create_accounts (binary)",
+    response_class=Response,
+    responses=BINARY_RESPONSES,
+    openapi_extra=_binary_body("account"),
+)
+@endpoint(Scope.LEDGER_WRITE, changes_state=True)
+async def create_accounts_binary(request: Request) -> Response:
+    """``create_accounts`` in the ledger's binary layout: 128-byte account records in, one
+    16-byte result per record out. ``user_data_32`` is reserved as in the JSON form."""
+    events = await _records(request, ACCOUNT_DTYPE, "accounts")
+    with _ledger_timer(request, "create_accounts", len(events)):
+        results = await _tenant_ledger(request).create_accounts_array(events)
+    return Response(results.tobytes(), media_type=OCTET_STREAM)
+
+
+@router.post(
+    "/transfers/binary",
+    summary="create_transfers (binary)",
+    response_class=Response,
+    responses=BINARY_RESPONSES,
+    openapi_extra=_binary_body("transfer"),
+)
+@endpoint(Scope.LEDGER_WRITE, changes_state=True)
+async def create_transfers_binary(request: Request) -> Response:
+    """``create_transfers`` in the ledger's binary layout: 128-byte transfer records in, one
+    16-byte result per record out (TigerBeetle's semantics, as the JSON form)."""
+    events = await _records(request, TRANSFER_DTYPE, "transfers")
+    with _ledger_timer(request, "create_transfers", len(events)):
+        results = await _tenant_ledger(request).create_transfers_array(events)
+    return Response(results.tobytes(), media_type=OCTET_STREAM)
 
 
 def _ids(body: LookupIn) -> list[int]:
