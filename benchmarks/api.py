@@ -49,7 +49,7 @@ TOP_UP = 10**13  # minor units each customer starts with
 # --- the server ------------------------------------------------------------------------------
 
 
-def serve(workdir: Path, port: int) -> None:
+def serve(workdir: Path, port: int, http: str = "auto") -> None:
     """Run the API (what ``puhui serve`` runs, with the benchmark's limits) until killed."""
     import uvicorn
 
@@ -74,7 +74,13 @@ def serve(workdir: Path, port: int) -> None:
         )
         app = create_app(engine, ledger, clock=clock, options=options, payments=payments)
         uvicorn.run(
-            app, host="127.0.0.1", port=port, loop="uvloop", log_level="warning", access_log=False
+            app,
+            host="127.0.0.1",
+            port=port,
+            loop="uvloop",
+            http=http,
+            log_level="warning",
+            access_log=False,
         )
 
 
@@ -465,6 +471,12 @@ def main() -> None:
     # internal modes: the server, and a process of clients
     parser.add_argument("--serve", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--http",
+        choices=("auto", "h11", "httptools"),
+        default="auto",
+        help="the server's HTTP parser (uvicorn's --http; auto: httptools when installed)",
+    )
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--base", default="", help=argparse.SUPPRESS)
     parser.add_argument("--token", default="", help=argparse.SUPPRESS)
@@ -474,7 +486,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(Path(args.serve), args.port)
+        serve(Path(args.serve), args.port, args.http)
         return
     quick = args.quick
     args.customers = args.customers or (10 if quick else 1_000)
@@ -497,7 +509,16 @@ def main() -> None:
         port = _free_port()
         base = f"http://127.0.0.1:{port}"
         server = subprocess.Popen(
-            [sys.executable, __file__, "--serve", str(workdir), "--port", str(port)],
+            [
+                sys.executable,
+                __file__,
+                "--serve",
+                str(workdir),
+                "--port",
+                str(port),
+                "--http",
+                args.http,
+            ],
             stderr=subprocess.PIPE,
         )
         _wait_ready(base, server)
