@@ -203,3 +203,26 @@ def test_scrambling_columns_is_scramble_id_of_each(
     lo, hi = scramble_columns(low, high, mask)
     got = [(int(h) << 64) | int(x) for x, h in zip(lo.tolist(), hi.tolist(), strict=True)]
     assert got == [scramble_id(v, mask) for v in values]
+
+
+def test_json_batches_refuse_values_past_their_field_and_change_nothing(api: Api) -> None:
+    # The JSON routes convert straight to the ledger's arrays; a value past its field's width
+    # is still the ledger's own field_out_of_range, and nothing of the batch is created.
+    for path, body in (
+        ("/v1/ledger/accounts", {"accounts": [account(1), account(2, user_data_64=str(1 << 64))]}),
+        ("/v1/ledger/transfers", {"transfers": [transfer(10, 1, 2, 1, pending_id=str(1 << 128))]}),
+    ):
+        response = api.client.post(path, json=body, headers=api.auth())
+        _problem(response, 422, "field_out_of_range")
+    assert api.client.post(
+        "/v1/ledger/accounts/lookup", json={"ids": ["1", "2"]}, headers=api.auth()
+    ).json() == {"accounts": []}
+    largest = {"user_data_64": str((1 << 64) - 1), "user_data_128": str((1 << 128) - 1)}
+    made = api.client.post(
+        "/v1/ledger/accounts", json={"accounts": [account(1, **largest)]}, headers=api.auth()
+    )
+    assert [r["status"] for r in made.json()["results"]] == ["created"]
+    seen = api.client.post(
+        "/v1/ledger/accounts/lookup", json={"ids": ["1"]}, headers=api.auth()
+    ).json()["accounts"]
+    assert [(a["user_data_64"], a["user_data_128"]) for a in seen] == [tuple(largest.values())]

@@ -4,8 +4,9 @@ seen through the caller's ``TenantLedger`` (other tenants' accounts do not exist
 from __future__ import annotations
 
 import contextlib
+import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Annotated, Any
 
 import numpy as np
@@ -21,6 +22,8 @@ from puhui.ledger import (
     AccountFilter,
     AccountFilterFlags,
     BatchTooLargeError,
+    CreateAccountStatus,
+    CreateTransferStatus,
     FieldOutOfRangeError,
     account_from_mapping,
     transfer_from_mapping,
@@ -42,7 +45,6 @@ from ._schemas import (
     AccountsOut,
     BalancePage,
     CreateAccountsIn,
-    CreateResultOut,
     CreateResultsOut,
     CreateTransfersIn,
     LookupIn,
@@ -103,44 +105,107 @@ def _mapping(model: Any) -> dict[str, Any]:
     return {k: int(v) if isinstance(v, str) else v for k, v in data.items()}
 
 
+JSON = "application/json"
+_U64_MASK = (1 << 64) - 1
+_TEXT_FIELDS = {"user_data_64"}
+"""64-bit fields that travel as decimal text (128-bit ones always do)."""
+_ACCOUNT_COLUMNS: tuple[tuple[str, int], ...] = (
+    ("id", 128),
+    ("user_data_128", 128),
+    ("user_data_64", 64),
+    ("user_data_32", 32),
+    ("ledger", 32),
+    ("code", 16),
+    ("flags", 16),
+)
+_TRANSFER_COLUMNS: tuple[tuple[str, int], ...] = (
+    ("id", 128),
+    ("debit_account_id", 128),
+    ("credit_account_id", 128),
+    ("amount", 128),
+    ("pending_id", 128),
+    ("user_data_128", 128),
+    ("user_data_64", 64),
+    ("user_data_32", 32),
+    ("timeout", 32),
+    ("ledger", 32),
+    ("code", 16),
+    ("flags", 16),
+)
+_ACCOUNT_STATUS_NAMES = {int(s): s.name.lower() for s in CreateAccountStatus}
+_TRANSFER_STATUS_NAMES = {int(s): s.name.lower() for s in CreateTransferStatus}
+
+
+def _columns(
+    events: Sequence[Any], columns: tuple[tuple[str, int], ...], dtype: np.dtype[Any]
+) -> np.ndarray[Any, Any]:
+    """Validated input models as the ledger's array, a field at a time. A number too large for
+    its field raises ``OverflowError`` (numpy refuses it) before anything is sent."""
+    out = np.zeros(len(events), dtype)
+    for name, bits in columns:
+        values = [getattr(event, name) for event in events]
+        if bits == 128:
+            numbers = [int(text) for text in values]
+            out[name + "_lo"] = [n & _U64_MASK for n in numbers]
+            out[name + "_hi"] = [n >> 64 for n in numbers]
+        elif name in _TEXT_FIELDS:
+            out[name] = [int(text) for text in values]
+        else:
+            out[name] = values  # ranges checked by the schema (U32, U16)
+    return out
+
+
+def _results_json(
+    ids: Sequence[str], results: np.ndarray[Any, Any], names: dict[int, str]
+) -> Response:
+    """``CreateResultsOut`` as JSON, written straight from the results array."""
+    body = {
+        "results": [
+            {"index": i, "id": ids[i], "status": names[status], "timestamp": str(stamp)}
+            for i, (status, stamp) in enumerate(
+                zip(results["status"].tolist(), results["timestamp"].tolist(), strict=True)
+            )
+        ]
+    }
+    return Response(json.dumps(body, separators=(",", ":")).encode(), media_type=JSON)
+
+
 @router.post("/accounts", response_model=CreateResultsOut, summary="create_accounts")
 @endpoint(Scope.LEDGER_WRITE, changes_state=True)
-async def create_accounts(body: CreateAccountsIn, request: Request) -> CreateResultsOut:
+async def create_accounts(body: CreateAccountsIn, request: Request) -> Response:
     """Create accounts; one result per event (``created``, ``exists``, ...)."""
-    accounts = [account_from_mapping(_mapping(a)) for a in body.accounts]
-    with _ledger_timer(request, "create_accounts", len(accounts)):
-        results = await _tenant_ledger(request).create_accounts(accounts)
-    return CreateResultsOut(
-        results=[
-            CreateResultOut(
-                index=i,
-                id=str(accounts[i].id),
-                status=r.status.name.lower(),
-                timestamp=str(r.timestamp),
-            )
-            for i, r in enumerate(results)
-        ]
-    )
+    try:
+        events = _columns(body.accounts, _ACCOUNT_COLUMNS, ACCOUNT_DTYPE)
+    except OverflowError:  # the object form names the field (field_out_of_range)
+        for a in body.accounts:
+            account_from_mapping(_mapping(a))
+        raise
+    with _ledger_timer(request, "create_accounts", len(events)):
+        results = await _tenant_ledger(request).create_accounts_array(events)
+    return _results_json([a.id for a in body.accounts], results, _ACCOUNT_STATUS_NAMES)
 
 
 @router.post("/transfers", response_model=CreateResultsOut, summary="create_transfers")
 @endpoint(Scope.LEDGER_WRITE, changes_state=True)
-async def create_transfers(body: CreateTransfersIn, request: Request) -> CreateResultsOut:
+async def create_transfers(body: CreateTransfersIn, request: Request) -> Response:
     """Create transfers (linked chains, two-phase, balancing: TigerBeetle's semantics)."""
-    transfers = [transfer_from_mapping(_mapping(t)) for t in body.transfers]
-    with _ledger_timer(request, "create_transfers", len(transfers)):
-        results = await _tenant_ledger(request).create_transfers(transfers)
-    return CreateResultsOut(
-        results=[
-            CreateResultOut(
-                index=i,
-                id=str(transfers[i].id),
-                status=r.status.name.lower(),
-                timestamp=str(r.timestamp),
-            )
-            for i, r in enumerate(results)
-        ]
-    )
+    try:
+        events = _columns(body.transfers, _TRANSFER_COLUMNS, TRANSFER_DTYPE)
+    except OverflowError:  # the object form names the field (field_out_of_range)
+        for t in body.transfers:
+            transfer_from_mapping(_mapping(t))
+        raise
+    with _ledger_timer(request, "create_transfers", len(events)):
+        results = await _tenant_ledger(request).create_transfers_array(events)
+    return _results_json([t.id for t in body.transfers], results, _TRANSFER_STATUS_NAMES)
+
+
+def _ids(body: LookupIn) -> list[int]:
+    ids = [int(text) for text in body.ids]
+    for i, value in enumerate(ids):
+        if value >= 1 << 128:
+            raise FieldOutOfRangeError(f"ids[{i}] exceeds 2**128 - 1", index=i)
+    return ids
 
 
 # --- the binary batch routes: TigerBeetle's wire layout, straight into the ledger's arrays ----
@@ -233,14 +298,6 @@ async def create_transfers_binary(request: Request) -> Response:
     with _ledger_timer(request, "create_transfers", len(events)):
         results = await _tenant_ledger(request).create_transfers_array(events)
     return Response(results.tobytes(), media_type=OCTET_STREAM)
-
-
-def _ids(body: LookupIn) -> list[int]:
-    ids = [int(text) for text in body.ids]
-    for i, value in enumerate(ids):
-        if value >= 1 << 128:
-            raise FieldOutOfRangeError(f"ids[{i}] exceeds 2**128 - 1", index=i)
-    return ids
 
 
 @router.post("/accounts/lookup", response_model=AccountsOut, summary="lookup_accounts")
