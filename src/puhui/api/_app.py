@@ -152,8 +152,8 @@ def create_app(
     for router in ROUTERS:
         # The routes join the app's own route table rather than being included as nested
         # routers: the same routes and the same OpenAPI document, but a request is matched
-        # once against plain patterns (``include_router``'s nesting matched the chosen router's
-        # table twice, through extra scope bookkeeping: a sixth of a payment's CPU).
+        # once against plain patterns (``include_router``'s nesting matched the chosen
+        # router's table twice, with extra scope bookkeeping per candidate route).
         app.router.routes.extend(router.routes)
 
     @app.get("/healthz", include_in_schema=False)
