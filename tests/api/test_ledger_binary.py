@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -226,3 +227,28 @@ def test_json_batches_refuse_values_past_their_field_and_change_nothing(api: Api
         "/v1/ledger/accounts/lookup", json={"ids": ["1"]}, headers=api.auth()
     ).json()["accounts"]
     assert [(a["user_data_64"], a["user_data_128"]) for a in seen] == [tuple(largest.values())]
+
+
+def test_the_binary_example_in_the_docs_works(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/api.md's binary batch example, its ``httpx.post`` sent to this app."""
+    import re
+    import sys
+    import types
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", doc, flags=re.DOTALL)
+    [example] = [b for b in blocks if "/v1/ledger/transfers/binary" in b]
+    post_binary(api, "/v1/ledger/accounts/binary", records(ACCOUNT_DTYPE, ACCOUNTS[:2]))
+
+    def post(url: str, **kwargs: Any) -> Any:
+        return api.client.post(url.removeprefix("http://127.0.0.1:8000"), **kwargs)
+
+    monkeypatch.setitem(sys.modules, "httpx", types.SimpleNamespace(post=post))
+    namespace: dict[str, Any] = {"token": api.token_a}
+    exec(compile(example, "docs/api.md", "exec"), namespace)
+    assert statuses(namespace["response"], CreateTransferStatus) == ["created"] * 3
+    seen = api.client.post(
+        "/v1/ledger/accounts/lookup", json={"ids": ["2"]}, headers=api.auth()
+    ).json()["accounts"]
+    assert seen[0]["credits_posted"] == "1500"
