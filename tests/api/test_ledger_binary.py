@@ -252,3 +252,15 @@ def test_the_binary_example_in_the_docs_works(api: Api, monkeypatch: pytest.Monk
         "/v1/ledger/accounts/lookup", json={"ids": ["2"]}, headers=api.auth()
     ).json()["accounts"]
     assert seen[0]["credits_posted"] == "1500"
+
+
+def test_fields_the_json_form_lacks_are_answered_by_the_ledger_per_event(api: Api) -> None:
+    accounts = np.frombuffer(records(ACCOUNT_DTYPE, ACCOUNTS[:3]), ACCOUNT_DTYPE).copy()
+    accounts[1]["debits_pending_lo"] = 5
+    accounts[2]["reserved"] = 7
+    made = post_binary(api, "/v1/ledger/accounts/binary", accounts.tobytes())
+    assert statuses(made, CreateAccountStatus) == [
+        "created",
+        "debits_pending_must_be_zero",
+        "reserved_field",
+    ]
