@@ -264,3 +264,71 @@ def test_fields_the_json_form_lacks_are_answered_by_the_ledger_per_event(api: Ap
         "debits_pending_must_be_zero",
         "reserved_field",
     ]
+
+
+u128_text = st.integers(min_value=0, max_value=U128_MAX).map(str)
+transfer_fields = st.fixed_dictionaries(
+    {
+        "id": u128_text,
+        "debit_account_id": u128_text,
+        "credit_account_id": u128_text,
+        "amount": u128_text,
+        "ledger": st.integers(min_value=0, max_value=(1 << 32) - 1),
+        "code": st.integers(min_value=0, max_value=(1 << 16) - 1),
+    },
+    optional={
+        "pending_id": u128_text,
+        "user_data_128": u128_text,
+        "user_data_64": st.integers(min_value=0, max_value=(1 << 64) - 1).map(str),
+        "user_data_32": st.integers(min_value=0, max_value=(1 << 32) - 1),
+        "timeout": st.integers(min_value=0, max_value=(1 << 32) - 1),
+        "flags": st.integers(min_value=0, max_value=(1 << 16) - 1),
+    },
+)
+
+
+@given(st.lists(transfer_fields, max_size=8))
+def test_json_transfers_become_the_same_records_as_through_the_object_form(
+    rows: list[dict[str, Any]],
+) -> None:
+    from puhui.api._ledger_routes import _TRANSFER_COLUMNS, _columns, _mapping
+    from puhui.api._schemas import CreateTransfersIn
+    from puhui.ledger import transfer_from_mapping
+    from puhui.ledger._convert import transfers_to_array
+
+    body = CreateTransfersIn.model_validate({"transfers": rows})
+    fast = _columns(body.transfers, _TRANSFER_COLUMNS, TRANSFER_DTYPE)
+    objects = [transfer_from_mapping(_mapping(t)) for t in body.transfers]
+    slow = transfers_to_array(objects) if objects else np.zeros(0, TRANSFER_DTYPE)
+    assert fast.tobytes() == slow.tobytes()
+
+
+account_fields = st.fixed_dictionaries(
+    {
+        "id": u128_text,
+        "ledger": st.integers(min_value=0, max_value=(1 << 32) - 1),
+        "code": st.integers(min_value=0, max_value=(1 << 16) - 1),
+    },
+    optional={
+        "user_data_128": u128_text,
+        "user_data_64": st.integers(min_value=0, max_value=(1 << 64) - 1).map(str),
+        "user_data_32": st.integers(min_value=0, max_value=(1 << 32) - 1),
+        "flags": st.integers(min_value=0, max_value=(1 << 16) - 1),
+    },
+)
+
+
+@given(st.lists(account_fields, max_size=8))
+def test_json_accounts_become_the_same_records_as_through_the_object_form(
+    rows: list[dict[str, Any]],
+) -> None:
+    from puhui.api._ledger_routes import _ACCOUNT_COLUMNS, _columns, _mapping
+    from puhui.api._schemas import CreateAccountsIn
+    from puhui.ledger import account_from_mapping
+    from puhui.ledger._convert import accounts_to_array
+
+    body = CreateAccountsIn.model_validate({"accounts": rows})
+    fast = _columns(body.accounts, _ACCOUNT_COLUMNS, ACCOUNT_DTYPE)
+    objects = [account_from_mapping(_mapping(a)) for a in body.accounts]
+    slow = accounts_to_array(objects) if objects else np.zeros(0, ACCOUNT_DTYPE)
+    assert fast.tobytes() == slow.tobytes()
