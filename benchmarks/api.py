@@ -49,7 +49,7 @@ TOP_UP = 10**13  # minor units each customer starts with
 # --- the server ------------------------------------------------------------------------------
 
 
-def serve(workdir: Path, port: int) -> None:
+def serve(workdir: Path, port: int, http: str = "auto") -> None:
     """Run the API (what ``puhui serve`` runs, with the benchmark's limits) until killed."""
     import uvicorn
 
@@ -74,7 +74,13 @@ def serve(workdir: Path, port: int) -> None:
         )
         app = create_app(engine, ledger, clock=clock, options=options, payments=payments)
         uvicorn.run(
-            app, host="127.0.0.1", port=port, loop="uvloop", log_level="warning", access_log=False
+            app,
+            host="127.0.0.1",
+            port=port,
+            loop="uvloop",
+            http=http,
+            log_level="warning",
+            access_log=False,
         )
 
 
@@ -319,10 +325,19 @@ def run_payments(
 # --- the ledger's batch endpoint -------------------------------------------------------------
 
 
-async def _ledger_batches(base: str, token: str, args: argparse.Namespace) -> dict[str, Any]:
+async def _ledger_batches(
+    base: str, token: str, args: argparse.Namespace, binary: bool, first_id: int
+) -> dict[str, Any]:
+    """Full batches of transfers to ``/v1/ledger/transfers`` (JSON) or, with ``binary``, to
+    ``/v1/ledger/transfers/binary`` (128-byte records); ids from ``first_id`` up."""
     import httpx2
 
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    from puhui.ledger import RESULT_DTYPE, TRANSFER_DTYPE, CreateTransferStatus
+
+    CREATED = int(CreateTransferStatus.CREATED)
+
+    content_type = "application/octet-stream" if binary else "application/json"
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": content_type}
     accounts = 1_000
     first_account = 1_000_000
     async with httpx2.AsyncClient(headers=headers, timeout=300.0) as client:
@@ -333,14 +348,29 @@ async def _ledger_batches(base: str, token: str, args: argparse.Namespace) -> di
                     for n in range(start, start + 500)
                 ]
             }
-            response = await client.post(f"{base}/v1/ledger/accounts", json=body)
+            response = await client.post(
+                f"{base}/v1/ledger/accounts",
+                json=body,
+                headers={"Content-Type": "application/json"},
+            )
             assert response.status_code == 200, response.text
         rng = np.random.default_rng(7)
         bodies: list[bytes] = []
-        next_id = 10**9
+        next_id = first_id
         for _ in range(args.batches):
             debit = rng.integers(accounts, size=args.batch)
             credit = (debit + 1 + rng.integers(accounts - 1, size=args.batch)) % accounts
+            if binary:
+                records = np.zeros(args.batch, TRANSFER_DTYPE)
+                records["id_lo"] = np.arange(next_id, next_id + args.batch, dtype=np.uint64)
+                records["debit_account_id_lo"] = first_account + debit
+                records["credit_account_id_lo"] = first_account + credit
+                records["amount_lo"] = 1
+                records["ledger"] = 1
+                records["code"] = 1
+                bodies.append(records.tobytes())
+                next_id += args.batch
+                continue
             transfers = []
             for d, c in zip(debit.tolist(), credit.tolist(), strict=True):
                 transfers.append(
@@ -361,13 +391,19 @@ async def _ledger_batches(base: str, token: str, args: argparse.Namespace) -> di
 
         async def one_client() -> None:
             nonlocal failed
+            path = "/v1/ledger/transfers/binary" if binary else "/v1/ledger/transfers"
             while queue:
                 body = queue.pop()
                 t0 = time.perf_counter()
-                response = await client.post(f"{base}/v1/ledger/transfers", content=body)
+                response = await client.post(f"{base}{path}", content=body)
                 latencies.append(time.perf_counter() - t0)
-                results = response.json()["results"]
-                failed += sum(1 for r in results if r["status"] != "created")
+                assert response.status_code == 200, response.text
+                if binary:
+                    statuses = np.frombuffer(response.content, RESULT_DTYPE)["status"]
+                    failed += int(np.count_nonzero(statuses != CREATED))
+                else:
+                    results = response.json()["results"]
+                    failed += sum(1 for r in results if r["status"] != "created")
 
         started = time.perf_counter()
         await asyncio.gather(*(one_client() for _ in range(args.batch_clients)))
@@ -375,6 +411,7 @@ async def _ledger_batches(base: str, token: str, args: argparse.Namespace) -> di
     total = args.batches * args.batch
     lat = np.array(latencies) * 1000
     return {
+        "format": "binary" if binary else "json",
         "transfers": total,
         "batch": args.batch,
         "clients": args.batch_clients,
@@ -384,6 +421,28 @@ async def _ledger_batches(base: str, token: str, args: argparse.Namespace) -> di
         "batch_p99_ms": round(float(np.percentile(lat, 99)), 3),
         "not_created": failed,
     }
+
+
+def run_ledger_batches(
+    base: str, token: str, args: argparse.Namespace, server_pid: int, binary: bool
+) -> dict[str, Any]:
+    import uvloop
+
+    first_id = 2 * 10**9 if binary else 10**9
+    cpu_before = _cpu_s(server_pid)
+    batch = uvloop.run(_ledger_batches(base, token, args, binary, first_id))
+    batch_cpu_s = _cpu_s(server_pid) - cpu_before
+    batch["server_cpu_s"] = round(batch_cpu_s, 3)
+    batch["transfers_per_server_cpu_s"] = round(batch["transfers"] / max(batch_cpu_s, 1e-9), 1)
+    batch["server_cpu_us_per_transfer"] = round(1e6 * batch_cpu_s / batch["transfers"], 3)
+    print(
+        f"ledger batch {batch['transfers_per_s']:>10,.0f} transfers/s  ({batch['format']}, "
+        f"{batch['clients']} clients, {batch['batch']} per request)  "
+        f"p50 {batch['batch_p50_ms']:.1f} ms  p99 {batch['batch_p99_ms']:.1f} ms  "
+        f"{batch['transfers_per_server_cpu_s']:,.0f} transfers per server CPU-second",
+        flush=True,
+    )
+    return batch
 
 
 # --- main ------------------------------------------------------------------------------------
@@ -403,9 +462,21 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None, help="transfers per batch request")
     parser.add_argument("--batches", type=int, default=None, help="batch requests sent")
     parser.add_argument("--batch-clients", type=int, default=None)
+    parser.add_argument(
+        "--batch-format",
+        choices=("json", "both"),
+        default="both",
+        help="the batch endpoint in JSON only, or also in the binary layout (default: both)",
+    )
     # internal modes: the server, and a process of clients
     parser.add_argument("--serve", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--http",
+        choices=("auto", "h11", "httptools"),
+        default="auto",
+        help="the server's HTTP parser (uvicorn's --http; auto: httptools when installed)",
+    )
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--base", default="", help=argparse.SUPPRESS)
     parser.add_argument("--token", default="", help=argparse.SUPPRESS)
@@ -415,7 +486,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(Path(args.serve), args.port)
+        serve(Path(args.serve), args.port, args.http)
         return
     quick = args.quick
     args.customers = args.customers or (10 if quick else 1_000)
@@ -438,7 +509,16 @@ def main() -> None:
         port = _free_port()
         base = f"http://127.0.0.1:{port}"
         server = subprocess.Popen(
-            [sys.executable, __file__, "--serve", str(workdir), "--port", str(port)],
+            [
+                sys.executable,
+                __file__,
+                "--serve",
+                str(workdir),
+                "--port",
+                str(port),
+                "--http",
+                args.http,
+            ],
             stderr=subprocess.PIPE,
         )
         _wait_ready(base, server)
@@ -463,18 +543,10 @@ def main() -> None:
             f"  not completed {payments['not_completed']}",
             flush=True,
         )
-        cpu_before = _cpu_s(server.pid)
-        batch = uvloop.run(_ledger_batches(base, token, args))
-        batch_cpu_s = _cpu_s(server.pid) - cpu_before
-        batch["server_cpu_s"] = round(batch_cpu_s, 3)
-        batch["transfers_per_server_cpu_s"] = round(batch["transfers"] / batch_cpu_s, 1)
-        print(
-            f"ledger batch {batch['transfers_per_s']:>10,.0f} transfers/s  "
-            f"({batch['clients']} clients, {batch['batch']} per request)  "
-            f"p50 {batch['batch_p50_ms']:.1f} ms  p99 {batch['batch_p99_ms']:.1f} ms  "
-            f"{batch['transfers_per_server_cpu_s']:,.0f} transfers per server CPU-second",
-            flush=True,
-        )
+        batch = run_ledger_batches(base, token, args, server.pid, binary=False)
+        binary = None
+        if args.batch_format == "both":
+            binary = run_ledger_batches(base, token, args, server.pid, binary=True)
     finally:
         if server is not None:
             server.terminate()
@@ -490,9 +562,11 @@ def main() -> None:
             "p50_ms": payments["p50_ms"],
             "p99_ms": payments["p99_ms"],
             "ledger_transfers_per_s": batch["transfers_per_s"],
+            "ledger_binary_transfers_per_s": binary["transfers_per_s"] if binary else None,
             "payments_per_server_cpu_s": payments["requests_per_server_cpu_s"],
             "payments": payments,
             "ledger_batch": batch,
+            "ledger_batch_binary": binary,
             "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
         }
         print(json.dumps(report))

@@ -132,3 +132,5 @@ def test_api_benchmark_quick_run_prints_json() -> None:
     assert report["p99_ms"] >= report["p50_ms"] > 0
     assert report["payments"]["requests"] > 0 and report["payments"]["not_completed"] == {}
     assert report["ledger_batch"]["not_created"] == 0
+    assert report["ledger_binary_transfers_per_s"] > 0
+    assert report["ledger_batch_binary"]["not_created"] == 0

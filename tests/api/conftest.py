@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
@@ -88,6 +89,20 @@ def transfer(id_: int, debit: int, credit: int, amount: int, **fields: object) -
         "code": 1,
         **fields,
     }
+
+
+def records(dtype: np.dtype[Any], rows: list[dict[str, Any]]) -> bytes:
+    """JSON-form events (decimal strings and numbers) as binary records of ``dtype``."""
+    out = np.zeros(len(rows), dtype)
+    for i, row in enumerate(rows):
+        for name, value in row.items():
+            number = int(value)
+            if name + "_lo" in dtype.names:  # type: ignore[operator]
+                out[i][name + "_lo"] = number & ((1 << 64) - 1)
+                out[i][name + "_hi"] = number >> 64
+            else:
+                out[i][name] = number
+    return out.tobytes()
 
 
 def post_ok(api: Api, path: str, body: object = None, token: str | None = None) -> Any:

@@ -15,7 +15,9 @@ from ._problems import (
     MethodNotAllowedError,
     NotFoundError,
     RateLimitedError,
+    RecordsInvalidError,
     RequestTooLargeError,
+    UnsupportedMediaTypeError,
 )
 from ._route import Endpoint, PlatformRoute, endpoint
 
@@ -30,7 +32,9 @@ __all__ = [
     "NotFoundError",
     "PlatformRoute",
     "RateLimitedError",
+    "RecordsInvalidError",
     "RequestTooLargeError",
+    "UnsupportedMediaTypeError",
     "create_app",
     "endpoint",
     "platform_routes",

@@ -99,6 +99,9 @@ def create_app(
         description="Partners' HTTP API: the ledger (TigerBeetle's semantics), payments and "
         "webhooks, per tenant. See docs/api.md.",
         lifespan=_delivering(webhooks, options.webhook_delivery_interval_s),
+        # FastAPI's own OpenTelemetry hooks asked the environment for a tracer provider on
+        # every request; the API's metrics are its own (``/metrics``).
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     if payments is None:
         payments = Payments(
@@ -147,7 +150,11 @@ def create_app(
     )
     metrics.webhook_backlog.set_function(webhooks.backlog)
     for router in ROUTERS:
-        app.include_router(router)
+        # The routes join the app's own route table rather than being included as nested
+        # routers: the same routes and the same OpenAPI document, but a request is matched
+        # once against plain patterns (``include_router``'s nesting matched the chosen
+        # router's table twice, with extra scope bookkeeping per candidate route).
+        app.router.routes.extend(router.routes)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

@@ -4,17 +4,26 @@ seen through the caller's ``TenantLedger`` (other tenants' accounts do not exist
 from __future__ import annotations
 
 import contextlib
+import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.security import HTTPBearer
+from starlette.responses import Response
 
 from puhui.errors import InvalidInputError
 from puhui.ledger import (
+    ACCOUNT_DTYPE,
+    BATCH_EVENTS_MAX,
+    TRANSFER_DTYPE,
     AccountFilter,
     AccountFilterFlags,
+    BatchTooLargeError,
+    CreateAccountStatus,
+    CreateTransferStatus,
     FieldOutOfRangeError,
     account_from_mapping,
     transfer_from_mapping,
@@ -23,7 +32,12 @@ from puhui.platform import Scope, TenantLedger
 
 from ._context import ApiContext
 from ._guards import decode_cursor, encode_cursor
-from ._problems import PROBLEM_JSON, InvalidCursorError
+from ._problems import (
+    PROBLEM_JSON,
+    InvalidCursorError,
+    RecordsInvalidError,
+    UnsupportedMediaTypeError,
+)
 from ._route import PlatformRoute, endpoint, principal_of
 from ._schemas import (
     U16,
@@ -31,7 +45,6 @@ from ._schemas import (
     AccountsOut,
     BalancePage,
     CreateAccountsIn,
-    CreateResultOut,
     CreateResultsOut,
     CreateTransfersIn,
     LookupIn,
@@ -92,44 +105,99 @@ def _mapping(model: Any) -> dict[str, Any]:
     return {k: int(v) if isinstance(v, str) else v for k, v in data.items()}
 
 
+JSON = "application/json"
+_U64_MASK = (1 << 64) - 1
+_TEXT_FIELDS = {"user_data_64"}
+"""64-bit fields that travel as decimal text (128-bit ones always do)."""
+_ACCOUNT_COLUMNS: tuple[tuple[str, int], ...] = (
+    ("id", 128),
+    ("user_data_128", 128),
+    ("user_data_64", 64),
+    ("user_data_32", 32),
+    ("ledger", 32),
+    ("code", 16),
+    ("flags", 16),
+)
+_TRANSFER_COLUMNS: tuple[tuple[str, int], ...] = (
+    ("id", 128),
+    ("debit_account_id", 128),
+    ("credit_account_id", 128),
+    ("amount", 128),
+    ("pending_id", 128),
+    ("user_data_128", 128),
+    ("user_data_64", 64),
+    ("user_data_32", 32),
+    ("timeout", 32),
+    ("ledger", 32),
+    ("code", 16),
+    ("flags", 16),
+)
+_ACCOUNT_STATUS_NAMES = {int(s): s.name.lower() for s in CreateAccountStatus}
+_TRANSFER_STATUS_NAMES = {int(s): s.name.lower() for s in CreateTransferStatus}
+
+
+def _columns(
+    events: Sequence[Any], columns: tuple[tuple[str, int], ...], dtype: np.dtype[Any]
+) -> np.ndarray[Any, Any]:
+    """Validated input models as the ledger's array, a field at a time. A number too large for
+    its field raises ``OverflowError`` (numpy refuses it) before anything is sent."""
+    out = np.zeros(len(events), dtype)
+    for name, bits in columns:
+        values = [getattr(event, name) for event in events]
+        if bits == 128:
+            numbers = [int(text) for text in values]
+            out[name + "_lo"] = [n & _U64_MASK for n in numbers]
+            out[name + "_hi"] = [n >> 64 for n in numbers]
+        elif name in _TEXT_FIELDS:
+            out[name] = [int(text) for text in values]
+        else:
+            out[name] = values  # ranges checked by the schema (U32, U16)
+    return out
+
+
+def _results_json(
+    ids: Sequence[str], results: np.ndarray[Any, Any], names: dict[int, str]
+) -> Response:
+    """``CreateResultsOut`` as JSON, written straight from the results array."""
+    body = {
+        "results": [
+            {"index": i, "id": ids[i], "status": names[status], "timestamp": str(stamp)}
+            for i, (status, stamp) in enumerate(
+                zip(results["status"].tolist(), results["timestamp"].tolist(), strict=True)
+            )
+        ]
+    }
+    return Response(json.dumps(body, separators=(",", ":")).encode(), media_type=JSON)
+
+
 @router.post("/accounts", response_model=CreateResultsOut, summary="create_accounts")
 @endpoint(Scope.LEDGER_WRITE, changes_state=True)
-async def create_accounts(body: CreateAccountsIn, request: Request) -> CreateResultsOut:
+async def create_accounts(body: CreateAccountsIn, request: Request) -> Response:
     """Create accounts; one result per event (``created``, ``exists``, ...)."""
-    accounts = [account_from_mapping(_mapping(a)) for a in body.accounts]
-    with _ledger_timer(request, "create_accounts", len(accounts)):
-        results = await _tenant_ledger(request).create_accounts(accounts)
-    return CreateResultsOut(
-        results=[
-            CreateResultOut(
-                index=i,
-                id=str(accounts[i].id),
-                status=r.status.name.lower(),
-                timestamp=str(r.timestamp),
-            )
-            for i, r in enumerate(results)
-        ]
-    )
+    try:
+        events = _columns(body.accounts, _ACCOUNT_COLUMNS, ACCOUNT_DTYPE)
+    except OverflowError:  # the object form names the field (field_out_of_range)
+        for a in body.accounts:
+            account_from_mapping(_mapping(a))
+        raise
+    with _ledger_timer(request, "create_accounts", len(events)):
+        results = await _tenant_ledger(request).create_accounts_array(events)
+    return _results_json([a.id for a in body.accounts], results, _ACCOUNT_STATUS_NAMES)
 
 
 @router.post("/transfers", response_model=CreateResultsOut, summary="create_transfers")
 @endpoint(Scope.LEDGER_WRITE, changes_state=True)
-async def create_transfers(body: CreateTransfersIn, request: Request) -> CreateResultsOut:
+async def create_transfers(body: CreateTransfersIn, request: Request) -> Response:
     """Create transfers (linked chains, two-phase, balancing: TigerBeetle's semantics)."""
-    transfers = [transfer_from_mapping(_mapping(t)) for t in body.transfers]
-    with _ledger_timer(request, "create_transfers", len(transfers)):
-        results = await _tenant_ledger(request).create_transfers(transfers)
-    return CreateResultsOut(
-        results=[
-            CreateResultOut(
-                index=i,
-                id=str(transfers[i].id),
-                status=r.status.name.lower(),
-                timestamp=str(r.timestamp),
-            )
-            for i, r in enumerate(results)
-        ]
-    )
+    try:
+        events = _columns(body.transfers, _TRANSFER_COLUMNS, TRANSFER_DTYPE)
+    except OverflowError:  # the object form names the field (field_out_of_range)
+        for t in body.transfers:
+            transfer_from_mapping(_mapping(t))
+        raise
+    with _ledger_timer(request, "create_transfers", len(events)):
+        results = await _tenant_ledger(request).create_transfers_array(events)
+    return _results_json([t.id for t in body.transfers], results, _TRANSFER_STATUS_NAMES)
 
 
 def _ids(body: LookupIn) -> list[int]:
@@ -138,6 +206,98 @@ def _ids(body: LookupIn) -> list[int]:
         if value >= 1 << 128:
             raise FieldOutOfRangeError(f"ids[{i}] exceeds 2**128 - 1", index=i)
     return ids
+
+
+# --- the binary batch routes: TigerBeetle's wire layout, straight into the ledger's arrays ----
+
+OCTET_STREAM = "application/octet-stream"
+RECORD_BYTES = 128
+"""One account or transfer record (``ACCOUNT_DTYPE`` / ``TRANSFER_DTYPE``, little-endian)."""
+RESULT_BYTES = 16
+"""One result record (``RESULT_DTYPE``: timestamp u64, status u32, reserved u32)."""
+
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+BINARY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": f"One {RESULT_BYTES}-byte result per record, in order: timestamp (u64), "
+        "status (u32, TigerBeetle's result value; created = 4294967295), reserved (u32), "
+        "little-endian.",
+        "content": {OCTET_STREAM: _BINARY},
+    },
+    415: {**_problem, "description": "The body is not application/octet-stream"},
+}
+
+
+def _binary_body(record: str) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "description": f"At most {BATCH_EVENTS_MAX} {record} records of {RECORD_BYTES} bytes "
+            "each, back to back, in TigerBeetle's little-endian layout (see docs/api.md).",
+            "content": {OCTET_STREAM: _BINARY},
+        }
+    }
+
+
+async def _records(request: Request, dtype: np.dtype[Any], kind: str) -> np.ndarray[Any, Any]:
+    """The body's records as a (read-only) array of ``dtype``, checked: the media type, whole
+    records, at most a batch of them, and no ``timestamp`` (only the ledger sets one; importing
+    with one's own timestamps is not offered over the API, as in the JSON routes)."""
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != OCTET_STREAM:
+        raise UnsupportedMediaTypeError(f"send the {kind} as {OCTET_STREAM}")
+    body = await request.body()
+    if len(body) % RECORD_BYTES:
+        raise RecordsInvalidError(
+            f"the body ({len(body)} bytes) is not a whole number of {RECORD_BYTES}-byte records"
+        )
+    count = len(body) // RECORD_BYTES
+    if count > BATCH_EVENTS_MAX:
+        raise BatchTooLargeError(
+            f"{count} events in one batch; at most {BATCH_EVENTS_MAX}", count=count
+        )
+    events = np.frombuffer(body, dtype=dtype)
+    stamped = np.flatnonzero(events["timestamp"])
+    if stamped.size:
+        index = int(stamped[0])
+        raise RecordsInvalidError(
+            f"{kind}[{index}].timestamp must be 0: the ledger sets it", index=index
+        )
+    return events
+
+
+@router.post(
+    "/accounts/binary",
+    summary="create_accounts (binary)",
+    response_class=Response,
+    responses=BINARY_RESPONSES,
+    openapi_extra=_binary_body("account"),
+)
+@endpoint(Scope.LEDGER_WRITE, changes_state=True)
+async def create_accounts_binary(request: Request) -> Response:
+    """``create_accounts`` in the ledger's binary layout: 128-byte account records in, one
+    16-byte result per record out. ``user_data_32`` is reserved as in the JSON form."""
+    events = await _records(request, ACCOUNT_DTYPE, "accounts")
+    with _ledger_timer(request, "create_accounts", len(events)):
+        results = await _tenant_ledger(request).create_accounts_array(events)
+    return Response(results.tobytes(), media_type=OCTET_STREAM)
+
+
+@router.post(
+    "/transfers/binary",
+    summary="create_transfers (binary)",
+    response_class=Response,
+    responses=BINARY_RESPONSES,
+    openapi_extra=_binary_body("transfer"),
+)
+@endpoint(Scope.LEDGER_WRITE, changes_state=True)
+async def create_transfers_binary(request: Request) -> Response:
+    """``create_transfers`` in the ledger's binary layout: 128-byte transfer records in, one
+    16-byte result per record out (TigerBeetle's semantics, as the JSON form)."""
+    events = await _records(request, TRANSFER_DTYPE, "transfers")
+    with _ledger_timer(request, "create_transfers", len(events)):
+        results = await _tenant_ledger(request).create_transfers_array(events)
+    return Response(results.tobytes(), media_type=OCTET_STREAM)
 
 
 @router.post("/accounts/lookup", response_model=AccountsOut, summary="lookup_accounts")

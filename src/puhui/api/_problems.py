@@ -53,6 +53,19 @@ class InvalidCursorError(InvalidInputError):
     code = "cursor_invalid"
 
 
+class UnsupportedMediaTypeError(InvalidInputError):
+    """A body in a ``Content-Type`` the route does not take (the binary batch routes)."""
+
+    code = "media_type_unsupported"
+
+
+class RecordsInvalidError(InvalidInputError):
+    """A binary batch body that is not a whole number of 128-byte records, or a record that
+    sets a field only the ledger may set."""
+
+    code = "records_invalid"
+
+
 class InternalError(PuhuiError):
     """A fault of the server (a bug); nothing about it is shown to the client."""
 
@@ -70,9 +83,11 @@ STATUS_BY_CODE: Final[dict[str, int]] = {
     "webhook_event_not_found": 404,
     "method_not_allowed": 405,
     "request_too_large": 413,
+    "media_type_unsupported": 415,
     "rate_limited": 429,
     # request validation
     "invalid_input": 422,
+    "records_invalid": 422,
     "cursor_invalid": 400,
     "idempotency_key_invalid": 400,
     # idempotency
