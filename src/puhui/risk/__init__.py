@@ -6,7 +6,8 @@
   ``docs/risk-features.md``).
 - A ruleset file (TOML, ``docs/risk-rules.md``) compiles to a ``Ruleset`` whose
   ``evaluate(features, lists=...)`` decides a whole batch at once; ``RulesetWatcher`` keeps
-  one hot-reloaded; ``RiskLists`` holds the block and allow lists rules look values up in.
+  one hot-reloaded; ``RiskLists`` holds the block and allow lists rules look values up in
+  (``ListStore`` keeps them in SQL; ``SyncedRiskLists`` follows the store without restart).
 - ``Cases``: what is held for review, the analysts' decisions and the labels they give.
 
 ``decide`` itself is still the pass-through (every event accepted, versions
@@ -16,6 +17,7 @@
 from ._cases import (
     Case,
     CaseClosedError,
+    CaseNeedsGatewayError,
     CaseNotFoundError,
     CaseOutcome,
     Cases,
@@ -40,6 +42,7 @@ from ._features import (
     FeatureStore,
     InvalidRiskEventError,
 )
+from ._list_store import ListStore, SyncedRiskLists
 from ._lists import LIST_NAMES, ListEntry, RiskLists
 from ._load import RulesetWatcher, load_ruleset, parse_ruleset
 from ._ruleset import Rule, RuleStatus, Thresholds
@@ -49,6 +52,7 @@ __all__ = [
     "LIST_NAMES",
     "Case",
     "CaseClosedError",
+    "CaseNeedsGatewayError",
     "CaseNotFoundError",
     "CaseOutcome",
     "CaseStatus",
@@ -63,6 +67,7 @@ __all__ = [
     "InvalidCaseDecisionError",
     "InvalidRiskEventError",
     "ListEntry",
+    "ListStore",
     "RiskDecision",
     "RiskEvent",
     "RiskFeaturesError",
@@ -76,6 +81,7 @@ __all__ = [
     "RuleStatus",
     "Ruleset",
     "RulesetWatcher",
+    "SyncedRiskLists",
     "Thresholds",
     "decide",
     "load_ruleset",

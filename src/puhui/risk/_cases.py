@@ -62,6 +62,14 @@ class InvalidCaseDecisionError(InvalidInputError):
     code = "case_decision_invalid"
 
 
+class CaseNeedsGatewayError(PuhuiError):
+    """Carrying out this decision needs a payment gateway (the bank, a biller) that the
+    caller does not have — e.g. approving a held withdrawal from the command line. Nothing
+    was recorded; decide it where the gateway is configured (the API server)."""
+
+    code = "case_needs_gateway"
+
+
 @dataclass(frozen=True, slots=True)
 class Case:
     id: int
