@@ -490,6 +490,7 @@ RISK_ALL = [
     "CaseNeedsGatewayError",
     "CaseNotFoundError",
     "CaseOutcome",
+    "CaseReason",
     "CaseStatus",
     "Cases",
     "Decision",
@@ -519,6 +520,7 @@ RISK_ALL = [
     "SyncedRiskLists",
     "Thresholds",
     "decide",
+    "explain_reasons",
     "load_ruleset",
     "parse_ruleset",
 ]

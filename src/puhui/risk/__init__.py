@@ -20,9 +20,11 @@ from ._cases import (
     CaseNeedsGatewayError,
     CaseNotFoundError,
     CaseOutcome,
+    CaseReason,
     Cases,
     CaseStatus,
     InvalidCaseDecisionError,
+    explain_reasons,
 )
 from ._decide import (
     Decision,
@@ -55,6 +57,7 @@ __all__ = [
     "CaseNeedsGatewayError",
     "CaseNotFoundError",
     "CaseOutcome",
+    "CaseReason",
     "CaseStatus",
     "Cases",
     "Decision",
@@ -84,6 +87,7 @@ __all__ = [
     "SyncedRiskLists",
     "Thresholds",
     "decide",
+    "explain_reasons",
     "load_ruleset",
     "parse_ruleset",
 ]

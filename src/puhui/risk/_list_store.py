@@ -35,6 +35,8 @@ from ._lists import (
 
 CHECK_INTERVAL_MS_DEFAULT: Final = 1_000
 """How often an engine's lists look for changes in the store (unit: milliseconds)."""
+PAGE_ENTRIES_MAX: Final = 1_000
+"""Most entries in one page of ``ListStore.entries`` (unit: entries)."""
 
 
 def _entry(row: sa.Row[tuple[object, ...]]) -> ListEntry:
@@ -161,15 +163,22 @@ class ListStore:
                 lists[row.list_name].append(_entry(row))
         return version, lists
 
-    def entries(self, name: str) -> list[ListEntry]:
-        """Every stored entry of ``name`` (expired ones too), sorted by value."""
+    def entries(
+        self, name: str, *, after_value: str | None = None, limit: int | None = None
+    ) -> list[ListEntry]:
+        """The stored entries of ``name`` (expired ones too), sorted by value: all of them,
+        or a page of at most ``limit`` after ``after_value`` (the cursor)."""
         self._check_name(name)
+        if limit is not None and not 1 <= limit <= PAGE_ENTRIES_MAX:
+            raise RiskListError(f"limit must be 1..{PAGE_ENTRIES_MAX}")
+        query = sa.select(t.list_entries).where(t.list_entries.c.list_name == name)
+        if after_value is not None:
+            query = query.where(t.list_entries.c.value > after_value)
+        query = query.order_by(t.list_entries.c.value)
+        if limit is not None:
+            query = query.limit(limit)
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(t.list_entries)
-                .where(t.list_entries.c.list_name == name)
-                .order_by(t.list_entries.c.value)
-            ).all()
+            rows = conn.execute(query).all()
         return [_entry(row) for row in rows]
 
 
