@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import tempfile
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -33,8 +34,9 @@ from puhui.risk import (
     load_ruleset,
 )
 from puhui.risk._backtest import backtest
-from puhui.risk._engine import engine_schema
+from puhui.risk._engine import DEFAULT_RULES, engine_schema
 from puhui.risk._model import RiskModel
+from puhui.risk._shadow import LIVE_THRESHOLD_DEFAULT, compare_models
 from puhui.sim import SimConfig
 from puhui.sim._risk import risk_report, run_with_engine, train_on_runs
 from puhui.store import create_engine, migrate
@@ -83,33 +85,79 @@ def report(
     fraud_rate: Annotated[float, typer.Option(help="Times the usual fraud incidence.")] = 1.0,
     rules: Rules = None,
     model: Annotated[Path | None, typer.Option(help="A model file from `risk train`.")] = None,
+    shadow_model: Annotated[
+        Path | None,
+        typer.Option(help="A second model scored beside the live one (never acting); compared."),
+    ] = None,
+    model_threshold: Annotated[
+        float, typer.Option(help="The live model's acting score (the ruleset's model rule).")
+    ] = LIVE_THRESHOLD_DEFAULT,
     log: Annotated[
         Path | None, typer.Option(help="Keep the engine's decision log (and labels) here.")
     ] = None,
     as_json: AsJson = False,
 ) -> None:
     """Run a simulated month with the engine in front of every event and report the fraud
-    loss rate, honest customers rejected or challenged, precision and recall per scenario."""
-    with reported_errors():
+    loss rate, honest customers rejected or challenged, precision and recall per scenario;
+    with ``--shadow-model``, live against shadow (AUC, precision and recall at the live
+    threshold, the decisions that would change)."""
+    with reported_errors(), contextlib.ExitStack() as stack:
         config = SimConfig(customers=customers, days=days, seed=seed, fraud_rate=fraud_rate)
         loaded = RiskModel.load(model) if model is not None else None
+        shadow = RiskModel.load(shadow_model) if shadow_model is not None else None
+        log_dir = log
+        if log_dir is None and shadow is not None:  # the comparison reads the log
+            log_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="puhui-")))
         with _progress() as progress:
             task = progress.add_task("days", total=days)
             sim, events = run_with_engine(
                 config,
                 rules=rules,
                 model=loaded,
-                log_dir=log,
+                shadow_model=shadow,
+                log_dir=log_dir,
                 on_day=lambda day: progress.update(task, completed=day + 1),
             )
+        labels = [1 if label else 0 for label in sim.risk_labels]
         if log is not None:
-            labels = [1 if label else 0 for label in sim.risk_labels]
             (log / "labels.json").write_text(json.dumps(labels))
         figures = risk_report(sim, events)
         figures["model"] = loaded.version if loaded is not None else "none"
         _print_report(figures)
+        if shadow is not None and log_dir is not None:
+            ruleset = load_ruleset(rules or DEFAULT_RULES, engine_schema())
+            compared = compare_models(ruleset, log_dir, labels, threshold=model_threshold)
+            figures["shadow"] = compared
+            _print_shadow(compared)
         if as_json:
             emit_json({"command": "risk report", **figures})
+
+
+def _print_shadow(compared: dict[str, Any]) -> None:
+    def num(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    table = Table(title=f"Live model against shadow (threshold {compared['threshold']:g})")
+    for column in ("model", "version", "AUC", "flagged", "precision", "recall"):
+        table.add_column(column, justify="left" if column in ("model", "version") else "right")
+    for side in ("live", "shadow"):
+        s = compared[side]
+        table.add_row(
+            side,
+            escape(compared[f"{side}_model"][:16]),
+            num(s["auc"]),
+            f"{s['flagged']:,}",
+            num(s["precision"]),
+            num(s["recall"]),
+        )
+    shown = console()
+    shown.print(table)
+    c = compared["changed"]
+    shown.print(
+        f"decisions that would change with the shadow live: {c['decisions']:,}"
+        f" (stricter on {c['stricter_fraud']:,} fraud / {c['stricter_good']:,} honest events,"
+        f" laxer on {c['laxer_fraud']:,} fraud / {c['laxer_good']:,} honest)"
+    )
 
 
 def _print_report(figures: dict[str, Any]) -> None:

@@ -93,6 +93,15 @@ def test_train_writes_a_model_the_report_can_use(tmp_path: Path) -> None:
     )
     assert report.exit_code == 0, report.output
     assert _last_json(report.stdout)["model"] == trained["version"]
+    # The same model in shadow: scored beside the live one, and nothing would change.
+    both = ["--model", str(model), "--shadow-model", str(model), "--json"]
+    shadowed = runner.invoke(app, ["risk", "report", "--customers", "20", "--days", "1", *both])
+    assert shadowed.exit_code == 0, shadowed.output
+    compared = _data(shadowed.stdout)["shadow"]
+    assert compared["live_model"] == compared["shadow_model"] == trained["version"]
+    assert compared["events"] > 0 and compared["changed"]["decisions"] == 0
+    assert compared["live"] == compared["shadow"]
+    assert "Live model against shadow" in shadowed.stdout
 
 
 def test_cases_from_the_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
