@@ -1,7 +1,8 @@
 """``puhui serve`` end to end, as an operator runs it: a real server process over a fresh data
 directory, a tenant's key in its store, payments over HTTP decided by the risk engine with a
-ruleset file that is hot-reloaded, a clean shutdown that snapshots the engine's state, and a
-second server refused the risk state the first one holds."""
+ruleset file that is hot-reloaded, a block list changed in SQL while it runs, a clean shutdown
+that snapshots the engine's state, and a second server refused the risk state the first one
+holds."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
+from puhui.clock import SystemClock
 from puhui.platform import Tenants
+from puhui.risk import ListStore
 from puhui.store import create_engine, migrate
 
 PUHUI = [sys.executable, "-m", "puhui.cli"]
@@ -26,7 +29,7 @@ PUHUI = [sys.executable, "-m", "puhui.cli"]
 RULES = """
 name = "serve-test"
 version = "{version}"
-description = "One rule: large P2P payments are rejected"
+description = "Large P2P payments and blocked customers are rejected"
 
 [thresholds]
 challenge = 400
@@ -40,6 +43,15 @@ when = 'event.type == "p2p" and event.amount > 50000'
 action = "reject"
 priority = 100
 status = "{status}"
+owner = "tests"
+
+[[rule]]
+id = "list.blocked"
+description = "A customer on the block list"
+when = 'event.customer in list("blocked_customers")'
+action = "reject"
+priority = 1000
+status = "active"
 owner = "tests"
 """
 
@@ -148,6 +160,24 @@ def test_serve_decides_payments_with_the_risk_engine(tmp_path: Path) -> None:
             assert (again["status"], again["decision"]) == ("completed", "accept"), again
             wallet = c.get(f"/customers/{p}/wallets/CNY").json()
             assert wallet["available"] == 2_000_00 - 100_00 - 600_00
+
+            # An operator blocks the payer (as `puhui risk lists add` does): the running
+            # server reads the list from SQL within its check interval.
+            store = create_engine(f"sqlite:///{tmp_path / 'data' / 'puhui.sqlite'}")
+            try:
+                ListStore(store, SystemClock()).add(
+                    "blocked_customers", f"c:{p}", reason="case 1: takeover"
+                )
+            finally:
+                store.dispose()
+            small = {**pay, "amount": 1_00}
+            deadline = time.monotonic() + 30
+            while True:
+                blocked = _post(c, f"/customers/{p}/transfers", small)
+                if blocked["status"] == "rejected" or time.monotonic() > deadline:
+                    break
+                time.sleep(0.3)
+            assert (blocked["decision"], blocked["error_code"]) == ("reject", "risk_rejected")
         # A second server over another ledger but the same risk state is refused, with its
         # code, before it serves anything.
         second = subprocess.run(

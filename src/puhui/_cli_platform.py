@@ -151,7 +151,7 @@ def serve(
     from puhui.api import ApiOptions, create_app
     from puhui.clock import SystemClock
     from puhui.payments import Payments, SimulatedBank
-    from puhui.risk import Cases, open_engine
+    from puhui.risk import Cases, ListStore, SyncedRiskLists, open_engine
 
     with _reported_errors():
         settings = Settings.from_env()
@@ -168,6 +168,7 @@ def serve(
                 rules=risk_rules,
                 model=risk_model,
                 shadow_model=risk_shadow_model,
+                lists=SyncedRiskLists(ListStore(engine, clock)),
             ) as risk_engine,
         ):
             payments = Payments(

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import tempfile
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 import typer
 from rich.markup import escape
@@ -21,11 +22,21 @@ from puhui.clock import SystemClock
 from puhui.config import Settings
 from puhui.errors import InvalidInputError
 from puhui.money import format_amount
-from puhui.payments import Payments, SimulatedBank
-from puhui.risk import CaseOutcome, Cases, CaseStatus, load_ruleset
+from puhui.payments import BankDirection, BankResult, OperationKind, Payments
+from puhui.risk import (
+    CaseNeedsGatewayError,
+    CaseOutcome,
+    Cases,
+    CaseStatus,
+    ListEntry,
+    ListStore,
+    RiskListError,
+    load_ruleset,
+)
 from puhui.risk._backtest import backtest
-from puhui.risk._engine import engine_schema
+from puhui.risk._engine import DEFAULT_RULES, engine_schema
 from puhui.risk._model import RiskModel
+from puhui.risk._shadow import LIVE_THRESHOLD_DEFAULT, compare_models
 from puhui.sim import SimConfig
 from puhui.sim._risk import risk_report, run_with_engine, train_on_runs
 from puhui.store import create_engine, migrate
@@ -38,6 +49,11 @@ risk_app = typer.Typer(
 )
 cases_app = typer.Typer(help="Review cases: list them, decide them.", no_args_is_help=True)
 risk_app.add_typer(cases_app, name="cases")
+lists_app = typer.Typer(
+    help="Block and allow lists (in the SQL store; running engines pick changes up).",
+    no_args_is_help=True,
+)
+risk_app.add_typer(lists_app, name="lists")
 
 AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object last.")]
 Customers = Annotated[int, typer.Option(help="Customers of the simulated economy.")]
@@ -69,33 +85,79 @@ def report(
     fraud_rate: Annotated[float, typer.Option(help="Times the usual fraud incidence.")] = 1.0,
     rules: Rules = None,
     model: Annotated[Path | None, typer.Option(help="A model file from `risk train`.")] = None,
+    shadow_model: Annotated[
+        Path | None,
+        typer.Option(help="A second model scored beside the live one (never acting); compared."),
+    ] = None,
+    model_threshold: Annotated[
+        float, typer.Option(help="The live model's acting score (the ruleset's model rule).")
+    ] = LIVE_THRESHOLD_DEFAULT,
     log: Annotated[
         Path | None, typer.Option(help="Keep the engine's decision log (and labels) here.")
     ] = None,
     as_json: AsJson = False,
 ) -> None:
     """Run a simulated month with the engine in front of every event and report the fraud
-    loss rate, honest customers rejected or challenged, precision and recall per scenario."""
-    with reported_errors():
+    loss rate, honest customers rejected or challenged, precision and recall per scenario;
+    with ``--shadow-model``, live against shadow (AUC, precision and recall at the live
+    threshold, the decisions that would change)."""
+    with reported_errors(), contextlib.ExitStack() as stack:
         config = SimConfig(customers=customers, days=days, seed=seed, fraud_rate=fraud_rate)
         loaded = RiskModel.load(model) if model is not None else None
+        shadow = RiskModel.load(shadow_model) if shadow_model is not None else None
+        log_dir = log
+        if log_dir is None and shadow is not None:  # the comparison reads the log
+            log_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="puhui-")))
         with _progress() as progress:
             task = progress.add_task("days", total=days)
             sim, events = run_with_engine(
                 config,
                 rules=rules,
                 model=loaded,
-                log_dir=log,
+                shadow_model=shadow,
+                log_dir=log_dir,
                 on_day=lambda day: progress.update(task, completed=day + 1),
             )
+        labels = [1 if label else 0 for label in sim.risk_labels]
         if log is not None:
-            labels = [1 if label else 0 for label in sim.risk_labels]
             (log / "labels.json").write_text(json.dumps(labels))
         figures = risk_report(sim, events)
         figures["model"] = loaded.version if loaded is not None else "none"
         _print_report(figures)
+        if shadow is not None and log_dir is not None:
+            ruleset = load_ruleset(rules or DEFAULT_RULES, engine_schema())
+            compared = compare_models(ruleset, log_dir, labels, threshold=model_threshold)
+            figures["shadow"] = compared
+            _print_shadow(compared)
         if as_json:
             emit_json({"command": "risk report", **figures})
+
+
+def _print_shadow(compared: dict[str, Any]) -> None:
+    def num(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    table = Table(title=f"Live model against shadow (threshold {compared['threshold']:g})")
+    for column in ("model", "version", "AUC", "flagged", "precision", "recall"):
+        table.add_column(column, justify="left" if column in ("model", "version") else "right")
+    for side in ("live", "shadow"):
+        s = compared[side]
+        table.add_row(
+            side,
+            escape(compared[f"{side}_model"][:16]),
+            num(s["auc"]),
+            f"{s['flagged']:,}",
+            num(s["precision"]),
+            num(s["recall"]),
+        )
+    shown = console()
+    shown.print(table)
+    c = compared["changed"]
+    shown.print(
+        f"decisions that would change with the shadow live: {c['decisions']:,}"
+        f" (stricter on {c['stricter_fraud']:,} fraud / {c['stricter_good']:,} honest events,"
+        f" laxer on {c['laxer_fraud']:,} fraud / {c['laxer_good']:,} honest)"
+    )
 
 
 def _print_report(figures: dict[str, Any]) -> None:
@@ -226,9 +288,31 @@ def backtest_command(
             emit_json({"command": "risk backtest", **result})
 
 
+GATEWAY_FREE_KINDS: Final = frozenset(
+    {OperationKind.P2P, OperationKind.MERCHANT_PAYMENT, OperationKind.ORDER_PAYMENT}
+)
+"""Held operations whose approval only posts the ledger hold. Approving any other kind
+(top-up, withdrawal, bill payment) goes on to the bank or a biller."""
+
+
+class _NoGateway:
+    """The command line's bank gateway: it has none (a deployment's gateway lives in the API
+    server). ``cases decide`` refuses before recording a decision that would need it; this
+    is the guard behind that check, never a simulator that would fake money movements."""
+
+    def submit(
+        self, direction: BankDirection, reference: str, card_token: str, amount: int, currency: str
+    ) -> BankResult:
+        raise CaseNeedsGatewayError("the command line has no bank gateway")
+
+    def query(self, reference: str) -> BankResult:
+        raise CaseNeedsGatewayError("the command line has no bank gateway")
+
+
 @contextlib.contextmanager
-def _cases() -> Iterator[Cases]:
-    """The case queue, with the payments service wired to carry out decisions."""
+def _cases() -> Iterator[tuple[Cases, Payments]]:
+    """The case queue, with the payments service wired to carry out decisions (without a
+    bank gateway: see ``_NoGateway``)."""
     settings = Settings.from_env()
     engine = create_engine(settings.database_url)
     try:
@@ -237,12 +321,32 @@ def _cases() -> Iterator[Cases]:
         cases = Cases(engine, clock)
         ledger = tb.open(settings.ledger_url)
         try:
-            Payments(engine, ledger, clock=clock, bank=SimulatedBank(clock), cases=cases)
-            yield cases
+            payments = Payments(engine, ledger, clock=clock, bank=_NoGateway(), cases=cases)
+            yield cases, payments
         finally:
             ledger.close()
     finally:
         engine.dispose()
+
+
+def _check_gateway_free(cases: Cases, payments: Payments, case_id: int, outcome: str) -> None:
+    """Refuse (before anything is recorded) a decision whose carrying out needs the bank or
+    a biller, which the command line does not have."""
+    if CaseOutcome(outcome) is not CaseOutcome.APPROVE:
+        return  # a rejection only voids the hold; escalation moves nothing
+    case = cases.case(case_id)
+    if case.subject_kind != "operation" or case.status not in (
+        CaseStatus.OPEN,
+        CaseStatus.ESCALATED,
+    ):
+        return  # decided already: Cases.decide says so
+    op = payments.operation(int(case.subject_id, 16))
+    if op.kind not in GATEWAY_FREE_KINDS:
+        raise CaseNeedsGatewayError(
+            f"approving case {case_id} sends a held {op.kind} on to the bank or biller, which"
+            " the command line has no gateway for: decide it over the API"
+            f" (POST /v1/risk/cases/{case_id}/decision)"
+        )
 
 
 @cases_app.command("list")
@@ -255,7 +359,7 @@ def cases_list(
     as_json: AsJson = False,
 ) -> None:
     """Cases waiting for an analyst (or of another status), oldest first."""
-    with reported_errors(), _cases() as cases:
+    with reported_errors(), _cases() as (cases, _):
         found = cases.cases(status, after_id=after, limit=limit)
         table = Table(title="Review cases")
         for column in ("id", "status", "customer", "amount", "score", "reasons"):
@@ -291,8 +395,11 @@ def cases_decide(
     ] = False,
     as_json: AsJson = False,
 ) -> None:
-    """Decide a case: approve releases the held payment, reject returns it."""
-    with reported_errors(), _cases() as cases:
+    """Decide a case: approve releases the held payment, reject returns it. Approving a held
+    top-up, withdrawal or bill payment needs the bank or a biller: refused here
+    (`case_needs_gateway`), decide those over the API."""
+    with reported_errors(), _cases() as (cases, payments):
+        _check_gateway_free(cases, payments, case_id, outcome)
         case = cases.decide(
             case_id, analyst=analyst, outcome=outcome, note=note, account_takeover=takeover
         )
@@ -303,3 +410,120 @@ def cases_decide(
         if as_json:
             emit_json({"command": "risk cases decide", "case": case.as_json()})
         raise typer.Exit(EXIT_OK)
+
+
+# --- block and allow lists -----------------------------------------------------------------
+
+_DURATION_UNITS_S: Final = {"s": 1, "m": 60, "h": 3_600, "d": 86_400}
+
+
+def _expiry_ns(expires_in: str | None, now_ns: int) -> int | None:
+    """``30m``, ``12h``, ``7d`` (or seconds: ``3600s``) from now, in ns; ``None``: never."""
+    if expires_in is None:
+        return None
+    text = expires_in.strip()
+    unit = _DURATION_UNITS_S.get(text[-1:])
+    if unit is None or not text[:-1].isdigit() or int(text[:-1]) == 0:
+        raise RiskListError(f"--expires-in is a positive whole number of s, m, h or d: {text!r}")
+    return now_ns + int(text[:-1]) * unit * 10**9
+
+
+@contextlib.contextmanager
+def _list_store() -> Iterator[ListStore]:
+    settings = Settings.from_env()
+    engine = create_engine(settings.database_url)
+    try:
+        migrate(engine)
+        yield ListStore(engine, SystemClock())
+    finally:
+        engine.dispose()
+
+
+def _entry_json(name: str, entry: ListEntry, now_ns: int) -> dict[str, Any]:
+    return {
+        "list": name,
+        "value": entry.value,
+        "reason": entry.reason,
+        "added_at_ns": entry.added_at_ns,
+        "expires_at_ns": entry.expires_at_ns,
+        "live": entry.is_live(now_ns),
+    }
+
+
+def _at_text(ns: int | None) -> str:
+    if ns is None:
+        return "never"
+    return datetime.fromtimestamp(ns / 10**9, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@lists_app.command("show")
+def lists_show(
+    name: Annotated[str | None, typer.Argument(help="One list (default: every list).")] = None,
+    as_json: AsJson = False,
+) -> None:
+    """The entries of the block and allow lists (expired ones too, marked)."""
+    with reported_errors(), _list_store() as store:
+        names = [name] if name is not None else list(store.names)
+        now = store.clock.now_ns()
+        rows = [(n, e) for n in names for e in store.entries(n)]
+        table = Table(title="Risk lists")
+        for column in ("list", "value", "reason", "added", "expires"):
+            table.add_column(column)
+        for list_name, entry in rows:
+            expires = _at_text(entry.expires_at_ns)
+            table.add_row(
+                escape(list_name),
+                escape(entry.value),
+                escape(entry.reason),
+                _at_text(entry.added_at_ns),
+                expires if entry.is_live(now) else f"{expires} (expired)",
+            )
+        console().print(table)
+        if as_json:
+            emit_json(
+                {
+                    "command": "risk lists show",
+                    "version": store.version(),
+                    "entries": [_entry_json(n, e, now) for n, e in rows],
+                }
+            )
+
+
+@lists_app.command("add")
+def lists_add(
+    name: Annotated[str, typer.Argument(help="The list, e.g. blocked_devices.")],
+    value: Annotated[str, typer.Argument(help="What to list (c:<id> for a customer).")],
+    reason: Annotated[str, typer.Option(help="Why (kept with the entry).")],
+    expires_in: Annotated[
+        str | None, typer.Option(help="Lapse after this long: 30m, 12h, 7d (default: never).")
+    ] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Put a value on a list (replacing its entry there, if any)."""
+    with reported_errors(), _list_store() as store:
+        expires = _expiry_ns(expires_in, store.clock.now_ns())
+        entry = store.add(name, value, reason=reason, expires_at_ns=expires)
+        console().print(f"{escape(value)} on {escape(name)} until {_at_text(entry.expires_at_ns)}")
+        if as_json:
+            emit_json(
+                {
+                    "command": "risk lists add",
+                    "entry": _entry_json(name, entry, store.clock.now_ns()),
+                }
+            )
+
+
+@lists_app.command("remove")
+def lists_remove(
+    name: Annotated[str, typer.Argument(help="The list.")],
+    value: Annotated[str, typer.Argument(help="The value to take off it.")],
+    as_json: AsJson = False,
+) -> None:
+    """Take a value off a list."""
+    with reported_errors(), _list_store() as store:
+        removed = store.remove(name, value)
+        console().print(
+            f"{escape(value)} {'removed from' if removed else 'was not on'} {escape(name)}"
+        )
+        if as_json:
+            emit_json({"command": "risk lists remove", "removed": removed})

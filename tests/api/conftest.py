@@ -19,6 +19,7 @@ from puhui.errors import PuhuiError
 from puhui.payments import Payments, SimulatedBank
 from puhui.payments.service import Decide
 from puhui.platform import Tenant, Tenants
+from puhui.risk import Cases
 from puhui.store import create_engine, migrate
 
 START_NS = 1_767_225_600 * 10**9  # 2026-01-01T00:00:00Z
@@ -29,6 +30,8 @@ ALL_SCOPES = [
     "payments:write",
     "webhooks:read",
     "webhooks:write",
+    "risk:read",
+    "risk:write",
 ]
 
 
@@ -63,7 +66,9 @@ def make_api(
         payments = None
         if decide is not None:
             bank = SimulatedBank(clock)
-            payments = Payments(engine, ledger, clock=clock, bank=bank, decide=decide)
+            payments = Payments(
+                engine, ledger, clock=clock, bank=bank, decide=decide, cases=Cases(engine, clock)
+            )
         app = create_app(engine, ledger, clock=clock, options=options, payments=payments)
         with TestClient(app, raise_server_exceptions=True) as client:
             yield Api(client, engine, ledger, clock, tenants, a, b, token_a, token_b)

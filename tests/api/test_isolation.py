@@ -9,7 +9,7 @@ gets for resources that exist nowhere (no existence leak); and A's data is uncha
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
@@ -22,6 +22,7 @@ from puhui.api import ROUTERS, PlatformRoute, platform_routes
 from puhui.api._schemas import AccountIn, TransferIn
 from puhui.ledger import ACCOUNT_DTYPE, RESULT_DTYPE, TRANSFER_DTYPE, AccountFlags, TransferFlags
 from puhui.platform import EventType, Webhooks
+from puhui.risk import Decision, RiskDecision, RiskEvent
 
 from .conftest import ALL_SCOPES, Api, account, make_api, payments_world, records, transfer
 
@@ -47,6 +48,7 @@ NOWHERE = {
     "new_phone": "+8613900009001",
     "webhook_endpoint": "we_" + "0" * 16,
     "webhook_event": "evt_" + "0" * 32,
+    "case": "9001",
 }
 A_FRESH = {"new_phone": "+8613900000001"}
 """Values that name nothing of A's yet differ from the baseline's (a phone to register)."""
@@ -72,6 +74,7 @@ FIELD_RESOURCE = {
     "phone": "new_phone",
     "endpoint_id": "webhook_endpoint",
     "event_id": "webhook_event",
+    "case_id": "case",
 }
 LIST_OF_IDS = {"ids": ["account", "other_account", "transfer", "pending"]}
 PLAIN_VALUES: dict[str, Any] = {
@@ -101,6 +104,10 @@ PLAIN_VALUES: dict[str, Any] = {
     "biller_code": "water",
     "household_account": "H-9",
     "bill_id": "water-H-9",
+    "outcome": "approve",
+    "analyst": "ana",
+    "list_name": "blocked_devices",
+    "value": "dev-isolation",
 }
 OMITTED = {"PayeeIn.phone"}
 """Optional fields left out (a payee is named one way only)."""
@@ -227,6 +234,8 @@ A_PAYMENTS_VIEWS = [
     "/v1/payments/operations/{operation}",
     "/v1/payments/orders/{order}",
     "/v1/payments/refunds/{refund}",
+    "/v1/risk/cases/{case}",
+    "/v1/risk/cases",
 ]
 
 
@@ -253,9 +262,22 @@ def _a_state(api: Api) -> Any:
     return ledger, payments, hooks
 
 
+HELD_AMOUNT = 7_77
+"""The one payment risk holds for review in these worlds (so that tenant A has a case)."""
+
+
+def _review_one_sum(events: Sequence[RiskEvent]) -> list[RiskDecision]:
+    return [
+        RiskDecision(Decision.REVIEW, 700, (f"held(amount={e.amount})",), "t", "none")
+        if e.amount == HELD_AMOUNT
+        else RiskDecision(Decision.ACCEPT, 0, (), "t", "none")
+        for e in events
+    ]
+
+
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[Api]:
-    for api in make_api(tmp_path):
+    for api in make_api(tmp_path, decide=_review_one_sum):
         auth = api.auth(api.token_a)
         history = int(AccountFlags.HISTORY)
         created = api.client.post(
@@ -276,6 +298,18 @@ def world(tmp_path: Path) -> Iterator[Api]:
         )
         assert [r["status"] for r in moved.json()["results"]] == ["created"] * 2
         made = payments_world(api, api.token_a)
+        held = api.client.post(
+            f"/v1/payments/customers/{made['customer']}/transfers",
+            json={
+                "payee": {"customer_id": int(made["other_customer"])},
+                "amount": HELD_AMOUNT,
+                "currency": "CNY",
+            },
+            headers=auth,
+        )
+        assert held.json()["status"] == "challenged", held.text
+        cases = api.client.get("/v1/risk/cases", headers=auth).json()["data"]
+        [made["case"]] = [str(c["id"]) for c in cases]
         hook = api.client.post(
             "/v1/webhooks/endpoints",
             json={"url": "https://a.example/hook", "event_types": ["*"]},

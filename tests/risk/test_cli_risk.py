@@ -4,13 +4,20 @@ and decide review cases from the command line."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
+from puhui import ledger as tb
 from puhui.cli import app
+from puhui.clock import SystemClock
+from puhui.payments import Payee, Payments, SimulatedBank
+from puhui.risk import Cases, Decision, RiskDecision, RiskEvent
 from puhui.risk._engine import DEFAULT_RULES
+from puhui.store import create_engine, migrate
 
 runner = CliRunner()
 
@@ -86,6 +93,15 @@ def test_train_writes_a_model_the_report_can_use(tmp_path: Path) -> None:
     )
     assert report.exit_code == 0, report.output
     assert _last_json(report.stdout)["model"] == trained["version"]
+    # The same model in shadow: scored beside the live one, and nothing would change.
+    both = ["--model", str(model), "--shadow-model", str(model), "--json"]
+    shadowed = runner.invoke(app, ["risk", "report", "--customers", "20", "--days", "1", *both])
+    assert shadowed.exit_code == 0, shadowed.output
+    compared = _data(shadowed.stdout)["shadow"]
+    assert compared["live_model"] == compared["shadow_model"] == trained["version"]
+    assert compared["events"] > 0 and compared["changed"]["decisions"] == 0
+    assert compared["live"] == compared["shadow"]
+    assert "Live model against shadow" in shadowed.stdout
 
 
 def test_cases_from_the_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -97,3 +113,117 @@ def test_cases_from_the_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyP
         app, ["risk", "cases", "decide", "7", "--analyst", "ana", "--outcome", "approve"]
     )
     assert missing.exit_code == 2 and "case_not_found" in missing.output
+
+
+def _data(output: str) -> Any:
+    """The last line of a command's output, as JSON (any shape)."""
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def _review_odd_sums(events: Sequence[RiskEvent]) -> list[RiskDecision]:
+    """Holds every amount ending in 7 for review (score 700), accepts the rest."""
+    return [
+        RiskDecision(Decision.REVIEW, 700, (f"odd-sum(amount={e.amount})",), "t", "none")
+        if e.amount % 10 == 7
+        else RiskDecision(Decision.ACCEPT, 0, (), "t", "none")
+        for e in events
+    ]
+
+
+def _held_world(data: Path) -> tuple[int, int, int]:
+    """In ``data``: a P2P payment and a withdrawal held for review (their cases open), and
+    the payer's id."""
+    engine = create_engine(f"sqlite:///{data / 'puhui.sqlite'}")
+    migrate(engine)
+    clock = SystemClock()
+    with tb.open(str(data / "ledger")) as ledger:
+        p = Payments(
+            engine,
+            ledger,
+            clock=clock,
+            bank=SimulatedBank(clock),
+            decide=_review_odd_sums,
+            cases=Cases(engine, clock),
+        )
+        alice = p.register_customer("+8613700000001", "Alice").id
+        bob = p.register_customer("+8613700000002", "Bob").id
+        card = p.bind_card(alice, "tok-1", "ICBC", "0001")
+        p.verify_identity(alice, "ID-1")
+        p.verify_full(alice, biometric_passed=True)
+        assert p.top_up(alice, card.id, 1_000_00, "CNY", key="fund").status.value == "completed"
+        held_p2p = p.transfer(alice, Payee(customer_id=bob), 100_07, "CNY", key="p2p")
+        held_out = p.withdraw(alice, card.id, 200_07, "CNY", key="out")
+        assert held_p2p.status.value == held_out.status.value == "challenged"
+    engine.dispose()
+    return held_p2p.id, held_out.id, alice
+
+
+def test_the_cli_decides_without_a_bank_or_refuses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PUHUI_DATA_DIR", str(tmp_path))
+    p2p_id, withdrawal_id, _ = _held_world(tmp_path)
+    listed = runner.invoke(app, ["risk", "cases", "list", "--json"])
+    assert listed.exit_code == 0, listed.output
+    cases = {c["subject_id"]: c["id"] for c in _data(listed.stdout)["cases"]}
+    p2p_case, out_case = cases[f"{p2p_id:032x}"], cases[f"{withdrawal_id:032x}"]
+    decide = ["risk", "cases", "decide", "--analyst", "ana", "--json"]
+    # Approving the withdrawal would pay out through the bank: refused, nothing recorded.
+    refused = runner.invoke(app, [*decide, str(out_case), "--outcome", "approve"])
+    assert refused.exit_code == 2 and "case_needs_gateway" in refused.output
+    still = runner.invoke(app, ["risk", "cases", "list", "--json"])
+    assert {c["id"] for c in _data(still.stdout)["cases"]} == {p2p_case, out_case}
+    # Rejecting it only voids the hold: done here. Approving the P2P only posts the hold.
+    rejected = runner.invoke(app, [*decide, str(out_case), "--outcome", "reject"])
+    assert rejected.exit_code == 0, rejected.output
+    assert _data(rejected.stdout)["case"]["resolved"] is True
+    approved = runner.invoke(app, [*decide, str(p2p_case), "--outcome", "approve"])
+    assert approved.exit_code == 0, approved.output
+    engine = create_engine(f"sqlite:///{tmp_path / 'puhui.sqlite'}")
+    with tb.open(str(tmp_path / "ledger")) as ledger:
+        p = Payments(engine, ledger, clock=SystemClock(), bank=SimulatedBank(SystemClock()))
+        assert p.operation(p2p_id).status.value == "completed"
+        assert p.operation(withdrawal_id).status.value == "failed"
+    engine.dispose()
+
+
+def test_lists_from_the_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PUHUI_DATA_DIR", str(tmp_path))
+    added = runner.invoke(
+        app,
+        ["risk", "lists", "add", "blocked_devices", "dev-9", "--reason", "case 12", "--json"],
+    )
+    assert added.exit_code == 0, added.output
+    assert _data(added.stdout)["entry"]["expires_at_ns"] is None
+    lapsing = runner.invoke(
+        app,
+        [
+            *("risk", "lists", "add", "blocked_ips", "203.0.113.5"),
+            *("--reason", "testing cards", "--expires-in", "7d", "--json"),
+        ],
+    )
+    assert lapsing.exit_code == 0, lapsing.output
+    entry = _data(lapsing.stdout)["entry"]
+    lapse = entry["expires_at_ns"] - entry["added_at_ns"]
+    assert 7 * 86_400 * 10**9 - 10**9 < lapse <= 7 * 86_400 * 10**9
+    for bad in (
+        ["blocked_phones", "x", "--reason", "r"],
+        ["blocked_ips", "x", "--reason", "r", "--expires-in", "soon"],
+        ["blocked_ips", "x", "--reason", ""],
+    ):
+        refused = runner.invoke(app, ["risk", "lists", "add", *bad])
+        assert refused.exit_code == 2 and "risk_list_invalid" in refused.output
+    shown = runner.invoke(app, ["risk", "lists", "show", "--json"])
+    assert shown.exit_code == 0, shown.output
+    data = _data(shown.stdout)
+    assert data["version"] == 2
+    assert [(e["list"], e["value"], e["live"]) for e in data["entries"]] == [
+        ("blocked_devices", "dev-9", True),
+        ("blocked_ips", "203.0.113.5", True),
+    ]
+    removed = runner.invoke(app, ["risk", "lists", "remove", "blocked_devices", "dev-9", "--json"])
+    assert _data(removed.stdout)["removed"] is True
+    again = runner.invoke(app, ["risk", "lists", "remove", "blocked_devices", "dev-9", "--json"])
+    assert _data(again.stdout)["removed"] is False
+    one = runner.invoke(app, ["risk", "lists", "show", "blocked_devices", "--json"])
+    assert _data(one.stdout)["entries"] == []

@@ -38,8 +38,9 @@ from puhui.platform import (
     Tenants,
     Webhooks,
 )
+from puhui.risk import Cases, ListStore
 
-from . import _ledger_routes, _payments_routes, _webhook_routes
+from . import _ledger_routes, _payments_routes, _risk_routes, _webhook_routes
 from ._batching import AuditBatcher, GroupCall, PrincipalCache
 from ._context import ApiContext
 from ._guards import ApiOptions, BodyLimitMiddleware, RateLimiter
@@ -50,7 +51,12 @@ from ._route import PlatformRoute
 
 API_TITLE = "Puhui open API"
 
-ROUTERS = (_ledger_routes.router, _payments_routes.router, _webhook_routes.router)
+ROUTERS = (
+    _ledger_routes.router,
+    _payments_routes.router,
+    _webhook_routes.router,
+    _risk_routes.router,
+)
 """One router per domain; each later service adds its own here."""
 
 
@@ -105,9 +111,21 @@ def create_app(
     )
     if payments is None:
         payments = Payments(
-            engine, async_ledger.ledger, clock=clock, bank=bank or SimulatedBank(clock)
+            engine,
+            async_ledger.ledger,
+            clock=clock,
+            bank=bank or SimulatedBank(clock),
+            cases=Cases(engine, clock),
         )
     owners = PaymentOwners(engine, clock=clock)
+    # Review cases and block/allow lists. A ``payments`` given without a case queue holds
+    # nothing for review; cases opened elsewhere are listed, and decisions on them are
+    # carried out by the service that registered the resolver (``Cases.resolve_pending``).
+    app.state.puhui_risk = _risk_routes.RiskContext(
+        cases=payments.cases or Cases(engine, clock),
+        lists=ListStore(engine, clock),
+        owners=owners,
+    )
     checkout = Checkout(payments)
     payments_context = PaymentsContext(
         payments=payments,

@@ -115,6 +115,8 @@ STATUS_BY_CODE: Final[dict[str, int]] = {
     "biller_not_found": 404,
     "bill_binding_not_found": 404,
     "settlement_not_found": 404,
+    # risk
+    "case_not_found": 404,
     # payments: a rule refused the request in the state things are in
     "phone_taken": 409,
     "identity_taken": 409,

@@ -824,9 +824,13 @@ class Payments:
         )
         return self._drive(op)
 
-    def verify_challenge(self, operation_id: int, *, passed: bool) -> Operation:
+    def verify_challenge(
+        self, operation_id: int, *, passed: bool, channel: Channel = NO_CHANNEL
+    ) -> Operation:
         """The customer's step-up verification: passed releases the held payment, failed
-        returns the money."""
+        returns the money. ``channel`` is where the customer answered; a passed answer tells
+        risk control that its device is the customer's (``decide.trust_device``, when the
+        engine has it), so later events from it are not from a new device."""
         op = self.operation(operation_id)
         if op.status is not _S.CHALLENGED or op.decision is not risk.Decision.CHALLENGE:
             raise OperationStateError(f"operation is {op.status}, not awaiting verification")
@@ -834,7 +838,12 @@ class Payments:
             return self._drive(op)  # too late: the hold lapses, whatever the answer
         if passed:
             self._check_parties_active(op)
-        return self._check_done(op, passed=passed, failure="challenge_failed")
+        done = self._check_done(op, passed=passed, failure="challenge_failed")
+        customer_id = op.payer_customer_id or op.payee_customer_id
+        trust = getattr(self.decide, "trust_device", None)
+        if passed and channel.device_id and customer_id is not None and trust is not None:
+            trust(customer_id, channel.device_id)
+        return done
 
     def decide_review(self, operation_id: int, *, approve: bool) -> Operation:
         """An analyst's decision on a payment held for review."""

@@ -91,6 +91,10 @@ class Scope(enum.StrEnum):
     """List webhook endpoints, events and dead letters."""
     WEBHOOKS_WRITE = "webhooks:write"
     """Create and disable webhook endpoints; replay events."""
+    RISK_READ = "risk:read"
+    """List and read review cases of the tenant's customers."""
+    RISK_WRITE = "risk:write"
+    """Decide review cases of the tenant's customers (approve, reject, escalate)."""
     PLATFORM_ADMIN = "platform:admin"
     """Administration of tenants and keys; only keys of an operator tenant carry it."""
 

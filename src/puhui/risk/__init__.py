@@ -6,7 +6,8 @@
   ``docs/risk-features.md``).
 - A ruleset file (TOML, ``docs/risk-rules.md``) compiles to a ``Ruleset`` whose
   ``evaluate(features, lists=...)`` decides a whole batch at once; ``RulesetWatcher`` keeps
-  one hot-reloaded; ``RiskLists`` holds the block and allow lists rules look values up in.
+  one hot-reloaded; ``RiskLists`` holds the block and allow lists rules look values up in
+  (``ListStore`` keeps them in SQL; ``SyncedRiskLists`` follows the store without restart).
 - ``Cases``: what is held for review, the analysts' decisions and the labels they give.
 
 - ``RiskEngine`` combines them (features, then the model, then the rules) and logs every
@@ -21,11 +22,14 @@ of a service built without an engine, as in unit tests of the services.
 from ._cases import (
     Case,
     CaseClosedError,
+    CaseNeedsGatewayError,
     CaseNotFoundError,
     CaseOutcome,
+    CaseReason,
     Cases,
     CaseStatus,
     InvalidCaseDecisionError,
+    explain_reasons,
 )
 from ._decide import (
     Decision,
@@ -46,6 +50,7 @@ from ._features import (
     FeatureStore,
     InvalidRiskEventError,
 )
+from ._list_store import ListStore, SyncedRiskLists
 from ._lists import LIST_NAMES, ListEntry, RiskLists
 from ._load import RulesetWatcher, load_ruleset, parse_ruleset
 from ._ruleset import Rule, RuleStatus, Thresholds
@@ -56,8 +61,10 @@ __all__ = [
     "LIST_NAMES",
     "Case",
     "CaseClosedError",
+    "CaseNeedsGatewayError",
     "CaseNotFoundError",
     "CaseOutcome",
+    "CaseReason",
     "CaseStatus",
     "Cases",
     "Decision",
@@ -70,6 +77,7 @@ __all__ = [
     "InvalidCaseDecisionError",
     "InvalidRiskEventError",
     "ListEntry",
+    "ListStore",
     "RiskDecision",
     "RiskEngine",
     "RiskEvent",
@@ -85,8 +93,10 @@ __all__ = [
     "RuleStatus",
     "Ruleset",
     "RulesetWatcher",
+    "SyncedRiskLists",
     "Thresholds",
     "decide",
+    "explain_reasons",
     "load_ruleset",
     "open_engine",
     "parse_ruleset",

@@ -62,6 +62,14 @@ class InvalidCaseDecisionError(InvalidInputError):
     code = "case_decision_invalid"
 
 
+class CaseNeedsGatewayError(PuhuiError):
+    """Carrying out this decision needs a payment gateway (the bank, a biller) that the
+    caller does not have — e.g. approving a held withdrawal from the command line. Nothing
+    was recorded; decide it where the gateway is configured (the API server)."""
+
+    code = "case_needs_gateway"
+
+
 @dataclass(frozen=True, slots=True)
 class Case:
     id: int
@@ -103,6 +111,62 @@ class Case:
 
 
 Resolver = Callable[[Case], None]
+
+
+@dataclass(frozen=True, slots=True)
+class CaseReason:
+    """One reason of a held decision, read back from the text the engine stored: a rule
+    that hit with the feature values it read, a model's contribution, or a shadow rule."""
+
+    kind: str
+    """``rule``, ``model`` or ``shadow`` (``other``: text in none of those forms)."""
+    name: str
+    """The rule id, or the model's feature."""
+    values: tuple[tuple[str, str], ...] = ()
+    """For a rule: (feature, value as the engine printed it), in the rule's order."""
+    contribution: float | None = None
+    """For a model reason: the feature's log-odds contribution."""
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "values": dict(self.values),
+            "contribution": self.contribution,
+        }
+
+
+def explain_reasons(reasons: Sequence[str]) -> list[CaseReason]:
+    """The reasons of a decision (``rule_id(feature=value, …)``, ``model:feature=+0.831``,
+    ``shadow:rule_id``) as structured values."""
+    out: list[CaseReason] = []
+    for text in reasons:
+        if text.startswith("shadow:"):
+            out.append(CaseReason("shadow", text.removeprefix("shadow:")))
+            continue
+        if text.startswith("model:"):
+            feature, _, value = text.removeprefix("model:").rpartition("=")
+            try:
+                out.append(CaseReason("model", feature, contribution=float(value)))
+            except ValueError:
+                out.append(CaseReason("other", text))
+            continue
+        head, paren, rest = text.partition("(")
+        if not paren:
+            out.append(CaseReason("rule", text))
+            continue
+        if not rest.endswith(")"):
+            out.append(CaseReason("other", text))
+            continue
+        values: list[tuple[str, str]] = []
+        for part in rest[:-1].split(", "):
+            name, equals, value = part.partition("=")
+            if equals:
+                values.append((name, value))
+            elif values:  # a value that held ", " itself: rejoin it
+                values[-1] = (values[-1][0], f"{values[-1][1]}, {part}")
+        out.append(CaseReason("rule", head, tuple(values)))
+    return out
 
 
 def _case(row: Any) -> Case:

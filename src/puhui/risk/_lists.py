@@ -88,13 +88,11 @@ class RiskLists:
         self, name: str, value: str, *, reason: str, expires_at_ns: int | None = None
     ) -> ListEntry:
         """Put ``value`` on list ``name`` (replacing an entry for the same value)."""
-        entries = self._list(name)
-        _check_text(value, "value", list_value_chars_max)
-        _check_text(reason, "reason", list_reason_chars_max)
-        if expires_at_ns is not None and (type(expires_at_ns) is not int or expires_at_ns < 0):
-            raise RiskListError("expires_at_ns must be a non-negative int (ns since the epoch)")
+        self._list(name)
+        check_entry_input(value, reason, expires_at_ns)
         entry = ListEntry(value, reason, self._clock.now_ns(), expires_at_ns)
         with self._lock:
+            entries = self._entries[name]  # under the lock: ``replace_all`` swaps the dicts
             if value not in entries and len(entries) >= list_entries_max:
                 raise RiskListError(f"list {name!r} is full ({list_entries_max} entries)")
             entries[value] = entry
@@ -103,9 +101,9 @@ class RiskLists:
 
     def remove(self, name: str, value: str) -> bool:
         """Take ``value`` off list ``name``; whether it was there."""
-        entries = self._list(name)
+        self._list(name)
         with self._lock:
-            removed = entries.pop(value, None) is not None
+            removed = self._entries[name].pop(value, None) is not None
             if removed:
                 self._snapshots.pop(name, None)
         return removed
@@ -119,8 +117,9 @@ class RiskLists:
 
     def entries(self, name: str) -> list[ListEntry]:
         """Every stored entry of list ``name`` (expired ones too), sorted by value."""
-        entries = self._list(name)
+        self._list(name)
         with self._lock:
+            entries = self._entries[name]
             return [entries[value] for value in sorted(entries)]
 
     def purge_expired(self) -> int:
@@ -136,6 +135,16 @@ class RiskLists:
                     self._snapshots.pop(name, None)
                 purged += len(dead)
         return purged
+
+    def replace_all(self, lists: dict[str, list[ListEntry]]) -> None:
+        """Make every list hold exactly the given entries (lists not named become empty), in
+        one swap under the lock: a lookup sees the old lists or the new ones, never a mix."""
+        for name in lists:
+            self._list(name)
+        fresh = {name: {e.value: e for e in lists.get(name, [])} for name in self._entries}
+        with self._lock:
+            self._entries = fresh
+            self._snapshots = {}
 
     def contains(self, name: str, values: np.ndarray) -> np.ndarray:
         """For each value of a unicode array, whether list ``name`` holds it, live, now."""
@@ -153,8 +162,9 @@ class RiskLists:
         snapshot = self._snapshots.get(name)
         if snapshot is not None:
             return snapshot
-        entries = self._list(name)
+        self._list(name)
         with self._lock:
+            entries = self._entries[name]
             ordered = sorted(entries)
             expires = np.array(
                 [
@@ -216,6 +226,14 @@ class RiskLists:
                 value = _value_of(raw)
                 lists._entries[name][value] = _entry_of(raw)
         return lists
+
+
+def check_entry_input(value: Any, reason: Any, expires_at_ns: Any) -> None:
+    """Raise ``RiskListError`` unless these make a valid list entry."""
+    _check_text(value, "value", list_value_chars_max)
+    _check_text(reason, "reason", list_reason_chars_max)
+    if expires_at_ns is not None and (type(expires_at_ns) is not int or expires_at_ns < 0):
+        raise RiskListError("expires_at_ns must be a non-negative int (ns since the epoch)")
 
 
 def _check_text(text: Any, what: str, chars_max: int) -> None:

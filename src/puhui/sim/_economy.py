@@ -360,7 +360,9 @@ class Economy:
             return None
         op = answer
         if op.status is OperationStatus.CHALLENGED and op.decision is risk.Decision.CHALLENGE:
-            op = self.payments.verify_challenge(op.id, passed=self._passes_step_up(label))
+            op = self.payments.verify_challenge(
+                op.id, passed=self._passes_step_up(label), channel=channel
+            )
         event = self._record(
             kind, person.customer_id, counterparty, amount, channel, where, label,
             str(op.status), str(op.decision), op.risk_score, op.id,

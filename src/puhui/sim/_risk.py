@@ -36,14 +36,22 @@ def run_with_engine(
     *,
     rules: Path | None = None,
     model: RiskModel | None = None,
+    shadow_model: RiskModel | None = None,
     log_dir: Path | None = None,
     on_day: Callable[[int], None] | None = None,
 ) -> tuple[SimReport, list[SimEvent]]:
     """The economy with ``RiskEngine`` in front of every event (the default ruleset unless
-    ``rules`` names another); its decision log goes to ``log_dir`` when given."""
+    ``rules`` names another; ``shadow_model`` scored and logged beside ``model``, never
+    acting); its decision log goes to ``log_dir`` when given."""
     ruleset = load_ruleset(rules or DEFAULT_RULES, engine_schema())
     log = DecisionLog(log_dir) if log_dir is not None else None
-    engine = RiskEngine(ruleset, lists=RiskLists(SystemClock()), model=model, log=log)
+    engine = RiskEngine(
+        ruleset,
+        lists=RiskLists(SystemClock()),
+        model=model,
+        shadow_model=shadow_model,
+        log=log,
+    )
     try:
         return simulate(config, decide=engine, on_day=on_day)
     finally:

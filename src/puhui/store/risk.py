@@ -38,3 +38,29 @@ cases = sa.Table(
     sa.CheckConstraint("status IN ('open', 'escalated', 'approved', 'rejected')", name="status"),
     sa.Index(None, "status", "id"),
 )
+
+LIST_NAME_CHARS_MAX = 64
+
+list_entries = sa.Table(
+    "risk_list_entries",
+    metadata,
+    # ``blocked_devices``, ``allowed_customers``… (``puhui.risk.LIST_NAMES``).
+    sa.Column("list_name", sa.String(LIST_NAME_CHARS_MAX), primary_key=True),
+    sa.Column("value", sa.String(200), primary_key=True),
+    sa.Column("reason", sa.String(500), nullable=False),
+    sa.Column("added_at_ns", sa.BigInteger, nullable=False),
+    # The entry matches while now < expires_at_ns; NULL: until removed.
+    sa.Column("expires_at_ns", sa.BigInteger, nullable=True),
+    sa.CheckConstraint("length(value) > 0", name="value_not_empty"),
+    sa.CheckConstraint("length(reason) > 0", name="reason_not_empty"),
+)
+
+list_state = sa.Table(
+    "risk_list_state",
+    metadata,
+    # One row (id 1): ``version`` goes up by one with every change to any list, in the
+    # change's own transaction, so an engine sees a change by reading one number.
+    sa.Column("id", sa.SmallInteger, primary_key=True, autoincrement=False),
+    sa.Column("version", sa.BigInteger, nullable=False),
+    sa.CheckConstraint("id = 1", name="one_row"),
+)

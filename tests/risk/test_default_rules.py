@@ -1,0 +1,336 @@
+"""The shipped ruleset, rule by rule: for each rule an event that fires it and a near miss (one
+value just across the rule's edge) that does not. Evaluated directly on feature columns —
+one batch for the whole table — so the table pins the rules' edges, not the feature store.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import numpy as np
+import pytest
+
+from puhui.clock import ManualClock
+from puhui.risk import FeatureType, RiskLists, RuleResults, Ruleset, load_ruleset
+from puhui.risk._engine import DEFAULT_RULES, engine_schema
+
+DAY: Final = 86_400
+WEEK: Final = 7 * DAY
+
+BENIGN: Final[dict[str, Any]] = {
+    "event.type": "p2p",
+    "event.amount": 100,  # 1 CNY
+    "event.customer": "c:1",
+    "event.device": "dev-own",
+    "event.ip": "10.0.0.1",
+    "event.card": "",
+    "event.merchant": "",
+    "customer.account_age_s": 800 * DAY,
+    "customer.amount_history_count": 50,
+    "customer.amount_percentile": 0.5,
+    "customer.amount_zscore": 0.0,
+    "customer.count_1h": 0,
+    "customer.since_device_change_s": 400 * DAY,
+    "customer.since_password_reset_s": 400 * DAY,
+    "counterparty.account_age_s": 900 * DAY,
+    "counterparty.distinct_payers_24h": 0,
+    "counterparty.first_payment": False,
+    "counterparty.passthrough_ratio_24h": 0.0,
+    "device.count_1h": 1,
+    "device.new_for_customer": False,
+    "location.distance_km": 0.0,
+    "location.speed_kmh": 0.0,
+    "model.score": 0,
+}
+"""An established customer paying a friend a little from their own phone: no rule fires."""
+
+# rule id -> (changes that fire it, the same with one value just across the edge)
+CASES: Final[dict[str, list[tuple[dict[str, Any], dict[str, Any]]]]] = {
+    "list.blocked": [
+        ({"event.device": "dev-stolen"}, {"event.device": "dev-stolen-2"}),
+        ({"event.customer": "c:666"}, {"event.customer": "c:667"}),
+        ({"event.ip": "203.0.113.9"}, {"event.ip": "203.0.113.10"}),
+        ({"event.card": "card:13"}, {"event.card": "card:14"}),
+        ({"event.merchant": "m:77"}, {"event.merchant": "m:78"}),
+    ],
+    "ato.login.new_device": [
+        (
+            {
+                "event.type": "login",
+                "device.new_for_customer": True,
+                "customer.account_age_s": DAY + 1,
+            },
+            {"event.type": "login", "device.new_for_customer": True, "customer.account_age_s": DAY},
+        ),
+    ],
+    "ato.impossible_travel": [
+        (
+            {
+                "device.new_for_customer": True,
+                "location.speed_kmh": 1001,
+                "location.distance_km": 301,
+            },
+            {
+                "device.new_for_customer": True,
+                "location.speed_kmh": 1000,
+                "location.distance_km": 301,
+            },
+        ),
+    ],
+    "ato.reset.new_device": [
+        (
+            {"event.type": "password_reset", "device.new_for_customer": True},
+            {"event.type": "password_reset", "device.new_for_customer": False},
+        ),
+    ],
+    "ato.card_after_reset": [
+        (
+            {"event.type": "card_binding", "customer.since_password_reset_s": DAY - 1},
+            {"event.type": "card_binding", "customer.since_password_reset_s": DAY},
+        ),
+        (
+            {"event.type": "card_binding", "customer.since_device_change_s": DAY - 1},
+            {"event.type": "card_binding", "customer.since_device_change_s": DAY},
+        ),
+    ],
+    "ato.money_out_after_reset": [
+        (
+            {
+                "customer.since_password_reset_s": 600,
+                "counterparty.first_payment": True,
+                "event.amount": 20_000,
+            },
+            {
+                "customer.since_password_reset_s": 600,
+                "counterparty.first_payment": True,
+                "event.amount": 19_999,
+            },
+        ),
+        (
+            {
+                "event.type": "withdrawal",
+                "customer.since_device_change_s": 600,
+                "event.amount": 20_000,
+            },
+            {"event.type": "top_up", "customer.since_device_change_s": 600, "event.amount": 20_000},
+        ),
+    ],
+    "ato.charge_card_after_reset": [
+        (
+            {
+                "event.type": "top_up",
+                "customer.since_password_reset_s": 3_599,
+                "event.amount": 50_000,
+            },
+            {
+                "event.type": "top_up",
+                "customer.since_password_reset_s": 3_600,
+                "event.amount": 50_000,
+            },
+        ),
+    ],
+    "mule.young_cash_out": [
+        (
+            {
+                "event.type": "withdrawal",
+                "customer.account_age_s": 2 * WEEK - 1,
+                "customer.amount_history_count": 9,
+                "event.amount": 20_000,
+            },
+            {
+                "event.type": "withdrawal",
+                "customer.account_age_s": 2 * WEEK - 1,
+                "customer.amount_history_count": 10,
+                "event.amount": 20_000,
+            },
+        ),
+    ],
+    "mule.day_one_withdrawal": [
+        (
+            {"event.type": "withdrawal", "customer.account_age_s": DAY - 1},
+            {"event.type": "withdrawal", "customer.account_age_s": DAY},
+        ),
+    ],
+    "mule.pays_young_fan_in": [
+        (
+            {
+                "counterparty.account_age_s": 2 * WEEK - 1,
+                "counterparty.distinct_payers_24h": 2,
+                "event.amount": 20_000,
+            },
+            {
+                "counterparty.account_age_s": 2 * WEEK - 1,
+                "counterparty.distinct_payers_24h": 1,
+                "event.amount": 20_000,
+            },
+        ),
+    ],
+    "mule.pass_through": [
+        (
+            {"counterparty.passthrough_ratio_24h": 0.81, "event.amount": 20_000},
+            {"counterparty.passthrough_ratio_24h": 0.8, "event.amount": 20_000},
+        ),
+    ],
+    "mule.young_collector": [
+        (
+            {"counterparty.account_age_s": WEEK - 1, "counterparty.distinct_payers_24h": 3},
+            {"counterparty.account_age_s": WEEK - 1, "counterparty.distinct_payers_24h": 2},
+        ),
+    ],
+    "cards.testing": [
+        (
+            {"event.type": "top_up", "customer.count_1h": 3, "event.amount": 1_000},
+            {"event.type": "top_up", "customer.count_1h": 3, "event.amount": 1_001},
+        ),
+    ],
+    "cards.binding_burst": [
+        (
+            {
+                "event.type": "card_binding",
+                "customer.account_age_s": WEEK - 1,
+                "customer.count_1h": 2,
+            },
+            {
+                "event.type": "card_binding",
+                "customer.account_age_s": WEEK - 1,
+                "customer.count_1h": 1,
+            },
+        ),
+    ],
+    "cards.young_busy": [
+        (
+            {"customer.account_age_s": DAY - 1, "customer.count_1h": 3, "event.amount": 1},
+            {"customer.account_age_s": DAY - 1, "customer.count_1h": 3, "event.amount": 0},
+        ),
+    ],
+    "cards.young_large_top_up": [
+        (
+            {"event.type": "top_up", "customer.account_age_s": WEEK - 1, "event.amount": 100_000},
+            {"event.type": "top_up", "customer.account_age_s": WEEK - 1, "event.amount": 99_999},
+        ),
+    ],
+    "scam.unusual_to_young_payee": [
+        (
+            {
+                "counterparty.first_payment": True,
+                "counterparty.account_age_s": 30 * DAY - 1,
+                "event.amount": 50_000,
+                "customer.amount_zscore": 3.01,
+            },
+            {
+                "counterparty.first_payment": True,
+                "counterparty.account_age_s": 30 * DAY - 1,
+                "event.amount": 50_000,
+                "customer.amount_zscore": 3.0,
+            },
+        ),
+        (
+            {
+                "counterparty.first_payment": True,
+                "counterparty.account_age_s": 30 * DAY - 1,
+                "event.amount": 50_000,
+                "customer.amount_history_count": 2,
+            },
+            {
+                "counterparty.first_payment": True,
+                "counterparty.account_age_s": 30 * DAY,
+                "event.amount": 50_000,
+                "customer.amount_history_count": 2,
+            },
+        ),
+    ],
+    "stepup.large_new_payee": [
+        (
+            {"counterparty.first_payment": True, "event.amount": 300_000},
+            {"counterparty.first_payment": False, "event.amount": 300_000},
+        ),
+    ],
+    "scam.pays_week_old_account": [
+        (
+            {"counterparty.account_age_s": WEEK - 1, "event.amount": 20_000},
+            {"counterparty.account_age_s": WEEK, "event.amount": 20_000},
+        ),
+    ],
+    "merchant.young_buyer_big_ticket": [
+        (
+            {"event.type": "payment", "customer.account_age_s": WEEK - 1, "event.amount": 50_000},
+            {"event.type": "payment", "customer.account_age_s": WEEK - 1, "event.amount": 49_999},
+        ),
+    ],
+    "farm.device_crowd": [
+        (
+            {"customer.account_age_s": WEEK - 1, "device.count_1h": 6},
+            {"customer.account_age_s": WEEK - 1, "device.count_1h": 5},
+        ),
+    ],
+    "model.high": [
+        ({"model.score": 900}, {"model.score": 899}),
+    ],
+}
+
+ROWS: Final[list[tuple[str, str, dict[str, Any]]]] = [("benign", "", {})] + [
+    (f"{rule_id}#{k}:{side}", rule_id, changes)
+    for rule_id, pairs in CASES.items()
+    for k, pair in enumerate(pairs)
+    for side, changes in zip(("fires", "near-miss"), pair, strict=True)
+]
+
+
+@pytest.fixture(scope="module")
+def ruleset() -> Ruleset:
+    return load_ruleset(DEFAULT_RULES, engine_schema())
+
+
+@pytest.fixture(scope="module")
+def results(ruleset: Ruleset) -> RuleResults:
+    """The whole table as one batch, one row per case."""
+    clock = ManualClock(1_767_000_000 * 10**9)
+    lists = RiskLists(clock)
+    for name, value in [
+        ("blocked_devices", "dev-stolen"),
+        ("blocked_customers", "c:666"),
+        ("blocked_ips", "203.0.113.9"),
+        ("blocked_cards", "card:13"),
+        ("blocked_merchants", "m:77"),
+    ]:
+        lists.add(name, value, reason="test")
+    columns: dict[str, Any] = {}
+    for name in ruleset.features:
+        values = [{**BENIGN, **changes}[name] for _, _, changes in ROWS]
+        kind = ruleset.schema[name]
+        if kind is FeatureType.CATEGORY:
+            columns[name] = np.asarray(values, dtype=np.str_)
+        elif kind is FeatureType.BOOLEAN:
+            columns[name] = np.asarray(values, dtype=np.bool_)
+        else:
+            columns[name] = np.asarray(values, dtype=np.float64)
+    return ruleset.evaluate(columns, lists=lists)
+
+
+def _hits(ruleset: Ruleset, results: RuleResults, row: int) -> set[str]:
+    offsets = results.hit_offsets
+    return {
+        ruleset.evaluated_rules[int(h)].id for h in results.hits[offsets[row] : offsets[row + 1]]
+    }
+
+
+def test_every_rule_of_the_file_has_cases(ruleset: Ruleset) -> None:
+    assert set(CASES) == {rule.id for rule in ruleset.evaluated_rules}
+    assert set(BENIGN) == set(ruleset.features)
+
+
+def test_the_benign_event_fires_nothing(ruleset: Ruleset, results: RuleResults) -> None:
+    assert _hits(ruleset, results, 0) == set()
+    assert int(results.severity[0]) == 0 and int(results.scores[0]) == 0
+
+
+@pytest.mark.parametrize(
+    ("row", "rule_id"),
+    [(k, rule_id) for k, (_, rule_id, _) in enumerate(ROWS) if rule_id],
+    ids=[label for label, rule_id, _ in ROWS if rule_id],
+)
+def test_each_rule_fires_and_its_near_miss_does_not(
+    ruleset: Ruleset, results: RuleResults, row: int, rule_id: str
+) -> None:
+    fires = ROWS[row][0].endswith(":fires")
+    assert (rule_id in _hits(ruleset, results, row)) is fires, _hits(ruleset, results, row)
