@@ -466,6 +466,7 @@ PLATFORM_ALL = [
 ]
 
 API_ALL = [
+    "REQUEST_ID_HEADER",
     "ROUTERS",
     "STATUS_BY_CODE",
     "ApiOptions",
@@ -477,6 +478,7 @@ API_ALL = [
     "PlatformRoute",
     "RateLimitedError",
     "RequestTooLargeError",
+    "configure_logging",
     "create_app",
     "endpoint",
     "platform_routes",

@@ -115,8 +115,9 @@ def serve(
     import uvicorn
 
     import puhui.ledger as tb
-    from puhui.api import ApiOptions, create_app
+    from puhui.api import ApiOptions, configure_logging, create_app
 
+    configure_logging()  # JSON lines on stderr, one per request; uvicorn's own access log off
     with _reported_errors():
         settings = Settings.from_env()
         url = ledger_url or settings.ledger_url
@@ -125,7 +126,9 @@ def serve(
         with _store(database_url) as engine, tb.open(url) as ledger:
             options = ApiOptions(webhook_delivery_interval_s=webhook_interval or None)
             app = create_app(engine, ledger, options=options)
-            uvicorn.run(app, host=host, port=port, loop="uvloop", log_level="info")
+            uvicorn.run(
+                app, host=host, port=port, loop="uvloop", log_level="info", access_log=False
+            )
 
 
 # --- tenants --------------------------------------------------------------------------------

@@ -102,7 +102,7 @@ PLAIN_VALUES: dict[str, Any] = {
 }
 OMITTED = {"PayeeIn.phone"}
 """Optional fields left out (a payee is named one way only)."""
-SERVER_ASSIGNED = {"id", "qr", "timestamp", "created_at_ns", "updated_at_ns"}
+SERVER_ASSIGNED = {"id", "qr", "timestamp", "created_at_ns", "updated_at_ns", "request_id"}
 """Fields the server fills in for a new object: two creations differ in them by nature."""
 # Ids and secrets a route generates afresh on each call (they differ between two calls
 # whatever the tenant): compared as placeholders.

@@ -43,6 +43,7 @@ from . import _ledger_routes, _payments_routes, _webhook_routes
 from ._batching import AuditBatcher, GroupCall, PrincipalCache
 from ._context import ApiContext
 from ._guards import ApiOptions, BodyLimitMiddleware, RateLimiter
+from ._logging import RequestLogMiddleware, configure_logging, logging_configured
 from ._metrics import ApiMetrics
 from ._payments_context import PaymentsContext
 from ._problems import problem_from_exception
@@ -83,6 +84,8 @@ def create_app(
     ``payments`` is the payments service the routes call; without it one is built over
     ``engine`` and ``ledger`` with the ``bank`` and ``billers`` gateways (the simulators when
     not given: a deployment passes its real adapters)."""
+    if not logging_configured():  # ``puhui serve`` configures first; tests may too
+        configure_logging()
     clock = clock or SystemClock()
     options = options or ApiOptions()
     async_ledger = ledger if isinstance(ledger, AsyncLedger) else AsyncLedger(ledger)
@@ -164,6 +167,7 @@ def create_app(
     for kind in (StarletteHTTPException, RequestValidationError, PuhuiError):
         handlers[kind] = as_problem
     app.add_middleware(BodyLimitMiddleware, bytes_max=options.request_body_bytes_max)
+    app.add_middleware(RequestLogMiddleware)  # outermost: every answer has a request id
     return app
 
 

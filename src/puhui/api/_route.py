@@ -39,6 +39,7 @@ from puhui.platform import (
 from puhui.platform.model import check_idempotency_key, request_fingerprint
 
 from ._context import ApiContext
+from ._logging import note_principal
 from ._problems import problem_from_error, problem_from_exception
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -117,6 +118,7 @@ async def _run(
     started = time.perf_counter()
     try:
         principal = await context.principals.authenticate(_bearer(request))
+        note_principal(principal.tenant.id, principal.key_id)
         context.limiter.take(principal.key_id)
         principal.require(spec.scope)
         request.state.principal = principal

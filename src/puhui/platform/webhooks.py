@@ -719,6 +719,22 @@ class DeliveryWorker:
             return 0
         results = await asyncio.gather(*(self._attempt(c) for c in claims))
         await asyncio.to_thread(self.webhooks.finish_attempts, results, self.unit_random)
+        failed = [r for r in results if not r.delivered]
+        for result in failed:  # ids only: never the URL (it may carry a token) or the body
+            log.warning(
+                "webhook delivery attempt failed",
+                extra={
+                    "delivery_id": result.claim.delivery_id,
+                    "event_id": result.claim.event_id,
+                    "attempt": result.claim.attempts,
+                    "status": result.status,
+                    "error": result.error,
+                },
+            )
+        log.info(
+            "webhook delivery round",
+            extra={"attempts": len(results), "failed": len(failed)},
+        )
         return len(claims)
 
     async def _attempt(self, claim: DeliveryClaim) -> AttemptResult:
