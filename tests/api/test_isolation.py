@@ -45,6 +45,8 @@ NOWHERE = {
     "new_phone": "+8613900009001",
     "webhook_endpoint": "we_" + "0" * 16,
     "webhook_event": "evt_" + "0" * 32,
+    "tenant": "9001",
+    "api_key": "0" * 16,
 }
 A_FRESH = {"new_phone": "+8613900000001"}
 """Values that name nothing of A's yet differ from the baseline's (a phone to register)."""
@@ -70,6 +72,8 @@ FIELD_RESOURCE = {
     "phone": "new_phone",
     "endpoint_id": "webhook_endpoint",
     "event_id": "webhook_event",
+    "tenant_id": "tenant",
+    "key_id": "api_key",
 }
 LIST_OF_IDS = {"ids": ["account", "other_account", "transfer", "pending"]}
 PLAIN_VALUES: dict[str, Any] = {
@@ -99,6 +103,8 @@ PLAIN_VALUES: dict[str, Any] = {
     "biller_code": "water",
     "household_account": "H-9",
     "bill_id": "water-H-9",
+    "kind": "bank",
+    "scopes": ["ledger:read"],
 }
 OMITTED = {"PayeeIn.phone"}
 """Optional fields left out (a payee is named one way only)."""
@@ -227,7 +233,8 @@ def _a_state(api: Api) -> Any:
         api.client.get(f"/v1/webhooks/events/{A_IDS['webhook_event']}", headers=auth).json(),
         api.client.get("/v1/webhooks/dead-letters", headers=auth).json(),
     )
-    return ledger, payments, hooks
+    platform = (api.tenants.list_tenants(), api.tenants.list_keys())
+    return ledger, payments, hooks, platform
 
 
 @pytest.fixture
@@ -264,6 +271,8 @@ def world(tmp_path: Path) -> Iterator[Api]:
             made["webhook_event"] = Webhooks(api.engine, clock=api.clock).record(
                 conn, api.a.id, EventType.PAYMENT_SUCCEEDED, {"amount": "1"}
             )
+        made["tenant"] = str(api.a.id)
+        made["api_key"] = api.tenants.list_keys(api.a.id)[0].id
         assert not set(made) & set(A_IDS)
         A_IDS.update(made)
         A_IDS.update(A_FRESH)

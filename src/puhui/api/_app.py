@@ -39,7 +39,7 @@ from puhui.platform import (
     Webhooks,
 )
 
-from . import _ledger_routes, _payments_routes, _webhook_routes
+from . import _ledger_routes, _payments_routes, _platform_routes, _webhook_routes
 from ._batching import AuditBatcher, GroupCall, PrincipalCache
 from ._context import ApiContext
 from ._guards import ApiOptions, BodyLimitMiddleware, RateLimiter
@@ -51,7 +51,12 @@ from ._route import PlatformRoute
 
 API_TITLE = "Puhui open API"
 
-ROUTERS = (_ledger_routes.router, _payments_routes.router, _webhook_routes.router)
+ROUTERS = (
+    _ledger_routes.router,
+    _payments_routes.router,
+    _webhook_routes.router,
+    _platform_routes.router,
+)
 """One router per domain; each later service adds its own here."""
 
 
