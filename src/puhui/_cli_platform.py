@@ -21,7 +21,7 @@ from puhui._cli_common import EXIT_OK, EXIT_PROBLEM
 from puhui._cli_common import emit_json as _emit_json
 from puhui._cli_common import reported_errors as _reported_errors
 from puhui.config import Settings
-from puhui.platform import ApiKey, AuditLog, Tenant, Tenants
+from puhui.platform import ApiKey, AuditLog, Tenant, Tenants, WebhookOptions
 from puhui.store import create_engine, migrate
 
 tenant_app = typer.Typer(
@@ -109,6 +109,14 @@ def serve(
             min=0.0,
         ),
     ] = 1.0,
+    webhook_loopback: Annotated[
+        bool,
+        typer.Option(
+            "--webhook-loopback",
+            help="Development only: accept webhook endpoints on loopback addresses "
+            "(127.0.0.1, ::1, localhost), over http:// too. Never in production.",
+        ),
+    ] = False,
 ) -> None:
     """Run the open API (FastAPI on uvicorn) over the SQL store and the ledger, and deliver
     webhooks beside it."""
@@ -124,7 +132,10 @@ def serve(
         if "://" not in url:
             Path(url).parent.mkdir(parents=True, exist_ok=True)
         with _store(database_url) as engine, tb.open(url) as ledger:
-            options = ApiOptions(webhook_delivery_interval_s=webhook_interval or None)
+            options = ApiOptions(
+                webhook_delivery_interval_s=webhook_interval or None,
+                webhooks=WebhookOptions(loopback_allowed=webhook_loopback),
+            )
             app = create_app(engine, ledger, options=options)
             uvicorn.run(
                 app, host=host, port=port, loop="uvloop", log_level="info", access_log=False
