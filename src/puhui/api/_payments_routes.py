@@ -210,8 +210,8 @@ async def _payee(request: Request, payee: Payee) -> int:
         # Owned means registered: no need to ask the service (the payment checks it again).
         return await _customer(request, payee.customer_id)
     payments = _ctx(request).payments
-    try:
-        payee_id = await _call(payments.resolve_payee, payee)
+    try:  # a phone names a customer of this tenant only (phones are unique per tenant)
+        payee_id = await _call(payments.resolve_payee, payee, namespace=_tenant(request))
     except CustomerNotFoundError:
         raise CustomerNotFoundError(_NO_CUSTOMER) from None
     return await _customer(request, payee_id)
@@ -228,9 +228,13 @@ def _merchant_out(merchant: Merchant) -> MerchantOut:
 @endpoint(Scope.PAYMENTS_WRITE, changes_state=True)
 async def register_customer(body: RegisterCustomerIn, request: Request) -> CustomerOut:
     """Register a customer (KYC level 0), owned by the caller's tenant."""
-    ctx = _ctx(request)
-    customer = await _call(ctx.payments.register_customer, body.phone, body.display_name)
-    await _call(ctx.owners.claim, _tenant(request), OwnedKind.CUSTOMER, customer.id)
+    ctx, tenant = _ctx(request), _tenant(request)
+    # Phones are unique per tenant (the tenant's number is the customer's namespace): a
+    # phone registered by another tenant is nothing this tenant can tell.
+    customer = await _call(
+        ctx.payments.register_customer, body.phone, body.display_name, namespace=tenant
+    )
+    await _call(ctx.owners.claim, tenant, OwnedKind.CUSTOMER, customer.id)
     return customer_out(customer)
 
 

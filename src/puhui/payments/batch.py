@@ -163,7 +163,8 @@ class PaymentBatches:
                     row.phone: int(row.id)
                     for row in conn.execute(
                         sa.select(t.customers.c.id, t.customers.c.phone).where(
-                            t.customers.c.phone.in_(sorted(wanted))
+                            t.customers.c.phone.in_(sorted(wanted)),
+                            t.customers.c.namespace == 0,  # as Payments.resolve_payee
                         )
                     )
                 }
