@@ -1,4 +1,5 @@
-"""Phones are unique per tenant (no existence leak across tenants)."""
+"""Phones are unique per tenant (no existence leak across tenants), and a customer or merchant
+is created with its owner row in one transaction (no object that no tenant owns)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from puhui.payments import Payee
+from puhui.platform import PaymentOwners
 from puhui.store import payments as payments_tables
 from puhui.store import platform as platform_tables
 
@@ -77,6 +79,49 @@ def test_a_phone_of_another_tenants_customer_is_free_and_tells_nothing(api: Api)
     payee = Payee(phone=PHONE)
     assert payments.resolve_payee(payee, namespace=api.a.id) == a_customer.json()["id"]
     assert payments.resolve_payee(payee, namespace=api.b.id) == taken_elsewhere.json()["id"]
+
+
+@pytest.mark.parametrize("kind", ["customer", "merchant"])
+def test_a_failure_after_the_insert_leaves_neither_the_object_nor_its_owner(
+    api: Api, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    phone = "+8613712345555"
+    bodies = {
+        "customer": ("/customers", {"phone": phone, "display_name": "Crash"}),
+        "merchant": (
+            "/merchants",
+            {"name": "Crash", "category": "food", "fee_bps": 60, "settlement_card_token": "m"},
+        ),
+    }
+    path, body = bodies[kind]
+    before = _counts(api)
+    real_claim_in = PaymentOwners.claim_in
+
+    def crash_after_the_owner_row(self: PaymentOwners, conn: sa.Connection, *args: Any) -> None:
+        real_claim_in(self, conn, *args)  # both rows written, the commit never comes
+        raise RuntimeError("the process dies between the insert and the commit")
+
+    monkeypatch.setattr(PaymentOwners, "claim_in", crash_after_the_owner_row)
+    failed = api.client.post(P + path, json=body, headers=api.auth())
+    assert (failed.status_code, failed.json()["code"]) == (500, "internal_error")
+    assert _counts(api) == before  # nothing half-made: no object, no owner row
+
+    monkeypatch.undo()
+    retried = api.client.post(P + path, json=body, headers=api.auth())
+    assert retried.status_code == 201, retried.text  # the phone was not left taken
+    created = retried.json()["id"]
+    after = _counts(api)
+    assert after[2] == before[2] + 1
+    with api.engine.connect() as conn:
+        owner = conn.execute(
+            sa.select(platform_tables.payment_owners.c.tenant_id).where(
+                platform_tables.payment_owners.c.kind == kind,
+                platform_tables.payment_owners.c.object_id == created,
+            )
+        ).scalar_one()
+    assert owner == api.a.id
+    seen = api.client.get(f"{P}/{kind}s/{created}", headers=api.auth())
+    assert seen.status_code == 200
 
 
 def test_every_customer_and_merchant_has_an_owner(api: Api) -> None:

@@ -18,6 +18,7 @@ import secrets
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
+import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.security import HTTPBearer
 
@@ -229,12 +230,21 @@ def _merchant_out(merchant: Merchant) -> MerchantOut:
 async def register_customer(body: RegisterCustomerIn, request: Request) -> CustomerOut:
     """Register a customer (KYC level 0), owned by the caller's tenant."""
     ctx, tenant = _ctx(request), _tenant(request)
+
+    def owned(conn: sa.Connection, customer_id: int) -> None:
+        ctx.owners.claim_in(conn, tenant, OwnedKind.CUSTOMER, customer_id)
+
     # Phones are unique per tenant (the tenant's number is the customer's namespace): a
-    # phone registered by another tenant is nothing this tenant can tell.
+    # phone registered by another tenant is nothing this tenant can tell. The owner row is
+    # written in the customer's own transaction: no customer without an owner.
     customer = await _call(
-        ctx.payments.register_customer, body.phone, body.display_name, namespace=tenant
+        ctx.payments.register_customer,
+        body.phone,
+        body.display_name,
+        namespace=tenant,
+        on_created=owned,
     )
-    await _call(ctx.owners.claim, tenant, OwnedKind.CUSTOMER, customer.id)
+    ctx.owners.remember(tenant, OwnedKind.CUSTOMER, customer.id)
     return customer_out(customer)
 
 
@@ -428,15 +438,20 @@ async def list_operations(
 @endpoint(Scope.PAYMENTS_WRITE, changes_state=True)
 async def register_merchant(body: RegisterMerchantIn, request: Request) -> MerchantOut:
     """Register a merchant, owned by the caller's tenant; the answer carries its QR payload."""
-    ctx = _ctx(request)
+    ctx, tenant = _ctx(request), _tenant(request)
+
+    def owned(conn: sa.Connection, merchant_id: int) -> None:
+        ctx.owners.claim_in(conn, tenant, OwnedKind.MERCHANT, merchant_id)
+
     merchant = await _call(
         ctx.payments.register_merchant,
         body.name,
         body.category,
         body.fee_bps,
         body.settlement_card_token,
+        on_created=owned,
     )
-    await _call(ctx.owners.claim, _tenant(request), OwnedKind.MERCHANT, merchant.id)
+    ctx.owners.remember(tenant, OwnedKind.MERCHANT, merchant.id)
     return _merchant_out(merchant)
 
 

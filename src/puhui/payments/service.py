@@ -300,10 +300,12 @@ class Payments:
         display_name: str,
         *,
         namespace: int = 0,
+        on_created: Callable[[sa.Connection, int], None] | None = None,
     ) -> Customer:
         """A new customer (KYC level 0). Its phone (and later its national id) must be
         unique within ``namespace`` (0 unless a caller keeps several registries apart, as
-        the open API does per tenant)."""
+        the open API does per tenant). ``on_created(conn, customer_id)`` runs in the
+        transaction that creates the customer: what it writes commits with it, or neither."""
         phone = normalize_phone(phone)
         display_name = check_text(display_name, "display_name", 64)
         if type(namespace) is not int or not 0 <= namespace < 1 << 63:
@@ -321,9 +323,11 @@ class Payments:
                         created_at_ns=self.clock.now_ns(),
                     )
                 ).inserted_primary_key
+                assert new_id is not None
+                if on_created is not None:
+                    on_created(conn, int(new_id[0]))
         except sa.exc.IntegrityError as error:
             raise PhoneTakenError("that phone number already has a customer") from error
-        assert new_id is not None
         return self.customer(int(new_id[0]))
 
     def customer(self, customer_id: int) -> Customer:
@@ -439,8 +443,15 @@ class Payments:
         return [BankCard(r.id, r.customer_id, r.bank_name, r.last4) for r in rows]
 
     def register_merchant(
-        self, name: str, category: str, fee_bps: int, settlement_card_token: str
+        self,
+        name: str,
+        category: str,
+        fee_bps: int,
+        settlement_card_token: str,
+        *,
+        on_created: Callable[[sa.Connection, int], None] | None = None,
     ) -> Merchant:
+        """A new merchant; ``on_created(conn, merchant_id)`` runs in its transaction."""
         name = check_text(name, "name", 64)
         category = check_text(category, "category", 32)
         if type(fee_bps) is not int or not 0 <= fee_bps <= 10_000:
@@ -457,7 +468,9 @@ class Payments:
                     created_at_ns=self.clock.now_ns(),
                 )
             ).inserted_primary_key
-        assert new_id is not None
+            assert new_id is not None
+            if on_created is not None:
+                on_created(conn, int(new_id[0]))
         return self.merchant(int(new_id[0]))
 
     def set_merchant_frozen(self, merchant_id: int, frozen: bool) -> Merchant:
