@@ -154,6 +154,14 @@ def create_app(
         webhooks=webhooks,
     )
     metrics.webhook_backlog.set_function(webhooks.backlog)
+    context: ApiContext = app.state.puhui
+    for queue, depth in (
+        ("idempotency_claims", context.claims.depth),
+        ("idempotency_finishes", context.finishes.depth),
+        ("audit", context.audit_batcher.depth),
+        ("payments", payments_context.depth),
+    ):
+        metrics.queue_depth.labels(queue).set_function(depth)
     for router in ROUTERS:
         app.include_router(router)
 

@@ -374,7 +374,7 @@ async def transfer(customer_id: CustomerId, body: TransferIn, request: Request) 
         payee=Payee(customer_id=payee_id),
         note=body.note,
     )
-    return operation_out(await _ctx(request).coalescer().pay(payment))
+    return operation_out(await _ctx(request).pay(payment))
 
 
 @router.post(
@@ -399,7 +399,7 @@ async def pay_merchant(
         key=_service_key(request),
         merchant_qr=merchant_qr(merchant_id),
     )
-    return operation_out(await ctx.coalescer().pay(payment))
+    return operation_out(await ctx.pay(payment))
 
 
 @router.get("/customers/{customer_id}/operations", response_model=OperationPage)
