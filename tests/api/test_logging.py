@@ -161,9 +161,10 @@ def test_mask_hides_sql_parameters_tokens_and_phones() -> None:
         "(sqlite3.IntegrityError) UNIQUE constraint failed: customers.phone\n"
         "[SQL: INSERT INTO customers (phone) VALUES (?)]\n"
         "[parameters: ('+8613800000001', 'Li Si')]\n"
-        "Authorization: Bearer pk_0123456789abcdef_" + "c" * 64 + " whsec_abcDEF123"
+        "Authorization: Bearer pk_0123456789abcdef_" + "c" * 64 + " whsec_abcDEF123\n"
+        "authorization: bEaReR opaque-credential"
     )
     masked = mask(text)
-    for hidden in ("+8613800000001", "Li Si", "c" * 64, "abcDEF123"):
+    for hidden in ("+8613800000001", "Li Si", "c" * 64, "abcDEF123", "opaque-credential"):
         assert hidden not in masked
     assert "[parameters: hidden]" in masked and "UNIQUE constraint failed" in masked
