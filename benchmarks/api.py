@@ -508,6 +508,9 @@ def main() -> None:
         token = _tenant_key(workdir)
         port = _free_port()
         base = f"http://127.0.0.1:{port}"
+        # The server logs a JSON line per request (as puhui serve does): to a file, not to
+        # a pipe nobody reads (a full pipe would block the server).
+        server_log = (workdir / "server.log").open("wb")
         server = subprocess.Popen(
             [
                 sys.executable,
@@ -519,8 +522,9 @@ def main() -> None:
                 "--http",
                 args.http,
             ],
-            stderr=subprocess.PIPE,
+            stderr=server_log,
         )
+        server_log.close()  # the child has its own descriptor
         _wait_ready(base, server)
         import uvloop
 

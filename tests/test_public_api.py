@@ -424,9 +424,11 @@ PLATFORM_ALL = [
     "DeliveryState",
     "DeliveryWorker",
     "EventType",
+    "ForbiddenWebhookAddressError",
     "IdempotencyOptions",
     "IdempotencyRecords",
     "IdempotencyRequestInProgressError",
+    "InsecureWebhookUrlError",
     "InvalidApiKeyError",
     "InvalidIdempotencyKeyError",
     "InvalidNameError",
@@ -453,6 +455,7 @@ PLATFORM_ALL = [
     "UnknownEventTypeError",
     "UnknownScopeError",
     "UnknownTenantKindError",
+    "UnresolvableWebhookHostError",
     "WebhookDelivery",
     "WebhookEndpoint",
     "WebhookEndpointLimitError",
@@ -466,6 +469,7 @@ PLATFORM_ALL = [
 ]
 
 API_ALL = [
+    "REQUEST_ID_HEADER",
     "ROUTERS",
     "STATUS_BY_CODE",
     "ApiOptions",
@@ -479,6 +483,7 @@ API_ALL = [
     "RecordsInvalidError",
     "RequestTooLargeError",
     "UnsupportedMediaTypeError",
+    "configure_logging",
     "create_app",
     "endpoint",
     "platform_routes",

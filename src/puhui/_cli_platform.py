@@ -21,7 +21,7 @@ from puhui._cli_common import EXIT_OK, EXIT_PROBLEM
 from puhui._cli_common import emit_json as _emit_json
 from puhui._cli_common import reported_errors as _reported_errors
 from puhui.config import Settings
-from puhui.platform import ApiKey, AuditLog, Tenant, Tenants
+from puhui.platform import ApiKey, AuditLog, Tenant, Tenants, WebhookOptions
 from puhui.store import create_engine, migrate
 
 tenant_app = typer.Typer(
@@ -142,17 +142,26 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    webhook_loopback: Annotated[
+        bool,
+        typer.Option(
+            "--webhook-loopback",
+            help="Development only: accept webhook endpoints on loopback addresses "
+            "(127.0.0.1, ::1, localhost), over http:// too. Never in production.",
+        ),
+    ] = False,
 ) -> None:
     """Run the open API (FastAPI on uvicorn) over the SQL store and the ledger, deliver
     webhooks beside it, and decide every money movement with the risk engine."""
     import uvicorn
 
     import puhui.ledger as tb
-    from puhui.api import ApiOptions, create_app
+    from puhui.api import ApiOptions, configure_logging, create_app
     from puhui.clock import SystemClock
     from puhui.payments import Payments, SimulatedBank
     from puhui.risk import Cases, ListStore, SyncedRiskLists, open_engine
 
+    configure_logging()  # JSON lines on stderr, one per request; uvicorn's own access log off
     with _reported_errors():
         settings = Settings.from_env()
         url = ledger_url or settings.ledger_url
@@ -180,9 +189,14 @@ def serve(
                 cases=Cases(engine, clock),
             )
             payments.recover()
-            options = ApiOptions(webhook_delivery_interval_s=webhook_interval or None)
+            options = ApiOptions(
+                webhook_delivery_interval_s=webhook_interval or None,
+                webhooks=WebhookOptions(loopback_allowed=webhook_loopback),
+            )
             app = create_app(engine, ledger, clock=clock, options=options, payments=payments)
-            uvicorn.run(app, host=host, port=port, loop="uvloop", log_level="info")
+            uvicorn.run(
+                app, host=host, port=port, loop="uvloop", log_level="info", access_log=False
+            )
 
 
 # --- tenants --------------------------------------------------------------------------------

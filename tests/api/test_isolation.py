@@ -49,6 +49,8 @@ NOWHERE = {
     "webhook_endpoint": "we_" + "0" * 16,
     "webhook_event": "evt_" + "0" * 32,
     "case": "9001",
+    "tenant": "9001",
+    "api_key": "0" * 16,
 }
 A_FRESH = {"new_phone": "+8613900000001"}
 """Values that name nothing of A's yet differ from the baseline's (a phone to register)."""
@@ -75,6 +77,8 @@ FIELD_RESOURCE = {
     "endpoint_id": "webhook_endpoint",
     "event_id": "webhook_event",
     "case_id": "case",
+    "tenant_id": "tenant",
+    "key_id": "api_key",
 }
 LIST_OF_IDS = {"ids": ["account", "other_account", "transfer", "pending"]}
 PLAIN_VALUES: dict[str, Any] = {
@@ -108,10 +112,12 @@ PLAIN_VALUES: dict[str, Any] = {
     "analyst": "ana",
     "list_name": "blocked_devices",
     "value": "dev-isolation",
+    "kind": "bank",
+    "scopes": ["ledger:read"],
 }
 OMITTED = {"PayeeIn.phone"}
 """Optional fields left out (a payee is named one way only)."""
-SERVER_ASSIGNED = {"id", "qr", "timestamp", "created_at_ns", "updated_at_ns"}
+SERVER_ASSIGNED = {"id", "qr", "timestamp", "created_at_ns", "updated_at_ns", "request_id"}
 """Fields the server fills in for a new object: two creations differ in them by nature."""
 # Ids and secrets a route generates afresh on each call (they differ between two calls
 # whatever the tenant): compared as placeholders.
@@ -259,7 +265,8 @@ def _a_state(api: Api) -> Any:
         api.client.get(f"/v1/webhooks/events/{A_IDS['webhook_event']}", headers=auth).json(),
         api.client.get("/v1/webhooks/dead-letters", headers=auth).json(),
     )
-    return ledger, payments, hooks
+    platform = (api.tenants.list_tenants(), api.tenants.list_keys())
+    return ledger, payments, hooks, platform
 
 
 HELD_AMOUNT = 7_77
@@ -321,6 +328,8 @@ def world(tmp_path: Path) -> Iterator[Api]:
             made["webhook_event"] = Webhooks(api.engine, clock=api.clock).record(
                 conn, api.a.id, EventType.PAYMENT_SUCCEEDED, {"amount": "1"}
             )
+        made["tenant"] = str(api.a.id)
+        made["api_key"] = api.tenants.list_keys(api.a.id)[0].id
         assert not set(made) & set(A_IDS)
         A_IDS.update(made)
         A_IDS.update(A_FRESH)

@@ -126,3 +126,82 @@ def test_user_data_32_of_accounts_is_reserved(api: Api) -> None:
     assert response.json()["code"] == "reserved_field"
     lookup = api.client.post("/v1/ledger/accounts/lookup", json={"ids": ["1"]}, headers=api.auth())
     assert lookup.json()["accounts"] == []  # nothing was created
+
+
+def _pages(api: Api, path: str, token: str, **params: Any) -> tuple[list[str], int]:
+    """Every id a paginated list gives, following cursors; and how many pages it took."""
+    ids: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        query = params | ({"cursor": cursor} if cursor else {})
+        response = api.client.get(path, params=query, headers=api.auth(token))
+        assert response.status_code == 200, response.text
+        page = response.json()
+        pages += 1
+        ids += [item["id"] for item in page["data"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return ids, pages
+
+
+def test_query_accounts_and_transfers_see_only_the_tenants_own(api: Api) -> None:
+    # Interleaved: tenant B's accounts and transfers sit between A's in the shared ledger.
+    for n in range(1, 7):
+        for token, base in ((api.token_a, 100), (api.token_b, 100)):
+            code = 7 if n % 2 else 8
+            body = {"accounts": [account(base + n, code=code)]}
+            assert api.client.post("/v1/ledger/accounts", json=body, headers=api.auth(token))
+    for n in range(1, 6):
+        for token in (api.token_a, api.token_b):
+            body = {"transfers": [transfer(200 + n, 101, 100 + n + 1, n, code=3 + n % 2)]}
+            moved = api.client.post("/v1/ledger/transfers", json=body, headers=api.auth(token))
+            assert moved.json()["results"][0]["status"] == "created"
+
+    mine = [str(100 + n) for n in range(1, 7)]
+    assert _pages(api, "/v1/ledger/accounts", api.token_a)[0] == mine
+    assert _pages(api, "/v1/ledger/accounts", api.token_a, limit=4)[0] == mine
+    newest_first = _pages(api, "/v1/ledger/accounts", api.token_a, limit=4, reversed=True)[0]
+    assert newest_first == mine[::-1]
+    assert _pages(api, "/v1/ledger/accounts", api.token_a, code=7)[0] == ["101", "103", "105"]
+    accounts = api.client.get("/v1/ledger/accounts", headers=api.auth()).json()["data"]
+    assert {a["user_data_32"] for a in accounts} == {api.a.id}
+
+    transfers = [str(200 + n) for n in range(1, 6)]
+    ids, pages = _pages(api, "/v1/ledger/transfers", api.token_a, limit=2)
+    assert ids == transfers and pages >= 3
+    assert (
+        _pages(api, "/v1/ledger/transfers", api.token_b, limit=2, reversed=True)[0]
+        == (transfers[::-1])
+    )
+    assert _pages(api, "/v1/ledger/transfers", api.token_a, code=4)[0] == ["201", "203", "205"]
+    only_a = api.client.get("/v1/ledger/transfers", headers=api.auth()).json()["data"]
+    assert [t["debit_account_id"] for t in only_a] == ["101"] * 5  # A's ids, unscrambled
+
+
+def test_query_transfers_skips_other_tenants_within_a_bounded_scan(api: Api) -> None:
+    assert api.client.post(
+        "/v1/ledger/accounts", json={"accounts": [account(1), account(2)]}, headers=api.auth()
+    )
+    assert api.client.post(
+        "/v1/ledger/accounts",
+        json={"accounts": [account(1), account(2)]},
+        headers=api.auth(api.token_b),
+    )
+    b_moves = {"transfers": [transfer(300 + n, 1, 2, 1) for n in range(30)]}
+    api.client.post("/v1/ledger/transfers", json=b_moves, headers=api.auth(api.token_b))
+    api.client.post(
+        "/v1/ledger/transfers", json={"transfers": [transfer(9, 1, 2, 5)]}, headers=api.auth()
+    )
+    # Limit 2 with 30 of B's transfers first: a page scans at most 8 ledger pages (16
+    # transfers), so A's one transfer comes after a short (empty) page with a cursor.
+    first = api.client.get("/v1/ledger/transfers", params={"limit": 2}, headers=api.auth())
+    assert first.json()["data"] == [] and first.json()["next_cursor"] is not None
+    ids, _ = _pages(api, "/v1/ledger/transfers", api.token_a, limit=2)
+    assert ids == ["9"]
+    assert (
+        api.client.get("/v1/ledger/accounts", params={"limit": 1001}, headers=api.auth()).json()[
+            "code"
+        ]
+        == "invalid_input"
+    )

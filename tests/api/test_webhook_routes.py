@@ -25,7 +25,7 @@ from puhui.platform import (
     verify_signature,
 )
 
-from .conftest import START_NS, Api, make_api
+from .conftest import START_NS, Api, make_api, public_dns
 
 HOOKS = "/v1/webhooks"
 
@@ -76,6 +76,9 @@ def test_an_endpoint_is_created_with_its_secret_shown_once(api: Api) -> None:
         ),
         ({"url": "https://a.example/", "event_types": []}, "invalid_input"),
         ({"url": "https://a.example/"}, "invalid_input"),
+        ({"url": "http://a.example/", "event_types": ["*"]}, "webhook_url_insecure"),
+        ({"url": "https://169.254.169.254/", "event_types": ["*"]}, "webhook_url_forbidden"),
+        ({"url": "https://127.0.0.1:8000/", "event_types": ["*"]}, "webhook_url_forbidden"),
     ],
 )
 def test_a_bad_endpoint_is_refused_and_nothing_is_created(
@@ -144,7 +147,9 @@ def test_dead_letters_are_listed_and_replay_delivers_again(api: Api) -> None:
     webhooks = Webhooks(
         api.engine,
         clock=api.clock,
-        options=WebhookOptions(retry=RetrySchedule(base_s=1, cap_s=1, attempts_max=2)),
+        options=WebhookOptions(
+            retry=RetrySchedule(base_s=1, cap_s=1, attempts_max=2), resolve=public_dns
+        ),
     )
     status = {"code": 500}
     got: list[str] = []
@@ -241,7 +246,9 @@ def test_the_app_delivers_on_its_lifespan_and_stops_cleanly(
     tmp_path: Path, receiver: tuple[str, list[tuple[dict[str, str], bytes]]]
 ) -> None:
     url, got = receiver
-    options = ApiOptions(webhook_delivery_interval_s=0.02)
+    options = ApiOptions(
+        webhook_delivery_interval_s=0.02, webhooks=WebhookOptions(loopback_allowed=True)
+    )
     app = None
     for api in make_api(tmp_path, options):
         app = api.client.app

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from puhui.cli import app
-from puhui.platform import AuditLog, InvalidApiKeyError, Tenants
+from puhui.platform import AuditLog, InvalidApiKeyError, Tenants, WebhookOptions
 from puhui.store import create_engine
 from puhui.store import platform as tables
 
@@ -151,7 +151,7 @@ def test_serve_delivers_webhooks_and_stops_cleanly(tmp_path: Path) -> None:
     engine = create_engine(url)
     migrate(engine)
     tenant = Tenants(engine).create("Bank A", "bank")
-    webhooks = Webhooks(engine)
+    webhooks = Webhooks(engine, options=WebhookOptions(loopback_allowed=True))
     hook = f"http://127.0.0.1:{receiver.server_address[1]}/hook"
     _, secret = webhooks.create_endpoint(tenant.id, hook, ["*"])
     with engine.begin() as conn:
@@ -162,7 +162,7 @@ def test_serve_delivers_webhooks_and_stops_cleanly(tmp_path: Path) -> None:
         port = probe.getsockname()[1]
     command = [sys.executable, "-m", "puhui.cli", "serve", "--port", str(port)]
     command += ["--database-url", url, "--ledger-url", str(tmp_path / "ledger")]
-    command += ["--webhook-interval", "0.1"]
+    command += ["--webhook-interval", "0.1", "--webhook-loopback"]
     log = (tmp_path / "serve.log").open("wb")
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
     try:

@@ -9,21 +9,26 @@ import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx2
 import pytest
 import sqlalchemy as sa
 
 from puhui.clock import ManualClock
+from puhui.errors import InvalidInputError
 from puhui.platform import (
     DeliveryState,
     DeliveryWorker,
     EventType,
+    ForbiddenWebhookAddressError,
+    InsecureWebhookUrlError,
     InvalidWebhookUrlError,
     RetrySchedule,
     Tenant,
     Tenants,
     UnknownEventTypeError,
+    UnresolvableWebhookHostError,
     WebhookEndpointLimitError,
     WebhookEndpointNotFoundError,
     WebhookEventNotFoundError,
@@ -32,10 +37,19 @@ from puhui.platform import (
     signature_header,
     verify_signature,
 )
+from puhui.platform.model import check_webhook_url
 from puhui.store import create_engine
 
 NS = 10**9
 SCHEDULE = RetrySchedule(base_s=10.0, cap_s=80.0, floor_s=1.0, attempts_max=6)
+PUBLIC_ADDRESS = "93.184.215.14"
+
+
+def public_dns(host: str) -> list[str]:
+    """The test's DNS: every name is one public address (the receiver is a MockTransport)."""
+    return [PUBLIC_ADDRESS]
+
+
 ALMOST_ONE = 0.999_999
 
 
@@ -88,7 +102,9 @@ class Setup:
 def setup(engine: sa.Engine, clock: ManualClock) -> Setup:
     tenants = Tenants(engine, clock=clock)
     a, b = tenants.create("Bank A", "bank"), tenants.create("Bank B", "bank")
-    webhooks = Webhooks(engine, clock=clock, options=WebhookOptions(retry=SCHEDULE))
+    webhooks = Webhooks(
+        engine, clock=clock, options=WebhookOptions(retry=SCHEDULE, resolve=public_dns)
+    )
     return Setup(engine, clock, webhooks, a, b)
 
 
@@ -173,8 +189,8 @@ def test_an_endpoint_shows_its_secret_once_and_is_listed_without_it(setup: Setup
     listed = w.endpoints(setup.a.id)
     assert listed == [endpoint]
     assert secret not in repr(listed)
-    http_endpoint, _ = w.create_endpoint(setup.a.id, "http://127.0.0.1:9000/h", ["*"])
-    assert http_endpoint.event_types == {"*"}
+    all_types, _ = w.create_endpoint(setup.a.id, "https://p.example/all", ["*"])
+    assert all_types.event_types == {"*"}
     with pytest.raises(UnknownEventTypeError):
         w.create_endpoint(setup.a.id, "https://p.example/", ["payment.exploded"])
     with pytest.raises(UnknownEventTypeError):
@@ -183,7 +199,7 @@ def test_an_endpoint_shows_its_secret_once_and_is_listed_without_it(setup: Setup
 
 def test_a_tenant_has_a_bounded_number_of_enabled_endpoints(engine: sa.Engine) -> None:
     tenant = Tenants(engine).create("Bank C", "bank")
-    w = Webhooks(engine, options=WebhookOptions(endpoints_per_tenant_max=2))
+    w = Webhooks(engine, options=WebhookOptions(endpoints_per_tenant_max=2, resolve=public_dns))
     first, _ = w.create_endpoint(tenant.id, "https://p.example/1", ["*"])
     w.create_endpoint(tenant.id, "https://p.example/2", ["*"])
     with pytest.raises(WebhookEndpointLimitError):
@@ -375,7 +391,9 @@ def test_nothing_is_lost_across_a_restart(setup: Setup) -> None:
 
     engine = create_engine(url)  # the new process
     try:
-        restarted = Webhooks(engine, clock=setup.clock, options=WebhookOptions(retry=SCHEDULE))
+        restarted = Webhooks(
+            engine, clock=setup.clock, options=WebhookOptions(retry=SCHEDULE, resolve=public_dns)
+        )
         receiver = Receiver(setup.clock)
         assert rounds(restarted, receiver) == 2
         assert sorted(receiver.event_ids()) == sorted(ids[1:])
@@ -505,3 +523,122 @@ def test_old_events_are_pruned_unless_a_delivery_still_waits(setup: Setup) -> No
         w.replay(setup.a.id, delivered)
     with pytest.raises(WebhookEventNotFoundError):
         w.event(setup.b.id, unwanted)
+
+
+# --- where webhooks may go (SSRF guard) -------------------------------------------------------
+
+
+def _guarded(engine: sa.Engine, table: dict[str, list[str]], **options: Any) -> Webhooks:
+    def resolve(host: str) -> list[str]:
+        return table.get(host, [])
+
+    return Webhooks(engine, options=WebhookOptions(resolve=resolve, **options))
+
+
+@pytest.mark.parametrize(
+    ("url", "error", "reason"),
+    [
+        ("http://partner.example/hook", InsecureWebhookUrlError, None),
+        ("https://127.0.0.1/hook", ForbiddenWebhookAddressError, "loopback"),
+        ("https://localhost:8443/hook", ForbiddenWebhookAddressError, "loopback"),
+        ("https://[::1]/hook", ForbiddenWebhookAddressError, "loopback"),
+        ("https://169.254.169.254/latest/meta-data", ForbiddenWebhookAddressError, "metadata"),
+        ("https://metadata.example/", ForbiddenWebhookAddressError, "metadata"),
+        ("https://100.100.100.200/", ForbiddenWebhookAddressError, "metadata"),
+        ("https://169.254.10.1/", ForbiddenWebhookAddressError, "link_local"),
+        ("https://[fe80::1]/", ForbiddenWebhookAddressError, "link_local"),
+        ("https://10.1.2.3/", ForbiddenWebhookAddressError, "private"),
+        ("https://192.168.0.10/", ForbiddenWebhookAddressError, "private"),
+        ("https://172.16.5.5/", ForbiddenWebhookAddressError, "private"),
+        ("https://[fd00::5]/", ForbiddenWebhookAddressError, "private"),
+        ("https://[::ffff:10.0.0.1]/", ForbiddenWebhookAddressError, "private"),
+        ("https://internal.example/", ForbiddenWebhookAddressError, "private"),
+        ("https://mixed.example/", ForbiddenWebhookAddressError, "private"),
+        ("https://224.0.0.1/", ForbiddenWebhookAddressError, "multicast"),
+        ("https://0.0.0.0/", ForbiddenWebhookAddressError, "unspecified"),
+        ("https://100.64.0.1/", ForbiddenWebhookAddressError, "reserved"),
+        ("https://nowhere.example/", UnresolvableWebhookHostError, None),
+        ("gopher://partner.example/", InvalidWebhookUrlError, None),
+        ("https://user@partner.example/", InvalidWebhookUrlError, None),
+    ],
+)
+def test_an_endpoint_must_be_https_on_a_public_address(
+    url: str, error: type[Exception], reason: str | None
+) -> None:
+    w = _guarded(sa.create_engine("sqlite://"), DNS)  # the checks read no table
+    with pytest.raises(error) as raised:
+        w.check_destination(check_webhook_url(url))
+    if reason is not None:
+        assert raised.value.details["reason"] == reason  # type: ignore[attr-defined]
+
+
+def test_a_refused_endpoint_is_not_created(engine: sa.Engine) -> None:
+    tenant = Tenants(engine).create("Bank S", "bank")
+    w = _guarded(engine, DNS)
+    for url in ("http://partner.example/", "https://metadata.example/", "https://nowhere.example/"):
+        with pytest.raises(InvalidInputError):
+            w.create_endpoint(tenant.id, url, ["*"])
+    assert w.endpoints(tenant.id) == []
+    w.create_endpoint(tenant.id, "https://partner.example/hook", ["*"])
+    assert len(w.endpoints(tenant.id)) == 1
+
+
+DNS = {
+    "partner.example": [PUBLIC_ADDRESS],
+    "localhost": ["127.0.0.1", "::1"],
+    "metadata.example": ["169.254.169.254"],
+    "internal.example": ["10.0.0.7"],
+    "mixed.example": [PUBLIC_ADDRESS, "192.168.1.1"],  # one bad address is enough to refuse
+}
+
+
+def test_loopback_only_with_the_development_allowance(engine: sa.Engine) -> None:
+    tenant = Tenants(engine).create("Bank D", "bank")
+    w = _guarded(engine, DNS, loopback_allowed=True)
+    for url in ("http://127.0.0.1:9000/h", "http://localhost:9000/h", "https://[::1]/h"):
+        w.create_endpoint(tenant.id, url, ["*"])
+    # The allowance is for loopback only: private, metadata and plain http elsewhere stay out.
+    for url, error in (
+        ("https://10.0.0.1/", ForbiddenWebhookAddressError),
+        ("https://169.254.169.254/", ForbiddenWebhookAddressError),
+        ("http://partner.example/", InsecureWebhookUrlError),
+    ):
+        with pytest.raises(error):
+            w.create_endpoint(tenant.id, url, ["*"])
+    assert len(w.endpoints(tenant.id)) == 3
+
+
+def test_delivery_checks_the_address_again_and_never_follows_redirects(
+    engine: sa.Engine, clock: ManualClock
+) -> None:
+    tenant = Tenants(engine, clock=clock).create("Bank R", "bank")
+    table = {"moving.example": [PUBLIC_ADDRESS], "redirecting.example": [PUBLIC_ADDRESS]}
+
+    def resolve(host: str) -> list[str]:
+        return table.get(host, [])
+
+    w = Webhooks(engine, clock=clock, options=WebhookOptions(retry=SCHEDULE, resolve=resolve))
+    moving, _ = w.create_endpoint(tenant.id, "https://moving.example/hook", ["*"])
+    table["moving.example"] = ["169.254.169.254"]  # DNS rebinding after registration
+    with engine.begin() as conn:
+        event_id = w.record(conn, tenant.id, EventType.PAYMENT_SUCCEEDED, {"amount": "1"})
+    receiver = Receiver(clock)
+    assert rounds(w, receiver) == 1
+    assert receiver.got == []  # nothing was sent to the metadata address
+    [delivery] = w.deliveries(tenant.id, event_id)
+    assert (delivery.state, delivery.last_error) == ("pending", "webhook_url_forbidden")
+
+    endpoint, _ = w.create_endpoint(tenant.id, "https://redirecting.example/hook", ["*"])
+    with engine.begin() as conn:
+        second = w.record(conn, tenant.id, EventType.PAYMENT_SUCCEEDED, {"amount": "2"})
+    w.disable_endpoint(tenant.id, moving.id)
+    sent: list[str] = []
+
+    def redirect(request: httpx2.Request) -> httpx2.Response:
+        sent.append(str(request.url))
+        return httpx2.Response(302, headers={"Location": "http://169.254.169.254/"})
+
+    assert rounds(w, redirect) == 1
+    assert sent == ["https://redirecting.example/hook"]  # the Location was not followed
+    [attempt] = [d for d in w.deliveries(tenant.id, second) if d.endpoint_id == endpoint.id]
+    assert (attempt.state, attempt.last_status, attempt.last_error) == ("pending", 302, "HTTP 302")

@@ -8,6 +8,7 @@ are listed in ``ROUTERS``. See docs/api.md.
 
 from ._app import ROUTERS, create_app, platform_routes
 from ._guards import ApiOptions
+from ._logging import REQUEST_ID_HEADER, configure_logging
 from ._problems import (
     STATUS_BY_CODE,
     InternalError,
@@ -22,6 +23,7 @@ from ._problems import (
 from ._route import Endpoint, PlatformRoute, endpoint
 
 __all__ = [
+    "REQUEST_ID_HEADER",
     "ROUTERS",
     "STATUS_BY_CODE",
     "ApiOptions",
@@ -35,6 +37,7 @@ __all__ = [
     "RecordsInvalidError",
     "RequestTooLargeError",
     "UnsupportedMediaTypeError",
+    "configure_logging",
     "create_app",
     "endpoint",
     "platform_routes",

@@ -40,10 +40,17 @@ from puhui.platform import (
 )
 from puhui.risk import Cases, ListStore
 
-from . import _ledger_routes, _payments_routes, _risk_routes, _webhook_routes
+from . import (
+    _ledger_routes,
+    _payments_routes,
+    _platform_routes,
+    _risk_routes,
+    _webhook_routes,
+)
 from ._batching import AuditBatcher, GroupCall, PrincipalCache
 from ._context import ApiContext
 from ._guards import ApiOptions, BodyLimitMiddleware, RateLimiter
+from ._logging import RequestLogMiddleware, configure_logging, logging_configured
 from ._metrics import ApiMetrics
 from ._payments_context import PaymentsContext
 from ._problems import problem_from_exception
@@ -56,6 +63,7 @@ ROUTERS = (
     _payments_routes.router,
     _webhook_routes.router,
     _risk_routes.router,
+    _platform_routes.router,
 )
 """One router per domain; each later service adds its own here."""
 
@@ -89,6 +97,8 @@ def create_app(
     ``payments`` is the payments service the routes call; without it one is built over
     ``engine`` and ``ledger`` with the ``bank`` and ``billers`` gateways (the simulators when
     not given: a deployment passes its real adapters)."""
+    if not logging_configured():  # ``puhui serve`` configures first; tests may too
+        configure_logging()
     clock = clock or SystemClock()
     options = options or ApiOptions()
     async_ledger = ledger if isinstance(ledger, AsyncLedger) else AsyncLedger(ledger)
@@ -167,6 +177,14 @@ def create_app(
         webhooks=webhooks,
     )
     metrics.webhook_backlog.set_function(webhooks.backlog)
+    context: ApiContext = app.state.puhui
+    for queue, depth in (
+        ("idempotency_claims", context.claims.depth),
+        ("idempotency_finishes", context.finishes.depth),
+        ("audit", context.audit_batcher.depth),
+        ("payments", payments_context.depth),
+    ):
+        metrics.queue_depth.labels(queue).set_function(depth)
     for router in ROUTERS:
         # The routes join the app's own route table rather than being included as nested
         # routers: the same routes and the same OpenAPI document, but a request is matched
@@ -189,6 +207,7 @@ def create_app(
     for kind in (StarletteHTTPException, RequestValidationError, PuhuiError):
         handlers[kind] = as_problem
     app.add_middleware(BodyLimitMiddleware, bytes_max=options.request_body_bytes_max)
+    app.add_middleware(RequestLogMiddleware)  # outermost: every answer has a request id
     return app
 
 

@@ -45,13 +45,25 @@ class AuditBatcher:
 
     def __init__(self, audit: AuditLog) -> None:
         self.audit = audit
+        self._waiting = 0
         # One state per event loop: futures belong to the loop that made them.
         self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
             weakref.WeakKeyDictionary()
         )
 
+    def depth(self) -> int:
+        """Requests waiting for their entry to be stored (queued or being written)."""
+        return self._waiting
+
     async def append(self, record: AuditRecord) -> None:
         """Return once ``record`` is in the audit chain (durably)."""
+        self._waiting += 1
+        try:
+            await self._append(record)
+        finally:
+            self._waiting -= 1
+
+    async def _append(self, record: AuditRecord) -> None:
         loop = asyncio.get_running_loop()
         state = self._states.get(loop)
         if state is None:
@@ -103,11 +115,23 @@ class GroupCall(Generic[T, R]):
 
     def __init__(self, many: Callable[[Sequence[T]], Sequence[R]]) -> None:
         self.many = many
+        self._waiting = 0
         self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _GroupState[T, R]] = (
             weakref.WeakKeyDictionary()
         )
 
+    def depth(self) -> int:
+        """Callers waiting for their answer (queued or in the group being run)."""
+        return self._waiting
+
     async def __call__(self, item: T) -> R:
+        self._waiting += 1
+        try:
+            return await self._call(item)
+        finally:
+            self._waiting -= 1
+
+    async def _call(self, item: T) -> R:
         loop = asyncio.get_running_loop()
         state = self._states.get(loop)
         if state is None:

@@ -25,6 +25,8 @@ from puhui.ledger import (
     CreateAccountStatus,
     CreateTransferStatus,
     FieldOutOfRangeError,
+    QueryFilter,
+    QueryFilterFlags,
     account_from_mapping,
     transfer_from_mapping,
 )
@@ -42,6 +44,7 @@ from ._route import PlatformRoute, endpoint, principal_of
 from ._schemas import (
     U16,
     U32,
+    AccountPage,
     AccountsOut,
     BalancePage,
     CreateAccountsIn,
@@ -333,25 +336,8 @@ def _account_filter(
     user_data_64: str,
     user_data_32: int,
 ) -> AccountFilter:
-    context: ApiContext = request.app.state.puhui
-    page = limit or context.options.page_size_default
-    if page > context.options.page_size_max:
-        raise InvalidInputError(f"limit must be at most {context.options.page_size_max}")
-    low, high = int(timestamp_min), int(timestamp_max)
-    if cursor is not None:
-        position = decode_cursor(kind, cursor)
-        after, was_reversed = position.get("ts"), position.get("r")
-        if not isinstance(after, int) or not isinstance(was_reversed, bool) or after < 0:
-            raise InvalidCursorError("malformed cursor")
-        if was_reversed != reversed:
-            raise InvalidCursorError("the cursor was made with another 'reversed'")
-        if reversed:
-            high = after - 1 if high == 0 else min(high, after - 1)
-            if high <= 0:
-                high = 1
-                low = max(low, 2)  # an empty range: nothing older than the first timestamp
-        else:
-            low = max(low, after + 1)
+    page = _page_size(request, limit)
+    low, high = _window(kind, cursor, reversed, timestamp_min, timestamp_max)
     flags = AccountFilterFlags.NONE
     if debits:
         flags |= AccountFilterFlags.DEBITS
@@ -373,6 +359,36 @@ def _account_filter(
         limit=page,
         flags=flags,
     )
+
+
+def _page_size(request: Request, limit: int | None) -> int:
+    context: ApiContext = request.app.state.puhui
+    page = limit or context.options.page_size_default
+    if page > context.options.page_size_max:
+        raise InvalidInputError(f"limit must be at most {context.options.page_size_max}")
+    return page
+
+
+def _window(
+    kind: str, cursor: str | None, reversed: bool, timestamp_min: str, timestamp_max: str
+) -> tuple[int, int]:
+    """The timestamp range to read: the asked one, narrowed past a cursor's position."""
+    low, high = int(timestamp_min), int(timestamp_max)
+    if cursor is not None:
+        position = decode_cursor(kind, cursor)
+        after, was_reversed = position.get("ts"), position.get("r")
+        if not isinstance(after, int) or not isinstance(was_reversed, bool) or after < 0:
+            raise InvalidCursorError("malformed cursor")
+        if was_reversed != reversed:
+            raise InvalidCursorError("the cursor was made with another 'reversed'")
+        if reversed:
+            high = after - 1 if high == 0 else min(high, after - 1)
+            if high <= 0:
+                high = 1
+                low = max(low, 2)  # an empty range: nothing older than the first timestamp
+        else:
+            low = max(low, after + 1)
+    return low, high
 
 
 def _u128(text: str, name: str) -> int:
@@ -487,3 +503,97 @@ async def get_account_balances(
             kind, [b.timestamp for b in found], account_filter.limit, reversed
         ),
     )
+
+
+def _query_filter(
+    page: int,
+    window: tuple[int, int],
+    *,
+    reversed: bool,
+    ledger: int,
+    code: int,
+    user_data_128: str,
+    user_data_64: str,
+    user_data_32: int,
+) -> QueryFilter:
+    return QueryFilter(
+        user_data_128=_u128(user_data_128, "user_data_128"),
+        user_data_64=int(user_data_64),
+        user_data_32=user_data_32,
+        ledger=ledger,
+        code=code,
+        timestamp_min=window[0],
+        timestamp_max=window[1],
+        limit=page,
+        flags=QueryFilterFlags.REVERSED if reversed else QueryFilterFlags.NONE,
+    )
+
+
+@router.get("/accounts", response_model=AccountPage, summary="query_accounts")
+@endpoint(Scope.LEDGER_READ, changes_state=False)
+async def query_accounts(
+    request: Request,
+    limit: Limit = None,
+    cursor: Cursor = None,
+    reversed: bool = False,
+    ledger: Annotated[U32, Query()] = 0,
+    code: Annotated[U16, Query()] = 0,
+    user_data_128: Annotated[U128Text, Query()] = "0",
+    user_data_64: Annotated[U64Text, Query()] = "0",
+    timestamp_min: Annotated[U64Text, Query()] = "0",
+    timestamp_max: Annotated[U64Text, Query()] = "0",
+) -> AccountPage:
+    """The tenant's accounts matching every field given (0: any), oldest first
+    (``reversed``: newest first), a page at a time. ``user_data_32`` is the platform's owner
+    stamp, so it is not a filter here."""
+    kind = "query_accounts"
+    query_filter = _query_filter(
+        _page_size(request, limit),
+        _window(kind, cursor, reversed, timestamp_min, timestamp_max),
+        reversed=reversed,
+        ledger=ledger,
+        code=code,
+        user_data_128=user_data_128,
+        user_data_64=user_data_64,
+        user_data_32=0,
+    )
+    found = await _tenant_ledger(request).query_accounts(query_filter)
+    return AccountPage(
+        data=[account_out(a) for a in found],
+        next_cursor=_next_cursor(kind, [a.timestamp for a in found], query_filter.limit, reversed),
+    )
+
+
+@router.get("/transfers", response_model=TransferPage, summary="query_transfers")
+@endpoint(Scope.LEDGER_READ, changes_state=False)
+async def query_transfers(
+    request: Request,
+    limit: Limit = None,
+    cursor: Cursor = None,
+    reversed: bool = False,
+    ledger: Annotated[U32, Query()] = 0,
+    code: Annotated[U16, Query()] = 0,
+    user_data_128: Annotated[U128Text, Query()] = "0",
+    user_data_64: Annotated[U64Text, Query()] = "0",
+    user_data_32: Annotated[U32, Query()] = 0,
+    timestamp_min: Annotated[U64Text, Query()] = "0",
+    timestamp_max: Annotated[U64Text, Query()] = "0",
+) -> TransferPage:
+    """The tenant's transfers matching every field given (0: any), oldest first
+    (``reversed``: newest first). A page may hold fewer than ``limit`` transfers (even none)
+    while ``next_cursor`` is set: other tenants' transfers were skipped; follow the cursor
+    until it is null."""
+    kind = "query_transfers"
+    query_filter = _query_filter(
+        _page_size(request, limit),
+        _window(kind, cursor, reversed, timestamp_min, timestamp_max),
+        reversed=reversed,
+        ledger=ledger,
+        code=code,
+        user_data_128=user_data_128,
+        user_data_64=user_data_64,
+        user_data_32=user_data_32,
+    )
+    found, resume = await _tenant_ledger(request).query_transfers(query_filter)
+    next_cursor = None if resume is None else encode_cursor(kind, {"ts": resume, "r": reversed})
+    return TransferPage(data=[transfer_out(t) for t in found], next_cursor=next_cursor)

@@ -43,6 +43,13 @@ class ApiMetrics:
             buckets=LATENCY_BUCKETS_S,
             registry=self.registry,
         )
+        self.queue_depth = Gauge(
+            "puhui_api_queue_depth",
+            "Requests waiting on a shared queue (queued or in the batch being run), counted "
+            "when scraped: idempotency_claims, idempotency_finishes, audit, payments.",
+            ["queue"],
+            registry=self.registry,
+        )
         self.webhook_backlog = Gauge(
             "puhui_webhook_backlog",
             "Webhook deliveries waiting (pending), counted when scraped.",

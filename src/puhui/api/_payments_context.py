@@ -6,7 +6,15 @@ import asyncio
 import weakref
 from dataclasses import dataclass, field
 
-from puhui.payments import Bills, Checkout, PaymentBatches, PaymentCoalescer, Payments
+from puhui.payments import (
+    Bills,
+    Checkout,
+    Operation,
+    PaymentBatches,
+    PaymentCoalescer,
+    PaymentRequest,
+    Payments,
+)
 from puhui.platform import PaymentOwners
 
 coalesced_batch_max = 1_000
@@ -23,6 +31,20 @@ class PaymentsContext:
     _coalescers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, PaymentCoalescer] = field(
         default_factory=weakref.WeakKeyDictionary
     )
+
+    _waiting: int = 0
+
+    def depth(self) -> int:
+        """Single payments waiting for their coalesced batch (queued or being carried out)."""
+        return self._waiting
+
+    async def pay(self, payment: PaymentRequest) -> Operation:
+        """Carry out one payment in this event loop's coalesced batch."""
+        self._waiting += 1
+        try:
+            return await self.coalescer().pay(payment)
+        finally:
+            self._waiting -= 1
 
     def coalescer(self) -> PaymentCoalescer:
         """This event loop's coalescer (its futures belong to the loop)."""

@@ -18,6 +18,7 @@ import secrets
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
+import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.security import HTTPBearer
 
@@ -210,8 +211,8 @@ async def _payee(request: Request, payee: Payee) -> int:
         # Owned means registered: no need to ask the service (the payment checks it again).
         return await _customer(request, payee.customer_id)
     payments = _ctx(request).payments
-    try:
-        payee_id = await _call(payments.resolve_payee, payee)
+    try:  # a phone names a customer of this tenant only (phones are unique per tenant)
+        payee_id = await _call(payments.resolve_payee, payee, namespace=_tenant(request))
     except CustomerNotFoundError:
         raise CustomerNotFoundError(_NO_CUSTOMER) from None
     return await _customer(request, payee_id)
@@ -228,9 +229,22 @@ def _merchant_out(merchant: Merchant) -> MerchantOut:
 @endpoint(Scope.PAYMENTS_WRITE, changes_state=True)
 async def register_customer(body: RegisterCustomerIn, request: Request) -> CustomerOut:
     """Register a customer (KYC level 0), owned by the caller's tenant."""
-    ctx = _ctx(request)
-    customer = await _call(ctx.payments.register_customer, body.phone, body.display_name)
-    await _call(ctx.owners.claim, _tenant(request), OwnedKind.CUSTOMER, customer.id)
+    ctx, tenant = _ctx(request), _tenant(request)
+
+    def owned(conn: sa.Connection, customer_id: int) -> None:
+        ctx.owners.claim_in(conn, tenant, OwnedKind.CUSTOMER, customer_id)
+
+    # Phones are unique per tenant (the tenant's number is the customer's namespace): a
+    # phone registered by another tenant is nothing this tenant can tell. The owner row is
+    # written in the customer's own transaction: no customer without an owner.
+    customer = await _call(
+        ctx.payments.register_customer,
+        body.phone,
+        body.display_name,
+        namespace=tenant,
+        on_created=owned,
+    )
+    ctx.owners.remember(tenant, OwnedKind.CUSTOMER, customer.id)
     return customer_out(customer)
 
 
@@ -360,7 +374,7 @@ async def transfer(customer_id: CustomerId, body: TransferIn, request: Request) 
         payee=Payee(customer_id=payee_id),
         note=body.note,
     )
-    return operation_out(await _ctx(request).coalescer().pay(payment))
+    return operation_out(await _ctx(request).pay(payment))
 
 
 @router.post(
@@ -385,7 +399,7 @@ async def pay_merchant(
         key=_service_key(request),
         merchant_qr=merchant_qr(merchant_id),
     )
-    return operation_out(await ctx.coalescer().pay(payment))
+    return operation_out(await ctx.pay(payment))
 
 
 @router.get("/customers/{customer_id}/operations", response_model=OperationPage)
@@ -424,15 +438,20 @@ async def list_operations(
 @endpoint(Scope.PAYMENTS_WRITE, changes_state=True)
 async def register_merchant(body: RegisterMerchantIn, request: Request) -> MerchantOut:
     """Register a merchant, owned by the caller's tenant; the answer carries its QR payload."""
-    ctx = _ctx(request)
+    ctx, tenant = _ctx(request), _tenant(request)
+
+    def owned(conn: sa.Connection, merchant_id: int) -> None:
+        ctx.owners.claim_in(conn, tenant, OwnedKind.MERCHANT, merchant_id)
+
     merchant = await _call(
         ctx.payments.register_merchant,
         body.name,
         body.category,
         body.fee_bps,
         body.settlement_card_token,
+        on_created=owned,
     )
-    await _call(ctx.owners.claim, _tenant(request), OwnedKind.MERCHANT, merchant.id)
+    ctx.owners.remember(tenant, OwnedKind.MERCHANT, merchant.id)
     return _merchant_out(merchant)
 
 

@@ -18,6 +18,8 @@ from starlette.responses import Response
 
 from puhui.errors import InvalidInputError, PuhuiError
 
+from ._logging import current_request_id
+
 PROBLEM_JSON: Final = "application/problem+json"
 TYPE_BASE: Final = "https://puhui.dev/errors/"
 """A problem's ``type`` is this plus its code (the codes are documented in docs/errors.md)."""
@@ -173,6 +175,9 @@ def problem(
     }
     if extra:
         body.update(extra)
+    request_id = current_request_id()
+    if request_id is not None:
+        body["request_id"] = request_id
     return Response(
         json.dumps(body, separators=(",", ":")).encode(),
         status_code=status,

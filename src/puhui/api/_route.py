@@ -15,6 +15,7 @@ refuses to build a route without it, and the isolation tests iterate these decla
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from puhui.platform import (
 from puhui.platform.model import check_idempotency_key, request_fingerprint
 
 from ._context import ApiContext
+from ._logging import note_principal
 from ._problems import problem_from_error, problem_from_exception
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -52,13 +54,20 @@ class Endpoint:
     """The scope a key needs to call the route."""
     changes_state: bool
     """Whether a call may change state (then it is audited)."""
+    shown_once: tuple[str, ...] = ()
+    """Fields of the JSON answer that are never stored for an idempotent replay (a secret
+    shown once): a replay answers them ``null``."""
 
 
-def endpoint(scope: Scope, *, changes_state: bool) -> Callable[[F], F]:
-    """Declare a route handler's scope and whether it changes state."""
+def endpoint(
+    scope: Scope, *, changes_state: bool, shown_once: tuple[str, ...] = ()
+) -> Callable[[F], F]:
+    """Declare a route handler's scope, whether it changes state, and the fields of its
+    answer shown once (never kept under the request's idempotency key)."""
 
     def mark(handler: F) -> F:
-        handler.__puhui_endpoint__ = Endpoint(scope, changes_state)  # type: ignore[attr-defined]
+        spec = Endpoint(scope, changes_state, shown_once)
+        handler.__puhui_endpoint__ = spec  # type: ignore[attr-defined]
         return handler
 
     return mark
@@ -117,10 +126,11 @@ async def _run(
     started = time.perf_counter()
     try:
         principal = await context.principals.authenticate(_bearer(request))
+        note_principal(principal.tenant.id, principal.key_id)
         context.limiter.take(principal.key_id)
         principal.require(spec.scope)
         request.state.principal = principal
-        response = await _idempotent(context, principal, request, inner)
+        response = await _idempotent(context, spec, principal, request, inner)
     except PuhuiError as error:
         response = problem_from_error(error, headers=_error_headers(error))
     except Exception as exc:  # a fault of the store or a bug: logged, answered 500
@@ -158,8 +168,21 @@ async def _handle(
         return problem_from_exception(exc), invalid
 
 
+def _stored_body(spec: Endpoint, body: bytes) -> bytes:
+    """What is kept of an answer for replays: without the fields shown once."""
+    if not spec.shown_once:
+        return body
+    data = json.loads(body)
+    if isinstance(data, dict):
+        for name in spec.shown_once:
+            if name in data:
+                data[name] = None
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
 async def _idempotent(
     context: ApiContext,
+    spec: Endpoint,
     principal: Principal,
     request: Request,
     inner: Callable[[Request], Awaitable[Response]],
@@ -199,7 +222,7 @@ async def _idempotent(
         stored = StoredResponse(
             status_code=response.status_code,
             content_type=response.media_type or "application/json",
-            body=bytes(response.body),
+            body=_stored_body(spec, bytes(response.body)),
         )
         await context.finishes((tenant_id, key, fingerprint, stored))
     return response

@@ -138,10 +138,18 @@ class TransfersOut(BaseModel):
     transfers: list[TransferOut]
 
 
+class AccountPage(BaseModel):
+    data: list[AccountOut]
+    next_cursor: str | None = Field(
+        description="Pass as ``cursor`` for the next page; null on the last page."
+    )
+
+
 class TransferPage(BaseModel):
     data: list[TransferOut]
     next_cursor: str | None = Field(
-        description="Pass as ``cursor`` for the next page; null on the last page."
+        description="Pass as ``cursor`` for the next page; null on the last page (a page of "
+        "query_transfers may be short, even empty, before that)."
     )
 
 

@@ -183,7 +183,10 @@ class PaymentBatches:
                     str(row[1]): int(row[0])
                     for row in _select(
                         conn,
-                        f"SELECT id, phone FROM {t.customers.name} WHERE phone {marks}",
+                        # namespace 0, as Payments.resolve_payee: an API tenant's registry is
+                        # its own namespace, resolved by the API before the payment is made
+                        f"SELECT id, phone FROM {t.customers.name} "
+                        f"WHERE namespace = 0 AND phone {marks}",
                         params,
                     )
                 }

@@ -294,13 +294,27 @@ class Payments:
 
     # --- parties ------------------------------------------------------------------------------
 
-    def register_customer(self, phone: str, display_name: str) -> Customer:
+    def register_customer(
+        self,
+        phone: str,
+        display_name: str,
+        *,
+        namespace: int = 0,
+        on_created: Callable[[sa.Connection, int], None] | None = None,
+    ) -> Customer:
+        """A new customer (KYC level 0). Its phone (and later its national id) must be
+        unique within ``namespace`` (0 unless a caller keeps several registries apart, as
+        the open API does per tenant). ``on_created(conn, customer_id)`` runs in the
+        transaction that creates the customer: what it writes commits with it, or neither."""
         phone = normalize_phone(phone)
         display_name = check_text(display_name, "display_name", 64)
+        if type(namespace) is not int or not 0 <= namespace < 1 << 63:
+            raise InvalidPayloadError("namespace must be an int from 0 to 2**63 - 1")
         try:
             with self.engine.begin() as conn:
                 new_id = conn.execute(
                     t.customers.insert().values(
+                        namespace=namespace,
                         phone=phone,
                         display_name=display_name,
                         kyc_level=int(KycLevel.UNVERIFIED),
@@ -309,9 +323,11 @@ class Payments:
                         created_at_ns=self.clock.now_ns(),
                     )
                 ).inserted_primary_key
+                assert new_id is not None
+                if on_created is not None:
+                    on_created(conn, int(new_id[0]))
         except sa.exc.IntegrityError as error:
             raise PhoneTakenError("that phone number already has a customer") from error
-        assert new_id is not None
         return self.customer(int(new_id[0]))
 
     def customer(self, customer_id: int) -> Customer:
@@ -335,9 +351,17 @@ class Payments:
         national_id = check_text(national_id, "national_id", 32)
         digest = hashlib.sha256(f"puhui-national-id\0{national_id}".encode()).hexdigest()
         current = self.customer(customer_id)
+        namespace_of = (
+            sa.select(t.customers.c.namespace)
+            .where(t.customers.c.id == customer_id)
+            .scalar_subquery()
+        )
         with self.engine.begin() as conn:
             row = conn.execute(
-                sa.select(t.customers.c.id).where(t.customers.c.national_id_hash == digest)
+                sa.select(t.customers.c.id).where(
+                    t.customers.c.national_id_hash == digest,
+                    t.customers.c.namespace == namespace_of,
+                )
             ).first()
             if row is not None and row.id != customer_id:
                 raise IdentityTakenError("that national id belongs to another customer")
@@ -419,8 +443,15 @@ class Payments:
         return [BankCard(r.id, r.customer_id, r.bank_name, r.last4) for r in rows]
 
     def register_merchant(
-        self, name: str, category: str, fee_bps: int, settlement_card_token: str
+        self,
+        name: str,
+        category: str,
+        fee_bps: int,
+        settlement_card_token: str,
+        *,
+        on_created: Callable[[sa.Connection, int], None] | None = None,
     ) -> Merchant:
+        """A new merchant; ``on_created(conn, merchant_id)`` runs in its transaction."""
         name = check_text(name, "name", 64)
         category = check_text(category, "category", 32)
         if type(fee_bps) is not int or not 0 <= fee_bps <= 10_000:
@@ -437,7 +468,9 @@ class Payments:
                     created_at_ns=self.clock.now_ns(),
                 )
             ).inserted_primary_key
-        assert new_id is not None
+            assert new_id is not None
+            if on_created is not None:
+                on_created(conn, int(new_id[0]))
         return self.merchant(int(new_id[0]))
 
     def set_merchant_frozen(self, merchant_id: int, frozen: bool) -> Merchant:
@@ -963,10 +996,10 @@ class Payments:
         with self.engine.connect() as conn:
             return [_operation(r) for r in conn.execute(query).all()]
 
-    def resolve_payee(self, payee: Payee) -> int:
-        """The customer id a P2P payee names (by id, phone or QR payload), or
-        ``CustomerNotFoundError``."""
-        return self._resolve_payee(payee)
+    def resolve_payee(self, payee: Payee, *, namespace: int = 0) -> int:
+        """The customer id a P2P payee names (by id, phone or QR payload; a phone within
+        ``namespace``), or ``CustomerNotFoundError``."""
+        return self._resolve_payee(payee, namespace=namespace)
 
     def merchant_of_qr(self, merchant_qr: str) -> int:
         """The merchant id a merchant QR payload names (the merchant may not exist)."""
@@ -1069,7 +1102,7 @@ class Payments:
             raise CardNotFoundError("that card is not bound to this customer")
         return str(row.card_token)
 
-    def _resolve_payee(self, payee: Payee) -> int:
+    def _resolve_payee(self, payee: Payee, *, namespace: int = 0) -> int:
         given = [v for v in (payee.customer_id, payee.phone, payee.qr) if v is not None]
         if len(given) != 1:
             raise InvalidPayloadError("a payee is exactly one of customer_id, phone, qr")
@@ -1079,7 +1112,9 @@ class Payments:
             phone = normalize_phone(payee.phone)
             with self.engine.connect() as conn:
                 row = conn.execute(
-                    sa.select(t.customers.c.id).where(t.customers.c.phone == phone)
+                    sa.select(t.customers.c.id).where(
+                        t.customers.c.phone == phone, t.customers.c.namespace == namespace
+                    )
                 ).first()
             if row is None:
                 raise CustomerNotFoundError("no customer has that phone number")

@@ -41,6 +41,8 @@ from puhui.ledger import (
     AsyncLedger,
     CreateAccountResult,
     CreateTransferResult,
+    QueryFilter,
+    QueryFilterFlags,
     Transfer,
 )
 
@@ -50,6 +52,10 @@ from .tenants import Tenant
 Array = np.ndarray[Any, Any]
 
 _U64_MAX = np.uint64((1 << 64) - 1)
+
+query_rounds_max = 8
+"""Ledger pages ``query_transfers`` reads for one answer at most (unit: pages of the asked
+limit): transfers of other tenants are skipped, so a page may come back short."""
 
 
 class ReservedFieldError(InvalidInputError):
@@ -167,6 +173,52 @@ class TenantLedger:
         if not await self._owned({scrambled.account_id}):
             return []
         return await self.ledger.get_account_balances(scrambled)
+
+    async def query_accounts(self, query_filter: QueryFilter) -> list[Account]:
+        """Accounts matching the filter, of this tenant only: the owner stamp is the
+        filter's ``user_data_32`` (a filter naming another number finds nothing)."""
+        if query_filter.user_data_32 not in (0, self.tenant.id):
+            return []
+        scoped = dataclasses.replace(query_filter, user_data_32=self.tenant.id)
+        found = await self.ledger.query_accounts(scoped)
+        return [dataclasses.replace(a, id=self._id(a.id)) for a in found]
+
+    async def query_transfers(
+        self, query_filter: QueryFilter, *, rounds_max: int = query_rounds_max
+    ) -> tuple[list[Transfer], int | None]:
+        """This tenant's transfers matching the filter (at most its limit), and the ledger
+        timestamp to go on from (None: the scan reached the end of the range).
+
+        Transfers carry no owner stamp; one is this tenant's when its debit account is (an
+        account of another tenant cannot be named, so both sides are then the tenant's).
+        Other tenants' transfers are skipped while scanning at most ``rounds_max`` pages,
+        so the answer may hold fewer than ``limit`` transfers with a position to go on from.
+        """
+        limit = query_filter.limit
+        reversed_ = bool(query_filter.flags & QueryFilterFlags.REVERSED)
+        low, high = query_filter.timestamp_min, query_filter.timestamp_max
+        kept: list[Transfer] = []
+        for _ in range(rounds_max):
+            page = dataclasses.replace(query_filter, timestamp_min=low, timestamp_max=high)
+            found = await self.ledger.query_transfers(page)
+            owned = await self._owned({t.debit_account_id for t in found}) if found else set()
+            for transfer in found:
+                if transfer.debit_account_id in owned:
+                    kept.append(self._transfer_out(transfer))
+                    if len(kept) == limit:
+                        return kept, transfer.timestamp
+            if len(found) < limit:
+                return kept, None
+            last = found[-1].timestamp
+            if reversed_:
+                if last <= 1 or (low and last - 1 < low):
+                    return kept, None
+                high = last - 1
+            else:
+                if high and last + 1 > high:
+                    return kept, None
+                low = last + 1
+        return kept, (found[-1].timestamp if found else None)
 
 
 def _checked(events: Array, dtype: np.dtype[Any]) -> Array:

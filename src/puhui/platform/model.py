@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
+import ipaddress
 import json
 import re
 from collections.abc import Iterable
@@ -483,6 +484,97 @@ def check_webhook_url(url: object) -> str:
     if any(ord(ch) < 0x21 or ord(ch) > 0x7E for ch in url):
         raise InvalidWebhookUrlError("url must be printable ASCII (percent-encode the rest)")
     return url
+
+
+class InsecureWebhookUrlError(InvalidInputError):
+    """An ``http://`` endpoint URL: events carry money movements, so only ``https://`` is
+    accepted (``http://`` only to loopback, when ``WebhookOptions.loopback_allowed``)."""
+
+    code = "webhook_url_insecure"
+
+
+class ForbiddenWebhookAddressError(InvalidInputError):
+    """The endpoint's host is, or resolves to, an address Puhui never sends to: loopback,
+    private, shared, link-local (cloud metadata 169.254.169.254 included), multicast,
+    unspecified or reserved. ``details["reason"]`` says which."""
+
+    code = "webhook_url_forbidden"
+
+
+class UnresolvableWebhookHostError(InvalidInputError):
+    """The endpoint's host name has no address (checked when the endpoint is registered)."""
+
+    code = "webhook_url_unresolvable"
+
+
+CLOUD_METADATA_ADDRESSES: Final = frozenset(
+    {
+        ipaddress.ip_address("169.254.169.254"),  # AWS, GCP, Azure, Alibaba (ECS), ...
+        ipaddress.ip_address("100.100.100.200"),  # Alibaba Cloud
+        ipaddress.ip_address("fd00:ec2::254"),  # AWS over IPv6
+    }
+)
+
+
+def url_host(url: str) -> str:
+    """The host of a URL ``check_webhook_url`` accepted (an IPv6 literal without brackets)."""
+    match = _URL.fullmatch(url)
+    host = _HOST.fullmatch(match["authority"]) if match is not None else None
+    if host is None:
+        raise InvalidWebhookUrlError("url needs a host name")
+    return host.group(1).strip("[]").rstrip(".").lower()
+
+
+def url_is_https(url: str) -> bool:
+    return url[:8].lower() == "https://"
+
+
+def forbidden_address_reason(address: str, *, loopback_allowed: bool) -> str | None:
+    """Why Puhui must not send a webhook to ``address`` (an IP literal), or None if it may:
+    only globally routable unicast addresses are fine (and loopback when allowed)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])  # without an IPv6 zone
+    except ValueError:
+        return "not_an_address"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # ::ffff:10.0.0.1 is 10.0.0.1
+    if ip.is_loopback:
+        return None if loopback_allowed else "loopback"
+    if ip in CLOUD_METADATA_ADDRESSES:
+        return "metadata"
+    if ip.is_link_local:
+        return "link_local"
+    if ip.is_multicast:
+        return "multicast"
+    if ip.is_unspecified:
+        return "unspecified"
+    if ip.is_private:
+        return "private"
+    if not ip.is_global:
+        return "reserved"  # shared (100.64/10), documentation, benchmarking, 6to4 relays...
+    return None
+
+
+def check_destination(url: str, addresses: Iterable[str], *, loopback_allowed: bool) -> None:
+    """Refuse a URL whose host resolved to ``addresses`` unless every one may receive
+    webhooks, and an ``http://`` URL unless it goes to loopback, allowed."""
+    found = list(addresses)
+    if not found:
+        raise UnresolvableWebhookHostError("the url's host has no address")
+    for address in found:
+        reason = forbidden_address_reason(address, loopback_allowed=loopback_allowed)
+        if reason is not None:
+            raise ForbiddenWebhookAddressError(
+                f"the url's host is a {reason.replace('_', ' ')} address; webhooks go to "
+                "public addresses only",
+                reason=reason,
+            )
+    if not url_is_https(url):
+        loopback = all(
+            forbidden_address_reason(a, loopback_allowed=False) == "loopback" for a in found
+        )
+        if not (loopback and loopback_allowed):
+            raise InsecureWebhookUrlError("url must use https")
 
 
 def parse_event_types(types: Iterable[str]) -> frozenset[str]:

@@ -40,16 +40,30 @@ class PaymentOwners:
         self._lock = threading.Lock()
 
     def claim(self, tenant_id: int, kind: OwnedKind, object_id: int) -> None:
-        """Record that ``tenant_id`` owns the object (created for it a moment ago)."""
+        """Record that ``tenant_id`` owns the object (created for it a moment ago), in a
+        transaction of its own. Prefer ``claim_in`` the object's own transaction: an object
+        created without its owner row belongs to nobody."""
         with self.engine.begin() as conn:
-            conn.execute(
-                t.payment_owners.insert().values(
-                    kind=str(kind),
-                    object_id=object_id,
-                    tenant_id=tenant_id,
-                    created_at_ns=self.clock.now_ns(),
-                )
+            self.claim_in(conn, tenant_id, kind, object_id)
+        self.remember(tenant_id, kind, object_id)
+
+    def claim_in(
+        self, conn: sa.Connection, tenant_id: int, kind: OwnedKind, object_id: int
+    ) -> None:
+        """Record the owner through ``conn``: in the transaction that creates the object, so
+        both commit or neither does. Call ``remember`` once it committed (not before: a
+        rolled-back id may be handed out again)."""
+        conn.execute(
+            t.payment_owners.insert().values(
+                kind=str(kind),
+                object_id=object_id,
+                tenant_id=tenant_id,
+                created_at_ns=self.clock.now_ns(),
             )
+        )
+
+    def remember(self, tenant_id: int, kind: OwnedKind, object_id: int) -> None:
+        """Keep a committed ownership in memory."""
         self._remember({(kind, object_id): tenant_id})
 
     def owner(self, kind: OwnedKind, object_id: int) -> int | None:

@@ -171,9 +171,17 @@ class Tenants:
             raise TenantNotFoundError(f"no tenant {name_or_id[:64]!r}")
         return _tenant(row)
 
-    def list_tenants(self) -> list[Tenant]:
+    def list_tenants(self, *, after_id: int = 0, limit: int | None = None) -> list[Tenant]:
+        """Tenants by number, those after ``after_id`` (a page of ``limit``, or all)."""
+        query = (
+            sa.select(tables.tenants)
+            .where(tables.tenants.c.id > after_id)
+            .order_by(tables.tenants.c.id)
+        )
+        if limit is not None:
+            query = query.limit(limit)
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(tables.tenants).order_by(tables.tenants.c.id)).all()
+            rows = conn.execute(query).all()
         return [_tenant(row) for row in rows]
 
     def set_status(self, tenant_id: int, status: TenantStatus) -> Tenant:
@@ -215,15 +223,29 @@ class Tenants:
         key = ApiKey(key_id, tenant.id, label, granted, now, None)
         return key, format_token(key_id, secret_hex)
 
-    def list_keys(self, tenant_id: int | None = None) -> list[ApiKey]:
-        """Keys (of one tenant, or all), oldest first, without secrets."""
-        query = sa.select(tables.api_keys).order_by(
-            tables.api_keys.c.created_at_ns, tables.api_keys.c.id
-        )
+    def list_keys(
+        self,
+        tenant_id: int | None = None,
+        *,
+        after: tuple[int, str] | None = None,
+        limit: int = keys_listed_max,
+    ) -> list[ApiKey]:
+        """Keys (of one tenant, or all), oldest first, without secrets: at most ``limit``
+        (and ``keys_listed_max``), those after ``after`` (a key's creation time and id)."""
+        keys = tables.api_keys
+        query = sa.select(keys).order_by(keys.c.created_at_ns, keys.c.id)
         if tenant_id is not None:
-            query = query.where(tables.api_keys.c.tenant_id == tenant_id)
+            query = query.where(keys.c.tenant_id == tenant_id)
+        if after is not None:
+            at_ns, key_id = after
+            query = query.where(
+                sa.or_(
+                    keys.c.created_at_ns > at_ns,
+                    sa.and_(keys.c.created_at_ns == at_ns, keys.c.id > key_id),
+                )
+            )
         with self.engine.connect() as conn:
-            rows = conn.execute(query.limit(keys_listed_max)).all()
+            rows = conn.execute(query.limit(min(limit, keys_listed_max))).all()
         return [_key(row) for row in rows]
 
     def revoke_key(self, key_id: str, *, tenant_id: int | None = None) -> ApiKey:

@@ -34,10 +34,12 @@ import asyncio
 import contextlib
 import datetime as dt
 import enum
+import ipaddress
 import json
 import logging
 import random
 import secrets
+import socket
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -47,6 +49,7 @@ import httpx2
 import sqlalchemy as sa
 
 from puhui.clock import Clock, SystemClock
+from puhui.errors import PuhuiError
 from puhui.payments import Checkout, Payments
 from puhui.store import platform as tables
 
@@ -58,9 +61,11 @@ from .model import (
     TIMESTAMP_HEADER,
     EventType,
     RetrySchedule,
+    check_destination,
     check_webhook_url,
     parse_event_types,
     signature_header,
+    url_host,
     wants,
 )
 
@@ -124,12 +129,32 @@ class WebhookOptions:
     """How often the worker deletes expired events."""
     prune_events_max: int = 1000
     """Events one pruning deletes at most (the rest go next time)."""
+    loopback_allowed: bool = False
+    """Development and tests only: accept endpoints on loopback addresses (127.0.0.0/8,
+    ::1, names resolving there), over ``http://`` too. Off, every endpoint must be an
+    ``https://`` URL whose host resolves to public addresses only (see ``check_destination``)."""
+    resolve: Resolver | None = None
+    """Host name → its IP addresses, when an endpoint is registered and before each delivery
+    (default: the system's resolver, ``system_resolve``). Tests pass a fixed table."""
 
     def __post_init__(self) -> None:
         if not 0 < self.request_timeout_s < self.lease_s:
             raise ValueError("need 0 < request_timeout_s < lease_s")
         if self.deliveries_per_round_max < 1 or self.endpoints_per_tenant_max < 1:
             raise ValueError("limits must be positive")
+
+
+Resolver = Callable[[str], Sequence[str]]
+"""A host name → its IP addresses (none: it does not resolve)."""
+
+
+def system_resolve(host: str) -> list[str]:
+    """The addresses the system's resolver gives ``host`` (TCP), or none."""
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):  # gaierror is an OSError
+        return []
+    return sorted({str(info[4][0]) for info in infos})
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,12 +292,32 @@ class Webhooks:
 
     # --- endpoints ------------------------------------------------------------------------------
 
+    def addresses(self, host: str) -> list[str]:
+        """The IP addresses of a URL's host: itself if it is an IP literal, else resolved."""
+        try:
+            return [str(ipaddress.ip_address(host))]
+        except ValueError:
+            pass
+        return list((self.options.resolve or system_resolve)(host))
+
+    def check_destination(self, url: str) -> None:
+        """Refuse (``webhook_url_insecure``, ``webhook_url_forbidden``,
+        ``webhook_url_unresolvable``) a URL Puhui must not POST to, as its host resolves now:
+        called when an endpoint is registered and again before every delivery attempt (DNS
+        may have changed since)."""
+        check_destination(
+            url,
+            self.addresses(url_host(url)),
+            loopback_allowed=self.options.loopback_allowed,
+        )
+
     def create_endpoint(
         self, tenant_id: int, url: str, event_types: Iterable[str]
     ) -> tuple[WebhookEndpoint, str]:
         """A new enabled endpoint and its signing secret: the only time the secret is shown."""
         url = check_webhook_url(url)
         types = parse_event_types(event_types)
+        self.check_destination(url)
         endpoint_id = ENDPOINT_ID_PREFIX + self._token(8)
         secret = SECRET_PREFIX + self._token(32)
         now = self.clock.now_ns()
@@ -719,6 +764,22 @@ class DeliveryWorker:
             return 0
         results = await asyncio.gather(*(self._attempt(c) for c in claims))
         await asyncio.to_thread(self.webhooks.finish_attempts, results, self.unit_random)
+        failed = [r for r in results if not r.delivered]
+        for result in failed:  # ids only: never the URL (it may carry a token) or the body
+            log.warning(
+                "webhook delivery attempt failed",
+                extra={
+                    "delivery_id": result.claim.delivery_id,
+                    "event_id": result.claim.event_id,
+                    "attempt": result.claim.attempts,
+                    "status": result.status,
+                    "error": result.error,
+                },
+            )
+        log.info(
+            "webhook delivery round",
+            extra={"attempts": len(results), "failed": len(failed)},
+        )
         return len(claims)
 
     async def _attempt(self, claim: DeliveryClaim) -> AttemptResult:
@@ -732,6 +793,10 @@ class DeliveryWorker:
             TIMESTAMP_HEADER: str(timestamp),
             SIGNATURE_HEADER: signature_header(claim.secret, timestamp, claim.body),
         }
+        try:  # again now: the host may resolve elsewhere than when it was registered
+            await asyncio.to_thread(self.webhooks.check_destination, claim.url)
+        except PuhuiError as refused:
+            return AttemptResult(claim, None, refused.code)
         try:
             async with self._client.stream(
                 "POST", claim.url, content=claim.body, headers=headers

@@ -15,13 +15,19 @@ customers = sa.Table(
     "payments_customers",
     metadata,
     sa.Column("id", Id, primary_key=True, autoincrement=True),
-    sa.Column("phone", sa.String(16), nullable=False, unique=True),
+    # Phones and national ids are unique within a namespace: 0 for payments' own callers;
+    # the open API registers each tenant's customers in the tenant's number, so a tenant
+    # cannot learn from a refusal that another tenant has a customer with that phone.
+    sa.Column("namespace", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("phone", sa.String(16), nullable=False),
     sa.Column("display_name", sa.String(64), nullable=False),
     sa.Column("kyc_level", sa.SmallInteger, nullable=False),
-    sa.Column("national_id_hash", sa.String(64), nullable=True, unique=True),
+    sa.Column("national_id_hash", sa.String(64), nullable=True),
     sa.Column("frozen", sa.Boolean, nullable=False),
     sa.Column("created_at_ns", sa.BigInteger, nullable=False),
     sa.CheckConstraint("kyc_level BETWEEN 0 AND 2", name="kyc_level"),
+    sa.UniqueConstraint("namespace", "phone"),
+    sa.UniqueConstraint("namespace", "national_id_hash"),
 )
 
 bank_cards = sa.Table(
