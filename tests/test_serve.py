@@ -124,7 +124,7 @@ def test_serve_decides_payments_with_the_risk_engine(tmp_path: Path) -> None:
         store.dispose()
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    server = _start(env, port, "--risk-rules", str(rules))
+    server = _start(env, port, "--risk-rules", str(rules), "--risk-entities", "4096")
     try:
         _wait_ready(server, base)
         headers = {"Authorization": f"Bearer {token}"}

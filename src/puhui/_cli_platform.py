@@ -142,6 +142,17 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    risk_entities: Annotated[
+        int,
+        typer.Option(
+            "--risk-entities",
+            help="Room made at start in the risk feature state for this many customers (and as "
+            "many devices, merchants, payees, IPs; twice as many customer-payee pairs): sized "
+            "up front, it never stalls decisions to grow. 0: grow as needed.",
+            min=0,
+            max=1 << 26,
+        ),
+    ] = 0,
     webhook_loopback: Annotated[
         bool,
         typer.Option(
@@ -178,6 +189,8 @@ def serve(
                 model=risk_model,
                 shadow_model=risk_shadow_model,
                 lists=SyncedRiskLists(ListStore(engine, clock)),
+                entities=risk_entities,
+                pairs=min(2 * risk_entities, 1 << 26),
             ) as risk_engine,
         ):
             payments = Payments(

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from puhui.errors import InvalidInputError
 from puhui.risk import (
     FEATURE_SCHEMA,
     EventKind,
@@ -444,3 +445,26 @@ def test_distinct_counts_at_the_window_edge(window: str, bucket_ns: int, buckets
     if window == "24h":
         assert features["counterparty.distinct_payers_24h"].tolist() == [0, 0, 1, 0]
     assert_matches_reference(features, events)
+
+
+def test_a_reserved_store_does_not_grow_and_computes_the_same() -> None:
+    events = [
+        RiskEvent(
+            EventKind.P2P, c, START + c * NS, 100 + c, "CNY", f"c:{c + 1}", f"d{c}", "1.1.1.1"
+        )
+        for c in range(1, 300)
+    ]
+    reserved = FeatureStore(capacity=2, pair_capacity=2)
+    reserved.reserve(512, pairs=1024)
+    arrays = {name: id(array) for name, array in reserved._state.items()}
+    got = reserved.compute(reserved.batch_from_events(events))
+    # Nothing was reallocated while computing: the arrays are the ones reserved.
+    assert {name: id(array) for name, array in reserved._state.items()} == arrays
+    plain = FeatureStore(capacity=2, pair_capacity=2)  # grows batch by batch instead
+    expected = plain.compute(plain.batch_from_events(events))
+    for name in FEATURE_SCHEMA:
+        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+    with pytest.raises(InvalidInputError):
+        reserved.reserve(-1)
+    with pytest.raises(InvalidInputError):
+        reserved.reserve(1, pairs=1 << 40)

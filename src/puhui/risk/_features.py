@@ -327,6 +327,10 @@ def _grown(array: np.ndarray[Any, Any], fresh: np.ndarray[Any, Any]) -> Any:
     return fresh
 
 
+RESERVE_MAX = 1 << 26
+"""Most entities of one kind (or pairs) ``FeatureStore.reserve`` makes room for at once."""
+
+
 class FeatureStore:
     """Risk features over sliding windows, computed in one compiled pass per batch.
 
@@ -580,8 +584,32 @@ class FeatureStore:
         if n and int(batch.at_ns.min()) < 0:
             raise InvalidRiskEventError("column at_ns: a value is negative", column="at_ns")
 
+    def reserve(self, entities: int, *, pairs: int = 0) -> None:
+        """Make room now for ``entities`` of each kind (customers, devices, merchants,
+        counterparties, IPs) and ``pairs`` customer-counterparty pairs, so that the store
+        does not grow while deciding: growing doubles every array of a kind at once, O(state)
+        under the engine's lock (measured: a 120 ms stall at 33,000 customers). Sized up
+        front, as TigerBeetle allocates at start-up. Never shrinks."""
+        for value, name in ((entities, "entities"), (pairs, "pairs")):
+            if type(value) is not int or value < 0 or value > RESERVE_MAX:
+                raise InvalidInputError(f"{name} must be an int from 0 to {RESERVE_MAX}")
+        self._grow({kind: max(entities, n) for kind, n in self.entity_counts().items()})
+        table = self._state["pairs"]
+        used = int(self._state["counters"][K.K_PAIRS])
+        wanted = max(pairs, used)
+        if 2 * wanted > table.shape[0]:
+            size = table.shape[0]
+            while 2 * wanted > size:
+                size *= 2
+            grown = np.zeros((size, 2), np.int64)
+            K.rehash_pairs(table, grown)
+            self._state["pairs"] = grown
+
     def _ensure_capacity(self, batch_events: int) -> None:
-        sizes = self.entity_counts()
+        self._grow(self.entity_counts())
+        self._link_and_size_pairs(batch_events)
+
+    def _grow(self, sizes: dict[str, int]) -> None:
         for kind, prefix in _VELOCITY_PREFIX.items():
             capacity = self._capacity[kind]
             if sizes[kind] <= capacity:
@@ -602,6 +630,8 @@ class FeatureStore:
             )
             for key, array in extra.items():
                 self._state[key] = _grown(self._state[key], array)
+
+    def _link_and_size_pairs(self, batch_events: int) -> None:
         p_int = self._state["p_int"]
         for counterparty, customer in self._links:
             p_int[counterparty, K.PI_LINK] = customer

@@ -57,11 +57,15 @@ def open_engine(
     shadow_model: Path | None = None,
     lists: RiskLists | None = None,
     snapshot_interval_s: float | None = SNAPSHOT_INTERVAL_S_DEFAULT,
+    entities: int = 0,
+    pairs: int = 0,
 ) -> Iterator[RiskEngine]:
     """The engine over ``directory`` (created if missing), its feature state recovered.
 
     On exit the feature state is snapshotted and the log closed, so the next start replays
-    nothing. ``snapshot_interval_s=None`` takes no snapshots while running.
+    nothing. ``snapshot_interval_s=None`` takes no snapshots while running. ``entities`` and
+    ``pairs`` size the feature state up front (``FeatureStore.reserve``): a store that grows
+    while serving stalls every decision behind the copy.
 
     Raises ``RiskStateLockedError`` when another process has the directory open,
     ``RuleParseError`` for an invalid ruleset file and ``ModelFileError`` for an unusable
@@ -90,6 +94,7 @@ def open_engine(
             )
             state = directory / "state"
             replayed = engine.recover(state)
+            engine.features.reserve(entities, pairs=pairs)
             log.info("risk engine recovered: %d logged decisions replayed", replayed)
             stop = threading.Event()
             snapshots = _start_snapshots(engine, state, stop, snapshot_interval_s)
