@@ -29,11 +29,13 @@ from puhui import limits
 
 LEDGER_ALL = [
     "ACCOUNT_DTYPE",
+    "ACCOUNT_FIELDS",
     "AMOUNT_MAX",
     "BALANCE_DTYPE",
     "BATCH_EVENTS_MAX",
     "RESULT_DTYPE",
     "TRANSFER_DTYPE",
+    "TRANSFER_FIELDS",
     "Account",
     "AccountBalance",
     "AccountFilter",

@@ -17,8 +17,10 @@ from starlette.responses import Response
 from puhui.errors import InvalidInputError
 from puhui.ledger import (
     ACCOUNT_DTYPE,
+    ACCOUNT_FIELDS,
     BATCH_EVENTS_MAX,
     TRANSFER_DTYPE,
+    TRANSFER_FIELDS,
     AccountFilter,
     AccountFilterFlags,
     BatchTooLargeError,
@@ -112,29 +114,12 @@ JSON = "application/json"
 _U64_MASK = (1 << 64) - 1
 _TEXT_FIELDS = {"user_data_64"}
 """64-bit fields that travel as decimal text (128-bit ones always do)."""
-_ACCOUNT_COLUMNS: tuple[tuple[str, int], ...] = (
-    ("id", 128),
-    ("user_data_128", 128),
-    ("user_data_64", 64),
-    ("user_data_32", 32),
-    ("ledger", 32),
-    ("code", 16),
-    ("flags", 16),
+_SERVER_SET = frozenset(
+    {"timestamp", "debits_pending", "debits_posted", "credits_pending", "credits_posted"}
 )
-_TRANSFER_COLUMNS: tuple[tuple[str, int], ...] = (
-    ("id", 128),
-    ("debit_account_id", 128),
-    ("credit_account_id", 128),
-    ("amount", 128),
-    ("pending_id", 128),
-    ("user_data_128", 128),
-    ("user_data_64", 64),
-    ("user_data_32", 32),
-    ("timeout", 32),
-    ("ledger", 32),
-    ("code", 16),
-    ("flags", 16),
-)
+"""Fields the ledger fills in: the JSON create routes take no value for them."""
+_ACCOUNT_COLUMNS = tuple(f for f in ACCOUNT_FIELDS if f[0] not in _SERVER_SET)
+_TRANSFER_COLUMNS = tuple(f for f in TRANSFER_FIELDS if f[0] not in _SERVER_SET)
 _ACCOUNT_STATUS_NAMES = {int(s): s.name.lower() for s in CreateAccountStatus}
 _TRANSFER_STATUS_NAMES = {int(s): s.name.lower() for s in CreateTransferStatus}
 
@@ -173,34 +158,60 @@ def _results_json(
     return Response(json.dumps(body, separators=(",", ":")).encode(), media_type=JSON)
 
 
+async def _create(
+    request: Request,
+    models: Sequence[Any],
+    columns: tuple[tuple[str, int], ...],
+    dtype: np.dtype[Any],
+    from_mapping: Any,
+    operation: str,
+    names: dict[int, str],
+) -> Response:
+    """One JSON create route: the validated models as the ledger's array, the tenant's
+    ledger call (timed), the results written from the array."""
+    try:
+        events = _columns(models, columns, dtype)
+    except OverflowError:  # the object form names the field (field_out_of_range)
+        for model in models:
+            from_mapping(_mapping(model))
+        raise
+    ledger = _tenant_ledger(request)
+    create = (
+        ledger.create_accounts_array if dtype == ACCOUNT_DTYPE else ledger.create_transfers_array
+    )
+    with _ledger_timer(request, operation, len(events)):
+        results = await create(events)
+    return _results_json([m.id for m in models], results, names)
+
+
 @router.post("/accounts", response_model=CreateResultsOut, summary="create_accounts")
 @endpoint(Scope.LEDGER_WRITE, changes_state=True)
 async def create_accounts(body: CreateAccountsIn, request: Request) -> Response:
     """Create accounts; one result per event (``created``, ``exists``, ...)."""
-    try:
-        events = _columns(body.accounts, _ACCOUNT_COLUMNS, ACCOUNT_DTYPE)
-    except OverflowError:  # the object form names the field (field_out_of_range)
-        for a in body.accounts:
-            account_from_mapping(_mapping(a))
-        raise
-    with _ledger_timer(request, "create_accounts", len(events)):
-        results = await _tenant_ledger(request).create_accounts_array(events)
-    return _results_json([a.id for a in body.accounts], results, _ACCOUNT_STATUS_NAMES)
+    return await _create(
+        request,
+        body.accounts,
+        _ACCOUNT_COLUMNS,
+        ACCOUNT_DTYPE,
+        account_from_mapping,
+        "create_accounts",
+        _ACCOUNT_STATUS_NAMES,
+    )
 
 
 @router.post("/transfers", response_model=CreateResultsOut, summary="create_transfers")
 @endpoint(Scope.LEDGER_WRITE, changes_state=True)
 async def create_transfers(body: CreateTransfersIn, request: Request) -> Response:
     """Create transfers (linked chains, two-phase, balancing: TigerBeetle's semantics)."""
-    try:
-        events = _columns(body.transfers, _TRANSFER_COLUMNS, TRANSFER_DTYPE)
-    except OverflowError:  # the object form names the field (field_out_of_range)
-        for t in body.transfers:
-            transfer_from_mapping(_mapping(t))
-        raise
-    with _ledger_timer(request, "create_transfers", len(events)):
-        results = await _tenant_ledger(request).create_transfers_array(events)
-    return _results_json([t.id for t in body.transfers], results, _TRANSFER_STATUS_NAMES)
+    return await _create(
+        request,
+        body.transfers,
+        _TRANSFER_COLUMNS,
+        TRANSFER_DTYPE,
+        transfer_from_mapping,
+        "create_transfers",
+        _TRANSFER_STATUS_NAMES,
+    )
 
 
 def _ids(body: LookupIn) -> list[int]:

@@ -8,7 +8,13 @@ by changing an import. ``open(path_or_url)`` returns a client journalling to SQL
 """
 
 from ._async import AsyncLedger
-from ._convert import BATCH_EVENTS_MAX, account_from_mapping, transfer_from_mapping
+from ._convert import (
+    ACCOUNT_FIELDS,
+    BATCH_EVENTS_MAX,
+    TRANSFER_FIELDS,
+    account_from_mapping,
+    transfer_from_mapping,
+)
 from ._errors import (
     BatchTooLargeError,
     FieldOutOfRangeError,
@@ -49,11 +55,13 @@ from ._verify import VerifyReport, verify
 
 __all__ = [
     "ACCOUNT_DTYPE",
+    "ACCOUNT_FIELDS",
     "AMOUNT_MAX",
     "BALANCE_DTYPE",
     "BATCH_EVENTS_MAX",
     "RESULT_DTYPE",
     "TRANSFER_DTYPE",
+    "TRANSFER_FIELDS",
     "Account",
     "AccountBalance",
     "AccountFilter",

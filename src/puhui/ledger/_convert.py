@@ -58,6 +58,8 @@ TRANSFER_FIELDS: tuple[tuple[str, int], ...] = (
     ("flags", 16),
     ("timestamp", 64),
 )
+"""Each transfer field and its width in bits (``ACCOUNT_FIELDS`` likewise for accounts): the
+one table input checks and columnar conversions read."""
 
 _ACCOUNT_STATUS = {int(s): s for s in CreateAccountStatus}
 _TRANSFER_STATUS = {int(s): s for s in CreateTransferStatus}
