@@ -14,6 +14,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from puhui.clock import Clock
+from puhui.errors import InvalidInputError
 from puhui.platform import IdempotencyOptions, WebhookOptions
 
 from ._problems import (
@@ -150,6 +151,15 @@ def encode_cursor(kind: str, position: dict[str, Any]) -> str:
 
 
 cursor_chars_max = 512
+
+
+def page_size(options: ApiOptions, limit: int | None) -> int:
+    """The page size a list route serves: ``limit``, else the default; over the maximum is
+    ``invalid_input``."""
+    page = limit or options.page_size_default
+    if page > options.page_size_max:
+        raise InvalidInputError(f"limit must be at most {options.page_size_max}")
+    return page
 
 
 def decode_cursor(kind: str, cursor: str) -> dict[str, Any]:

@@ -14,7 +14,6 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.security import HTTPBearer
 from starlette.responses import Response
 
-from puhui.errors import InvalidInputError
 from puhui.ledger import (
     ACCOUNT_DTYPE,
     ACCOUNT_FIELDS,
@@ -35,7 +34,7 @@ from puhui.ledger import (
 from puhui.platform import Scope, TenantLedger
 
 from ._context import ApiContext
-from ._guards import decode_cursor, encode_cursor
+from ._guards import decode_cursor, encode_cursor, page_size
 from ._problems import (
     PROBLEM_JSON,
     InvalidCursorError,
@@ -347,7 +346,7 @@ def _account_filter(
     user_data_64: str,
     user_data_32: int,
 ) -> AccountFilter:
-    page = _page_size(request, limit)
+    page = page_size(request.app.state.puhui.options, limit)
     low, high = _window(kind, cursor, reversed, timestamp_min, timestamp_max)
     flags = AccountFilterFlags.NONE
     if debits:
@@ -370,14 +369,6 @@ def _account_filter(
         limit=page,
         flags=flags,
     )
-
-
-def _page_size(request: Request, limit: int | None) -> int:
-    context: ApiContext = request.app.state.puhui
-    page = limit or context.options.page_size_default
-    if page > context.options.page_size_max:
-        raise InvalidInputError(f"limit must be at most {context.options.page_size_max}")
-    return page
 
 
 def _window(
@@ -559,7 +550,7 @@ async def query_accounts(
     stamp, so it is not a filter here."""
     kind = "query_accounts"
     query_filter = _query_filter(
-        _page_size(request, limit),
+        page_size(request.app.state.puhui.options, limit),
         _window(kind, cursor, reversed, timestamp_min, timestamp_max),
         reversed=reversed,
         ledger=ledger,
@@ -596,7 +587,7 @@ async def query_transfers(
     until it is null."""
     kind = "query_transfers"
     query_filter = _query_filter(
-        _page_size(request, limit),
+        page_size(request.app.state.puhui.options, limit),
         _window(kind, cursor, reversed, timestamp_min, timestamp_max),
         reversed=reversed,
         ledger=ledger,

@@ -41,7 +41,7 @@ from puhui.payments.service import PAYMENT_CODE_INVALID
 from puhui.platform import OwnedKind, Scope
 
 from ._context import ApiContext
-from ._guards import decode_cursor, encode_cursor
+from ._guards import decode_cursor, encode_cursor, page_size
 from ._ledger_routes import PROBLEM_RESPONSES
 from ._payments_context import PaymentsContext
 from ._payments_schemas import (
@@ -409,10 +409,7 @@ async def list_operations(
 ) -> OperationPage:
     """The customer's operations (paying or paid), oldest first, a page at a time."""
     await _customer(request, customer_id)
-    context: ApiContext = request.app.state.puhui
-    page = limit or context.options.page_size_default
-    if page > context.options.page_size_max:
-        raise InvalidInputError(f"limit must be at most {context.options.page_size_max}")
+    page = page_size(request.app.state.puhui.options, limit)
     after: tuple[int, int] | None = None
     if cursor is not None:
         position = decode_cursor("customer_operations", cursor)

@@ -19,13 +19,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from puhui.errors import InvalidInputError
 from puhui.platform import ApiKey, Scope, Tenant, Tenants
 from puhui.platform.model import key_id_chars, key_name_chars_max, tenant_name_chars_max
 from puhui.platform.webhooks import rfc3339
 
 from ._context import ApiContext
-from ._guards import decode_cursor, encode_cursor
+from ._guards import decode_cursor, encode_cursor, page_size
 from ._ledger_routes import PROBLEM_RESPONSES, Cursor, Limit, _problem, bearer
 from ._problems import InvalidCursorError
 from ._route import PlatformRoute, endpoint
@@ -111,14 +110,6 @@ def _tenants(request: Request) -> Tenants:
     return context.tenants
 
 
-def _page_size(request: Request, limit: int | None) -> int:
-    context: ApiContext = request.app.state.puhui
-    page = limit or context.options.page_size_default
-    if page > context.options.page_size_max:
-        raise InvalidInputError(f"limit must be at most {context.options.page_size_max}")
-    return page
-
-
 def tenant_out(tenant: Tenant) -> TenantOut:
     return TenantOut(
         id=tenant.id,
@@ -152,7 +143,7 @@ async def create_tenant(body: CreateTenantIn, request: Request) -> TenantOut:
 @endpoint(Scope.PLATFORM_ADMIN, changes_state=False)
 async def list_tenants(request: Request, limit: Limit = None, cursor: Cursor = None) -> TenantPage:
     """Tenants by number, a page at a time."""
-    page = _page_size(request, limit)
+    page = page_size(request.app.state.puhui.options, limit)
     after = 0
     if cursor is not None:
         value = decode_cursor("tenants", cursor).get("id")
@@ -186,7 +177,7 @@ async def list_keys(
     tenant_id: TenantId, request: Request, limit: Limit = None, cursor: Cursor = None
 ) -> KeyPage:
     """The tenant's keys, oldest first, never their secrets (as ``puhui key list``)."""
-    page = _page_size(request, limit)
+    page = page_size(request.app.state.puhui.options, limit)
     tenants = _tenants(request)
     await asyncio.to_thread(tenants.get, tenant_id)  # tenant_not_found rather than a void
     after: tuple[int, str] | None = None

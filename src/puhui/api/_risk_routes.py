@@ -21,7 +21,6 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, Field
 
-from puhui.errors import InvalidInputError
 from puhui.platform import OwnedKind, PaymentOwners, Scope
 from puhui.risk import (
     Case,
@@ -33,8 +32,7 @@ from puhui.risk import (
     explain_reasons,
 )
 
-from ._context import ApiContext
-from ._guards import decode_cursor, encode_cursor
+from ._guards import decode_cursor, encode_cursor, page_size
 from ._ledger_routes import PROBLEM_RESPONSES
 from ._problems import InvalidCursorError
 from ._route import PlatformRoute, endpoint, principal_of
@@ -78,14 +76,6 @@ def _ctx(request: Request) -> RiskContext:
 
 async def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return await asyncio.to_thread(fn, *args, **kwargs)
-
-
-def _page_size(request: Request, limit: int | None) -> int:
-    context: ApiContext = request.app.state.puhui
-    page = limit or context.options.page_size_default
-    if page > context.options.page_size_max:
-        raise InvalidInputError(f"limit must be at most {context.options.page_size_max}")
-    return page
 
 
 async def _owned_by_caller(request: Request, customer_id: int) -> bool:
@@ -238,7 +228,7 @@ async def list_cases(
     request: Request, status: StatusQuery = None, limit: Limit = None, cursor: Cursor = None
 ) -> CasePage:
     """Review cases of this tenant's customers, oldest first, a page at a time."""
-    page = _page_size(request, limit)
+    page = page_size(request.app.state.puhui.options, limit)
     after = 0
     if cursor is not None:
         last = decode_cursor("risk_cases", cursor).get("i")
@@ -310,7 +300,7 @@ async def list_entries(
     list_name: ListName, request: Request, limit: Limit = None, cursor: Cursor = None
 ) -> ListEntryPage:
     """The entries of one list (expired ones too, ``live`` false), by value."""
-    page = _page_size(request, limit)
+    page = page_size(request.app.state.puhui.options, limit)
     after: str | None = None
     if cursor is not None:
         last = decode_cursor(f"risk_list:{list_name}", cursor).get("v")

@@ -12,7 +12,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from puhui.errors import InvalidInputError
 from puhui.platform import (
     Scope,
     WebhookDelivery,
@@ -24,7 +23,7 @@ from puhui.platform.model import parse_event_types, webhook_event_types_max, web
 from puhui.platform.webhooks import rfc3339
 
 from ._context import ApiContext
-from ._guards import decode_cursor, encode_cursor
+from ._guards import decode_cursor, encode_cursor, page_size
 from ._ledger_routes import PROBLEM_RESPONSES, Cursor, Limit, _problem, bearer
 from ._problems import InvalidCursorError
 from ._route import PlatformRoute, endpoint, principal_of
@@ -138,14 +137,6 @@ def _tenant(request: Request) -> int:
     return principal_of(request).tenant.id
 
 
-def _page_size(request: Request, limit: int | None) -> int:
-    context: ApiContext = request.app.state.puhui
-    page = limit or context.options.page_size_default
-    if page > context.options.page_size_max:
-        raise InvalidInputError(f"limit must be at most {context.options.page_size_max}")
-    return page
-
-
 def _at(at_ns: int | None) -> str | None:
     return None if at_ns is None else rfc3339(at_ns)
 
@@ -208,7 +199,7 @@ async def list_endpoints(
 ) -> EndpointPage:
     """The tenant's endpoints (disabled ones too), oldest first, without their secrets."""
     kind = "webhook_endpoints"
-    page = _page_size(request, limit)
+    page = page_size(request.app.state.puhui.options, limit)
     after: tuple[int, str] | None = None
     if cursor is not None:
         position = decode_cursor(kind, cursor)
@@ -251,7 +242,7 @@ async def list_events(
     """The tenant's events, oldest first (the outbox, whether or not any endpoint wants
     them)."""
     kind = "webhook_events"
-    page = _page_size(request, limit)
+    page = page_size(request.app.state.puhui.options, limit)
     if type is not None:
         parse_event_types([type])
     after = _int_position(kind, cursor, "seq")
@@ -293,7 +284,7 @@ async def list_dead_letters(
     """Deliveries that failed every attempt, oldest first. Replay their events to try
     again."""
     kind = "webhook_dead_letters"
-    page = _page_size(request, limit)
+    page = page_size(request.app.state.puhui.options, limit)
     after = _int_position(kind, cursor, "id")
     found = await asyncio.to_thread(
         _webhooks(request).dead_letters, _tenant(request), after_id=after, limit=page
