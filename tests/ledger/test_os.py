@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import mmap
 import os
 import sys
 from pathlib import Path
@@ -37,25 +36,108 @@ def test_write_back_accepts_a_range_and_rejects_a_closed_file(tmp_path: Path) ->
     assert not write_back(fd, 0, 8192)
 
 
+SLOT = 64 * 1024
+PER_SLOT = SLOT // TRANSFER_DTYPE.itemsize
+
+
+def _append(rows: _RowFile, n: int, count: int) -> int:
+    """Write rows n..n+count as the writer does (room first, then the rows)."""
+    rows.ensure(n + count, n)
+    rows.array["amount_lo"][n : n + count] = np.arange(n, n + count)
+    rows.array["id_lo"][n : n + count] = 1
+    return n + count
+
+
 @linux_only
-def test_row_writeback_advances_by_whole_pages_and_keeps_the_rows(tmp_path: Path) -> None:
-    page = mmap.PAGESIZE
-    n = (3 * page + page // 2) // TRANSFER_DTYPE.itemsize  # three whole pages and a half
-    rows = _RowFile(TRANSFER_DTYPE, tmp_path / "rows.dat", n + 1024)
+def test_full_slots_move_to_the_file_and_read_the_same(tmp_path: Path) -> None:
+    rows = _RowFile(TRANSFER_DTYPE, tmp_path / "rows.dat", 10_000, slot_bytes=SLOT, ring_slots=4)
     try:
-        rows.array["amount_lo"][:n] = np.arange(n)
-        assert rows.write_back(n, chunk_bytes=page) is True  # one page now, more left
-        while rows.write_back(n, chunk_bytes=page):
+        n = 0
+        for _ in range(6):
+            n = _append(rows, n, 300)
+        assert rows.spill(n) is True  # one slot moved; another is full
+        while rows.spill(n):
             pass
-        assert rows._written_back == 3 * page
-        assert rows.write_back(n, chunk_bytes=page) is False  # the partial page waits
-        rows.sync()
+        assert rows.hot_start == (n // PER_SLOT) * SLOT  # every full slot, not the partial one
+        assert rows.spill(n) is False
+        # The moved rows now come from the file, the rest from the ring: the same values.
+        assert rows.array["amount_lo"][:n].tolist() == list(range(n))
+        on_file = np.fromfile(tmp_path / "rows.dat", dtype=TRANSFER_DTYPE, count=n)
+        assert on_file["amount_lo"][: rows.hot_start // 128].tolist() == list(
+            range(rows.hot_start // 128)
+        )
+        rows.sync(n)  # the partial slot too
+        on_file = np.fromfile(tmp_path / "rows.dat", dtype=TRANSFER_DTYPE, count=n)
+        assert on_file["amount_lo"].tolist() == list(range(n))
     finally:
         rows.close()
-    data = np.fromfile(tmp_path / "rows.dat", dtype=TRANSFER_DTYPE, count=n)
-    assert data["amount_lo"].tolist() == list(range(n))
 
 
-def test_row_writeback_of_memory_rows_does_nothing() -> None:
+@linux_only
+def test_the_writer_moves_slots_itself_when_the_ring_is_full(tmp_path: Path) -> None:
+    rows = _RowFile(TRANSFER_DTYPE, tmp_path / "rows.dat", 1024, slot_bytes=SLOT, ring_slots=4)
+    try:
+        n = 0
+        for _ in range(40):  # 12,000 rows: 23 slots through a ring of 4, and two growths
+            n = _append(rows, n, 300)
+        assert rows.hot_start >= (n * 128 - 4 * SLOT)
+        assert rows.array["amount_lo"][:n].tolist() == list(range(n))
+        assert np.all(rows.array["id_lo"][n : n + 200] == 0)  # reused memory comes back zeroed
+    finally:
+        rows.close()
+
+
+@linux_only
+def test_rows_never_published_stay_in_the_ring(tmp_path: Path) -> None:
+    rows = _RowFile(TRANSFER_DTYPE, tmp_path / "rows.dat", 10_000, slot_bytes=SLOT, ring_slots=4)
+    try:
+        n = _append(rows, 0, 3 * PER_SLOT)
+        assert rows.spill(PER_SLOT - 1) is False  # the first slot is not all final yet
+        assert rows.hot_start == 0
+        with pytest.raises(RuntimeError, match="does not fit the ring"):
+            rows.ensure(n + 2 * PER_SLOT, n - 3 * PER_SLOT)  # would move unfinished rows
+    finally:
+        rows.close()
+
+
+@linux_only
+def test_reset_brings_back_the_partial_slot_from_the_file(tmp_path: Path) -> None:
+    rows = _RowFile(TRANSFER_DTYPE, tmp_path / "rows.dat", 10_000, slot_bytes=SLOT, ring_slots=4)
+    n = 0
+    for _ in range(7):
+        n = _append(rows, n, 300)
+    while rows.spill(n):
+        pass
+    rows.sync(n)
+    # Rows past the count (written, never covered by a snapshot) must not come back.
+    _append(rows, n, 100)
+    rows.sync(n + 100)
+    rows.close()
+    again = _RowFile(TRANSFER_DTYPE, tmp_path / "rows.dat", 1024, slot_bytes=SLOT, ring_slots=4)
+    try:
+        again.reset(n)
+        assert again.hot_start == (n // PER_SLOT) * SLOT
+        assert again.array["amount_lo"][:n].tolist() == list(range(n))
+        assert np.all(again.array["id_lo"][n : n + 100] == 0)
+        m = _append(again, n, 300)
+        assert again.array["amount_lo"][:m].tolist() == list(range(m))
+    finally:
+        again.close()
+
+
+@linux_only
+def test_a_view_held_after_close_reads_zeros(tmp_path: Path) -> None:
+    rows = _RowFile(TRANSFER_DTYPE, tmp_path / "rows.dat", 1024, slot_bytes=SLOT, ring_slots=4)
+    _append(rows, 0, 100)
+    view = rows.array
+    rows.close()
+    assert int(view["amount_lo"][:100].sum()) == 0
+
+
+def test_memory_rows_have_nothing_to_move() -> None:
     rows = _RowFile(TRANSFER_DTYPE, None, 1024)
-    assert rows.write_back(1024, chunk_bytes=4096) is False
+    rows.ensure(2000, 0)
+    assert rows.array.shape[0] >= 2000
+    assert rows.spill(1024) is False
+    rows.sync(1024)
+    rows.close()

@@ -11,6 +11,9 @@ identity of the journal they were taken from and are ignored for any other journ
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import mmap
 import os
 import sqlite3
 import struct
@@ -279,6 +282,9 @@ class FileJournal:
             (int(p.stem), p) for p in directory.glob("*.seg") if p.stem.isdigit()
         )
         self._fd = -1
+        self._direct_fd = -1
+        self._tail = b""
+        self._staging: mmap.mmap | None = None
         self._segment_first = 0
         self._segment_size = 0
         self._offset = 0
@@ -382,7 +388,7 @@ class FileJournal:
         if spare is not None and spare[1] >= least_bytes:
             os.replace(spare[0], final)
         else:
-            self._write_zeros(final, max(self._next_size(), least_bytes))
+            self._write_zeros(final, -(-max(self._next_size(), least_bytes) // _BLOCK) * _BLOCK)
         _fsync_path(self.directory)
         return final
 
@@ -408,10 +414,17 @@ class FileJournal:
     def _open_segment(self, first: int, path: Path, offset: int) -> None:
         if self._fd >= 0:
             os.close(self._fd)
+        if self._direct_fd >= 0:
+            os.close(self._direct_fd)
+            self._direct_fd = -1
         self._fd = os.open(path, os.O_RDWR)
+        with contextlib.suppress(OSError, AttributeError):  # no O_DIRECT here: buffered writes
+            self._direct_fd = os.open(path, os.O_RDWR | os.O_DIRECT)
         self._segment_first = first
         self._segment_size = os.fstat(self._fd).st_size
         self._offset = offset
+        # The start of the block the next record begins in: each write rewrites it whole.
+        self._tail = os.pread(self._fd, offset % _BLOCK, offset - offset % _BLOCK)
         if (first, path) not in self._segments:
             self._segments.append((first, path))
 
@@ -437,13 +450,53 @@ class FileJournal:
         header = self.HEADER.pack(self.MAGIC, 0, op, len(payload), zlib.crc32(payload), 0)
         header = header[:-4] + zlib.crc32(header[:-4]).to_bytes(4, "little")
         try:
-            os.pwritev(self._fd, [header, payload], self._offset)
+            if self._direct_fd < 0 or not self._append_direct(header, payload, size):
+                os.pwritev(self._fd, [header, payload], self._offset)
             os.fdatasync(self._fd)
         except OSError as error:
             raise JournalUnavailableError(f"journal append failed: {error}") from error
         self._offset += size
         self._last_op = op
         self.bytes_appended += size
+
+    def _append_direct(self, header: bytes, payload: bytes, size: int) -> bool:
+        """Write one record with ``O_DIRECT``, whole blocks from a reused buffer: no page
+        cache (each fresh page of it cost ~5 µs on this project's virtual machine, and the
+        copy into it a core's share), False if this file system refuses it.
+
+        The record's first block starts with the bytes already written before it (kept in
+        ``_tail``), rewritten unchanged; its last block is padded with zeros, which is what a
+        reader of the journal finds beyond its end anyway.
+        """
+        head = len(self._tail)
+        start = self._offset - head
+        end = head + size
+        length = -(-end // _BLOCK) * _BLOCK
+        if self._staging is None or len(self._staging) < length:
+            if self._staging is not None:
+                self._staging.close()
+            self._staging = mmap.mmap(-1, max(length, 1 << 20))
+        buffer = memoryview(self._staging)
+        buffer[:head] = self._tail
+        buffer[head : head + len(header)] = header
+        buffer[head + len(header) : head + len(header) + len(payload)] = payload
+        zeros = length - (head + len(header) + len(payload))
+        buffer[length - zeros : length] = bytes(zeros)
+        try:
+            written = os.pwrite(self._direct_fd, buffer[:length], start)
+        except OSError as error:
+            buffer.release()
+            if error.errno != errno.EINVAL:
+                raise
+            os.close(self._direct_fd)  # O_DIRECT refused: buffered writes from now on
+            self._direct_fd = -1
+            return False
+        tail_start = end - end % _BLOCK
+        self._tail = bytes(buffer[tail_start:end])
+        buffer.release()
+        if written != length:
+            raise OSError(f"journal short write ({written} of {length} bytes)")
+        return True
 
     def last_op(self) -> int:
         return self._last_op
@@ -484,10 +537,20 @@ class FileJournal:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        if self._direct_fd >= 0:
+            os.close(self._direct_fd)
+            self._direct_fd = -1
+        if self._staging is not None:
+            self._staging.close()
+            self._staging = None
         if self._lock_fd >= 0:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
             self._lock_fd = -1
+
+
+_BLOCK = 4096
+"""Unit of ``O_DIRECT`` writes: offsets, lengths and buffer addresses are multiples of it."""
 
 
 def _padded(size: int) -> int:

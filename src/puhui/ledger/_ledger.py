@@ -54,7 +54,6 @@ from ._errors import (
     WrongTypeError,
 )
 from ._journal import Journal, decode_group, encode_group, open_journal
-from ._os import lower_io_priority
 from ._types import (
     ACCOUNT_DTYPE,
     AMOUNT_MAX,
@@ -266,7 +265,13 @@ class Ledger:
         self._acquire_lock()
         try:
             self._bind_state_dir()
-            self._engine = Engine(state_dir, transfers_capacity=self._options.transfers_capacity)
+            self._engine = Engine(
+                state_dir,
+                transfers_capacity=self._options.transfers_capacity,
+                # A group takes requests up to the limit, and the last one may be a joined
+                # request of up to the limit plus one batch.
+                group_rows_max=2 * self._options.group_events_max + 2 * BATCH_EVENTS_MAX,
+            )
             self._recover()
             self._engine.warm_up()
         except BaseException:
@@ -501,9 +506,9 @@ class Ledger:
                 return
 
     def _write_back_rows(self) -> None:
-        """Trickle the rows each group wrote to the disk at idle I/O priority (see
-        ``Engine.write_back_rows``); snapshots still fsync them before they count."""
-        lower_io_priority()
+        """Move full slots of rows from memory to their files as groups fill them (see
+        ``Engine.write_back_rows``); snapshots still sync them before they count. Normal
+        I/O priority: when this thread lags, the writer does the same work itself."""
         while True:
             self._write_back_wanted.wait()
             self._write_back_wanted.clear()
@@ -671,7 +676,7 @@ class Ledger:
 
     def _write_snapshot(self, op: int, image: Any) -> None:
         try:
-            self._engine.sync_rows()
+            self._engine.sync_rows(image)
             S.write_snapshot(self._state_dir, self._journal.identity, op, image)
             self._snapshot_op = max(self._snapshot_op, op)
         except OSError:

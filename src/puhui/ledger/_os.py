@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import platform
 import threading
 
@@ -56,3 +57,58 @@ def populate_write(address: int, length: int) -> None:
     """Fault in the pages of a shared mapping for writing (``MADV_POPULATE_WRITE``); a hint."""
     if _LIBC is not None:
         _LIBC.madvise(ctypes.c_void_p(address), ctypes.c_size_t(length), _MADV_POPULATE_WRITE)
+
+
+# --- address-space layout for the row files (see ``_engine._RowFile``) -------------------------
+
+_PROT_NONE = 0
+_PROT_RW = 0x1 | 0x2
+_MAP_SHARED = 0x01
+_MAP_PRIVATE = 0x02
+_MAP_FIXED = 0x10
+_MAP_ANONYMOUS = 0x20
+_MAP_NORESERVE = 0x4000
+_MAP_POPULATE = 0x8000
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+if _LIBC is not None:
+    _LIBC.mmap.restype = ctypes.c_void_p
+    _LIBC.mmap.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int64,
+    ]
+    _LIBC.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+
+
+def _mmap(address: int, length: int, prot: int, flags: int, fd: int, offset: int) -> int:
+    if _LIBC is None:  # pragma: no cover - not Linux
+        raise OSError("mmap through libc is not available here")
+    result = _LIBC.mmap(address or None, length, prot, flags, fd, offset)
+    if result is None or result == _MAP_FAILED:
+        error = ctypes.get_errno()
+        raise OSError(error, f"mmap: {os.strerror(error)}")
+    return int(result)
+
+
+def reserve(length: int) -> int:
+    """Reserve ``length`` bytes of address space (inaccessible, no memory); returns it."""
+    return _mmap(0, length, _PROT_NONE, _MAP_PRIVATE | _MAP_ANONYMOUS | _MAP_NORESERVE, -1, 0)
+
+
+def map_shared(address: int, length: int, fd: int, offset: int, *, populate: bool) -> None:
+    """Map ``length`` bytes of ``fd`` from ``offset`` at exactly ``address`` (read-write,
+    shared), replacing what was there in one step: a thread reading those addresses sees the
+    old mapping or the new one, never a hole. ``populate`` also fills the page tables now."""
+    flags = _MAP_SHARED | _MAP_FIXED | (_MAP_POPULATE if populate else 0)
+    _mmap(address, length, _PROT_RW, flags, fd, offset)
+
+
+def release(address: int, length: int) -> None:
+    """Replace a range by fresh, untouched anonymous memory (reads give zeros): the file and
+    shared memory behind it are let go, while a stale view into it stays harmless."""
+    flags = _MAP_PRIVATE | _MAP_ANONYMOUS | _MAP_FIXED | _MAP_NORESERVE
+    _mmap(address, length, _PROT_RW, flags, -1, 0)
