@@ -667,7 +667,7 @@ class Ledger:
         if self._snapshot_thread is not None and self._snapshot_thread.is_alive():
             return
         op = self._op
-        image = self._engine.image()
+        image = self._engine.image(reuse=True)  # no snapshot thread runs: the buffer is free
         self._events_since_snapshot = 0
         self._snapshot_thread = threading.Thread(
             target=self._write_snapshot, args=(op, image), name="puhui-ledger-snapshot", daemon=True
