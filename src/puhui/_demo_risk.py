@@ -154,7 +154,7 @@ class RiskTour:
             self.money("3500.00"), CURRENCY, key=self.key("rent"), channel=self.mei.channel,
         )  # fmt: skip
         step.add("Mei sends Lin 3500.00 CNY (first time)", op.status, "challenged")
-        step.notes.append(f"risk: {op.decision}, score {op.risk_score}")
+        step.notes.append(f"risk: {op.decision}, {_score(op.risk_score)}")
         done = p.verify_challenge(op.id, passed=True, channel=self.mei.channel)
         step.add("Mei passes the one-time code on her phone", done.status, "completed")
         balance = p.balance(self.lin.customer.id, CURRENCY).posted
@@ -172,7 +172,7 @@ class RiskTour:
             CURRENCY, key=self.key("fee"), channel=self.lin.channel,
         )  # fmt: skip
         step.add("Lin pays a 'loan agent' a 600.00 CNY fee", op.status, "challenged")
-        step.notes.append(f"risk: {op.decision}, score {op.risk_score}: held for review")
+        step.notes.append(f"risk: {op.decision}, {_score(op.risk_score)}: held for review")
         case = self.cases.by_subject("operation", f"{op.id:032x}")
         if case is None:
             step.add("A case is opened for the held payment", "no case", "open")
@@ -234,3 +234,10 @@ def print_risk(console: Console, tour: RiskTour) -> None:
         f" {tour.logged} decisions were logged with their feature values."
     )
     _print_steps(console, tour.steps)
+
+
+def _score(score: int) -> str:
+    """How a decision came about: a rule's action alone leaves the score at 0."""
+    if score == 0:
+        return "by a rule's action (no score contributions)"
+    return f"score {score} of 1000"
