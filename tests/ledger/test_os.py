@@ -141,3 +141,24 @@ def test_memory_rows_have_nothing_to_move() -> None:
     assert rows.spill(1024) is False
     rows.sync(1024)
     rows.close()
+
+
+@linux_only
+def test_final_rows_go_to_the_file_a_chunk_at_a_time(tmp_path: Path) -> None:
+    slot = 2 << 20  # two chunks of 1 MiB
+    rows = _RowFile(TRANSFER_DTYPE, tmp_path / "rows.dat", 40_000, slot_bytes=slot, ring_slots=2)
+    try:
+        per_mib = (1 << 20) // 128
+        n = _append(rows, 0, per_mib + per_mib // 2)  # a chunk and a half
+        assert rows.spill(n) is True  # the first chunk
+        assert rows.spill(n) is False  # the second holds rows not yet written
+        assert rows.hot_start == 0  # the slot stays in the ring until all of it is on file
+        on_file = np.fromfile(tmp_path / "rows.dat", dtype=TRANSFER_DTYPE, count=per_mib)
+        assert on_file["amount_lo"].tolist() == list(range(per_mib))
+        n = _append(rows, n, per_mib // 2)
+        assert rows.spill(n) is True  # the second chunk
+        assert rows.spill(n) is True  # then the slot is remapped onto the file
+        assert rows.hot_start == slot
+        assert rows.array["amount_lo"][:n].tolist() == list(range(n))
+    finally:
+        rows.close()

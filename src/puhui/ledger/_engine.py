@@ -107,6 +107,7 @@ class _RowFile:
         self._address = 0
         self._size = 0  # bytes of the current reservation (a whole number of slots)
         self.hot_start = 0  # byte offset of the first row in the ring (a whole slot)
+        self._written = 0  # bytes of final rows from hot_start on already on file (whole chunks)
         self._reserve(max(capacity, 1024))
 
     # --- layout ------------------------------------------------------------------------------
@@ -153,6 +154,7 @@ class _RowFile:
         with self._lock:
             end = count * self.dtype.itemsize
             self.hot_start = end - end % self._slot
+            self._written = self.hot_start
             if self._ring_used:
                 self._ring[:] = 0
             self._reserve(max(count, self._size // self.dtype.itemsize))
@@ -191,7 +193,10 @@ class _RowFile:
         (lock held; every row of that slot must be final)."""
         start = self.hot_start
         ring_offset = self._ring_offset(start)
-        self._write(ring_offset, start, self._slot)
+        if self._written < start + self._slot:  # what the helper has not written yet
+            done = self._written - start
+            self._write(ring_offset + done, self._written, self._slot - done)
+        self._written = start + self._slot
         map_shared(self._address + start, self._slot, self._fd, start, populate=False)
         self._ring[ring_offset : ring_offset + self._slot] = 0
         self.hot_start = start + self._slot
@@ -234,16 +239,28 @@ class _RowFile:
             populate_write(self._address + start, stop - start)
 
     def spill(self, published_rows: int) -> bool:
-        """Move the oldest ring slot to the file if all its rows are published (final);
-        True if another could follow. Called from a helper thread."""
+        """One step of moving final rows to the file (a helper thread): write the next chunk
+        of 1 MiB whose rows are all published, and once the oldest slot is all on file, map
+        its addresses onto the file and reuse its memory. True if another step could follow.
+
+        A chunk at a time, as groups publish rows, rather than a slot (8 MiB) at a time: each
+        journal sync flushes the disk's cache, so a burst of row bytes just before one made
+        that sync, and the group waiting on it, slower.
+        """
         if self._fd < 0:
             return False
-        published = published_rows * self.dtype.itemsize
+        published = min(published_rows * self.dtype.itemsize, self._size)
         with self._lock:
-            if self.hot_start + self._slot > min(published, self._size):
+            if self._written >= self.hot_start + self._slot:
+                self._advance()  # written already: only the mapping and the reuse
+                return True
+            chunk = min(_IO_CHUNK, self.hot_start + self._slot - self._written)
+            if self._written + chunk > published:
                 return False
-            self._advance()
-            return self.hot_start + self._slot <= published
+            self._write(self._ring_offset(self._written) + self._written % self._slot,
+                        self._written, chunk)  # fmt: skip
+            self._written += chunk
+            return True
 
     def sync(self, count: int) -> None:
         """Make the rows below ``count`` durable on file (all of them are final)."""
@@ -253,9 +270,11 @@ class _RowFile:
             end = count * self.dtype.itemsize
             end = -(-end // mmap.PAGESIZE) * mmap.PAGESIZE
             end = min(end, self._hot_end())
-            for offset in range(self.hot_start, end, self._slot):  # slot by slot: a ring
-                length = min(self._slot, end - offset)
-                self._write(self._ring_offset(offset), offset, length)
+            offset = self._written  # rows below it are on file already
+            while offset < end:  # slot by slot: a ring
+                length = min(self._slot - offset % self._slot, end - offset)
+                self._write(self._ring_offset(offset) + offset % self._slot, offset, length)
+                offset += length
             os.fdatasync(self._fd)
 
     def close(self) -> None:
