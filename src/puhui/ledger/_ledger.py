@@ -573,7 +573,9 @@ class Ledger:
             # GIL); nobody is answered, and no read runs, until the journal write is durable.
             # If it fails, memory holds state the journal does not: the writer stops (fail-stop)
             # and reopening recovers from the journal.
-            durable = self._journal_thread.submit(self._append, self._op, encode_group(entries))
+            # The record is built on the journal's thread too (a copy of the group's bytes),
+            # not before the kernels start.
+            durable = self._journal_thread.submit(self._append, self._op, entries)
             # Meanwhile another thread maps in the pages the next group will write, off the
             # writer's path (beyond this group's rows, so no overlap), unless it is still busy.
             # Small groups wake that thread only once per PREFAULT_ROWS_MIN rows.
@@ -621,9 +623,9 @@ class Ledger:
         if self._events_since_snapshot >= self._options.snapshot_interval_events:
             self._start_snapshot()
 
-    def _append(self, op: int, payload: bytes) -> None:
+    def _append(self, op: int, entries: list[tuple[int, int, int, bytes | memoryview]]) -> None:
         started = time.perf_counter()
-        self._journal.append(op, payload)
+        self._journal.append(op, encode_group(entries))
         self._journal_seconds = time.perf_counter() - started
 
     def _apply_requests(
