@@ -15,6 +15,7 @@ import ctypes
 import errno
 import mmap
 import os
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ import numpy.typing as npt
 
 from . import _kernel as K
 from ._convert import BATCH_EVENTS_MAX
-from ._os import map_shared, populate_write, release, reserve
+from ._os import map_shared, populate_write, release, reserve, unmap
 from ._types import ACCOUNT_DTYPE, BALANCE_DTYPE, RESULT_DTYPE, TRANSFER_DTYPE
 
 PREFAULT_GROUPS_AHEAD = 4
@@ -103,7 +104,7 @@ class _RowFile:
         map_shared(self._ring_address, self._ring_bytes, self._memfd, 0, populate=False)
         self._ring = _view(self._ring_address, self._ring_bytes, np.dtype(np.uint8))
         self._ring_used = False  # a fresh memfd reads as zeros
-        self._reservations: list[tuple[int, int]] = []
+        self._reservations: list[tuple[int, int, Array]] = []  # address, bytes, array
         self._address = 0
         self._size = 0  # bytes of the current reservation (a whole number of slots)
         self.hot_start = 0  # byte offset of the first row in the ring (a whole slot)
@@ -138,13 +139,13 @@ class _RowFile:
             # Blocks allocated now, not while rows are written (unwritten extents read as zeros).
             os.posix_fallocate(self._fd, current, size - current)
         address = reserve(size)
-        self._reservations.append((address, size))
         self._address, self._size = address, size
         if self.hot_start > 0:
             map_shared(address, self.hot_start, self._fd, 0, populate=False)
         for offset in range(self.hot_start, self._hot_end(), self._slot):
             self._map_slot(offset, populate=False)
         self.array = _view(address, size, self.dtype)
+        self._reservations.append((address, size, self.array))
 
     def reset(self, count: int) -> None:
         """Place the ring at row ``count``: rows below it are on file (a restored snapshot),
@@ -281,11 +282,17 @@ class _RowFile:
         self.array = np.zeros(0, self.dtype)
         if self._fd < 0:
             return
-        # A view a reader still holds now reads zeros instead of faulting.
-        for address, size in self._reservations:
-            release(address, size)
-        release(self._ring_address, self._ring_bytes)
-        self._reservations.clear()
+        while self._reservations:
+            address, size, array = self._reservations.pop()
+            # Held only here (this variable, the call's argument): give the addresses back.
+            # Otherwise a view a reader still holds reads zeros instead of faulting.
+            if sys.getrefcount(array) <= 2:
+                unmap(address, size)
+            else:
+                release(address, size)
+            del array
+        self._ring = np.zeros(0, np.uint8)
+        unmap(self._ring_address, self._ring_bytes)
         os.close(self._memfd)
         if self._direct_fd >= 0:
             os.close(self._direct_fd)

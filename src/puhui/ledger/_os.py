@@ -112,3 +112,10 @@ def release(address: int, length: int) -> None:
     shared memory behind it are let go, while a stale view into it stays harmless."""
     flags = _MAP_PRIVATE | _MAP_ANONYMOUS | _MAP_FIXED | _MAP_NORESERVE
     _mmap(address, length, _PROT_RW, flags, -1, 0)
+
+
+def unmap(address: int, length: int) -> None:
+    """Give a range of addresses back (nothing may use them any more)."""
+    if _LIBC is not None and _LIBC.munmap(address, length) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"munmap: {os.strerror(error)}")
