@@ -342,9 +342,24 @@ class Ledger:
             break
         self._op = start_op
         self._snapshot_op = start_op
-        for op, payload in self._journal.read(start_op):
-            apply_record(self._engine, payload)
-            self._op = op
+        # Rows replayed go to their files from a helper thread while replay goes on (else the
+        # replay writes each full ring slot itself, and waits for the disk each time).
+        done = threading.Event()
+
+        def move_rows() -> None:
+            while not done.is_set():
+                if not self._engine.write_back_rows():
+                    done.wait(0.002)
+
+        mover = threading.Thread(target=move_rows, name="puhui-ledger-recovery-rows", daemon=True)
+        mover.start()
+        try:
+            for op, payload in self._journal.read(start_op):
+                apply_record(self._engine, payload)
+                self._op = op
+        finally:
+            done.set()
+            mover.join()
 
     def close(self) -> None:
         """Finish queued requests, write a final snapshot, release the journal and the lock."""
