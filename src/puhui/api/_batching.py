@@ -161,7 +161,13 @@ class GroupCall(Generic[T, R]):
 
 
 class PrincipalCache:
-    """Authenticated tokens, remembered briefly (see the module's description)."""
+    """Authenticated tokens, remembered briefly (see the module's description).
+
+    Concurrent requests that miss the cache with the same token share one store lookup
+    (single flight): when a busy key's entry expires, the requests in flight do not each
+    take a worker thread and a SQL read (behind the store's writer) to learn the same
+    answer. A lookup that fails (an invalid key, a store error) is not remembered; each
+    waiter gets its error."""
 
     def __init__(self, tenants: Tenants, clock: Clock, ttl_s: float) -> None:
         self.tenants = tenants
@@ -169,24 +175,75 @@ class PrincipalCache:
         self.ttl_ns = int(ttl_s * NS_PER_S)
         self._cache: dict[bytes, tuple[Principal, int]] = {}
         self._lock = threading.Lock()
+        # Lookups in flight, per event loop (a future belongs to the loop that made it).
+        self._flights: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[bytes, asyncio.Future[Principal]]
+        ] = weakref.WeakKeyDictionary()
+        self._generation = 0
+        """Bumped by ``forget``: a lookup begun before it is not remembered."""
+        self.lookups = 0
+        """Store lookups made so far (tests check that concurrent misses share one)."""
 
     async def authenticate(self, token: str) -> Principal:
         digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
-        now = self.clock.now_ns()
-        if self.ttl_ns > 0:
+        if self.ttl_ns <= 0:
+            self.lookups += 1
+            return await asyncio.to_thread(self.tenants.authenticate, token)
+        while True:
+            now = self.clock.now_ns()
             with self._lock:
                 hit = self._cache.get(digest)
             if hit is not None and hit[1] > now:
                 return hit[0]
-        principal = await asyncio.to_thread(self.tenants.authenticate, token)
-        if self.ttl_ns > 0:
-            with self._lock:
+            loop = asyncio.get_running_loop()
+            flights = self._flights.get(loop)
+            if flights is None:
+                flights = self._flights[loop] = {}
+            flight = flights.get(digest)
+            if flight is None:
+                return await self._look_up(token, digest, now, flights)
+            try:  # the same token is being looked up: share its answer
+                return await asyncio.shield(flight)
+            except asyncio.CancelledError:
+                if not flight.cancelled():
+                    raise  # this request was cancelled
+                # the request that looked it up was cancelled: look again
+
+    async def _look_up(
+        self,
+        token: str,
+        digest: bytes,
+        now: int,
+        flights: dict[bytes, asyncio.Future[Principal]],
+    ) -> Principal:
+        flight = flights[digest] = asyncio.get_running_loop().create_future()
+        generation = self._generation
+        try:
+            self.lookups += 1
+            principal = await asyncio.to_thread(self.tenants.authenticate, token)
+        except asyncio.CancelledError:
+            flight.cancel()
+            raise
+        except BaseException as error:
+            flight.set_exception(error)
+            flight.exception()  # retrieved: no "never retrieved" warning without waiters
+            raise
+        finally:
+            if flights.get(digest) is flight:
+                del flights[digest]
+        with self._lock:
+            if generation == self._generation:  # not if forget() ran meanwhile
                 if len(self._cache) >= principals_cached_max:
                     self._cache.clear()
                 self._cache[digest] = (principal, now + self.ttl_ns)
+        flight.set_result(principal)
         return principal
 
     def forget(self) -> None:
-        """Drop every remembered token (after a revocation in this process)."""
+        """Drop every remembered token (after a revocation in this process): later requests
+        look their key up again, and a lookup already in flight is not remembered."""
         with self._lock:
             self._cache.clear()
+            self._generation += 1
+        for flights in list(self._flights.values()):
+            flights.clear()

@@ -47,6 +47,11 @@ class ApiOptions:
     webhook_delivery_interval_s: float | None = None
     """Run the webhook delivery worker on the app's lifespan, a round every this many seconds
     when there is little to do (None: this app does not deliver; ``puhui serve`` sets 1 s)."""
+    freeze_gc_on_start: bool = True
+    """On the app's start-up, move every object that exists then out of the garbage
+    collector's reach (``gc.freeze``; undone on shutdown): full collections then walk only
+    what was made while serving. False leaves the collector alone (an embedding program
+    that manages it itself)."""
 
     def __post_init__(self) -> None:
         if self.request_body_bytes_max <= 0 or self.rate_burst_requests <= 0:
@@ -73,19 +78,18 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_large = RequestTooLargeError(
-            f"request body over {self.bytes_max} bytes", bytes_max=self.bytes_max
-        )
+        has_length = False
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
+                has_length = True
                 try:
                     declared = int(value)
                 except ValueError:
                     declared = 0
                 if declared > self.bytes_max:
-                    await problem_from_error(too_large)(scope, receive, send)
+                    await problem_from_error(self._too_large())(scope, receive, send)
                     return
-        if any(name == b"content-length" for name, _ in scope.get("headers", ())):
+        if has_length:
             await self.app(scope, receive, send)  # the server holds the body to its length
             return
         # A streamed body (no Content-Length) is read here first, up to the limit, and
@@ -99,7 +103,7 @@ class BodyLimitMiddleware:
             chunk = message.get("body", b"")
             received += len(chunk)
             if received > self.bytes_max:
-                await problem_from_error(too_large)(scope, receive, send)
+                await problem_from_error(self._too_large())(scope, receive, send)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -114,6 +118,13 @@ class BodyLimitMiddleware:
             return await receive()
 
         await self.app(scope, replay, send)
+
+    def _too_large(self) -> RequestTooLargeError:
+        # Built only for a refusal: an error per request (with its details) was a cost of
+        # every request that fits.
+        return RequestTooLargeError(
+            f"request body over {self.bytes_max} bytes", bytes_max=self.bytes_max
+        )
 
 
 class RateLimiter:

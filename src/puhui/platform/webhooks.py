@@ -273,6 +273,13 @@ _E = tables.webhook_endpoints
 _V = tables.webhook_events
 _D = tables.webhook_deliveries
 
+_INSERT_EVENT = _V.insert().returning(_V.c.seq)
+"""An event of the outbox (parameters: its columns but ``seq``); answers its ``seq``."""
+_ENABLED_ENDPOINTS = sa.select(_E.c.id, _E.c.event_types).where(
+    _E.c.tenant_id == sa.bindparam("tenant_id"), _E.c.enabled.is_(True)
+)
+"""A tenant's enabled endpoints (parameter: ``tenant_id``)."""
+
 
 class Webhooks:
     """Endpoints, the outbox and the deliveries' state, in the SQL store."""
@@ -407,22 +414,19 @@ class Webhooks:
         event_id = EVENT_ID_PREFIX + self._token(16)
         now = self.clock.now_ns()
         payload = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        # Statements built once (module constants): SQLAlchemy compiles and keys them once,
+        # not per event (building them here cost more than running them).
         seq = conn.execute(
-            _V.insert()
-            .values(
-                id=event_id,
-                tenant_id=tenant_id,
-                type=str(event_type),
-                created_at_ns=now,
-                payload=payload,
-            )
-            .returning(_V.c.seq)
+            _INSERT_EVENT,
+            {
+                "id": event_id,
+                "tenant_id": tenant_id,
+                "type": str(event_type),
+                "created_at_ns": now,
+                "payload": payload,
+            },
         ).scalar_one()
-        endpoints = conn.execute(
-            sa.select(_E.c.id, _E.c.event_types).where(
-                _E.c.tenant_id == tenant_id, _E.c.enabled.is_(True)
-            )
-        ).all()
+        endpoints = conn.execute(_ENABLED_ENDPOINTS, {"tenant_id": tenant_id}).all()
         rows = [
             self._new_delivery(int(seq), str(e.id), tenant_id, now)
             for e in endpoints
