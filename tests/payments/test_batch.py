@@ -124,6 +124,30 @@ def test_replays_and_reused_keys_are_answered_from_the_records(world: World) -> 
     assert p.transfer(alice, Payee(customer_id=bob), 5_00, CNY, key="k2").id == _ok(again[2]).id
 
 
+@pytest.mark.parametrize(
+    "key", ["é中文-key", 'quo"te\\back', "tab\tnewline\n", "nul\x00inside", "k" * 255]
+)
+def test_a_retry_is_found_whatever_text_its_key_holds(world: World, key: str) -> None:
+    """The batch looks keys up as one JSON array on SQLite (or one parameter each when a key
+    holds a NUL): every key a caller may send is found again, exactly."""
+    if "\x00" in key and world.engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL text cannot hold a NUL: such a key fails on every path there")
+    p = world.payments
+    alice = _customer(world, 1, fund=500_00)
+    bob = _customer(world, 2)
+    batches = PaymentBatches(p)
+    request = PaymentRequest(alice, 10_00, CNY, key, payee=Payee(customer_id=bob))
+    near = PaymentRequest(alice, 10_00, CNY, key[:-1] + "?", payee=Payee(customer_id=bob))
+    [first] = batches.pay_many([request])
+    again, other, clash = batches.pay_many(
+        [request, near, PaymentRequest(alice, 9_00, CNY, key, payee=Payee(customer_id=bob))]
+    )
+    assert _ok(again).id == _ok(first).id
+    assert _ok(other).id != _ok(first).id
+    assert isinstance(clash, IdempotencyKeyReusedError)
+    assert p.balance(bob, CNY).posted == 20_00
+
+
 def test_limits_add_up_across_a_batch(world: World) -> None:
     p = world.payments
     small = _customer(world, 1, level=KycLevel.UNVERIFIED)  # single 200, daily 500, cap 1,000

@@ -81,6 +81,30 @@ _HELD = frozenset({risk.Decision.CHALLENGE, risk.Decision.REVIEW})
 _CHALLENGE = risk.Decision.CHALLENGE
 _DONE = frozenset({int(CreateTransferStatus.CREATED), int(CreateTransferStatus.EXISTS)})
 """Ledger answers that mean the transfer is there (made now, or by an earlier attempt)."""
+_RECORD_COLUMNS = (
+    "id",
+    "kind",
+    "scope",
+    "idempotency_key",
+    "fingerprint",
+    "status",
+    "currency",
+    "amount",
+    "payer_customer_id",
+    "payee_customer_id",
+    "merchant_id",
+    "note",
+    "day",
+    "decision",
+    "risk_score",
+    "risk_reasons",
+    "error_code",
+    "bank_sent",
+    "fee",
+    "created_at_ns",
+    "updated_at_ns",
+)
+"""The columns a batch's record gives (the others are NULL or their default)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -479,7 +503,7 @@ class PaymentBatches:
         """Step 2 for the whole batch: the records and the day's outflow, one transaction."""
         now = self.clock.now_ns()
         day = items[0].day
-        rows = []
+        rows: list[tuple[Any, ...]] = []
         outflow: dict[tuple[int, str], int] = {}
         limit_of: dict[int, int] = {}
         reasons_text: dict[tuple[tuple[str, ...], str, str], str] = {}
@@ -510,35 +534,36 @@ class PaymentBatches:
                     }
                 )
                 reasons_text[facts] = reasons
-            # Columns left out are NULL (or their default): the row is written lean.
+            # Columns left out are NULL (or their default): the row is written lean. A tuple
+            # in ``_RECORD_COLUMNS`` order: the driver binds it by position, not by name.
             rows.append(
-                {
-                    "id": item.hex_id,
-                    "kind": str(item.kind),
-                    "scope": item.scope,
-                    "idempotency_key": item.request.key,
-                    "fingerprint": item.fingerprint,
-                    "status": rejected_status if rejected else pending,
-                    "currency": item.cur.code,
-                    "amount": item.request.amount,
-                    "payer_customer_id": item.request.payer_id,
-                    "payee_customer_id": item.payee_id,
-                    "merchant_id": item.merchant_id,
-                    "note": item.request.note,
-                    "day": item.day,
-                    "decision": str(decision.decision),
-                    "risk_score": decision.score,
-                    "risk_reasons": reasons,
-                    "error_code": item.error_code,
-                    "bank_sent": False,
-                    "fee": 0,
-                    "created_at_ns": now,
-                    "updated_at_ns": now,
-                }
+                (
+                    item.hex_id,
+                    str(item.kind),
+                    item.scope,
+                    item.request.key,
+                    item.fingerprint,
+                    rejected_status if rejected else pending,
+                    item.cur.code,
+                    item.request.amount,
+                    item.request.payer_id,
+                    item.payee_id,
+                    item.merchant_id,
+                    item.request.note,
+                    item.day,
+                    str(decision.decision),
+                    decision.score,
+                    reasons,
+                    item.error_code,
+                    False,
+                    0,
+                    now,
+                    now,
+                )
             )
         with self.engine.begin() as conn:
             self._reserve(conn, day, outflow, limit_of)
-            _insert_many(conn, t.operations, rows)
+            _insert_many(conn, t.operations, _RECORD_COLUMNS, rows)
 
     def _reserve(
         self,
@@ -576,9 +601,7 @@ class PaymentBatches:
                     }
                 )
             else:  # within the limit: checked against nothing reserved yet
-                inserts.append(
-                    {"customer_id": customer_id, "day": day, "currency": code, "amount": amount}
-                )
+                inserts.append((customer_id, day, code, amount))
         if updates:
             done = conn.exec_driver_sql(
                 f"UPDATE {t.daily_outflow.name} SET amount = amount + {ph('a')}"
@@ -590,7 +613,7 @@ class PaymentBatches:
                 raise KycLimitExceededError("daily outflow raced", limit="daily_outflow")
         # A row another caller inserted meanwhile: IntegrityError, and the batch goes one
         # by one (``pay_many``).
-        _insert_many(conn, t.daily_outflow, inserts)
+        _insert_many(conn, t.daily_outflow, ("customer_id", "day", "currency", "amount"), inserts)
 
     def _move(self, items: list[_Item]) -> None:
         """Step 3: one ledger call for every payment of the batch, built as columns (the
@@ -696,25 +719,42 @@ class PaymentBatches:
                 item.finished_elsewhere = True
         if not changed:
             return
-        ph = _placeholder(conn)
-        done = conn.exec_driver_sql(
-            f"UPDATE {t.operations.name} SET status = {ph('status')},"
-            f" error_code = {ph('error')}, hold_expires_at_ns = {ph('expires')},"
-            f" updated_at_ns = {ph('now')}"
-            f" WHERE id = {ph('id')} AND status = {ph('pending')}",
-            [
-                {
-                    "id": i.hex_id,
-                    "status": str(i.status),
-                    "error": i.error_code,
-                    "expires": i.hold_expires_at_ns,
-                    "now": now,
-                    "pending": str(_S.PENDING),
-                }
-                for i in changed
-            ],
-        )
-        if done.rowcount != len(changed):
+        pending = str(_S.PENDING)
+        # Most outcomes are the same (completed, no error, no hold): those rows in one
+        # statement over their ids, the others one row each.
+        plain = [
+            i.hex_id
+            for i in changed
+            if i.status is _S.COMPLETED and i.error_code is None and i.hold_expires_at_ns is None
+        ]
+        updated = 0
+        if plain:
+            ph = _placeholder(conn)
+            marks, params = _in(conn, "ids", plain)
+            params.update(status=str(_S.COMPLETED), now=now, pending=pending)
+            updated += conn.exec_driver_sql(
+                f"UPDATE {t.operations.name} SET status = {ph('status')}, error_code = NULL,"
+                f" hold_expires_at_ns = NULL, updated_at_ns = {ph('now')}"
+                f" WHERE id {marks} AND status = {ph('pending')}",
+                params,
+            ).rowcount
+        if len(plain) < len(changed):
+            mark = "?" if conn.dialect.name == "sqlite" else "%s"
+            updated += conn.exec_driver_sql(
+                f"UPDATE {t.operations.name} SET status = {mark}, error_code = {mark},"
+                f" hold_expires_at_ns = {mark}, updated_at_ns = {mark}"
+                f" WHERE id = {mark} AND status = {mark}",
+                [
+                    (str(i.status), i.error_code, i.hold_expires_at_ns, now, i.hex_id, pending)
+                    for i in changed
+                    if not (
+                        i.status is _S.COMPLETED
+                        and i.error_code is None
+                        and i.hold_expires_at_ns is None
+                    )
+                ],
+            ).rowcount
+        if updated != len(changed):
             raise _RacedError
         # Only the reservations of rows that changed here are given back.
         release: dict[tuple[int, str], int] = {}
@@ -839,12 +879,21 @@ def _select(conn: sa.Connection, sql: str, params: Mapping[str, Any]) -> Sequenc
 
 
 def _in(conn: sa.Connection, prefix: str, values: Sequence[Any]) -> tuple[str, dict[str, Any]]:
-    """``IN (…)`` over ``values`` for the driver: one named parameter each on SQLite, one
-    array parameter on PostgreSQL."""
-    if conn.dialect.name == "sqlite":
-        params = {f"{prefix}{n}": v for n, v in enumerate(values)}
-        return f"IN ({', '.join(f':{name}' for name in params)})", params
-    return f"= ANY(%({prefix})s)", {prefix: list(values)}
+    """``IN (…)`` over ``values`` (integers or text) for the driver: one array parameter on
+    PostgreSQL; on SQLite one JSON array read by ``json_each`` (SQLite parses a statement
+    with a thousand named parameters more slowly than it runs it), or one named parameter
+    each if a text holds a NUL (which ``json_each`` cannot give back intact)."""
+    if conn.dialect.name != "sqlite":
+        return f"= ANY(%({prefix})s)", {prefix: list(values)}
+    if _json_safe(values):
+        return f"IN (SELECT value FROM json_each(:{prefix}))", {prefix: json.dumps(list(values))}
+    params = {f"{prefix}{n}": v for n, v in enumerate(values)}
+    return f"IN ({', '.join(f':{name}' for name in params)})", params
+
+
+def _json_safe(values: Sequence[Any]) -> bool:
+    """Whether ``json_each`` gives ``values`` back exactly: integers, and text without NUL."""
+    return all(not isinstance(v, str) or "\x00" not in v for v in values)
 
 
 def _add_outflow(conn: sa.Connection, day: int, rows: list[dict[str, Any]], *, sign: int) -> None:
@@ -873,15 +922,17 @@ def _placeholder(conn: sa.Connection) -> Callable[[str], str]:
     return lambda name: f"%({name})s"
 
 
-def _insert_many(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
-    """``INSERT`` many rows through the driver's ``executemany`` (every column given)."""
+def _insert_many(
+    conn: sa.Connection, table: sa.Table, columns: Sequence[str], rows: list[tuple[Any, ...]]
+) -> None:
+    """``INSERT`` many rows (tuples in ``columns`` order) through the driver's
+    ``executemany``, with positional placeholders."""
     if not rows:
         return
-    ph = _placeholder(conn)
-    columns = list(rows[0])
+    mark = "?" if conn.dialect.name == "sqlite" else "%s"
     conn.exec_driver_sql(
         f"INSERT INTO {table.name} ({', '.join(columns)})"
-        f" VALUES ({', '.join(ph(c) for c in columns)})",
+        f" VALUES ({', '.join(mark for _ in columns)})",
         rows,
     )
 
@@ -892,10 +943,9 @@ def _pending_ids(conn: sa.Connection, ids: list[str]) -> set[str]:
     for start in range(0, len(ids), 4096):
         chunk = ids[start : start + 4096]
         if conn.dialect.name == "sqlite":
-            marks = ", ".join(f":i{n}" for n in range(len(chunk)))
-            params: dict[str, object] = {f"i{n}": v for n, v in enumerate(chunk)}
+            marks, params = _in(conn, "i", chunk)
             params["pending"] = str(_S.PENDING)
-            sql = f"SELECT id FROM {t.operations.name} WHERE id IN ({marks}) AND status = :pending"
+            sql = f"SELECT id FROM {t.operations.name} WHERE id {marks} AND status = :pending"
         else:
             params = {"ids": chunk, "pending": str(_S.PENDING)}
             sql = (
@@ -911,6 +961,16 @@ def _rows_with_keys(conn: sa.Connection, pairs: list[tuple[str, str]]) -> Sequen
     built for the driver, using the unique index on the pair (an expanding ``IN`` costs
     more to compile than to run)."""
     table = t.operations.name
+    if conn.dialect.name == "sqlite" and _json_safe([key for _, key in pairs]):
+        # The pairs as one JSON array, each probing the unique index: five to ten times
+        # cheaper than the same join over a ``VALUES`` list of 2,000 parameters.
+        sql = (
+            f"SELECT {', '.join(f'o.{c.name}' for c in t.operations.columns)}"
+            f" FROM json_each(:wanted) AS w JOIN {table} AS o"
+            " ON o.scope = json_extract(w.value, '$[0]')"
+            " AND o.idempotency_key = json_extract(w.value, '$[1]')"
+        )
+        return _select(conn, sql, {"wanted": json.dumps(pairs)})
     if conn.dialect.name == "sqlite":
         params: dict[str, str] = {}
         values = []
