@@ -400,6 +400,8 @@ def check_text(value: object, name: str, chars_max: int, *, empty: bool = False)
         raise InvalidPayloadError(
             f"{name} must be text of {'0' if empty else '1'} to {chars_max} characters"
         )
+    if "\x00" in value:  # PostgreSQL's text cannot hold it: refused the same everywhere
+        raise InvalidPayloadError(f"{name} must not contain a NUL character")
     return value
 
 
