@@ -330,7 +330,8 @@ class RiskEngine:
         # A device is new for a customer until an event from it was accepted (or the
         # customer confirmed it by step-up): a rejected or failed attempt must not make the
         # attacker's phone familiar. Trust is as of the start of the batch.
-        feats["device.new_for_customer"] = self._untrusted(customers, devices)
+        untrusted = self._untrusted(customers, devices)
+        feats["device.new_for_customer"] = untrusted
         n = len(customers)
         model_score = np.zeros(n, dtype=np.int64)
         if self.model is not None:
@@ -354,14 +355,27 @@ class RiskEngine:
             for row, contributions in zip(flagged.tolist(), top, strict=True):
                 explained[row] = contributions
         # Reasons only for the events a rule hit (the others have none): most are accepted
-        # untouched, and one event's reasons cost more than deciding it.
+        # untouched, and one event's reasons cost more than deciding it. The hits shown are
+        # picked for the whole batch at once (``RuleResults.outcome`` per event, ranked).
         hit = np.diff(results.hit_offsets) > 0
         reasons: list[tuple[str, ...]] = [()] * n
+        rule_texts: dict[int, list[str]] = {}
+        shadow_texts: dict[int, list[str]] = {}
+        rules = ruleset.evaluated_rules
+        events, hit_rules, hit_shadow = results.ranked_hits(REASONS_MAX)
+        for i, r, is_shadow in zip(
+            events.tolist(), hit_rules.tolist(), hit_shadow.tolist(), strict=True
+        ):
+            rule = rules[r]
+            if is_shadow:
+                shadow_texts.setdefault(i, []).append(f"shadow:{rule.id}")
+                continue
+            values = [(name, feats[name].item(i)) for name in rule.features]
+            rule_texts.setdefault(i, []).append(_hit_text(rule.id, values))
         for i in np.flatnonzero(hit | (severity > 0)).tolist():
-            outcome = results.outcome(i, limit=REASONS_MAX)
-            found = [_hit_text(h.rule_id, h.values) for h in outcome.reasons]
+            found = rule_texts.get(i, [])
             found += [f"model:{name}={value:+.3f}" for name, value in explained.get(i, [])]
-            found += [f"shadow:{h.rule_id}" for h in outcome.shadow_hits]
+            found += shadow_texts.get(i, [])
             reasons[i] = tuple(found[:REASONS_MAX])
         decided = DecidedBatch(
             severity.astype(np.int8),
@@ -370,7 +384,12 @@ class RiskEngine:
             results.ruleset_version,
             self.model_version,
         )
-        self._learn_trust(customers, devices, decided.severity.tolist())
+        # Only the accepted events from devices not yet trusted teach anything (adding a
+        # trusted device again changes nothing): a few per batch, not every event.
+        learned = np.flatnonzero(untrusted & (decided.severity == 0)).tolist()
+        self._learn_trust(
+            [customers[i] for i in learned], [devices[i] for i in learned], [0] * len(learned)
+        )
         if self.log is not None:
             self._append(columns, feats, decided, shadow)
         return decided
@@ -403,16 +422,15 @@ class RiskEngine:
     # --- trusted devices --------------------------------------------------------------------
 
     def _untrusted(self, customers: list[int], devices: list[str]) -> npt.NDArray[np.bool_]:
-        trusted = self._trusted
+        get = self._trusted.get
         empty: set[str] = set()
-        return np.fromiter(
-            (
-                device not in trusted.get(customer, empty)
+        return np.array(
+            [
+                device not in get(customer, empty)
                 for customer, device in zip(customers, devices, strict=True)
-            ),
+            ],
             dtype=np.bool_,
-            count=len(devices),
-        )
+        ).reshape(len(devices))
 
     def _learn_trust(self, customers: list[int], devices: list[str], severity: list[int]) -> None:
         trusted = self._trusted

@@ -457,10 +457,10 @@ class FeatureStore:
         with np.errstate(invalid="ignore"):
             _check(not (np.abs(lats) > 90).any(), "latitude", "beyond ±90")
             _check(not (np.abs(lons) > 180).any(), "longitude", "beyond ±180")
-        merchants = strings["merchant"]
-        for j, cp in enumerate(strings["counterparty"]):
-            if not merchants[j] and cp.startswith("m:"):
-                merchants[j] = cp
+        strings["merchant"] = [
+            merchant or (cp if cp.startswith("m:") else merchant)
+            for merchant, cp in zip(strings["merchant"], strings["counterparty"], strict=True)
+        ]
         batch_ids = {kind_: self._intern_strings(kind_, keys) for kind_, keys in strings.items()}
         return EventBatch(
             kind=kinds,
@@ -491,17 +491,21 @@ class FeatureStore:
         links = self._links
         get = interner.ids.get
         found = [get(key, -1) for key in keys]  # most keys are known: one pass in C
+        ids = np.asarray(found, np.int64)
         if -1 in found:  # new keys (interned in order of first sighting) or empty ones
-            for j, key in enumerate(keys):
-                if found[j] != -1 or not key:
+            # Only those positions are visited: empty keys (no merchant, no counterparty)
+            # are in nearly every batch, and a pass over every key costs more than the rest.
+            for j in np.flatnonzero(ids == -1).tolist():
+                key = keys[j]
+                if not key:
                     continue
                 known = get(key)
                 if known is None:
                     known = interner.intern(key)
                     if kind == "counterparty":
                         links.append((known, self._customer_link(key)))
-                found[j] = known
-        return np.asarray(found, np.int64)
+                ids[j] = known
+        return ids
 
     def _customer_link(self, key: str) -> int:
         if key.startswith("c:"):
@@ -820,7 +824,7 @@ def _str_column(column: str, values: Sequence[str] | None, n: int) -> list[str]:
     out = list(values)
     if len(out) != n:
         raise InvalidRiskEventError(f"column {column} has {len(out)} values, not {n}")
-    for value in out:
-        if not isinstance(value, str):
-            raise InvalidRiskEventError(f"column {column} must hold strings", column=column)
+    # The distinct types, not every value (a batch holds one or two: str, numpy's str_).
+    if not all(issubclass(kind, str) for kind in set(map(type, out))):
+        raise InvalidRiskEventError(f"column {column} must hold strings", column=column)
     return out
