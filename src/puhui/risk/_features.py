@@ -481,30 +481,37 @@ class FeatureStore:
     def _intern_customers(self, customer_ids: IntArray) -> IntArray:
         if customer_ids.size == 0:
             return np.zeros(0, np.int64)
-        unique, inverse = np.unique(customer_ids, return_inverse=True)
         interner = self._customers
-        dense = np.array([interner.intern(int(key)) for key in unique.tolist()], np.int64)
-        return np.ascontiguousarray(dense[inverse.reshape(-1)])
+        get = interner.ids.get
+        found = [get(key, -1) for key in customer_ids.tolist()]  # most are known
+        ids = np.asarray(found, np.int64)
+        if -1 in found:  # new customers get ids in the order of their numbers
+            missing = np.flatnonzero(ids == -1)
+            keys = customer_ids[missing]
+            for key in np.unique(keys).tolist():
+                interner.intern(key)
+            ids[missing] = [interner.ids[key] for key in keys.tolist()]
+        return ids
 
     def _intern_strings(self, kind: str, keys: list[str]) -> IntArray:
         interner = self._strings[kind]
         links = self._links
         get = interner.ids.get
-        found = [get(key, -1) for key in keys]  # most keys are known: one pass in C
+        # Most keys are known: one pass in C; empty keys (no merchant, no counterparty: in
+        # nearly every batch) are -2 there, so that only new keys are visited one by one.
+        found = [get(key, -1) if key else -2 for key in keys]
         ids = np.asarray(found, np.int64)
-        if -1 in found:  # new keys (interned in order of first sighting) or empty ones
-            # Only those positions are visited: empty keys (no merchant, no counterparty)
-            # are in nearly every batch, and a pass over every key costs more than the rest.
+        if -1 in found:  # new keys, interned in order of first sighting
             for j in np.flatnonzero(ids == -1).tolist():
                 key = keys[j]
-                if not key:
-                    continue
                 known = get(key)
                 if known is None:
                     known = interner.intern(key)
                     if kind == "counterparty":
                         links.append((known, self._customer_link(key)))
                 ids[j] = known
+        if -2 in found:
+            ids[ids == -2] = -1
         return ids
 
     def _customer_link(self, key: str) -> int:
