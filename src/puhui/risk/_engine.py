@@ -403,7 +403,7 @@ class RiskEngine:
         def text(name: str) -> list[str]:
             return strings[name] if strings is not None else columns[name].tolist()
 
-        batch = self.features.batch_from_columns(
+        return self.features.compute_columns(
             kind=columns["kind"],
             customer_id=columns["customer_id"],
             at_ns=columns["at_ns"],
@@ -418,7 +418,6 @@ class RiskEngine:
             kyc_level=columns["kyc_level"],
             account_created_ns=columns["account_created_ns"],
         )
-        return dict(self.features.compute(batch))
 
     # --- trusted devices --------------------------------------------------------------------
 
