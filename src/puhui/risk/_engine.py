@@ -22,7 +22,7 @@ import hashlib
 import itertools
 import json
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -323,16 +323,22 @@ class RiskEngine:
     def _decide(
         self, columns: Mapping[str, npt.NDArray[Any]], strings: Mapping[str, list[str]]
     ) -> DecidedBatch:
-        computed = self._features_of(columns, strings)
-        feats: dict[str, npt.NDArray[Any]] = dict(computed)
-        feats.update(_event_features(columns))
         customers: list[int] = columns["customer_id"].tolist()
         devices = strings["device"]
-        # A device is new for a customer until an event from it was accepted (or the
-        # customer confirmed it by step-up): a rejected or failed attempt must not make the
-        # attacker's phone familiar. Trust is as of the start of the batch.
-        untrusted = self._untrusted(customers, devices)
-        feats["device.new_for_customer"] = untrusted
+        # What needs no feature is worked out while the feature store's last pass runs.
+        from_events: dict[str, npt.NDArray[Any]] = {}
+
+        def meanwhile() -> None:
+            from_events.update(_event_features(columns))
+            # A device is new for a customer until an event from it was accepted (or the
+            # customer confirmed it by step-up): a rejected or failed attempt must not make
+            # the attacker's phone familiar. Trust is as of the start of the batch.
+            from_events["device.new_for_customer"] = self._untrusted(customers, devices)
+
+        computed = self._features_of(columns, strings, meanwhile)
+        feats: dict[str, npt.NDArray[Any]] = dict(computed)
+        feats.update(from_events)
+        untrusted = from_events["device.new_for_customer"]
         n = len(customers)
         model_score = np.zeros(n, dtype=np.int64)
         if self.model is not None:
@@ -396,9 +402,13 @@ class RiskEngine:
         return decided
 
     def _features_of(
-        self, columns: Mapping[str, npt.NDArray[Any]], strings: Mapping[str, list[str]] | None
+        self,
+        columns: Mapping[str, npt.NDArray[Any]],
+        strings: Mapping[str, list[str]] | None,
+        meanwhile: Callable[[], object] | None = None,
     ) -> dict[str, Any]:
-        """The feature store's pass over events given as the log's columns."""
+        """The feature store's pass over events given as the log's columns (``meanwhile``:
+        see ``FeatureStore.compute_columns``)."""
 
         def text(name: str) -> list[str]:
             return strings[name] if strings is not None else columns[name].tolist()
@@ -417,6 +427,7 @@ class RiskEngine:
             tz_offset_s=columns["tz_offset_s"],
             kyc_level=columns["kyc_level"],
             account_created_ns=columns["account_created_ns"],
+            meanwhile=meanwhile,
         )
 
     # --- trusted devices --------------------------------------------------------------------

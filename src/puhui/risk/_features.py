@@ -18,7 +18,7 @@ import math
 import os
 import threading
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -487,13 +487,16 @@ class FeatureStore:
         tz_offset_s: Iterable[int] | IntArray | None = None,
         kyc_level: Iterable[int] | IntArray | None = None,
         account_created_ns: Iterable[int] | IntArray | None = None,
+        meanwhile: Callable[[], object] | None = None,
     ) -> dict[str, np.ndarray[Any, Any]]:
         """``compute(batch_from_columns(...))``: the same features and the same state after.
 
         A large batch goes in chunks of ``PIPELINE_CHUNK_EVENTS``, each computed on a helper
         thread (the compiled pass releases the GIL) while the caller's thread interns the keys
         of the next: interning (Python dictionaries) and the pass overlap on two cores. The
-        whole batch is checked before anything changes, as ``batch_from_columns`` does."""
+        whole batch is checked before anything changes, as ``batch_from_columns`` does.
+        ``meanwhile`` (work of the caller's that needs no feature) is called while the last
+        chunk's pass runs, or after the pass for a small batch; it must not touch the store."""
         checked = self._checked_columns(
             kind=kind,
             customer_id=customer_id,
@@ -511,7 +514,10 @@ class FeatureStore:
         )
         n = len(checked)
         if n < PIPELINE_EVENTS_MIN:
-            return self.compute(self._interned(checked, 0, n))
+            features = self.compute(self._interned(checked, 0, n))
+            if meanwhile is not None:
+                meanwhile()
+            return features
         outputs: list[tuple[IntArray, FloatArray, np.ndarray[Any, Any]]] = []
         failed: list[BaseException] = []
         helper: threading.Thread | None = None
@@ -536,6 +542,8 @@ class FeatureStore:
                 outputs.append(output)
                 helper = threading.Thread(target=run, args=(batch, output), daemon=True)
                 helper.start()
+            if meanwhile is not None:
+                meanwhile()
         finally:
             if helper is not None:
                 helper.join()
