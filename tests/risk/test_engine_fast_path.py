@@ -17,7 +17,13 @@ import pytest
 
 from puhui.clock import SystemClock
 from puhui.risk import FEATURE_SCHEMA, RiskDecision, RiskEvent, RiskLists, parse_ruleset
-from puhui.risk._engine import DEFAULT_RULES, RiskEngine, engine_schema, event_columns
+from puhui.risk._engine import (
+    DEFAULT_RULES,
+    RiskEngine,
+    engine_schema,
+    event_columns,
+    logged_reasons,
+)
 from puhui.risk._log import DecisionLog, LogRecord
 from puhui.risk._model import RiskModel, train
 from puhui.sim import simulate
@@ -185,17 +191,20 @@ def test_a_simulated_day_logs_the_same_records(day: _Day) -> None:
     before = _records(day.log_before)
     assert len(now) == len(before) > 0
     for mine, theirs in zip(now, before, strict=True):
-        assert mine.meta == theirs.meta
-        assert list(mine.columns) == list(theirs.columns)
-        for name, column in mine.columns.items():
+        # Reasons are now one ASCII blob with per-event ends (was a unicode column).
+        assert mine.meta["blobs"] == ["reasons_text"]
+        assert {k: v for k, v in mine.meta.items() if k != "blobs"} == theirs.meta
+        assert logged_reasons(mine) == logged_reasons(theirs)
+        ends = mine.columns["reasons_end"]
+        assert ends.dtype == np.int64 and len(ends) == mine.rows
+        assert int(ends[-1]) == mine.columns["reasons_text"].size
+        rows = {k: v for k, v in mine.row_columns().items() if k != "reasons_end"}
+        assert list(rows) == [k for k in theirs.columns if k != "reasons"]
+        for name, column in rows.items():
             other = theirs.columns[name]
-            mine_column = column
-            if name == "reasons":  # now ASCII bytes (JSON escapes the rest), was unicode
-                assert column.dtype.kind == "S" and other.dtype.kind == "U"
-                mine_column = np.char.decode(column, "ascii")
-            assert mine_column.dtype == other.dtype, name
+            assert column.dtype == other.dtype, name
             equal_nan = column.dtype.kind == "f"
-            assert np.array_equal(mine_column, other, equal_nan=equal_nan), name
+            assert np.array_equal(column, other, equal_nan=equal_nan), name
     features = np.concatenate([r.columns["features"] for r in now])
     assert features.shape[1] == len(FEATURE_SCHEMA) + 2
     assert sorted(p.name for p in day.log_now.glob("schema-*.json")) == sorted(

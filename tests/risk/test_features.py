@@ -468,3 +468,68 @@ def test_a_reserved_store_does_not_grow_and_computes_the_same() -> None:
         reserved.reserve(-1)
     with pytest.raises(InvalidInputError):
         reserved.reserve(1, pairs=1 << 40)
+
+
+def _large_columns(n: int, seed: int, start: int = START) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    customers = rng.integers(1, 3_000, n)
+    kinds = rng.integers(0, K.KINDS, n)
+    parties = rng.integers(0, 5_000, n)
+    choice = rng.integers(0, 3, n)
+    return {
+        "kind": kinds,
+        "customer_id": customers,
+        "at_ns": start + np.cumsum(rng.integers(0, 30 * NS, n)),
+        "amount": rng.integers(0, 500_000, n),
+        "device": [
+            f"d{c}" if r else ""
+            for c, r in zip(customers.tolist(), rng.integers(0, 20, n).tolist(), strict=True)
+        ],
+        "merchant": [""] * n,
+        "counterparty": [
+            ("", f"c:{p}", f"m:{p % 300}")[k]
+            for p, k in zip(parties.tolist(), choice.tolist(), strict=True)
+        ],
+        "ip": [f"10.0.{c % 250}.1" for c in customers.tolist()],
+        "latitude": rng.uniform(20, 40, n),
+        "longitude": rng.uniform(100, 120, n),
+        "tz_offset_s": np.full(n, 8 * 3600),
+        "kyc_level": rng.integers(-1, 3, n),
+        "account_created_ns": np.where(rng.random(n) < 0.5, 0, start - 86_400 * NS),
+    }
+
+
+def test_a_large_batch_in_overlapped_chunks_equals_one_pass() -> None:
+    """compute_columns interns the next chunk while the compiled pass runs on the one before:
+    the features and the state after (here: the next batch's features) are those of one
+    compute(batch_from_columns(...)), also when the tables grow between two chunks."""
+    from puhui.risk._features import PIPELINE_CHUNK_EVENTS, PIPELINE_EVENTS_MIN
+
+    n = 2 * PIPELINE_EVENTS_MIN + PIPELINE_CHUNK_EVENTS // 3
+    first = _large_columns(n, seed=1)
+    second = _large_columns(500, seed=2, start=int(first["at_ns"][-1]))
+    one_pass = FeatureStore(capacity=1, pair_capacity=2)
+    chunked = FeatureStore(capacity=1, pair_capacity=2)
+    want = one_pass.compute(one_pass.batch_from_columns(**first))
+    got = chunked.compute_columns(**first)
+    for name in FEATURE_SCHEMA:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+        assert got[name].dtype == want[name].dtype
+    assert chunked.entity_counts() == one_pass.entity_counts()
+    assert chunked.events_applied == one_pass.events_applied == n
+    after_want = one_pass.compute(one_pass.batch_from_columns(**second))
+    after_got = chunked.compute(chunked.batch_from_columns(**second))
+    for name in FEATURE_SCHEMA:
+        np.testing.assert_array_equal(after_got[name], after_want[name], err_msg=name)
+
+
+def test_a_large_batch_with_a_bad_last_event_changes_nothing() -> None:
+    from puhui.risk._features import PIPELINE_EVENTS_MIN
+
+    columns = _large_columns(2 * PIPELINE_EVENTS_MIN, seed=3)
+    columns["amount"][-1] = -1
+    store = FeatureStore()
+    with pytest.raises(InvalidRiskEventError, match="amount"):
+        store.compute_columns(**columns)
+    assert store.entity_counts() == dict.fromkeys(K.ENTITY_KINDS, 0)
+    assert store.events_applied == 0

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from puhui.risk._log import DecisionLog, DecisionLogCorruptError, _encode
+from puhui.risk._engine import logged_reasons
+from puhui.risk._log import DecisionLog, DecisionLogCorruptError, LogRecord, _encode
 
 
 def _batch(n: int, start: int) -> dict[str, np.ndarray]:
@@ -80,6 +81,43 @@ def test_columns_of_different_lengths_are_refused(tmp_path: Path) -> None:
         log.append({"a": np.zeros(2), "b": np.zeros(3)}, {})
     assert log.next_id == 1
     log.close()
+
+
+def test_blobs_are_kept_beside_the_columns(tmp_path: Path) -> None:
+    log = DecisionLog(tmp_path)
+    blob = np.frombuffer(b"abcdefg", dtype=np.uint8)
+    log.append(_batch(4, 0), {"ruleset": "v1"}, blobs={"text": blob})
+    with pytest.raises(ValueError, match="blob"):
+        log.append(_batch(4, 4), {}, blobs={"text": np.zeros(3, dtype=np.int64)})
+    with pytest.raises(ValueError, match="blob"):
+        log.append(_batch(4, 4), {}, blobs={"at_ns": blob})
+    assert log.next_id == 5
+    log.close()
+    reopened = DecisionLog(tmp_path)
+    (record,) = reopened.records()
+    reopened.close()
+    assert record.meta["blobs"] == ["text"] and record.rows == 4
+    assert record.columns["text"].tobytes() == b"abcdefg"
+    assert "text" not in record.row_columns()
+    assert set(record.row_columns()) == set(_batch(4, 0))
+
+
+def test_reasons_are_read_back_from_every_layout_the_log_has_used() -> None:
+    reasons = [("rule.a(x=1)", "model:y=+0.500"), (), ("shadow:\u9a8c",)]
+    texts = [json.dumps(list(found)) for found in reasons]
+    blob = "".join(texts).encode("ascii")
+    ragged: dict[str, np.ndarray] = {
+        "reasons_end": np.cumsum([len(t) for t in texts], dtype=np.int64),
+        "reasons_text": np.frombuffer(blob, dtype=np.uint8),
+    }
+    layouts: list[dict[str, np.ndarray]] = [
+        ragged,
+        {"reasons": np.array([t.encode("ascii") for t in texts])},  # 2026-11-26: bytes
+        {"reasons": np.array(texts)},  # before: unicode
+    ]
+    for columns in layouts:
+        record = LogRecord({"rows": 3}, columns, 1, 0)
+        assert logged_reasons(record) == reasons
 
 
 def test_a_record_keeps_its_byte_layout(tmp_path: Path) -> None:

@@ -47,7 +47,7 @@ def backtest(
     try:
         for record in log.records():
             names = json.loads((log_dir / f"schema-{record.meta['schema']}.json").read_text())
-            columns = record.columns
+            columns = record.row_columns()
             first = int(record.meta["first_id"])
             at = columns["at_ns"]
             keep = np.ones(len(at), dtype=bool)

@@ -11,6 +11,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from ._compile import (
     compile_program,
@@ -63,6 +64,7 @@ class RuleResults:
         scores: np.ndarray,
         hits: np.ndarray,
         hit_offsets: np.ndarray,
+        shadow: np.ndarray | None = None,
     ) -> None:
         self.ruleset_version = ruleset_version
         self.severity = severity
@@ -76,6 +78,12 @@ class RuleResults:
         self._rules = rules
         self._order = order
         self._features = features
+        self._shadow = (
+            shadow
+            if shadow is not None
+            else np.array([rule.status == RuleStatus.SHADOW for rule in rules], dtype=np.bool_)
+        )
+        """Per rule of ``rules``: a shadow rule."""
 
     def __len__(self) -> int:
         return int(self.severity.shape[0])
@@ -90,6 +98,28 @@ class RuleResults:
         """Ids of every rule (active or shadow) that hit event ``index``."""
         hits = self.hits[self.hit_offsets[index] : self.hit_offsets[index + 1]]
         return [self._rules[int(r)].id for r in hits]
+
+    def ranked_hits(
+        self, limit: int
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+        """Every event's hits as ``outcome(i, limit)`` picks them, for the whole batch at once:
+        (event, rule index, shadow) per hit, event after event, each event's active hits
+        (highest priority first) before its shadow hits, at most ``limit`` of each."""
+        counts = np.diff(self.hit_offsets)
+        events = np.repeat(np.arange(counts.shape[0], dtype=np.int64), counts)
+        rules = np.asarray(self.hits, dtype=np.int64)
+        shadow = self._shadow[rules]
+        picked = np.lexsort((self._order[rules], shadow, events))
+        events, rules, shadow = events[picked], rules[picked], shadow[picked]
+        size = rules.shape[0]
+        if size == 0:
+            return events, rules, shadow
+        starts = np.ones(size, dtype=np.bool_)
+        starts[1:] = (events[1:] != events[:-1]) | (shadow[1:] != shadow[:-1])
+        positions = np.arange(size, dtype=np.int64)
+        group_first = np.maximum.accumulate(np.where(starts, positions, 0))
+        kept = positions - group_first < limit
+        return events[kept], rules[kept], shadow[kept]
 
     def outcome(self, index: int, limit: int | None = None) -> RuleOutcome:
         """Event ``index``'s outcome; with ``limit``, at most that many active and that many
@@ -137,6 +167,9 @@ class Ruleset:
         )
         self._order = np.empty(len(ranking), dtype=np.int64)
         self._order[ranking] = np.arange(len(ranking))
+        self._shadow = np.array(
+            [rule.status == RuleStatus.SHADOW for rule in self.evaluated_rules], dtype=np.bool_
+        )
         used = {name for rule in self.evaluated_rules for name in rule.features}
         self.features: tuple[str, ...] = tuple(sorted(used))
         """Features the evaluated rules read (a batch must hold each of them)."""
@@ -251,6 +284,7 @@ class Ruleset:
             score,
             hits[:written],
             hit_offsets,
+            self._shadow,
         )
 
     def _batch_size(self, features: Mapping[str, np.ndarray]) -> int:

@@ -16,8 +16,9 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import threading
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -253,6 +254,25 @@ class EventBatch:
         return int(self.kind.size)
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class _Checked:
+    """A batch's columns, checked, before interning (``FeatureStore._checked_columns``)."""
+
+    kind: IntArray
+    customer_id: IntArray
+    at_ns: IntArray
+    amount: IntArray
+    latitude: FloatArray
+    longitude: FloatArray
+    tz_offset_s: IntArray
+    kyc_level: IntArray
+    account_created_ns: IntArray
+    strings: dict[str, list[str]]
+
+    def __len__(self) -> int:
+        return int(self.kind.size)
+
+
 class _Interner:
     """Dense ids for the keys of one entity kind, in order of first sighting.
 
@@ -326,6 +346,11 @@ def _grown(array: np.ndarray[Any, Any], fresh: np.ndarray[Any, Any]) -> Any:
     fresh[: array.shape[0]] = array
     return fresh
 
+
+PIPELINE_EVENTS_MIN: Final = 4096
+"""From this many events on, ``compute_columns`` overlaps interning and the compiled pass."""
+PIPELINE_CHUNK_EVENTS: Final = 2048
+"""Events per chunk of ``compute_columns`` (unit: events)."""
 
 RESERVE_MAX = 1 << 26
 """Most entities of one kind (or pairs) ``FeatureStore.reserve`` makes room for at once."""
@@ -429,6 +454,124 @@ class FeatureStore:
         A merchant payment may name its merchant only as its counterparty (``m:<id>``): the
         merchant column then takes it. Everything is checked before any key is interned.
         """
+        checked = self._checked_columns(
+            kind=kind,
+            customer_id=customer_id,
+            at_ns=at_ns,
+            amount=amount,
+            device=device,
+            merchant=merchant,
+            counterparty=counterparty,
+            ip=ip,
+            latitude=latitude,
+            longitude=longitude,
+            tz_offset_s=tz_offset_s,
+            kyc_level=kyc_level,
+            account_created_ns=account_created_ns,
+        )
+        return self._interned(checked, 0, len(checked))
+
+    def compute_columns(
+        self,
+        *,
+        kind: Iterable[int] | IntArray,
+        customer_id: Iterable[int] | IntArray,
+        at_ns: Iterable[int] | IntArray,
+        amount: Iterable[int] | IntArray | None = None,
+        device: Sequence[str] | None = None,
+        merchant: Sequence[str] | None = None,
+        counterparty: Sequence[str] | None = None,
+        ip: Sequence[str] | None = None,
+        latitude: Iterable[float] | FloatArray | None = None,
+        longitude: Iterable[float] | FloatArray | None = None,
+        tz_offset_s: Iterable[int] | IntArray | None = None,
+        kyc_level: Iterable[int] | IntArray | None = None,
+        account_created_ns: Iterable[int] | IntArray | None = None,
+        meanwhile: Callable[[], object] | None = None,
+    ) -> dict[str, np.ndarray[Any, Any]]:
+        """``compute(batch_from_columns(...))``: the same features and the same state after.
+
+        A large batch goes in chunks of ``PIPELINE_CHUNK_EVENTS``, each computed on a helper
+        thread (the compiled pass releases the GIL) while the caller's thread interns the keys
+        of the next: interning (Python dictionaries) and the pass overlap on two cores. The
+        whole batch is checked before anything changes, as ``batch_from_columns`` does.
+        ``meanwhile`` (work of the caller's that needs no feature) is called while the last
+        chunk's pass runs, or after the pass for a small batch; it must not touch the store."""
+        checked = self._checked_columns(
+            kind=kind,
+            customer_id=customer_id,
+            at_ns=at_ns,
+            amount=amount,
+            device=device,
+            merchant=merchant,
+            counterparty=counterparty,
+            ip=ip,
+            latitude=latitude,
+            longitude=longitude,
+            tz_offset_s=tz_offset_s,
+            kyc_level=kyc_level,
+            account_created_ns=account_created_ns,
+        )
+        n = len(checked)
+        if n < PIPELINE_EVENTS_MIN:
+            features = self.compute(self._interned(checked, 0, n))
+            if meanwhile is not None:
+                meanwhile()
+            return features
+        outputs: list[tuple[IntArray, FloatArray, np.ndarray[Any, Any]]] = []
+        failed: list[BaseException] = []
+        helper: threading.Thread | None = None
+
+        def run(batch: EventBatch, output: tuple[Any, Any, Any]) -> None:
+            try:
+                self._run(batch, *output)
+            except BaseException as error:  # re-raised by the caller's thread
+                failed.append(error)
+
+        try:
+            for low in range(0, n, PIPELINE_CHUNK_EVENTS):
+                high = min(n, low + PIPELINE_CHUNK_EVENTS)
+                batch = self._interned(checked, low, high)  # while the chunk before runs
+                if helper is not None:
+                    helper.join()
+                    helper = None
+                if failed:
+                    raise failed[0]
+                self._prepare(batch)  # writes state arrays: only between two passes
+                output = _outputs(high - low)
+                outputs.append(output)
+                helper = threading.Thread(target=run, args=(batch, output), daemon=True)
+                helper.start()
+            if meanwhile is not None:
+                meanwhile()
+        finally:
+            if helper is not None:
+                helper.join()
+        if failed:
+            raise failed[0]
+        return _named(
+            np.concatenate([o[0] for o in outputs], axis=1),
+            np.concatenate([o[1] for o in outputs], axis=1),
+            np.concatenate([o[2] for o in outputs], axis=1),
+        )
+
+    def _checked_columns(
+        self,
+        *,
+        kind: Iterable[int] | IntArray,
+        customer_id: Iterable[int] | IntArray,
+        at_ns: Iterable[int] | IntArray,
+        amount: Iterable[int] | IntArray | None,
+        device: Sequence[str] | None,
+        merchant: Sequence[str] | None,
+        counterparty: Sequence[str] | None,
+        ip: Sequence[str] | None,
+        latitude: Iterable[float] | FloatArray | None,
+        longitude: Iterable[float] | FloatArray | None,
+        tz_offset_s: Iterable[int] | IntArray | None,
+        kyc_level: Iterable[int] | IntArray | None,
+        account_created_ns: Iterable[int] | IntArray | None,
+    ) -> _Checked:
         kinds = _int_column("kind", kind)
         n = kinds.size
         if n > BATCH_EVENTS_MAX:
@@ -457,51 +600,71 @@ class FeatureStore:
         with np.errstate(invalid="ignore"):
             _check(not (np.abs(lats) > 90).any(), "latitude", "beyond ±90")
             _check(not (np.abs(lons) > 180).any(), "longitude", "beyond ±180")
-        merchants = strings["merchant"]
-        for j, cp in enumerate(strings["counterparty"]):
-            if not merchants[j] and cp.startswith("m:"):
-                merchants[j] = cp
-        batch_ids = {kind_: self._intern_strings(kind_, keys) for kind_, keys in strings.items()}
+        strings["merchant"] = [
+            merchant or (cp if cp.startswith("m:") else merchant)
+            for merchant, cp in zip(strings["merchant"], strings["counterparty"], strict=True)
+        ]
+        return _Checked(kinds, customer_ids, times, amounts, lats, lons, tz, kyc, created, strings)
+
+    def _interned(self, checked: _Checked, low: int, high: int) -> EventBatch:
+        """Events ``low:high`` of checked columns as a batch, their keys interned."""
+        whole = low == 0 and high == len(checked)
+        rows = slice(low, high)
+        batch_ids = {
+            kind_: self._intern_strings(kind_, keys if whole else keys[rows])
+            for kind_, keys in checked.strings.items()
+        }
         return EventBatch(
-            kind=kinds,
-            customer=self._intern_customers(customer_ids),
-            at_ns=times,
-            amount=amounts,
+            kind=checked.kind[rows],
+            customer=self._intern_customers(checked.customer_id[rows]),
+            at_ns=checked.at_ns[rows],
+            amount=checked.amount[rows],
             device=batch_ids["device"],
             merchant=batch_ids["merchant"],
             counterparty=batch_ids["counterparty"],
             ip=batch_ids["ip"],
-            latitude=lats,
-            longitude=lons,
-            tz_offset_s=tz,
-            kyc_level=kyc,
-            account_created_ns=created,
+            latitude=checked.latitude[rows],
+            longitude=checked.longitude[rows],
+            tz_offset_s=checked.tz_offset_s[rows],
+            kyc_level=checked.kyc_level[rows],
+            account_created_ns=checked.account_created_ns[rows],
         )
 
     def _intern_customers(self, customer_ids: IntArray) -> IntArray:
         if customer_ids.size == 0:
             return np.zeros(0, np.int64)
-        unique, inverse = np.unique(customer_ids, return_inverse=True)
         interner = self._customers
-        dense = np.array([interner.intern(int(key)) for key in unique.tolist()], np.int64)
-        return np.ascontiguousarray(dense[inverse.reshape(-1)])
+        get = interner.ids.get
+        found = [get(key, -1) for key in customer_ids.tolist()]  # most are known
+        ids = np.asarray(found, np.int64)
+        if -1 in found:  # new customers get ids in the order of their numbers
+            missing = np.flatnonzero(ids == -1)
+            keys = customer_ids[missing]
+            for key in np.unique(keys).tolist():
+                interner.intern(key)
+            ids[missing] = [interner.ids[key] for key in keys.tolist()]
+        return ids
 
     def _intern_strings(self, kind: str, keys: list[str]) -> IntArray:
         interner = self._strings[kind]
         links = self._links
         get = interner.ids.get
-        found = [get(key, -1) for key in keys]  # most keys are known: one pass in C
-        if -1 in found:  # new keys (interned in order of first sighting) or empty ones
-            for j, key in enumerate(keys):
-                if found[j] != -1 or not key:
-                    continue
+        # Most keys are known: one pass in C; empty keys (no merchant, no counterparty: in
+        # nearly every batch) are -2 there, so that only new keys are visited one by one.
+        found = [get(key, -1) if key else -2 for key in keys]
+        ids = np.asarray(found, np.int64)
+        if -1 in found:  # new keys, interned in order of first sighting
+            for j in np.flatnonzero(ids == -1).tolist():
+                key = keys[j]
                 known = get(key)
                 if known is None:
                     known = interner.intern(key)
                     if kind == "counterparty":
                         links.append((known, self._customer_link(key)))
-                found[j] = known
-        return np.asarray(found, np.int64)
+                ids[j] = known
+        if -2 in found:
+            ids[ids == -2] = -1
+        return ids
 
     def _customer_link(self, key: str) -> int:
         if key.startswith("c:"):
@@ -515,13 +678,25 @@ class FeatureStore:
     def compute(self, batch: EventBatch) -> dict[str, np.ndarray[Any, Any]]:
         """Features of each event as of just before it, in batch order; then the events are
         part of the state. Returns one column per feature of ``FEATURE_SCHEMA``."""
-        n = len(batch)
+        self._prepare(batch)
+        output = _outputs(len(batch))
+        self._run(batch, *output)
+        return _named(*output)
+
+    def _prepare(self, batch: EventBatch) -> None:
         self._check_batch(batch)
-        self._ensure_capacity(n)
+        self._ensure_capacity(len(batch))
+
+    def _run(
+        self,
+        batch: EventBatch,
+        out_i: np.ndarray[Any, Any],
+        out_f: np.ndarray[Any, Any],
+        out_b: np.ndarray[Any, Any],
+    ) -> None:
+        """The compiled pass over a prepared batch (``_prepare``): writes the outputs and the
+        state arrays, nothing of Python's (so it may run beside interning)."""
         s = self._state
-        out_i = np.empty((K.N_INT, n), np.int64)
-        out_f = np.empty((K.N_FLOAT, n), np.float64)
-        out_b = np.empty((K.N_BOOL, n), np.bool_)
         K.compute(
             batch.kind,
             batch.customer,
@@ -552,14 +727,6 @@ class FeatureStore:
             np.empty(K.RINGS, np.int64),
             np.empty(K.RINGS, np.int64),
         )
-        features: dict[str, np.ndarray[Any, Any]] = {}
-        for row, spec in enumerate(_INT_SPECS):
-            features[spec.name] = out_i[row]
-        for row, spec in enumerate(_FLOAT_SPECS):
-            features[spec.name] = out_f[row]
-        for row, spec in enumerate(_BOOL_SPECS):
-            features[spec.name] = out_b[row]
-        return features
 
     def _check_batch(self, batch: EventBatch) -> None:
         """The kernel runs without bounds checks: a batch must fit this store's tables."""
@@ -756,6 +923,27 @@ def _unpack_strings(blob: np.ndarray[Any, Any], offsets: IntArray) -> list[str]:
     return [raw[a:b].decode("utf-8") for a, b in itertools.pairwise(bounds)]
 
 
+def _outputs(n: int) -> tuple[IntArray, FloatArray, np.ndarray[Any, Any]]:
+    return (
+        np.empty((K.N_INT, n), np.int64),
+        np.empty((K.N_FLOAT, n), np.float64),
+        np.empty((K.N_BOOL, n), np.bool_),
+    )
+
+
+def _named(
+    out_i: np.ndarray[Any, Any], out_f: np.ndarray[Any, Any], out_b: np.ndarray[Any, Any]
+) -> dict[str, np.ndarray[Any, Any]]:
+    features: dict[str, np.ndarray[Any, Any]] = {}
+    for row, spec in enumerate(_INT_SPECS):
+        features[spec.name] = out_i[row]
+    for row, spec in enumerate(_FLOAT_SPECS):
+        features[spec.name] = out_f[row]
+    for row, spec in enumerate(_BOOL_SPECS):
+        features[spec.name] = out_b[row]
+    return features
+
+
 # --- column checks ------------------------------------------------------------------------------
 
 
@@ -820,7 +1008,7 @@ def _str_column(column: str, values: Sequence[str] | None, n: int) -> list[str]:
     out = list(values)
     if len(out) != n:
         raise InvalidRiskEventError(f"column {column} has {len(out)} values, not {n}")
-    for value in out:
-        if not isinstance(value, str):
-            raise InvalidRiskEventError(f"column {column} must hold strings", column=column)
+    # The distinct types, not every value (a batch holds one or two: str, numpy's str_).
+    if not all(issubclass(kind, str) for kind in set(map(type, out))):
+        raise InvalidRiskEventError(f"column {column} must hold strings", column=column)
     return out

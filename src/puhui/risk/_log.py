@@ -66,6 +66,11 @@ class LogRecord:
     def rows(self) -> int:
         return int(self.meta.get("rows", 0))
 
+    def row_columns(self) -> dict[str, npt.NDArray[Any]]:
+        """The columns with one value per row (``columns`` without the record's blobs)."""
+        blobs = set(self.meta.get("blobs", ()))
+        return {name: column for name, column in self.columns.items() if name not in blobs}
+
 
 def _segment_name(number: int) -> str:
     return f"decisions-{number:08d}.log"
@@ -173,15 +178,33 @@ class DecisionLog:
         """The id the next decision will get (ids are dense, from 1)."""
         return self._next_id
 
-    def append(self, columns: Mapping[str, npt.NDArray[Any]], meta: Mapping[str, Any]) -> int:
-        """Append one batch; returns the id of its first decision (the others follow)."""
+    def append(
+        self,
+        columns: Mapping[str, npt.NDArray[Any]],
+        meta: Mapping[str, Any],
+        *,
+        blobs: Mapping[str, npt.NDArray[np.uint8]] | None = None,
+    ) -> int:
+        """Append one batch; returns the id of its first decision (the others follow).
+
+        ``columns`` hold one value per row; ``blobs`` are byte arrays of any length stored
+        beside them (the bytes of a ragged column whose per-row ends are a column), listed
+        in the record's ``meta["blobs"]``."""
         lengths = {len(v) for v in columns.values()}
         if len(lengths) > 1:
             raise ValueError("every column of a record has one value per row")
         rows = lengths.pop() if lengths else 0
+        arrays = dict(columns)
+        record_meta = {**meta, "rows": rows}
+        if blobs:
+            for name, blob in blobs.items():
+                if name in arrays or blob.dtype != np.uint8 or blob.ndim != 1:
+                    raise ValueError(f"blob {name!r} must be a new name and one-dimensional bytes")
+                arrays[name] = blob
+            record_meta["blobs"] = sorted(blobs)
         with self._lock:
             first = self._next_id
-            parts, size = _encoded_parts(columns, {**meta, "rows": rows, "first_id": first})
+            parts, size = _encoded_parts(arrays, {**record_meta, "first_id": first})
             if size > RECORD_BYTES_MAX:
                 raise ValueError("a decision log record is limited to 1 GiB")
             if self._file.tell() > 0 and self._file.tell() + size > self.segment_bytes:

@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,9 @@ ZERO_THRESHOLD: Final = 1e-35
 _MISSING_NONE, _MISSING_ZERO, _MISSING_NAN = 0, 1, 2
 TRAIN_ROWS_MIN: Final = 50
 _ROW_WISE_ROWS_MAX: Final = 64
+PARALLEL_ROWS_MIN: Final = 2048
+"""From this many rows on, the trees are walked on two threads, half the rows each (the
+kernels release the GIL; each row's result is computed exactly as on one thread)."""
 """Up to this many rows, ``RiskModel.matrix`` converts all columns at once (unit: rows)."""
 
 
@@ -109,6 +113,32 @@ def _flatten(dump: Mapping[str, Any]) -> _Forest:
         roots=np.asarray(roots, dtype=np.int32),
         node_value=np.asarray(values, dtype=np.float64),
     )
+
+
+def _by_rows(kernel: Any, x: Any, out: Any, *arrays: Any) -> None:
+    """``kernel(x, *arrays, out)`` over all rows, split in two halves on two threads when the
+    batch is large (rows are independent: the outputs are the same)."""
+    rows = x.shape[0]
+    if rows < PARALLEL_ROWS_MIN:
+        kernel(x, *arrays, out)
+        return
+    half = rows // 2
+    failed: list[BaseException] = []
+
+    def second() -> None:
+        try:
+            kernel(x[half:], *arrays, out[half:])
+        except BaseException as error:  # re-raised by the caller's thread
+            failed.append(error)
+
+    helper = threading.Thread(target=second, name="risk-model-rows", daemon=True)
+    helper.start()
+    try:
+        kernel(x[:half], *arrays, out[:half])
+    finally:
+        helper.join()
+    if failed:
+        raise failed[0]
 
 
 def _compiled(function: Callable[..., Any]) -> Any:
@@ -259,9 +289,9 @@ class RiskModel:
         x = self.matrix(features)
         out = np.empty(x.shape[0], dtype=np.float64)
         f = self._forest
-        _raw_scores(
-            x, f.feature, f.threshold, f.left, f.right, f.missing, f.default_left,
-            f.leaf_value, f.roots, out,
+        _by_rows(
+            _raw_scores, x, out, f.feature, f.threshold, f.left, f.right, f.missing,
+            f.default_left, f.leaf_value, f.roots,
         )  # fmt: skip
         return out
 
@@ -281,18 +311,20 @@ class RiskModel:
             return []
         f = self._forest
         contrib = np.zeros((x.shape[0], len(self.feature_names)), dtype=np.float64)
-        _contributions(
-            x, f.feature, f.threshold, f.left, f.right, f.missing, f.default_left,
-            f.leaf_value, f.roots, f.node_value, contrib,
+        _by_rows(
+            _contributions, x, contrib, f.feature, f.threshold, f.left, f.right, f.missing,
+            f.default_left, f.leaf_value, f.roots, f.node_value,
         )  # fmt: skip
         k = min(top, contrib.shape[1])
         order = np.argsort(-contrib, axis=1)[:, :k]
-        out = []
-        for row, picks in zip(contrib, order, strict=True):
-            out.append(
-                [(self.feature_names[i], round(float(row[i]), 4)) for i in picks if row[i] > 0]
-            )
-        return out
+        # The picks' values gathered at once and read back as Python floats (per-row numpy
+        # scalars cost more than the trees' walk).
+        picked: list[list[float]] = np.take_along_axis(contrib, order, axis=1).tolist()
+        names = self.feature_names
+        return [
+            [(names[i], round(v, 4)) for i, v in zip(picks, values, strict=True) if v > 0]
+            for picks, values in zip(order.tolist(), picked, strict=True)
+        ]
 
     # --- files ----------------------------------------------------------------------------------
 

@@ -85,7 +85,7 @@ def compare_models(
     try:
         for record in log.records():
             names = json.loads((log_dir / f"schema-{record.meta['schema']}.json").read_text())
-            columns = record.columns
+            columns = record.row_columns()
             versions = {
                 "live": str(record.meta.get("model", "none")),
                 "shadow": str(record.meta.get("shadow_model", "none")),
