@@ -33,10 +33,10 @@ ZERO_THRESHOLD: Final = 1e-35
 _MISSING_NONE, _MISSING_ZERO, _MISSING_NAN = 0, 1, 2
 TRAIN_ROWS_MIN: Final = 50
 _ROW_WISE_ROWS_MAX: Final = 64
+"""Up to this many rows, ``RiskModel.matrix`` converts all columns at once (unit: rows)."""
 PARALLEL_ROWS_MIN: Final = 2048
 """From this many rows on, the trees are walked on two threads, half the rows each (the
 kernels release the GIL; each row's result is computed exactly as on one thread)."""
-"""Up to this many rows, ``RiskModel.matrix`` converts all columns at once (unit: rows)."""
 
 
 class ModelFileError(PuhuiError):
