@@ -881,19 +881,12 @@ def _select(conn: sa.Connection, sql: str, params: Mapping[str, Any]) -> Sequenc
 def _in(conn: sa.Connection, prefix: str, values: Sequence[Any]) -> tuple[str, dict[str, Any]]:
     """``IN (…)`` over ``values`` (integers or text) for the driver: one array parameter on
     PostgreSQL; on SQLite one JSON array read by ``json_each`` (SQLite parses a statement
-    with a thousand named parameters more slowly than it runs it), or one named parameter
-    each if a text holds a NUL (which ``json_each`` cannot give back intact)."""
+    with a thousand named parameters more slowly than it runs it). Every text here is
+    NUL-free (``check_text`` refuses NUL; ids and phones are built or normalised by us),
+    which ``json_each`` needs to give text back intact."""
     if conn.dialect.name != "sqlite":
         return f"= ANY(%({prefix})s)", {prefix: list(values)}
-    if _json_safe(values):
-        return f"IN (SELECT value FROM json_each(:{prefix}))", {prefix: json.dumps(list(values))}
-    params = {f"{prefix}{n}": v for n, v in enumerate(values)}
-    return f"IN ({', '.join(f':{name}' for name in params)})", params
-
-
-def _json_safe(values: Sequence[Any]) -> bool:
-    """Whether ``json_each`` gives ``values`` back exactly: integers, and text without NUL."""
-    return all(not isinstance(v, str) or "\x00" not in v for v in values)
+    return f"IN (SELECT value FROM json_each(:{prefix}))", {prefix: json.dumps(list(values))}
 
 
 def _add_outflow(conn: sa.Connection, day: int, rows: list[dict[str, Any]], *, sign: int) -> None:
@@ -961,9 +954,10 @@ def _rows_with_keys(conn: sa.Connection, pairs: list[tuple[str, str]]) -> Sequen
     built for the driver, using the unique index on the pair (an expanding ``IN`` costs
     more to compile than to run)."""
     table = t.operations.name
-    if conn.dialect.name == "sqlite" and _json_safe([key for _, key in pairs]):
+    if conn.dialect.name == "sqlite":
         # The pairs as one JSON array, each probing the unique index: five to ten times
-        # cheaper than the same join over a ``VALUES`` list of 2,000 parameters.
+        # cheaper than the same join over a ``VALUES`` list of 2,000 parameters. (Keys are
+        # NUL-free: ``check_text`` refuses NUL before any lookup.)
         sql = (
             f"SELECT {', '.join(f'o.{c.name}' for c in t.operations.columns)}"
             f" FROM json_each(:wanted) AS w JOIN {table} AS o"
@@ -971,19 +965,6 @@ def _rows_with_keys(conn: sa.Connection, pairs: list[tuple[str, str]]) -> Sequen
             " AND o.idempotency_key = json_extract(w.value, '$[1]')"
         )
         return _select(conn, sql, {"wanted": json.dumps(pairs)})
-    if conn.dialect.name == "sqlite":
-        params: dict[str, str] = {}
-        values = []
-        for n, (scope, key) in enumerate(pairs):
-            params[f"s{n}"], params[f"k{n}"] = scope, key
-            values.append(f"(:s{n}, :k{n})")
-        # A join, not ``(scope, key) IN (VALUES …)``: SQLite scans the table for the latter.
-        sql = (
-            f"WITH wanted(s, k) AS (VALUES {', '.join(values)})"
-            f" SELECT {', '.join(f'o.{c.name}' for c in t.operations.columns)}"
-            f" FROM wanted JOIN {table} AS o ON o.scope = wanted.s AND o.idempotency_key = wanted.k"
-        )
-        return _select(conn, sql, params)
     columns = ", ".join(c.name for c in t.operations.columns)
     sql = (
         f"SELECT {columns} FROM {table} WHERE (scope, idempotency_key) IN"
