@@ -125,6 +125,10 @@ class _RowFile:
         """Where in the ring the slot holding byte ``offset`` of the rows lives."""
         return (offset // self._slot) % self._ring_slots * self._slot
 
+    def _write_rows(self, offset: int, length: int) -> None:
+        """Write ``length`` bytes of rows from byte ``offset`` (within one slot) to the file."""
+        self._write(self._ring_offset(offset) + offset % self._slot, offset, length)
+
     def _map_slot(self, offset: int, *, populate: bool) -> None:
         """Map the ring slot that holds byte ``offset`` of the rows at its place."""
         ring_offset = self._ring_offset(offset)
@@ -195,8 +199,7 @@ class _RowFile:
         start = self.hot_start
         ring_offset = self._ring_offset(start)
         if self._written < start + self._slot:  # what the helper has not written yet
-            done = self._written - start
-            self._write(ring_offset + done, self._written, self._slot - done)
+            self._write_rows(self._written, start + self._slot - self._written)
         self._written = start + self._slot
         map_shared(self._address + start, self._slot, self._fd, start, populate=False)
         self._ring[ring_offset : ring_offset + self._slot] = 0
@@ -258,8 +261,7 @@ class _RowFile:
             chunk = min(_IO_CHUNK, self.hot_start + self._slot - self._written)
             if self._written + chunk > published:
                 return False
-            self._write(self._ring_offset(self._written) + self._written % self._slot,
-                        self._written, chunk)  # fmt: skip
+            self._write_rows(self._written, chunk)
             self._written += chunk
             return True
 
@@ -274,7 +276,7 @@ class _RowFile:
             offset = self._written  # rows below it are on file already
             while offset < end:  # slot by slot: a ring
                 length = min(self._slot - offset % self._slot, end - offset)
-                self._write(self._ring_offset(offset) + offset % self._slot, offset, length)
+                self._write_rows(offset, length)
                 offset += length
             os.fdatasync(self._fd)
 

@@ -521,7 +521,7 @@ class Ledger:
                 return
 
     def _write_back_rows(self) -> None:
-        """Move full slots of rows from memory to their files as groups fill them (see
+        """Move final rows from memory to their files a chunk at a time as groups publish them (see
         ``Engine.write_back_rows``); snapshots still sync them before they count. Normal
         I/O priority: when this thread lags, the writer does the same work itself."""
         while True:
