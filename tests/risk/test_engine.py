@@ -118,6 +118,31 @@ def test_a_restarted_engine_rebuilds_its_features_from_snapshot_and_log(tmp_path
     _close(restarted)
 
 
+def test_trusted_devices_survive_a_restart(tmp_path: Path) -> None:
+    """Devices trusted before the snapshot (a step-up, an accepted event) and after it (an
+    accepted event in the log) are trusted again after a restart; a rejected one is not."""
+    import json
+
+    clock = ManualClock(T0)
+    engine = _engine(tmp_path, clock)
+    engine.trust_device(7, "phone")
+    engine([_event(0, 1_000, device="tablet")])
+    engine.snapshot(tmp_path / "state")
+    saved = json.loads((tmp_path / "state" / "features.json").read_text())
+    assert saved["trusted"] == {"7": ["phone", "tablet"]}
+    engine([_event(1, 1_000, device="laptop"), _event(2, 1_000, device="evil")])
+    _close(engine)
+    restarted = _engine(tmp_path / "other", clock)
+    _close(restarted)
+    restarted.log = DecisionLog(tmp_path / "log")
+    restarted.recover(tmp_path / "state")
+    untrusted = restarted._untrusted(
+        [7, 7, 7, 7, 8], ["phone", "tablet", "laptop", "evil", "phone"]
+    )
+    assert untrusted.tolist() == [False, False, False, True, True]
+    _close(restarted)
+
+
 def test_the_default_ruleset_compiles_against_the_engine_schema() -> None:
     ruleset = load_ruleset(DEFAULT_RULES, engine_schema())
     assert len(ruleset.evaluated_rules) >= 15

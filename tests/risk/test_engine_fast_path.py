@@ -210,3 +210,94 @@ def test_a_simulated_day_logs_the_same_records(day: _Day) -> None:
     assert sorted(p.name for p in day.log_now.glob("schema-*.json")) == sorted(
         p.name for p in day.log_before.glob("schema-*.json")
     )
+
+
+def _large_batch(rng: np.random.Generator, n: int, start_ns: int) -> list[RiskEvent]:
+    """Events of 300 customers, some on new devices, big sums and a blocked one among them:
+    enough that rules, shadow rules and the model each flag events in every chunk."""
+    from puhui.risk import EventKind
+
+    kinds = (EventKind.PAYMENT, EventKind.P2P, EventKind.TOP_UP, EventKind.LOGIN)
+    out = []
+    for i in range(n):
+        customer = int(rng.integers(1, 300))
+        kind = kinds[int(rng.integers(0, len(kinds)))]
+        moves = kind != EventKind.LOGIN
+        counterparty = {
+            EventKind.PAYMENT: f"m:{int(rng.integers(0, 40))}",
+            EventKind.P2P: f"c:{int(rng.integers(1, 400))}",
+            EventKind.TOP_UP: f"card:{customer}",
+        }.get(kind, "")
+        out.append(
+            RiskEvent(
+                kind=kind,
+                customer_id=customer,
+                at_ns=start_ns + i * 2 * 10**9,
+                amount=int(rng.lognormal(8.5, 1.6)) if moves else 0,
+                currency="CNY",
+                counterparty=counterparty,
+                device_id=f"d{customer}" if rng.random() > 0.05 else f"x{int(rng.integers(1e6))}",
+                ip=f"10.0.{customer % 250}.1",
+                latitude=31.2,
+                longitude=121.4,
+                tz_offset_s=8 * 3600,
+                kyc_level=int(rng.integers(0, 3)),
+                account_created_ns=start_ns - int(rng.integers(0, 400)) * 86_400 * 10**9,
+            )
+        )
+    return out
+
+
+def test_large_batches_judged_chunk_by_chunk_decide_as_one_pass(tmp_path: Path) -> None:
+    """A batch of several feature chunks is scored, judged by the rules and explained chunk by
+    chunk while the next chunk's features are computed: the decisions, scores, reasons and
+    log records are those of the engine that judged the whole batch at once."""
+    from puhui.risk._features import PIPELINE_CHUNK_EVENTS, PIPELINE_EVENTS_MIN
+
+    text = DEFAULT_RULES.read_text() + EXTRA_RULES
+    model, shadow = _model(1), _model(2)
+
+    def lists() -> RiskLists:
+        found = RiskLists(SystemClock())
+        found.add("blocked_customers", "c:3", reason="test: a known mule")
+        return found
+
+    engine = RiskEngine(
+        parse_ruleset(text, engine_schema()),
+        lists=lists(),
+        model=model,
+        shadow_model=shadow,
+        log=DecisionLog(tmp_path / "now"),
+    )
+    reference = EngineBefore(
+        parse_ruleset(text, engine_schema()),
+        lists=lists(),
+        model=model,
+        shadow_model=shadow,
+        log=DecisionLog(tmp_path / "before"),
+    )
+    rng = np.random.default_rng(5)
+    n = 2 * PIPELINE_EVENTS_MIN + PIPELINE_CHUNK_EVENTS // 3  # a short last chunk
+    t0 = 1_767_000_000 * 10**9
+    first, second = _large_batch(rng, n, t0), _large_batch(rng, n, t0 + n * 2 * 10**9)
+    got = engine(first)
+    columns: dict[str, Any] = dict(event_columns(second))
+    got += engine.decide_columns(columns).decisions()
+    want = reference(first) + reference(second)
+    assert got == want
+    decisions = {str(d.decision) for d in got}
+    assert {"accept", "challenge", "review", "reject"} <= decisions
+    # Every chunk had flagged events with the model's reasons.
+    explained = [i for i, d in enumerate(got) if any(r.startswith("model:") for r in d.reasons)]
+    assert {i % n // PIPELINE_CHUNK_EVENTS for i in explained} == set(
+        range(-(-n // PIPELINE_CHUNK_EVENTS))
+    )
+    assert engine.log is not None and reference.log is not None
+    engine.log.close()
+    reference.log.close()
+    now, before = _records(tmp_path / "now"), _records(tmp_path / "before")
+    assert len(now) == len(before) == 2
+    for mine, theirs in zip(now, before, strict=True):
+        assert logged_reasons(mine) == logged_reasons(theirs)
+        np.testing.assert_array_equal(mine.columns["features"], theirs.columns["features"])
+        np.testing.assert_array_equal(mine.columns["score"], theirs.columns["score"])

@@ -40,7 +40,7 @@ class _FakeModel:
         self.feature_names: tuple[str, ...] = ("event.amount",)
         self._flags = flags
 
-    def score(self, features: Mapping[str, Any]) -> np.ndarray[Any, Any]:
+    def score(self, features: Mapping[str, Any], *, parallel: bool = True) -> np.ndarray[Any, Any]:
         amounts = np.asarray(features["event.amount"])
         return np.where([self._flags(int(a)) for a in amounts], 950, 0)
 

@@ -271,6 +271,43 @@ class DecidedBatch:
         return out
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class _Judged:
+    """What the model and the rules made of a chunk of a batch (``RiskEngine._judge``)."""
+
+    model_score: npt.NDArray[np.int64]
+    shadow_score: npt.NDArray[np.float64]
+    severity: npt.NDArray[Any]
+    rule_scores: npt.NDArray[np.int64]
+    hit: npt.NDArray[np.bool_]
+    """Per event: some rule (active or shadow) hit it."""
+    ranked: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.bool_]]
+    """``RuleResults.ranked_hits``, with event numbers of the whole batch."""
+    explained: dict[int, list[tuple[str, float]]]
+    """The model's top features of each flagged event (by event number of the whole batch)."""
+
+    @staticmethod
+    def join(parts: Sequence[_Judged]) -> _Judged:
+        if len(parts) == 1:
+            return parts[0]
+        explained: dict[int, list[tuple[str, float]]] = {}
+        for part in parts:
+            explained.update(part.explained)
+        return _Judged(
+            np.concatenate([p.model_score for p in parts]),
+            np.concatenate([p.shadow_score for p in parts]),
+            np.concatenate([p.severity for p in parts]),
+            np.concatenate([p.rule_scores for p in parts]),
+            np.concatenate([p.hit for p in parts]),
+            (
+                np.concatenate([p.ranked[0] for p in parts]),
+                np.concatenate([p.ranked[1] for p in parts]),
+                np.concatenate([p.ranked[2] for p in parts]),
+            ),
+            explained,
+        )
+
+
 class RiskEngine:
     """Features → model → rules → decisions, logged. Call it like ``puhui.risk.decide``."""
 
@@ -293,8 +330,10 @@ class RiskEngine:
         self.log = log
         self.explain_top = explain_top
         self._lock = threading.Lock()
-        self._trusted: dict[int, set[str]] = {}
-        """Devices each customer used in an accepted event (or confirmed by step-up)."""
+        self._trusted: set[tuple[int, str]] = set()
+        """(customer, device) of each device a customer used in an accepted event (or
+        confirmed by step-up). One set of pairs, not a set per customer: tuples of an int and
+        a str leave the garbage collector's care, a million small sets would not."""
         self._schema_names: tuple[str, ...] = ()
         self._schema_hash = ""
 
@@ -325,7 +364,9 @@ class RiskEngine:
     ) -> DecidedBatch:
         customers: list[int] = columns["customer_id"].tolist()
         devices = strings["device"]
-        # What needs no feature is worked out while the feature store's last pass runs.
+        n = len(customers)
+        ruleset = self.ruleset()  # one ruleset for the whole batch, even across a reload
+        # What needs no feature is worked out while the feature store's first pass runs.
         from_events: dict[str, npt.NDArray[Any]] = {}
 
         def meanwhile() -> None:
@@ -335,43 +376,35 @@ class RiskEngine:
             # the attacker's phone familiar. Trust is as of the start of the batch.
             from_events["device.new_for_customer"] = self._untrusted(customers, devices)
 
-        computed = self._features_of(columns, strings, meanwhile)
+        # Each chunk of events is scored, judged by the rules and explained as soon as its
+        # features are ready, while the store's pass over the next chunk runs on the other
+        # core (every step is per event: chunked, the results are those of the whole batch).
+        parts: list[_Judged] = []
+
+        def judge(low: int, high: int, computed: dict[str, npt.NDArray[Any]]) -> None:
+            parts.append(self._judge(ruleset, low, high, computed, from_events, parallel=n == high))
+
+        computed = self._features_of(columns, strings, meanwhile, judge)
         feats: dict[str, npt.NDArray[Any]] = dict(computed)
         feats.update(from_events)
         untrusted = from_events["device.new_for_customer"]
-        n = len(customers)
-        model_score = np.zeros(n, dtype=np.int64)
-        if self.model is not None:
-            model_score = self.model.score(feats).astype(np.int64)
-        feats["model.score"] = model_score.astype(np.float64)
-        shadow = (
-            self.shadow_model.score(feats).astype(np.float64)
-            if self.shadow_model is not None
-            else np.zeros(n, dtype=np.float64)
-        )
-        feats["model.shadow_score"] = shadow
-        ruleset = self.ruleset()
-        results = ruleset.evaluate(feats, lists=self.lists)
-        severity = np.asarray(results.severity)
-        scores = np.maximum(np.asarray(results.scores, dtype=np.int64), model_score)
-        flagged = np.flatnonzero(severity > 0)
-        explained: dict[int, list[tuple[str, float]]] = {}
-        if self.model is not None and len(flagged) and self.explain_top:
-            rows = {k: v[flagged] for k, v in feats.items() if k in self.model.feature_names}
-            top = self.model.explain(rows, self.explain_top)
-            for row, contributions in zip(flagged.tolist(), top, strict=True):
-                explained[row] = contributions
+        joined = _Judged.join(parts)
+        feats["model.score"] = joined.model_score.astype(np.float64)
+        feats["model.shadow_score"] = shadow = joined.shadow_score
+        severity = joined.severity
+        scores = np.maximum(joined.rule_scores, joined.model_score)
+        explained = joined.explained
+        hit = joined.hit
+        ranked_events, hit_rules, hit_shadow = joined.ranked
         # Reasons only for the events a rule hit (the others have none): most are accepted
         # untouched, and one event's reasons cost more than deciding it. The hits shown are
         # picked for the whole batch at once (``RuleResults.outcome`` per event, ranked).
-        hit = np.diff(results.hit_offsets) > 0
         reasons: list[tuple[str, ...]] = [()] * n
         rule_texts: dict[int, list[str]] = {}
         shadow_texts: dict[int, list[str]] = {}
         rules = ruleset.evaluated_rules
-        events, hit_rules, hit_shadow = results.ranked_hits(REASONS_MAX)
         for i, r, is_shadow in zip(
-            events.tolist(), hit_rules.tolist(), hit_shadow.tolist(), strict=True
+            ranked_events.tolist(), hit_rules.tolist(), hit_shadow.tolist(), strict=True
         ):
             rule = rules[r]
             if is_shadow:
@@ -388,7 +421,7 @@ class RiskEngine:
             severity.astype(np.int8),
             scores,
             reasons,
-            results.ruleset_version,
+            ruleset.version,
             self.model_version,
         )
         # Only the accepted events from devices not yet trusted teach anything (adding a
@@ -401,14 +434,65 @@ class RiskEngine:
             self._append(columns, feats, decided, shadow)
         return decided
 
+    def _judge(
+        self,
+        ruleset: Ruleset,
+        low: int,
+        high: int,
+        computed: Mapping[str, npt.NDArray[Any]],
+        from_events: Mapping[str, npt.NDArray[Any]],
+        *,
+        parallel: bool,
+    ) -> _Judged:
+        """Model, shadow model, rules and the model's explanations for events ``low:high``
+        (``parallel``: the trees may take both cores — not while a feature pass runs)."""
+        feats: dict[str, npt.NDArray[Any]] = dict(computed)
+        for name, column in from_events.items():
+            feats[name] = column[low:high]
+        rows = high - low
+        model_score = np.zeros(rows, dtype=np.int64)
+        if self.model is not None:
+            model_score = self.model.score(feats, parallel=parallel).astype(np.int64)
+        feats["model.score"] = model_score.astype(np.float64)
+        shadow = (
+            self.shadow_model.score(feats, parallel=parallel).astype(np.float64)
+            if self.shadow_model is not None
+            else np.zeros(rows, dtype=np.float64)
+        )
+        feats["model.shadow_score"] = shadow
+        results = ruleset.evaluate(feats, lists=self.lists)
+        severity = np.asarray(results.severity)
+        flagged = np.flatnonzero(severity > 0)
+        explained: dict[int, list[tuple[str, float]]] = {}
+        if self.model is not None and len(flagged) and self.explain_top:
+            names = self.model.feature_names
+            top = self.model.explain(
+                {k: v[flagged] for k, v in feats.items() if k in names},
+                self.explain_top,
+                parallel=parallel,
+            )
+            for row, contributions in zip((flagged + low).tolist(), top, strict=True):
+                explained[row] = contributions
+        events, hit_rules, hit_shadow = results.ranked_hits(REASONS_MAX)
+        return _Judged(
+            model_score,
+            shadow,
+            severity,
+            np.asarray(results.scores, dtype=np.int64),
+            np.diff(results.hit_offsets) > 0,
+            (events + low, hit_rules, hit_shadow),
+            explained,
+        )
+
     def _features_of(
         self,
         columns: Mapping[str, npt.NDArray[Any]],
         strings: Mapping[str, list[str]] | None,
         meanwhile: Callable[[], object] | None = None,
+        on_chunk: Callable[[int, int, dict[str, npt.NDArray[Any]]], object] | None = None,
     ) -> dict[str, Any]:
-        """The feature store's pass over events given as the log's columns (``meanwhile``:
-        see ``FeatureStore.compute_columns``)."""
+        """The feature store's pass over events given as the log's columns (``meanwhile``,
+        ``on_chunk``: see ``FeatureStore.compute_columns``)."""
 
         def text(name: str) -> list[str]:
             return strings[name] if strings is not None else columns[name].tolist()
@@ -428,36 +512,29 @@ class RiskEngine:
             kyc_level=columns["kyc_level"],
             account_created_ns=columns["account_created_ns"],
             meanwhile=meanwhile,
+            on_chunk=on_chunk,
         )
 
     # --- trusted devices --------------------------------------------------------------------
 
     def _untrusted(self, customers: list[int], devices: list[str]) -> npt.NDArray[np.bool_]:
-        get = self._trusted.get
-        empty: set[str] = set()
+        trusted = self._trusted
         return np.array(
-            [
-                device not in get(customer, empty)
-                for customer, device in zip(customers, devices, strict=True)
-            ],
+            [pair not in trusted for pair in zip(customers, devices, strict=True)],
             dtype=np.bool_,
         ).reshape(len(devices))
 
     def _learn_trust(self, customers: list[int], devices: list[str], severity: list[int]) -> None:
-        trusted = self._trusted
+        add = self._trusted.add
         for customer, device, level in zip(customers, devices, severity, strict=True):
             if level == 0 and device:
-                found = trusted.get(customer)
-                if found is None:
-                    trusted[customer] = {device}
-                else:
-                    found.add(device)
+                add((customer, device))
 
     def trust_device(self, customer_id: int, device_id: str) -> None:
         """The customer proved this device is theirs (passed a step-up on it)."""
         if device_id:
             with self._lock:
-                self._trusted.setdefault(customer_id, set()).add(device_id)
+                self._trusted.add((customer_id, device_id))
 
     # --- the decision log ------------------------------------------------------------------
 
@@ -521,7 +598,10 @@ class RiskEngine:
             self.features.snapshot(directory / SNAPSHOT_NAME)
             meta = directory / SNAPSHOT_META
             tmp = meta.with_name(meta.name + ".tmp")
-            trusted = {str(c): sorted(d) for c, d in self._trusted.items()}
+            by_customer: dict[int, list[str]] = {}
+            for customer, device in self._trusted:
+                by_customer.setdefault(customer, []).append(device)
+            trusted = {str(c): sorted(d) for c, d in sorted(by_customer.items())}
             tmp.write_text(json.dumps({"log_next_id": next_id, "trusted": trusted}))
             tmp.replace(meta)
 
@@ -535,7 +615,9 @@ class RiskEngine:
                 self.features = FeatureStore.restore(directory / SNAPSHOT_NAME)
                 saved = json.loads(meta.read_text())
                 since = int(saved["log_next_id"])
-                self._trusted = {int(c): set(d) for c, d in saved.get("trusted", {}).items()}
+                self._trusted = {
+                    (int(c), device) for c, d in saved.get("trusted", {}).items() for device in d
+                }
             if self.log is None:
                 return 0
             replayed = 0

@@ -488,6 +488,7 @@ class FeatureStore:
         kyc_level: Iterable[int] | IntArray | None = None,
         account_created_ns: Iterable[int] | IntArray | None = None,
         meanwhile: Callable[[], object] | None = None,
+        on_chunk: Callable[[int, int, dict[str, np.ndarray[Any, Any]]], object] | None = None,
     ) -> dict[str, np.ndarray[Any, Any]]:
         """``compute(batch_from_columns(...))``: the same features and the same state after.
 
@@ -495,8 +496,13 @@ class FeatureStore:
         thread (the compiled pass releases the GIL) while the caller's thread interns the keys
         of the next: interning (Python dictionaries) and the pass overlap on two cores. The
         whole batch is checked before anything changes, as ``batch_from_columns`` does.
-        ``meanwhile`` (work of the caller's that needs no feature) is called while the last
-        chunk's pass runs, or after the pass for a small batch; it must not touch the store."""
+
+        The caller's own work can overlap the passes too (neither callback may touch the
+        store; both run on the caller's thread): ``meanwhile`` (work that needs no feature)
+        is called while the first chunk's pass runs, or after the pass for a small batch;
+        ``on_chunk(low, high, features)`` is called with each chunk's features (events
+        ``low:high``, in order) as soon as its pass has finished, while the next chunk's
+        runs — for a small batch once, with the whole batch."""
         checked = self._checked_columns(
             kind=kind,
             customer_id=customer_id,
@@ -517,6 +523,8 @@ class FeatureStore:
             features = self.compute(self._interned(checked, 0, n))
             if meanwhile is not None:
                 meanwhile()
+            if on_chunk is not None:
+                on_chunk(0, n, features)
             return features
         outputs: list[tuple[IntArray, FloatArray, np.ndarray[Any, Any]]] = []
         failed: list[BaseException] = []
@@ -527,6 +535,11 @@ class FeatureStore:
                 self._run(batch, *output)
             except BaseException as error:  # re-raised by the caller's thread
                 failed.append(error)
+
+        def finished(chunk: int) -> None:
+            if on_chunk is not None:
+                low = chunk * PIPELINE_CHUNK_EVENTS
+                on_chunk(low, low + outputs[chunk][0].shape[1], _named(*outputs[chunk]))
 
         try:
             for low in range(0, n, PIPELINE_CHUNK_EVENTS):
@@ -542,8 +555,17 @@ class FeatureStore:
                 outputs.append(output)
                 helper = threading.Thread(target=run, args=(batch, output), daemon=True)
                 helper.start()
-            if meanwhile is not None:
-                meanwhile()
+                if meanwhile is not None:
+                    meanwhile()
+                    meanwhile = None
+                if len(outputs) > 1:
+                    finished(len(outputs) - 2)  # while this chunk's pass runs
+            if helper is not None:
+                helper.join()
+                helper = None
+            if failed:
+                raise failed[0]
+            finished(len(outputs) - 1)
         finally:
             if helper is not None:
                 helper.join()

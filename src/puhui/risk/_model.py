@@ -115,11 +115,11 @@ def _flatten(dump: Mapping[str, Any]) -> _Forest:
     )
 
 
-def _by_rows(kernel: Any, x: Any, out: Any, *arrays: Any) -> None:
+def _by_rows(kernel: Any, x: Any, out: Any, *arrays: Any, parallel: bool = True) -> None:
     """``kernel(x, *arrays, out)`` over all rows, split in two halves on two threads when the
-    batch is large (rows are independent: the outputs are the same)."""
+    batch is large and ``parallel`` (rows are independent: the outputs are the same)."""
     rows = x.shape[0]
-    if rows < PARALLEL_ROWS_MIN:
+    if rows < PARALLEL_ROWS_MIN or not parallel:
         kernel(x, *arrays, out)
         return
     half = rows // 2
@@ -284,28 +284,34 @@ class RiskModel:
             np.column_stack([np.asarray(column, dtype=np.float64) for column in columns])
         )
 
-    def raw(self, features: Mapping[str, npt.ArrayLike]) -> npt.NDArray[np.float64]:
-        """Log-odds per row (the sum of the trees' leaves)."""
+    def raw(
+        self, features: Mapping[str, npt.ArrayLike], *, parallel: bool = True
+    ) -> npt.NDArray[np.float64]:
+        """Log-odds per row (the sum of the trees' leaves; ``parallel``: a large batch's trees
+        are walked on two threads)."""
         x = self.matrix(features)
         out = np.empty(x.shape[0], dtype=np.float64)
         f = self._forest
         _by_rows(
             _raw_scores, x, out, f.feature, f.threshold, f.left, f.right, f.missing,
-            f.default_left, f.leaf_value, f.roots,
+            f.default_left, f.leaf_value, f.roots, parallel=parallel,
         )  # fmt: skip
         return out
 
-    def score(self, features: Mapping[str, npt.ArrayLike]) -> npt.NDArray[np.int32]:
-        """Scores 0-1000 per row."""
-        raw = self.raw(features)
+    def score(
+        self, features: Mapping[str, npt.ArrayLike], *, parallel: bool = True
+    ) -> npt.NDArray[np.int32]:
+        """Scores 0-1000 per row (``parallel``: as for ``raw``)."""
+        raw = self.raw(features, parallel=parallel)
         probability = 1.0 / (1.0 + np.exp(-raw))
         return np.rint(probability * SCORE_MAX).astype(np.int32)
 
     def explain(
-        self, features: Mapping[str, npt.ArrayLike], top: int = 3
+        self, features: Mapping[str, npt.ArrayLike], top: int = 3, *, parallel: bool = True
     ) -> list[list[tuple[str, float]]]:
         """The ``top`` features that pushed each row's score up most (log-odds each added,
-        by Saabas' decomposition of the trees' paths: as fast as scoring)."""
+        by Saabas' decomposition of the trees' paths: as fast as scoring; ``parallel``: as for
+        ``raw``)."""
         x = self.matrix(features)
         if x.shape[0] == 0:
             return []
@@ -313,7 +319,7 @@ class RiskModel:
         contrib = np.zeros((x.shape[0], len(self.feature_names)), dtype=np.float64)
         _by_rows(
             _contributions, x, contrib, f.feature, f.threshold, f.left, f.right, f.missing,
-            f.default_left, f.leaf_value, f.roots, f.node_value,
+            f.default_left, f.leaf_value, f.roots, f.node_value, parallel=parallel,
         )  # fmt: skip
         k = min(top, contrib.shape[1])
         order = np.argsort(-contrib, axis=1)[:, :k]
