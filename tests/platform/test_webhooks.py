@@ -608,6 +608,64 @@ def test_loopback_only_with_the_development_allowance(engine: sa.Engine) -> None
     assert len(w.endpoints(tenant.id)) == 3
 
 
+def test_delivery_refuses_a_connection_that_reaches_a_forbidden_address(
+    engine: sa.Engine, clock: ManualClock
+) -> None:
+    """DNS rebinding between the check and the connect: the name checks public (the test's
+    resolver), but the HTTP client resolves it again to connect and lands on loopback. The
+    connection's real peer is checked before a byte of the request is sent."""
+    import socket
+    import threading
+
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    listener.settimeout(10)
+    port = listener.getsockname()[1]
+    received: list[bytes] = []
+    accepted: list[bool] = []
+
+    def serve() -> None:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        accepted.append(True)
+        with conn:
+            conn.settimeout(2)
+            try:
+                while chunk := conn.recv(65536):
+                    received.append(chunk)
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    tenant = Tenants(engine, clock=clock).create("Bank N", "bank")
+    w = Webhooks(
+        engine,
+        clock=clock,
+        options=WebhookOptions(retry=SCHEDULE, resolve=lambda host: [PUBLIC_ADDRESS]),
+    )
+    w.create_endpoint(tenant.id, f"https://localhost:{port}/hook", ["*"])
+    with engine.begin() as conn:
+        event_id = w.record(conn, tenant.id, EventType.PAYMENT_SUCCEEDED, {"amount": "1"})
+
+    async def one_round() -> int:
+        async with DeliveryWorker(w, unit_random=lambda: ALMOST_ONE) as worker:  # real network
+            return await worker.run_once()
+
+    try:
+        assert asyncio.run(one_round()) == 1
+        thread.join(5)
+    finally:
+        listener.close()
+    assert accepted == [True]  # the client did connect to loopback...
+    assert b"".join(received) == b""  # ...and sent nothing: no TLS hello, no request
+    [delivery] = w.deliveries(tenant.id, event_id)
+    assert (delivery.state, delivery.last_error) == ("pending", "webhook_url_forbidden")
+
+
 def test_delivery_checks_the_address_again_and_never_follows_redirects(
     engine: sa.Engine, clock: ManualClock
 ) -> None:

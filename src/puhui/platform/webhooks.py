@@ -63,6 +63,7 @@ from .model import (
     RetrySchedule,
     check_destination,
     check_webhook_url,
+    forbidden_address_reason,
     parse_event_types,
     signature_header,
     url_host,
@@ -724,6 +725,11 @@ class Webhooks:
         checkout.on_change("webhooks", checkout_hook(self, tenant_of))
 
 
+class _RefusedPeerError(Exception):
+    """The connection reached an address webhooks must not go to (raised inside the HTTP
+    client's connect, before the request is sent)."""
+
+
 class DeliveryWorker:
     """Sends due deliveries: ``async with DeliveryWorker(webhooks) as worker`` then
     ``await worker.run(stop)`` (or ``run_once()`` per round, as tests do)."""
@@ -801,9 +807,36 @@ class DeliveryWorker:
             await asyncio.to_thread(self.webhooks.check_destination, claim.url)
         except PuhuiError as refused:
             return AttemptResult(claim, None, refused.code)
+        refused_peer: list[str] = []
+
+        async def check_peer(event: str, info: dict[str, Any]) -> None:
+            # The connection's real peer, before a byte of the request is sent: the name was
+            # checked above, but it is resolved again to connect, and a hostile DNS server
+            # may answer a private address the second time (DNS rebinding).
+            if event != "connection.connect_tcp.complete":
+                return
+            stream = info.get("return_value")
+            peer = stream.get_extra_info("server_addr") if stream is not None else None
+            reason = (
+                "no_peer_address"
+                if not peer
+                else forbidden_address_reason(
+                    str(peer[0]), loopback_allowed=self.webhooks.options.loopback_allowed
+                )
+            )
+            if reason is not None:
+                refused_peer.append(reason)
+                if stream is not None:
+                    await stream.aclose()
+                raise _RefusedPeerError(reason)
+
         try:
             async with self._client.stream(
-                "POST", claim.url, content=claim.body, headers=headers
+                "POST",
+                claim.url,
+                content=claim.body,
+                headers=headers,
+                extensions={"trace": check_peer},
             ) as response:
                 read = 0
                 async for chunk in response.aiter_bytes():
@@ -811,7 +844,9 @@ class DeliveryWorker:
                     if read >= self.webhooks.options.response_bytes_max:
                         break
                 status = response.status_code
-        except httpx2.HTTPError as exc:
+        except (httpx2.HTTPError, _RefusedPeerError) as exc:
+            if refused_peer:  # however the client wrapped it
+                return AttemptResult(claim, None, "webhook_url_forbidden")
             return AttemptResult(claim, None, type(exc).__name__)
         error = None if 200 <= status < 300 else f"HTTP {status}"
         return AttemptResult(claim, status, error)
