@@ -4,6 +4,12 @@ All compiled code of the feature store lives in this one module on purpose: numb
 cache is invalidated by changes to a function's own source file only, so a caller in another
 module would keep a stale copy of an edited kernel it inlines.
 
+The state of a realistic population (tens of thousands of customers, devices, IPs and
+counterparties) is hundreds of MB, far beyond the caches: most of an event's time went to
+waiting for its entities' rows. ``compute`` therefore asks for the rows of the event
+``FETCH_AHEAD`` places ahead (``_prefetch``, a hint that changes no result) while it works
+on the one at hand (kernel alone, 20,000 customers: ~1.2-1.4 µs per event against ~1.6-1.8).
+
 State is columnar and indexed by dense entity ids (see ``_features.FeatureStore``):
 
 * velocity, per entity kind (customer, device, merchant, counterparty, IP):
@@ -38,7 +44,10 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 
 def _jit(*, inline: Literal["never", "always"] = "never") -> Callable[[Callable[..., Any]], Any]:
@@ -55,6 +64,43 @@ def _jit(*, inline: Literal["never", "always"] = "never") -> Callable[[Callable[
     }
     decorator: Callable[[Callable[..., Any]], Any] = njit(**options)
     return decorator
+
+
+@intrinsic
+def _prefetch(typingctx: Any, array: Any, row: Any, column: Any) -> Any:
+    """Ask the CPU to bring ``array[row, column]``'s cache line in (a hint: no fault, no
+    effect on results). The state rows of an event a few places ahead are fetched while the
+    event at hand is worked on: the state is far larger than the caches, and the kernel's
+    time went to waiting for it."""
+    if not isinstance(array, types.Array) or array.ndim != 2:
+        return None
+    signature = types.void(array, row, column)
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        kind = sig.args[0]
+        ary = context.make_array(kind)(context, builder, args[0])
+        index = [context.cast(builder, args[k], sig.args[k], types.intp) for k in (1, 2)]
+        pointer = cgutils.get_item_pointer2(
+            context,
+            builder,
+            data=ary.data,
+            shape=cgutils.unpack_tuple(builder, ary.shape),
+            strides=cgutils.unpack_tuple(builder, ary.strides),
+            layout=kind.layout,
+            inds=index,
+            wraparound=False,
+            boundscheck=False,
+        )
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        hint = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0"
+        )
+        # read, keep in all cache levels, data cache
+        builder.call(hint, [builder.bitcast(pointer, i8p), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return signature, codegen
 
 
 NS = 1_000_000_000
@@ -79,6 +125,7 @@ RING_OFFSET = np.array([0, 12, 32, 56, 63], np.int64)
 RINGS = 5
 SLOTS = 93
 META = 4 * RINGS  # per ring: head bucket, total count, total sum, reset bucket
+FETCH_AHEAD = 4  # events between the one worked on and the one whose state is fetched
 
 # --- distinct-counterparty rings of a customer: 24 h (1 h buckets), 30 d (1 d buckets) -------
 DISTINCT_BUCKET_NS = np.array([3600 * NS, 86400 * NS], np.int64)
@@ -178,6 +225,18 @@ _SHIFT = np.uint64(33)
 
 
 # --- rings --------------------------------------------------------------------------------------
+
+
+@_jit(inline="always")
+def _fetch_entity(vel, meta, e, slots):
+    if e >= 0:
+        _prefetch(meta, e, 0)
+        _prefetch(meta, e, META - 1)
+        _prefetch(vel, e, 2 * slots[0])
+        _prefetch(vel, e, 2 * (12 + slots[1]))
+        _prefetch(vel, e, 2 * (32 + slots[2]))
+        _prefetch(vel, e, 2 * (56 + slots[3]))
+        _prefetch(vel, e, 2 * (63 + slots[4]))
 
 
 @_jit(inline="always")
@@ -394,6 +453,17 @@ def compute(
     for the event at hand, computed once per event (64-bit divisions are slow)."""
     watermark = counters[K_WATERMARK]
     for i in range(kinds.size):
+        ahead = i + FETCH_AHEAD
+        if ahead < kinds.size:  # slots of this event's time: the events ahead are close to it
+            c_ahead = customers[ahead]
+            _fetch_entity(c_vel, c_meta, c_ahead, slots)
+            _fetch_entity(d_vel, d_meta, devices[ahead], slots)
+            _fetch_entity(m_vel, m_meta, merchants[ahead], slots)
+            _fetch_entity(p_vel, p_meta, counterparties[ahead], slots)
+            _fetch_entity(i_vel, i_meta, ips[ahead], slots)
+            _prefetch(c_int, c_ahead, 0)
+            _prefetch(c_int, c_ahead, C_INT - 1)
+            _prefetch(c_float, c_ahead, 0)
         at = at_ns[i]
         t = at
         late = 0
