@@ -84,6 +84,12 @@ def _model(seed: int) -> RiskModel:
     return train(features, (risk >= 1.5).astype(np.int8), seed=seed, rounds=30, leaves=7)
 
 
+def _lists() -> RiskLists:
+    found = RiskLists(SystemClock())
+    found.add("blocked_customers", "c:3", reason="test: a known mule")
+    return found
+
+
 @dataclass
 class _Recorder:
     """A ``decide`` that records every call (and every step-up's trusted device) in order."""
@@ -123,11 +129,7 @@ def day(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Day]:
     base = tmp_path_factory.mktemp("fast-path")
     text = DEFAULT_RULES.read_text() + EXTRA_RULES
     model, shadow = _model(1), _model(2)
-
-    def lists() -> RiskLists:
-        found = RiskLists(SystemClock())
-        found.add("blocked_customers", "c:3", reason="test: a known mule")
-        return found
+    lists = _lists
 
     log_now = DecisionLog(base / "now")
     engine = RiskEngine(
@@ -256,11 +258,7 @@ def test_large_batches_judged_chunk_by_chunk_decide_as_one_pass(tmp_path: Path) 
 
     text = DEFAULT_RULES.read_text() + EXTRA_RULES
     model, shadow = _model(1), _model(2)
-
-    def lists() -> RiskLists:
-        found = RiskLists(SystemClock())
-        found.add("blocked_customers", "c:3", reason="test: a known mule")
-        return found
+    lists = _lists
 
     engine = RiskEngine(
         parse_ruleset(text, engine_schema()),
