@@ -16,9 +16,9 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import threading
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -29,6 +29,7 @@ from puhui.errors import InvalidInputError, PuhuiError
 
 from . import _feature_kernel as K
 from ._decide import EventKind, RiskEvent
+from ._workers import worker
 
 IntArray = np.ndarray[Any, np.dtype[np.int64]]
 FloatArray = np.ndarray[Any, np.dtype[np.float64]]
@@ -527,14 +528,7 @@ class FeatureStore:
                 on_chunk(0, n, features)
             return features
         outputs: list[tuple[IntArray, FloatArray, np.ndarray[Any, Any]]] = []
-        failed: list[BaseException] = []
-        helper: threading.Thread | None = None
-
-        def run(batch: EventBatch, output: tuple[Any, Any, Any]) -> None:
-            try:
-                self._run(batch, *output)
-            except BaseException as error:  # re-raised by the caller's thread
-                failed.append(error)
+        running: Future[None] | None = None
 
         def finished(chunk: int) -> None:
             if on_chunk is not None:
@@ -545,32 +539,25 @@ class FeatureStore:
             for low in range(0, n, PIPELINE_CHUNK_EVENTS):
                 high = min(n, low + PIPELINE_CHUNK_EVENTS)
                 batch = self._interned(checked, low, high)  # while the chunk before runs
-                if helper is not None:
-                    helper.join()
-                    helper = None
-                if failed:
-                    raise failed[0]
+                if running is not None:
+                    done, running = running, None
+                    done.result()  # its error, if any, is raised here
                 self._prepare(batch)  # writes state arrays: only between two passes
                 output = _outputs(high - low)
                 outputs.append(output)
-                helper = threading.Thread(target=run, args=(batch, output), daemon=True)
-                helper.start()
+                running = worker("risk-features").submit(self._run, batch, *output)
                 if meanwhile is not None:
                     meanwhile()
                     meanwhile = None
                 if len(outputs) > 1:
                     finished(len(outputs) - 2)  # while this chunk's pass runs
-            if helper is not None:
-                helper.join()
-                helper = None
-            if failed:
-                raise failed[0]
+            if running is not None:
+                done, running = running, None
+                done.result()
             finished(len(outputs) - 1)
         finally:
-            if helper is not None:
-                helper.join()
-        if failed:
-            raise failed[0]
+            if running is not None:  # an error on this thread: the pass must end first
+                wait([running])
         return _named(
             np.concatenate([o[0] for o in outputs], axis=1),
             np.concatenate([o[1] for o in outputs], axis=1),

@@ -15,8 +15,8 @@ import hashlib
 import json
 import math
 import os
-import threading
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -25,6 +25,8 @@ import numpy as np
 import numpy.typing as npt
 
 from puhui.errors import InvalidInputError, PuhuiError
+
+from ._workers import worker
 
 SCORE_MAX: Final = 1000
 MODEL_FORMAT: Final = "puhui-risk-model/1"
@@ -123,22 +125,16 @@ def _by_rows(kernel: Any, x: Any, out: Any, *arrays: Any, parallel: bool = True)
         kernel(x, *arrays, out)
         return
     half = rows // 2
-    failed: list[BaseException] = []
-
-    def second() -> None:
-        try:
-            kernel(x[half:], *arrays, out[half:])
-        except BaseException as error:  # re-raised by the caller's thread
-            failed.append(error)
-
-    helper = threading.Thread(target=second, name="risk-model-rows", daemon=True)
-    helper.start()
+    second = worker("risk-model-rows").submit(_walk, kernel, x[half:], out[half:], arrays)
     try:
-        kernel(x[:half], *arrays, out[:half])
+        _walk(kernel, x[:half], out[:half], arrays)
     finally:
-        helper.join()
-    if failed:
-        raise failed[0]
+        wait([second])
+    second.result()  # its error, if any
+
+
+def _walk(kernel: Any, x: Any, out: Any, arrays: tuple[Any, ...]) -> None:
+    kernel(x, *arrays, out)
 
 
 def _compiled(function: Callable[..., Any]) -> Any:
