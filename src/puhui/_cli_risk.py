@@ -28,9 +28,11 @@ from puhui.risk import (
     CaseOutcome,
     Cases,
     CaseStatus,
+    Decision,
     ListEntry,
     ListStore,
     RiskListError,
+    find_decisions,
     load_ruleset,
 )
 from puhui.risk._backtest import backtest
@@ -286,6 +288,67 @@ def backtest_command(
         )
         if as_json:
             emit_json({"command": "risk backtest", **result})
+
+
+@risk_app.command("decisions")
+def decisions_command(
+    log: Annotated[
+        Path | None, typer.Option(help="Decision log directory (default: the server's).")
+    ] = None,
+    customer: Annotated[int | None, typer.Option(help="Only this customer's.")] = None,
+    decision: Annotated[Decision | None, typer.Option(help="Only this decision.")] = None,
+    from_: Annotated[str | None, typer.Option("--from", help="First day (UTC).")] = None,
+    to: Annotated[str | None, typer.Option(help="Day after the last (UTC).")] = None,
+    after: Annotated[int, typer.Option(help="Cursor: decisions after this log id.")] = 0,
+    limit: Annotated[int, typer.Option(help="At most this many (1-1000).")] = 20,
+    features: Annotated[
+        bool, typer.Option("--features", help="Print every feature value each one saw.")
+    ] = False,
+    as_json: AsJson = False,
+) -> None:
+    """Logged decisions, oldest first, each with the values of every feature it saw (in
+    ``--json`` always): any decision explained after the fact. Reads the log without
+    writing, so a running server's log may be read."""
+    with reported_errors():
+        found = find_decisions(
+            log or _default_log(),
+            customer_id=customer,
+            decision=decision,
+            from_ns=_day_ns(from_),
+            to_ns=_day_ns(to),
+            after_id=after,
+            limit=limit,
+        )
+        table = Table(title="Logged decisions")
+        for column in ("id", "time (UTC)", "customer", "event", "amount", "decision", "reasons"):
+            table.add_column(column)
+        for d in found:
+            table.add_row(
+                str(d.id),
+                _at_text(d.at_ns),
+                str(d.customer_id),
+                str(d.kind),
+                f"{format_amount(d.amount, d.currency)} {d.currency}" if d.amount else "",
+                f"{d.decision} {d.score}",
+                escape("; ".join(d.reasons[:3])),
+            )
+        shown = console()
+        shown.print(table)
+        if features:
+            for d in found:
+                values = ", ".join(
+                    f"{name}={'-' if value is None else f'{value:g}'}"
+                    for name, value in d.features.items()
+                )
+                shown.print(f"[bold]{d.id}[/bold] {escape(values)}")
+        if as_json:
+            emit_json(
+                {
+                    "command": "risk decisions",
+                    "decisions": [d.as_json() for d in found],
+                    "next_after": found[-1].id if found else None,
+                }
+            )
 
 
 GATEWAY_FREE_KINDS: Final = frozenset(

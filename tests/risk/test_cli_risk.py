@@ -4,6 +4,7 @@ and decide review cases from the command line."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -227,3 +228,50 @@ def test_lists_from_the_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert _data(again.stdout)["removed"] is False
     one = runner.invoke(app, ["risk", "lists", "show", "blocked_devices", "--json"])
     assert _data(one.stdout)["entries"] == []
+
+
+def test_decisions_are_read_back_with_every_feature_they_saw(tmp_path: Path) -> None:
+    """`risk decisions`: the audit trail's reader — filters, pages, the full feature vector,
+    and the log left exactly as it was (a server may be writing it)."""
+    from puhui.risk import FEATURE_SCHEMA
+    from puhui.risk._log import read_records
+
+    log = tmp_path / "log"
+    args = ["risk", "report", "--customers", "30", "--days", "2", "--seed", "1002"]
+    made = runner.invoke(app, [*args, "--fraud-rate", "60", "--log", str(log)])
+    assert made.exit_code == 0, made.output
+    sizes = {p.name: p.stat().st_size for p in log.iterdir()}
+    logged = list(read_records(log))
+    total = sum(r.rows for r in logged)
+
+    def decisions(*extra: str) -> dict[str, Any]:
+        result = runner.invoke(app, ["risk", "decisions", "--log", str(log), *extra, "--json"])
+        assert result.exit_code == 0, result.output
+        return _data(result.stdout)
+
+    everything = decisions("--limit", "1000")["decisions"]
+    assert [d["id"] for d in everything] == list(range(1, min(total, 1000) + 1))
+    first = everything[0]
+    assert set(FEATURE_SCHEMA) | {"model.score"} <= set(first["features"])
+    record = logged[0]
+    names = json.loads((log / f"schema-{record.meta['schema']}.json").read_text())
+    row = record.columns["features"][0].tolist()
+    assert [first["features"][n] for n in names] == [None if math.isnan(v) else v for v in row]
+    # Filters: one decision, one customer, a cursor.
+    reviewed = decisions("--decision", "review", "--limit", "1000")["decisions"]
+    assert reviewed and {d["decision"] for d in reviewed} == {"review"}
+    assert all(d["reasons"] for d in reviewed)  # a review always says why
+    assert len(reviewed) == sum(1 for d in everything if d["decision"] == "review")
+    customer = reviewed[0]["customer_id"]
+    theirs = decisions("--customer", str(customer), "--limit", "1000")["decisions"]
+    assert theirs and {d["customer_id"] for d in theirs} == {customer}
+    page = decisions("--limit", "3")
+    assert [d["id"] for d in page["decisions"]] == [1, 2, 3] and page["next_after"] == 3
+    assert [d["id"] for d in decisions("--after", "3", "--limit", "2")["decisions"]] == [4, 5]
+    late = decisions("--from", "2100-01-01")
+    assert late["decisions"] == [] and late["next_after"] is None
+    bad = runner.invoke(app, ["risk", "decisions", "--log", str(log), "--limit", "0"])
+    assert bad.exit_code == 2 and "invalid_input" in bad.output
+    shown = runner.invoke(app, ["risk", "decisions", "--log", str(log), "--features"])
+    assert shown.exit_code == 0 and "customer.count_1h=" in shown.stdout
+    assert {p.name: p.stat().st_size for p in log.iterdir()} == sizes  # read, not written

@@ -61,6 +61,28 @@ def test_a_torn_tail_is_cut_off_and_appending_goes_on(tmp_path: Path) -> None:
     log.close()
 
 
+def test_a_reader_leaves_the_record_being_written_alone(tmp_path: Path) -> None:
+    """A running engine's log read by another process (a backtest, an audit lookup): its
+    record still being written is skipped, and the file is not cut short under the writer."""
+    from puhui.risk._log import read_records
+
+    writer = DecisionLog(tmp_path)
+    writer.append(_batch(2, 0), {"n": 1})
+    writer.append(_batch(3, 2), {"n": 2})
+    writer.flush()
+    segment = next(tmp_path.glob("decisions-*.log"))
+    whole = segment.read_bytes()
+    with segment.open("r+b") as f:  # as if the second append were half way through
+        f.truncate(len(whole) - 9)
+    assert [r.meta["n"] for r in read_records(tmp_path)] == [1]
+    assert segment.stat().st_size == len(whole) - 9  # untouched
+    with segment.open("r+b") as f:  # the writer finishes its record
+        f.seek(0, os.SEEK_END)
+        f.write(whole[-9:])
+    assert [r.meta["n"] for r in read_records(tmp_path, since_id=3)] == [2]
+    writer.close()
+
+
 def test_corruption_before_the_end_is_an_error(tmp_path: Path) -> None:
     log = DecisionLog(tmp_path)
     log.append(_batch(4, 0), {})

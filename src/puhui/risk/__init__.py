@@ -9,6 +9,8 @@
   one hot-reloaded; ``RiskLists`` holds the block and allow lists rules look values up in
   (``ListStore`` keeps them in SQL; ``SyncedRiskLists`` follows the store without restart).
 - ``Cases``: what is held for review, the analysts' decisions and the labels they give.
+- ``find_decisions`` reads decisions back from the decision log, each with every feature
+  value it saw (``LoggedDecision``): any decision can be explained later.
 
 - ``RiskEngine`` combines them (features, then the model, then the rules) and logs every
   decision with its feature values; ``open_engine`` gives a server its engine with the state
@@ -19,6 +21,7 @@
 of a service built without an engine, as in unit tests of the services.
 """
 
+from ._audit import LoggedDecision, find_decisions
 from ._cases import (
     Case,
     CaseClosedError,
@@ -78,6 +81,7 @@ __all__ = [
     "InvalidRiskEventError",
     "ListEntry",
     "ListStore",
+    "LoggedDecision",
     "RiskDecision",
     "RiskEngine",
     "RiskEvent",
@@ -97,6 +101,7 @@ __all__ = [
     "Thresholds",
     "decide",
     "explain_reasons",
+    "find_decisions",
     "load_ruleset",
     "open_engine",
     "parse_ruleset",

@@ -18,7 +18,7 @@ import numpy as np
 from ._engine import _event_features
 from ._evaluate import Ruleset
 from ._lists import RiskLists
-from ._log import DecisionLog
+from ._log import read_records
 
 
 def backtest(
@@ -38,67 +38,62 @@ def backtest(
         from puhui.clock import SystemClock
 
         lists = RiskLists(SystemClock())
-    log = DecisionLog(log_dir)
     per_rule: dict[str, dict[str, int]] = {}
     totals = {"events": 0, "fraud": 0, "fraud_amount": 0, "flagged": 0, "flagged_fraud": 0}
     totals["fraud_amount_caught"] = 0
     totals["good_flagged"] = 0
     elapsed = 0.0
-    try:
-        for record in log.records():
-            names = json.loads((log_dir / f"schema-{record.meta['schema']}.json").read_text())
-            columns = record.row_columns()
-            first = int(record.meta["first_id"])
-            at = columns["at_ns"]
-            keep = np.ones(len(at), dtype=bool)
-            if from_ns is not None:
-                keep &= at >= from_ns
-            if to_ns is not None:
-                keep &= at < to_ns
-            rows = np.flatnonzero(keep)
-            if len(rows) == 0:
-                continue
-            ids = first + rows
-            if ids[-1] - 1 >= len(labels):
-                raise ValueError("fewer labels than logged decisions")
-            truth = np.asarray([labels[int(i) - 1] for i in ids], dtype=np.bool_)
-            amount = columns["amount"][rows]
-            feats: dict[str, np.ndarray[Any, Any]] = {
-                name: columns["features"][rows, k].astype(np.float64)
-                for k, name in enumerate(names)
-            }
-            events = _event_features({k: v[rows] for k, v in columns.items()})
-            feats.update(events)
-            for name in list(feats):  # booleans and counts were stored as float32
-                if name in ruleset.features and name not in events:
-                    feats[name] = _typed(ruleset, name, feats[name])
-            started = time.perf_counter()
-            results = ruleset.evaluate(feats, lists=lists)
-            elapsed += time.perf_counter() - started
-            severity = np.asarray(results.severity)
-            flagged = severity > 0
-            totals["events"] += len(rows)
-            totals["fraud"] += int(truth.sum())
-            totals["fraud_amount"] += int(amount[truth].sum())
-            totals["flagged"] += int(flagged.sum())
-            totals["flagged_fraud"] += int((flagged & truth).sum())
-            totals["good_flagged"] += int((flagged & ~truth).sum())
-            totals["fraud_amount_caught"] += int(amount[flagged & truth].sum())
-            offsets = results.hit_offsets
-            for i in range(len(rows)):
-                for h in results.hits[offsets[i] : offsets[i + 1]]:
-                    rule_id = ruleset.evaluated_rules[int(h)].id
-                    stats = per_rule.setdefault(
-                        rule_id, {"hits": 0, "fraud_hits": 0, "good_hits": 0, "fraud_amount": 0}
-                    )
-                    stats["hits"] += 1
-                    if truth[i]:
-                        stats["fraud_hits"] += 1
-                        stats["fraud_amount"] += int(amount[i])
-                    else:
-                        stats["good_hits"] += 1
-    finally:
-        log.close()
+    for record in read_records(log_dir):
+        names = json.loads((log_dir / f"schema-{record.meta['schema']}.json").read_text())
+        columns = record.row_columns()
+        first = int(record.meta["first_id"])
+        at = columns["at_ns"]
+        keep = np.ones(len(at), dtype=bool)
+        if from_ns is not None:
+            keep &= at >= from_ns
+        if to_ns is not None:
+            keep &= at < to_ns
+        rows = np.flatnonzero(keep)
+        if len(rows) == 0:
+            continue
+        ids = first + rows
+        if ids[-1] - 1 >= len(labels):
+            raise ValueError("fewer labels than logged decisions")
+        truth = np.asarray([labels[int(i) - 1] for i in ids], dtype=np.bool_)
+        amount = columns["amount"][rows]
+        feats: dict[str, np.ndarray[Any, Any]] = {
+            name: columns["features"][rows, k].astype(np.float64) for k, name in enumerate(names)
+        }
+        events = _event_features({k: v[rows] for k, v in columns.items()})
+        feats.update(events)
+        for name in list(feats):  # booleans and counts were stored as float32
+            if name in ruleset.features and name not in events:
+                feats[name] = _typed(ruleset, name, feats[name])
+        started = time.perf_counter()
+        results = ruleset.evaluate(feats, lists=lists)
+        elapsed += time.perf_counter() - started
+        severity = np.asarray(results.severity)
+        flagged = severity > 0
+        totals["events"] += len(rows)
+        totals["fraud"] += int(truth.sum())
+        totals["fraud_amount"] += int(amount[truth].sum())
+        totals["flagged"] += int(flagged.sum())
+        totals["flagged_fraud"] += int((flagged & truth).sum())
+        totals["good_flagged"] += int((flagged & ~truth).sum())
+        totals["fraud_amount_caught"] += int(amount[flagged & truth].sum())
+        offsets = results.hit_offsets
+        for i in range(len(rows)):
+            for h in results.hits[offsets[i] : offsets[i + 1]]:
+                rule_id = ruleset.evaluated_rules[int(h)].id
+                stats = per_rule.setdefault(
+                    rule_id, {"hits": 0, "fraud_hits": 0, "good_hits": 0, "fraud_amount": 0}
+                )
+                stats["hits"] += 1
+                if truth[i]:
+                    stats["fraud_hits"] += 1
+                    stats["fraud_amount"] += int(amount[i])
+                else:
+                    stats["good_hits"] += 1
     fraud = max(totals["fraud"], 1)
     rules = {
         rule_id: {

@@ -153,12 +153,7 @@ class DecisionLog:
         self._syncer: threading.Thread | None = None
 
     def _segments(self) -> list[int]:
-        found = []
-        for path in self.directory.glob("decisions-*.log"):
-            stem = path.stem.removeprefix("decisions-")
-            if stem.isdigit():
-                found.append(int(stem))
-        return sorted(found)
+        return _segment_numbers(self.directory)
 
     def _scan_tail(self, path: Path, numbers: list[int]) -> tuple[int, int]:
         """Where the last segment's good records end, and the next decision id."""
@@ -166,7 +161,7 @@ class DecisionLog:
         for number in numbers:
             last = number == numbers[-1]
             end = 0
-            for record, record_end in self._read_segment(number, tolerate_tail=last):
+            for record, record_end in _read_segment(self.directory, number, tolerate_tail=last):
                 next_id = int(record.meta["first_id"]) + record.rows
                 end = record_end
             if last:
@@ -289,45 +284,65 @@ class DecisionLog:
         with self._lock:
             if not self._file.closed:
                 self._file.flush()
-        numbers = self._segments()
-        for number in numbers:
-            tolerate = number == numbers[-1]
-            for record, _ in self._read_segment(number, tolerate_tail=tolerate):
-                if int(record.meta["first_id"]) + record.rows > since_id:
-                    yield record
+        yield from read_records(self.directory, since_id)
 
-    def _read_segment(self, number: int, *, tolerate_tail: bool) -> Iterator[tuple[LogRecord, int]]:
-        path = self.directory / _segment_name(number)
-        if not path.exists():
-            return
-        with path.open("rb") as f:
-            data = f.read()
-        offset = 0
-        while offset < len(data):
-            problem = ""
-            length = 0
-            if len(data) - offset < HEADER.size:
-                problem = "a truncated header"
-            else:
-                magic, length, crc = HEADER.unpack_from(data, offset)
-                body = data[offset + HEADER.size : offset + HEADER.size + length]
-                if magic != MAGIC:
-                    problem = "a bad record marker"
-                elif len(body) < length:
-                    problem = "a truncated record"
-                elif zlib.crc32(body) != crc:
-                    problem = "a checksum mismatch"
-            if problem:
-                torn = problem.startswith("a truncated") or (
-                    offset + HEADER.size + length >= len(data)  # the last record, cut short
-                )
-                if tolerate_tail and torn:
-                    return  # a torn write at the end: never acknowledged
-                raise DecisionLogCorruptError(f"{path.name} at byte {offset}: {problem}")
-            try:
-                meta, columns = _decode(body)
-            except (ValueError, OSError, KeyError) as error:
-                raise DecisionLogCorruptError(f"{path.name} at byte {offset}: {error}") from None
-            end = offset + HEADER.size + length
-            yield LogRecord(meta, columns, number, offset), end
-            offset = end
+
+def _read_segment(
+    directory: Path, number: int, *, tolerate_tail: bool
+) -> Iterator[tuple[LogRecord, int]]:
+    path = directory / _segment_name(number)
+    if not path.exists():
+        return
+    with path.open("rb") as f:
+        data = f.read()
+    offset = 0
+    while offset < len(data):
+        problem = ""
+        length = 0
+        if len(data) - offset < HEADER.size:
+            problem = "a truncated header"
+        else:
+            magic, length, crc = HEADER.unpack_from(data, offset)
+            body = data[offset + HEADER.size : offset + HEADER.size + length]
+            if magic != MAGIC:
+                problem = "a bad record marker"
+            elif len(body) < length:
+                problem = "a truncated record"
+            elif zlib.crc32(body) != crc:
+                problem = "a checksum mismatch"
+        if problem:
+            torn = problem.startswith("a truncated") or (
+                offset + HEADER.size + length >= len(data)  # the last record, cut short
+            )
+            if tolerate_tail and torn:
+                return  # a torn write at the end: never acknowledged
+            raise DecisionLogCorruptError(f"{path.name} at byte {offset}: {problem}")
+        try:
+            meta, columns = _decode(body)
+        except (ValueError, OSError, KeyError) as error:
+            raise DecisionLogCorruptError(f"{path.name} at byte {offset}: {error}") from None
+        end = offset + HEADER.size + length
+        yield LogRecord(meta, columns, number, offset), end
+        offset = end
+
+
+def _segment_numbers(directory: Path) -> list[int]:
+    found = []
+    for path in directory.glob("decisions-*.log"):
+        stem = path.stem.removeprefix("decisions-")
+        if stem.isdigit():
+            found.append(int(stem))
+    return sorted(found)
+
+
+def read_records(directory: Path, since_id: int = 1) -> Iterator[LogRecord]:
+    """Every record of the log in ``directory`` holding a decision with id ``since_id`` or
+    later, in order, read only: the log may belong to a running engine (a server), whose
+    record being written is left alone — opening a ``DecisionLog`` would cut it off as torn.
+    """
+    numbers = _segment_numbers(directory)
+    for number in numbers:
+        tolerate = number == numbers[-1]
+        for record, _ in _read_segment(directory, number, tolerate_tail=tolerate):
+            if int(record.meta["first_id"]) + record.rows > since_id:
+                yield record

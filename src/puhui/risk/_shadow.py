@@ -32,7 +32,7 @@ from ._backtest import _typed
 from ._engine import DECISIONS, _event_features
 from ._evaluate import Ruleset
 from ._lists import RiskLists
-from ._log import DecisionLog
+from ._log import read_records
 from ._model import auc
 
 LIVE_THRESHOLD_DEFAULT: Final = 900
@@ -81,37 +81,33 @@ def compare_models(
     live_severity: list[npt.NDArray[np.int64]] = []
     shadow_severity: list[npt.NDArray[np.int64]] = []
     versions: dict[str, str] = {}
-    log = DecisionLog(log_dir)
-    try:
-        for record in log.records():
-            names = json.loads((log_dir / f"schema-{record.meta['schema']}.json").read_text())
-            columns = record.row_columns()
-            versions = {
-                "live": str(record.meta.get("model", "none")),
-                "shadow": str(record.meta.get("shadow_model", "none")),
-            }
-            first = int(record.meta["first_id"])
-            n = len(columns["kind"])
-            if first - 1 + n > len(labels):
-                raise ValueError("fewer labels than logged decisions")
-            truths.append(np.asarray(labels[first - 1 : first - 1 + n], dtype=np.bool_))
-            feats: dict[str, npt.NDArray[Any]] = {
-                name: columns["features"][:, k].astype(np.float64) for k, name in enumerate(names)
-            }
-            events = _event_features(columns)
-            feats.update(events)
-            for name in list(feats):
-                if name in ruleset.features and name not in events:
-                    feats[name] = _typed(ruleset, name, feats[name])
-            live, shadow = feats["model.score"], feats["model.shadow_score"]
-            live_scores.append(live)
-            shadow_scores.append(shadow)
-            moves.append(np.asarray(columns["amount"]) > 0)
-            live_severity.append(np.asarray(ruleset.evaluate(feats, lists=lists).severity))
-            swapped = {**feats, "model.score": shadow}
-            shadow_severity.append(np.asarray(ruleset.evaluate(swapped, lists=lists).severity))
-    finally:
-        log.close()
+    for record in read_records(log_dir):
+        names = json.loads((log_dir / f"schema-{record.meta['schema']}.json").read_text())
+        columns = record.row_columns()
+        versions = {
+            "live": str(record.meta.get("model", "none")),
+            "shadow": str(record.meta.get("shadow_model", "none")),
+        }
+        first = int(record.meta["first_id"])
+        n = len(columns["kind"])
+        if first - 1 + n > len(labels):
+            raise ValueError("fewer labels than logged decisions")
+        truths.append(np.asarray(labels[first - 1 : first - 1 + n], dtype=np.bool_))
+        feats: dict[str, npt.NDArray[Any]] = {
+            name: columns["features"][:, k].astype(np.float64) for k, name in enumerate(names)
+        }
+        events = _event_features(columns)
+        feats.update(events)
+        for name in list(feats):
+            if name in ruleset.features and name not in events:
+                feats[name] = _typed(ruleset, name, feats[name])
+        live, shadow = feats["model.score"], feats["model.shadow_score"]
+        live_scores.append(live)
+        shadow_scores.append(shadow)
+        moves.append(np.asarray(columns["amount"]) > 0)
+        live_severity.append(np.asarray(ruleset.evaluate(feats, lists=lists).severity))
+        swapped = {**feats, "model.score": shadow}
+        shadow_severity.append(np.asarray(ruleset.evaluate(swapped, lists=lists).severity))
     if not truths:
         raise ValueError(f"no logged decisions in {log_dir}")
     truth = np.concatenate(truths)

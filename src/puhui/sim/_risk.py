@@ -17,7 +17,7 @@ import numpy.typing as npt
 from puhui.clock import SystemClock
 from puhui.risk import RiskLists, load_ruleset, parse_ruleset
 from puhui.risk._engine import DEFAULT_RULES, RiskEngine, engine_schema
-from puhui.risk._log import DecisionLog
+from puhui.risk._log import DecisionLog, read_records
 from puhui.risk._model import RiskModel, train
 
 from . import simulate
@@ -113,17 +113,13 @@ def training_rows(
 ) -> tuple[dict[str, npt.NDArray[np.float64]], npt.NDArray[np.int8]]:
     """The logged feature values of every decision, and 1 (fraud) / 0 per decision from the
     run's ``risk_labels`` (the log and the labels list the same events in the same order)."""
-    log = DecisionLog(log_dir)
-    try:
-        matrices = []
-        schema = ""
-        for record in log.records():
-            schema = schema or str(record.meta["schema"])
-            if record.meta["schema"] != schema:
-                raise ValueError("the log changed feature schema mid-run")
-            matrices.append(record.columns["features"])
-    finally:
-        log.close()
+    matrices = []
+    schema = ""
+    for record in read_records(log_dir):
+        schema = schema or str(record.meta["schema"])
+        if record.meta["schema"] != schema:
+            raise ValueError("the log changed feature schema mid-run")
+        matrices.append(record.columns["features"])
     import json
 
     names = json.loads((log_dir / f"schema-{schema}.json").read_text())
