@@ -30,6 +30,7 @@ BENIGN: Final[dict[str, Any]] = {
     "customer.amount_percentile": 0.5,
     "customer.amount_zscore": 0.0,
     "customer.count_1h": 0,
+    "customer.kyc_level": 2,
     "customer.since_device_change_s": 400 * DAY,
     "customer.since_password_reset_s": 400 * DAY,
     "counterparty.account_age_s": 900 * DAY,
@@ -43,6 +44,15 @@ BENIGN: Final[dict[str, Any]] = {
     "model.score": 0,
 }
 """An established customer paying a friend a little from their own phone: no rule fires."""
+
+_NEW_BUYER: Final[dict[str, Any]] = {
+    "event.type": "payment",
+    "customer.account_age_s": DAY,
+    "customer.kyc_level": 1,
+    "customer.amount_history_count": 3,
+    "event.amount": 50_000,
+}
+"""A day-old, basic-KYC account's third money event: 500 CNY at a merchant."""
 
 # rule id -> (changes that fire it, the same with one value just across the edge)
 CASES: Final[dict[str, list[tuple[dict[str, Any], dict[str, Any]]]]] = {
@@ -256,6 +266,15 @@ CASES: Final[dict[str, list[tuple[dict[str, Any], dict[str, Any]]]]] = {
             {"event.type": "payment", "customer.account_age_s": WEEK - 1, "event.amount": 50_000},
             {"event.type": "payment", "customer.account_age_s": WEEK - 1, "event.amount": 49_999},
         ),
+    ],
+    "merchant.new_account_cash_out": [
+        (
+            {**_NEW_BUYER, "customer.account_age_s": 2 * DAY - 1},
+            {**_NEW_BUYER, "customer.account_age_s": 2 * DAY},
+        ),
+        (_NEW_BUYER, {**_NEW_BUYER, "customer.kyc_level": 2}),
+        (_NEW_BUYER, {**_NEW_BUYER, "customer.amount_history_count": 4}),
+        (_NEW_BUYER, {**_NEW_BUYER, "event.amount": 49_999}),
     ],
     "farm.device_crowd": [
         (
