@@ -42,6 +42,7 @@ from puhui.ledger import (
     TransferFlags,
 )
 from puhui.ledger import id as ledger_id
+from puhui.ledger import ids as ledger_ids
 from puhui.money import Currency, currency
 from puhui.store import payments as t
 
@@ -260,6 +261,13 @@ class Payments:
         if cases is not None:
             cases.on_decided("operation", self._carry_out_case)
             self._finish_hooks["risk_cases"] = self._open_case
+
+    def new_ids(self, count: int) -> Sequence[int]:
+        """``count`` new ids at once: with the default generator one block (one lock and one
+        clock read), else ``new_id`` called ``count`` times."""
+        if self.new_id is ledger_id:
+            return ledger_ids(count)
+        return [self.new_id() for _ in range(count)]
 
     def _bind_to_ledger(self) -> None:
         """A store and a ledger are one pair: record the ledger's identity in the store on
