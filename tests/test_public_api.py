@@ -67,6 +67,7 @@ LEDGER_ALL = [
     "WrongTypeError",
     "account_from_mapping",
     "id",
+    "ids",
     "open",
     "transfer_from_mapping",
     "verify",
@@ -637,6 +638,12 @@ def test_amount_max_and_ids() -> None:
     assert puhui.ledger.AMOUNT_MAX == (1 << 128) - 1
     first, second = puhui.ledger.id(), puhui.ledger.id()
     assert 0 < first < second < puhui.ledger.AMOUNT_MAX
+    block = puhui.ledger.ids(3)
+    after = puhui.ledger.id()
+    assert len(block) == 3 and list(block) == sorted(set(block))
+    assert second < block[0] and block[-1] < after < puhui.ledger.AMOUNT_MAX
+    with pytest.raises(ValueError, match="at least one"):
+        puhui.ledger.ids(0)
 
 
 def test_batch_limit_is_named_once() -> None:

@@ -16,6 +16,7 @@ from puhui.ledger import TransferFlags
 from puhui.money import UnknownCurrencyError, currency
 from puhui.payments import (
     AccountFrozenError,
+    Channel,
     IdempotencyKeyReusedError,
     InsufficientFundsError,
     InvalidPayloadError,
@@ -219,6 +220,46 @@ def test_held_and_rejected_payments_in_a_batch(world: World) -> None:
     assert p.verify_challenge(held.id, passed=True).status is S.COMPLETED
     assert p.balance(bob, CNY).posted == 30_00
     assert p.operation(rejected.id).error_code == "risk_rejected"
+
+
+def test_a_batch_tells_risk_what_one_at_a_time_does(world: World) -> None:
+    """The batch builds its risk events itself (one clock reading for the batch): each is
+    the event ``Payments.risk_event`` gives for that payment, field for field."""
+    p = world.payments
+    alice = _customer(world, 1, fund=300_00)
+    bob = _customer(world, 2, level=KycLevel.BASIC)
+    shop = p.register_merchant("Shop", "retail", 50, "tok-shop").id
+    channel = Channel(device_id="dev-1", ip="203.0.113.7", latitude=31.2, longitude=121.5)
+    answers = PaymentBatches(p).pay_many(
+        [
+            PaymentRequest(alice, 10_00, CNY, "p", payee=Payee(customer_id=bob), channel=channel),
+            PaymentRequest(alice, 20_00, CNY, "m", merchant_qr=merchant_qr(shop)),
+        ]
+    )
+    assert [_ok(a).status for a in answers] == [S.COMPLETED, S.COMPLETED]
+    payer = p.customer(alice)
+    cur = currency(CNY)
+    expected = [
+        p.risk_event(risk.EventKind.P2P, payer, 10_00, cur, f"c:{bob}", channel),
+        p.risk_event(risk.EventKind.PAYMENT, payer, 20_00, cur, f"m:{shop}"),
+    ]
+    assert world.risk.seen[-2:] == expected  # the clock stood still: the same at_ns
+
+
+def test_operation_ids_come_in_blocks_in_increasing_order(world: World) -> None:
+    p = world.payments
+    block = p.new_ids(3)
+    assert len(block) == 3 and list(block) == sorted(set(block))
+    assert block[-1] < p.new_id()
+    counter = iter(range(100, 200))
+    injected = Payments(
+        world.engine,
+        world.ledger,
+        clock=world.clock,
+        bank=world.bank,
+        new_id=counter.__next__,
+    )
+    assert list(injected.new_ids(3)) == [100, 101, 102]  # an injected generator is used
 
 
 def test_a_store_refuses_a_ledger_it_does_not_belong_to(world: World, tmp_path: Path) -> None:

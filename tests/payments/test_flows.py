@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import sqlalchemy as sa
 
 from puhui import risk
 from puhui.payments import (
@@ -20,6 +21,7 @@ from puhui.payments import (
     customer_qr,
     merchant_qr,
 )
+from puhui.store import payments as tables
 
 from .conftest import World
 
@@ -200,3 +202,34 @@ def test_every_money_operation_tells_risk_where_the_request_came_from(world: Wor
         (risk.EventKind.P2P, "dev-alice", "10.0.0.7"),
         (risk.EventKind.P2P, "", ""),
     ]
+
+
+def test_single_answers_are_their_records_and_a_lapsed_hold_gives_its_outflow_back(
+    world: World,
+) -> None:
+    """A single payment's answer is built from the row it wrote (not read back): equal to
+    what ``operation(id)`` reads, at every step. A hold that lapses gives back the day's
+    outflow it reserved (the day read from the row only then)."""
+    p = world.payments
+    alice = _customer(world, "13800000001")
+    bob = _customer(world, "13800000002")
+    shop = p.register_merchant("Noodle Shop", "food", 60, "tok-shop")
+    _fund(world, alice, 100_00)
+    sent = p.transfer(alice, Payee(customer_id=bob), 30_00, "CNY", key="k1", note="lunch")
+    paid = p.pay_merchant(alice, merchant_qr(shop.id), 10_00, "CNY", key="k2")
+    world.risk.next = [risk.Decision.CHALLENGE]
+    held = p.transfer(alice, Payee(customer_id=bob), 20_00, "CNY", key="k3")
+    for op in (sent, paid, held):
+        assert op == p.operation(op.id)
+    assert held.status is S.CHALLENGED and p.balance(alice, "CNY").held == 20_00
+    d = tables.daily_outflow.c
+    with world.engine.connect() as conn:
+        before = conn.execute(sa.select(d.amount).where(d.customer_id == alice)).scalar_one()
+    assert before == 60_00
+    world.clock.advance(p.options.challenge_timeout_s * 10**9 + 1)
+    lapsed = p.recover()
+    assert lapsed and p.operation(held.id).status is S.EXPIRED
+    assert p.balance(alice, "CNY").held == 0
+    with world.engine.connect() as conn:
+        reserved = conn.execute(sa.select(d.amount).where(d.customer_id == alice)).scalar_one()
+    assert reserved == 40_00  # the lapsed 20.00 given back

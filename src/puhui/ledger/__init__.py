@@ -50,6 +50,7 @@ from ._types import (
     Transfer,
     TransferFlags,
     id,
+    ids,
 )
 from ._verify import VerifyReport, verify
 
@@ -93,6 +94,7 @@ __all__ = [
     "WrongTypeError",
     "account_from_mapping",
     "id",
+    "ids",
     "open",
     "transfer_from_mapping",
     "verify",

@@ -375,7 +375,7 @@ class PaymentBatches:
             accounts.add(wallet_account_id(i.request.payer_id, i.cur))
             if i.payee_id is not None and i.payee_id in customers:
                 accounts.add(wallet_account_id(i.payee_id, i.cur))
-        balances = {a.id: a for a in payments.ledger.lookup_accounts(sorted(accounts))}
+        balances = _balances(payments.ledger.lookup_accounts_array(sorted(accounts)))
         kyc_limits = payments.options.kyc_limits
         limits_of: dict[tuple[KycLevel, str], KycLimits] = {}
         spent: dict[int, int] = {}
@@ -417,11 +417,7 @@ class PaymentBatches:
                     )
                 wallet = wallet_account_id(request.payer_id, cur)
                 account = balances.get(wallet)
-                available = (
-                    0
-                    if account is None
-                    else account.credits_posted - account.debits_posted - account.debits_pending
-                )
+                available = 0 if account is None else account[0] - account[1] - account[2]
                 if available - spent.get(wallet, 0) < request.amount:
                     raise InsufficientFundsError("the wallet does not hold enough")
                 key = (request.payer_id, cur.code)
@@ -439,9 +435,7 @@ class PaymentBatches:
                     target = wallet_account_id(item.payee_id, cur)
                     held = balances.get(target)
                     incoming = arriving.get((item.payee_id, cur.code), 0) + (
-                        0
-                        if held is None
-                        else held.credits_posted - held.debits_posted + held.credits_pending
+                        0 if held is None else held[0] - held[1] + held[3]
                     )
                     if incoming + received.get(target, 0) + request.amount > cap.wallet_balance:
                         raise KycLimitExceededError(
@@ -481,22 +475,44 @@ class PaymentBatches:
             payments._open_merchant_account(merchant_id, cur)  # cached once open
 
     def _decide(self, items: list[_Item]) -> None:
+        """One risk call for the batch. Its events are what ``Payments.risk_event`` tells
+        risk about each payment, built here with one clock reading for the whole batch (the
+        moment the batch is decided)."""
         payments = self.payments
+        now = self.clock.now_ns()
+        tz_offset_s = payments.options.day_offset_s
+        p2p, payment = risk.EventKind.P2P, risk.EventKind.PAYMENT
+        event = risk.RiskEvent
         events = []
         for item in items:
             assert item.cur is not None
             payer = item.payer
             assert payer is not None
-            counterparty = (
-                f"c:{item.payee_id}" if item.payee_id is not None else f"m:{item.merchant_id}"
-            )
-            kind = risk.EventKind.P2P if item.payee_id is not None else risk.EventKind.PAYMENT
+            channel = item.request.channel
+            if item.payee_id is not None:
+                kind, counterparty, merchant = p2p, f"c:{item.payee_id}", ""
+            else:
+                kind, counterparty = payment, f"m:{item.merchant_id}"
+                merchant = counterparty
             events.append(
-                payments.risk_event(
-                    kind, payer, item.request.amount, item.cur, counterparty, item.request.channel
+                event(
+                    kind=kind,
+                    customer_id=payer.id,
+                    at_ns=now,
+                    amount=item.request.amount,
+                    currency=item.cur.code,
+                    counterparty=counterparty,
+                    device_id=channel.device_id,
+                    ip=channel.ip,
+                    merchant=merchant,
+                    latitude=channel.latitude,
+                    longitude=channel.longitude,
+                    tz_offset_s=tz_offset_s,
+                    kyc_level=int(payer.kyc_level),
+                    account_created_ns=payer.created_at_ns or None,
                 )
             )
-        for item, decision in zip(items, self.payments.decide(events), strict=True):
+        for item, decision in zip(items, payments.decide(events), strict=True):
             item.decision = decision
 
     def _record(self, items: list[_Item]) -> None:
@@ -508,12 +524,11 @@ class PaymentBatches:
         limit_of: dict[int, int] = {}
         reasons_text: dict[tuple[tuple[str, ...], str, str], str] = {}
         pending, rejected_status = str(_S.PENDING), str(_S.REJECTED)
-        new_id = self.payments.new_id
-        for item in items:
+        for item, operation_id in zip(items, self.payments.new_ids(len(items)), strict=True):
             decision = item.decision
             assert decision is not None and item.cur is not None
             rejected = decision.decision is risk.Decision.REJECT
-            item.operation_id = new_id()
+            item.operation_id = operation_id
             item.hex_id = _hex(item.operation_id)
             item.created_at_ns = item.updated_at_ns = now
             item.status = _S.REJECTED if rejected else _S.PENDING
@@ -845,6 +860,32 @@ class PaymentBatches:
             assert answer is not None
             out.append(answer)
         return out
+
+
+def _balances(rows: np.ndarray[Any, Any]) -> dict[int, tuple[int, int, int, int]]:
+    """Accounts as the checks read them, from the ledger's rows (no ``Account`` object
+    each): id → (credits posted, debits posted, debits pending, credits pending)."""
+
+    def column(name: str) -> list[int]:
+        low: list[int] = rows[f"{name}_lo"].tolist()
+        high: list[int] = rows[f"{name}_hi"].tolist()
+        if not any(high):
+            return low
+        return [(h << 64) | lo for lo, h in zip(low, high, strict=True)]
+
+    return dict(
+        zip(
+            column("id"),
+            zip(
+                column("credits_posted"),
+                column("debits_posted"),
+                column("debits_pending"),
+                column("credits_pending"),
+                strict=True,
+            ),
+            strict=True,
+        )
+    )
 
 
 class _RacedError(Exception):

@@ -21,6 +21,7 @@ import logging
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, Final
 
 import sqlalchemy as sa
@@ -42,6 +43,7 @@ from puhui.ledger import (
     TransferFlags,
 )
 from puhui.ledger import id as ledger_id
+from puhui.ledger import ids as ledger_ids
 from puhui.money import Currency, currency
 from puhui.store import payments as t
 
@@ -260,6 +262,13 @@ class Payments:
         if cases is not None:
             cases.on_decided("operation", self._carry_out_case)
             self._finish_hooks["risk_cases"] = self._open_case
+
+    def new_ids(self, count: int) -> Sequence[int]:
+        """``count`` new ids at once: with the default generator one block (one lock and one
+        clock read), else ``new_id`` called ``count`` times."""
+        if self.new_id is ledger_id:
+            return ledger_ids(count)
+        return [self.new_id() for _ in range(count)]
 
     def _bind_to_ledger(self) -> None:
         """A store and a ledger are one pair: record the ledger's identity in the store on
@@ -1224,7 +1233,8 @@ class Payments:
         within: Callable[[sa.Connection, int], None] | None = None,
     ) -> Operation:
         """Write the operation (step 2) and reserve the payer's daily outflow with it (and use
-        up the payment code it was made with)."""
+        up the payment code it was made with). ``within`` writes other tables in the same
+        transaction, never the operation's row: the answer is the row as written here."""
         now = self.clock.now_ns()
         operation_id = self.new_id()
         rejected = decision.decision is risk.Decision.REJECT
@@ -1279,7 +1289,7 @@ class Payments:
             if replay is None:
                 raise
             return replay
-        return self.operation(operation_id)
+        return _operation(SimpleNamespace(**values))  # the row just written, not read back
 
     def _reserve_outflow(
         self, conn: sa.Connection, payer: Customer, cur: Currency, day: int, amount: int
@@ -1327,9 +1337,6 @@ class Payments:
     ) -> Operation:
         """Record an operation's new status (step 4), if nobody else did first."""
         with self.engine.begin() as conn:
-            row = conn.execute(
-                sa.select(t.operations.c.day).where(t.operations.c.id == _hex(op.id))
-            ).one()
             done = conn.execute(
                 t.operations.update()
                 .where(
@@ -1345,7 +1352,10 @@ class Payments:
             )
             if done.rowcount == 1:
                 if status in (_S.FAILED, _S.EXPIRED):
-                    self._release_outflow(conn, op, row.day)
+                    day = conn.execute(
+                        sa.select(t.operations.c.day).where(t.operations.c.id == _hex(op.id))
+                    ).scalar_one()
+                    self._release_outflow(conn, op, day)
                 for hook in self._finish_hooks.values():
                     hook(conn, op, status)
         return self.operation(op.id)

@@ -39,6 +39,12 @@ def create_engine(url: str, **kwargs: Any) -> sa.Engine:
         # SQLite's lock and its busy timeout. A plain lock (any thread may release it) so
         # that a connection dropped without commit or rollback still gives it back when the
         # pool resets it; waiting is bounded like SQLite's own.
+        #
+        # The lock is given back once SQLite's COMMIT or ROLLBACK has returned (the
+        # dialect's ``do_commit`` / ``do_rollback``), not at SQLAlchemy's ``commit`` and
+        # ``rollback`` events: those fire before the statement runs, and a COMMIT (its WAL
+        # sync, an automatic checkpoint) still holds SQLite's write lock, so the next
+        # transaction's BEGIN IMMEDIATE would meet it and sleep in the busy handler.
         turn = threading.Lock()
 
         @sa.event.listens_for(engine, "begin")
@@ -55,16 +61,45 @@ def create_engine(url: str, **kwargs: Any) -> sa.Engine:
                 raise
             connection.info["puhui_turn"] = True
 
-        def _end(connection: sa.Connection) -> None:
-            if connection.info.pop("puhui_turn", False):
+        def _end(info: dict[Any, Any]) -> None:
+            if info.pop("puhui_turn", False):
                 turn.release()
+
+        def _end_of(dbapi_connection: Any) -> None:
+            try:
+                info = dbapi_connection.info
+            except NotImplementedError:  # the dialect's first connect: no pool record
+                return
+            _end(info)
+
+        dialect = engine.dialect
+        dialect_class = type(dialect)
+
+        def _do_commit(dbapi_connection: Any) -> None:
+            try:
+                dialect_class.do_commit(dialect, dbapi_connection)
+            finally:
+                _end_of(dbapi_connection)
+
+        def _do_rollback(dbapi_connection: Any) -> None:
+            try:
+                dialect_class.do_rollback(dialect, dbapi_connection)
+            finally:
+                _end_of(dbapi_connection)
+
+        # The pool's reset on return calls the same two (given the pooled connection,
+        # whose ``info`` is the one the transaction marked).
+        setattr(dialect, "do_commit", _do_commit)  # noqa: B010 (assigning to a method)
+        setattr(dialect, "do_rollback", _do_rollback)  # noqa: B010
+
+        def _invalidate(dbapi_connection: Any, record: Any, exception: Any) -> None:
+            _end(record.info)  # its SQLite connection is closed, and SQLite's lock with it
 
         def _reset(dbapi_connection: Any, record: Any, reset_state: Any) -> None:
-            if record.info.pop("puhui_turn", False):  # dropped inside a transaction
-                turn.release()
+            if not reset_state.asyncio_safe:  # no rollback follows: give it back now
+                _end(record.info)
 
-        sa.event.listen(engine, "commit", _end)
-        sa.event.listen(engine, "rollback", _end)
+        sa.event.listen(engine.pool, "invalidate", _invalidate)
         sa.event.listen(engine.pool, "reset", _reset)
         return engine
     return sa.create_engine(url, pool_pre_ping=True, **kwargs)
