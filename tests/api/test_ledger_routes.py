@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from puhui.ledger import AccountFlags, TransferFlags
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+
+from puhui.api._ledger_routes import (
+    _TRANSFER_COLUMNS,
+    _TRANSFER_STATUS_NAMES,
+    _columns,
+    _results_json,
+)
+from puhui.api._schemas import CreateTransfersIn
+from puhui.ledger import TRANSFER_DTYPE, AccountFlags, TransferFlags
 
 from .conftest import Api, account, transfer
 
@@ -205,3 +217,79 @@ def test_query_transfers_skips_other_tenants_within_a_bounded_scan(api: Api) -> 
         ]
         == "invalid_input"
     )
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, (1 << 128) - 1),
+            st.sampled_from(sorted(_TRANSFER_STATUS_NAMES)),
+            st.integers(0, (1 << 64) - 1),
+        ),
+        max_size=20,
+    )
+)
+def test_the_results_text_is_what_json_dumps_writes(
+    rows: list[tuple[int, int, int]],
+) -> None:
+    """The create routes format their results directly; the text is ``json.dumps``'s."""
+    results = np.zeros(len(rows), [("status", np.uint32), ("timestamp", np.uint64)])
+    results["status"] = [status for _, status, _ in rows]
+    results["timestamp"] = [stamp for _, _, stamp in rows]
+    ids = [str(id_) for id_, _, _ in rows]
+    expected = {
+        "results": [
+            {
+                "index": i,
+                "id": ids[i],
+                "status": _TRANSFER_STATUS_NAMES[status],
+                "timestamp": str(stamp),
+            }
+            for i, (_, status, stamp) in enumerate(rows)
+        ]
+    }
+    response = _results_json(ids, results, _TRANSFER_STATUS_NAMES)
+    assert bytes(response.body) == json.dumps(expected, separators=(",", ":")).encode()
+    assert response.media_type == "application/json"
+
+
+def _columns_one_by_one(events: list[Any]) -> np.ndarray[Any, Any]:
+    """The transfers' array built a value at a time (the reference for ``_columns``)."""
+    out = np.zeros(len(events), TRANSFER_DTYPE)
+    for row, event in enumerate(events):
+        for name, bits in _TRANSFER_COLUMNS:
+            value = int(getattr(event, name))
+            if bits == 128:
+                out[name + "_lo"][row] = value & ((1 << 64) - 1)
+                out[name + "_hi"][row] = value >> 64
+            else:
+                out[name][row] = value
+    return out
+
+
+_u128 = st.one_of(st.integers(0, 10**19 - 1), st.integers(0, (1 << 128) - 1))
+
+
+@given(
+    st.lists(
+        st.fixed_dictionaries(
+            {
+                "id": _u128.map(str),
+                "debit_account_id": _u128.map(str),
+                "credit_account_id": _u128.map(str),
+                "amount": _u128.map(str),
+                "user_data_64": st.integers(0, (1 << 64) - 1).map(str),
+                "user_data_32": st.integers(0, (1 << 32) - 1),
+                "ledger": st.integers(0, (1 << 32) - 1),
+                "code": st.integers(0, (1 << 16) - 1),
+            }
+        ),
+        max_size=12,
+    )
+)
+def test_the_columns_of_validated_transfers_are_their_values(rows: list[dict[str, Any]]) -> None:
+    """Small and full 128-bit ids (a column of short ones takes a quicker path) land in the
+    ledger's array exactly as the values one by one."""
+    events = CreateTransfersIn.model_validate({"transfers": rows}).transfers
+    built = _columns(events, _TRANSFER_COLUMNS, TRANSFER_DTYPE)
+    assert built.tobytes() == _columns_one_by_one(events).tobytes()

@@ -6,12 +6,13 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from puhui.api import configure_logging
+from puhui.api import _logging, configure_logging
 from puhui.api._logging import mask, request_id_from
 
 from .conftest import Api, make_api, post_ok
@@ -168,3 +169,92 @@ def test_mask_hides_sql_parameters_tokens_and_phones() -> None:
     for hidden in ("+8613800000001", "Li Si", "c" * 64, "abcDEF123", "opaque-credential"):
         assert hidden not in masked
     assert "[parameters: hidden]" in masked and "UNIQUE constraint failed" in masked
+
+
+def _drop_other_handlers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Leave ``configure_logging``'s handler as the only one (pytest's own capture handlers
+    sit on the root logger while a test runs)."""
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
+
+
+def test_the_access_line_written_directly_is_the_line_logging_renders(
+    logged: tuple[Api, io.StringIO], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api, buffer = logged
+    wrote: list[bool] = []
+    write = _logging._write_access_line
+
+    def counted(*args: Any) -> bool:
+        wrote.append(write(*args))
+        return wrote[-1]
+
+    monkeypatch.setattr(_logging, "_write_access_line", counted)
+    # With another handler on the way to the root, the line goes through logging...
+    slow = api.client.get("/v1/payments/customers/999999999", headers=api.auth())
+    assert wrote == []
+    # ...and with the installed handler alone, straight to its stream.
+    _drop_other_handlers(monkeypatch)
+    fast = api.client.get("/v1/payments/customers/999999999", headers=api.auth())
+    assert wrote == [True]
+    assert slow.status_code == fast.status_code == 404
+
+    raw = [line for line in buffer.getvalue().splitlines() if '"event": "request"' in line]
+    assert len(raw) == 2
+    direct = json.loads(raw[1])
+    assert direct["request_id"] == fast.headers["x-request-id"]
+    assert direct["logger"] == "puhui.api.access" and direct["tenant_id"] == api.a.id
+    assert direct["status"] == 404 and direct["duration_ms"] >= 0
+    # Byte for byte the same text, but for the values that differ per request.
+    per_request = re.compile(r'"(timestamp|request_id)": "[^"]*"|"duration_ms": [0-9.e-]+')
+    assert per_request.sub("_", raw[0]) == per_request.sub("_", raw[1])
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", direct["timestamp"])
+
+
+@pytest.mark.parametrize("change", ["filter", "level", "structlog", "disable", "second"])
+def test_the_access_line_goes_through_logging_when_the_setup_changed(
+    logged: tuple[Api, io.StringIO], monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    api, buffer = logged
+    _drop_other_handlers(monkeypatch)
+    access = logging.getLogger("puhui.api.access")
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    if change == "filter":  # a filter on the access logger sees (and may drop) every record
+
+        def note(record: logging.LogRecord) -> bool:
+            seen.append(record)
+            return True
+
+        monkeypatch.setattr(access, "filters", [note])
+    elif change == "structlog":  # structlog reconfigured (e.g. a test's capture)
+        installed = _logging._installed
+        assert installed is not None
+        monkeypatch.setattr(_logging, "_installed", (["other"], *installed[1:]))
+    elif change == "second":  # a second handler (the host's) also gets every line
+        monkeypatch.setattr(logging.getLogger(), "handlers", [Keep()])
+    monkeypatch.setattr(_logging, "_write_access_line", _fail_if_called)
+    level = access.level
+    try:
+        if change == "level":  # the access logger quietened
+            access.setLevel(logging.WARNING)
+        elif change == "disable":
+            logging.disable(logging.INFO)
+        api.client.get("/healthz")
+    finally:
+        logging.disable(logging.NOTSET)
+        access.setLevel(level)
+    lines = _requests(buffer)
+    if change in ("level", "disable"):
+        assert lines == []
+    elif change == "structlog":
+        assert len(lines) == 1  # the record still went through logging and its formatter
+    else:
+        assert len(lines) == 1 and len(seen) == 1
+
+
+def _fail_if_called(*_args: Any) -> bool:
+    raise AssertionError("the access line took the direct path")

@@ -179,3 +179,37 @@ def test_every_change_is_audited(admin: tuple[Api, str]) -> None:
     operator = api.tenants.find("Puhui Ops")
     assert {e.tenant_id for e in entries} == {operator.id}
     assert key["token"].split("_")[-1] not in str(entries)
+
+
+def test_the_bearer_scheme_is_documented_but_not_solved_per_request(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The routers' ``HTTPBearer`` (``auto_error=False``) only documents the security: the
+    pipeline authenticates the key itself, so the handler never runs the scheme, and the
+    OpenAPI document still names it for every authenticated route."""
+    from fastapi.security import HTTPBearer
+
+    from puhui.api import platform_routes
+
+    async def refuse(*_args: Any) -> None:
+        raise AssertionError("the documentation-only bearer scheme ran")
+
+    monkeypatch.setattr(HTTPBearer, "__call__", refuse)
+    payments = api.client.post(
+        "/v1/payments/customers",
+        json={"phone": "+8613700000009", "display_name": "Wang Wu"},
+        headers=api.auth(),
+    )
+    assert payments.status_code == 201
+    ledger = api.client.post("/v1/ledger/accounts/lookup", json={"ids": ["1"]}, headers=api.auth())
+    assert ledger.status_code == 200
+    refused = api.client.get("/v1/payments/customers/1", headers=api.auth("pk_nonsense"))
+    assert refused.status_code == 401  # the pipeline's own check still refuses
+    document = api.client.get("/openapi.json").json()
+    routes = platform_routes(api.client.app)  # type: ignore[arg-type]
+    assert routes
+    for route in routes:
+        for method in route.methods or ():
+            operation = document["paths"][route.path][method.lower()]
+            assert operation["security"] == [{"HTTPBearer": []}], (route.path, method)
+    assert document["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"

@@ -3,9 +3,11 @@ the tenants their parties belong to (``tenant_of``; here a stub mapping)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -213,3 +215,53 @@ def test_batched_payments_publish_the_events_single_ones_do(shop: Shop) -> None:
     assert shop.last(shop.b, "payment.succeeded").data["operation_id"] == f"{paid.id:032x}"
     batches.pay_many(requests)  # a retry: answered from the records
     assert len(shop.types(shop.a)) == 3 and len(shop.types(shop.b)) == 1
+
+
+def test_a_batch_records_its_events_in_one_go_in_the_batch_order_with_their_deliveries(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch's outcomes reach the webhooks in one ``record_many`` call: one event per
+    tenant and operation, in the order of the batch (their ``seq`` ascend so), each with a
+    delivery to every endpoint of its tenant that wants it."""
+    _top_up(shop, 1_000_00, "fund")
+    w = shop.webhooks
+    public = dataclasses.replace(w.options, resolve=lambda host: ["93.184.215.14"])
+    monkeypatch.setattr(w, "options", public)  # the endpoints' hosts: no DNS lookup
+    for tenant in (shop.a, shop.b):
+        w.create_endpoint(tenant.id, f"https://{tenant.id}.example/all", ["*"])
+    w.create_endpoint(shop.a.id, "https://a.example/transfers", ["transfer.succeeded"])
+    calls: list[int] = []
+    record_many = w.record_many
+
+    def counted(conn: sa.Connection, events: Any) -> list[str]:
+        calls.append(len(events))
+        return record_many(conn, events)
+
+    monkeypatch.setattr(w, "record_many", counted)
+    friend = shop.payments.register_customer("13800000004", "Friend")
+    shop.owners[(PartyKind.CUSTOMER, friend.id)] = shop.a.id
+    requests = [
+        PaymentRequest(
+            shop.buyer, (i + 1) * 1_00, CNY, f"m{i}", merchant_qr=merchant_qr(shop.seller)
+        )
+        if i % 2 == 0
+        else PaymentRequest(
+            shop.buyer, (i + 1) * 1_00, CNY, f"p{i}", payee=Payee(customer_id=friend.id)
+        )
+        for i in range(6)
+    ]
+    answers = PaymentBatches(shop.payments).pay_many(requests)
+    ops = [a for a in answers if isinstance(a, Operation)]
+    assert [op.status for op in ops] == [OperationStatus.COMPLETED] * 6
+    assert calls == [9]  # 3 merchant payments for both tenants, 3 transfers for A: one call
+    events_a = w.events(shop.a.id)[1:]  # after the top-up's
+    assert [e.data["operation_id"] for e in events_a] == [f"{op.id:032x}" for op in ops]
+    assert [e.type for e in events_a] == ["payment.succeeded", "transfer.succeeded"] * 3
+    assert [e.data["operation_id"] for e in w.events(shop.b.id)] == [
+        f"{op.id:032x}" for op in ops[::2]
+    ]
+    seqs = [e.seq for e in w.events(shop.a.id)]
+    assert seqs == sorted(seqs)
+    for event in events_a:
+        wanted = 2 if event.type == "transfer.succeeded" else 1
+        assert len(w.deliveries(shop.a.id, event.id)) == wanted

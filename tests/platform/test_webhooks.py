@@ -700,3 +700,34 @@ def test_delivery_checks_the_address_again_and_never_follows_redirects(
     assert sent == ["https://redirecting.example/hook"]  # the Location was not followed
     [attempt] = [d for d in w.deliveries(tenant.id, second) if d.endpoint_id == endpoint.id]
     assert (attempt.state, attempt.last_status, attempt.last_error) == ("pending", 302, "HTTP 302")
+
+
+def test_record_many_is_record_for_each_event_in_order(setup: Setup) -> None:
+    w = setup.webhooks
+    everything, _ = w.create_endpoint(setup.a.id, "https://a.example/all", ["*"])
+    orders, _ = w.create_endpoint(setup.a.id, "https://a.example/orders", ["order.paid"])
+    w.create_endpoint(setup.b.id, "https://b.example/hook", ["payment.succeeded"])
+    events = [
+        (setup.a.id, EventType.PAYMENT_SUCCEEDED, {"n": "1"}),
+        (setup.b.id, EventType.PAYMENT_SUCCEEDED, {"n": "2"}),
+        (setup.a.id, EventType.ORDER_PAID, {"n": "3"}),
+        (setup.b.id, EventType.ORDER_PAID, {"n": "4"}),  # no endpoint of B wants it
+    ]
+    with pytest.raises(RuntimeError), setup.engine.begin() as conn:
+        w.record_many(conn, events)
+        raise RuntimeError("the state change failed")
+    assert w.events(setup.a.id) == [] and w.events(setup.b.id) == []
+    with setup.engine.begin() as conn:
+        ids = w.record_many(conn, events)
+        assert w.record_many(conn, []) == []
+    listed = {e.id: e for t in (setup.a, setup.b) for e in w.events(t.id)}
+    assert [listed[i].data for i in ids] == [{"n": "1"}, {"n": "2"}, {"n": "3"}, {"n": "4"}]
+    assert [listed[i].tenant_id for i in ids] == [setup.a.id, setup.b.id, setup.a.id, setup.b.id]
+    seqs = [listed[i].seq for i in ids]
+    assert seqs == sorted(seqs) and len(set(ids)) == 4
+    wanted = [sorted(d.endpoint_id for d in w.deliveries(listed[i].tenant_id, i)) for i in ids]
+    assert wanted[0] == [everything.id] and wanted[2] == sorted([everything.id, orders.id])
+    assert len(wanted[1]) == 1 and wanted[3] == []
+    receiver = Receiver(setup.clock)
+    assert rounds(w, receiver) == 4
+    assert sorted(receiver.event_ids()) == sorted([ids[0], ids[1], ids[2], ids[2]])

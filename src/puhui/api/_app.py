@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -221,17 +221,24 @@ log = logging.getLogger("puhui.api")
 
 def _lifespan(webhooks: Webhooks, options: ApiOptions) -> Any:
     """The app's lifespan: with ``freeze_gc_on_start``, what exists at start-up is kept out
-    of the garbage collector's full collections while the app serves; with a delivery
+    of the garbage collector's full collections while the app serves, and with
+    ``gc_young_objects`` its youngest generation is collected less often; with a delivery
     interval, a webhook delivery worker runs beside the API and is stopped (its round in
     flight finished, or cut short) on shutdown."""
     delivering = _delivering(webhooks, options.webhook_delivery_interval_s)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if not options.freeze_gc_on_start:
-            async with delivering(app):
+        with _young_threshold(options.gc_young_objects):
+            if not options.freeze_gc_on_start:
+                async with delivering(app):
+                    yield
+                return
+            async with frozen(app):
                 yield
-            return
+
+    @contextlib.asynccontextmanager
+    async def frozen(app: FastAPI) -> AsyncIterator[None]:
         # The objects built before serving (the app, the services, the risk engine's and
         # the ledger's state: ~230,000 in the benchmark's server) live as long as the app.
         # Each full collection walked them all: ~200 ms of CPU, with every request stopped,
@@ -245,6 +252,21 @@ def _lifespan(webhooks: Webhooks, options: ApiOptions) -> Any:
             gc.unfreeze()
 
     return lifespan
+
+
+@contextlib.contextmanager
+def _young_threshold(objects: int | None) -> Iterator[None]:
+    """The collector's youngest-generation threshold set to ``objects`` (None: unchanged)
+    within the block, the one before restored after it."""
+    if objects is None:
+        yield
+        return
+    before = gc.get_threshold()
+    gc.set_threshold(objects, *before[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
 
 
 def _delivering(webhooks: Webhooks, interval_s: float | None) -> Any:

@@ -785,13 +785,18 @@ class PaymentBatches:
                 sign=-1,
             )
         # The hooks a single operation's outcome calls (webhooks' outbox, risk's review
-        # case of a payment held for review), in the same transaction, once per outcome.
+        # case of a payment held for review), in the same transaction, once per outcome; a
+        # hook with a ``many`` method takes the batch's outcomes in one call.
         hooks = list(self.payments._finish_hooks.values())
         if hooks:
-            for item in changed:
-                op = self._operation(item)
-                for hook in hooks:
-                    hook(conn, op, item.status)
+            outcomes = [(self._operation(item), item.status) for item in changed]
+            for hook in hooks:
+                many = getattr(hook, "many", None)
+                if many is not None:
+                    many(conn, outcomes)
+                    continue
+                for op, status in outcomes:
+                    hook(conn, op, status)
 
     def _operation(self, item: _Item) -> Operation:
         if item.record is not None:  # built for the finish hooks, or read back

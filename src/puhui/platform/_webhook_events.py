@@ -9,7 +9,7 @@ decimal strings of minor units (as everywhere in the API: JSON numbers lose prec
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -103,24 +103,42 @@ def _tenants(
     return found
 
 
-def operation_hook(
-    webhooks: Webhooks, tenant_of: TenantOf
-) -> Callable[[sa.Connection, Operation, OperationStatus], None]:
-    def on_finished(conn: sa.Connection, op: Operation, status: OperationStatus) -> None:
-        event_type = operation_event(op, status)
-        if event_type is None:
-            return
-        parties = [
-            (PartyKind.CUSTOMER, op.payer_customer_id),
-            (PartyKind.CUSTOMER, op.payee_customer_id),
-            (PartyKind.MERCHANT, op.merchant_id),
-            (PartyKind.BILLER, op.biller_id),
-        ]
-        data = operation_data(op, status)
-        for tenant in _tenants(conn, tenant_of, parties):
-            webhooks.record(conn, tenant, event_type, data)
+class OperationHook:
+    """The payments service's finish hook that records webhook events: called with one
+    operation's outcome (``hook(conn, op, status)``), or with a batch's (``hook.many``, which
+    the payments batch calls: one statement for all the batch's events)."""
 
-    return on_finished
+    def __init__(self, webhooks: Webhooks, tenant_of: TenantOf) -> None:
+        self.webhooks = webhooks
+        self.tenant_of = tenant_of
+
+    def __call__(self, conn: sa.Connection, op: Operation, status: OperationStatus) -> None:
+        self.many(conn, [(op, status)])
+
+    def many(
+        self, conn: sa.Connection, outcomes: Sequence[tuple[Operation, OperationStatus]]
+    ) -> None:
+        """The events of ``outcomes`` (in their order), in the caller's transaction."""
+        events: list[tuple[int, EventType, dict[str, Any]]] = []
+        for op, status in outcomes:
+            event_type = operation_event(op, status)
+            if event_type is None:
+                continue
+            parties = [
+                (PartyKind.CUSTOMER, op.payer_customer_id),
+                (PartyKind.CUSTOMER, op.payee_customer_id),
+                (PartyKind.MERCHANT, op.merchant_id),
+                (PartyKind.BILLER, op.biller_id),
+            ]
+            data = operation_data(op, status)
+            events.extend(
+                (tenant, event_type, data) for tenant in _tenants(conn, self.tenant_of, parties)
+            )
+        self.webhooks.record_many(conn, events)
+
+
+def operation_hook(webhooks: Webhooks, tenant_of: TenantOf) -> OperationHook:
+    return OperationHook(webhooks, tenant_of)
 
 
 def order_data(order: Order) -> dict[str, Any]:

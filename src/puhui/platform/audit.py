@@ -26,6 +26,9 @@ target_chars_max = 255
 read_chunk_entries = 5000
 """Entries ``verify`` reads per query (unit: entries); the log is streamed, never loaded."""
 
+_FIELDS = tuple(f.name for f in dataclasses.fields(AuditEntry))
+"""An entry's columns, in its order."""
+
 
 @dataclass(frozen=True, slots=True)
 class AuditRecord:
@@ -108,7 +111,9 @@ class AuditLog:
                 )
                 prev_hash = digest
             if entries:
-                conn.execute(log.insert(), [dataclasses.asdict(e) for e in entries])
+                # Each entry's fields as a row (plain ints and strings: ``asdict``'s deep
+                # copy of them was most of the statement's preparation).
+                conn.execute(log.insert(), [{f: getattr(e, f) for f in _FIELDS} for e in entries])
                 conn.execute(
                     anchor.update().where(anchor.c.id == 1).values(head_hash=prev_hash, count=count)
                 )

@@ -276,6 +276,9 @@ _D = tables.webhook_deliveries
 
 _INSERT_EVENT = _V.insert().returning(_V.c.seq)
 """An event of the outbox (parameters: its columns but ``seq``); answers its ``seq``."""
+_INSERT_EVENTS = _V.insert().returning(_V.c.seq, _V.c.id)
+"""Several events of the outbox (parameters: a list of rows); answers each one's ``seq`` and
+``id``."""
 _ENABLED_ENDPOINTS = sa.select(_E.c.id, _E.c.event_types).where(
     _E.c.tenant_id == sa.bindparam("tenant_id"), _E.c.enabled.is_(True)
 )
@@ -412,30 +415,52 @@ class Webhooks:
     ) -> str:
         """Write an event of ``tenant_id`` and its deliveries in the caller's transaction
         ``conn``; returns its id."""
-        event_id = EVENT_ID_PREFIX + self._token(16)
+        return self.record_many(conn, [(tenant_id, event_type, data)])[0]
+
+    def record_many(
+        self, conn: sa.Connection, events: Sequence[tuple[int, EventType, dict[str, Any]]]
+    ) -> list[str]:
+        """``record`` for each of ``events`` (tenant, type, data) at once, in the caller's
+        transaction ``conn``: their ``seq`` ascend in the order given; returns their ids.
+        One statement writes the events, one reads each tenant's endpoints, one writes the
+        deliveries (a payments batch's outcomes took two statements per event before)."""
+        if not events:
+            return []
         now = self.clock.now_ns()
-        payload = json.dumps(data, sort_keys=True, separators=(",", ":"))
-        # Statements built once (module constants): SQLAlchemy compiles and keys them once,
-        # not per event (building them here cost more than running them).
-        seq = conn.execute(
-            _INSERT_EVENT,
+        rows: list[dict[str, Any]] = [
             {
-                "id": event_id,
+                "id": EVENT_ID_PREFIX + self._token(16),
                 "tenant_id": tenant_id,
                 "type": str(event_type),
                 "created_at_ns": now,
-                "payload": payload,
-            },
-        ).scalar_one()
-        endpoints = conn.execute(_ENABLED_ENDPOINTS, {"tenant_id": tenant_id}).all()
-        rows = [
-            self._new_delivery(int(seq), str(e.id), tenant_id, now)
-            for e in endpoints
-            if wants(frozenset(str(e.event_types).split()), str(event_type))
+                "payload": json.dumps(data, sort_keys=True, separators=(",", ":")),
+            }
+            for tenant_id, event_type, data in events
         ]
-        if rows:
-            conn.execute(_D.insert(), rows)
-        return event_id
+        # Statements built once (module constants): SQLAlchemy compiles and keys them once,
+        # not per event (building them here cost more than running them).
+        if len(rows) == 1:
+            seq_of = {rows[0]["id"]: conn.execute(_INSERT_EVENT, rows[0]).scalar_one()}
+        else:  # one multi-row INSERT, its rows in the order given (as their seq ascend)
+            seq_of = {str(r.id): r.seq for r in conn.execute(_INSERT_EVENTS, rows)}
+        endpoints_of: dict[int, list[tuple[str, frozenset[str]]]] = {}
+        deliveries: list[dict[str, Any]] = []
+        for row in rows:
+            tenant_id = row["tenant_id"]
+            endpoints = endpoints_of.get(tenant_id)
+            if endpoints is None:
+                endpoints = endpoints_of[tenant_id] = [
+                    (str(e.id), frozenset(str(e.event_types).split()))
+                    for e in conn.execute(_ENABLED_ENDPOINTS, {"tenant_id": tenant_id})
+                ]
+            deliveries.extend(
+                self._new_delivery(int(seq_of[row["id"]]), endpoint_id, tenant_id, now)
+                for endpoint_id, types in endpoints
+                if wants(types, row["type"])
+            )
+        if deliveries:
+            conn.execute(_D.insert(), deliveries)
+        return [row["id"] for row in rows]
 
     @staticmethod
     def _new_delivery(seq: int, endpoint_id: str, tenant_id: int, now: int) -> dict[str, Any]:
