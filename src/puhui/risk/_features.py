@@ -499,13 +499,11 @@ class FeatureStore:
         whole batch is checked before anything changes, as ``batch_from_columns`` does.
 
         The caller's own work can overlap the passes too (neither callback may touch the
-        store): ``meanwhile`` (work that needs no feature, on the caller's thread) is called
-        while the first chunk's pass runs, or after the pass for a small batch;
+        store; both run on the caller's thread): ``meanwhile`` (work that needs no feature)
+        is called while the first chunk's pass runs, or after the pass for a small batch;
         ``on_chunk(low, high, features)`` is called with each chunk's features (events
-        ``low:high``, in order, after ``meanwhile`` returned) — for a large batch on the
-        store's worker thread right after the chunk's pass, while the caller's thread
-        interns the next chunk (so it must not wait for the caller's thread); for a small
-        batch once, with the whole batch, on the caller's thread."""
+        ``low:high``, in order) as soon as its pass has finished, while the next chunk's
+        runs — for a small batch once, with the whole batch."""
         checked = self._checked_columns(
             kind=kind,
             customer_id=customer_id,
@@ -530,37 +528,36 @@ class FeatureStore:
                 on_chunk(0, n, features)
             return features
         outputs: list[tuple[IntArray, FloatArray, np.ndarray[Any, Any]]] = []
-        passes: list[Future[None]] = []
-        jobs: list[Future[None]] = []  # every pass and chunk callback, in the worker's order
-        pool = worker("risk-features")
+        running: Future[None] | None = None
 
         def finished(chunk: int) -> None:
-            if on_chunk is None or passes[chunk].exception() is not None:
-                return  # (a failed pass is raised by the caller's thread)
-            low = chunk * PIPELINE_CHUNK_EVENTS
-            on_chunk(low, low + outputs[chunk][0].shape[1], _named(*outputs[chunk]))
+            if on_chunk is not None:
+                low = chunk * PIPELINE_CHUNK_EVENTS
+                on_chunk(low, low + outputs[chunk][0].shape[1], _named(*outputs[chunk]))
 
         try:
             for low in range(0, n, PIPELINE_CHUNK_EVENTS):
                 high = min(n, low + PIPELINE_CHUNK_EVENTS)
                 batch = self._interned(checked, low, high)  # while the chunk before runs
-                if passes:
-                    passes[-1].result()  # its error, if any, is raised here
+                if running is not None:
+                    done, running = running, None
+                    done.result()  # its error, if any, is raised here
                 self._prepare(batch)  # writes state arrays: only between two passes
                 output = _outputs(high - low)
                 outputs.append(output)
-                passes.append(pool.submit(self._run, batch, *output))
-                jobs.append(passes[-1])
-                if meanwhile is not None:  # before the first chunk's callback is queued
+                running = worker("risk-features").submit(self._run, batch, *output)
+                if meanwhile is not None:
                     meanwhile()
                     meanwhile = None
-                # The callback follows its chunk's pass on the worker (one thread, in order)
-                # while this thread interns the next chunk.
-                jobs.append(pool.submit(finished, len(outputs) - 1))
-            for job in jobs:
-                job.result()
+                if len(outputs) > 1:
+                    finished(len(outputs) - 2)  # while this chunk's pass runs
+            if running is not None:
+                done, running = running, None
+                done.result()
+            finished(len(outputs) - 1)
         finally:
-            wait(jobs)  # after an error on this thread, nothing may still run
+            if running is not None:  # an error on this thread: the pass must end first
+                wait([running])
         return _named(
             np.concatenate([o[0] for o in outputs], axis=1),
             np.concatenate([o[1] for o in outputs], axis=1),
