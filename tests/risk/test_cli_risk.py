@@ -247,7 +247,8 @@ def test_decisions_are_read_back_with_every_feature_they_saw(tmp_path: Path) -> 
     def decisions(*extra: str) -> dict[str, Any]:
         result = runner.invoke(app, ["risk", "decisions", "--log", str(log), *extra, "--json"])
         assert result.exit_code == 0, result.output
-        return _data(result.stdout)
+        data: dict[str, Any] = _data(result.stdout)
+        return data
 
     everything = decisions("--limit", "1000")["decisions"]
     assert [d["id"] for d in everything] == list(range(1, min(total, 1000) + 1))

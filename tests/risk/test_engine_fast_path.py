@@ -238,7 +238,7 @@ def _large_batch(rng: np.random.Generator, n: int, start_ns: int) -> list[RiskEv
                 amount=int(rng.lognormal(8.5, 1.6)) if moves else 0,
                 currency="CNY",
                 counterparty=counterparty,
-                device_id=f"d{customer}" if rng.random() > 0.05 else f"x{int(rng.integers(1e6))}",
+                device_id=f"d{customer}" if rng.random() > 0.05 else f"x{rng.integers(10**6)}",
                 ip=f"10.0.{customer % 250}.1",
                 latitude=31.2,
                 longitude=121.4,
