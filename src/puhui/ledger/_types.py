@@ -360,24 +360,18 @@ class _IdGenerator:
         self._last_random = int.from_bytes(os.urandom(10), "little")
 
     def generate(self) -> int:
-        with self._lock:
-            time_ms = time.time_ns() // 1_000_000
-            if time_ms <= self._last_time_ms:
-                time_ms = self._last_time_ms
-            else:
-                self._last_time_ms = time_ms
-                self._last_random = int.from_bytes(os.urandom(10), "little")
-            self._last_random += 1
-            if self._last_random == 1 << 80:
-                # The official client raises here too: 2**80 ids in one millisecond.
-                raise OverflowError("random bits overflow on monotonic increment")
-            return (time_ms << 80) | self._last_random
+        return self._take(1)
 
     def generate_block(self, count: int) -> range:
         """``count`` consecutive ids (one lock, one clock read): as ``count`` calls of
         ``generate`` in a row would give them, with no id of another thread in between."""
         if count < 1:
             raise ValueError("a block holds at least one id")
+        start = self._take(count)
+        return range(start, start + count)
+
+    def _take(self, count: int) -> int:
+        """The first of the next ``count`` ids (the clock read and the counter moved once)."""
         with self._lock:
             time_ms = time.time_ns() // 1_000_000
             if time_ms <= self._last_time_ms:
@@ -390,8 +384,7 @@ class _IdGenerator:
                 # The official client raises here too: 2**80 ids in one millisecond.
                 raise OverflowError("random bits overflow on monotonic increment")
             self._last_random = first + count - 1
-            start = (time_ms << 80) | first
-            return range(start, start + count)
+            return (time_ms << 80) | first
 
 
 _id_generator = _IdGenerator()

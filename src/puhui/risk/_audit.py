@@ -19,10 +19,9 @@ import numpy as np
 from puhui.errors import InvalidInputError
 
 from ._decide import Decision, EventKind
-from ._engine import DECISIONS, logged_reasons
+from ._engine import DECISIONS, KINDS, logged_reasons
 from ._log import read_records
 
-KINDS: Final = tuple(EventKind)
 DECISIONS_PAGE_MAX: Final = 1000
 """Most decisions one lookup returns."""
 

@@ -8,7 +8,7 @@ The state of a realistic population (tens of thousands of customers, devices, IP
 counterparties) is hundreds of MB, far beyond the caches: most of an event's time went to
 waiting for its entities' rows. ``compute`` therefore asks for the rows of the event
 ``FETCH_AHEAD`` places ahead (``_prefetch``, a hint that changes no result) while it works
-on the one at hand (kernel alone, 20,000 customers: ~1.2-1.4 µs per event against ~1.6-1.8).
+on the one at hand (docs/benchmarks.md, "The whole engine on a quiet machine").
 
 State is columnar and indexed by dense entity ids (see ``_features.FeatureStore``):
 

@@ -136,7 +136,7 @@ class DecisionLog:
         self.sync_interval_s = sync_interval_s
         directory.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        numbers = self._segments()
+        numbers = _segment_numbers(self.directory)
         self._number = numbers[-1] if numbers else 1
         path = directory / _segment_name(self._number)
         end, self._next_id = self._scan_tail(path, numbers)
@@ -151,9 +151,6 @@ class DecisionLog:
         self._pending = threading.Event()
         self._stop = threading.Event()
         self._syncer: threading.Thread | None = None
-
-    def _segments(self) -> list[int]:
-        return _segment_numbers(self.directory)
 
     def _scan_tail(self, path: Path, numbers: list[int]) -> tuple[int, int]:
         """Where the last segment's good records end, and the next decision id."""
