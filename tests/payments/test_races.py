@@ -3,22 +3,29 @@ internal steps in the order two threads (or a process killed half-way) would rea
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 import sqlalchemy as sa
 
 from puhui import risk
+from puhui.errors import PuhuiError
 from puhui.payments import (
     Arbitration,
     BillerKind,
     Bills,
     Checkout,
+    Operation,
     OperationStatus,
     Payee,
     PaymentBatches,
     PaymentRequest,
     RefundOpenError,
     SimulatedBiller,
+    _outflow,
 )
+from puhui.payments.model import business_day
 from puhui.store import payments as tables
 
 from .conftest import World
@@ -187,3 +194,88 @@ def test_one_operation_recovery_cannot_finish_does_not_hold_up_the_others(
     monkeypatch.setattr(world.bank, "query", real_query)
     assert p.recover() == {"completed": 1}
     assert p.balance(customer, CNY).posted == 30_00
+
+
+def test_a_payers_first_outflow_of_the_day_recorded_by_two_callers_at_once(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch read "no outflow yet today" for its payer; before it records, another
+    caller's single payment records the payer's first outflow of the day. The batch adds to
+    that row instead of meeting a unique violation (which used to send every payment of
+    the batch down the one-at-a-time path, and on PostgreSQL failed a single payment)."""
+    p = world.payments
+    payer, _ = _customer(world, 1, fund=1_000_00)
+    payee, _ = _customer(world, 2)
+    batches = PaymentBatches(p)
+    read_facts = batches._facts
+
+    def facts_then_another_callers_payment(*args: object, **kwargs: object) -> object:
+        facts = read_facts(*args, **kwargs)  # type: ignore[arg-type]
+        single = p.transfer(payer, Payee(customer_id=payee), 10_00, CNY, key="single")
+        assert single.status is S.COMPLETED
+        return facts
+
+    def no_fallback(request: PaymentRequest) -> object:
+        raise AssertionError(f"{request.key} went one at a time")
+
+    monkeypatch.setattr(batches, "_facts", facts_then_another_callers_payment)
+    monkeypatch.setattr(batches, "_one", no_fallback)
+    [op] = batches.pay_many(
+        [PaymentRequest(payer, 20_00, CNY, "batch", payee=Payee(customer_id=payee))]
+    )
+    assert not isinstance(op, Exception) and op.status is S.COMPLETED
+    d = tables.daily_outflow
+    with world.engine.connect() as conn:
+        reserved = conn.execute(sa.select(d.c.amount).where(d.c.customer_id == payer)).all()
+    assert [row.amount for row in reserved] == [30_00]
+    assert p.balance(payer, CNY).available == 970_00
+
+
+@pytest.mark.parametrize("path", ["single", "batch"])
+def test_a_payers_first_outflow_of_the_day_in_two_transactions_at_once(
+    world: World, path: str
+) -> None:
+    """Another transaction has recorded the payer's first outflow of the day and not yet
+    committed when a payment of the same payer records its own. On PostgreSQL the payment
+    waits for that transaction and adds to its row; it used to insert a row of its own and
+    fail on the unique key once the other committed (a single payment raised, a batch went
+    one at a time). On SQLite the two transactions take turns."""
+    p = world.payments
+    payer, _ = _customer(world, 1, fund=1_000_00)
+    payee, _ = _customer(world, 2)
+    day = business_day(world.clock.now_ns(), p.options)
+    batches = PaymentBatches(p)
+    fell_back: list[str] = []
+    one = batches._one
+
+    def one_at_a_time(request: PaymentRequest) -> Operation | PuhuiError:
+        fell_back.append(request.key)
+        return one(request)
+
+    batches._one = one_at_a_time  # type: ignore[method-assign]
+    answers: list[object] = []
+
+    def pay() -> None:
+        try:
+            if path == "single":
+                answers.append(p.transfer(payer, Payee(customer_id=payee), 20_00, CNY, key="k"))
+            else:
+                request = PaymentRequest(payer, 20_00, CNY, "k", payee=Payee(customer_id=payee))
+                answers.extend(batches.pay_many([request]))
+        except Exception as error:  # the answer under test
+            answers.append(error)
+
+    payment = threading.Thread(target=pay)
+    with world.engine.begin() as conn:
+        assert _outflow.reserve(conn, [(payer, day, CNY, 10_00, 2_000_000_00)]) == 1
+        payment.start()
+        time.sleep(0.5)  # the payment reaches its own reservation and waits on this one
+    payment.join(30)
+    [op] = answers
+    assert not isinstance(op, Exception), op
+    assert op.status is S.COMPLETED  # type: ignore[attr-defined]
+    assert fell_back == []
+    d = tables.daily_outflow
+    with world.engine.connect() as conn:
+        reserved = conn.execute(sa.select(d.c.amount).where(d.c.customer_id == payer)).all()
+    assert [row.amount for row in reserved] == [30_00]

@@ -31,6 +31,7 @@ from puhui.ledger import TRANSFER_DTYPE, CreateTransferStatus, TransferFlags
 from puhui.money import Currency, currency
 from puhui.store import payments as t
 
+from . import _outflow
 from ._errors import (
     AccountFrozenError,
     CustomerNotFoundError,
@@ -587,48 +588,15 @@ class PaymentBatches:
         outflow: dict[tuple[int, str], int],
         limit_of: dict[int, int],
     ) -> None:
-        """Reserve the day's outflow of every payer (in the recording transaction): one
-        conditional update per existing row, which only applies within the payer's limit —
-        a concurrent caller may have used some of the allowance since the check."""
-        if not outflow:
-            return
-        ph = _placeholder(conn)
-        marks, params = _in(conn, "c", sorted({k[0] for k in outflow}))
-        params["day"] = day
-        existing = {
-            (int(r[0]), str(r[1]))
-            for r in conn.exec_driver_sql(
-                f"SELECT customer_id, currency FROM {t.daily_outflow.name}"
-                f" WHERE day = {ph('day')} AND customer_id {marks}",
-                params,
-            )
-        }
-        updates, inserts = [], []
-        for (customer_id, code), amount in sorted(outflow.items()):  # one lock order
-            if (customer_id, code) in existing:
-                updates.append(
-                    {
-                        "c": customer_id,
-                        "k": code,
-                        "a": amount,
-                        "l": limit_of[customer_id],
-                        "day": day,
-                    }
-                )
-            else:  # within the limit: checked against nothing reserved yet
-                inserts.append((customer_id, day, code, amount))
-        if updates:
-            done = conn.exec_driver_sql(
-                f"UPDATE {t.daily_outflow.name} SET amount = amount + {ph('a')}"
-                f" WHERE customer_id = {ph('c')} AND day = {ph('day')}"
-                f" AND currency = {ph('k')} AND amount + {ph('a')} <= {ph('l')}",
-                updates,
-            )
-            if done.rowcount != len(updates):
-                raise KycLimitExceededError("daily outflow raced", limit="daily_outflow")
-        # A row another caller inserted meanwhile: IntegrityError, and the batch goes one
-        # by one (``pay_many``).
-        _insert_many(conn, t.daily_outflow, ("customer_id", "day", "currency", "amount"), inserts)
+        """Reserve the day's outflow of every payer (in the recording transaction), each
+        within the payer's limit: a concurrent caller may have used some of the allowance
+        since the check, and then the batch goes one by one (``pay_many``)."""
+        rows = [
+            (customer_id, day, code, amount, limit_of[customer_id])
+            for (customer_id, code), amount in sorted(outflow.items())  # one lock order
+        ]
+        if _outflow.reserve(conn, rows) != len(rows):
+            raise KycLimitExceededError("daily outflow raced", limit="daily_outflow")
 
     def _move(self, items: list[_Item]) -> None:
         """Step 3: one ledger call for every payment of the batch, built as columns (the

@@ -47,6 +47,7 @@ from puhui.ledger import ids as ledger_ids
 from puhui.money import Currency, currency
 from puhui.store import payments as t
 
+from . import _outflow
 from ._errors import (
     AccountFrozenError,
     CardNotFoundError,
@@ -1295,22 +1296,13 @@ class Payments:
         self, conn: sa.Connection, payer: Customer, cur: Currency, day: int, amount: int
     ) -> None:
         limit = self._limits(payer, cur).daily_outflow
-        d = t.daily_outflow
-        where = (d.c.customer_id == payer.id, d.c.day == day, d.c.currency == cur.code)
-        done = conn.execute(
-            d.update()
-            .where(*where, d.c.amount + amount <= limit)
-            .values(amount=d.c.amount + amount)
-        )
-        if done.rowcount == 1:
-            return
-        if conn.execute(sa.select(d.c.amount).where(*where)).first() is not None or amount > limit:
+        if (
+            amount > limit
+            or _outflow.reserve(conn, [(payer.id, day, cur.code, amount, limit)]) != 1
+        ):
             raise KycLimitExceededError(
                 "the customer's daily outflow limit would be exceeded", limit="daily_outflow"
             )
-        conn.execute(
-            d.insert().values(customer_id=payer.id, day=day, currency=cur.code, amount=amount)
-        )
 
     def _release_outflow(self, conn: sa.Connection, op: Operation, day: int) -> None:
         if op.payer_customer_id is None or op.decision is risk.Decision.REJECT:
