@@ -56,6 +56,27 @@ def test_payments_benchmark_quick_run_prints_json() -> None:
         assert report[variant]["verify_ok"] is True
 
 
+def test_payment_records_benchmark_quick_run_prints_json() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "payment_records.py"), "--quick", "--json"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["rows_per_s"] == report["puhui"]["rows_per_s"] > 0
+    assert report["sqlite_defaults"]["rows_per_s"] > 0
+    assert set(report["pages_per_row"]) == {
+        "primary key only",
+        "unique(scope, idempotency_key)",
+        "(payer_customer_id, created_at_ns)",
+        "(merchant_id, settlement_id)",
+        "(status, created_at_ns)",
+    }
+    assert all(pages > 0 for pages in report["pages_per_row"].values())
+
+
 def test_risk_benchmark_quick_run_prints_json() -> None:
     out = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "risk.py"), "--quick", "--json"],
