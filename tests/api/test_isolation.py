@@ -16,7 +16,8 @@ from typing import Any, get_args, get_origin
 import numpy as np
 import pytest
 from fastapi import FastAPI
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
+from typing_extensions import get_type_hints, is_typeddict
 
 from puhui.api import ROUTERS, PlatformRoute, platform_routes
 from puhui.api._schemas import AccountIn, TransferIn
@@ -124,7 +125,7 @@ SERVER_ASSIGNED = {"id", "qr", "timestamp", "created_at_ns", "updated_at_ns", "r
 GENERATED = re.compile(r"(we|evt|whsec)_[0-9a-f]+")
 
 
-BINARY_BODIES: dict[str, tuple[type[BaseModel], np.dtype[Any]]] = {
+BINARY_BODIES: dict[str, tuple[Any, np.dtype[Any]]] = {
     "/v1/ledger/accounts/binary": (AccountIn, ACCOUNT_DTYPE),
     "/v1/ledger/transfers/binary": (TransferIn, TRANSFER_DTYPE),
 }
@@ -147,14 +148,29 @@ ROUTE_IDS = [f"{_method(r)} {r.path}" for r in ROUTES]
 
 
 def _is_model(annotation: Any) -> bool:
-    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+    """A body shape: a pydantic model or a TypedDict (a batch's events)."""
+    return is_typeddict(annotation) or (
+        isinstance(annotation, type) and issubclass(annotation, BaseModel)
+    )
 
 
-def _sample(model: type[BaseModel], ids: dict[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def _fields(model: Any) -> Iterator[tuple[str, Any, bool]]:
+    """(name, annotation, required) of a body shape's fields."""
+    if is_typeddict(model):
+        # Which keys are required as pydantic reads them (``__required_keys__`` cannot see
+        # ``NotRequired`` through postponed annotations).
+        required = set(TypeAdapter(model).json_schema().get("required", ()))
+        for name, annotation in get_type_hints(model).items():
+            yield name, annotation, name in required
+        return
     for name, field in model.model_fields.items():
+        yield name, field.annotation, field.is_required()
+
+
+def _sample(model: Any, ids: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, annotation, required in _fields(model):
         resource = FIELD_RESOURCE.get(f"{model.__name__}.{name}") or FIELD_RESOURCE.get(name)
-        annotation = field.annotation
         if f"{model.__name__}.{name}" in OMITTED:
             continue
         wants_int = annotation is int or int in get_args(annotation)
@@ -164,9 +180,9 @@ def _sample(model: type[BaseModel], ids: dict[str, str]) -> dict[str, Any]:
             out[name] = [ids[r] for r in LIST_OF_IDS[name]]
         elif get_origin(annotation) is list and _is_model(get_args(annotation)[0]):
             out[name] = [_sample(get_args(annotation)[0], ids)]
-        elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        elif _is_model(annotation):
             out[name] = _sample(annotation, ids)
-        elif not field.is_required():
+        elif not required:
             continue
         elif name in PLAIN_VALUES:
             value = PLAIN_VALUES[name]
@@ -189,7 +205,7 @@ def _request(api: Api, route: PlatformRoute, ids: dict[str, str], token: str | N
     method = _method(route)
     body = None
     if route.body_field is not None:
-        body = _sample(route.body_field.field_info.annotation, ids)  # type: ignore[arg-type]
+        body = _sample(route.body_field.field_info.annotation, ids)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     request_body = (route.openapi_extra or {}).get("requestBody")
     if request_body is not None:

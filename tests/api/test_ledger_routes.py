@@ -258,7 +258,7 @@ def _columns_one_by_one(events: list[Any]) -> np.ndarray[Any, Any]:
     out = np.zeros(len(events), TRANSFER_DTYPE)
     for row, event in enumerate(events):
         for name, bits in _TRANSFER_COLUMNS:
-            value = int(getattr(event, name))
+            value = int(event.get(name, 0))
             if bits == 128:
                 out[name + "_lo"][row] = value & ((1 << 64) - 1)
                 out[name + "_hi"][row] = value >> 64

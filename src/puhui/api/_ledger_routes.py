@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
-from operator import attrgetter
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Annotated, Any
 
 import numpy as np
@@ -103,10 +102,9 @@ def _ledger_timer(request: Request, operation: str, events: int) -> Iterator[Non
         metrics.ledger_latency.labels(operation).observe(time.perf_counter() - started)
 
 
-def _mapping(model: Any) -> dict[str, Any]:
-    """A validated input model as the ledger's field mapping (decimal text → int)."""
-    data: dict[str, Any] = model.model_dump()
-    return {k: int(v) if isinstance(v, str) else v for k, v in data.items()}
+def _mapping(event: Mapping[str, Any]) -> dict[str, Any]:
+    """A validated input event as the ledger's field mapping (decimal text → int)."""
+    return {k: int(v) if isinstance(v, str) else v for k, v in event.items()}
 
 
 JSON = "application/json"
@@ -124,14 +122,18 @@ _TRANSFER_STATUS_NAMES = {int(s): s.name.lower() for s in CreateTransferStatus}
 
 
 def _columns(
-    events: Sequence[Any], columns: tuple[tuple[str, int], ...], dtype: np.dtype[Any]
+    events: Sequence[Mapping[str, Any]], columns: tuple[tuple[str, int], ...], dtype: np.dtype[Any]
 ) -> np.ndarray[Any, Any]:
-    """Validated input models as the ledger's array, a field at a time. A number too large for
-    its field raises ``OverflowError`` (numpy refuses it) before anything is sent."""
+    """Validated input events as the ledger's array, a field at a time (a field no event
+    gives stays 0). A number too large for its field raises ``OverflowError`` (numpy refuses
+    it) before anything is sent."""
     count = len(events)
     out = np.zeros(count, dtype)
     for name, bits in columns:
-        values = list(map(attrgetter(name), events))
+        zero = "0" if bits >= 64 else 0
+        values = [event.get(name, zero) for event in events]
+        if values.count(zero) == count:
+            continue
         if bits == 128:
             if max(map(len, values), default=0) < _U64_DIGITS:  # the high halves stay 0
                 out[name + "_lo"] = np.fromiter(map(int, values), np.uint64, count)
@@ -172,7 +174,7 @@ _RESULT = '{"index":%d,"id":"%s","status":"%s","timestamp":"%d"}'
 
 async def _create(
     request: Request,
-    models: Sequence[Any],
+    models: Sequence[Mapping[str, Any]],
     columns: tuple[tuple[str, int], ...],
     dtype: np.dtype[Any],
     from_mapping: Any,
@@ -193,7 +195,7 @@ async def _create(
     )
     with _ledger_timer(request, operation, len(events)):
         results = await create(events)
-    return _results_json([m.id for m in models], results, names)
+    return _results_json([m["id"] for m in models], results, names)
 
 
 @router.post("/accounts", response_model=CreateResultsOut, summary="create_accounts")

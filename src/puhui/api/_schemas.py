@@ -3,9 +3,10 @@ travel as decimal strings, which every JSON parser keeps exact; small fields are
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, NotRequired
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, with_config
+from typing_extensions import TypedDict
 
 from puhui import limits
 from puhui.ledger import Account, AccountBalance, Transfer
@@ -39,31 +40,63 @@ class _In(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class AccountIn(_In):
+# A batch's events are validated as plain mappings, not model objects: pydantic builds 8,189
+# dicts in about a third of the time it takes to build 8,189 models, and the route reads
+# them a column at a time anyway (docs/benchmarks.md). A field left out is 0.
+_ZERO_TEXT = Field(json_schema_extra={"default": "0"})
+_ZERO = Field(json_schema_extra={"default": 0})
+
+
+@with_config(ConfigDict(extra="forbid", strict=True))
+class AccountIn(TypedDict):
     id: U128Text
-    user_data_128: U128Text = "0"
-    user_data_64: U64Text = "0"
-    user_data_32: U32 = Field(
-        0, description="Reserved: the platform sets it to your tenant number (send 0 or omit)."
-    )
+    user_data_128: NotRequired[Annotated[U128Text, _ZERO_TEXT]]
+    user_data_64: NotRequired[Annotated[U64Text, _ZERO_TEXT]]
+    user_data_32: NotRequired[
+        Annotated[
+            U32,
+            Field(
+                description="Reserved: the platform sets it to your tenant number "
+                "(send 0 or omit).",
+                json_schema_extra={"default": 0},
+            ),
+        ]
+    ]
     ledger: U32
     code: U16
-    flags: U16 = Field(0, description="AccountFlags bits (TigerBeetle's values).")
+    flags: NotRequired[
+        Annotated[
+            U16,
+            Field(
+                description="AccountFlags bits (TigerBeetle's values).",
+                json_schema_extra={"default": 0},
+            ),
+        ]
+    ]
 
 
-class TransferIn(_In):
+@with_config(ConfigDict(extra="forbid", strict=True))
+class TransferIn(TypedDict):
     id: U128Text
     debit_account_id: U128Text
     credit_account_id: U128Text
     amount: U128Text
-    pending_id: U128Text = "0"
-    user_data_128: U128Text = "0"
-    user_data_64: U64Text = "0"
-    user_data_32: U32 = 0
-    timeout: U32 = 0
+    pending_id: NotRequired[Annotated[U128Text, _ZERO_TEXT]]
+    user_data_128: NotRequired[Annotated[U128Text, _ZERO_TEXT]]
+    user_data_64: NotRequired[Annotated[U64Text, _ZERO_TEXT]]
+    user_data_32: NotRequired[Annotated[U32, _ZERO]]
+    timeout: NotRequired[Annotated[U32, _ZERO]]
     ledger: U32
     code: U16
-    flags: U16 = Field(0, description="TransferFlags bits (TigerBeetle's values).")
+    flags: NotRequired[
+        Annotated[
+            U16,
+            Field(
+                description="TransferFlags bits (TigerBeetle's values).",
+                json_schema_extra={"default": 0},
+            ),
+        ]
+    ]
 
 
 class CreateAccountsIn(_In):
