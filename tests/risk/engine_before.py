@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from puhui.risk import Decision, EventKind, RiskDecision, RiskEvent, RiskLists, Ruleset
+from puhui.risk._engine import _hit_text  # the reasons' text, as the engine writes it
 from puhui.risk._features import FEATURE_SCHEMA, FeatureStore, InvalidRiskEventError
 from puhui.risk._log import DecisionLog
 from puhui.risk._model import RiskModel
@@ -337,11 +338,3 @@ class EngineBefore:
                 "schema": self._schema_hash,
             },
         )
-
-
-def _hit_text(rule_id: str, values: Sequence[tuple[str, object]]) -> str:
-    shown = ", ".join(
-        f"{name}={value:.6g}" if isinstance(value, float) else f"{name}={value}"
-        for name, value in values
-    )
-    return f"{rule_id}({shown})" if shown else rule_id

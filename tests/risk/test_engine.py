@@ -249,3 +249,13 @@ def test_bad_columns_are_an_input_error_and_change_nothing(
     assert engine.features.events_applied == 0
     assert engine.log is not None and engine.log.next_id == 1
     _close(engine)
+
+
+def test_a_reason_shows_a_feature_with_nothing_to_measure_as_n_a() -> None:
+    """A customer with no history has no amount z-score (NaN inside the kernel); the
+    reason an analyst reads says so instead of printing ``nan``."""
+    from puhui.risk._engine import _hit_text
+
+    values = [("customer.amount_zscore", float("nan")), ("event.amount", 1234.5), ("n", 3)]
+    assert _hit_text("r1", values) == "r1(customer.amount_zscore=n/a, event.amount=1234.5, n=3)"
+    assert _hit_text("r2", []) == "r2"

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -650,8 +651,13 @@ def logged_reasons(record: LogRecord) -> list[tuple[str, ...]]:
 
 
 def _hit_text(rule_id: str, values: Sequence[tuple[str, object]]) -> str:
-    shown = ", ".join(
-        f"{name}={value:.6g}" if isinstance(value, float) else f"{name}={value}"
-        for name, value in values
-    )
+    shown = ", ".join(f"{name}={_shown(value)}" for name, value in values)
     return f"{rule_id}({shown})" if shown else rule_id
+
+
+def _shown(value: object) -> str:
+    """A feature's value as a reason shows it; a float that is not a number (a feature with
+    nothing to measure yet, such as the z-score of a customer with no history) is ``n/a``."""
+    if isinstance(value, float):
+        return "n/a" if math.isnan(value) else f"{value:.6g}"
+    return str(value)
