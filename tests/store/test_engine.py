@@ -92,3 +92,36 @@ def test_an_invalidated_connection_gives_the_turn_back(engine: sa.Engine) -> Non
     assert _begin_elsewhere(engine) is None
     with engine.connect() as check:
         assert check.exec_driver_sql("SELECT x FROM t").scalars().all() == [2]
+
+
+def test_a_postgresql_connection_that_died_while_idle_is_replaced_unseen(
+    postgres_schema_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server ended a pooled connection while it sat idle (a restart, an idle timeout):
+    the next caller gets a live connection, not an error. One used moments ago is handed out
+    without a ping (no round trip per transaction)."""
+    engine = create_engine(postgres_schema_url, pool_size=1, max_overflow=0)
+    try:
+        with engine.connect() as conn:
+            first_pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+        pings: list[object] = []
+        do_ping = engine.dialect.do_ping
+
+        def counted_ping(dbapi_connection: object) -> bool:
+            pings.append(dbapi_connection)
+            return bool(do_ping(dbapi_connection))  # type: ignore[arg-type]
+
+        monkeypatch.setattr(engine.dialect, "do_ping", counted_ping)
+        with engine.connect() as conn:  # given back moments ago: no ping
+            assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one() == first_pid
+        assert pings == []
+        killer = create_engine(postgres_schema_url)
+        with killer.connect() as conn:
+            conn.exec_driver_sql(f"SELECT pg_terminate_backend({first_pid})")
+        killer.dispose()
+        monkeypatch.setattr(_engine, "PING_AFTER_IDLE_S", 0.0)  # as if it sat idle a while
+        with engine.connect() as conn:
+            pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+        assert len(pings) >= 1 and pid != first_pid
+    finally:
+        engine.dispose()

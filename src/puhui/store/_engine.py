@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -113,4 +114,38 @@ def create_engine(url: str, **kwargs: Any) -> sa.Engine:
         sa.event.listen(engine.pool, "invalidate", _invalidate)
         sa.event.listen(engine.pool, "reset", _reset)
         return engine
-    return sa.create_engine(url, pool_pre_ping=True, **kwargs)
+    engine = sa.create_engine(url, **kwargs)
+    _ping_after_idle(engine)
+    return engine
+
+
+PING_AFTER_IDLE_S = 10.0
+"""A PostgreSQL connection that sat in the pool longer than this is pinged before it is
+handed out; one given back moments ago is not."""
+
+
+def _ping_after_idle(engine: sa.Engine) -> None:
+    """Check a pooled connection that sat idle (the server restarted, or closed it for being
+    idle) before handing it out: a dead one is replaced, and the caller never sees it.
+
+    SQLAlchemy's ``pool_pre_ping`` pings at every checkout: a round trip before every
+    transaction and every read, about a ninth of a single payment's time on PostgreSQL
+    (py-spy, `docs/benchmarks.md`). A connection used within the last ``PING_AFTER_IDLE_S``
+    is handed out as it is; if the server went away in that window, the first statement
+    fails, SQLAlchemy invalidates the pool (every connection older than the failure is
+    replaced at its next checkout), and that one call gets the error."""
+
+    @sa.event.listens_for(engine.pool, "checkin")
+    def _idle_since(_dbapi_connection: Any, record: Any) -> None:
+        record.info["puhui_idle_since"] = time.monotonic()
+
+    @sa.event.listens_for(engine.pool, "checkout")
+    def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("puhui_idle_since")
+        if since is None or time.monotonic() - since < PING_AFTER_IDLE_S:
+            return  # new, or given back moments ago
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as error:
+            # The pool drops this connection and hands out another (a fresh one if need be).
+            raise sa.exc.DisconnectionError(f"a pooled connection was dead: {error}") from error
