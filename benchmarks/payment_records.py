@@ -34,30 +34,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-COLUMNS = (
-    "id",
-    "kind",
-    "scope",
-    "idempotency_key",
-    "fingerprint",
-    "status",
-    "currency",
-    "amount",
-    "payer_customer_id",
-    "payee_customer_id",
-    "merchant_id",
-    "note",
-    "day",
-    "decision",
-    "risk_score",
-    "risk_reasons",
-    "error_code",
-    "bank_sent",
-    "fee",
-    "created_at_ns",
-    "updated_at_ns",
-)
 TABLE = "payments_operations"
+
+
+def _columns() -> tuple[str, ...]:
+    """The columns a batch's record gives, in the order its rows list them."""
+    from puhui.payments.batch import _RECORD_COLUMNS
+
+    return _RECORD_COLUMNS
 
 
 def _schema(workdir: Path) -> Path:
@@ -120,7 +104,9 @@ def _connect(path: Path, settings: str) -> sqlite3.Connection:
     return conn
 
 
-_INSERT = f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
+def _insert(table: str) -> str:
+    columns = _columns()
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
 
 
 def rows_per_s(schema: Path, settings: str, args: argparse.Namespace, seed: int) -> float:
@@ -136,7 +122,7 @@ def rows_per_s(schema: Path, settings: str, args: argparse.Namespace, seed: int)
         rows = _rows(rng, b * args.batch, args.batch, args.payers)
         started = time.perf_counter()
         conn.execute("BEGIN IMMEDIATE")
-        conn.executemany(_INSERT, rows)
+        conn.executemany(_insert(TABLE), rows)
         conn.execute("COMMIT")
         held += time.perf_counter() - started
     conn.close()
@@ -170,7 +156,7 @@ def pages_per_row(schema: Path, index: str | None, args: argparse.Namespace) -> 
     if index is not None:
         conn.execute(INDEXES[index])
     rng = random.Random(7)
-    insert = _INSERT.replace(TABLE, "t", 1)
+    insert = _insert("t")
     pages = 0
     for b in range(args.batches):
         rows = _rows(rng, b * args.batch, args.batch, args.payers)
