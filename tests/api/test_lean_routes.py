@@ -23,6 +23,8 @@ from .conftest import Api, make_api, payments_world
 
 P = "/v1/payments"
 JSON = "application/json"
+BYTES_MAX = 4096
+"""The body limit of both apps."""
 
 Request = tuple[str, dict[str, str], bytes]
 """(path, headers, body) of a POST."""
@@ -93,6 +95,9 @@ CASES: dict[str, Callable[[Api, dict[str, str]], Request]] = {
     ),
     "idempotency key, invalid": _json(TRANSFERS, _pay, **{"Idempotency-Key": "x" * 300}),
     "request id echoed": _json(TRANSFERS, _pay, **{"X-Request-Id": "abc-123"}),
+    "a body just within the limit": _json(
+        TRANSFERS, lambda w: json.dumps(_pay(w)).encode().ljust(BYTES_MAX)
+    ),
     # handed to the ordinary route
     "malformed JSON": _json(TRANSFERS, b'{"payee": '),
     "empty body": _json(TRANSFERS, b""),
@@ -114,7 +119,33 @@ CASES: dict[str, Callable[[Api, dict[str, str]], Request]] = {
     "a trailing slash": _json(TRANSFERS + "/", _pay),
     "bad key and bad body": _json(TRANSFERS, b"{", Authorization="Bearer nope"),
     "merchant payment without qr": _json(MERCHANT, {"amount": 1_00, "currency": "CNY"}),
+    "a body over the limit": _json(
+        TRANSFERS, lambda w: json.dumps(_pay(w)).encode().ljust(BYTES_MAX + 1)
+    ),
+    "a streamed body": _json(TRANSFERS, _pay),
+    "a streamed body over the limit": _json(
+        TRANSFERS, lambda w: json.dumps(_pay(w)).encode().ljust(BYTES_MAX + 1)
+    ),
 }
+EXPECTED = {
+    "p2p by id": 201,
+    "merchant payment": 201,
+    "same party": 422,
+    "unknown payer": 404,
+    "bad key": 401,
+    "idempotency key, replay": 201,
+    "idempotency key, reused": 409,
+    "idempotency key, invalid": 400,
+    "a body just within the limit": 201,
+    "malformed JSON": 422,
+    "no content type": 422,
+    "a body over the limit": 413,
+    "a streamed body": 201,
+    "a streamed body over the limit": 413,
+}
+"""The status some cases must get (both ways agreeing on a wrong answer is no pass)."""
+STREAMED = {"a streamed body", "a streamed body over the limit"}
+"""Cases sent without ``Content-Length`` (chunked)."""
 
 VOLATILE = ("id", "created_at_ns", "updated_at_ns", "request_id")
 """Answer fields that differ between two stores by construction (random operation ids,
@@ -127,8 +158,11 @@ Side = tuple[Api, dict[str, str]]
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Side, Side]]:
     """An app with the lean way and one without, each with the same payments world."""
-    lean_gen = make_api(tmp_path_factory.mktemp("lean"), ApiOptions())
-    plain_gen = make_api(tmp_path_factory.mktemp("plain"), ApiOptions(lean_routes=False))
+    lean_gen = make_api(
+        tmp_path_factory.mktemp("lean"), ApiOptions(request_body_bytes_max=BYTES_MAX)
+    )
+    plain_options = ApiOptions(request_body_bytes_max=BYTES_MAX, lean_routes=False)
+    plain_gen = make_api(tmp_path_factory.mktemp("plain"), plain_options)
     lean, plain = next(lean_gen), next(plain_gen)
     yield (lean, payments_world(lean)), (plain, payments_world(plain))
     for gen in (lean_gen, plain_gen):
@@ -189,10 +223,13 @@ def test_the_lean_way_answers_as_the_ordinary_route(
     answers = []
     for api, world in ((lean, lean_world), (plain, plain_world)):
         path, headers, body = CASES[case](api, world)
-        response = api.client.post(path, content=body, headers=headers, follow_redirects=False)
+        content: Any = iter([body]) if case in STREAMED else body
+        response = api.client.post(path, content=content, headers=headers, follow_redirects=False)
         answers.append(_normalised(world, response))
     assert answers[0] == answers[1]
-    assert answers[0]["status"] != 500
+    assert answers[0]["status"] == EXPECTED.get(case, answers[0]["status"]) != 500
+    if case == "idempotency key, replay":
+        assert answers[0]["headers"]["idempotent-replayed"] == "true"
     taken = case in LEAN_CASES and case not in REFUSED_FIRST
     assert len(lean_calls) == (1 if taken else 0), lean_calls
 
@@ -251,4 +288,4 @@ def test_only_routes_of_the_lean_shape_are_taken(api: Api) -> None:
         methods=["POST"],
     )
     with pytest.raises(ValueError, match="shadowed"):
-        LeanRoutes(api.client.app, [transfers], [shadow, transfers])
+        LeanRoutes(api.client.app, [transfers], [shadow, transfers], 1024)

@@ -217,7 +217,9 @@ def create_app(
     handlers: Any = app.exception_handlers
     for kind in (StarletteHTTPException, RequestValidationError, PuhuiError):
         handlers[kind] = as_problem
-    # Innermost: the hottest routes' well-formed requests skip the router (same answers).
+    app.add_middleware(BodyLimitMiddleware, bytes_max=options.request_body_bytes_max)
+    # The hottest routes' well-formed requests skip the body limit (within it) and the
+    # router (the same answers, see ``_lean_routes``).
     if options.lean_routes:
         lean = [
             r
@@ -226,8 +228,12 @@ def create_app(
         ]
         if len(lean) != len(LEAN_ROUTES):  # a template renamed: say so, never go slow quietly
             raise ValueError("a route of LEAN_ROUTES is not in the app")
-        app.add_middleware(LeanRoutes, routes=lean, table=app.router.routes)
-    app.add_middleware(BodyLimitMiddleware, bytes_max=options.request_body_bytes_max)
+        app.add_middleware(
+            LeanRoutes,
+            routes=lean,
+            table=app.router.routes,
+            bytes_max=options.request_body_bytes_max,
+        )
     app.add_middleware(RequestLogMiddleware)  # outermost: every answer has a request id
     return app
 

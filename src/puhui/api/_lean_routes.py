@@ -5,12 +5,14 @@ Under load a payment POST spent about half of the event loop's time in FastAPI a
 rather than in Puhui: matching the path against the route patterns one after another,
 building and unwinding the exit stacks and exception wrappers of each request, solving the
 route's dependencies, validating the answer model again and serialising it. ``LeanRoutes``
-sits in front of the router (inside the request log and the body limit, so a request id,
-its log line and the size limit are the same) and takes a request for one of a few declared
+sits in front of the body limit and the router (inside the request log, so a request id and
+its log line are the same) and takes a request for one of a few declared
 ``PlatformRoute`` s itself when the request is plainly well-formed:
 
 * the method is POST and the path splits into the route template's segments exactly (each
   parameter a non-empty segment), with no ``root_path``;
+* the body has a ``Content-Length`` within the body limit (a body the limit would refuse,
+  or read as a stream first, goes its ordinary way);
 * the body is one non-empty ``application/json`` document that ``json.loads`` reads (as
   Starlette's ``Request.json``);
 * each path parameter and the body pass the route's *own* FastAPI fields (``ModelField``),
@@ -30,6 +32,7 @@ before the choice, so the fall-back is exact.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +46,8 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._route import PlatformRoute, _documentation_only, _run
+
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9/._~-]+")
 
 JSON_TYPES = frozenset({b"application/json", b"application/json; charset=utf-8"})
 """``Content-Type`` values taken on the lean way; FastAPI reads others (``+json``
@@ -148,11 +153,18 @@ class LeanRoutes:
     else to ``app`` (see the module's description)."""
 
     def __init__(
-        self, app: ASGIApp, routes: Sequence[PlatformRoute], table: Sequence[BaseRoute]
+        self,
+        app: ASGIApp,
+        routes: Sequence[PlatformRoute],
+        table: Sequence[BaseRoute],
+        bytes_max: int,
     ) -> None:
         """``routes`` are taken on the lean way; ``table`` is the app's route table, in which
-        each of them must be the route the router picks for its paths."""
+        each of them must be the route the router picks for its paths; ``app`` is the body
+        limit of ``bytes_max`` and what it guards (the lean way takes only requests that it
+        would pass on as they are)."""
         self.app = app
+        self.bytes_max = bytes_max
         self.routes: dict[int, list[LeanRoute]] = {}
         for route in routes:
             if _first_match(table, route) is not route:
@@ -172,7 +184,7 @@ class LeanRoutes:
             if values is not None:
                 found = lean, values
                 break
-        if found is None or not _json_content(scope):
+        if found is None or not _plain_json(scope, self.bytes_max):
             await self.app(scope, receive, send)
             return
         lean, values = found
@@ -205,16 +217,28 @@ class LeanRoutes:
         async def handler(request: Request) -> Response:
             return await lean.answer(request, values)
 
-        response = await _run(route.puhui, route.path, request, handler)
+        # A path of unreserved characters is its own ``request.url.path`` (which would
+        # build and split a URL from the scope to say so).
+        target = path if _PLAIN_PATH.fullmatch(path) else None
+        response = await _run(route.puhui, route.path, request, handler, target)
         await response(scope, receive, send)
 
 
-def _json_content(scope: Scope) -> bool:
-    """Whether the request's (first) ``Content-Type`` is one the lean way reads."""
+def _plain_json(scope: Scope, bytes_max: int) -> bool:
+    """Whether the request's (first) ``Content-Type`` is one the lean way reads, and its
+    body has a ``Content-Length`` (every one given) of at most ``bytes_max``: the body limit
+    would let it pass untouched (else it answers, or reads a streamed body, itself)."""
+    content_type: bytes | None = None
+    length = False
     for name, value in scope["headers"]:
         if name == b"content-type":
-            return value in JSON_TYPES
-    return False
+            if content_type is None:
+                content_type = value
+        elif name == b"content-length":
+            if not value.isdigit() or int(value) > bytes_max:
+                return False
+            length = True
+    return length and content_type in JSON_TYPES
 
 
 def _replay(messages: list[Message], receive: Receive) -> Receive:
