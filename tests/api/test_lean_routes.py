@@ -100,6 +100,8 @@ CASES: dict[str, Callable[[Api, dict[str, str]], Request]] = {
     ),
     # handed to the ordinary route
     "malformed JSON": _json(TRANSFERS, b'{"payee": '),
+    "deeply nested JSON": _json(TRANSFERS, b'{"a":' + b"[" * 2000 + b"]" * 2000 + b"}"),
+    "not UTF-8": _json(TRANSFERS, b'{"note": "\xff"}'),
     "empty body": _json(TRANSFERS, b""),
     "null body": _json(TRANSFERS, b"null"),
     "a list": _json(TRANSFERS, b"[1, 2]"),
@@ -144,6 +146,7 @@ EXPECTED = {
     "idempotency key, invalid": 400,
     "a body just within the limit": 201,
     "malformed JSON": 422,
+    "deeply nested JSON": 400,
     "no content type": 422,
     "a body over the limit": 413,
     "a streamed body": 201,

@@ -31,6 +31,7 @@ before the choice, so the fall-back is exact.
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from collections.abc import Callable, Coroutine, Sequence
@@ -77,6 +78,7 @@ class LeanRoute:
             or dependant.cookie_params
             or len(dependant.body_params) != 1
             or not all(_documentation_only(d) for d in dependant.dependencies)
+            or not inspect.iscoroutinefunction(route.endpoint)
             or route.response_field is None
             or route.status_code is None
             or not isinstance(route.response_class, DefaultPlaceholder)
@@ -126,11 +128,11 @@ class LeanRoute:
             return None
         try:
             data = json.loads(body)
-        except ValueError:
+            if data is None:
+                return None
+            value, errors = self.body.validate(data, {}, loc=("body",))
+        except Exception:  # e.g. RecursionError on deep nesting (FastAPI answers 400)
             return None
-        if data is None:
-            return None
-        value, errors = self.body.validate(data, {}, loc=("body",))
         return None if errors else value
 
     async def answer(self, request: Request, values: dict[str, Any]) -> Response:
@@ -210,7 +212,7 @@ class LeanRoutes:
         scope["path_params"] = {
             s.text: part for s, part in zip(lean.segments, parts, strict=True) if s.field
         }
-        request = Request(scope, _replay([{"type": "http.request", "body": body}], receive))
+        request = Request(scope, _replay([{"type": "http.request", "body": body}], receive), send)
         values[lean.body.name] = value
         values[lean.request_name] = request
 
