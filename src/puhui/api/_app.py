@@ -51,6 +51,7 @@ from . import (
 from ._batching import AuditBatcher, GroupCall, PrincipalCache
 from ._context import ApiContext
 from ._guards import ApiOptions, BodyLimitMiddleware, RateLimiter
+from ._lean_routes import LeanRoutes
 from ._logging import RequestLogMiddleware, configure_logging, logging_configured
 from ._metrics import ApiMetrics
 from ._payments_context import PaymentsContext
@@ -67,6 +68,15 @@ ROUTERS = (
     _platform_routes.router,
 )
 """One router per domain; each later service adds its own here."""
+
+LEAN_ROUTES = frozenset(
+    {
+        ("/v1/payments/customers/{customer_id}/transfers", "POST"),
+        ("/v1/payments/customers/{customer_id}/merchant-payments", "POST"),
+    }
+)
+"""(template, method) of the routes whose well-formed requests skip FastAPI's per-request
+machinery (``_lean_routes``): the single payments, the API's hottest requests."""
 
 
 def platform_routes(app: FastAPI) -> list[PlatformRoute]:
@@ -208,6 +218,22 @@ def create_app(
     for kind in (StarletteHTTPException, RequestValidationError, PuhuiError):
         handlers[kind] = as_problem
     app.add_middleware(BodyLimitMiddleware, bytes_max=options.request_body_bytes_max)
+    # The hottest routes' well-formed requests skip the body limit (within it) and the
+    # router (the same answers, see ``_lean_routes``).
+    if options.lean_routes:
+        lean = [
+            r
+            for r in platform_routes(app)
+            if any((r.path, method) in LEAN_ROUTES for method in r.methods or ())
+        ]
+        if len(lean) != len(LEAN_ROUTES):  # a template renamed: say so, never go slow quietly
+            raise ValueError("a route of LEAN_ROUTES is not in the app")
+        app.add_middleware(
+            LeanRoutes,
+            routes=lean,
+            table=app.router.routes,
+            bytes_max=options.request_body_bytes_max,
+        )
     app.add_middleware(RequestLogMiddleware)  # outermost: every answer has a request id
     return app
 

@@ -60,6 +60,11 @@ class ApiOptions:
     concurrent payments, ~50 µs of CPU per request — for almost no garbage: a request's
     objects are freed by their reference counts. None leaves the threshold alone."""
 
+    lean_routes: bool = True
+    """Take the single-payment POSTs' well-formed requests past FastAPI's per-request
+    machinery (``puhui.api._lean_routes``: the same answers, less CPU). False sends every
+    request through the router (the tests compare both ways)."""
+
     def __post_init__(self) -> None:
         if self.request_body_bytes_max <= 0 or self.rate_burst_requests <= 0:
             raise ValueError("limits must be positive")

@@ -7,6 +7,8 @@ cardinality.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -55,3 +57,25 @@ class ApiMetrics:
             "Webhook deliveries waiting (pending), counted when scraped.",
             registry=self.registry,
         )
+
+        # The children of the request metrics by their labels: ``labels()`` takes a lock and
+        # checks its arguments on every call (two calls per request); a label set is looked
+        # up once. Bounded: the label values are route templates, methods and statuses.
+        self._counted: dict[tuple[str, str, int], Any] = {}
+        self._timed: dict[tuple[str, str], Any] = {}
+
+    def count_request(self, route: str, method: str, status: int) -> None:
+        """One more request of ``route`` (template) and ``method`` answered ``status``."""
+        child = self._counted.get((route, method, status))
+        if child is None:
+            child = self._counted[route, method, status] = self.requests.labels(
+                route, method, status
+            )
+        child.inc()
+
+    def time_request(self, route: str, method: str, seconds: float) -> None:
+        """A request of ``route`` and ``method`` took ``seconds`` from authentication on."""
+        child = self._timed.get((route, method))
+        if child is None:
+            child = self._timed[route, method] = self.latency.labels(route, method)
+        child.observe(seconds)

@@ -150,7 +150,11 @@ async def _run(
     route_path: str,
     request: Request,
     inner: Callable[[Request], Awaitable[Response]],
+    target: str | None = None,
 ) -> Response:
+    """The pipeline around ``inner`` (see the module's description). ``target`` is the
+    request's path when the caller knows it is ``request.url.path`` already (else that is
+    read)."""
     context: ApiContext = request.app.state.puhui
     principal: Principal | None = None
     started = time.perf_counter()
@@ -160,23 +164,22 @@ async def _run(
         context.limiter.take(principal.key_id)
         principal.require(spec.scope)
         request.state.principal = principal
-        response = await _idempotent(context, spec, principal, request, inner)
+        response = await _idempotent(context, spec, principal, request, inner, target)
     except PuhuiError as error:
         response = problem_from_error(error, headers=_error_headers(error))
     except Exception as exc:  # a fault of the store or a bug: logged, answered 500
         response = problem_from_exception(exc)
+    method = request.method
     if principal is not None:
-        context.metrics.latency.labels(route_path, request.method).observe(
-            time.perf_counter() - started
-        )
-    context.metrics.requests.labels(route_path, request.method, response.status_code).inc()
+        context.metrics.time_request(route_path, method, time.perf_counter() - started)
+    context.metrics.count_request(route_path, method, response.status_code)
     if spec.changes_state and principal is not None:
         record = AuditRecord(
             tenant_id=principal.tenant.id,
             key_id=principal.key_id,
-            method=request.method,
+            method=method,
             route=route_path,
-            target=request.url.path,
+            target=request.url.path if target is None else target,
             status=response.status_code,
         )
         try:
@@ -216,13 +219,15 @@ async def _idempotent(
     principal: Principal,
     request: Request,
     inner: Callable[[Request], Awaitable[Response]],
+    target: str | None,
 ) -> Response:
     key = request.headers.get("idempotency-key")
     if key is None or request.method != "POST":
         response, _ = await _handle(request, inner)
         return response
     key = check_idempotency_key(key)
-    fingerprint = request_fingerprint(request.method, request.url.path, await request.body())
+    path = request.url.path if target is None else target
+    fingerprint = request_fingerprint(request.method, path, await request.body())
     tenant_id = principal.tenant.id
     claimed = await context.claims((tenant_id, key, fingerprint))
     if claimed.claim is Claim.REPLAY and claimed.response is not None:
