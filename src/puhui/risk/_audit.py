@@ -8,7 +8,7 @@ It is read without opening it for writing, so a running engine's log may be read
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +20,7 @@ from puhui.errors import InvalidInputError
 
 from ._decide import Decision, EventKind
 from ._engine import DECISIONS, KINDS, logged_reasons
-from ._log import read_records
+from ._log import feature_names, read_records
 
 DECISIONS_PAGE_MAX: Final = 1000
 """Most decisions one lookup returns."""
@@ -52,22 +52,10 @@ class LoggedDecision:
 
     def as_json(self) -> dict[str, Any]:
         return {
-            "id": self.id,
-            "at_ns": self.at_ns,
+            **dataclasses.asdict(self),
             "kind": self.kind.value,
-            "customer_id": self.customer_id,
-            "amount": self.amount,
-            "currency": self.currency,
-            "device": self.device,
-            "ip": self.ip,
-            "counterparty": self.counterparty,
-            "merchant": self.merchant,
             "decision": self.decision.value,
-            "score": self.score,
             "reasons": list(self.reasons),
-            "ruleset_version": self.ruleset_version,
-            "model_version": self.model_version,
-            "features": self.features,
         }
 
 
@@ -107,7 +95,7 @@ def find_decisions(
             continue
         schema = str(record.meta["schema"])
         if schema not in schemas:
-            schemas[schema] = json.loads((log_dir / f"schema-{schema}.json").read_text())
+            schemas[schema] = feature_names(log_dir, record)
         names = schemas[schema]
         reasons = logged_reasons(record)
         for row in rows.tolist():

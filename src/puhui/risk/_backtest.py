@@ -7,7 +7,6 @@ answers "what would these rules have done then", exactly.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 from ._engine import _event_features
 from ._evaluate import Ruleset
 from ._lists import RiskLists
-from ._log import read_records
+from ._log import feature_names, read_records
 
 
 def backtest(
@@ -44,7 +43,6 @@ def backtest(
     totals["good_flagged"] = 0
     elapsed = 0.0
     for record in read_records(log_dir):
-        names = json.loads((log_dir / f"schema-{record.meta['schema']}.json").read_text())
         columns = record.row_columns()
         first = int(record.meta["first_id"])
         at = columns["at_ns"]
@@ -61,14 +59,7 @@ def backtest(
             raise ValueError("fewer labels than logged decisions")
         truth = np.asarray([labels[int(i) - 1] for i in ids], dtype=np.bool_)
         amount = columns["amount"][rows]
-        feats: dict[str, np.ndarray[Any, Any]] = {
-            name: columns["features"][rows, k].astype(np.float64) for k, name in enumerate(names)
-        }
-        events = _event_features({k: v[rows] for k, v in columns.items()})
-        feats.update(events)
-        for name in list(feats):  # booleans and counts were stored as float32
-            if name in ruleset.features and name not in events:
-                feats[name] = _typed(ruleset, name, feats[name])
+        feats = logged_features(ruleset, feature_names(log_dir, record), columns, rows)
         started = time.perf_counter()
         results = ruleset.evaluate(feats, lists=lists)
         elapsed += time.perf_counter() - started
@@ -111,6 +102,28 @@ def backtest(
         "added_latency_us_per_event": elapsed / max(totals["events"], 1) * 1e6,
         "rules": rules,
     }
+
+
+def logged_features(
+    ruleset: Ruleset,
+    names: list[str],
+    columns: dict[str, np.ndarray[Any, Any]],
+    rows: np.ndarray[Any, Any] | None = None,
+) -> dict[str, np.ndarray[Any, Any]]:
+    """The features a logged record's events (``rows`` of them, default all) had, as
+    ``ruleset`` evaluates them: the logged feature columns (``names``), the event's own
+    fields, and the ruleset's booleans and counts back in their types."""
+    if rows is not None:
+        columns = {k: v[rows] for k, v in columns.items()}
+    feats: dict[str, np.ndarray[Any, Any]] = {
+        name: columns["features"][:, k].astype(np.float64) for k, name in enumerate(names)
+    }
+    events = _event_features(columns)
+    feats.update(events)
+    for name in list(feats):  # booleans and counts were stored as float32
+        if name in ruleset.features and name not in events:
+            feats[name] = _typed(ruleset, name, feats[name])
+    return feats
 
 
 def _typed(ruleset: Ruleset, name: str, values: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:

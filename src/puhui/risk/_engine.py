@@ -37,7 +37,7 @@ from ._expr import FeatureType
 from ._features import FEATURE_SCHEMA, FeatureStore, InvalidRiskEventError
 from ._lists import RiskLists
 from ._load import RulesetWatcher
-from ._log import DecisionLog, LogRecord
+from ._log import DecisionLog, LogRecord, schema_path
 from ._model import RiskModel
 
 KINDS: Final = tuple(EventKind)
@@ -552,11 +552,11 @@ class RiskEngine:
         if names != self._schema_names:
             self._schema_names = names
             self._schema_hash = hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
-            schema_path = self.log.directory / f"schema-{self._schema_hash}.json"
-            if not schema_path.exists():
-                tmp = schema_path.with_name(schema_path.name + ".tmp")
+            path = schema_path(self.log.directory, self._schema_hash)
+            if not path.exists():
+                tmp = path.with_name(path.name + ".tmp")
                 tmp.write_text(json.dumps(list(names)))
-                tmp.replace(schema_path)
+                tmp.replace(path)
         if len(decided) <= _ROW_WISE_ROWS_MAX:  # one conversion, then a small transpose
             matrix = np.ascontiguousarray(
                 np.array([feats[name] for name in names], dtype=np.float32).T

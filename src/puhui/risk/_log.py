@@ -332,6 +332,18 @@ def _segment_numbers(directory: Path) -> list[int]:
     return sorted(found)
 
 
+def schema_path(directory: Path, schema: str) -> Path:
+    """Where the log in ``directory`` keeps the feature names of schema ``schema`` (a hash
+    of them, the ``schema`` of each record's metadata)."""
+    return directory / f"schema-{schema}.json"
+
+
+def feature_names(directory: Path, record: LogRecord) -> list[str]:
+    """The names of ``record``'s feature columns, in order."""
+    names: list[str] = json.loads(schema_path(directory, str(record.meta["schema"])).read_text())
+    return names
+
+
 def read_records(directory: Path, since_id: int = 1) -> Iterator[LogRecord]:
     """Every record of the log in ``directory`` holding a decision with id ``since_id`` or
     later, in order, read only: the log may belong to a running engine (a server), whose

@@ -19,7 +19,6 @@ Figures that need both classes (AUC) are ``None`` when the labels hold only one.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,11 +27,11 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from ._backtest import _typed
-from ._engine import DECISIONS, _event_features
+from ._backtest import logged_features
+from ._engine import DECISIONS
 from ._evaluate import Ruleset
 from ._lists import RiskLists
-from ._log import read_records
+from ._log import feature_names, read_records
 from ._model import auc
 
 LIVE_THRESHOLD_DEFAULT: Final = 900
@@ -82,7 +81,6 @@ def compare_models(
     shadow_severity: list[npt.NDArray[np.int64]] = []
     versions: dict[str, str] = {}
     for record in read_records(log_dir):
-        names = json.loads((log_dir / f"schema-{record.meta['schema']}.json").read_text())
         columns = record.row_columns()
         versions = {
             "live": str(record.meta.get("model", "none")),
@@ -93,14 +91,7 @@ def compare_models(
         if first - 1 + n > len(labels):
             raise ValueError("fewer labels than logged decisions")
         truths.append(np.asarray(labels[first - 1 : first - 1 + n], dtype=np.bool_))
-        feats: dict[str, npt.NDArray[Any]] = {
-            name: columns["features"][:, k].astype(np.float64) for k, name in enumerate(names)
-        }
-        events = _event_features(columns)
-        feats.update(events)
-        for name in list(feats):
-            if name in ruleset.features and name not in events:
-                feats[name] = _typed(ruleset, name, feats[name])
+        feats = logged_features(ruleset, feature_names(log_dir, record), columns)
         live, shadow = feats["model.score"], feats["model.shadow_score"]
         live_scores.append(live)
         shadow_scores.append(shadow)
