@@ -476,41 +476,28 @@ class PaymentBatches:
             payments._open_merchant_account(merchant_id, cur)  # cached once open
 
     def _decide(self, items: list[_Item]) -> None:
-        """One risk call for the batch. Its events are what ``Payments.risk_event`` tells
-        risk about each payment, built here with one clock reading for the whole batch (the
-        moment the batch is decided)."""
+        """One risk call for the batch: each event what ``Payments.risk_event`` tells risk
+        about the payment, with one clock reading for the whole batch (the moment the batch
+        is decided)."""
         payments = self.payments
         now = self.clock.now_ns()
-        tz_offset_s = payments.options.day_offset_s
         p2p, payment = risk.EventKind.P2P, risk.EventKind.PAYMENT
-        event = risk.RiskEvent
         events = []
         for item in items:
-            assert item.cur is not None
-            payer = item.payer
-            assert payer is not None
-            channel = item.request.channel
+            assert item.cur is not None and item.payer is not None
             if item.payee_id is not None:
-                kind, counterparty, merchant = p2p, f"c:{item.payee_id}", ""
+                kind, counterparty = p2p, f"c:{item.payee_id}"
             else:
                 kind, counterparty = payment, f"m:{item.merchant_id}"
-                merchant = counterparty
             events.append(
-                event(
-                    kind=kind,
-                    customer_id=payer.id,
+                payments.risk_event(
+                    kind,
+                    item.payer,
+                    item.request.amount,
+                    item.cur,
+                    counterparty,
+                    item.request.channel,
                     at_ns=now,
-                    amount=item.request.amount,
-                    currency=item.cur.code,
-                    counterparty=counterparty,
-                    device_id=channel.device_id,
-                    ip=channel.ip,
-                    merchant=merchant,
-                    latitude=channel.latitude,
-                    longitude=channel.longitude,
-                    tz_offset_s=tz_offset_s,
-                    kyc_level=int(payer.kyc_level),
-                    account_created_ns=payer.created_at_ns or None,
                 )
             )
         for item, decision in zip(items, payments.decide(events), strict=True):

@@ -1192,12 +1192,15 @@ class Payments:
         cur: Currency,
         counterparty: str,
         channel: Channel = NO_CHANNEL,
+        *,
+        at_ns: int | None = None,
     ) -> risk.RiskEvent:
-        """What risk control is told about one operation of ``customer``, now."""
+        """What risk control is told about one operation of ``customer``, at ``at_ns``
+        (default: now; a batch gives its one clock reading to all its events)."""
         return risk.RiskEvent(
             kind=kind,
             customer_id=customer.id,
-            at_ns=self.clock.now_ns(),
+            at_ns=self.clock.now_ns() if at_ns is None else at_ns,
             amount=amount,
             currency=cur.code,
             counterparty=counterparty,
