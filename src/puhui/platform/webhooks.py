@@ -274,11 +274,9 @@ _E = tables.webhook_endpoints
 _V = tables.webhook_events
 _D = tables.webhook_deliveries
 
-_INSERT_EVENT = _V.insert().returning(_V.c.seq)
-"""An event of the outbox (parameters: its columns but ``seq``); answers its ``seq``."""
 _INSERT_EVENTS = _V.insert().returning(_V.c.seq, _V.c.id)
-"""Several events of the outbox (parameters: a list of rows); answers each one's ``seq`` and
-``id``."""
+"""Events of the outbox (parameters: a list of rows, their columns but ``seq``); answers
+each one's ``seq`` and ``id``."""
 _ENABLED_ENDPOINTS = sa.select(_E.c.id, _E.c.event_types).where(
     _E.c.tenant_id == sa.bindparam("tenant_id"), _E.c.enabled.is_(True)
 )
@@ -439,10 +437,8 @@ class Webhooks:
         ]
         # Statements built once (module constants): SQLAlchemy compiles and keys them once,
         # not per event (building them here cost more than running them).
-        if len(rows) == 1:
-            seq_of = {rows[0]["id"]: conn.execute(_INSERT_EVENT, rows[0]).scalar_one()}
-        else:  # one multi-row INSERT, its rows in the order given (as their seq ascend)
-            seq_of = {str(r.id): r.seq for r in conn.execute(_INSERT_EVENTS, rows)}
+        # One multi-row INSERT, its rows in the order given (as their seq ascend).
+        seq_of = {str(r.id): r.seq for r in conn.execute(_INSERT_EVENTS, rows)}
         endpoints_of: dict[int, list[tuple[str, frozenset[str]]]] = {}
         deliveries: list[dict[str, Any]] = []
         for row in rows:
