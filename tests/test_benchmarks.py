@@ -6,32 +6,37 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_ledger_benchmark_quick_run_prints_json(tmp_path: Path) -> None:
+def _report(script: str, *args: str, timeout: int = 300) -> Any:
+    """Run ``benchmarks/<script>`` with ``args`` and read the JSON object it prints last."""
     out = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "ledger.py"),
-            "--quick",
-            "--json",
-            "--transfers",
-            "3000",
-            "--baseline-transfers",
-            "50",
-            "--variants",
-            "tigerbeetle,zipf,accounts_1m,concurrent_64",
-            "--workdir",
-            str(tmp_path),
-        ],
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
         check=True,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
     )
-    report = json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_ledger_benchmark_quick_run_prints_json(tmp_path: Path) -> None:
+    report = _report(
+        "ledger.py",
+        "--quick",
+        "--json",
+        "--transfers",
+        "3000",
+        "--baseline-transfers",
+        "50",
+        "--variants",
+        "tigerbeetle,zipf,accounts_1m,concurrent_64",
+        "--workdir",
+        str(tmp_path),
+    )
     for variant in ("tigerbeetle", "zipf", "accounts_1m", "concurrent_64"):
         figures = report[variant]
         assert figures["transfers_per_s"] > 0
@@ -41,14 +46,7 @@ def test_ledger_benchmark_quick_run_prints_json(tmp_path: Path) -> None:
 
 
 def test_payments_benchmark_quick_run_prints_json() -> None:
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "payments.py"), "--quick", "--json", "--verify"],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    report = json.loads(out.stdout.strip().splitlines()[-1])
+    report = _report("payments.py", "--quick", "--json", "--verify")
     assert report["payments_per_s"] > 0 and report["escrow_orders_per_s"] > 0
     assert report["p99_ms"] >= report["batch"]["p50_ms"] > 0
     for variant in ("batch", "coalesced", "single", "escrow"):
@@ -57,14 +55,7 @@ def test_payments_benchmark_quick_run_prints_json() -> None:
 
 
 def test_payment_records_benchmark_quick_run_prints_json() -> None:
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "payment_records.py"), "--quick", "--json"],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    report = json.loads(out.stdout.strip().splitlines()[-1])
+    report = _report("payment_records.py", "--quick", "--json")
     assert report["rows_per_s"] == report["puhui"]["rows_per_s"] > 0
     assert report["sqlite_defaults"]["rows_per_s"] > 0
     assert set(report["pages_per_row"]) == {
@@ -78,14 +69,7 @@ def test_payment_records_benchmark_quick_run_prints_json() -> None:
 
 
 def test_risk_benchmark_quick_run_prints_json() -> None:
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "risk.py"), "--quick", "--json"],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    report = json.loads(out.stdout.strip().splitlines()[-1])
+    report = _report("risk.py", "--quick", "--json")
     figures = report["rules_300"]
     assert figures["rules_active"] == 300 and figures["sample"] is True
     assert figures["compile_s"] > 0 and figures["decisions_per_s"] > 0
@@ -96,25 +80,17 @@ def test_risk_benchmark_quick_run_prints_json() -> None:
 
 
 def test_risk_features_benchmark_quick_run_prints_json() -> None:
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "risk_features.py"),
-            "--quick",
-            "--json",
-            "--events",
-            "5000",
-            "--batch",
-            "1000",
-            "--singles",
-            "50",
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    report = _report(
+        "risk_features.py",
+        "--quick",
+        "--json",
+        "--events",
+        "5000",
+        "--batch",
+        "1000",
+        "--singles",
+        "50",
     )
-    report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["events"] == 5000 and report["batch"] == 1000
     assert report["events_per_s"] > 0 and report["columns_per_s"] > 0
     assert report["single_p99_ms"] >= report["single_p50_ms"] > 0
@@ -122,14 +98,7 @@ def test_risk_features_benchmark_quick_run_prints_json() -> None:
 
 
 def test_risk_engine_benchmark_quick_run_prints_json() -> None:
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "risk_engine.py"), "--quick", "--json"],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    report = json.loads(out.stdout.strip().splitlines()[-1])
+    report = _report("risk_engine.py", "--quick", "--json", timeout=600)
     engine = report["engine"]
     assert engine["rules_active"] >= 200 and engine["decisions_per_s"] > 0
     assert sum(engine["decisions"].values()) == engine["batch"] * len(
@@ -141,14 +110,7 @@ def test_risk_engine_benchmark_quick_run_prints_json() -> None:
 
 
 def test_api_benchmark_quick_run_prints_json() -> None:
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "api.py"), "--quick", "--json"],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    report = json.loads(out.stdout.strip().splitlines()[-1])
+    report = _report("api.py", "--quick", "--json")
     assert report["payments_per_s"] > 0 and report["ledger_transfers_per_s"] > 0
     assert report["p99_ms"] >= report["p50_ms"] > 0
     assert report["payments"]["requests"] > 0 and report["payments"]["not_completed"] == {}
