@@ -57,7 +57,7 @@ def backtest(
         ids = first + rows
         if ids[-1] - 1 >= len(labels):
             raise ValueError("fewer labels than logged decisions")
-        truth = np.asarray([labels[int(i) - 1] for i in ids], dtype=np.bool_)
+        truth = np.asarray(labels[first - 1 : first - 1 + len(at)], dtype=np.bool_)[rows]
         amount = columns["amount"][rows]
         feats = logged_features(ruleset, feature_names(log_dir, record), columns, rows)
         started = time.perf_counter()
