@@ -342,7 +342,9 @@ class PaymentBatches:
                         conn,
                         f"SELECT payee_customer_id, currency, SUM(amount) AS amount"
                         f" FROM {t.operations.name} WHERE status {statuses}"
-                        f" AND kind = {ph('top_up')} AND payee_customer_id {marks}"
+                        # ``+ 0``: the in-flight rows by status, not the payees' whole
+                        # histories by the payee index (see ``Payments._check_balance_cap``)
+                        f" AND kind = {ph('top_up')} AND payee_customer_id + 0 {marks}"
                         " GROUP BY payee_customer_id, currency",
                         params,
                     )

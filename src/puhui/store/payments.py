@@ -97,7 +97,11 @@ operations = sa.Table(
     sa.Column("updated_at_ns", sa.BigInteger, nullable=False),
     sa.UniqueConstraint("scope", "idempotency_key"),
     sa.Index(None, "status", "created_at_ns"),
+    # A customer's history, a page at a time (``Payments.customer_operations``): each side
+    # walked in creation order (only rows created in the same instant, one batch's, are
+    # sorted by id), so a page reads about its own rows.
     sa.Index(None, "payer_customer_id", "created_at_ns"),
+    sa.Index(None, "payee_customer_id", "created_at_ns"),
     sa.Index(None, "merchant_id", "settlement_id"),
     sa.CheckConstraint("amount > 0", name="amount_positive"),
 )
