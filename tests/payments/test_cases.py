@@ -21,6 +21,7 @@ from puhui.payments import (
     PaymentsOptions,
 )
 
+from .._plans import plans_of
 from .conftest import World
 
 S = OperationStatus
@@ -135,6 +136,9 @@ def test_a_decision_not_carried_out_is_carried_out_by_the_job(
     assert cases.resolve_pending() == 1
     assert p.operation(op.id).status is S.COMPLETED and cases.case(case.id).resolved
     assert cases.resolve_pending() == 0
+    if world.engine.dialect.name == "sqlite":  # the job reads the cases not carried out only
+        [(_, plan)] = plans_of(world.engine, ("risk_cases",), cases.resolve_pending)
+        assert plan == ["SEARCH risk_cases USING INDEX ix_risk_cases_resolved_id (resolved=?)"]
 
 
 def test_held_payments_of_a_batch_open_cases_too(cases_world: tuple[World, risk.Cases]) -> None:

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import sqlalchemy as sa
-
 from puhui.payments import (
     Operation,
     OperationStatus,
@@ -15,6 +11,7 @@ from puhui.payments import (
     merchant_qr,
 )
 
+from .._plans import plans_of
 from .conftest import World
 
 S = OperationStatus
@@ -90,30 +87,19 @@ def test_a_page_of_history_is_read_through_indexes_not_a_scan(world: World) -> N
     alice = _customer(world, 1, fund=100_00)
     bob = _customer(world, 2)
     p.transfer(alice, Payee(customer_id=bob), 1_00, CNY, key="k")
-    statements: list[tuple[str, Any]] = []
 
-    def capture(_c: Any, _cur: Any, statement: str, parameters: Any, *_: Any) -> None:
-        if "payments_operations" in statement:
-            statements.append((statement, parameters))
-
-    sa.event.listen(world.engine, "before_cursor_execute", capture)
-    try:
+    def two_pages() -> None:
         first = p.customer_operations(bob, limit=1)
         p.customer_operations(bob, after=(first[0].created_at_ns, first[0].id), limit=1)
-    finally:
-        sa.event.remove(world.engine, "before_cursor_execute", capture)
-    assert len(statements) == 4  # payer side and payee side, two pages
-    with world.engine.connect() as conn:
-        for n, (statement, parameters) in enumerate(statements):
-            plan = [
-                str(row[3])
-                for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)
-            ]
-            side = "payer" if n % 2 == 0 else "payee"
-            search = plan[0]
-            assert search.startswith(
-                f"SEARCH payments_operations USING INDEX ix_payments_operations_{side}_"
-            ), plan
-            if n >= 2:  # a later page starts at the cursor, not at the customer's first row
-                assert "created_at_ns>?" in search, plan
-            assert plan[1:] in ([], ["USE TEMP B-TREE FOR RIGHT PART OF ORDER BY"]), plan
+
+    found = plans_of(world.engine, ("payments_operations",), two_pages)
+    assert len(found) == 4  # payer side and payee side, two pages
+    for n, (_, plan) in enumerate(found):
+        side = "payer" if n % 2 == 0 else "payee"
+        search = plan[0]
+        assert search.startswith(
+            f"SEARCH payments_operations USING INDEX ix_payments_operations_{side}_"
+        ), plan
+        if n >= 2:  # a later page starts at the cursor, not at the customer's first row
+            assert "created_at_ns>?" in search, plan
+        assert plan[1:] in ([], ["USE TEMP B-TREE FOR RIGHT PART OF ORDER BY"]), plan

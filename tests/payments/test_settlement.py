@@ -15,6 +15,7 @@ from puhui.payments import (
     statement_csv,
 )
 
+from .._plans import plans_of
 from .conftest import World
 
 S = OperationStatus
@@ -184,3 +185,34 @@ def test_timers_that_die_half_way_are_finished_by_running_them_again(
     assert [c.order(o).status for o in orders] == ["finished"] * 3
     assert market.receivable() == 3 * (100_00 - 1_00)
     assert c.run_timers()["confirmed"] == 0
+
+
+def test_the_daily_jobs_read_through_indexes_not_whole_tables(market: Market) -> None:
+    """On SQLite, settling a day (what is due, what was settled, each statement) and
+    reconciling it read operations and settlements by index: their cost follows the day's
+    rows, not every row the store ever kept."""
+    world = market.world
+    if world.engine.dialect.name != "sqlite":
+        return  # the plans are SQLite's; PostgreSQL has the same indexes
+    market.pay(10_00, "a")
+    market.p.top_up(market.customer, market.card, 5_00, CNY, key="t")
+    day = market.settlement.today()
+    world.clock.advance(DAY_NS)
+    tables = ("payments_operations", "payments_settlements")
+
+    def jobs() -> None:
+        [statement] = market.settlement.settle()
+        assert statement.gross == 10_00
+        report = market.settlement.reconcile(day, world.bank.statement(day))
+        assert report.clean
+
+    found = plans_of(world.engine, tables, jobs)
+    scans = [line for _, lines in found for line in lines if line.startswith("SCAN ")]
+    assert scans == []
+    # what is due: a walk of the operations not settled yet (not of every one completed)
+    [due] = [
+        lines for sql, lines in found if "settlement_id IS NULL AND" in sql and "GROUP BY" in sql
+    ]
+    assert due[0].startswith(
+        "SEARCH payments_operations USING INDEX ix_payments_operations_unsettled"
+    )

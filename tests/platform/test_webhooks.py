@@ -40,6 +40,8 @@ from puhui.platform import (
 from puhui.platform.model import check_webhook_url
 from puhui.store import create_engine
 
+from .._plans import plans_of
+
 NS = 10**9
 SCHEDULE = RetrySchedule(base_s=10.0, cap_s=80.0, floor_s=1.0, attempts_max=6)
 PUBLIC_ADDRESS = "93.184.215.14"
@@ -523,6 +525,23 @@ def test_old_events_are_pruned_unless_a_delivery_still_waits(setup: Setup) -> No
         w.replay(setup.a.id, delivered)
     with pytest.raises(WebhookEventNotFoundError):
         w.event(setup.b.id, unwanted)
+
+
+def test_pruning_reads_each_old_event_s_own_deliveries(setup: Setup) -> None:
+    """On SQLite, whether an old event still has a delivery waiting is read through its
+    own deliveries (by event), not every pending delivery of the store per event."""
+    w = setup.webhooks
+    if setup.engine.dialect.name != "sqlite":
+        return  # the plan is SQLite's
+    w.create_endpoint(setup.a.id, "https://a.example/hook", ["*"])
+    setup.record(setup.a)
+    setup.clock.advance(int(w.options.event_retention_s * NS) + 1)
+    found = plans_of(setup.engine, ("platform_webhook_deliveries",), w.prune)
+    [(_, plan)] = [(sql, lines) for sql, lines in found if "EXISTS" in sql]
+    assert any(
+        "USING INDEX sqlite_autoindex_platform_webhook_deliveries_1 (event_seq=?)" in line
+        for line in plan
+    ), plan
 
 
 # --- where webhooks may go (SSRF guard) -------------------------------------------------------

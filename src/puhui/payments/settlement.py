@@ -123,10 +123,13 @@ class Settlement:
             due = conn.execute(
                 sa.select(o.merchant_id, o.currency)
                 .where(
-                    o.kind.in_(_DUE_KINDS),
-                    o.status == str(_S.COMPLETED),
+                    # the two terms of the ``unsettled`` index's condition, verbatim: the
+                    # walk reads the operations not yet settled, not every one completed
+                    o.merchant_id.is_not(None),
                     o.settlement_id.is_(None),
                     o.day < day,
+                    o.kind.in_(_DUE_KINDS),
+                    o.status == str(_S.COMPLETED),
                 )
                 .group_by(o.merchant_id, o.currency)
             ).all()
@@ -245,7 +248,10 @@ class Settlement:
                 raise SettlementNotFoundError(f"no settlement of merchant {merchant_id} on {day}")
             items = conn.execute(
                 sa.select(t.operations)
-                .where(t.operations.c.settlement_id == row.id)
+                .where(  # the merchant too: the (merchant_id, settlement_id) index
+                    t.operations.c.merchant_id == merchant_id,
+                    t.operations.c.settlement_id == row.id,
+                )
                 .order_by(t.operations.c.created_at_ns)
             ).all()
         lines = tuple(

@@ -103,6 +103,19 @@ operations = sa.Table(
     sa.Index(None, "payer_customer_id", "created_at_ns"),
     sa.Index(None, "payee_customer_id", "created_at_ns"),
     sa.Index(None, "merchant_id", "settlement_id"),
+    # Merchants' operations not settled yet, by status and day (the settlement job's walk:
+    # completed before the day); a row
+    # leaves it when settled. The condition's terms must stand verbatim in a query's WHERE
+    # for SQLite to use it.
+    sa.Index(
+        "ix_payments_operations_unsettled",
+        "status",
+        "day",
+        sqlite_where=sa.text("merchant_id IS NOT NULL AND settlement_id IS NULL"),
+        postgresql_where=sa.text("merchant_id IS NOT NULL AND settlement_id IS NULL"),
+    ),
+    # A day's operations of a kind (reconciliation with the bank's statement of the day).
+    sa.Index(None, "day", "kind"),
     sa.CheckConstraint("amount > 0", name="amount_positive"),
 )
 
@@ -236,6 +249,7 @@ settlements = sa.Table(
     sa.Column("operation_id", sa.String(32), nullable=True),
     sa.Column("created_at_ns", sa.BigInteger, nullable=False),
     sa.UniqueConstraint("merchant_id", "currency", "day"),
+    sa.Index(None, "day", "merchant_id", "currency"),
     sa.CheckConstraint("payout >= 0 AND fee >= 0", name="amounts_not_negative"),
 )
 

@@ -37,6 +37,8 @@ cases = sa.Table(
     sa.UniqueConstraint("subject_kind", "subject_id"),
     sa.CheckConstraint("status IN ('open', 'escalated', 'approved', 'rejected')", name="status"),
     sa.Index(None, "status", "id"),
+    # Decisions not carried out yet (``Cases.resolve_pending``): the open and the unresolved.
+    sa.Index(None, "resolved", "id"),
 )
 
 LIST_NAME_CHARS_MAX = 64
