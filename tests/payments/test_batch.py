@@ -42,6 +42,7 @@ from puhui.payments.model import (
 from puhui.store import create_engine, migrate
 from puhui.store import payments as tables
 
+from .._plans import plans_of
 from .conftest import START_NS, World
 
 S = OperationStatus
@@ -531,3 +532,31 @@ def test_a_batch_reserves_within_the_allowance_without_going_one_by_one(
     )
     assert [_ok(a).status for a in answers] == [S.COMPLETED] * 3
     assert (_outflow(world, alice), _outflow(world, bob)) == (41_00, 20_00)
+
+
+def test_a_batch_finds_its_own_rows_by_their_ids(world: World) -> None:
+    """On SQLite, the outcomes' statements reach the batch's rows through the primary key,
+    not by walking every pending operation of the store."""
+    if world.engine.dialect.name != "sqlite":
+        return  # the plan is SQLite's
+    p = world.payments
+    alice, bob = _customer(world, 1, fund=100_00), _customer(world, 2)
+    batches = PaymentBatches(p)
+
+    def pay() -> None:
+        answers = batches.pay_many(
+            [
+                PaymentRequest(alice, 1_00, CNY, f"k{i}", payee=Payee(customer_id=bob))
+                for i in range(3)
+            ]
+        )
+        assert all(_ok(a).status is S.COMPLETED for a in answers)
+
+    found = plans_of(world.engine, ("payments_operations",), pay)
+    [update] = [
+        plan for sql, plan in found if sql.startswith("UPDATE payments_operations SET status")
+    ]
+    assert (
+        update[0]
+        == "SEARCH payments_operations USING INDEX sqlite_autoindex_payments_operations_1 (id=?)"
+    )

@@ -707,7 +707,9 @@ class PaymentBatches:
             updated += conn.exec_driver_sql(
                 f"UPDATE {t.operations.name} SET status = {ph('status')}, error_code = NULL,"
                 f" hold_expires_at_ns = NULL, updated_at_ns = {ph('now')}"
-                f" WHERE id {marks} AND status = {ph('pending')}",
+                # ``|| ''``: the rows by their ids (the primary key), not a walk of every
+                # pending row of the store by the status index (SQLite's choice otherwise)
+                f" WHERE id {marks} AND status || '' = {ph('pending')}",
                 params,
             ).rowcount
         if len(plain) < len(changed):
@@ -941,7 +943,9 @@ def _pending_ids(conn: sa.Connection, ids: list[str]) -> set[str]:
         if conn.dialect.name == "sqlite":
             marks, params = _in(conn, "i", chunk)
             params["pending"] = str(_S.PENDING)
-            sql = f"SELECT id FROM {t.operations.name} WHERE id {marks} AND status = :pending"
+            sql = (  # ``|| ''``: by the ids' primary key (see ``_record_outcomes``)
+                f"SELECT id FROM {t.operations.name} WHERE id {marks} AND status || '' = :pending"
+            )
         else:
             params = {"ids": chunk, "pending": str(_S.PENDING)}
             sql = (
