@@ -1,18 +1,24 @@
-"""The app's lifespan: what exists at start-up is frozen out of the collector's reach while
-the app serves (``ApiOptions.freeze_gc_on_start``), and unfrozen on shutdown; the youngest
-generation is collected less often meanwhile (``ApiOptions.gc_young_objects``)."""
+"""The app's lifespan: housekeeping (expired idempotency records deleted); what exists at
+start-up is frozen out of the collector's reach while the app serves
+(``ApiOptions.freeze_gc_on_start``), and unfrozen on shutdown; the youngest generation is
+collected less often meanwhile (``ApiOptions.gc_young_objects``)."""
 
 from __future__ import annotations
 
 import gc
+import time
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import sqlalchemy as sa
 
-from puhui.api import ApiOptions
+from puhui.api import ApiOptions, _app
+from puhui.platform import IdempotencyOptions
+from puhui.store.platform import idempotency
 
-from .conftest import make_api
+from .conftest import Api, make_api
 
 running_api = contextmanager(make_api)
 
@@ -54,3 +60,77 @@ def test_the_threshold_is_left_alone_when_asked(tmp_path: Path) -> None:
 def test_the_threshold_must_be_positive(objects: int) -> None:
     with pytest.raises(ValueError, match="gc_young_objects"):
         ApiOptions(gc_young_objects=objects)
+
+
+def _idempotency_rows(api: Api) -> int:
+    with api.engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(idempotency)).scalar_one())
+
+
+def _post_with_key(api: Api, key: str) -> None:
+    response = api.client.post(
+        "/v1/payments/customers",
+        json={"phone": f"+861390000{len(key):04d}", "display_name": "K"},
+        headers=api.auth(**{"Idempotency-Key": key}),
+    )
+    assert response.status_code == 201, response.text
+
+
+def test_housekeeping_deletes_the_idempotency_records_whose_window_is_over(
+    tmp_path: Path,
+) -> None:
+    options = ApiOptions(
+        housekeeping_interval_s=0.02, idempotency=IdempotencyOptions(window_s=3600.0)
+    )
+    with running_api(tmp_path, options) as api:
+        _post_with_key(api, "old")
+        api.clock.advance(3601 * 10**9)  # its window is over
+        _post_with_key(api, "fresh-one")
+        deadline = time.monotonic() + 10
+        while _idempotency_rows(api) > 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with api.engine.connect() as conn:
+            keys = conn.execute(sa.select(idempotency.c.key)).scalars().all()
+        assert keys == ["fresh-one"]  # the expired one went, the fresh one stays
+
+
+def test_housekeeping_can_be_left_to_another_process(tmp_path: Path) -> None:
+    options = ApiOptions(
+        housekeeping_interval_s=None, idempotency=IdempotencyOptions(window_s=3600.0)
+    )
+    with running_api(tmp_path, options) as api:
+        _post_with_key(api, "old")
+        api.clock.advance(3601 * 10**9)
+        time.sleep(0.1)
+        assert _idempotency_rows(api) == 1
+
+
+def test_a_housekeeping_round_is_bounded_and_goes_in_steps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[int] = []
+
+    class Records:
+        def purge_expired(self, limit: int) -> int:
+            calls.append(limit)
+            return limit  # always a full step: more is waiting
+
+    monkeypatch.setattr(_app, "purge_statement_rows_max", 4)
+    context = SimpleNamespace(idempotency=Records())
+    assert _app._purge_round(context, 10) == 10
+    assert calls == [4, 4, 2]
+    calls.clear()
+
+    class Few(Records):
+        def purge_expired(self, limit: int) -> int:
+            calls.append(limit)
+            return 1
+
+    assert _app._purge_round(SimpleNamespace(idempotency=Few()), 10) == 1
+    assert calls == [4]  # fewer than a step: nothing more is expired
+
+
+@pytest.mark.parametrize("bad", [{"housekeeping_interval_s": 0}, {"housekeeping_rows_max": 0}])
+def test_housekeeping_limits_must_be_positive(bad: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="housekeeping"):
+        ApiOptions(**bad)  # type: ignore[arg-type]

@@ -251,7 +251,12 @@ def _lifespan(webhooks: Webhooks, options: ApiOptions) -> Any:
     ``gc_young_objects`` its youngest generation is collected less often; with a delivery
     interval, a webhook delivery worker runs beside the API and is stopped (its round in
     flight finished, or cut short) on shutdown."""
-    delivering = _delivering(webhooks, options.webhook_delivery_interval_s)
+    webhook_delivery = _delivering(webhooks, options.webhook_delivery_interval_s)
+
+    @contextlib.asynccontextmanager
+    async def delivering(app: FastAPI) -> AsyncIterator[None]:
+        async with webhook_delivery(app), _housekeeping(app, options):
+            yield
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -293,6 +298,51 @@ def _young_threshold(objects: int | None) -> Iterator[None]:
         yield
     finally:
         gc.set_threshold(*before)
+
+
+purge_statement_rows_max = 10_000
+"""Most expired idempotency records one statement of housekeeping deletes (unit: rows)."""
+
+
+@contextlib.asynccontextmanager
+async def _housekeeping(app: FastAPI, options: ApiOptions) -> AsyncIterator[None]:
+    """Beside the API: a round at start-up, then one every ``housekeeping_interval_s``,
+    deleting expired idempotency records (see ``ApiOptions``); cancelled on shutdown (a
+    round cut short deleted what it committed, the next one goes on)."""
+    interval_s = options.housekeeping_interval_s
+    if interval_s is None:
+        yield
+        return
+
+    async def rounds() -> None:
+        context = app.state.puhui
+        while True:
+            try:
+                await asyncio.to_thread(_purge_round, context, options.housekeeping_rows_max)
+            except Exception:  # the store is down: logged, tried again next round
+                log.exception("housekeeping round failed")
+            await asyncio.sleep(interval_s)
+
+    task = asyncio.create_task(rounds(), name="housekeeping")
+    app.state.housekeeping = task
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def _purge_round(context: Any, rows_max: int) -> int:
+    """Delete expired idempotency records, at most ``rows_max``; how many went."""
+    purged = 0
+    while purged < rows_max:
+        step = min(purge_statement_rows_max, rows_max - purged)
+        done = int(context.idempotency.purge_expired(limit=step))
+        purged += done
+        if done < step:
+            break
+    return purged
 
 
 def _delivering(webhooks: Webhooks, interval_s: float | None) -> Any:

@@ -47,6 +47,12 @@ class ApiOptions:
     webhook_delivery_interval_s: float | None = None
     """Run the webhook delivery worker on the app's lifespan, a round every this many seconds
     when there is little to do (None: this app does not deliver; ``puhui serve`` sets 1 s)."""
+    housekeeping_interval_s: float | None = 60.0
+    """Every this many seconds while the app serves (and once at start-up), delete the
+    idempotency records whose window is over (``IdempotencyRecords.purge_expired``, at most
+    ``housekeeping_rows_max`` a round). None: this app does not (another process does)."""
+    housekeeping_rows_max: int = 100_000
+    """Most expired records deleted in one round (in statements of 10,000)."""
     freeze_gc_on_start: bool = True
     """On the app's start-up, move every object that exists then out of the garbage
     collector's reach (``gc.freeze``; undone on shutdown): full collections then walk only
@@ -78,6 +84,10 @@ class ApiOptions:
             raise ValueError("gc_young_objects must be positive")
         if self.webhook_delivery_interval_s is not None and self.webhook_delivery_interval_s <= 0:
             raise ValueError("webhook_delivery_interval_s must be positive")
+        if self.housekeeping_interval_s is not None and self.housekeeping_interval_s <= 0:
+            raise ValueError("housekeeping_interval_s must be positive")
+        if self.housekeeping_rows_max <= 0:
+            raise ValueError("housekeeping_rows_max must be positive")
 
 
 class BodyLimitMiddleware:

@@ -993,19 +993,14 @@ class Payments:
             ops.c.payer_customer_id == customer_id,
             sa.and_(
                 ops.c.payee_customer_id == customer_id,
-                sa.or_(
-                    ops.c.payer_customer_id.is_(None), ops.c.payer_customer_id != customer_id
-                ),
+                sa.or_(ops.c.payer_customer_id.is_(None), ops.c.payer_customer_id != customer_id),
             ),
         )
         rows: list[sa.Row[Any]] = []
         with self.engine.connect() as conn:
             for side in sides:
                 query = (
-                    sa.select(ops)
-                    .where(side)
-                    .order_by(ops.c.created_at_ns, ops.c.id)
-                    .limit(limit)
+                    sa.select(ops).where(side).order_by(ops.c.created_at_ns, ops.c.id).limit(limit)
                 )
                 if after is not None:
                     at_ns, last_id = after

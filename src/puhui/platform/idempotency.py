@@ -197,13 +197,18 @@ class IdempotencyRecords:
             )
 
     def purge_expired(self, limit: int = 10_000) -> int:
-        """Delete up to ``limit`` expired records; the number deleted."""
+        """Delete up to ``limit`` expired records (the oldest first, found by the expiry
+        index), in one statement; the number deleted."""
         t = tables.idempotency
         now = self.clock.now_ns()
+        expired = (
+            sa.select(t.c.tenant_id, t.c.key)
+            .where(t.c.expires_at_ns <= now)
+            .order_by(t.c.expires_at_ns)
+            .limit(limit)
+        )
         with self.engine.begin() as conn:
-            keys = conn.execute(
-                sa.select(t.c.tenant_id, t.c.key).where(t.c.expires_at_ns <= now).limit(limit)
-            ).all()
-            for tenant_id, key in keys:
-                conn.execute(t.delete().where(t.c.tenant_id == tenant_id, t.c.key == key))
-        return len(keys)
+            deleted = conn.execute(
+                t.delete().where(sa.tuple_(t.c.tenant_id, t.c.key).in_(expired))
+            ).rowcount
+        return int(deleted)
