@@ -481,6 +481,7 @@ API_ALL = [
     "InvalidCursorError",
     "MethodNotAllowedError",
     "NotFoundError",
+    "OverloadedError",
     "PlatformRoute",
     "RateLimitedError",
     "RecordsInvalidError",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -317,6 +318,54 @@ def test_concurrent_single_payments_are_carried_out_together(world: World) -> No
     total = sum(1_00 + k for k in range(40) if k != 7)
     assert p.balance(bob, CNY).posted == total
     assert p.balance(alice, CNY).posted == 1_000_00 - total
+
+
+def test_a_caller_who_gave_up_before_its_batch_began_pays_nothing(world: World) -> None:
+    """Payments queued behind a running batch whose callers are cancelled meanwhile are not
+    made; the others are, each once."""
+    import asyncio
+
+    from puhui.payments import PaymentCoalescer
+
+    p = world.payments
+    alice = _customer(world, 1, fund=1_000_00)
+    bob = _customer(world, 2)
+    batches = PaymentBatches(p)
+    started, release = threading.Event(), threading.Event()
+    sizes: list[int] = []
+    pay_many = batches.pay_many
+
+    def slow(requests: Any) -> Any:  # the first batch waits until the others are queued
+        sizes.append(len(requests))
+        started.set()
+        release.wait(10)
+        return pay_many(requests)
+
+    batches.pay_many = slow  # type: ignore[method-assign]
+    coalescer = PaymentCoalescer(batches)
+
+    def request(k: int) -> PaymentRequest:
+        return PaymentRequest(alice, 1_00, CNY, f"g{k}", payee=Payee(customer_id=bob))
+
+    async def run() -> tuple[Operation, list[Operation]]:
+        first = asyncio.ensure_future(coalescer.pay(request(0)))
+        while not started.is_set():
+            await asyncio.sleep(0.001)
+        queued = [asyncio.ensure_future(coalescer.pay(request(k))) for k in range(1, 6)]
+        await asyncio.sleep(0)
+        for task in queued[:3]:
+            task.cancel()  # these callers give up while the first batch runs
+        await asyncio.sleep(0)
+        release.set()
+        kept = [await task for task in queued[3:]]
+        return await first, kept
+
+    first, kept = asyncio.run(run())
+    assert first.status is S.COMPLETED and all(op.status is S.COMPLETED for op in kept)
+    assert sizes == [1, 2]  # the second batch held only the two still waiting
+    assert p.balance(bob, CNY).posted == 3 * 1_00
+    keys = {op.id for op in [first, *kept]}
+    assert len(keys) == 3
 
 
 def test_a_batch_counts_top_ups_awaiting_the_bank_against_the_payee_cap(world: World) -> None:

@@ -50,7 +50,7 @@ from . import (
 )
 from ._batching import AuditBatcher, GroupCall, PrincipalCache
 from ._context import ApiContext
-from ._guards import ApiOptions, BodyLimitMiddleware, RateLimiter
+from ._guards import Admission, ApiOptions, BodyLimitMiddleware, RateLimiter
 from ._lean_routes import LeanRoutes
 from ._logging import RequestLogMiddleware, configure_logging, logging_configured
 from ._metrics import ApiMetrics
@@ -186,6 +186,7 @@ def create_app(
         metrics=metrics,
         payments=payments_context,
         webhooks=webhooks,
+        admission=Admission(options.requests_in_flight_max),
     )
     metrics.webhook_backlog.set_function(webhooks.backlog)
     context: ApiContext = app.state.puhui

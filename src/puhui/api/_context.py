@@ -16,7 +16,7 @@ from puhui.platform import (
 )
 
 from ._batching import AuditBatcher, GroupCall, PrincipalCache
-from ._guards import ApiOptions, RateLimiter
+from ._guards import Admission, ApiOptions, RateLimiter
 from ._metrics import ApiMetrics
 from ._payments_context import PaymentsContext
 
@@ -39,3 +39,5 @@ class ApiContext:
     metrics: ApiMetrics
     payments: PaymentsContext
     webhooks: Webhooks
+    admission: Admission
+    """Requests in flight, within ``options.requests_in_flight_max``."""

@@ -40,6 +40,11 @@ class ApiOptions:
     auth_cache_s: float = 1.0
     """How long an authenticated key is remembered: a key revoked elsewhere stops working
     within this time (0: check the store on every request)."""
+    requests_in_flight_max: int = 1024
+    """Most requests inside the authenticated routes' pipeline at once; one more is
+    answered 503 ``overloaded`` with ``Retry-After`` before anything is done (each request
+    holds its body and a place in the queues to the store and the ledger: without a bound,
+    an overload grows them, and every answer's wait, without end)."""
     page_size_default: int = 100
     page_size_max: int = 1000
     idempotency: IdempotencyOptions = field(default_factory=IdempotencyOptions)
@@ -72,7 +77,11 @@ class ApiOptions:
     request through the router (the tests compare both ways)."""
 
     def __post_init__(self) -> None:
-        if self.request_body_bytes_max <= 0 or self.rate_burst_requests <= 0:
+        if (
+            self.request_body_bytes_max <= 0
+            or self.rate_burst_requests <= 0
+            or self.requests_in_flight_max <= 0
+        ):
             raise ValueError("limits must be positive")
         if self.auth_cache_s < 0:
             raise ValueError("auth_cache_s must not be negative")
@@ -209,3 +218,24 @@ def decode_cursor(kind: str, cursor: str) -> dict[str, Any]:
     if not isinstance(data, dict) or data.pop("k", None) != kind:
         raise InvalidCursorError("this cursor belongs to another list")
     return data
+
+
+class Admission:
+    """Requests in flight through the pipeline, at most ``limit`` (used from the event
+    loop's thread only)."""
+
+    __slots__ = ("in_flight", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_flight = 0
+
+    def enter(self) -> bool:
+        """Take a place (True), or False when all ``limit`` are taken."""
+        if self.in_flight >= self.limit:
+            return False
+        self.in_flight += 1
+        return True
+
+    def leave(self) -> None:
+        self.in_flight -= 1

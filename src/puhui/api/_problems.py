@@ -49,6 +49,13 @@ class RateLimitedError(PuhuiError):
     code = "rate_limited"
 
 
+class OverloadedError(PuhuiError):
+    """The server has as many requests in flight as it takes; retry after ``Retry-After``
+    seconds. Nothing was done."""
+
+    code = "overloaded"
+
+
 class InvalidCursorError(InvalidInputError):
     """A pagination cursor that this API did not hand out (or for another list)."""
 
@@ -87,6 +94,7 @@ STATUS_BY_CODE: Final[dict[str, int]] = {
     "request_too_large": 413,
     "media_type_unsupported": 415,
     "rate_limited": 429,
+    "overloaded": 503,
     # request validation
     "invalid_input": 422,
     "records_invalid": 422,

@@ -1,5 +1,6 @@
 """What every authenticated route goes through, in order, before and after its handler:
 
+0. a place among the requests in flight (503 ``overloaded`` with ``Retry-After``);
 1. the bearer API key → a ``Principal`` (401 ``api_key_invalid``);
 2. the key's token bucket (429 ``rate_limited`` with ``Retry-After``);
 3. the route's scope (403 ``scope_missing``);
@@ -44,11 +45,14 @@ from puhui.platform.model import check_idempotency_key, request_fingerprint
 
 from ._context import ApiContext
 from ._logging import note_principal
-from ._problems import problem_from_error, problem_from_exception
+from ._problems import OverloadedError, problem_from_error, problem_from_exception
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 REPLAY_HEADER = "Idempotent-Replayed"
+
+OVERLOADED_RETRY_AFTER_S = 1
+"""``Retry-After`` of a request refused as ``overloaded`` (unit: seconds)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,8 +158,32 @@ async def _run(
 ) -> Response:
     """The pipeline around ``inner`` (see the module's description). ``target`` is the
     request's path when the caller knows it is ``request.url.path`` already (else that is
-    read)."""
+    read). Beyond ``ApiOptions.requests_in_flight_max`` requests in it at once, a request
+    is answered 503 ``overloaded`` before anything is done."""
     context: ApiContext = request.app.state.puhui
+    admission = context.admission
+    if not admission.enter():
+        refused = OverloadedError(
+            "the server has as many requests in flight as it takes; retry shortly",
+            retry_after_s=OVERLOADED_RETRY_AFTER_S,
+        )
+        response = problem_from_error(refused, headers=_error_headers(refused))
+        context.metrics.count_request(route_path, request.method, response.status_code)
+        return response
+    try:
+        return await _admitted(context, spec, route_path, request, inner, target)
+    finally:
+        admission.leave()
+
+
+async def _admitted(
+    context: ApiContext,
+    spec: Endpoint,
+    route_path: str,
+    request: Request,
+    inner: Callable[[Request], Awaitable[Response]],
+    target: str | None,
+) -> Response:
     principal: Principal | None = None
     started = time.perf_counter()
     try:

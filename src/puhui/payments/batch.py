@@ -1013,7 +1013,8 @@ class PaymentCoalescer:
     round trip; under load that, not the work, is the limit. ``await pay(request)`` queues
     the request; while one batch runs (in a worker thread), the next fills up, and each
     caller gets its own answer — the ``Operation``, or the error that refused it, raised.
-    Belongs to one event loop.
+    A caller cancelled before its batch begins is left out of it (its payment is not made);
+    one cancelled later finds its payment made, as recorded. Belongs to one event loop.
     """
 
     def __init__(self, batches: PaymentBatches, *, batch_max: int = 1_000) -> None:
@@ -1036,6 +1037,11 @@ class PaymentCoalescer:
         while self._pending:
             chunk = self._pending[: self.batch_max]
             del self._pending[: self.batch_max]
+            # A caller that gave up before its batch began (cancelled): its payment is not
+            # made — nobody was told it was, and nobody is waiting for it.
+            chunk = [(request, future) for request, future in chunk if not future.done()]
+            if not chunk:
+                continue
             try:
                 answers = await asyncio.to_thread(
                     self.batches.pay_many, [request for request, _ in chunk]
