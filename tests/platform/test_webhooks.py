@@ -527,6 +527,35 @@ def test_old_events_are_pruned_unless_a_delivery_still_waits(setup: Setup) -> No
         w.event(setup.b.id, unwanted)
 
 
+def test_the_worker_prunes_a_backlog_round_after_round(setup: Setup) -> None:
+    """While a pruning deletes its most, the worker prunes again at its next round (not a
+    minute later): a backlog of old events is not left to outgrow the pruning rate."""
+    w = Webhooks(setup.engine, clock=setup.clock, options=WebhookOptions(prune_events_max=2))
+    for _ in range(5):
+        setup.record(setup.b)  # no endpoint: nothing to deliver, prunable once old
+    setup.clock.advance(int(w.options.event_retention_s * NS) + 1)
+    made = 0
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        async with DeliveryWorker(
+            w, transport=httpx2.MockTransport(Receiver(setup.clock))
+        ) as worker:
+
+            async def round_() -> int:
+                nonlocal made
+                made += 1
+                if made == 4:
+                    stop.set()
+                return 0
+
+            worker.run_once = round_  # type: ignore[method-assign]
+            await worker.run(stop, interval_s=0.001)
+
+    asyncio.run(run())
+    assert w.events(setup.b.id) == []  # 2 + 2 + 1 in three rounds, the clock standing still
+
+
 def test_pruning_reads_each_old_event_s_own_deliveries(setup: Setup) -> None:
     """On SQLite, whether an old event still has a delivery waiting is read through its
     own deliveries (by event), not every pending delivery of the store per event."""

@@ -129,7 +129,9 @@ class WebhookOptions:
     prune_every_s: float = 60.0
     """How often the worker deletes expired events."""
     prune_events_max: int = 1000
-    """Events one pruning deletes at most (the rest go next time)."""
+    """Events one pruning deletes at most; while it finds that many, the worker prunes
+    again at its next round (not after ``prune_every_s``), so a backlog goes at up to this
+    many a round."""
     loopback_allowed: bool = False
     """Development and tests only: accept endpoints on loopback addresses (127.0.0.0/8,
     ::1, names resolving there), over ``http://`` too. Off, every endpoint must be an
@@ -885,8 +887,9 @@ class DeliveryWorker:
                 made = await self.run_once()
                 now = clock.now_ns()
                 if pruned_at is None or now - pruned_at >= every_ns:
-                    await asyncio.to_thread(self.webhooks.prune)
-                    pruned_at = now
+                    pruned = await asyncio.to_thread(self.webhooks.prune)
+                    if pruned < self.webhooks.options.prune_events_max:
+                        pruned_at = now  # caught up; else again next round, not in a minute
             except Exception:
                 log.exception("webhook delivery round failed")
                 made = 0
