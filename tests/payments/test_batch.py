@@ -609,3 +609,27 @@ def test_a_batch_finds_its_own_rows_by_their_ids(world: World) -> None:
         update[0]
         == "SEARCH payments_operations USING INDEX sqlite_autoindex_payments_operations_1 (id=?)"
     )
+
+
+def test_the_open_accounts_memory_is_bounded_and_a_forgotten_one_reopens(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from puhui.payments import service
+
+    monkeypatch.setattr(service, "opened_cached_max", 2)
+    p = world.payments
+    ids = [_customer(world, n) for n in (1, 2, 3)]
+    for customer in ids:
+        p.open_wallet(customer, CNY)
+    assert len(p._opened) <= 2
+    assert wallet_account_id(ids[0], currency(CNY)) not in p._opened  # the oldest went
+    account = p.open_wallet(ids[0], CNY)  # opened again: the ledger answers "exists"
+    assert account == wallet_account_id(ids[0], currency(CNY))
+    with world.engine.connect() as conn:
+        wallets = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(tables.wallets)
+            .where(tables.wallets.c.customer_id == ids[0])
+        ).scalar_one()
+    assert wallets == 1
+    assert len(p._opened) <= 2

@@ -10,6 +10,8 @@ from puhui.platform import (
     ApiKeyNotFoundError,
     InvalidApiKeyError,
     InvalidNameError,
+    OwnedKind,
+    PaymentOwners,
     Scope,
     ScopeMissingError,
     ScopeNotAllowedError,
@@ -19,6 +21,7 @@ from puhui.platform import (
     TenantStatus,
     UnknownTenantKindError,
 )
+from puhui.platform import owners as owners_module
 from puhui.store import platform as tables
 
 
@@ -102,3 +105,18 @@ def test_tenant_names_and_masks(engine: sa.Engine, clock: ManualClock) -> None:
     with pytest.raises(UnknownTenantKindError):
         tenants.create("C", "casino")
     assert [t.name for t in tenants.list_tenants()] == ["Bank A", "Insurer B"]
+
+
+def test_the_owners_memory_forgets_its_oldest_facts_beyond_its_bound(
+    engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(owners_module, "owners_cached_max", 2)
+    tenants = Tenants(engine)
+    a = tenants.create("Bank A", TenantKind.BANK)
+    owners = PaymentOwners(engine)
+    for object_id in (1, 2, 3):
+        owners.claim(a.id, OwnedKind.CUSTOMER, object_id)
+    assert owners.known(OwnedKind.CUSTOMER, 1) is None  # the oldest went
+    assert owners.known(OwnedKind.CUSTOMER, 3) == a.id  # the newest stay
+    assert owners.known(OwnedKind.CUSTOMER, 2) == a.id
+    assert owners.owner(OwnedKind.CUSTOMER, 1) == a.id  # read from SQL again

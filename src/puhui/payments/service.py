@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import secrets
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -118,6 +119,10 @@ _POSTED_AFTER_CHECK = frozenset(
     {OperationKind.P2P, OperationKind.MERCHANT_PAYMENT, OperationKind.ORDER_PAYMENT}
 )
 """Kinds whose hold is simply posted once the check is passed."""
+
+
+opened_cached_max = 1_000_000
+"""Most ledger accounts a ``Payments`` remembers as open (unit: accounts, ~110 B each)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,8 +253,10 @@ class Payments:
         self.options = options or PaymentsOptions()
         self.new_id = new_id
         self._platform_ready: set[str] = set()
-        self._opened: set[int] = set()
-        """Ledger accounts this service has opened or seen exist (accounts never go away)."""
+        self._opened: OrderedDict[int, None] = OrderedDict()
+        """Ledger accounts this service has opened or seen exist (accounts never go away),
+        at most ``opened_cached_max``: the oldest are forgotten first (opening a forgotten
+        one again is a ledger call that answers ``exists``)."""
         self._bind_to_ledger()
         self._drivers: dict[OperationKind, Callable[[Operation], Operation]] = {}
         """Flows other modules own (bills, settlement): ``_drive`` and ``recover`` use them."""
@@ -560,8 +567,14 @@ class Payments:
                         created_at_ns=self.clock.now_ns(),
                     )
                 )
-        self._opened.add(account)
+        self._remember_open(account)
         return account
+
+    def _remember_open(self, account: int) -> None:
+        opened = self._opened
+        opened[account] = None
+        if len(opened) > opened_cached_max:
+            opened.popitem(last=False)
 
     def _open_merchant_account(self, merchant_id: int, cur: Currency) -> int:
         account = merchant_account_id(merchant_id, cur)
@@ -579,7 +592,7 @@ class Payments:
                 )
             ]
         )
-        self._opened.add(account)
+        self._remember_open(account)
         return account
 
     def _balance_of(self, account: int) -> Balance:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 
 import sqlalchemy as sa
@@ -22,7 +23,8 @@ from puhui.clock import Clock, SystemClock
 from puhui.store import platform as t
 
 owners_cached_max = 1_000_000
-"""Most ownership facts remembered at once (unit: objects); the memory is emptied when full."""
+"""Most ownership facts remembered at once (unit: objects, ~144 B each); beyond it the
+oldest are forgotten first (emptying it all at once sent every hot lookup to SQL together)."""
 
 
 class OwnedKind(enum.StrEnum):
@@ -36,7 +38,7 @@ class PaymentOwners:
     def __init__(self, engine: sa.Engine, *, clock: Clock | None = None) -> None:
         self.engine = engine
         self.clock = clock or SystemClock()
-        self._known: dict[tuple[OwnedKind, int], int] = {}
+        self._known: OrderedDict[tuple[OwnedKind, int], int] = OrderedDict()
         self._lock = threading.Lock()
 
     def claim(self, tenant_id: int, kind: OwnedKind, object_id: int) -> None:
@@ -130,6 +132,7 @@ class PaymentOwners:
 
     def _remember(self, facts: dict[tuple[OwnedKind, int], int]) -> None:
         with self._lock:
-            if len(self._known) + len(facts) > owners_cached_max:
-                self._known.clear()
-            self._known.update(facts)
+            known = self._known
+            known.update(facts)
+            while len(known) > owners_cached_max:
+                known.popitem(last=False)
