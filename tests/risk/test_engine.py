@@ -4,6 +4,7 @@ values, the feature state rebuilt from snapshot + log after a restart."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -259,3 +260,50 @@ def test_a_reason_shows_a_feature_with_nothing_to_measure_as_n_a() -> None:
     values = [("customer.amount_zscore", float("nan")), ("event.amount", 1234.5), ("n", 3)]
     assert _hit_text("r1", values) == "r1(customer.amount_zscore=n/a, event.amount=1234.5, n=3)"
     assert _hit_text("r2", []) == "r2"
+
+
+def test_decisions_go_on_while_a_snapshot_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The state is copied under the engine's lock and written without it: a decision made
+    while the file is being written does not wait for it, and a restart replays it (it came
+    after the snapshot's log position)."""
+    import threading
+
+    from puhui.risk import _engine as engine_module
+    from puhui.risk._features import write_snapshot as write
+
+    clock = ManualClock(T0)
+    engine = _engine(tmp_path, clock)
+    engine([_event(k, 1_000) for k in range(3)])
+    writing, release = threading.Event(), threading.Event()
+
+    def slow_write(arrays: Any, path: Any) -> None:
+        writing.set()
+        assert release.wait(10)
+        write(arrays, path)
+
+    monkeypatch.setattr(engine_module, "write_snapshot", slow_write)
+    saver = threading.Thread(target=engine.snapshot, args=(tmp_path / "state",))
+    saver.start()
+    assert writing.wait(10)
+    decided: list[Any] = []
+    decider = threading.Thread(target=lambda: decided.append(engine([_event(3, 1_000)])))
+    decider.start()
+    decider.join(5)
+    alive = decider.is_alive()
+    release.set()
+    saver.join(10)
+    decider.join(10)
+    assert not alive  # decided while the snapshot was still being written
+    assert decided and not saver.is_alive()
+    reference = engine([_event(20, 1_000)])
+    _close(engine)
+    restarted = _engine(tmp_path / "other", clock)
+    _close(restarted)
+    restarted.log = DecisionLog(tmp_path / "log")
+    assert restarted.recover(tmp_path / "state") == 1 + 1  # the one decided meanwhile, and the last
+    a = engine.features.compute(engine.features.batch_from_events([_event(30, 5)]))
+    b = restarted.features.compute(restarted.features.batch_from_events([_event(30, 5)]))
+    assert reference and all(np.array_equal(a[k], b[k], equal_nan=True) for k in a)
+    _close(restarted)

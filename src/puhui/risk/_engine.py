@@ -34,7 +34,7 @@ import numpy.typing as npt
 from ._decide import Decision, EventKind, RiskDecision, RiskEvent
 from ._evaluate import Ruleset
 from ._expr import FeatureType
-from ._features import FEATURE_SCHEMA, FeatureStore, InvalidRiskEventError
+from ._features import FEATURE_SCHEMA, FeatureStore, InvalidRiskEventError, write_snapshot
 from ._lists import RiskLists
 from ._load import RulesetWatcher
 from ._log import DecisionLog, LogRecord, schema_path
@@ -331,6 +331,7 @@ class RiskEngine:
         self.log = log
         self.explain_top = explain_top
         self._lock = threading.Lock()
+        self._snapshotting = threading.Lock()
         self._trusted: set[tuple[int, str]] = set()
         """(customer, device) of each device a customer used in an accepted event (or
         confirmed by step-up). One set of pairs, not a set per customer: tuples of an int and
@@ -591,16 +592,22 @@ class RiskEngine:
     def snapshot(self, directory: Path) -> None:
         """Save the feature state and the log position it covers (atomically, file by file:
         the position is written last, so a crash between leaves the older pair usable)."""
-        with self._lock:
-            directory.mkdir(parents=True, exist_ok=True)
-            next_id = self.log.next_id if self.log is not None else 0
-            if self.log is not None:
-                self.log.flush()
-            self.features.snapshot(directory / SNAPSHOT_NAME)
+        with self._snapshotting:  # one snapshot at a time (they share file names)
+            with self._lock:  # the state and its log position, copied in memory together
+                directory.mkdir(parents=True, exist_ok=True)
+                next_id = self.log.next_id if self.log is not None else 0
+                if self.log is not None:
+                    self.log.flush()
+                arrays = self.features.snapshot_arrays()
+                pairs = list(self._trusted)
+            # Written without the lock: decisions go on meanwhile (the write and its fsyncs
+            # took ~8.5 µs per customer, every decision waiting).
+            write_snapshot(arrays, directory / SNAPSHOT_NAME)
+            del arrays
             meta = directory / SNAPSHOT_META
             tmp = meta.with_name(meta.name + ".tmp")
             by_customer: dict[int, list[str]] = {}
-            for customer, device in self._trusted:
+            for customer, device in pairs:
                 by_customer.setdefault(customer, []).append(device)
             trusted = {str(c): sorted(d) for c, d in sorted(by_customer.items())}
             tmp.write_text(json.dumps({"log_next_id": next_id, "trusted": trusted}))

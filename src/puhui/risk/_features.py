@@ -18,7 +18,7 @@ import math
 import mmap
 import os
 import zipfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -363,6 +363,29 @@ PIPELINE_CHUNK_EVENTS: Final = 2048
 
 RESERVE_MAX = 1 << 26
 """Most entities of one kind (or pairs) ``FeatureStore.reserve`` makes room for at once."""
+
+
+def write_snapshot(
+    arrays: Mapping[str, np.ndarray[Any, Any]], path: str | os.PathLike[str]
+) -> None:
+    """Write ``FeatureStore.snapshot_arrays()`` to ``path`` atomically (temp file, fsync,
+    rename, fsync of the directory). Concurrent writers to one path must take turns (the
+    temp file is named by process)."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        with tmp.open("wb") as f:
+            np.savez(f, allow_pickle=False, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class FeatureStore:
@@ -843,8 +866,12 @@ class FeatureStore:
         After ``FeatureStore.restore(path)``, computing the events that came after the snapshot
         gives exactly the features an uninterrupted store gives.
         """
+        write_snapshot(self.snapshot_arrays(), path)
+
+    def snapshot_arrays(self) -> dict[str, np.ndarray[Any, Any]]:
+        """A copy of the whole state as ``write_snapshot`` takes it: taken while nothing
+        else changes the store (a memory copy), written after without holding anyone up."""
         self._ensure_capacity(0)  # pending counterparty links go into the arrays
-        target = Path(path)
         arrays: dict[str, np.ndarray[Any, Any]] = {
             "format": np.array([SNAPSHOT_FORMAT], np.int64),
             "customers": np.array(self._customers.keys(), np.int64),
@@ -856,21 +883,8 @@ class FeatureStore:
         sizes = self.entity_counts()
         for name, array in self._state.items():
             rows = _rows_for(name, sizes)
-            arrays[f"state_{name}"] = array if rows is None else array[:rows]
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-        try:
-            with tmp.open("wb") as f:
-                np.savez(f, allow_pickle=False, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
-        fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            arrays[f"state_{name}"] = (array if rows is None else array[:rows]).copy()
+        return arrays
 
     @classmethod
     def restore(cls, path: str | os.PathLike[str]) -> FeatureStore:
