@@ -5,11 +5,14 @@ collected less often meanwhile (``ApiOptions.gc_young_objects``)."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -92,6 +95,65 @@ def test_housekeeping_deletes_the_idempotency_records_whose_window_is_over(
         with api.engine.connect() as conn:
             keys = conn.execute(sa.select(idempotency.c.key)).scalars().all()
         assert keys == ["fresh-one"]  # the expired one went, the fresh one stays
+
+
+class _Expired:
+    """Stand-in records: ``left`` expired ones, deleted ``limit`` at a time."""
+
+    def __init__(self, left: int) -> None:
+        self.left = left
+        self.calls = 0
+
+    def purge_expired(self, limit: int) -> int:
+        self.calls += 1
+        done = min(limit, self.left)
+        self.left -= done
+        return done
+
+
+def _housekeeping_app(records: object) -> Any:
+    return SimpleNamespace(state=SimpleNamespace(puhui=SimpleNamespace(idempotency=records)))
+
+
+def test_housekeeping_goes_on_at_once_while_a_round_finds_its_most() -> None:
+    """A backlog is not left for the next interval (an hour here): rounds follow each other
+    while they find their most; shutdown does not wait for the interval either."""
+    records = _Expired(5)
+    options = ApiOptions(housekeeping_interval_s=3600.0, housekeeping_rows_max=2)
+
+    async def serve() -> float:
+        async with _app._housekeeping(_housekeeping_app(records), options):
+            deadline = time.monotonic() + 10
+            while records.left and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
+            started = time.monotonic()
+        return time.monotonic() - started
+
+    shutdown_s = asyncio.run(serve())
+    assert records.left == 0 and records.calls == 3  # 2 + 2 + 1, then asleep
+    assert shutdown_s < 5
+
+
+def test_shutdown_stops_a_round_after_its_statement_and_waits_for_it() -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    class Slow(_Expired):
+        def purge_expired(self, limit: int) -> int:
+            entered.set()
+            assert release.wait(10)
+            return super().purge_expired(limit)
+
+    records = Slow(10**9)  # always a full step: only stopping ends the round
+    options = ApiOptions(housekeeping_interval_s=3600.0, housekeeping_rows_max=10**9)
+
+    async def serve() -> None:
+        async with _app._housekeeping(_housekeeping_app(records), options):
+            while not entered.is_set():
+                await asyncio.sleep(0.005)
+            threading.Timer(0.05, release.set).start()  # the statement ends after shutdown began
+
+    asyncio.run(serve())
+    assert records.calls == 1  # waited for the statement in flight; none after it
 
 
 def test_housekeeping_can_be_left_to_another_process(tmp_path: Path) -> None:

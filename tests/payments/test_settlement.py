@@ -216,3 +216,9 @@ def test_the_daily_jobs_read_through_indexes_not_whole_tables(market: Market) ->
     assert due[0].startswith(
         "SEARCH payments_operations USING INDEX ix_payments_operations_unsettled"
     )
+    # one merchant's due rows: a walk of its own (not of every merchant's unsettled rows)
+    [mine] = [lines for sql, lines in found if "merchant_id = ? AND" in sql and "IS NULL" in sql]
+    assert mine[0].startswith(
+        "SEARCH payments_operations USING INDEX ix_payments_operations_merchant_id_settlement_id"
+        " (merchant_id=? AND settlement_id=?)"
+    ), mine

@@ -307,3 +307,28 @@ def test_decisions_go_on_while_a_snapshot_is_written(
     b = restarted.features.compute(restarted.features.batch_from_events([_event(30, 5)]))
     assert reference and all(np.array_equal(a[k], b[k], equal_nan=True) for k in a)
     _close(restarted)
+
+
+def test_a_crash_between_the_state_file_and_its_meta_replays_nothing_twice(
+    tmp_path: Path,
+) -> None:
+    """The log position is saved inside the state's own file: a crash after the new state
+    replaced the old but before ``features.json`` did leaves a consistent pair anyway."""
+    clock = ManualClock(T0)
+    engine = _engine(tmp_path, clock)
+    engine([_event(k, 1_000) for k in range(3)])
+    engine.snapshot(tmp_path / "state")
+    old_meta = (tmp_path / "state" / "features.json").read_text()
+    engine([_event(k, 1_000) for k in range(3, 7)])
+    engine.snapshot(tmp_path / "state")
+    (tmp_path / "state" / "features.json").write_text(old_meta)  # the crash's leftover
+    engine([_event(9, 1_000)])
+    _close(engine)
+    restarted = _engine(tmp_path / "other", clock)
+    _close(restarted)
+    restarted.log = DecisionLog(tmp_path / "log")
+    assert restarted.recover(tmp_path / "state") == 1  # only the batch after the snapshot
+    a = engine.features.compute(engine.features.batch_from_events([_event(30, 5)]))
+    b = restarted.features.compute(restarted.features.batch_from_events([_event(30, 5)]))
+    assert all(np.array_equal(a[k], b[k], equal_nan=True) for k in a)
+    _close(restarted)

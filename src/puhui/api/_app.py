@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
@@ -307,37 +308,46 @@ purge_statement_rows_max = 10_000
 
 @contextlib.asynccontextmanager
 async def _housekeeping(app: FastAPI, options: ApiOptions) -> AsyncIterator[None]:
-    """Beside the API: a round at start-up, then one every ``housekeeping_interval_s``,
-    deleting expired idempotency records (see ``ApiOptions``); cancelled on shutdown (a
-    round cut short deleted what it committed, the next one goes on)."""
+    """Beside the API: a round at start-up, then one every ``housekeeping_interval_s`` —
+    at once instead while a round finds its most (a backlog) — deleting expired idempotency
+    records (see ``ApiOptions``). On shutdown the round in flight stops after its current
+    statement and is waited for (what it committed stays deleted; the next server goes on)."""
     interval_s = options.housekeeping_interval_s
     if interval_s is None:
         yield
         return
+    stopping = threading.Event()  # seen by the round's thread between statements
+    wake = asyncio.Event()
 
     async def rounds() -> None:
         context = app.state.puhui
-        while True:
+        rows_max = options.housekeeping_rows_max
+        while not stopping.is_set():
+            purged = 0
             try:
-                await asyncio.to_thread(_purge_round, context, options.housekeeping_rows_max)
+                purged = await asyncio.to_thread(_purge_round, context, rows_max, stopping)
             except Exception:  # the store is down: logged, tried again next round
                 log.exception("housekeeping round failed")
-            await asyncio.sleep(interval_s)
+            if purged >= rows_max:
+                continue  # more is expired: the next round now
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), timeout=interval_s)
 
     task = asyncio.create_task(rounds(), name="housekeeping")
     app.state.housekeeping = task
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        stopping.set()
+        wake.set()
+        await task
 
 
-def _purge_round(context: Any, rows_max: int) -> int:
-    """Delete expired idempotency records, at most ``rows_max``; how many went."""
+def _purge_round(context: Any, rows_max: int, stopping: threading.Event | None = None) -> int:
+    """Delete expired idempotency records, at most ``rows_max`` (and none once ``stopping``
+    is set); how many went."""
     purged = 0
-    while purged < rows_max:
+    while purged < rows_max and not (stopping is not None and stopping.is_set()):
         step = min(purge_statement_rows_max, rows_max - purged)
         done = int(context.idempotency.purge_expired(limit=step))
         purged += done

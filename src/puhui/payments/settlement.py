@@ -174,7 +174,9 @@ class Settlement:
                     o.merchant_id == merchant_id,
                     o.currency == cur.code,
                     o.kind.in_(_DUE_KINDS),
-                    o.status == str(_S.COMPLETED),
+                    # ``+ ""``: this merchant's rows by (merchant_id, settlement_id), not
+                    # every merchant's unsettled ones by the ``unsettled`` index's status
+                    (o.status + "") == str(_S.COMPLETED),
                     o.settlement_id.is_(None),
                 )
             ).all()

@@ -23,6 +23,7 @@ import itertools
 import json
 import math
 import threading
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,8 @@ DEFAULT_RULES: Final = Path(__file__).parent / "rules" / "default.toml"
 """The ruleset Puhui ships (``docs/risk.md`` explains each rule)."""
 SNAPSHOT_NAME: Final = "features.npz"
 SNAPSHOT_META: Final = "features.json"
+SNAPSHOT_META_ARRAY: Final = "engine_meta"
+"""The array of the state's file holding ``features.json``'s JSON (its bytes)."""
 
 EVENT_COLUMNS: Final = {
     "event.type": "The event's kind (``payment``, ``p2p``, ``top_up``, ``login``…).",
@@ -602,15 +605,20 @@ class RiskEngine:
                 pairs = list(self._trusted)
             # Written without the lock: decisions go on meanwhile (the write and its fsyncs
             # took ~8.5 µs per customer, every decision waiting).
-            write_snapshot(arrays, directory / SNAPSHOT_NAME)
-            del arrays
-            meta = directory / SNAPSHOT_META
-            tmp = meta.with_name(meta.name + ".tmp")
             by_customer: dict[int, list[str]] = {}
             for customer, device in pairs:
                 by_customer.setdefault(customer, []).append(device)
             trusted = {str(c): sorted(d) for c, d in sorted(by_customer.items())}
-            tmp.write_text(json.dumps({"log_next_id": next_id, "trusted": trusted}))
+            text = json.dumps({"log_next_id": next_id, "trusted": trusted})
+            # The log position and the trusted devices go inside the state's own file: the
+            # three are replaced together (a crash between two files would pair a new state
+            # with an older position, and replay the events between twice).
+            arrays[SNAPSHOT_META_ARRAY] = np.frombuffer(text.encode(), np.uint8)
+            write_snapshot(arrays, directory / SNAPSHOT_NAME)
+            del arrays
+            meta = directory / SNAPSHOT_META  # the same, readable (what recover falls back on
+            tmp = meta.with_name(meta.name + ".tmp")  # for a snapshot from before)
+            tmp.write_text(text)
             tmp.replace(meta)
 
     def recover(self, directory: Path) -> int:
@@ -619,9 +627,12 @@ class RiskEngine:
         with self._lock:
             since = 1
             meta = directory / SNAPSHOT_META
-            if meta.exists() and (directory / SNAPSHOT_NAME).exists():
-                self.features = FeatureStore.restore(directory / SNAPSHOT_NAME)
+            state = directory / SNAPSHOT_NAME
+            saved = _snapshot_meta(state) if state.exists() else None
+            if saved is None and state.exists() and meta.exists():  # a snapshot from before
                 saved = json.loads(meta.read_text())
+            if saved is not None:
+                self.features = FeatureStore.restore(state)
                 since = int(saved["log_next_id"])
                 self._trusted = {
                     (int(c), device) for c, d in saved.get("trusted", {}).items() for device in d
@@ -668,3 +679,16 @@ def _shown(value: object) -> str:
     if isinstance(value, float):
         return "n/a" if math.isnan(value) else f"{value:.6g}"
     return str(value)
+
+
+def _snapshot_meta(path: Path) -> dict[str, Any] | None:
+    """The log position and trusted devices saved inside a state file (None: a file written
+    before they were, or not readable: ``FeatureStore.restore`` says why)."""
+    try:
+        with path.open("rb") as f, np.load(f, allow_pickle=False) as npz:
+            if SNAPSHOT_META_ARRAY not in npz.files:
+                return None
+            saved: dict[str, Any] = json.loads(npz[SNAPSHOT_META_ARRAY].tobytes())
+            return saved
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return None
