@@ -84,3 +84,23 @@ def test_metrics_show_queue_depths_while_requests_wait(
     text = api.client.get("/metrics").text
     assert 'puhui_api_ledger_batch_events_count{operation="create_accounts"} 3.0' in text
     assert "puhui_webhook_backlog 0.0" in text
+
+
+def test_metrics_are_rendered_off_the_event_loop(api: Api) -> None:
+    """The webhook backlog gauge counts rows in SQL: the page is rendered in a worker
+    thread, so a slow count never stops the loop's other requests."""
+    app: Any = api.client.app
+    webhooks = app.state.puhui.webhooks
+    seen: list[str] = []
+    count = webhooks.backlog
+
+    def backlog() -> int:
+        seen.append(threading.current_thread().name)
+        return int(count())
+
+    app.state.puhui.metrics.webhook_backlog.set_function(backlog)
+    assert api.client.get("/metrics").status_code == 200
+    portal = api.client.portal
+    assert portal is not None  # the client runs the app's loop in a thread of its own
+    loop_thread = portal.call(lambda: threading.current_thread().name)
+    assert seen and loop_thread not in seen

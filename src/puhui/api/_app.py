@@ -210,7 +210,9 @@ def create_app(
         return {"status": "ok"}
 
     @app.get("/metrics", include_in_schema=False)
-    async def metrics_text() -> Response:
+    def metrics_text() -> Response:
+        # A plain function: FastAPI runs it in a worker thread, so the webhook backlog's
+        # SQL count (a gauge's callback) never holds up the event loop's other requests.
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def as_problem(_request: Request, exc: Exception) -> Response:
