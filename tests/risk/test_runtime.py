@@ -4,6 +4,7 @@ a clean stop, one process at a time, nothing left open when a file is refused.""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from puhui.risk import (
     Decision,
     EventKind,
     RiskEvent,
+    RiskLists,
     RiskStateLockedError,
     RuleParseError,
     open_engine,
@@ -127,3 +129,18 @@ def test_the_ruleset_file_is_reloaded_while_running(tmp_path: Path) -> None:
         decided = e([_event(4)])[0]
         assert decided.decision is Decision.REJECT
         assert decided.ruleset_version.startswith("2+")
+
+
+def test_a_running_engine_purges_lapsed_list_entries(tmp_path: Path) -> None:
+    """Beside the periodic snapshot, lapsed list entries are deleted (they were kept, and
+    carried by every reload, for ever)."""
+    clock = ManualClock(T0)
+    lists = RiskLists(clock)
+    lists.add("blocked_devices", "lapsing", reason="a day's block", expires_at_ns=T0 + 10**9)
+    lists.add("blocked_devices", "kept", reason="for good")
+    with open_engine(tmp_path / "risk", clock=clock, lists=lists, snapshot_interval_s=0.01):
+        clock.advance(10**9)
+        deadline = time.monotonic() + 10
+        while len(lists.entries("blocked_devices")) > 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [e.value for e in lists.entries("blocked_devices")] == ["kept"]

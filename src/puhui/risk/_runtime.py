@@ -7,6 +7,7 @@ directory, which one process at a time may hold (an exclusive lock, like the led
 - ``state/``: the feature state as of some decision, written on a clean shutdown and every
   ``snapshot_interval_s`` while running; on start it is loaded and every logged decision after
   it replayed, so velocity counts, histories and trusted devices survive a restart or a crash.
+  After each of those snapshots the lists' lapsed entries are deleted (``purge_expired``).
 
 The ruleset is the file given (hot-reloaded: a changed file goes live on the next decision
 that follows a check; an invalid one is refused and the last good ruleset stays live) or the
@@ -160,6 +161,11 @@ def _start_snapshots(
                 engine.snapshot(state)
             except OSError:  # the log still has every decision; the next one may succeed
                 log.exception("risk feature snapshot failed")
+            try:  # lapsed list entries go too (else every reload carries them, for ever)
+                if engine.lists is not None:
+                    engine.lists.purge_expired()
+            except Exception:  # the store is down: logged, tried again next time
+                log.exception("purging lapsed risk list entries failed")
 
     thread = threading.Thread(target=run, name="puhui-risk-snapshots", daemon=True)
     thread.start()
