@@ -333,6 +333,55 @@ class StateImage:
     retired: Array  # (n, 2) uint64 ids
 
 
+class AccountChains:
+    """Each account's transfers, newest first: a chain through the transfer rows
+    (``K.chain_transfers``), so that one account's transfers and balances are read along it
+    (``K.scan_account_chain``) rather than by scanning every transfer of the ledger.
+
+    In memory only, 16 bytes a transfer and 8 an account. Linked on the writer's thread
+    between groups (only final rows), at most ``rows_max`` rows a read (``catch_up``): the
+    rows not linked yet — at first all of them, after a burst of writes the newest — are
+    scanned as before, so no read waits for the whole ledger to be linked. Rows are never
+    changed once written, so a row is linked once."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        """Transfer rows linked so far."""
+        self.active = False
+        """Whether per-account reads began (only then does the writer link rows when idle:
+        a ledger nobody reads per account spends nothing on its chains)."""
+        self.last: Array = np.full(0, -1, np.int64)
+        self.prev: Array = np.full((0, 2), -1, np.int64)
+
+    def behind(self, engine: Engine) -> bool:
+        """Whether per-account reads began and rows are not linked yet."""
+        return self.active and self.count < engine.n_transfers
+
+    def catch_up(self, engine: Engine, rows_max: int) -> None:
+        """Link at most ``rows_max`` more of the engine's transfer rows."""
+        accounts, rows = engine.n_accounts, min(engine.n_transfers, self.count + rows_max)
+        if self.last.shape[0] < accounts:
+            grown = np.full(_pow2_at_least(max(accounts, 1024)), -1, np.int64)
+            grown[: self.last.shape[0]] = self.last
+            self.last = grown
+        if rows == self.count:
+            return
+        if self.prev.shape[0] < rows:
+            grown_prev = np.full((_pow2_at_least(max(rows, 1024)), 2), -1, np.int64)
+            grown_prev[: self.count] = self.prev[: self.count]
+            self.prev = grown_prev
+        K.chain_transfers(
+            engine.transfers,
+            self.count,
+            rows,
+            engine.acct_slots,
+            engine.accounts,
+            self.last,
+            self.prev,
+        )
+        self.count = rows
+
+
 class Engine:
     def __init__(
         self,
@@ -379,6 +428,8 @@ class Engine:
         self._undo_state_rows: Array = np.zeros(BATCH_EVENTS_MAX + 1, np.int64)
         self._undo_state_values: Array = np.zeros(BATCH_EVENTS_MAX + 1, np.uint8)
         self._undo_counts: Array = np.zeros(3, np.int64)
+        self.chains = AccountChains()
+        """Each account's transfers, for the per-account reads (built when first read)."""
 
     # --- counters ---------------------------------------------------------------------------
 
@@ -516,6 +567,12 @@ class Engine:
         self._count_due(0, counters)
         self._expire(0, 0, counters)
         K.find_rows(self.acct_slots, self.accounts, np.zeros(0, np.uint64), np.zeros(0, np.uint64))
+        # The per-account reads' kernels (``_ledger._scan_account``), with its argument types.
+        last, prev, zero = np.zeros(0, np.int64), np.zeros((0, 2), np.int64), np.uint64(0)
+        K.chain_transfers(self.transfers, 0, 0, self.acct_slots, self.accounts, last, prev)
+        filters = (zero, zero, zero, 0, 0, 0, zero, zero, 0, False)  # limit 0: reads nothing
+        K.scan_account_chain(self.transfers, last, prev, 0, zero, zero, True, True, *filters)
+        K.scan_transfers(self.transfers, 0, zero, zero, True, True, True, *filters)
         self.prefault_after(0, BATCH_EVENTS_MAX)
 
     def due_count(self, now: int, limit: int) -> int:
@@ -612,6 +669,7 @@ class Engine:
 
     def restore(self, image: StateImage) -> None:
         """Load a snapshot image. Transfer rows below its count must already be on file."""
+        self.chains = AccountChains()
         counters = image.counters.copy()
         n_accounts = int(counters[K.C_ACCOUNTS])
         n_transfers = int(counters[K.C_TRANSFERS])

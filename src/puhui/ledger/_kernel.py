@@ -1368,6 +1368,95 @@ def scan_transfers(
     return rows[:found], sides[:found]
 
 
+@jit()
+def chain_transfers(
+    transfers: np.ndarray,
+    start: int,
+    end: int,
+    slots: np.ndarray,
+    accounts: np.ndarray,
+    last: np.ndarray,
+    prev: np.ndarray,
+) -> None:
+    """Link transfer rows ``start``..``end`` into their two accounts' chains: ``last[a]`` is
+    the newest row of account row ``a`` (-1: none), ``prev[r, 0]`` / ``prev[r, 1]`` the row
+    before ``r`` of its debit / credit account."""
+    for r in range(start, end):
+        t = transfers[r]
+        d = index_find(slots, accounts, t.debit_account_id_lo, t.debit_account_id_hi)
+        c = index_find(slots, accounts, t.credit_account_id_lo, t.credit_account_id_hi)
+        prev[r, 0] = last[d]
+        prev[r, 1] = last[c]
+        last[d] = r
+        last[c] = r
+
+
+@jit(allocates=True)
+def scan_account_chain(
+    transfers: np.ndarray,
+    last: np.ndarray,
+    prev: np.ndarray,
+    account_row: int,
+    account_lo: int,
+    account_hi: int,
+    debits: bool,
+    credits: bool,
+    user_data_128_lo: int,
+    user_data_128_hi: int,
+    user_data_64: int,
+    user_data_32: int,
+    ledger: int,
+    code: int,
+    timestamp_min: int,
+    timestamp_max: int,
+    limit: int,
+    reversed_: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """What ``scan_transfers`` answers for one account (``by_account``), read along the
+    account's chain (``chain_transfers``) instead of every transfer: the same rows and sides
+    in the same order, at a cost that follows the account's own transfers."""
+    capacity = limit if reversed_ else min(limit, 64)
+    rows = np.empty(max(capacity, 1), dtype=np.int64)
+    sides = np.empty(max(capacity, 1), dtype=np.int8)
+    found = 0
+    r = last[account_row] if limit > 0 else -1
+    while r >= 0:  # newest first
+        t = transfers[r]
+        debit_side = t.debit_account_id_lo == account_lo and t.debit_account_id_hi == account_hi
+        before = prev[r, 0] if debit_side else prev[r, 1]
+        if timestamp_min != ZERO and t.timestamp < timestamp_min:
+            break  # every older one is earlier still
+        if (
+            (timestamp_max == ZERO or t.timestamp <= timestamp_max)
+            and (debits if debit_side else credits)
+            and _fields_match(
+                t, user_data_128_lo, user_data_128_hi, user_data_64, user_data_32, ledger, code
+            )
+        ):
+            if found == rows.shape[0]:  # oldest first: every match is kept until the end
+                grown_rows = np.empty(2 * found, dtype=np.int64)
+                grown_sides = np.empty(2 * found, dtype=np.int8)
+                grown_rows[:found] = rows
+                grown_sides[:found] = sides
+                rows = grown_rows
+                sides = grown_sides
+            rows[found] = r
+            sides[found] = 0 if debit_side else 1
+            found += 1
+            if reversed_ and found == limit:
+                break
+        r = before
+    if reversed_:
+        return rows[:found], sides[:found]
+    k = min(found, limit)  # the oldest ``limit``, oldest first
+    out_rows = np.empty(k, dtype=np.int64)
+    out_sides = np.empty(k, dtype=np.int8)
+    for i in range(k):
+        out_rows[i] = rows[found - 1 - i]
+        out_sides[i] = sides[found - 1 - i]
+    return out_rows, out_sides
+
+
 @jit(allocates=True)
 def scan_accounts(
     accounts: np.ndarray,
