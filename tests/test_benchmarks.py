@@ -117,3 +117,13 @@ def test_api_benchmark_quick_run_prints_json() -> None:
     assert report["ledger_batch"]["not_created"] == 0
     assert report["ledger_binary_transfers_per_s"] > 0
     assert report["ledger_batch_binary"]["not_created"] == 0
+
+
+def test_ledger_history_benchmark_quick_run_prints_json() -> None:
+    report = _report("ledger_history.py", "--quick", "--json")
+    assert report["transfers"] == 20_000
+    for name in ("quiet_newest_first", "quiet_oldest_first", "busy_newest_first"):
+        figures = report[name]
+        assert figures["read_ms"] > 0 and figures["chain_ms"] > 0 and figures["full_scan_ms"] > 0
+    assert report["quiet_oldest_first"]["transfers_found"] == 3
+    assert report["busy_oldest_first"]["transfers_found"] == 100

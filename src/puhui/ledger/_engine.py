@@ -352,6 +352,8 @@ class AccountChains:
         a ledger nobody reads per account spends nothing on its chains)."""
         self.last: Array = np.full(0, -1, np.int64)
         self.prev: Array = np.full((0, 2), -1, np.int64)
+        self.links: Array = np.zeros(0, np.int64)
+        """Rows linked of each account (how long its chain is)."""
 
     def behind(self, engine: Engine) -> bool:
         """Whether per-account reads began and rows are not linked yet."""
@@ -361,9 +363,13 @@ class AccountChains:
         """Link at most ``rows_max`` more of the engine's transfer rows."""
         accounts, rows = engine.n_accounts, min(engine.n_transfers, self.count + rows_max)
         if self.last.shape[0] < accounts:
-            grown = np.full(_pow2_at_least(max(accounts, 1024)), -1, np.int64)
+            size = _pow2_at_least(max(accounts, 1024))
+            grown = np.full(size, -1, np.int64)
             grown[: self.last.shape[0]] = self.last
             self.last = grown
+            grown_links = np.zeros(size, np.int64)
+            grown_links[: self.links.shape[0]] = self.links
+            self.links = grown_links
         if rows == self.count:
             return
         if self.prev.shape[0] < rows:
@@ -378,6 +384,7 @@ class AccountChains:
             engine.accounts,
             self.last,
             self.prev,
+            self.links,
         )
         self.count = rows
 
@@ -569,7 +576,7 @@ class Engine:
         K.find_rows(self.acct_slots, self.accounts, np.zeros(0, np.uint64), np.zeros(0, np.uint64))
         # The per-account reads' kernels (``_ledger._scan_account``), with its argument types.
         last, prev, zero = np.zeros(0, np.int64), np.zeros((0, 2), np.int64), np.uint64(0)
-        K.chain_transfers(self.transfers, 0, 0, self.acct_slots, self.accounts, last, prev)
+        K.chain_transfers(self.transfers, 0, 0, self.acct_slots, self.accounts, last, prev, last)
         filters = (zero, zero, zero, 0, 0, 0, zero, zero, 0, False)  # limit 0: reads nothing
         K.scan_account_chain(self.transfers, last, prev, 0, zero, zero, True, True, *filters)
         K.scan_transfers(self.transfers, 0, zero, zero, True, True, True, *filters)

@@ -1377,10 +1377,11 @@ def chain_transfers(
     accounts: np.ndarray,
     last: np.ndarray,
     prev: np.ndarray,
+    links: np.ndarray,
 ) -> None:
     """Link transfer rows ``start``..``end`` into their two accounts' chains: ``last[a]`` is
     the newest row of account row ``a`` (-1: none), ``prev[r, 0]`` / ``prev[r, 1]`` the row
-    before ``r`` of its debit / credit account."""
+    before ``r`` of its debit / credit account, ``links[a]`` how many rows ``a`` has."""
     for r in range(start, end):
         t = transfers[r]
         d = index_find(slots, accounts, t.debit_account_id_lo, t.debit_account_id_hi)
@@ -1389,6 +1390,8 @@ def chain_transfers(
         prev[r, 1] = last[c]
         last[d] = r
         last[c] = r
+        links[d] += 1
+        links[c] += 1
 
 
 @jit(allocates=True)
