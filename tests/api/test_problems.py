@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from puhui.api import STATUS_BY_CODE, ApiOptions
+from puhui.api import STATUS_BY_CODE, ApiOptions, RateLimitedError
 
 from .conftest import Api, account, make_api, transfer
 
@@ -180,3 +180,26 @@ def test_a_fault_of_the_store_is_a_logged_500_problem(
     problem = _problem(response, 500, "internal_error")
     assert "disk" not in problem["detail"]  # nothing about the fault reaches the client
     assert any("unhandled error" in r.message for r in caplog.records)
+
+
+def test_the_rate_limiter_forgets_full_buckets_beyond_its_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Buckets of keys gone quiet (refilled to the brim: the same as no bucket) are dropped
+    once there are more than ``rate_buckets_max``; a key mid-use keeps its own."""
+    from puhui.api import _guards
+    from puhui.clock import ManualClock
+
+    monkeypatch.setattr(_guards, "rate_buckets_max", 2)
+    clock = ManualClock(10**18)
+    limiter = _guards.RateLimiter(clock, rate_per_s=1.0, burst=2)
+    limiter.take("old-1")
+    limiter.take("old-2")
+    clock.advance(5 * 10**9)  # both refilled
+    limiter.take("busy")
+    limiter.take("busy")  # its bucket is empty now
+    assert set(limiter._buckets) == {"busy"}  # the third key swept the full ones away
+    with pytest.raises(RateLimitedError):
+        limiter.take("busy")  # its state was kept: still limited
+    limiter.take("old-1")  # a forgotten key starts with its whole burst again
+    limiter.take("old-1")

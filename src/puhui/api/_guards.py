@@ -160,14 +160,22 @@ class BodyLimitMiddleware:
         )
 
 
+rate_buckets_max = 100_000
+"""Buckets kept before the full ones are dropped (unit: API keys; a full bucket is the same
+as none: the key may send its whole burst)."""
+
+
 class RateLimiter:
-    """A token bucket per API key: ``burst`` tokens, refilled at ``rate_per_s``."""
+    """A token bucket per API key: ``burst`` tokens, refilled at ``rate_per_s``. Beyond
+    ``rate_buckets_max`` keys, the buckets refilled to the brim are forgotten (revoked and
+    idle keys' buckets were kept for ever)."""
 
     def __init__(self, clock: Clock, rate_per_s: float, burst: int) -> None:
         self.clock = clock
         self.rate_per_s = rate_per_s
         self.burst = burst
         self._buckets: dict[str, tuple[float, int]] = {}
+        self._sweep_at = rate_buckets_max
         self._lock = threading.Lock()
 
     def take(self, key_id: str) -> None:
@@ -183,6 +191,19 @@ class RateLimiter:
                 wait_s = max(1, math.ceil((1.0 - tokens) / self.rate_per_s))
                 raise RateLimitedError("too many requests for this key", retry_after_s=wait_s)
             self._buckets[key_id] = (tokens - 1.0, now)
+            if len(self._buckets) > self._sweep_at:
+                self._forget_full(now)
+
+    def _forget_full(self, now: int) -> None:
+        """Drop the buckets that have refilled to ``burst`` by ``now`` (lock held); the next
+        sweep waits until there are twice as many left (or ``rate_buckets_max``)."""
+        rate, burst = self.rate_per_s, self.burst
+        self._buckets = {
+            key: (tokens, last_ns)
+            for key, (tokens, last_ns) in self._buckets.items()
+            if tokens + max(0, now - last_ns) / NS_PER_S * rate < burst
+        }
+        self._sweep_at = max(rate_buckets_max, 2 * len(self._buckets))
 
 
 # --- cursor pagination ------------------------------------------------------------------------
