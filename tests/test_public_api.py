@@ -410,6 +410,7 @@ STORE_ALL = [
     "payments",
     "platform",
     "risk",
+    "unindexed",
 ]
 
 PLATFORM_ALL = [

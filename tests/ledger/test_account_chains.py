@@ -27,7 +27,7 @@ from puhui.ledger import (
 from puhui.ledger import _kernel as K
 from puhui.ledger import _ledger as ledger_module
 from puhui.ledger._engine import Engine
-from puhui.ledger._ledger import _scan_account
+from puhui.ledger._ledger import _account_filter, _scan_account, _scan_args
 
 ACCOUNTS = 12
 FLAGS = AccountFilterFlags
@@ -57,47 +57,31 @@ def _filters(rng: random.Random, account: int, first_ts: int, last_ts: int) -> l
     return out
 
 
+def _params(f: AccountFilter) -> dict[str, Any]:
+    params = _account_filter(f)  # the ledger's own reading of a filter
+    assert params is not None  # every filter drawn here asks for something
+    return params
+
+
 def _full_scan(engine: Engine, f: AccountFilter) -> tuple[list[int], list[int]]:
     """The reads before the chains: every transfer scanned, filtered by the account."""
-    flags = int(f.flags)
+    params = _params(f)
+    lo, hi = params["account"]
     rows, sides = K.scan_transfers(
         engine.transfers,
         engine.n_transfers,
-        np.uint64(f.account_id & (2**64 - 1)),
-        np.uint64(f.account_id >> 64),
+        np.uint64(lo),
+        np.uint64(hi),
         True,
-        bool(flags & FLAGS.DEBITS),
-        bool(flags & FLAGS.CREDITS),
-        np.uint64(f.user_data_128 & (2**64 - 1)),
-        np.uint64(f.user_data_128 >> 64),
-        np.uint64(f.user_data_64),
-        f.user_data_32,
-        0,
-        f.code,
-        np.uint64(f.timestamp_min),
-        np.uint64(f.timestamp_max),
-        f.limit,
-        bool(flags & FLAGS.REVERSED),
+        params["debits"],
+        params["credits"],
+        *_scan_args(params),
     )
     return rows.tolist(), sides.tolist()
 
 
 def _chain_scan(engine: Engine, f: AccountFilter) -> tuple[list[int], list[int]]:
-    flags = int(f.flags)
-    params: dict[str, Any] = {
-        "account": (f.account_id & (2**64 - 1), f.account_id >> 64),
-        "debits": bool(flags & FLAGS.DEBITS),
-        "credits": bool(flags & FLAGS.CREDITS),
-        "reversed": bool(flags & FLAGS.REVERSED),
-        "user_data_128": (np.uint64(f.user_data_128 & (2**64 - 1)), np.uint64(0)),
-        "user_data_64": f.user_data_64,
-        "user_data_32": f.user_data_32,
-        "code": f.code,
-        "timestamp_min": f.timestamp_min,
-        "timestamp_max": f.timestamp_max,
-        "limit": f.limit,
-    }
-    rows, sides = _scan_account(engine, params)
+    rows, sides = _scan_account(engine, _params(f))
     return rows.tolist(), sides.tolist()
 
 

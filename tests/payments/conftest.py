@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from puhui import ledger as L
 from puhui import risk
 from puhui.clock import ManualClock
-from puhui.payments import Payments, PaymentsOptions, SimulatedBank
+from puhui.payments import OperationStatus, Payments, PaymentsOptions, SimulatedBank
 from puhui.store import create_engine, migrate
 
 START_NS = 1_767_225_600 * 10**9  # 2026-01-01T00:00:00Z
@@ -69,3 +69,16 @@ def world(database_url: str, tmp_path: Path) -> Iterator[World]:
     finally:
         ledger.close()
         engine.dispose()
+
+
+def verified_customer(world: World, n: int, fund: int = 0) -> int:
+    """Customer ``n`` at KYC level 2 with a bound card, topped up with ``fund`` CNY cents."""
+    p = world.payments
+    c = p.register_customer(f"1370000{n:04d}", f"C{n}")
+    card = p.bind_card(c.id, f"tok{n}", "Bank", f"{n:04d}")
+    p.verify_identity(c.id, f"ID{n}")
+    p.verify_full(c.id, biometric_passed=True)
+    if fund:
+        top_up = p.top_up(c.id, card.id, fund, "CNY", key="fund")
+        assert top_up.status is OperationStatus.COMPLETED
+    return c.id

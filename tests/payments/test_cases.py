@@ -22,7 +22,7 @@ from puhui.payments import (
 )
 
 from .._plans import plans_of
-from .conftest import World
+from .conftest import World, verified_customer
 
 S = OperationStatus
 CNY = "CNY"
@@ -43,23 +43,12 @@ def cases_world(world: World) -> Iterator[tuple[World, risk.Cases]]:
     yield world, cases
 
 
-def _customer(world: World, n: int, fund: int = 0) -> int:
-    p = world.payments
-    c = p.register_customer(f"1370000000{n}", f"C{n}")
-    card = p.bind_card(c.id, f"tok{n}", "Bank", f"000{n}")
-    p.verify_identity(c.id, f"ID{n}")
-    p.verify_full(c.id, biometric_passed=True)
-    if fund:
-        assert p.top_up(c.id, card.id, fund, CNY, key="fund").status is S.COMPLETED
-    return c.id
-
-
 def test_a_held_payment_opens_one_case_and_approval_releases_it(
     cases_world: tuple[World, risk.Cases],
 ) -> None:
     world, cases = cases_world
     p = world.payments
-    alice, bob = _customer(world, 1, fund=500_00), _customer(world, 2)
+    alice, bob = verified_customer(world, 1, fund=500_00), verified_customer(world, 2)
     world.risk.next = [risk.Decision.REVIEW]
     op = p.transfer(alice, Payee(customer_id=bob), 200_00, CNY, key="k")
     assert op.status is S.CHALLENGED
@@ -82,7 +71,7 @@ def test_a_rejection_returns_the_money_and_a_takeover_freezes_the_account(
 ) -> None:
     world, cases = cases_world
     p = world.payments
-    alice, bob = _customer(world, 1, fund=500_00), _customer(world, 2)
+    alice, bob = verified_customer(world, 1, fund=500_00), verified_customer(world, 2)
     world.risk.next = [risk.Decision.REVIEW]
     op = p.transfer(alice, Payee(customer_id=bob), 300_00, CNY, key="drain")
     [case] = cases.cases()
@@ -103,7 +92,7 @@ def test_a_rejection_returns_the_money_and_a_takeover_freezes_the_account(
 def test_bad_decisions_change_nothing(cases_world: tuple[World, risk.Cases]) -> None:
     world, cases = cases_world
     p = world.payments
-    alice, bob = _customer(world, 1, fund=500_00), _customer(world, 2)
+    alice, bob = verified_customer(world, 1, fund=500_00), verified_customer(world, 2)
     world.risk.next = [risk.Decision.REVIEW]
     p.transfer(alice, Payee(customer_id=bob), 100_00, CNY, key="k")
     [case] = cases.cases()
@@ -125,7 +114,7 @@ def test_a_decision_not_carried_out_is_carried_out_by_the_job(
 ) -> None:
     world, cases = cases_world
     p = world.payments
-    alice, bob = _customer(world, 1, fund=500_00), _customer(world, 2)
+    alice, bob = verified_customer(world, 1, fund=500_00), verified_customer(world, 2)
     world.risk.next = [risk.Decision.REVIEW]
     op = p.transfer(alice, Payee(customer_id=bob), 100_00, CNY, key="k")
     [case] = cases.cases()
@@ -144,7 +133,7 @@ def test_a_decision_not_carried_out_is_carried_out_by_the_job(
 def test_held_payments_of_a_batch_open_cases_too(cases_world: tuple[World, risk.Cases]) -> None:
     world, cases = cases_world
     p = world.payments
-    alice, bob = _customer(world, 1, fund=500_00), _customer(world, 2)
+    alice, bob = verified_customer(world, 1, fund=500_00), verified_customer(world, 2)
     world.risk.next = [risk.Decision.ACCEPT, risk.Decision.REVIEW]
     answers = PaymentBatches(p).pay_many(
         [
@@ -162,7 +151,7 @@ def test_held_payments_of_a_batch_open_cases_too(cases_world: tuple[World, risk.
 def test_case_listing_pages_by_cursor(cases_world: tuple[World, risk.Cases]) -> None:
     world, cases = cases_world
     p = world.payments
-    alice, bob = _customer(world, 1, fund=500_00), _customer(world, 2)
+    alice, bob = verified_customer(world, 1, fund=500_00), verified_customer(world, 2)
     world.risk.next = [risk.Decision.REVIEW] * 5
     for k in range(5):
         p.transfer(alice, Payee(customer_id=bob), 1_00, CNY, key=f"k{k}")

@@ -12,21 +12,10 @@ from puhui.payments import (
 )
 
 from .._plans import plans_of
-from .conftest import World
+from .conftest import World, verified_customer
 
 S = OperationStatus
 CNY = "CNY"
-
-
-def _customer(world: World, n: int, fund: int = 0) -> int:
-    p = world.payments
-    c = p.register_customer(f"1370000{n:04d}", f"C{n}")
-    card = p.bind_card(c.id, f"tok{n}", "Bank", f"{n:04d}")
-    p.verify_identity(c.id, f"ID{n}")
-    p.verify_full(c.id, biometric_passed=True)
-    if fund:
-        assert p.top_up(c.id, card.id, fund, CNY, key="fund").status is S.COMPLETED
-    return c.id
 
 
 def _history(world: World, customer: int, page: int) -> list[Operation]:
@@ -45,9 +34,9 @@ def test_pages_hold_every_operation_of_the_customer_once_in_order(world: World) 
     """Paying and paid, top-ups (no payer) and withdrawals (no payee), a batch whose rows
     share one creation time: the pages, at any size, are the brute-force list in order."""
     p = world.payments
-    alice = _customer(world, 1, fund=10_000_00)
-    bob = _customer(world, 2, fund=10_000_00)
-    carol = _customer(world, 3)
+    alice = verified_customer(world, 1, fund=10_000_00)
+    bob = verified_customer(world, 2, fund=10_000_00)
+    carol = verified_customer(world, 3)
     shop = p.register_merchant("Shop", "retail", 50, "tok-shop")
     requests = []
     for i in range(12):  # one batch: one creation time for all its rows
@@ -84,8 +73,8 @@ def test_a_page_of_history_is_read_through_indexes_not_a_scan(world: World) -> N
     if world.engine.dialect.name != "sqlite":
         return  # the plan is SQLite's; PostgreSQL has the same indexes
     p = world.payments
-    alice = _customer(world, 1, fund=100_00)
-    bob = _customer(world, 2)
+    alice = verified_customer(world, 1, fund=100_00)
+    bob = verified_customer(world, 2)
     p.transfer(alice, Payee(customer_id=bob), 1_00, CNY, key="k")
 
     def two_pages() -> None:

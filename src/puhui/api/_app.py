@@ -254,7 +254,8 @@ def _lifespan(webhooks: Webhooks, options: ApiOptions) -> Any:
     of the garbage collector's full collections while the app serves, and with
     ``gc_young_objects`` its youngest generation is collected less often; with a delivery
     interval, a webhook delivery worker runs beside the API and is stopped (its round in
-    flight finished, or cut short) on shutdown."""
+    flight finished, or cut short) on shutdown; with a housekeeping interval, expired
+    idempotency records are deleted beside it (``_housekeeping``)."""
     webhook_delivery = _delivering(webhooks, options.webhook_delivery_interval_s)
 
     @contextlib.asynccontextmanager

@@ -333,6 +333,14 @@ class StateImage:
     retired: Array  # (n, 2) uint64 ids
 
 
+def _grown(array: Array, rows: int, fill: int) -> Array:
+    """``array`` with room for at least ``rows`` rows (a power of two, 1,024 at least): its
+    rows kept, the new ones ``fill``."""
+    grown = np.full((_pow2_at_least(max(rows, 1024)), *array.shape[1:]), fill, array.dtype)
+    grown[: array.shape[0]] = array
+    return grown
+
+
 class AccountChains:
     """Each account's transfers, newest first: a chain through the transfer rows
     (``K.chain_transfers``), so that one account's transfers and balances are read along it
@@ -363,19 +371,12 @@ class AccountChains:
         """Link at most ``rows_max`` more of the engine's transfer rows."""
         accounts, rows = engine.n_accounts, min(engine.n_transfers, self.count + rows_max)
         if self.last.shape[0] < accounts:
-            size = _pow2_at_least(max(accounts, 1024))
-            grown = np.full(size, -1, np.int64)
-            grown[: self.last.shape[0]] = self.last
-            self.last = grown
-            grown_links = np.zeros(size, np.int64)
-            grown_links[: self.links.shape[0]] = self.links
-            self.links = grown_links
+            self.last = _grown(self.last, accounts, -1)
+            self.links = _grown(self.links, accounts, 0)
         if rows == self.count:
             return
         if self.prev.shape[0] < rows:
-            grown_prev = np.full((_pow2_at_least(max(rows, 1024)), 2), -1, np.int64)
-            grown_prev[: self.count] = self.prev[: self.count]
-            self.prev = grown_prev
+            self.prev = _grown(self.prev, rows, -1)
         K.chain_transfers(
             engine.transfers,
             self.count,

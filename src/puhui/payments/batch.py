@@ -342,8 +342,8 @@ class PaymentBatches:
                         conn,
                         f"SELECT payee_customer_id, currency, SUM(amount) AS amount"
                         f" FROM {t.operations.name} WHERE status {statuses}"
-                        # ``+ 0``: the in-flight rows by status, not the payees' whole
-                        # histories by the payee index (see ``Payments._check_balance_cap``)
+                        # ``+ 0`` (``puhui.store.unindexed``): the in-flight rows by status,
+                        # not the payees' whole histories by the payee index
                         f" AND kind = {ph('top_up')} AND payee_customer_id + 0 {marks}"
                         " GROUP BY payee_customer_id, currency",
                         params,
@@ -707,8 +707,8 @@ class PaymentBatches:
             updated += conn.exec_driver_sql(
                 f"UPDATE {t.operations.name} SET status = {ph('status')}, error_code = NULL,"
                 f" hold_expires_at_ns = NULL, updated_at_ns = {ph('now')}"
-                # ``|| ''``: the rows by their ids (the primary key), not a walk of every
-                # pending row of the store by the status index (SQLite's choice otherwise)
+                # ``|| ''`` (``puhui.store.unindexed``): the rows by their ids (the primary
+                # key), not a walk of every pending row of the store by the status index
                 f" WHERE id {marks} AND status || '' = {ph('pending')}",
                 params,
             ).rowcount

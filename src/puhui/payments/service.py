@@ -47,6 +47,7 @@ from puhui.ledger import id as ledger_id
 from puhui.ledger import ids as ledger_ids
 from puhui.money import Currency, currency
 from puhui.store import payments as t
+from puhui.store import unindexed
 
 from . import _outflow
 from ._errors import (
@@ -1167,11 +1168,11 @@ class Payments:
         incoming = found[0].credits_posted - found[0].debits_posted if found else 0
         incoming += found[0].credits_pending if found else 0
         with self.engine.connect() as conn:
-            # Read through the status index (top-ups in flight are few), never the payee
-            # index (the payee's whole history): ``+ 0`` keeps the planner off the latter.
+            # Through the status index (top-ups in flight are few), never the payee index
+            # (the payee's whole history).
             incoming += conn.execute(
                 sa.select(sa.func.coalesce(sa.func.sum(t.operations.c.amount), 0)).where(
-                    t.operations.c.payee_customer_id + 0 == customer.id,
+                    unindexed(t.operations.c.payee_customer_id) == customer.id,
                     t.operations.c.kind == str(OperationKind.TOP_UP),
                     t.operations.c.currency == cur.code,
                     t.operations.c.status.in_(

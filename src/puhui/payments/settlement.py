@@ -26,6 +26,7 @@ import sqlalchemy as sa
 
 from puhui.money import currency
 from puhui.store import payments as t
+from puhui.store import unindexed
 
 from ._errors import InvalidPayloadError, PaymentsError
 from .funding import STATEMENT_COLUMNS, BankStatus
@@ -174,9 +175,9 @@ class Settlement:
                     o.merchant_id == merchant_id,
                     o.currency == cur.code,
                     o.kind.in_(_DUE_KINDS),
-                    # ``+ ""``: this merchant's rows by (merchant_id, settlement_id), not
-                    # every merchant's unsettled ones by the ``unsettled`` index's status
-                    (o.status + "") == str(_S.COMPLETED),
+                    # this merchant's rows by (merchant_id, settlement_id), not every
+                    # merchant's unsettled ones by the ``unsettled`` index's status
+                    unindexed(o.status) == str(_S.COMPLETED),
                     o.settlement_id.is_(None),
                 )
             ).all()

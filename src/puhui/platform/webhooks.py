@@ -52,6 +52,7 @@ from puhui.clock import Clock, SystemClock
 from puhui.errors import PuhuiError
 from puhui.payments import Checkout, Payments
 from puhui.store import platform as tables
+from puhui.store import unindexed
 
 from ._errors import PlatformError
 from ._webhook_events import TenantOf, checkout_hook, operation_hook
@@ -602,10 +603,10 @@ class Webhooks:
         deliveries are all done (delivered or dead), with those deliveries. Returns how many
         events went."""
         cutoff = self.clock.now_ns() - int(self.options.event_retention_s * NS_PER_S)
-        # ``|| ''``: the event's own deliveries by their (event_seq, …) key, not every pending
-        # delivery of the store by the state index for each old event
+        # the event's own deliveries by their (event_seq, …) key, not every pending delivery
+        # of the store by the state index for each old event
         pending = sa.exists().where(
-            _D.c.event_seq == _V.c.seq, (_D.c.state + "") == str(DeliveryState.PENDING)
+            _D.c.event_seq == _V.c.seq, unindexed(_D.c.state) == str(DeliveryState.PENDING)
         )
         with self.engine.begin() as conn:
             seqs = list(

@@ -593,8 +593,9 @@ class RiskEngine:
     # --- restarts ---------------------------------------------------------------------------
 
     def snapshot(self, directory: Path) -> None:
-        """Save the feature state and the log position it covers (atomically, file by file:
-        the position is written last, so a crash between leaves the older pair usable)."""
+        """Save the feature state with the log position it covers and the trusted devices,
+        atomically in one file (``features.json`` beside it holds the same position and
+        devices, readable; ``recover`` prefers the state file's)."""
         with self._snapshotting:  # one snapshot at a time (they share file names)
             with self._lock:  # the state and its log position, copied in memory together
                 directory.mkdir(parents=True, exist_ok=True)
@@ -603,8 +604,8 @@ class RiskEngine:
                     self.log.flush()
                 arrays = self.features.snapshot_arrays()
                 pairs = list(self._trusted)
-            # Written without the lock: decisions go on meanwhile (the write and its fsyncs
-            # took ~8.5 µs per customer, every decision waiting).
+            # Written without the lock: decisions go on meanwhile (they waited for the write
+            # and its fsyncs before).
             by_customer: dict[int, list[str]] = {}
             for customer, device in pairs:
                 by_customer.setdefault(customer, []).append(device)

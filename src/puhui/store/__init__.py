@@ -10,6 +10,7 @@ from . import payments, platform, risk
 from ._engine import create_engine
 from ._metadata import metadata
 from ._migrate import current_revision, migrate
+from ._planner import unindexed
 
 __all__ = [
     "create_engine",
@@ -19,4 +20,5 @@ __all__ = [
     "payments",
     "platform",
     "risk",
+    "unindexed",
 ]

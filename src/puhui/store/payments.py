@@ -64,6 +64,9 @@ wallets = sa.Table(
     sa.Column("created_at_ns", sa.BigInteger, nullable=False),
 )
 
+_UNSETTLED = sa.text("merchant_id IS NOT NULL AND settlement_id IS NULL")
+"""The condition of the partial index of merchants' operations not settled yet."""
+
 operations = sa.Table(
     "payments_operations",
     metadata,
@@ -104,15 +107,14 @@ operations = sa.Table(
     sa.Index(None, "payee_customer_id", "created_at_ns"),
     sa.Index(None, "merchant_id", "settlement_id"),
     # Merchants' operations not settled yet, by status and day (the settlement job's walk:
-    # completed before the day); a row
-    # leaves it when settled. The condition's terms must stand verbatim in a query's WHERE
-    # for SQLite to use it.
+    # completed before the day); a row leaves it when settled. The condition's terms must
+    # stand verbatim in a query's WHERE for SQLite to use it.
     sa.Index(
         "ix_payments_operations_unsettled",
         "status",
         "day",
-        sqlite_where=sa.text("merchant_id IS NOT NULL AND settlement_id IS NULL"),
-        postgresql_where=sa.text("merchant_id IS NOT NULL AND settlement_id IS NULL"),
+        sqlite_where=_UNSETTLED,
+        postgresql_where=_UNSETTLED,
     ),
     # A day's operations of a kind (reconciliation with the bank's statement of the day).
     sa.Index(None, "day", "kind"),
