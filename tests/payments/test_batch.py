@@ -633,3 +633,54 @@ def test_the_open_accounts_memory_is_bounded_and_a_forgotten_one_reopens(
         ).scalar_one()
     assert wallets == 1
     assert len(p._opened) <= 2
+
+
+def test_a_batchs_new_payees_and_merchants_are_opened_in_one_ledger_call(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = world.payments
+    alice = _customer(world, 1, fund=1_000_00)
+    payees = [_customer(world, n) for n in (2, 3, 4)]  # verified, no wallet opened yet
+    shops = [p.register_merchant(f"Shop{n}", "retail", 50, f"tok-{n}").id for n in range(4)]
+    opened: list[list[int]] = []
+    create_accounts = world.ledger.create_accounts
+
+    def counting(accounts: list[L.Account]) -> list[L.CreateAccountResult]:
+        opened.append([a.id for a in accounts])
+        return create_accounts(accounts)
+
+    monkeypatch.setattr(world.ledger, "create_accounts", counting)
+    requests = [
+        PaymentRequest(alice, 1_00, CNY, f"p{n}", payee=Payee(customer_id=payee))
+        for n, payee in enumerate(payees + payees)  # each payee twice: opened once
+    ] + [
+        PaymentRequest(alice, 2_00, CNY, f"m{n}", merchant_qr=merchant_qr(shop))
+        for n, shop in enumerate(shops)
+    ]
+    answers = PaymentBatches(p).pay_many(requests)
+    assert [_ok(a).status for a in answers] == [S.COMPLETED] * len(requests)
+    cny = currency(CNY)
+    wanted = {wallet_account_id(c, cny) for c in payees} | {
+        merchant_account_id(m, cny) for m in shops
+    }
+    assert len(opened) == 1 and sorted(opened[0]) == sorted(wanted)  # one call, each once
+    for payee in payees:
+        assert p.balance(payee, CNY).posted == 2_00
+    for shop in shops:
+        assert p.merchant_balance(shop, CNY).posted == 2_00
+    with world.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(tables.wallets.c.customer_id, tables.wallets.c.account_id).where(
+                tables.wallets.c.customer_id.in_(payees)
+            )
+        ).all()
+    assert sorted(rows) == sorted(
+        (c, f"{wallet_account_id(c, cny):032x}") for c in payees
+    )  # one row each
+    # Open now: the next batch asks the ledger for nothing.
+    again = PaymentBatches(p).pay_many(
+        [PaymentRequest(alice, 1_00, CNY, "again", payee=Payee(customer_id=payees[0]))]
+    )
+    assert _ok(again[0]).status is S.COMPLETED
+    assert len(opened) == 1
+    assert L.verify(world.ledger).ok

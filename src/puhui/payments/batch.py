@@ -461,21 +461,19 @@ class PaymentBatches:
     ) -> None:
         """Open the payees' wallets and merchants' accounts this process has not seen yet."""
         payments = self.payments
-        wallets: set[tuple[int, str]] = set()
-        shops: dict[tuple[int, str], Currency] = {}
+        wallets: list[tuple[int, Currency]] = []
+        shops: list[tuple[int, Currency]] = []
         for item in items:
             cur = item.cur
             assert cur is not None
             if cur.code not in payments._platform_ready:
                 payments._ensure_platform(cur)
             if item.payee_id is not None and item.payee_id in customers:
-                wallets.add((item.payee_id, cur.code))
+                wallets.append((item.payee_id, cur))
             if item.merchant_id is not None and item.merchant_id in merchants:
-                shops[(item.merchant_id, cur.code)] = cur
-        for customer_id, code in sorted(wallets):  # each party once a batch
-            payments.open_wallet(customer_id, code)  # cached once open
-        for (merchant_id, _), cur in sorted(shops.items()):
-            payments._open_merchant_account(merchant_id, cur)  # cached once open
+                shops.append((item.merchant_id, cur))
+        # Those already open are skipped; the others in one ledger call (cached once open).
+        payments.open_accounts(wallets=wallets, merchants=shops)
 
     def _decide(self, items: list[_Item]) -> None:
         """One risk call for the batch: each event what ``Payments.risk_event`` tells risk

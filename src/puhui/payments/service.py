@@ -20,7 +20,7 @@ import json
 import logging
 import secrets
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, Final
@@ -225,6 +225,17 @@ NO_CHANNEL = Channel()
 
 
 PAYMENT_CODE_INVALID: Final = "the payment code is unknown, used or expired"
+
+
+def _party_account(account: int, cur: Currency, code: AccountCode, owner_id: int) -> Account:
+    """A customer's wallet or a merchant's receivable: never below zero, with history."""
+    return Account(
+        id=account,
+        ledger=cur.ledger,
+        code=code,
+        user_data_64=owner_id,
+        flags=AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlags.HISTORY,
+    )
 
 
 def _hex(value: int) -> str:
@@ -541,60 +552,76 @@ class Payments:
         if account in self._opened:
             return account
         self.customer(customer_id)
-        self._ensure_platform(cur)
-        self._create_accounts(
-            [
-                Account(
-                    id=account,
-                    ledger=cur.ledger,
-                    code=AccountCode.CUSTOMER_WALLET,
-                    user_data_64=customer_id,
-                    flags=AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlags.HISTORY,
-                )
-            ]
-        )
-        with self.engine.begin() as conn:
-            exists = conn.execute(
-                sa.select(t.wallets.c.account_id).where(
-                    t.wallets.c.customer_id == customer_id, t.wallets.c.currency == cur.code
-                )
-            ).first()
-            if exists is None:
-                conn.execute(
-                    t.wallets.insert().values(
-                        customer_id=customer_id,
-                        currency=cur.code,
-                        account_id=_hex(account),
-                        created_at_ns=self.clock.now_ns(),
-                    )
-                )
-        self._remember_open(account)
+        self.open_accounts(wallets=[(customer_id, cur)])
         return account
+
+    def _open_merchant_account(self, merchant_id: int, cur: Currency) -> int:
+        account = merchant_account_id(merchant_id, cur)
+        if account not in self._opened:
+            self.open_accounts(merchants=[(merchant_id, cur)])
+        return account
+
+    def open_accounts(
+        self,
+        *,
+        wallets: Iterable[tuple[int, Currency]] = (),
+        merchants: Iterable[tuple[int, Currency]] = (),
+    ) -> None:
+        """Open the wallets of existing customers and the receivable accounts of existing
+        merchants that this process has not seen open: one ledger call and one SQL
+        transaction for all of them (a batch's new payees do not wait for the ledger's
+        commit one by one). The callers have checked the parties exist."""
+        accounts: list[Account] = []
+        wallet_rows: dict[tuple[int, str], int] = {}
+        currencies: dict[str, Currency] = {}
+        for customer_id, cur in wallets:
+            account = wallet_account_id(customer_id, cur)
+            if account in self._opened or (customer_id, cur.code) in wallet_rows:
+                continue
+            wallet_rows[(customer_id, cur.code)] = account
+            currencies[cur.code] = cur
+            accounts.append(_party_account(account, cur, AccountCode.CUSTOMER_WALLET, customer_id))
+        shops: set[int] = set()
+        for merchant_id, cur in merchants:
+            account = merchant_account_id(merchant_id, cur)
+            if account in self._opened or account in shops:
+                continue
+            shops.add(account)
+            currencies[cur.code] = cur
+            accounts.append(
+                _party_account(account, cur, AccountCode.MERCHANT_RECEIVABLE, merchant_id)
+            )
+        if not accounts:
+            return
+        for cur in currencies.values():
+            self._ensure_platform(cur)
+        self._create_accounts(accounts)
+        if wallet_rows:
+            self._record_wallets(wallet_rows)
+        for account_ in accounts:
+            self._remember_open(account_.id)
+
+    def _record_wallets(self, wallet_rows: Mapping[tuple[int, str], int]) -> None:
+        """The ``payments_wallets`` rows of wallets just opened in the ledger, one
+        transaction; a row already there (recorded by an earlier or concurrent opening) is
+        left as it is."""
+        now = self.clock.now_ns()
+        with self.engine.begin() as conn:
+            mark = "?" if conn.dialect.name == "sqlite" else "%s"
+            conn.exec_driver_sql(
+                f"INSERT INTO {t.wallets.name} (customer_id, currency, account_id, created_at_ns)"
+                f" VALUES ({mark}, {mark}, {mark}, {mark}) ON CONFLICT DO NOTHING",
+                [
+                    (customer_id, code, _hex(account), now)
+                    for (customer_id, code), account in sorted(wallet_rows.items())
+                ],
+            )
 
     def _remember_open(self, account: int) -> None:
         opened = self._opened
         opened[account] = None
         if len(opened) > opened_cached_max:
             opened.popitem(last=False)
-
-    def _open_merchant_account(self, merchant_id: int, cur: Currency) -> int:
-        account = merchant_account_id(merchant_id, cur)
-        if account in self._opened:
-            return account
-        self._ensure_platform(cur)
-        self._create_accounts(
-            [
-                Account(
-                    id=account,
-                    ledger=cur.ledger,
-                    code=AccountCode.MERCHANT_RECEIVABLE,
-                    user_data_64=merchant_id,
-                    flags=AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlags.HISTORY,
-                )
-            ]
-        )
-        self._remember_open(account)
-        return account
 
     def _balance_of(self, account: int) -> Balance:
         found = self.ledger.lookup_accounts([account])
