@@ -9,6 +9,13 @@ API (``read_ms``: the queue to the writer and the answer's objects included), an
 writer's thread the new path alone (``chain_ms``) and the full scan it replaced
 (``full_scan_ms``, ``K.scan_transfers``), for the ratio. Medians in milliseconds.
 
+``query``: a ``query_transfers`` that matches nothing (every row of the ledger read), timed
+through the public API (``query_ms``), against the one scan of every row on the writer's
+thread that it was before (``one_turn_scan_ms``: every write waited that long), and what a
+one-transfer write waits while such queries run back to back (``write_during_query_ms``:
+median and largest, ``writes`` of them); the query now scans ``QUERY_ROWS_PER_TURN`` rows a
+turn of the writer, and the writes go between its turns.
+
     python benchmarks/ledger_history.py --json
     python benchmarks/ledger_history.py --quick --json   # smoke run (the test suite calls this)
 """
@@ -140,6 +147,64 @@ def _read_ms(led: Any, account: int, limit: int, reversed_: bool, reads: int) ->
     return float(statistics.median(times)), found
 
 
+def _query(led: Any, reads: int) -> dict[str, Any]:
+    import threading
+
+    from puhui.ledger import QueryFilter, QueryFilterFlags, Transfer
+    from puhui.ledger import _kernel as K
+    from puhui.ledger import _ledger as ledger_module
+
+    nothing = QueryFilter(12345, 0, 0, 0, 0, 0, 0, 100, QueryFilterFlags.NONE)  # no such data
+    zero = np.uint64(0)
+
+    def one_turn(engine: Any) -> list[float]:
+        out = []
+        for _ in range(reads):
+            start = time.perf_counter()
+            K.scan_transfers(
+                engine.transfers, engine.n_transfers, zero, zero, False, False, False,
+                np.uint64(12345), zero, zero, 0, 0, 0, zero, zero, 100, False,
+            )  # fmt: skip
+            out.append((time.perf_counter() - start) * 1000)
+        return out
+
+    scans = led.read_state(one_turn)
+    queries: list[float] = []
+    stop = threading.Event()
+
+    def querying() -> None:
+        while not stop.is_set():
+            start = time.perf_counter()
+            if led.query_transfers(nothing):
+                raise SystemExit("the query found something")
+            queries.append((time.perf_counter() - start) * 1000)
+
+    worker = threading.Thread(target=querying)
+    worker.start()
+    writes: list[float] = []
+    next_id = 10**12
+    try:
+        while len(queries) < reads:
+            next_id += 1
+            transfer = Transfer(next_id, 1, 2, 1, ledger=1, code=1)
+            start = time.perf_counter()
+            led.create_transfers([transfer])
+            writes.append((time.perf_counter() - start) * 1000)
+    finally:
+        stop.set()
+        worker.join()
+    return {
+        "rows_per_turn": ledger_module.QUERY_ROWS_PER_TURN,
+        "one_turn_scan_ms": round(statistics.median(scans), 3),
+        "query_ms": round(statistics.median(queries), 3),
+        "write_during_query_ms": {
+            "median": round(statistics.median(writes), 3),
+            "max": round(max(writes), 3),
+            "writes": len(writes),
+        },
+    }
+
+
 def run(transfers: int, accounts: int, reads: int, limit: int) -> dict[str, Any]:
     directory = Path(tempfile.mkdtemp(prefix="puhui-ledger-history-"))
     try:
@@ -164,6 +229,7 @@ def run(transfers: int, accounts: int, reads: int, limit: int) -> dict[str, Any]
                         "full_scan_ms": round(scan, 4),
                         "transfers_found": found,
                     }
+            out["query"] = _query(led, reads)
             return out
         finally:
             led.close()

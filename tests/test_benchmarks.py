@@ -127,3 +127,6 @@ def test_ledger_history_benchmark_quick_run_prints_json() -> None:
         assert figures["read_ms"] > 0 and figures["chain_ms"] > 0 and figures["full_scan_ms"] > 0
     assert report["quiet_oldest_first"]["transfers_found"] == 3
     assert report["busy_oldest_first"]["transfers_found"] == 100
+    query = report["query"]
+    assert query["one_turn_scan_ms"] > 0 and query["query_ms"] > 0
+    assert query["write_during_query_ms"]["writes"] >= 1

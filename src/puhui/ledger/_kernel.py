@@ -1286,6 +1286,38 @@ def _fields_match(
     return code == 0 or record.code == code
 
 
+@jit()
+def timestamp_rows(
+    transfers: np.ndarray, count: int, timestamp_min: int, timestamp_max: int
+) -> tuple[int, int]:
+    """The rows ``lo``..``hi`` (end excluded) of the first ``count`` transfers whose
+    timestamps are within the inclusive bounds (0 = unbounded): rows are in timestamp
+    order, so two binary searches."""
+    lo = 0
+    hi = count
+    if timestamp_min != ZERO:
+        a = 0
+        b = count
+        while a < b:
+            mid = (a + b) // 2
+            if transfers[mid].timestamp < timestamp_min:
+                a = mid + 1
+            else:
+                b = mid
+        lo = a
+    if timestamp_max != ZERO:
+        a = lo
+        b = count
+        while a < b:
+            mid = (a + b) // 2
+            if transfers[mid].timestamp <= timestamp_max:
+                a = mid + 1
+            else:
+                b = mid
+        hi = a
+    return lo, hi
+
+
 @jit(allocates=True)
 def scan_transfers(
     transfers: np.ndarray,
@@ -1314,29 +1346,7 @@ def scan_transfers(
     rows = np.empty(limit, dtype=np.int64)
     sides = np.empty(limit, dtype=np.int8)
     found = 0
-    # Rows are in timestamp order: binary-search the timestamp bounds first.
-    lo = 0
-    hi = count
-    if timestamp_min != ZERO:
-        a = 0
-        b = count
-        while a < b:
-            mid = (a + b) // 2
-            if transfers[mid].timestamp < timestamp_min:
-                a = mid + 1
-            else:
-                b = mid
-        lo = a
-    if timestamp_max != ZERO:
-        a = lo
-        b = count
-        while a < b:
-            mid = (a + b) // 2
-            if transfers[mid].timestamp <= timestamp_max:
-                a = mid + 1
-            else:
-                b = mid
-        hi = a
+    lo, hi = timestamp_rows(transfers, count, timestamp_min, timestamp_max)
     n = hi - lo
     for k in range(n):
         if found == limit:

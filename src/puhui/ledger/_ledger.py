@@ -814,19 +814,46 @@ class Ledger:
         return array_to_accounts(self._read(read))
 
     def query_transfers(self, query_filter: QueryFilter) -> list[Transfer]:
+        """Transfers matching the filter, scanned ``QUERY_ROWS_PER_TURN`` rows per turn of
+        the writer: a query over a big ledger takes turns with the writes instead of
+        holding them for its whole scan. The answer is the ledger as the first turn found it
+        (rows are immutable once written; later transfers are past the rows it scans)."""
         params = _query_filter(query_filter)
         if params is None:
             return []
+        args = _scan_args(params)  # ..., timestamp_min, timestamp_max, limit, reversed
+        t_min, t_max, limit, reversed_ = args[-4:]
+        fields = args[:-4]
+        no_account = (np.uint64(0), np.uint64(0), False, False, False)
+        unbounded = (np.uint64(0), np.uint64(0))
+        parts: list[Array] = []
+        span: list[int] = []  # the rows left to scan, lo..hi: set by the first turn
+        found = 0
 
-        def read(engine: Engine) -> Array:
-            no_account = (np.uint64(0), np.uint64(0), False, False, False)
-            rows, _ = K.scan_transfers(
-                engine.transfers, engine.n_transfers, *no_account, *_scan_args(params)
-            )
-            copied: Array = engine.transfers[rows].copy()
-            return copied
+        def turn(engine: Engine) -> bool:
+            """Scan the next rows; whether the query is done."""
+            nonlocal found
+            if not span:
+                span.extend(K.timestamp_rows(engine.transfers, engine.n_transfers, t_min, t_max))
+            lo, hi = span
+            step = QUERY_ROWS_PER_TURN
+            start, end = (max(lo, hi - step), hi) if reversed_ else (lo, min(hi, lo + step))
+            if start < end:
+                chunk = engine.transfers[start:end]
+                rows, _ = K.scan_transfers(
+                    chunk, end - start, *no_account, *fields, *unbounded, limit - found, reversed_
+                )
+                if rows.shape[0]:
+                    parts.append(chunk[rows].copy())
+                    found += int(rows.shape[0])
+            span[:] = [lo, start] if reversed_ else [end, hi]
+            return found >= limit or span[0] >= span[1]
 
-        return array_to_transfers(self._read(read))
+        while not self._read(turn):
+            pass
+        if not parts:
+            return []
+        return array_to_transfers(np.concatenate(parts) if len(parts) > 1 else parts[0])
 
     # --- introspection (verify, benchmarks, CLI) --------------------------------------------
 
@@ -1003,6 +1030,10 @@ def _scan_args(params: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
+QUERY_ROWS_PER_TURN = 1 << 17
+"""Most transfer rows ``query_transfers`` scans in one turn of the writer (unit: rows; a
+scan reads 128-byte rows at the memory's pace, ~1 ms a turn here, more from disk, see
+``benchmarks/ledger_history.py``): writes queued meanwhile go between its turns."""
 CHAIN_ROWS_PER_READ = 1 << 13
 """Most transfer rows one per-account read links into the accounts' chains: ~2 ms of the
 writer's time when the rows are in memory (``benchmarks/ledger_history.py`` linked a million

@@ -1,0 +1,123 @@
+"""``query_transfers`` scans a bounded number of rows per turn of the ledger's writer, so a
+query over a big ledger takes turns with the writes. Its answers are the one-turn scan's
+(``K.scan_transfers`` over every row, checked against the reference model by the property
+tests), whatever the turn size, and a query answers for the ledger as its first turn found
+it."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from puhui import ledger as L
+from puhui.ledger import Account, QueryFilter, QueryFilterFlags, Transfer
+from puhui.ledger import _kernel as K
+from puhui.ledger import _ledger as ledger_module
+from puhui.ledger._convert import array_to_transfers
+from puhui.ledger._engine import Engine
+from puhui.ledger._ledger import _query_filter, _scan_args
+
+from .test_account_chains import ACCOUNTS, _transfers
+
+
+def _one_turn(engine: Engine, f: QueryFilter) -> list[Transfer]:
+    """The query as one scan of every row (the reads before the turns)."""
+    params = _query_filter(f)
+    assert params is not None
+    no_account = (np.uint64(0), np.uint64(0), False, False, False)
+    rows, _ = K.scan_transfers(
+        engine.transfers, engine.n_transfers, *no_account, *_scan_args(params)
+    )
+    return array_to_transfers(engine.transfers[rows].copy())
+
+
+def _queries(rng: random.Random, first_ts: int, last_ts: int) -> list[QueryFilter]:
+    out = []
+    for _ in range(40):
+        t_min = rng.choice([0, rng.randint(first_ts, last_ts)])
+        t_max = rng.choice([0, rng.randint(max(first_ts, t_min), last_ts + 1)])
+        out.append(
+            QueryFilter(
+                user_data_128=rng.choice([0, 0, 1]),
+                user_data_64=rng.choice([0, 0, 2]),
+                user_data_32=0,
+                ledger=rng.choice([0, 1]),
+                code=rng.choice([0, 0, 1, 2]),
+                timestamp_min=t_min,
+                timestamp_max=t_max,
+                limit=rng.choice([1, 3, 64, 200, 8189]),
+                flags=rng.choice([QueryFilterFlags.NONE, QueryFilterFlags.REVERSED]),
+            )
+        )
+    return out
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Any:
+    rng = random.Random(11)
+    opened = L.open(str(tmp_path / "ledger"), state_dir=tmp_path / "state")
+    opened.create_accounts([Account(id=a, ledger=1, code=1) for a in range(1, ACCOUNTS + 1)])
+    pending: list[int] = []
+    next_id = 1
+    for _ in range(4):
+        batch = _transfers(rng, next_id, 500, pending)
+        next_id += len(batch)
+        opened.create_transfers(batch)
+    yield opened
+    opened.close()
+
+
+@pytest.mark.parametrize("rows_per_turn", [3, 300, 1 << 20])
+def test_a_query_in_turns_answers_as_one_scan(
+    ledger: Any, rows_per_turn: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ledger_module, "QUERY_ROWS_PER_TURN", rows_per_turn)
+
+    def bounds(engine: Engine) -> tuple[int, int, int]:
+        stamps = engine.transfers["timestamp"][: engine.n_transfers]
+        return int(stamps[0]), int(stamps[-1]), engine.n_transfers
+
+    first, last, count = ledger.read_state(bounds)
+    assert count > 1_000
+    rng = random.Random(rows_per_turn)
+    answered = 0
+    for f in _queries(rng, first, last):
+        expected = ledger.read_state(lambda engine, f=f: _one_turn(engine, f))
+        assert ledger.query_transfers(f) == expected, f
+        answered += len(expected)
+    assert answered > 0
+
+
+def test_writes_go_between_a_querys_turns_and_it_answers_for_its_first(
+    ledger: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ledger_module, "QUERY_ROWS_PER_TURN", 256)
+    everything = QueryFilter(0, 0, 0, 0, 0, 0, 0, 8189, QueryFilterFlags.NONE)
+    before = ledger.read_state(lambda engine: _one_turn(engine, everything))
+    turns = 0
+    read = ledger._read
+    new_id = 10**9
+
+    def between_turns(fn: Any) -> Any:
+        nonlocal turns, new_id
+        answer = read(fn)
+        turns += 1
+        if turns <= 3:  # a write between each of the first turns, done before the next
+            new_id += 1
+            transfer = Transfer(
+                id=new_id, debit_account_id=1, credit_account_id=2, amount=1, ledger=1, code=1
+            )
+            assert ledger.create_transfers([transfer])[0].status == L.CreateTransferStatus.CREATED
+        return answer
+
+    monkeypatch.setattr(ledger, "_read", between_turns)
+    answer = ledger.query_transfers(everything)
+    monkeypatch.undo()
+    assert answer == before  # the ledger as the first turn found it
+    assert turns == -(-len(before) // 256)  # one turn per 256 rows of the range
+    after = ledger.query_transfers(everything)
+    assert len(after) == len(before) + 3  # the writes made between the turns are there
