@@ -18,6 +18,7 @@ from ._problems import (
     OverloadedError,
     RateLimitedError,
     RecordsInvalidError,
+    RequestTimeoutError,
     RequestTooLargeError,
     UnsupportedMediaTypeError,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "PlatformRoute",
     "RateLimitedError",
     "RecordsInvalidError",
+    "RequestTimeoutError",
     "RequestTooLargeError",
     "UnsupportedMediaTypeError",
     "configure_logging",

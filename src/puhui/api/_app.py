@@ -50,6 +50,7 @@ from . import (
     _webhook_routes,
 )
 from ._batching import AuditBatcher, GroupCall, PrincipalCache
+from ._bodies import BodyBudget, BodyGuard
 from ._context import ApiContext
 from ._guards import Admission, ApiOptions, BodyLimitMiddleware, RateLimiter
 from ._lean_routes import LeanRoutes
@@ -238,6 +239,14 @@ def create_app(
             table=app.router.routes,
             bytes_max=options.request_body_bytes_max,
         )
+    # Outside every route's handling: the bodies held at once, and how long one may take.
+    app.state.body_budget = BodyBudget(options.request_bodies_bytes_max)
+    app.add_middleware(
+        BodyGuard,
+        budget=app.state.body_budget,
+        timeout_s=options.request_body_timeout_s,
+        body_bytes_max=options.request_body_bytes_max,
+    )
     app.add_middleware(RequestLogMiddleware)  # outermost: every answer has a request id
     return app
 

@@ -33,6 +33,12 @@ class ApiOptions:
 
     request_body_bytes_max: int = 8 * 1024 * 1024
     """Largest request body (a full batch of 8,189 events in JSON fits)."""
+    request_bodies_bytes_max: int = 256 * 1024 * 1024
+    """Most bytes of request bodies held at once, all requests together; a body that does
+    not fit is answered 503 ``overloaded`` before it is read (``puhui.api._bodies``)."""
+    request_body_timeout_s: float = 30.0
+    """Longest time from a request's start until its whole body has arrived; then 408
+    ``request_timeout`` and the connection is closed."""
     rate_per_key_per_s: float = 2000.0
     """Requests per second each API key may sustain (token bucket refill)."""
     rate_burst_requests: int = 4000
@@ -83,6 +89,10 @@ class ApiOptions:
             or self.requests_in_flight_max <= 0
         ):
             raise ValueError("limits must be positive")
+        if self.request_bodies_bytes_max < self.request_body_bytes_max:
+            raise ValueError("request_bodies_bytes_max must hold one largest body")
+        if self.request_body_timeout_s <= 0:
+            raise ValueError("request_body_timeout_s must be positive")
         if self.auth_cache_s < 0:
             raise ValueError("auth_cache_s must not be negative")
         if self.rate_per_key_per_s <= 0:

@@ -56,6 +56,19 @@ class OverloadedError(PuhuiError):
     code = "overloaded"
 
 
+class RequestTimeoutError(PuhuiError):
+    """The request's body did not arrive within ``ApiOptions.request_body_timeout_s``; the
+    connection is closed. Nothing was done."""
+
+    code = "request_timeout"
+
+
+class BodyTimeoutError(StarletteHTTPException):
+    """Raised from a request's ``receive`` when its body is late (``puhui.api._bodies``):
+    FastAPI lets an ``HTTPException`` out of its body parsing, so the route's pipeline
+    answers it, as 408 ``request_timeout`` with the connection closed."""
+
+
 class InvalidCursorError(InvalidInputError):
     """A pagination cursor that this API did not hand out (or for another list)."""
 
@@ -95,6 +108,7 @@ STATUS_BY_CODE: Final[dict[str, int]] = {
     "media_type_unsupported": 415,
     "rate_limited": 429,
     "overloaded": 503,
+    "request_timeout": 408,
     # request validation
     "invalid_input": 422,
     "records_invalid": 422,
@@ -228,6 +242,8 @@ def problem_from_exception(exc: BaseException) -> Response:
             "the request does not match the schema",
             extra={"errors": _validation_errors(exc)},
         )
+    if isinstance(exc, BodyTimeoutError):
+        return problem_from_error(RequestTimeoutError(str(exc.detail)))
     if isinstance(exc, StarletteHTTPException):
         if exc.status_code == 404:
             return problem_from_error(NotFoundError("no such resource"))

@@ -1,0 +1,185 @@
+"""Request bodies held at once are bounded, all requests together, and a body must arrive in
+time: over a real socket (uvicorn), a client that sends its head and then its body slowly or
+never gets 408 ``request_timeout`` and its connection closed; a body that does not fit in
+what the others hold is refused 503 ``overloaded`` before it is read. Nothing is done in
+either case, and the room is given back."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+import sqlalchemy as sa
+import uvicorn
+
+import puhui.ledger as tb
+from puhui.api import ApiOptions, create_app
+from puhui.clock import ManualClock
+from puhui.platform import Tenants
+from puhui.store import create_engine, migrate
+from puhui.store import payments as payments_tables
+from puhui.store.platform import audit_log
+
+from .conftest import ALL_SCOPES, START_NS
+
+CUSTOMERS = "/v1/payments/customers"
+TIMEOUT_S = 0.5
+BODY_MAX = 4096
+
+
+@dataclass
+class Served:
+    port: int
+    token: str
+    engine: sa.Engine
+    app: Any
+
+    def count(self, table: sa.Table) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
+
+    def head(self, length: int, path: str = CUSTOMERS) -> bytes:
+        return (
+            f"POST {path} HTTP/1.1\r\nHost: api\r\nAuthorization: Bearer {self.token}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+        ).encode()
+
+    def connect(self) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.port), timeout=10)
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    options = ApiOptions(
+        request_body_bytes_max=BODY_MAX,
+        request_bodies_bytes_max=2 * BODY_MAX,
+        request_body_timeout_s=TIMEOUT_S,
+    )
+    engine = create_engine(f"sqlite:///{tmp_path / 'puhui.sqlite'}")
+    migrate(engine)
+    clock = ManualClock(START_NS)
+    tenants = Tenants(engine, clock=clock)
+    tenant = tenants.create("Bank A", "bank")
+    _, token = tenants.create_key(tenant.id, ALL_SCOPES)
+    with tb.open(str(tmp_path / "ledger")) as ledger:
+        app = create_app(engine, ledger, clock=clock, options=options)
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]})
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+            time.sleep(0.01)
+        try:
+            yield Served(listener.getsockname()[1], token, engine, app)
+        finally:
+            server.should_exit = True
+            thread.join(10)
+            listener.close()
+    engine.dispose()
+
+
+def _answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """The status, headers and body of one answer, read until the server closes."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, body
+
+
+def _customer(n: int) -> bytes:
+    return b'{"phone": "+861390000%04d", "display_name": "C%d"}' % (n, n)
+
+
+def test_a_body_that_never_arrives_is_answered_408_and_the_connection_closed(
+    served: Served,
+) -> None:
+    audited = served.count(audit_log)
+    body = _customer(1)
+    for sent in (b"", body[:10]):  # nothing of the body, then part of it
+        with served.connect() as sock:
+            started = time.monotonic()
+            sock.sendall(served.head(len(body)) + sent)
+            status, headers, answer = _answer(sock)  # returns once the server closes
+            waited = time.monotonic() - started
+        assert status == 408, answer
+        assert headers["content-type"].startswith("application/problem+json")
+        assert headers["connection"] == "close"
+        assert b'"code":"request_timeout"' in answer
+        assert TIMEOUT_S * 0.9 <= waited < TIMEOUT_S + 5
+    assert served.count(payments_tables.customers) == 0  # nothing done
+    with served.engine.connect() as conn:  # the attempts are audited with what they got
+        statuses = conn.execute(sa.select(audit_log.c.status).order_by(audit_log.c.seq)).all()
+    assert [s for (s,) in statuses[audited:]] == [408, 408]
+    assert served.app.state.body_budget.held == 0  # the room is given back
+
+
+def test_a_body_that_does_not_fit_is_refused_before_it_is_read(served: Served) -> None:
+    body = _customer(2)
+    with served.connect() as holder:
+        holder.sendall(served.head(BODY_MAX + 0) + b"{")  # holds a whole body's room...
+        with served.connect() as other:
+            other.sendall(served.head(BODY_MAX))  # ...and this one takes the rest
+            time.sleep(0.1)
+            with served.connect() as refused:
+                refused.sendall(served.head(len(body)))  # no room: refused unread
+                status, headers, answer = _answer(refused)
+            assert status == 503, answer
+            assert headers["retry-after"] == "1"
+            assert b'"code":"overloaded"' in answer
+            assert served.count(payments_tables.customers) == 0
+    # The holders timed out (or left): the room is back, and a body is taken again.
+    deadline = time.monotonic() + TIMEOUT_S + 5
+    while served.app.state.body_budget.held and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert served.app.state.body_budget.held == 0
+    with httpx2.Client(base_url=f"http://127.0.0.1:{served.port}") as client:
+        created = client.post(
+            CUSTOMERS,
+            content=body,
+            headers={"Authorization": f"Bearer {served.token}", "Content-Type": "application/json"},
+        )
+    assert created.status_code == 201, created.text
+    assert served.count(payments_tables.customers) == 1
+
+
+def test_a_streamed_body_is_counted_as_it_arrives(served: Served) -> None:
+    """Without ``Content-Length`` the chunks are reserved as they come: one that would pass
+    the room left is refused 503 (the body limit alone would have taken it)."""
+    with served.connect() as holder:
+        holder.sendall(served.head(BODY_MAX + 0) + b"{")  # half the room, held
+        time.sleep(0.1)
+        with served.connect() as streamed:
+            streamed.sendall(
+                (
+                    f"POST {CUSTOMERS} HTTP/1.1\r\nHost: api\r\n"
+                    f"Authorization: Bearer {served.token}\r\n"
+                    "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+                ).encode()
+            )
+            chunk = b" " * (BODY_MAX - 10)
+            for _ in range(2):  # the second passes the room left
+                streamed.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            status, _, answer = _answer(streamed)
+        assert status == 503, answer
+        assert b'"code":"overloaded"' in answer
+    assert served.count(payments_tables.customers) == 0
+
+
+def test_options_hold_one_largest_body_at_least() -> None:
+    with pytest.raises(ValueError, match="one largest body"):
+        ApiOptions(request_body_bytes_max=1024, request_bodies_bytes_max=1023)
+    with pytest.raises(ValueError, match="timeout"):
+        ApiOptions(request_body_timeout_s=0)
