@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from puhui.api import STATUS_BY_CODE, ApiOptions, RateLimitedError
+from puhui.platform import AuditLog
 
 from .conftest import Api, account, make_api, transfer
 
@@ -41,6 +42,56 @@ def test_authentication_and_scopes(api: Api) -> None:
     _, write_only = api.tenants.create_key(api.a.id, ["ledger:write"])
     response = api.client.post(path, json=body, headers=api.auth(write_only))
     assert _problem(response, 403, "scope_missing")["scope"] == "ledger:read"
+
+
+def test_a_refused_key_is_remembered_and_answered_the_same(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bad key repeated within ``auth_cache_s`` is refused from memory (no store read): the
+    same status, headers and body to the byte, no audit entry, counted in the metrics."""
+    context = api.client.app.state.puhui  # type: ignore[attr-defined]
+    reads: list[str] = []
+    authenticate = context.tenants.authenticate
+
+    def counted(token: str) -> Any:
+        reads.append(token)
+        return authenticate(token)
+
+    monkeypatch.setattr(context.tenants, "authenticate", counted)
+    revoked_key, revoked = api.tenants.create_key(api.a.id, ["ledger:write"])
+    api.tenants.revoke_key(revoked_key.id)
+    path, body = "/v1/ledger/accounts", {"accounts": [account(1)]}
+    entries = AuditLog(api.engine).verify().entries
+
+    def refused(status: int) -> float:
+        value = context.metrics.registry.get_sample_value(
+            "puhui_api_requests_total",
+            {"route": path, "method": "POST", "status": str(status)},
+        )
+        return float(value or 0)
+
+    bad_tokens = {
+        "unknown": f"pk_{'0' * 16}_{'0' * 64}",
+        "wrong secret": api.token_a[:-4] + ("0000" if not api.token_a.endswith("0000") else "1111"),
+        "malformed": "pk_x",
+        "revoked": revoked,
+    }
+    for token in bad_tokens.values():
+        headers = api.auth(token, **{"X-Request-Id": "req-same"})  # echoed in the body
+        answers = [api.client.post(path, json=body, headers=headers) for _ in range(3)]
+        assert len(reads) == 1  # looked up once, then remembered
+        api.clock.advance(1_000_000_000)  # auth_cache_s later: looked up again
+        answers.append(api.client.post(path, json=body, headers=headers))
+        assert len(reads) == 2
+        reads.clear()
+        first = answers[0]
+        _problem(first, 401, "api_key_invalid")
+        for again in answers[1:]:
+            assert again.status_code == first.status_code
+            assert again.content == first.content
+            assert again.headers.items() == first.headers.items()
+    assert refused(401) == 4 * 4  # every answer counted, remembered or not
+    assert AuditLog(api.engine).verify().entries == entries  # refusals are not audited
 
 
 def test_http_level_problems(api: Api) -> None:

@@ -1,8 +1,16 @@
 """Idempotency records: replay, reuse with another request, in flight, crash take-over,
-expiry."""
+expiry; and, on PostgreSQL, the purge and groups of claims beside each other (locks)."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import pytest
 import sqlalchemy as sa
 
 from puhui.clock import ManualClock
@@ -13,8 +21,13 @@ from puhui.platform import (
     StoredResponse,
     Tenants,
 )
+from puhui.store import create_engine, migrate
 
 S = 1_000_000_000
+PROMPTLY_S = 10.0
+"""How long a statement that must not wait for another transaction may take (a loaded CI
+machine); one that waits never ends while the other holds its lock."""
+DONE = StoredResponse(201, "application/json", b"{}")
 
 
 def _records(engine: sa.Engine, clock: ManualClock) -> tuple[IdempotencyRecords, int, int]:
@@ -83,3 +96,265 @@ def test_a_group_of_claims_and_finishes_is_one_transaction_each(
     assert records.begin(a, "k1", "fp").response == one
     assert records.begin(a, "k2", "x").response == two
     assert records.begin(b, "k1", "fp").claim is Claim.IN_PROGRESS  # not finished: wrong fp
+
+
+def test_a_group_answers_in_its_own_order_whatever_order_it_locks_in(
+    engine: sa.Engine, clock: ManualClock
+) -> None:
+    """The group's records are locked in (tenant, key) order; the answers keep the group's
+    order, and of one key twice the first in the group is the one that runs."""
+    records, a, b = _records(engine, clock)
+    records.begin(a, "m", "fp")
+    claims = records.begin_many(
+        [(b, "a", "fp"), (a, "z", "two"), (a, "m", "other"), (a, "z", "one"), (a, "b", "fp")]
+    )
+    assert [c.claim for c in claims] == [
+        Claim.STARTED,
+        Claim.STARTED,  # the first of "z" in the group runs ...
+        Claim.REUSED,
+        Claim.REUSED,  # ... and the second is measured against it
+        Claim.STARTED,
+    ]
+    records.finish_many([(b, "a", "fp", DONE), (a, "z", "two", DONE), (a, "b", "fp", DONE)])
+    assert [records.begin(*c).claim for c in [(b, "a", "fp"), (a, "z", "two"), (a, "b", "fp")]] == [
+        Claim.REPLAY
+    ] * 3
+
+
+def test_a_purge_that_deleted_a_record_a_claim_is_reading_leaves_a_fresh_claim(
+    engine: sa.Engine, clock: ManualClock
+) -> None:
+    """A purge deletes an expired record while a request for its key reads it: the request
+    waits for the purge (PostgreSQL: the row lock; SQLite: the one writer), finds no record
+    and claims the key afresh; nothing is lost and nothing fails."""
+    records, a, _ = _records(engine, clock)
+    records.begin(a, "k", "old")
+    records.finish(a, "k", "old", DONE)
+    clock.advance(3600 * S)  # expired
+    with engine.connect() as purge, ThreadPoolExecutor(1) as pool:
+        purge.begin()
+        assert records._purge_in(purge, 100) == 1  # deleted, not committed yet
+        claim = pool.submit(records.begin_many, [(a, "k", "new")])
+        _wait_until_blocked_or_done(engine, _pid(purge), claim)
+        purge.commit()
+        assert [c.claim for c in claim.result(PROMPTLY_S)] == [Claim.STARTED]
+    row = _record(engine, a, "k")
+    assert (row.fingerprint, row.state) == ("new", "in_progress")
+    assert row.expires_at_ns == clock.now_ns() + 3600 * S
+    assert records.begin(a, "k", "new").claim is Claim.IN_PROGRESS
+
+
+# --- PostgreSQL: row locks ---------------------------------------------------------------
+
+
+@pytest.fixture
+def pg_engine(postgres_schema_url: str) -> Iterator[sa.Engine]:
+    """A migrated PostgreSQL store (``postgres_schema_url`` skips without one)."""
+    engine = create_engine(postgres_schema_url)
+    migrate(engine)
+    yield engine
+    engine.dispose()
+
+
+def _record(engine: sa.Engine, tenant_id: int, key: str) -> Any:
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.text("SELECT * FROM platform_idempotency WHERE tenant_id = :t AND key = :k"),
+            {"t": tenant_id, "k": key},
+        ).first()
+
+
+def _keys(engine: sa.Engine) -> list[str]:
+    with engine.connect() as conn:
+        return sorted(conn.execute(sa.text("SELECT key FROM platform_idempotency")).scalars())
+
+
+def _pid(conn: sa.Connection) -> int | None:
+    """The PostgreSQL backend of ``conn`` (None on SQLite); asked of the driver, no query."""
+    if conn.dialect.name != "postgresql":
+        return None
+    dbapi: Any = conn.connection.dbapi_connection
+    return int(dbapi.info.backend_pid)
+
+
+def _wait_until_blocked_or_done(
+    engine: sa.Engine, holder_pid: int | None, work: Future[Any]
+) -> None:
+    """Until ``work`` waits for a lock the backend ``holder_pid`` holds, or has ended
+    (SQLite, no row locks to see: a moment for the work to reach the one writer's lock)."""
+    if holder_pid is None:
+        time.sleep(0.2)
+        return
+    blocked = sa.text(
+        "SELECT count(*) FROM pg_stat_activity WHERE :pid = ANY(pg_blocking_pids(pid))"
+    )
+    deadline = time.monotonic() + PROMPTLY_S
+    with engine.connect() as probe:
+        while not work.done() and not probe.execute(blocked, {"pid": holder_pid}).scalar_one():
+            assert time.monotonic() < deadline, "the work neither ended nor waited for a lock"
+            probe.rollback()  # a fresh snapshot of pg_stat_activity
+            time.sleep(0.01)
+
+
+def _expired_records(records: IdempotencyRecords, clock: ManualClock, a: int, *keys: str) -> None:
+    for key in keys:
+        records.begin(a, key, "old")
+        records.finish(a, key, "old", DONE)
+    clock.advance(3600 * S)  # the window (1 h) is over for all of them
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("request_ends", ["commit", "rollback"])
+def test_a_purge_skips_the_record_a_request_is_taking_over(
+    pg_engine: sa.Engine, clock: ManualClock, request_ends: str
+) -> None:
+    """A request is taking over an expired key (its record locked, replaced, uncommitted):
+    the purge returns at once, deletes the other expired records and leaves that one. Before,
+    it waited for the request's transaction (or deadlocked with it)."""
+    records, a, _ = _records(pg_engine, clock)
+    _expired_records(records, clock, a, "e1", "e2", "e3")
+    records.begin(a, "fresh", "fp")
+    with pg_engine.connect() as request, ThreadPoolExecutor(1) as pool:
+        request.begin()
+        assert records._begin_in(request, a, "e2", "new").claim is Claim.STARTED
+        purge = pool.submit(records.purge_expired)
+        try:
+            purged = purge.result(PROMPTLY_S)
+        except TimeoutError:
+            request.rollback()  # the purge goes on
+            purge.result()
+            pytest.fail("purge_expired waited for a record a request holds")
+        assert purged == 2
+        assert _keys(pg_engine) == ["e2", "fresh"]  # e2: still the old one, to others
+        getattr(request, request_ends)()
+    row = _record(pg_engine, a, "e2")
+    if request_ends == "commit":  # the request's fresh record stays
+        assert (row.fingerprint, row.state) == ("new", "in_progress")
+        assert records.purge_expired() == 0
+        assert records.begin(a, "e2", "new").claim is Claim.IN_PROGRESS
+    else:  # the old record is back, still expired: the next purge deletes it
+        assert row.fingerprint == "old"
+        assert records.purge_expired() == 1
+    assert _keys(pg_engine) == (["e2", "fresh"] if request_ends == "commit" else ["fresh"])
+
+
+@pytest.mark.postgres
+def test_a_purge_and_a_request_taking_over_two_keys_do_not_deadlock(
+    pg_engine: sa.Engine, clock: ManualClock
+) -> None:
+    """A group takes over e2, then e1 (both expired); the purge runs between the two. Before,
+    the purge deleted (locked) e1, then waited for e2: with the group then waiting for e1,
+    PostgreSQL aborted one of them (a deadlock: the purge failed, or the group's requests
+    were answered 500). Now the purge skips e2, so the group finds e1 already gone."""
+    records, a, _ = _records(pg_engine, clock)
+    _expired_records(records, clock, a, "e1", "e2")
+    with pg_engine.connect() as request, ThreadPoolExecutor(1) as pool:
+        request.begin()
+        assert records._begin_in(request, a, "e2", "new").claim is Claim.STARTED
+        purge = pool.submit(records.purge_expired)
+        _wait_until_blocked_or_done(pg_engine, _pid(request), purge)
+        try:
+            assert records._begin_in(request, a, "e1", "new").claim is Claim.STARTED
+            request.commit()
+        finally:
+            request.rollback()  # no-op after the commit; else lets a waiting purge go on
+            purged = purge.result(PROMPTLY_S)
+    assert purged == 1
+    for key in ("e1", "e2"):
+        assert _record(pg_engine, a, key).fingerprint == "new"
+    assert records.purge_expired() == 0
+
+
+def _statement_hook(
+    engine: sa.Engine, on_select: Callable[[sa.Connection, int], None]
+) -> Callable[[], None]:
+    """Call ``on_select(conn, n)`` before the ``n``-th read of idempotency records (one
+    per claim) that a thread marked with ``_HOOKED.on = True`` sends; returns the function
+    that removes the hook."""
+
+    def before(conn: sa.Connection, _cursor: Any, statement: str, *_args: Any) -> None:
+        if not getattr(_HOOKED, "on", False):
+            return
+        if statement.lstrip().upper().startswith("SELECT") and "platform_idempotency" in statement:
+            _HOOKED.selects = getattr(_HOOKED, "selects", 0) + 1
+            on_select(conn, _HOOKED.selects)
+
+    sa.event.listen(engine, "before_cursor_execute", before)
+    return lambda: sa.event.remove(engine, "before_cursor_execute", before)
+
+
+_HOOKED = threading.local()
+
+
+def test_two_groups_with_the_same_keys_in_opposite_orders_do_not_deadlock(
+    engine: sa.Engine, clock: ManualClock
+) -> None:
+    """Two groups (two servers) claim keys x and y, in opposite orders, each pausing after
+    its first claim until the other has made its own. Before, each locked its first key
+    (PostgreSQL: the inserted row), then waited for the other's: a deadlock, one group's
+    transaction aborted, its requests answered 500. Now both lock x first: the second waits
+    for the first, then answers ``IN_PROGRESS`` for both keys. (SQLite: one writer, no
+    deadlock either way; the answers are checked all the same.)"""
+    records, a, _ = _records(engine, clock)
+    both_claimed_one = threading.Barrier(2, timeout=1.0)
+
+    def pause_before_second_claim(_conn: sa.Connection, n: int) -> None:
+        if n == 2:  # the group's first claim is made (uncommitted)
+            # (broken: after a second, the other group waits for a lock of this one)
+            with contextlib.suppress(threading.BrokenBarrierError):
+                both_claimed_one.wait()
+
+    def group(order: list[str]) -> list[Claim]:
+        _HOOKED.on = True
+        return [c.claim for c in records.begin_many([(a, key, "fp") for key in order])]
+
+    unhook = _statement_hook(engine, pause_before_second_claim)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            xy = pool.submit(group, ["x", "y"])
+            yx = pool.submit(group, ["y", "x"])
+            answers = [xy.result(PROMPTLY_S), yx.result(PROMPTLY_S)]
+    finally:
+        unhook()
+    started, waiting = [Claim.STARTED] * 2, [Claim.IN_PROGRESS] * 2
+    assert answers in ([started, waiting], [waiting, started])
+
+
+@pytest.mark.postgres
+def test_a_group_of_claims_and_a_group_of_finishes_do_not_deadlock(
+    pg_engine: sa.Engine, clock: ManualClock
+) -> None:
+    """A group of claims reads (locks) x, then y, both in progress; a group of finishes
+    for y and x runs between the two. Before, the finishes updated (locked) y, then waited
+    for x, and the claims then waited for y: a deadlock. Now the finishes lock x first: they
+    wait for the claims' transaction and then store both responses."""
+    records, a, _ = _records(pg_engine, clock)
+    for key in ("x", "y"):
+        records.begin(a, key, "fp")
+    x_locked, finishing = threading.Event(), threading.Event()
+    finishes: list[Future[None]] = []
+
+    def pause_before_second_claim(conn: sa.Connection, n: int) -> None:
+        if n == 2:  # x is locked: let the finishes run until they wait (or end)
+            x_locked.set()
+            assert finishing.wait(PROMPTLY_S)
+            _wait_until_blocked_or_done(pg_engine, _pid(conn), finishes[0])
+
+    def claims() -> list[Claim]:
+        _HOOKED.on = True
+        return [c.claim for c in records.begin_many([(a, "x", "fp"), (a, "y", "fp")])]
+
+    unhook = _statement_hook(pg_engine, pause_before_second_claim)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            claimed = pool.submit(claims)
+            assert x_locked.wait(PROMPTLY_S)
+            finishes.append(
+                pool.submit(records.finish_many, [(a, "y", "fp", DONE), (a, "x", "fp", DONE)])
+            )
+            finishing.set()
+            assert claimed.result(PROMPTLY_S) == [Claim.IN_PROGRESS] * 2
+            finishes[0].result(PROMPTLY_S)
+    finally:
+        unhook()
+    assert [records.begin(a, key, "fp").claim for key in ("x", "y")] == [Claim.REPLAY] * 2

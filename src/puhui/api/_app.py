@@ -357,7 +357,9 @@ async def _housekeeping(app: FastAPI, options: ApiOptions) -> AsyncIterator[None
 
 def _purge_round(context: Any, rows_max: int, stopping: threading.Event | None = None) -> int:
     """Delete expired idempotency records, at most ``rows_max`` (and none once ``stopping``
-    is set); how many went."""
+    is set); how many went. A statement that deletes fewer than asked ends the round: nothing
+    more is expired, or (PostgreSQL) the rest is held by requests taking keys over, which the
+    purge skips rather than waits for (``IdempotencyRecords.purge_expired``)."""
     purged = 0
     while purged < rows_max and not (stopping is not None and stopping.is_set()):
         step = min(purge_statement_rows_max, rows_max - purged)

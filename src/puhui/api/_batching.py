@@ -7,7 +7,10 @@
   records' ``begin_many`` / ``finish_many``): one transaction per group, one answer each.
 - ``PrincipalCache``: an authenticated token is remembered for ``ttl_s`` (1 s by default),
   so a busy key costs one SQL read per second, not one per request. A key revoked elsewhere
-  (the CLI, another server) stops working within ``ttl_s``.
+  (the CLI, another server) stops working within ``ttl_s``. A refused token (unknown,
+  malformed, revoked, of a suspended tenant) is remembered as refused for ``ttl_s`` too, at
+  most ``principals_refused_max`` of them: a client repeating a bad token costs one lookup
+  per ``ttl_s``, and a spray of distinct bad tokens cannot grow the memory past the bound.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from puhui.clock import Clock
-from puhui.platform import AuditLog, AuditRecord, Principal, Tenants
+from puhui.platform import AuditLog, AuditRecord, InvalidApiKeyError, Principal, Tenants
 
 NS_PER_S = 1_000_000_000
 
@@ -30,6 +33,10 @@ audit_batch_entries_max = 1024
 
 principals_cached_max = 10_000
 """Most tokens remembered at once (unit: tokens); the cache is emptied when full."""
+
+principals_refused_max = 10_000
+"""Most refused tokens remembered at once (unit: tokens; a few hundred bytes each); beyond
+it the oldest is forgotten first."""
 
 
 @dataclass
@@ -161,19 +168,32 @@ class GroupCall(Generic[T, R]):
 
 
 class PrincipalCache:
-    """Authenticated tokens, remembered briefly (see the module's description).
+    """Authenticated tokens, and refused ones, remembered briefly (see the module's
+    description).
 
     Concurrent requests that miss the cache with the same token share one store lookup
     (single flight): when a busy key's entry expires, the requests in flight do not each
     take a worker thread and a SQL read (behind the store's writer) to learn the same
-    answer. A lookup that fails (an invalid key, a store error) is not remembered; each
-    waiter gets its error."""
+    answer; that holds for a refusal as for a principal. A refusal
+    (``InvalidApiKeyError``) is remembered for ``ttl_s`` under the token's hash, and a
+    remembered refusal raises an ``InvalidApiKeyError`` with the same message, so the answer
+    (``401 api_key_invalid``, its body, audit and metrics) is the one a lookup gives. A store
+    error is not remembered; each waiter gets its error.
+
+    Why remembering a refusal is safe: a token is ``pk_<key id>_<secret>`` with 256 random
+    bits of secret, shown only once the key is stored, so no request can carry a valid token
+    before its key exists (guessing one is hopeless): an unknown token stays unknown. A
+    revoked key is never valid again. Only a tenant suspended, then made active again
+    elsewhere (the CLI, another server), is refused up to ``ttl_s`` longer here, as a
+    revocation elsewhere is accepted up to ``ttl_s`` longer: the same bound either way."""
 
     def __init__(self, tenants: Tenants, clock: Clock, ttl_s: float) -> None:
         self.tenants = tenants
         self.clock = clock
         self.ttl_ns = int(ttl_s * NS_PER_S)
         self._cache: dict[bytes, tuple[Principal, int]] = {}
+        self._refused: dict[bytes, tuple[str, int]] = {}
+        """Refused tokens' message and expiry, oldest first (the order of insertion)."""
         self._lock = threading.Lock()
         # Lookups in flight, per event loop (a future belongs to the loop that made it).
         self._flights: weakref.WeakKeyDictionary[
@@ -193,8 +213,11 @@ class PrincipalCache:
             now = self.clock.now_ns()
             with self._lock:
                 hit = self._cache.get(digest)
+                refused = self._refused.get(digest)
             if hit is not None and hit[1] > now:
                 return hit[0]
+            if refused is not None and refused[1] > now:
+                raise InvalidApiKeyError(refused[0])
             loop = asyncio.get_running_loop()
             flights = self._flights.get(loop)
             if flights is None:
@@ -225,6 +248,8 @@ class PrincipalCache:
             flight.cancel()
             raise
         except BaseException as error:
+            if type(error) is InvalidApiKeyError and not error.details:
+                self._remember_refusal(digest, error.message, now, generation)
             flight.set_exception(error)
             flight.exception()  # retrieved: no "never retrieved" warning without waiters
             raise
@@ -236,14 +261,37 @@ class PrincipalCache:
                 if len(self._cache) >= principals_cached_max:
                     self._cache.clear()
                 self._cache[digest] = (principal, now + self.ttl_ns)
+                self._refused.pop(digest, None)
         flight.set_result(principal)
         return principal
 
+    def _remember_refusal(self, digest: bytes, message: str, now: int, generation: int) -> None:
+        """Remember ``digest`` as refused (with ``message``) until ``now + ttl``; the expired
+        and, beyond ``principals_refused_max``, the oldest refusals are forgotten first."""
+        with self._lock:
+            if generation != self._generation:  # forget() ran meanwhile
+                return
+            self._cache.pop(digest, None)
+            refused = self._refused
+            refused.pop(digest, None)  # inserted again below: the newest
+            while refused:
+                oldest = next(iter(refused))
+                if len(refused) < principals_refused_max and refused[oldest][1] > now:
+                    break
+                del refused[oldest]
+            refused[digest] = (message, now + self.ttl_ns)
+
     def forget(self) -> None:
-        """Drop every remembered token (after a revocation in this process): later requests
-        look their key up again, and a lookup already in flight is not remembered."""
+        """Drop every remembered token, authenticated or refused (after a revocation in this
+        process): later requests look their key up again, and a lookup already in flight is
+        not remembered."""
         with self._lock:
             self._cache.clear()
+            self._refused.clear()
             self._generation += 1
         for flights in list(self._flights.values()):
             flights.clear()
+
+    def refusals_remembered(self) -> int:
+        """How many refused tokens are remembered now (expired ones until pushed out)."""
+        return len(self._refused)

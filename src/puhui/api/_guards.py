@@ -45,7 +45,8 @@ class ApiOptions:
     """Requests a key may send at once before the sustained rate applies (bucket size)."""
     auth_cache_s: float = 1.0
     """How long an authenticated key is remembered: a key revoked elsewhere stops working
-    within this time (0: check the store on every request)."""
+    within this time; a refused key is remembered as refused as long (0: check the store on
+    every request)."""
     requests_in_flight_max: int = 1024
     """Most requests inside the authenticated routes' pipeline at once; one more is
     answered 503 ``overloaded`` with ``Retry-After`` before anything is done (each request

@@ -11,6 +11,16 @@ with a key claims it (``in_progress``) and, when it ends, stores its response (`
 A request that crashed without finishing does not wedge its key: the claim lasts
 ``lock_timeout_s``; after that the next request with the key takes it over and runs. Records
 are kept ``window_s`` (24 h by default) from the first request; afterwards the key is new again.
+
+Concurrency (PostgreSQL; SQLite runs one writing transaction at a time). A claim locks its
+record (``SELECT ... FOR UPDATE``) before it decides; an expired record is taken over by
+deleting it and inserting a fresh one. Every transaction that locks several records (a
+group's ``begin_many`` and ``finish_many``) takes them in one order, by ``(tenant_id, key)``,
+so two groups sharing keys wait for each other but never deadlock. ``purge_expired`` skips
+the records a request holds (``FOR UPDATE SKIP LOCKED``): it never waits for a request nor
+deadlocks with one, and a record taken over meanwhile is not deleted (the next round deletes
+what is still expired). If the purge locks an expired record first, a request for the key
+waits for the purge's single statement, finds no record, and claims the key afresh.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -48,6 +59,36 @@ _FINISH = (
     )
 )
 _RELEASE = _T.delete().where(_CLAIMED)
+_EXPIRED = _T.c.expires_at_ns <= sa.bindparam("now")
+# SQLite (one writing transaction at a time): the oldest expired keys, then their records.
+_PURGE = _T.delete().where(
+    sa.tuple_(_T.c.tenant_id, _T.c.key).in_(
+        sa.select(_T.c.tenant_id, _T.c.key)
+        .where(_EXPIRED)
+        .order_by(_T.c.expires_at_ns)
+        .limit(sa.bindparam("limit"))
+    )
+)
+# PostgreSQL: the oldest expired records a request does not hold, locked (``SKIP LOCKED``:
+# the purge never waits for a request, so it can neither deadlock with one nor wait behind a
+# long one), then deleted by their row address. ``ARRAY(subquery)`` runs once, before the
+# delete (an init plan), and the delete finds the rows by address (a TID scan), not by
+# joining every record of the table against the keys (a sequential scan).
+_CTID: sa.ColumnElement[Any] = sa.literal_column("ctid")
+_PURGE_SKIP_LOCKED = _T.delete().where(
+    sa.any_(  # rendered ``ctid = ANY (array((SELECT ctid ...)))``
+        sa.func.array(
+            sa.select(_CTID)
+            .select_from(_T)
+            .where(_EXPIRED)
+            .order_by(_T.c.expires_at_ns)
+            .limit(sa.bindparam("limit"))
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+    )
+    == _CTID
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,14 +153,19 @@ class IdempotencyRecords:
 
     def begin_many(self, claims: Sequence[tuple[int, str, str]]) -> list[ClaimResult]:
         """``begin`` for each ``(tenant_id, key, fingerprint)``, all in one transaction (one
-        commit for a group of concurrent requests). A key twice in the group: the second is
-        ``IN_PROGRESS``, as it would be a moment later."""
+        commit for a group of concurrent requests); the answers in the order of ``claims``.
+        A key twice in the group: the second is ``IN_PROGRESS``, as it would be a moment
+        later. The records are locked in ``(tenant_id, key)`` order whatever the group's
+        order (see the module's description)."""
+        answers: dict[int, ClaimResult] = {}
         try:
             with self.engine.begin() as conn:
-                return [self._begin_in(conn, *claim) for claim in claims]
+                for i in _in_key_order(claims):
+                    answers[i] = self._begin_in(conn, *claims[i])
         except sa.exc.IntegrityError:
             # A race with another server (PostgreSQL): sort it out one request at a time.
             return [self.begin(*claim) for claim in claims]
+        return [answers[i] for i in range(len(claims))]
 
     def _begin(self, tenant_id: int, key: str, fingerprint: str) -> ClaimResult:
         with self.engine.begin() as conn:
@@ -133,6 +179,9 @@ class IdempotencyRecords:
         record = {"w_tenant_id": tenant_id, "w_key": key}
         row = conn.execute(_SELECT_FOR_CLAIM, record).first()
         if row is not None and row.expires_at_ns <= now:
+            # Taken over: deleted and inserted afresh (the row stays locked in between, so
+            # no purge deletes it under us; were it gone, the delete would find nothing and
+            # the insert would still claim the key).
             conn.execute(_DELETE, record)
             row = None
         if row is None:
@@ -169,7 +218,8 @@ class IdempotencyRecords:
         self.finish_many([(tenant_id, key, fingerprint, response)])
 
     def finish_many(self, done: Sequence[tuple[int, str, str, StoredResponse]]) -> None:
-        """``finish`` for each ``(tenant_id, key, fingerprint, response)``, in one transaction."""
+        """``finish`` for each ``(tenant_id, key, fingerprint, response)``, in one transaction
+        (the records locked in ``(tenant_id, key)`` order, as ``begin_many`` does)."""
         if not done:
             return
         with self.engine.begin() as conn:
@@ -184,7 +234,9 @@ class IdempotencyRecords:
                         "content_type": response.content_type[:64],
                         "body": response.body,
                     }
-                    for tenant_id, key, fingerprint, response in done
+                    for tenant_id, key, fingerprint, response in (
+                        done[i] for i in _in_key_order(done)
+                    )
                 ],
             )
 
@@ -198,17 +250,21 @@ class IdempotencyRecords:
 
     def purge_expired(self, limit: int = 10_000) -> int:
         """Delete up to ``limit`` expired records (the oldest first, found by the expiry
-        index), in one statement; the number deleted."""
-        t = tables.idempotency
-        now = self.clock.now_ns()
-        expired = (
-            sa.select(t.c.tenant_id, t.c.key)
-            .where(t.c.expires_at_ns <= now)
-            .order_by(t.c.expires_at_ns)
-            .limit(limit)
-        )
+        index), in one statement; the number deleted. On PostgreSQL the records a request
+        holds (it is taking one over) are skipped, not waited for (see the module's
+        description): fewer than ``limit`` may go while more are expired."""
         with self.engine.begin() as conn:
-            deleted = conn.execute(
-                t.delete().where(sa.tuple_(t.c.tenant_id, t.c.key).in_(expired))
-            ).rowcount
+            return self._purge_in(conn, limit)
+
+    def _purge_in(self, conn: sa.Connection, limit: int) -> int:
+        statement = _PURGE_SKIP_LOCKED if conn.dialect.name == "postgresql" else _PURGE
+        deleted = conn.execute(statement, {"now": self.clock.now_ns(), "limit": limit}).rowcount
         return int(deleted)
+
+
+def _in_key_order(
+    items: Sequence[tuple[int, str, str]] | Sequence[tuple[int, str, str, StoredResponse]],
+) -> list[int]:
+    """The positions of ``items`` by ``(tenant_id, key)`` (a stable sort: the same key keeps
+    the group's order), the one order in which transactions lock several records."""
+    return sorted(range(len(items)), key=lambda i: (items[i][0], items[i][1]))
