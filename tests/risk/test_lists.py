@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from puhui.clock import ManualClock
 from puhui.risk import LIST_NAMES, ListEntry, RiskListError, RiskLists
+from puhui.risk._strings import ExpiryTable
 
 
 def test_the_standard_lists() -> None:
@@ -214,3 +215,63 @@ def test_concurrent_adds_and_lookups() -> None:
         thread.join()
     assert not errors
     assert lists.contains("blocked_devices", probe).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    ops=st.lists(
+        st.tuples(st.integers(0, 150), st.none() | st.integers(0, 5)),
+        max_size=400,
+    )
+)
+def test_the_table_changed_in_place_answers_as_a_dict(ops: list[tuple[int, int | None]]) -> None:
+    """``None`` takes the string off; widths grow, rows run out, dead rows pile up."""
+    lock = threading.Lock()
+    table = ExpiryTable(lock, ["s1", "s2"], np.array([7, 8], dtype=np.int64))
+    model = {"s1": 7, "s2": 8}
+    strings = [f"s{k}" + "z" * (k % 40) for k in range(151)]
+    for k, value in ops:
+        with lock:
+            if value is None:
+                table.discard(strings[k])
+                model.pop(strings[k], None)
+            else:
+                table.set(strings[k], value)
+                model[strings[k]] = value
+    assert len(table) == len(model)
+    probe = np.array([*strings, "s1", "s2", "", "nope"], dtype=str)
+    assert table.lookup(probe).tolist() == [model.get(str(s), -1) for s in probe]
+
+
+def test_lookups_racing_changes_never_miss_a_steady_entry() -> None:
+    """A reader on another thread, while entries come and go (and the table is built anew
+    many times): the entries never touched are always found, the never-added never."""
+    clock = ManualClock(1_000)
+    lists = RiskLists(clock)
+    steady = [f"steady-{k}" for k in range(200)]
+    for value in steady:
+        lists.add("blocked_devices", value, reason="kept")
+    probe = np.array([*steady, "never-1", "never-2"])
+    expected = [True] * len(steady) + [False, False]
+    assert lists.contains("blocked_devices", probe).tolist() == expected
+    stop = threading.Event()
+    wrong: list[list[bool]] = []
+
+    def read() -> None:
+        while not stop.is_set():
+            found = lists.contains("blocked_devices", probe).tolist()
+            if found != expected:
+                wrong.append(found)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for k in range(5_000):
+            lists.add("blocked_devices", f"churn-{k}" + "x" * (k % 90), reason="churn")
+            if k % 3:
+                lists.remove("blocked_devices", f"churn-{k - 1}" + "x" * ((k - 1) % 90))
+    finally:
+        stop.set()
+        reader.join()
+    assert wrong == []
+    assert lists._tables["blocked_devices"].rebuilds > 3

@@ -1,21 +1,28 @@
 """Block and allow lists kept in SQL (the record), and the engine's lists following it.
 
 ``ListStore`` is the system of record: entries in ``risk_list_entries`` (list, value,
-reason, when added, optional expiry), and one version number in ``risk_list_state`` that
-every change raises by one in its own transaction. The CLI, the API and any process write
-through it.
+reason, when added, optional expiry), one version number in ``risk_list_state``, and the
+log of changes in ``risk_list_changes``. Every changed entry raises the version by one and
+is logged under the version it made, in the change's own transaction: an add or a remove
+makes one version, a purge of k expired entries k versions (one 'remove' each). The log
+keeps the last ``changes_kept`` versions (``LIST_CHANGES_KEPT``). The CLI, the API and any
+process write through it.
 
 ``SyncedRiskLists`` is the ``RiskLists`` an engine reads: it loads every list from the store
-and, at most every ``check_interval_ms`` (on the injected clock), reads the version; when it
-changed, it reloads the lists and swaps them in at once. A change made anywhere takes effect
-in every engine within the interval, without a restart. Lookups stay in memory (the numba
-hash table of ``RiskLists``); the check is one indexed read of one row.
+once and, at most every ``check_interval_ms`` (on the injected clock), reads the version;
+when it changed, it reads the logged changes after its own version and applies them, entry
+by entry (O(1) amortised each, the lists' hash tables changed in place), or — when the log
+no longer holds them all (trimmed; a store it does not know) — reloads every list as at
+the start. A change made anywhere takes effect in every engine within the interval, without
+a restart. Lookups stay in memory (the numba hash tables of ``RiskLists``); the check is one
+indexed read of one row, and a change costs its own rows, not the lists'.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
@@ -37,6 +44,19 @@ CHECK_INTERVAL_MS_DEFAULT: Final = 1_000
 """How often an engine's lists look for changes in the store (unit: milliseconds)."""
 PAGE_ENTRIES_MAX: Final = 1_000
 """Most entries in one page of ``ListStore.entries`` (unit: entries)."""
+LIST_CHANGES_KEPT: Final = 100_000
+"""Changes the log keeps, the newest (unit: versions, i.e. changed entries): an engine that
+fell further behind (it checks every ``check_interval_ms``) reloads every list instead."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListChange:
+    """One logged change: ``entry`` put on list ``name``, or ``value`` taken off (``None``)."""
+
+    version: int
+    name: str
+    value: str
+    entry: ListEntry | None
 
 
 def _entry(row: sa.Row[tuple[object, ...]]) -> ListEntry:
@@ -49,13 +69,39 @@ def _entry(row: sa.Row[tuple[object, ...]]) -> ListEntry:
     )
 
 
+def _change(row: sa.Row[tuple[object, ...]]) -> ListChange:
+    entry = _entry(row) if row.op == "add" else None
+    return ListChange(int(row.version), str(row.list_name), str(row.value), entry)
+
+
+def _removal(name: str, value: str) -> dict[str, object]:
+    return {
+        "list_name": name,
+        "value": value,
+        "op": "remove",
+        "reason": None,
+        "added_at_ns": None,
+        "expires_at_ns": None,
+    }
+
+
 class ListStore:
     """The block and allow lists in the SQL store."""
 
-    def __init__(self, engine: sa.Engine, clock: Clock, names: Iterable[str] = LIST_NAMES):
+    def __init__(
+        self,
+        engine: sa.Engine,
+        clock: Clock,
+        names: Iterable[str] = LIST_NAMES,
+        *,
+        changes_kept: int = LIST_CHANGES_KEPT,
+    ):
+        if changes_kept < 1:
+            raise RiskListError("changes_kept must be >= 1")
         self.engine = engine
         self.clock = clock
         self.names: tuple[str, ...] = tuple(names)
+        self.changes_kept = changes_kept
 
     def _check_name(self, name: str) -> str:
         if name not in self.names:
@@ -63,14 +109,33 @@ class ListStore:
         return name
 
     @staticmethod
-    def _bump(conn: sa.Connection) -> None:
-        done = conn.execute(
+    def _lock_version(conn: sa.Connection) -> int:
+        """Lock the state's row (first in every change: concurrent writers queue on it, and
+        take the versions one after the other); the version before this change."""
+        version = conn.execute(
             t.list_state.update()
             .where(t.list_state.c.id == 1)
-            .values(version=t.list_state.c.version + 1)
-        )
-        if done.rowcount != 1:  # the migration inserts the row: a schema not migrated
+            .values(version=t.list_state.c.version)
+            .returning(t.list_state.c.version)
+        ).scalar_one_or_none()
+        if version is None:  # the migration inserts the row: a schema not migrated
             raise RuntimeError("risk_list_state has no row: is the store migrated?")
+        return int(version)
+
+    def _record(self, conn: sa.Connection, before: int, changes: list[dict[str, object]]) -> None:
+        """Log ``changes`` as versions ``before + 1``… (those the log would keep), raise the
+        version past them, and trim the log to the last ``changes_kept`` versions."""
+        version = before + len(changes)
+        oldest = version - self.changes_kept  # kept: versions after it
+        rows = [
+            {"version": before + i, **change}
+            for i, change in enumerate(changes, start=1)
+            if before + i > oldest
+        ]
+        if rows:
+            conn.execute(t.list_changes.insert(), rows)
+        conn.execute(t.list_state.update().where(t.list_state.c.id == 1).values(version=version))
+        conn.execute(t.list_changes.delete().where(t.list_changes.c.version <= oldest))
 
     def add(
         self, name: str, value: str, *, reason: str, expires_at_ns: int | None = None
@@ -81,7 +146,7 @@ class ListStore:
         entry = ListEntry(value, reason, self.clock.now_ns(), expires_at_ns)
         key = (t.list_entries.c.list_name == name) & (t.list_entries.c.value == value)
         with self.engine.begin() as conn:
-            self._bump(conn)  # first: concurrent writers queue on this row
+            before = self._lock_version(conn)
             replaced = conn.execute(t.list_entries.delete().where(key)).rowcount
             if not replaced:
                 count = conn.execute(
@@ -98,6 +163,15 @@ class ListStore:
                     expires_at_ns=expires_at_ns,
                 )
             )
+            change = {
+                "list_name": name,
+                "value": value,
+                "op": "add",
+                "reason": reason,
+                "added_at_ns": entry.added_at_ns,
+                "expires_at_ns": expires_at_ns,
+            }
+            self._record(conn, before, [change])
         return entry
 
     def remove(self, name: str, value: str) -> bool:
@@ -105,9 +179,10 @@ class ListStore:
         self._check_name(name)
         key = (t.list_entries.c.list_name == name) & (t.list_entries.c.value == value)
         with self.engine.begin() as conn:
+            before = self._lock_version(conn)
             removed = conn.execute(t.list_entries.delete().where(key)).rowcount == 1
             if removed:
-                self._bump(conn)
+                self._record(conn, before, [_removal(name, value)])
         return removed
 
     def lookup(self, name: str, value: str) -> ListEntry | None:
@@ -125,15 +200,22 @@ class ListStore:
         return entry if entry.is_live(self.clock.now_ns()) else None
 
     def purge_expired(self) -> int:
-        """Delete expired entries of every list; how many were deleted."""
+        """Delete expired entries of every list; how many were deleted. Each is logged as a
+        removal of its own (a follower takes exactly these off, whatever its clock says)."""
         now = self.clock.now_ns()
+        expired = t.list_entries.c.expires_at_ns <= now
         with self.engine.begin() as conn:
-            purged = conn.execute(
-                t.list_entries.delete().where(t.list_entries.c.expires_at_ns <= now)
-            ).rowcount
-            if purged:
-                self._bump(conn)
-        return int(purged)
+            before = self._lock_version(conn)
+            rows = conn.execute(
+                sa.select(t.list_entries.c.list_name, t.list_entries.c.value)
+                .where(expired)
+                .order_by(t.list_entries.c.list_name, t.list_entries.c.value)
+            ).all()
+            if not rows:
+                return 0
+            conn.execute(t.list_entries.delete().where(expired))
+            self._record(conn, before, [_removal(str(r.list_name), str(r.value)) for r in rows])
+        return len(rows)
 
     def version(self) -> int:
         with self.engine.connect() as conn:
@@ -143,11 +225,37 @@ class ListStore:
                 ).scalar_one()
             )
 
+    def changes(self, after: int) -> tuple[int, list[ListChange] | None]:
+        """The version, and the logged changes after version ``after`` up to it, in order —
+        ``None`` when the log does not hold them all (trimmed, or the store is not the one
+        ``after`` was read from): then only a full ``load`` brings a follower up to date."""
+        with self.engine.connect() as conn:
+            version = int(
+                conn.execute(
+                    sa.select(t.list_state.c.version).where(t.list_state.c.id == 1)
+                ).scalar_one()
+            )
+            if version == after:
+                return version, []
+            if after < 0 or version < after or version - after > self.changes_kept:
+                return version, None
+            rows = conn.execute(
+                sa.select(t.list_changes)
+                .where(t.list_changes.c.version > after, t.list_changes.c.version <= version)
+                .order_by(t.list_changes.c.version)
+            ).all()
+        # Versions are unique and in (after, version]: as many rows as versions is all of them.
+        if len(rows) != version - after:
+            return version, None
+        return version, [_change(row) for row in rows]
+
     def load(self) -> tuple[int, dict[str, list[ListEntry]]]:
-        """The version and every entry of every list (expired ones too), sorted by value.
-        The version is read first: the entries are at least as new as it says."""
+        """The version and every entry of every list (expired ones too), sorted by value,
+        read together (one snapshot of the store): the entries are the version's."""
         lists: dict[str, list[ListEntry]] = {name: [] for name in self.names}
         with self.engine.connect() as conn:
+            if conn.dialect.name == "postgresql":  # SQLite's BEGIN IMMEDIATE: one snapshot
+                conn.execution_options(isolation_level="REPEATABLE READ")
             version = int(
                 conn.execute(
                     sa.select(t.list_state.c.version).where(t.list_state.c.id == 1)
@@ -184,9 +292,12 @@ class ListStore:
 
 class SyncedRiskLists(RiskLists):
     """An engine's ``RiskLists`` that follows a ``ListStore``: loaded at construction, then
-    reloaded when the store's version changed, checked at most every ``check_interval_ms``
-    (lookups in between never touch SQL). ``add``/``remove`` write to the store and reload
-    at once. One thread at a time checks; the others keep reading the lists they have."""
+    brought up to date when the store's version changed, checked at most every
+    ``check_interval_ms`` (lookups in between never touch SQL): the logged changes after its
+    version are applied in order, each list's hash table changed in place — or, when the log
+    no longer holds them all, every list is reloaded. ``add``/``remove``/``purge_expired``
+    write to the store and sync at once. One thread at a time syncs; the others keep reading
+    the lists they have (a lookup sees each change whole, before or after it)."""
 
     def __init__(
         self, store: ListStore, *, check_interval_ms: int = CHECK_INTERVAL_MS_DEFAULT
@@ -198,13 +309,18 @@ class SyncedRiskLists(RiskLists):
         self.check_interval_ns = check_interval_ms * 1_000_000
         self.version = -1
         self.reloads = 0
+        """Syncs that changed the lists (by applying changes or by a full load)."""
+        self.full_loads = 0
+        """Syncs that reloaded every list (the first, and when the log fell short)."""
+        self.changes_applied = 0
+        """Logged changes applied one by one."""
         self._checked_at_ns = 0
         self._checking = threading.Lock()
         self.sync(force=True)
 
     def sync(self, *, force: bool = False) -> bool:
-        """Reload from the store if its version changed (``force``: whatever the interval);
-        whether the lists were reloaded."""
+        """Catch up with the store if its version changed (``force``: whatever the interval);
+        whether the lists changed."""
         now = self.store.clock.now_ns()
         if not force and now - self._checked_at_ns < self.check_interval_ns:
             return False
@@ -212,10 +328,16 @@ class SyncedRiskLists(RiskLists):
             return False
         try:
             self._checked_at_ns = now
-            if self.store.version() == self.version:
+            version, changes = self.store.changes(self.version)
+            if version == self.version:
                 return False
-            version, lists = self.store.load()
-            self.replace_all(lists)
+            if changes is None:
+                version, lists = self.store.load()
+                self.replace_all(lists)
+                self.full_loads += 1
+            else:
+                self._apply([(c.name, c.value, c.entry) for c in changes])
+                self.changes_applied += len(changes)
             self.version = version
             self.reloads += 1
             return True

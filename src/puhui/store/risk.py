@@ -66,3 +66,25 @@ list_state = sa.Table(
     sa.Column("version", sa.BigInteger, nullable=False),
     sa.CheckConstraint("id = 1", name="one_row"),
 )
+
+list_changes = sa.Table(
+    "risk_list_changes",
+    metadata,
+    # One row per changed entry, written in the change's transaction: ``version`` is the
+    # state's version that the change made (so engines apply the changes they have not seen,
+    # in order, instead of reloading every list). Only the last versions are kept
+    # (``ListStore.changes_kept``); an engine further behind reloads every list.
+    sa.Column("version", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("list_name", sa.String(LIST_NAME_CHARS_MAX), nullable=False),
+    sa.Column("value", sa.String(200), nullable=False),
+    # 'add': put on the list (replacing an entry for the value) — 'remove': taken off
+    # (removed or purged); a removal has no reason nor times.
+    sa.Column("op", sa.String(8), nullable=False),
+    sa.Column("reason", sa.String(500), nullable=True),
+    sa.Column("added_at_ns", sa.BigInteger, nullable=True),
+    sa.Column("expires_at_ns", sa.BigInteger, nullable=True),
+    sa.CheckConstraint("op IN ('add', 'remove')", name="op"),
+    sa.CheckConstraint(
+        "(op = 'add') = (reason IS NOT NULL AND added_at_ns IS NOT NULL)", name="add_has_entry"
+    ),
+)
