@@ -486,6 +486,7 @@ API_ALL = [
     "PlatformRoute",
     "RateLimitedError",
     "RecordsInvalidError",
+    "RequestTimeoutError",
     "RequestTooLargeError",
     "UnsupportedMediaTypeError",
     "configure_logging",

@@ -93,7 +93,13 @@ def test_random_kills_lose_no_answered_payment_and_move_nothing_twice(
         assert line.startswith("DONE"), proc.stderr.read() if proc.stderr else ""
         time.sleep(rng.uniform(0.05, 0.5))
         os.kill(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate(timeout=60)
+        # The rest through the same reader as the first line: ``communicate`` would read
+        # the pipe beneath it, missing what the reader had buffered (a line cut in two).
+        out = proc.stdout.read()
+        proc.stdout.close()
+        proc.wait(timeout=60)
+        if proc.stderr is not None:
+            proc.stderr.close()
         assert time.monotonic() < deadline
         for text in [line, *out.splitlines()]:
             _, n, status = text.split()
