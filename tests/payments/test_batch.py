@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -684,3 +686,132 @@ def test_a_batchs_new_payees_and_merchants_are_opened_in_one_ledger_call(
     assert _ok(again[0]).status is S.COMPLETED
     assert len(opened) == 1
     assert L.verify(world.ledger).ok
+
+
+def _held_batches(
+    batches: PaymentBatches, monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[int], threading.Event, threading.Event]:
+    """Record the size of each batch carried out; the first one waits for ``release`` (and
+    sets ``begun`` when it starts)."""
+    sizes: list[int] = []
+    begun, release = threading.Event(), threading.Event()
+    carry_out = PaymentBatches._pay_many
+
+    def held(self: PaymentBatches, requests: Any) -> Any:
+        sizes.append(len(requests))
+        if len(sizes) == 1:
+            begun.set()
+            assert release.wait(10)
+        return carry_out(self, requests)
+
+    monkeypatch.setattr(PaymentBatches, "_pay_many", held)
+    return sizes, begun, release
+
+
+def test_concurrent_batches_are_carried_out_together_each_answered_in_its_slots(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Calls arriving while a batch runs wait and then go as one batch (from any
+    ``PaymentBatches`` over the same service), in the order they arrived; each caller gets
+    its own answers in its own order, a refusal in its own slot, a key another caller of the
+    batch sent first the first one's answer."""
+    p = world.payments
+    alice = _customer(world, 1, fund=1_000_00)
+    bob = _customer(world, 2)
+    sizes, begun, release = _held_batches(PaymentBatches(p), monkeypatch)
+
+    def request(key: str, amount: int) -> PaymentRequest:
+        return PaymentRequest(alice, amount, CNY, key, payee=Payee(customer_id=bob))
+
+    calls = {
+        "first": [request("f", 1_00)],
+        "a": [request("a1", 2_00), request("a2", 0), request("a3", 3_00)],
+        "b": [request("b1", 4_00)],
+        "c": [request("a1", 2_00), request("c2", 995_00), request("c3", 5_00)],
+    }
+    answers: dict[str, list[Operation | PuhuiError]] = {}
+
+    def call(name: str) -> None:
+        answers[name] = PaymentBatches(p).pay_many(calls[name])
+
+    first = threading.Thread(target=call, args=("first",))
+    first.start()
+    assert begun.wait(10)
+    others = []
+    for name in ("a", "b", "c"):  # queued behind the running batch, in this order
+        others.append(threading.Thread(target=call, args=(name,)))
+        others[-1].start()
+        deadline = time.monotonic() + 10
+        while len(PaymentBatches(p)._combiner.queue) < len(others):
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+    release.set()
+    for thread in [first, *others]:
+        thread.join(10)
+    assert sizes == [1, 7]  # the three waiting calls went as one batch
+    assert _ok(answers["first"][0]).status is S.COMPLETED
+    a1, a2, a3 = answers["a"]
+    assert _ok(a1).amount == 2_00 and _ok(a3).amount == 3_00
+    assert isinstance(a2, PuhuiError) and a2.code == "amount_out_of_range"
+    assert _ok(answers["b"][0]).amount == 4_00
+    again, too_much, c3 = answers["c"]
+    assert _ok(again).id == _ok(a1).id  # the same key: the first one's payment
+    assert isinstance(too_much, InsufficientFundsError)
+    assert _ok(c3).amount == 5_00
+    assert p.balance(bob, CNY).posted == 1_00 + 2_00 + 3_00 + 4_00 + 5_00
+    assert L.verify(world.ledger).ok
+
+
+def test_combined_batches_keep_within_the_bound_and_share_a_failure(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = world.payments
+    monkeypatch.setattr(p, "options", dataclasses.replace(p.options, batch_operations_max=4))
+    alice = _customer(world, 1, fund=1_000_00)
+    bob = _customer(world, 2)
+    sizes, begun, release = _held_batches(PaymentBatches(p), monkeypatch)
+
+    def requests(tag: str, n: int) -> list[PaymentRequest]:
+        return [
+            PaymentRequest(alice, 1_00, CNY, f"{tag}{k}", payee=Payee(customer_id=bob))
+            for k in range(n)
+        ]
+
+    results: dict[str, Any] = {}
+
+    def call(name: str, n: int) -> None:
+        try:
+            results[name] = PaymentBatches(p).pay_many(requests(name, n))
+        except Exception as error:
+            results[name] = error
+
+    threads = [threading.Thread(target=call, args=("first", 1))]
+    threads[0].start()
+    assert begun.wait(10)
+    for name, n in (("a", 3), ("b", 2), ("c", 1)):
+        threads.append(threading.Thread(target=call, args=(name, n)))
+        threads[-1].start()
+        deadline = time.monotonic() + 10
+        while len(PaymentBatches(p)._combiner.queue) < len(threads) - 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    assert sizes == [1, 3, 3]  # a alone (a + b = 5 > 4), then b and c together
+    assert all(len(results[name]) == n for name, n in (("a", 3), ("b", 2), ("c", 1)))
+    assert p.balance(bob, CNY).posted == 7 * 1_00
+
+    # A fault while carrying out a combined batch reaches every caller of it.
+    def broken(self: PaymentBatches, requests: Any) -> Any:
+        raise RuntimeError("the store went away")
+
+    monkeypatch.setattr(PaymentBatches, "_pay_many", broken)
+    results.clear()
+    threads = [threading.Thread(target=call, args=(name, 1)) for name in ("x", "y")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert all(isinstance(results[n], RuntimeError) for n in ("x", "y"))
+    assert not PaymentBatches(p)._combiner.queue and not PaymentBatches(p)._combiner.running

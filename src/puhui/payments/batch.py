@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections import namedtuple
+import threading
+import weakref
+from collections import deque, namedtuple
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -155,22 +157,103 @@ class _Item:
     """The answer, once built (for the finish hooks) or read from the records."""
 
 
+class _Waiter:
+    """One ``pay_many`` call waiting for its batch to be carried out (``_Combiner``)."""
+
+    __slots__ = ("answers", "done", "error", "requests")
+
+    def __init__(self, requests: Sequence[PaymentRequest]) -> None:
+        self.requests = requests
+        self.answers: list[Operation | PuhuiError] = []
+        self.error: BaseException | None = None
+        self.done = False
+
+    def result(self) -> list[Operation | PuhuiError]:
+        if self.error is not None:
+            raise self.error
+        return self.answers
+
+
+class _Combiner:
+    """The ``pay_many`` calls over one ``Payments`` waiting for their turn, and whether a
+    combined batch is being carried out."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.queue: deque[_Waiter] = deque()
+        self.running = False
+
+
+_combiners: weakref.WeakKeyDictionary[Payments, _Combiner] = weakref.WeakKeyDictionary()
+_combiners_lock = threading.Lock()
+
+
+def _combiner_of(payments: Payments) -> _Combiner:
+    with _combiners_lock:
+        combiner = _combiners.get(payments)
+        if combiner is None:
+            combiner = _combiners[payments] = _Combiner()
+        return combiner
+
+
 class PaymentBatches:
-    """Batched P2P and merchant payments over a ``Payments`` service."""
+    """Batched P2P and merchant payments over a ``Payments`` service.
+
+    Concurrent ``pay_many`` calls over the same ``Payments`` (from any ``PaymentBatches``)
+    are carried out together, one combined batch at a time, as a group commit: a call that
+    arrives while a batch runs waits, and the calls waiting then go as one batch (of at most
+    ``batch_operations_max`` payments, in the order they arrived), each answered with its own
+    slots. One batch of 8,000 runs faster than eight of 1,000 side by side, which only took
+    turns at the store's write lock and the interpreter's (``docs/benchmarks.md``)."""
 
     def __init__(self, payments: Payments) -> None:
         self.payments = payments
         self.engine = payments.engine
         self.clock = payments.clock
+        self._combiner = _combiner_of(payments)
 
     def pay_many(self, requests: Sequence[PaymentRequest]) -> list[Operation | PuhuiError]:
         """One answer per request, in order: its ``Operation``, or the error that refused it
         (nothing recorded, nothing moved for that request)."""
-        options = self.payments.options
-        if len(requests) > options.batch_operations_max:
-            raise InvalidPayloadError(
-                f"at most {options.batch_operations_max} payments in one batch"
-            )
+        bound = self.payments.options.batch_operations_max
+        if len(requests) > bound:
+            raise InvalidPayloadError(f"at most {bound} payments in one batch")
+        if not requests:
+            return []
+        combiner = self._combiner
+        waiter = _Waiter(requests)
+        with combiner.cond:
+            combiner.queue.append(waiter)
+            while not waiter.done and (combiner.running or combiner.queue[0] is not waiter):
+                combiner.cond.wait()
+            if waiter.done:  # carried out in another caller's batch
+                return waiter.result()
+            combiner.running = True  # this caller carries out the calls waiting, its own first
+            group = [combiner.queue.popleft()]
+            total = len(requests)
+            while combiner.queue and total + len(combiner.queue[0].requests) <= bound:
+                total += len(combiner.queue[0].requests)
+                group.append(combiner.queue.popleft())
+        try:
+            combined = list(requests) if len(group) == 1 else [r for w in group for r in w.requests]
+            answers = self._pay_many(combined)
+            start = 0
+            for member in group:
+                member.answers = answers[start : start + len(member.requests)]
+                start += len(member.requests)
+        except BaseException as error:  # every caller of the batch learns of it
+            for member in group:
+                member.error = error
+            raise
+        finally:
+            with combiner.cond:
+                for member in group:
+                    member.done = True
+                combiner.running = False
+                combiner.cond.notify_all()
+        return waiter.result()
+
+    def _pay_many(self, requests: Sequence[PaymentRequest]) -> list[Operation | PuhuiError]:
         answers: list[Operation | PuhuiError | None] = [None] * len(requests)
         fresh = self._replays(self._parse(requests, answers), answers)
         items = self._check(fresh, answers)
