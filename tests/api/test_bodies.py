@@ -126,6 +126,35 @@ def test_a_body_that_never_arrives_is_answered_408_and_the_connection_closed(
     assert served.app.state.body_budget.held == 0  # the room is given back
 
 
+def test_a_late_body_on_the_lean_way_is_answered_as_the_ordinary_way_answers_it(
+    served: Served,
+) -> None:
+    """The single-payment routes read their bodies themselves (``_lean_routes``): a late
+    body there goes the ordinary way, which checks the key first (a bad key: 401), then
+    answers 408 and audits it under the route."""
+    path = "/v1/payments/customers/1/transfers"
+    body = b'{"amount": "100", "currency": "CNY", "payee": {"customer_id": 2}}'
+    audited = served.count(audit_log)
+    with served.connect() as sock:
+        sock.sendall(served.head(len(body), path) + body[:5])
+        status, headers, answer = _answer(sock)
+    assert status == 408, answer
+    assert headers["connection"] == "close"
+    assert b'"code":"request_timeout"' in answer
+    with served.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(audit_log.c.route, audit_log.c.status).order_by(audit_log.c.seq)
+        ).all()
+    assert [tuple(r) for r in rows[audited:]] == [
+        ("/v1/payments/customers/{customer_id}/transfers", 408)
+    ]
+    bad_key = served.head(len(body), path).replace(served.token.encode(), b"pk_0_nope")
+    with served.connect() as sock:
+        sock.sendall(bad_key + body[:5])
+        status, _, answer = _answer(sock)
+    assert status == 401, answer
+
+
 def test_a_body_that_does_not_fit_is_refused_before_it_is_read(served: Served) -> None:
     body = _customer(2)
     with served.connect() as holder:

@@ -803,15 +803,74 @@ def test_combined_batches_keep_within_the_bound_and_share_a_failure(
     assert p.balance(bob, CNY).posted == 7 * 1_00
 
     # A fault while carrying out a combined batch reaches every caller of it.
+    sizes, begun, release = _held_batches(PaymentBatches(p), monkeypatch)
+    held = PaymentBatches._pay_many
+
     def broken(self: PaymentBatches, requests: Any) -> Any:
-        raise RuntimeError("the store went away")
+        if len(sizes) >= 1:  # after the held one: the combined batch fails
+            sizes.append(len(requests))
+            raise RuntimeError("the store went away")
+        return held(self, requests)
 
     monkeypatch.setattr(PaymentBatches, "_pay_many", broken)
     results.clear()
-    threads = [threading.Thread(target=call, args=(name, 1)) for name in ("x", "y")]
-    for thread in threads:
-        thread.start()
+    threads = [threading.Thread(target=call, args=("first", 1))]
+    threads[0].start()
+    assert begun.wait(10)
+    for name in ("x", "y"):
+        threads.append(threading.Thread(target=call, args=(name, 1)))
+        threads[-1].start()
+        deadline = time.monotonic() + 10
+        while len(PaymentBatches(p)._combiner.queue) < len(threads) - 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+    release.set()
     for thread in threads:
         thread.join(10)
+    assert sizes == [1, 2]  # x and y went together, and failed together
     assert all(isinstance(results[n], RuntimeError) for n in ("x", "y"))
     assert not PaymentBatches(p)._combiner.queue and not PaymentBatches(p)._combiner.running
+
+
+def test_a_caller_interrupted_while_waiting_leaves_the_queue_and_pays_nothing(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = world.payments
+    alice = _customer(world, 1, fund=1_000_00)
+    bob = _customer(world, 2)
+    sizes, begun, release = _held_batches(PaymentBatches(p), monkeypatch)
+    combiner = PaymentBatches(p)._combiner
+    wait = combiner.cond.wait
+
+    def interrupted(timeout: float | None = None) -> bool:
+        if threading.current_thread().name == "victim":
+            raise KeyboardInterrupt
+        return wait(timeout)
+
+    monkeypatch.setattr(combiner.cond, "wait", interrupted)
+    results: dict[str, Any] = {}
+
+    def call(name: str) -> None:
+        try:
+            results[name] = PaymentBatches(p).pay_many(
+                [PaymentRequest(alice, 1_00, CNY, name, payee=Payee(customer_id=bob))]
+            )
+        except BaseException as error:
+            results[name] = error
+
+    first = threading.Thread(target=call, args=("first",))
+    first.start()
+    assert begun.wait(10)
+    victim = threading.Thread(target=call, args=("victim",), name="victim")
+    victim.start()
+    victim.join(10)
+    assert isinstance(results["victim"], KeyboardInterrupt)
+    assert not combiner.queue  # it left the queue
+    release.set()
+    first.join(10)
+    later = PaymentBatches(p).pay_many(
+        [PaymentRequest(alice, 1_00, CNY, "later", payee=Payee(customer_id=bob))]
+    )
+    assert _ok(later[0]).status is S.COMPLETED  # nobody waits for the one that left
+    assert sizes == [1, 1]
+    assert p.balance(bob, CNY).posted == 2 * 1_00  # the victim's payment was not made

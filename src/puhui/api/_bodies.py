@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import asyncio
+import weakref
 from typing import Final
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -37,8 +38,8 @@ BODY_RETRY_AFTER_S: Final = 1
 
 
 class BodyBudget:
-    """Bytes of request bodies the server holds, within ``bytes_max`` (one event loop's
-    requests: no lock needed)."""
+    """Bytes of request bodies the server holds, within ``bytes_max``. Taken and given back
+    on the event loop only (``puhui serve`` runs one): no lock."""
 
     __slots__ = ("bytes_max", "held")
 
@@ -70,7 +71,9 @@ class BodyGuard:
         # Requests whose body has not all arrived, by event loop: a check every
         # ``check_interval_s`` times them out (one timer per loop, not one per request: a
         # timer per request cost ~4 µs of the event loop).
-        self._waiting: dict[asyncio.AbstractEventLoop, _Waiting] = {}
+        self._waiting: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Waiting] = (
+            weakref.WeakKeyDictionary()
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -198,8 +201,9 @@ class _Body:
         except asyncio.CancelledError:
             if not self.timed_out or self.task is None:
                 raise
-            self.task.uncancel()  # the cancellation was ours: the body is late
-            raise self.guard.timeout_error() from None
+            if self.task.uncancel() > 0:  # cancelled by someone else too (a shutdown): go
+                raise
+            raise self.guard.timeout_error() from None  # ours alone: the body is late
         finally:
             self.receiving = False
         if message["type"] != "http.request":

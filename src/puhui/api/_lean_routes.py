@@ -46,6 +46,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ._problems import BodyTimeoutError
 from ._route import PlatformRoute, _documentation_only, _run
 
 _PLAIN_PATH = re.compile(r"[A-Za-z0-9/._~-]+")
@@ -193,7 +194,13 @@ class LeanRoutes:
         messages: list[Message] = []
         chunks: list[bytes] = []
         while True:
-            message = await receive()
+            try:
+                message = await receive()
+            except BodyTimeoutError:
+                # A late body (``puhui.api._bodies``): the ordinary way answers it, as it
+                # would have — the key checked first, then the 408, audited and counted.
+                await self.app(scope, _replay(messages, receive), send)
+                return
             messages.append(message)
             if message["type"] != "http.request":
                 await self.app(scope, _replay(messages, receive), send)

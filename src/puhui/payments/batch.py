@@ -186,6 +186,8 @@ class _Combiner:
 
 _combiners: weakref.WeakKeyDictionary[Payments, _Combiner] = weakref.WeakKeyDictionary()
 _combiners_lock = threading.Lock()
+_leading = threading.local()
+"""``payments``: the ``Payments`` whose combined batch this thread is carrying out."""
 
 
 def _combiner_of(payments: Payments) -> _Combiner:
@@ -220,37 +222,54 @@ class PaymentBatches:
             raise InvalidPayloadError(f"at most {bound} payments in one batch")
         if not requests:
             return []
+        if getattr(_leading, "payments", None) is self.payments:
+            # Called from within a batch this thread carries out (a finish hook): waiting
+            # for the combiner would wait for this very thread for ever. (A hook runs in the
+            # outcomes' transaction, where no payment can be recorded: this fails instead.)
+            return self._pay_many(requests)
         combiner = self._combiner
         waiter = _Waiter(requests)
-        with combiner.cond:
-            combiner.queue.append(waiter)
-            while not waiter.done and (combiner.running or combiner.queue[0] is not waiter):
-                combiner.cond.wait()
-            if waiter.done:  # carried out in another caller's batch
-                return waiter.result()
-            combiner.running = True  # this caller carries out the calls waiting, its own first
-            group = [combiner.queue.popleft()]
-            total = len(requests)
-            while combiner.queue and total + len(combiner.queue[0].requests) <= bound:
-                total += len(combiner.queue[0].requests)
-                group.append(combiner.queue.popleft())
+        group: list[_Waiter] = []
+        leading = False
         try:
+            with combiner.cond:
+                combiner.queue.append(waiter)
+                while not waiter.done and (combiner.running or combiner.queue[0] is not waiter):
+                    combiner.cond.wait()
+                if waiter.done:  # carried out in another caller's batch
+                    return waiter.result()
+                # This caller carries out the calls waiting, its own first.
+                combiner.running = leading = True
+                group.append(combiner.queue.popleft())
+                total = len(requests)
+                while combiner.queue and total + len(combiner.queue[0].requests) <= bound:
+                    total += len(combiner.queue[0].requests)
+                    group.append(combiner.queue.popleft())
+            _leading.payments = self.payments
             combined = list(requests) if len(group) == 1 else [r for w in group for r in w.requests]
             answers = self._pay_many(combined)
             start = 0
             for member in group:
                 member.answers = answers[start : start + len(member.requests)]
                 start += len(member.requests)
-        except BaseException as error:  # every caller of the batch learns of it
-            for member in group:
+        except BaseException as error:
+            if not leading:  # interrupted while waiting: out of the queue, nothing carried out
+                with combiner.cond:
+                    if waiter in combiner.queue:
+                        combiner.queue.remove(waiter)
+                    combiner.cond.notify_all()
+                raise
+            for member in group:  # every caller of the batch learns of it
                 member.error = error
             raise
         finally:
-            with combiner.cond:
-                for member in group:
-                    member.done = True
-                combiner.running = False
-                combiner.cond.notify_all()
+            if leading:
+                _leading.payments = None
+                with combiner.cond:
+                    for member in group:
+                        member.done = True
+                    combiner.running = False
+                    combiner.cond.notify_all()
         return waiter.result()
 
     def _pay_many(self, requests: Sequence[PaymentRequest]) -> list[Operation | PuhuiError]:
@@ -1094,8 +1113,10 @@ class PaymentCoalescer:
     round trip; under load that, not the work, is the limit. ``await pay(request)`` queues
     the request; while one batch runs (in a worker thread), the next fills up, and each
     caller gets its own answer — the ``Operation``, or the error that refused it, raised.
-    A caller cancelled before its batch begins is left out of it (its payment is not made);
-    one cancelled later finds its payment made, as recorded. Belongs to one event loop.
+    A caller cancelled before its batch is handed to ``pay_many`` is left out of it (its
+    payment is not made); one cancelled later — also while the batch waits there behind
+    other callers' batches (``PaymentBatches``) — finds its payment made, as recorded.
+    Belongs to one event loop.
     """
 
     def __init__(self, batches: PaymentBatches, *, batch_max: int = 1_000) -> None:
