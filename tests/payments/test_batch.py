@@ -708,6 +708,21 @@ def _held_batches(
     return sizes, begun, release
 
 
+def _queued(p: Payments, calls: list[tuple[Any, ...]], call: Any) -> list[threading.Thread]:
+    """Start a thread per call (``call(*args)``), each once the one before is queued behind
+    the batch being carried out, so they queue in this order."""
+    combiner = PaymentBatches(p)._combiner
+    threads = []
+    for args in calls:
+        threads.append(threading.Thread(target=call, args=args))
+        threads[-1].start()
+        deadline = time.monotonic() + 10
+        while len(combiner.queue) < len(threads):
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+    return threads
+
+
 def test_concurrent_batches_are_carried_out_together_each_answered_in_its_slots(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -737,14 +752,7 @@ def test_concurrent_batches_are_carried_out_together_each_answered_in_its_slots(
     first = threading.Thread(target=call, args=("first",))
     first.start()
     assert begun.wait(10)
-    others = []
-    for name in ("a", "b", "c"):  # queued behind the running batch, in this order
-        others.append(threading.Thread(target=call, args=(name,)))
-        others[-1].start()
-        deadline = time.monotonic() + 10
-        while len(PaymentBatches(p)._combiner.queue) < len(others):
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
+    others = _queued(p, [("a",), ("b",), ("c",)], call)  # behind the running batch
     release.set()
     for thread in [first, *others]:
         thread.join(10)
@@ -788,13 +796,7 @@ def test_combined_batches_keep_within_the_bound_and_share_a_failure(
     threads = [threading.Thread(target=call, args=("first", 1))]
     threads[0].start()
     assert begun.wait(10)
-    for name, n in (("a", 3), ("b", 2), ("c", 1)):
-        threads.append(threading.Thread(target=call, args=(name, n)))
-        threads[-1].start()
-        deadline = time.monotonic() + 10
-        while len(PaymentBatches(p)._combiner.queue) < len(threads) - 1:
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
+    threads += _queued(p, [("a", 3), ("b", 2), ("c", 1)], call)
     release.set()
     for thread in threads:
         thread.join(10)
@@ -817,13 +819,7 @@ def test_combined_batches_keep_within_the_bound_and_share_a_failure(
     threads = [threading.Thread(target=call, args=("first", 1))]
     threads[0].start()
     assert begun.wait(10)
-    for name in ("x", "y"):
-        threads.append(threading.Thread(target=call, args=(name, 1)))
-        threads[-1].start()
-        deadline = time.monotonic() + 10
-        while len(PaymentBatches(p)._combiner.queue) < len(threads) - 1:
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
+    threads += _queued(p, [("x", 1), ("y", 1)], call)
     release.set()
     for thread in threads:
         thread.join(10)
