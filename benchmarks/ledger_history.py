@@ -9,6 +9,10 @@ API (``read_ms``: the queue to the writer and the answer's objects included), an
 writer's thread the new path alone (``chain_ms``) and the full scan it replaced
 (``full_scan_ms``, ``K.scan_transfers``), for the ratio. Medians in milliseconds.
 
+``first_read_quiet_newest_first``: the ledger's first per-account read (nothing linked yet,
+every row scanned), while another thread writes one transfer at a time: what the writes
+waited during it (the read scans ``QUERY_ROWS_PER_TURN`` rows a turn of the writer).
+
 ``query``: a ``query_transfers`` that matches nothing (every row of the ledger read), timed
 through the public API (``query_ms``), against the one scan of every row on the writer's
 thread that it was before (``one_turn_scan_ms``: every write waited that long), and what a
@@ -205,19 +209,62 @@ def _query(led: Any, reads: int) -> dict[str, Any]:
     }
 
 
+def _first_read(led: Any, account: int, limit: int) -> dict[str, Any]:
+    """The first per-account read of a ledger (nothing linked yet: every row scanned), newest
+    first, while another thread writes one transfer at a time: the read's time and what the
+    writes waited meanwhile (in turns now, as ``query_transfers``)."""
+    import threading
+
+    from puhui.ledger import AccountFilter, AccountFilterFlags, Transfer
+
+    flags = AccountFilterFlags.DEBITS | AccountFilterFlags.CREDITS | AccountFilterFlags.REVERSED
+    f = AccountFilter(account, 0, 0, 0, 0, 0, 0, limit, flags)
+    writes: list[float] = []
+    stop = threading.Event()
+
+    def writing() -> None:
+        next_id = 10**13
+        while not stop.is_set():
+            next_id += 1
+            start = time.perf_counter()
+            led.create_transfers([Transfer(next_id, 1, 2, 1, ledger=1, code=1)])
+            writes.append((time.perf_counter() - start) * 1000)
+
+    worker = threading.Thread(target=writing)
+    worker.start()
+    try:
+        while len(writes) < 20:  # the writer is going
+            time.sleep(0.001)
+        seen = len(writes)
+        start = time.perf_counter()
+        found = len(led.get_account_transfers(f))
+        read_ms = (time.perf_counter() - start) * 1000
+    finally:
+        stop.set()
+        worker.join()
+    during = writes[seen:] or [0.0]  # after the join: with the write the read held up
+    return {
+        "read_ms": round(read_ms, 3),
+        "transfers_found": found,
+        "write_during_read_ms_max": round(max(during), 3),
+        "writes_during_read": len(during),
+    }
+
+
 def run(transfers: int, accounts: int, reads: int, limit: int) -> dict[str, Any]:
     directory = Path(tempfile.mkdtemp(prefix="puhui-ledger-history-"))
     try:
         led, quiet = _build(directory, transfers, accounts)
         try:
             busy = 7
-            _read_ms(led, busy, limit, False, 1)  # per-account reads begin: linking starts
+            first_read = _first_read(led, quiet, limit)  # per-account reads begin here
             start = time.perf_counter()
             while led.read_state(lambda e: e.chains.count < e.n_transfers):
                 time.sleep(0.005)
             linked_s = time.perf_counter() - start
             out: dict[str, Any] = {"transfers": transfers, "accounts": accounts, "limit": limit}
             out["linked_while_idle_s"] = round(linked_s, 3)
+            out["first_read_quiet_newest_first"] = first_read
             for name, account in (("quiet", quiet), ("busy", busy)):
                 for order, reversed_ in (("newest_first", True), ("oldest_first", False)):
                     ms, found = _read_ms(led, account, limit, reversed_, reads)

@@ -14,14 +14,23 @@ import numpy as np
 import pytest
 
 from puhui import ledger as L
-from puhui.ledger import Account, QueryFilter, QueryFilterFlags, Transfer
+from puhui.ledger import (
+    Account,
+    AccountBalance,
+    AccountFilter,
+    AccountFilterFlags,
+    AccountFlags,
+    QueryFilter,
+    QueryFilterFlags,
+    Transfer,
+)
 from puhui.ledger import _kernel as K
 from puhui.ledger import _ledger as ledger_module
-from puhui.ledger._convert import array_to_transfers
+from puhui.ledger._convert import array_to_balances, array_to_transfers
 from puhui.ledger._engine import Engine
 from puhui.ledger._ledger import _query_filter, _scan_args
 
-from .test_account_chains import ACCOUNTS, _transfers
+from .test_account_chains import ACCOUNTS, _filters, _full_scan, _transfers
 
 
 def _one_turn(engine: Engine, f: QueryFilter) -> list[Transfer]:
@@ -121,3 +130,112 @@ def test_writes_go_between_a_querys_turns_and_it_answers_for_its_first(
     assert turns == -(-len(before) // 256)  # one turn per 256 rows of the range
     after = ledger.query_transfers(everything)
     assert len(after) == len(before) + 3  # the writes made between the turns are there
+
+
+def _history_ledger(tmp_path: Path) -> Any:
+    """Accounts with balances kept per transfer (``HISTORY``), transfers in four groups."""
+    rng = random.Random(5)
+    opened = L.open(str(tmp_path / "history"), state_dir=tmp_path / "history-state")
+    opened.create_accounts(
+        [
+            Account(id=a, ledger=1, code=1, flags=AccountFlags.HISTORY)
+            for a in range(1, ACCOUNTS + 1)
+        ]
+    )
+    pending: list[int] = []
+    next_id = 1
+    for _ in range(4):
+        batch = _transfers(rng, next_id, 400, pending)
+        next_id += len(batch)
+        opened.create_transfers(batch)
+    return opened
+
+
+def _expected(ledger: Any, f: AccountFilter) -> tuple[list[Transfer], list[AccountBalance]]:
+    """What the full scan of every row answers (the reads before the chains and turns)."""
+
+    def read(engine: Engine) -> tuple[list[Transfer], list[AccountBalance]]:
+        rows, sides = (np.array(v, np.int64) for v in _full_scan(engine, f))
+        balances = array_to_balances(
+            engine.balances[2 * rows + sides].copy(), engine.transfers["timestamp"][rows].tolist()
+        )
+        return array_to_transfers(engine.transfers[rows].copy()), balances
+
+    answer: tuple[list[Transfer], list[AccountBalance]] = ledger.read_state(read)
+    return answer
+
+
+@pytest.mark.parametrize("rows_per_turn", [5, 300, 1 << 20])
+def test_account_reads_in_turns_answer_as_the_full_scan(
+    tmp_path: Path, rows_per_turn: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever the turn's size and however far the chains are linked (a few rows a read,
+    more while the writer is idle, new rows written between reads), an account's transfers
+    and balances are the full scan's."""
+    monkeypatch.setattr(ledger_module, "QUERY_ROWS_PER_TURN", rows_per_turn)
+    monkeypatch.setattr(ledger_module, "CHAIN_ROWS_PER_READ", 37)
+    ledger = _history_ledger(tmp_path)
+    rng = random.Random(rows_per_turn)
+    pending: list[int] = []
+    next_id = 10_000
+    compared = 0
+    try:
+        for step in range(3):
+            if step:  # rows the chains have not linked yet
+                batch = _transfers(rng, next_id, 300, pending)
+                next_id += len(batch)
+                ledger.create_transfers(batch)
+
+            def bounds(engine: Engine) -> tuple[int, int]:
+                stamps = engine.transfers["timestamp"][: engine.n_transfers]
+                return int(stamps[0]), int(stamps[-1])
+
+            first, last = ledger.read_state(bounds)
+            for account in range(1, ACCOUNTS + 1):
+                for f in _filters(rng, account, first, last):
+                    transfers, balances = _expected(ledger, f)
+                    assert ledger.get_account_transfers(f) == transfers, f
+                    assert ledger.get_account_balances(f) == balances, f
+                    compared += 1
+    finally:
+        ledger.close()
+    assert compared == 3 * ACCOUNTS * 12
+
+
+def test_writes_go_between_an_account_reads_turns_and_it_answers_for_its_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ledger_module, "QUERY_ROWS_PER_TURN", 64)
+    ledger = _history_ledger(tmp_path)
+    try:
+        both = AccountFilterFlags.DEBITS | AccountFilterFlags.CREDITS
+        f = AccountFilter(1, 0, 0, 0, 0, 0, 0, 8189, both | AccountFilterFlags.REVERSED)
+        before, _ = _expected(ledger, f)
+        assert len(before) > 64
+        turns = 0
+        read = ledger._read
+        new_id = 10**9
+
+        def between_turns(fn: Any) -> Any:
+            nonlocal turns, new_id
+            answer = read(fn)
+            turns += 1
+            if turns <= 3:  # a transfer of the same account between each of the first turns
+                new_id += 1
+                transfer = Transfer(
+                    id=new_id, debit_account_id=1, credit_account_id=2, amount=1, ledger=1, code=1
+                )
+                assert (
+                    ledger.create_transfers([transfer])[0].status == L.CreateTransferStatus.CREATED
+                )
+            return answer
+
+        monkeypatch.setattr(ledger, "_read", between_turns)
+        answer = ledger.get_account_transfers(f)
+        monkeypatch.undo()
+        assert answer == before  # the ledger as the first turn found it
+        assert turns > 3  # in turns: no chain was linked, the rows were scanned 64 a turn
+        after = ledger.get_account_transfers(f)
+        assert len(after) == len(before) + 3
+    finally:
+        ledger.close()

@@ -23,7 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import numpy as np
 
@@ -69,6 +69,8 @@ from ._types import (
     QueryFilterFlags,
     Transfer,
 )
+
+T = TypeVar("T")
 
 log = logging.getLogger("puhui.ledger")
 
@@ -777,29 +779,64 @@ class Ledger:
         if params is None:
             return []
 
-        def read(engine: Engine) -> Array:
-            rows, _ = _scan_account(engine, params)
+        def copy(engine: Engine, rows: Array, sides: Array) -> Array:
             copied: Array = engine.transfers[rows].copy()
             return copied
 
-        return array_to_transfers(self._read(read))
+        found = self._account_read(params, copy)
+        return [] if found is None else array_to_transfers(found)
 
     def get_account_balances(self, filter: AccountFilter) -> list[AccountBalance]:
         params = _account_filter(filter)
         if params is None:
             return []
 
-        def read(engine: Engine) -> tuple[Array, list[int]]:
+        def history(engine: Engine) -> bool:
             lo, hi = params["account"]
             row = int(engine.account_rows(np.array([lo], np.uint64), np.array([hi], np.uint64))[0])
-            if row < 0 or not K.account_has_history(engine.accounts, row):
-                return np.zeros(0, engine.balances.dtype), []
-            rows, sides = _scan_account(engine, params)
+            return row >= 0 and bool(K.account_has_history(engine.accounts, row))
+
+        def copy(engine: Engine, rows: Array, sides: Array) -> tuple[Array, list[int]]:
             balances: Array = engine.balances[2 * rows + sides].copy()
             return balances, engine.transfers["timestamp"][rows].tolist()
 
-        balances, timestamps = self._read(read)
-        return array_to_balances(balances, timestamps)
+        found = self._account_read(params, copy, history)
+        if found is None:
+            return []
+        return array_to_balances(*found)
+
+    def _account_read(
+        self,
+        params: dict[str, Any],
+        copy: Callable[[Engine, Array, Array], T],
+        allowed: Callable[[Engine], bool] | None = None,
+    ) -> T | None:
+        """``copy(engine, rows, sides)`` of the account's transfers matching the filter, the
+        rows read in turns of the writer (``_AccountRead``, at most ``QUERY_ROWS_PER_TURN``
+        rows scanned a turn): one turn when the rows to scan are fewer. None if ``allowed``
+        says no at the first turn."""
+        read = _AccountRead(params, QUERY_ROWS_PER_TURN)
+
+        def first(engine: Engine) -> tuple[bool, T | None]:
+            if allowed is not None and not allowed(engine):
+                return True, None
+            if read.turn(engine):
+                return True, copy(engine, *read.answer())
+            return False, None
+
+        done, answer = self._read(first)
+        if done:
+            return answer  # type: ignore[no-any-return]
+
+        def later(engine: Engine) -> tuple[bool, T | None]:
+            if read.turn(engine):
+                return True, copy(engine, *read.answer())
+            return False, None
+
+        while True:
+            done, answer = self._read(later)
+            if done:
+                return answer  # type: ignore[no-any-return]
 
     def query_accounts(self, query_filter: QueryFilter) -> list[Account]:
         params = _query_filter(query_filter)
@@ -1050,67 +1087,150 @@ IDLE_LINK_DUE_S = 0.002
 
 
 def _scan_account(engine: Engine, params: dict[str, Any]) -> tuple[Array, Array]:
+    """One account's transfers matching the filter (rows and sides, in the filter's order, at
+    most ``limit``), read in one go on the writer's thread (``_AccountRead`` without turns)."""
+    read = _AccountRead(params, None)
+    while not read.turn(engine):
+        pass
+    return read.answer()
+
+
+class _AccountRead:
     """One account's transfers matching the filter: the rows already linked read along the
-    account's chain (``AccountChains``, a cost that follows the account's own transfers),
-    the newer ones (if any) scanned as before; in timestamp order, at most ``limit``."""
-    lo, hi = params["account"]
-    row = int(engine.account_rows(np.array([lo], np.uint64), np.array([hi], np.uint64))[0])
-    if row < 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    none = np.zeros(0, np.int64), np.zeros(0, np.int8)  # as the kernels answer nothing
-    chains = engine.chains
-    args = _scan_args(params)  # ..., timestamp_min, timestamp_max, limit, reversed
-    t_min, t_max, limit, reversed_ = args[-4:]
-    chains.active = True  # from now on the writer links rows while idle
-    if not reversed_:  # oldest first: the chains serve first, so bring them on a little
-        chains.catch_up(engine, CHAIN_ROWS_PER_READ)
-    # (Newest first, the newest rows are scanned first and often answer alone: nothing is
-    # linked on the read's time then. The oldest rows are read from disk when linked.)
-    linked, count = chains.count, engine.n_transfers
-    transfers = engine.transfers
-    account = (np.uint64(lo), np.uint64(hi), params["debits"], params["credits"])
-    length = int(chains.links[row]) if row < chains.links.shape[0] else 0
-    if CHAIN_ROW_COST * length * length > limit * count and not (reversed_ and t_max == 0):
-        # A busy account read from a point in time: scanning the rows from there finds its
-        # ``limit`` sooner (~limit x count / length rows) than walking its whole chain
-        # (~length rows, each a random read); newest first without a bound, the chain gives
-        # them at once.
-        rows, sides = K.scan_transfers(transfers, count, *account[:2], True, *account[2:], *args)
+    account's chain (``AccountChains``, a cost that follows the account's own transfers), the
+    newer ones scanned; a busy account read from a point in time scanned from there instead.
+    Rows scanned are at most ``step`` a turn of the writer (None: no bound), so that a long
+    scan takes turns with the writes; the answer is the ledger as the first turn found it
+    (rows are immutable once written, and later ones lie past the rows it reads).
+
+    The parts, in the filter's order: a *scan* of rows ``lo``..``hi`` (by the account, in
+    turns) and the *chain* of the rows linked at the first turn (one turn: its cost is the
+    account's; rows linked since are left out by their timestamps)."""
+
+    def __init__(self, params: dict[str, Any], step: int | None) -> None:
+        self.params = params
+        self.step = step
+        self.args = _scan_args(params)  # ..., timestamp_min, timestamp_max, limit, reversed
+        self.limit: int = self.args[-2]
+        self.reversed: bool = self.args[-1]
+        lo, hi = params["account"]
+        self.account = (np.uint64(lo), np.uint64(hi), params["debits"], params["credits"])
+        self.row = -1
+        self.parts: list[tuple[Array, Array]] = []
+        self.found = 0
+        self.phases: list[tuple[str, int, int]] | None = None  # set by the first turn
+
+    def answer(self) -> tuple[Array, Array]:
+        if not self.parts:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        rows = np.concatenate([r for r, _ in self.parts])
+        sides = np.concatenate([s for _, s in self.parts])
         return rows, sides.astype(np.int64)
 
-    def chained(most: int) -> tuple[Array, Array]:
+    def turn(self, engine: Engine) -> bool:
+        """Go on for one turn of the writer; whether the answer is complete."""
+        if self.phases is None and not self._plan(engine):
+            return True
+        assert self.phases is not None
+        budget = self.step
+        while self.phases and self.found < self.limit:
+            kind, lo, hi = self.phases[0]
+            if kind == "chain":
+                self._chain(engine, lo)
+                self.phases.pop(0)
+                continue
+            if lo >= hi:
+                self.phases.pop(0)
+                continue
+            if budget is not None and budget <= 0:
+                return False  # the writer's turn is over: go on at the next
+            size = hi - lo if budget is None else min(hi - lo, budget)
+            start, end = (hi - size, hi) if self.reversed else (lo, lo + size)
+            self._scan(engine, start, end)
+            self.phases[0] = (kind, lo, start) if self.reversed else (kind, end, hi)
+            if budget is not None:
+                budget -= size
+        return True
+
+    def _plan(self, engine: Engine) -> bool:
+        """The first turn: the account, and which parts to read; False: no such account."""
+        lo, hi = self.params["account"]
+        self.row = int(engine.account_rows(np.array([lo], np.uint64), np.array([hi], np.uint64))[0])
+        if self.row < 0:
+            return False
+        t_min, t_max = self.args[-4], self.args[-3]
+        chains = engine.chains
+        chains.active = True  # from now on the writer links rows while idle
+        if not self.reversed:  # oldest first: the chains serve first, so bring them on a little
+            chains.catch_up(engine, CHAIN_ROWS_PER_READ)
+        # (Newest first, the newest rows are scanned first and often answer alone: nothing is
+        # linked on the read's time then. The oldest rows are read from disk when linked.)
+        linked, count = chains.count, engine.n_transfers
+        row = self.row
+        length = int(chains.links[row]) if row < chains.links.shape[0] else 0
+        transfers = engine.transfers
+        if CHAIN_ROW_COST * length * length > self.limit * count and not (
+            self.reversed and t_max == 0
+        ):
+            # A busy account read from a point in time: scanning the rows from there finds its
+            # ``limit`` sooner (~limit x count / length rows) than walking its whole chain
+            # (~length rows, each a random read); newest first without a bound, the chain
+            # gives them at once.
+            start, end = K.timestamp_rows(transfers, count, t_min, t_max)
+            self.phases = [("scan", start, end)]
+            return True
+        # The rows not linked yet, within the timestamps (searched in their own slice: no
+        # search through older rows, which may have to come from disk).
+        start, end = K.timestamp_rows(transfers[linked:count], count - linked, t_min, t_max)
+        tail = ("scan", linked + start, linked + end)
         if linked == 0:
-            return none
-        return K.scan_account_chain(  # type: ignore[no-any-return]
-            transfers, chains.last, chains.prev, row, *account, *args[:-2], most, reversed_
-        )
+            self.phases = [tail]
+            return True
+        # The chain: rows linked now, found by their timestamps at a later turn too.
+        chain = ("chain", int(transfers[linked - 1]["timestamp"]), 0)
+        # Newest first, the rows not linked yet come first; oldest first, the chain's.
+        self.phases = [tail, chain] if self.reversed else [chain, tail]
+        return True
 
-    def newest(most: int) -> tuple[Array, Array]:
-        if linked == count:
-            return none
-        # The rows not linked yet as an array of their own (no timestamp search through
-        # older rows, which may have to come from disk).
+    def _scan(self, engine: Engine, start: int, end: int) -> None:
+        zero = np.uint64(0)
         rows, sides = K.scan_transfers(
-            transfers[linked:count],
-            count - linked,
-            *account[:2],
+            engine.transfers[start:end],
+            end - start,
+            *self.account[:2],
             True,
-            *account[2:],
-            *args[:-4],
-            t_min,
-            t_max,
-            most,
-            reversed_,
+            *self.account[2:],
+            *self.args[:-4],
+            zero,
+            zero,  # the rows are within the timestamps already
+            self.limit - self.found,
+            self.reversed,
         )
-        return rows + linked, sides
+        if rows.shape[0]:
+            self.parts.append((rows + start, sides))
+            self.found += int(rows.shape[0])
 
-    # Newest first, the rows not linked yet come first; oldest first, the chain's.
-    first, then = (newest, chained) if reversed_ else (chained, newest)
-    rows, sides = first(limit)
-    if len(rows) < limit:
-        more_rows, more_sides = then(limit - len(rows))
-        rows, sides = np.concatenate([rows, more_rows]), np.concatenate([sides, more_sides])
-    return rows, sides.astype(np.int64)
+    def _chain(self, engine: Engine, newest_ts: int) -> None:
+        t_min, t_max = int(self.args[-4]), int(self.args[-3])
+        t_max = newest_ts if t_max == 0 else min(t_max, newest_ts)
+        if t_max < t_min:
+            return
+        chains = engine.chains
+        rows, sides = K.scan_account_chain(
+            engine.transfers,
+            chains.last,
+            chains.prev,
+            self.row,
+            *self.account,
+            *self.args[:-4],
+            np.uint64(t_min),
+            np.uint64(t_max),
+            self.limit - self.found,
+            self.reversed,
+        )
+        if rows.shape[0]:
+            self.parts.append((rows, sides))
+            self.found += int(rows.shape[0])
 
 
 # --- opening --------------------------------------------------------------------------------
