@@ -7,6 +7,7 @@ it."""
 from __future__ import annotations
 
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -237,5 +238,45 @@ def test_writes_go_between_an_account_reads_turns_and_it_answers_for_its_first(
         assert turns > 3  # in turns: no chain was linked, the rows were scanned 64 a turn
         after = ledger.get_account_transfers(f)
         assert len(after) == len(before) + 3
+    finally:
+        ledger.close()
+
+
+def test_an_account_newer_than_the_chains_reads_its_own_transfers(tmp_path: Path) -> None:
+    """Accounts created after every row was linked lie past the chains' arrays (they grow
+    when rows are linked): a newest-first read of one must find its transfers, and nothing of
+    another's (the chain's start was read past the array's end: another account's transfer,
+    or a crash)."""
+    ledger = _history_ledger(tmp_path)
+    both = AccountFilterFlags.DEBITS | AccountFilterFlags.CREDITS
+
+    def linked(engine: Engine) -> bool:
+        return bool(engine.chains.count == engine.n_transfers)
+
+    try:
+        ledger.get_account_transfers(AccountFilter(1, 0, 0, 0, 0, 0, 0, 10, both))
+        deadline = time.monotonic() + 10
+        while not ledger.read_state(linked):  # linked while the writer idles
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        next_account = 1_000
+        for round_ in range(3):
+            fresh = [
+                Account(id=next_account + k, ledger=1, code=1, flags=AccountFlags.HISTORY)
+                for k in range(3_000)
+            ]
+            next_account += len(fresh)
+            ledger.create_accounts(fresh)
+            newest = fresh[-1].id
+            for flags in (both | AccountFilterFlags.REVERSED, both):
+                f = AccountFilter(newest, 0, 0, 0, 0, 0, 0, 10, flags)
+                assert ledger.get_account_transfers(f) == [], (round_, flags)
+            transfer = Transfer(
+                id=10**9 + round_, debit_account_id=newest, credit_account_id=1, amount=0,
+                ledger=1, code=1,
+            )  # fmt: skip
+            assert ledger.create_transfers([transfer])[0].status == L.CreateTransferStatus.CREATED
+            f = AccountFilter(newest, 0, 0, 0, 0, 0, 0, 10, both | AccountFilterFlags.REVERSED)
+            assert [t.id for t in ledger.get_account_transfers(f)] == [transfer.id]
     finally:
         ledger.close()

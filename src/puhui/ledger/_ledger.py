@@ -816,25 +816,20 @@ class Ledger:
         rows scanned a turn): one turn when the rows to scan are fewer. None if ``allowed``
         says no at the first turn."""
         read = _AccountRead(params, QUERY_ROWS_PER_TURN)
+        first = True
 
-        def first(engine: Engine) -> tuple[bool, T | None]:
-            if allowed is not None and not allowed(engine):
-                return True, None
-            if read.turn(engine):
-                return True, copy(engine, *read.answer())
-            return False, None
-
-        done, answer = self._read(first)
-        if done:
-            return answer  # type: ignore[no-any-return]
-
-        def later(engine: Engine) -> tuple[bool, T | None]:
+        def turn(engine: Engine) -> tuple[bool, T | None]:
+            nonlocal first
+            if first:
+                first = False
+                if allowed is not None and not allowed(engine):
+                    return True, None
             if read.turn(engine):
                 return True, copy(engine, *read.answer())
             return False, None
 
         while True:
-            done, answer = self._read(later)
+            done, answer = self._read(turn)
             if done:
                 return answer  # type: ignore[no-any-return]
 
@@ -1068,9 +1063,10 @@ def _scan_args(params: dict[str, Any]) -> tuple[Any, ...]:
 
 
 QUERY_ROWS_PER_TURN = 1 << 17
-"""Most transfer rows ``query_transfers`` scans in one turn of the writer (unit: rows; a
-scan reads 128-byte rows at the memory's pace, ~1 ms a turn here, more from disk, see
-``benchmarks/ledger_history.py``): writes queued meanwhile go between its turns."""
+"""Most transfer rows ``query_transfers`` and the per-account reads (``_AccountRead``) scan
+in one turn of the writer (unit: rows; a scan reads 128-byte rows at the memory's pace, ~1 ms
+a turn here, more from disk, see ``benchmarks/ledger_history.py``): writes queued meanwhile
+go between its turns."""
 CHAIN_ROWS_PER_READ = 1 << 13
 """Most transfer rows one per-account read links into the accounts' chains: ~2 ms of the
 writer's time when the rows are in memory (``benchmarks/ledger_history.py`` linked a million
@@ -1104,8 +1100,8 @@ class _AccountRead:
     (rows are immutable once written, and later ones lie past the rows it reads).
 
     The parts, in the filter's order: a *scan* of rows ``lo``..``hi`` (by the account, in
-    turns) and the *chain* of the rows linked at the first turn (one turn: its cost is the
-    account's; rows linked since are left out by their timestamps)."""
+    turns) and the *chain* of the rows linked at the first turn, walked from the account's
+    newest row linked then (one turn: its cost is the account's)."""
 
     def __init__(self, params: dict[str, Any], step: int | None) -> None:
         self.params = params
@@ -1183,11 +1179,13 @@ class _AccountRead:
         # search through older rows, which may have to come from disk).
         start, end = K.timestamp_rows(transfers[linked:count], count - linked, t_min, t_max)
         tail = ("scan", linked + start, linked + end)
-        if linked == 0:
+        # The chain: from the account's newest row linked now (an account newer than the
+        # chains' arrays has none linked), so a later turn walks the same rows.
+        head = int(chains.last[row]) if row < chains.last.shape[0] else -1
+        if linked == 0 or head < 0:
             self.phases = [tail]
             return True
-        # The chain: rows linked now, found by their timestamps at a later turn too.
-        chain = ("chain", int(transfers[linked - 1]["timestamp"]), 0)
+        chain = ("chain", head, 0)
         # Newest first, the rows not linked yet come first; oldest first, the chain's.
         self.phases = [tail, chain] if self.reversed else [chain, tail]
         return True
@@ -1210,21 +1208,14 @@ class _AccountRead:
             self.parts.append((rows + start, sides))
             self.found += int(rows.shape[0])
 
-    def _chain(self, engine: Engine, newest_ts: int) -> None:
-        t_min, t_max = int(self.args[-4]), int(self.args[-3])
-        t_max = newest_ts if t_max == 0 else min(t_max, newest_ts)
-        if t_max < t_min:
-            return
-        chains = engine.chains
+    def _chain(self, engine: Engine, head: int) -> None:
         rows, sides = K.scan_account_chain(
             engine.transfers,
-            chains.last,
-            chains.prev,
-            self.row,
+            np.array([head], np.int64),  # the chain's start as the first turn found it
+            engine.chains.prev,
+            0,
             *self.account,
-            *self.args[:-4],
-            np.uint64(t_min),
-            np.uint64(t_max),
+            *self.args[:-2],
             self.limit - self.found,
             self.reversed,
         )
