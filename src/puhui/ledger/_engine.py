@@ -575,12 +575,13 @@ class Engine:
         self._count_due(0, counters)
         self._expire(0, 0, counters)
         K.find_rows(self.acct_slots, self.accounts, np.zeros(0, np.uint64), np.zeros(0, np.uint64))
-        # The per-account reads' kernels (``_ledger._scan_account``), with its argument types.
+        # The per-account reads' kernels (``_ledger._TransfersRead``), with its argument types.
         last, prev, zero = np.zeros(0, np.int64), np.zeros((0, 2), np.int64), np.uint64(0)
         K.chain_transfers(self.transfers, 0, 0, self.acct_slots, self.accounts, last, prev, last)
         filters = (zero, zero, zero, 0, 0, 0, zero, zero, 0, False)  # limit 0: reads nothing
-        K.scan_account_chain(self.transfers, last, prev, 0, zero, zero, True, True, *filters)
+        K.scan_account_chain(self.transfers, prev, -1, zero, zero, True, True, *filters)
         K.scan_transfers(self.transfers, 0, zero, zero, True, True, True, *filters)
+        K.timestamp_rows(self.transfers, 0, zero, zero)  # and the queries' (``query_transfers``)
         self.prefault_after(0, BATCH_EVENTS_MAX)
 
     def due_count(self, now: int, limit: int) -> int:

@@ -1407,9 +1407,8 @@ def chain_transfers(
 @jit(allocates=True)
 def scan_account_chain(
     transfers: np.ndarray,
-    last: np.ndarray,
     prev: np.ndarray,
-    account_row: int,
+    head: int,
     account_lo: int,
     account_hi: int,
     debits: bool,
@@ -1427,12 +1426,13 @@ def scan_account_chain(
 ) -> tuple[np.ndarray, np.ndarray]:
     """What ``scan_transfers`` answers for one account (``by_account``), read along the
     account's chain (``chain_transfers``) instead of every transfer: the same rows and sides
-    in the same order, at a cost that follows the account's own transfers."""
+    in the same order, at a cost that follows the account's own transfers. ``head`` is the
+    account's newest row on its chain (``AccountChains.last``; -1: none)."""
     capacity = limit if reversed_ else min(limit, 64)
     rows = np.empty(max(capacity, 1), dtype=np.int64)
     sides = np.empty(max(capacity, 1), dtype=np.int8)
     found = 0
-    r = last[account_row] if limit > 0 else -1
+    r = head if limit > 0 else -1
     while r >= 0:  # newest first
         t = transfers[r]
         debit_side = t.debit_account_id_lo == account_lo and t.debit_account_id_hi == account_hi

@@ -779,11 +779,7 @@ class Ledger:
         if params is None:
             return []
 
-        def copy(engine: Engine, rows: Array, sides: Array) -> Array:
-            copied: Array = engine.transfers[rows].copy()
-            return copied
-
-        found = self._account_read(params, copy)
+        found = self._transfers_read(params, _copy_transfers)
         return [] if found is None else array_to_transfers(found)
 
     def get_account_balances(self, filter: AccountFilter) -> list[AccountBalance]:
@@ -800,22 +796,22 @@ class Ledger:
             balances: Array = engine.balances[2 * rows + sides].copy()
             return balances, engine.transfers["timestamp"][rows].tolist()
 
-        found = self._account_read(params, copy, history)
+        found = self._transfers_read(params, copy, history)
         if found is None:
             return []
         return array_to_balances(*found)
 
-    def _account_read(
+    def _transfers_read(
         self,
         params: dict[str, Any],
         copy: Callable[[Engine, Array, Array], T],
         allowed: Callable[[Engine], bool] | None = None,
     ) -> T | None:
-        """``copy(engine, rows, sides)`` of the account's transfers matching the filter, the
-        rows read in turns of the writer (``_AccountRead``, at most ``QUERY_ROWS_PER_TURN``
-        rows scanned a turn): one turn when the rows to scan are fewer. None if ``allowed``
-        says no at the first turn."""
-        read = _AccountRead(params, QUERY_ROWS_PER_TURN)
+        """``copy(engine, rows, sides)`` of the transfers matching the filter (one account's,
+        or a query's), the rows read in turns of the writer (``_TransfersRead``, at most
+        ``QUERY_ROWS_PER_TURN`` rows scanned a turn): one turn when the rows to scan are
+        fewer. None if ``allowed`` says no at the first turn."""
+        read = _TransfersRead(params, QUERY_ROWS_PER_TURN)
         first = True
 
         def turn(engine: Engine) -> tuple[bool, T | None]:
@@ -853,39 +849,8 @@ class Ledger:
         params = _query_filter(query_filter)
         if params is None:
             return []
-        args = _scan_args(params)  # ..., timestamp_min, timestamp_max, limit, reversed
-        t_min, t_max, limit, reversed_ = args[-4:]
-        fields = args[:-4]
-        no_account = (np.uint64(0), np.uint64(0), False, False, False)
-        unbounded = (np.uint64(0), np.uint64(0))
-        parts: list[Array] = []
-        span: list[int] = []  # the rows left to scan, lo..hi: set by the first turn
-        found = 0
-
-        def turn(engine: Engine) -> bool:
-            """Scan the next rows; whether the query is done."""
-            nonlocal found
-            if not span:
-                span.extend(K.timestamp_rows(engine.transfers, engine.n_transfers, t_min, t_max))
-            lo, hi = span
-            step = QUERY_ROWS_PER_TURN
-            start, end = (max(lo, hi - step), hi) if reversed_ else (lo, min(hi, lo + step))
-            if start < end:
-                chunk = engine.transfers[start:end]
-                rows, _ = K.scan_transfers(
-                    chunk, end - start, *no_account, *fields, *unbounded, limit - found, reversed_
-                )
-                if rows.shape[0]:
-                    parts.append(chunk[rows].copy())
-                    found += int(rows.shape[0])
-            span[:] = [lo, start] if reversed_ else [end, hi]
-            return found >= limit or span[0] >= span[1]
-
-        while not self._read(turn):
-            pass
-        if not parts:
-            return []
-        return array_to_transfers(np.concatenate(parts) if len(parts) > 1 else parts[0])
+        found = self._transfers_read(params, _copy_transfers)
+        return [] if found is None else array_to_transfers(found)
 
     # --- introspection (verify, benchmarks, CLI) --------------------------------------------
 
@@ -1063,7 +1028,7 @@ def _scan_args(params: dict[str, Any]) -> tuple[Any, ...]:
 
 
 QUERY_ROWS_PER_TURN = 1 << 17
-"""Most transfer rows ``query_transfers`` and the per-account reads (``_AccountRead``) scan
+"""Most transfer rows ``query_transfers`` and the per-account reads (``_TransfersRead``) scan
 in one turn of the writer (unit: rows; a scan reads 128-byte rows at the memory's pace, ~1 ms
 a turn here, more from disk, see ``benchmarks/ledger_history.py``): writes queued meanwhile
 go between its turns."""
@@ -1084,15 +1049,24 @@ IDLE_LINK_DUE_S = 0.002
 
 def _scan_account(engine: Engine, params: dict[str, Any]) -> tuple[Array, Array]:
     """One account's transfers matching the filter (rows and sides, in the filter's order, at
-    most ``limit``), read in one go on the writer's thread (``_AccountRead`` without turns)."""
-    read = _AccountRead(params, None)
+    most ``limit``), read in one go on the writer's thread (``_TransfersRead`` without turns)."""
+    read = _TransfersRead(params, None)
     while not read.turn(engine):
         pass
     return read.answer()
 
 
-class _AccountRead:
-    """One account's transfers matching the filter: the rows already linked read along the
+_NO_ACCOUNT = (np.uint64(0), np.uint64(0), False, False)
+
+
+def _copy_transfers(engine: Engine, rows: Array, sides: Array) -> Array:
+    copied: Array = engine.transfers[rows].copy()
+    return copied
+
+
+class _TransfersRead:
+    """The transfers matching a filter: a query's (``params`` without an account: the rows
+    of its time range scanned), or one account's: the rows already linked read along the
     account's chain (``AccountChains``, a cost that follows the account's own transfers), the
     newer ones scanned; a busy account read from a point in time scanned from there instead.
     Rows scanned are at most ``step`` a turn of the writer (None: no bound), so that a long
@@ -1109,8 +1083,10 @@ class _AccountRead:
         self.args = _scan_args(params)  # ..., timestamp_min, timestamp_max, limit, reversed
         self.limit: int = self.args[-2]
         self.reversed: bool = self.args[-1]
-        lo, hi = params["account"]
-        self.account = (np.uint64(lo), np.uint64(hi), params["debits"], params["credits"])
+        self.account: tuple[np.uint64, np.uint64, bool, bool] | None = None
+        if "account" in params:
+            lo, hi = params["account"]
+            self.account = (np.uint64(lo), np.uint64(hi), params["debits"], params["credits"])
         self.row = -1
         self.parts: list[tuple[Array, Array]] = []
         self.found = 0
@@ -1150,11 +1126,16 @@ class _AccountRead:
 
     def _plan(self, engine: Engine) -> bool:
         """The first turn: the account, and which parts to read; False: no such account."""
+        t_min, t_max = self.args[-4], self.args[-3]
+        if self.account is None:  # a query: its time range
+            self.phases = [
+                ("scan", *K.timestamp_rows(engine.transfers, engine.n_transfers, t_min, t_max))
+            ]
+            return True
         lo, hi = self.params["account"]
         self.row = int(engine.account_rows(np.array([lo], np.uint64), np.array([hi], np.uint64))[0])
         if self.row < 0:
             return False
-        t_min, t_max = self.args[-4], self.args[-3]
         chains = engine.chains
         chains.active = True  # from now on the writer links rows while idle
         if not self.reversed:  # oldest first: the chains serve first, so bring them on a little
@@ -1192,12 +1173,13 @@ class _AccountRead:
 
     def _scan(self, engine: Engine, start: int, end: int) -> None:
         zero = np.uint64(0)
+        account = _NO_ACCOUNT if self.account is None else self.account
         rows, sides = K.scan_transfers(
             engine.transfers[start:end],
             end - start,
-            *self.account[:2],
-            True,
-            *self.account[2:],
+            *account[:2],
+            self.account is not None,
+            *account[2:],
             *self.args[:-4],
             zero,
             zero,  # the rows are within the timestamps already
@@ -1209,11 +1191,11 @@ class _AccountRead:
             self.found += int(rows.shape[0])
 
     def _chain(self, engine: Engine, head: int) -> None:
+        assert self.account is not None
         rows, sides = K.scan_account_chain(
             engine.transfers,
-            np.array([head], np.int64),  # the chain's start as the first turn found it
             engine.chains.prev,
-            0,
+            head,  # the account's newest row linked at the first turn
             *self.account,
             *self.args[:-2],
             self.limit - self.found,
