@@ -81,38 +81,34 @@ def _build(directory: Path, transfers: int, accounts: int) -> tuple[Any, int]:
     return led, quiet
 
 
-def _full_scan_ms(led: Any, account: int, limit: int, reversed_: bool, reads: int) -> float:
+def _scan_times(
+    led: Any, account: int, user_data_128: int, limit: int, reversed_: bool, reads: int
+) -> list[float]:
+    """Milliseconds of ``reads`` scans of every transfer on the writer's thread
+    (``K.scan_transfers``): of one account's (``account``; 0: any), or of a ``user_data_128``."""
     from puhui.ledger import _kernel as K
 
     zero = np.uint64(0)
+    by_account = account != 0
 
     def scan(engine: Any) -> list[float]:
         out = []
         for _ in range(reads):
             start = time.perf_counter()
             K.scan_transfers(
-                engine.transfers,
-                engine.n_transfers,
-                np.uint64(account),
-                zero,
-                True,
-                True,
-                True,
-                zero,
-                zero,
-                zero,
-                0,
-                0,
-                0,
-                zero,
-                zero,
-                limit,
-                reversed_,
-            )
+                engine.transfers, engine.n_transfers, np.uint64(account), zero,
+                by_account, by_account, by_account, np.uint64(user_data_128), zero, zero,
+                0, 0, 0, zero, zero, limit, reversed_,
+            )  # fmt: skip
             out.append((time.perf_counter() - start) * 1000)
         return out
 
-    return float(statistics.median(led.read_state(scan)))
+    times: list[float] = led.read_state(scan)
+    return times
+
+
+def _full_scan_ms(led: Any, account: int, limit: int, reversed_: bool, reads: int) -> float:
+    return float(statistics.median(_scan_times(led, account, 0, limit, reversed_, reads)))
 
 
 def _chain_ms(led: Any, account: int, limit: int, reversed_: bool, reads: int) -> float:
@@ -155,24 +151,10 @@ def _query(led: Any, reads: int) -> dict[str, Any]:
     import threading
 
     from puhui.ledger import QueryFilter, QueryFilterFlags, Transfer
-    from puhui.ledger import _kernel as K
     from puhui.ledger import _ledger as ledger_module
 
     nothing = QueryFilter(12345, 0, 0, 0, 0, 0, 0, 100, QueryFilterFlags.NONE)  # no such data
-    zero = np.uint64(0)
-
-    def one_turn(engine: Any) -> list[float]:
-        out = []
-        for _ in range(reads):
-            start = time.perf_counter()
-            K.scan_transfers(
-                engine.transfers, engine.n_transfers, zero, zero, False, False, False,
-                np.uint64(12345), zero, zero, 0, 0, 0, zero, zero, 100, False,
-            )  # fmt: skip
-            out.append((time.perf_counter() - start) * 1000)
-        return out
-
-    scans = led.read_state(one_turn)
+    scans = _scan_times(led, 0, 12345, 100, False, reads)
     queries: list[float] = []
     stop = threading.Event()
 

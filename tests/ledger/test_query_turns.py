@@ -102,21 +102,18 @@ def test_a_query_in_turns_answers_as_one_scan(
     assert answered > 0
 
 
-def test_writes_go_between_a_querys_turns_and_it_answers_for_its_first(
-    ledger: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(ledger_module, "QUERY_ROWS_PER_TURN", 256)
-    everything = QueryFilter(0, 0, 0, 0, 0, 0, 0, 8189, QueryFilterFlags.NONE)
-    before = ledger.read_state(lambda engine: _one_turn(engine, everything))
+def _with_writes_between_turns(ledger: Any, read: Any) -> tuple[Any, int]:
+    """``read()``'s answer, with a transfer (1 to 2) written and done between each of its
+    first three turns of the writer; and how many turns it took."""
     turns = 0
-    read = ledger._read
     new_id = 10**9
+    turn = ledger._read
 
     def between_turns(fn: Any) -> Any:
         nonlocal turns, new_id
-        answer = read(fn)
+        answer = turn(fn)
         turns += 1
-        if turns <= 3:  # a write between each of the first turns, done before the next
+        if turns <= 3:
             new_id += 1
             transfer = Transfer(
                 id=new_id, debit_account_id=1, credit_account_id=2, amount=1, ledger=1, code=1
@@ -124,9 +121,20 @@ def test_writes_go_between_a_querys_turns_and_it_answers_for_its_first(
             assert ledger.create_transfers([transfer])[0].status == L.CreateTransferStatus.CREATED
         return answer
 
-    monkeypatch.setattr(ledger, "_read", between_turns)
-    answer = ledger.query_transfers(everything)
-    monkeypatch.undo()
+    ledger._read = between_turns
+    try:
+        return read(), turns
+    finally:
+        del ledger._read  # the method again
+
+
+def test_writes_go_between_a_querys_turns_and_it_answers_for_its_first(
+    ledger: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ledger_module, "QUERY_ROWS_PER_TURN", 256)
+    everything = QueryFilter(0, 0, 0, 0, 0, 0, 0, 8189, QueryFilterFlags.NONE)
+    before = ledger.read_state(lambda engine: _one_turn(engine, everything))
+    answer, turns = _with_writes_between_turns(ledger, lambda: ledger.query_transfers(everything))
     assert answer == before  # the ledger as the first turn found it
     assert turns == -(-len(before) // 256)  # one turn per 256 rows of the range
     after = ledger.query_transfers(everything)
@@ -213,27 +221,7 @@ def test_writes_go_between_an_account_reads_turns_and_it_answers_for_its_first(
         f = AccountFilter(1, 0, 0, 0, 0, 0, 0, 8189, both | AccountFilterFlags.REVERSED)
         before, _ = _expected(ledger, f)
         assert len(before) > 64
-        turns = 0
-        read = ledger._read
-        new_id = 10**9
-
-        def between_turns(fn: Any) -> Any:
-            nonlocal turns, new_id
-            answer = read(fn)
-            turns += 1
-            if turns <= 3:  # a transfer of the same account between each of the first turns
-                new_id += 1
-                transfer = Transfer(
-                    id=new_id, debit_account_id=1, credit_account_id=2, amount=1, ledger=1, code=1
-                )
-                assert (
-                    ledger.create_transfers([transfer])[0].status == L.CreateTransferStatus.CREATED
-                )
-            return answer
-
-        monkeypatch.setattr(ledger, "_read", between_turns)
-        answer = ledger.get_account_transfers(f)
-        monkeypatch.undo()
+        answer, turns = _with_writes_between_turns(ledger, lambda: ledger.get_account_transfers(f))
         assert answer == before  # the ledger as the first turn found it
         assert turns > 3  # in turns: no chain was linked, the rows were scanned 64 a turn
         after = ledger.get_account_transfers(f)

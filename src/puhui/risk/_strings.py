@@ -229,15 +229,10 @@ class ExpiryTable:
     def set(self, string: str, value: int) -> None:
         """Map ``string`` to ``value`` (>= 0); the caller holds the lock."""
         chars = as_chars(np.array([string]))
-        slots, slot_hashes, table, stored = self._arrays
+        table = self._arrays[2]
         if chars.shape[1] > table.shape[1] or self.rows == table.shape[0]:
             self._rebuild(chars.shape[1])
-            slots, slot_hashes, table, stored = self._arrays
-        self._seq += 1
-        try:
-            old = _set(chars, slots, slot_hashes, table, stored, self.rows, value)
-        finally:
-            self._seq += 1
+        old = self._change(chars, value)
         if old == -2:
             self.rows += 1
         elif old == _DEAD:
@@ -245,17 +240,20 @@ class ExpiryTable:
 
     def discard(self, string: str) -> None:
         """Take ``string`` off (nothing if absent); the caller holds the lock."""
-        chars = as_chars(np.array([string]))
-        slots, slot_hashes, table, stored = self._arrays
-        self._seq += 1
-        try:
-            old = _set(chars, slots, slot_hashes, table, stored, self.rows, _DEAD)
-        finally:
-            self._seq += 1
+        old = self._change(as_chars(np.array([string])), _DEAD)
         if old not in (-2, _DEAD):
             self.dead += 1
             if self.dead > max(64, self.rows - self.dead):
                 self._rebuild(0)
+
+    def _change(self, chars: np.ndarray, value: int) -> int:
+        """``_set`` in the arrays, with ``_seq`` odd meanwhile (lookups that overlap it are
+        redone); its answer."""
+        self._seq += 1
+        try:
+            return int(_set(chars, *self._arrays, self.rows, value))
+        finally:
+            self._seq += 1
 
     def lookup(self, column: np.ndarray) -> np.ndarray:
         """For each value of a unicode array, its value in the table, or -1 (int64)."""
