@@ -3,7 +3,6 @@ restart (a change is seen within the check interval, and never half-applied)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,23 +21,10 @@ from puhui.risk import (
     load_ruleset,
 )
 from puhui.risk._engine import DEFAULT_RULES, RiskEngine, engine_schema
-from puhui.store import create_engine, migrate
 from puhui.store import risk as t
 
 T0 = 1_767_000_000 * 10**9
 SECOND = 10**9
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'store.sqlite'}"
-    else:
-        url = request.getfixturevalue("postgres_schema_url")
-    sql = create_engine(url)
-    migrate(sql)
-    yield sql
-    sql.dispose()
 
 
 def _rows(engine: sa.Engine) -> list[tuple[object, ...]]:

@@ -4,35 +4,18 @@ place), and reloads every list only when the log no longer holds them."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import numpy as np
-import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from puhui.clock import ManualClock
 from puhui.risk import ListStore, RiskLists, SyncedRiskLists
-from puhui.store import create_engine, migrate
 from puhui.store import risk as t
 
 T0 = 1_767_000_000 * 10**9
 SECOND = 10**9
 DEVICES = "blocked_devices"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'store.sqlite'}"
-    else:
-        url = request.getfixturevalue("postgres_schema_url")
-    sql = create_engine(url)
-    migrate(sql)
-    yield sql
-    sql.dispose()
 
 
 def _log(engine: sa.Engine) -> list[tuple[object, ...]]:
