@@ -53,12 +53,12 @@ TOP_UP = 10**13  # minor units each customer starts with
 # --- the server ------------------------------------------------------------------------------
 
 
-def serve(workdir: Path, port: int, http: str = "auto") -> None:
+def serve(workdir: Path, port: int, http: str = "corked") -> None:
     """Run the API (what ``puhui serve`` runs, with the benchmark's limits) until killed."""
     import uvicorn
 
     from puhui import ledger as L
-    from puhui.api import ApiOptions, create_app
+    from puhui.api import ApiOptions, CorkedHttpProtocol, create_app
     from puhui.clock import SystemClock
     from puhui.payments import KycLevel, KycLimits, Payments, PaymentsOptions, SimulatedBank
     from puhui.store import create_engine, migrate
@@ -82,7 +82,7 @@ def serve(workdir: Path, port: int, http: str = "auto") -> None:
             host="127.0.0.1",
             port=port,
             loop="uvloop",
-            http=http,
+            http=CorkedHttpProtocol if http == "corked" else http,
             log_level="warning",
             access_log=False,
         )
@@ -684,9 +684,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument(
         "--http",
-        choices=("auto", "h11", "httptools"),
-        default="auto",
-        help="the server's HTTP parser (uvicorn's --http; auto: httptools when installed)",
+        choices=("corked", "httptools", "h11"),
+        default="corked",
+        help="the server's HTTP protocol: corked (what `puhui serve` runs: uvicorn's httptools"
+        " protocol, a response in one write), or uvicorn's own httptools or h11",
     )
     parser.add_argument(
         "--client",

@@ -477,6 +477,7 @@ API_ALL = [
     "ROUTERS",
     "STATUS_BY_CODE",
     "ApiOptions",
+    "CorkedHttpProtocol",
     "Endpoint",
     "InternalError",
     "InvalidCursorError",

@@ -167,7 +167,7 @@ def serve(
     import uvicorn
 
     import puhui.ledger as tb
-    from puhui.api import ApiOptions, configure_logging, create_app
+    from puhui.api import ApiOptions, CorkedHttpProtocol, configure_logging, create_app
     from puhui.clock import SystemClock
     from puhui.payments import Payments, SimulatedBank
     from puhui.risk import Cases, ListStore, SyncedRiskLists, open_engine
@@ -208,7 +208,13 @@ def serve(
             )
             app = create_app(engine, ledger, clock=clock, options=options, payments=payments)
             uvicorn.run(
-                app, host=host, port=port, loop="uvloop", log_level="info", access_log=False
+                app,
+                host=host,
+                port=port,
+                loop="uvloop",
+                http=CorkedHttpProtocol,
+                log_level="info",
+                access_log=False,
             )
 
 

@@ -23,12 +23,14 @@ from ._problems import (
     UnsupportedMediaTypeError,
 )
 from ._route import Endpoint, PlatformRoute, endpoint
+from ._server import CorkedHttpProtocol
 
 __all__ = [
     "REQUEST_ID_HEADER",
     "ROUTERS",
     "STATUS_BY_CODE",
     "ApiOptions",
+    "CorkedHttpProtocol",
     "Endpoint",
     "InternalError",
     "InvalidCursorError",
