@@ -1,11 +1,14 @@
-"""Request bodies held at once are bounded, all requests together, and a body must arrive in
-time: over a real socket (uvicorn), a client that sends its head and then its body slowly or
-never gets 408 ``request_timeout`` and its connection closed; a body that does not fit in
-what the others hold is refused 503 ``overloaded`` before it is read. Nothing is done in
-either case, and the room is given back."""
+"""The limits on request bodies (``puhui.api._bodies``), over a real socket (uvicorn): a body
+over the limit is refused 413 ``request_too_large`` — a declared length before the body is
+read, a streamed body as soon as it passes the limit; request bodies held at once are
+bounded, all requests together, and a body must arrive in time: a client that sends its head
+and then its body slowly or never gets 408 ``request_timeout`` and its connection closed; a
+body that does not fit in what the others hold is refused 503 ``overloaded`` before it is
+read. Nothing is done in any case, and the room is given back."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -51,8 +54,22 @@ class Served:
             f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
         ).encode()
 
+    def chunked_head(self) -> bytes:
+        return (
+            f"POST {CUSTOMERS} HTTP/1.1\r\nHost: api\r\n"
+            f"Authorization: Bearer {self.token}\r\n"
+            "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ).encode()
+
     def connect(self) -> socket.socket:
         return socket.create_connection(("127.0.0.1", self.port), timeout=10)
+
+    def wait_for_room(self) -> None:
+        """Until every request's reservation is given back (they end after their answer)."""
+        deadline = time.monotonic() + TIMEOUT_S + 5
+        while self.app.state.body_budget.held and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert self.app.state.body_budget.held == 0
 
 
 @pytest.fixture
@@ -97,6 +114,27 @@ def _answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
     lines = head.decode().split("\r\n")
     headers = dict(line.split(": ", 1) for line in lines[1:])
     return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, body
+
+
+def _one_answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """The status, headers and body of the next answer (the connection may stay open)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed without an answer"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = {k.lower(): v for k, v in (line.split(": ", 1) for line in lines[1:])}
+    while len(body) < int(headers["content-length"]):
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed mid-answer"
+        body += chunk
+    return int(lines[0].split()[1]), headers, body
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
 
 
 def _customer(n: int) -> bytes:
@@ -212,3 +250,72 @@ def test_options_hold_one_largest_body_at_least() -> None:
         ApiOptions(request_body_bytes_max=1024, request_bodies_bytes_max=1023)
     with pytest.raises(ValueError, match="timeout"):
         ApiOptions(request_body_timeout_s=0)
+
+
+def test_a_declared_length_over_the_limit_is_refused_413_before_the_body_is_read(
+    served: Served,
+) -> None:
+    audited = served.count(audit_log)
+    with served.connect() as sock:
+        sock.sendall(served.head(BODY_MAX + 1))  # the head alone: no byte of the body
+        status, headers, answer = _one_answer(sock)
+    assert status == 413, answer
+    assert headers["content-type"].startswith("application/problem+json")
+    assert "retry-after" not in headers and "connection" not in headers
+    problem = json.loads(answer)
+    assert problem["code"] == "request_too_large"
+    assert problem["bytes_max"] == BODY_MAX
+    assert problem["detail"] == f"request body over {BODY_MAX} bytes"
+    assert problem["request_id"] == headers["x-request-id"]
+    assert served.count(audit_log) == audited  # answered before any route: not audited
+    served.wait_for_room()
+    # Just within the limit is taken (and read).
+    body = _customer(3).ljust(BODY_MAX)
+    with served.connect() as sock:
+        sock.sendall(served.head(len(body)) + body)
+        status, _, answer = _one_answer(sock)
+    assert status == 201, answer
+
+
+def test_a_streamed_body_is_refused_413_as_soon_as_it_passes_the_limit(served: Served) -> None:
+    """Without ``Content-Length`` the guard reads the body first and counts it: the chunk
+    that passes the limit is answered at once, while the rest of the body is still to come
+    (the end of the body is never sent here)."""
+    audited = served.count(audit_log)
+    with served.connect() as sock:
+        sock.sendall(served.chunked_head())
+        sock.sendall(_chunk(b" " * (BODY_MAX - 10)))  # within the limit: read, nothing said
+        sock.sendall(_chunk(b" " * 20))  # passes it
+        status, headers, answer = _one_answer(sock)
+    assert status == 413, answer
+    assert headers["content-type"].startswith("application/problem+json")
+    problem = json.loads(answer)
+    assert problem["code"] == "request_too_large"
+    assert problem["bytes_max"] == BODY_MAX
+    assert served.count(payments_tables.customers) == 0
+    assert served.count(audit_log) == audited
+    served.wait_for_room()
+    # A streamed body within the limit is handed to the route whole.
+    with served.connect() as sock:
+        body = _customer(4)
+        sock.sendall(served.chunked_head() + _chunk(body[:7]) + _chunk(body[7:]) + _chunk(b""))
+        status, _, answer = _one_answer(sock)
+    assert status == 201, answer
+    assert served.count(payments_tables.customers) == 1
+
+
+def test_a_streamed_body_cut_short_by_its_client_is_not_taken_as_whole(served: Served) -> None:
+    """A client that leaves mid-way through a streamed body: the route sees it leave (400,
+    nothing done), even when what it sent so far is a whole JSON document."""
+    audited = served.count(audit_log)
+    with served.connect() as sock:
+        sock.sendall(served.chunked_head() + _chunk(_customer(5)))  # the end never sent
+        time.sleep(0.1)
+    deadline = time.monotonic() + 5
+    while served.count(audit_log) == audited and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with served.engine.connect() as conn:
+        statuses = conn.execute(sa.select(audit_log.c.status).order_by(audit_log.c.seq)).all()
+    assert [s for (s,) in statuses[audited:]] == [400]
+    assert served.count(payments_tables.customers) == 0
+    served.wait_for_room()

@@ -46,6 +46,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ._bodies import BODY_LENGTH
 from ._problems import BodyTimeoutError
 from ._route import PlatformRoute, _documentation_only, _run
 
@@ -235,19 +236,16 @@ class LeanRoutes:
 
 def _plain_json(scope: Scope, bytes_max: int) -> bool:
     """Whether the request's (first) ``Content-Type`` is one the lean way reads, and its
-    body has a ``Content-Length`` (every one given) of at most ``bytes_max``: the body limit
-    would let it pass untouched (else it answers, or reads a streamed body, itself)."""
-    content_type: bytes | None = None
-    length = False
+    body has a ``Content-Length`` of at most ``bytes_max`` as the body guard read it
+    (``_bodies.BODY_LENGTH``): the guard let it pass untouched. A streamed body (which the
+    guard read first) or a request the guard did not see goes the ordinary way."""
+    length = scope.get(BODY_LENGTH)
+    if length is None or length > bytes_max:
+        return False
     for name, value in scope["headers"]:
         if name == b"content-type":
-            if content_type is None:
-                content_type = value
-        elif name == b"content-length":
-            if not value.isdigit() or int(value) > bytes_max:
-                return False
-            length = True
-    return length and content_type in JSON_TYPES
+            return value in JSON_TYPES
+    return False
 
 
 def _replay(messages: list[Message], receive: Receive) -> Receive:
