@@ -4,7 +4,8 @@ read, a streamed body as soon as it passes the limit; request bodies held at onc
 bounded, all requests together, and a body must arrive in time: a client that sends its head
 and then its body slowly or never gets 408 ``request_timeout`` and its connection closed; a
 body that does not fit in what the others hold is refused 503 ``overloaded`` before it is
-read. Nothing is done in any case, and the room is given back."""
+read. Nothing is done in any case, and the room is given back. The guard's own answers are
+counted in the request metrics (route ``unrouted``)."""
 
 from __future__ import annotations
 
@@ -302,6 +303,55 @@ def test_a_streamed_body_is_refused_413_as_soon_as_it_passes_the_limit(served: S
         status, _, answer = _one_answer(sock)
     assert status == 201, answer
     assert served.count(payments_tables.customers) == 1
+
+
+def _requests_total(served: Served) -> dict[tuple[str, str, str], float]:
+    """``puhui_api_requests_total`` by (route, method, status), as scraped."""
+    with httpx2.Client(base_url=f"http://127.0.0.1:{served.port}") as client:
+        text = client.get("/metrics").text
+    counts = {}
+    for line in text.splitlines():
+        if line.startswith("puhui_api_requests_total{"):
+            labels, value = line[len("puhui_api_requests_total{") :].rsplit("} ", 1)
+            pairs = dict(pair.split("=", 1) for pair in labels.split(","))
+            key = (pairs["route"].strip('"'), pairs["method"].strip('"'))
+            counts[(*key, pairs["status"].strip('"'))] = float(value)
+    return counts
+
+
+def test_the_guards_answers_are_counted_in_the_request_metrics(served: Served) -> None:
+    """413, 503 and a streamed body's 408 are answered before any route is known: counted
+    under the route ``unrouted`` (a method outside the usual ones as ``other``). A late body
+    of a declared length is answered by its route's pipeline, and counted there only."""
+    for method in ("POST", "PROPFIND"):
+        with served.connect() as sock:
+            sock.sendall(served.head(BODY_MAX + 1).replace(b"POST", method.encode(), 1))
+            assert _one_answer(sock)[0] == 413
+    with served.connect() as sock:
+        sock.sendall(served.chunked_head() + _chunk(b" " * (BODY_MAX + 1)))
+        assert _one_answer(sock)[0] == 413
+    served.wait_for_room()
+    with served.connect() as holder, served.connect() as other:
+        holder.sendall(served.head(BODY_MAX) + b"{")  # the two hold all the room
+        other.sendall(served.head(BODY_MAX))
+        time.sleep(0.1)
+        with served.connect() as refused:
+            refused.sendall(served.head(10))
+            assert _answer(refused)[0] == 503
+        assert _answer(holder)[0] == _answer(other)[0] == 408  # late: their routes answer
+    served.wait_for_room()
+    with served.connect() as streamed:
+        streamed.sendall(served.chunked_head() + _chunk(b"{"))  # and never the rest
+        status, headers, _ = _answer(streamed)
+    assert status == 408 and headers["connection"] == "close"
+    counts = _requests_total(served)
+    assert {key: n for key, n in counts.items() if key[0] == "unrouted"} == {
+        ("unrouted", "POST", "413"): 2.0,
+        ("unrouted", "other", "413"): 1.0,
+        ("unrouted", "POST", "503"): 1.0,
+        ("unrouted", "POST", "408"): 1.0,
+    }
+    assert counts[(CUSTOMERS, "POST", "408")] == 2.0
 
 
 def test_a_streamed_body_cut_short_by_its_client_is_not_taken_as_whole(served: Served) -> None:

@@ -246,6 +246,7 @@ def create_app(
         budget=app.state.body_budget,
         timeout_s=options.request_body_timeout_s,
         body_bytes_max=options.request_body_bytes_max,
+        metrics=metrics,
     )
     app.add_middleware(RequestLogMiddleware)  # outermost: every answer has a request id
     return app

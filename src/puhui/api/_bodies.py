@@ -24,7 +24,8 @@ the lean way's included) reads a request's ``Content-Length`` once and enforces:
   before its body is whole: nothing was done.
 
 The guard's own answers (413, 503, and the 408 of a streamed body) are given before any
-route is known: they are not audited. What the guard read of ``Content-Length`` is left in
+route is known: they are counted in the request metrics under the route ``unrouted``
+(``_metrics.UNROUTED``), not audited. What the guard read of ``Content-Length`` is left in
 the scope (``BODY_LENGTH``): the lean way reads it there rather than parsing it again.
 """
 
@@ -36,6 +37,7 @@ from typing import Final
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ._metrics import ApiMetrics
 from ._problems import (
     BodyTimeoutError,
     OverloadedError,
@@ -82,11 +84,14 @@ class BodyGuard:
         budget: BodyBudget,
         timeout_s: float,
         body_bytes_max: int,
+        metrics: ApiMetrics | None = None,
     ) -> None:
+        """``metrics`` counts the guard's own answers (None: not counted)."""
         self.app = app
         self.budget = budget
         self.timeout_s = timeout_s
         self.body_bytes_max = body_bytes_max
+        self.metrics = metrics
         self.check_interval_s = min(1.0, timeout_s / 4)
         # Requests whose body has not all arrived, by event loop: a check every
         # ``check_interval_s`` times them out (one timer per loop, not one per request: a
@@ -145,7 +150,10 @@ class BodyGuard:
             # (or a middleware before the routes that read the body).
             if body.started:
                 raise
-            await problem_from_exception(error)(scope, receive, body.send)
+            response = problem_from_exception(error)
+            if self.metrics is not None:
+                self.metrics.count_unrouted(scope["method"], response.status_code)
+            await response(scope, receive, body.send)
         finally:
             waiting.bodies.discard(body)
             budget.give(body.reserved)
@@ -179,8 +187,11 @@ class BodyGuard:
         error: RequestTooLargeError | OverloadedError,
         headers: dict[str, str] | None = None,
     ) -> None:
-        """Answer ``error`` before any route is known."""
-        await problem_from_error(error, headers=headers)(scope, receive, send)
+        """Answer ``error`` before any route is known, and count it."""
+        response = problem_from_error(error, headers=headers)
+        if self.metrics is not None:
+            self.metrics.count_unrouted(scope["method"], response.status_code)
+        await response(scope, receive, send)
 
 
 _REFUSED_HEADERS: Final = {"Retry-After": str(BODY_RETRY_AFTER_S), "Connection": "close"}
