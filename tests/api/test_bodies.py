@@ -5,10 +5,12 @@ bounded, all requests together, and a body must arrive in time: a client that se
 and then its body slowly or never gets 408 ``request_timeout`` and its connection closed; a
 body that does not fit in what the others hold is refused 503 ``overloaded`` before it is
 read. Nothing is done in any case, and the room is given back. The guard's own answers are
-counted in the request metrics (route ``unrouted``)."""
+counted in the request metrics (route ``unrouted``), and a request is watched for time only
+until its body has arrived."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
@@ -22,9 +24,11 @@ import httpx2
 import pytest
 import sqlalchemy as sa
 import uvicorn
+from starlette.types import Message
 
 import puhui.ledger as tb
 from puhui.api import ApiOptions, create_app
+from puhui.api._bodies import BodyBudget, BodyGuard
 from puhui.clock import ManualClock
 from puhui.platform import Tenants
 from puhui.store import create_engine, migrate
@@ -369,3 +373,62 @@ def test_a_streamed_body_cut_short_by_its_client_is_not_taken_as_whole(served: S
     assert [s for (s,) in statuses[audited:]] == [400]
     assert served.count(payments_tables.customers) == 0
     served.wait_for_room()
+
+
+def test_a_request_is_watched_only_until_its_body_has_arrived() -> None:
+    """The periodic check looks at the requests still receiving their bodies: one whose body
+    has all arrived leaves the watch set at once (its handler may run past the body's
+    deadline, untouched), and the check stops when no body is awaited."""
+    events: list[tuple[str, int]] = []
+    sent: dict[str, list[Message]] = {"whole": [], "late": []}
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        handler_done = asyncio.Event()
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            watched = guard._waiting[loop].bodies
+            while True:
+                message = await receive()  # the late body raises out of here (408)
+                events.append((scope["path"], len(watched)))
+                if not message.get("more_body", False):
+                    break
+            await asyncio.sleep(3 * TIMEOUT_S)  # past the deadline, the body long arrived
+            events.append(("checking", int(guard._waiting[loop].checking)))
+            await send({"type": "http.response.start", "status": 201, "headers": []})
+            await send({"type": "http.response.body", "body": b"{}"})
+            handler_done.set()
+
+        guard = BodyGuard(app, BodyBudget(1024), timeout_s=TIMEOUT_S, body_bytes_max=1024)
+        whole: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+        def scope(path: str) -> dict[str, Any]:
+            headers = [(b"content-length", b"10")]
+            return {"type": "http", "method": "POST", "path": path, "headers": headers}
+
+        async def collect(into: list[Message], message: Message) -> None:
+            into.append(message)
+
+        async def never() -> dict[str, Any]:
+            await asyncio.Event().wait()
+            raise AssertionError
+
+        first = asyncio.create_task(
+            guard(scope("whole"), whole.get, lambda m: collect(sent["whole"], m))
+        )
+        late = asyncio.create_task(guard(scope("late"), never, lambda m: collect(sent["late"], m)))
+        await asyncio.sleep(0.01)  # both requests wait for their bodies
+        await whole.put({"type": "http.request", "body": b"12345", "more_body": True})
+        await asyncio.sleep(0.01)
+        await whole.put({"type": "http.request", "body": b"67890", "more_body": False})
+        await asyncio.wait_for(asyncio.gather(first, late), 10 * TIMEOUT_S)
+        assert handler_done.is_set()
+        assert not guard._waiting[loop].bodies
+
+    asyncio.run(main())
+    # While the first chunk was awaited both requests were watched; once its body was whole,
+    # only the late one was, and after it timed out none: the check stopped.
+    assert events == [("whole", 2), ("whole", 1), ("checking", 0)]
+    assert [m.get("status") for m in sent["whole"]] == [201, None]  # its handler ran on
+    assert [m.get("status") for m in sent["late"]] == [408, None]  # the late body timed out
+    assert (b"connection", b"close") in sent["late"][0]["headers"]

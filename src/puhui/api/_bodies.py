@@ -21,7 +21,8 @@ the lean way's included) reads a request's ``Content-Length`` once and enforces:
   raises ``BodyTimeoutError`` (an HTTP 408 exception, which FastAPI lets out of its body
   parsing), the route's pipeline answers (and audits) 408 ``request_timeout``, and the
   connection is closed; a streamed body, read here, is answered 408 here. No handler acts
-  before its body is whole: nothing was done.
+  before its body is whole: nothing was done. A request is watched until its body has
+  arrived, not until its answer: the periodic check looks only at requests still receiving.
 
 The guard's own answers (413, 503, and the 408 of a streamed body) are given before any
 route is known: they are counted in the request metrics under the route ``unrouted``
@@ -128,7 +129,7 @@ class BodyGuard:
         waiting = self._waiting.get(loop)
         if waiting is None:
             waiting = self._waiting[loop] = _Waiting()
-        body = _Body(self, receive, send, length, loop.time() + self.timeout_s)
+        body = _Body(self, receive, send, length, loop.time() + self.timeout_s, waiting.bodies)
         if not waiting.checking:
             waiting.checking = True
             loop.call_later(self.check_interval_s, self._check, loop, waiting)
@@ -155,11 +156,12 @@ class BodyGuard:
                 self.metrics.count_unrouted(scope["method"], response.status_code)
             await response(scope, receive, body.send)
         finally:
-            waiting.bodies.discard(body)
+            if not body.body_done:
+                waiting.bodies.discard(body)
             budget.give(body.reserved)
 
     def _check(self, loop: asyncio.AbstractEventLoop, waiting: _Waiting) -> None:
-        """Time out the bodies past their deadline; again later while requests run."""
+        """Time out the bodies past their deadline; again later while bodies are awaited."""
         now = loop.time()
         bodies = waiting.bodies
         for body in [b for b in bodies if b.deadline <= now]:
@@ -205,7 +207,8 @@ def _no_room() -> OverloadedError:
 
 
 class _Waiting:
-    """The requests of one event loop the guard watches, and whether a check is due."""
+    """The requests of one event loop whose bodies the guard awaits, and whether a check
+    is due."""
 
     __slots__ = ("bodies", "checking")
 
@@ -230,6 +233,7 @@ class _Body:
         "streamed",
         "task",
         "timed_out",
+        "watched",
     )
 
     def __init__(
@@ -239,6 +243,7 @@ class _Body:
         send: Send,
         length: int | None,
         deadline: float,
+        watched: set[_Body],
     ) -> None:
         self.guard = guard
         self.inner_receive = receive
@@ -247,6 +252,7 @@ class _Body:
         self.reserved = length or 0
         self.received = 0
         self.deadline = deadline
+        self.watched = watched
         self.task = asyncio.current_task()
         self.body_done = False
         self.timed_out = False
@@ -277,7 +283,7 @@ class _Body:
         finally:
             self.receiving = False
         if message["type"] != "http.request":
-            self.body_done = True
+            self._done()
             return message
         if self.streamed:
             size = len(message.get("body", b""))
@@ -290,8 +296,13 @@ class _Body:
                 if self.received > guard.body_bytes_max:
                     raise _TooLargeError
         if not message.get("more_body", False):
-            self.body_done = True
+            self._done()
         return message
+
+    def _done(self) -> None:
+        """The body has all arrived (or the client left): no longer watched for time."""
+        self.body_done = True
+        self.watched.discard(self)
 
     async def read_whole(self) -> Receive:
         """Read a streamed body to its end (raising as ``receive`` does), and return the
