@@ -52,7 +52,7 @@ from . import (
 from ._batching import AuditBatcher, GroupCall, PrincipalCache
 from ._bodies import BodyBudget, BodyGuard
 from ._context import ApiContext
-from ._guards import Admission, ApiOptions, BodyLimitMiddleware, RateLimiter
+from ._guards import Admission, ApiOptions, RateLimiter
 from ._lean_routes import LeanRoutes
 from ._logging import RequestLogMiddleware, configure_logging, logging_configured
 from ._metrics import ApiMetrics
@@ -222,9 +222,8 @@ def create_app(
     handlers: Any = app.exception_handlers
     for kind in (StarletteHTTPException, RequestValidationError, PuhuiError):
         handlers[kind] = as_problem
-    app.add_middleware(BodyLimitMiddleware, bytes_max=options.request_body_bytes_max)
-    # The hottest routes' well-formed requests skip the body limit (within it) and the
-    # router (the same answers, see ``_lean_routes``).
+    # The hottest routes' well-formed requests skip the router (the same answers, see
+    # ``_lean_routes``).
     if options.lean_routes:
         lean = [
             r
@@ -239,13 +238,15 @@ def create_app(
             table=app.router.routes,
             bytes_max=options.request_body_bytes_max,
         )
-    # Outside every route's handling: the bodies held at once, and how long one may take.
+    # Outside every route's handling: the limits on request bodies (the size of one, the
+    # bytes held at once, how long one may take).
     app.state.body_budget = BodyBudget(options.request_bodies_bytes_max)
     app.add_middleware(
         BodyGuard,
         budget=app.state.body_budget,
         timeout_s=options.request_body_timeout_s,
         body_bytes_max=options.request_body_bytes_max,
+        metrics=metrics,
     )
     app.add_middleware(RequestLogMiddleware)  # outermost: every answer has a request id
     return app

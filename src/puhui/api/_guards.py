@@ -1,5 +1,5 @@
-"""The API's limits: options, the request-body limit (ASGI middleware), the per-key token
-bucket and cursor pagination."""
+"""The API's limits: options, the per-key token bucket, admission and cursor pagination (the
+limits on request bodies are enforced by ``_bodies.BodyGuard``)."""
 
 from __future__ import annotations
 
@@ -11,18 +11,11 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
 from puhui.clock import Clock
 from puhui.errors import InvalidInputError
 from puhui.platform import IdempotencyOptions, WebhookOptions
 
-from ._problems import (
-    InvalidCursorError,
-    RateLimitedError,
-    RequestTooLargeError,
-    problem_from_error,
-)
+from ._problems import InvalidCursorError, RateLimitedError
 
 NS_PER_S = 1_000_000_000
 
@@ -32,7 +25,8 @@ class ApiOptions:
     """Limits of one API server (units last in each name)."""
 
     request_body_bytes_max: int = 8 * 1024 * 1024
-    """Largest request body (a full batch of 8,189 events in JSON fits)."""
+    """Largest request body (a full batch of 8,189 events in JSON fits); a larger one is
+    answered 413 ``request_too_large`` (``puhui.api._bodies``)."""
     request_bodies_bytes_max: int = 256 * 1024 * 1024
     """Most bytes of request bodies held at once, all requests together; a body that does
     not fit is answered 503 ``overloaded`` before it is read (``puhui.api._bodies``)."""
@@ -108,67 +102,6 @@ class ApiOptions:
             raise ValueError("housekeeping_interval_s must be positive")
         if self.housekeeping_rows_max <= 0:
             raise ValueError("housekeeping_rows_max must be positive")
-
-
-class BodyLimitMiddleware:
-    """Refuse (413 ``request_too_large``) a body over ``bytes_max``: at once when
-    ``Content-Length`` says so, else as soon as the streamed body passes the limit."""
-
-    def __init__(self, app: ASGIApp, bytes_max: int) -> None:
-        self.app = app
-        self.bytes_max = bytes_max
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        has_length = False
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length":
-                has_length = True
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = 0
-                if declared > self.bytes_max:
-                    await problem_from_error(self._too_large())(scope, receive, send)
-                    return
-        if has_length:
-            await self.app(scope, receive, send)  # the server holds the body to its length
-            return
-        # A streamed body (no Content-Length) is read here first, up to the limit, and
-        # handed to the app only if it fits: memory stays bounded by ``bytes_max``.
-        chunks: list[bytes] = []
-        received = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            chunk = message.get("body", b"")
-            received += len(chunk)
-            if received > self.bytes_max:
-                await problem_from_error(self._too_large())(scope, receive, send)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-    def _too_large(self) -> RequestTooLargeError:
-        # Built only for a refusal: an error per request (with its details) was a cost of
-        # every request that fits.
-        return RequestTooLargeError(
-            f"request body over {self.bytes_max} bytes", bytes_max=self.bytes_max
-        )
 
 
 rate_buckets_max = 100_000

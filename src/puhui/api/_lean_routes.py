@@ -5,14 +5,14 @@ Under load a payment POST spent about half of the event loop's time in FastAPI a
 rather than in Puhui: matching the path against the route patterns one after another,
 building and unwinding the exit stacks and exception wrappers of each request, solving the
 route's dependencies, validating the answer model again and serialising it. ``LeanRoutes``
-sits in front of the body limit and the router (inside the request log, so a request id and
-its log line are the same) and takes a request for one of a few declared
+sits in front of the router, inside the body limits (``_bodies.BodyGuard``) and the request
+log (so a request id and its log line are the same), and takes a request for one of a few declared
 ``PlatformRoute`` s itself when the request is plainly well-formed:
 
 * the method is POST and the path splits into the route template's segments exactly (each
   parameter a non-empty segment), with no ``root_path``;
-* the body has a ``Content-Length`` within the body limit (a body the limit would refuse,
-  or read as a stream first, goes its ordinary way);
+* the body has a ``Content-Length`` within the body limit, as ``BodyGuard`` read it (a
+  streamed body goes its ordinary way);
 * the body is one non-empty ``application/json`` document that ``json.loads`` reads (as
   Starlette's ``Request.json``);
 * each path parameter and the body pass the route's *own* FastAPI fields (``ModelField``),
@@ -46,6 +46,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ._bodies import BODY_LENGTH
 from ._problems import BodyTimeoutError
 from ._route import PlatformRoute, _documentation_only, _run
 
@@ -163,9 +164,9 @@ class LeanRoutes:
         bytes_max: int,
     ) -> None:
         """``routes`` are taken on the lean way; ``table`` is the app's route table, in which
-        each of them must be the route the router picks for its paths; ``app`` is the body
-        limit of ``bytes_max`` and what it guards (the lean way takes only requests that it
-        would pass on as they are)."""
+        each of them must be the route the router picks for its paths; ``app`` is the
+        ordinary app; ``bytes_max`` is the body limit (``BodyGuard`` enforces it before this:
+        the lean way checks again only as a guard against being mounted without it)."""
         self.app = app
         self.bytes_max = bytes_max
         self.routes: dict[int, list[LeanRoute]] = {}
@@ -235,19 +236,16 @@ class LeanRoutes:
 
 def _plain_json(scope: Scope, bytes_max: int) -> bool:
     """Whether the request's (first) ``Content-Type`` is one the lean way reads, and its
-    body has a ``Content-Length`` (every one given) of at most ``bytes_max``: the body limit
-    would let it pass untouched (else it answers, or reads a streamed body, itself)."""
-    content_type: bytes | None = None
-    length = False
+    body has a ``Content-Length`` of at most ``bytes_max`` as the body guard read it
+    (``_bodies.BODY_LENGTH``): the guard let it pass untouched. A streamed body (which the
+    guard read first) or a request the guard did not see goes the ordinary way."""
+    length = scope.get(BODY_LENGTH)
+    if length is None or length > bytes_max:
+        return False
     for name, value in scope["headers"]:
         if name == b"content-type":
-            if content_type is None:
-                content_type = value
-        elif name == b"content-length":
-            if not value.isdigit() or int(value) > bytes_max:
-                return False
-            length = True
-    return length and content_type in JSON_TYPES
+            return value in JSON_TYPES
+    return False
 
 
 def _replay(messages: list[Message], receive: Receive) -> Receive:

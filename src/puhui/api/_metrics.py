@@ -2,17 +2,25 @@
 
 Each app has its own registry (two apps in one process never mix their figures). Labels
 carry route templates, never concrete paths, ids or keys: no personal data, bounded
-cardinality.
+cardinality. A request answered before any route is known (the body guard's 413, 503 and
+408, ``_bodies``) is counted under the route ``UNROUTED``, its method as one of ``METHODS``
+or ``other`` (the client chooses the method: any token would be a new label value).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS_EVENTS = (1, 2, 8, 32, 128, 512, 2048, 8189)
+
+UNROUTED: Final = "unrouted"
+"""The ``route`` label of requests answered before any route is known (no template starts
+without ``/``)."""
+METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+"""The ``method`` label values of those requests; any other method is ``other``."""
 
 
 class ApiMetrics:
@@ -20,7 +28,8 @@ class ApiMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "puhui_api_requests",
-            "Requests to authenticated routes, by route template, method and status.",
+            "Requests to authenticated routes, by route template, method and status; requests "
+            "refused before any route is known (request body limits) under route unrouted.",
             ["route", "method", "status"],
             registry=self.registry,
         )
@@ -72,6 +81,10 @@ class ApiMetrics:
                 route, method, status
             )
         child.inc()
+
+    def count_unrouted(self, method: str, status: int) -> None:
+        """One more request answered ``status`` before any route was known."""
+        self.count_request(UNROUTED, method if method in METHODS else "other", status)
 
     def time_request(self, route: str, method: str, seconds: float) -> None:
         """A request of ``route`` and ``method`` took ``seconds`` from authentication on."""
