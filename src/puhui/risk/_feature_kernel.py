@@ -725,20 +725,21 @@ def customer_seen(c_meta, p_meta, p_int, customers, counterparties, seen):
 
 
 @_jit()
-def keep_pairs(old, new, customer_gone, counterparty_gone, device_gone, dropped):
+def keep_pairs(
+    old, new, customer_gone, counterparty_gone, device_gone, before_ns, tie_ns, tie_key, held
+):
     """Copy the pairs of ``old`` into ``new`` (empty, any power-of-two size) but those naming
-    an evicted entity (``*_gone[id]``) and those of ``dropped`` (keys, sorted). Returns how
-    many were kept."""
+    an evicted entity (``*_gone[id]``) and those last paid or seen before ``before_ns``, or at
+    ``tie_ns`` with a key up to ``tie_key``, unless ``held`` (per slot of ``old``) marks them.
+    Returns how many were kept."""
     kept = 0
     for j in range(old.shape[0]):
         key = old[j, 0]
         if key == 0:
             continue
-        if dropped.size:
-            k = np.searchsorted(dropped, key)
-            if k < dropped.size and dropped[k] == key:
-                continue
         at = old[j, 1]
+        if (at < before_ns or (at == tie_ns and key <= tie_key)) and not held[j]:
+            continue
         tag = key >> (2 * PAIR_ID_BITS)
         customer = (key >> PAIR_ID_BITS) & PAIR_ID_MAX
         other = key & PAIR_ID_MAX

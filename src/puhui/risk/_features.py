@@ -301,14 +301,17 @@ class _Interner:
     """Dense ids for the keys of one entity kind: a new key takes the lowest id an eviction
     freed, else the next after ``rows`` (the ids ever used; state arrays hold ``rows`` rows).
 
-    Only a dict of keys to ids and a list of free ids: a dict of strings or ints to ints is not
-    tracked by the garbage collector, so a million keys cost no collection pauses.
+    A dict of keys to ids, the keys by id (a numpy object array) and a list of free ids: a
+    dict of strings or ints to ints is not tracked by the garbage collector, nor is a numpy
+    array, so a million keys cost no collection pauses.
     """
 
-    __slots__ = ("free", "ids", "rows")
+    __slots__ = ("free", "ids", "keys", "rows")
 
     def __init__(self) -> None:
         self.ids: dict[Any, int] = {}
+        self.keys: np.ndarray[Any, np.dtype[np.object_]] = np.empty(16, object)
+        """The key of each id (None: free), for evictions: grown by doubling."""
         self.free: list[int] = []
         """Ids freed by evictions, highest first (``pop`` reuses the lowest)."""
         self.rows = 0
@@ -328,7 +331,12 @@ class _Interner:
             if new >= ENTITIES_MAX:
                 raise InvalidRiskEventError(f"more than {ENTITIES_MAX} keys of one entity kind")
             self.rows = new + 1
+            if new == self.keys.size:
+                grown = np.empty(2 * new, object)
+                grown[:new] = self.keys
+                self.keys = grown
         ids[key] = new
+        self.keys[new] = key
         return new
 
     def live(self) -> np.ndarray[Any, np.dtype[np.bool_]]:
@@ -339,11 +347,12 @@ class _Interner:
 
     def forget(self, gone: np.ndarray[Any, np.dtype[np.bool_]]) -> None:
         """Remove the keys whose ids ``gone`` marks; their ids are free for new keys."""
-        marked = gone.tolist()
+        evicted = np.flatnonzero(gone)
         ids = self.ids
-        for key in [key for key, id_ in ids.items() if marked[id_]]:
+        for key in self.keys[evicted].tolist():
             del ids[key]
-        self.free = sorted([*self.free, *np.flatnonzero(gone).tolist()], reverse=True)
+        self.keys[evicted] = None
+        self.free = sorted([*self.free, *evicted.tolist()], reverse=True)
 
 
 # --- the store ----------------------------------------------------------------------------------
@@ -401,6 +410,9 @@ PIPELINE_EVENTS_MIN: Final = 4096
 """From this many events on, ``compute_columns`` overlaps interning and the compiled pass."""
 PIPELINE_CHUNK_EVENTS: Final = 2048
 """Events per chunk of ``compute_columns`` (unit: events)."""
+
+_TIME_MIN: Final = -(1 << 63)
+"""Earlier than any time (int64's least): "no pair is too old"."""
 
 RESERVE_MAX = 1 << 26
 """Most entities of one kind (or pairs) ``FeatureStore.reserve`` makes room for at once."""
@@ -991,13 +1003,13 @@ class FeatureStore:
             if any(mask.any() for mask in gone.values()):
                 self._evict(gone)
         if pairs_full:
-            held = self._pair_keys_held(batch_pairs)  # the batch's pairs already in the table
+            held = self._pair_slots_held(batch_pairs)  # the batch's pairs already in the table
             excess = self.pair_count() + len(batch_pairs) - held.size - self.pairs_max
             if excess > 0:
                 self._evict_pairs(max(excess, self.pairs_max // EVICTION_SHARE), held)
 
-    def _pair_keys_held(self, pairs: set[tuple[int, str, str]]) -> IntArray:
-        """The pair-table keys (sorted) of those of ``pairs`` the table holds."""
+    def _pair_slots_held(self, pairs: set[tuple[int, str, str]]) -> IntArray:
+        """The pair-table slots of those of ``pairs`` the table holds."""
         customers = self._customers.ids
         bits = K.PAIR_ID_BITS
         keys = []
@@ -1011,7 +1023,7 @@ class FeatureStore:
         table = self._state["pairs"]
         slots = np.empty(known.size, np.int64)
         K.pair_slots(table, known, slots)
-        held: IntArray = known[table[slots, 0] == known]
+        held: IntArray = slots[table[slots, 0] == known]
         return held
 
     def _choose_evicted(self, kind: str, keys: set[Any], gone: dict[str, Any]) -> None:
@@ -1075,28 +1087,46 @@ class FeatureStore:
             for name, row in fresh.items():
                 state[name][rows] = row[0]
             self._interners()[kind].forget(mask)
-        self._purge_pairs(gone, np.zeros(0, np.int64))
+        self._purge_pairs(gone)
         self.evictions += 1
 
-    def _evict_pairs(self, count: int, kept: IntArray) -> None:
+    def _evict_pairs(self, count: int, held_slots: IntArray) -> None:
         """Evict the ``count`` pairs least recently paid or seen (among equal times, the
-        lowest keys first), but those of ``kept`` (keys, sorted: the batch's)."""
+        lowest keys first), but those in ``held_slots`` (the batch's)."""
         table = self._state["pairs"]
-        used = table[table[:, 0] != 0]
-        used = used[~np.isin(used[:, 0], kept)]
-        used = used[np.argsort(used[:, 0], kind="stable")]  # ties: the lowest keys first
-        chosen = _least(np.arange(used.shape[0]), used[:, 1], count, 0)
+        held = np.zeros(table.shape[0], np.bool_)
+        held[held_slots] = True
+        candidate = (table[:, 0] != 0) & ~held
+        times = table[candidate, 1]
+        count = min(count, times.size)
+        if count == 0:
+            return
+        before = int(np.partition(times, count - 1)[count - 1])
+        ties = count - int((times < before).sum())
+        tie_keys = table[candidate, 0][times == before]
+        tie_key = int(np.partition(tie_keys, ties - 1)[ties - 1])
         none = {kind: np.zeros(rows, np.bool_) for kind, rows in self._rows().items()}
-        self._purge_pairs(none, np.sort(used[chosen, 0]))
+        self._purge_pairs(none, (before, before, tie_key), held)
         self.evictions += 1
 
     def _purge_pairs(
-        self, gone: dict[str, np.ndarray[Any, np.dtype[np.bool_]]], dropped: IntArray
+        self,
+        gone: dict[str, np.ndarray[Any, np.dtype[np.bool_]]],
+        older: tuple[int, int, int] = (_TIME_MIN, _TIME_MIN, -1),
+        held: np.ndarray[Any, np.dtype[np.bool_]] | None = None,
     ) -> None:
+        """Rebuild the pair table without the pairs naming an entity ``gone`` marks, nor those
+        older than ``older`` (``K.keep_pairs``: before, at, key up to), but ``held``."""
         table = self._state["pairs"]
         kept = np.zeros_like(table)
         self._state["counters"][K.K_PAIRS] = K.keep_pairs(
-            table, kept, gone["customer"], gone["counterparty"], gone["device"], dropped
+            table,
+            kept,
+            gone["customer"],
+            gone["counterparty"],
+            gone["device"],
+            *older,
+            np.zeros(table.shape[0], np.bool_) if held is None else held,
         )
         self._state["pairs"] = kept
 
@@ -1211,6 +1241,10 @@ def _restore_interner(
         raise FeatureSnapshotCorruptError(f"snapshot {name}: repeated keys or ids")
     interner.rows = rows
     interner.free = np.flatnonzero(~live)[::-1].tolist()
+    interner.keys = np.empty(max(16, rows), object)
+    column = np.empty(len(keys), object)
+    column[:] = keys
+    interner.keys[ids] = column
 
 
 _WHOLE_ARRAYS: Final = frozenset({"pairs", "counters"})
