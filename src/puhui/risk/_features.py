@@ -306,7 +306,7 @@ class _Interner:
     array, so a million keys cost no collection pauses.
     """
 
-    __slots__ = ("free", "ids", "keys", "rows")
+    __slots__ = ("free", "ids", "keys", "reused", "rows")
 
     def __init__(self) -> None:
         self.ids: dict[Any, int] = {}
@@ -314,6 +314,8 @@ class _Interner:
         """The key of each id (None: free), for evictions: grown by doubling."""
         self.free: list[int] = []
         """Ids freed by evictions, highest first (``pop`` reuses the lowest)."""
+        self.reused: list[int] = []
+        """Freed ids given to new keys whose state rows are not reset yet."""
         self.rows = 0
 
     def __len__(self) -> int:
@@ -326,6 +328,7 @@ class _Interner:
             return found
         if self.free:
             new = self.free.pop()
+            self.reused.append(new)
         else:
             new = self.rows
             if new >= ENTITIES_MAX:
@@ -912,6 +915,7 @@ class FeatureStore:
 
     def _ensure_capacity(self, batch: EventBatch | None) -> None:
         self._grow(self._rows())
+        self._reset_reused()  # before the links of new counterparties are written
         self._link_and_size_pairs(batch)
 
     def _grow(self, sizes: dict[str, int]) -> None:
@@ -1071,11 +1075,23 @@ class FeatureStore:
         """Evict the entities marked in ``gone``: their rows back to a fresh entity's, their
         keys out of the interners (their ids free for new keys), every pair naming them out
         of the pair table."""
-        state = self._state
         for kind, mask in gone.items():
-            rows = np.flatnonzero(mask)
-            if not rows.size:
+            if mask.any():
+                self._interners()[kind].forget(mask)
+        # A freed row is reset when its id is given again (``_reset_reused``: the cost goes
+        # with the new keys, batch by batch); only its link must go now (``K.customer_seen``).
+        self._state["p_int"][np.flatnonzero(gone["counterparty"]), K.PI_LINK] = -1
+        self._purge_pairs(gone)
+        self.evictions += 1
+
+    def _reset_reused(self) -> None:
+        """Rows of ids given again since an eviction freed them: back to a fresh entity's."""
+        state = self._state
+        for kind, interner in self._interners().items():
+            if not interner.reused:
                 continue
+            rows = np.asarray(interner.reused, np.int64)
+            interner.reused.clear()
             prefix = _VELOCITY_PREFIX[kind]
             fresh: dict[str, np.ndarray[Any, Any]] = {
                 f"{prefix}_{name}": array for name, array in _entity_arrays(1).items()
@@ -1086,9 +1102,6 @@ class FeatureStore:
                 fresh.update(_counterparty_arrays(1))
             for name, row in fresh.items():
                 state[name][rows] = row[0]
-            self._interners()[kind].forget(mask)
-        self._purge_pairs(gone)
-        self.evictions += 1
 
     def _evict_pairs(self, count: int, held_slots: IntArray) -> None:
         """Evict the ``count`` pairs least recently paid or seen (among equal times, the
