@@ -97,6 +97,15 @@ def test_risk_features_benchmark_quick_run_prints_json() -> None:
     assert report["memory_bytes"] > 0 and sum(report["entities"].values()) > 0
 
 
+def test_risk_flood_benchmark_quick_run_prints_json() -> None:
+    report = _report("risk_flood.py", "--quick", "--json", "--events", "12000")
+    assert report["events"] == 12000 and report["evictions"] > 0
+    assert all(count <= report["entities_max"] for count in report["entities"].values())
+    assert report["pairs"] <= report["pairs_max"]
+    assert 0 < report["memory_bytes"] <= report["memory_bytes_max"] < report["unbounded_bytes"]
+    assert report["eviction_pause_ms_max"] >= report["eviction_pause_ms_p50"] > 0
+
+
 def test_risk_engine_benchmark_quick_run_prints_json() -> None:
     report = _report("risk_engine.py", "--quick", "--json", timeout=600)
     engine = report["engine"]

@@ -146,9 +146,10 @@ def serve(
         int,
         typer.Option(
             "--risk-entities",
-            help="Room made at start in the risk feature state for this many customers (and as "
-            "many devices, merchants, payees, IPs; twice as many customer-payee pairs): sized "
-            "up front, it never stalls decisions to grow. 0: grow as needed.",
+            help="Most customers the risk feature state holds (and as many devices, merchants, "
+            "payees, IPs; twice as many customer-payee pairs), the least recently seen evicted "
+            "beyond; room for all of them made at start, so it never stalls decisions to grow. "
+            "0: the default bound (262,144 of each kind, about 2.3 GiB), grown as needed.",
             min=0,
             max=1 << 26,
         ),

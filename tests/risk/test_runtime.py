@@ -88,6 +88,35 @@ def test_a_crash_loses_no_feature_state_the_log_has(tmp_path: Path) -> None:
         assert all(np.array_equal(reference[k], again[k], equal_nan=True) for k in reference)
 
 
+def test_entities_bound_the_feature_state_and_survive_a_restart(tmp_path: Path) -> None:
+    """``open_engine(entities=…, pairs=…)`` bounds the store (and reserves it whole); after a
+    restart the replay evicts with the same bounds."""
+    clock = ManualClock(T0)
+
+    def visitor(k: int) -> RiskEvent:  # a new device, IP and payee each time
+        return RiskEvent(EventKind.LOGIN, 100 + k, T0 + k * 10**9, 0, "", "", f"d{k}", f"ip{k}")
+
+    directory = tmp_path / "risk"
+    with open_engine(directory, clock=clock, snapshot_interval_s=None, entities=16, pairs=32) as e:
+        for k in range(40):
+            e([visitor(k)])
+        assert e.features.entities_max == 16 and e.features.pairs_max == 32
+        assert e.features.entity_counts()["device"] <= 16
+        reserved = e.features.memory_bytes()
+        before = e.features.entity_counts()
+    with open_engine(directory, clock=clock, snapshot_interval_s=None, entities=16, pairs=32) as e:
+        assert e.features.entities_max == 16
+        assert e.features.entity_counts() == before
+        e([visitor(k) for k in range(40, 50)])
+        assert e.features.memory_bytes() == reserved
+    # a crash (no snapshot): the log replayed with the bounds gives the same state
+    (directory / "state" / "features.npz").unlink()
+    (directory / "state" / "features.json").unlink()
+    with open_engine(directory, clock=clock, snapshot_interval_s=None, entities=16, pairs=32) as e:
+        assert e.features.entity_counts()["device"] <= 16
+        assert e.features.events_applied == 50
+
+
 def test_one_process_at_a_time(tmp_path: Path) -> None:
     clock = ManualClock(T0)
     with open_engine(tmp_path / "risk", clock=clock, snapshot_interval_s=None):

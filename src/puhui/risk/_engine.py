@@ -633,7 +633,11 @@ class RiskEngine:
             if saved is None and state.exists() and meta.exists():  # a snapshot from before
                 saved = json.loads(meta.read_text())
             if saved is not None:
-                self.features = FeatureStore.restore(state)
+                self.features = FeatureStore.restore(
+                    state,
+                    entities_max=self.features.entities_max,
+                    pairs_max=self.features.pairs_max,
+                )
                 since = int(saved["log_next_id"])
                 self._trusted = {
                     (int(c), device) for c, d in saved.get("trusted", {}).items() for device in d

@@ -706,3 +706,70 @@ def compute(
             c_int[c, CI_OUT_TOTAL] += amount
     counters[K_WATERMARK] = watermark
     counters[K_EVENTS] += kinds.size
+
+
+# --- eviction (between batches) -------------------------------------------------------------------
+
+
+@_jit()
+def customer_seen(c_meta, p_meta, p_int, customers, counterparties, seen):
+    """Each customer's last sighting (its 5 s ring's head bucket) into ``seen``, counting the
+    sightings of a counterparty linked to it (``c:<id>``): naming that counterparty reads the
+    customer's state (its account age, its outflow), so it keeps the customer in use."""
+    for c in range(customers):
+        seen[c] = c_meta[c, 0]
+    for p in range(counterparties):
+        link = p_int[p, PI_LINK]
+        if link >= 0 and p_meta[p, 0] > seen[link]:
+            seen[link] = p_meta[p, 0]
+
+
+@_jit()
+def keep_pairs(
+    old, new, customer_gone, counterparty_gone, device_gone, before_ns, tie_ns, tie_key, held
+):
+    """Copy the pairs of ``old`` into ``new`` (empty, any power-of-two size) but those naming
+    an evicted entity (``*_gone[id]``) and those last paid or seen before ``before_ns``, or at
+    ``tie_ns`` with a key up to ``tie_key``, unless ``held`` (per slot of ``old``) marks them.
+    Returns how many were kept."""
+    kept = 0
+    for j in range(old.shape[0]):
+        key = old[j, 0]
+        if key == 0:
+            continue
+        at = old[j, 1]
+        if (at < before_ns or (at == tie_ns and key <= tie_key)) and not held[j]:
+            continue
+        tag = key >> (2 * PAIR_ID_BITS)
+        customer = (key >> PAIR_ID_BITS) & PAIR_ID_MAX
+        other = key & PAIR_ID_MAX
+        if customer_gone[customer]:
+            continue
+        if tag == PAIR_COUNTERPARTY:
+            if counterparty_gone[other]:
+                continue
+        elif device_gone[other]:
+            continue
+        slot = _pair_slot(new, key)
+        new[slot, 0] = key
+        new[slot, 1] = at
+        kept += 1
+    return kept
+
+
+@_jit()
+def pair_slots(pairs, keys, slots):
+    """The slot of each of ``keys`` in the pair table (where it is, or would go) into
+    ``slots``."""
+    for j in range(keys.size):
+        slots[j] = _pair_slot(pairs, keys[j])
+
+
+@_jit()
+def absent_pairs(pairs, keys):
+    """How many of ``keys`` (distinct) the pair table does not hold."""
+    absent = 0
+    for j in range(keys.size):
+        if pairs[_pair_slot(pairs, keys[j]), 0] == 0:
+            absent += 1
+    return absent

@@ -40,7 +40,24 @@ BATCH_EVENTS_MAX: Final = 1_000_000
 """Most events in one ``compute`` call (unit: events); larger streams go in several batches."""
 
 ENTITIES_MAX: Final = K.PAIR_ID_MAX
-"""Most distinct keys of one entity kind (customers, devices, …) a store holds (unit: keys)."""
+"""Most distinct keys of one entity kind (customers, devices, …) a store can hold (unit: keys):
+the highest bound ``FeatureStore(entities_max=…)`` takes."""
+
+ENTITIES_MAX_DEFAULT: Final = 1 << 18
+"""Entities of each kind a store holds unless told otherwise (unit: keys): 262,144 customers,
+devices, merchants, counterparties and IPs, at most 2.24 GiB of state arrays for the five kinds.
+Beyond it the least recently seen are evicted (``FeatureStore``)."""
+
+PAIRS_MAX_DEFAULT: Final = 1 << 19
+"""Customer-counterparty and customer-device pairs a store holds unless told otherwise (unit:
+pairs; a table of at most 2**20 slots, 16 MiB)."""
+
+PAIRS_MAX: Final = 1 << 31
+"""The highest bound ``FeatureStore(pairs_max=…)`` takes (unit: pairs)."""
+
+EVICTION_SHARE: Final = 8
+"""A full kind (or pair table) makes room for at least 1/8 of its bound at once: the cost of an
+eviction (a pass over the kind's rows and the pair table) is paid once per that many new keys."""
 
 AMOUNT_MAX: Final = 10**15
 """Largest amount accepted (unit: minor units; 10 trillion CNY). Window sums are int64: even
@@ -49,7 +66,9 @@ AMOUNT_MAX: Final = 10**15
 TZ_OFFSET_S_MAX: Final = 18 * 3600
 """Largest time-zone offset accepted, either side of UTC (unit: seconds)."""
 
-SNAPSHOT_FORMAT: Final = 1
+SNAPSHOT_FORMAT: Final = 2
+"""Version 2 (evictions) saves each kind's ids beside its keys (freed ids are holes); version 1
+(ids dense, in order of first sighting) is still read."""
 
 _KIND_CODES: dict[EventKind, int] = {kind: code for code, kind in enumerate(EventKind)}
 
@@ -251,6 +270,9 @@ class EventBatch:
     tz_offset_s: IntArray
     kyc_level: IntArray
     account_created_ns: IntArray
+    evictions: int = 0
+    """The store's eviction count when the batch was built: an eviction since may have given
+    its ids to other keys, so ``compute`` refuses the batch then."""
 
     def __len__(self) -> int:
         return int(self.kind.size)
@@ -276,33 +298,64 @@ class _Checked:
 
 
 class _Interner:
-    """Dense ids for the keys of one entity kind, in order of first sighting.
+    """Dense ids for the keys of one entity kind: a new key takes the lowest id an eviction
+    freed, else the next after ``rows`` (the ids ever used; state arrays hold ``rows`` rows).
 
-    Only a dict (insertion-ordered: its keys are in id order): a dict of strings or ints to
-    ints is not tracked by the garbage collector, so a million keys cost no collection pauses.
+    A dict of keys to ids, the keys by id (a numpy object array) and a list of free ids: a
+    dict of strings or ints to ints is not tracked by the garbage collector, nor is a numpy
+    array, so a million keys cost no collection pauses.
     """
 
-    __slots__ = ("ids",)
+    __slots__ = ("free", "ids", "keys", "reused", "rows")
 
     def __init__(self) -> None:
         self.ids: dict[Any, int] = {}
+        self.keys: np.ndarray[Any, np.dtype[np.object_]] = np.empty(16, object)
+        """The key of each id (None: free), for evictions: grown by doubling."""
+        self.free: list[int] = []
+        """Ids freed by evictions, highest first (``pop`` reuses the lowest)."""
+        self.reused: list[int] = []
+        """Freed ids given to new keys whose state rows are not reset yet."""
+        self.rows = 0
 
     def __len__(self) -> int:
         return len(self.ids)
-
-    def keys(self) -> list[Any]:
-        return list(self.ids)
 
     def intern(self, key: Any) -> int:
         ids = self.ids
         found = ids.get(key)
         if found is not None:
             return found
-        new = len(ids)
-        if new >= ENTITIES_MAX:
-            raise InvalidRiskEventError(f"more than {ENTITIES_MAX} keys of one entity kind")
+        if self.free:
+            new = self.free.pop()
+            self.reused.append(new)
+        else:
+            new = self.rows
+            if new >= ENTITIES_MAX:
+                raise InvalidRiskEventError(f"more than {ENTITIES_MAX} keys of one entity kind")
+            self.rows = new + 1
+            if new == self.keys.size:
+                grown = np.empty(2 * new, object)
+                grown[:new] = self.keys
+                self.keys = grown
         ids[key] = new
+        self.keys[new] = key
         return new
+
+    def live(self) -> np.ndarray[Any, np.dtype[np.bool_]]:
+        """Which ids of ``0 .. rows - 1`` name a key."""
+        live = np.ones(self.rows, np.bool_)
+        live[self.free] = False
+        return live
+
+    def forget(self, gone: np.ndarray[Any, np.dtype[np.bool_]]) -> None:
+        """Remove the keys whose ids ``gone`` marks; their ids are free for new keys."""
+        evicted = np.flatnonzero(gone)
+        ids = self.ids
+        for key in self.keys[evicted].tolist():
+            del ids[key]
+        self.keys[evicted] = None
+        self.free = sorted([*self.free, *evicted.tolist()], reverse=True)
 
 
 # --- the store ----------------------------------------------------------------------------------
@@ -361,6 +414,9 @@ PIPELINE_EVENTS_MIN: Final = 4096
 PIPELINE_CHUNK_EVENTS: Final = 2048
 """Events per chunk of ``compute_columns`` (unit: events)."""
 
+_TIME_MIN: Final = -(1 << 63)
+"""Earlier than any time (int64's least): "no pair is too old"."""
+
 RESERVE_MAX = 1 << 26
 """Most entities of one kind (or pairs) ``FeatureStore.reserve`` makes room for at once."""
 
@@ -391,12 +447,39 @@ def write_snapshot(
 class FeatureStore:
     """Risk features over sliding windows, computed in one compiled pass per batch.
 
+    Holds at most ``entities_max`` keys of each entity kind and ``pairs_max`` pairs: when a
+    batch would bring more, the least recently seen entities (pairs) are evicted before its
+    keys are interned, at least 1/``EVICTION_SHARE`` of the bound at once, so that a stream of
+    ever-new keys keeps the memory bounded. An evicted key seen again starts from nothing, as
+    a key never seen (docs/risk-features.md, "Bounds and eviction").
+
     Not thread-safe: one writer at a time (as the ledger's writer).
     """
 
-    def __init__(self, *, capacity: int = 1024, pair_capacity: int = 4096) -> None:
+    def __init__(
+        self,
+        *,
+        capacity: int = 1024,
+        pair_capacity: int = 4096,
+        entities_max: int = ENTITIES_MAX_DEFAULT,
+        pairs_max: int = PAIRS_MAX_DEFAULT,
+    ) -> None:
         if capacity < 1 or pair_capacity < 2:
             raise InvalidInputError("capacities must be positive")
+        for value, name, most in (
+            (entities_max, "entities_max", ENTITIES_MAX),
+            (pairs_max, "pairs_max", PAIRS_MAX),
+        ):
+            if type(value) is not int or not 1 <= value <= most:
+                raise InvalidInputError(f"{name} must be an int from 1 to {most}")
+        self.entities_max: Final = entities_max
+        """Most keys of each entity kind held (unit: keys)."""
+        self.pairs_max: Final = pairs_max
+        """Most customer-counterparty and customer-device pairs held (unit: pairs)."""
+        self.evictions = 0
+        """Evictions so far (each of a batch of entities or pairs): 0 while under the bounds."""
+        capacity = min(capacity, entities_max)
+        pair_capacity = min(pair_capacity, 2 * pairs_max)
         self._customers = _Interner()
         self._strings = {kind: _Interner() for kind in _STRING_KINDS}
         self._capacity = {kind: capacity for kind in K.ENTITY_KINDS}
@@ -426,10 +509,19 @@ class FeatureStore:
         return int(self._state["counters"][K.K_WATERMARK])
 
     def entity_counts(self) -> dict[str, int]:
-        """Keys interned per entity kind."""
-        counts = {"customer": len(self._customers)}
-        counts.update({kind: len(interner) for kind, interner in self._strings.items()})
-        return counts
+        """Keys held per entity kind."""
+        return {kind: len(interner) for kind, interner in self._interners().items()}
+
+    def pair_count(self) -> int:
+        """Customer-counterparty and customer-device pairs held."""
+        return int(self._state["counters"][K.K_PAIRS])
+
+    def _interners(self) -> dict[str, _Interner]:
+        return {"customer": self._customers, **self._strings}
+
+    def _rows(self) -> dict[str, int]:
+        """Ids ever used per entity kind: the rows of its state arrays in use."""
+        return {kind: interner.rows for kind, interner in self._interners().items()}
 
     def memory_bytes(self) -> int:
         """Bytes held by the state arrays (interning tables not included)."""
@@ -501,6 +593,7 @@ class FeatureStore:
             kyc_level=kyc_level,
             account_created_ns=account_created_ns,
         )
+        self._make_room(checked)
         return self._interned(checked, 0, len(checked))
 
     def compute_columns(
@@ -550,6 +643,7 @@ class FeatureStore:
             kyc_level=kyc_level,
             account_created_ns=account_created_ns,
         )
+        self._make_room(checked)  # evictions before the batch, never between its chunks
         n = len(checked)
         if n < PIPELINE_EVENTS_MIN:
             features = self.compute(self._interned(checked, 0, n))
@@ -668,6 +762,7 @@ class FeatureStore:
             tz_offset_s=checked.tz_offset_s[rows],
             kyc_level=checked.kyc_level[rows],
             account_created_ns=checked.account_created_ns[rows],
+            evictions=self.evictions,
         )
 
     def _intern_customers(self, customer_ids: IntArray) -> IntArray:
@@ -707,11 +802,8 @@ class FeatureStore:
         return ids
 
     def _customer_link(self, key: str) -> int:
-        if key.startswith("c:"):
-            text = key[2:]
-            if text.isdigit() and text.isascii():
-                return self._customers.intern(int(text))
-        return -1
+        customer = _customer_of(key)
+        return -1 if customer is None else self._customers.intern(customer)
 
     # --- computing ------------------------------------------------------------------------
 
@@ -725,7 +817,7 @@ class FeatureStore:
 
     def _prepare(self, batch: EventBatch) -> None:
         self._check_batch(batch)
-        self._ensure_capacity(len(batch))
+        self._ensure_capacity(batch)
 
     def _run(
         self,
@@ -773,8 +865,11 @@ class FeatureStore:
         n = len(batch)
         if n > BATCH_EVENTS_MAX:
             raise InvalidRiskEventError(f"more than {BATCH_EVENTS_MAX} events in one batch")
-        sizes = self.entity_counts()
-        limits = {"customer": sizes["customer"], **{k: sizes[k] for k in _STRING_KINDS}}
+        if batch.evictions != self.evictions:
+            raise InvalidRiskEventError(
+                "the batch was built before the store evicted entities: build it again"
+            )
+        limits = self._rows()
         for name in ("kind", "at_ns", "amount", "tz_offset_s", "kyc_level", "account_created_ns"):
             _check_array(batch, name, np.int64, n)
         for name in ("latitude", "longitude"):
@@ -802,7 +897,9 @@ class FeatureStore:
         for value, name in ((entities, "entities"), (pairs, "pairs")):
             if type(value) is not int or value < 0 or value > RESERVE_MAX:
                 raise InvalidInputError(f"{name} must be an int from 0 to {RESERVE_MAX}")
-        self._grow({kind: max(entities, n) for kind, n in self.entity_counts().items()})
+        entities = min(entities, self.entities_max)  # room beyond the bounds is never used
+        pairs = min(pairs, self.pairs_max)
+        self._grow({kind: max(entities, n) for kind, n in self._rows().items()})
         table = self._state["pairs"]
         used = int(self._state["counters"][K.K_PAIRS])
         wanted = max(pairs, used)
@@ -816,9 +913,10 @@ class FeatureStore:
         for array in self._state.values():
             _touch(array)
 
-    def _ensure_capacity(self, batch_events: int) -> None:
-        self._grow(self.entity_counts())
-        self._link_and_size_pairs(batch_events)
+    def _ensure_capacity(self, batch: EventBatch | None) -> None:
+        self._grow(self._rows())
+        self._reset_reused()  # before the links of new counterparties are written
+        self._link_and_size_pairs(batch)
 
     def _grow(self, sizes: dict[str, int]) -> None:
         for kind, prefix in _VELOCITY_PREFIX.items():
@@ -827,6 +925,8 @@ class FeatureStore:
                 continue
             while capacity < sizes[kind]:
                 capacity = max(1, 2 * capacity)
+            # never past the bound (a restored store may hold more rows than its bound)
+            capacity = min(capacity, max(sizes[kind], self.entities_max))
             self._capacity[kind] = capacity
             fresh = _entity_arrays(capacity)
             for name in ("vel", "meta"):
@@ -842,21 +942,206 @@ class FeatureStore:
             for key, array in extra.items():
                 self._state[key] = _grown(self._state[key], array)
 
-    def _link_and_size_pairs(self, batch_events: int) -> None:
+    def _link_and_size_pairs(self, batch: EventBatch | None) -> None:
         p_int = self._state["p_int"]
         for counterparty, customer in self._links:
             p_int[counterparty, K.PI_LINK] = customer
         self._links.clear()
         pairs = self._state["pairs"]
         used = int(self._state["counters"][K.K_PAIRS])
-        # Each event adds at most two pairs; keep the load at or under one half.
-        if 2 * (used + 2 * batch_events) > pairs.shape[0]:
+        # Each event adds at most two pairs; keep the load at or under one half. Near the
+        # bound, the pairs the batch will add are counted: ``_make_room`` left room for them,
+        # so the table stays within 2 * pairs_max slots.
+        wanted = used if batch is None else used + 2 * len(batch)
+        if batch is not None and wanted > self.pairs_max:
+            wanted = used + K.absent_pairs(pairs, _pair_keys(batch))
+        if 2 * wanted > pairs.shape[0]:
             size = pairs.shape[0]
-            while 2 * (used + 2 * batch_events) > size:
+            while 2 * wanted > size:
                 size *= 2
             grown = np.zeros((size, 2), np.int64)
             K.rehash_pairs(pairs, grown)
             self._state["pairs"] = grown
+
+    # --- bounds ---------------------------------------------------------------------------
+
+    def _make_room(self, checked: _Checked) -> None:
+        """Before a batch's keys are interned: evict the least recently seen entities of each
+        kind that the batch would take past ``entities_max``, then the least recently used
+        pairs past ``pairs_max``. A batch naming more keys of one kind (or more pairs) than
+        the bound is refused first, with nothing changed.
+
+        The batch's own entities are never evicted for it; each eviction takes at least
+        1/``EVICTION_SHARE`` of the bound, so that the next batches of new keys find room."""
+        n = len(checked)
+        cap = self.entities_max
+        interners = self._interners()
+        full = [
+            kind
+            for kind, interner in interners.items()
+            if len(interner) + (2 * n if kind == "customer" else n) > cap
+        ]
+        pairs_full = self.pair_count() + 2 * n > self.pairs_max
+        if not full and not pairs_full:
+            return  # the fast path: nothing near a bound
+        named = {kind: _batch_keys(checked, kind) for kind in full}
+        for kind, keys in named.items():
+            if len(keys) > cap:
+                raise InvalidRiskEventError(
+                    f"the batch names {len(keys)} distinct {kind} keys, more than the store "
+                    f"holds ({cap}): split it",
+                    column="customer_id" if kind == "customer" else kind,
+                )
+        batch_pairs = _batch_pairs(checked) if pairs_full else set()
+        if len(batch_pairs) > self.pairs_max:
+            raise InvalidRiskEventError(
+                f"the batch names {len(batch_pairs)} distinct customer-counterparty and "
+                f"customer-device pairs, more than the store holds ({self.pairs_max}): split it"
+            )
+        if full:
+            self._ensure_capacity(None)  # pending counterparty links go into the arrays
+            gone = {kind: np.zeros(rows, np.bool_) for kind, rows in self._rows().items()}
+            for kind in ("customer", *_STRING_KINDS):  # customers first: see _choose_evicted
+                if kind in named:
+                    self._choose_evicted(kind, named[kind], gone)
+            if any(mask.any() for mask in gone.values()):
+                self._evict(gone)
+        if pairs_full:
+            held = self._pair_slots_held(batch_pairs)  # the batch's pairs already in the table
+            excess = self.pair_count() + len(batch_pairs) - held.size - self.pairs_max
+            if excess > 0:
+                self._evict_pairs(max(excess, self.pairs_max // EVICTION_SHARE), held)
+
+    def _pair_slots_held(self, pairs: set[tuple[int, str, str]]) -> IntArray:
+        """The pair-table slots of those of ``pairs`` the table holds."""
+        customers = self._customers.ids
+        bits = K.PAIR_ID_BITS
+        keys = []
+        for customer, kind, other in pairs:
+            c = customers.get(customer)
+            o = self._strings[kind].ids.get(other)
+            if c is not None and o is not None:
+                tag = K.PAIR_DEVICE if kind == "device" else K.PAIR_COUNTERPARTY
+                keys.append((tag << (2 * bits)) | (c << bits) | o)
+        known: IntArray = np.unique(np.asarray(keys, np.int64))
+        table = self._state["pairs"]
+        slots = np.empty(known.size, np.int64)
+        K.pair_slots(table, known, slots)
+        held: IntArray = slots[table[slots, 0] == known]
+        return held
+
+    def _choose_evicted(self, kind: str, keys: set[Any], gone: dict[str, Any]) -> None:
+        """Mark in ``gone[kind]`` the entities of ``kind`` to evict so that ``keys`` (the
+        batch's) fit: the least recently seen of those not named by the batch (by the 5 s
+        bucket of their last event; among equals, the lowest ids first).
+
+        A counterparty ``c:<id>`` goes with customer ``<id>`` (its link would otherwise
+        name an id given to someone else); it was last named no later than the customer was
+        last seen (``K.customer_seen``), so it too is idle longer than any customer kept."""
+        interner = self._interners()[kind]
+        ids = interner.ids
+        rows = interner.rows
+        batch_ids = [ids[key] for key in keys if key in ids]
+        new = len(keys) - len(batch_ids)
+        already = int(gone[kind].sum())  # counterparties going with their customers
+        excess = len(interner) - already + new - self.entities_max
+        if excess <= 0:
+            return
+        candidate = interner.live() & ~gone[kind]
+        candidate[batch_ids] = False
+        prefix = _VELOCITY_PREFIX[kind]
+        if kind == "customer":
+            seen = np.empty(rows, np.int64)
+            counterparties = self._strings["counterparty"].rows
+            K.customer_seen(
+                self._state["c_meta"],
+                self._state["p_meta"],
+                self._state["p_int"],
+                rows,
+                counterparties,
+                seen,
+            )
+        else:
+            seen = self._state[f"{prefix}_meta"][:rows, 0]
+        chosen = _least(np.flatnonzero(candidate), seen, excess, self.entities_max)
+        gone[kind][chosen] = True
+        if kind == "customer" and chosen.size:
+            p_rows = self._strings["counterparty"].rows
+            links = self._state["p_int"][:p_rows, K.PI_LINK]
+            linked = links >= 0
+            gone["counterparty"][linked] |= gone["customer"][links[linked]]
+
+    def _evict(self, gone: dict[str, np.ndarray[Any, np.dtype[np.bool_]]]) -> None:
+        """Evict the entities marked in ``gone``: their rows back to a fresh entity's, their
+        keys out of the interners (their ids free for new keys), every pair naming them out
+        of the pair table."""
+        for kind, mask in gone.items():
+            if mask.any():
+                self._interners()[kind].forget(mask)
+        # A freed row is reset when its id is given again (``_reset_reused``: the cost goes
+        # with the new keys, batch by batch); only its link must go now (``K.customer_seen``).
+        self._state["p_int"][np.flatnonzero(gone["counterparty"]), K.PI_LINK] = -1
+        self._purge_pairs(gone)
+        self.evictions += 1
+
+    def _reset_reused(self) -> None:
+        """Rows of ids given again since an eviction freed them: back to a fresh entity's."""
+        state = self._state
+        for kind, interner in self._interners().items():
+            if not interner.reused:
+                continue
+            rows = np.asarray(interner.reused, np.int64)
+            interner.reused.clear()
+            prefix = _VELOCITY_PREFIX[kind]
+            fresh: dict[str, np.ndarray[Any, Any]] = {
+                f"{prefix}_{name}": array for name, array in _entity_arrays(1).items()
+            }
+            if kind == "customer":
+                fresh.update(_customer_arrays(1))
+            elif kind == "counterparty":
+                fresh.update(_counterparty_arrays(1))
+            for name, row in fresh.items():
+                state[name][rows] = row[0]
+
+    def _evict_pairs(self, count: int, held_slots: IntArray) -> None:
+        """Evict the ``count`` pairs least recently paid or seen (among equal times, the
+        lowest keys first), but those in ``held_slots`` (the batch's)."""
+        table = self._state["pairs"]
+        held = np.zeros(table.shape[0], np.bool_)
+        held[held_slots] = True
+        candidate = (table[:, 0] != 0) & ~held
+        times = table[candidate, 1]
+        count = min(count, times.size)
+        if count == 0:
+            return
+        before = int(np.partition(times, count - 1)[count - 1])
+        ties = count - int((times < before).sum())
+        tie_keys = table[candidate, 0][times == before]
+        tie_key = int(np.partition(tie_keys, ties - 1)[ties - 1])
+        none = {kind: np.zeros(rows, np.bool_) for kind, rows in self._rows().items()}
+        self._purge_pairs(none, (before, before, tie_key), held)
+        self.evictions += 1
+
+    def _purge_pairs(
+        self,
+        gone: dict[str, np.ndarray[Any, np.dtype[np.bool_]]],
+        older: tuple[int, int, int] = (_TIME_MIN, _TIME_MIN, -1),
+        held: np.ndarray[Any, np.dtype[np.bool_]] | None = None,
+    ) -> None:
+        """Rebuild the pair table without the pairs naming an entity ``gone`` marks, nor those
+        older than ``older`` (``K.keep_pairs``: before, at, key up to), but ``held``."""
+        table = self._state["pairs"]
+        kept = np.zeros_like(table)
+        self._state["counters"][K.K_PAIRS] = K.keep_pairs(
+            table,
+            kept,
+            gone["customer"],
+            gone["counterparty"],
+            gone["device"],
+            *older,
+            np.zeros(table.shape[0], np.bool_) if held is None else held,
+        )
+        self._state["pairs"] = kept
 
     # --- recovery -------------------------------------------------------------------------
 
@@ -871,24 +1156,38 @@ class FeatureStore:
     def snapshot_arrays(self) -> dict[str, np.ndarray[Any, Any]]:
         """A copy of the whole state as ``write_snapshot`` takes it: taken while nothing
         else changes the store (a memory copy), written after without holding anyone up."""
-        self._ensure_capacity(0)  # pending counterparty links go into the arrays
+        self._ensure_capacity(None)  # pending counterparty links go into the arrays
+        sizes = self._rows()
         arrays: dict[str, np.ndarray[Any, Any]] = {
             "format": np.array([SNAPSHOT_FORMAT], np.int64),
-            "customers": np.array(self._customers.keys(), np.int64),
+            "rows": np.array([sizes[kind] for kind in K.ENTITY_KINDS], np.int64),
+            "customers": np.array(list(self._customers.ids), np.int64),
+            "ids_customer": np.array(list(self._customers.ids.values()), np.int64),
         }
         for kind, interner in self._strings.items():
-            blob, offsets = _pack_strings(interner.keys())
+            blob, offsets = _pack_strings(list(interner.ids))
             arrays[f"keys_{kind}_blob"] = blob
             arrays[f"keys_{kind}_offsets"] = offsets
-        sizes = self.entity_counts()
+            arrays[f"ids_{kind}"] = np.array(list(interner.ids.values()), np.int64)
         for name, array in self._state.items():
             rows = _rows_for(name, sizes)
             arrays[f"state_{name}"] = (array if rows is None else array[:rows]).copy()
         return arrays
 
     @classmethod
-    def restore(cls, path: str | os.PathLike[str]) -> FeatureStore:
-        """A store holding exactly the state saved by ``snapshot(path)``."""
+    def restore(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        entities_max: int = ENTITIES_MAX_DEFAULT,
+        pairs_max: int = PAIRS_MAX_DEFAULT,
+    ) -> FeatureStore:
+        """A store holding exactly the state saved by ``snapshot(path)``, with these bounds
+        (give the ones the snapshot's store had: the events replayed after it then evict
+        exactly what they evicted; a store over its bounds evicts on its next batch).
+
+        Reads the format before evictions (1) too: its ids are dense, in order of first
+        sighting, and every entity's last sighting is in its state already."""
         name = Path(path).name
         try:
             # The file is opened here, not by np.load, which leaks it when the zip is bad.
@@ -897,17 +1196,23 @@ class FeatureStore:
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
             raise FeatureSnapshotCorruptError(f"snapshot {name} cannot be read: {error}") from error
         try:
-            if loaded["format"].tolist() != [SNAPSHOT_FORMAT]:
+            version = loaded["format"].tolist()
+            if version not in ([1], [SNAPSHOT_FORMAT]):
                 raise FeatureSnapshotCorruptError(f"snapshot {name} has an unknown format")
-            store = cls(capacity=1, pair_capacity=2)
-            for key in loaded["customers"].tolist():
-                store._customers.intern(int(key))
-            for kind, interner in store._strings.items():
-                for key in _unpack_strings(
+            store = cls(capacity=1, pair_capacity=2, entities_max=entities_max, pairs_max=pairs_max)
+            keys: dict[str, list[Any]] = {"customer": loaded["customers"].tolist()}
+            for kind in _STRING_KINDS:
+                keys[kind] = _unpack_strings(
                     loaded[f"keys_{kind}_blob"], loaded[f"keys_{kind}_offsets"]
-                ):
-                    interner.intern(key)
-            sizes = store.entity_counts()
+                )
+            for kind, interner in store._interners().items():
+                if version == [1]:  # dense ids, in order of first sighting
+                    used, ids = len(keys[kind]), np.arange(len(keys[kind]), dtype=np.int64)
+                else:
+                    used = int(loaded["rows"][K.ENTITY_KINDS.index(kind)])
+                    ids = loaded[f"ids_{kind}"]
+                _restore_interner(interner, keys[kind], ids, used, name)
+            sizes = store._rows()
             for kind in K.ENTITY_KINDS:
                 store._capacity[kind] = sizes[kind]
             for state_name, array in store._state.items():
@@ -922,12 +1227,37 @@ class FeatureStore:
                         f"snapshot {name}: {state_name} has a bad size"
                     )
                 store._state[state_name] = np.ascontiguousarray(saved)
-        except KeyError as error:
+        except (KeyError, IndexError) as error:
             raise FeatureSnapshotCorruptError(f"snapshot {name} lacks {error}") from error
         pairs = store._state["pairs"].shape[0]
         if pairs & (pairs - 1) or pairs < 2:
             raise FeatureSnapshotCorruptError(f"snapshot {name}: the pair table has a bad size")
         return store
+
+
+def _restore_interner(
+    interner: _Interner, keys: list[Any], ids: IntArray, rows: int, name: str
+) -> None:
+    """Fill an empty interner with a snapshot's keys and their ids (distinct, below ``rows``);
+    the ids no key holds are free, reused lowest first as they would have been."""
+    if (
+        ids.ndim != 1
+        or ids.size != len(keys)
+        or not 0 <= rows <= ENTITIES_MAX
+        or (ids.size and (int(ids.min()) < 0 or int(ids.max()) >= rows))
+    ):
+        raise FeatureSnapshotCorruptError(f"snapshot {name}: bad entity ids")
+    live = np.zeros(rows, np.bool_)
+    live[ids] = True
+    interner.ids = dict(zip(keys, ids.tolist(), strict=True))
+    if len(interner.ids) != ids.size or int(live.sum()) != ids.size:
+        raise FeatureSnapshotCorruptError(f"snapshot {name}: repeated keys or ids")
+    interner.rows = rows
+    interner.free = np.flatnonzero(~live)[::-1].tolist()
+    interner.keys = np.empty(max(16, rows), object)
+    column = np.empty(len(keys), object)
+    column[:] = keys
+    interner.keys[ids] = column
 
 
 _WHOLE_ARRAYS: Final = frozenset({"pairs", "counters"})
@@ -942,6 +1272,77 @@ def _rows_for(name: str, sizes: dict[str, int]) -> int | None:
     if name in _WHOLE_ARRAYS:
         return None
     return sizes[_KIND_OF_PREFIX[name.split("_", 1)[0]]]
+
+
+def _least(candidates: IntArray, seen: IntArray, excess: int, bound: int) -> IntArray:
+    """Of ``candidates`` (ascending), the ``max(excess, bound // EVICTION_SHARE)`` least
+    recently seen (``seen[candidate]``; among equals, the lowest first), or all of them."""
+    count = min(max(excess, bound // EVICTION_SHARE), candidates.size)
+    if count == candidates.size:
+        return candidates
+    times = seen[candidates]
+    before = np.partition(times, count - 1)[count - 1]
+    older = times < before
+    ties = np.flatnonzero(times == before)[: count - int(older.sum())]
+    return np.sort(np.concatenate([candidates[older], candidates[ties]]))
+
+
+def _customer_of(counterparty: str) -> int | None:
+    """The customer a counterparty ``c:<id>`` names (None: not a customer)."""
+    if counterparty.startswith("c:"):
+        text = counterparty[2:]
+        if text.isdigit() and text.isascii():
+            return int(text)
+    return None
+
+
+def _batch_keys(checked: _Checked, kind: str) -> set[Any]:
+    """The distinct keys of ``kind`` a batch names (customers: also those its counterparties
+    ``c:<id>`` name, which are interned with them)."""
+    if kind != "customer":
+        keys = set(checked.strings[kind])
+        keys.discard("")
+        return keys
+    customers: set[Any] = set(checked.customer_id.tolist())
+    for counterparty in set(checked.strings["counterparty"]):
+        linked = _customer_of(counterparty)
+        if linked is not None:
+            customers.add(linked)
+    return customers
+
+
+def _batch_pairs(checked: _Checked) -> set[tuple[int, str, str]]:
+    """The distinct pairs a batch names, as (customer, kind, key): (customer, device) of its
+    events with a device, (customer, counterparty) of its money events with a counterparty
+    (the pairs its events may add)."""
+    money = (checked.kind <= K.KIND_WITHDRAWAL).tolist()
+    customers = checked.customer_id.tolist()
+    pairs = {
+        (c, "device", d) for c, d in zip(customers, checked.strings["device"], strict=True) if d
+    }
+    pairs.update(
+        (c, "counterparty", p)
+        for c, p, m in zip(customers, checked.strings["counterparty"], money, strict=True)
+        if p and m
+    )
+    return pairs
+
+
+def _pair_keys(batch: EventBatch) -> IntArray:
+    """The distinct pair-table keys a batch's events look up or add."""
+    bits = K.PAIR_ID_BITS
+    money = batch.kind <= K.KIND_WITHDRAWAL
+    paid = money & (batch.counterparty >= 0)
+    used = batch.device >= 0
+    keys = np.concatenate(
+        [
+            (K.PAIR_COUNTERPARTY << (2 * bits))
+            | (batch.customer[paid] << bits)
+            | batch.counterparty[paid],
+            (K.PAIR_DEVICE << (2 * bits)) | (batch.customer[used] << bits) | batch.device[used],
+        ]
+    )
+    return np.unique(keys)
 
 
 def _pack_strings(keys: list[str]) -> tuple[np.ndarray[Any, Any], IntArray]:

@@ -30,6 +30,7 @@ from puhui.errors import PuhuiError
 from ._decide import EventKind, RiskEvent
 from ._engine import DEFAULT_RULES, RiskEngine, engine_schema
 from ._evaluate import Ruleset
+from ._features import ENTITIES_MAX_DEFAULT, PAIRS_MAX_DEFAULT, FeatureStore
 from ._lists import RiskLists
 from ._load import RulesetWatcher, load_ruleset
 from ._log import DecisionLog
@@ -64,9 +65,13 @@ def open_engine(
     """The engine over ``directory`` (created if missing), its feature state recovered.
 
     On exit the feature state is snapshotted and the log closed, so the next start replays
-    nothing. ``snapshot_interval_s=None`` takes no snapshots while running. ``entities`` and
-    ``pairs`` size the feature state up front (``FeatureStore.reserve``): a store that grows
-    while serving stalls every decision behind the copy.
+    nothing. ``snapshot_interval_s=None`` takes no snapshots while running.
+
+    ``entities`` and ``pairs`` bound the feature state (``FeatureStore(entities_max=…,
+    pairs_max=…)``: at most that many keys of each entity kind and pairs; beyond, the least
+    recently seen are evicted) and size it up front for the bound (``FeatureStore.reserve``: a
+    store that grows while serving stalls every decision behind the copy). 0: the default
+    bounds (``ENTITIES_MAX_DEFAULT``, ``PAIRS_MAX_DEFAULT``), the state grown as needed.
 
     Raises ``RiskStateLockedError`` when another process has the directory open,
     ``RuleParseError`` for an invalid ruleset file and ``ModelFileError`` for an unusable
@@ -88,6 +93,10 @@ def open_engine(
         try:
             engine = RiskEngine(
                 ruleset,
+                features=FeatureStore(
+                    entities_max=entities or ENTITIES_MAX_DEFAULT,
+                    pairs_max=pairs or PAIRS_MAX_DEFAULT,
+                ),
                 lists=lists if lists is not None else RiskLists(clock),
                 model=live,
                 shadow_model=shadow,
