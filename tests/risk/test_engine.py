@@ -144,6 +144,35 @@ def test_trusted_devices_survive_a_restart(tmp_path: Path) -> None:
     _close(restarted)
 
 
+def test_trusted_devices_are_bounded_the_least_recently_used_forgotten(tmp_path: Path) -> None:
+    """A flood of accepted events from ever-new devices keeps the trusted pairs within the
+    bound (the feature store's ``pairs_max``); a device in use stays trusted through it, one
+    not used since the flood began is new again (more checks, never fewer)."""
+    from puhui.risk._features import FeatureStore
+
+    clock = ManualClock(T0)
+    lists = RiskLists(clock)
+    engine = RiskEngine(
+        parse_ruleset(RULES, engine_schema()),
+        lists=lists,
+        features=FeatureStore(pairs_max=64),
+        log=DecisionLog(tmp_path / "log"),
+    )
+    assert engine.trusted_max == 64
+    engine([_event(0, 1_000, device="old-phone")])
+    engine.trust_device(7, "daily-phone")
+    for k in range(1, 301):
+        # three new devices a minute, and the daily phone once in a while
+        batch = [_event(k, 1_000, device=f"flood-{k}-{i}") for i in range(3)]
+        if k % 10 == 0:
+            batch.append(_event(k, 1_000, device="daily-phone"))
+        engine(batch)
+        assert engine.trusted_count() <= 64
+    untrusted = engine._untrusted([7, 7, 7, 7], ["daily-phone", "old-phone", "flood-300-2", "x"])
+    assert untrusted.tolist() == [False, True, False, True]
+    _close(engine)
+
+
 def test_the_default_ruleset_compiles_against_the_engine_schema() -> None:
     ruleset = load_ruleset(DEFAULT_RULES, engine_schema())
     assert len(ruleset.evaluated_rules) >= 15

@@ -335,10 +335,13 @@ class RiskEngine:
         self.explain_top = explain_top
         self._lock = threading.Lock()
         self._snapshotting = threading.Lock()
-        self._trusted: set[tuple[int, str]] = set()
+        self._trusted: dict[tuple[int, str], None] = {}
         """(customer, device) of each device a customer used in an accepted event (or
-        confirmed by step-up). One set of pairs, not a set per customer: tuples of an int and
-        a str leave the garbage collector's care, a million small sets would not."""
+        confirmed by step-up), least recently used first: at most ``trusted_max`` (the
+        feature store's ``pairs_max``), the least recently used forgotten beyond it (a device
+        forgotten is new again: more checks, never fewer). One dict of pairs, not a set per
+        customer: a plain dict of tuples of an int and a str leaves the garbage collector's
+        care, a million small sets would not."""
         self._schema_names: tuple[str, ...] = ()
         self._schema_hash = ""
 
@@ -529,17 +532,44 @@ class RiskEngine:
             dtype=np.bool_,
         ).reshape(len(devices))
 
+    @property
+    def trusted_max(self) -> int:
+        """Most (customer, device) pairs trusted at once (the feature store's ``pairs_max``)."""
+        return self.features.pairs_max
+
+    def trusted_count(self) -> int:
+        """(customer, device) pairs trusted now."""
+        return len(self._trusted)
+
     def _learn_trust(self, customers: list[int], devices: list[str], severity: list[int]) -> None:
-        add = self._trusted.add
+        trusted = self._trusted
+        pop = trusted.pop
         for customer, device, level in zip(customers, devices, severity, strict=True):
             if level == 0 and device:
-                add((customer, device))
+                pair = (customer, device)
+                pop(pair, None)  # to the end: the most recently used
+                trusted[pair] = None
+        self._forget_trust()
+
+    def _forget_trust(self) -> None:
+        """Beyond ``trusted_max``, keep the most recently used 7/8 of it: one pass over the
+        pairs per 1/8 of the bound new pairs (a plain dict, not an ordered one: it stays out
+        of the garbage collector's care)."""
+        bound = self.trusted_max
+        if len(self._trusted) <= bound:
+            return
+        keep = bound - bound // 8
+        drop = len(self._trusted) - keep
+        self._trusted = dict.fromkeys(itertools.islice(self._trusted, drop, None))
 
     def trust_device(self, customer_id: int, device_id: str) -> None:
         """The customer proved this device is theirs (passed a step-up on it)."""
         if device_id:
             with self._lock:
-                self._trusted.add((customer_id, device_id))
+                pair = (customer_id, device_id)
+                self._trusted.pop(pair, None)
+                self._trusted[pair] = None
+                self._forget_trust()
 
     # --- the decision log ------------------------------------------------------------------
 
@@ -639,9 +669,11 @@ class RiskEngine:
                     pairs_max=self.features.pairs_max,
                 )
                 since = int(saved["log_next_id"])
-                self._trusted = {
+                # The snapshot keeps the pairs, not their order of use: restored in its order.
+                self._trusted = dict.fromkeys(
                     (int(c), device) for c, d in saved.get("trusted", {}).items() for device in d
-                }
+                )
+                self._forget_trust()
             if self.log is None:
                 return 0
             replayed = 0
