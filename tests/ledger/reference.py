@@ -37,7 +37,12 @@ from puhui.ledger._types import (
 )
 
 TIMESTAMP_MAX = 2**64 - 2
-"""``maxInt(u64) - 1``: timestamps (and the clock) must stay below this."""
+"""``maxInt(u64) - 1``: the clock must stay below this."""
+
+TIMESTAMP_VALID_MAX = 2**63 - 1
+"""The server's ``TimestampRange.timestamp_max`` (``maxInt(u63)``: the top bit of a timestamp is
+the LSM tombstone flag). An imported timestamp or a filter bound above it is invalid; the Zig
+model bounds them by ``TIMESTAMP_MAX`` instead."""
 
 ID_MAX = AMOUNT_MAX
 """``maxInt(u128)``: not a valid account, transfer or pending id."""
@@ -150,7 +155,9 @@ def _deadline(transfer: Transfer) -> int:
 
 def _valid_range(minimum: int, maximum: int) -> bool:
     return (
-        minimum < TIMESTAMP_MAX and maximum < TIMESTAMP_MAX and (maximum == 0 or minimum <= maximum)
+        minimum <= TIMESTAMP_VALID_MAX
+        and maximum <= TIMESTAMP_VALID_MAX
+        and (maximum == 0 or minimum <= maximum)
     )
 
 
@@ -163,7 +170,7 @@ def _time_valid(
 ) -> _Status | None:
     if not imported:
         return None if timestamp == 0 else statuses["TIMESTAMP_MUST_BE_ZERO"]
-    if timestamp == 0 or timestamp >= TIMESTAMP_MAX:
+    if timestamp == 0 or timestamp > TIMESTAMP_VALID_MAX:
         return statuses["IMPORTED_EVENT_TIMESTAMP_OUT_OF_RANGE"]
     if timestamp > cutoff:
         return statuses["IMPORTED_EVENT_TIMESTAMP_MUST_NOT_ADVANCE"]
