@@ -1456,14 +1456,15 @@ def test_scenario_expired_post_then_pulses(harness: LedgerHarness) -> None:
 
 
 def test_scenario_imports_after_expiration(harness: LedgerHarness) -> None:
-    """Zig: "supplied scenario imports after expiration". An expiry is a change with its own
-    timestamp: imported transfers must postdate it."""
+    """Zig: "supplied scenario imports after expiration". The Zig model also makes imports
+    postdate the expiry; the server only the newest transfer (``transfers.objects.key_range``),
+    see ``test_imported_transfer_may_predate_an_expiry``."""
     with_accounts(harness)
     created = submit(harness, transfer(1, flags=TF.PENDING, timeout=1))
     expiry = created.timestamp + NS
     harness.set_now(expiry)
     harness.pulse()
-    imported = transfer(2, flags=TF.IMPORTED, timestamp=expiry)
+    imported = transfer(2, flags=TF.IMPORTED, timestamp=created.timestamp)
     reject_transfer(harness, imported, T.IMPORTED_EVENT_TIMESTAMP_MUST_NOT_REGRESS)
     imported = dataclasses.replace(imported, timestamp=expiry + 1)
     submit(harness, imported)
@@ -2480,3 +2481,39 @@ def test_filter_timestamps_above_u63_are_invalid(
         1 if valid and every else 0
     )
     assert ids(harness.query_accounts(query(**bounds))) == ([1, 2] if valid and every else [])
+
+
+def test_imported_transfer_may_predate_an_expiry(harness: LedgerHarness) -> None:
+    """state_machine.zig ``create_transfer``: an imported transfer must postdate
+    ``transfers.objects.key_range.key_max`` (the newest transfer), not the expiries: an expiry
+    writes no transfer (it updates ``transfers_pending``, the accounts and ``account_events``).
+    So after an expiry an import may take a timestamp between the newest transfer and it."""
+    with_accounts(harness)
+    created = submit(harness, transfer(1, flags=TF.PENDING, timeout=1))
+    harness.set_now(created.timestamp + 2 * NS)
+    assert harness.pulse() == 1
+    assert balances(harness, 1) == (0, 0, 0, 0)
+    reject_transfer(
+        harness,
+        transfer(2, flags=TF.IMPORTED, timestamp=created.timestamp),
+        T.IMPORTED_EVENT_TIMESTAMP_MUST_NOT_REGRESS,
+    )
+    imported = transfer(2, flags=TF.IMPORTED, timestamp=created.timestamp + 1)
+    submit(harness, imported)
+    submit(harness, imported, (T.EXISTS, created.timestamp + 1))
+    assert balances(harness, 1) == (0, 10, 0, 0)
+    assert ids(harness.query_transfers(query())) == [1, 2]
+    # The newest transfer is now the import: the next must postdate it, and may still
+    # predate the expiry.
+    reject_transfer(
+        harness,
+        transfer(3, flags=TF.IMPORTED, timestamp=created.timestamp + 1),
+        T.IMPORTED_EVENT_TIMESTAMP_MUST_NOT_REGRESS,
+    )
+    submit(harness, transfer(3, flags=TF.IMPORTED, timestamp=created.timestamp + 2))
+    # Expiries keep their own order: a later one still gets a newer timestamp.
+    later = submit(harness, transfer(4, flags=TF.PENDING, timeout=1))
+    harness.set_now(later.timestamp + 2 * NS)
+    assert harness.pulse() == 1
+    assert balances(harness, 1) == (0, 20, 0, 0)
+    assert submit(harness, transfer(5)).timestamp > later.timestamp + 2 * NS
