@@ -37,7 +37,12 @@ from puhui.ledger._types import (
 )
 
 TIMESTAMP_MAX = 2**64 - 2
-"""``maxInt(u64) - 1``: timestamps (and the clock) must stay below this."""
+"""``maxInt(u64) - 1``: the clock must stay below this."""
+
+TIMESTAMP_VALID_MAX = 2**63 - 1
+"""The server's ``TimestampRange.timestamp_max`` (``maxInt(u63)``: the top bit of a timestamp is
+the LSM tombstone flag). An imported timestamp or a filter bound above it is invalid; the Zig
+model bounds them by ``TIMESTAMP_MAX`` instead."""
 
 ID_MAX = AMOUNT_MAX
 """``maxInt(u128)``: not a valid account, transfer or pending id."""
@@ -150,7 +155,9 @@ def _deadline(transfer: Transfer) -> int:
 
 def _valid_range(minimum: int, maximum: int) -> bool:
     return (
-        minimum < TIMESTAMP_MAX and maximum < TIMESTAMP_MAX and (maximum == 0 or minimum <= maximum)
+        minimum <= TIMESTAMP_VALID_MAX
+        and maximum <= TIMESTAMP_VALID_MAX
+        and (maximum == 0 or minimum <= maximum)
     )
 
 
@@ -163,7 +170,7 @@ def _time_valid(
 ) -> _Status | None:
     if not imported:
         return None if timestamp == 0 else statuses["TIMESTAMP_MUST_BE_ZERO"]
-    if timestamp == 0 or timestamp >= TIMESTAMP_MAX:
+    if timestamp == 0 or timestamp > TIMESTAMP_VALID_MAX:
         return statuses["IMPORTED_EVENT_TIMESTAMP_OUT_OF_RANGE"]
     if timestamp > cutoff:
         return statuses["IMPORTED_EVENT_TIMESTAMP_MUST_NOT_ADVANCE"]
@@ -223,8 +230,13 @@ class ReferenceLedger:
         self._now += elapsed_ns
 
     def watermark(self) -> int:
-        """The timestamp of the newest journal entry (transfer or expiry), or 0."""
-        return self.journal[-1].timestamp if self.journal else 0
+        """The newest timestamp in the journal (transfer or expiry), or 0."""
+        return max((e.timestamp for e in self.journal), default=0)
+
+    def newest_transfer_timestamp(self) -> int:
+        """The server's ``transfers.objects.key_range.key_max``: the newest transfer's
+        timestamp, or 0. Expiries write no transfer, so they do not count."""
+        return self.transfers[-1].transfer.timestamp if self.transfers else 0
 
     # --- Expiry -------------------------------------------------------------------------------
 
@@ -629,7 +641,7 @@ class ReferenceLedger:
         if transfer.ledger != dr.ledger:
             return CreateTransferStatus.TRANSFER_MUST_HAVE_THE_SAME_LEDGER_AS_ACCOUNTS
         if imported:
-            if transfer.timestamp <= self.watermark():
+            if transfer.timestamp <= self.newest_transfer_timestamp():
                 return CreateTransferStatus.IMPORTED_EVENT_TIMESTAMP_MUST_NOT_REGRESS
             for account in self.accounts:
                 if transfer.timestamp == account.timestamp:
@@ -720,7 +732,10 @@ class ReferenceLedger:
         return CreateTransferStatus.CREATED
 
     def _record(self, transfer: Transfer, timestamp: int, *, expired: bool) -> None:
-        assert timestamp > self.watermark()
+        # Transfers are in timestamp order among themselves (asserted on insertion); an imported
+        # one may predate an expiry, so only expiries must postdate everything.
+        if expired:
+            assert timestamp > self.watermark()
         flags = int(transfer.flags)
         if expired:
             kind = ChangeKind.TWO_PHASE_EXPIRED

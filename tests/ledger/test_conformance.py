@@ -1456,14 +1456,15 @@ def test_scenario_expired_post_then_pulses(harness: LedgerHarness) -> None:
 
 
 def test_scenario_imports_after_expiration(harness: LedgerHarness) -> None:
-    """Zig: "supplied scenario imports after expiration". An expiry is a change with its own
-    timestamp: imported transfers must postdate it."""
+    """Zig: "supplied scenario imports after expiration". The Zig model also makes imports
+    postdate the expiry; the server only the newest transfer (``transfers.objects.key_range``),
+    see ``test_imported_transfer_may_predate_an_expiry``."""
     with_accounts(harness)
     created = submit(harness, transfer(1, flags=TF.PENDING, timeout=1))
     expiry = created.timestamp + NS
     harness.set_now(expiry)
     harness.pulse()
-    imported = transfer(2, flags=TF.IMPORTED, timestamp=expiry)
+    imported = transfer(2, flags=TF.IMPORTED, timestamp=created.timestamp)
     reject_transfer(harness, imported, T.IMPORTED_EVENT_TIMESTAMP_MUST_NOT_REGRESS)
     imported = dataclasses.replace(imported, timestamp=expiry + 1)
     submit(harness, imported)
@@ -2167,7 +2168,11 @@ TIMESTAMP_BOUNDS: list[tuple[int, int, list[int]]] = [
     (109, 0, []),
     (108, 105, []),
     (TIMESTAMP_MAX - 1, 0, []),
-    (0, TIMESTAMP_MAX - 1, [90, 10, 70, 30]),
+    # The server's bounds stop at maxInt(u63) (``TimestampRange.valid``); the Zig model's at
+    # TIMESTAMP_MAX - 1.
+    (0, 2**63 - 1, [90, 10, 70, 30]),
+    (0, 2**63, []),
+    (0, TIMESTAMP_MAX - 1, []),
     (TIMESTAMP_MAX, 0, []),
     (TIMESTAMP_MAX + 1, 0, []),
     (0, TIMESTAMP_MAX, []),
@@ -2176,7 +2181,7 @@ TIMESTAMP_BOUNDS: list[tuple[int, int, list[int]]] = [
 
 
 def test_query_transfers_timestamp_bounds(harness: LedgerHarness) -> None:
-    """Zig: "query_transfers timestamp bounds" (inclusive; TIMESTAMP_MAX is invalid)."""
+    """Zig: "query_transfers timestamp bounds" (inclusive; above 2**63 - 1 is invalid)."""
     with_query_model(harness)
     for minimum, maximum, expected in TIMESTAMP_BOUNDS:
         expect_transfers(harness, query(timestamp_min=minimum, timestamp_max=maximum), expected)
@@ -2187,9 +2192,9 @@ def test_query_transfers_timestamp_bounds(harness: LedgerHarness) -> None:
         )
     expect_transfers(harness, query(timestamp_min=106, timestamp_max=107, reversed_=True), [70, 10])
     # The largest valid timestamp remains queryable, with inclusive bounds.
-    harness.set_now(TIMESTAMP_MAX - 2)
-    assert submit(harness, transfer(50)).timestamp == TIMESTAMP_MAX - 1
-    bound: dict[str, Any] = {"timestamp_min": TIMESTAMP_MAX - 1, "timestamp_max": TIMESTAMP_MAX - 1}
+    harness.set_now(2**63 - 2)
+    assert submit(harness, transfer(50)).timestamp == 2**63 - 1
+    bound: dict[str, Any] = {"timestamp_min": 2**63 - 1, "timestamp_max": 2**63 - 1}
     expect_transfers(harness, query(**bound), [50])
     expect_transfers(harness, account_filter(1, **bound), [50])
 
@@ -2406,3 +2411,109 @@ def test_ids_and_amounts_use_all_128_bits(harness: LedgerHarness) -> None:
     )
     expect_transfers(harness, query(user_data_128=high), [low])
     expect_transfers(harness, account_filter(high, limit=2, reversed_=True), [1 << 127, low])
+
+
+# --- the server's own rules (src/state_machine.zig), where the reference model differs --------
+#
+# TigerBeetle keeps the top bit of a u64 timestamp as the LSM tombstone flag, so a valid
+# timestamp is 1 ..= 2**63 - 1 (``TimestampRange.timestamp_max = maxInt(u63)``); the Zig
+# reference model bounds them by ``maxInt(u64) - 1`` instead.
+
+VALID_TIMESTAMP_MAX = 2**63 - 1
+"""``TimestampRange.timestamp_max``: the largest timestamp TigerBeetle accepts anywhere."""
+
+
+@pytest.mark.parametrize("timestamp", [2**63, 2**63 + 1, TIMESTAMP_MAX - 1])
+def test_imported_timestamp_above_u63_is_out_of_range(
+    harness: LedgerHarness, timestamp: int
+) -> None:
+    """state_machine.zig ``execute_create``: ``if (!TimestampRange.valid(event.timestamp))
+    break :blk .imported_event_timestamp_out_of_range;`` comes before ``must_not_advance``;
+    the docs: "Must be greater than 0 and less than 2^63" for imported events."""
+    reject_account(
+        harness,
+        account(1, flags=AF.IMPORTED, timestamp=timestamp),
+        A.IMPORTED_EVENT_TIMESTAMP_OUT_OF_RANGE,
+    )
+    reject_account(
+        harness,
+        account(1, flags=AF.IMPORTED, timestamp=VALID_TIMESTAMP_MAX),
+        A.IMPORTED_EVENT_TIMESTAMP_MUST_NOT_ADVANCE,
+    )
+    _transfer_base(harness)
+    reject_transfer(
+        harness,
+        transfer(1, flags=TF.IMPORTED, timestamp=timestamp),
+        T.IMPORTED_EVENT_TIMESTAMP_OUT_OF_RANGE,
+    )
+    reject_transfer(
+        harness,
+        transfer(1, flags=TF.IMPORTED, timestamp=VALID_TIMESTAMP_MAX),
+        T.IMPORTED_EVENT_TIMESTAMP_MUST_NOT_ADVANCE,
+    )
+
+
+@pytest.mark.parametrize(
+    ("minimum", "maximum", "valid"),
+    [
+        (0, VALID_TIMESTAMP_MAX, True),
+        (VALID_TIMESTAMP_MAX, VALID_TIMESTAMP_MAX, True),
+        (0, 2**63, False),
+        (2**63, 0, False),
+        (0, TIMESTAMP_MAX - 1, False),
+        (TIMESTAMP_MAX - 1, 0, False),
+    ],
+)
+def test_filter_timestamps_above_u63_are_invalid(
+    harness: LedgerHarness, minimum: int, maximum: int, valid: bool
+) -> None:
+    """state_machine.zig ``get_scan_from_account_filter`` / ``get_scan_from_query_filter``:
+    ``(filter.timestamp_min == 0 or TimestampRange.valid(filter.timestamp_min)) and
+    (filter.timestamp_max == 0 or TimestampRange.valid(filter.timestamp_max))``, else the
+    filter is invalid and the answer empty."""
+    with_accounts(harness, account(1, flags=AF.HISTORY), account(2))
+    submit(harness, transfer(1))
+    bounds: dict[str, Any] = {"timestamp_min": minimum, "timestamp_max": maximum}
+    every = minimum == 0
+    expect_transfers(harness, query(**bounds), [1] if valid and every else [])
+    expect_transfers(harness, account_filter(1, **bounds), [1] if valid and every else [])
+    assert len(harness.get_account_balances(account_filter(1, **bounds))) == (
+        1 if valid and every else 0
+    )
+    assert ids(harness.query_accounts(query(**bounds))) == ([1, 2] if valid and every else [])
+
+
+def test_imported_transfer_may_predate_an_expiry(harness: LedgerHarness) -> None:
+    """state_machine.zig ``create_transfer``: an imported transfer must postdate
+    ``transfers.objects.key_range.key_max`` (the newest transfer), not the expiries: an expiry
+    writes no transfer (it updates ``transfers_pending``, the accounts and ``account_events``).
+    So after an expiry an import may take a timestamp between the newest transfer and it."""
+    with_accounts(harness)
+    created = submit(harness, transfer(1, flags=TF.PENDING, timeout=1))
+    harness.set_now(created.timestamp + 2 * NS)
+    assert harness.pulse() == 1
+    assert balances(harness, 1) == (0, 0, 0, 0)
+    reject_transfer(
+        harness,
+        transfer(2, flags=TF.IMPORTED, timestamp=created.timestamp),
+        T.IMPORTED_EVENT_TIMESTAMP_MUST_NOT_REGRESS,
+    )
+    imported = transfer(2, flags=TF.IMPORTED, timestamp=created.timestamp + 1)
+    submit(harness, imported)
+    submit(harness, imported, (T.EXISTS, created.timestamp + 1))
+    assert balances(harness, 1) == (0, 10, 0, 0)
+    assert ids(harness.query_transfers(query())) == [1, 2]
+    # The newest transfer is now the import: the next must postdate it, and may still
+    # predate the expiry.
+    reject_transfer(
+        harness,
+        transfer(3, flags=TF.IMPORTED, timestamp=created.timestamp + 1),
+        T.IMPORTED_EVENT_TIMESTAMP_MUST_NOT_REGRESS,
+    )
+    submit(harness, transfer(3, flags=TF.IMPORTED, timestamp=created.timestamp + 2))
+    # Expiries keep their own order: a later one still gets a newer timestamp.
+    later = submit(harness, transfer(4, flags=TF.PENDING, timeout=1))
+    harness.set_now(later.timestamp + 2 * NS)
+    assert harness.pulse() == 1
+    assert balances(harness, 1) == (0, 20, 0, 0)
+    assert submit(harness, transfer(5)).timestamp > later.timestamp + 2 * NS

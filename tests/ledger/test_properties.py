@@ -181,7 +181,8 @@ class TsSpec:
     """A timestamp: ``anchor + index + offset`` (``index``: the event's place in its batch).
 
     Anchors: ``zero`` (absolute: offset only, no index), ``now`` (the batch's ``now``),
-    ``watermark`` (the newest transfer or expiry), ``accounts`` (the newest account).
+    ``watermark`` (the newest transfer or expiry), ``transfers`` (the newest transfer: an import
+    may fall between it and a later expiry), ``accounts`` (the newest account).
     """
 
     anchor: str
@@ -198,10 +199,13 @@ ZERO_TS = TsSpec("zero")
 # (now + len - 1), and usually (not always) after what they must follow.
 imported_timestamps = st.one_of(
     st.builds(TsSpec, st.just("now"), st.integers(-6, 0)),
-    st.builds(TsSpec, st.sampled_from(["watermark", "accounts"]), st.integers(1, 3)),
+    st.builds(TsSpec, st.sampled_from(["watermark", "transfers", "accounts"]), st.integers(1, 3)),
 )
 odd_timestamps = st.one_of(
-    st.sampled_from([ZERO_TS, TsSpec("zero", 1), TsSpec("zero", TIMESTAMP_MAX)]),
+    st.sampled_from(
+        # 2**63: just above TigerBeetle's TimestampRange (maxInt(u63)), so out of range.
+        [ZERO_TS, TsSpec("zero", 1), TsSpec("zero", 2**63), TsSpec("zero", TIMESTAMP_MAX)]
+    ),
     st.just(TsSpec("zero", U64_MAX)),
     st.builds(TsSpec, st.just("now"), st.integers(1, 8)),  # beyond the cutoff: must not advance
 )
@@ -212,6 +216,7 @@ def _anchors(guide: ReferenceHarness) -> dict[str, int]:
     return {
         "now": guide.now,
         "watermark": guide.ledger.watermark(),
+        "transfers": guide.ledger.newest_transfer_timestamp(),
         "accounts": max((a.timestamp for a in accounts), default=0),
     }
 

@@ -51,7 +51,10 @@ U64 = np.uint64
 ZERO = U64(0)
 ONE = U64(1)
 MAX64 = U64(0xFFFFFFFFFFFFFFFF)
-TIMESTAMP_MAX = U64(0xFFFFFFFFFFFFFFFE)  # 2**64 - 2, as TigerBeetle
+TIMESTAMP_MAX = U64(0xFFFFFFFFFFFFFFFE)  # 2**64 - 2: the clock stays below it
+# TigerBeetle's ``TimestampRange.timestamp_max``: the top bit of a u64 timestamp is its LSM
+# tombstone flag, so an imported timestamp above 2**63 - 1 is out of range.
+TIMESTAMP_VALID_MAX = U64(0x7FFFFFFFFFFFFFFF)
 NS_PER_S = U64(1_000_000_000)
 ROW_BITS = U64(40)
 ROW_MASK = U64((1 << 40) - 1)
@@ -472,7 +475,7 @@ def _create_account(
         if ev.timestamp != ZERO:
             return A_TIMESTAMP_MUST_BE_ZERO, ZERO
     else:
-        if ev.timestamp == ZERO or ev.timestamp >= TIMESTAMP_MAX:
+        if ev.timestamp == ZERO or ev.timestamp > TIMESTAMP_VALID_MAX:
             return A_IMPORTED_EVENT_TIMESTAMP_OUT_OF_RANGE, ZERO
         if ev.timestamp > import_cutoff:
             return A_IMPORTED_EVENT_TIMESTAMP_MUST_NOT_ADVANCE, ZERO
@@ -716,7 +719,7 @@ def _create_transfer(
         if ev.timestamp != ZERO:
             return T_TIMESTAMP_MUST_BE_ZERO, ZERO
     else:
-        if ev.timestamp == ZERO or ev.timestamp >= TIMESTAMP_MAX:
+        if ev.timestamp == ZERO or ev.timestamp > TIMESTAMP_VALID_MAX:
             return T_IMPORTED_EVENT_TIMESTAMP_OUT_OF_RANGE, ZERO
         if ev.timestamp > import_cutoff:
             return T_IMPORTED_EVENT_TIMESTAMP_MUST_NOT_ADVANCE, ZERO
@@ -857,7 +860,11 @@ def _create_transfer(
     timestamp = slot_ts
     if imported:
         timestamp = ev.timestamp
-        if timestamp <= counters[C_WATERMARK]:
+        # Newer than the newest transfer (rows are in timestamp order), as TigerBeetle's
+        # ``transfers.objects.key_range.key_max``: an expiry writes no transfer, so an import
+        # may predate the expiries.
+        n_transfers = np.int64(counters[C_TRANSFERS])
+        if n_transfers > 0 and timestamp <= transfers[n_transfers - 1].timestamp:
             return T_IMPORTED_EVENT_TIMESTAMP_MUST_NOT_REGRESS, ZERO
         if _sorted_contains(accounts, np.int64(counters[C_ACCOUNTS]), timestamp):
             return T_IMPORTED_EVENT_TIMESTAMP_MUST_NOT_REGRESS, ZERO
@@ -1014,7 +1021,8 @@ def _create_transfer(
             timestamp,
             row,
         )
-    counters[C_WATERMARK] = timestamp
+    if timestamp > counters[C_WATERMARK]:  # an import may predate an expiry
+        counters[C_WATERMARK] = timestamp
     return T_CREATED, ZERO
 
 

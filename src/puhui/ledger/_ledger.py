@@ -74,7 +74,9 @@ T = TypeVar("T")
 
 log = logging.getLogger("puhui.ledger")
 
-TIMESTAMP_MAX = (1 << 64) - 2
+TIMESTAMP_VALID_MAX = (1 << 63) - 1
+"""TigerBeetle's ``TimestampRange.timestamp_max`` (the top bit of a u64 timestamp is its LSM
+tombstone flag): a filter bound above it makes the filter invalid."""
 
 PREFAULT_ROWS_MIN = 8192
 """Fewest rows the prefault thread maps in at a time (1 MiB of transfer rows)."""
@@ -956,8 +958,12 @@ def _check_limit(limit: int) -> None:
 
 
 def _timestamps_valid(minimum: int, maximum: int) -> bool:
+    """TigerBeetle: each bound 0 (unbounded) or in ``1 ..= TIMESTAMP_VALID_MAX``, and
+    ``minimum <= maximum`` when ``maximum`` is set."""
     return (
-        minimum < TIMESTAMP_MAX and maximum < TIMESTAMP_MAX and (maximum == 0 or minimum <= maximum)
+        minimum <= TIMESTAMP_VALID_MAX
+        and maximum <= TIMESTAMP_VALID_MAX
+        and (maximum == 0 or minimum <= maximum)
     )
 
 
