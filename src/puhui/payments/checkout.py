@@ -555,6 +555,7 @@ class Checkout:
                     .where(
                         t.refunds.c.id == _hex(refund_id),
                         t.refunds.c.status == str(_R.REQUESTED),
+                        t.refunds.c.refund_operation_id.is_(None),  # not approved meanwhile
                     )
                     .values(
                         status=str(_R.REJECTED),
@@ -565,6 +566,8 @@ class Checkout:
                 )
                 if done.rowcount == 1:
                     self._changed(conn, CheckoutChange.REFUND_REJECTED, order.id, refund_id)
+            if done.rowcount != 1:
+                raise RefundStateError("the refund was answered meanwhile")
         return self.refund(refund_id)
 
     def escalate_refund(self, refund_id: int, buyer_id: int) -> Refund:
@@ -610,7 +613,8 @@ class Checkout:
         elif ruling is Arbitration.RELEASE:
             if buyer_amount is not None:
                 raise InvalidPayloadError("buyer_amount belongs to a split")
-            self._deny(refund, outcome="arbitrated_release")
+            if not self._deny(refund, outcome="arbitrated_release"):
+                raise RefundStateError("the dispute was decided meanwhile")
             self._release(self.order(order.id))
         else:
             if buyer_amount is None:
@@ -660,8 +664,7 @@ class Checkout:
                 self._pay_refund(_refund(row), row.amount, outcome="approved_unanswered")
                 done["refunds_approved"] += 1
         for row in lapsed:
-            self._deny(_refund(row), outcome="not_escalated")
-            done["refunds_denied"] += 1
+            done["refunds_denied"] += self._deny(_refund(row), outcome="not_escalated")
         with self.engine.connect() as conn:
             due = conn.execute(
                 sa.select(t.orders).where(
@@ -839,18 +842,25 @@ class Checkout:
         )
         return self.payments._drive(op)
 
-    def _deny(self, refund: Refund, *, outcome: str) -> None:
-        """Close a refund without money: the order goes on, its timer restarts."""
+    def _deny(self, refund: Refund, *, outcome: str) -> bool:
+        """Close a refund without money: the order goes on, its timer restarts. Whether it
+        was denied here: not when it was settled, or its payment recorded, meanwhile (a
+        refund whose payment a crash cut short still reads open; recovery pays it)."""
         now = self._now()
         with self.engine.begin() as conn:
             done = conn.execute(
                 t.refunds.update()
-                .where(t.refunds.c.id == _hex(refund.id), t.refunds.c.status.in_(_OPEN_REFUNDS))
+                .where(
+                    t.refunds.c.id == _hex(refund.id),
+                    t.refunds.c.status.in_(_OPEN_REFUNDS),
+                    t.refunds.c.refund_operation_id.is_(None),
+                )
                 .values(status=str(_R.DENIED), outcome=outcome, updated_at_ns=now)
             )
             if done.rowcount == 1:
                 self._reopen_order(conn, refund.order_id, now)
                 self._changed(conn, CheckoutChange.REFUND_DENIED, refund.order_id, refund.id)
+        return bool(done.rowcount == 1)
 
     def _reopen_order(self, conn: sa.Connection, order_id: int, now: int) -> None:
         """The order's refund is settled: it may be refunded or confirmed again, and its
