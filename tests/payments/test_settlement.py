@@ -87,6 +87,45 @@ def test_a_failed_payout_stays_owed_and_is_paid_next_time(market: Market) -> Non
     assert market.receivable() == 0
 
 
+def test_a_failed_payout_is_paid_next_time_even_without_new_takings(market: Market) -> None:
+    """The money of a payout the bank declined stays owed. It used to go out only with a
+    settlement of new takings: a merchant that sold nothing more was never paid it."""
+    market.pay(80_00, "a")
+    market.world.clock.advance(DAY_NS)
+    market.world.bank.failure_rate = 1.0
+    [first] = market.settlement.settle()
+    assert first.operation is not None and first.operation.status is S.FAILED
+    market.world.bank.failure_rate = 0.0
+    market.world.clock.advance(DAY_NS)
+    [second] = market.settlement.settle()  # nothing new was sold
+    assert (second.gross, second.fee, second.payout, second.lines) == (0, 0, 80_00 - 80, ())
+    assert second.operation is not None and second.operation.status is S.COMPLETED
+    assert market.receivable() == 0
+    market.world.clock.advance(DAY_NS)
+    assert market.settlement.settle() == []  # carried over once, not again
+
+
+def test_a_payout_declined_after_the_next_settlement_ran_is_paid_by_the_one_after(
+    market: Market,
+) -> None:
+    market.pay(50_00, "a")
+    market.world.clock.advance(DAY_NS)
+    market.world.bank.processing_rate = 1.0  # the bank answers later ...
+    market.world.bank.failure_rate = 1.0  # ... and declines
+    [first] = market.settlement.settle()
+    assert first.operation is not None and first.operation.status is S.AWAITING_BANK
+    market.world.bank.processing_rate = market.world.bank.failure_rate = 0.0
+    market.pay(10_00, "b")
+    market.world.clock.advance(DAY_NS)
+    [second] = market.settlement.settle()  # the first payout is still held: not in this one
+    assert second.payout == 10_00 - 10
+    assert market.p.recover() == {"failed": 1}  # now the bank's decline is known
+    market.world.clock.advance(DAY_NS)
+    [third] = market.settlement.settle()
+    assert third.payout == 50_00 - 50
+    assert market.receivable() == 0
+
+
 def test_escrow_releases_are_settled_net_of_their_fee(market: Market) -> None:
     c = market.checkout
     order = c.create_order(
@@ -209,13 +248,16 @@ def test_the_daily_jobs_read_through_indexes_not_whole_tables(market: Market) ->
     found = plans_of(world.engine, tables, jobs)
     scans = [line for _, lines in found for line in lines if line.startswith("SCAN ")]
     assert scans == []
-    # what is due: a walk of the operations not settled yet (not of every one completed)
-    [due] = [
+    # what is due, and payouts declined: walks of the operations not settled yet (not of
+    # every one completed, or failed)
+    owed = [
         lines for sql, lines in found if "settlement_id IS NULL AND" in sql and "GROUP BY" in sql
     ]
-    assert due[0].startswith(
-        "SEARCH payments_operations USING INDEX ix_payments_operations_unsettled"
-    )
+    assert len(owed) == 2
+    for lines in owed:
+        assert lines[0].startswith(
+            "SEARCH payments_operations USING INDEX ix_payments_operations_unsettled"
+        ), lines
     # one merchant's due rows: a walk of its own (not of every merchant's unsettled rows)
     [mine] = [lines for sql, lines in found if "merchant_id = ? AND" in sql and "IS NULL" in sql]
     assert mine[0].startswith(

@@ -134,12 +134,26 @@ class Settlement:
                 )
                 .group_by(o.merchant_id, o.currency)
             ).all()
+            # payouts the bank declined, not carried into a later settlement yet: the money
+            # is owed even when the merchant has sold nothing since
+            declined = conn.execute(
+                sa.select(o.merchant_id, o.currency)
+                .where(
+                    o.merchant_id.is_not(None),
+                    o.settlement_id.is_(None),
+                    o.day < day,
+                    o.kind == str(OperationKind.SETTLEMENT),
+                    o.status == str(_S.FAILED),
+                )
+                .group_by(o.merchant_id, o.currency)
+            ).all()
             done = conn.execute(
                 sa.select(t.settlements.c.merchant_id, t.settlements.c.currency).where(
                     t.settlements.c.day == day
                 )
             ).all()
-        for merchant_id, code in sorted({(r[0], r[1]) for r in due} | {(r[0], r[1]) for r in done}):
+        owed = {(r[0], r[1]) for r in due} | {(r[0], r[1]) for r in declined}
+        for merchant_id, code in sorted(owed | {(r[0], r[1]) for r in done}):
             self._settle_one(int(merchant_id), code, day)
         return [self.statement(m, c, day) for m, c in self._settled(day)]
 
@@ -170,17 +184,25 @@ class Settlement:
         cur = currency(currency_code)
         o = t.operations.c
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(o.id, o.kind, o.amount, o.fee, o.day).where(
+            found = conn.execute(
+                sa.select(o.id, o.kind, o.amount, o.fee, o.day, o.status).where(
                     o.merchant_id == merchant_id,
                     o.currency == cur.code,
-                    o.kind.in_(_DUE_KINDS),
+                    o.kind.in_((*_DUE_KINDS, str(OperationKind.SETTLEMENT))),
                     # this merchant's rows by (merchant_id, settlement_id), not every
                     # merchant's unsettled ones by the ``unsettled`` index's status
-                    unindexed(o.status) == str(_S.COMPLETED),
+                    unindexed(o.status).in_((str(_S.COMPLETED), str(_S.FAILED))),
                     o.settlement_id.is_(None),
                 )
             ).all()
+        # Payouts the bank declined (final, their hold voided before they were recorded
+        # failed: read before the balance, their money is in it): carried into this one.
+        declined = [
+            r.id
+            for r in found
+            if r.kind == OperationKind.SETTLEMENT and r.status == _S.FAILED and r.day < day
+        ]
+        rows = [r for r in found if r.kind in _DUE_KINDS and r.status == _S.COMPLETED]
         due = [r for r in rows if r.day < day]
         not_due = [r for r in rows if r.day >= day]
         gross_payments = sum(r.amount for r in due if r.kind == OperationKind.MERCHANT_PAYMENT)
@@ -213,7 +235,16 @@ class Settlement:
                 .where(o.id.in_([r.id for r in due]), o.settlement_id.is_(None))
                 .values(settlement_id=_hex(settlement_id))
             ).rowcount
-            if marked != len(due):
+            carried = (
+                conn.execute(
+                    t.operations.update()
+                    .where(o.id.in_(declined), o.settlement_id.is_(None))
+                    .values(settlement_id=_hex(settlement_id))
+                ).rowcount
+                if declined
+                else 0
+            )
+            if marked != len(due) or carried != len(declined):
                 raise PaymentsError("settlement raced with another run; run it again")
 
         if payout == 0:  # nothing to send (e.g. all due money was refunded): record only
@@ -254,6 +285,8 @@ class Settlement:
                 .where(  # the merchant too: the (merchant_id, settlement_id) index
                     t.operations.c.merchant_id == merchant_id,
                     t.operations.c.settlement_id == row.id,
+                    # not the declined payouts this settlement carried over
+                    t.operations.c.kind.in_(_DUE_KINDS),
                 )
                 .order_by(t.operations.c.created_at_ns)
             ).all()
