@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import io
+
 import pytest
 
 from puhui.payments import (
@@ -159,6 +162,54 @@ def test_reconciliation_reports_each_difference_and_fixes_nothing(market: Market
     assert report.matched == 3
     assert market.p.balance(market.customer, CNY) == books  # nothing was "fixed"
     assert market.settlement.reconcile(day, faulty) == report  # same statement, same report
+
+
+def test_reconciliation_reports_money_that_moved_the_wrong_way_or_in_another_currency(
+    market: Market,
+) -> None:
+    """The bank's line for a reference may carry the right amount and still not be what we
+    did: a payout the bank booked as a charge (the money went the other way), or another
+    currency. Both used to count as matched."""
+    for k in range(2):
+        market.p.top_up(market.customer, market.card, 10_00 + k, CNY, key=f"t{k}")
+    withdrawal = market.p.withdraw(market.customer, market.card, 7_00, CNY, key="w")
+    day = market.settlement.today()
+    lines = list(csv.reader(io.StringIO(market.world.bank.statement(day).decode())))[1:]
+    assert len(lines) == 4  # the seed top-up, two top-ups, the withdrawal
+    top_up = next(line for line in lines if line[1] == "charge" and line[2] == "1000")
+    assert top_up[0] != f"{withdrawal.id:032x}"
+    edited = []
+    for reference, direction, amount, code, status in lines:
+        wrong_way = reference == f"{withdrawal.id:032x}"  # booked the other way round
+        other_currency = reference == top_up[0]
+        edited.append(
+            (
+                reference,
+                "charge" if wrong_way else direction,
+                int(amount),
+                "USD" if other_currency else code,
+                status,
+            )
+        )
+    report = market.settlement.reconcile(day, statement_csv(edited))
+    assert sorted((m.reference, m.kind, m.ours, m.bank) for m in report.mismatches) == sorted(
+        [
+            (f"{withdrawal.id:032x}", "wrong_direction", 7_00, 7_00),
+            (top_up[0], "wrong_currency", 10_00, 10_00),
+        ]
+    )
+    assert report.matched == 2
+    mixed = statement_csv(
+        [(f"{withdrawal.id:032x}", "payout", 7_00, "CNY", "succeeded")] * 2
+    )  # one payout, paid twice
+    twice = market.settlement.reconcile(day, mixed)
+    assert (f"{withdrawal.id:032x}", "amount_differs", 7_00, 14_00) in [
+        (m.reference, m.kind, m.ours, m.bank) for m in twice.mismatches
+    ]
+    with pytest.raises(StatementInvalidError):
+        market.settlement.reconcile(
+            day, statement_csv([("a" * 32, "refund", 5, "CNY", "succeeded")])
+        )
 
 
 def test_an_unreadable_statement_is_refused(market: Market) -> None:
