@@ -503,13 +503,19 @@ def _check_refunds(orders: dict[int, Order], refunds: list[Refund], ops: list[Op
 
 
 def _check_confirm_timer(
-    w: Shops, before: dict[int, Order], after: dict[int, Order], step: Step
+    w: Shops,
+    before: dict[int, Order],
+    after: dict[int, Order],
+    refunds: list[Refund],
+    step: Step,
 ) -> None:
     """A shipped order confirms at shipment + fulfilment delay + extensions + pauses; its
     timer stands still exactly while a refund of it is open (since the step that opened it
-    or shipped it, until the step that settled it: the clock only moves between steps), and
-    the timers never confirm it before that."""
+    or shipped it, until the step that settled it: the clock only moves between steps — or
+    until the deadline that settled it, when the timers ran late), and the timers never
+    confirm it before that."""
     now = w.clock.now_ns()
+    by_id = {refund.id: refund for refund in refunds}
     for order_id, order in after.items():
         was = before.get(order_id)
         paused_before = (
@@ -519,9 +525,15 @@ def _check_confirm_timer(
         if paused_now and not paused_before:
             w.paused_since[order_id] = now
         elif paused_before and not paused_now:
-            w.paused_ns[order_id] = (
-                w.paused_ns.get(order_id, 0) + now - w.paused_since.pop(order_id)
-            )
+            assert was is not None and was.open_refund_id is not None
+            settled = by_id[was.open_refund_id]
+            deadline = {
+                "approved_unanswered": settled.answer_by_ns,
+                "not_escalated": settled.escalate_by_ns,
+            }.get(settled.outcome or "")
+            since = w.paused_since.pop(order_id)
+            until = now if deadline is None else max(since, min(now, deadline))
+            w.paused_ns[order_id] = w.paused_ns.get(order_id, 0) + until - since
         if order.shipped_at_ns is None:
             continue
         expected = (
@@ -588,7 +600,7 @@ def _run(plan: list[Step]) -> None:
             ops = w.payments.operations(limit=10_000)
             _check_books(w, after, ops)
             _check_refunds(after, refunds, ops)
-            _check_confirm_timer(w, before, after, step)
+            _check_confirm_timer(w, before, after, refunds, step)
             if step.kind == "time" and not step.x:
                 _check_nothing_due(w, after, refunds, ops)
             before = after
@@ -677,3 +689,33 @@ def test_a_refund_request_after_the_confirm_time_does_not_hold_up_the_release(
     c.run_timers()
     assert c.order(order_id).status is OS.FINISHED
     assert world.payments.merchant_balance(seller, CNY).posted == 99_40
+
+
+@pytest.mark.parametrize("settled_by", ["not_escalated", "approved_unanswered"])
+def test_a_late_timer_resumes_the_confirmation_from_the_refunds_deadline(
+    world: World, settled_by: str
+) -> None:
+    """A refund settled by its deadline (the seller's silence approves it; a rejection not
+    escalated is denied) stops the confirmation timer until that deadline, not until the
+    late scheduler noticed: the order used to wait for the seller's money as long again as
+    the scheduler was late."""
+    c, buyer, seller = _shop(world)
+    order_id = c.create_order(buyer, seller, 100_00, CNY, Fulfilment.EXPRESS, "Tea", key="o").id
+    c.pay_order(order_id, buyer, key="pay")
+    c.ship_order(order_id, seller)  # express: receipt confirms itself in 10 days
+    confirm_by = c.order(order_id).confirm_by_ns
+    assert confirm_by is not None
+    _scheduler_late(world, 24)
+    refund = c.request_refund(order_id, buyer, 40_00, "one box broken", key="r")
+    if settled_by == "not_escalated":
+        c.answer_refund(refund.id, seller, approve=False)
+        deadline = c.refund(refund.id).escalate_by_ns
+    else:
+        deadline = refund.answer_by_ns
+    assert deadline is not None
+    opened = c.order(order_id).suspended_at_ns
+    assert opened is not None
+    _scheduler_late(world, (deadline - opened) // HOUR_NS + 72)  # three days late
+    c.run_timers()
+    assert c.refund(refund.id).outcome == settled_by
+    assert c.order(order_id).confirm_by_ns == confirm_by + (deadline - opened)

@@ -3,6 +3,7 @@ internal steps in the order two threads (or a process killed half-way) would rea
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -12,6 +13,7 @@ import sqlalchemy as sa
 from puhui import risk
 from puhui.errors import PuhuiError
 from puhui.payments import (
+    AccountCode,
     Arbitration,
     BillerKind,
     Bills,
@@ -22,6 +24,7 @@ from puhui.payments import (
     PaymentBatches,
     PaymentRequest,
     RefundOpenError,
+    RefundStateError,
     SimulatedBiller,
     _outflow,
 )
@@ -279,3 +282,65 @@ def test_a_payers_first_outflow_of_the_day_in_two_transactions_at_once(
     with world.engine.connect() as conn:
         reserved = conn.execute(sa.select(d.c.amount).where(d.c.customer_id == payer)).all()
     assert [row.amount for row in reserved] == [30_00]
+
+
+@pytest.mark.parametrize("first", [Arbitration.SPLIT, Arbitration.REFUND])
+def test_a_ruling_whose_refund_a_crash_cut_short_cannot_be_overruled(
+    world: World, monkeypatch: pytest.MonkeyPatch, first: Arbitration
+) -> None:
+    """The operator's first ruling records its refund, then the process dies before the
+    money moves: the refund still reads ``escalated``. A second ruling (release) used to
+    deny it and release the whole order to the seller; recovery then paid the first
+    ruling's refund too — out of other orders' escrow."""
+    p = world.payments
+    buyer, _ = _customer(world, 1, fund=1_000_00)
+    shop = p.register_merchant("Shop", "retail", 0, "tok-m").id
+    checkout = Checkout(p)
+    order = checkout.create_order(buyer, shop, 100_00, CNY, "express", "t", key="o")
+    checkout.pay_order(order.id, buyer, key="p")
+    other = checkout.create_order(buyer, shop, 300_00, CNY, "express", "t2", key="o2")
+    checkout.pay_order(other.id, buyer, key="p2")  # escrow holds more than the dispute
+    refund = checkout.request_refund(order.id, buyer, 100_00, "never came", key="r")
+    checkout.answer_refund(refund.id, shop, approve=False)
+    checkout.escalate_refund(refund.id, buyer)
+    drive = p._drive
+    monkeypatch.setattr(p, "_drive", lambda op: op)  # recorded, then the process dies
+    with contextlib.suppress(RefundOpenError):  # a split's release finds the refund open
+        checkout.arbitrate(refund.id, first, buyer_amount=30_00 if first == "split" else None)
+    monkeypatch.setattr(p, "_drive", drive)
+    with pytest.raises(RefundStateError):
+        checkout.arbitrate(refund.id, Arbitration.RELEASE)
+    world.clock.advance(60 * SECOND_NS)
+    p.recover()
+    checkout.run_timers()
+    buyer_gets = 30_00 if first is Arbitration.SPLIT else 100_00
+    assert p.balance(buyer, CNY).posted == 600_00 + buyer_gets
+    assert p.merchant_balance(shop, CNY).posted == 100_00 - buyer_gets
+    escrow = p.platform_balance(AccountCode.ESCROW, CNY).posted
+    assert escrow == checkout.order(other.id).in_escrow == 300_00
+
+
+def test_an_approval_a_crash_cut_short_cannot_be_turned_into_a_rejection(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The seller approves, the refund's payment is recorded, the process dies: the refund
+    still reads ``requested``. Rejecting it then used to be accepted (and the buyer could
+    escalate a refund whose money was on its way back)."""
+    p = world.payments
+    buyer, _ = _customer(world, 1, fund=1_000_00)
+    shop = p.register_merchant("Shop", "retail", 0, "tok-m").id
+    checkout = Checkout(p)
+    order = checkout.create_order(buyer, shop, 100_00, CNY, "express", "t", key="o")
+    checkout.pay_order(order.id, buyer, key="p")
+    refund = checkout.request_refund(order.id, buyer, 40_00, "too much", key="r")
+    drive = p._drive
+    monkeypatch.setattr(p, "_drive", lambda op: op)  # recorded, then the process dies
+    checkout.answer_refund(refund.id, shop, approve=True)
+    monkeypatch.setattr(p, "_drive", drive)
+    with pytest.raises(RefundStateError):
+        checkout.answer_refund(refund.id, shop, approve=False)
+    world.clock.advance(60 * SECOND_NS)
+    assert p.recover() == {"completed": 1}
+    assert checkout.refund(refund.id).status == "refunded"
+    assert checkout.order(order.id).in_escrow == 60_00
+    assert p.balance(buyer, CNY).posted == 940_00

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import io
+
 import pytest
 
 from puhui.payments import (
@@ -87,6 +90,45 @@ def test_a_failed_payout_stays_owed_and_is_paid_next_time(market: Market) -> Non
     assert market.receivable() == 0
 
 
+def test_a_failed_payout_is_paid_next_time_even_without_new_takings(market: Market) -> None:
+    """The money of a payout the bank declined stays owed. It used to go out only with a
+    settlement of new takings: a merchant that sold nothing more was never paid it."""
+    market.pay(80_00, "a")
+    market.world.clock.advance(DAY_NS)
+    market.world.bank.failure_rate = 1.0
+    [first] = market.settlement.settle()
+    assert first.operation is not None and first.operation.status is S.FAILED
+    market.world.bank.failure_rate = 0.0
+    market.world.clock.advance(DAY_NS)
+    [second] = market.settlement.settle()  # nothing new was sold
+    assert (second.gross, second.fee, second.payout, second.lines) == (0, 0, 80_00 - 80, ())
+    assert second.operation is not None and second.operation.status is S.COMPLETED
+    assert market.receivable() == 0
+    market.world.clock.advance(DAY_NS)
+    assert market.settlement.settle() == []  # carried over once, not again
+
+
+def test_a_payout_declined_after_the_next_settlement_ran_is_paid_by_the_one_after(
+    market: Market,
+) -> None:
+    market.pay(50_00, "a")
+    market.world.clock.advance(DAY_NS)
+    market.world.bank.processing_rate = 1.0  # the bank answers later ...
+    market.world.bank.failure_rate = 1.0  # ... and declines
+    [first] = market.settlement.settle()
+    assert first.operation is not None and first.operation.status is S.AWAITING_BANK
+    market.world.bank.processing_rate = market.world.bank.failure_rate = 0.0
+    market.pay(10_00, "b")
+    market.world.clock.advance(DAY_NS)
+    [second] = market.settlement.settle()  # the first payout is still held: not in this one
+    assert second.payout == 10_00 - 10
+    assert market.p.recover() == {"failed": 1}  # now the bank's decline is known
+    market.world.clock.advance(DAY_NS)
+    [third] = market.settlement.settle()
+    assert third.payout == 50_00 - 50
+    assert market.receivable() == 0
+
+
 def test_escrow_releases_are_settled_net_of_their_fee(market: Market) -> None:
     c = market.checkout
     order = c.create_order(
@@ -120,6 +162,54 @@ def test_reconciliation_reports_each_difference_and_fixes_nothing(market: Market
     assert report.matched == 3
     assert market.p.balance(market.customer, CNY) == books  # nothing was "fixed"
     assert market.settlement.reconcile(day, faulty) == report  # same statement, same report
+
+
+def test_reconciliation_reports_money_that_moved_the_wrong_way_or_in_another_currency(
+    market: Market,
+) -> None:
+    """The bank's line for a reference may carry the right amount and still not be what we
+    did: a payout the bank booked as a charge (the money went the other way), or another
+    currency. Both used to count as matched."""
+    for k in range(2):
+        market.p.top_up(market.customer, market.card, 10_00 + k, CNY, key=f"t{k}")
+    withdrawal = market.p.withdraw(market.customer, market.card, 7_00, CNY, key="w")
+    day = market.settlement.today()
+    lines = list(csv.reader(io.StringIO(market.world.bank.statement(day).decode())))[1:]
+    assert len(lines) == 4  # the seed top-up, two top-ups, the withdrawal
+    top_up = next(line for line in lines if line[1] == "charge" and line[2] == "1000")
+    assert top_up[0] != f"{withdrawal.id:032x}"
+    edited = []
+    for reference, direction, amount, code, status in lines:
+        wrong_way = reference == f"{withdrawal.id:032x}"  # booked the other way round
+        other_currency = reference == top_up[0]
+        edited.append(
+            (
+                reference,
+                "charge" if wrong_way else direction,
+                int(amount),
+                "USD" if other_currency else code,
+                status,
+            )
+        )
+    report = market.settlement.reconcile(day, statement_csv(edited))
+    assert sorted((m.reference, m.kind, m.ours, m.bank) for m in report.mismatches) == sorted(
+        [
+            (f"{withdrawal.id:032x}", "wrong_direction", 7_00, 7_00),
+            (top_up[0], "wrong_currency", 10_00, 10_00),
+        ]
+    )
+    assert report.matched == 2
+    mixed = statement_csv(
+        [(f"{withdrawal.id:032x}", "payout", 7_00, "CNY", "succeeded")] * 2
+    )  # one payout, paid twice
+    twice = market.settlement.reconcile(day, mixed)
+    assert (f"{withdrawal.id:032x}", "amount_differs", 7_00, 14_00) in [
+        (m.reference, m.kind, m.ours, m.bank) for m in twice.mismatches
+    ]
+    with pytest.raises(StatementInvalidError):
+        market.settlement.reconcile(
+            day, statement_csv([("a" * 32, "refund", 5, "CNY", "succeeded")])
+        )
 
 
 def test_an_unreadable_statement_is_refused(market: Market) -> None:
@@ -209,13 +299,16 @@ def test_the_daily_jobs_read_through_indexes_not_whole_tables(market: Market) ->
     found = plans_of(world.engine, tables, jobs)
     scans = [line for _, lines in found for line in lines if line.startswith("SCAN ")]
     assert scans == []
-    # what is due: a walk of the operations not settled yet (not of every one completed)
-    [due] = [
+    # what is due, and payouts declined: walks of the operations not settled yet (not of
+    # every one completed, or failed)
+    owed = [
         lines for sql, lines in found if "settlement_id IS NULL AND" in sql and "GROUP BY" in sql
     ]
-    assert due[0].startswith(
-        "SEARCH payments_operations USING INDEX ix_payments_operations_unsettled"
-    )
+    assert len(owed) == 2
+    for lines in owed:
+        assert lines[0].startswith(
+            "SEARCH payments_operations USING INDEX ix_payments_operations_unsettled"
+        ), lines
     # one merchant's due rows: a walk of its own (not of every merchant's unsettled rows)
     [mine] = [lines for sql, lines in found if "merchant_id = ? AND" in sql and "IS NULL" in sql]
     assert mine[0].startswith(

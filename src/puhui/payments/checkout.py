@@ -555,6 +555,7 @@ class Checkout:
                     .where(
                         t.refunds.c.id == _hex(refund_id),
                         t.refunds.c.status == str(_R.REQUESTED),
+                        t.refunds.c.refund_operation_id.is_(None),  # not approved meanwhile
                     )
                     .values(
                         status=str(_R.REJECTED),
@@ -565,6 +566,8 @@ class Checkout:
                 )
                 if done.rowcount == 1:
                     self._changed(conn, CheckoutChange.REFUND_REJECTED, order.id, refund_id)
+            if done.rowcount != 1:
+                raise RefundStateError("the refund was answered meanwhile")
         return self.refund(refund_id)
 
     def escalate_refund(self, refund_id: int, buyer_id: int) -> Refund:
@@ -610,7 +613,8 @@ class Checkout:
         elif ruling is Arbitration.RELEASE:
             if buyer_amount is not None:
                 raise InvalidPayloadError("buyer_amount belongs to a split")
-            self._deny(refund, outcome="arbitrated_release")
+            if not self._deny(refund, outcome="arbitrated_release"):
+                raise RefundStateError("the dispute was decided meanwhile")
             self._release(self.order(order.id))
         else:
             if buyer_amount is None:
@@ -660,8 +664,9 @@ class Checkout:
                 self._pay_refund(_refund(row), row.amount, outcome="approved_unanswered")
                 done["refunds_approved"] += 1
         for row in lapsed:
-            self._deny(_refund(row), outcome="not_escalated")
-            done["refunds_denied"] += 1
+            done["refunds_denied"] += self._deny(
+                _refund(row), outcome="not_escalated", at=row.escalate_by_ns
+            )
         with self.engine.connect() as conn:
             due = conn.execute(
                 sa.select(t.orders).where(
@@ -839,22 +844,34 @@ class Checkout:
         )
         return self.payments._drive(op)
 
-    def _deny(self, refund: Refund, *, outcome: str) -> None:
-        """Close a refund without money: the order goes on, its timer restarts."""
+    def _deny(self, refund: Refund, *, outcome: str, at: int | None = None) -> bool:
+        """Close a refund without money: the order goes on, its timer restarts (from ``at``,
+        the deadline that denied it, when a late scheduler carries it out). Whether it was
+        denied here: not when it was settled, or its payment recorded, meanwhile (a refund
+        whose payment a crash cut short still reads open; recovery pays it)."""
         now = self._now()
         with self.engine.begin() as conn:
             done = conn.execute(
                 t.refunds.update()
-                .where(t.refunds.c.id == _hex(refund.id), t.refunds.c.status.in_(_OPEN_REFUNDS))
+                .where(
+                    t.refunds.c.id == _hex(refund.id),
+                    t.refunds.c.status.in_(_OPEN_REFUNDS),
+                    t.refunds.c.refund_operation_id.is_(None),
+                )
                 .values(status=str(_R.DENIED), outcome=outcome, updated_at_ns=now)
             )
             if done.rowcount == 1:
-                self._reopen_order(conn, refund.order_id, now)
+                self._reopen_order(conn, refund.order_id, now, at)
                 self._changed(conn, CheckoutChange.REFUND_DENIED, refund.order_id, refund.id)
+        return bool(done.rowcount == 1)
 
-    def _reopen_order(self, conn: sa.Connection, order_id: int, now: int) -> None:
+    def _reopen_order(
+        self, conn: sa.Connection, order_id: int, now: int, at: int | None = None
+    ) -> None:
         """The order's refund is settled: it may be refunded or confirmed again, and its
-        confirmation timer runs again from where it stopped."""
+        confirmation timer runs again from where it stopped. ``at``: when a deadline settled
+        it (a late timer carries that out now), so the timer stood still only until then."""
+        resumed = now if at is None else min(at, now)
         o = t.orders.c
         conn.execute(
             t.orders.update()
@@ -862,7 +879,10 @@ class Checkout:
             .values(
                 open_refund_id=None,
                 confirm_by_ns=sa.case(
-                    (o.suspended_at_ns.is_not(None), o.confirm_by_ns + (now - o.suspended_at_ns)),
+                    (
+                        o.suspended_at_ns < resumed,  # NULL (not suspended): no pause
+                        o.confirm_by_ns + (resumed - o.suspended_at_ns),
+                    ),
                     else_=o.confirm_by_ns,
                 ),
                 suspended_at_ns=None,
@@ -917,7 +937,14 @@ class Checkout:
                 .where(o.id == order_key, o.refunded == o.amount)
                 .values(status=str(_O.CLOSED), close_reason="refunded", open_refund_id=None)
             )
-            self._reopen_order(conn, op.order_id, now)
+            refund = conn.execute(
+                sa.select(t.refunds.c.outcome, t.refunds.c.answer_by_ns).where(
+                    t.refunds.c.id == _hex(op.refund_id)
+                )
+            ).one()
+            # approved by the seller's silence: at the end of the time to answer
+            at = refund.answer_by_ns if refund.outcome == "approved_unanswered" else None
+            self._reopen_order(conn, op.order_id, now, at)
             self._changed(conn, CheckoutChange.REFUND_REFUNDED, op.order_id, op.refund_id)
             if closed.rowcount == 1:
                 self._changed(conn, CheckoutChange.ORDER_CLOSED, op.order_id)

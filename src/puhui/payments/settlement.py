@@ -11,7 +11,8 @@ job again, or after a crash half-way, finishes what is there and pays nothing tw
 **Reconciliation.** ``reconcile(day, statement)`` compares what the ledger says moved
 through the bank on a business day (completed top-ups, withdrawals and settlement payouts)
 with the bank's statement file and records every difference — missing at the bank, extra at
-the bank, amount differs. It changes no money: differences are for people to look at.
+the bank, amount differs, money moved the wrong way or in another currency. It changes no
+money: differences are for people to look at.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from puhui.store import payments as t
 from puhui.store import unindexed
 
 from ._errors import InvalidPayloadError, PaymentsError
-from .funding import STATEMENT_COLUMNS, BankStatus
+from .funding import STATEMENT_COLUMNS, BankDirection, BankStatus
 from .model import OperationKind, OperationStatus, business_day, fee
 from .service import INTERNAL, Operation, Payments, _hex
 
@@ -85,7 +86,8 @@ class SettlementStatement:
 class Mismatch:
     reference: str
     kind: str
-    """``missing_at_bank``, ``extra_at_bank`` or ``amount_differs``."""
+    """``missing_at_bank``, ``extra_at_bank``, ``amount_differs``, ``wrong_direction`` (the
+    bank charged where we paid out, or the reverse) or ``wrong_currency``."""
     ours: int | None
     bank: int | None
 
@@ -134,12 +136,26 @@ class Settlement:
                 )
                 .group_by(o.merchant_id, o.currency)
             ).all()
+            # payouts the bank declined, not carried into a later settlement yet: the money
+            # is owed even when the merchant has sold nothing since
+            declined = conn.execute(
+                sa.select(o.merchant_id, o.currency)
+                .where(
+                    o.merchant_id.is_not(None),
+                    o.settlement_id.is_(None),
+                    o.day < day,
+                    o.kind == str(OperationKind.SETTLEMENT),
+                    o.status == str(_S.FAILED),
+                )
+                .group_by(o.merchant_id, o.currency)
+            ).all()
             done = conn.execute(
                 sa.select(t.settlements.c.merchant_id, t.settlements.c.currency).where(
                     t.settlements.c.day == day
                 )
             ).all()
-        for merchant_id, code in sorted({(r[0], r[1]) for r in due} | {(r[0], r[1]) for r in done}):
+        owed = {(r[0], r[1]) for r in due} | {(r[0], r[1]) for r in declined}
+        for merchant_id, code in sorted(owed | {(r[0], r[1]) for r in done}):
             self._settle_one(int(merchant_id), code, day)
         return [self.statement(m, c, day) for m, c in self._settled(day)]
 
@@ -170,17 +186,25 @@ class Settlement:
         cur = currency(currency_code)
         o = t.operations.c
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(o.id, o.kind, o.amount, o.fee, o.day).where(
+            found = conn.execute(
+                sa.select(o.id, o.kind, o.amount, o.fee, o.day, o.status).where(
                     o.merchant_id == merchant_id,
                     o.currency == cur.code,
-                    o.kind.in_(_DUE_KINDS),
+                    o.kind.in_((*_DUE_KINDS, str(OperationKind.SETTLEMENT))),
                     # this merchant's rows by (merchant_id, settlement_id), not every
                     # merchant's unsettled ones by the ``unsettled`` index's status
-                    unindexed(o.status) == str(_S.COMPLETED),
+                    unindexed(o.status).in_((str(_S.COMPLETED), str(_S.FAILED))),
                     o.settlement_id.is_(None),
                 )
             ).all()
+        # Payouts the bank declined (final, their hold voided before they were recorded
+        # failed: read before the balance, their money is in it): carried into this one.
+        declined = [
+            r.id
+            for r in found
+            if r.kind == OperationKind.SETTLEMENT and r.status == _S.FAILED and r.day < day
+        ]
+        rows = [r for r in found if r.kind in _DUE_KINDS and r.status == _S.COMPLETED]
         due = [r for r in rows if r.day < day]
         not_due = [r for r in rows if r.day >= day]
         gross_payments = sum(r.amount for r in due if r.kind == OperationKind.MERCHANT_PAYMENT)
@@ -213,7 +237,16 @@ class Settlement:
                 .where(o.id.in_([r.id for r in due]), o.settlement_id.is_(None))
                 .values(settlement_id=_hex(settlement_id))
             ).rowcount
-            if marked != len(due):
+            carried = (
+                conn.execute(
+                    t.operations.update()
+                    .where(o.id.in_(declined), o.settlement_id.is_(None))
+                    .values(settlement_id=_hex(settlement_id))
+                ).rowcount
+                if declined
+                else 0
+            )
+            if marked != len(due) or carried != len(declined):
                 raise PaymentsError("settlement raced with another run; run it again")
 
         if payout == 0:  # nothing to send (e.g. all due money was refunded): record only
@@ -254,6 +287,8 @@ class Settlement:
                 .where(  # the merchant too: the (merchant_id, settlement_id) index
                     t.operations.c.merchant_id == merchant_id,
                     t.operations.c.settlement_id == row.id,
+                    # not the declined payouts this settlement carried over
+                    t.operations.c.kind.in_(_DUE_KINDS),
                 )
                 .order_by(t.operations.c.created_at_ns)
             ).all()
@@ -290,9 +325,17 @@ class Settlement:
         o = t.operations.c
         with self.engine.connect() as conn:
             ours = {
-                r.id: int(r.amount)
+                r.id: _BankLine(
+                    int(r.amount),
+                    str(
+                        BankDirection.CHARGE
+                        if r.kind == OperationKind.TOP_UP
+                        else BankDirection.PAYOUT
+                    ),
+                    str(r.currency),
+                )
                 for r in conn.execute(
-                    sa.select(o.id, o.amount).where(
+                    sa.select(o.id, o.amount, o.kind, o.currency).where(
                         o.kind.in_(_BANK_KINDS), o.status == str(_S.COMPLETED), o.day == day
                     )
                 ).all()
@@ -301,12 +344,24 @@ class Settlement:
         matched = 0
         for reference in sorted(set(ours) | set(bank)):
             mine, theirs = ours.get(reference), bank.get(reference)
-            if mine is None:
-                mismatches.append(Mismatch(reference, "extra_at_bank", None, theirs))
-            elif theirs is None:
-                mismatches.append(Mismatch(reference, "missing_at_bank", mine, None))
-            elif mine != theirs:
-                mismatches.append(Mismatch(reference, "amount_differs", mine, theirs))
+            if mine is None or theirs is None:
+                kind = "extra_at_bank" if mine is None else "missing_at_bank"
+                mismatches.append(
+                    Mismatch(
+                        reference,
+                        kind,
+                        None if mine is None else mine.amount,
+                        None if theirs is None else theirs.amount,
+                    )
+                )
+            elif mine.direction != theirs.direction:
+                mismatches.append(
+                    Mismatch(reference, "wrong_direction", mine.amount, theirs.amount)
+                )
+            elif mine.currency != theirs.currency:
+                mismatches.append(Mismatch(reference, "wrong_currency", mine.amount, theirs.amount))
+            elif mine.amount != theirs.amount:
+                mismatches.append(Mismatch(reference, "amount_differs", mine.amount, theirs.amount))
             else:
                 matched += 1
         with self.engine.begin() as conn:
@@ -357,19 +412,38 @@ class Settlement:
         )
 
 
-def _read_statement(data: bytes) -> dict[str, int]:
+@dataclass(frozen=True, slots=True)
+class _BankLine:
+    """What moved for one reference: its amount, direction and currency (a reference on
+    two lines of different directions or currencies has neither: ``""``)."""
+
+    amount: int
+    direction: str
+    currency: str
+
+
+def _read_statement(data: bytes) -> dict[str, _BankLine]:
     try:
         reader = csv.DictReader(io.StringIO(data.decode("utf-8")))
         if tuple(reader.fieldnames or ()) != STATEMENT_COLUMNS:
             raise StatementInvalidError(f"a statement's columns are {', '.join(STATEMENT_COLUMNS)}")
-        out: dict[str, int] = {}
+        out: dict[str, _BankLine] = {}
         for line in reader:
             if line["status"] != BankStatus.SUCCEEDED:
                 continue
             amount = int(line["amount"])
-            if amount <= 0 or len(line["reference"]) != 32:
-                raise StatementInvalidError(f"bad statement line for {line['reference']!r}")
-            out[line["reference"]] = out.get(line["reference"], 0) + amount
+            reference = line["reference"]
+            if amount <= 0 or len(reference) != 32 or line["direction"] not in tuple(BankDirection):
+                raise StatementInvalidError(f"bad statement line for {reference!r}")
+            seen = out.get(reference)
+            if seen is None:
+                out[reference] = _BankLine(amount, line["direction"], line["currency"])
+            else:  # the same reference again: the bank moved money for it twice
+                out[reference] = _BankLine(
+                    seen.amount + amount,
+                    seen.direction if seen.direction == line["direction"] else "",
+                    seen.currency if seen.currency == line["currency"] else "",
+                )
         return out
     except (UnicodeDecodeError, ValueError, KeyError, csv.Error) as error:
         raise StatementInvalidError(f"the statement cannot be read: {error}") from None
