@@ -315,3 +315,27 @@ def test_the_daily_jobs_read_through_indexes_not_whole_tables(market: Market) ->
         "SEARCH payments_operations USING INDEX ix_payments_operations_merchant_id_settlement_id"
         " (merchant_id=? AND settlement_id=?)"
     ), mine
+
+
+def test_a_settlement_whose_fee_takes_it_all_still_takes_the_fee_and_only_once(
+    market: Market,
+) -> None:
+    """Half a fen's fee on one fen rounds up to the whole fen: nothing is paid out, but the
+    fee must still move to fee revenue (before, the settlement only recorded it, and the next
+    day's payout paid the merchant that money)."""
+    p = market.p
+    stall = p.register_merchant("Stall", "food", 5_000, "tok-stall").id  # 50 %
+    op = p.pay_merchant(market.customer, merchant_qr(stall), 1, CNY, key="one-fen")
+    assert op.status is S.COMPLETED
+    market.world.clock.advance(DAY_NS)
+    statements = market.settlement.settle()
+    [statement] = [s for s in statements if s.merchant_id == stall]
+    assert statement.fee == 1 and statement.payout == 0 and statement.operation is None
+    assert p.merchant_balance(stall, CNY).posted == 0
+    assert p.platform_balance(AccountCode.FEE_REVENUE, CNY).posted == 1
+    assert market.settlement.settle() == statements  # a rerun takes nothing twice
+    assert p.platform_balance(AccountCode.FEE_REVENUE, CNY).posted == 1
+    market.world.clock.advance(DAY_NS)
+    later = [s for s in market.settlement.settle() if s.merchant_id == stall]
+    assert later == []  # nothing owed is left over for the next day
+    assert p.merchant_balance(stall, CNY).posted == 0

@@ -22,20 +22,35 @@ import hashlib
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Final
 
 import sqlalchemy as sa
 
+from puhui.ledger import CreateTransferStatus, Transfer
 from puhui.money import currency
 from puhui.store import payments as t
 from puhui.store import unindexed
 
 from ._errors import InvalidPayloadError, PaymentsError
 from .funding import STATEMENT_COLUMNS, BankDirection, BankStatus
-from .model import OperationKind, OperationStatus, business_day, fee
+from .model import (
+    AccountCode,
+    OperationKind,
+    OperationStatus,
+    TransferCode,
+    business_day,
+    fee,
+    merchant_account_id,
+    platform_account_id,
+    transfer_id,
+)
 from .service import INTERNAL, Operation, Payments, _hex
 
 _S = OperationStatus
 _DUE_KINDS = (str(OperationKind.MERCHANT_PAYMENT), str(OperationKind.ESCROW_RELEASE))
+_LEG_FEE: Final = 2
+"""The leg of a settlement's own fee when it has no payout (its transfer id is the settlement
+id's, as an operation's fee leg is the operation's)."""
 _BANK_KINDS = (
     str(OperationKind.TOP_UP),
     str(OperationKind.WITHDRAWAL),
@@ -178,9 +193,11 @@ class Settlement:
                     t.settlements.c.day == day,
                 )
             ).first()
-        if existing is not None:  # recorded before: finish its payout if a crash cut it short
+        if existing is not None:  # recorded before: finish what a crash cut short
             if existing.operation_id is not None:
                 payments._drive(payments.operation(int(existing.operation_id, 16)))
+            else:
+                self._take_fee(existing)
             return
         merchant = payments.merchant(merchant_id)
         cur = currency(currency_code)
@@ -249,12 +266,22 @@ class Settlement:
             if marked != len(due) or carried != len(declined):
                 raise PaymentsError("settlement raced with another run; run it again")
 
-        if payout == 0:  # nothing to send (e.g. all due money was refunded): record only
+        if payout == 0:  # nothing to send (e.g. all due money was refunded, or the fee
+            # took it all): recorded, then its own fee taken (there is no payout to link it to)
             try:
                 with self.engine.begin() as conn:
                     record(conn, None)
             except sa.exc.IntegrityError:
                 pass  # another run recorded it
+            with self.engine.connect() as conn:
+                recorded = conn.execute(
+                    sa.select(t.settlements).where(
+                        t.settlements.c.merchant_id == merchant_id,
+                        t.settlements.c.currency == cur.code,
+                        t.settlements.c.day == day,
+                    )
+                ).one()
+            self._take_fee(recorded)
             return
         op = payments._record(
             OperationKind.SETTLEMENT,
@@ -269,6 +296,40 @@ class Settlement:
             within=record,
         )
         payments._drive(op)
+
+    def _take_fee(self, settlement: sa.Row[Any]) -> None:
+        """Take the own fee of a settlement without a payout (its fee less the fees its items
+        had taken at release): merchant receivable → fee revenue, under a transfer id of the
+        settlement's, so a rerun takes it once. A payout carries its fee in its own chain."""
+        o = t.operations.c
+        with self.engine.connect() as conn:
+            item_fees = conn.execute(
+                sa.select(sa.func.coalesce(sa.func.sum(o.fee), 0)).where(
+                    o.settlement_id == settlement.id, o.kind.in_(_DUE_KINDS)
+                )
+            ).scalar_one()
+        own = int(settlement.fee) - int(item_fees)
+        if own <= 0:
+            return
+        cur = currency(str(settlement.currency))
+        [result] = self.payments.ledger.create_transfers(
+            [
+                Transfer(
+                    id=transfer_id(int(settlement.id, 16), _LEG_FEE),
+                    debit_account_id=merchant_account_id(int(settlement.merchant_id), cur),
+                    credit_account_id=platform_account_id(AccountCode.FEE_REVENUE, cur),
+                    amount=own,
+                    user_data_128=int(settlement.id, 16),
+                    ledger=cur.ledger,
+                    code=TransferCode.SETTLEMENT_FEE,
+                )
+            ]
+        )
+        if result.status not in (CreateTransferStatus.CREATED, CreateTransferStatus.EXISTS):
+            raise PaymentsError(
+                f"the fee of settlement {settlement.id} could not be taken:"
+                f" {result.status.name.lower()}"
+            )
 
     def statement(self, merchant_id: int, currency_code: str, day: int) -> SettlementStatement:
         """The statement of a merchant's settlement on ``day``: its items and its payout."""
