@@ -173,6 +173,48 @@ def test_trusted_devices_are_bounded_the_least_recently_used_forgotten(tmp_path:
     _close(engine)
 
 
+def _bounded_engine(log: Path, pairs_max: int) -> RiskEngine:
+    from puhui.risk._features import FeatureStore
+
+    return RiskEngine(
+        parse_ruleset(RULES, engine_schema()),
+        lists=RiskLists(ManualClock(T0)),
+        features=FeatureStore(pairs_max=pairs_max),
+        log=DecisionLog(log),
+    )
+
+
+def test_a_trusted_device_in_use_is_never_forgotten(tmp_path: Path) -> None:
+    """Each accepted event makes its device the most recently used: one used in every batch
+    stays trusted however many new devices come (it was forgotten once ``trusted_max`` new
+    ones had been trusted since it was first, however often it was used)."""
+    engine = _bounded_engine(tmp_path / "log", 16)
+    engine([_event(0, 1_000, device="daily")])
+    for k in range(1, 60):
+        assert engine._untrusted([7], ["daily"]).tolist() == [False], k
+        engine([_event(k, 1_000, device=f"new-{k}"), _event(k, 1_000, device="daily")])
+        assert engine.trusted_count() <= 16
+    _close(engine)
+
+
+def test_the_replay_trusts_what_the_live_engine_trusted(tmp_path: Path) -> None:
+    """Snapshot, then the log replayed: the same trusted devices in the same order of use as
+    the engine that decided (so the next flood forgets the same ones)."""
+    live = _bounded_engine(tmp_path / "log", 16)
+    for k in range(12):
+        live([_event(k, 1_000, device=f"z-{k}")])
+    live.snapshot(tmp_path / "state")
+    for k in range(12, 40):
+        live([_event(k, 1_000, device=f"a-{k}"), _event(k, 1_000, device="z-3")])
+    _close(live)
+    again = _bounded_engine(tmp_path / "other", 16)
+    _close(again)
+    again.log = DecisionLog(tmp_path / "log")
+    again.recover(tmp_path / "state")
+    assert list(again._trusted) == list(live._trusted)
+    _close(again)
+
+
 def test_the_default_ruleset_compiles_against_the_engine_schema() -> None:
     ruleset = load_ruleset(DEFAULT_RULES, engine_schema())
     assert len(ruleset.evaluated_rules) >= 15

@@ -395,7 +395,6 @@ class RiskEngine:
         computed = self._features_of(columns, strings, meanwhile, judge)
         feats: dict[str, npt.NDArray[Any]] = dict(computed)
         feats.update(from_events)
-        untrusted = from_events["device.new_for_customer"]
         joined = _Judged.join(parts)
         feats["model.score"] = joined.model_score.astype(np.float64)
         feats["model.shadow_score"] = shadow = joined.shadow_score
@@ -432,12 +431,10 @@ class RiskEngine:
             ruleset.version,
             self.model_version,
         )
-        # Only the accepted events from devices not yet trusted teach anything (adding a
-        # trusted device again changes nothing): a few per batch, not every event.
-        learned = np.flatnonzero(untrusted & (decided.severity == 0)).tolist()
-        self._learn_trust(
-            [customers[i] for i in learned], [devices[i] for i in learned], [0] * len(learned)
-        )
+        # Every accepted event teaches: a new device becomes trusted, a trusted one becomes
+        # the most recently used (kept the longest under ``trusted_max``). The replay of the
+        # log after a restart calls the same with the logged decisions.
+        self._learn_trust(customers, devices, decided.severity.tolist())
         if self.log is not None:
             self._append(columns, feats, decided, shadow)
         return decided
@@ -542,6 +539,8 @@ class RiskEngine:
         return len(self._trusted)
 
     def _learn_trust(self, customers: list[int], devices: list[str], severity: list[int]) -> None:
+        """Each accepted event's (customer, device), in order: trusted, and the most recently
+        used (the same for a decided batch and for its replay from the log)."""
         trusted = self._trusted
         pop = trusted.pop
         for customer, device, level in zip(customers, devices, severity, strict=True):
