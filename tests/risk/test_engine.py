@@ -130,7 +130,7 @@ def test_trusted_devices_survive_a_restart(tmp_path: Path) -> None:
     engine([_event(0, 1_000, device="tablet")])
     engine.snapshot(tmp_path / "state")
     saved = json.loads((tmp_path / "state" / "features.json").read_text())
-    assert saved["trusted"] == {"7": ["phone", "tablet"]}
+    assert saved["trusted"] == [[7, "phone"], [7, "tablet"]]  # least recently used first
     engine([_event(1, 1_000, device="laptop"), _event(2, 1_000, device="evil")])
     _close(engine)
     restarted = _engine(tmp_path / "other", clock)
@@ -213,6 +213,34 @@ def test_the_replay_trusts_what_the_live_engine_trusted(tmp_path: Path) -> None:
     again.recover(tmp_path / "state")
     assert list(again._trusted) == list(live._trusted)
     _close(again)
+
+
+def test_a_snapshot_keeps_the_trusted_devices_order_of_use(tmp_path: Path) -> None:
+    """After a restart the next flood forgets the devices the running engine would have: the
+    least recently used (the snapshot kept them sorted, so the restarted engine forgot
+    "z-10" before "z-2")."""
+    live = _bounded_engine(tmp_path / "log", 16)
+    for k in range(12):
+        live([_event(k, 1_000, device=f"z-{k}")])
+    live.snapshot(tmp_path / "state")
+    again = _bounded_engine(tmp_path / "other", 16)
+    again.recover(tmp_path / "state")
+    for engine in (live, again):
+        for k in range(12, 17):
+            engine([_event(k, 1_000, device=f"a-{k}")])
+    old = [f"z-{k}" for k in range(12)]
+    assert again._untrusted([7] * 12, old).tolist() == live._untrusted([7] * 12, old).tolist()
+    assert list(again._trusted) == list(live._trusted)
+    _close(live)
+    _close(again)
+
+
+def test_a_snapshot_from_before_the_order_of_use_still_gives_its_trusted_devices() -> None:
+    from puhui.risk._engine import _trusted_of
+
+    old = {"7": ["phone", "tablet"], "8": ["pc"]}
+    assert list(_trusted_of(old)) == [(7, "phone"), (7, "tablet"), (8, "pc")]
+    assert list(_trusted_of([[8, "pc"], [7, "phone"]])) == [(8, "pc"), (7, "phone")]
 
 
 def test_the_default_ruleset_compiles_against_the_engine_schema() -> None:

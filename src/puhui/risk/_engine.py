@@ -634,11 +634,9 @@ class RiskEngine:
                 arrays = self.features.snapshot_arrays()
                 pairs = list(self._trusted)
             # Written without the lock: decisions go on meanwhile (they waited for the write
-            # and its fsyncs before).
-            by_customer: dict[int, list[str]] = {}
-            for customer, device in pairs:
-                by_customer.setdefault(customer, []).append(device)
-            trusted = {str(c): sorted(d) for c, d in sorted(by_customer.items())}
+            # and its fsyncs before). The trusted pairs in their order of use, least recent
+            # first: the restarted engine forgets the ones this one would have.
+            trusted = [[customer, device] for customer, device in pairs]
             text = json.dumps({"log_next_id": next_id, "trusted": trusted})
             # The log position and the trusted devices go inside the state's own file: the
             # three are replaced together (a crash between two files would pair a new state
@@ -668,10 +666,7 @@ class RiskEngine:
                     pairs_max=self.features.pairs_max,
                 )
                 since = int(saved["log_next_id"])
-                # The snapshot keeps the pairs, not their order of use: restored in its order.
-                self._trusted = dict.fromkeys(
-                    (int(c), device) for c, d in saved.get("trusted", {}).items() for device in d
-                )
+                self._trusted = _trusted_of(saved.get("trusted", []))
                 self._forget_trust()
             if self.log is None:
                 return 0
@@ -715,6 +710,15 @@ def _shown(value: object) -> str:
     if isinstance(value, float):
         return "n/a" if math.isnan(value) else f"{value:.6g}"
     return str(value)
+
+
+def _trusted_of(saved: list[list[Any]] | dict[str, list[str]]) -> dict[tuple[int, str], None]:
+    """The trusted pairs of a snapshot, least recently used first: a list of [customer,
+    device] in that order, or (written before 2026-11-27) devices by customer, whose order of
+    use was not kept."""
+    if isinstance(saved, dict):
+        return dict.fromkeys((int(c), device) for c, d in saved.items() for device in d)
+    return dict.fromkeys((int(c), str(device)) for c, device in saved)
 
 
 def _snapshot_meta(path: Path) -> dict[str, Any] | None:
