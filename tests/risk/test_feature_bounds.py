@@ -283,6 +283,32 @@ def test_a_large_batch_in_chunks_evicts_what_one_pass_does() -> None:
     assert one_pass.evictions == chunked.evictions > 0
 
 
+def test_a_large_batch_in_chunks_gives_its_keys_the_ids_of_one_pass() -> None:
+    """Evictions among equally idle entities go lowest id first, so the ids of a batch's new
+    keys decide what a later eviction takes: ``compute_columns`` (interning chunk by chunk)
+    and ``compute(batch_from_columns(...))`` must give the same ids. Customers 10,000+ in the
+    first chunk, 0+ in the second: one pass had given the second the lower ids."""
+    from puhui.risk._features import PIPELINE_CHUNK_EVENTS
+
+    def logins(customers: list[int], at: int) -> Columns:
+        n = len(customers)
+        return {"kind": [4] * n, "customer_id": customers, "at_ns": [at] * n}
+
+    half = PIPELINE_CHUNK_EVENTS
+    first = [10_000 + j for j in range(half)] + list(range(half))
+    one_pass = FeatureStore(entities_max=2 * half)
+    chunked = FeatureStore(entities_max=2 * half)
+    one_pass.compute(one_pass.batch_from_columns(**logins(first, START)))
+    chunked.compute_columns(**logins(first, START))
+    assert chunked._customers.ids == one_pass._customers.ids
+    for store in (one_pass, chunked):  # a new customer evicts 1/8 of the (equally idle) rest
+        store.compute_columns(**logins([99_999], START + NS))
+        assert store.evictions == 1
+    got = chunked.compute_columns(**logins([0, 10_000], START + 2 * NS))
+    want = one_pass.compute_columns(**logins([0, 10_000], START + 2 * NS))
+    assert_features_equal(got, want)
+
+
 def test_a_batch_with_more_keys_than_the_bound_is_refused_and_changes_nothing() -> None:
     store = FeatureStore(entities_max=8, pairs_max=16)
     store.compute(store.batch_from_columns(kind=[1], customer_id=[1], at_ns=[START], device=["d"]))
