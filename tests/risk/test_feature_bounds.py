@@ -48,10 +48,11 @@ def _distinct_keys(events: Sequence[RiskEvent]) -> int:
 
 
 def _distinct_pairs(events: Sequence[RiskEvent]) -> int:
+    """The pairs ``events`` name: (customer, device), and (customer, counterparty) of any
+    kind of event (a login naming a payee reads its pair)."""
     devices = {(e.customer_id, e.device_id) for e in events if e.device_id}
-    money = (EventKind.PAYMENT, EventKind.P2P, EventKind.TOP_UP, EventKind.WITHDRAWAL)
-    paid = {(e.customer_id, e.counterparty) for e in events if e.counterparty and e.kind in money}
-    return max(1, len(devices) + len(paid))
+    named = {(e.customer_id, e.counterparty) for e in events if e.counterparty}
+    return max(1, len(devices) + len(named))
 
 
 def assert_features_equal(
@@ -187,6 +188,34 @@ def test_pairs_are_bounded_and_the_least_recently_used_go_first() -> None:
             np.testing.assert_array_equal(got[name][usual], want[name][usual], err_msg=name)
     assert bounded._state["pairs"].shape[0] <= 128
     assert bounded.evictions > 0
+
+
+def test_a_pair_only_read_by_the_batch_is_not_evicted_for_it() -> None:
+    """A card binding naming a payee the customer paid reads the pair
+    (``counterparty.first_payment``): the eviction the batch's new device pair makes must
+    take another pair (it took the least recently paid, this one: the payee looked new)."""
+
+    def run(store: FeatureStore) -> dict[str, np.ndarray[Any, Any]]:
+        store.compute_columns(
+            kind=[P2P], customer_id=[1], at_ns=[START], counterparty=["c:2"], amount=[5]
+        )
+        store.compute_columns(
+            kind=[4] * 3, customer_id=[1] * 3, at_ns=[START + NS] * 3, device=["d1", "d2", "d3"]
+        )
+        card_binding = list(EventKind).index(EventKind.CARD_BINDING)
+        return store.compute_columns(
+            kind=[card_binding],
+            customer_id=[1],
+            at_ns=[START + 2 * NS],
+            counterparty=["c:2"],
+            device=["d4"],
+        )
+
+    bounded = FeatureStore(pairs_max=4)
+    got = run(bounded)
+    assert bounded.evictions == 1 and bounded.pair_count() <= 4
+    assert_features_equal(got, run(FeatureStore()))
+    assert not got["counterparty.first_payment"][0]
 
 
 def test_an_evicted_key_seen_again_is_a_key_never_seen(tmp_path: Path) -> None:

@@ -1333,17 +1333,17 @@ def _batch_keys(checked: _Checked, kind: str) -> set[Any]:
 
 def _batch_pairs(checked: _Checked) -> set[tuple[int, str, str]]:
     """The distinct pairs a batch names, as (customer, kind, key): (customer, device) of its
-    events with a device, (customer, counterparty) of its money events with a counterparty
-    (the pairs its events may add)."""
-    money = (checked.kind <= K.KIND_WITHDRAWAL).tolist()
+    events with a device, (customer, counterparty) of its events with a counterparty (the
+    pairs its events look up or add: an event of any kind reads its pair for
+    ``counterparty.first_payment``, so an eviction for the batch must not take it)."""
     customers = checked.customer_id.tolist()
     pairs = {
         (c, "device", d) for c, d in zip(customers, checked.strings["device"], strict=True) if d
     }
     pairs.update(
         (c, "counterparty", p)
-        for c, p, m in zip(customers, checked.strings["counterparty"], money, strict=True)
-        if p and m
+        for c, p in zip(customers, checked.strings["counterparty"], strict=True)
+        if p
     )
     return pairs
 
