@@ -472,3 +472,181 @@ def test_a_snapshot_of_the_format_before_evictions_still_restores() -> None:
     # (d1 was last seen at 3,800 s, d2 at 3,900 s)
     assert set(restored._strings["device"].ids) == {"d2", "d3", "d4", "d5"}
     assert_pairs_name_live_entities(restored)
+
+
+# --- properties over random streams with tiny bounds (evictions at nearly every batch) ---------
+
+TINY = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+
+
+def _feed(store: FeatureStore, events: Sequence[RiskEvent], size: int) -> list[Any]:
+    """``events`` in batches of ``size``, each batch's features (None: refused); the bounds
+    and the pair table checked after each batch computed."""
+    out: list[Any] = []
+    for low in range(0, len(events), size):
+        try:
+            out.append(store.compute(store.batch_from_events(events[low : low + size])))
+        except InvalidRiskEventError:
+            out.append(None)
+            continue
+        assert all(count <= store.entities_max for count in store.entity_counts().values())
+        assert store.pair_count() <= store.pairs_max
+        assert_pairs_name_live_entities(store)
+    return out
+
+
+def _tiny(bounds: tuple[int, int]) -> FeatureStore:
+    return FeatureStore(capacity=1, pair_capacity=2, entities_max=bounds[0], pairs_max=bounds[1])
+
+
+def _renamed_unless_held(store: FeatureStore, event: RiskEvent) -> RiskEvent:
+    """``event`` with every key the store does not hold renamed to one never seen (a customer
+    and its payee ``c:<id>`` together); the merchant a payee ``m:<id>`` implies made explicit
+    first, so that it is renamed as a merchant."""
+    held = {kind: set(interner.ids) for kind, interner in store._interners().items()}
+    merchant = event.merchant or (event.counterparty if event.counterparty[:2] == "m:" else "")
+
+    def fresh(kind: str, key: str) -> str:
+        return key if not key or key in held[kind] else f"{key}-new"
+
+    counterparty = event.counterparty
+    if counterparty.startswith("c:"):
+        if int(counterparty[2:]) not in held["customer"]:
+            counterparty = f"c:{int(counterparty[2:]) + 1000}"
+    else:
+        counterparty = fresh("counterparty", counterparty)
+    customer = event.customer_id
+    return dataclasses.replace(
+        event,
+        customer_id=customer if customer in held["customer"] else customer + 1000,
+        counterparty=counterparty,
+        device_id=fresh("device", event.device_id),
+        ip=fresh("ip", event.ip),
+        merchant=fresh("merchant", merchant),
+    )
+
+
+@TINY
+@given(
+    events=streams(max_size=60),
+    after=streams(max_size=3),
+    bounds=st.tuples(st.integers(2, 4), st.integers(2, 6)),
+    size=st.integers(1, 2),
+)
+def test_evicted_keys_of_random_streams_are_keys_never_seen(
+    events: list[RiskEvent],
+    after: list[RiskEvent],
+    bounds: tuple[int, int],
+    size: int,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    store = _tiny(bounds)
+    _feed(store, events, size)
+    path = tmp_path_factory.mktemp("state") / "features"
+    store.snapshot(path)
+    again, fresh = (
+        FeatureStore.restore(path, entities_max=bounds[0], pairs_max=bounds[1]) for _ in "ab"
+    )
+    later = [
+        dataclasses.replace(
+            e,
+            at_ns=store.watermark_ns + 1,
+            merchant=e.merchant or (e.counterparty if e.counterparty[:2] == "m:" else ""),
+        )
+        for e in after
+    ]
+    renamed = [_renamed_unless_held(store, e) for e in later]
+    try:
+        got = again.compute(again.batch_from_events(later))
+    except InvalidRiskEventError:
+        with pytest.raises(InvalidRiskEventError):
+            fresh.batch_from_events(renamed)
+        return
+    assert_features_equal(got, fresh.compute(fresh.batch_from_events(renamed)))
+
+
+@TINY
+@given(
+    events=streams(max_size=60),
+    cut=st.integers(0, 60),
+    bounds=st.tuples(st.integers(2, 4), st.integers(2, 6)),
+    size=st.integers(1, 3),
+)
+def test_random_streams_restored_after_evictions_replay_as_uninterrupted(
+    events: list[RiskEvent],
+    cut: int,
+    bounds: tuple[int, int],
+    size: int,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    cut = min(cut, len(events)) // size * size
+    uninterrupted = _tiny(bounds)
+    want = _feed(uninterrupted, events, size)
+    before = _tiny(bounds)
+    _feed(before, events[:cut], size)
+    path = tmp_path_factory.mktemp("state") / "features"
+    before.snapshot(path)
+    restored = FeatureStore.restore(path, entities_max=bounds[0], pairs_max=bounds[1])
+    got = _feed(restored, events[cut:], size)
+    for part, expected in zip(got, want[cut // size :], strict=True):
+        assert (part is None) == (expected is None)
+        if part is not None:
+            assert_features_equal(part, expected)
+    assert restored.entity_counts() == uninterrupted.entity_counts()
+    assert restored.pair_count() == uninterrupted.pair_count()
+
+
+@TINY
+@given(
+    events=streams(max_size=40),
+    extra=streams(max_size=8),
+    bounds=st.tuples(st.integers(2, 4), st.integers(2, 6)),
+)
+def test_a_refused_batch_of_a_random_stream_changes_nothing(
+    events: list[RiskEvent], extra: list[RiskEvent], bounds: tuple[int, int]
+) -> None:
+    store = _tiny(bounds)
+    _feed(store, events, 1)
+    before, evictions = store.snapshot_arrays(), store.evictions
+    try:
+        store.batch_from_events(extra)
+    except InvalidRiskEventError:
+        after = store.snapshot_arrays()
+        assert store.evictions == evictions
+        assert before.keys() == after.keys()
+        for name, array in before.items():
+            np.testing.assert_array_equal(after[name], array, err_msg=name)
+
+
+@TINY
+@given(
+    events=streams(max_size=60),
+    bounds=st.tuples(st.integers(3, 12), st.integers(3, 16)),
+    size=st.integers(1, 12),
+)
+def test_chunked_batches_of_random_streams_equal_one_pass(
+    events: list[RiskEvent], bounds: tuple[int, int], size: int
+) -> None:
+    """``compute_columns`` in chunks of 2 from 4 events on (the constants made small) against
+    ``compute(batch_from_columns(…))``: the same features, the same ids, batch after batch."""
+    from puhui.risk import _features
+    from puhui.risk._engine import event_columns
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_features, "PIPELINE_EVENTS_MIN", 4)
+        patch.setattr(_features, "PIPELINE_CHUNK_EVENTS", 2)
+        one_pass, chunked = _tiny(bounds), _tiny(bounds)
+        for low in range(0, len(events), size):
+            columns: Columns = dict(event_columns(events[low : low + size]))
+            del columns["currency"]
+            for name in ("device", "merchant", "counterparty", "ip"):
+                columns[name] = columns[name].tolist()
+            try:
+                want = one_pass.compute(one_pass.batch_from_columns(**columns))
+            except InvalidRiskEventError:
+                with pytest.raises(InvalidRiskEventError):
+                    chunked.compute_columns(**columns)
+                continue
+            assert_features_equal(chunked.compute_columns(**columns), want)
+            ids = {kind: i.ids for kind, i in chunked._interners().items()}
+            assert ids == {kind: i.ids for kind, i in one_pass._interners().items()}
