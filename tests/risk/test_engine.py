@@ -130,7 +130,7 @@ def test_trusted_devices_survive_a_restart(tmp_path: Path) -> None:
     engine([_event(0, 1_000, device="tablet")])
     engine.snapshot(tmp_path / "state")
     saved = json.loads((tmp_path / "state" / "features.json").read_text())
-    assert saved["trusted"] == {"7": ["phone", "tablet"]}
+    assert saved["trusted"] == [[7, "phone"], [7, "tablet"]]  # least recently used first
     engine([_event(1, 1_000, device="laptop"), _event(2, 1_000, device="evil")])
     _close(engine)
     restarted = _engine(tmp_path / "other", clock)
@@ -171,6 +171,76 @@ def test_trusted_devices_are_bounded_the_least_recently_used_forgotten(tmp_path:
     untrusted = engine._untrusted([7, 7, 7, 7], ["daily-phone", "old-phone", "flood-300-2", "x"])
     assert untrusted.tolist() == [False, True, False, True]
     _close(engine)
+
+
+def _bounded_engine(log: Path, pairs_max: int) -> RiskEngine:
+    from puhui.risk._features import FeatureStore
+
+    return RiskEngine(
+        parse_ruleset(RULES, engine_schema()),
+        lists=RiskLists(ManualClock(T0)),
+        features=FeatureStore(pairs_max=pairs_max),
+        log=DecisionLog(log),
+    )
+
+
+def test_a_trusted_device_in_use_is_never_forgotten(tmp_path: Path) -> None:
+    """Each accepted event makes its device the most recently used: one used in every batch
+    stays trusted however many new devices come (it was forgotten once ``trusted_max`` new
+    ones had been trusted since it was first, however often it was used)."""
+    engine = _bounded_engine(tmp_path / "log", 16)
+    engine([_event(0, 1_000, device="daily")])
+    for k in range(1, 60):
+        assert engine._untrusted([7], ["daily"]).tolist() == [False], k
+        engine([_event(k, 1_000, device=f"new-{k}"), _event(k, 1_000, device="daily")])
+        assert engine.trusted_count() <= 16
+    _close(engine)
+
+
+def test_the_replay_trusts_what_the_live_engine_trusted(tmp_path: Path) -> None:
+    """Snapshot, then the log replayed: the same trusted devices in the same order of use as
+    the engine that decided (so the next flood forgets the same ones)."""
+    live = _bounded_engine(tmp_path / "log", 16)
+    for k in range(12):
+        live([_event(k, 1_000, device=f"z-{k}")])
+    live.snapshot(tmp_path / "state")
+    for k in range(12, 40):
+        live([_event(k, 1_000, device=f"a-{k}"), _event(k, 1_000, device="z-3")])
+    _close(live)
+    again = _bounded_engine(tmp_path / "other", 16)
+    _close(again)
+    again.log = DecisionLog(tmp_path / "log")
+    again.recover(tmp_path / "state")
+    assert list(again._trusted) == list(live._trusted)
+    _close(again)
+
+
+def test_a_snapshot_keeps_the_trusted_devices_order_of_use(tmp_path: Path) -> None:
+    """After a restart the next flood forgets the devices the running engine would have: the
+    least recently used (the snapshot kept them sorted, so the restarted engine forgot
+    "z-10" before "z-2")."""
+    live = _bounded_engine(tmp_path / "log", 16)
+    for k in range(12):
+        live([_event(k, 1_000, device=f"z-{k}")])
+    live.snapshot(tmp_path / "state")
+    again = _bounded_engine(tmp_path / "other", 16)
+    again.recover(tmp_path / "state")
+    for engine in (live, again):
+        for k in range(12, 17):
+            engine([_event(k, 1_000, device=f"a-{k}")])
+    old = [f"z-{k}" for k in range(12)]
+    assert again._untrusted([7] * 12, old).tolist() == live._untrusted([7] * 12, old).tolist()
+    assert list(again._trusted) == list(live._trusted)
+    _close(live)
+    _close(again)
+
+
+def test_a_snapshot_from_before_the_order_of_use_still_gives_its_trusted_devices() -> None:
+    from puhui.risk._engine import _trusted_of
+
+    old = {"7": ["phone", "tablet"], "8": ["pc"]}
+    assert list(_trusted_of(old)) == [(7, "phone"), (7, "tablet"), (8, "pc")]
+    assert list(_trusted_of([[8, "pc"], [7, "phone"]])) == [(8, "pc"), (7, "phone")]
 
 
 def test_the_default_ruleset_compiles_against_the_engine_schema() -> None:

@@ -48,10 +48,11 @@ def _distinct_keys(events: Sequence[RiskEvent]) -> int:
 
 
 def _distinct_pairs(events: Sequence[RiskEvent]) -> int:
+    """The pairs ``events`` name: (customer, device), and (customer, counterparty) of any
+    kind of event (a login naming a payee reads its pair)."""
     devices = {(e.customer_id, e.device_id) for e in events if e.device_id}
-    money = (EventKind.PAYMENT, EventKind.P2P, EventKind.TOP_UP, EventKind.WITHDRAWAL)
-    paid = {(e.customer_id, e.counterparty) for e in events if e.counterparty and e.kind in money}
-    return max(1, len(devices) + len(paid))
+    named = {(e.customer_id, e.counterparty) for e in events if e.counterparty}
+    return max(1, len(devices) + len(named))
 
 
 def assert_features_equal(
@@ -189,6 +190,34 @@ def test_pairs_are_bounded_and_the_least_recently_used_go_first() -> None:
     assert bounded.evictions > 0
 
 
+def test_a_pair_only_read_by_the_batch_is_not_evicted_for_it() -> None:
+    """A card binding naming a payee the customer paid reads the pair
+    (``counterparty.first_payment``): the eviction the batch's new device pair makes must
+    take another pair (it took the least recently paid, this one: the payee looked new)."""
+
+    def run(store: FeatureStore) -> dict[str, np.ndarray[Any, Any]]:
+        store.compute_columns(
+            kind=[P2P], customer_id=[1], at_ns=[START], counterparty=["c:2"], amount=[5]
+        )
+        store.compute_columns(
+            kind=[4] * 3, customer_id=[1] * 3, at_ns=[START + NS] * 3, device=["d1", "d2", "d3"]
+        )
+        card_binding = list(EventKind).index(EventKind.CARD_BINDING)
+        return store.compute_columns(
+            kind=[card_binding],
+            customer_id=[1],
+            at_ns=[START + 2 * NS],
+            counterparty=["c:2"],
+            device=["d4"],
+        )
+
+    bounded = FeatureStore(pairs_max=4)
+    got = run(bounded)
+    assert bounded.evictions == 1 and bounded.pair_count() <= 4
+    assert_features_equal(got, run(FeatureStore()))
+    assert not got["counterparty.first_payment"][0]
+
+
 def test_an_evicted_key_seen_again_is_a_key_never_seen(tmp_path: Path) -> None:
     store = FeatureStore(entities_max=32, pairs_max=64)
     first = [
@@ -281,6 +310,32 @@ def test_a_large_batch_in_chunks_evicts_what_one_pass_does() -> None:
         assert chunked.entity_counts() == one_pass.entity_counts()
         assert chunked.pair_count() == one_pass.pair_count()
     assert one_pass.evictions == chunked.evictions > 0
+
+
+def test_a_large_batch_in_chunks_gives_its_keys_the_ids_of_one_pass() -> None:
+    """Evictions among equally idle entities go lowest id first, so the ids of a batch's new
+    keys decide what a later eviction takes: ``compute_columns`` (interning chunk by chunk)
+    and ``compute(batch_from_columns(...))`` must give the same ids. Customers 10,000+ in the
+    first chunk, 0+ in the second: one pass had given the second the lower ids."""
+    from puhui.risk._features import PIPELINE_CHUNK_EVENTS
+
+    def logins(customers: list[int], at: int) -> Columns:
+        n = len(customers)
+        return {"kind": [4] * n, "customer_id": customers, "at_ns": [at] * n}
+
+    half = PIPELINE_CHUNK_EVENTS
+    first = [10_000 + j for j in range(half)] + list(range(half))
+    one_pass = FeatureStore(entities_max=2 * half)
+    chunked = FeatureStore(entities_max=2 * half)
+    one_pass.compute(one_pass.batch_from_columns(**logins(first, START)))
+    chunked.compute_columns(**logins(first, START))
+    assert chunked._customers.ids == one_pass._customers.ids
+    for store in (one_pass, chunked):  # a new customer evicts 1/8 of the (equally idle) rest
+        store.compute_columns(**logins([99_999], START + NS))
+        assert store.evictions == 1
+    got = chunked.compute_columns(**logins([0, 10_000], START + 2 * NS))
+    want = one_pass.compute_columns(**logins([0, 10_000], START + 2 * NS))
+    assert_features_equal(got, want)
 
 
 def test_a_batch_with_more_keys_than_the_bound_is_refused_and_changes_nothing() -> None:
@@ -417,3 +472,181 @@ def test_a_snapshot_of_the_format_before_evictions_still_restores() -> None:
     # (d1 was last seen at 3,800 s, d2 at 3,900 s)
     assert set(restored._strings["device"].ids) == {"d2", "d3", "d4", "d5"}
     assert_pairs_name_live_entities(restored)
+
+
+# --- properties over random streams with tiny bounds (evictions at nearly every batch) ---------
+
+TINY = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+
+
+def _feed(store: FeatureStore, events: Sequence[RiskEvent], size: int) -> list[Any]:
+    """``events`` in batches of ``size``, each batch's features (None: refused); the bounds
+    and the pair table checked after each batch computed."""
+    out: list[Any] = []
+    for low in range(0, len(events), size):
+        try:
+            out.append(store.compute(store.batch_from_events(events[low : low + size])))
+        except InvalidRiskEventError:
+            out.append(None)
+            continue
+        assert all(count <= store.entities_max for count in store.entity_counts().values())
+        assert store.pair_count() <= store.pairs_max
+        assert_pairs_name_live_entities(store)
+    return out
+
+
+def _tiny(bounds: tuple[int, int]) -> FeatureStore:
+    return FeatureStore(capacity=1, pair_capacity=2, entities_max=bounds[0], pairs_max=bounds[1])
+
+
+def _renamed_unless_held(store: FeatureStore, event: RiskEvent) -> RiskEvent:
+    """``event`` with every key the store does not hold renamed to one never seen (a customer
+    and its payee ``c:<id>`` together); the merchant a payee ``m:<id>`` implies made explicit
+    first, so that it is renamed as a merchant."""
+    held = {kind: set(interner.ids) for kind, interner in store._interners().items()}
+    merchant = event.merchant or (event.counterparty if event.counterparty[:2] == "m:" else "")
+
+    def fresh(kind: str, key: str) -> str:
+        return key if not key or key in held[kind] else f"{key}-new"
+
+    counterparty = event.counterparty
+    if counterparty.startswith("c:"):
+        if int(counterparty[2:]) not in held["customer"]:
+            counterparty = f"c:{int(counterparty[2:]) + 1000}"
+    else:
+        counterparty = fresh("counterparty", counterparty)
+    customer = event.customer_id
+    return dataclasses.replace(
+        event,
+        customer_id=customer if customer in held["customer"] else customer + 1000,
+        counterparty=counterparty,
+        device_id=fresh("device", event.device_id),
+        ip=fresh("ip", event.ip),
+        merchant=fresh("merchant", merchant),
+    )
+
+
+@TINY
+@given(
+    events=streams(max_size=60),
+    after=streams(max_size=3),
+    bounds=st.tuples(st.integers(2, 4), st.integers(2, 6)),
+    size=st.integers(1, 2),
+)
+def test_evicted_keys_of_random_streams_are_keys_never_seen(
+    events: list[RiskEvent],
+    after: list[RiskEvent],
+    bounds: tuple[int, int],
+    size: int,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    store = _tiny(bounds)
+    _feed(store, events, size)
+    path = tmp_path_factory.mktemp("state") / "features"
+    store.snapshot(path)
+    again, fresh = (
+        FeatureStore.restore(path, entities_max=bounds[0], pairs_max=bounds[1]) for _ in "ab"
+    )
+    later = [
+        dataclasses.replace(
+            e,
+            at_ns=store.watermark_ns + 1,
+            merchant=e.merchant or (e.counterparty if e.counterparty[:2] == "m:" else ""),
+        )
+        for e in after
+    ]
+    renamed = [_renamed_unless_held(store, e) for e in later]
+    try:
+        got = again.compute(again.batch_from_events(later))
+    except InvalidRiskEventError:
+        with pytest.raises(InvalidRiskEventError):
+            fresh.batch_from_events(renamed)
+        return
+    assert_features_equal(got, fresh.compute(fresh.batch_from_events(renamed)))
+
+
+@TINY
+@given(
+    events=streams(max_size=60),
+    cut=st.integers(0, 60),
+    bounds=st.tuples(st.integers(2, 4), st.integers(2, 6)),
+    size=st.integers(1, 3),
+)
+def test_random_streams_restored_after_evictions_replay_as_uninterrupted(
+    events: list[RiskEvent],
+    cut: int,
+    bounds: tuple[int, int],
+    size: int,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    cut = min(cut, len(events)) // size * size
+    uninterrupted = _tiny(bounds)
+    want = _feed(uninterrupted, events, size)
+    before = _tiny(bounds)
+    _feed(before, events[:cut], size)
+    path = tmp_path_factory.mktemp("state") / "features"
+    before.snapshot(path)
+    restored = FeatureStore.restore(path, entities_max=bounds[0], pairs_max=bounds[1])
+    got = _feed(restored, events[cut:], size)
+    for part, expected in zip(got, want[cut // size :], strict=True):
+        assert (part is None) == (expected is None)
+        if part is not None:
+            assert_features_equal(part, expected)
+    assert restored.entity_counts() == uninterrupted.entity_counts()
+    assert restored.pair_count() == uninterrupted.pair_count()
+
+
+@TINY
+@given(
+    events=streams(max_size=40),
+    extra=streams(max_size=8),
+    bounds=st.tuples(st.integers(2, 4), st.integers(2, 6)),
+)
+def test_a_refused_batch_of_a_random_stream_changes_nothing(
+    events: list[RiskEvent], extra: list[RiskEvent], bounds: tuple[int, int]
+) -> None:
+    store = _tiny(bounds)
+    _feed(store, events, 1)
+    before, evictions = store.snapshot_arrays(), store.evictions
+    try:
+        store.batch_from_events(extra)
+    except InvalidRiskEventError:
+        after = store.snapshot_arrays()
+        assert store.evictions == evictions
+        assert before.keys() == after.keys()
+        for name, array in before.items():
+            np.testing.assert_array_equal(after[name], array, err_msg=name)
+
+
+@TINY
+@given(
+    events=streams(max_size=60),
+    bounds=st.tuples(st.integers(3, 12), st.integers(3, 16)),
+    size=st.integers(1, 12),
+)
+def test_chunked_batches_of_random_streams_equal_one_pass(
+    events: list[RiskEvent], bounds: tuple[int, int], size: int
+) -> None:
+    """``compute_columns`` in chunks of 2 from 4 events on (the constants made small) against
+    ``compute(batch_from_columns(…))``: the same features, the same ids, batch after batch."""
+    from puhui.risk import _features
+    from puhui.risk._engine import event_columns
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_features, "PIPELINE_EVENTS_MIN", 4)
+        patch.setattr(_features, "PIPELINE_CHUNK_EVENTS", 2)
+        one_pass, chunked = _tiny(bounds), _tiny(bounds)
+        for low in range(0, len(events), size):
+            columns: Columns = dict(event_columns(events[low : low + size]))
+            del columns["currency"]
+            for name in ("device", "merchant", "counterparty", "ip"):
+                columns[name] = columns[name].tolist()
+            try:
+                want = one_pass.compute(one_pass.batch_from_columns(**columns))
+            except InvalidRiskEventError:
+                with pytest.raises(InvalidRiskEventError):
+                    chunked.compute_columns(**columns)
+                continue
+            assert_features_equal(chunked.compute_columns(**columns), want)
+            ids = {kind: i.ids for kind, i in chunked._interners().items()}
+            assert ids == {kind: i.ids for kind, i in one_pass._interners().items()}

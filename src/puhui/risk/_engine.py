@@ -395,7 +395,6 @@ class RiskEngine:
         computed = self._features_of(columns, strings, meanwhile, judge)
         feats: dict[str, npt.NDArray[Any]] = dict(computed)
         feats.update(from_events)
-        untrusted = from_events["device.new_for_customer"]
         joined = _Judged.join(parts)
         feats["model.score"] = joined.model_score.astype(np.float64)
         feats["model.shadow_score"] = shadow = joined.shadow_score
@@ -432,12 +431,10 @@ class RiskEngine:
             ruleset.version,
             self.model_version,
         )
-        # Only the accepted events from devices not yet trusted teach anything (adding a
-        # trusted device again changes nothing): a few per batch, not every event.
-        learned = np.flatnonzero(untrusted & (decided.severity == 0)).tolist()
-        self._learn_trust(
-            [customers[i] for i in learned], [devices[i] for i in learned], [0] * len(learned)
-        )
+        # Every accepted event teaches: a new device becomes trusted, a trusted one becomes
+        # the most recently used (kept the longest under ``trusted_max``). The replay of the
+        # log after a restart calls the same with the logged decisions.
+        self._learn_trust(customers, devices, decided.severity.tolist())
         if self.log is not None:
             self._append(columns, feats, decided, shadow)
         return decided
@@ -542,6 +539,8 @@ class RiskEngine:
         return len(self._trusted)
 
     def _learn_trust(self, customers: list[int], devices: list[str], severity: list[int]) -> None:
+        """Each accepted event's (customer, device), in order: trusted, and the most recently
+        used (the same for a decided batch and for its replay from the log)."""
         trusted = self._trusted
         pop = trusted.pop
         for customer, device, level in zip(customers, devices, severity, strict=True):
@@ -635,11 +634,9 @@ class RiskEngine:
                 arrays = self.features.snapshot_arrays()
                 pairs = list(self._trusted)
             # Written without the lock: decisions go on meanwhile (they waited for the write
-            # and its fsyncs before).
-            by_customer: dict[int, list[str]] = {}
-            for customer, device in pairs:
-                by_customer.setdefault(customer, []).append(device)
-            trusted = {str(c): sorted(d) for c, d in sorted(by_customer.items())}
+            # and its fsyncs before). The trusted pairs in their order of use, least recent
+            # first: the restarted engine forgets the ones this one would have.
+            trusted = [[customer, device] for customer, device in pairs]
             text = json.dumps({"log_next_id": next_id, "trusted": trusted})
             # The log position and the trusted devices go inside the state's own file: the
             # three are replaced together (a crash between two files would pair a new state
@@ -669,10 +666,7 @@ class RiskEngine:
                     pairs_max=self.features.pairs_max,
                 )
                 since = int(saved["log_next_id"])
-                # The snapshot keeps the pairs, not their order of use: restored in its order.
-                self._trusted = dict.fromkeys(
-                    (int(c), device) for c, d in saved.get("trusted", {}).items() for device in d
-                )
+                self._trusted = _trusted_of(saved.get("trusted", []))
                 self._forget_trust()
             if self.log is None:
                 return 0
@@ -716,6 +710,15 @@ def _shown(value: object) -> str:
     if isinstance(value, float):
         return "n/a" if math.isnan(value) else f"{value:.6g}"
     return str(value)
+
+
+def _trusted_of(saved: list[list[Any]] | dict[str, list[str]]) -> dict[tuple[int, str], None]:
+    """The trusted pairs of a snapshot, least recently used first: a list of [customer,
+    device] in that order, or (written before 2026-11-27) devices by customer, whose order of
+    use was not kept."""
+    if isinstance(saved, dict):
+        return dict.fromkeys((int(c), device) for c, d in saved.items() for device in d)
+    return dict.fromkeys((int(c), str(device)) for c, device in saved)
 
 
 def _snapshot_meta(path: Path) -> dict[str, Any] | None:

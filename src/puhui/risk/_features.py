@@ -741,16 +741,24 @@ class FeatureStore:
         return _Checked(kinds, customer_ids, times, amounts, lats, lons, tz, kyc, created, strings)
 
     def _interned(self, checked: _Checked, low: int, high: int) -> EventBatch:
-        """Events ``low:high`` of checked columns as a batch, their keys interned."""
-        whole = low == 0 and high == len(checked)
+        """Events ``low:high`` of checked columns as a batch, their keys interned.
+
+        A whole batch of ``PIPELINE_EVENTS_MIN`` events or more is interned chunk by chunk,
+        as ``compute_columns`` does: new keys get the same ids either way (the order of
+        evictions among equally idle entities, and of pairs, goes by id)."""
         rows = slice(low, high)
-        batch_ids = {
-            kind_: self._intern_strings(kind_, keys if whole else keys[rows])
-            for kind_, keys in checked.strings.items()
-        }
+        n = high - low
+        if low == 0 and high == len(checked) and n >= PIPELINE_EVENTS_MIN:
+            parts = [
+                self._interned_ids(checked, chunk, min(n, chunk + PIPELINE_CHUNK_EVENTS))
+                for chunk in range(0, n, PIPELINE_CHUNK_EVENTS)
+            ]
+            batch_ids = {kind_: np.concatenate([p[kind_] for p in parts]) for kind_ in parts[0]}
+        else:
+            batch_ids = self._interned_ids(checked, low, high)
         return EventBatch(
             kind=checked.kind[rows],
-            customer=self._intern_customers(checked.customer_id[rows]),
+            customer=batch_ids["customer"],
             at_ns=checked.at_ns[rows],
             amount=checked.amount[rows],
             device=batch_ids["device"],
@@ -764,6 +772,18 @@ class FeatureStore:
             account_created_ns=checked.account_created_ns[rows],
             evictions=self.evictions,
         )
+
+    def _interned_ids(self, checked: _Checked, low: int, high: int) -> dict[str, IntArray]:
+        """The ids of events ``low:high``'s keys, each kind's column (new keys interned: the
+        string kinds first, in column order, then the customers)."""
+        whole = low == 0 and high == len(checked)
+        rows = slice(low, high)
+        batch_ids = {
+            kind_: self._intern_strings(kind_, keys if whole else keys[rows])
+            for kind_, keys in checked.strings.items()
+        }
+        batch_ids["customer"] = self._intern_customers(checked.customer_id[rows])
+        return batch_ids
 
     def _intern_customers(self, customer_ids: IntArray) -> IntArray:
         if customer_ids.size == 0:
@@ -1313,17 +1333,17 @@ def _batch_keys(checked: _Checked, kind: str) -> set[Any]:
 
 def _batch_pairs(checked: _Checked) -> set[tuple[int, str, str]]:
     """The distinct pairs a batch names, as (customer, kind, key): (customer, device) of its
-    events with a device, (customer, counterparty) of its money events with a counterparty
-    (the pairs its events may add)."""
-    money = (checked.kind <= K.KIND_WITHDRAWAL).tolist()
+    events with a device, (customer, counterparty) of its events with a counterparty (the
+    pairs its events look up or add: an event of any kind reads its pair for
+    ``counterparty.first_payment``, so an eviction for the batch must not take it)."""
     customers = checked.customer_id.tolist()
     pairs = {
         (c, "device", d) for c, d in zip(customers, checked.strings["device"], strict=True) if d
     }
     pairs.update(
         (c, "counterparty", p)
-        for c, p, m in zip(customers, checked.strings["counterparty"], money, strict=True)
-        if p and m
+        for c, p in zip(customers, checked.strings["counterparty"], strict=True)
+        if p
     )
     return pairs
 
