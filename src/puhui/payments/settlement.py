@@ -29,7 +29,6 @@ import sqlalchemy as sa
 from puhui.ledger import CreateTransferStatus, Transfer
 from puhui.money import currency
 from puhui.store import payments as t
-from puhui.store import unindexed
 
 from ._errors import InvalidPayloadError, PaymentsError
 from .funding import STATEMENT_COLUMNS, BankDirection, BankStatus
@@ -48,6 +47,40 @@ from .service import INTERNAL, Operation, Payments, _hex
 
 _S = OperationStatus
 _DUE_KINDS = (str(OperationKind.MERCHANT_PAYMENT), str(OperationKind.ESCROW_RELEASE))
+_UNSETTLED_INDEX: Final = "ix_payments_operations_unsettled"
+_DECLINED_INDEX: Final = "ix_payments_operations_declined_payouts"
+
+
+def _from(conn: sa.Connection, index: str) -> str:
+    """The operations table, on SQLite read by the partial index ``index``: its planner,
+    without statistics, would take an equality on ``status`` by the (status, created_at_ns)
+    index — every completed operation ever — over a walk of the small partial index (and
+    says so, an error rather than a slow walk, should a change of the terms make the index
+    unusable). PostgreSQL's planner knows the partial indexes' sizes."""
+    name = t.operations.name
+    return f"{name} INDEXED BY {index}" if conn.dialect.name == "sqlite" else name
+
+
+def _owed(conn: sa.Connection, index: str, terms: tuple[str, ...]) -> sa.TextClause:
+    """The (merchant, currency) pairs with rows of a partial index (its condition's
+    ``terms``, verbatim) before ``:day``: a walk of what is owed, not of the history."""
+    return sa.text(
+        f"SELECT merchant_id, currency FROM {_from(conn, index)}"
+        f" WHERE {' AND '.join(terms)} AND day < :day GROUP BY merchant_id, currency"
+    )
+
+
+def _merchants(conn: sa.Connection, index: str, terms: tuple[str, ...]) -> sa.TextClause:
+    """One merchant's rows (``:merchant``, ``:currency``) of a partial index; the declined
+    payouts' only before ``:day``."""
+    before = " AND day < :day" if index == _DECLINED_INDEX else ""
+    return sa.text(
+        f"SELECT id, kind, amount, fee, day FROM {_from(conn, index)}"
+        f" WHERE merchant_id = :merchant AND currency = :currency"
+        f" AND {' AND '.join(terms)}{before}"
+    )
+
+
 _LEG_FEE: Final = 2
 """The leg of a settlement's own fee when it has no payout (its transfer id is the settlement
 id's, as an operation's fee leg is the operation's)."""
@@ -136,34 +169,15 @@ class Settlement:
         """Settle every merchant for business day ``day`` (default: today): pay out what was
         completed before it. Returns the statements of the settlements this day has."""
         day = self.today() if day is None else day
-        o = t.operations.c
         with self.engine.connect() as conn:
-            due = conn.execute(
-                sa.select(o.merchant_id, o.currency)
-                .where(
-                    # the two terms of the ``unsettled`` index's condition, verbatim: the
-                    # walk reads the operations not yet settled, not every one completed
-                    o.merchant_id.is_not(None),
-                    o.settlement_id.is_(None),
-                    o.day < day,
-                    o.kind.in_(_DUE_KINDS),
-                    o.status == str(_S.COMPLETED),
-                )
-                .group_by(o.merchant_id, o.currency)
-            ).all()
-            # payouts the bank declined, not carried into a later settlement yet: the money
-            # is owed even when the merchant has sold nothing since
-            declined = conn.execute(
-                sa.select(o.merchant_id, o.currency)
-                .where(
-                    o.merchant_id.is_not(None),
-                    o.settlement_id.is_(None),
-                    o.day < day,
-                    o.kind == str(OperationKind.SETTLEMENT),
-                    o.status == str(_S.FAILED),
-                )
-                .group_by(o.merchant_id, o.currency)
-            ).all()
+            # what is owed: the partial indexes' own rows (their conditions' terms verbatim),
+            # which hold only takings not settled yet and payouts declined and not carried
+            # yet — the walk follows what is owed, not the history
+            at = {"day": day}
+            due = conn.execute(_owed(conn, _UNSETTLED_INDEX, t.UNSETTLED_TERMS), at).all()
+            # payouts the bank declined: the money is owed even when the merchant has sold
+            # nothing since
+            declined = conn.execute(_owed(conn, _DECLINED_INDEX, t.DECLINED_TERMS), at).all()
             done = conn.execute(
                 sa.select(t.settlements.c.merchant_id, t.settlements.c.currency).where(
                     t.settlements.c.day == day
@@ -203,25 +217,17 @@ class Settlement:
         cur = currency(currency_code)
         o = t.operations.c
         with self.engine.connect() as conn:
-            found = conn.execute(
-                sa.select(o.id, o.kind, o.amount, o.fee, o.day, o.status).where(
-                    o.merchant_id == merchant_id,
-                    o.currency == cur.code,
-                    o.kind.in_((*_DUE_KINDS, str(OperationKind.SETTLEMENT))),
-                    # this merchant's rows by (merchant_id, settlement_id), not every
-                    # merchant's unsettled ones by the ``unsettled`` index's status
-                    unindexed(o.status).in_((str(_S.COMPLETED), str(_S.FAILED))),
-                    o.settlement_id.is_(None),
+            # this merchant's own rows of the partial indexes (not its whole history).
+            # Payouts the bank declined (final, their hold voided before they were recorded
+            # failed: read before the balance, their money is in it): carried into this one.
+            mine = {"merchant": merchant_id, "currency": cur.code}
+            declined = [
+                r.id
+                for r in conn.execute(
+                    _merchants(conn, _DECLINED_INDEX, t.DECLINED_TERMS), {**mine, "day": day}
                 )
-            ).all()
-        # Payouts the bank declined (final, their hold voided before they were recorded
-        # failed: read before the balance, their money is in it): carried into this one.
-        declined = [
-            r.id
-            for r in found
-            if r.kind == OperationKind.SETTLEMENT and r.status == _S.FAILED and r.day < day
-        ]
-        rows = [r for r in found if r.kind in _DUE_KINDS and r.status == _S.COMPLETED]
+            ]
+            rows = conn.execute(_merchants(conn, _UNSETTLED_INDEX, t.UNSETTLED_TERMS), mine).all()
         due = [r for r in rows if r.day < day]
         not_due = [r for r in rows if r.day >= day]
         gross_payments = sum(r.amount for r in due if r.kind == OperationKind.MERCHANT_PAYMENT)

@@ -64,8 +64,25 @@ wallets = sa.Table(
     sa.Column("created_at_ns", sa.BigInteger, nullable=False),
 )
 
-_UNSETTLED = sa.text("merchant_id IS NOT NULL AND settlement_id IS NULL")
-"""The condition of the partial index of merchants' operations not settled yet."""
+UNSETTLED_TERMS = (
+    "settlement_id IS NULL",
+    "status = 'completed'",
+    "kind IN ('merchant_payment', 'escrow_release')",
+)
+"""The condition of the partial index of merchants' takings not settled yet (completed
+merchant payments and escrow releases), term by term: a query names each term verbatim (as
+text, constants included) for SQLite to use the index. Only those rows are in it: a row
+leaves it when settled, and no other kind of merchant operation (an order's payment, a
+refund, a payout) ever enters it, so the daily walk reads what is owed, not the history."""
+DECLINED_TERMS = (
+    "settlement_id IS NULL",
+    "status = 'failed'",
+    "kind = 'settlement'",
+)
+"""The condition of the partial index of settlement payouts the bank declined and no later
+settlement has carried yet (term by term, as ``UNSETTLED_TERMS``)."""
+_UNSETTLED = sa.text(" AND ".join(UNSETTLED_TERMS))
+_DECLINED = sa.text(" AND ".join(DECLINED_TERMS))
 
 operations = sa.Table(
     "payments_operations",
@@ -106,15 +123,25 @@ operations = sa.Table(
     sa.Index(None, "payer_customer_id", "created_at_ns"),
     sa.Index(None, "payee_customer_id", "created_at_ns"),
     sa.Index(None, "merchant_id", "settlement_id"),
-    # Merchants' operations not settled yet, by status and day (the settlement job's walk:
-    # completed before the day); a row leaves it when settled. The condition's terms must
-    # stand verbatim in a query's WHERE for SQLite to use it.
+    # Merchants' takings not settled yet, by merchant, currency and day (the settlement
+    # job's walk, and one merchant's due rows); a row leaves it when settled. The
+    # condition's terms must stand verbatim in a query's WHERE for SQLite to use it.
     sa.Index(
         "ix_payments_operations_unsettled",
-        "status",
+        "merchant_id",
+        "currency",
         "day",
         sqlite_where=_UNSETTLED,
         postgresql_where=_UNSETTLED,
+    ),
+    # Payouts the bank declined, not carried into a later settlement yet.
+    sa.Index(
+        "ix_payments_operations_declined_payouts",
+        "merchant_id",
+        "currency",
+        "day",
+        sqlite_where=_DECLINED,
+        postgresql_where=_DECLINED,
     ),
     # A day's operations of a kind (reconciliation with the bank's statement of the day).
     sa.Index(None, "day", "kind"),
