@@ -410,6 +410,29 @@ def test_nothing_is_lost_across_a_restart(setup: Setup) -> None:
         engine.dispose()
 
 
+def test_an_event_recorded_while_its_endpoint_is_disabled_becomes_a_dead_letter(
+    setup: Setup,
+) -> None:
+    """A payment's transaction reads the endpoint as enabled and queues a delivery; the
+    endpoint is disabled (and its pending deliveries dead-lettered) before that transaction
+    commits, so the disabling did not see the new delivery. It must not stay pending for
+    ever, never attempted, never a dead letter, holding its event from pruning: the worker
+    makes it a dead letter (``endpoint_disabled``) instead of sending it."""
+    if setup.engine.dialect.name == "sqlite":
+        pytest.skip("SQLite runs one writing transaction at a time: no such interleaving")
+    w = setup.webhooks
+    endpoint, _ = w.create_endpoint(setup.a.id, "https://a.example/hook", ["*"])
+    with setup.engine.begin() as conn:
+        event_id = w.record(conn, setup.a.id, EventType.PAYMENT_SUCCEEDED, {"amount": "1"})
+        w.disable_endpoint(setup.a.id, endpoint.id)  # commits first, on another connection
+    receiver = Receiver(setup.clock)
+    assert rounds(receiver=receiver, webhooks=w) == 0 and receiver.got == []
+    [delivery] = w.deliveries(setup.a.id, event_id)
+    assert (delivery.state, delivery.last_error) == (DeliveryState.DEAD, "endpoint_disabled")
+    assert [d.event_id for d in w.dead_letters(setup.a.id)] == [event_id]
+    assert w.backlog() == 0
+
+
 def test_a_late_answer_from_an_expired_lease_changes_nothing(setup: Setup) -> None:
     from puhui.platform.webhooks import AttemptResult
 
