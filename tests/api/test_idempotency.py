@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from typing import Any
 
@@ -119,6 +120,21 @@ def test_invalid_requests_and_expired_keys_are_not_remembered(api: Api) -> None:
     api.clock.advance(24 * 3600 * S)  # the default window is over
     new = _post(api, "/v1/ledger/accounts", {"accounts": [account(2)]}, "fix-me")
     assert new.status_code == 200 and new.json()["results"][0]["status"] == "created"
+
+
+def test_a_body_that_cannot_be_parsed_is_not_remembered(api: Api) -> None:
+    """A body FastAPI cannot even parse (nested too deep, bytes that are not UTF-8 inside
+    the JSON) is refused 400 ``invalid_input`` before the handler runs: nothing happened, so
+    the key is not remembered and the fixed request runs (it was 409
+    ``idempotency_key_reused`` for the key's whole window)."""
+    fixed = json.dumps({"accounts": [account(1)]}).encode()
+    for n, unparsable in enumerate((b"[" * 100_000, b'{"accounts": [\xff]}')):
+        headers = api.auth(**{"Idempotency-Key": f"fix-me-{n}", "Content-Type": "application/json"})
+        bad = api.client.post("/v1/ledger/accounts", content=unparsable, headers=headers)
+        assert (bad.status_code, bad.json()["code"]) == (400, "invalid_input"), bad.text
+        good = api.client.post("/v1/ledger/accounts", content=fixed, headers=headers)
+        assert good.status_code == 200, good.text
+        assert "idempotent-replayed" not in good.headers
 
 
 def test_get_requests_ignore_the_header(api: Api) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from puhui.api import STATUS_BY_CODE, ApiOptions, RateLimitedError
+from puhui.api._guards import encode_cursor
 from puhui.platform import AuditLog
 
 from .conftest import Api, account, make_api, transfer
@@ -254,3 +255,40 @@ def test_the_rate_limiter_forgets_full_buckets_beyond_its_bound(
         limiter.take("busy")  # its state was kept: still limited
     limiter.take("old-1")  # a forgotten key starts with its whole burst again
     limiter.take("old-1")
+
+
+def test_crafted_cursors_are_400_cursor_invalid_never_500(api: Api) -> None:
+    """A cursor is opaque, but it is only base64 JSON: one crafted with a number no column
+    holds (beyond 64 bits) or a digit string ``int`` does not read (``"²"``) is refused as
+    ``cursor_invalid``, on every list (it was a 500 from the store or from ``int``)."""
+    operator = api.tenants.create("Ops", "operator")
+    _, ops = api.tenants.create_key(operator.id, ["platform:admin"])
+    customer = api.client.post(
+        "/v1/payments/customers",
+        json={"phone": "+8613800000001", "display_name": "Li"},
+        headers=api.auth(),
+    ).json()["id"]
+    api.client.post("/v1/ledger/accounts", json={"accounts": [account(1)]}, headers=api.auth())
+    huge, small = 10**30, -(10**30)
+    operations = f"/v1/payments/customers/{customer}/operations"
+    cases: list[tuple[str, str, dict[str, Any], str | None]] = [
+        ("/v1/webhooks/events", "webhook_events", {"seq": huge}, None),
+        ("/v1/webhooks/dead-letters", "webhook_dead_letters", {"id": huge}, None),
+        ("/v1/webhooks/endpoints", "webhook_endpoints", {"at": huge, "id": "we_"}, None),
+        ("/v1/webhooks/endpoints", "webhook_endpoints", {"at": small, "id": "we_"}, None),
+        (operations, "customer_operations", {"t": huge, "i": "1"}, None),
+        (operations, "customer_operations", {"t": 1, "i": "\u00b2"}, None),
+        (operations, "customer_operations", {"t": 1, "i": "9" * 60}, None),
+        ("/v1/risk/cases", "risk_cases", {"i": huge}, None),
+        ("/v1/ledger/accounts/1/transfers", "account_transfers", {"ts": huge, "r": False}, None),
+        ("/v1/platform/tenants", "tenants", {"id": huge}, ops),
+        (f"/v1/platform/tenants/{api.a.id}/keys", "keys", {"at": huge, "id": "k"}, ops),
+    ]
+    for path, kind, position, token in cases:
+        cursor = encode_cursor(kind, position)
+        response = api.client.get(path, params={"cursor": cursor}, headers=api.auth(token))
+        assert (response.status_code, response.json()["code"]) == (400, "cursor_invalid"), (
+            path,
+            position,
+            response.text,
+        )

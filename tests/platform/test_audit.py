@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -104,3 +105,23 @@ def test_appends_continue_the_chain_after_verify(engine: sa.Engine, clock: Manua
     _log(engine, clock, 2)
     report = audit.verify()
     assert report.ok and report.entries == 4
+
+
+def test_an_entry_inserted_below_the_first_is_found(engine: sa.Engine, clock: ManualClock) -> None:
+    """A forger adds a well-formed entry with a negative sequence number, out of the way of
+    the chain: verify reads the whole table, not only from 0, and finds it."""
+    audit = _log(engine, clock)
+    fields: dict[str, Any] = {
+        "seq": -7,
+        "at_ns": clock.now_ns(),
+        "tenant_id": 2,
+        "key_id": None,
+        "method": "POST",
+        "route": "/v1/x",
+        "target": "/forged",
+        "status": 200,
+        "prev_hash": "0" * 64,
+    }
+    with engine.begin() as conn:
+        conn.execute(log_table.insert().values(fields | {"hash": audit_hash(**fields)}))
+    assert _kind_at(audit) == (-7, AuditProblemKind.CHAIN_BROKEN)

@@ -37,7 +37,7 @@ from puhui.platform import (
     signature_header,
     verify_signature,
 )
-from puhui.platform.model import check_webhook_url
+from puhui.platform.model import check_webhook_url, forbidden_address_reason
 from puhui.store import create_engine
 
 from .._plans import plans_of
@@ -410,6 +410,29 @@ def test_nothing_is_lost_across_a_restart(setup: Setup) -> None:
         engine.dispose()
 
 
+def test_an_event_recorded_while_its_endpoint_is_disabled_becomes_a_dead_letter(
+    setup: Setup,
+) -> None:
+    """A payment's transaction reads the endpoint as enabled and queues a delivery; the
+    endpoint is disabled (and its pending deliveries dead-lettered) before that transaction
+    commits, so the disabling did not see the new delivery. It must not stay pending for
+    ever, never attempted, never a dead letter, holding its event from pruning: the worker
+    makes it a dead letter (``endpoint_disabled``) instead of sending it."""
+    if setup.engine.dialect.name == "sqlite":
+        pytest.skip("SQLite runs one writing transaction at a time: no such interleaving")
+    w = setup.webhooks
+    endpoint, _ = w.create_endpoint(setup.a.id, "https://a.example/hook", ["*"])
+    with setup.engine.begin() as conn:
+        event_id = w.record(conn, setup.a.id, EventType.PAYMENT_SUCCEEDED, {"amount": "1"})
+        w.disable_endpoint(setup.a.id, endpoint.id)  # commits first, on another connection
+    receiver = Receiver(setup.clock)
+    assert rounds(receiver=receiver, webhooks=w) == 0 and receiver.got == []
+    [delivery] = w.deliveries(setup.a.id, event_id)
+    assert (delivery.state, delivery.last_error) == (DeliveryState.DEAD, "endpoint_disabled")
+    assert [d.event_id for d in w.dead_letters(setup.a.id)] == [event_id]
+    assert w.backlog() == 0
+
+
 def test_a_late_answer_from_an_expired_lease_changes_nothing(setup: Setup) -> None:
     from puhui.platform.webhooks import AttemptResult
 
@@ -618,6 +641,35 @@ def test_an_endpoint_must_be_https_on_a_public_address(
         w.check_destination(check_webhook_url(url))
     if reason is not None:
         assert raised.value.details["reason"] == reason  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("address", "reason"),
+    [
+        ("64:ff9b::a00:1", "private"),  # NAT64 (RFC 6052) of 10.0.0.1
+        ("64:ff9b::a9fe:a9fe", "metadata"),  # NAT64 of 169.254.169.254
+        ("64:ff9b::7f00:1", "loopback"),  # NAT64 of 127.0.0.1
+        ("64:ff9b:1::a00:1", "reserved"),  # local-use NAT64 (RFC 8215): never global
+        ("2002:a00:1::1", "private"),  # 6to4 (RFC 3056) of 10.0.0.1
+        ("2002:a9fe:a9fe::", "metadata"),  # 6to4 of 169.254.169.254
+        ("::a00:1", "private"),  # IPv4-compatible (deprecated) 10.0.0.1
+        ("::7f00:1", "loopback"),
+    ],
+)
+def test_an_ipv6_address_embedding_a_forbidden_ipv4_one_is_refused(
+    address: str, reason: str
+) -> None:
+    """IPv6 forms that carry an IPv4 address to a translator or relay (NAT64, 6to4, the old
+    IPv4-compatible form) count as that IPv4 address, as an IPv4-mapped one does: a NAT64
+    gateway turns ``64:ff9b::a00:1`` into a connection to 10.0.0.1 inside the network."""
+    w = _guarded(sa.create_engine("sqlite://"), {"nat64.example": [address]})
+    for url in (f"https://[{address}]/hook", "https://nat64.example/hook"):
+        with pytest.raises(ForbiddenWebhookAddressError) as raised:
+            w.check_destination(check_webhook_url(url))
+        assert raised.value.details["reason"] == reason
+    # ... and a public IPv4 address behind NAT64 or 6to4 is fine.
+    for public in ("64:ff9b::5db8:d70e", "2002:5db8:d70e::1"):
+        assert forbidden_address_reason(public, loopback_allowed=False) is None
 
 
 def test_a_refused_endpoint_is_not_created(engine: sa.Engine) -> None:

@@ -160,6 +160,10 @@ def encode_cursor(kind: str, position: dict[str, Any]) -> str:
 
 
 cursor_chars_max = 512
+cursor_int_bits = 64
+"""Numbers in a cursor are positions of a store column or ledger timestamps: signed 64-bit
+(unit: bits). A crafted cursor with a larger one is ``cursor_invalid`` (the store would
+refuse to bind it: a 500)."""
 
 
 def page_size(options: ApiOptions, limit: int | None) -> int:
@@ -182,6 +186,10 @@ def decode_cursor(kind: str, cursor: str) -> dict[str, Any]:
         raise InvalidCursorError("malformed cursor") from None
     if not isinstance(data, dict) or data.pop("k", None) != kind:
         raise InvalidCursorError("this cursor belongs to another list")
+    bound = 1 << (cursor_int_bits - 1)
+    for value in data.values():
+        if isinstance(value, int) and not -bound <= value < bound:
+            raise InvalidCursorError("malformed cursor")
     return data
 
 

@@ -414,7 +414,13 @@ async def list_operations(
     if cursor is not None:
         position = decode_cursor("customer_operations", cursor)
         at_ns, last = position.get("t"), position.get("i")
-        if not isinstance(at_ns, int) or not isinstance(last, str) or not last.isdigit():
+        # ``isdigit`` alone takes "²", which ``int`` refuses; ids are 128-bit.
+        if (
+            not isinstance(at_ns, int)
+            or not isinstance(last, str)
+            or not (last.isascii() and last.isdigit() and len(last) <= 39)
+            or int(last) >> 128
+        ):
             raise InvalidCursorError("malformed cursor")
         after = (at_ns, int(last))
     ops = await _call(

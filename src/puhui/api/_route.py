@@ -27,6 +27,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -221,11 +222,15 @@ async def _handle(
     request: Request, inner: Callable[[Request], Awaitable[Response]]
 ) -> tuple[Response, bool]:
     """The handler's response, and whether the request was refused as invalid input
-    (nothing happened, so nothing is remembered under its idempotency key)."""
+    (nothing happened, so nothing is remembered under its idempotency key): by a validator,
+    by the handler, or by the framework before the handler ran (a 4xx ``HTTPException``: a
+    body it cannot parse)."""
     try:
         return await inner(request), False
     except Exception as exc:
-        invalid = isinstance(exc, RequestValidationError | InvalidInputError)
+        invalid = isinstance(exc, RequestValidationError | InvalidInputError) or (
+            isinstance(exc, StarletteHTTPException) and 400 <= exc.status_code < 500
+        )
         return problem_from_exception(exc), invalid
 
 

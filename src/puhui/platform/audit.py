@@ -119,17 +119,21 @@ class AuditLog:
                 )
         return entries
 
-    def entries(self, *, after_seq: int = 0, limit: int = 100) -> list[AuditEntry]:
-        """Entries in order, from ``after_seq + 1``."""
+    def entries(self, *, after_seq: int | None = 0, limit: int = 100) -> list[AuditEntry]:
+        """Entries in order, from ``after_seq + 1`` (None: from the lowest ``seq`` stored,
+        however low)."""
         log = tables.audit_log
+        query = sa.select(log)
+        if after_seq is not None:
+            query = query.where(log.c.seq > after_seq)
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(log).where(log.c.seq > after_seq).order_by(log.c.seq).limit(limit)
-            ).all()
+            rows = conn.execute(query.order_by(log.c.seq).limit(limit)).all()
         return [_entry(row) for row in rows]
 
     def _stream(self) -> Iterator[AuditEntry]:
-        after = -1  # also reads entries a forger may have given a seq below 1
+        # From the lowest seq stored: also the entries a forger may have given a seq below 1
+        # (0 or negative), which the chain never holds.
+        after: int | None = None
         while True:
             chunk = self.entries(after_seq=after, limit=read_chunk_entries)
             yield from chunk

@@ -516,6 +516,27 @@ CLOUD_METADATA_ADDRESSES: Final = frozenset(
 )
 
 
+NAT64_NETWORK: Final = ipaddress.IPv6Network("64:ff9b::/96")
+"""The well-known NAT64 prefix (RFC 6052): its last 32 bits are the IPv4 address a NAT64
+gateway connects to."""
+LOCAL_NAT64_NETWORK: Final = ipaddress.IPv6Network("64:ff9b:1::/48")
+"""Local-use NAT64 (RFC 8215): translated inside one network, never globally reachable."""
+IPV4_COMPATIBLE_NETWORK: Final = ipaddress.IPv6Network("::/96")
+"""The deprecated IPv4-compatible form ``::a.b.c.d`` (RFC 4291, 2.5.5.1)."""
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one stands for on the way (mapped, NAT64, 6to4,
+    IPv4-compatible), or None."""
+    if ip.ipv4_mapped is not None:  # ::ffff:10.0.0.1 is 10.0.0.1
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:  # 2002:0a00:0001:: is relayed to 10.0.0.1
+        return ip.sixtofour
+    if ip in NAT64_NETWORK or (ip in IPV4_COMPATIBLE_NETWORK and int(ip) > 1):  # not :: or ::1
+        return ipaddress.IPv4Address(int(ip) & 0xFFFF_FFFF)
+    return None
+
+
 def url_host(url: str) -> str:
     """The host of a URL ``check_webhook_url`` accepted (an IPv6 literal without brackets)."""
     match = _URL.fullmatch(url)
@@ -536,8 +557,10 @@ def forbidden_address_reason(address: str, *, loopback_allowed: bool) -> str | N
         ip = ipaddress.ip_address(address.split("%", 1)[0])  # without an IPv6 zone
     except ValueError:
         return "not_an_address"
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # ::ffff:10.0.0.1 is 10.0.0.1
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in LOCAL_NAT64_NETWORK:
+            return "reserved"
+        ip = _embedded_ipv4(ip) or ip  # counts as the IPv4 address it leads to
     if ip.is_loopback:
         return None if loopback_allowed else "loopback"
     if ip in CLOUD_METADATA_ADDRESSES:

@@ -636,7 +636,13 @@ class Webhooks:
     def claim_due(self, limit: int | None = None) -> list[DeliveryClaim]:
         """Take up to ``limit`` due deliveries of enabled endpoints for one attempt each: the
         attempt is counted and the delivery leased (not due again until the lease ends), so
-        that a crash mid-attempt costs one attempt and a lease, never the delivery."""
+        that a crash mid-attempt costs one attempt and a lease, never the delivery.
+
+        A due delivery of a disabled endpoint becomes a dead letter (``endpoint_disabled``)
+        here instead: one queued by a transaction that read the endpoint as enabled and
+        committed after ``disable_endpoint`` (which dead-letters only the deliveries it
+        sees), or by a replay racing it. Left pending, it would never be tried nor listed,
+        and would keep its event from pruning for ever."""
         limit = limit or self.options.deliveries_per_round_max
         now = self.clock.now_ns()
         lease_until = now + int(self.options.lease_s * NS_PER_S)
@@ -655,18 +661,29 @@ class Webhooks:
                     _V.c.type.label("event_type"),
                     _V.c.created_at_ns.label("event_created_at_ns"),
                     _V.c.payload,
+                    _E.c.enabled,
                 )
                 .join(_E, _E.c.id == _D.c.endpoint_id)
                 .join(_V, _V.c.seq == _D.c.event_seq)
                 .where(
                     _D.c.state == str(DeliveryState.PENDING),
                     _D.c.next_attempt_at_ns <= now,
-                    _E.c.enabled.is_(True),
                 )
                 .order_by(_D.c.next_attempt_at_ns, _D.c.id)
                 .limit(limit)
             ).all()
             for row in rows:
+                if not row.enabled:  # disabled after this delivery was queued
+                    conn.execute(
+                        _D.update()
+                        .where(
+                            _D.c.id == row.id,
+                            _D.c.state == str(DeliveryState.PENDING),
+                            _D.c.next_attempt_at_ns == row.next_attempt_at_ns,
+                        )
+                        .values(state=str(DeliveryState.DEAD), last_error=ENDPOINT_DISABLED)
+                    )
+                    continue
                 lease = self._token(16)
                 done = conn.execute(
                     _D.update()
