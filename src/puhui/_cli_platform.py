@@ -202,12 +202,14 @@ def serve(
                 decide=risk_engine,
                 cases=Cases(engine, clock),
             )
-            payments.recover()
             options = ApiOptions(
                 webhook_delivery_interval_s=webhook_interval or None,
                 webhooks=WebhookOptions(loopback_allowed=webhook_loopback),
             )
             app = create_app(engine, ledger, clock=clock, options=options, payments=payments)
+            # After the app has attached the flows (bills, checkout, webhooks) that finish
+            # their own operations: recovery needs them.
+            payments.recover()
             uvicorn.run(
                 app,
                 host=host,

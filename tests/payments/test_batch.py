@@ -870,3 +870,44 @@ def test_a_caller_interrupted_while_waiting_leaves_the_queue_and_pays_nothing(
     assert _ok(later[0]).status is S.COMPLETED  # nobody waits for the one that left
     assert sizes == [1, 1]
     assert p.balance(bob, CNY).posted == 2 * 1_00  # the victim's payment was not made
+
+
+def test_a_payers_allowance_in_each_currency_is_reserved_within_that_currencys_limit(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch paying from one payer's wallets in two currencies reserves each currency's
+    outflow within that currency's limit. (The reservation's limit was kept per payer, so
+    the last payment's currency gave it: a yen allowance spent meanwhile was reserved again
+    within the yuan limit, 50,000 units instead of 500, and the day's limit was passed.)"""
+    p = world.payments
+    alice = _customer(world, 1, level=KycLevel.UNVERIFIED)  # daily 500 of each currency
+    bob = _customer(world, 2)
+    card = p.cards(alice)[0].id
+    assert p.top_up(alice, card, 100_00, CNY, key="cny").status is S.COMPLETED
+    assert p.top_up(alice, card, 900, "JPY", key="jpy").status is S.COMPLETED
+    early = p.transfer(alice, Payee(customer_id=bob), 200, "JPY", key="early")
+    assert early.status is S.COMPLETED
+    decide = PaymentBatches._decide
+
+    def spend_then_decide(self: PaymentBatches, items: list[Any]) -> None:
+        meanwhile = p.transfer(alice, Payee(customer_id=bob), 200, "JPY", key="meanwhile")
+        assert meanwhile.status is S.COMPLETED
+        decide(self, items)
+
+    monkeypatch.setattr(PaymentBatches, "_decide", spend_then_decide)
+    answers = PaymentBatches(p).pay_many(
+        [
+            PaymentRequest(alice, 200, "JPY", "yen", payee=Payee(customer_id=bob)),
+            PaymentRequest(alice, 1_00, CNY, "yuan", payee=Payee(customer_id=bob)),
+        ]
+    )
+    assert isinstance(answers[0], KycLimitExceededError), answers[0]
+    assert answers[0].details["limit"] == "daily_outflow"
+    assert _ok(answers[1]).status is S.COMPLETED
+    d = tables.daily_outflow.c
+    with world.engine.connect() as conn:
+        spent = dict(
+            conn.execute(sa.select(d.currency, d.amount).where(d.customer_id == alice)).all()
+        )
+    assert spent == {"JPY": 400, CNY: 1_00}
+    assert p.balance(bob, "JPY").posted == 400

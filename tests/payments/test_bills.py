@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from puhui.payments import (
+    Balance,
     BillAlreadyPaidError,
     BillerKind,
     BillerNotFoundError,
@@ -12,7 +13,10 @@ from puhui.payments import (
     BindingNotFoundError,
     InsufficientFundsError,
     NothingDueError,
+    Operation,
+    OperationKind,
     OperationStatus,
+    Payments,
     ReceiptNotReadyError,
     SimulatedBiller,
 )
@@ -135,3 +139,58 @@ def test_wrong_inputs_are_refused_and_move_nothing(home: Household) -> None:
     with pytest.raises(InsufficientFundsError):
         home.bills.pay(home.customer, home.binding, bill.bill_id, key="z")
     assert home.p.operations(status=S.PENDING) == []
+
+
+def _restarted_without_bills(home: Household) -> Payments:
+    """The service as a process starts it before its bill flow is attached (the platform's
+    ``serve`` recovers before the app builds ``Bills``): the same store and ledger."""
+    w = home.world
+    return Payments(w.engine, w.ledger, clock=w.clock, bank=w.bank, decide=w.risk)
+
+
+def test_recovery_without_the_bill_flow_leaves_a_bill_payment_alone(home: Household) -> None:
+    """A bill payment cut short before its hold, recovered by a service without ``Bills``:
+    it used to be moved as a plain payment (wallet → biller clearing, posted, ``completed``)
+    without the biller ever writing the bill off, so the bill stayed due and was paid again.
+    Now it is left for a service with the flow, which pays it once."""
+    bill = home.bills.query_bill(home.customer, home.binding)
+    assert bill is not None
+
+    def crash(op: Operation) -> Operation:
+        raise KeyboardInterrupt  # the process dies after the record, before the hold
+
+    home.p._drivers[OperationKind.BILL_PAYMENT] = crash
+    with pytest.raises(KeyboardInterrupt):
+        home.bills.pay(home.customer, home.binding, bill.bill_id, key="w")
+    [op] = home.p.operations(status=S.PENDING)
+    home.world.clock.advance(60 * 10**9)
+    bare = _restarted_without_bills(home)
+    assert bare.recover() == {"stuck": 1}
+    assert bare.operation(op.id).status is S.PENDING
+    assert bare.balance(home.customer, CNY) == Balance(2_000_00, 0)
+    assert home.biller.sends == {}
+    # The service with the bill flow finishes it: written off once, paid once.
+    Bills(bare, home.biller)
+    assert bare.recover() == {"completed": 1}
+    assert home.biller.sends == {f"{op.id:032x}": 1}
+    assert bare.balance(home.customer, CNY) == Balance(2_000_00 - bill.amount, 0)
+    assert home.bills.query_bill(home.customer, home.binding) is None
+
+
+def test_recovery_without_the_bill_flow_keeps_a_write_off_awaited(home: Household) -> None:
+    """A bill payment whose write-off timed out, recovered by a service without ``Bills``:
+    it used to fail (``ledger_exists_with_different_flags``, its outflow given back) while
+    its hold stayed in the wallet for ever and the biller had written the bill off."""
+    bill = home.bills.query_bill(home.customer, home.binding)
+    assert bill is not None
+    home.biller.timeout_rate = 1.0
+    op = home.bills.pay(home.customer, home.binding, bill.bill_id, key="w")
+    assert op.status is S.AWAITING_BILLER
+    home.biller.timeout_rate = 0.0
+    home.world.clock.advance(60 * 10**9)
+    bare = _restarted_without_bills(home)
+    assert bare.recover() == {"stuck": 1}
+    assert bare.operation(op.id).status is S.AWAITING_BILLER
+    assert home.p.recover() == {"completed": 1}
+    assert bare.balance(home.customer, CNY) == Balance(2_000_00 - bill.amount, 0)
+    assert home.bills.receipt(op.id).amount == bill.amount

@@ -611,7 +611,8 @@ class PaymentBatches:
         day = items[0].day
         rows: list[tuple[Any, ...]] = []
         outflow: dict[tuple[int, str], int] = {}
-        limit_of: dict[int, int] = {}
+        # Each (payer, currency)'s own limit: a payer's limits differ by currency.
+        limit_of: dict[tuple[int, str], int] = {}
         reasons_text: dict[tuple[tuple[str, ...], str, str], str] = {}
         pending, rejected_status = str(_S.PENDING), str(_S.REJECTED)
         for item, operation_id in zip(items, self.payments.new_ids(len(items)), strict=True):
@@ -626,7 +627,7 @@ class PaymentBatches:
             if not rejected:
                 key = (item.request.payer_id, item.cur.code)
                 outflow[key] = outflow.get(key, 0) + item.request.amount
-                limit_of[item.request.payer_id] = item.daily_outflow_limit
+                limit_of[key] = item.daily_outflow_limit
             # Decisions repeat (every accept of the pass-through is the same): their JSON once.
             facts = (decision.reasons, decision.ruleset_version, decision.model_version)
             reasons = reasons_text.get(facts)
@@ -675,13 +676,13 @@ class PaymentBatches:
         conn: sa.Connection,
         day: int,
         outflow: dict[tuple[int, str], int],
-        limit_of: dict[int, int],
+        limit_of: dict[tuple[int, str], int],
     ) -> None:
         """Reserve the day's outflow of every payer (in the recording transaction), each
         within the payer's limit: a concurrent caller may have used some of the allowance
         since the check, and then the batch goes one by one (``pay_many``)."""
         rows = [
-            (customer_id, day, code, amount, limit_of[customer_id])
+            (customer_id, day, code, amount, limit_of[(customer_id, code)])
             for (customer_id, code), amount in sorted(outflow.items())  # one lock order
         ]
         if _outflow.reserve(conn, rows) != len(rows):

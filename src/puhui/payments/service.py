@@ -120,6 +120,10 @@ _POSTED_AFTER_CHECK = frozenset(
     {OperationKind.P2P, OperationKind.MERCHANT_PAYMENT, OperationKind.ORDER_PAYMENT}
 )
 """Kinds whose hold is simply posted once the check is passed."""
+_DRIVEN_ELSEWHERE = frozenset({OperationKind.BILL_PAYMENT})
+"""Kinds whose flow another module owns (``Bills`` registers it in ``_drivers``): without
+it an operation of the kind is not touched (the plain path would pay a bill the biller
+never wrote off, or fail one it did)."""
 
 
 opened_cached_max = 1_000_000
@@ -1405,6 +1409,10 @@ class Payments:
         """Take an operation as far as it can go now (step 3 onwards)."""
         if op.final:
             return op
+        if op.kind in _DRIVEN_ELSEWHERE and op.kind not in self._drivers:
+            # A wiring error, not the operation's: ``recover()`` logs it and goes on; a
+            # service with the flow attached finishes the operation.
+            raise RuntimeError(f"operation {op.id:#x} ({op.kind}) needs its flow attached")
         if op.status is _S.CHALLENGED:
             return self._expire_hold(op)
         held = op.decision in (risk.Decision.CHALLENGE, risk.Decision.REVIEW)
