@@ -2,7 +2,9 @@
 
 A snapshot is a directory ``snapshots/<op>/`` holding the mutable state (``StateImage`` arrays
 as ``.npy`` files) and ``manifest.json`` with the journal identity, the last journalled
-operation it includes, and a CRC-32 of every file. It is written into a temporary directory,
+operation it includes, that record's checksum (so that a journal which lost the record — restored
+from a backup, or a copy of the ledger that went its own way — is not taken for the one the
+state was built from), and a CRC-32 of every file. It is written into a temporary directory,
 fsynced, then renamed into place, so a crash never leaves a half-written snapshot visible.
 Transfer and balance rows below the snapshot's count are fsynced before the manifest is
 written: they never change after being written.
@@ -24,7 +26,8 @@ from ._engine import StateImage
 from ._errors import SnapshotCorruptError
 
 SNAPSHOTS_KEPT = 2
-FORMAT = 1
+FORMAT = 2
+"""2: the manifest holds the checksum of the journal record at its op."""
 
 
 def _fsync_dir(path: Path) -> None:
@@ -43,7 +46,11 @@ def _crc_file(path: Path) -> int:
     return crc
 
 
-def write_snapshot(root: Path, identity: str, op: int, image: StateImage) -> Path:
+def write_snapshot(
+    root: Path, identity: str, op: int, record_checksum: int, image: StateImage
+) -> Path:
+    """Write the state after journal record ``op``, whose payload's checksum is
+    ``record_checksum`` (0 for op 0)."""
     snapshots = root / "snapshots"
     snapshots.mkdir(parents=True, exist_ok=True)
     final = snapshots / f"{op:020d}"
@@ -61,7 +68,13 @@ def write_snapshot(root: Path, identity: str, op: int, image: StateImage) -> Pat
             f.flush()
             os.fsync(f.fileno())
         checksums[field.name] = _crc_file(path)
-    manifest = {"format": FORMAT, "identity": identity, "op": op, "checksums": checksums}
+    manifest = {
+        "format": FORMAT,
+        "identity": identity,
+        "op": op,
+        "record_checksum": record_checksum,
+        "checksums": checksums,
+    }
     with (tmp / "manifest.json").open("w") as f:
         json.dump(manifest, f)
         f.flush()
@@ -74,7 +87,8 @@ def write_snapshot(root: Path, identity: str, op: int, image: StateImage) -> Pat
     return final
 
 
-def read_snapshot(path: Path) -> tuple[str, int, StateImage]:
+def read_snapshot(path: Path) -> tuple[str, int, int, StateImage]:
+    """The journal identity, op, record checksum and state of a snapshot."""
     try:
         manifest = json.loads((path / "manifest.json").read_text())
         if manifest.get("format") != FORMAT:
@@ -85,7 +99,12 @@ def read_snapshot(path: Path) -> tuple[str, int, StateImage]:
             if _crc_file(file) != manifest["checksums"][field.name]:
                 raise SnapshotCorruptError(f"snapshot {path.name}: {field.name} fails its checksum")
             arrays[field.name] = np.load(file, allow_pickle=False)
-        return str(manifest["identity"]), int(manifest["op"]), StateImage(**arrays)
+        return (
+            str(manifest["identity"]),
+            int(manifest["op"]),
+            int(manifest["record_checksum"]),
+            StateImage(**arrays),
+        )
     except (OSError, ValueError, KeyError) as error:
         raise SnapshotCorruptError(f"snapshot {path.name} cannot be read: {error}") from error
 
@@ -96,6 +115,10 @@ def list_snapshots(root: Path) -> list[Path]:
     if not snapshots.is_dir():
         return []
     return sorted((p for p in snapshots.iterdir() if p.name.isdigit()), reverse=True)
+
+
+def remove_snapshot(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def remove_all(root: Path) -> None:
