@@ -574,6 +574,16 @@ class Engine:
         self._create_transfers(none_transfers, no_batches, no_nows, counters, none_results)
         self._count_due(0, counters)
         self._expire(0, 0, counters)
+        no_heap = counters.copy()
+        no_heap[K.C_HEAP] = 0  # pops nothing
+        K.drop_stale_deadlines(
+            self.heap_deadline,
+            self.heap_ts,
+            self.heap_row,
+            self.transfers,
+            self.xfer_state,
+            no_heap,
+        )
         K.find_rows(self.acct_slots, self.accounts, np.zeros(0, np.uint64), np.zeros(0, np.uint64))
         # The per-account reads' kernels (``_ledger._TransfersRead``), with its argument types.
         last, prev, zero = np.zeros(0, np.int64), np.zeros((0, 2), np.int64), np.uint64(0)
@@ -592,6 +602,18 @@ class Engine:
         return min(limit, self._count_due(now, self.counters))
 
     def next_deadline(self) -> int | None:
+        """The deadline of the next pending transfer to expire, if any. Entries of transfers
+        posted, voided or rolled back before their deadline are dropped on the way: else the
+        writer woke for such a deadline every millisecond once it passed (nothing is due, so
+        no pulse popped it), and never linked the accounts' chains while idle."""
+        K.drop_stale_deadlines(
+            self.heap_deadline,
+            self.heap_ts,
+            self.heap_row,
+            self._transfers.array,
+            self.xfer_state,
+            self.counters,
+        )
         if int(self.counters[K.C_HEAP]) == 0:
             return None
         return int(self.heap_deadline[0])
