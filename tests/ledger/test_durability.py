@@ -526,3 +526,29 @@ def test_the_state_of_a_copied_ledger_that_went_its_own_way_is_not_restored(
         assert verify(led).ok
     finally:
         led.close()
+
+
+@pytest.mark.parametrize("lost", ["transfers.dat", "balances.dat"])
+def test_a_snapshot_whose_rows_are_lost_is_not_restored(tmp_path: Path, lost: str) -> None:
+    """A snapshot holds the mutable state; the transfer and balance rows below its count are
+    in the row files. With a row file lost (deleted, or the state directory put together from
+    two copies), the snapshot must not be restored: the journal rebuilds the state. (It was:
+    the rows read as zeros, so the transfers vanished from every read while the accounts kept
+    their balances.)"""
+    path = tmp_path / "journal.sqlite"
+    state_dir = tmp_path / "state"
+    led = open(path, state_dir=state_dir)
+    _accounts(led)
+    led.create_transfers([_transfer(i) for i in range(1, 4)])
+    history = led.get_account_balances(AccountFilter(1, 0, 0, 0, 0, 0, 0, 10, ALL))
+    before = _state(led)
+    led.close()
+    (state_dir / lost).unlink()
+    led = open(path, state_dir=state_dir)
+    try:
+        assert [t.id for t in led.lookup_transfers([1, 2, 3])] == [1, 2, 3]
+        assert led.get_account_balances(AccountFilter(1, 0, 0, 0, 0, 0, 0, 10, ALL)) == history
+        assert _state(led) == before
+        assert verify(led).ok
+    finally:
+        led.close()

@@ -17,6 +17,7 @@ import mmap
 import os
 import sys
 import threading
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -279,6 +280,14 @@ class _RowFile:
                 self._write_rows(offset, length)
                 offset += length
             os.fdatasync(self._fd)
+
+    def read_file(self, first: int, count: int) -> bytes:
+        """Rows ``first``..``first + count`` as the file holds them (any thread; the rows
+        must be on file: below a snapshot's count once it synced them)."""
+        size = self.dtype.itemsize
+        if self._fd < 0:
+            return self.array[first : first + count].tobytes()
+        return os.pread(self._fd, count * size, first * size)
 
     def close(self) -> None:
         self.array = np.zeros(0, self.dtype)
@@ -765,6 +774,17 @@ class Engine:
         count = int(image.counters[K.C_TRANSFERS])
         self._transfers.sync(count)
         self._balances.sync(2 * count)
+
+    def rows_checksum(self, count: int) -> int:
+        """A checksum of the newest rows below ``count`` as their files hold them: the last
+        transfer row and its two balance rows (0 for no transfer). A snapshot records it and
+        is restored only if the files still hold those rows (any thread; the rows must be on
+        file, see ``read_file``)."""
+        if count == 0:
+            return 0
+        last = count - 1
+        crc = zlib.crc32(self._transfers.read_file(last, 1))
+        return zlib.crc32(self._balances.read_file(2 * last, 2), crc)
 
     def close(self) -> None:
         self._transfers.close()

@@ -337,14 +337,15 @@ class Ledger:
         start_checksum = 0
         for path in S.list_snapshots(self._state_dir):
             try:
-                identity, op, record_checksum, image = S.read_snapshot(path)
+                manifest, image = S.read_snapshot(path)
             except SnapshotCorruptError as error:
                 log.warning("skipping snapshot: %s", error)
                 continue
+            op = manifest.op
             if (
-                identity != self._journal.identity
+                manifest.identity != self._journal.identity
                 or op > last_op
-                or self._record_checksum(op) != record_checksum
+                or self._record_checksum(op) != manifest.record_checksum
             ):
                 # The state after a record this journal does not hold (it was restored from a
                 # backup, or is a copy of the ledger that went its own way): never valid again,
@@ -352,9 +353,15 @@ class Ledger:
                 log.warning("removing snapshot %s: it does not match the journal", path.name)
                 S.remove_snapshot(path)
                 continue
+            count = int(image.counters[K.C_TRANSFERS])
+            if self._engine.rows_checksum(count) != manifest.rows_checksum:
+                # A row file lost or replaced: the rows below the snapshot's count are not its.
+                log.warning("removing snapshot %s: the row files lack its rows", path.name)
+                S.remove_snapshot(path)
+                continue
             self._engine.restore(image)
             start_op = op
-            start_checksum = record_checksum
+            start_checksum = manifest.record_checksum
             break
         self._op = start_op
         self._op_checksum = start_checksum
@@ -737,7 +744,13 @@ class Ledger:
     def _write_snapshot(self, op: int, record_checksum: int, image: Any) -> None:
         try:
             self._engine.sync_rows(image)
-            S.write_snapshot(self._state_dir, self._journal.identity, op, record_checksum, image)
+            manifest = S.Manifest(
+                identity=self._journal.identity,
+                op=op,
+                record_checksum=record_checksum,
+                rows_checksum=self._engine.rows_checksum(int(image.counters[K.C_TRANSFERS])),
+            )
+            S.write_snapshot(self._state_dir, manifest, image)
             self._snapshot_op = max(self._snapshot_op, op)
         except OSError:
             log.exception("snapshot at op %d failed; the journal still has everything", op)
