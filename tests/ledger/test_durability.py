@@ -552,3 +552,26 @@ def test_a_snapshot_whose_rows_are_lost_is_not_restored(tmp_path: Path, lost: st
         assert verify(led).ok
     finally:
         led.close()
+
+
+def test_a_snapshot_cut_short_by_a_crash_is_cleared_away(tmp_path: Path) -> None:
+    """A crash while a snapshot is written leaves its temporary directory (``tmp-<op>``, a
+    copy of the state) behind; it was never removed (only a later snapshot of the very same op
+    cleared it), so each such crash kept a state's worth of disk. Opening clears them."""
+    path = tmp_path / "journal.sqlite"
+    state_dir = tmp_path / "state"
+    led = open(path, state_dir=state_dir)
+    _accounts(led)
+    led.close()
+    [snapshot] = _snapshots(state_dir)
+    import shutil
+
+    unfinished = state_dir / "snapshots" / "tmp-00000000000000000007"
+    shutil.copytree(snapshot, unfinished)  # as the crash left it
+    (unfinished / "manifest.json").unlink()
+    led = open(path, state_dir=state_dir)
+    try:
+        assert not unfinished.exists()
+        assert len(led.lookup_accounts([1, 2, 3, 4])) == 4
+    finally:
+        led.close()

@@ -335,6 +335,7 @@ class Ledger:
         last_op = self._journal.last_op()
         start_op = 0
         start_checksum = 0
+        S.remove_unfinished(self._state_dir)
         for path in S.list_snapshots(self._state_dir):
             try:
                 manifest, image = S.read_snapshot(path)

@@ -130,6 +130,15 @@ def list_snapshots(root: Path) -> list[Path]:
     return sorted((p for p in snapshots.iterdir() if p.name.isdigit()), reverse=True)
 
 
+def remove_unfinished(root: Path) -> None:
+    """Remove what snapshots cut short by a crash left (``tmp-<op>`` directories). Call
+    only while no snapshot is being written (on opening)."""
+    snapshots = root / "snapshots"
+    if snapshots.is_dir():
+        for path in snapshots.glob("tmp-*"):
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def remove_snapshot(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
