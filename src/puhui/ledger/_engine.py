@@ -615,6 +615,8 @@ class Engine:
         posted, voided or rolled back before their deadline are dropped on the way: else the
         writer woke for such a deadline every millisecond once it passed (nothing is due, so
         no pulse popped it), and never linked the accounts' chains while idle."""
+        if int(self.counters[K.C_HEAP]) == 0:
+            return None
         K.drop_stale_deadlines(
             self.heap_deadline,
             self.heap_ts,
