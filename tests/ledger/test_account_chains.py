@@ -195,3 +195,61 @@ def test_the_writer_links_rows_while_idle_once_accounts_are_read(tmp_path: Path)
         assert total > ledger_module.CHAIN_ROWS_PER_READ
     finally:
         ledger.close()
+
+
+def test_a_pending_transfer_resolved_before_its_deadline_does_not_keep_the_writer_awake(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pending transfer posted (or voided, or rolled back with its chain) before its deadline
+    leaves its entry in the expiry heap. Once that deadline passed, the writer woke every
+    millisecond for it for ever (nothing is due, so nothing popped it), and so never linked
+    the accounts' chains while idle (it links only when no deadline is nearer than 2 ms)."""
+    from puhui.clock import ManualClock
+
+    monkeypatch.setattr(ledger_module, "CHAIN_ROWS_PER_READ", 1)
+    clock = ManualClock(1_000_000_000_000)
+    ledger = L.open(str(tmp_path / "ledger"), state_dir=tmp_path / "state", clock=clock)
+    try:
+        ledger.create_accounts([Account(id=a, ledger=1, code=1) for a in (1, 2)])
+        pending = Transfer(
+            id=1,
+            debit_account_id=1,
+            credit_account_id=2,
+            amount=5,
+            ledger=1,
+            code=1,
+            flags=TransferFlags.PENDING,
+            timeout=1,
+        )
+        post = Transfer(id=2, pending_id=1, amount=5, flags=TransferFlags.POST_PENDING_TRANSFER)
+        chain = [
+            replace(pending, id=3, flags=TransferFlags.PENDING | TransferFlags.LINKED),
+            replace(pending, id=4, code=0),  # fails: the chain rolls back
+        ]
+        ledger.create_transfers([pending, post, *chain])
+        ledger.create_transfers(
+            [
+                Transfer(
+                    id=10 + i, debit_account_id=1, credit_account_id=2, amount=1, ledger=1, code=1
+                )
+                for i in range(50)
+            ]
+        )
+        clock.advance(2_000_000_000)  # past the deadlines
+        ledger.tick()
+
+        def linked(engine: Engine) -> tuple[int, int, int | None]:
+            return engine.chains.count, engine.n_transfers, engine.next_deadline()
+
+        both = FLAGS.DEBITS | FLAGS.CREDITS
+        ledger.get_account_transfers(AccountFilter(1, 0, 0, 0, 0, 0, 0, 10, both))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            count, total, due = ledger.read_state(linked)
+            if count == total:
+                break
+            time.sleep(0.01)
+        assert due is None  # no pending transfer awaits a deadline
+        assert count == total == 52  # linked while idle
+    finally:
+        ledger.close()

@@ -459,3 +459,119 @@ def test_concurrent_callers_share_group_commits(journal_url: str, tmp_path: Path
         assert verify(led).ok
     finally:
         led.close()
+
+
+def _snapshots(state_dir: Path) -> list[Path]:
+    return sorted(p for p in (state_dir / "snapshots").iterdir() if p.name.isdigit())
+
+
+def test_a_snapshot_of_a_journal_rolled_back_is_not_restored(tmp_path: Path) -> None:
+    """The journal restored from a backup (or a failover) lost ops a snapshot holds: once the
+    journal has grown past that op again with other events, the snapshot must not be restored
+    (it was: only ``op > last_op`` was checked, and the transfers the journal holds now were
+    replaced by the lost ones)."""
+    import shutil
+
+    path = tmp_path / "journal.sqlite"
+    backup = tmp_path / "backup.sqlite"
+    state_dir = tmp_path / "state"
+    led = open(path, state_dir=state_dir)
+    _accounts(led)
+    led.close()  # a snapshot at op 1
+    shutil.copy(path, backup)  # the backup: op 1
+    led = open(path, state_dir=state_dir)
+    for i in range(1, 4):
+        led.create_transfers([_transfer(i)])  # ops 2..4, lost with the journal
+    led.close()  # a snapshot at op 4
+    shutil.copy(backup, path)  # the journal restored from the backup
+    led = open(path, state_dir=state_dir)
+    for i in range(11, 15):
+        led.create_transfers([_transfer(i, amount=1)])  # ops 2..5, acknowledged
+    expected = _state(led)
+    led.close()
+    newest = _snapshots(state_dir)[-1]
+    assert newest.name == f"{5:020d}"
+    shutil.rmtree(newest)  # as if the process had been killed before its final snapshot
+    led = open(path, state_dir=state_dir)
+    try:
+        assert [t.id for t in led.lookup_transfers([1, 2, 3, 11, 12, 13, 14])] == [11, 12, 13, 14]
+        assert led.lookup_accounts([1])[0].debits_posted == 4  # was 31: 3 lost transfers + 1
+        assert _state(led) == expected
+        assert verify(led).ok
+    finally:
+        led.close()
+
+
+def test_the_state_of_a_copied_ledger_that_went_its_own_way_is_not_restored(
+    tmp_path: Path,
+) -> None:
+    """A ledger copied (journal and state) shares its journal's identity with the original;
+    opening one's journal with the other's state once both went on must not restore the
+    other's snapshot."""
+    import shutil
+
+    state_a, state_b = tmp_path / "a.state", tmp_path / "b.state"
+    led = open(tmp_path / "a", state_dir=state_a)
+    _accounts(led)
+    led.close()
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    shutil.copytree(state_a, state_b)
+    for name, state_dir, first in (("a", state_a, 100), ("b", state_b, 200)):
+        led = open(tmp_path / name, state_dir=state_dir)
+        led.create_transfers([_transfer(first + i) for i in range(3)])
+        led.close()
+    led = open(tmp_path / "a", state_dir=state_b)  # a's journal, b's state
+    try:
+        assert [t.id for t in led.lookup_transfers([100, 200])] == [100]
+        assert verify(led).ok
+    finally:
+        led.close()
+
+
+@pytest.mark.parametrize("lost", ["transfers.dat", "balances.dat"])
+def test_a_snapshot_whose_rows_are_lost_is_not_restored(tmp_path: Path, lost: str) -> None:
+    """A snapshot holds the mutable state; the transfer and balance rows below its count are
+    in the row files. With a row file lost (deleted, or the state directory put together from
+    two copies), the snapshot must not be restored: the journal rebuilds the state. (It was:
+    the rows read as zeros, so the transfers vanished from every read while the accounts kept
+    their balances.)"""
+    path = tmp_path / "journal.sqlite"
+    state_dir = tmp_path / "state"
+    led = open(path, state_dir=state_dir)
+    _accounts(led)
+    led.create_transfers([_transfer(i) for i in range(1, 4)])
+    history = led.get_account_balances(AccountFilter(1, 0, 0, 0, 0, 0, 0, 10, ALL))
+    before = _state(led)
+    led.close()
+    (state_dir / lost).unlink()
+    led = open(path, state_dir=state_dir)
+    try:
+        assert [t.id for t in led.lookup_transfers([1, 2, 3])] == [1, 2, 3]
+        assert led.get_account_balances(AccountFilter(1, 0, 0, 0, 0, 0, 0, 10, ALL)) == history
+        assert _state(led) == before
+        assert verify(led).ok
+    finally:
+        led.close()
+
+
+def test_a_snapshot_cut_short_by_a_crash_is_cleared_away(tmp_path: Path) -> None:
+    """A crash while a snapshot is written leaves its temporary directory (``tmp-<op>``, a
+    copy of the state) behind; it was never removed (only a later snapshot of the very same op
+    cleared it), so each such crash kept a state's worth of disk. Opening clears them."""
+    path = tmp_path / "journal.sqlite"
+    state_dir = tmp_path / "state"
+    led = open(path, state_dir=state_dir)
+    _accounts(led)
+    led.close()
+    [snapshot] = _snapshots(state_dir)
+    import shutil
+
+    unfinished = state_dir / "snapshots" / "tmp-00000000000000000007"
+    shutil.copytree(snapshot, unfinished)  # as the crash left it
+    (unfinished / "manifest.json").unlink()
+    led = open(path, state_dir=state_dir)
+    try:
+        assert not unfinished.exists()
+        assert len(led.lookup_accounts([1, 2, 3, 4])) == 4
+    finally:
+        led.close()

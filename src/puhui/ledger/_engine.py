@@ -17,6 +17,7 @@ import mmap
 import os
 import sys
 import threading
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -279,6 +280,14 @@ class _RowFile:
                 self._write_rows(offset, length)
                 offset += length
             os.fdatasync(self._fd)
+
+    def read_file(self, first: int, count: int) -> bytes:
+        """Rows ``first``..``first + count`` as the file holds them (any thread; the rows
+        must be on file: below a snapshot's count once it synced them)."""
+        size = self.dtype.itemsize
+        if self._fd < 0:
+            return self.array[first : first + count].tobytes()
+        return os.pread(self._fd, count * size, first * size)
 
     def close(self) -> None:
         self.array = np.zeros(0, self.dtype)
@@ -574,6 +583,16 @@ class Engine:
         self._create_transfers(none_transfers, no_batches, no_nows, counters, none_results)
         self._count_due(0, counters)
         self._expire(0, 0, counters)
+        no_heap = counters.copy()
+        no_heap[K.C_HEAP] = 0  # pops nothing
+        K.drop_stale_deadlines(
+            self.heap_deadline,
+            self.heap_ts,
+            self.heap_row,
+            self.transfers,
+            self.xfer_state,
+            no_heap,
+        )
         K.find_rows(self.acct_slots, self.accounts, np.zeros(0, np.uint64), np.zeros(0, np.uint64))
         # The per-account reads' kernels (``_ledger._TransfersRead``), with its argument types.
         last, prev, zero = np.zeros(0, np.int64), np.zeros((0, 2), np.int64), np.uint64(0)
@@ -592,6 +611,20 @@ class Engine:
         return min(limit, self._count_due(now, self.counters))
 
     def next_deadline(self) -> int | None:
+        """The deadline of the next pending transfer to expire, if any. Entries of transfers
+        posted, voided or rolled back before their deadline are dropped on the way: else the
+        writer woke for such a deadline every millisecond once it passed (nothing is due, so
+        no pulse popped it), and never linked the accounts' chains while idle."""
+        if int(self.counters[K.C_HEAP]) == 0:
+            return None
+        K.drop_stale_deadlines(
+            self.heap_deadline,
+            self.heap_ts,
+            self.heap_row,
+            self._transfers.array,
+            self.xfer_state,
+            self.counters,
+        )
         if int(self.counters[K.C_HEAP]) == 0:
             return None
         return int(self.heap_deadline[0])
@@ -743,6 +776,17 @@ class Engine:
         count = int(image.counters[K.C_TRANSFERS])
         self._transfers.sync(count)
         self._balances.sync(2 * count)
+
+    def rows_checksum(self, count: int) -> int:
+        """A checksum of the newest rows below ``count`` as their files hold them: the last
+        transfer row and its two balance rows (0 for no transfer). A snapshot records it and
+        is restored only if the files still hold those rows (any thread; the rows must be on
+        file, see ``read_file``)."""
+        if count == 0:
+            return 0
+        last = count - 1
+        crc = zlib.crc32(self._transfers.read_file(last, 1))
+        return zlib.crc32(self._balances.read_file(2 * last, 2), crc)
 
     def close(self) -> None:
         self._transfers.close()

@@ -36,7 +36,9 @@ READ_BATCH_RECORDS = 64
 class Journal(Protocol):
     identity: str
 
-    def append(self, op: int, payload: bytes) -> None: ...
+    def append(self, op: int, payload: bytes) -> int:
+        """Append record ``op`` durably; returns its payload's ``checksum``."""
+        ...
 
     def last_op(self) -> int: ...
 
@@ -118,14 +120,16 @@ class SqliteJournal:
         row = self._db.execute("SELECT value FROM journal_meta WHERE key = 'identity'").fetchone()
         self.identity = str(row[0])
 
-    def append(self, op: int, payload: bytes) -> None:
+    def append(self, op: int, payload: bytes) -> int:
+        crc = checksum(payload)
         try:
             self._db.execute(
                 "INSERT INTO journal (op, checksum, payload) VALUES (?, ?, ?)",
-                (op, checksum(payload), payload),
+                (op, crc, payload),
             )
         except sqlite3.Error as error:
             raise JournalUnavailableError(f"journal append failed: {error}") from error
+        return crc
 
     def last_op(self) -> int:
         row = self._db.execute("SELECT COALESCE(MAX(op), 0) FROM journal").fetchone()
@@ -201,16 +205,18 @@ class PostgresJournal:
             self._db.close()
             raise LedgerLockedError("another process has this PostgreSQL journal open")
 
-    def append(self, op: int, payload: bytes) -> None:
+    def append(self, op: int, payload: bytes) -> int:
         import psycopg
 
+        crc = checksum(payload)
         try:
             self._db.execute(
                 "INSERT INTO puhui_journal (op, checksum, payload) VALUES (%s, %s, %b)",
-                (op, checksum(payload), payload),
+                (op, crc, payload),
             )
         except psycopg.Error as error:
             raise JournalUnavailableError(f"journal append failed: {error}") from error
+        return crc
 
     def last_op(self) -> int:
         row = self._db.execute("SELECT COALESCE(MAX(op), 0) FROM puhui_journal").fetchone()
@@ -474,7 +480,7 @@ class FileJournal:
 
     # --- the port ---------------------------------------------------------------------------
 
-    def append(self, op: int, payload: bytes) -> None:
+    def append(self, op: int, payload: bytes) -> int:
         if op != self._last_op + 1:
             raise JournalCorruptError(f"journal append of op {op} after {self._last_op}")
         size = _padded(self.HEADER.size + len(payload))
@@ -491,7 +497,8 @@ class FileJournal:
                 target=self._make_spare, args=(self._next_size(),), daemon=True
             )
             self._spare_thread.start()
-        header = self.HEADER.pack(self.MAGIC, 0, op, len(payload), zlib.crc32(payload), 0)
+        crc = checksum(payload)
+        header = self.HEADER.pack(self.MAGIC, 0, op, len(payload), crc, 0)
         header = header[:-4] + zlib.crc32(header[:-4]).to_bytes(4, "little")
         try:
             if self._direct_fd < 0 or not self._append_direct(header, payload, size):
@@ -502,6 +509,7 @@ class FileJournal:
         self._offset += size
         self._last_op = op
         self.bytes_appended += size
+        return crc
 
     def _append_direct(self, header: bytes, payload: bytes, size: int) -> bool:
         """Write one record with ``O_DIRECT``, whole blocks from a reused buffer: no page

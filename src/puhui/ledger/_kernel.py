@@ -1175,6 +1175,24 @@ def _heap_entry_live(
 
 
 @jit()
+def drop_stale_deadlines(
+    heap_deadline: np.ndarray,
+    heap_ts: np.ndarray,
+    heap_row: np.ndarray,
+    transfers: np.ndarray,
+    xfer_state: np.ndarray,
+    counters: np.ndarray,
+) -> None:
+    """Pop the entries at the top of the heap that no longer stand for a pending transfer
+    (posted, voided or rolled back before its deadline), so that the top is the next real
+    deadline. Changes nothing ``count_due`` and ``expire`` see: they skip such entries."""
+    while counters[C_HEAP] > ZERO and not _heap_entry_live(
+        transfers, xfer_state, counters, heap_row[0], heap_ts[0], heap_deadline[0]
+    ):
+        heap_pop(heap_deadline, heap_ts, heap_row, counters)
+
+
+@jit()
 def count_due(
     heap_deadline: np.ndarray,
     heap_ts: np.ndarray,

@@ -53,7 +53,7 @@ from ._errors import (
     TooMuchDataError,
     WrongTypeError,
 )
-from ._journal import Journal, decode_group, encode_group, open_journal
+from ._journal import Journal, checksum, decode_group, encode_group, open_journal
 from ._types import (
     ACCOUNT_DTYPE,
     AMOUNT_MAX,
@@ -259,6 +259,8 @@ class Ledger:
         self._last_coalescer: _Coalescer | None = None
         """The coalescer of the loop that submitted last (most programs have one loop)."""
         self._op = 0
+        self._op_checksum = 0
+        """The checksum of journal record ``_op`` (0 for op 0): a snapshot records it."""
         self._journal_seconds = 0.0
         self.stats = GroupStats()
         """Group commit figures: sizes and how long the journal and the kernels took."""
@@ -332,19 +334,38 @@ class Ledger:
     def _recover(self) -> None:
         last_op = self._journal.last_op()
         start_op = 0
+        start_checksum = 0
+        S.remove_unfinished(self._state_dir)
         for path in S.list_snapshots(self._state_dir):
             try:
-                identity, op, image = S.read_snapshot(path)
+                manifest, image = S.read_snapshot(path)
             except SnapshotCorruptError as error:
                 log.warning("skipping snapshot: %s", error)
                 continue
-            if identity != self._journal.identity or op > last_op:
-                log.warning("skipping snapshot %s: it does not match the journal", path.name)
+            op = manifest.op
+            if (
+                manifest.identity != self._journal.identity
+                or op > last_op
+                or self._record_checksum(op) != manifest.record_checksum
+            ):
+                # The state after a record this journal does not hold (it was restored from a
+                # backup, or is a copy of the ledger that went its own way): never valid again,
+                # even once the journal has an op of that number.
+                log.warning("removing snapshot %s: it does not match the journal", path.name)
+                S.remove_snapshot(path)
+                continue
+            count = int(image.counters[K.C_TRANSFERS])
+            if self._engine.rows_checksum(count) != manifest.rows_checksum:
+                # A row file lost or replaced: the rows below the snapshot's count are not its.
+                log.warning("removing snapshot %s: the row files lack its rows", path.name)
+                S.remove_snapshot(path)
                 continue
             self._engine.restore(image)
             start_op = op
+            start_checksum = manifest.record_checksum
             break
         self._op = start_op
+        self._op_checksum = start_checksum
         self._snapshot_op = start_op
         # Rows replayed go to their files from a helper thread while replay goes on (else the
         # replay writes each full ring slot itself, and waits for the disk each time).
@@ -357,13 +378,26 @@ class Ledger:
 
         mover = threading.Thread(target=move_rows, name="puhui-ledger-recovery-rows", daemon=True)
         mover.start()
+        last: bytes | None = None
         try:
             for op, payload in self._journal.read(start_op):
                 apply_record(self._engine, payload)
                 self._op = op
+                last = payload
         finally:
             done.set()
             mover.join()
+        if last is not None:
+            self._op_checksum = checksum(last)
+
+    def _record_checksum(self, op: int) -> int | None:
+        """The checksum of the journal's record ``op`` (0 for op 0; None if missing)."""
+        if op == 0:
+            return 0
+        found = next(iter(self._journal.read(op - 1)), None)
+        if found is None or found[0] != op:
+            return None
+        return checksum(found[1])
 
     def close(self) -> None:
         """Finish queued requests, write a final snapshot, release the journal and the lock."""
@@ -376,7 +410,7 @@ class Ledger:
         if self._snapshot_thread is not None:
             self._snapshot_thread.join()
         if self._failure is None and self._op > self._snapshot_op:
-            self._write_snapshot(self._op, self._engine.image())
+            self._write_snapshot(self._op, self._op_checksum, self._engine.image())
         self._journal_thread.shutdown()
         self._prefault_thread.shutdown()
         self._write_back_stop = True
@@ -654,7 +688,7 @@ class Ledger:
 
     def _append(self, op: int, entries: list[tuple[int, int, int, bytes | memoryview]]) -> None:
         started = time.perf_counter()
-        self._journal.append(op, encode_group(entries))
+        self._op_checksum = self._journal.append(op, encode_group(entries))
         self._journal_seconds = time.perf_counter() - started
 
     def _apply_requests(
@@ -701,14 +735,23 @@ class Ledger:
         image = self._engine.image(reuse=True)  # no snapshot thread runs: the buffer is free
         self._events_since_snapshot = 0
         self._snapshot_thread = threading.Thread(
-            target=self._write_snapshot, args=(op, image), name="puhui-ledger-snapshot", daemon=True
+            target=self._write_snapshot,
+            args=(op, self._op_checksum, image),
+            name="puhui-ledger-snapshot",
+            daemon=True,
         )
         self._snapshot_thread.start()
 
-    def _write_snapshot(self, op: int, image: Any) -> None:
+    def _write_snapshot(self, op: int, record_checksum: int, image: Any) -> None:
         try:
             self._engine.sync_rows(image)
-            S.write_snapshot(self._state_dir, self._journal.identity, op, image)
+            manifest = S.Manifest(
+                identity=self._journal.identity,
+                op=op,
+                record_checksum=record_checksum,
+                rows_checksum=self._engine.rows_checksum(int(image.counters[K.C_TRANSFERS])),
+            )
+            S.write_snapshot(self._state_dir, manifest, image)
             self._snapshot_op = max(self._snapshot_op, op)
         except OSError:
             log.exception("snapshot at op %d failed; the journal still has everything", op)
@@ -875,13 +918,13 @@ class Ledger:
     def snapshot_now(self) -> None:
         """Write a snapshot of the current state (blocking)."""
 
-        def take(engine: Engine) -> tuple[int, Any]:
-            return self._op, engine.image()
+        def take(engine: Engine) -> tuple[int, int, Any]:
+            return self._op, self._op_checksum, engine.image()
 
-        op, image = self._read(take)
+        op, record_checksum, image = self._read(take)
         if self._snapshot_thread is not None:
             self._snapshot_thread.join()
-        self._write_snapshot(op, image)
+        self._write_snapshot(op, record_checksum, image)
 
 
 def _join(arrays: list[Array]) -> Array:
