@@ -343,3 +343,34 @@ def test_escrow_always_holds_exactly_what_open_orders_hold(shop: Shop) -> None:
     shop.later(DAY_NS)
     held = sum(c.order(o).in_escrow for o in orders)
     assert shop.escrow() == held == (20_00 - 5_00) + 40_00 + 50_00
+
+
+def test_recovery_without_the_checkout_leaves_an_orders_payment_alone(shop: Shop) -> None:
+    """An order's payment cut short before its money moved, recovered by a service without
+    ``Checkout`` attached (its finish hook moves the order): it used to be carried out as a
+    plain payment — the money in escrow, the order still unpaid, to be closed as unpaid
+    later with the money stuck. Now it is left for a service with the checkout, which pays
+    the order once."""
+    from puhui.payments import Operation, OperationKind, Payments
+
+    order_id = shop.order(100_00)
+
+    def crash(op: Operation) -> Operation:
+        raise KeyboardInterrupt  # the process dies after the record, before the money moves
+
+    shop.p._drivers[OperationKind.ORDER_PAYMENT] = crash
+    with pytest.raises(KeyboardInterrupt):
+        shop.checkout.pay_order(order_id, shop.buyer, key="pay")
+    [op] = shop.p.operations(status=OperationStatus.PENDING)
+    shop.world.clock.advance(60 * 10**9)
+    w = shop.world
+    bare = Payments(w.engine, w.ledger, clock=w.clock, bank=w.bank, decide=w.risk)
+    assert bare.recover() == {"stuck": 1}
+    assert bare.operation(op.id).status is OperationStatus.PENDING
+    assert bare.platform_balance(AccountCode.ESCROW, CNY).posted == 0
+    assert shop.checkout.order(order_id).status is OS.CREATED
+    # The service with the checkout attached finishes it: the money in escrow, the order paid.
+    checkout = Checkout(bare)
+    assert bare.recover() == {"completed": 1}
+    assert bare.platform_balance(AccountCode.ESCROW, CNY).posted == 100_00
+    assert checkout.order(order_id).status is OS.PAID

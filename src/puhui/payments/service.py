@@ -124,6 +124,15 @@ _DRIVEN_ELSEWHERE = frozenset({OperationKind.BILL_PAYMENT})
 """Kinds whose flow another module owns (``Bills`` registers it in ``_drivers``): without
 it an operation of the kind is not touched (the plain path would pay a bill the biller
 never wrote off, or fail one it did)."""
+_FINISHED_ELSEWHERE: Final = {
+    OperationKind.ORDER_PAYMENT: "checkout",
+    OperationKind.REFUND: "checkout",
+    OperationKind.ESCROW_RELEASE: "checkout",
+}
+"""Kinds whose outcome another module must record beside it, by the finish hook it
+registers under this name (``Checkout``: the order paid, refunded, finished): without it an
+operation of the kind is not touched (money would reach escrow for an order left unpaid —
+closed later as unpaid, the money stuck — or leave it for an order that never learns)."""
 
 
 opened_cached_max = 1_000_000
@@ -1409,7 +1418,10 @@ class Payments:
         """Take an operation as far as it can go now (step 3 onwards)."""
         if op.final:
             return op
-        if op.kind in _DRIVEN_ELSEWHERE and op.kind not in self._drivers:
+        hook = _FINISHED_ELSEWHERE.get(op.kind)
+        if (op.kind in _DRIVEN_ELSEWHERE and op.kind not in self._drivers) or (
+            hook is not None and hook not in self._finish_hooks
+        ):
             # A wiring error, not the operation's: ``recover()`` logs it and goes on; a
             # service with the flow attached finishes the operation.
             raise RuntimeError(f"operation {op.id:#x} ({op.kind}) needs its flow attached")
