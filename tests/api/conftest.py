@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,10 +15,11 @@ from typing import Any
 import numpy as np
 import pytest
 import sqlalchemy as sa
+import uvicorn
 from fastapi.testclient import TestClient
 
 import puhui.ledger as tb
-from puhui.api import ApiOptions, create_app
+from puhui.api import ApiOptions, CorkedHttpProtocol, create_app
 from puhui.clock import ManualClock
 from puhui.errors import PuhuiError
 from puhui.payments import Payments, SimulatedBank
@@ -205,3 +210,27 @@ def payments_world(
         "binding": str(binding["id"]),
         "payment_code": code,
     }
+
+
+@contextlib.contextmanager
+def on_loopback(app: Any) -> Iterator[int]:
+    """``app`` served over a real socket as ``puhui serve`` serves it (uvicorn on uvloop, the
+    corked httptools protocol), on a free loopback port, in a thread; yields the port."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(
+        app, http=CorkedHttpProtocol, loop="uvloop", log_level="warning", access_log=False
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]})
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+        time.sleep(0.01)
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        listener.close()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +22,6 @@ from typing import Any
 import httpx2
 import pytest
 import sqlalchemy as sa
-import uvicorn
 from starlette.types import Message
 
 import puhui.ledger as tb
@@ -35,7 +33,7 @@ from puhui.store import create_engine, migrate
 from puhui.store import payments as payments_tables
 from puhui.store.platform import audit_log
 
-from .conftest import ALL_SCOPES, START_NS
+from .conftest import ALL_SCOPES, START_NS, on_loopback
 
 CUSTOMERS = "/v1/payments/customers"
 TIMEOUT_S = 0.5
@@ -92,21 +90,8 @@ def served(tmp_path: Path) -> Iterator[Served]:
     _, token = tenants.create_key(tenant.id, ALL_SCOPES)
     with tb.open(str(tmp_path / "ledger")) as ledger:
         app = create_app(engine, ledger, clock=clock, options=options)
-        listener = socket.socket()
-        listener.bind(("127.0.0.1", 0))
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]})
-        thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-            time.sleep(0.01)
-        try:
-            yield Served(listener.getsockname()[1], token, engine, app)
-        finally:
-            server.should_exit = True
-            thread.join(10)
-            listener.close()
+        with on_loopback(app) as port:
+            yield Served(port, token, engine, app)
     engine.dispose()
 
 

@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import uvicorn
 from starlette.types import Receive, Scope, Send
 
-from puhui.api import CorkedHttpProtocol
 from puhui.api._server import CorkedTransport
+
+from .conftest import on_loopback
 
 
 class Recording(asyncio.Transport):
@@ -160,24 +158,8 @@ async def _app(scope: Scope, receive: Receive, send: Send) -> None:
 
 @pytest.fixture
 def port() -> Iterator[int]:
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(
-        _app, http=CorkedHttpProtocol, loop="uvloop", log_level="warning", access_log=False
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]})
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.01)
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        listener.close()
+    with on_loopback(_app) as port:
+        yield port
 
 
 def _read_answer(sock: socket.socket, data: bytes = b"") -> tuple[bytes, bytes, bytes]:
