@@ -136,6 +136,25 @@ def test_bank_timeout_is_resolved_by_query_never_by_sending_again(world: World) 
     assert world.bank.sends[f"{op.id:032x}"] == 1
 
 
+def test_recovery_must_wait_longer_than_a_sent_request_can_take_at_the_bank(
+    world: World,
+) -> None:
+    """Recovery takes a reference the bank has not seen after ``recovery_age_s`` for one that
+    never arrived, and gives the money back: with a gateway whose requests may take effect
+    later than that (its ``submit_timeout_s``), a slow payout would be paid by the bank as
+    well. Such a pairing is refused when the service is built."""
+    from puhui.payments import Payments, PaymentsOptions, SimulatedBank
+
+    class SlowBank(SimulatedBank):
+        submit_timeout_s = 45.0
+
+    slow = SlowBank(world.clock)
+    with pytest.raises(ValueError, match="recovery_age_s"):
+        Payments(world.engine, world.ledger, clock=world.clock, bank=slow)  # 30 s: too short
+    options = PaymentsOptions(recovery_age_s=60)
+    assert Payments(world.engine, world.ledger, clock=world.clock, bank=slow, options=options)
+
+
 def test_processing_top_up_completes_on_the_banks_confirmation(world: World) -> None:
     p = world.payments
     alice = _customer(world, "13800000001")

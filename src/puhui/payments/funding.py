@@ -64,6 +64,13 @@ class BankTimeoutError(PaymentsError):
 
 
 class BankGateway(Protocol):
+    """The port to a bank. A gateway that can bound how long a request it sent may still
+    take effect at the bank (a deadline it sends with the request, past which the bank
+    refuses it) says so as ``submit_timeout_s``: ``Payments`` then checks that
+    ``PaymentsOptions.recovery_age_s`` is longer, because recovery takes a reference the bank
+    has not seen after ``recovery_age_s`` for one that never arrived (and gives the money
+    back), and a request still on its way would then be paid as well."""
+
     def submit(
         self, direction: BankDirection, reference: str, card_token: str, amount: int, currency: str
     ) -> BankResult:
@@ -97,6 +104,9 @@ class SimulatedBank:
     also time out, ``processing_rate`` answer ``PROCESSING`` and settle ``confirm_delay_s``
     later (by the given clock). ``sends`` counts how often each reference was sent.
     """
+
+    submit_timeout_s: float = 5.0
+    """A request takes effect at once or never (a lost one never arrives): well within it."""
 
     def __init__(
         self,

@@ -276,6 +276,14 @@ class Payments:
         self.bank = bank
         self.decide = decide
         self.options = options or PaymentsOptions()
+        submit_timeout_s = getattr(bank, "submit_timeout_s", None)
+        if submit_timeout_s is not None and not self.options.recovery_age_s > submit_timeout_s:
+            # Recovery takes a reference the bank has not seen after ``recovery_age_s`` for
+            # one that never arrived: a request still on its way would be paid as well.
+            raise ValueError(
+                f"recovery_age_s ({self.options.recovery_age_s} s) must be longer than the"
+                f" bank gateway's submit_timeout_s ({submit_timeout_s} s)"
+            )
         self.new_id = new_id
         self._platform_ready: set[str] = set()
         self._opened: OrderedDict[int, None] = OrderedDict()
