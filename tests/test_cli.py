@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner, Result
 
+import puhui
 import puhui.ledger
 from puhui.cli import _display_url, app
 from puhui.config import Settings
@@ -311,6 +312,86 @@ def test_console_entry_point_prints_one_error_line(tmp_path: Path) -> None:
     assert completed.stderr.splitlines() == [
         "error: journal_unavailable: unsupported journal URL scheme in 'bogus'"
     ]
+
+
+def _env(data: Path, **extra: str) -> dict[str, str]:
+    """Every location in ``data``: a command never reaches ./puhui-data."""
+    return {
+        "PUHUI_DATA_DIR": str(data),
+        "PUHUI_LEDGER_URL": str(data / "ledger"),
+        "PUHUI_DATABASE_URL": f"sqlite:///{data / 'puhui.sqlite'}",
+        **extra,
+    }
+
+
+STORE_COMMANDS = [
+    ["demo", "--json"],
+    ["tenant", "list", "--json"],
+    ["tenant", "create", "Acme", "--json"],
+    ["key", "list", "--json"],
+    ["audit", "verify", "--json"],
+    ["risk", "cases", "list", "--json"],
+    ["risk", "lists", "show", "--json"],
+    ["risk", "lists", "add", "blocked_devices", "d1", "--reason", "x", "--json"],
+]
+
+
+@pytest.mark.parametrize("args", STORE_COMMANDS, ids=" ".join)
+@pytest.mark.parametrize(
+    "database_url",
+    ["nosuchdialect://somewhere/x", "not a url", "postgresql+psycopg://app:s3cret@127.0.0.1:1/x"],
+)
+def test_an_unusable_database_url_is_store_unavailable(
+    tmp_path: Path, args: list[str], database_url: str
+) -> None:
+    """A store URL of an unknown kind, or a server that does not answer: one error line with
+    exit 2, no traceback, no password, and nothing written (the demo's ledger included)."""
+    result = invoke(*args, env=_env(tmp_path, PUHUI_DATABASE_URL=database_url))
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: store_unavailable: "), result.output
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.output
+    assert "s3cret" not in result.output
+    assert not (tmp_path / "ledger").exists()
+
+
+def test_sim_run_to_an_unwritable_file_is_output_unwritable(tmp_path: Path) -> None:
+    occupied = tmp_path / "a-file"
+    occupied.write_text("not a directory")
+    out = occupied / "events.jsonl"
+    result = invoke(
+        "sim", "run", "--days", "1", "--customers", "10", "--out", str(out), "--json",
+        env=_env(tmp_path),
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: output_unwritable: "), result.output
+    assert "Traceback" not in result.output
+
+
+def test_risk_report_with_an_unusable_log_is_output_unwritable(tmp_path: Path) -> None:
+    occupied = tmp_path / "a-file"
+    occupied.write_text("not a directory")
+    result = invoke(
+        "risk", "report", "--days", "1", "--customers", "10", "--log", str(occupied), "--json",
+        env=_env(tmp_path),
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: output_unwritable: "), result.output
+    assert occupied.read_text() == "not a directory"
+
+
+@pytest.mark.parametrize("labels", ["not json", '{"a": 1}', "[0, 1, 7]", "[0, 1, null]"])
+def test_risk_backtest_with_malformed_labels_is_invalid_input(tmp_path: Path, labels: str) -> None:
+    (tmp_path / "labels.json").write_text(labels)
+    rules = Path(puhui.__file__).parent / "risk" / "rules" / "default.toml"
+    result = invoke(
+        "risk", "backtest", "--rules", str(rules), "--log", str(tmp_path), "--json",
+        env=_env(tmp_path),
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: invalid_input: "), result.output
+    assert "labels.json" in result.stderr
+    assert "Traceback" not in result.output
 
 
 # --- PostgreSQL (when PUHUI_TEST_DATABASE_URL is set, as CI does) ---------------------------

@@ -7,12 +7,15 @@ import contextlib
 import json
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Final
 
+import sqlalchemy as sa
 import typer
 from rich.console import Console
 
 from puhui.errors import PuhuiError
+from puhui.store import create_engine, migrate
 
 EXIT_OK: Final = 0
 EXIT_PROBLEM: Final = 1
@@ -22,6 +25,62 @@ EXIT_ERROR: Final = 2
 
 CONSOLE_WIDTH_UNATTACHED_CHARS: Final = 110
 """Width of Rich output when stdout is not a terminal (pipes, CI logs), in characters."""
+
+
+class StoreUnavailableError(PuhuiError):
+    """The SQL store named by ``--database-url`` / ``$PUHUI_DATABASE_URL`` cannot be opened."""
+
+    code = "store_unavailable"
+
+
+class OutputUnwritableError(PuhuiError):
+    """A file the command was asked to write (``--out``, ``--log``) cannot be written."""
+
+    code = "output_unwritable"
+
+
+def _store_url_shown(url: str) -> str:
+    """The store's URL with any password hidden (safe to print); text that does not parse as
+    a URL is not repeated (it may hold a password)."""
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "(unparsable)"
+
+
+@contextlib.contextmanager
+def opened_store(url: str) -> Iterator[sa.Engine]:
+    """The SQL store at ``url``, migrated to the newest schema; disposed of afterwards. A URL
+    that names no known database, or a database that cannot be reached, is
+    ``store_unavailable`` (no traceback)."""
+    try:
+        engine = create_engine(url)
+    except (sa.exc.ArgumentError, ImportError) as error:
+        raise StoreUnavailableError(
+            f"not a usable database URL: {_store_url_shown(url)} ({type(error).__name__})"
+        ) from None
+    try:
+        try:
+            migrate(engine)
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as error:
+            cause = str(error.orig).strip().splitlines()[0] if error.orig else type(error).__name__
+            raise StoreUnavailableError(
+                f"cannot open the SQL store {_store_url_shown(url)}: {cause}"
+            ) from None
+        yield engine
+    finally:
+        engine.dispose()
+
+
+@contextlib.contextmanager
+def written_output(path: Path) -> Iterator[None]:
+    """Turn an ``OSError`` while writing ``path`` into ``output_unwritable``."""
+    try:
+        yield
+    except OSError as error:
+        raise OutputUnwritableError(
+            f"cannot write {path}: {error.strerror or type(error).__name__}"
+        ) from None
 
 
 @contextlib.contextmanager

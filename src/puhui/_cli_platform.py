@@ -17,12 +17,11 @@ from typing import Annotated, Any
 import sqlalchemy as sa
 import typer
 
-from puhui._cli_common import EXIT_OK, EXIT_PROBLEM
+from puhui._cli_common import EXIT_OK, EXIT_PROBLEM, opened_store
 from puhui._cli_common import emit_json as _emit_json
 from puhui._cli_common import reported_errors as _reported_errors
 from puhui.config import Settings
 from puhui.platform import ApiKey, AuditLog, Tenant, Tenants, WebhookOptions
-from puhui.store import create_engine, migrate
 
 tenant_app = typer.Typer(
     help="Create and list tenants (partner institutions).", no_args_is_help=True
@@ -54,13 +53,8 @@ def register(app: typer.Typer) -> None:
 
 @contextlib.contextmanager
 def _store(database_url: str | None) -> Iterator[sa.Engine]:
-    settings = Settings.from_env()
-    engine = create_engine(database_url or settings.database_url)
-    try:
-        migrate(engine)
+    with opened_store(database_url or Settings.from_env().database_url) as engine:
         yield engine
-    finally:
-        engine.dispose()
 
 
 def _tenant_dict(tenant: Tenant) -> dict[str, Any]:

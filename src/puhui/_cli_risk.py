@@ -17,7 +17,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from puhui import ledger as tb
-from puhui._cli_common import EXIT_OK, console, emit_json, reported_errors
+from puhui._cli_common import (
+    EXIT_OK,
+    console,
+    emit_json,
+    opened_store,
+    reported_errors,
+    written_output,
+)
 from puhui.clock import SystemClock
 from puhui.config import Settings
 from puhui.errors import InvalidInputError
@@ -41,7 +48,6 @@ from puhui.risk._model import RiskModel
 from puhui.risk._shadow import LIVE_THRESHOLD_DEFAULT, compare_models
 from puhui.sim import SimConfig
 from puhui.sim._risk import risk_report, run_with_engine, train_on_runs
-from puhui.store import create_engine, migrate
 
 __all__ = ["risk_app"]
 
@@ -107,6 +113,9 @@ def report(
         config = SimConfig(customers=customers, days=days, seed=seed, fraud_rate=fraud_rate)
         loaded = RiskModel.load(model) if model is not None else None
         shadow = RiskModel.load(shadow_model) if shadow_model is not None else None
+        if log is not None:
+            with written_output(log):  # before the run: an unusable --log stops nothing midway
+                log.mkdir(parents=True, exist_ok=True)
         log_dir = log
         if log_dir is None and shadow is not None:  # the comparison reads the log
             log_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="puhui-")))
@@ -122,7 +131,8 @@ def report(
             )
         labels = [1 if label else 0 for label in sim.risk_labels]
         if log is not None:
-            (log / "labels.json").write_text(json.dumps(labels))
+            with written_output(log / "labels.json"):
+                (log / "labels.json").write_text(json.dumps(labels))
         figures = risk_report(sim, events)
         figures["model"] = loaded.version if loaded is not None else "none"
         _print_report(figures)
@@ -216,7 +226,8 @@ def train_command(
                 progress.update(task, completed=min(done[0], days * len(configs)))
 
             model = train_on_runs(configs, on_day=tick)
-        model.save(out)
+        with written_output(out):
+            model.save(out)
         m = model.metrics
         console().print(
             f"model {model.version} -> {escape(str(out))}: AUC {m.auc:.4f} on {m.rows:,} held-out"
@@ -262,7 +273,12 @@ def backtest_command(
         labels_file = directory / "labels.json"
         if not labels_file.exists():
             raise InvalidInputError(f"no labels.json in {directory} (see `risk report --log`)")
-        labels = json.loads(labels_file.read_text())
+        try:
+            labels = json.loads(labels_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            labels = None
+        if not isinstance(labels, list) or not all(label in (0, 1) for label in labels):
+            raise InvalidInputError(f"{labels_file} is not a JSON list of 0 and 1 labels")
         ruleset = load_ruleset(rules, engine_schema())
         result = backtest(ruleset, directory, labels, from_ns=_day_ns(from_), to_ns=_day_ns(to))
         table = Table(title=f"Backtest of {escape(ruleset.version)}")
@@ -377,9 +393,7 @@ def _cases() -> Iterator[tuple[Cases, Payments]]:
     """The case queue, with the payments service wired to carry out decisions (without a
     bank gateway: see ``_NoGateway``)."""
     settings = Settings.from_env()
-    engine = create_engine(settings.database_url)
-    try:
-        migrate(engine)
+    with opened_store(settings.database_url) as engine:
         clock = SystemClock()
         cases = Cases(engine, clock)
         ledger = tb.open(settings.ledger_url)
@@ -388,8 +402,6 @@ def _cases() -> Iterator[tuple[Cases, Payments]]:
             yield cases, payments
         finally:
             ledger.close()
-    finally:
-        engine.dispose()
 
 
 def _check_gateway_free(cases: Cases, payments: Payments, case_id: int, outcome: str) -> None:
@@ -493,13 +505,8 @@ def _expiry_ns(expires_in: str | None, now_ns: int) -> int | None:
 
 @contextlib.contextmanager
 def _list_store() -> Iterator[ListStore]:
-    settings = Settings.from_env()
-    engine = create_engine(settings.database_url)
-    try:
-        migrate(engine)
+    with opened_store(Settings.from_env().database_url) as engine:
         yield ListStore(engine, SystemClock())
-    finally:
-        engine.dispose()
 
 
 def _entry_json(name: str, entry: ListEntry, now_ns: int) -> dict[str, Any]:

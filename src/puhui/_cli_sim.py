@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from puhui._cli_common import console, emit_json, reported_errors
+from puhui._cli_common import console, emit_json, reported_errors, written_output
 from puhui.config import Settings
 from puhui.money import format_amount
 from puhui.sim import Scenario, SimConfig, simulate, write_events
@@ -67,7 +67,8 @@ def run(
             report, events = simulate(
                 config, on_day=lambda day: progress.update(task, completed=day + 1)
             )
-        written = write_events(events, target)
+        with written_output(target):
+            written = write_events(events, target)
         table = Table(title=f"Simulation: {days} days, {customers:,} customers, seed {seed}")
         for column in ("scenario", "attacks", "events", "stopped", "attempted", "lost"):
             table.add_column(column, justify="left" if column == "scenario" else "right")

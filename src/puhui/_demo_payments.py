@@ -27,6 +27,7 @@ from rich.markup import escape
 from rich.table import Table
 
 import puhui.ledger as tb
+from puhui._cli_common import opened_store
 from puhui.clock import ManualClock
 from puhui.money import format_amount, parse_amount
 from puhui.payments import (
@@ -49,7 +50,6 @@ from puhui.payments import (
     SimulatedBiller,
     merchant_qr,
 )
-from puhui.store import create_engine, migrate
 
 __all__ = ["PaymentsTour", "payments_service", "print_payments"]
 
@@ -76,13 +76,8 @@ def payments_service(
     schema) and ``ledger``, with a simulated bank that always succeeds; the engine is disposed
     on exit. (``PaymentsTour`` finishes what a crashed earlier run left half-way, once its
     checkout and bill flows are attached: they carry orders' and bills' operations.)"""
-    engine = create_engine(database_url)
-    try:
-        migrate(engine)
-        payments = Payments(engine, ledger, clock=clock, bank=SimulatedBank(clock))
-        yield payments
-    finally:
-        engine.dispose()
+    with opened_store(database_url) as engine:
+        yield Payments(engine, ledger, clock=clock, bank=SimulatedBank(clock))
 
 
 @dataclass(slots=True)

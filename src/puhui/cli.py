@@ -38,6 +38,7 @@ import puhui.ledger as tb
 from puhui._cli_common import (
     EXIT_OK,
     EXIT_PROBLEM,
+    opened_store,
 )
 from puhui._cli_common import console as _console
 from puhui._cli_common import emit_json as _emit_json
@@ -749,6 +750,8 @@ def demo(
         # One clock for the ledger and the payments service: it starts at the real time (the
         # ledger never goes back in time) and jumps when the payments tour waits for a timer.
         clock = ManualClock(time.time_ns())
+        with opened_store(database_url):
+            pass  # a store that cannot be opened stops the demo before it writes the ledger
         with tb.open(url, clock=clock) as ledger:
             run_id = tb.id()
             tour = _Demo(ledger, run_id)
