@@ -1,12 +1,15 @@
-"""Fixtures shared by the whole suite: journal backends (SQLite always, PostgreSQL in CI)."""
+"""Fixtures shared by the whole suite: journal backends and a migrated SQL store (SQLite
+always, PostgreSQL in CI)."""
 
 from __future__ import annotations
 
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 POSTGRES_ENV = "PUHUI_TEST_DATABASE_URL"
 
@@ -49,3 +52,18 @@ def journal_url(request: pytest.FixtureRequest, tmp_path: object) -> str:
         return f"file://{Path(str(tmp_path)) / 'journal'}"
     url: str = request.getfixturevalue("postgres_schema_url")
     return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
+    """A migrated SQL store, on each backend (a directory's own ``engine`` overrides it)."""
+    from puhui.store import create_engine, migrate
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'puhui.sqlite'}"
+    else:
+        url = request.getfixturevalue("postgres_schema_url")
+    sql = create_engine(url)
+    migrate(sql)
+    yield sql
+    sql.dispose()

@@ -313,13 +313,13 @@ class _Body:
             message = await self.receive()
             if message["type"] != "http.request":
                 partial = {"type": "http.request", "body": b"".join(chunks), "more_body": True}
-                return _Replay([partial, message], self.receive).receive
+                return replayed([partial, message], self.receive)
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
                 break
         whole = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         message = {"type": "http.request", "body": whole, "more_body": False}
-        return _Replay([message], self.receive).receive
+        return replayed([message], self.receive)
 
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start":
@@ -329,19 +329,16 @@ class _Body:
         await self.inner_send(message)
 
 
-class _Replay:
-    """A ``receive`` that hands out ``messages`` first, then ``receive``'s own."""
+def replayed(messages: list[Message], receive: Receive) -> Receive:
+    """A ``receive`` that hands out ``messages`` first (taking them from the list), then
+    ``receive``'s own: a body read ahead, handed on as the server would have."""
 
-    __slots__ = ("inner", "messages")
+    async def replay() -> Message:
+        if messages:
+            return messages.pop(0)
+        return await receive()
 
-    def __init__(self, messages: list[Message], receive: Receive) -> None:
-        self.messages = messages
-        self.inner = receive
-
-    async def receive(self) -> Message:
-        if self.messages:
-            return self.messages.pop(0)
-        return await self.inner()
+    return replay
 
 
 class _NoRoomError(Exception):

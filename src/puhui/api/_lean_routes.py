@@ -46,7 +46,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ._bodies import BODY_LENGTH
+from ._bodies import BODY_LENGTH, replayed
 from ._problems import BodyTimeoutError
 from ._route import PlatformRoute, _documentation_only, _run
 
@@ -200,11 +200,11 @@ class LeanRoutes:
             except BodyTimeoutError:
                 # A late body (``puhui.api._bodies``): the ordinary way answers it, as it
                 # would have — the key checked first, then the 408, audited and counted.
-                await self.app(scope, _replay(messages, receive), send)
+                await self.app(scope, replayed(messages, receive), send)
                 return
             messages.append(message)
             if message["type"] != "http.request":
-                await self.app(scope, _replay(messages, receive), send)
+                await self.app(scope, replayed(messages, receive), send)
                 return
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
@@ -212,7 +212,7 @@ class LeanRoutes:
         body = b"".join(chunks)
         value = lean.body_value(body)
         if value is None:
-            await self.app(scope, _replay(messages, receive), send)
+            await self.app(scope, replayed(messages, receive), send)
             return
         route = lean.route
         scope["route"] = route
@@ -220,7 +220,7 @@ class LeanRoutes:
         scope["path_params"] = {
             s.text: part for s, part in zip(lean.segments, parts, strict=True) if s.field
         }
-        request = Request(scope, _replay([{"type": "http.request", "body": body}], receive), send)
+        request = Request(scope, replayed([{"type": "http.request", "body": body}], receive), send)
         values[lean.body.name] = value
         values[lean.request_name] = request
 
@@ -246,18 +246,6 @@ def _plain_json(scope: Scope, bytes_max: int) -> bool:
         if name == b"content-type":
             return value in JSON_TYPES
     return False
-
-
-def _replay(messages: list[Message], receive: Receive) -> Receive:
-    """``receive`` that first hands out ``messages`` again, then the server's own."""
-    pending = list(messages)
-
-    async def replayed() -> Message:
-        if pending:
-            return pending.pop(0)
-        return await receive()
-
-    return replayed
 
 
 def _first_match(table: Sequence[BaseRoute], route: PlatformRoute) -> BaseRoute | None:

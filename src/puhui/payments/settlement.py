@@ -70,10 +70,12 @@ def _owed(conn: sa.Connection, index: str, terms: tuple[str, ...]) -> sa.TextCla
     )
 
 
-def _merchants(conn: sa.Connection, index: str, terms: tuple[str, ...]) -> sa.TextClause:
-    """One merchant's rows (``:merchant``, ``:currency``) of a partial index; the declined
-    payouts' only before ``:day``."""
-    before = " AND day < :day" if index == _DECLINED_INDEX else ""
+def _merchants(
+    conn: sa.Connection, index: str, terms: tuple[str, ...], *, before_day: bool
+) -> sa.TextClause:
+    """One merchant's rows (``:merchant``, ``:currency``) of a partial index; with
+    ``before_day`` only those before ``:day``."""
+    before = " AND day < :day" if before_day else ""
     return sa.text(
         f"SELECT id, kind, amount, fee, day FROM {_from(conn, index)}"
         f" WHERE merchant_id = :merchant AND currency = :currency"
@@ -224,10 +226,12 @@ class Settlement:
             declined = [
                 r.id
                 for r in conn.execute(
-                    _merchants(conn, _DECLINED_INDEX, t.DECLINED_TERMS), {**mine, "day": day}
+                    _merchants(conn, _DECLINED_INDEX, t.DECLINED_TERMS, before_day=True),
+                    {**mine, "day": day},
                 )
             ]
-            rows = conn.execute(_merchants(conn, _UNSETTLED_INDEX, t.UNSETTLED_TERMS), mine).all()
+            unsettled = _merchants(conn, _UNSETTLED_INDEX, t.UNSETTLED_TERMS, before_day=False)
+            rows = conn.execute(unsettled, mine).all()
         due = [r for r in rows if r.day < day]
         not_due = [r for r in rows if r.day >= day]
         gross_payments = sum(r.amount for r in due if r.kind == OperationKind.MERCHANT_PAYMENT)
