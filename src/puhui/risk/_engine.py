@@ -563,12 +563,8 @@ class RiskEngine:
 
     def trust_device(self, customer_id: int, device_id: str) -> None:
         """The customer proved this device is theirs (passed a step-up on it)."""
-        if device_id:
-            with self._lock:
-                pair = (customer_id, device_id)
-                self._trusted.pop(pair, None)
-                self._trusted[pair] = None
-                self._forget_trust()
+        with self._lock:  # as an accepted event from it
+            self._learn_trust([customer_id], [device_id], [0])
 
     # --- the decision log ------------------------------------------------------------------
 
