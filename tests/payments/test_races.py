@@ -20,9 +20,11 @@ from puhui.payments import (
     Checkout,
     Operation,
     OperationStatus,
+    Order,
     Payee,
     PaymentBatches,
     PaymentRequest,
+    Payments,
     RefundOpenError,
     RefundStateError,
     SimulatedBiller,
@@ -47,6 +49,17 @@ def _customer(world: World, n: int, fund: int = 0) -> tuple[int, int]:
     if fund:
         assert p.top_up(c.id, card.id, fund, CNY, key="fund").status is S.COMPLETED
     return c.id, card.id
+
+
+def _paid_order(world: World) -> tuple[Payments, int, int, Checkout, Order]:
+    """A buyer with 1,000.00, a shop without fee, and an order of 100.00 paid into escrow."""
+    p = world.payments
+    buyer, _ = _customer(world, 1, fund=1_000_00)
+    shop = p.register_merchant("Shop", "retail", 0, "tok-m").id
+    checkout = Checkout(p)
+    order = checkout.create_order(buyer, shop, 100_00, CNY, "express", "t", key="o")
+    checkout.pay_order(order.id, buyer, key="p")
+    return p, buyer, shop, checkout, order
 
 
 def test_a_challenge_lapsing_while_it_is_answered_pays_nothing_out(world: World) -> None:
@@ -97,12 +110,7 @@ def test_a_bill_payment_passed_by_a_check_is_written_off_by_the_biller(world: Wo
 
 
 def test_a_release_with_a_stale_amount_is_refused(world: World) -> None:
-    p = world.payments
-    buyer, _ = _customer(world, 1, fund=1_000_00)
-    shop = p.register_merchant("Shop", "retail", 0, "tok-m").id
-    checkout = Checkout(p)
-    order = checkout.create_order(buyer, shop, 100_00, CNY, "express", "t", key="o")
-    checkout.pay_order(order.id, buyer, key="p")
+    p, buyer, shop, checkout, order = _paid_order(world)
     checkout.ship_order(order.id, shop)
     stale = checkout.order(order.id)  # a confirmation read the order ...
     refund = checkout.request_refund(order.id, buyer, 50_00, "half", key="r")
@@ -120,12 +128,7 @@ def test_a_release_with_a_stale_amount_is_refused(world: World) -> None:
 def test_an_arbitrated_split_cut_short_by_a_crash_is_finished_by_the_timers(
     world: World,
 ) -> None:
-    p = world.payments
-    buyer, _ = _customer(world, 1, fund=1_000_00)
-    shop = p.register_merchant("Shop", "retail", 0, "tok-m").id
-    checkout = Checkout(p)
-    order = checkout.create_order(buyer, shop, 100_00, CNY, "express", "t", key="o")
-    checkout.pay_order(order.id, buyer, key="p")
+    p, buyer, shop, checkout, order = _paid_order(world)
     refund = checkout.request_refund(order.id, buyer, 100_00, "never came", key="r")
     checkout.answer_refund(refund.id, shop, approve=False)
     checkout.escalate_refund(refund.id, buyer)
@@ -292,12 +295,7 @@ def test_a_ruling_whose_refund_a_crash_cut_short_cannot_be_overruled(
     money moves: the refund still reads ``escalated``. A second ruling (release) used to
     deny it and release the whole order to the seller; recovery then paid the first
     ruling's refund too — out of other orders' escrow."""
-    p = world.payments
-    buyer, _ = _customer(world, 1, fund=1_000_00)
-    shop = p.register_merchant("Shop", "retail", 0, "tok-m").id
-    checkout = Checkout(p)
-    order = checkout.create_order(buyer, shop, 100_00, CNY, "express", "t", key="o")
-    checkout.pay_order(order.id, buyer, key="p")
+    p, buyer, shop, checkout, order = _paid_order(world)
     other = checkout.create_order(buyer, shop, 300_00, CNY, "express", "t2", key="o2")
     checkout.pay_order(other.id, buyer, key="p2")  # escrow holds more than the dispute
     refund = checkout.request_refund(order.id, buyer, 100_00, "never came", key="r")
@@ -326,12 +324,7 @@ def test_an_approval_a_crash_cut_short_cannot_be_turned_into_a_rejection(
     """The seller approves, the refund's payment is recorded, the process dies: the refund
     still reads ``requested``. Rejecting it then used to be accepted (and the buyer could
     escalate a refund whose money was on its way back)."""
-    p = world.payments
-    buyer, _ = _customer(world, 1, fund=1_000_00)
-    shop = p.register_merchant("Shop", "retail", 0, "tok-m").id
-    checkout = Checkout(p)
-    order = checkout.create_order(buyer, shop, 100_00, CNY, "express", "t", key="o")
-    checkout.pay_order(order.id, buyer, key="p")
+    p, buyer, shop, checkout, order = _paid_order(world)
     refund = checkout.request_refund(order.id, buyer, 40_00, "too much", key="r")
     drive = p._drive
     monkeypatch.setattr(p, "_drive", lambda op: op)  # recorded, then the process dies
