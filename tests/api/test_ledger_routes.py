@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -126,6 +127,15 @@ def test_cursors_are_checked(api: Api) -> None:
         "/v1/ledger/accounts/1/balances", params={"cursor": cursor}, headers=api.auth()
     )
     assert other_list.json()["code"] == "cursor_invalid"
+    # A crafted cursor whose position is a boolean (JSON true is not a timestamp).
+    crafted = base64.urlsafe_b64encode(b'{"k":"account_transfers","ts":true,"r":false}')
+    response = api.client.get(
+        "/v1/ledger/accounts/1/transfers",
+        params={"cursor": crafted.decode().rstrip("=")},
+        headers=api.auth(),
+    )
+    assert response.status_code == 400
+    assert response.json()["code"] == "cursor_invalid"
 
 
 def test_user_data_32_of_accounts_is_reserved(api: Api) -> None:

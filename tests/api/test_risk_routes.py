@@ -5,6 +5,7 @@ seen by a running engine without a restart."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,10 @@ def test_cases_are_listed_and_shown_with_reasons_and_features(api: Api) -> None:
     _refused(theirs, 404, "case_not_found")
     assert theirs.json()["detail"] == nowhere.json()["detail"]
     _refused(api.client.get(f"{R}/cases?cursor=bogus", headers=api.auth()), 400, "cursor_invalid")
+    for position in ("true", "-1", '"7"'):  # crafted: not a case id
+        crafted = base64.urlsafe_b64encode(f'{{"k":"risk_cases","i":{position}}}'.encode())
+        query = f"{R}/cases?cursor={crafted.decode().rstrip('=')}"
+        _refused(api.client.get(query, headers=api.auth()), 400, "cursor_invalid")
 
 
 def test_a_tenants_page_skips_other_tenants_cases(api: Api) -> None:

@@ -394,7 +394,12 @@ def _window(
     if cursor is not None:
         position = decode_cursor(kind, cursor)
         after, was_reversed = position.get("ts"), position.get("r")
-        if not isinstance(after, int) or not isinstance(was_reversed, bool) or after < 0:
+        if (
+            not isinstance(after, int)
+            or isinstance(after, bool)
+            or not isinstance(was_reversed, bool)
+            or after < 0
+        ):
             raise InvalidCursorError("malformed cursor")
         if was_reversed != reversed:
             raise InvalidCursorError("the cursor was made with another 'reversed'")

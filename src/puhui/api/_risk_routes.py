@@ -232,7 +232,7 @@ async def list_cases(
     after = 0
     if cursor is not None:
         last = decode_cursor("risk_cases", cursor).get("i")
-        if not isinstance(last, int) or last < 0:
+        if not isinstance(last, int) or isinstance(last, bool) or last < 0:
             raise InvalidCursorError("malformed cursor")
         after = last
     cases = _ctx(request).cases
