@@ -269,6 +269,61 @@ def test_missing_ledger_is_not_created(tmp_path: Path, scheme: str, command: str
     assert not missing.exists()
 
 
+@pytest.mark.parametrize("place", ["empty-dir", "empty.sqlite", "sqlite:///empty-file"])
+@pytest.mark.parametrize("command", ["verify", "info"])
+def test_an_empty_place_is_not_made_a_ledger(tmp_path: Path, place: str, command: str) -> None:
+    """An existing directory or file that holds no journal is no ledger either: a reading
+    command says so and writes nothing there (no journal, no state directory)."""
+    path = tmp_path / place.removeprefix("sqlite:///")
+    if place == "empty-dir":
+        path.mkdir()
+    else:
+        path.touch()
+    url = f"sqlite:///{path}" if place.startswith("sqlite:///") else str(path)
+    result = invoke("ledger", command, url)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: ledger_not_found: "), result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+    assert list(path.iterdir()) == [] if path.is_dir() else path.read_bytes() == b""
+
+
+def test_an_unreachable_postgres_journal_is_one_error_line() -> None:
+    result = invoke("ledger", "info", "postgresql+psycopg://app:s3cret@127.0.0.1:1/x")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: journal_unavailable: "), result.output
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "s3cret" not in result.output
+
+
+PAST_THE_STORE = [
+    (["risk", "cases", "list", "--after", str(2**70)], "invalid_input"),
+    (["risk", "cases", "list", "--after", "-1"], "invalid_input"),
+    (["risk", "cases", "decide", str(2**70), "--analyst", "a", "--outcome", "reject"],
+     "case_not_found"),
+    (["risk", "lists", "add", "blocked_devices", "d1", "--reason", "x",
+      "--expires-in", "99999999999999999d"], "risk_list_invalid"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("args", "code"), PAST_THE_STORE, ids=lambda v: str(v)[:48])
+def test_numbers_past_the_store_are_error_codes(tmp_path: Path, args: list[str], code: str) -> None:
+    """A number the SQL store cannot hold (beyond 64 bits) is the command's error, not an
+    ``OverflowError`` traceback."""
+    result = invoke(*args, env=_env(tmp_path))
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"error: {code}: "), result.output
+    assert "Traceback" not in result.output
+
+
+def test_listing_cases_reads_the_store_only(tmp_path: Path) -> None:
+    """A reading command makes no ledger (and binds the store to none): a server started
+    later on another ledger would be refused as a mismatch."""
+    result = invoke("risk", "cases", "list", "--json", env=_env(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert last_json(result)["cases"] == []
+    assert not (tmp_path / "ledger").exists()
+
+
 def test_unusable_data_dir_is_an_error(tmp_path: Path) -> None:
     occupied = tmp_path / "a-file"
     occupied.write_text("not a directory")

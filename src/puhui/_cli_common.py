@@ -85,11 +85,13 @@ def written_output(path: Path) -> Iterator[None]:
 
 @contextlib.contextmanager
 def reported_errors() -> Iterator[None]:
-    """Turn a ``PuhuiError`` into ``error: <code>: <message>`` on stderr and exit code 2."""
+    """Turn a ``PuhuiError`` into one line ``error: <code>: <message>`` on stderr and exit
+    code 2 (a message that quotes a multi-line cause, as a database driver's, is joined)."""
     try:
         yield
     except PuhuiError as error:
-        typer.echo(f"error: {error.code}: {error.message}", err=True)
+        message = " ".join(part.strip() for part in error.message.splitlines() if part.strip())
+        typer.echo(f"error: {error.code}: {message}", err=True)
         raise typer.Exit(EXIT_ERROR) from None
 
 

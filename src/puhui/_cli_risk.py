@@ -434,8 +434,8 @@ def cases_list(
     as_json: AsJson = False,
 ) -> None:
     """Cases waiting for an analyst (or of another status), oldest first."""
-    with reported_errors(), _cases() as (cases, _):
-        found = cases.cases(status, after_id=after, limit=limit)
+    with reported_errors(), opened_store(Settings.from_env().database_url) as engine:
+        found = Cases(engine, SystemClock()).cases(status, after_id=after, limit=limit)
         table = Table(title="Review cases")
         for column in ("id", "status", "customer", "amount", "score", "reasons"):
             table.add_column(column)

@@ -19,8 +19,10 @@ writes its amounts (at most 2**63 - 1, the payments service's range) as JSON int
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
+import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -135,10 +137,26 @@ def _make_data_dir(path: Path) -> None:
         ) from error
 
 
+def _holds_no_journal(path: Path) -> bool:
+    """Whether an existing local ``path`` plainly holds no journal: a directory without the
+    file journal's ``identity``, or a SQLite file without the journal's table (an empty file
+    is such a database). Anything else is for ``tb.open`` to judge."""
+    if path.is_dir():
+        return not (path / "identity").is_file()
+    try:
+        uri = f"{path.resolve().as_uri()}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+            found = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'journal_meta'").fetchone()
+    except sqlite3.Error:
+        return False  # not a SQLite file at all: the journal's own error says what it is
+    return found is None
+
+
 def _open_existing(url: str) -> tb.Ledger:
-    """Open a ledger that must already exist (reading commands never create one)."""
+    """Open a ledger that must already exist (reading commands never create one, not even
+    in an existing empty directory or file)."""
     local = _local_journal(url)
-    if local is not None and not local.exists():
+    if local is not None and (not local.exists() or _holds_no_journal(local)):
         raise LedgerNotFoundError(
             f"no ledger journal at {str(local)!r} (run `puhui demo` to create one)"
         )

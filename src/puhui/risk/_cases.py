@@ -25,6 +25,8 @@ from puhui.errors import InvalidInputError, PuhuiError
 from puhui.store import risk as t
 
 LIST_LIMIT_MAX: Final = 1_000
+CASE_ID_MAX: Final = (1 << 63) - 1
+"""Case ids are the store's signed 64-bit keys: none is larger (nor a cursor after one)."""
 ANALYST_CHARS_MAX: Final = 64
 NOTE_CHARS_MAX: Final = 500
 
@@ -240,6 +242,8 @@ class Cases:
         )
 
     def case(self, case_id: int) -> Case:
+        if not 0 < case_id <= CASE_ID_MAX:  # the store cannot even look it up
+            raise CaseNotFoundError(f"no case {case_id}")
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(t.cases).where(t.cases.c.id == case_id)).first()
         if row is None:
@@ -265,6 +269,8 @@ class Cases:
         """Cases in id order after ``after_id`` (the cursor), optionally of one status."""
         if not 1 <= limit <= LIST_LIMIT_MAX:
             raise InvalidInputError(f"limit must be 1..{LIST_LIMIT_MAX}")
+        if not 0 <= after_id <= CASE_ID_MAX:
+            raise InvalidInputError(f"after_id must be 0..{CASE_ID_MAX}")
         query = sa.select(t.cases).where(t.cases.c.id > after_id)
         if status is not None:
             try:
@@ -297,6 +303,8 @@ class Cases:
             raise InvalidCaseDecisionError(f"a note is at most {NOTE_CHARS_MAX} characters")
         if account_takeover and chosen is not CaseOutcome.REJECT:
             raise InvalidCaseDecisionError("only a rejection can confirm an account takeover")
+        if not 0 < case_id <= CASE_ID_MAX:
+            raise CaseNotFoundError(f"no case {case_id}")
         status = {
             CaseOutcome.APPROVE: CaseStatus.APPROVED,
             CaseOutcome.REJECT: CaseStatus.REJECTED,

@@ -41,6 +41,9 @@ list_value_chars_max = 200
 list_reason_chars_max = 500
 """Longest reason (unit: characters)."""
 
+expires_at_ns_max = (1 << 63) - 1
+"""Latest expiry (unit: ns since the epoch): the store keeps it as a signed 64-bit number."""
+
 list_entries_max = 10_000_000
 """Most entries in one list (unit: entries)."""
 
@@ -261,8 +264,12 @@ def check_entry_input(value: Any, reason: Any, expires_at_ns: Any) -> None:
     """Raise ``RiskListError`` unless these make a valid list entry."""
     _check_text(value, "value", list_value_chars_max)
     _check_text(reason, "reason", list_reason_chars_max)
-    if expires_at_ns is not None and (type(expires_at_ns) is not int or expires_at_ns < 0):
-        raise RiskListError("expires_at_ns must be a non-negative int (ns since the epoch)")
+    if expires_at_ns is not None and (
+        type(expires_at_ns) is not int or not 0 <= expires_at_ns <= expires_at_ns_max
+    ):
+        raise RiskListError(
+            f"expires_at_ns must be an int 0..{expires_at_ns_max} (ns since the epoch)"
+        )
 
 
 def _check_text(text: Any, what: str, chars_max: int) -> None:
