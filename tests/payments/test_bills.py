@@ -9,6 +9,7 @@ from puhui.payments import (
     BillAlreadyPaidError,
     BillerKind,
     BillerNotFoundError,
+    BillerTimeoutError,
     Bills,
     BindingNotFoundError,
     InsufficientFundsError,
@@ -17,8 +18,10 @@ from puhui.payments import (
     OperationKind,
     OperationStatus,
     Payments,
+    PaymentsOptions,
     ReceiptNotReadyError,
     SimulatedBiller,
+    WriteOffStatus,
 )
 
 from .conftest import World
@@ -194,3 +197,65 @@ def test_recovery_without_the_bill_flow_keeps_a_write_off_awaited(home: Househol
     assert home.p.recover() == {"completed": 1}
     assert bare.balance(home.customer, CNY) == Balance(2_000_00 - bill.amount, 0)
     assert home.bills.receipt(op.id).amount == bill.amount
+
+
+class _SlowBiller(SimulatedBiller):
+    """A biller whose write-offs time out on the way and take effect 45 s after they were
+    sent (a real biller's adapter sends a deadline of 60 s with each)."""
+
+    submit_timeout_s = 60.0
+
+    def __init__(self, world: World) -> None:
+        super().__init__(world.clock, amount=88_00)
+        self.in_flight: list[tuple[int, tuple[str, str, str, int]]] = []
+
+    def write_off(
+        self, biller_code: str, reference: str, bill_id: str, amount: int
+    ) -> WriteOffStatus:
+        self.in_flight.append((self.clock.now_ns(), (biller_code, reference, bill_id, amount)))
+        raise BillerTimeoutError("the biller did not answer")
+
+    def query_write_off(self, biller_code: str, reference: str) -> WriteOffStatus:
+        for sent_ns, request in list(self.in_flight):
+            if self.clock.now_ns() >= sent_ns + 45 * 10**9:  # it lands now
+                self.in_flight.remove((sent_ns, request))
+                super().write_off(*request)
+        return super().query_write_off(biller_code, reference)
+
+
+def test_recovery_waits_longer_than_a_write_off_can_take_to_land(world: World) -> None:
+    """Recovery takes a write-off the biller has not seen after ``recovery_age_s`` (30 s)
+    for one that never arrived and gives the money back. With a biller whose write-offs may
+    land later than that, the bill was then written off unpaid (the platform owes the biller
+    money it never took). Such a biller is refused, as such a bank is; given a long enough
+    recovery age, the bill is paid exactly once."""
+    with pytest.raises(ValueError, match="submit_timeout_s"):
+        Bills(world.payments, _SlowBiller(world))
+    p = Payments(
+        world.engine,
+        world.ledger,
+        clock=world.clock,
+        bank=world.bank,
+        decide=world.risk,
+        options=PaymentsOptions(recovery_age_s=90),
+    )
+    biller = _SlowBiller(world)
+    bills = Bills(p, biller)
+    bills.register_biller("SH-POWER", "Shanghai Power", BillerKind.ELECTRICITY)
+    c = p.register_customer("13900000002", "Household")
+    p.verify_identity(c.id, "ID-S")
+    card = p.bind_card(c.id, "tok-s", "Rural Bank", "0002")
+    p.verify_full(c.id, biometric_passed=True)
+    assert p.top_up(c.id, card.id, 100_00, CNY, key="fund").status is S.COMPLETED
+    binding = bills.bind(c.id, "SH-POWER", "3100099999").id
+    bill = bills.query_bill(c.id, binding)
+    assert bill is not None
+    op = bills.pay(c.id, binding, bill.bill_id, key="power")
+    assert op.status is S.AWAITING_BILLER
+    for _ in range(4):  # recovery every 31 s: the write-off lands at 45 s
+        world.clock.advance(31 * 10**9)
+        p.recover()
+    assert p.operation(op.id).status is S.COMPLETED
+    assert bills.receipt(op.id).amount == 88_00
+    assert p.balance(c.id, CNY) == Balance(posted=12_00, held=0)
+    assert bills.clearing_balance("SH-POWER", CNY).posted == 88_00

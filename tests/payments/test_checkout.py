@@ -156,6 +156,20 @@ def test_the_seller_can_extend_the_timer_within_the_limit(shop: Shop) -> None:
     assert c.order(order_id).confirm_by_ns == before + 3 * DAY_NS
 
 
+@pytest.mark.parametrize("extra_s", [2**63, 10**30])
+def test_an_extension_beyond_any_limit_is_refused_not_a_crash(shop: Shop, extra_s: int) -> None:
+    """Seconds past what the store can hold used to reach it and crash (``OverflowError``
+    on SQLite, a numeric error on PostgreSQL): a 500 instead of the limit's own error."""
+    from puhui.payments import ExtensionLimitError
+
+    c = shop.checkout
+    order_id = shop.shipped()
+    before = c.order(order_id).confirm_by_ns
+    with pytest.raises(ExtensionLimitError):
+        c.extend_confirmation(order_id, shop.seller, extra_s)
+    assert c.order(order_id).confirm_by_ns == before
+
+
 def test_an_unpaid_order_closes_by_itself(shop: Shop) -> None:
     c = shop.checkout
     order_id = shop.order()

@@ -25,6 +25,7 @@ from puhui.payments import (
     PaymentBatches,
     PaymentRequest,
     Payments,
+    RefundExceedsEscrowError,
     RefundOpenError,
     RefundStateError,
     SimulatedBiller,
@@ -337,3 +338,91 @@ def test_an_approval_a_crash_cut_short_cannot_be_turned_into_a_rejection(
     assert checkout.refund(refund.id).status == "refunded"
     assert checkout.order(order.id).in_escrow == 60_00
     assert p.balance(buyer, CNY).posted == 940_00
+
+
+def test_a_refund_asked_for_while_another_is_paid_cannot_take_more_than_the_order(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The buyer's second request checked the order (100.00 in escrow) while a first refund
+    of 70.00 was being paid. It used to be accepted for 60.00: its payment took 30.00 of
+    another order's escrow, then could not be recorded (the order's refunds would pass its
+    amount) and stayed pending for ever."""
+    p, buyer, shop, checkout, order = _paid_order(world)
+    other = checkout.create_order(buyer, shop, 300_00, CNY, "express", "t2", key="o2")
+    checkout.pay_order(other.id, buyer, key="p2")
+    checked = checkout._due
+
+    def meanwhile(read: Order) -> Order:
+        monkeypatch.setattr(checkout, "_due", checked)
+        stale = checked(read)  # the second request read the order; then the first is paid
+        first = checkout.request_refund(order.id, buyer, 70_00, "one box", key="r1")
+        checkout.answer_refund(first.id, shop, approve=True)
+        return stale
+
+    monkeypatch.setattr(checkout, "_due", meanwhile)
+    with pytest.raises(RefundOpenError):
+        checkout.request_refund(order.id, buyer, 60_00, "the rest", key="r2")
+    assert checkout.order(order.id).in_escrow == 30_00
+    assert [r.amount for r in checkout.refunds(order.id)] == [70_00]
+    with pytest.raises(RefundExceedsEscrowError):  # asked again, it is checked afresh
+        checkout.request_refund(order.id, buyer, 60_00, "the rest", key="r3")
+    escrow = p.platform_balance(AccountCode.ESCROW, CNY).posted
+    assert escrow == 30_00 + checkout.order(other.id).in_escrow == 330_00
+    assert p.balance(buyer, CNY).posted == 1_000_00 - 400_00 + 70_00
+
+
+@pytest.mark.parametrize("deadline", ["answer", "escalation"])
+def test_a_timer_does_not_settle_a_refund_that_moved_on_after_it_was_read(
+    world: World, deadline: str
+) -> None:
+    """``run_timers`` read a refund still waiting at its deadline; the seller's rejection and
+    the buyer's escalation, each checked just in time, were recorded before the timer acted
+    on what it read. The timer used to approve the rejected refund anyway (the seller's
+    answer lost) or deny the escalated one as not escalated (the dispute lost)."""
+    p, buyer, shop, checkout, order = _paid_order(world)
+    refund = checkout.request_refund(order.id, buyer, 40_00, "late", key="r")
+    if deadline == "escalation":
+        checkout.answer_refund(refund.id, shop, approve=False)
+    read_by_timer = checkout.refund(refund.id)
+    if deadline == "answer":
+        checkout.answer_refund(refund.id, shop, approve=False)
+    checkout.escalate_refund(refund.id, buyer)
+    if deadline == "answer":
+        with pytest.raises(RefundStateError):
+            checkout._pay_refund(read_by_timer, 40_00, outcome="approved_unanswered")
+    else:
+        escalate_by = read_by_timer.escalate_by_ns
+        assert not checkout._deny(read_by_timer, outcome="not_escalated", at=escalate_by)
+    assert checkout.refund(refund.id).status == "escalated"
+    assert checkout.order(order.id).open_refund_id == refund.id
+    assert p.balance(buyer, CNY).posted == 900_00
+    checkout.arbitrate(refund.id, Arbitration.RELEASE)  # the dispute is still the operator's
+    assert p.merchant_balance(shop, CNY).posted == 100_00
+
+
+@pytest.mark.parametrize("second", [Arbitration.REFUND, Arbitration.SPLIT])
+def test_a_second_ruling_with_another_amount_is_refused_as_such(
+    world: World, monkeypatch: pytest.MonkeyPatch, second: Arbitration
+) -> None:
+    """A split's refund was recorded, then the process died. A second ruling paying another
+    amount used to answer ``idempotency_key_reused`` (the operator gives no key); it is
+    ``refund_state_invalid``, like a second release, and moves nothing."""
+    p, buyer, shop, checkout, order = _paid_order(world)
+    refund = checkout.request_refund(order.id, buyer, 100_00, "never came", key="r")
+    checkout.answer_refund(refund.id, shop, approve=False)
+    checkout.escalate_refund(refund.id, buyer)
+    drive = p._drive
+    monkeypatch.setattr(p, "_drive", lambda op: op)  # recorded, then the process dies
+    with contextlib.suppress(RefundOpenError):
+        checkout.arbitrate(refund.id, Arbitration.SPLIT, buyer_amount=30_00)
+    monkeypatch.setattr(p, "_drive", drive)
+    with pytest.raises(RefundStateError):
+        checkout.arbitrate(
+            refund.id, second, buyer_amount=40_00 if second is Arbitration.SPLIT else None
+        )
+    world.clock.advance(60 * SECOND_NS)
+    p.recover()
+    checkout.run_timers()
+    assert p.balance(buyer, CNY).posted == 930_00
+    assert p.merchant_balance(shop, CNY).posted == 70_00
+    assert p.platform_balance(AccountCode.ESCROW, CNY).posted == 0

@@ -128,6 +128,13 @@ class Receipt:
 
 
 class BillerGateway(Protocol):
+    """The port to billers. As with a bank (``BankGateway``), a gateway that can bound how
+    long a write-off it sent may still take effect at the biller says so as
+    ``submit_timeout_s``: ``Bills`` then checks that ``PaymentsOptions.recovery_age_s`` is
+    longer, because recovery takes a reference the biller has not seen after
+    ``recovery_age_s`` for one that never arrived (and gives the money back), and a write-off
+    still on its way would then clear the bill unpaid."""
+
     def query_bill(self, biller_code: str, household_account: str) -> Bill | None:
         """The unpaid bill of a household (None when nothing is due)."""
         ...
@@ -144,6 +151,9 @@ class BillerGateway(Protocol):
 class SimulatedBiller:
     """Billers for tests, demos and the simulator: every household has one bill due per
     month, its amount a hash of (biller, account, month); deterministic for a seed."""
+
+    submit_timeout_s: float = 5.0
+    """A write-off takes effect at once here; a real biller's adapter states its deadline."""
 
     def __init__(
         self,
@@ -224,6 +234,13 @@ class Bills:
     """Bill payment on top of a ``Payments`` service."""
 
     def __init__(self, payments: Payments, billers: BillerGateway) -> None:
+        submit_timeout_s = getattr(billers, "submit_timeout_s", None)
+        recovery_age_s = payments.options.recovery_age_s
+        if submit_timeout_s is not None and not recovery_age_s > submit_timeout_s:
+            raise ValueError(
+                f"recovery_age_s ({recovery_age_s} s) must be longer than the biller"
+                f" gateway's submit_timeout_s ({submit_timeout_s} s)"
+            )
         self.payments = payments
         self.engine = payments.engine
         self.clock = payments.clock

@@ -64,7 +64,6 @@ from .service import INTERNAL, NO_CHANNEL, Channel, Operation, Payments, _hex
 
 _O = OrderStatus
 _R = RefundStatus
-_OPEN_REFUNDS = (str(_R.REQUESTED), str(_R.REJECTED), str(_R.ESCALATED))
 _RELEASE_OUTCOMES = ("arbitrated_release", "arbitrated_split")
 """Rulings after which what is left in escrow belongs to the seller."""
 
@@ -420,6 +419,10 @@ class Checkout:
             self._expect(order, _O.SHIPPED)
         if type(extra_s) is not int or extra_s <= 0:
             raise InvalidPayloadError("extra_s is a positive int of seconds")
+        if extra_s > self.options.extension_max_s:  # also keeps it within the store's ints
+            raise ExtensionLimitError(
+                f"extensions may add up to {self.options.extension_max_s} s in all"
+            )
         with self.engine.begin() as conn:
             done = conn.execute(
                 t.orders.update()
@@ -516,11 +519,14 @@ class Checkout:
                     updated_at_ns=now,
                 )
             )
+            # The order as checked above: a refund settled meanwhile changed what escrow
+            # holds for it (and a shipment meanwhile, the timer and the time to answer).
             done = conn.execute(
                 t.orders.update()
                 .where(
                     t.orders.c.id == _hex(order_id),
-                    t.orders.c.status.in_([str(_O.PAID), str(_O.SHIPPED)]),
+                    t.orders.c.status == str(order.status),
+                    t.orders.c.refunded == order.refunded,
                     t.orders.c.open_refund_id.is_(None),
                     t.orders.c.release_operation_id.is_(None),
                 )
@@ -806,7 +812,9 @@ class Checkout:
 
     def _pay_refund(self, refund: Refund, amount: int, *, outcome: str) -> Operation:
         """Escrow → buyer; the refund (and the order, when nothing is left) settle when the
-        money has moved."""
+        money has moved. Only while the refund is as ``refund`` says (a timer's approval of
+        an unanswered refund is no ruling on one rejected and escalated meanwhile); the same
+        outcome again carries out the payment already recorded, any other is refused."""
         order = self.order(refund.order_id)
         cur = currency(order.currency)
 
@@ -815,7 +823,7 @@ class Checkout:
                 t.refunds.update()
                 .where(
                     t.refunds.c.id == _hex(refund.id),
-                    t.refunds.c.status.in_(_OPEN_REFUNDS),
+                    t.refunds.c.status == str(refund.status),
                     t.refunds.c.refund_operation_id.is_(None),
                 )
                 .values(
@@ -828,34 +836,38 @@ class Checkout:
             if done.rowcount != 1:
                 raise RefundStateError("the refund was settled meanwhile")
 
-        op = self.payments._record(
-            OperationKind.REFUND,
-            "refund",
-            _hex(refund.id),
-            {"refund": _hex(refund.id), "amount": amount},
-            INTERNAL,
-            cur,
-            amount,
-            payee_customer_id=order.buyer_customer_id,
-            merchant_id=order.merchant_id,
-            order_id=order.id,
-            refund_id=refund.id,
-            within=claim,
-        )
+        try:
+            op = self.payments._record(
+                OperationKind.REFUND,
+                "refund",
+                _hex(refund.id),
+                {"refund": _hex(refund.id), "amount": amount, "outcome": outcome},
+                INTERNAL,
+                cur,
+                amount,
+                payee_customer_id=order.buyer_customer_id,
+                merchant_id=order.merchant_id,
+                order_id=order.id,
+                refund_id=refund.id,
+                within=claim,
+            )
+        except IdempotencyKeyReusedError:  # another outcome's payment is recorded
+            raise RefundStateError("the refund was settled meanwhile") from None
         return self.payments._drive(op)
 
     def _deny(self, refund: Refund, *, outcome: str, at: int | None = None) -> bool:
         """Close a refund without money: the order goes on, its timer restarts (from ``at``,
         the deadline that denied it, when a late scheduler carries it out). Whether it was
-        denied here: not when it was settled, or its payment recorded, meanwhile (a refund
-        whose payment a crash cut short still reads open; recovery pays it)."""
+        denied here: not when it moved on (escalated, settled, its payment recorded) since
+        ``refund`` was read (a refund whose payment a crash cut short still reads open;
+        recovery pays it)."""
         now = self._now()
         with self.engine.begin() as conn:
             done = conn.execute(
                 t.refunds.update()
                 .where(
                     t.refunds.c.id == _hex(refund.id),
-                    t.refunds.c.status.in_(_OPEN_REFUNDS),
+                    t.refunds.c.status == str(refund.status),  # not escalated meanwhile
                     t.refunds.c.refund_operation_id.is_(None),
                 )
                 .values(status=str(_R.DENIED), outcome=outcome, updated_at_ns=now)
