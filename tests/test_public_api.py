@@ -323,6 +323,7 @@ PAYMENTS_ALL = [
     "BankTimeoutError",
     "Bill",
     "BillAlreadyPaidError",
+        "BillAmountChangedError",
     "Biller",
     "BillerGateway",
     "BillerKind",

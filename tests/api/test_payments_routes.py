@@ -434,8 +434,17 @@ def test_a_bill_is_queried_paid_and_receipted(api: Api, world: dict[str, str]) -
     bill = _get(api, f"{P}/customers/{c}/bill-bindings/{binding}/bill")["bill"]
     assert bill is not None and bill["amount"] > 0
     before = _wallet(api, c)
+    changed = api.client.post(  # the amount shown is not the bill's: refused, nothing moves
+        f"{P}/customers/{c}/bill-bindings/{binding}/payments",
+        json={"bill_id": bill["bill_id"], "amount": bill["amount"] - 1},
+        headers=api.auth(),
+    )
+    _refused(changed, 409, "bill_amount_changed")
+    assert _wallet(api, c) == before
     op = post_ok(
-        api, f"{P}/customers/{c}/bill-bindings/{binding}/payments", {"bill_id": bill["bill_id"]}
+        api,
+        f"{P}/customers/{c}/bill-bindings/{binding}/payments",
+        {"bill_id": bill["bill_id"], "amount": bill["amount"]},
     )
     assert (op["kind"], op["status"]) == ("bill_payment", "completed")
     assert _wallet(api, c) == before - bill["amount"]

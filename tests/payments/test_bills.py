@@ -7,11 +7,13 @@ import pytest
 from puhui.payments import (
     Balance,
     BillAlreadyPaidError,
+    BillAmountChangedError,
     BillerKind,
     BillerNotFoundError,
     BillerTimeoutError,
     Bills,
     BindingNotFoundError,
+    IdempotencyKeyReusedError,
     InsufficientFundsError,
     NothingDueError,
     Operation,
@@ -127,6 +129,25 @@ def test_the_same_bill_cannot_be_paid_by_two_people(home: Household, world: Worl
     with pytest.raises(NothingDueError):
         home.bills.pay(other.id, theirs, bill.bill_id, key="b")
     assert p.balance(other.id, CNY).posted == 1_000_00
+
+
+def test_a_bill_whose_amount_changed_since_it_was_shown_is_not_paid(home: Household) -> None:
+    bill = home.bills.query_bill(home.customer, home.binding)
+    assert bill is not None
+    home.biller.amount = bill.amount + 5_00  # a late fee added after the customer looked
+    with pytest.raises(BillAmountChangedError):
+        home.bills.pay(home.customer, home.binding, bill.bill_id, key="shown", amount=bill.amount)
+    assert home.p.balance(home.customer, CNY).posted == 2_000_00  # nothing moved
+    assert [o for o in home.p.operations() if o.kind is OperationKind.BILL_PAYMENT] == []
+    assert home.biller.sends == {}
+    # Shown the new amount, the customer pays it; a retry with another amount is another request.
+    op = home.bills.pay(
+        home.customer, home.binding, bill.bill_id, key="shown", amount=bill.amount + 5_00
+    )
+    assert (op.status, op.amount) == (S.COMPLETED, bill.amount + 5_00)
+    assert home.p.balance(home.customer, CNY).posted == 2_000_00 - bill.amount - 5_00
+    with pytest.raises(IdempotencyKeyReusedError):
+        home.bills.pay(home.customer, home.binding, bill.bill_id, key="shown", amount=bill.amount)
 
 
 def test_wrong_inputs_are_refused_and_move_nothing(home: Household) -> None:

@@ -714,6 +714,7 @@ async def pay_bill(
         binding_id,
         body.bill_id,
         key=_service_key(request),
+        amount=body.amount,
     )
     return operation_out(op)
 

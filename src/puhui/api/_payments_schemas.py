@@ -124,6 +124,9 @@ class BindBillIn(_In):
 
 class PayBillIn(_In):
     bill_id: str = Field(max_length=64)
+    amount: Amount | None = None
+    """What the customer was shown; refused with ``bill_amount_changed`` if the bill now
+    asks another amount."""
 
 
 # --- answers ----------------------------------------------------------------------------------

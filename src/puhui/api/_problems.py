@@ -164,6 +164,7 @@ STATUS_BY_CODE: Final[dict[str, int]] = {
     "extension_limit_exceeded": 409,
     "nothing_due": 409,
     "bill_already_paid": 409,
+    "bill_amount_changed": 409,
     "receipt_not_ready": 409,
     # payments: a partner (bank, biller) did not answer; the operation is finished later
     "bank_timeout": 504,

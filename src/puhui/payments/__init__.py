@@ -44,6 +44,7 @@ from .batch import PaymentBatches, PaymentCoalescer, PaymentRequest
 from .bills import (
     Bill,
     BillAlreadyPaidError,
+    BillAmountChangedError,
     Biller,
     BillerGateway,
     BillerNotFoundError,
@@ -120,6 +121,7 @@ __all__ = [
     "BankTimeoutError",
     "Bill",
     "BillAlreadyPaidError",
+    "BillAmountChangedError",
     "Biller",
     "BillerGateway",
     "BillerKind",

@@ -33,6 +33,7 @@ from .model import (
     OperationKind,
     OperationStatus,
     account_id,
+    check_amount,
     check_text,
     wallet_account_id,
 )
@@ -61,6 +62,12 @@ class BillAlreadyPaidError(PaymentsError):
     """This bill was already paid (by this or another customer)."""
 
     code = "bill_already_paid"
+
+
+class BillAmountChangedError(PaymentsError):
+    """The bill due now asks another amount than the one the customer was shown."""
+
+    code = "bill_amount_changed"
 
 
 class ReceiptNotReadyError(PaymentsError):
@@ -341,12 +348,20 @@ class Bills:
         bill_id: str,
         *,
         key: str,
+        amount: int | None = None,
         channel: Channel = NO_CHANNEL,
     ) -> Operation:
-        """Pay the bill ``bill_id`` (as ``query_bill`` returned it) of a bound household."""
+        """Pay the bill ``bill_id`` (as ``query_bill`` returned it) of a bound household.
+
+        ``amount`` is what the customer was shown (minor units): when given, the payment is
+        refused with ``bill_amount_changed`` (nothing moves) if the biller now asks another
+        amount for that bill (a late fee added since the query, say). Without it the
+        customer pays what the biller asks at the moment of payment."""
         check_text(key, "idempotency key", IDEMPOTENCY_KEY_CHARS_MAX)
         bill_id = check_text(bill_id, "bill_id", 64)
-        request = {"binding": binding_id, "bill": bill_id}
+        request: dict[str, object] = {"binding": binding_id, "bill": bill_id}
+        if amount is not None:
+            request["amount"] = check_amount(amount)
         payments = self.payments
         replay = payments._replay(f"c:{customer_id}", key, OperationKind.BILL_PAYMENT, request)
         if replay is not None:
@@ -358,6 +373,10 @@ class Bills:
             raise NothingDueError("the household has no unpaid bill")
         if bill.bill_id != bill_id:
             raise BillAlreadyPaidError("that bill is not the one due (paid already?)")
+        if amount is not None and bill.amount != amount:
+            raise BillAmountChangedError(
+                f"the biller now asks {bill.amount} minor units for this bill, not {amount}"
+            )
         cur = currency(bill.currency)
         customer = payments._active_customer(customer_id)
         payments._check_single(customer, cur, bill.amount)
