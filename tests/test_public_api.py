@@ -323,7 +323,7 @@ PAYMENTS_ALL = [
     "BankTimeoutError",
     "Bill",
     "BillAlreadyPaidError",
-        "BillAmountChangedError",
+    "BillAmountChangedError",
     "Biller",
     "BillerGateway",
     "BillerKind",
