@@ -8,6 +8,7 @@ import itertools
 import json
 import random
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,7 @@ from puhui.platform import (
 from puhui.platform.model import check_webhook_url, forbidden_address_reason
 from puhui.store import create_engine
 
+from .._locks import PROMPTLY_S, backend_pid, wait_until_blocked_or_done
 from .._plans import plans_of
 
 NS = 10**9
@@ -831,3 +833,48 @@ def test_record_many_is_record_for_each_event_in_order(setup: Setup) -> None:
     receiver = Receiver(setup.clock)
     assert rounds(w, receiver) == 4
     assert sorted(receiver.event_ids()) == sorted([ids[0], ids[1], ids[2], ids[2]])
+
+
+# --- PostgreSQL: concurrent transactions ------------------------------------------------------
+
+
+@pytest.fixture
+def pg_setup(pg_engine: sa.Engine, clock: ManualClock) -> Setup:
+    """``setup`` on PostgreSQL only (``pg_engine`` skips without one)."""
+    tenants = Tenants(pg_engine, clock=clock)
+    a, b = tenants.create("Bank A", "bank"), tenants.create("Bank B", "bank")
+    webhooks = Webhooks(
+        pg_engine, clock=clock, options=WebhookOptions(retry=SCHEDULE, resolve=public_dns)
+    )
+    return Setup(pg_engine, clock, webhooks, a, b)
+
+
+@pytest.mark.postgres
+def test_a_poller_never_pages_past_an_event_that_commits_later(pg_setup: Setup) -> None:
+    """Two transactions record an event each: the first takes its ``seq`` and stays open,
+    the second records a later ``seq`` and commits; a poller pages between the two commits,
+    then again. Before, the poller got the second event, kept its ``seq`` as the cursor, and
+    never saw the first (a smaller ``seq``, committed after): lost for pollers. Now the
+    second transaction waits to record until the first has committed, so ``seq`` order is
+    commit order and the poller gets both. (SQLite runs one writing transaction at a time.)"""
+    s, w = pg_setup, pg_setup.webhooks
+    seen: list[str] = []
+    cursor = 0
+
+    def poll() -> None:
+        nonlocal cursor
+        for event in w.events(s.a.id, after_seq=cursor):
+            seen.append(event.id)
+            cursor = event.seq
+
+    with s.engine.connect() as first, ThreadPoolExecutor(1) as pool:
+        first.begin()
+        early = w.record(first, s.a.id, EventType.PAYMENT_SUCCEEDED, {"amount": "1"})
+        later = pool.submit(s.record, s.a)
+        wait_until_blocked_or_done(s.engine, backend_pid(first), later)
+        poll()
+        first.commit()
+        later_id = later.result(PROMPTLY_S)
+    poll()
+    assert sorted(seen) == sorted([early, later_id])
+    assert [e.id for e in w.events(s.a.id)] == [early, later_id]  # seq order: commit order

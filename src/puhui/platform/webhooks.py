@@ -277,6 +277,12 @@ _E = tables.webhook_endpoints
 _V = tables.webhook_events
 _D = tables.webhook_deliveries
 
+OUTBOX_LOCK_KEY: Final = 0x7075_6875_6900_0001
+"""PostgreSQL's transaction-level advisory lock (``pg_advisory_xact_lock``) that a
+transaction takes before it writes outbox events, held until it commits or rolls back: so
+transactions write events one after the other, and ``seq`` ascends in commit order (see
+``Webhooks.record_many``). A fixed 64-bit key of Puhui's own."""
+_LOCK_OUTBOX = sa.select(sa.func.pg_advisory_xact_lock(sa.literal(OUTBOX_LOCK_KEY, sa.BigInteger)))
 _INSERT_EVENTS = _V.insert().returning(_V.c.seq, _V.c.id)
 """Events of the outbox (parameters: a list of rows, their columns but ``seq``); answers
 each one's ``seq`` and ``id``."""
@@ -424,7 +430,20 @@ class Webhooks:
         """``record`` for each of ``events`` (tenant, type, data) at once, in the caller's
         transaction ``conn``: their ``seq`` ascend in the order given; returns their ids.
         One statement writes the events, one reads each tenant's endpoints, one writes the
-        deliveries (a payments batch's outcomes took two statements per event before)."""
+        deliveries (a payments batch's outcomes took two statements per event before).
+
+        ``seq`` ascends in commit order too, so a reader that pages by ``seq`` never passes
+        an event that commits later (``events(after_seq=...)``: at least once, for pollers as
+        for receivers). ``seq`` is drawn when the row is inserted; on PostgreSQL two
+        transactions could draw 10 and 11 and commit 11 first, and a poller that read 11
+        then asked for events after 11. So, on PostgreSQL, a transaction takes the outbox's
+        advisory lock (``OUTBOX_LOCK_KEY``) before it draws, and holds it to its end: the
+        next one draws after this one committed. One statement more per call (taking it
+        again in the same transaction does not wait); transactions that record events
+        commit one at a time from here on, so callers record their events last, after
+        their other writes (the payments hooks do), which keeps the lock short and takes
+        no row lock after it (no deadlock with a transaction that holds a row and waits for
+        the lock). SQLite runs one writing transaction at a time already."""
         if not events:
             return []
         now = self.clock.now_ns()
@@ -440,6 +459,8 @@ class Webhooks:
         ]
         # Statements built once (module constants): SQLAlchemy compiles and keys them once,
         # not per event (building them here cost more than running them).
+        if conn.dialect.name == "postgresql":
+            conn.execute(_LOCK_OUTBOX)
         # One multi-row INSERT, its rows in the order given (as their seq ascend).
         seq_of = {str(r.id): r.seq for r in conn.execute(_INSERT_EVENTS, rows)}
         endpoints_of: dict[int, list[tuple[str, frozenset[str]]]] = {}
