@@ -7,6 +7,8 @@ import asyncio
 import itertools
 import json
 import random
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -40,6 +42,7 @@ from puhui.platform import (
 )
 from puhui.platform.model import check_webhook_url, forbidden_address_reason
 from puhui.store import create_engine
+from puhui.store import platform as tables
 
 from .._locks import PROMPTLY_S, backend_pid, wait_until_blocked_or_done
 from .._plans import plans_of
@@ -878,3 +881,95 @@ def test_a_poller_never_pages_past_an_event_that_commits_later(pg_setup: Setup) 
     poll()
     assert sorted(seen) == sorted([early, later_id])
     assert [e.id for e in w.events(s.a.id)] == [early, later_id]  # seq order: commit order
+
+
+def _pause_after(
+    engine: sa.Engine, statement_starts: str, paused: list[int | None], resume: threading.Event
+) -> Callable[[], None]:
+    """Hold the thread marked ``_PAUSING.on`` right after its first statement that starts
+    with ``statement_starts``, until ``resume``, its transaction open; its backend's pid is
+    appended to ``paused`` then. Returns the function that removes the hook."""
+
+    def after(conn: sa.Connection, _cursor: Any, statement: str, *_args: Any) -> None:
+        if getattr(_PAUSING, "on", False) and statement.lstrip().startswith(statement_starts):
+            _PAUSING.on = False
+            paused.append(backend_pid(conn))
+            assert resume.wait(PROMPTLY_S)
+
+    sa.event.listen(engine, "after_cursor_execute", after)
+    return lambda: sa.event.remove(engine, "after_cursor_execute", after)
+
+
+_PAUSING = threading.local()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    ("first", "paused_after"),
+    [
+        ("prune", "SELECT platform_webhook_events.seq"),  # it has chosen the event
+        ("prune", "DELETE FROM platform_webhook_events"),  # it has deleted it, uncommitted
+        ("replay", "SELECT platform_webhook_events.seq"),  # it has read the event
+    ],
+)
+def test_a_replay_racing_the_pruning_of_its_event_is_queued_or_not_found(
+    pg_setup: Setup, first: str, paused_after: str
+) -> None:
+    """An old, delivered event is pruned while it is replayed, one of the two held mid-way
+    (its transaction open) while the other runs. Whichever went first wins cleanly: the
+    pruning's event is gone and the replay answers ``webhook_event_not_found`` (404); the
+    replay's event stays, with its delivery pending, and the pruning leaves it for later.
+    Before, the replay inserted a delivery for the event the pruning deleted (a foreign-key
+    violation: a 500), or queued it after the pruning chose the event, answered 1, and the
+    pruning then deleted the delivery and the event."""
+    s, w = pg_setup, pg_setup.webhooks
+    w.create_endpoint(s.a.id, "https://a.example/hook", ["*"])
+    event_id = s.record(s.a)
+    rounds(w, Receiver(s.clock))
+    s.clock.advance(int(w.options.event_retention_s * NS) + 1)
+    paused: list[int | None] = []
+    resume = threading.Event()
+
+    def prune() -> int:
+        _PAUSING.on = first == "prune"
+        return w.prune()
+
+    def replay() -> int | Exception:
+        _PAUSING.on = first == "replay"
+        try:
+            return w.replay(s.a.id, event_id)
+        except Exception as error:  # what the route would answer: checked below
+            return error
+
+    unhook = _pause_after(s.engine, paused_after, paused, resume)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            held = pool.submit(prune if first == "prune" else replay)
+            deadline = time.monotonic() + PROMPTLY_S
+            while not paused:
+                assert time.monotonic() < deadline and not held.done(), "it never paused"
+                time.sleep(0.01)
+            other = pool.submit(replay if first == "prune" else prune)
+            wait_until_blocked_or_done(s.engine, paused[0], other)
+            resume.set()
+            answers = {first: held.result(PROMPTLY_S)}
+            answers["replay" if first == "prune" else "prune"] = other.result(PROMPTLY_S)
+    finally:
+        resume.set()
+        unhook()
+    with s.engine.connect() as conn:
+        deliveries = conn.execute(
+            sa.select(tables.webhook_deliveries.c.state, tables.webhook_events.c.id).join(
+                tables.webhook_events,
+                tables.webhook_events.c.seq == tables.webhook_deliveries.c.event_seq,
+                isouter=True,
+            )
+        ).all()
+    events = [e.id for e in w.events(s.a.id)]
+    if first == "prune":  # the event and its deliveries are gone; the replay finds nothing
+        assert isinstance(answers["replay"], WebhookEventNotFoundError), answers
+        assert (answers["prune"], deliveries, events) == (1, [], [])
+    else:  # the replay's delivery waits, and its event with it
+        assert answers == {"replay": 1, "prune": 0}
+        assert [(d.state, d.id) for d in deliveries] == [("pending", event_id)]
+        assert events == [event_id]

@@ -579,13 +579,19 @@ class Webhooks:
     def replay(self, tenant_id: int, event_id: str) -> int:
         """Deliver one of the tenant's events again to each of its enabled endpoints that
         wants it (delivered, dead or pending alike: attempts start again from zero, due now).
-        Returns how many deliveries were queued."""
+        Returns how many deliveries were queued.
+
+        The event is read under a share lock (PostgreSQL: ``FOR KEY SHARE``) that ``prune``
+        does not wait for but skips: an event being replayed is not pruned, and one being
+        pruned is waited for and then not found (``webhook_event_not_found``). Without it a
+        replay could queue a delivery the pruning then deleted, or insert one for an event
+        the pruning had just deleted (a foreign-key violation: a 500)."""
         now = self.clock.now_ns()
         with self.engine.begin() as conn:
             row = conn.execute(
-                sa.select(_V.c.seq, _V.c.type).where(
-                    _V.c.id == event_id, _V.c.tenant_id == tenant_id
-                )
+                sa.select(_V.c.seq, _V.c.type)
+                .where(_V.c.id == event_id, _V.c.tenant_id == tenant_id)
+                .with_for_update(read=True, key_share=True)
             ).first()
             if row is None:
                 raise WebhookEventNotFoundError(f"no event {event_id[:40]!r}")
@@ -622,7 +628,15 @@ class Webhooks:
     def prune(self) -> int:
         """Delete up to ``prune_events_max`` events older than ``event_retention_s`` whose
         deliveries are all done (delivered or dead), with those deliveries. Returns how many
-        events went."""
+        events went.
+
+        Against a concurrent ``replay`` (PostgreSQL; SQLite runs one writer at a time): the
+        old events are locked as they are chosen (``FOR UPDATE SKIP LOCKED``: one a replay
+        holds is skipped, not waited for, and a replay that comes later waits for this
+        transaction and finds the event gone). A replay that committed just before the
+        lock is still seen: a delivery is deleted only if it is not pending, read again
+        when deleted, and an event only if no delivery is left (both statements see what
+        committed before they began). A delivery queued again keeps its event."""
         cutoff = self.clock.now_ns() - int(self.options.event_retention_s * NS_PER_S)
         # the event's own deliveries by their (event_seq, …) key, not every pending delivery
         # of the store by the state index for each old event
@@ -636,12 +650,19 @@ class Webhooks:
                     .where(_V.c.created_at_ns < cutoff, ~pending)
                     .order_by(_V.c.created_at_ns)
                     .limit(self.options.prune_events_max)
+                    .with_for_update(skip_locked=True)
                 ).scalars()
             )
-            if seqs:
-                conn.execute(_D.delete().where(_D.c.event_seq.in_(seqs)))
-                conn.execute(_V.delete().where(_V.c.seq.in_(seqs)))
-        return len(seqs)
+            if not seqs:
+                return 0
+            conn.execute(
+                _D.delete().where(
+                    _D.c.event_seq.in_(seqs), _D.c.state != str(DeliveryState.PENDING)
+                )
+            )
+            left = sa.exists().where(_D.c.event_seq == _V.c.seq)
+            deleted = conn.execute(_V.delete().where(_V.c.seq.in_(seqs), ~left)).rowcount
+        return int(deleted)
 
     def backlog(self) -> int:
         """Deliveries waiting (pending), over all tenants."""
