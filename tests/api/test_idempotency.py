@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from puhui.platform import Claim, IdempotencyRecords
+import pytest
+
+from puhui.platform import Claim, IdempotencyRecords, Webhooks
 from puhui.platform.model import request_fingerprint
 
 from .conftest import Api, account, transfer
@@ -16,6 +19,11 @@ S = 1_000_000_000
 
 def _post(api: Api, path: str, body: dict[str, Any], key: str, token: str | None = None) -> Any:
     return api.client.post(path, json=body, headers=api.auth(token, **{"Idempotency-Key": key}))
+
+
+def _records(api: Api) -> IdempotencyRecords:
+    records: IdempotencyRecords = api.client.app.state.puhui.idempotency  # type: ignore[attr-defined]
+    return records
 
 
 def _balance(api: Api, account_id: str) -> str:
@@ -143,3 +151,51 @@ def test_get_requests_ignore_the_header(api: Api) -> None:
             "/v1/ledger/accounts/1/transfers", headers=api.auth(**{"Idempotency-Key": "g"})
         )
         assert response.status_code == 200 and "idempotent-replayed" not in response.headers
+
+
+def test_a_request_taken_over_cannot_free_the_key_of_the_request_that_took_it(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request runs past the claim's lock timeout; its retry takes the key over and runs;
+    then the first ends with a 500. Before, its release deleted the retry's claim: a third
+    request with the key ran too (a second endpoint), while the retry was still running.
+    Now the release is the first claim's only: the third request is refused as in
+    progress, and the retry's answer is the one kept."""
+    webhooks: Webhooks = api.client.app.state.puhui.webhooks  # type: ignore[attr-defined]
+    create = webhooks.create_endpoint
+    entered = [threading.Event() for _ in range(3)]
+    go = [threading.Event() for _ in range(3)]
+    go[2].set()  # a third run, if any, goes straight through
+
+    def slow_create(*args: Any) -> Any:
+        n = sum(e.is_set() for e in entered)
+        entered[n].set()
+        assert go[n].wait(10.0)
+        if n == 0:
+            raise RuntimeError("the first request fails late (a store fault)")
+        return create(*args)
+
+    monkeypatch.setattr(webhooks, "create_endpoint", slow_create)
+    body = {"url": "https://a.example/hook", "event_types": ["*"]}
+
+    def send() -> Any:
+        return _post(api, "/v1/webhooks/endpoints", body, "hook-1")
+
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(send)
+        assert entered[0].wait(10.0)
+        api.clock.advance(int(_records(api).options.lock_timeout_s * S) + 1)
+        retry = pool.submit(send)  # the client gave up on the first and retries
+        assert entered[1].wait(10.0)
+        go[0].set()
+        assert first.result(10.0).status_code == 500
+        third = send()  # while the retry runs
+        go[1].set()
+        retried = retry.result(10.0)
+    assert third.status_code == 409, third.text
+    assert third.json()["code"] == "idempotency_request_in_progress"
+    assert retried.status_code == 200
+    assert len(webhooks.endpoints(api.a.id)) == 1
+    replay = send()
+    assert replay.headers["idempotent-replayed"] == "true"
+    assert replay.json()["id"] == retried.json()["id"]

@@ -8,8 +8,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from puhui.platform import AuditLog
+from puhui.store.platform import idempotency
 
 from .conftest import Api, make_api
 
@@ -86,6 +88,10 @@ def test_a_token_is_not_kept_for_an_idempotent_replay(admin: tuple[Api, str]) ->
     assert first.json()["token"].startswith("pk_")
     assert replay.headers["idempotent-replayed"] == "true"
     assert replay.json() == {**first.json(), "token": None}
+    with api.engine.connect() as conn:  # not at rest either: the stored answer has no token
+        where = idempotency.c.key == "key-once"
+        [stored] = conn.execute(sa.select(idempotency.c.body).where(where)).scalars()
+    assert first.json()["token"].split("_")[-1].encode() not in stored
     assert len([k for k in api.tenants.list_keys(api.b.id) if k.id == first.json()["id"]]) == 1
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx2
 import pytest
+import sqlalchemy as sa
 
 from puhui.api import ApiOptions
 from puhui.platform import (
@@ -24,6 +25,7 @@ from puhui.platform import (
     Webhooks,
     verify_signature,
 )
+from puhui.store.platform import idempotency
 
 from .conftest import START_NS, Api, make_api, public_dns
 
@@ -63,6 +65,32 @@ def test_an_endpoint_is_created_with_its_secret_shown_once(api: Api) -> None:
     assert disabled.status_code == 200
     assert disabled.json()["enabled"] is False
     assert disabled.json()["disabled_at"] == "2026-01-01T00:00:00.000000Z"
+
+
+def _stored_answers(api: Api) -> list[bytes]:
+    """Every answer kept under an ``Idempotency-Key`` (the idempotency records, at rest)."""
+    with api.engine.connect() as conn:
+        return [bytes(b) for b in conn.execute(sa.select(idempotency.c.body)).scalars() if b]
+
+
+def test_an_endpoint_s_secret_is_not_kept_for_an_idempotent_replay(api: Api) -> None:
+    """Created under an ``Idempotency-Key``, the endpoint's answer is kept for replays
+    without its secret: a replay is the same endpoint with ``"secret": null`` (the secret
+    is shown once). Before, the whole answer was kept, the secret in plain text beside the
+    endpoint's own row for the key's 24 hours, and every replay showed it again."""
+    body = {"url": "https://a.example/hook", "event_types": ["*"]}
+    headers = api.auth(**{"Idempotency-Key": "hook-once"})
+    first = api.client.post(f"{HOOKS}/endpoints", json=body, headers=headers)
+    replay = api.client.post(f"{HOOKS}/endpoints", json=body, headers=headers)
+    assert first.status_code == replay.status_code == 200
+    secret = first.json()["secret"]
+    assert secret.startswith("whsec_")
+    stored = _stored_answers(api)
+    assert len(stored) == 1 and secret.encode() not in stored[0]
+    assert replay.headers["idempotent-replayed"] == "true"
+    assert replay.json() == {**first.json(), "secret": None}
+    listed = api.client.get(f"{HOOKS}/endpoints", headers=api.auth()).json()["data"]
+    assert [e["id"] for e in listed] == [first.json()["id"]]
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -16,17 +15,16 @@ import sqlalchemy as sa
 from puhui.clock import ManualClock
 from puhui.platform import (
     Claim,
+    ClaimResult,
     IdempotencyOptions,
     IdempotencyRecords,
     StoredResponse,
     Tenants,
 )
-from puhui.store import create_engine, migrate
+
+from .._locks import PROMPTLY_S, backend_pid, wait_until_blocked_or_done
 
 S = 1_000_000_000
-PROMPTLY_S = 10.0
-"""How long a statement that must not wait for another transaction may take (a loaded CI
-machine); one that waits never ends while the other holds its lock."""
 DONE = StoredResponse(201, "application/json", b"{}")
 
 
@@ -38,14 +36,21 @@ def _records(engine: sa.Engine, clock: ManualClock) -> tuple[IdempotencyRecords,
     return IdempotencyRecords(engine, clock=clock, options=options), a, b
 
 
+def _token(started: ClaimResult) -> int:
+    """The token of a claim that started."""
+    assert started.claim is Claim.STARTED and started.token is not None
+    return started.token
+
+
 def test_replay_reuse_and_in_flight(engine: sa.Engine, clock: ManualClock) -> None:
     records, a, b = _records(engine, clock)
-    assert records.begin(a, "k", "fp1").claim is Claim.STARTED
+    started = records.begin(a, "k", "fp1")
+    assert started.claim is Claim.STARTED
     assert records.begin(a, "k", "fp1").claim is Claim.IN_PROGRESS
     assert records.begin(a, "k", "fp2").claim is Claim.REUSED
     assert records.begin(b, "k", "fp2").claim is Claim.STARTED  # keys are per tenant
     stored = StoredResponse(201, "application/json", b'{"ok":true}')
-    records.finish(a, "k", "fp1", stored)
+    records.finish(a, "k", "fp1", _token(started), stored)
     again = records.begin(a, "k", "fp1")
     assert again.claim is Claim.REPLAY and again.response == stored
     assert records.begin(a, "k", "fp2").claim is Claim.REUSED
@@ -61,12 +66,41 @@ def test_a_crashed_request_does_not_wedge_its_key(engine: sa.Engine, clock: Manu
     assert records.begin(a, "k", "fp").claim is Claim.IN_PROGRESS
 
 
+def test_a_request_taken_over_neither_frees_nor_finishes_the_new_claim(
+    engine: sa.Engine, clock: ManualClock
+) -> None:
+    """A request runs past its 30 s lock; a retry takes the key over (a new token); then the
+    first ends. Before, its release (a 5xx) deleted the retry's claim, so a third request ran
+    beside the retry; and its finish stored its answer under the retry's claim. Now both
+    change nothing: the key stays the retry's, and the retry's answer is the one kept."""
+    records, a, _ = _records(engine, clock)
+    first = records.begin(a, "k", "fp")
+    clock.advance(31 * S)
+    retry = records.begin(a, "k", "fp")
+    assert _token(retry) > _token(first)
+    records.release(a, "k", "fp", _token(first))
+    assert records.begin(a, "k", "fp").claim is Claim.IN_PROGRESS  # still the retry's
+    records.finish(a, "k", "fp", _token(first), StoredResponse(201, "application/json", b"1"))
+    assert records.begin(a, "k", "fp").claim is Claim.IN_PROGRESS
+    records.finish(a, "k", "fp", _token(retry), DONE)
+    assert records.begin(a, "k", "fp").response == DONE
+    # a record made afresh once the key expired is a new claim as well
+    clock.advance(3600 * S)
+    fresh = records.begin(a, "k", "fp")
+    records.release(a, "k", "fp", _token(retry))
+    assert records.begin(a, "k", "fp").claim is Claim.IN_PROGRESS
+    records.release(a, "k", "fp", _token(fresh))
+    assert records.begin(a, "k", "fp").claim is Claim.STARTED
+
+
 def test_release_and_expiry(engine: sa.Engine, clock: ManualClock) -> None:
     records, a, _ = _records(engine, clock)
-    assert records.begin(a, "k", "fp").claim is Claim.STARTED
-    records.release(a, "k", "fp")
-    assert records.begin(a, "k", "other").claim is Claim.STARTED  # the key is free again
-    records.finish(a, "k", "other", StoredResponse(200, "application/json", b"{}"))
+    started = records.begin(a, "k", "fp")
+    assert started.claim is Claim.STARTED
+    records.release(a, "k", "fp", _token(started))
+    again = records.begin(a, "k", "other")
+    assert again.claim is Claim.STARTED  # the key is free again
+    records.finish(a, "k", "other", _token(again), StoredResponse(200, "application/json", b"{}"))
     clock.advance(3599 * S)
     assert records.begin(a, "k", "fp").claim is Claim.REUSED
     clock.advance(1 * S)  # the window (1 h) is over: the key is new
@@ -92,7 +126,10 @@ def test_a_group_of_claims_and_finishes_is_one_transaction_each(
     ]
     one = StoredResponse(201, "application/json", b"1")
     two = StoredResponse(200, "application/json", b"2")
-    records.finish_many([(a, "k1", "fp", one), (a, "k2", "x", two), (b, "k1", "wrong", two)])
+    k1, k2, b_k1 = (_token(claims[i]) for i in (0, 4, 2))
+    records.finish_many(
+        [(a, "k1", "fp", k1, one), (a, "k2", "x", k2, two), (b, "k1", "wrong", b_k1, two)]
+    )
     assert records.begin(a, "k1", "fp").response == one
     assert records.begin(a, "k2", "x").response == two
     assert records.begin(b, "k1", "fp").claim is Claim.IN_PROGRESS  # not finished: wrong fp
@@ -115,7 +152,10 @@ def test_a_group_answers_in_its_own_order_whatever_order_it_locks_in(
         Claim.REUSED,  # ... and the second is measured against it
         Claim.STARTED,
     ]
-    records.finish_many([(b, "a", "fp", DONE), (a, "z", "two", DONE), (a, "b", "fp", DONE)])
+    ba, az, ab = (_token(claims[i]) for i in (0, 1, 4))
+    records.finish_many(
+        [(b, "a", "fp", ba, DONE), (a, "z", "two", az, DONE), (a, "b", "fp", ab, DONE)]
+    )
     assert [records.begin(*c).claim for c in [(b, "a", "fp"), (a, "z", "two"), (a, "b", "fp")]] == [
         Claim.REPLAY
     ] * 3
@@ -128,14 +168,13 @@ def test_a_purge_that_deleted_a_record_a_claim_is_reading_leaves_a_fresh_claim(
     waits for the purge (PostgreSQL: the row lock; SQLite: the one writer), finds no record
     and claims the key afresh; nothing is lost and nothing fails."""
     records, a, _ = _records(engine, clock)
-    records.begin(a, "k", "old")
-    records.finish(a, "k", "old", DONE)
+    records.finish(a, "k", "old", _token(records.begin(a, "k", "old")), DONE)
     clock.advance(3600 * S)  # expired
     with engine.connect() as purge, ThreadPoolExecutor(1) as pool:
         purge.begin()
         assert records._purge_in(purge, 100) == 1  # deleted, not committed yet
         claim = pool.submit(records.begin_many, [(a, "k", "new")])
-        _wait_until_blocked_or_done(engine, _pid(purge), claim)
+        wait_until_blocked_or_done(engine, backend_pid(purge), claim)
         purge.commit()
         assert [c.claim for c in claim.result(PROMPTLY_S)] == [Claim.STARTED]
     row = _record(engine, a, "k")
@@ -145,15 +184,6 @@ def test_a_purge_that_deleted_a_record_a_claim_is_reading_leaves_a_fresh_claim(
 
 
 # --- PostgreSQL: row locks ---------------------------------------------------------------
-
-
-@pytest.fixture
-def pg_engine(postgres_schema_url: str) -> Iterator[sa.Engine]:
-    """A migrated PostgreSQL store (``postgres_schema_url`` skips without one)."""
-    engine = create_engine(postgres_schema_url)
-    migrate(engine)
-    yield engine
-    engine.dispose()
 
 
 def _record(engine: sa.Engine, tenant_id: int, key: str) -> Any:
@@ -169,37 +199,9 @@ def _keys(engine: sa.Engine) -> list[str]:
         return sorted(conn.execute(sa.text("SELECT key FROM platform_idempotency")).scalars())
 
 
-def _pid(conn: sa.Connection) -> int | None:
-    """The PostgreSQL backend of ``conn`` (None on SQLite); asked of the driver, no query."""
-    if conn.dialect.name != "postgresql":
-        return None
-    dbapi: Any = conn.connection.dbapi_connection
-    return int(dbapi.info.backend_pid)
-
-
-def _wait_until_blocked_or_done(
-    engine: sa.Engine, holder_pid: int | None, work: Future[Any]
-) -> None:
-    """Until ``work`` waits for a lock the backend ``holder_pid`` holds, or has ended
-    (SQLite, no row locks to see: a moment for the work to reach the one writer's lock)."""
-    if holder_pid is None:
-        time.sleep(0.2)
-        return
-    blocked = sa.text(
-        "SELECT count(*) FROM pg_stat_activity WHERE :pid = ANY(pg_blocking_pids(pid))"
-    )
-    deadline = time.monotonic() + PROMPTLY_S
-    with engine.connect() as probe:
-        while not work.done() and not probe.execute(blocked, {"pid": holder_pid}).scalar_one():
-            assert time.monotonic() < deadline, "the work neither ended nor waited for a lock"
-            probe.rollback()  # a fresh snapshot of pg_stat_activity
-            time.sleep(0.01)
-
-
 def _expired_records(records: IdempotencyRecords, clock: ManualClock, a: int, *keys: str) -> None:
     for key in keys:
-        records.begin(a, key, "old")
-        records.finish(a, key, "old", DONE)
+        records.finish(a, key, "old", _token(records.begin(a, key, "old")), DONE)
     clock.advance(3600 * S)  # the window (1 h) is over for all of them
 
 
@@ -252,7 +254,7 @@ def test_a_purge_and_a_request_taking_over_two_keys_do_not_deadlock(
         request.begin()
         assert records._begin_in(request, a, "e2", "new").claim is Claim.STARTED
         purge = pool.submit(records.purge_expired)
-        _wait_until_blocked_or_done(pg_engine, _pid(request), purge)
+        wait_until_blocked_or_done(pg_engine, backend_pid(request), purge)
         try:
             assert records._begin_in(request, a, "e1", "new").claim is Claim.STARTED
             request.commit()
@@ -329,8 +331,7 @@ def test_a_group_of_claims_and_a_group_of_finishes_do_not_deadlock(
     for x, and the claims then waited for y: a deadlock. Now the finishes lock x first: they
     wait for the claims' transaction and then store both responses."""
     records, a, _ = _records(pg_engine, clock)
-    for key in ("x", "y"):
-        records.begin(a, key, "fp")
+    x, y = (_token(records.begin(a, key, "fp")) for key in ("x", "y"))
     x_locked, finishing = threading.Event(), threading.Event()
     finishes: list[Future[None]] = []
 
@@ -338,7 +339,7 @@ def test_a_group_of_claims_and_a_group_of_finishes_do_not_deadlock(
         if n == 2:  # x is locked: let the finishes run until they wait (or end)
             x_locked.set()
             assert finishing.wait(PROMPTLY_S)
-            _wait_until_blocked_or_done(pg_engine, _pid(conn), finishes[0])
+            wait_until_blocked_or_done(pg_engine, backend_pid(conn), finishes[0])
 
     def claims() -> list[Claim]:
         _HOOKED.on = True
@@ -350,7 +351,7 @@ def test_a_group_of_claims_and_a_group_of_finishes_do_not_deadlock(
             claimed = pool.submit(claims)
             assert x_locked.wait(PROMPTLY_S)
             finishes.append(
-                pool.submit(records.finish_many, [(a, "y", "fp", DONE), (a, "x", "fp", DONE)])
+                pool.submit(records.finish_many, [(a, "y", "fp", y, DONE), (a, "x", "fp", x, DONE)])
             )
             finishing.set()
             assert claimed.result(PROMPTLY_S) == [Claim.IN_PROGRESS] * 2

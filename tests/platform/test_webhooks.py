@@ -7,7 +7,10 @@ import asyncio
 import itertools
 import json
 import random
+import threading
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +42,9 @@ from puhui.platform import (
 )
 from puhui.platform.model import check_webhook_url, forbidden_address_reason
 from puhui.store import create_engine
+from puhui.store import platform as tables
 
+from .._locks import PROMPTLY_S, backend_pid, wait_until_blocked_or_done
 from .._plans import plans_of
 
 NS = 10**9
@@ -831,3 +836,140 @@ def test_record_many_is_record_for_each_event_in_order(setup: Setup) -> None:
     receiver = Receiver(setup.clock)
     assert rounds(w, receiver) == 4
     assert sorted(receiver.event_ids()) == sorted([ids[0], ids[1], ids[2], ids[2]])
+
+
+# --- PostgreSQL: concurrent transactions ------------------------------------------------------
+
+
+@pytest.fixture
+def pg_setup(pg_engine: sa.Engine, clock: ManualClock) -> Setup:
+    """``setup`` on PostgreSQL only (``pg_engine`` skips without one)."""
+    tenants = Tenants(pg_engine, clock=clock)
+    a, b = tenants.create("Bank A", "bank"), tenants.create("Bank B", "bank")
+    webhooks = Webhooks(
+        pg_engine, clock=clock, options=WebhookOptions(retry=SCHEDULE, resolve=public_dns)
+    )
+    return Setup(pg_engine, clock, webhooks, a, b)
+
+
+@pytest.mark.postgres
+def test_a_poller_never_pages_past_an_event_that_commits_later(pg_setup: Setup) -> None:
+    """Two transactions record an event each: the first takes its ``seq`` and stays open,
+    the second records a later ``seq`` and commits; a poller pages between the two commits,
+    then again. Before, the poller got the second event, kept its ``seq`` as the cursor, and
+    never saw the first (a smaller ``seq``, committed after): lost for pollers. Now the
+    second transaction waits to record until the first has committed, so ``seq`` order is
+    commit order and the poller gets both. (SQLite runs one writing transaction at a time.)"""
+    s, w = pg_setup, pg_setup.webhooks
+    seen: list[str] = []
+    cursor = 0
+
+    def poll() -> None:
+        nonlocal cursor
+        for event in w.events(s.a.id, after_seq=cursor):
+            seen.append(event.id)
+            cursor = event.seq
+
+    with s.engine.connect() as first, ThreadPoolExecutor(1) as pool:
+        first.begin()
+        early = w.record(first, s.a.id, EventType.PAYMENT_SUCCEEDED, {"amount": "1"})
+        later = pool.submit(s.record, s.a)
+        wait_until_blocked_or_done(s.engine, backend_pid(first), later)
+        poll()
+        first.commit()
+        later_id = later.result(PROMPTLY_S)
+    poll()
+    assert sorted(seen) == sorted([early, later_id])
+    assert [e.id for e in w.events(s.a.id)] == [early, later_id]  # seq order: commit order
+
+
+def _pause_after(
+    engine: sa.Engine, statement_starts: str, paused: list[int | None], resume: threading.Event
+) -> Callable[[], None]:
+    """Hold the thread marked ``_PAUSING.on`` right after its first statement that starts
+    with ``statement_starts``, until ``resume``, its transaction open; its backend's pid is
+    appended to ``paused`` then. Returns the function that removes the hook."""
+
+    def after(conn: sa.Connection, _cursor: Any, statement: str, *_args: Any) -> None:
+        if getattr(_PAUSING, "on", False) and statement.lstrip().startswith(statement_starts):
+            _PAUSING.on = False
+            paused.append(backend_pid(conn))
+            assert resume.wait(PROMPTLY_S)
+
+    sa.event.listen(engine, "after_cursor_execute", after)
+    return lambda: sa.event.remove(engine, "after_cursor_execute", after)
+
+
+_PAUSING = threading.local()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    ("first", "paused_after"),
+    [
+        ("prune", "SELECT platform_webhook_events.seq"),  # it has chosen the event
+        ("prune", "DELETE FROM platform_webhook_events"),  # it has deleted it, uncommitted
+        ("replay", "SELECT platform_webhook_events.seq"),  # it has read the event
+    ],
+)
+def test_a_replay_racing_the_pruning_of_its_event_is_queued_or_not_found(
+    pg_setup: Setup, first: str, paused_after: str
+) -> None:
+    """An old, delivered event is pruned while it is replayed, one of the two held mid-way
+    (its transaction open) while the other runs. Whichever went first wins cleanly: the
+    pruning's event is gone and the replay answers ``webhook_event_not_found`` (404); the
+    replay's event stays, with its delivery pending, and the pruning leaves it for later.
+    Before, the replay inserted a delivery for the event the pruning deleted (a foreign-key
+    violation: a 500), or queued it after the pruning chose the event, answered 1, and the
+    pruning then deleted the delivery and the event."""
+    s, w = pg_setup, pg_setup.webhooks
+    w.create_endpoint(s.a.id, "https://a.example/hook", ["*"])
+    event_id = s.record(s.a)
+    rounds(w, Receiver(s.clock))
+    s.clock.advance(int(w.options.event_retention_s * NS) + 1)
+    paused: list[int | None] = []
+    resume = threading.Event()
+
+    def prune() -> int:
+        _PAUSING.on = first == "prune"
+        return w.prune()
+
+    def replay() -> int | Exception:
+        _PAUSING.on = first == "replay"
+        try:
+            return w.replay(s.a.id, event_id)
+        except Exception as error:  # what the route would answer: checked below
+            return error
+
+    unhook = _pause_after(s.engine, paused_after, paused, resume)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            held = pool.submit(prune if first == "prune" else replay)
+            deadline = time.monotonic() + PROMPTLY_S
+            while not paused:
+                assert time.monotonic() < deadline and not held.done(), "it never paused"
+                time.sleep(0.01)
+            other = pool.submit(replay if first == "prune" else prune)
+            wait_until_blocked_or_done(s.engine, paused[0], other)
+            resume.set()
+            answers = {first: held.result(PROMPTLY_S)}
+            answers["replay" if first == "prune" else "prune"] = other.result(PROMPTLY_S)
+    finally:
+        resume.set()
+        unhook()
+    with s.engine.connect() as conn:
+        deliveries = conn.execute(
+            sa.select(tables.webhook_deliveries.c.state, tables.webhook_events.c.id).join(
+                tables.webhook_events,
+                tables.webhook_events.c.seq == tables.webhook_deliveries.c.event_seq,
+                isouter=True,
+            )
+        ).all()
+    events = [e.id for e in w.events(s.a.id)]
+    if first == "prune":  # the event and its deliveries are gone; the replay finds nothing
+        assert isinstance(answers["replay"], WebhookEventNotFoundError), answers
+        assert (answers["prune"], deliveries, events) == (1, [], [])
+    else:  # the replay's delivery waits, and its event with it
+        assert answers == {"replay": 1, "prune": 0}
+        assert [(d.state, d.id) for d in deliveries] == [("pending", event_id)]
+        assert events == [event_id]

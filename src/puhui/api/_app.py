@@ -167,7 +167,7 @@ def create_app(
     def begin_many(claims: Sequence[tuple[int, str, str]]) -> list[ClaimResult]:
         return idempotency.begin_many(claims)
 
-    def finish_many(done: Sequence[tuple[int, str, str, StoredResponse]]) -> list[None]:
+    def finish_many(done: Sequence[tuple[int, str, str, int, StoredResponse]]) -> list[None]:
         idempotency.finish_many(done)
         return [None] * len(done)
 

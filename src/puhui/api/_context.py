@@ -27,8 +27,9 @@ class ApiContext:
     idempotency: IdempotencyRecords
     claims: GroupCall[tuple[int, str, str], ClaimResult]
     """``idempotency.begin`` of concurrent requests, one transaction per group."""
-    finishes: GroupCall[tuple[int, str, str, StoredResponse], None]
-    """``idempotency.finish`` of concurrent requests, one transaction per group."""
+    finishes: GroupCall[tuple[int, str, str, int, StoredResponse], None]
+    """``idempotency.finish`` of concurrent requests (their claims' tokens), one
+    transaction per group."""
     audit: AuditLog
     audit_batcher: AuditBatcher
     principals: PrincipalCache

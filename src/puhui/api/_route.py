@@ -279,18 +279,22 @@ async def _idempotent(
         raise IdempotencyRequestInProgressError(
             "a request with this Idempotency-Key is still in progress; retry later"
         )
+    token = claimed.token
+    if token is None:  # a claim started always names itself
+        raise RuntimeError("an idempotency claim started without its token")
+    release = context.idempotency.release
     try:
         response, invalid = await _handle(request, inner)
     except BaseException:
-        await asyncio.to_thread(context.idempotency.release, tenant_id, key, fingerprint)
+        await asyncio.to_thread(release, tenant_id, key, fingerprint, token)
         raise
     if response.status_code >= 500 or invalid:
-        await asyncio.to_thread(context.idempotency.release, tenant_id, key, fingerprint)
+        await asyncio.to_thread(release, tenant_id, key, fingerprint, token)
     else:
         stored = StoredResponse(
             status_code=response.status_code,
             content_type=response.media_type or "application/json",
             body=_stored_body(spec, bytes(response.body)),
         )
-        await context.finishes((tenant_id, key, fingerprint, stored))
+        await context.finishes((tenant_id, key, fingerprint, token, stored))
     return response

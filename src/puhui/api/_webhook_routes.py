@@ -73,9 +73,9 @@ class EndpointOut(BaseModel):
 
 
 class CreatedEndpointOut(EndpointOut):
-    secret: str = Field(
+    secret: str | None = Field(
         description="The signing secret (`whsec_…`): shown now, never again. Keep it to "
-        "verify `Puhui-Signature`."
+        "verify `Puhui-Signature`. Null when the answer is an idempotent replay."
     )
 
 
@@ -182,10 +182,11 @@ def _int_position(kind: str, cursor: str | None, name: str) -> int:
 
 
 @router.post("/endpoints", response_model=CreatedEndpointOut, summary="create an endpoint")
-@endpoint(Scope.WEBHOOKS_WRITE, changes_state=True)
+@endpoint(Scope.WEBHOOKS_WRITE, changes_state=True, shown_once=("secret",))
 async def create_endpoint(body: CreateEndpointIn, request: Request) -> CreatedEndpointOut:
     """Register an endpoint for some event types. The answer carries the signing secret,
-    the only time it is shown."""
+    the only time it is shown: it is not kept under the request's ``Idempotency-Key`` (a
+    replay answers the same endpoint with ``"secret": null``)."""
     created, secret = await asyncio.to_thread(
         _webhooks(request).create_endpoint, _tenant(request), body.url, body.event_types
     )

@@ -12,6 +12,15 @@ A request that crashed without finishing does not wedge its key: the claim lasts
 ``lock_timeout_s``; after that the next request with the key takes it over and runs. Records
 are kept ``window_s`` (24 h by default) from the first request; afterwards the key is new again.
 
+A claim is named by its token (``ClaimResult.token``), and ``finish`` and ``release`` change
+the record only while it is still that claim: a request that ran past its lock and was taken
+over (it had not crashed, only run long) then stores nothing and frees nothing; the request
+that took the key over owns it. The token is the claim's lock deadline (``locked_until_ns``),
+which no other claim of the record shares: a claim is only taken over once its deadline has
+passed, and the new deadline is that moment plus ``lock_timeout_s``, so later; a record made
+afresh (the key expired) is made later still. So the check is one more column compared in the
+statement that finishes or releases, not a column, a round trip or a random number more.
+
 Concurrency (PostgreSQL; SQLite runs one writing transaction at a time). A claim locks its
 record (``SELECT ... FOR UPDATE``) before it decides; an expired record is taken over by
 deleting it and inserting a fresh one. Every transaction that locks several records (a
@@ -43,7 +52,10 @@ NS_PER_S = 1_000_000_000
 _T = tables.idempotency
 _RECORD = sa.and_(_T.c.tenant_id == sa.bindparam("w_tenant_id"), _T.c.key == sa.bindparam("w_key"))
 _CLAIMED = sa.and_(
-    _RECORD, _T.c.fingerprint == sa.bindparam("w_fingerprint"), _T.c.state == "in_progress"
+    _RECORD,
+    _T.c.fingerprint == sa.bindparam("w_fingerprint"),
+    _T.c.state == "in_progress",
+    _T.c.locked_until_ns == sa.bindparam("w_token"),  # still this claim (not taken over)
 )
 _SELECT_FOR_CLAIM = sa.select(_T).where(_RECORD).with_for_update()
 _DELETE = _T.delete().where(_RECORD)
@@ -123,10 +135,17 @@ class StoredResponse:
     body: bytes
 
 
+Finished = tuple[int, str, str, int, StoredResponse]
+"""A request's end for ``finish_many``: ``(tenant_id, key, fingerprint, token, response)``."""
+
+
 @dataclass(frozen=True, slots=True)
 class ClaimResult:
     claim: Claim
     response: StoredResponse | None = None
+    token: int | None = None
+    """``STARTED`` only: names this claim, for ``finish`` and ``release`` (see the module's
+    description)."""
 
 
 class IdempotencyRecords:
@@ -197,7 +216,7 @@ class IdempotencyRecords:
                     "expires_at_ns": now + int(self.options.window_s * NS_PER_S),
                 },
             )
-            return ClaimResult(Claim.STARTED)
+            return ClaimResult(Claim.STARTED, token=now + lock_ns)
         if row.fingerprint != fingerprint:
             return ClaimResult(Claim.REUSED)
         if row.state == "done":
@@ -209,17 +228,23 @@ class IdempotencyRecords:
             return ClaimResult(Claim.REPLAY, stored)
         if row.locked_until_ns > now:
             return ClaimResult(Claim.IN_PROGRESS)
-        # The claim outlived its timeout: its request is taken for crashed.
+        # The claim outlived its timeout: its request is taken for crashed. The new deadline
+        # (the token) is later than the old one, which has passed: the old claim's finish or
+        # release no longer matches.
         conn.execute(_RELOCK, {**record, "locked_until_ns": now + lock_ns})
-        return ClaimResult(Claim.STARTED)
+        return ClaimResult(Claim.STARTED, token=now + lock_ns)
 
-    def finish(self, tenant_id: int, key: str, fingerprint: str, response: StoredResponse) -> None:
-        """Store the response of a claimed request; later requests with the key replay it."""
-        self.finish_many([(tenant_id, key, fingerprint, response)])
+    def finish(
+        self, tenant_id: int, key: str, fingerprint: str, token: int, response: StoredResponse
+    ) -> None:
+        """Store the response of a claimed request (its claim's ``token``); later requests
+        with the key replay it. A claim taken over since stores nothing."""
+        self.finish_many([(tenant_id, key, fingerprint, token, response)])
 
-    def finish_many(self, done: Sequence[tuple[int, str, str, StoredResponse]]) -> None:
-        """``finish`` for each ``(tenant_id, key, fingerprint, response)``, in one transaction
-        (the records locked in ``(tenant_id, key)`` order, as ``begin_many`` does)."""
+    def finish_many(self, done: Sequence[Finished]) -> None:
+        """``finish`` for each ``(tenant_id, key, fingerprint, token, response)``, in one
+        transaction (the records locked in ``(tenant_id, key)`` order, as ``begin_many``
+        does)."""
         if not done:
             return
         with self.engine.begin() as conn:
@@ -230,23 +255,25 @@ class IdempotencyRecords:
                         "w_tenant_id": tenant_id,
                         "w_key": key,
                         "w_fingerprint": fingerprint,
+                        "w_token": token,
                         "status_code": response.status_code,
                         "content_type": response.content_type[:64],
                         "body": response.body,
                     }
-                    for tenant_id, key, fingerprint, response in (
+                    for tenant_id, key, fingerprint, token, response in (
                         done[i] for i in _in_key_order(done)
                     )
                 ],
             )
 
-    def release(self, tenant_id: int, key: str, fingerprint: str) -> None:
+    def release(self, tenant_id: int, key: str, fingerprint: str, token: int) -> None:
         """Give a claimed key back without a result (the request failed before it changed
-        anything, or on a server error): the client may retry with the same key at once."""
+        anything, or on a server error): the client may retry with the same key at once. A
+        claim taken over since (``token`` no longer its) is left to the request that took
+        it."""
+        claim = {"w_tenant_id": tenant_id, "w_key": key, "w_fingerprint": fingerprint}
         with self.engine.begin() as conn:
-            conn.execute(
-                _RELEASE, {"w_tenant_id": tenant_id, "w_key": key, "w_fingerprint": fingerprint}
-            )
+            conn.execute(_RELEASE, {**claim, "w_token": token})
 
     def purge_expired(self, limit: int = 10_000) -> int:
         """Delete up to ``limit`` expired records (the oldest first, found by the expiry
@@ -262,9 +289,7 @@ class IdempotencyRecords:
         return int(deleted)
 
 
-def _in_key_order(
-    items: Sequence[tuple[int, str, str]] | Sequence[tuple[int, str, str, StoredResponse]],
-) -> list[int]:
+def _in_key_order(items: Sequence[tuple[int, str, str]] | Sequence[Finished]) -> list[int]:
     """The positions of ``items`` by ``(tenant_id, key)`` (a stable sort: the same key keeps
     the group's order), the one order in which transactions lock several records."""
     return sorted(range(len(items)), key=lambda i: (items[i][0], items[i][1]))

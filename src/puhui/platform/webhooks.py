@@ -277,6 +277,12 @@ _E = tables.webhook_endpoints
 _V = tables.webhook_events
 _D = tables.webhook_deliveries
 
+OUTBOX_LOCK_KEY: Final = 0x7075_6875_6900_0001
+"""PostgreSQL's transaction-level advisory lock (``pg_advisory_xact_lock``) that a
+transaction takes before it writes outbox events, held until it commits or rolls back: so
+transactions write events one after the other, and ``seq`` ascends in commit order (see
+``Webhooks.record_many``). A fixed 64-bit key of Puhui's own."""
+_LOCK_OUTBOX = sa.select(sa.func.pg_advisory_xact_lock(sa.literal(OUTBOX_LOCK_KEY, sa.BigInteger)))
 _INSERT_EVENTS = _V.insert().returning(_V.c.seq, _V.c.id)
 """Events of the outbox (parameters: a list of rows, their columns but ``seq``); answers
 each one's ``seq`` and ``id``."""
@@ -424,7 +430,20 @@ class Webhooks:
         """``record`` for each of ``events`` (tenant, type, data) at once, in the caller's
         transaction ``conn``: their ``seq`` ascend in the order given; returns their ids.
         One statement writes the events, one reads each tenant's endpoints, one writes the
-        deliveries (a payments batch's outcomes took two statements per event before)."""
+        deliveries (a payments batch's outcomes took two statements per event before).
+
+        ``seq`` ascends in commit order too, so a reader that pages by ``seq`` never passes
+        an event that commits later (``events(after_seq=...)``: at least once, for pollers as
+        for receivers). ``seq`` is drawn when the row is inserted; on PostgreSQL two
+        transactions could draw 10 and 11 and commit 11 first, and a poller that read 11
+        then asked for events after 11. So, on PostgreSQL, a transaction takes the outbox's
+        advisory lock (``OUTBOX_LOCK_KEY``) before it draws, and holds it to its end: the
+        next one draws after this one committed. One statement more per call (taking it
+        again in the same transaction does not wait); transactions that record events
+        commit one at a time from here on, so callers record their events last, after
+        their other writes (the payments hooks do), which keeps the lock short and takes
+        no row lock after it (no deadlock with a transaction that holds a row and waits for
+        the lock). SQLite runs one writing transaction at a time already."""
         if not events:
             return []
         now = self.clock.now_ns()
@@ -440,6 +459,8 @@ class Webhooks:
         ]
         # Statements built once (module constants): SQLAlchemy compiles and keys them once,
         # not per event (building them here cost more than running them).
+        if conn.dialect.name == "postgresql":
+            conn.execute(_LOCK_OUTBOX)
         # One multi-row INSERT, its rows in the order given (as their seq ascend).
         seq_of = {str(r.id): r.seq for r in conn.execute(_INSERT_EVENTS, rows)}
         endpoints_of: dict[int, list[tuple[str, frozenset[str]]]] = {}
@@ -558,13 +579,19 @@ class Webhooks:
     def replay(self, tenant_id: int, event_id: str) -> int:
         """Deliver one of the tenant's events again to each of its enabled endpoints that
         wants it (delivered, dead or pending alike: attempts start again from zero, due now).
-        Returns how many deliveries were queued."""
+        Returns how many deliveries were queued.
+
+        The event is read under a share lock (PostgreSQL: ``FOR KEY SHARE``) that ``prune``
+        does not wait for but skips: an event being replayed is not pruned, and one being
+        pruned is waited for and then not found (``webhook_event_not_found``). Without it a
+        replay could queue a delivery the pruning then deleted, or insert one for an event
+        the pruning had just deleted (a foreign-key violation: a 500)."""
         now = self.clock.now_ns()
         with self.engine.begin() as conn:
             row = conn.execute(
-                sa.select(_V.c.seq, _V.c.type).where(
-                    _V.c.id == event_id, _V.c.tenant_id == tenant_id
-                )
+                sa.select(_V.c.seq, _V.c.type)
+                .where(_V.c.id == event_id, _V.c.tenant_id == tenant_id)
+                .with_for_update(read=True, key_share=True)
             ).first()
             if row is None:
                 raise WebhookEventNotFoundError(f"no event {event_id[:40]!r}")
@@ -601,7 +628,15 @@ class Webhooks:
     def prune(self) -> int:
         """Delete up to ``prune_events_max`` events older than ``event_retention_s`` whose
         deliveries are all done (delivered or dead), with those deliveries. Returns how many
-        events went."""
+        events went.
+
+        Against a concurrent ``replay`` (PostgreSQL; SQLite runs one writer at a time): the
+        old events are locked as they are chosen (``FOR UPDATE SKIP LOCKED``: one a replay
+        holds is skipped, not waited for, and a replay that comes later waits for this
+        transaction and finds the event gone). A replay that committed just before the
+        lock is still seen: a delivery is deleted only if it is not pending, read again
+        when deleted, and an event only if no delivery is left (both statements see what
+        committed before they began). A delivery queued again keeps its event."""
         cutoff = self.clock.now_ns() - int(self.options.event_retention_s * NS_PER_S)
         # the event's own deliveries by their (event_seq, …) key, not every pending delivery
         # of the store by the state index for each old event
@@ -615,12 +650,19 @@ class Webhooks:
                     .where(_V.c.created_at_ns < cutoff, ~pending)
                     .order_by(_V.c.created_at_ns)
                     .limit(self.options.prune_events_max)
+                    .with_for_update(skip_locked=True)
                 ).scalars()
             )
-            if seqs:
-                conn.execute(_D.delete().where(_D.c.event_seq.in_(seqs)))
-                conn.execute(_V.delete().where(_V.c.seq.in_(seqs)))
-        return len(seqs)
+            if not seqs:
+                return 0
+            conn.execute(
+                _D.delete().where(
+                    _D.c.event_seq.in_(seqs), _D.c.state != str(DeliveryState.PENDING)
+                )
+            )
+            left = sa.exists().where(_D.c.event_seq == _V.c.seq)
+            deleted = conn.execute(_V.delete().where(_V.c.seq.in_(seqs), ~left)).rowcount
+        return int(deleted)
 
     def backlog(self) -> int:
         """Deliveries waiting (pending), over all tenants."""
