@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import csv
 import io
+from typing import Any
 
 import pytest
 
+from puhui.ledger import QueryFilter, QueryFilterFlags
+from puhui.money import currency
 from puhui.payments import (
     AccountCode,
     Checkout,
     Fulfilment,
+    Operation,
+    OperationKind,
     OperationStatus,
     Settlement,
+    SettlementStatement,
     StatementInvalidError,
+    TransferCode,
     merchant_qr,
     statement_csv,
 )
+from puhui.risk import Decision
 
 from .._plans import plans_of
 from .conftest import World
@@ -316,7 +324,7 @@ def test_the_daily_jobs_read_through_indexes_not_whole_tables(market: Market) ->
         "SEARCH payments_operations USING INDEX ix_payments_operations_declined_payouts"
         " (merchant_id=? AND currency=? AND day<?)",
         "SEARCH payments_operations USING INDEX ix_payments_operations_unsettled"
-        " (merchant_id=? AND currency=?)",
+        " (merchant_id=? AND currency=? AND day<?)",
     ]
 
 
@@ -402,3 +410,213 @@ def test_a_settlement_whose_fee_takes_it_all_still_takes_the_fee_and_only_once(
     later = [s for s in market.settlement.settle() if s.merchant_id == stall]
     assert later == []  # nothing owed is left over for the next day
     assert p.merchant_balance(stall, CNY).posted == 0
+
+
+# --- settlement racing payments, releases and refunds --------------------------------------------
+
+
+def _settle_while(
+    market: Market, monkeypatch: pytest.MonkeyPatch, kind: OperationKind
+) -> list[SettlementStatement]:
+    """Arrange for the settlement job to run while an operation of ``kind`` is half done: its
+    money has moved in the ledger, its record is not ``completed`` yet (the job runs in
+    another process; this is the interleaving, made deterministic). Returns what it paid."""
+    p = market.p
+    real_finish = p._finish
+    ran: list[SettlementStatement] = []
+
+    def finish(op: Operation, status: OperationStatus, **kwargs: Any) -> Operation:
+        if op.kind is kind and status is S.COMPLETED and not ran:
+            ran.extend(market.settlement.settle())
+        return real_finish(op, status, **kwargs)
+
+    monkeypatch.setattr(p, "_finish", finish)
+    return ran
+
+
+def _paid_out(market: Market) -> int:
+    """What the bank paid to merchants' settlement accounts."""
+    return sum(
+        amount
+        for _, direction, amount, _, status in market.world.bank.records()
+        if direction == "payout" and status == "succeeded"
+    )
+
+
+def test_a_payment_completing_during_the_settlement_is_not_paid_out_with_it(
+    market: Market, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Today's payment whose money reached the merchant's account while the job ran (its
+    record not completed yet) is not due: the payout is what the settled items add up to.
+    The payout used to be the account's balance less what the job had read as not due, so
+    the money of a payment in flight went out a day early, its fee never taken."""
+    market.pay(100_00, "a")
+    market.world.clock.advance(DAY_NS)
+    ran = _settle_while(market, monkeypatch, OperationKind.MERCHANT_PAYMENT)
+    market.pay(50_00, "b")  # today's; the job runs while it completes
+    [statement] = ran
+    assert [line.amount for line in statement.lines] == [100_00]
+    assert (statement.gross, statement.fee, statement.payout) == (100_00, 1_00, 99_00)
+    assert statement.operation is not None and statement.operation.status is S.COMPLETED
+    assert _paid_out(market) == 99_00
+    assert market.receivable() == 50_00  # today's payment, whole, for tomorrow
+    market.world.clock.advance(DAY_NS)
+    [tomorrow] = market.settlement.settle()
+    assert (tomorrow.gross, tomorrow.fee, tomorrow.payout) == (50_00, 50, 49_50)
+    assert _paid_out(market) == 99_00 + 49_50
+    assert market.p.platform_balance(AccountCode.FEE_REVENUE, CNY).posted == 1_50
+    assert market.receivable() == 0
+
+
+def test_a_due_payment_completing_during_the_settlement_waits_for_the_next_one(
+    market: Market, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Yesterday's payment held for a challenge, passed while the job runs: the job read it
+    as not completed, so it is not in this settlement — and neither is its money."""
+    market.pay(100_00, "a")
+    clock = market.world.clock
+    day = market.settlement.today()
+    local_ns = clock.now_ns() + market.p.options.day_offset_s * 10**9
+    clock.advance(DAY_NS - 120 * 10**9 - local_ns % DAY_NS)  # 23:58 of the business day
+    assert market.settlement.today() == day
+    market.world.risk.next = [Decision.CHALLENGE]
+    held = market.p.pay_merchant(market.customer, merchant_qr(market.shop), 40_00, CNY, key="b")
+    assert held.status is S.CHALLENGED
+    clock.advance(180 * 10**9)  # passed at 00:01, well within the time to answer
+    assert market.settlement.today() == day + 1
+    ran = _settle_while(market, monkeypatch, OperationKind.MERCHANT_PAYMENT)
+    assert market.p.verify_challenge(held.id, passed=True).status is S.COMPLETED
+    [statement] = ran
+    assert (statement.gross, statement.fee, statement.payout) == (100_00, 1_00, 99_00)
+    assert market.receivable() == 40_00
+    assert market.settlement.settle() == ran  # the same day again: nothing more
+    market.world.clock.advance(DAY_NS)
+    [tomorrow] = market.settlement.settle()
+    assert [line.operation_id for line in tomorrow.lines] == [held.id]
+    assert (tomorrow.gross, tomorrow.fee, tomorrow.payout) == (40_00, 40, 39_60)
+    assert _paid_out(market) == 99_00 + 39_60
+    assert market.p.platform_balance(AccountCode.FEE_REVENUE, CNY).posted == 1_40
+    assert market.receivable() == 0
+
+
+def test_a_release_completing_during_the_settlement_is_not_paid_out_with_it(
+    market: Market, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    market.pay(100_00, "a")
+    c = market.checkout
+    order = c.create_order(
+        market.customer, market.shop, 300_00, CNY, Fulfilment.INSTANT, "Tea", key="o"
+    )
+    c.pay_order(order.id, market.customer, key="p")
+    c.ship_order(order.id, market.shop)
+    market.world.clock.advance(DAY_NS)
+    ran = _settle_while(market, monkeypatch, OperationKind.ESCROW_RELEASE)
+    c.confirm_receipt(order.id, market.customer)  # escrow → merchant while the job runs
+    [statement] = ran
+    assert (statement.gross, statement.fee, statement.payout) == (100_00, 1_00, 99_00)
+    assert market.receivable() == 300_00 - 3_00
+    market.world.clock.advance(DAY_NS)
+    [tomorrow] = market.settlement.settle()
+    assert (tomorrow.gross, tomorrow.fee, tomorrow.payout) == (300_00, 3_00, 297_00)
+    assert _paid_out(market) == 99_00 + 297_00
+    assert market.receivable() == 0
+
+
+def test_a_refund_during_the_settlement_leaves_it_alone(
+    market: Market, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refunds come out of escrow, never out of the merchant's receivable: one paid while the
+    job runs changes neither what is settled nor what is paid out."""
+    market.pay(100_00, "a")
+    c = market.checkout
+    order = c.create_order(
+        market.customer, market.shop, 30_00, CNY, Fulfilment.EXPRESS, "Cup", key="o"
+    )
+    c.pay_order(order.id, market.customer, key="p")
+    market.world.clock.advance(DAY_NS)
+    refund = c.request_refund(order.id, market.customer, 30_00, "broken", key="r")
+    ran = _settle_while(market, monkeypatch, OperationKind.REFUND)
+    c.answer_refund(refund.id, market.shop, approve=True)
+    [statement] = ran
+    assert (statement.gross, statement.fee, statement.payout) == (100_00, 1_00, 99_00)
+    assert c.order(order.id).status == "closed"
+    assert market.receivable() == 0
+    assert market.p.platform_balance(AccountCode.ESCROW, CNY).posted == 0
+
+
+# --- the settlement's own fee ---------------------------------------------------------------------
+
+
+def _settlement_fees(market: Market) -> list[int]:
+    """The amounts of every settlement-fee transfer the ledger holds."""
+    found = market.world.ledger.query_transfers(
+        QueryFilter(
+            user_data_128=0,
+            user_data_64=0,
+            user_data_32=0,
+            ledger=currency(CNY).ledger,
+            code=TransferCode.SETTLEMENT_FEE,
+            timestamp_min=0,
+            timestamp_max=0,
+            limit=100,
+            flags=QueryFilterFlags.NONE,
+        )
+    )
+    return sorted(t.amount for t in found)
+
+
+def test_a_settlement_without_a_fee_of_its_own_moves_no_fee(market: Market) -> None:
+    """No settlement writes a fee transfer of nothing: not one whose merchant pays no fee
+    (a payout without a fee leg), nor one whose items' fees were all taken at release and
+    whose payout is nothing (the fee was the whole sale)."""
+    p, c = market.p, market.checkout
+    free = p.register_merchant("Free", "food", 0, "tok-free").id
+    assert p.pay_merchant(market.customer, merchant_qr(free), 10_00, CNY, key="f").status is (
+        S.COMPLETED
+    )
+    whole = p.register_merchant("Whole", "food", 10_000, "tok-whole").id  # 100 %
+    order = c.create_order(market.customer, whole, 2_00, CNY, Fulfilment.INSTANT, "Tea", key="o")
+    c.pay_order(order.id, market.customer, key="p")
+    c.ship_order(order.id, whole)
+    c.confirm_receipt(order.id, market.customer)
+    assert p.platform_balance(AccountCode.FEE_REVENUE, CNY).posted == 2_00  # at release
+    market.world.clock.advance(DAY_NS)
+    statements = {s.merchant_id: s for s in market.settlement.settle()}
+    paid = statements[free]
+    assert (paid.gross, paid.fee, paid.payout) == (10_00, 0, 10_00)
+    assert paid.operation is not None and paid.operation.status is S.COMPLETED
+    nothing = statements[whole]
+    assert (nothing.gross, nothing.fee, nothing.payout, nothing.operation) == (2_00, 2_00, 0, None)
+    assert market.settlement.settle() == list(statements.values())
+    assert _settlement_fees(market) == []
+    assert p.platform_balance(AccountCode.FEE_REVENUE, CNY).posted == 2_00
+    assert p.merchant_balance(free, CNY).posted == p.merchant_balance(whole, CNY).posted == 0
+
+
+def test_a_settlement_cut_short_before_its_own_fee_takes_it_once_when_run_again(
+    market: Market, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A settlement with nothing to pay out is recorded, then its fee is taken: a crash in
+    between is finished by running the job for the same day again — once, however often."""
+    p = market.p
+    stall = p.register_merchant("Stall", "food", 5_000, "tok-stall").id  # 50 %
+    assert p.pay_merchant(market.customer, merchant_qr(stall), 1, CNY, key="one").status is (
+        S.COMPLETED
+    )
+    market.world.clock.advance(DAY_NS)
+    real_take_fee = Settlement._take_fee
+
+    def crash(self: Settlement, settlement: object) -> None:
+        raise SystemExit("killed after recording the settlement, before its fee")
+
+    monkeypatch.setattr(Settlement, "_take_fee", crash)
+    with pytest.raises(SystemExit):
+        market.settlement.settle()
+    monkeypatch.setattr(Settlement, "_take_fee", real_take_fee)
+    assert p.merchant_balance(stall, CNY).posted == 1  # recorded, its fee not taken yet
+    for _ in range(3):
+        [statement] = [s for s in market.settlement.settle() if s.merchant_id == stall]
+        assert (statement.fee, statement.payout, statement.operation) == (1, 0, None)
+    assert _settlement_fees(market) == [1]
+    assert p.merchant_balance(stall, CNY).posted == 0
+    assert p.platform_balance(AccountCode.FEE_REVENUE, CNY).posted == 1

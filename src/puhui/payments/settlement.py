@@ -70,16 +70,12 @@ def _owed(conn: sa.Connection, index: str, terms: tuple[str, ...]) -> sa.TextCla
     )
 
 
-def _merchants(
-    conn: sa.Connection, index: str, terms: tuple[str, ...], *, before_day: bool
-) -> sa.TextClause:
-    """One merchant's rows (``:merchant``, ``:currency``) of a partial index; with
-    ``before_day`` only those before ``:day``."""
-    before = " AND day < :day" if before_day else ""
+def _merchants(conn: sa.Connection, index: str, terms: tuple[str, ...]) -> sa.TextClause:
+    """One merchant's rows (``:merchant``, ``:currency``) of a partial index before ``:day``."""
     return sa.text(
         f"SELECT id, kind, amount, fee, day FROM {_from(conn, index)}"
         f" WHERE merchant_id = :merchant AND currency = :currency"
-        f" AND {' AND '.join(terms)}{before}"
+        f" AND {' AND '.join(terms)} AND day < :day"
     )
 
 
@@ -219,28 +215,26 @@ class Settlement:
         cur = currency(currency_code)
         o = t.operations.c
         with self.engine.connect() as conn:
-            # this merchant's own rows of the partial indexes (not its whole history).
-            # Payouts the bank declined (final, their hold voided before they were recorded
-            # failed: read before the balance, their money is in it): carried into this one.
-            mine = {"merchant": merchant_id, "currency": cur.code}
-            declined = [
-                r.id
-                for r in conn.execute(
-                    _merchants(conn, _DECLINED_INDEX, t.DECLINED_TERMS, before_day=True),
-                    {**mine, "day": day},
-                )
-            ]
-            unsettled = _merchants(conn, _UNSETTLED_INDEX, t.UNSETTLED_TERMS, before_day=False)
-            rows = conn.execute(unsettled, mine).all()
-        due = [r for r in rows if r.day < day]
-        not_due = [r for r in rows if r.day >= day]
+            # this merchant's own rows of the partial indexes (not its whole history): its
+            # takings completed before ``day`` and not settled yet, and the payouts the bank
+            # declined (final, their hold voided before they were recorded failed), carried
+            # into this one. A taking still on its way (its money moved, its record not
+            # completed yet) is not among them, and is not paid out: the payout is what
+            # exactly these rows add up to, and these rows are what ``record`` marks settled.
+            mine = {"merchant": merchant_id, "currency": cur.code, "day": day}
+            declined = conn.execute(_merchants(conn, _DECLINED_INDEX, t.DECLINED_TERMS), mine).all()
+            due = conn.execute(_merchants(conn, _UNSETTLED_INDEX, t.UNSETTLED_TERMS), mine).all()
+        if not due and not declined:  # settled by a run of another day meanwhile
+            return
         gross_payments = sum(r.amount for r in due if r.kind == OperationKind.MERCHANT_PAYMENT)
         settlement_fee = fee(gross_payments, merchant.fee_bps)
-        net_not_due = sum(r.amount - r.fee for r in not_due)
-        available = payments.merchant_balance(merchant_id, cur.code).available
-        payout = available - net_not_due - settlement_fee
-        if payout < 0:  # a payment completed between the two reads: settle it tomorrow
-            return
+        # each item's net (releases: their fee was taken at release), less the settlement's
+        # fee, plus what the declined payouts left owed (their fee went with them)
+        payout = (
+            sum(r.amount - r.fee for r in due) - settlement_fee + sum(r.amount for r in declined)
+        )
+        if payout < 0:  # a fee is at most its amount: a bug, not a state of the books
+            raise RuntimeError(f"settlement of merchant {merchant_id} on {day}: payout {payout}")
         settlement_id = payments.new_id()
         now = self.clock.now_ns()
 
@@ -267,7 +261,7 @@ class Settlement:
             carried = (
                 conn.execute(
                     t.operations.update()
-                    .where(o.id.in_(declined), o.settlement_id.is_(None))
+                    .where(o.id.in_([r.id for r in declined]), o.settlement_id.is_(None))
                     .values(settlement_id=_hex(settlement_id))
                 ).rowcount
                 if declined
@@ -276,8 +270,8 @@ class Settlement:
             if marked != len(due) or carried != len(declined):
                 raise PaymentsError("settlement raced with another run; run it again")
 
-        if payout == 0:  # nothing to send (e.g. all due money was refunded, or the fee
-            # took it all): recorded, then its own fee taken (there is no payout to link it to)
+        if payout == 0:  # nothing to send (the fees took it all: a fee rounded up to the
+            # whole of a tiny sale): recorded, then its own fee taken (no payout to link it to)
             try:
                 with self.engine.begin() as conn:
                     record(conn, None)
