@@ -326,6 +326,16 @@ def test_the_daily_jobs_read_through_indexes_not_whole_tables(market: Market) ->
         "SEARCH payments_operations USING INDEX ix_payments_operations_unsettled"
         " (merchant_id=? AND currency=? AND day<?)",
     ]
+    # reconciliation: what the day's statement booked before (undone), what no statement has
+    # booked yet (the partial index's rows up to the day), then what this one books, by id
+    booked = [lines for sql, lines in found if "SET bank_day" in sql or "bank_day IS NULL" in sql]
+    assert sorted(lines[0] for lines in booked) == sorted(
+        [
+            "SEARCH payments_operations USING INDEX ix_payments_operations_booked (bank_day=?)",
+            "SEARCH payments_operations USING INDEX ix_payments_operations_unbooked (day<?)",
+            "SEARCH payments_operations USING INDEX sqlite_autoindex_payments_operations_1 (id=?)",
+        ]
+    )
 
 
 def test_the_settlement_walk_holds_only_what_is_owed(market: Market) -> None:
@@ -620,3 +630,106 @@ def test_a_settlement_cut_short_before_its_own_fee_takes_it_once_when_run_again(
     assert _settlement_fees(market) == [1]
     assert p.merchant_balance(stall, CNY).posted == 0
     assert p.platform_balance(AccountCode.FEE_REVENUE, CNY).posted == 1
+
+
+# --- reconciliation by the day the bank booked it ---------------------------------------------
+
+
+def _to_end_of_day(market: Market, seconds_left: int) -> int:
+    """Move the clock to ``seconds_left`` before the end of its business day; that day."""
+    clock = market.world.clock
+    local_ns = clock.now_ns() + market.p.options.day_offset_s * 10**9
+    clock.advance(DAY_NS - seconds_left * 10**9 - local_ns % DAY_NS)
+    return market.settlement.today()
+
+
+def _lines(statement: bytes) -> list[tuple[str, str, int, str, str]]:
+    rows = list(csv.reader(io.StringIO(statement.decode())))[1:]
+    return [
+        (ref, direction, int(amount), code, status) for ref, direction, amount, code, status in rows
+    ]
+
+
+def test_a_payout_straddling_midnight_reconciles_on_the_day_the_bank_booked_it(
+    market: Market,
+) -> None:
+    """A withdrawal and a settlement payout sent at 23:59:59 and confirmed by the bank after
+    midnight are on the next day's statement. Reconciliation keyed our side by the day the
+    operations were recorded: both were missing at the bank on the first day and extra at
+    the bank on the second."""
+    world, p = market.world, market.p
+    market.pay(100_00, "a")
+    world.clock.advance(DAY_NS)
+    noon = p.withdraw(market.customer, market.card, 3_00, CNY, key="noon")
+    assert noon.status is S.COMPLETED
+    day = _to_end_of_day(market, 1)
+    world.bank.processing_rate = 1.0  # the bank confirms 5 s later: after midnight
+    withdrawal = p.withdraw(market.customer, market.card, 7_00, CNY, key="w")
+    [statement] = market.settlement.settle()
+    world.bank.processing_rate = 0.0
+    payout = statement.operation
+    assert payout is not None
+    assert withdrawal.status is payout.status is S.AWAITING_BANK
+    world.clock.advance(60 * 10**9)
+    assert market.settlement.today() == day + 1
+    assert p.recover() == {"completed": 2}
+    first = market.settlement.reconcile(day, world.bank.statement(day))
+    assert (first.mismatches, first.matched) == ((), 1)  # the noon withdrawal
+    second = market.settlement.reconcile(day + 1, world.bank.statement(day + 1))
+    assert (second.mismatches, second.matched) == ((), 2)  # the two sent before midnight
+
+
+def test_a_withdrawal_sent_days_after_it_was_recorded_reconciles_on_the_day_the_bank_booked_it(
+    market: Market,
+) -> None:
+    """A withdrawal held for an analyst goes to the bank the day it is approved; it was
+    missing at the bank on the day it was recorded and extra on the day the bank paid it."""
+    world, p = market.world, market.p
+    day = market.settlement.today()
+    world.risk.next = [Decision.REVIEW]
+    held = p.withdraw(market.customer, market.card, 7_00, CNY, key="w")
+    assert held.status is S.CHALLENGED
+    world.clock.advance(2 * DAY_NS)
+    assert p.decide_review(held.id, approve=True).status is S.COMPLETED
+    reports = [
+        market.settlement.reconcile(d, world.bank.statement(d)) for d in (day, day + 1, day + 2)
+    ]
+    assert [(r.mismatches, r.matched) for r in reports] == [((), 1), ((), 0), ((), 1)]
+
+
+def test_reconciliation_by_the_bank_day_still_reports_what_the_bank_did_not_book(
+    market: Market,
+) -> None:
+    """Waiting for the statement that books a payout confirmed after midnight hides nothing:
+    left off that statement too, it is missing there (the day its outcome reached us); a
+    corrected file replaces the report; booked again on a later day, it is extra there; and
+    a withdrawal answered at once and left off its own day's statement is missing that day."""
+    world, p = market.world, market.p
+    day = _to_end_of_day(market, 1)
+    world.bank.processing_rate = 1.0
+    late = p.withdraw(market.customer, market.card, 7_00, CNY, key="late")
+    world.bank.processing_rate = 0.0
+    world.clock.advance(60 * 10**9)
+    assert p.recover() == {"completed": 1}
+    assert p.withdraw(market.customer, market.card, 2_00, CNY, key="next").status is S.COMPLETED
+    reconcile, statement = market.settlement.reconcile, world.bank.statement
+    first = reconcile(day, statement(day))
+    assert (first.mismatches, first.matched) == ((), 1)  # the top-up that funded the shopper
+    ref = f"{late.id:032x}"
+    without = statement_csv([line for line in _lines(statement(day + 1)) if line[0] != ref])
+    report = reconcile(day + 1, without)
+    assert [(m.reference, m.kind, m.ours, m.bank) for m in report.mismatches] == [
+        (ref, "missing_at_bank", 7_00, None)
+    ]
+    assert report.matched == 1
+    fixed = reconcile(day + 1, statement(day + 1))
+    assert (fixed.mismatches, fixed.matched) == ((), 2)
+    world.clock.advance(DAY_NS)
+    gone = p.withdraw(market.customer, market.card, 1_00, CNY, key="gone")
+    assert gone.status is S.COMPLETED and market.settlement.today() == day + 2
+    today = reconcile(day + 2, statement(day + 2, drop=1))
+    assert [(m.reference, m.kind) for m in today.mismatches] == [
+        (f"{gone.id:032x}", "missing_at_bank")
+    ]
+    again = reconcile(day + 3, statement_csv([(ref, "payout", 7_00, CNY, "succeeded")]))
+    assert [(m.reference, m.kind) for m in again.mismatches] == [(ref, "extra_at_bank")]
