@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import csv
 import io
+from typing import Any
 
 import pytest
 
+from puhui.ledger import QueryFilter, QueryFilterFlags
+from puhui.money import currency
 from puhui.payments import (
     AccountCode,
     Checkout,
     Fulfilment,
+    Operation,
+    OperationKind,
     OperationStatus,
     Settlement,
+    SettlementStatement,
     StatementInvalidError,
+    TransferCode,
     merchant_qr,
     statement_csv,
 )
+from puhui.risk import Decision
 
 from .._plans import plans_of
 from .conftest import World
@@ -316,8 +324,18 @@ def test_the_daily_jobs_read_through_indexes_not_whole_tables(market: Market) ->
         "SEARCH payments_operations USING INDEX ix_payments_operations_declined_payouts"
         " (merchant_id=? AND currency=? AND day<?)",
         "SEARCH payments_operations USING INDEX ix_payments_operations_unsettled"
-        " (merchant_id=? AND currency=?)",
+        " (merchant_id=? AND currency=? AND day<?)",
     ]
+    # reconciliation: what the day's statement booked before (undone), what no statement has
+    # booked yet (the partial index's rows up to the day), then what this one books, by id
+    booked = [lines for sql, lines in found if "SET bank_day" in sql or "bank_day IS NULL" in sql]
+    assert sorted(lines[0] for lines in booked) == sorted(
+        [
+            "SEARCH payments_operations USING INDEX ix_payments_operations_booked (bank_day=?)",
+            "SEARCH payments_operations USING INDEX ix_payments_operations_unbooked (day<?)",
+            "SEARCH payments_operations USING INDEX sqlite_autoindex_payments_operations_1 (id=?)",
+        ]
+    )
 
 
 def test_the_settlement_walk_holds_only_what_is_owed(market: Market) -> None:
@@ -402,3 +420,316 @@ def test_a_settlement_whose_fee_takes_it_all_still_takes_the_fee_and_only_once(
     later = [s for s in market.settlement.settle() if s.merchant_id == stall]
     assert later == []  # nothing owed is left over for the next day
     assert p.merchant_balance(stall, CNY).posted == 0
+
+
+# --- settlement racing payments, releases and refunds --------------------------------------------
+
+
+def _settle_while(
+    market: Market, monkeypatch: pytest.MonkeyPatch, kind: OperationKind
+) -> list[SettlementStatement]:
+    """Arrange for the settlement job to run while an operation of ``kind`` is half done: its
+    money has moved in the ledger, its record is not ``completed`` yet (the job runs in
+    another process; this is the interleaving, made deterministic). Returns what it paid."""
+    p = market.p
+    real_finish = p._finish
+    ran: list[SettlementStatement] = []
+
+    def finish(op: Operation, status: OperationStatus, **kwargs: Any) -> Operation:
+        if op.kind is kind and status is S.COMPLETED and not ran:
+            ran.extend(market.settlement.settle())
+        return real_finish(op, status, **kwargs)
+
+    monkeypatch.setattr(p, "_finish", finish)
+    return ran
+
+
+def _paid_out(market: Market) -> int:
+    """What the bank paid to merchants' settlement accounts."""
+    return sum(
+        amount
+        for _, direction, amount, _, status in market.world.bank.records()
+        if direction == "payout" and status == "succeeded"
+    )
+
+
+def test_a_payment_completing_during_the_settlement_is_not_paid_out_with_it(
+    market: Market, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Today's payment whose money reached the merchant's account while the job ran (its
+    record not completed yet) is not due: the payout is what the settled items add up to.
+    The payout used to be the account's balance less what the job had read as not due, so
+    the money of a payment in flight went out a day early, its fee never taken."""
+    market.pay(100_00, "a")
+    market.world.clock.advance(DAY_NS)
+    ran = _settle_while(market, monkeypatch, OperationKind.MERCHANT_PAYMENT)
+    market.pay(50_00, "b")  # today's; the job runs while it completes
+    [statement] = ran
+    assert [line.amount for line in statement.lines] == [100_00]
+    assert (statement.gross, statement.fee, statement.payout) == (100_00, 1_00, 99_00)
+    assert statement.operation is not None and statement.operation.status is S.COMPLETED
+    assert _paid_out(market) == 99_00
+    assert market.receivable() == 50_00  # today's payment, whole, for tomorrow
+    market.world.clock.advance(DAY_NS)
+    [tomorrow] = market.settlement.settle()
+    assert (tomorrow.gross, tomorrow.fee, tomorrow.payout) == (50_00, 50, 49_50)
+    assert _paid_out(market) == 99_00 + 49_50
+    assert market.p.platform_balance(AccountCode.FEE_REVENUE, CNY).posted == 1_50
+    assert market.receivable() == 0
+
+
+def test_a_due_payment_completing_during_the_settlement_waits_for_the_next_one(
+    market: Market, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Yesterday's payment held for a challenge, passed while the job runs: the job read it
+    as not completed, so it is not in this settlement — and neither is its money."""
+    market.pay(100_00, "a")
+    clock = market.world.clock
+    day = market.settlement.today()
+    local_ns = clock.now_ns() + market.p.options.day_offset_s * 10**9
+    clock.advance(DAY_NS - 120 * 10**9 - local_ns % DAY_NS)  # 23:58 of the business day
+    assert market.settlement.today() == day
+    market.world.risk.next = [Decision.CHALLENGE]
+    held = market.p.pay_merchant(market.customer, merchant_qr(market.shop), 40_00, CNY, key="b")
+    assert held.status is S.CHALLENGED
+    clock.advance(180 * 10**9)  # passed at 00:01, well within the time to answer
+    assert market.settlement.today() == day + 1
+    ran = _settle_while(market, monkeypatch, OperationKind.MERCHANT_PAYMENT)
+    assert market.p.verify_challenge(held.id, passed=True).status is S.COMPLETED
+    [statement] = ran
+    assert (statement.gross, statement.fee, statement.payout) == (100_00, 1_00, 99_00)
+    assert market.receivable() == 40_00
+    assert market.settlement.settle() == ran  # the same day again: nothing more
+    market.world.clock.advance(DAY_NS)
+    [tomorrow] = market.settlement.settle()
+    assert [line.operation_id for line in tomorrow.lines] == [held.id]
+    assert (tomorrow.gross, tomorrow.fee, tomorrow.payout) == (40_00, 40, 39_60)
+    assert _paid_out(market) == 99_00 + 39_60
+    assert market.p.platform_balance(AccountCode.FEE_REVENUE, CNY).posted == 1_40
+    assert market.receivable() == 0
+
+
+def test_a_release_completing_during_the_settlement_is_not_paid_out_with_it(
+    market: Market, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    market.pay(100_00, "a")
+    c = market.checkout
+    order = c.create_order(
+        market.customer, market.shop, 300_00, CNY, Fulfilment.INSTANT, "Tea", key="o"
+    )
+    c.pay_order(order.id, market.customer, key="p")
+    c.ship_order(order.id, market.shop)
+    market.world.clock.advance(DAY_NS)
+    ran = _settle_while(market, monkeypatch, OperationKind.ESCROW_RELEASE)
+    c.confirm_receipt(order.id, market.customer)  # escrow → merchant while the job runs
+    [statement] = ran
+    assert (statement.gross, statement.fee, statement.payout) == (100_00, 1_00, 99_00)
+    assert market.receivable() == 300_00 - 3_00
+    market.world.clock.advance(DAY_NS)
+    [tomorrow] = market.settlement.settle()
+    assert (tomorrow.gross, tomorrow.fee, tomorrow.payout) == (300_00, 3_00, 297_00)
+    assert _paid_out(market) == 99_00 + 297_00
+    assert market.receivable() == 0
+
+
+def test_a_refund_during_the_settlement_leaves_it_alone(
+    market: Market, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refunds come out of escrow, never out of the merchant's receivable: one paid while the
+    job runs changes neither what is settled nor what is paid out."""
+    market.pay(100_00, "a")
+    c = market.checkout
+    order = c.create_order(
+        market.customer, market.shop, 30_00, CNY, Fulfilment.EXPRESS, "Cup", key="o"
+    )
+    c.pay_order(order.id, market.customer, key="p")
+    market.world.clock.advance(DAY_NS)
+    refund = c.request_refund(order.id, market.customer, 30_00, "broken", key="r")
+    ran = _settle_while(market, monkeypatch, OperationKind.REFUND)
+    c.answer_refund(refund.id, market.shop, approve=True)
+    [statement] = ran
+    assert (statement.gross, statement.fee, statement.payout) == (100_00, 1_00, 99_00)
+    assert c.order(order.id).status == "closed"
+    assert market.receivable() == 0
+    assert market.p.platform_balance(AccountCode.ESCROW, CNY).posted == 0
+
+
+# --- the settlement's own fee ---------------------------------------------------------------------
+
+
+def _settlement_fees(market: Market) -> list[int]:
+    """The amounts of every settlement-fee transfer the ledger holds."""
+    found = market.world.ledger.query_transfers(
+        QueryFilter(
+            user_data_128=0,
+            user_data_64=0,
+            user_data_32=0,
+            ledger=currency(CNY).ledger,
+            code=TransferCode.SETTLEMENT_FEE,
+            timestamp_min=0,
+            timestamp_max=0,
+            limit=100,
+            flags=QueryFilterFlags.NONE,
+        )
+    )
+    return sorted(t.amount for t in found)
+
+
+def test_a_settlement_without_a_fee_of_its_own_moves_no_fee(market: Market) -> None:
+    """No settlement writes a fee transfer of nothing: not one whose merchant pays no fee
+    (a payout without a fee leg), nor one whose items' fees were all taken at release and
+    whose payout is nothing (the fee was the whole sale)."""
+    p, c = market.p, market.checkout
+    free = p.register_merchant("Free", "food", 0, "tok-free").id
+    assert p.pay_merchant(market.customer, merchant_qr(free), 10_00, CNY, key="f").status is (
+        S.COMPLETED
+    )
+    whole = p.register_merchant("Whole", "food", 10_000, "tok-whole").id  # 100 %
+    order = c.create_order(market.customer, whole, 2_00, CNY, Fulfilment.INSTANT, "Tea", key="o")
+    c.pay_order(order.id, market.customer, key="p")
+    c.ship_order(order.id, whole)
+    c.confirm_receipt(order.id, market.customer)
+    assert p.platform_balance(AccountCode.FEE_REVENUE, CNY).posted == 2_00  # at release
+    market.world.clock.advance(DAY_NS)
+    statements = {s.merchant_id: s for s in market.settlement.settle()}
+    paid = statements[free]
+    assert (paid.gross, paid.fee, paid.payout) == (10_00, 0, 10_00)
+    assert paid.operation is not None and paid.operation.status is S.COMPLETED
+    nothing = statements[whole]
+    assert (nothing.gross, nothing.fee, nothing.payout, nothing.operation) == (2_00, 2_00, 0, None)
+    assert market.settlement.settle() == list(statements.values())
+    assert _settlement_fees(market) == []
+    assert p.platform_balance(AccountCode.FEE_REVENUE, CNY).posted == 2_00
+    assert p.merchant_balance(free, CNY).posted == p.merchant_balance(whole, CNY).posted == 0
+
+
+def test_a_settlement_cut_short_before_its_own_fee_takes_it_once_when_run_again(
+    market: Market, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A settlement with nothing to pay out is recorded, then its fee is taken: a crash in
+    between is finished by running the job for the same day again — once, however often."""
+    p = market.p
+    stall = p.register_merchant("Stall", "food", 5_000, "tok-stall").id  # 50 %
+    assert p.pay_merchant(market.customer, merchant_qr(stall), 1, CNY, key="one").status is (
+        S.COMPLETED
+    )
+    market.world.clock.advance(DAY_NS)
+    real_take_fee = Settlement._take_fee
+
+    def crash(self: Settlement, settlement: object) -> None:
+        raise SystemExit("killed after recording the settlement, before its fee")
+
+    monkeypatch.setattr(Settlement, "_take_fee", crash)
+    with pytest.raises(SystemExit):
+        market.settlement.settle()
+    monkeypatch.setattr(Settlement, "_take_fee", real_take_fee)
+    assert p.merchant_balance(stall, CNY).posted == 1  # recorded, its fee not taken yet
+    for _ in range(3):
+        [statement] = [s for s in market.settlement.settle() if s.merchant_id == stall]
+        assert (statement.fee, statement.payout, statement.operation) == (1, 0, None)
+    assert _settlement_fees(market) == [1]
+    assert p.merchant_balance(stall, CNY).posted == 0
+    assert p.platform_balance(AccountCode.FEE_REVENUE, CNY).posted == 1
+
+
+# --- reconciliation by the day the bank booked it ---------------------------------------------
+
+
+def _to_end_of_day(market: Market, seconds_left: int) -> int:
+    """Move the clock to ``seconds_left`` before the end of its business day; that day."""
+    clock = market.world.clock
+    local_ns = clock.now_ns() + market.p.options.day_offset_s * 10**9
+    clock.advance(DAY_NS - seconds_left * 10**9 - local_ns % DAY_NS)
+    return market.settlement.today()
+
+
+def _lines(statement: bytes) -> list[tuple[str, str, int, str, str]]:
+    rows = list(csv.reader(io.StringIO(statement.decode())))[1:]
+    return [
+        (ref, direction, int(amount), code, status) for ref, direction, amount, code, status in rows
+    ]
+
+
+def test_a_payout_straddling_midnight_reconciles_on_the_day_the_bank_booked_it(
+    market: Market,
+) -> None:
+    """A withdrawal and a settlement payout sent at 23:59:59 and confirmed by the bank after
+    midnight are on the next day's statement. Reconciliation keyed our side by the day the
+    operations were recorded: both were missing at the bank on the first day and extra at
+    the bank on the second."""
+    world, p = market.world, market.p
+    market.pay(100_00, "a")
+    world.clock.advance(DAY_NS)
+    noon = p.withdraw(market.customer, market.card, 3_00, CNY, key="noon")
+    assert noon.status is S.COMPLETED
+    day = _to_end_of_day(market, 1)
+    world.bank.processing_rate = 1.0  # the bank confirms 5 s later: after midnight
+    withdrawal = p.withdraw(market.customer, market.card, 7_00, CNY, key="w")
+    [statement] = market.settlement.settle()
+    world.bank.processing_rate = 0.0
+    payout = statement.operation
+    assert payout is not None
+    assert withdrawal.status is payout.status is S.AWAITING_BANK
+    world.clock.advance(60 * 10**9)
+    assert market.settlement.today() == day + 1
+    assert p.recover() == {"completed": 2}
+    first = market.settlement.reconcile(day, world.bank.statement(day))
+    assert (first.mismatches, first.matched) == ((), 1)  # the noon withdrawal
+    second = market.settlement.reconcile(day + 1, world.bank.statement(day + 1))
+    assert (second.mismatches, second.matched) == ((), 2)  # the two sent before midnight
+
+
+def test_a_withdrawal_sent_days_after_it_was_recorded_reconciles_on_the_day_the_bank_booked_it(
+    market: Market,
+) -> None:
+    """A withdrawal held for an analyst goes to the bank the day it is approved; it was
+    missing at the bank on the day it was recorded and extra on the day the bank paid it."""
+    world, p = market.world, market.p
+    day = market.settlement.today()
+    world.risk.next = [Decision.REVIEW]
+    held = p.withdraw(market.customer, market.card, 7_00, CNY, key="w")
+    assert held.status is S.CHALLENGED
+    world.clock.advance(2 * DAY_NS)
+    assert p.decide_review(held.id, approve=True).status is S.COMPLETED
+    reports = [
+        market.settlement.reconcile(d, world.bank.statement(d)) for d in (day, day + 1, day + 2)
+    ]
+    assert [(r.mismatches, r.matched) for r in reports] == [((), 1), ((), 0), ((), 1)]
+
+
+def test_reconciliation_by_the_bank_day_still_reports_what_the_bank_did_not_book(
+    market: Market,
+) -> None:
+    """Waiting for the statement that books a payout confirmed after midnight hides nothing:
+    left off that statement too, it is missing there (the day its outcome reached us); a
+    corrected file replaces the report; booked again on a later day, it is extra there; and
+    a withdrawal answered at once and left off its own day's statement is missing that day."""
+    world, p = market.world, market.p
+    day = _to_end_of_day(market, 1)
+    world.bank.processing_rate = 1.0
+    late = p.withdraw(market.customer, market.card, 7_00, CNY, key="late")
+    world.bank.processing_rate = 0.0
+    world.clock.advance(60 * 10**9)
+    assert p.recover() == {"completed": 1}
+    assert p.withdraw(market.customer, market.card, 2_00, CNY, key="next").status is S.COMPLETED
+    reconcile, statement = market.settlement.reconcile, world.bank.statement
+    first = reconcile(day, statement(day))
+    assert (first.mismatches, first.matched) == ((), 1)  # the top-up that funded the shopper
+    ref = f"{late.id:032x}"
+    without = statement_csv([line for line in _lines(statement(day + 1)) if line[0] != ref])
+    report = reconcile(day + 1, without)
+    assert [(m.reference, m.kind, m.ours, m.bank) for m in report.mismatches] == [
+        (ref, "missing_at_bank", 7_00, None)
+    ]
+    assert report.matched == 1
+    fixed = reconcile(day + 1, statement(day + 1))
+    assert (fixed.mismatches, fixed.matched) == ((), 2)
+    world.clock.advance(DAY_NS)
+    gone = p.withdraw(market.customer, market.card, 1_00, CNY, key="gone")
+    assert gone.status is S.COMPLETED and market.settlement.today() == day + 2
+    today = reconcile(day + 2, statement(day + 2, drop=1))
+    assert [(m.reference, m.kind) for m in today.mismatches] == [
+        (f"{gone.id:032x}", "missing_at_bank")
+    ]
+    again = reconcile(day + 3, statement_csv([(ref, "payout", 7_00, CNY, "succeeded")]))
+    assert [(m.reference, m.kind) for m in again.mismatches] == [(ref, "extra_at_bank")]

@@ -47,3 +47,41 @@ def test_every_migration_can_be_undone_and_redone(engine: sa.Engine) -> None:
     with engine.connect() as conn:
         assert set(metadata.tables) <= set(sa.inspect(conn).get_table_names())
     engine.dispose()
+
+
+def test_money_moved_before_0014_stays_booked_on_its_own_day(engine: sa.Engine) -> None:
+    """0014 keys reconciliation by the day the bank booked a reference (``bank_day``): the
+    operations completed before it keep the key they were reconciled by, their own day; the
+    others (not moved through the bank, or not completed) have none."""
+    migrate(engine, "0013")
+    columns = (
+        "id, kind, scope, idempotency_key, fingerprint, status, currency, amount, note, day,"
+        " decision, risk_score, risk_reasons, bank_sent, fee, created_at_ns, updated_at_ns"
+    )
+    rows = [
+        ("a" * 32, "withdrawal", "completed", 20_000),
+        ("b" * 32, "top_up", "completed", 20_001),
+        ("c" * 32, "settlement", "awaiting_bank", 20_001),
+        ("d" * 32, "p2p", "completed", 20_002),
+    ]
+    with engine.begin() as conn:
+        for key, kind, status, day in rows:
+            conn.execute(
+                sa.text(
+                    f"INSERT INTO payments_operations ({columns}) VALUES (:id, :kind, 's', :id,"
+                    " 'f', :status, 'CNY', 100, '', :day, 'accept', 0, '{}', true, 0, 1, 1)"
+                ),
+                {"id": key, "kind": kind, "status": status, "day": day},
+            )
+    migrate(engine)
+    with engine.connect() as conn:
+        booked = conn.execute(
+            sa.text("SELECT id, bank_day FROM payments_operations ORDER BY id")
+        ).all()
+    assert [tuple(r) for r in booked] == [
+        ("a" * 32, 20_000),
+        ("b" * 32, 20_001),
+        ("c" * 32, None),
+        ("d" * 32, None),
+    ]
+    engine.dispose()

@@ -93,7 +93,6 @@ class _BankRecord:
     settles_at_ns: int
     final_status: BankStatus
     reason: str
-    at_ns: int
 
 
 class SimulatedBank:
@@ -154,7 +153,6 @@ class SimulatedBank:
                 settles_at_ns=now + int(self.confirm_delay_s * 1e9) if processing else now,
                 final_status=final,
                 reason="card declined" if failed else "",
-                at_ns=now,
             )
             self._records[reference] = record
             if self._random.random() < self.timeout_rate:
@@ -186,12 +184,16 @@ class SimulatedBank:
         """The statement file of business day ``day`` (days since 1970-01-01 at UTC +
         ``day_offset_s``), with discrepancies injected for reconciliation tests: ``drop``
         succeeded lines left out, ``add`` lines for references that do not exist, ``alter``
-        amounts changed by one minor unit."""
+        amounts changed by one minor unit.
+
+        The bank books a reference on the day its outcome became final: one answered at
+        once on the day it arrived, one that was ``PROCESSING`` on the day it settled (a
+        payout sent at 23:59:59 and confirmed after midnight is the next day's)."""
         with self._lock:
             lines = [
                 (ref, str(r.direction), r.amount, r.currency, str(self._settle(r)))
                 for ref, r in self._records.items()
-                if (r.at_ns // 1_000_000_000 + day_offset_s) // 86_400 == day
+                if (r.settles_at_ns // 1_000_000_000 + day_offset_s) // 86_400 == day
             ]
         rng = random.Random(seed)
         succeeded = [i for i, line in enumerate(lines) if line[4] == BankStatus.SUCCEEDED]

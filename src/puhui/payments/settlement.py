@@ -8,11 +8,12 @@ settlement) sent to the bank like a withdrawal: posted when the bank pays, voide
 stays owed) when it does not. One settlement per merchant, currency and day — running the
 job again, or after a crash half-way, finishes what is there and pays nothing twice.
 
-**Reconciliation.** ``reconcile(day, statement)`` compares what the ledger says moved
-through the bank on a business day (completed top-ups, withdrawals and settlement payouts)
-with the bank's statement file and records every difference — missing at the bank, extra at
-the bank, amount differs, money moved the wrong way or in another currency. It changes no
-money: differences are for people to look at.
+**Reconciliation.** ``reconcile(day, statement)`` compares the bank's statement file of a
+business day with what our records say moved through the bank (completed top-ups,
+withdrawals and settlement payouts), keyed by the day the bank booked each reference — the
+statement it is on, which may be a day after the operation's own — and records every
+difference: missing at the bank, extra at the bank, amount differs, money moved the wrong
+way or in another currency. It changes no money: differences are for people to look at.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from .funding import STATEMENT_COLUMNS, BankDirection, BankStatus
 from .model import (
     AccountCode,
     OperationKind,
-    OperationStatus,
     TransferCode,
     business_day,
     fee,
@@ -45,10 +45,10 @@ from .model import (
 )
 from .service import INTERNAL, Operation, Payments, _hex
 
-_S = OperationStatus
 _DUE_KINDS = (str(OperationKind.MERCHANT_PAYMENT), str(OperationKind.ESCROW_RELEASE))
 _UNSETTLED_INDEX: Final = "ix_payments_operations_unsettled"
 _DECLINED_INDEX: Final = "ix_payments_operations_declined_payouts"
+_UNBOOKED_INDEX: Final = "ix_payments_operations_unbooked"
 
 
 def _from(conn: sa.Connection, index: str) -> str:
@@ -70,27 +70,29 @@ def _owed(conn: sa.Connection, index: str, terms: tuple[str, ...]) -> sa.TextCla
     )
 
 
-def _merchants(
-    conn: sa.Connection, index: str, terms: tuple[str, ...], *, before_day: bool
-) -> sa.TextClause:
-    """One merchant's rows (``:merchant``, ``:currency``) of a partial index; with
-    ``before_day`` only those before ``:day``."""
-    before = " AND day < :day" if before_day else ""
+def _merchants(conn: sa.Connection, index: str, terms: tuple[str, ...]) -> sa.TextClause:
+    """One merchant's rows (``:merchant``, ``:currency``) of a partial index before ``:day``."""
     return sa.text(
         f"SELECT id, kind, amount, fee, day FROM {_from(conn, index)}"
         f" WHERE merchant_id = :merchant AND currency = :currency"
-        f" AND {' AND '.join(terms)}{before}"
+        f" AND {' AND '.join(terms)} AND day < :day"
     )
 
 
+def _unbooked(conn: sa.Connection) -> sa.TextClause:
+    """The completed bank operations no statement has booked, recorded on ``:day`` or
+    before: a walk of the partial index of what is not booked yet, not of the history."""
+    return sa.text(
+        f"SELECT id, kind, amount, currency, updated_at_ns FROM {_from(conn, _UNBOOKED_INDEX)}"
+        f" WHERE {' AND '.join(t.UNBOOKED_TERMS)} AND day <= :day"
+    )
+
+
+_BOOKED_IDS_PER_UPDATE_MAX: Final = 1_000
+"""Most operation ids one statement marks booked (a day's statement is marked in parts)."""
 _LEG_FEE: Final = 2
 """The leg of a settlement's own fee when it has no payout (its transfer id is the settlement
 id's, as an operation's fee leg is the operation's)."""
-_BANK_KINDS = (
-    str(OperationKind.TOP_UP),
-    str(OperationKind.WITHDRAWAL),
-    str(OperationKind.SETTLEMENT),
-)
 
 
 class StatementInvalidError(InvalidPayloadError):
@@ -136,8 +138,9 @@ class SettlementStatement:
 class Mismatch:
     reference: str
     kind: str
-    """``missing_at_bank``, ``extra_at_bank``, ``amount_differs``, ``wrong_direction`` (the
-    bank charged where we paid out, or the reverse) or ``wrong_currency``."""
+    """``missing_at_bank``, ``extra_at_bank`` (also a reference the bank booked on an earlier
+    day already), ``amount_differs``, ``wrong_direction`` (the bank charged where we paid
+    out, or the reverse) or ``wrong_currency``."""
     ours: int | None
     bank: int | None
 
@@ -219,28 +222,26 @@ class Settlement:
         cur = currency(currency_code)
         o = t.operations.c
         with self.engine.connect() as conn:
-            # this merchant's own rows of the partial indexes (not its whole history).
-            # Payouts the bank declined (final, their hold voided before they were recorded
-            # failed: read before the balance, their money is in it): carried into this one.
-            mine = {"merchant": merchant_id, "currency": cur.code}
-            declined = [
-                r.id
-                for r in conn.execute(
-                    _merchants(conn, _DECLINED_INDEX, t.DECLINED_TERMS, before_day=True),
-                    {**mine, "day": day},
-                )
-            ]
-            unsettled = _merchants(conn, _UNSETTLED_INDEX, t.UNSETTLED_TERMS, before_day=False)
-            rows = conn.execute(unsettled, mine).all()
-        due = [r for r in rows if r.day < day]
-        not_due = [r for r in rows if r.day >= day]
+            # this merchant's own rows of the partial indexes (not its whole history): its
+            # takings completed before ``day`` and not settled yet, and the payouts the bank
+            # declined (final, their hold voided before they were recorded failed), carried
+            # into this one. A taking still on its way (its money moved, its record not
+            # completed yet) is not among them, and is not paid out: the payout is what
+            # exactly these rows add up to, and these rows are what ``record`` marks settled.
+            mine = {"merchant": merchant_id, "currency": cur.code, "day": day}
+            declined = conn.execute(_merchants(conn, _DECLINED_INDEX, t.DECLINED_TERMS), mine).all()
+            due = conn.execute(_merchants(conn, _UNSETTLED_INDEX, t.UNSETTLED_TERMS), mine).all()
+        if not due and not declined:  # settled by a run of another day meanwhile
+            return
         gross_payments = sum(r.amount for r in due if r.kind == OperationKind.MERCHANT_PAYMENT)
         settlement_fee = fee(gross_payments, merchant.fee_bps)
-        net_not_due = sum(r.amount - r.fee for r in not_due)
-        available = payments.merchant_balance(merchant_id, cur.code).available
-        payout = available - net_not_due - settlement_fee
-        if payout < 0:  # a payment completed between the two reads: settle it tomorrow
-            return
+        # each item's net (releases: their fee was taken at release), less the settlement's
+        # fee, plus what the declined payouts left owed (their fee went with them)
+        payout = (
+            sum(r.amount - r.fee for r in due) - settlement_fee + sum(r.amount for r in declined)
+        )
+        if payout < 0:  # a fee is at most its amount: a bug, not a state of the books
+            raise RuntimeError(f"settlement of merchant {merchant_id} on {day}: payout {payout}")
         settlement_id = payments.new_id()
         now = self.clock.now_ns()
 
@@ -267,7 +268,7 @@ class Settlement:
             carried = (
                 conn.execute(
                     t.operations.update()
-                    .where(o.id.in_(declined), o.settlement_id.is_(None))
+                    .where(o.id.in_([r.id for r in declined]), o.settlement_id.is_(None))
                     .values(settlement_id=_hex(settlement_id))
                 ).rowcount
                 if declined
@@ -276,8 +277,8 @@ class Settlement:
             if marked != len(due) or carried != len(declined):
                 raise PaymentsError("settlement raced with another run; run it again")
 
-        if payout == 0:  # nothing to send (e.g. all due money was refunded, or the fee
-            # took it all): recorded, then its own fee taken (there is no payout to link it to)
+        if payout == 0:  # nothing to send (the fees took it all: a fee rounded up to the
+            # whole of a tiny sale): recorded, then its own fee taken (no payout to link it to)
             try:
                 with self.engine.begin() as conn:
                     record(conn, None)
@@ -377,12 +378,24 @@ class Settlement:
     # --- reconciliation ---------------------------------------------------------------------------
 
     def reconcile(self, day: int, statement: Path | str | bytes) -> ReconciliationReport:
-        """Compare the bank's statement of business day ``day`` with the ledger's records.
+        """Compare the bank's statement of business day ``day`` with the money our records say
+        moved through the bank.
 
         ``statement`` is a CSV file (or its bytes) with the columns of
         ``STATEMENT_COLUMNS``; lines whose status is not ``succeeded`` are ignored. Running it
         again with the same statement returns the same report; with a corrected statement it
-        replaces the report.
+        replaces the report (and what the first one booked).
+
+        The key is the day the bank booked a reference — the statement it is on — not the
+        day its operation was recorded: a payout sent before midnight and confirmed after it
+        is on the next day's statement. The statement is compared with the completed bank
+        operations no other day's statement has booked, recorded on ``day`` or before; those
+        it lists are booked on ``day`` (``bank_day``). One it does not list is
+        ``missing_at_bank`` when its outcome reached us on ``day``: the bank books a
+        reference no later than it answers for it. One answered on a later day may still be
+        on that day's statement: in transit, not a difference yet. So a day is reconciled
+        once it has ended (its statement is whole then), after ``recover()`` has asked the
+        bank about what it had not answered.
         """
         data = statement if isinstance(statement, bytes) else Path(statement).read_bytes()
         digest = hashlib.sha256(data).hexdigest()
@@ -394,7 +407,11 @@ class Settlement:
             return self.report(day)
         bank = _read_statement(data)
         o = t.operations.c
-        with self.engine.connect() as conn:
+        options = self.payments.options
+        with self.engine.begin() as conn:
+            # this day's statement read before (another file): what it booked is unbooked
+            conn.execute(t.operations.update().where(o.bank_day == day).values(bank_day=None))
+            rows = conn.execute(_unbooked(conn), {"day": day}).all()
             ours = {
                 r.id: _BankLine(
                     int(r.amount),
@@ -405,37 +422,19 @@ class Settlement:
                     ),
                     str(r.currency),
                 )
-                for r in conn.execute(
-                    sa.select(o.id, o.amount, o.kind, o.currency).where(
-                        o.kind.in_(_BANK_KINDS), o.status == str(_S.COMPLETED), o.day == day
-                    )
-                ).all()
+                for r in rows
             }
-        mismatches: list[Mismatch] = []
-        matched = 0
-        for reference in sorted(set(ours) | set(bank)):
-            mine, theirs = ours.get(reference), bank.get(reference)
-            if mine is None or theirs is None:
-                kind = "extra_at_bank" if mine is None else "missing_at_bank"
-                mismatches.append(
-                    Mismatch(
-                        reference,
-                        kind,
-                        None if mine is None else mine.amount,
-                        None if theirs is None else theirs.amount,
-                    )
+            # a completed operation is not written again: updated_at_ns is when it completed,
+            # when the bank's answer reached us
+            answered = {r.id: business_day(int(r.updated_at_ns), options) for r in rows}
+            matched, mismatches = _compare(ours, bank, answered, day)
+            booked = sorted(set(ours) & set(bank))
+            for start in range(0, len(booked), _BOOKED_IDS_PER_UPDATE_MAX):
+                conn.execute(
+                    t.operations.update()
+                    .where(o.id.in_(booked[start : start + _BOOKED_IDS_PER_UPDATE_MAX]))
+                    .values(bank_day=day)
                 )
-            elif mine.direction != theirs.direction:
-                mismatches.append(
-                    Mismatch(reference, "wrong_direction", mine.amount, theirs.amount)
-                )
-            elif mine.currency != theirs.currency:
-                mismatches.append(Mismatch(reference, "wrong_currency", mine.amount, theirs.amount))
-            elif mine.amount != theirs.amount:
-                mismatches.append(Mismatch(reference, "amount_differs", mine.amount, theirs.amount))
-            else:
-                matched += 1
-        with self.engine.begin() as conn:
             conn.execute(t.reconciliation_items.delete().where(t.reconciliation_items.c.day == day))
             conn.execute(t.reconciliations.delete().where(t.reconciliations.c.day == day))
             conn.execute(
@@ -491,6 +490,34 @@ class _BankLine:
     amount: int
     direction: str
     currency: str
+
+
+def _compare(
+    ours: dict[str, _BankLine], bank: dict[str, _BankLine], answered: dict[str, int], day: int
+) -> tuple[int, list[Mismatch]]:
+    """Day ``day``'s statement (``bank``) against the operations it may book (``ours``, each
+    answered by the bank on business day ``answered[reference]``): how many match, and the
+    differences. An operation of ours the statement does not list is missing only if it was
+    answered on ``day``: one answered later may be on a later statement, one answered
+    earlier was missing on its own day."""
+    mismatches: list[Mismatch] = []
+    matched = 0
+    for reference in sorted(set(ours) | set(bank)):
+        mine, theirs = ours.get(reference), bank.get(reference)
+        if theirs is None:
+            if mine is not None and answered[reference] == day:
+                mismatches.append(Mismatch(reference, "missing_at_bank", mine.amount, None))
+        elif mine is None:
+            mismatches.append(Mismatch(reference, "extra_at_bank", None, theirs.amount))
+        elif mine.direction != theirs.direction:
+            mismatches.append(Mismatch(reference, "wrong_direction", mine.amount, theirs.amount))
+        elif mine.currency != theirs.currency:
+            mismatches.append(Mismatch(reference, "wrong_currency", mine.amount, theirs.amount))
+        elif mine.amount != theirs.amount:
+            mismatches.append(Mismatch(reference, "amount_differs", mine.amount, theirs.amount))
+        else:
+            matched += 1
+    return matched, mismatches
 
 
 def _read_statement(data: bytes) -> dict[str, _BankLine]:

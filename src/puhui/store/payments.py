@@ -81,8 +81,21 @@ DECLINED_TERMS = (
 )
 """The condition of the partial index of settlement payouts the bank declined and no later
 settlement has carried yet (term by term, as ``UNSETTLED_TERMS``)."""
+UNBOOKED_TERMS = (
+    "bank_day IS NULL",
+    "status = 'completed'",
+    "kind IN ('top_up', 'withdrawal', 'settlement')",
+)
+"""The condition of the partial index of money moved through the bank that no bank statement
+has booked yet (completed top-ups, withdrawals and settlement payouts without a
+``bank_day``), term by term as ``UNSETTLED_TERMS``: reconciliation walks it, and a row
+leaves it when a day's statement books it."""
+BOOKED_TERMS = ("bank_day IS NOT NULL",)
+"""The condition of the partial index of operations a bank statement booked, by its day."""
 _UNSETTLED = sa.text(" AND ".join(UNSETTLED_TERMS))
 _DECLINED = sa.text(" AND ".join(DECLINED_TERMS))
+_UNBOOKED = sa.text(" AND ".join(UNBOOKED_TERMS))
+_BOOKED = sa.text(" AND ".join(BOOKED_TERMS))
 
 operations = sa.Table(
     "payments_operations",
@@ -113,6 +126,10 @@ operations = sa.Table(
     sa.Column("fee", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("biller_id", sa.BigInteger, nullable=True),
     sa.Column("settlement_id", sa.String(32), nullable=True),
+    # The business day of the bank's statement that booked this operation (top-ups,
+    # withdrawals, settlement payouts), set by reconciliation: it may be a later day than
+    # the operation's own (a payout sent before midnight and confirmed after it).
+    sa.Column("bank_day", sa.Integer, nullable=True),
     sa.Column("created_at_ns", sa.BigInteger, nullable=False),
     sa.Column("updated_at_ns", sa.BigInteger, nullable=False),
     sa.UniqueConstraint("scope", "idempotency_key"),
@@ -143,8 +160,21 @@ operations = sa.Table(
         sqlite_where=_DECLINED,
         postgresql_where=_DECLINED,
     ),
-    # A day's operations of a kind (reconciliation with the bank's statement of the day).
-    sa.Index(None, "day", "kind"),
+    # Money moved through the bank that no statement has booked yet, by the operation's day
+    # (reconciliation: what a day's statement may book); a row leaves it when booked.
+    sa.Index(
+        "ix_payments_operations_unbooked",
+        "day",
+        sqlite_where=_UNBOOKED,
+        postgresql_where=_UNBOOKED,
+    ),
+    # What a day's statement booked (reconciling the day again undoes it first).
+    sa.Index(
+        "ix_payments_operations_booked",
+        "bank_day",
+        sqlite_where=_BOOKED,
+        postgresql_where=_BOOKED,
+    ),
     sa.CheckConstraint("amount > 0", name="amount_positive"),
 )
 
