@@ -280,3 +280,14 @@ def test_recovery_waits_longer_than_a_write_off_can_take_to_land(world: World) -
     assert bills.receipt(op.id).amount == 88_00
     assert p.balance(c.id, CNY) == Balance(posted=12_00, held=0)
     assert bills.clearing_balance("SH-POWER", CNY).posted == 88_00
+
+
+def test_the_simulated_biller_refuses_a_write_off_of_another_amount(home: Household) -> None:
+    bill = home.bills.query_bill(home.customer, home.binding)
+    assert bill is not None
+    biller = home.biller
+    wrong = biller.write_off("SH-WATER", "ref-1", bill.bill_id, bill.amount - 1)
+    assert wrong is WriteOffStatus.REFUSED
+    assert biller.write_off("SH-WATER", "ref-2", bill.bill_id, bill.amount) is (
+        WriteOffStatus.WRITTEN_OFF
+    )

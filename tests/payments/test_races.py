@@ -426,3 +426,29 @@ def test_a_second_ruling_with_another_amount_is_refused_as_such(
     assert p.balance(buyer, CNY).posted == 930_00
     assert p.merchant_balance(shop, CNY).posted == 70_00
     assert p.platform_balance(AccountCode.ESCROW, CNY).posted == 0
+
+
+def test_a_release_a_refund_stopped_after_the_timers_read_it_is_not_counted(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``run_timers`` read an order due for auto-confirmation; the buyer opened a refund
+    before the release. The release is refused (the money stays in escrow for the refund)
+    and the job's report used to count it confirmed all the same."""
+    p, buyer, shop, checkout, order = _paid_order(world)
+    checkout.ship_order(order.id, shop)
+    world.clock.advance(11 * 24 * 3600 * SECOND_NS)  # past the express auto-confirm time
+    release = checkout._release
+
+    def refund_first(read: Order) -> None:
+        monkeypatch.setattr(checkout, "_release", release)
+        # the buyer's request checked the order just before its deadline (then its timer
+        # was not due yet): recorded now, after the timers read the order
+        with monkeypatch.context() as before_the_deadline:
+            before_the_deadline.setattr(checkout, "_due", lambda o: o)
+            checkout.request_refund(order.id, buyer, 10_00, "late", key="r")
+        release(read)
+
+    monkeypatch.setattr(checkout, "_release", refund_first)
+    assert checkout.run_timers()["confirmed"] == 0
+    assert checkout.order(order.id).in_escrow == 100_00
+    assert p.merchant_balance(shop, CNY).posted == 0

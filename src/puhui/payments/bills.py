@@ -157,7 +157,8 @@ class BillerGateway(Protocol):
 
 class SimulatedBiller:
     """Billers for tests, demos and the simulator: every household has one bill due per
-    month, its amount a hash of (biller, account, month); deterministic for a seed."""
+    month, its amount a hash of (biller, account, month); deterministic for a seed. A
+    write-off of another amount than the bill's is refused, as a real biller would."""
 
     submit_timeout_s: float = 5.0
     """A write-off takes effect at once here; a real biller's adapter states its deadline."""
@@ -197,9 +198,11 @@ class SimulatedBiller:
         with self._lock:
             if (biller_code, bill_id) in self._paid:
                 return None
+        return Bill(bill_id, household_account, period, self._amount(bill_id), self.currency)
+
+    def _amount(self, bill_id: str) -> int:
         digest = hashlib.sha256(bill_id.encode()).digest()
-        amount = self.amount or 20_00 + int.from_bytes(digest[:4], "little") % 480_00
-        return Bill(bill_id, household_account, period, amount, self.currency)
+        return self.amount or 20_00 + int.from_bytes(digest[:4], "little") % 480_00
 
     def write_off(
         self, biller_code: str, reference: str, bill_id: str, amount: int
@@ -209,7 +212,11 @@ class SimulatedBiller:
             known = self._write_offs.get((biller_code, reference))
             if known is not None:
                 return known
-            if (biller_code, bill_id) in self._paid or self._random.random() < self.refusal_rate:
+            if (
+                (biller_code, bill_id) in self._paid
+                or amount != self._amount(bill_id)  # not what the bill asks: refused
+                or self._random.random() < self.refusal_rate
+            ):
                 status = WriteOffStatus.REFUSED
             else:
                 status = WriteOffStatus.WRITTEN_OFF

@@ -696,8 +696,10 @@ class Checkout:
                 done["released_after_arbitration"] += 1
         for row in due:
             if row.release_operation_id is None:
-                with contextlib.suppress(RefundOpenError):  # a refund opened meanwhile
+                try:
                     self._release(_order(row))
+                except RefundOpenError:  # a refund opened meanwhile: its timer runs instead
+                    continue
             else:  # released before a crash cut it short: finish it
                 self.payments._drive(self.payments.operation(int(row.release_operation_id, 16)))
             done["confirmed"] += 1
