@@ -74,7 +74,7 @@ def _start(env: dict[str, str], port: int, *args: str) -> subprocess.Popen[str]:
 
 
 def _wait_ready(server: subprocess.Popen[str], base: str) -> None:
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 240  # imports and a first numba compile on a busy machine
     while time.monotonic() < deadline:
         if server.poll() is not None:
             assert server.stderr is not None
