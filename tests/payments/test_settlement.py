@@ -632,6 +632,34 @@ def test_a_settlement_cut_short_before_its_own_fee_takes_it_once_when_run_again(
     assert p.platform_balance(AccountCode.FEE_REVENUE, CNY).posted == 1
 
 
+def test_a_settlement_cut_short_before_its_own_fee_is_finished_by_the_next_days_run(
+    market: Market, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same crash, but the job is not run again for that day: the next day's run (which
+    has nothing else to settle for the merchant) takes the fee, once."""
+    p = market.p
+    stall = p.register_merchant("Stall", "food", 5_000, "tok-stall").id  # 50 %
+    assert p.pay_merchant(market.customer, merchant_qr(stall), 1, CNY, key="one").status is (
+        S.COMPLETED
+    )
+    market.world.clock.advance(DAY_NS)
+    with monkeypatch.context() as killed:
+        killed.setattr(Settlement, "_take_fee", _killed_before_the_fee)
+        with pytest.raises(SystemExit):
+            market.settlement.settle()
+    assert p.merchant_balance(stall, CNY).posted == 1  # recorded, its fee not taken yet
+    for _ in range(2):
+        market.world.clock.advance(DAY_NS)
+        assert [s for s in market.settlement.settle() if s.merchant_id == stall] == []
+        assert _settlement_fees(market) == [1]
+        assert p.merchant_balance(stall, CNY).posted == 0
+        assert p.platform_balance(AccountCode.FEE_REVENUE, CNY).posted == 1
+
+
+def _killed_before_the_fee(self: Settlement, settlement: object) -> None:
+    raise SystemExit("killed after recording the settlement, before its fee")
+
+
 # --- reconciliation by the day the bank booked it ---------------------------------------------
 
 

@@ -91,6 +91,9 @@ def _unbooked(conn: sa.Connection) -> sa.TextClause:
 _BOOKED_IDS_PER_UPDATE_MAX: Final = 1_000
 """Most operation ids one statement marks booked (a day's statement is marked in parts)."""
 _LEG_FEE: Final = 2
+FEE_LOOKBACK_DAYS: Final = 7
+"""How many days back a settlement run finishes the fees of settlements without a payout
+that a crash cut short (the job runs daily: the next day's run is enough)."""
 """The leg of a settlement's own fee when it has no payout (its transfer id is the settlement
 id's, as an operation's fee leg is the operation's)."""
 
@@ -188,6 +191,19 @@ class Settlement:
                     t.settlements.c.day == day
                 )
             ).all()
+            # settlements of the days before without a payout (their fee is taken after they
+            # are recorded): a crash in between, then no rerun of that day, would leave their
+            # fee untaken for ever; a run takes it (once: its transfer id is the settlement's)
+            unpaid = conn.execute(
+                sa.select(t.settlements).where(
+                    t.settlements.c.day >= day - FEE_LOOKBACK_DAYS,
+                    t.settlements.c.day < day,
+                    t.settlements.c.operation_id.is_(None),
+                    t.settlements.c.fee > 0,
+                )
+            ).all()
+        for settlement in unpaid:
+            self._take_fee(settlement)
         owed = {(r[0], r[1]) for r in due} | {(r[0], r[1]) for r in declined}
         for merchant_id, code in sorted(owed | {(r[0], r[1]) for r in done}):
             self._settle_one(int(merchant_id), code, day)
