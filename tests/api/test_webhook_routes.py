@@ -17,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from puhui.api import ApiOptions
+from puhui.api._guards import encode_cursor
 from puhui.platform import (
     DeliveryWorker,
     EventType,
@@ -25,7 +26,7 @@ from puhui.platform import (
     Webhooks,
     verify_signature,
 )
-from puhui.store.platform import idempotency
+from puhui.store.platform import idempotency, webhook_events
 
 from .conftest import START_NS, Api, make_api, public_dns
 
@@ -135,18 +136,25 @@ def test_events_are_listed_a_page_at_a_time(api: Api) -> None:
     _record(api, api.b.id)
     seen: list[str] = []
     cursor: str | None = None
+    pages: list[tuple[int, bool]] = []
     for _ in range(10):
-        params: dict[str, Any] = {"limit": 2, "type": "order.paid"}
-        if cursor:
-            params["cursor"] = cursor
-        page = api.client.get(f"{HOOKS}/events", params=params, headers=api.auth()).json()
+        page = _events_page(api, cursor, limit=2, type="order.paid")
         seen += [e["id"] for e in page["data"]]
+        pages.append((len(page["data"]), page["has_more"]))
         cursor = page["next_cursor"]
-        if cursor is None:
+        if not page["has_more"]:
             break
     assert seen == ids
+    assert pages == [(2, True), (2, True), (1, False)]
+    # The last page, not full, still says where to go on from: a poller keeps it and asks
+    # again later (before, it was null and the poller had to start over).
+    assert cursor is not None
+    empty = _events_page(api, cursor, type="order.paid")
+    assert empty == {"data": [], "next_cursor": None, "has_more": False}
+    later = _record(api, api.a.id)
+    assert [e["id"] for e in _events_page(api, cursor, type="order.paid")["data"]] == [later]
     everything = api.client.get(f"{HOOKS}/events", headers=api.auth()).json()
-    assert [e["id"] for e in everything["data"]] == [*ids, paid]
+    assert [e["id"] for e in everything["data"]] == [*ids, paid, later]
     assert everything["data"][0] == {
         "id": ids[0],
         "type": "order.paid",
@@ -161,6 +169,42 @@ def test_events_are_listed_a_page_at_a_time(api: Api) -> None:
         f"{HOOKS}/dead-letters", params={"cursor": cursor or page_cursor(api)}, headers=api.auth()
     )
     assert other_list.json()["code"] == "cursor_invalid"
+
+
+def _events_page(api: Api, cursor: str | None, **params: Any) -> dict[str, Any]:
+    if cursor is not None:
+        params["cursor"] = cursor
+    response = api.client.get(f"{HOOKS}/events", params=params, headers=api.auth())
+    assert response.status_code == 200, response.text
+    page: dict[str, Any] = response.json()
+    return page
+
+
+def test_a_cursor_from_before_events_kept_their_transaction_goes_on_from_its_seq(
+    api: Api,
+) -> None:
+    """A cursor handed out before the listing ordered by ``(txid, seq)`` holds ``seq``
+    only: it still works, as ``(0, seq)``. Events written before then have txid 0 and were
+    listed by seq, so it goes on right after its event among them, then to every later
+    event (a larger txid): nothing is skipped."""
+    ids = [_record(api, api.a.id) for _ in range(3)]
+    with api.engine.begin() as conn:  # as the migration left the events written before it
+        conn.execute(
+            sa.update(webhook_events).where(webhook_events.c.id.in_(ids[:2])).values(txid=0)
+        )
+    newer = _record(api, api.a.id)
+    first = _webhooks(api).event(api.a.id, ids[0])
+    old_cursor = encode_cursor("webhook_events", {"seq": first.seq})
+    page = _events_page(api, old_cursor)
+    assert [e["id"] for e in page["data"]] == [ids[1], ids[2], newer]
+    assert [e["id"] for e in _events_page(api, None)["data"]] == [*ids, newer]
+    for bad in ({"seq": -1}, {"seq": True}, {"txid": "1", "seq": 1}, {"txid": 1}):
+        answer = api.client.get(
+            f"{HOOKS}/events",
+            params={"cursor": encode_cursor("webhook_events", bad)},
+            headers=api.auth(),
+        )
+        assert (answer.status_code, answer.json()["code"]) == (400, "cursor_invalid"), bad
 
 
 def page_cursor(api: Api) -> str:

@@ -508,10 +508,27 @@ def test_events_are_listed_a_page_at_a_time(setup: Setup) -> None:
     ids = [setup.record(setup.a, EventType.ORDER_PAID) for _ in range(5)]
     setup.record(setup.b)
     first = w.events(setup.a.id, limit=2)
-    second = w.events(setup.a.id, after_seq=first[-1].seq, limit=2)
-    third = w.events(setup.a.id, after_seq=second[-1].seq, limit=2)
+    second = w.events(setup.a.id, after=first[-1].position, limit=2)
+    third = w.events(setup.a.id, after=second[-1].position, limit=2)
     assert [e.id for e in first + second + third] == ids
+    assert w.events(setup.a.id, after=third[-1].position) == []
     assert w.events(setup.a.id, event_type="payment.succeeded") == []
+
+
+def test_the_events_listing_reads_its_index(setup: Setup) -> None:
+    """On SQLite, a page of a tenant's events after a position is a range of the
+    ``(tenant_id, txid, seq)`` index from the position's ``txid``, in the index's order (no
+    scan of the tenant's earlier events, no sort)."""
+    w = setup.webhooks
+    if setup.engine.dialect.name != "sqlite":
+        return  # the plan is SQLite's
+    setup.record(setup.a)
+    found = plans_of(setup.engine, ("platform_webhook_events",), lambda: w.events(setup.a.id))
+    [(_, plan)] = found
+    assert plan == [
+        "SEARCH platform_webhook_events USING INDEX "
+        "ix_platform_webhook_events_tenant_id_txid_seq (tenant_id=? AND txid>?)"
+    ], plan
 
 
 def test_the_receivers_example_in_the_docs_verifies_our_signatures() -> None:
@@ -830,12 +847,16 @@ def test_record_many_is_record_for_each_event_in_order(setup: Setup) -> None:
     assert [listed[i].tenant_id for i in ids] == [setup.a.id, setup.b.id, setup.a.id, setup.b.id]
     seqs = [listed[i].seq for i in ids]
     assert seqs == sorted(seqs) and len(set(ids)) == 4
+    assert len({listed[i].txid for i in ids}) == 1  # one transaction, one statement
     wanted = [sorted(d.endpoint_id for d in w.deliveries(listed[i].tenant_id, i)) for i in ids]
     assert wanted[0] == [everything.id] and wanted[2] == sorted([everything.id, orders.id])
     assert len(wanted[1]) == 1 and wanted[3] == []
     receiver = Receiver(setup.clock)
     assert rounds(w, receiver) == 4
     assert sorted(receiver.event_ids()) == sorted([ids[0], ids[1], ids[2], ids[2]])
+    with setup.engine.begin() as conn:
+        later = w.record(conn, setup.a.id, EventType.ORDER_PAID, {"n": "5"})
+    assert listed[ids[2]].position < w.event(setup.a.id, later).position
 
 
 # --- PostgreSQL: concurrent transactions ------------------------------------------------------
@@ -858,17 +879,18 @@ def test_a_poller_never_pages_past_an_event_that_commits_later(pg_setup: Setup) 
     the second records a later ``seq`` and commits; a poller pages between the two commits,
     then again. Before, the poller got the second event, kept its ``seq`` as the cursor, and
     never saw the first (a smaller ``seq``, committed after): lost for pollers. Now the
-    second transaction waits to record until the first has committed, so ``seq`` order is
-    commit order and the poller gets both. (SQLite runs one writing transaction at a time.)"""
+    second event is not listed while the first transaction (which took its id earlier) is
+    open, and then both are, in the order the transactions took their ids. (SQLite runs one
+    writing transaction at a time.)"""
     s, w = pg_setup, pg_setup.webhooks
     seen: list[str] = []
-    cursor = 0
+    cursor = (0, 0)
 
     def poll() -> None:
         nonlocal cursor
-        for event in w.events(s.a.id, after_seq=cursor):
+        for event in w.events(s.a.id, after=cursor):
             seen.append(event.id)
-            cursor = event.seq
+            cursor = event.position
 
     with s.engine.connect() as first, ThreadPoolExecutor(1) as pool:
         first.begin()
@@ -876,11 +898,35 @@ def test_a_poller_never_pages_past_an_event_that_commits_later(pg_setup: Setup) 
         later = pool.submit(s.record, s.a)
         wait_until_blocked_or_done(s.engine, backend_pid(first), later)
         poll()
+        assert seen == []  # not even the second: the first is still open
         first.commit()
         later_id = later.result(PROMPTLY_S)
     poll()
     assert sorted(seen) == sorted([early, later_id])
-    assert [e.id for e in w.events(s.a.id)] == [early, later_id]  # seq order: commit order
+    assert [e.id for e in w.events(s.a.id)] == [early, later_id]
+
+
+@pytest.mark.postgres
+def test_transactions_that_record_events_do_not_wait_for_each_other(pg_setup: Setup) -> None:
+    """Two transactions record an event each (and its delivery to the same endpoint) and
+    stay open: the second does not wait for the first. Before, the second waited for the
+    first's advisory lock until the first ended (here: ``lock_timeout`` ends the wait with
+    an error), so every transaction that records events committed one at a time. Neither
+    event is listed before the first transaction ends, even once the second committed."""
+    s, w = pg_setup, pg_setup.webhooks
+    w.create_endpoint(s.a.id, "https://a.example/hook", ["*"])
+    with s.engine.connect() as first, s.engine.connect() as second:
+        first.begin()
+        second.begin()
+        second.execute(sa.text("SET LOCAL lock_timeout = '1s'"))  # waits for no lock at all
+        early = w.record(first, s.a.id, EventType.PAYMENT_SUCCEEDED, {"amount": "1"})
+        later = w.record(second, s.a.id, EventType.PAYMENT_SUCCEEDED, {"amount": "2"})
+        assert w.events(s.a.id) == []
+        second.commit()
+        assert w.events(s.a.id) == []
+        first.commit()
+    assert [e.id for e in w.events(s.a.id)] == [early, later]
+    assert [len(w.deliveries(s.a.id, e)) for e in (early, later)] == [1, 1]
 
 
 def _pause_after(

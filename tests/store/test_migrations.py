@@ -85,3 +85,49 @@ def test_money_moved_before_0014_stays_booked_on_its_own_day(engine: sa.Engine) 
         ("d" * 32, None),
     ]
     engine.dispose()
+
+
+def test_events_written_before_0015_list_first_in_their_order(engine: sa.Engine) -> None:
+    """0015 gives each event its transaction's id (``txid``) and lists by ``(txid, seq)``:
+    the events already there get 0, so they list first, in ``seq`` order as before, and a
+    cursor taken among them (``(0, seq)``) goes on through them, then through every event
+    written since (a larger txid). On PostgreSQL the column keeps no default: every writer
+    names its transaction."""
+    from puhui.platform import EventType, Webhooks
+
+    migrate(engine, "0014")
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO platform_tenants (id, name, kind, status, ledger_id_mask,"
+                " created_at_ns) VALUES (1, 'Bank', 'bank', 'active', :mask, 1)"
+            ),
+            {"mask": "0" * 32},
+        )
+        for n in (1, 2, 3):  # seq 1, 2, 3
+            conn.execute(
+                sa.text(
+                    "INSERT INTO platform_webhook_events (id, tenant_id, type, created_at_ns,"
+                    " payload) VALUES (:id, 1, 'order.paid', 1, '{}')"
+                ),
+                {"id": f"evt_{n:032x}"},
+            )
+    migrate(engine)
+    webhooks = Webhooks(engine)
+    with engine.begin() as conn:
+        newer = webhooks.record(conn, 1, EventType.ORDER_PAID, {})
+    listed = webhooks.events(1)
+    assert [(e.id, e.seq, e.txid) for e in listed[:3]] == [
+        (f"evt_{n:032x}", n, 0) for n in (1, 2, 3)
+    ]
+    assert listed[3].id == newer and listed[3].txid > 0
+    assert [e.id for e in webhooks.events(1, after=(0, 1))] == [e.id for e in listed[1:]]
+    if engine.dialect.name == "postgresql":
+        with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO platform_webhook_events (id, tenant_id, type, created_at_ns,"
+                    " payload) VALUES ('evt_x', 1, 'order.paid', 1, '{}')"
+                )
+            )
+    engine.dispose()

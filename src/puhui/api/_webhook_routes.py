@@ -93,7 +93,15 @@ class EventOut(BaseModel):
 
 class EventPage(BaseModel):
     data: list[EventOut]
-    next_cursor: str | None
+    next_cursor: str | None = Field(
+        description="Where to go on from: after the page's last event, whenever the page "
+        "has events, also when it is the last page for now (poll again with it later). "
+        "Null only on an empty page: keep the cursor you sent."
+    )
+    has_more: bool = Field(
+        description="More events are listable after this page right now: fetch the next "
+        "page at once (false: poll again later with `next_cursor`)."
+    )
 
 
 class DeliveryOut(BaseModel):
@@ -172,13 +180,28 @@ def delivery_out(d: WebhookDelivery) -> DeliveryOut:
     )
 
 
-def _int_position(kind: str, cursor: str | None, name: str) -> int:
-    if cursor is None:
-        return 0
-    value = decode_cursor(kind, cursor).get(name)
+def _position_number(value: object) -> int:
+    """A number of a cursor's position: a non-negative int, else ``cursor_invalid``."""
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise InvalidCursorError("malformed cursor")
     return value
+
+
+def _int_position(kind: str, cursor: str | None, name: str) -> int:
+    if cursor is None:
+        return 0
+    return _position_number(decode_cursor(kind, cursor).get(name))
+
+
+def _event_position(kind: str, cursor: str | None) -> tuple[int, int]:
+    """The ``(txid, seq)`` an events cursor holds. One made before events kept their
+    transaction's id holds ``seq`` only: it is read as ``(0, seq)``, the same place (events
+    written before then have txid 0 and were listed by ``seq``; every later one has a
+    larger txid), so it skips nothing."""
+    if cursor is None:
+        return (0, 0)
+    position = decode_cursor(kind, cursor)
+    return (_position_number(position.get("txid", 0)), _position_number(position.get("seq")))
 
 
 @router.post("/endpoints", response_model=CreatedEndpointOut, summary="create an endpoint")
@@ -241,17 +264,29 @@ async def list_events(
     ] = None,
 ) -> EventPage:
     """The tenant's events, oldest first (the outbox, whether or not any endpoint wants
-    them)."""
+    them): in commit order as far as a poller can tell, so paging on with ``next_cursor``
+    never passes an event that commits later. ``next_cursor`` is set whenever the page has
+    events, the last page too: a poller keeps it and asks again later."""
     kind = "webhook_events"
     page = page_size(request.app.state.puhui.options, limit)
     if type is not None:
         parse_event_types([type])
-    after = _int_position(kind, cursor, "seq")
+    after = _event_position(kind, cursor)
     found = await asyncio.to_thread(
-        _webhooks(request).events, _tenant(request), after_seq=after, limit=page, event_type=type
+        _webhooks(request).events,
+        _tenant(request),
+        after=after,
+        limit=page + 1,  # one more: is there a next page?
+        event_type=type,
     )
-    next_cursor = encode_cursor(kind, {"seq": found[-1].seq}) if len(found) == page else None
-    return EventPage(data=[event_out(e) for e in found], next_cursor=next_cursor)
+    shown = found[:page]
+    next_cursor = None
+    if shown:
+        txid, seq = shown[-1].position
+        next_cursor = encode_cursor(kind, {"txid": txid, "seq": seq})
+    return EventPage(
+        data=[event_out(e) for e in shown], next_cursor=next_cursor, has_more=len(found) > page
+    )
 
 
 @router.get("/events/{event_id}", response_model=EventDetailOut, summary="get an event")

@@ -179,7 +179,11 @@ class WebhookEvent:
     id: str
     """``evt_`` + 32 hex digits: the receiver's de-duplication key."""
     seq: int
-    """Position in the outbox (the listing's order)."""
+    """The outbox's key (deliveries refer to it); orders one transaction's events."""
+    txid: int
+    """The id of the transaction that wrote it on PostgreSQL (``pg_current_xact_id()``); on
+    SQLite, which has one writer, a number that ascends with ``seq``; 0 for events written
+    before it was kept."""
     tenant_id: int
     type: str
     created_at_ns: int
@@ -193,6 +197,11 @@ class WebhookEvent:
             "created_at": rfc3339(self.created_at_ns),
             "data": self.data,
         }
+
+    @property
+    def position(self) -> tuple[int, int]:
+        """Where it is in the listing, ``(txid, seq)``: ``Webhooks.events(after=...)``."""
+        return (self.txid, self.seq)
 
     def body(self) -> bytes:
         """The exact bytes POSTed: compact JSON with sorted keys (the same on every attempt)."""
@@ -264,6 +273,7 @@ def _event(row: Any) -> WebhookEvent:
     return WebhookEvent(
         id=str(row.id),
         seq=int(row.seq),
+        txid=int(row.txid),
         tenant_id=int(row.tenant_id),
         type=str(row.type),
         created_at_ns=int(row.created_at_ns),
@@ -277,15 +287,25 @@ _E = tables.webhook_endpoints
 _V = tables.webhook_events
 _D = tables.webhook_deliveries
 
-OUTBOX_LOCK_KEY: Final = 0x7075_6875_6900_0001
-"""PostgreSQL's transaction-level advisory lock (``pg_advisory_xact_lock``) that a
-transaction takes before it writes outbox events, held until it commits or rolls back: so
-transactions write events one after the other, and ``seq`` ascends in commit order (see
-``Webhooks.record_many``). A fixed 64-bit key of Puhui's own."""
-_LOCK_OUTBOX = sa.select(sa.func.pg_advisory_xact_lock(sa.literal(OUTBOX_LOCK_KEY, sa.BigInteger)))
-_INSERT_EVENTS = _V.insert().returning(_V.c.seq, _V.c.id)
-"""Events of the outbox (parameters: a list of rows, their columns but ``seq``); answers
-each one's ``seq`` and ``id``."""
+_CURRENT_TXID = sa.cast(sa.cast(sa.func.pg_current_xact_id(), sa.Text), sa.BigInteger)
+"""PostgreSQL: this transaction's id (``xid8``, 64 bits with its epoch: it never wraps)."""
+_FINISHED_BELOW = sa.cast(
+    sa.cast(sa.func.pg_snapshot_xmin(sa.func.pg_current_snapshot()), sa.Text), sa.BigInteger
+)
+"""PostgreSQL: the oldest transaction id still running when the statement's snapshot was
+taken (the snapshot's xmin). Every transaction below it has committed or rolled back, and
+the statement sees all that committed; a transaction that takes its id later gets a larger
+one."""
+_NEXT_SEQ = sa.select(sa.func.coalesce(sa.func.max(_V.c.seq), 0) + 1).scalar_subquery()
+"""SQLite's ``txid``: one more than the largest ``seq`` before the writing statement. One
+writer at a time, so it ascends with ``seq`` (the listing's order is ``seq``'s), and unlike a
+constant it lets the listing seek to a position in the index instead of scanning to it."""
+_INSERT_EVENTS = {
+    "postgresql": _V.insert().values(txid=_CURRENT_TXID).returning(_V.c.seq, _V.c.id),
+    "sqlite": _V.insert().values(txid=_NEXT_SEQ).returning(_V.c.seq, _V.c.id),
+}
+"""Events of the outbox, by dialect (parameters: a list of rows, their columns but ``seq``
+and ``txid``); answers each one's ``seq`` and ``id``."""
 _ENABLED_ENDPOINTS = sa.select(_E.c.id, _E.c.event_types).where(
     _E.c.tenant_id == sa.bindparam("tenant_id"), _E.c.enabled.is_(True)
 )
@@ -432,18 +452,9 @@ class Webhooks:
         One statement writes the events, one reads each tenant's endpoints, one writes the
         deliveries (a payments batch's outcomes took two statements per event before).
 
-        ``seq`` ascends in commit order too, so a reader that pages by ``seq`` never passes
-        an event that commits later (``events(after_seq=...)``: at least once, for pollers as
-        for receivers). ``seq`` is drawn when the row is inserted; on PostgreSQL two
-        transactions could draw 10 and 11 and commit 11 first, and a poller that read 11
-        then asked for events after 11. So, on PostgreSQL, a transaction takes the outbox's
-        advisory lock (``OUTBOX_LOCK_KEY``) before it draws, and holds it to its end: the
-        next one draws after this one committed. One statement more per call (taking it
-        again in the same transaction does not wait); transactions that record events
-        commit one at a time from here on, so callers record their events last, after
-        their other writes (the payments hooks do), which keeps the lock short and takes
-        no row lock after it (no deadlock with a transaction that holds a row and waits for
-        the lock). SQLite runs one writing transaction at a time already."""
+        Each event also keeps its transaction's id (``txid``) for the listing, which must
+        not pass an event that commits later (see ``events``). Writers take no lock for it:
+        on PostgreSQL, transactions that record events commit concurrently."""
         if not events:
             return []
         now = self.clock.now_ns()
@@ -459,10 +470,9 @@ class Webhooks:
         ]
         # Statements built once (module constants): SQLAlchemy compiles and keys them once,
         # not per event (building them here cost more than running them).
-        if conn.dialect.name == "postgresql":
-            conn.execute(_LOCK_OUTBOX)
         # One multi-row INSERT, its rows in the order given (as their seq ascend).
-        seq_of = {str(r.id): r.seq for r in conn.execute(_INSERT_EVENTS, rows)}
+        insert = _INSERT_EVENTS[conn.dialect.name]
+        seq_of = {str(r.id): r.seq for r in conn.execute(insert, rows)}
         endpoints_of: dict[int, list[tuple[str, frozenset[str]]]] = {}
         deliveries: list[dict[str, Any]] = []
         for row in rows:
@@ -503,17 +513,33 @@ class Webhooks:
         self,
         tenant_id: int,
         *,
-        after_seq: int = 0,
+        after: tuple[int, int] = (0, 0),
         limit: int = 100,
         event_type: str | None = None,
     ) -> list[WebhookEvent]:
-        """The tenant's events after ``after_seq``, oldest first."""
+        """The tenant's events after the position ``after`` (an event's ``position``,
+        ``(txid, seq)``), in that order: commit order, as far as a poller can tell.
+
+        A poller pages with the last position it got and never passes an event that
+        commits later. ``seq`` alone could not do that: it is drawn at INSERT, and on
+        PostgreSQL a transaction that drew 10 may commit after one that drew 11. So on
+        PostgreSQL only events of transactions below the snapshot's xmin are listed (all of
+        those have ended, and any transaction still to commit has a larger id, so it lists
+        after every position handed out), by their transaction then ``seq``. The price: an
+        event is listed only once every transaction that took its id before the event's
+        own has ended, so one left open anywhere on the server holds the listing back (not
+        the deliveries). SQLite has one writer at a time: ``txid`` ascends with ``seq``,
+        the order is ``seq``'s. Events written before ``txid`` was kept have txid 0: they
+        come first, in ``seq`` order (commit order then: their writers took a lock)."""
+        position = sa.tuple_(_V.c.txid, _V.c.seq)
         query = (
             sa.select(_V)
-            .where(_V.c.tenant_id == tenant_id, _V.c.seq > after_seq)
-            .order_by(_V.c.seq)
+            .where(_V.c.tenant_id == tenant_id, position > sa.tuple_(*after))
+            .order_by(_V.c.txid, _V.c.seq)
             .limit(limit)
         )
+        if self.engine.dialect.name == "postgresql":
+            query = query.where(_V.c.txid < _FINISHED_BELOW)
         if event_type is not None:
             query = query.where(_V.c.type == event_type)
         with self.engine.connect() as conn:
@@ -699,6 +725,7 @@ class Webhooks:
                     _E.c.secret,
                     _V.c.id.label("event_id"),
                     _V.c.seq.label("event_seq"),
+                    _V.c.txid.label("event_txid"),
                     _V.c.tenant_id.label("event_tenant_id"),
                     _V.c.type.label("event_type"),
                     _V.c.created_at_ns.label("event_created_at_ns"),
@@ -746,6 +773,7 @@ class Webhooks:
                 event = WebhookEvent(
                     id=str(row.event_id),
                     seq=int(row.event_seq),
+                    txid=int(row.event_txid),
                     tenant_id=int(row.event_tenant_id),
                     type=str(row.event_type),
                     created_at_ns=int(row.event_created_at_ns),

@@ -106,14 +106,18 @@ webhook_endpoints = sa.Table(
 webhook_events = sa.Table(
     "platform_webhook_events",
     metadata,
-    # The order events were written in (cursor pagination follows it).
+    # The order events were written in (deliveries key by it; it orders one transaction's
+    # events in the listing).
     sa.Column("seq", Id, primary_key=True, autoincrement=True),
     sa.Column("id", sa.String(36), nullable=False, unique=True),
     sa.Column("tenant_id", sa.BigInteger, sa.ForeignKey(tenants.c.id), nullable=False),
     sa.Column("type", sa.String(64), nullable=False),
     sa.Column("created_at_ns", sa.BigInteger, nullable=False),
     sa.Column("payload", sa.Text, nullable=False),
-    sa.Index(None, "tenant_id", "seq"),
+    # The writing transaction's id on PostgreSQL (pg_current_xact_id()); 0 on SQLite and for
+    # events written before it was kept. The listing (and its cursor) orders by (txid, seq).
+    sa.Column("txid", sa.BigInteger, nullable=False),
+    sa.Index(None, "tenant_id", "txid", "seq"),
     sa.Index(None, "created_at_ns"),
 )
 
