@@ -598,7 +598,23 @@ def test_the_worker_prunes_a_backlog_round_after_round(setup: Setup) -> None:
             await worker.run(stop, interval_s=0.001)
 
     asyncio.run(run())
-    assert w.events(setup.b.id) == []  # 2 + 2 + 1 in three rounds, the clock standing still
+    # 2 + 2 in two rounds, the clock standing still; the newest event is kept
+    assert len(w.events(setup.b.id)) == 1
+
+
+def test_pruning_every_old_event_does_not_hand_out_positions_again(setup: Setup) -> None:
+    """The store's newest event is never pruned: on SQLite new events' seq and txid follow
+    the largest ones, and with every event gone they started again from 1 — a poller past
+    the old positions never saw the new events."""
+    w = setup.webhooks
+    for _ in range(3):
+        setup.record(setup.b)  # no endpoint: nothing to deliver, prunable once old
+    [*_, last] = w.events(setup.b.id)
+    setup.clock.advance(int(w.options.event_retention_s * NS) + 1)
+    assert w.prune() == 2
+    assert w.prune() == 0
+    new = setup.record(setup.b)
+    assert [e.id for e in w.events(setup.b.id, after=last.position)] == [new]
 
 
 def test_pruning_reads_each_old_event_s_own_deliveries(setup: Setup) -> None:
@@ -971,6 +987,7 @@ def test_a_replay_racing_the_pruning_of_its_event_is_queued_or_not_found(
     s, w = pg_setup, pg_setup.webhooks
     w.create_endpoint(s.a.id, "https://a.example/hook", ["*"])
     event_id = s.record(s.a)
+    s.record(s.b)  # B has no endpoint; the store's newest event, never pruned
     rounds(w, Receiver(s.clock))
     s.clock.advance(int(w.options.event_retention_s * NS) + 1)
     paused: list[int | None] = []

@@ -653,8 +653,8 @@ class Webhooks:
 
     def prune(self) -> int:
         """Delete up to ``prune_events_max`` events older than ``event_retention_s`` whose
-        deliveries are all done (delivered or dead), with those deliveries. Returns how many
-        events went.
+        deliveries are all done (delivered or dead), with those deliveries, but never the
+        store's newest event. Returns how many events went.
 
         Against a concurrent ``replay`` (PostgreSQL; SQLite runs one writer at a time): the
         old events are locked as they are chosen (``FOR UPDATE SKIP LOCKED``: one a replay
@@ -669,11 +669,15 @@ class Webhooks:
         pending = sa.exists().where(
             _D.c.event_seq == _V.c.seq, unindexed(_D.c.state) == str(DeliveryState.PENDING)
         )
+        # The newest event of the store is kept, however old: on SQLite a new event's seq
+        # (and txid) is the largest one plus one, so deleting them all would hand out seqs
+        # again, and a poller past them would skip the new events.
+        newest = sa.select(sa.func.max(_V.c.seq)).scalar_subquery()
         with self.engine.begin() as conn:
             seqs = list(
                 conn.execute(
                     sa.select(_V.c.seq)
-                    .where(_V.c.created_at_ns < cutoff, ~pending)
+                    .where(_V.c.created_at_ns < cutoff, ~pending, _V.c.seq < newest)
                     .order_by(_V.c.created_at_ns)
                     .limit(self.options.prune_events_max)
                     .with_for_update(skip_locked=True)
