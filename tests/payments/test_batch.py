@@ -36,6 +36,7 @@ from puhui.payments import (
     StoreLedgerMismatchError,
     merchant_qr,
 )
+from puhui.payments.batch import CHECK_PASSES_MAX
 from puhui.payments.model import (
     TransferCode,
     merchant_account_id,
@@ -1085,3 +1086,42 @@ def test_a_retry_of_a_held_payment_is_answered_from_its_record_as_one_at_a_time(
     # Was: expired (the batch finished the lapse; a retry one at a time returns the record,
     # and ``recover()`` records the lapse).
     assert again == held == _single(p, request)
+
+
+def test_a_long_chain_of_risk_answers_is_checked_in_bounded_passes_then_one_at_a_time(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each rejection frees the money for the payer's next payment, which then reaches risk:
+    checked pass after pass, a batch of n such payments would take n passes over the whole
+    batch. After ``CHECK_PASSES_MAX`` passes the rest go one at a time, with the answers
+    one at a time gives, risk asked once per payment."""
+    p = world.payments
+    alice = _customer(world, 1, fund=100_00)
+    bob = _customer(world, 2)
+    carol = _customer(world, 3, fund=100_00)
+    n = 10
+    world.risk.next = [risk.Decision.REJECT] * (n - 1)
+    requests = [
+        PaymentRequest(alice, 100_00, CNY, f"k{k}", payee=Payee(customer_id=bob)) for k in range(n)
+    ]
+    requests.insert(1, PaymentRequest(carol, 10_00, CNY, "c", payee=Payee(customer_id=bob)))
+    asked = len(world.risk.seen)
+    batches = PaymentBatches(p)
+    passes = 0
+    one_pass = batches._pass
+
+    def counted(*args: Any) -> Any:
+        nonlocal passes
+        passes += 1
+        return one_pass(*args)
+
+    monkeypatch.setattr(batches, "_pass", counted)
+    answers = batches.pay_many(requests)
+    assert passes == CHECK_PASSES_MAX  # not one pass per payment of the chain
+    # As one at a time: the rejections go to alice's first, carol's, then alice's next seven;
+    # her ninth is accepted and takes the money; her tenth finds none (risk is not asked).
+    assert [_ok(a).status for a in answers[:-1]] == [S.REJECTED] * (n - 1) + [S.COMPLETED]
+    assert isinstance(answers[-1], InsufficientFundsError)
+    assert len(world.risk.seen) - asked == n  # each payment that reached risk asked once
+    assert n - 1 > CHECK_PASSES_MAX
+    assert p.balance(alice, CNY).posted == 0 and p.balance(bob, CNY).posted == 100_00

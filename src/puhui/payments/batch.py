@@ -22,7 +22,7 @@ import weakref
 from collections import deque, namedtuple
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import sqlalchemy as sa
@@ -83,6 +83,9 @@ _HELD = frozenset({risk.Decision.CHALLENGE, risk.Decision.REVIEW})
 """Decisions that hold the money (a pending transfer) until a check."""
 _CHALLENGE = risk.Decision.CHALLENGE
 _ACCEPT = risk.Decision.ACCEPT
+CHECK_PASSES_MAX: Final = 4
+"""Passes of a batch's checks at most (one when risk accepts everything, two when some
+answer is not ``accept``); a longer chain of answers sends the rest one at a time."""
 _DONE = frozenset({int(CreateTransferStatus.CREATED), int(CreateTransferStatus.EXISTS)})
 """Ledger answers that mean the transfer is there (made now, or by an earlier attempt)."""
 _RECORD_COLUMNS = (
@@ -296,7 +299,7 @@ class PaymentBatches:
     def _pay_many(self, requests: Sequence[PaymentRequest]) -> list[Operation | PuhuiError]:
         answers: list[Operation | PuhuiError | None] = [None] * len(requests)
         fresh = self._replays(self._parse(requests, answers), answers)
-        items = self._check(fresh, answers)
+        items, later = self._check(fresh, answers)
         if items:
             try:
                 self._record(items)
@@ -309,6 +312,8 @@ class PaymentBatches:
                 self._finish(items)
                 for item in items:
                     answers[item.index] = self._operation(item)
+        for item in later:  # after a chain of risk's answers too long to check in passes
+            answers[item.index] = self._one(item.request)
         return self._done(answers, fresh)
 
     # --- steps ----------------------------------------------------------------------------------
@@ -515,7 +520,7 @@ class PaymentBatches:
 
     def _check(
         self, items: list[_Item], answers: list[Operation | PuhuiError | None]
-    ) -> list[_Item]:
+    ) -> tuple[list[_Item], list[_Item]]:
         """Parties, KYC limits, funds and caps in request order within the batch, and risk's
         decision for each payment that passes them: the answers one at a time would give.
 
@@ -526,9 +531,10 @@ class PaymentBatches:
         call); if any answer is not ``accept`` the batch is checked again with the answers
         known, until every payment that passes has its decision (a second call only for
         payments the new answers let through). A decision whose payment a later pass
-        refuses is not used."""
+        refuses is not used. After ``CHECK_PASSES_MAX`` passes, the payments from the first
+        one still undecided on are given back (the second list), to go one at a time."""
         if not items:
-            return items
+            return items, []
         payments = self.payments
         day = business_day(self.clock.now_ns(), payments.options)
         merchants, arriving, outflow = self._facts(items, day)
@@ -548,17 +554,28 @@ class PaymentBatches:
         facts = _Facts(merchants, arriving, outflow, balances, {})
         for item in items:
             item.decision = None
-        while True:
+        later: list[_Item] = []
+        for passes in range(1, CHECK_PASSES_MAX + 1):
             refusals, checked, reached = self._pass(items, facts, day)
             undecided = [i for i in reached if i.decision is None]
             if not undecided:
+                break
+            if passes == CHECK_PASSES_MAX:
+                # Each answer let one more payment through (a payer's payments rejected one
+                # after another, say): the payments from the first undecided one on go one
+                # at a time after the batch, in order — what the checks before it found
+                # does not depend on them (a pass goes in request order).
+                cut = min(i.index for i in undecided)
+                later = [i for i in items if i.index >= cut]
+                checked = [i for i in checked if i.index < cut]
+                refusals = {k: v for k, v in refusals.items() if k < cut}
                 break
             self._decide(undecided)
             if all(i.decision.decision is _ACCEPT for i in undecided):  # type: ignore[union-attr]
                 break  # as the pass took them: it stands
         for index, error in refusals.items():
             answers[index] = error
-        return checked
+        return checked, later
 
     def _pass(
         self, items: list[_Item], facts: _Facts, day: int
