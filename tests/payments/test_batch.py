@@ -36,6 +36,7 @@ from puhui.payments import (
     StoreLedgerMismatchError,
     merchant_qr,
 )
+from puhui.payments.batch import CHECK_PASSES_MAX
 from puhui.payments.model import (
     TransferCode,
     merchant_account_id,
@@ -911,3 +912,216 @@ def test_a_payers_allowance_in_each_currency_is_reserved_within_that_currencys_l
         )
     assert spent == {"JPY": 400, CNY: 1_00}
     assert p.balance(bob, "JPY").posted == 400
+
+
+# --- parity with one at a time (found by tests/payments/test_batch_parity.py) --------------------
+
+
+def _single(p: Payments, r: PaymentRequest) -> Operation | PuhuiError:
+    try:
+        if r.payee is not None:
+            return p.transfer(r.payer_id, r.payee, r.amount, r.currency, key=r.key, note=r.note)
+        assert r.merchant_qr is not None
+        return p.pay_merchant(r.payer_id, r.merchant_qr, r.amount, r.currency, key=r.key)
+    except PuhuiError as error:
+        return error
+
+
+def test_a_request_with_several_faults_is_refused_for_the_one_the_single_path_finds_first(
+    world: World,
+) -> None:
+    p = world.payments
+    alice = _customer(world, 1, fund=100_00)
+    bob = _customer(world, 2)
+    frozen = _customer(world, 3, fund=100_00)
+    p.set_frozen(frozen, True)
+    batches = PaymentBatches(p)
+    _ok(
+        batches.pay_many([PaymentRequest(alice, 1_00, CNY, "used", payee=Payee(customer_id=bob))])[
+            0
+        ]
+    )
+    requests = [
+        PaymentRequest(frozen, 1_00, CNY, "s", payee=Payee(customer_id=frozen)),
+        PaymentRequest(frozen, 1_00, CNY, "u", payee=Payee(customer_id=999)),
+        PaymentRequest(alice, 1_00, CNY, "used", payee=Payee(customer_id=999)),
+        PaymentRequest(alice, 1_00, CNY, "", payee=Payee(customer_id=999)),
+        PaymentRequest(alice, 1_00, "XXX", "q", merchant_qr="puhui://x/1"),
+    ]
+    answers = batches.pay_many(requests)
+    # Were: AccountFrozen, AccountFrozen, IdempotencyKeyReused, InvalidPayload, UnknownCurrency.
+    assert [type(a).__name__ for a in answers] == [
+        "SamePartyError",
+        "CustomerNotFoundError",
+        "CustomerNotFoundError",
+        "CustomerNotFoundError",
+        "InvalidPayloadError",
+    ]
+    assert [type(_single(p, r)) for r in requests] == [type(a) for a in answers]
+
+
+def test_a_payment_risk_rejects_uses_up_nothing_for_the_rest_of_the_batch(world: World) -> None:
+    p = world.payments
+    alice = _customer(world, 1, fund=1_000_00)
+    bob = _customer(world, 2, level=KycLevel.UNVERIFIED)  # wallet cap 1,000
+    carol = _customer(world, 3, level=KycLevel.UNVERIFIED, fund=1_000_00)  # daily outflow 500
+    dave = _customer(world, 4)
+    batches = PaymentBatches(p)
+    world.risk.next = [risk.Decision.REJECT]
+    funds_and_cap = batches.pay_many(
+        [
+            PaymentRequest(alice, 900_00, CNY, "a", payee=Payee(customer_id=bob)),
+            PaymentRequest(alice, 900_00, CNY, "b", payee=Payee(customer_id=bob)),
+        ]
+    )
+    # Was: rejected, then insufficient funds (the rejected 900 counted as spent and received).
+    assert [_ok(a).status for a in funds_and_cap] == [S.REJECTED, S.COMPLETED]
+    world.risk.next = [risk.Decision.REJECT]
+    outflow = batches.pay_many(
+        [PaymentRequest(carol, 200_00, CNY, k, payee=Payee(customer_id=dave)) for k in "xyz"]
+    )
+    assert [_ok(a).status for a in outflow] == [S.REJECTED, S.COMPLETED, S.COMPLETED]
+    assert p.balance(bob, CNY).posted == 900_00 and p.balance(dave, CNY).posted == 400_00
+
+
+def test_money_a_batch_brings_in_can_be_spent_and_frees_room_later_in_it(world: World) -> None:
+    p = world.payments
+    alice = _customer(world, 1, fund=100_00)
+    bob = _customer(world, 2)
+    carol = _customer(world, 3)
+    dave = _customer(world, 4, level=KycLevel.UNVERIFIED, fund=1_000_00)  # at its cap
+    batches = PaymentBatches(p)
+    answers = batches.pay_many(
+        [
+            PaymentRequest(alice, 50_00, CNY, "a", payee=Payee(customer_id=bob)),
+            PaymentRequest(bob, 30_00, CNY, "b", payee=Payee(customer_id=carol)),
+            PaymentRequest(dave, 100_00, CNY, "c", payee=Payee(customer_id=carol)),
+            PaymentRequest(alice, 50_00, CNY, "d", payee=Payee(customer_id=dave)),
+        ]
+    )
+    # Were: insufficient funds (bob's 50 not counted) and wallet_balance (dave's 100 out not).
+    assert [_ok(a).status for a in answers] == [S.COMPLETED] * 4
+    assert p.balance(bob, CNY).posted == 20_00 and p.balance(dave, CNY).posted == 950_00
+
+
+def test_the_days_outflow_is_checked_after_risk_and_after_the_payees_cap(world: World) -> None:
+    p = world.payments
+    alice = _customer(world, 1, level=KycLevel.UNVERIFIED, fund=600_00)
+    bob = _customer(world, 2, level=KycLevel.UNVERIFIED, fund=950_00)
+    carol = _customer(world, 3)
+    batches = PaymentBatches(p)
+    for k in "ab":
+        _ok(
+            batches.pay_many(
+                [PaymentRequest(alice, 200_00, CNY, k, payee=Payee(customer_id=carol))]
+            )[0]
+        )
+    world.risk.next = [risk.Decision.REJECT]
+    over_the_day = PaymentRequest(alice, 200_00, CNY, "c", payee=Payee(customer_id=carol))
+    over_both = PaymentRequest(alice, 100_00, CNY, "d", payee=Payee(customer_id=bob))
+    rejected, refused = batches.pay_many([over_the_day, over_both])
+    # Were: daily_outflow for both (one at a time risk is asked first; a rejected payment
+    # reserves nothing, so it is never over the day's limit; the cap is checked first).
+    assert _ok(rejected).status is S.REJECTED
+    assert (
+        isinstance(refused, KycLimitExceededError) and refused.details["limit"] == "wallet_balance"
+    )
+    refused_alone = _single(p, dataclasses.replace(over_both, key="e"))
+    assert isinstance(refused_alone, KycLimitExceededError)
+    assert refused_alone.details["limit"] == "wallet_balance"
+
+
+def test_a_key_whose_first_use_in_the_batch_was_refused_is_free_for_the_next(
+    world: World,
+) -> None:
+    p = world.payments
+    alice = _customer(world, 1, fund=10_00)
+    bob = _customer(world, 2)
+    carol = _customer(world, 3, fund=100_00)
+    batches = PaymentBatches(p)
+    too_much = PaymentRequest(alice, 50_00, CNY, "k", payee=Payee(customer_id=bob))
+    answers = batches.pay_many(
+        [
+            too_much,
+            PaymentRequest(alice, 5_00, CNY, "k", payee=Payee(customer_id=bob)),
+            PaymentRequest(alice, 60_00, CNY, "j", payee=Payee(customer_id=bob)),
+            PaymentRequest(carol, 60_00, CNY, "c", payee=Payee(customer_id=alice)),
+            PaymentRequest(alice, 60_00, CNY, "j", payee=Payee(customer_id=bob)),
+        ]
+    )
+    # Were: idempotency_key_reused, and the first refusal repeated for the retry of "j".
+    assert isinstance(answers[0], InsufficientFundsError)
+    assert _ok(answers[1]).amount == 5_00
+    assert isinstance(answers[2], InsufficientFundsError)
+    assert _ok(answers[4]).status is S.COMPLETED
+    assert p.balance(bob, CNY).posted == 65_00
+
+
+def test_a_merchant_payment_in_a_batch_records_no_note(world: World) -> None:
+    p = world.payments
+    alice = _customer(world, 1, fund=10_00)
+    shop = p.register_merchant("Shop", "retail", 50, "tok-shop").id
+    [answer] = PaymentBatches(p).pay_many(
+        [PaymentRequest(alice, 1_00, CNY, "m", merchant_qr=merchant_qr(shop), note="x")]
+    )
+    # Was "x": ``pay_merchant`` takes no note (and the note is not part of the request's
+    # fingerprint, so a retry with another note would have been answered with this one).
+    assert _ok(answer).note == "" and p.operation(_ok(answer).id).note == ""
+
+
+def test_a_retry_of_a_held_payment_is_answered_from_its_record_as_one_at_a_time(
+    world: World,
+) -> None:
+    p = world.payments
+    alice = _customer(world, 1, fund=10_00)
+    bob = _customer(world, 2)
+    batches = PaymentBatches(p)
+    request = PaymentRequest(alice, 1_00, CNY, "h", payee=Payee(customer_id=bob))
+    world.risk.next = [risk.Decision.CHALLENGE]
+    [held] = batches.pay_many([request])
+    assert _ok(held).status is S.CHALLENGED
+    world.clock.advance((p.options.challenge_timeout_s + 1) * 10**9)
+    world.ledger.tick()
+    [again] = batches.pay_many([request])
+    # Was: expired (the batch finished the lapse; a retry one at a time returns the record,
+    # and ``recover()`` records the lapse).
+    assert again == held == _single(p, request)
+
+
+def test_a_long_chain_of_risk_answers_is_checked_in_bounded_passes_then_one_at_a_time(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each rejection frees the money for the payer's next payment, which then reaches risk:
+    checked pass after pass, a batch of n such payments would take n passes over the whole
+    batch. After ``CHECK_PASSES_MAX`` passes the rest go one at a time, with the answers
+    one at a time gives, risk asked once per payment."""
+    p = world.payments
+    alice = _customer(world, 1, fund=100_00)
+    bob = _customer(world, 2)
+    carol = _customer(world, 3, fund=100_00)
+    n = 10
+    world.risk.next = [risk.Decision.REJECT] * (n - 1)
+    requests = [
+        PaymentRequest(alice, 100_00, CNY, f"k{k}", payee=Payee(customer_id=bob)) for k in range(n)
+    ]
+    requests.insert(1, PaymentRequest(carol, 10_00, CNY, "c", payee=Payee(customer_id=bob)))
+    asked = len(world.risk.seen)
+    batches = PaymentBatches(p)
+    passes = 0
+    one_pass = batches._pass
+
+    def counted(*args: Any) -> Any:
+        nonlocal passes
+        passes += 1
+        return one_pass(*args)
+
+    monkeypatch.setattr(batches, "_pass", counted)
+    answers = batches.pay_many(requests)
+    assert passes == CHECK_PASSES_MAX  # not one pass per payment of the chain
+    # As one at a time: the rejections go to alice's first, carol's, then alice's next seven;
+    # her ninth is accepted and takes the money; her tenth finds none (risk is not asked).
+    assert [_ok(a).status for a in answers[:-1]] == [S.REJECTED] * (n - 1) + [S.COMPLETED]
+    assert isinstance(answers[-1], InsufficientFundsError)
+    assert len(world.risk.seen) - asked == n  # each payment that reached risk asked once
+    assert n - 1 > CHECK_PASSES_MAX
+    assert p.balance(alice, CNY).posted == 0 and p.balance(bob, CNY).posted == 100_00

@@ -22,7 +22,7 @@ import weakref
 from collections import deque, namedtuple
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import sqlalchemy as sa
@@ -82,6 +82,10 @@ _IN_FLIGHT = (_S.PENDING, _S.AWAITING_BANK, _S.CHALLENGED)
 _HELD = frozenset({risk.Decision.CHALLENGE, risk.Decision.REVIEW})
 """Decisions that hold the money (a pending transfer) until a check."""
 _CHALLENGE = risk.Decision.CHALLENGE
+_ACCEPT = risk.Decision.ACCEPT
+CHECK_PASSES_MAX: Final = 4
+"""Passes of a batch's checks at most (one when risk accepts everything, two when some
+answer is not ``accept``); a longer chain of answers sends the rest one at a time."""
 _DONE = frozenset({int(CreateTransferStatus.CREATED), int(CreateTransferStatus.EXISTS)})
 """Ledger answers that mean the transfer is there (made now, or by an earlier attempt)."""
 _RECORD_COLUMNS = (
@@ -149,12 +153,32 @@ class _Item:
     copies: list[int] | None = None
     """Slots of the same request sent again in the same batch: they get this answer."""
     payer: Customer | None = None
+    payee: Customer | None = None
+    """The paid customer (P2P), as read when the batch was parsed."""
     daily_outflow_limit: int = 0
     """The payer's daily outflow limit in the payment's currency (minor units)."""
     finished_elsewhere: bool = False
     """Another caller recorded this payment's outcome first: answered from the record."""
     record: Operation | None = None
     """The answer, once built (for the finish hooks) or read from the records."""
+
+    @property
+    def note(self) -> str:
+        """The note recorded: a merchant payment has none (as ``Payments.pay_merchant``)."""
+        return self.request.note if self.kind is OperationKind.P2P else ""
+
+
+@dataclass(slots=True)
+class _Facts:
+    """What a batch's checks read once: merchants (id → frozen), top-ups arriving by
+    (payee, currency), the day's outflow by (payer, currency), the wallets' balances (see
+    ``_balances``), and each KYC level's limits in a currency (filled as used)."""
+
+    merchants: dict[int, bool]
+    arriving: dict[tuple[int, str], int]
+    outflow: dict[tuple[int, str], int]
+    balances: dict[int, tuple[int, int, int, int]]
+    limits_of: dict[tuple[KycLevel, str], KycLimits]
 
 
 class _Waiter:
@@ -275,9 +299,8 @@ class PaymentBatches:
     def _pay_many(self, requests: Sequence[PaymentRequest]) -> list[Operation | PuhuiError]:
         answers: list[Operation | PuhuiError | None] = [None] * len(requests)
         fresh = self._replays(self._parse(requests, answers), answers)
-        items = self._check(fresh, answers)
+        items, later = self._check(fresh, answers)
         if items:
-            self._decide(items)
             try:
                 self._record(items)
             except (sa.exc.IntegrityError, KycLimitExceededError):
@@ -289,6 +312,8 @@ class PaymentBatches:
                 self._finish(items)
                 for item in items:
                     answers[item.index] = self._operation(item)
+        for item in later:  # after a chain of risk's answers too long to check in passes
+            answers[item.index] = self._one(item.request)
         return self._done(answers, fresh)
 
     # --- steps ----------------------------------------------------------------------------------
@@ -296,42 +321,41 @@ class PaymentBatches:
     def _parse(
         self, requests: Sequence[PaymentRequest], answers: list[Operation | PuhuiError | None]
     ) -> list[_Item]:
+        """The requests' own input, checked in the order ``Payments.transfer`` /
+        ``pay_merchant`` check it (so a request with several faults is refused for the same
+        one): for P2P the currency, the amount, the note, the payee (a customer who
+        exists), then the key; for a merchant payment the QR code, the currency, the amount,
+        then the key. Reads the payers and the payees (and phones) in one connection."""
         items: list[_Item] = []
-        phones: dict[str, int] = {}
-        wanted = {
-            normalize_phone(r.payee.phone)
-            for r in requests
-            if r.payee is not None and r.payee.phone is not None and _phone_ok(r.payee.phone)
-        }
-        if wanted:
-            with self.engine.connect() as conn:
-                marks, params = _in(conn, "p", sorted(wanted))
-                phones = {
-                    str(row[1]): int(row[0])
-                    for row in _select(
-                        conn,
-                        # namespace 0, as Payments.resolve_payee: an API tenant's registry is
-                        # its own namespace, resolved by the API before the payment is made
-                        f"SELECT id, phone FROM {t.customers.name} "
-                        f"WHERE namespace = 0 AND phone {marks}",
-                        params,
-                    )
-                }
+        wanted_phones: set[str] = set()
+        wanted_ids: set[int] = set()
         for index, request in enumerate(requests):
             item = _Item(index, request)
             try:
-                item.cur = currency(request.currency)
-                check_amount(request.amount)
-                check_text(request.key, "idempotency key", IDEMPOTENCY_KEY_CHARS_MAX)
-                check_text(request.note, "note", NOTE_CHARS_MAX, empty=True)
                 if (request.payee is None) == (request.merchant_qr is None):
                     raise InvalidPayloadError("a payment goes to a payee or to a merchant")
                 if request.payee is not None:
                     item.kind = OperationKind.P2P
-                    item.payee_id = _payee_id(request.payee, phones)
-                    item.fingerprint = p2p_fingerprint(
-                        item.payee_id, request.amount, item.cur.code, request.note
-                    )
+                    item.cur = currency(request.currency)
+                    check_amount(request.amount)
+                    check_text(request.note, "note", NOTE_CHARS_MAX, empty=True)
+                    payee = request.payee
+                    given = [v for v in (payee.customer_id, payee.phone, payee.qr) if v is not None]
+                    if len(given) != 1:
+                        raise InvalidPayloadError(
+                            "a payee is exactly one of customer_id, phone, qr"
+                        )
+                    if payee.phone is not None:
+                        wanted_phones.add(normalize_phone(payee.phone))
+                    elif payee.qr is not None:
+                        target = parse_qr(payee.qr)
+                        if target.kind is not AccountKind.CUSTOMER:
+                            raise CustomerNotFoundError("that QR code is not a customer's")
+                        item.payee_id = target.owner_id
+                    else:
+                        item.payee_id = payee.customer_id
+                    if item.payee_id is not None:
+                        wanted_ids.add(item.payee_id)
                 else:
                     assert request.merchant_qr is not None
                     target = parse_qr(request.merchant_qr)
@@ -339,24 +363,80 @@ class PaymentBatches:
                         raise MerchantNotFoundError("that QR code is not a merchant's")
                     item.kind = OperationKind.MERCHANT_PAYMENT
                     item.merchant_id = target.owner_id
-                    item.fingerprint = merchant_payment_fingerprint(
-                        item.merchant_id, request.amount, item.cur.code
-                    )
+                    item.cur = currency(request.currency)
+                    check_amount(request.amount)
+                wanted_ids.add(request.payer_id)
                 item.scope = f"c:{request.payer_id}"
-            except PaymentsError as error:
-                answers[index] = error
-                continue
-            except PuhuiError as error:  # puhui.money's own input errors (unknown currency)
+            except PuhuiError as error:  # also puhui.money's own (unknown currency)
                 answers[index] = error
                 continue
             items.append(item)
-        return items
+        phones: dict[str, int] = {}
+        customers: dict[int, Customer] = {}
+        if items:
+            with self.engine.connect() as conn:
+                if wanted_phones:
+                    marks, params = _in(conn, "p", sorted(wanted_phones))
+                    phones = {
+                        str(row[1]): int(row[0])
+                        for row in _select(
+                            conn,
+                            # namespace 0, as Payments.resolve_payee: an API tenant's registry
+                            # is its own namespace, resolved by the API before the payment
+                            f"SELECT id, phone FROM {t.customers.name} "
+                            f"WHERE namespace = 0 AND phone {marks}",
+                            params,
+                        )
+                    }
+                wanted_ids.update(phones.values())
+                marks, params = _in(conn, "c", sorted(wanted_ids))
+                customers = {
+                    int(r[0]): Customer(int(r[0]), "", "", KycLevel(r[1]), bool(r[2]), int(r[3]))
+                    for r in _select(
+                        conn,
+                        f"SELECT id, kyc_level, frozen, created_at_ns FROM {t.customers.name}"
+                        f" WHERE id {marks}",
+                        params,
+                    )
+                }
+        parsed: list[_Item] = []
+        for item in items:
+            request = item.request
+            assert item.cur is not None
+            try:
+                if request.payee is not None:
+                    if request.payee.phone is not None:
+                        found = phones.get(normalize_phone(request.payee.phone))
+                        if found is None:
+                            raise CustomerNotFoundError("no customer has that phone number")
+                        item.payee_id = found
+                    assert item.payee_id is not None
+                    item.payee = customers.get(item.payee_id)
+                    if item.payee is None:
+                        raise CustomerNotFoundError(f"no customer {item.payee_id}")
+                    check_text(request.key, "idempotency key", IDEMPOTENCY_KEY_CHARS_MAX)
+                    item.fingerprint = p2p_fingerprint(
+                        item.payee_id, request.amount, item.cur.code, request.note
+                    )
+                else:
+                    assert item.merchant_id is not None
+                    check_text(request.key, "idempotency key", IDEMPOTENCY_KEY_CHARS_MAX)
+                    item.fingerprint = merchant_payment_fingerprint(
+                        item.merchant_id, request.amount, item.cur.code
+                    )
+            except PuhuiError as error:
+                answers[item.index] = error
+                continue
+            item.payer = customers.get(request.payer_id)
+            parsed.append(item)
+        return parsed
 
     def _replays(
         self, items: list[_Item], answers: list[Operation | PuhuiError | None]
     ) -> list[_Item]:
-        """Answer retries from the records; refuse keys reused for another request (also
-        within the batch)."""
+        """Answer retries from the records; refuse keys recorded for another request. (A key
+        sent twice within the batch is sorted out by the checks: the second is a retry only
+        if the first gets recorded.)"""
         if not items:
             return items
         pairs = sorted({(i.scope, i.request.key) for i in items})
@@ -366,59 +446,33 @@ class PaymentBatches:
                 for row in _rows_with_keys(conn, pairs[start : start + 4096]):
                     found[(row.scope, row.idempotency_key)] = row
         fresh: list[_Item] = []
-        seen: dict[tuple[str, str], _Item] = {}
         for item in items:
-            pair = (item.scope, item.request.key)
-            known = found.get(pair)
-            if known is not None:
-                if known.fingerprint != item.fingerprint:
-                    answers[item.index] = IdempotencyKeyReusedError(
-                        "this idempotency key was used for a different request"
-                    )
-                else:
-                    answers[item.index] = self.payments._drive(_operation(known))
-                continue
-            first = seen.get(pair)
-            if first is not None:  # the same key twice in one batch
-                if first.fingerprint != item.fingerprint:
-                    answers[item.index] = IdempotencyKeyReusedError(
-                        "this idempotency key was used for a different request"
-                    )
-                else:  # answered with the first one's answer (see ``_done``)
-                    if first.copies is None:
-                        first.copies = []
-                    first.copies.append(item.index)
-                continue
-            seen[pair] = item
-            fresh.append(item)
+            known = found.get((item.scope, item.request.key))
+            if known is None:
+                fresh.append(item)
+            elif known.fingerprint != item.fingerprint:
+                answers[item.index] = IdempotencyKeyReusedError(
+                    "this idempotency key was used for a different request"
+                )
+            else:
+                # As ``Payments``: the record's answer; only one a crash left ``pending``
+                # is taken further first.
+                op = _operation(known)
+                answers[item.index] = self.payments._drive(op) if op.status is _S.PENDING else op
         return fresh
 
     def _facts(
         self, items: list[_Item], day: int
-    ) -> tuple[
-        dict[int, Customer], dict[int, bool], dict[tuple[int, str], int], dict[tuple[int, str], int]
-    ]:
-        """What the checks read from SQL, in one connection and outside the write lock (on
-        SQLite, plain autocommit reads: they neither wait for nor hold up the writers):
-        the parties, the payees' top-ups still arriving, the payers' outflow of the day."""
-        people = sorted(
-            {i.request.payer_id for i in items} | {i.payee_id for i in items if i.payee_id}
-        )
+    ) -> tuple[dict[int, bool], dict[tuple[int, str], int], dict[tuple[int, str], int]]:
+        """What the checks read from SQL besides the parties (``_parse``), in one connection
+        and outside the write lock (on SQLite, plain autocommit reads: they neither wait for
+        nor hold up the writers): the merchants, the payees' top-ups still arriving, the
+        payers' outflow of the day."""
         shops = sorted({i.merchant_id for i in items if i.merchant_id is not None})
         payees = sorted({i.payee_id for i in items if i.payee_id is not None})
         payers = sorted({i.request.payer_id for i in items})
         with self.engine.connect() as conn:
             ph = _placeholder(conn)
-            marks, params = _in(conn, "c", people)
-            customers = {
-                int(r[0]): Customer(int(r[0]), "", "", KycLevel(r[1]), bool(r[2]), int(r[3]))
-                for r in _select(
-                    conn,
-                    f"SELECT id, kyc_level, frozen, created_at_ns FROM {t.customers.name}"
-                    f" WHERE id {marks}",
-                    params,
-                )
-            }
             merchants: dict[int, bool] = {}
             if shops:
                 marks, params = _in(conn, "m", shops)
@@ -462,101 +516,189 @@ class PaymentBatches:
                     params,
                 )
             }
-        return customers, merchants, arriving, outflow
+        return merchants, arriving, outflow
 
     def _check(
         self, items: list[_Item], answers: list[Operation | PuhuiError | None]
-    ) -> list[_Item]:
-        """Parties, KYC limits, funds and caps, in request order within the batch."""
+    ) -> tuple[list[_Item], list[_Item]]:
+        """Parties, KYC limits, funds and caps in request order within the batch, and risk's
+        decision for each payment that passes them: the answers one at a time would give.
+
+        One at a time, a payment risk rejects moves nothing and reserves no outflow, money
+        a payment brings in can be spent by a later one, and the day's outflow is reserved
+        (and refused) only after risk has decided. So the batch is checked as if every
+        payment not yet decided were accepted; risk then decides those that passed (one
+        call); if any answer is not ``accept`` the batch is checked again with the answers
+        known, until every payment that passes has its decision (a second call only for
+        payments the new answers let through). A decision whose payment a later pass
+        refuses is not used. After ``CHECK_PASSES_MAX`` passes, the payments from the first
+        one still undecided on are given back (the second list), to go one at a time."""
         if not items:
-            return items
+            return items, []
         payments = self.payments
         day = business_day(self.clock.now_ns(), payments.options)
-        customers, merchants, arriving, outflow = self._facts(items, day)
+        merchants, arriving, outflow = self._facts(items, day)
+        customers: dict[int, Customer] = {}
+        for item in items:
+            for party in (item.payer, item.payee):
+                if party is not None:
+                    customers[party.id] = party
         self._open_accounts(items, customers, merchants)
         accounts: set[int] = set()
         for i in items:
             assert i.cur is not None
             accounts.add(wallet_account_id(i.request.payer_id, i.cur))
-            if i.payee_id is not None and i.payee_id in customers:
-                accounts.add(wallet_account_id(i.payee_id, i.cur))
+            if i.payee is not None:
+                accounts.add(wallet_account_id(i.payee.id, i.cur))
         balances = _balances(payments.ledger.lookup_accounts_array(sorted(accounts)))
-        kyc_limits = payments.options.kyc_limits
-        limits_of: dict[tuple[KycLevel, str], KycLimits] = {}
-        spent: dict[int, int] = {}
-        received: dict[int, int] = {}
+        facts = _Facts(merchants, arriving, outflow, balances, {})
+        for item in items:
+            item.decision = None
+        later: list[_Item] = []
+        for passes in range(1, CHECK_PASSES_MAX + 1):
+            refusals, checked, reached = self._pass(items, facts, day)
+            undecided = [i for i in reached if i.decision is None]
+            if not undecided:
+                break
+            if passes == CHECK_PASSES_MAX:
+                # Each answer let one more payment through (a payer's payments rejected one
+                # after another, say): the payments from the first undecided one on go one
+                # at a time after the batch, in order — what the checks before it found
+                # does not depend on them (a pass goes in request order).
+                cut = min(i.index for i in undecided)
+                later = [i for i in items if i.index >= cut]
+                checked = [i for i in checked if i.index < cut]
+                refusals = {k: v for k, v in refusals.items() if k < cut}
+                break
+            self._decide(undecided)
+            if all(i.decision.decision is _ACCEPT for i in undecided):  # type: ignore[union-attr]
+                break  # as the pass took them: it stands
+        for index, error in refusals.items():
+            answers[index] = error
+        return checked, later
+
+    def _pass(
+        self, items: list[_Item], facts: _Facts, day: int
+    ) -> tuple[dict[int, PaymentsError], list[_Item], list[_Item]]:
+        """One pass of the checks over the batch, in request order, each payment seeing the
+        money the earlier ones moved or held (a payment not decided yet counts as
+        accepted). Gives the refusals by slot, the payments to record, and those that
+        reached risk (passed the checks made before it is asked)."""
+        kyc_limits = self.payments.options.kyc_limits
+        limits_of = facts.limits_of
+        outflow = dict(facts.outflow)
+        posted: dict[int, int] = {}
+        """Change of each wallet's posted balance within the batch."""
+        debits_held: dict[int, int] = {}
+        credits_held: dict[int, int] = {}
+        claimed: dict[tuple[str, str], _Item] = {}
+        """Keys of the payments to record: the same key again is a retry (or reused)."""
+        refusals: dict[int, PaymentsError] = {}
         checked: list[_Item] = []
+        reached: list[_Item] = []
+
+        def limits(customer: Customer, cur: Currency) -> KycLimits:
+            found = limits_of.get((customer.kyc_level, cur.code))
+            if found is None:
+                found = kyc_limits[customer.kyc_level].in_minor_units(cur)
+                limits_of[(customer.kyc_level, cur.code)] = found
+            return found
+
         for item in items:
             request, cur = item.request, item.cur
             assert cur is not None
+            item.copies = None
+            pair = (item.scope, request.key)
+            first = claimed.get(pair)
+            if first is not None:  # the same key twice in one batch, the first recorded
+                if first.fingerprint != item.fingerprint:
+                    refusals[item.index] = IdempotencyKeyReusedError(
+                        "this idempotency key was used for a different request"
+                    )
+                else:  # answered with the first one's answer (see ``_done``)
+                    if first.copies is None:
+                        first.copies = []
+                    first.copies.append(item.index)
+                continue
+            decision = item.decision
+            rejected = decision is not None and decision.decision is risk.Decision.REJECT
+            held = decision is not None and decision.decision in _HELD
             try:
-                payer = customers.get(request.payer_id)
+                payer = item.payer
+                if item.payee_id is not None and item.payee_id == request.payer_id:
+                    raise SamePartyError("a customer cannot pay themselves")
                 if payer is None:
                     raise CustomerNotFoundError(f"no customer {request.payer_id}")
-                item.payer = payer
                 if payer.frozen:
                     raise AccountFrozenError("the customer is frozen")
-                limits = limits_of.get((payer.kyc_level, cur.code))
-                if limits is None:
-                    limits = kyc_limits[payer.kyc_level].in_minor_units(cur)
-                    limits_of[(payer.kyc_level, cur.code)] = limits
-                if item.payee_id is not None:
-                    payee = customers.get(item.payee_id)
-                    if payee is None:
-                        raise CustomerNotFoundError(f"no customer {item.payee_id}")
-                    if item.payee_id == request.payer_id:
-                        raise SamePartyError("a customer cannot pay themselves")
-                    if payee.frozen:
-                        raise AccountFrozenError("the payee is frozen")
+                if item.payee is not None:
+                    if item.payee.frozen:
+                        raise AccountFrozenError("the customer is frozen")
                 else:
                     assert item.merchant_id is not None
-                    frozen = merchants.get(item.merchant_id)
+                    frozen = facts.merchants.get(item.merchant_id)
                     if frozen is None:
                         raise MerchantNotFoundError(f"no merchant {item.merchant_id}")
                     if frozen:
                         raise AccountFrozenError("the merchant is frozen")
-                if request.amount > limits.single_payment:
+                payer_limits = limits(payer, cur)
+                if request.amount > payer_limits.single_payment:
                     raise KycLimitExceededError(
                         "the amount is above the customer's single-payment limit",
                         limit="single_payment",
                     )
                 wallet = wallet_account_id(request.payer_id, cur)
-                account = balances.get(wallet)
-                available = 0 if account is None else account[0] - account[1] - account[2]
-                if available - spent.get(wallet, 0) < request.amount:
+                account = facts.balances.get(wallet)
+                available = (
+                    posted.get(wallet, 0)
+                    - debits_held.get(wallet, 0)
+                    + (0 if account is None else account[0] - account[1] - account[2])
+                )
+                if available < request.amount:
                     raise InsufficientFundsError("the wallet does not hold enough")
-                key = (request.payer_id, cur.code)
-                if outflow.get(key, 0) + request.amount > limits.daily_outflow:
-                    raise KycLimitExceededError(
-                        "the customer's daily outflow limit would be exceeded",
-                        limit="daily_outflow",
+                target = 0
+                if item.payee is not None:
+                    target = wallet_account_id(item.payee.id, cur)
+                    account = facts.balances.get(target)
+                    incoming = (
+                        facts.arriving.get((item.payee.id, cur.code), 0)
+                        + posted.get(target, 0)
+                        + credits_held.get(target, 0)
+                        + (0 if account is None else account[0] - account[1] + account[3])
                     )
-                if item.payee_id is not None:
-                    payee_level = customers[item.payee_id].kyc_level
-                    cap = limits_of.get((payee_level, cur.code))
-                    if cap is None:
-                        cap = kyc_limits[payee_level].in_minor_units(cur)
-                        limits_of[(payee_level, cur.code)] = cap
-                    target = wallet_account_id(item.payee_id, cur)
-                    held = balances.get(target)
-                    incoming = arriving.get((item.payee_id, cur.code), 0) + (
-                        0 if held is None else held[0] - held[1] + held[3]
-                    )
-                    if incoming + received.get(target, 0) + request.amount > cap.wallet_balance:
+                    if incoming + request.amount > limits(item.payee, cur).wallet_balance:
                         raise KycLimitExceededError(
                             "the wallet would exceed the customer's balance limit",
                             limit="wallet_balance",
                         )
-                    received[target] = received.get(target, 0) + request.amount
+                reached.append(item)
+                key = (request.payer_id, cur.code)
+                if not rejected and outflow.get(key, 0) + request.amount > (
+                    payer_limits.daily_outflow
+                ):
+                    raise KycLimitExceededError(
+                        "the customer's daily outflow limit would be exceeded",
+                        limit="daily_outflow",
+                    )
             except PaymentsError as error:
-                answers[item.index] = error
+                refusals[item.index] = error
                 continue
-            spent[wallet] = spent.get(wallet, 0) + request.amount
-            outflow[key] = outflow.get(key, 0) + request.amount
-            item.daily_outflow_limit = limits.daily_outflow
+            claimed[pair] = item
+            item.daily_outflow_limit = payer_limits.daily_outflow
             item.day = day
             checked.append(item)
-        return checked
+            if rejected:  # recorded as rejected: nothing moves, nothing reserved
+                continue
+            outflow[key] = outflow.get(key, 0) + request.amount
+            if held:
+                debits_held[wallet] = debits_held.get(wallet, 0) + request.amount
+                if target:
+                    credits_held[target] = credits_held.get(target, 0) + request.amount
+            else:
+                posted[wallet] = posted.get(wallet, 0) - request.amount
+                if target:
+                    posted[target] = posted.get(target, 0) + request.amount
+        return refusals, checked, reached
 
     def _open_accounts(
         self, items: list[_Item], customers: Mapping[int, object], merchants: Mapping[int, object]
@@ -578,9 +720,9 @@ class PaymentBatches:
         payments.open_accounts(wallets=wallets, merchants=shops)
 
     def _decide(self, items: list[_Item]) -> None:
-        """One risk call for the batch: each event what ``Payments.risk_event`` tells risk
-        about the payment, with one clock reading for the whole batch (the moment the batch
-        is decided)."""
+        """One risk call for ``items`` (the batch's payments not decided yet, see
+        ``_check``): each event what ``Payments.risk_event`` tells risk about the payment,
+        with one clock reading (the moment they are decided)."""
         payments = self.payments
         now = self.clock.now_ns()
         p2p, payment = risk.EventKind.P2P, risk.EventKind.PAYMENT
@@ -655,7 +797,7 @@ class PaymentBatches:
                     item.request.payer_id,
                     item.payee_id,
                     item.merchant_id,
-                    item.request.note,
+                    item.note,
                     item.day,
                     str(decision.decision),
                     decision.score,
@@ -875,7 +1017,7 @@ class PaymentBatches:
             payee_customer_id=item.payee_id,
             merchant_id=item.merchant_id,
             card_id=None,
-            note=item.request.note,
+            note=item.note,
             decision=item.decision.decision,
             risk_score=item.decision.score,
             error_code=item.error_code,
@@ -1079,32 +1221,6 @@ def _rows_with_keys(conn: sa.Connection, pairs: list[tuple[str, str]]) -> Sequen
         " (SELECT * FROM unnest(%(scopes)s::text[], %(keys)s::text[]))"
     )
     return _select(conn, sql, {"scopes": [p[0] for p in pairs], "keys": [p[1] for p in pairs]})
-
-
-def _phone_ok(phone: str) -> bool:
-    try:
-        normalize_phone(phone)
-    except PaymentsError:
-        return False
-    return True
-
-
-def _payee_id(payee: Payee, phones: dict[str, int]) -> int:
-    given = [v for v in (payee.customer_id, payee.phone, payee.qr) if v is not None]
-    if len(given) != 1:
-        raise InvalidPayloadError("a payee is exactly one of customer_id, phone, qr")
-    if payee.customer_id is not None:
-        return payee.customer_id
-    if payee.phone is not None:
-        found = phones.get(normalize_phone(payee.phone))
-        if found is None:
-            raise CustomerNotFoundError("no customer has that phone number")
-        return found
-    assert payee.qr is not None
-    target = parse_qr(payee.qr)
-    if target.kind is not AccountKind.CUSTOMER:
-        raise CustomerNotFoundError("that QR code is not a customer's")
-    return target.owner_id
 
 
 class PaymentCoalescer:
