@@ -648,12 +648,21 @@ def test_a_settlement_cut_short_before_its_own_fee_is_finished_by_the_next_days_
         with pytest.raises(SystemExit):
             market.settlement.settle()
     assert p.merchant_balance(stall, CNY).posted == 1  # recorded, its fee not taken yet
+    taken: list[Any] = []
+    take_fee = Settlement._take_fee
+
+    def counted(self: Settlement, settlement: Any) -> None:
+        taken.append(settlement)
+        take_fee(self, settlement)
+
+    monkeypatch.setattr(Settlement, "_take_fee", counted)
     for _ in range(2):
         market.world.clock.advance(DAY_NS)
         assert [s for s in market.settlement.settle() if s.merchant_id == stall] == []
         assert _settlement_fees(market) == [1]
         assert p.merchant_balance(stall, CNY).posted == 0
         assert p.platform_balance(AccountCode.FEE_REVENUE, CNY).posted == 1
+    assert len(taken) == 1  # the second day finds the fee there: nothing written again
 
 
 def _killed_before_the_fee(self: Settlement, settlement: object) -> None:
