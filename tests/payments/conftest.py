@@ -12,7 +12,15 @@ import sqlalchemy as sa
 from puhui import ledger as L
 from puhui import risk
 from puhui.clock import ManualClock
-from puhui.payments import OperationStatus, Payments, PaymentsOptions, SimulatedBank
+from puhui.errors import PuhuiError
+from puhui.payments import (
+    Operation,
+    OperationStatus,
+    PaymentRequest,
+    Payments,
+    PaymentsOptions,
+    SimulatedBank,
+)
 from puhui.store import create_engine, migrate
 
 START_NS = 1_767_225_600 * 10**9  # 2026-01-01T00:00:00Z
@@ -82,3 +90,15 @@ def verified_customer(world: World, n: int, fund: int = 0) -> int:
         top_up = p.top_up(c.id, card.id, fund, "CNY", key="fund")
         assert top_up.status is OperationStatus.COMPLETED
     return c.id
+
+
+def pay_one(p: Payments, r: PaymentRequest) -> Operation | PuhuiError:
+    """``r`` through the single-operation path (``transfer`` / ``pay_merchant``): what a
+    batch's slot must answer."""
+    try:
+        if r.payee is not None:
+            return p.transfer(r.payer_id, r.payee, r.amount, r.currency, key=r.key, note=r.note)
+        assert r.merchant_qr is not None
+        return p.pay_merchant(r.payer_id, r.merchant_qr, r.amount, r.currency, key=r.key)
+    except PuhuiError as error:
+        return error

@@ -47,7 +47,7 @@ from puhui.store import create_engine, migrate
 from puhui.store import payments as tables
 
 from .._plans import plans_of
-from .conftest import START_NS, World
+from .conftest import START_NS, World, pay_one
 
 S = OperationStatus
 CNY = "CNY"
@@ -917,16 +917,6 @@ def test_a_payers_allowance_in_each_currency_is_reserved_within_that_currencys_l
 # --- parity with one at a time (found by tests/payments/test_batch_parity.py) --------------------
 
 
-def _single(p: Payments, r: PaymentRequest) -> Operation | PuhuiError:
-    try:
-        if r.payee is not None:
-            return p.transfer(r.payer_id, r.payee, r.amount, r.currency, key=r.key, note=r.note)
-        assert r.merchant_qr is not None
-        return p.pay_merchant(r.payer_id, r.merchant_qr, r.amount, r.currency, key=r.key)
-    except PuhuiError as error:
-        return error
-
-
 def test_a_request_with_several_faults_is_refused_for_the_one_the_single_path_finds_first(
     world: World,
 ) -> None:
@@ -957,7 +947,7 @@ def test_a_request_with_several_faults_is_refused_for_the_one_the_single_path_fi
         "CustomerNotFoundError",
         "InvalidPayloadError",
     ]
-    assert [type(_single(p, r)) for r in requests] == [type(a) for a in answers]
+    assert [type(pay_one(p, r)) for r in requests] == [type(a) for a in answers]
 
 
 def test_a_payment_risk_rejects_uses_up_nothing_for_the_rest_of_the_batch(world: World) -> None:
@@ -1026,7 +1016,7 @@ def test_the_days_outflow_is_checked_after_risk_and_after_the_payees_cap(world: 
     assert (
         isinstance(refused, KycLimitExceededError) and refused.details["limit"] == "wallet_balance"
     )
-    refused_alone = _single(p, dataclasses.replace(over_both, key="e"))
+    refused_alone = pay_one(p, dataclasses.replace(over_both, key="e"))
     assert isinstance(refused_alone, KycLimitExceededError)
     assert refused_alone.details["limit"] == "wallet_balance"
 
@@ -1085,7 +1075,7 @@ def test_a_retry_of_a_held_payment_is_answered_from_its_record_as_one_at_a_time(
     [again] = batches.pay_many([request])
     # Was: expired (the batch finished the lapse; a retry one at a time returns the record,
     # and ``recover()`` records the lapse).
-    assert again == held == _single(p, request)
+    assert again == held == pay_one(p, request)
 
 
 def test_a_long_chain_of_risk_answers_is_checked_in_bounded_passes_then_one_at_a_time(

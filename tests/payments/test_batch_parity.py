@@ -48,7 +48,7 @@ from puhui.payments import (
 from puhui.store import create_engine, migrate
 from puhui.store import payments as tables
 
-from .conftest import START_NS
+from .conftest import START_NS, pay_one
 
 S = OperationStatus
 LIMITS = {  # major units: CNY 3 = 300 fen
@@ -200,16 +200,6 @@ def build(world: World, spec: tuple[Any, ...]) -> PaymentRequest:
         qr = customer_qr(target) if target_n % 2 else "puhui://x/1"
         return PaymentRequest(payer, amount, code, key, merchant_qr=qr)
     return PaymentRequest(payer, amount, code, key, merchant_qr=merchant_qr(shop), note=note)
-
-
-def pay_one(p: Payments, r: PaymentRequest) -> Operation | PuhuiError:
-    try:
-        if r.payee is not None:
-            return p.transfer(r.payer_id, r.payee, r.amount, r.currency, key=r.key, note=r.note)
-        assert r.merchant_qr is not None
-        return p.pay_merchant(r.payer_id, r.merchant_qr, r.amount, r.currency, key=r.key)
-    except PuhuiError as error:
-        return error
 
 
 def coalesce(batches: PaymentBatches, rs: list[PaymentRequest]) -> list[Operation | PuhuiError]:

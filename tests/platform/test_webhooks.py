@@ -105,14 +105,18 @@ class Setup:
             return self.webhooks.record(conn, tenant.id, event_type, {"amount": "100"})
 
 
-@pytest.fixture
-def setup(engine: sa.Engine, clock: ManualClock) -> Setup:
+def _setup(engine: sa.Engine, clock: ManualClock) -> Setup:
     tenants = Tenants(engine, clock=clock)
     a, b = tenants.create("Bank A", "bank"), tenants.create("Bank B", "bank")
     webhooks = Webhooks(
         engine, clock=clock, options=WebhookOptions(retry=SCHEDULE, resolve=public_dns)
     )
     return Setup(engine, clock, webhooks, a, b)
+
+
+@pytest.fixture
+def setup(engine: sa.Engine, clock: ManualClock) -> Setup:
+    return _setup(engine, clock)
 
 
 # --- signatures -------------------------------------------------------------------------------
@@ -881,12 +885,7 @@ def test_record_many_is_record_for_each_event_in_order(setup: Setup) -> None:
 @pytest.fixture
 def pg_setup(pg_engine: sa.Engine, clock: ManualClock) -> Setup:
     """``setup`` on PostgreSQL only (``pg_engine`` skips without one)."""
-    tenants = Tenants(pg_engine, clock=clock)
-    a, b = tenants.create("Bank A", "bank"), tenants.create("Bank B", "bank")
-    webhooks = Webhooks(
-        pg_engine, clock=clock, options=WebhookOptions(retry=SCHEDULE, resolve=public_dns)
-    )
-    return Setup(pg_engine, clock, webhooks, a, b)
+    return _setup(pg_engine, clock)
 
 
 @pytest.mark.postgres

@@ -203,14 +203,10 @@ class Settlement:
                 )
             ).all()
         if unpaid:  # those whose fee transfer is there already: nothing to write
-            taken = {
-                found.id
-                for found in self.payments.ledger.lookup_transfers(
-                    [transfer_id(int(r.id, 16), _LEG_FEE) for r in unpaid]
-                )
-            }
-            for settlement in unpaid:
-                if transfer_id(int(settlement.id, 16), _LEG_FEE) not in taken:
+            fee_ids = [transfer_id(int(r.id, 16), _LEG_FEE) for r in unpaid]
+            taken = {found.id for found in self.payments.ledger.lookup_transfers(fee_ids)}
+            for settlement, fee_id in zip(unpaid, fee_ids, strict=True):
+                if fee_id not in taken:
                     self._take_fee(settlement)
         owed = {(r[0], r[1]) for r in due} | {(r[0], r[1]) for r in declined}
         for merchant_id, code in sorted(owed | {(r[0], r[1]) for r in done}):
