@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from puhui import limits
 from puhui.errors import InvalidInputError, PuhuiError
 
 from ._logging import current_request_id
@@ -232,16 +233,46 @@ def _validation_errors(error: RequestValidationError) -> list[dict[str, Any]]:
     return out
 
 
+BATCH_FIELDS = frozenset({"accounts", "transfers", "ids"})
+
+
+def _batch_too_long(errors: list[dict[str, Any]]) -> str | None:
+    """The batch field a JSON batch overfills, as the binary routes' ``batch_too_large`` says.
+
+    A batch body (``accounts``, ``transfers``, ``ids``) longer than a batch may hold is the same
+    mistake in JSON as in the binary form; it gets the same code.
+    """
+    for item in errors:
+        loc = item["loc"]
+        if (
+            item["type"] == "too_long"
+            and len(loc) == 2
+            and loc[0] == "body"
+            and loc[1] in BATCH_FIELDS
+        ):
+            return str(loc[1])
+    return None
+
+
 def problem_from_exception(exc: BaseException) -> Response:
     """The problem response for anything a route raised."""
     if isinstance(exc, PuhuiError):
         return problem_from_error(exc)
     if isinstance(exc, RequestValidationError):
+        errors = _validation_errors(exc)
+        too_long = _batch_too_long(errors)
+        if too_long is not None:
+            return problem(
+                422,
+                "batch_too_large",
+                f"more than {limits.batch_events_max} {too_long} in one batch",
+                extra={"errors": errors},
+            )
         return problem(
             422,
             "invalid_input",
             "the request does not match the schema",
-            extra={"errors": _validation_errors(exc)},
+            extra={"errors": errors},
         )
     if isinstance(exc, BodyTimeoutError):
         return problem_from_error(RequestTimeoutError(str(exc.detail)))
