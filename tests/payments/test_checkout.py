@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from puhui import risk
@@ -388,3 +390,77 @@ def test_recovery_without_the_checkout_leaves_an_orders_payment_alone(shop: Shop
     assert bare.recover() == {"completed": 1}
     assert bare.platform_balance(AccountCode.ESCROW, CNY).posted == 100_00
     assert checkout.order(order_id).status is OS.PAID
+
+
+def _release_cut_short(shop: Shop, start: Callable[[], object]) -> None:
+    """Run ``start`` with the process dying after the release's claim, before its money moves."""
+    from puhui.payments import Operation, OperationKind
+
+    kind = OperationKind.ESCROW_RELEASE
+    before = shop.p._drivers.get(kind)
+
+    def crash(op: Operation) -> Operation:
+        raise KeyboardInterrupt
+
+    shop.p._drivers[kind] = crash
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            start()
+    finally:
+        if before is None:
+            del shop.p._drivers[kind]
+        else:
+            shop.p._drivers[kind] = before
+
+
+def test_steps_on_an_order_whose_release_is_under_way_say_so_and_move_nothing(
+    shop: Shop,
+) -> None:
+    """A release claimed but not carried out yet (a crash, or another caller mid-way): the
+    seller's extension used to be refused as ``extension_limit_exceeded`` and the buyer's
+    refund as ``refund_open``; both are ``order_finished`` now, and the buyer's confirmation
+    carries the release out (once)."""
+    c = shop.checkout
+    order_id = shop.shipped(100_00)
+    _release_cut_short(shop, lambda: c.confirm_receipt(order_id, shop.buyer))
+    order = c.order(order_id)
+    assert order.status is OS.SHIPPED and order.release_operation_id is not None
+    money = (shop.wallet(), shop.seller_gets(), shop.escrow())
+    for step in (
+        lambda: c.extend_confirmation(order_id, shop.seller, 3600),
+        lambda: c.request_refund(order_id, shop.buyer, 10_00, "late", key="r-late"),
+    ):
+        with pytest.raises(OrderFinishedError, match="under way"):
+            step()
+    assert (shop.wallet(), shop.seller_gets(), shop.escrow()) == money
+    assert c.refunds(order_id) == []
+    assert c.order(order_id).confirm_by_ns == order.confirm_by_ns
+    # The buyer confirms again: the release claimed before is carried out, once.
+    assert c.confirm_receipt(order_id, shop.buyer).status is OS.FINISHED
+    with pytest.raises(OrderFinishedError):  # confirmed twice
+        c.confirm_receipt(order_id, shop.buyer)
+    assert shop.seller_gets() == money[1] + 100_00 - 60
+    assert shop.escrow() == money[2] - 100_00
+
+
+def test_an_unshipped_order_whose_ruled_release_is_under_way_cannot_be_shipped(
+    shop: Shop,
+) -> None:
+    """Arbitration released a paid, unshipped order to the seller and the release was cut
+    short: shipping it (a timer started, an ``order.shipped`` event) is ``order_finished``."""
+    c = shop.checkout
+    order_id = shop.paid(100_00)
+    refund = c.request_refund(order_id, shop.buyer, 100_00, "changed my mind", key="r")
+    c.answer_refund(refund.id, shop.seller, approve=False)
+    assert c.escalate_refund(refund.id, shop.buyer).status is R.ESCALATED
+    _release_cut_short(shop, lambda: c.arbitrate(refund.id, Arbitration.RELEASE))
+    order = c.order(order_id)
+    assert order.status is OS.PAID and order.release_operation_id is not None
+    with pytest.raises(OrderFinishedError, match="under way"):
+        c.ship_order(order_id, shop.seller)
+    assert c.order(order_id).shipped_at_ns is None
+    # Recovery carries the ruling out.
+    shop.world.clock.advance(600 * 10**9)
+    shop.p.recover()
+    assert c.order(order_id).status is OS.FINISHED
+    assert shop.seller_gets() == 100_00 - 60

@@ -389,12 +389,17 @@ class Checkout:
         if order.status is _O.SHIPPED:
             raise OrderAlreadyShippedError("the order is already shipped")
         self._expect(order, _O.PAID)
+        self._not_releasing(order)
         now = self._now()
         confirm_by = now + self.options.auto_confirm_s[order.fulfilment] * 10**9
         with self.engine.begin() as conn:
             done = conn.execute(
                 t.orders.update()
-                .where(t.orders.c.id == _hex(order_id), t.orders.c.status == str(_O.PAID))
+                .where(
+                    t.orders.c.id == _hex(order_id),
+                    t.orders.c.status == str(_O.PAID),
+                    t.orders.c.release_operation_id.is_(None),
+                )
                 .values(
                     status=str(_O.SHIPPED),
                     shipped_at_ns=now,
@@ -417,6 +422,7 @@ class Checkout:
         self._seller(order, merchant_id)
         if order.status is not _O.SHIPPED:
             self._expect(order, _O.SHIPPED)
+        self._not_releasing(order)
         if type(extra_s) is not int or extra_s <= 0:
             raise InvalidPayloadError("extra_s is a positive int of seconds")
         if extra_s > self.options.extension_max_s:  # also keeps it within the store's ints
@@ -439,6 +445,10 @@ class Checkout:
                 )
             )
         if done.rowcount != 1:
+            now_order = self.order(order_id)
+            if now_order.status is not _O.SHIPPED:
+                self._expect(now_order, _O.SHIPPED)  # a timer or the buyer finished it
+            self._not_releasing(now_order)  # a release claimed meanwhile
             raise ExtensionLimitError(
                 f"extensions may add up to {self.options.extension_max_s} s in all"
             )
@@ -453,6 +463,11 @@ class Checkout:
         order = self._due(order)
         if was is _O.SHIPPED and order.status is _O.FINISHED:
             return order  # its timer confirmed it a moment ago: the same outcome
+        if order.status is _O.SHIPPED and order.release_operation_id is not None:
+            # Its release is under way (a timer's, or a confirmation cut short): carry it
+            # out, the same outcome as this confirmation's.
+            self.payments._drive(self.payments.operation(order.release_operation_id))
+            return self.order(order_id)
         if order.open_refund_id is not None:
             raise RefundOpenError("a refund of this order is open")
         self._expect(order, _O.SHIPPED)
@@ -481,6 +496,7 @@ class Checkout:
         order = self._due(order)
         if order.status not in (_O.PAID, _O.SHIPPED):
             self._expect(order, _O.PAID)
+        self._not_releasing(order)
         if order.open_refund_id is not None:
             raise RefundOpenError("a refund of this order is already open")
         if any(r.outcome in _RELEASE_OUTCOMES for r in self.refunds(order_id)):
@@ -744,6 +760,16 @@ class Checkout:
     def _seller(self, order: Order, merchant_id: int) -> None:
         if order.merchant_id != merchant_id:
             raise NotOrderPartyError("only the order's seller can do this")
+
+    def _not_releasing(self, order: Order) -> None:
+        """Refuse a step on an order whose release to the seller is under way.
+
+        The release was claimed (by the buyer, its timer or a ruling) and is always carried
+        to the end: the order is as good as finished, and says so rather than answering
+        with whatever check the claim happens to fail.
+        """
+        if order.release_operation_id is not None and order.status in (_O.PAID, _O.SHIPPED):
+            raise OrderFinishedError("the order's release to the seller is under way")
 
     def _expect(self, order: Order, status: OrderStatus) -> None:
         """Raise the specific error for an order that is not in ``status``."""
