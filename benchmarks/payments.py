@@ -24,6 +24,7 @@ collector's reach while they run (the load generator's input, not the service's 
 
     python benchmarks/payments.py --json          # full run
     python benchmarks/payments.py --quick --json  # smoke run (the test suite calls this)
+    python benchmarks/payments.py --variants batch --steps   # where a batch's time goes
 """
 
 from __future__ import annotations
@@ -144,9 +145,71 @@ def _requests(
     return out
 
 
+# The steps of ``PaymentBatches`` that ``--steps`` times: a batch's parse, replays, facts,
+# accounts, checks, risk, record, ledger move and outcome, and the payments sent one at a time.
+BATCH_STEPS = (
+    "_parse",
+    "_replays",
+    "_facts",
+    "_open_accounts",
+    "_pass",
+    "_decide",
+    "_record",
+    "_move",
+    "_finish",
+    "_one",
+)
+
+
+class StepTimer:
+    """Wall time spent in each step of ``PaymentBatches``, each step's own (a step called
+    within another is taken out of the caller's), and in ``_pay_many`` as a whole.
+
+    Batches run one at a time (concurrent calls are combined), so wall time per step adds
+    up to the batches' time: the steps' shares of it, not a sampling profile's guess.
+    """
+
+    def __init__(self) -> None:
+        self.own_s: dict[str, float] = {}
+        self._local = threading.local()
+
+    def install(self, cls: Any) -> None:
+        for name in (*BATCH_STEPS, "_pay_many"):
+            setattr(cls, name, self._wrap(name, getattr(cls, name)))
+
+    def _wrap(self, name: str, method: Any) -> Any:
+        def timed(*a: Any, **kw: Any) -> Any:
+            stack = self._local.__dict__.setdefault("stack", [])
+            stack.append(0.0)  # the time of the steps this one calls
+            t0 = time.perf_counter()
+            try:
+                return method(*a, **kw)
+            finally:
+                spent = time.perf_counter() - t0
+                inner = stack.pop()
+                if stack:
+                    stack[-1] += spent
+                self.own_s[name] = self.own_s.get(name, 0.0) + spent - inner
+
+        return timed
+
+    def report(self, count: int) -> dict[str, Any]:
+        """µs per payment of each step (``other``: ``_pay_many``'s own glue) and its share."""
+        total = sum(self.own_s.values())
+        steps = {name.lstrip("_"): self.own_s.get(name, 0.0) for name in BATCH_STEPS}
+        steps["other"] = self.own_s.get("_pay_many", 0.0)
+        return {
+            name: {"us_per_payment": s / count * 1e6, "share": s / total if total else 0.0}
+            for name, s in steps.items()
+        }
+
+
 def run_variant(variant: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     from puhui.payments import Checkout, Fulfilment, Operation, PaymentBatches
 
+    timer = StepTimer() if args.steps and variant in ("batch", "coalesced") else None
+    if timer is not None:
+        timer.install(PaymentBatches)
     payments, ledger, engine = _service(workdir, args.database_url)
     try:
         started = time.perf_counter()
@@ -238,7 +301,9 @@ def run_variant(variant: str, args: argparse.Namespace, workdir: Path) -> dict[s
             cpu0 = time.process_time()
             elapsed, latencies = _coalesced(payments, customers, merchants, args)
             cpu_s = time.process_time() - cpu0
-            return _result(variant, args, args.payments, elapsed, latencies, setup_s, ledger, cpu_s)
+            return _result(
+                variant, args, args.payments, elapsed, latencies, setup_s, ledger, cpu_s, timer
+            )
         target = {"batch": batch_caller, "single": single_caller, "escrow": escrow_caller}[variant]
         threads = [threading.Thread(target=target, args=(k,)) for k in range(args.callers)]
         gc.collect()
@@ -254,9 +319,8 @@ def run_variant(variant: str, args: argparse.Namespace, workdir: Path) -> dict[s
             gc.unfreeze()
         if failures:
             raise SystemExit(f"{len(failures)} payments did not complete, e.g. {failures[:3]}")
-        return _result(
-            variant, args, per_caller * args.callers, elapsed, latencies, setup_s, ledger, cpu_s
-        )
+        count = per_caller * args.callers
+        return _result(variant, args, count, elapsed, latencies, setup_s, ledger, cpu_s, timer)
     finally:
         ledger.close()
         engine.dispose()
@@ -273,6 +337,7 @@ def _result(
     setup_s: float,
     ledger: Any,
     cpu_s: float,
+    timer: StepTimer | None = None,
 ) -> dict[str, Any]:
     from puhui.ledger import verify
 
@@ -290,6 +355,7 @@ def _result(
         "cpu_us_per_op": cpu_s / count * 1e6,
         "store": "postgresql" if args.database_url else "sqlite",
         "verify_ok": verify(ledger).ok if args.verify else None,
+        "steps": timer.report(count) if timer is not None else None,
     }
 
 
@@ -345,6 +411,8 @@ def _spawn(variant: str, args: argparse.Namespace) -> dict[str, Any]:
         cmd += ["--database-url", args.database_url]
     if args.verify:
         cmd.append("--verify")
+    if args.steps:
+        cmd.append("--steps")
     out = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"variant {variant} failed:\n{out.stderr[-4000:]}")
@@ -372,6 +440,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None, help="payments per batch call")
     parser.add_argument("--database-url", default=os.environ.get("PUHUI_BENCH_DATABASE_URL"))
     parser.add_argument("--verify", action="store_true", help="verify the ledger after each run")
+    parser.add_argument(
+        "--steps",
+        action="store_true",
+        help="time each step of a batch (batch, coalesced): us per payment and share",
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     quick = args.quick
@@ -406,6 +479,15 @@ def main() -> None:
             f"  runs {[round(r) for r in median['runs_per_s']]}",
             flush=True,
         )
+        if median.get("steps"):
+            print(
+                "  steps (us/payment, share): "
+                + ", ".join(
+                    f"{name} {v['us_per_payment']:.1f} ({v['share']:.0%})"
+                    for name, v in median["steps"].items()
+                ),
+                flush=True,
+            )
     if args.json:
         summary = {
             "payments_per_s": report.get("batch", report.get("single", {})).get("per_s"),

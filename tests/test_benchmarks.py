@@ -52,6 +52,16 @@ def test_payments_benchmark_quick_run_prints_json() -> None:
     for variant in ("batch", "coalesced", "single", "escrow"):
         assert report[variant]["count"] > 0
         assert report[variant]["verify_ok"] is True
+        assert report[variant]["steps"] is None  # only with --steps
+
+
+def test_payments_benchmark_times_a_batchs_steps() -> None:
+    report = _report("payments.py", "--quick", "--json", "--variants", "batch", "--steps")
+    steps = report["batch"]["steps"]
+    assert {"parse", "replays", "pass", "decide", "record", "move", "finish", "other"} <= set(steps)
+    assert abs(sum(v["share"] for v in steps.values()) - 1) < 1e-9
+    for name in ("parse", "record", "move", "finish"):
+        assert steps[name]["us_per_payment"] > 0
 
 
 def test_payment_records_benchmark_quick_run_prints_json() -> None:
