@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, get_args, get_origin
+from types import UnionType
+from typing import Any, Union, get_args, get_origin
 
 import numpy as np
 import pytest
@@ -205,7 +206,11 @@ def _request(api: Api, route: PlatformRoute, ids: dict[str, str], token: str | N
     method = _method(route)
     body = None
     if route.body_field is not None:
-        body = _sample(route.body_field.field_info.annotation, ids)
+        annotation = route.body_field.field_info.annotation
+        # An optional body (``Model | None``) is sent in full, as a required one.
+        if get_origin(annotation) in (Union, UnionType):
+            [annotation] = [a for a in get_args(annotation) if a is not type(None)]
+        body = _sample(annotation, ids)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     request_body = (route.openapi_extra or {}).get("requestBody")
     if request_body is not None:

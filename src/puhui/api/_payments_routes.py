@@ -24,6 +24,7 @@ from fastapi.security import HTTPBearer
 
 from puhui.errors import InvalidInputError
 from puhui.payments import (
+    Channel,
     CustomerNotFoundError,
     Merchant,
     MerchantNotFoundError,
@@ -55,6 +56,7 @@ from ._payments_schemas import (
     CardMoneyIn,
     CardOut,
     CardsOut,
+    ChannelIn,
     CollectIn,
     CreateOrderIn,
     CustomerOut,
@@ -66,6 +68,7 @@ from ._payments_schemas import (
     OrderOut,
     PayBillIn,
     PaymentCodeOut,
+    PayOrderIn,
     ReceiptOut,
     RefundOut,
     RegisterCustomerIn,
@@ -125,6 +128,18 @@ def _ctx(request: Request) -> PaymentsContext:
 
 def _tenant(request: Request) -> int:
     return principal_of(request).tenant.id
+
+
+def _channel(given: ChannelIn | None) -> Channel:
+    """The service's ``Channel`` of a request body's ``channel`` (absent: nothing known)."""
+    if given is None:
+        return Channel()
+    return Channel(
+        device_id=given.device_id,
+        ip=given.ip,
+        latitude=given.latitude,
+        longitude=given.longitude,
+    )
 
 
 async def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -339,6 +354,7 @@ async def top_up(customer_id: CustomerId, body: CardMoneyIn, request: Request) -
         body.amount,
         body.currency,
         key=_service_key(request),
+        channel=_channel(body.channel),
     )
     return operation_out(op)
 
@@ -355,6 +371,7 @@ async def withdraw(customer_id: CustomerId, body: CardMoneyIn, request: Request)
         body.amount,
         body.currency,
         key=_service_key(request),
+        channel=_channel(body.channel),
     )
     return operation_out(op)
 
@@ -373,6 +390,7 @@ async def transfer(customer_id: CustomerId, body: TransferIn, request: Request) 
         key=_service_key(request),
         payee=Payee(customer_id=payee_id),
         note=body.note,
+        channel=_channel(body.channel),
     )
     return operation_out(await _ctx(request).pay(payment))
 
@@ -398,6 +416,7 @@ async def pay_merchant(
         currency=body.currency,
         key=_service_key(request),
         merchant_qr=merchant_qr(merchant_id),
+        channel=_channel(body.channel),
     )
     return operation_out(await ctx.pay(payment))
 
@@ -495,6 +514,7 @@ async def collect(merchant_id: MerchantId, body: CollectIn, request: Request) ->
         body.amount,
         body.currency,
         key=_service_key(request),
+        channel=_channel(body.channel),
     )
     return operation_out(op)
 
@@ -519,7 +539,11 @@ async def verify_challenge(
     money, failed returns it."""
     op = await _operation(request, operation_id)
     payments = _ctx(request).payments
-    return operation_out(await _call(payments.verify_challenge, op.id, passed=body.passed))
+    return operation_out(
+        await _call(
+            payments.verify_challenge, op.id, passed=body.passed, channel=_channel(body.channel)
+        )
+    )
 
 
 # --- escrow orders (担保交易) ------------------------------------------------------------------
@@ -555,14 +579,17 @@ async def get_order(order_id: OrderIdPath, request: Request) -> OrderOut:
 
 @router.post("/orders/{order_id}/pay", response_model=OperationOut)
 @endpoint(Scope.PAYMENTS_WRITE, changes_state=True)
-async def pay_order(order_id: OrderIdPath, request: Request) -> OperationOut:
-    """The buyer pays: the money is held in escrow."""
+async def pay_order(
+    order_id: OrderIdPath, request: Request, body: PayOrderIn | None = None
+) -> OperationOut:
+    """The buyer pays: the money is held in escrow. The body is optional (its ``channel``)."""
     order = await _order(request, order_id)
     op = await _call(
         _ctx(request).checkout.pay_order,
         order.id,
         order.buyer_customer_id,
         key=_service_key(request),
+        channel=_channel(body.channel if body is not None else None),
     )
     return operation_out(op)
 
@@ -715,6 +742,7 @@ async def pay_bill(
         body.bill_id,
         key=_service_key(request),
         amount=body.amount,
+        channel=_channel(body.channel),
     )
     return operation_out(op)
 

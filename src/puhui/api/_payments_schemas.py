@@ -4,9 +4,10 @@ order and refund ids are 128-bit and travel as decimal text."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import ipaddress
+from typing import Annotated, Self
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from puhui.payments import Bill, Binding, Customer, Merchant, Operation, Order, Receipt, Refund
 
@@ -50,10 +51,50 @@ class RegisterMerchantIn(_In):
     settlement_card_token: str = Field(max_length=64)
 
 
+class ChannelIn(_In):
+    """Where the customer made the request, as risk control sees it: the customer's device
+    and network, not the partner's server. Optional, each field too; what is not given is
+    unknown to risk control (a payment with no device is never from a *trusted* one). None
+    of it changes what the request means, and none of it is stored with the operation."""
+
+    device_id: str = Field(
+        "", max_length=128, description="The customer's device (an app install's id)."
+    )
+    ip: str = Field(
+        "", max_length=45, description="The customer's IP address (IPv4 or IPv6).", examples=[]
+    )
+    latitude: float | None = Field(None, ge=-90, le=90, allow_inf_nan=False)
+    longitude: float | None = Field(None, ge=-180, le=180, allow_inf_nan=False)
+    """Where the customer is (degrees, WGS 84), when the app shares it: both or neither."""
+
+    @field_validator("ip")
+    @classmethod
+    def _an_address(cls, value: str) -> str:
+        if not value:
+            return value
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            raise ValueError("not an IPv4 or IPv6 address") from None
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> Self:
+        if (self.latitude is None) != (self.longitude is None):
+            raise ValueError("latitude and longitude go together")
+        return self
+
+
+ChannelField = Annotated[
+    ChannelIn | None,
+    Field(description="Where the customer made the request (for risk control); optional."),
+]
+
+
 class CardMoneyIn(_In):
     card_id: ObjectId
     amount: Amount
     currency: CurrencyCode
+    channel: ChannelField = None
 
 
 class PayeeIn(_In):
@@ -69,22 +110,32 @@ class TransferIn(_In):
     amount: Amount
     currency: CurrencyCode
     note: str = Field("", max_length=140)
+    channel: ChannelField = None
 
 
 class MerchantPaymentIn(_In):
     merchant_qr: str = Field(max_length=64, examples=["puhui://m/1"])
     amount: Amount
     currency: CurrencyCode
+    channel: ChannelField = None
 
 
 class CollectIn(_In):
     payment_code: str = Field(max_length=18, description="The customer's one-time code.")
     amount: Amount
     currency: CurrencyCode
+    channel: ChannelField = None
+    """The merchant's terminal that scanned the code."""
 
 
 class VerificationIn(_In):
     passed: bool
+    channel: ChannelField = None
+    """Where the customer answered: a passed answer makes its device a trusted one."""
+
+
+class PayOrderIn(_In):
+    channel: ChannelField = None
 
 
 class CreateOrderIn(_In):
@@ -127,6 +178,7 @@ class PayBillIn(_In):
     amount: Amount | None = None
     """What the customer was shown; refused with ``bill_amount_changed`` if the bill now
     asks another amount."""
+    channel: ChannelField = None
 
 
 # --- answers ----------------------------------------------------------------------------------
