@@ -80,7 +80,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 ledger_app = typer.Typer(
-    help="Check and describe a ledger (a SQLite file or a PostgreSQL URL).",
+    help="Check and describe a ledger (a journal directory, a SQLite file or a PostgreSQL URL).",
     no_args_is_help=True,
 )
 app.add_typer(ledger_app, name="ledger")
