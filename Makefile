@@ -1,6 +1,6 @@
 # Puhui: the single list of commands.
 #
-#   make demo    create .venv if needed, install Puhui, run the demo: the ledger, then payments (data in ./puhui-data)
+#   make demo    create .venv if needed, install Puhui, run the demo: the ledger, payments, then risk control (data in ./puhui-data)
 #   make test    install the dev tools, then ruff, mypy --strict and pytest
 #   make lint    ruff and mypy --strict only
 #   make bench   run the benchmarks (benchmarks/ledger.py, payments.py, risk.py; BENCH_ARGS=--quick for a smoke run)

@@ -410,6 +410,33 @@ def test_an_unusable_database_url_is_store_unavailable(
     assert not (tmp_path / "ledger").exists()
 
 
+@pytest.mark.parametrize("args", STORE_COMMANDS, ids=" ".join)
+def test_a_store_that_cannot_be_made_is_store_unavailable(tmp_path: Path, args: list[str]) -> None:
+    """A data directory (or SQLite path) that names a file, or a file that is not a database:
+    one error line with exit 2, not an ``OSError`` / ``DatabaseError`` traceback."""
+    occupied = tmp_path / "a-file"
+    occupied.write_text("not a directory, not a database")
+    for database_url in (f"sqlite:///{occupied}/puhui.sqlite", f"sqlite:///{occupied}"):
+        result = invoke(*args, env=_env(tmp_path, PUHUI_DATABASE_URL=database_url))
+        assert result.exit_code == 2, result.output
+        assert result.stderr.startswith("error: store_unavailable: "), result.output
+        assert "Traceback" not in result.output
+    assert occupied.read_text() == "not a directory, not a database"
+
+
+@pytest.mark.parametrize("ledger", ["{file}/ledger", "{file}/ledger.sqlite"])
+def test_demo_on_a_ledger_that_cannot_be_made_is_journal_unavailable(
+    tmp_path: Path, ledger: str
+) -> None:
+    occupied = tmp_path / "a-file"
+    occupied.write_text("not a directory")
+    env = _env(tmp_path, PUHUI_LEDGER_URL=ledger.format(file=occupied))
+    result = invoke("demo", "--json", env=env)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: journal_unavailable: "), result.output
+    assert "Traceback" not in result.output
+
+
 def test_sim_run_to_an_unwritable_file_is_output_unwritable(tmp_path: Path) -> None:
     occupied = tmp_path / "a-file"
     occupied.write_text("not a directory")

@@ -198,3 +198,36 @@ def test_serve_decides_payments_with_the_risk_engine(tmp_path: Path) -> None:
     assert logged >= 1, stderr
     # The snapshot covers every decision logged (nothing to replay on the next start).
     assert saved["log_next_id"] >= 6, saved
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["--risk-dir", "{file}"], "data_dir_unavailable"),
+        (["--ledger-url", "{file}/ledger"], "journal_unavailable"),
+        (["--ledger-url", "{file}/ledger.sqlite"], "journal_unavailable"),
+        (["--database-url", "sqlite:///{file}"], "store_unavailable"),
+        (["--database-url", "sqlite:///{file}/puhui.sqlite"], "store_unavailable"),
+    ],
+    ids=["risk-dir", "ledger-dir", "ledger-sqlite", "store-not-a-database", "store-dir"],
+)
+def test_serve_over_an_unusable_place_is_one_error_line(
+    tmp_path: Path, args: list[str], code: str
+) -> None:
+    """A newcomer's wrong path (a file where a directory or a database should be) stops
+    ``puhui serve`` with its error code and exit 2, not a traceback, before it listens."""
+    occupied = tmp_path / "a-file"
+    occupied.write_text("not a directory, not a database")
+    env = {**os.environ, "PUHUI_DATA_DIR": str(tmp_path / "data")}
+    completed = subprocess.run(
+        [*PUHUI, "serve", "--port", str(_free_port()), *(a.format(file=occupied) for a in args)],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 2, completed.stderr
+    assert f"error: {code}: " in completed.stderr, completed.stderr
+    assert "Traceback" not in completed.stderr
+    assert occupied.read_text() == "not a directory, not a database"

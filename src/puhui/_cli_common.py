@@ -39,6 +39,24 @@ class OutputUnwritableError(PuhuiError):
     code = "output_unwritable"
 
 
+class DataDirUnavailableError(PuhuiError):
+    """The data directory (or a directory under it, as the risk engine's) cannot be created or
+    is not a directory."""
+
+    code = "data_dir_unavailable"
+
+
+def make_data_dir(path: Path) -> None:
+    """Create ``path`` (and its parents) if needed; a place that cannot be a directory (a file
+    there or on the way, no permission) is ``data_dir_unavailable``, not a traceback."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DataDirUnavailableError(
+            f"cannot create data directory {str(path)!r}: {error.strerror or error}"
+        ) from error
+
+
 def _store_url_shown(url: str) -> str:
     """The store's URL with any password hidden (safe to print); text that does not parse as
     a URL is not repeated (it may hold a password)."""
@@ -59,10 +77,15 @@ def opened_store(url: str) -> Iterator[sa.Engine]:
         raise StoreUnavailableError(
             f"not a usable database URL: {_store_url_shown(url)} ({type(error).__name__})"
         ) from None
+    except OSError as error:  # the SQLite file's directory cannot be created
+        raise StoreUnavailableError(
+            f"cannot open the SQL store {_store_url_shown(url)}: cannot create its directory"
+            f" {str(error.filename)!r}: {error.strerror or error}"
+        ) from None
     try:
         try:
             migrate(engine)
-        except (sa.exc.OperationalError, sa.exc.InterfaceError) as error:
+        except (sa.exc.DatabaseError, sa.exc.InterfaceError) as error:  # also not a database
             cause = str(error.orig).strip().splitlines()[0] if error.orig else type(error).__name__
             raise StoreUnavailableError(
                 f"cannot open the SQL store {_store_url_shown(url)}: {cause}"

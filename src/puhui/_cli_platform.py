@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import sqlalchemy as sa
 import typer
 
-from puhui._cli_common import EXIT_OK, EXIT_PROBLEM, opened_store
+from puhui._cli_common import EXIT_OK, EXIT_PROBLEM, make_data_dir, opened_store
 from puhui._cli_common import emit_json as _emit_json
 from puhui._cli_common import reported_errors as _reported_errors
 from puhui.config import Settings
@@ -170,15 +170,15 @@ def serve(
     configure_logging()  # JSON lines on stderr, one per request; uvicorn's own access log off
     with _reported_errors():
         settings = Settings.from_env()
-        url = ledger_url or settings.ledger_url
-        if "://" not in url:
-            Path(url).parent.mkdir(parents=True, exist_ok=True)
+        url = ledger_url or settings.ledger_url  # a local journal makes its own directories
+        risk_directory = risk_dir or settings.data_dir / "risk"
+        make_data_dir(risk_directory)
         clock = SystemClock()
         with (
             _store(database_url) as engine,
             tb.open(url) as ledger,
             open_engine(
-                risk_dir or settings.data_dir / "risk",
+                risk_directory,
                 clock=clock,
                 rules=risk_rules,
                 model=risk_model,

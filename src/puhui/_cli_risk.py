@@ -44,7 +44,7 @@ from puhui.risk import (
 )
 from puhui.risk._backtest import backtest
 from puhui.risk._engine import DEFAULT_RULES, engine_schema
-from puhui.risk._model import RiskModel
+from puhui.risk._model import RiskModel, TrainingDataError
 from puhui.risk._shadow import LIVE_THRESHOLD_DEFAULT, compare_models
 from puhui.sim import SimConfig
 from puhui.sim._risk import risk_report, run_with_engine, train_on_runs
@@ -225,7 +225,13 @@ def train_command(
                 done[0] += 1
                 progress.update(task, completed=min(done[0], days * len(configs)))
 
-            model = train_on_runs(configs, on_day=tick)
+            try:
+                model = train_on_runs(configs, on_day=tick)
+            except TrainingDataError as error:  # a run too small to hold fraud and honest events
+                raise TrainingDataError(
+                    f"{error.message} (fraud); simulate more: --customers, --days,"
+                    " --fraud-rate or another --seed"
+                ) from None
         with written_output(out):
             model.save(out)
         m = model.metrics

@@ -40,10 +40,12 @@ import puhui.ledger as tb
 from puhui._cli_common import (
     EXIT_OK,
     EXIT_PROBLEM,
+    DataDirUnavailableError,
     opened_store,
 )
 from puhui._cli_common import console as _console
 from puhui._cli_common import emit_json as _emit_json
+from puhui._cli_common import make_data_dir as _make_data_dir
 from puhui._cli_common import reported_errors as _reported_errors
 from puhui._cli_platform import register as register_platform_commands
 from puhui._cli_risk import risk_app
@@ -52,7 +54,7 @@ from puhui._demo_payments import PaymentsTour, payments_service, print_payments
 from puhui._demo_risk import RiskTour, print_risk
 from puhui.clock import ManualClock
 from puhui.config import Settings
-from puhui.errors import InvalidInputError, PuhuiError
+from puhui.errors import InvalidInputError
 from puhui.money import (
     Currency,
     UnknownCurrencyError,
@@ -62,7 +64,7 @@ from puhui.money import (
     parse_amount,
 )
 
-__all__ = ["app", "main"]
+__all__ = ["DataDirUnavailableError", "app", "main"]
 
 STATUS_COLUMN_CHARS: Final = 20
 """Width of the status column in the demo's step listing (unit: characters)."""
@@ -78,7 +80,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 ledger_app = typer.Typer(
-    help="Check and describe a ledger (a SQLite file or a PostgreSQL URL).",
+    help="Check and describe a ledger (a journal directory, a SQLite file or a PostgreSQL URL).",
     no_args_is_help=True,
 )
 app.add_typer(ledger_app, name="ledger")
@@ -90,12 +92,6 @@ class LedgerNotFoundError(InvalidInputError):
     """A command that reads a ledger was given a local journal that does not exist."""
 
     code = "ledger_not_found"
-
-
-class DataDirUnavailableError(PuhuiError):
-    """The data directory cannot be created or is not a directory."""
-
-    code = "data_dir_unavailable"
 
 
 # --- plumbing -------------------------------------------------------------------------------
@@ -126,15 +122,6 @@ def _display_url(url: str) -> str:
         return url
     user = credentials.split(":", 1)[0]
     return f"{scheme}://{user}:***@{host}"
-
-
-def _make_data_dir(path: Path) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise DataDirUnavailableError(
-            f"cannot create data directory {str(path)!r}: {error.strerror or error}"
-        ) from error
 
 
 def _holds_no_journal(path: Path) -> bool:

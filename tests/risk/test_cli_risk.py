@@ -105,6 +105,21 @@ def test_train_writes_a_model_the_report_can_use(tmp_path: Path) -> None:
     assert "Live model against shadow" in shadowed.stdout
 
 
+def test_train_on_a_run_without_fraud_says_what_to_change(tmp_path: Path) -> None:
+    """A run too small (here: no fraud at all) to train on names what it held and which
+    options give more, instead of only "need at least 50 rows and both labels"."""
+    model = tmp_path / "model.json"
+    args = ["--customers", "20", "--days", "1", "--fraud-rate", "0", "--out", str(model)]
+    result = runner.invoke(app, ["risk", "train", *args])
+    assert result.exit_code == 2, result.output
+    message = result.stderr.strip()
+    assert message.startswith("error: risk_training_data_invalid: need at least 50 rows and both")
+    assert " 0 of them labelled 1 (fraud)" in message
+    assert message.endswith("simulate more: --customers, --days, --fraud-rate or another --seed")
+    assert "Traceback" not in result.output
+    assert not model.exists()
+
+
 def test_cases_from_the_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PUHUI_DATA_DIR", str(tmp_path))
     listed = runner.invoke(app, ["risk", "cases", "list", "--json"])

@@ -92,9 +92,15 @@ class SqliteJournal:
     """Journal in a SQLite file (WAL, ``synchronous=FULL``): one row per group commit."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        except (OSError, sqlite3.Error) as error:
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+            raise JournalUnavailableError(
+                f"cannot open the SQLite journal {path}: {reason}"
+            ) from error
         self.path = path
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         try:
             self._init()
         except sqlite3.DatabaseError as error:
@@ -270,8 +276,13 @@ class FileJournal:
 
         self.directory = directory
         self.segment_bytes_max = segment_bytes or self.SEGMENT_BYTES
-        directory.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as error:  # a file in the way, no permission, a read-only file system
+            raise JournalUnavailableError(
+                f"cannot create the journal directory {directory}: {error.strerror or error}"
+            ) from error
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:

@@ -68,5 +68,6 @@ _ACCEPT = RiskDecision(Decision.ACCEPT, 0)
 
 
 def decide(events: Sequence[RiskEvent]) -> list[RiskDecision]:
-    """One decision per event, in order (a pass-through until issue #6: every event accepted)."""
+    """One decision per event, in order: the pass-through, every event accepted (the engine is
+    ``RiskEngine``, as ``puhui serve`` runs it)."""
     return [_ACCEPT for _ in events]

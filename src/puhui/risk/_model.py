@@ -402,7 +402,10 @@ def train(
     if not names or any(c.shape != y.shape for c in columns) or y.ndim != 1:
         raise TrainingDataError("every feature column must have one value per label")
     if len(y) < TRAIN_ROWS_MIN or y.min() == y.max():
-        raise TrainingDataError(f"need at least {TRAIN_ROWS_MIN} rows and both labels")
+        raise TrainingDataError(
+            f"need at least {TRAIN_ROWS_MIN} rows and both labels; got {len(y):,} rows,"
+            f" {int(np.count_nonzero(y)):,} of them labelled 1"
+        )
     if not 0.0 < holdout < 1.0:
         raise TrainingDataError("holdout must be between 0 and 1")
     x = np.column_stack(columns)
