@@ -830,7 +830,10 @@ def _create_transfer(
             return T_PENDING_TRANSFER_ALREADY_VOIDED, ZERO
         if pstate == STATE_EXPIRED:
             return T_PENDING_TRANSFER_EXPIRED, ZERO
-        if p.timeout != 0 and _deadline(p.timestamp, p.timeout) <= slot_ts:
+        # Due but not expired yet, judged at the event's timestamp: an imported event's own
+        # (TigerBeetle's post_or_void_pending_transfer: ``expires_at <= t.timestamp``).
+        event_ts = ev.timestamp if imported else slot_ts
+        if p.timeout != 0 and _deadline(p.timestamp, p.timeout) <= event_ts:
             return T_PENDING_TRANSFER_EXPIRED, ZERO
         if ud128_lo == ZERO and ud128_hi == ZERO:
             ud128_lo = p.user_data_128_lo
