@@ -685,7 +685,8 @@ class ReferenceLedger:
             if amount + cr.credits_pending + cr.credits_posted > AMOUNT_MAX:
                 return CreateTransferStatus.OVERFLOWS_CREDITS
 
-            if _deadline(transfer) >= TIMESTAMP_MAX:
+            # The server's ``sum_overflows(u63, timestamp, timeout * ns_per_s)``.
+            if transfer.timeout != 0 and _deadline(transfer) > TIMESTAMP_VALID_MAX:
                 return CreateTransferStatus.OVERFLOWS_TIMEOUT
             if (
                 int(dr.flags) & AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS

@@ -11,11 +11,15 @@ import dataclasses
 
 from tests.ledger.harness import LedgerHarness
 from tests.ledger.test_conformance import (
+    AF,
     NS,
     POST,
     TF,
+    A,
     T,
+    account,
     balances,
+    check_accounts,
     check_transfers,
     reject_transfer,
     resolution,
@@ -23,6 +27,12 @@ from tests.ledger.test_conformance import (
     transfer,
     with_accounts,
 )
+
+TIMESTAMP_VALID_MAX = (1 << 63) - 1
+"""TigerBeetle's ``TimestampRange.timestamp_max``: a u64 timestamp's top bit is the LSM
+tombstone flag."""
+TIMEOUT_MAX = (1 << 32) - 1
+
 
 # --- imported posts and voids: the expiry is judged at the event's own timestamp --------------
 
@@ -94,3 +104,47 @@ def test_imported_void_after_the_deadline_is_expired(harness: LedgerHarness) -> 
         transfer(4, flags=TF.IMPORTED, timestamp=deadline - 8),
     ]
     check_transfers(harness, events, [T.PENDING_TRANSFER_EXPIRED, T.CREATED, T.CREATED])
+
+
+# --- OVERFLOWS_TIMEOUT: the deadline must fit in 63 bits ----------------------------------------
+
+
+def test_overflows_timeout_at_the_u63_boundary(harness: LedgerHarness) -> None:
+    """state_machine.zig, create_transfer: ``if (sum_overflows(u63, t.timestamp,
+    t.timeout * ns_per_s)) return .overflows_timeout`` ("u63 because the most significant bit
+    of the u64 timestamp is used as the tombstone flag"): a deadline above 2**63 - 1
+    overflows, even though it fits in a u64."""
+    with_accounts(harness)
+    harness.set_now(TIMESTAMP_VALID_MAX - NS - 1)
+    pending = transfer(1, flags=TF.PENDING, timeout=1)
+    # Slot 2**63 - 1 - NS: the deadline is 2**63 - 1, the last that fits.
+    assert submit(harness, pending).timestamp == TIMESTAMP_VALID_MAX - NS
+    # One nanosecond later the deadline would be 2**63.
+    reject_transfer(harness, dataclasses.replace(pending, id=2), T.OVERFLOWS_TIMEOUT)
+    # Without a timeout nothing can overflow.
+    submit(harness, transfer(3, flags=TF.PENDING))
+    submit(harness, transfer(4))
+
+
+def test_overflows_timeout_with_the_largest_timeout(harness: LedgerHarness) -> None:
+    """As above, with a timestamp well inside the u63 range: ``timeout = 2**32 - 1`` seconds
+    from a timestamp above 2**63 - 1 - (2**32 - 1) s overflows; the same from below fits."""
+    with_accounts(harness)
+    fits = TIMESTAMP_VALID_MAX - TIMEOUT_MAX * NS
+    harness.set_now(fits - 1)
+    pending = transfer(1, flags=TF.PENDING, timeout=TIMEOUT_MAX)
+    assert submit(harness, pending).timestamp == fits
+    reject_transfer(harness, dataclasses.replace(pending, id=2), T.OVERFLOWS_TIMEOUT)
+    # A smaller timeout from the same time still fits.
+    submit(harness, dataclasses.replace(pending, id=3, timeout=TIMEOUT_MAX - 1))
+    # The overflow check comes after the balance overflow checks and before the limits.
+    check_accounts(
+        harness,
+        [account(5, flags=AF.DEBITS_MUST_NOT_EXCEED_CREDITS)],
+        [A.CREATED],
+    )
+    reject_transfer(
+        harness,
+        transfer(4, debit_account_id=5, flags=TF.PENDING, timeout=TIMEOUT_MAX),
+        T.OVERFLOWS_TIMEOUT,
+    )
