@@ -614,8 +614,10 @@ class ReferenceLedger:
                 return CreateTransferStatus.PENDING_TRANSFER_ALREADY_VOIDED
             if state is PendingState.EXPIRED:
                 return CreateTransferStatus.PENDING_TRANSFER_EXPIRED
-            # Due but not yet expired by a pulse: rejected, and balances stay pending.
-            if pending.timeout != 0 and _deadline(pending) <= now:
+            # Due but not yet expired by a pulse: rejected, and balances stay pending. Judged at
+            # the event's timestamp: an imported event's own (``expires_at <= t.timestamp``).
+            event_timestamp = transfer.timestamp if imported else now
+            if pending.timeout != 0 and _deadline(pending) <= event_timestamp:
                 return CreateTransferStatus.PENDING_TRANSFER_EXPIRED
             if transfer.user_data_128 == 0:
                 transfer.user_data_128 = pending.user_data_128
@@ -683,7 +685,8 @@ class ReferenceLedger:
             if amount + cr.credits_pending + cr.credits_posted > AMOUNT_MAX:
                 return CreateTransferStatus.OVERFLOWS_CREDITS
 
-            if _deadline(transfer) >= TIMESTAMP_MAX:
+            # The server's ``sum_overflows(u63, timestamp, timeout * ns_per_s)``.
+            if transfer.timeout != 0 and _deadline(transfer) > TIMESTAMP_VALID_MAX:
                 return CreateTransferStatus.OVERFLOWS_TIMEOUT
             if (
                 int(dr.flags) & AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS

@@ -408,13 +408,16 @@ def heap_pop(
 
 @jit(inline="always")
 def _deadline_overflows(ts: int, timeout: int) -> bool:
-    """Whether ts + timeout seconds >= TIMESTAMP_MAX (computed without wrapping)."""
+    """Whether ts + timeout seconds overflows a u63, TigerBeetle's ``sum_overflows(u63,
+    t.timestamp, t.timeout * ns_per_s)`` (the top bit of a u64 timestamp is its LSM tombstone
+    flag): a deadline above TIMESTAMP_VALID_MAX. ``timeout * ns_per_s`` fits in a u63 (u32
+    seconds); no timeout never overflows."""
     t = U64(timeout)
     if t == ZERO:
-        return ts >= TIMESTAMP_MAX
-    if t > (MAX64 - ts) // NS_PER_S:
+        return False
+    if ts > TIMESTAMP_VALID_MAX:
         return True
-    return ts + t * NS_PER_S >= TIMESTAMP_MAX
+    return t * NS_PER_S > TIMESTAMP_VALID_MAX - ts
 
 
 @jit(inline="always")
@@ -830,7 +833,10 @@ def _create_transfer(
             return T_PENDING_TRANSFER_ALREADY_VOIDED, ZERO
         if pstate == STATE_EXPIRED:
             return T_PENDING_TRANSFER_EXPIRED, ZERO
-        if p.timeout != 0 and _deadline(p.timestamp, p.timeout) <= slot_ts:
+        # Due but not expired yet, judged at the event's timestamp: an imported event's own
+        # (TigerBeetle's post_or_void_pending_transfer: ``expires_at <= t.timestamp``).
+        event_ts = ev.timestamp if imported else slot_ts
+        if p.timeout != 0 and _deadline(p.timestamp, p.timeout) <= event_ts:
             return T_PENDING_TRANSFER_EXPIRED, ZERO
         if ud128_lo == ZERO and ud128_hi == ZERO:
             ud128_lo = p.user_data_128_lo
