@@ -1,8 +1,8 @@
 # Puhui: the single list of commands.
 #
 #   make demo    create .venv if needed, install Puhui, run the demo: the ledger, payments, then risk control (data in ./puhui-data)
-#   make test    install the dev tools, then ruff, mypy --strict and pytest
-#   make lint    ruff and mypy --strict only
+#   make test    install the dev tools, then ruff, mypy --strict and pytest (TEST_WORKERS=2 processes)
+#   make lint    ruff (lint and format check) and mypy --strict only
 #   make bench   run the benchmarks (benchmarks/ledger.py, payments.py, risk.py; BENCH_ARGS=--quick for a smoke run)
 #   make clean   remove caches and build output (keeps .venv and ./puhui-data)
 #   make distclean   also remove .venv and ./puhui-data
@@ -17,6 +17,8 @@ STAMP := $(VENV)/.installed
 STAMP_DEV := $(VENV)/.installed-dev
 LINT_PATHS := src tests $(wildcard benchmarks)
 BENCH_ARGS ?=
+# pytest-xdist workers for `make test` (the PostgreSQL tests share one; see tests/conftest.py)
+TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
 .PHONY: help demo test lint bench clean distclean
@@ -40,10 +42,11 @@ demo: $(STAMP)
 
 lint: $(STAMP_DEV)
 	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy
 
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ledger.py $(BENCH_ARGS)

@@ -48,7 +48,7 @@ owner = "tests"
 [[rule]]
 id = "list.blocked"
 description = "A customer on the block list"
-when = 'event.customer in list("blocked_customers")'
+when = 'event.customer in list("blocked_customers") or event.device in list("blocked_devices")'
 action = "reject"
 priority = 1000
 status = "active"
@@ -161,6 +161,28 @@ def test_serve_decides_payments_with_the_risk_engine(tmp_path: Path) -> None:
             wallet = c.get(f"/customers/{p}/wallets/CNY").json()
             assert wallet["available"] == 2_000_00 - 100_00 - 600_00
 
+            # An operator blocks a stolen phone: a payment made on it (the request's channel)
+            # is refused, one from the customer's own phone goes through.
+            store = create_engine(f"sqlite:///{tmp_path / 'data' / 'puhui.sqlite'}")
+            try:
+                ListStore(store, SystemClock()).add(
+                    "blocked_devices", "dev-stolen", reason="case 0: stolen phone"
+                )
+            finally:
+                store.dispose()
+            small = {**pay, "amount": 1_00}
+            stolen = {**small, "channel": {"device_id": "dev-stolen", "ip": "203.0.113.9"}}
+            deadline = time.monotonic() + 30
+            while True:
+                on_stolen = _post(c, f"/customers/{p}/transfers", stolen)
+                if on_stolen["status"] == "rejected" or time.monotonic() > deadline:
+                    break
+                time.sleep(0.3)
+            assert (on_stolen["decision"], on_stolen["error_code"]) == ("reject", "risk_rejected")
+            own = {**small, "channel": {"device_id": "dev-own"}}
+            on_own = _post(c, f"/customers/{p}/transfers", own)
+            assert (on_own["status"], on_own["decision"]) == ("completed", "accept"), on_own
+
             # An operator blocks the payer (as `puhui risk lists add` does): the running
             # server reads the list from SQL within its check interval.
             store = create_engine(f"sqlite:///{tmp_path / 'data' / 'puhui.sqlite'}")
@@ -170,7 +192,6 @@ def test_serve_decides_payments_with_the_risk_engine(tmp_path: Path) -> None:
                 )
             finally:
                 store.dispose()
-            small = {**pay, "amount": 1_00}
             deadline = time.monotonic() + 30
             while True:
                 blocked = _post(c, f"/customers/{p}/transfers", small)

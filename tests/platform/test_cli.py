@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -105,7 +106,11 @@ def test_serve_answers_on_the_given_port(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'puhui.sqlite'}"
     command = [sys.executable, "-m", "puhui.cli", "serve", "--port", str(port)]
     command += ["--database-url", url, "--ledger-url", str(tmp_path / "ledger")]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Its own data directory (the risk state), not ./puhui-data of whoever runs the tests.
+    env = {**os.environ, "PUHUI_DATA_DIR": str(tmp_path / "data")}
+    server = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+    )
     try:
         answer = None
         deadline = time.monotonic() + START_UP_S
@@ -170,7 +175,8 @@ def test_serve_delivers_webhooks_and_stops_cleanly(tmp_path: Path) -> None:
     command += ["--database-url", url, "--ledger-url", str(tmp_path / "ledger")]
     command += ["--webhook-interval", "0.1", "--webhook-loopback"]
     log = (tmp_path / "serve.log").open("wb")
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
+    env = {**os.environ, "PUHUI_DATA_DIR": str(tmp_path / "data")}
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, env=env)
     try:
         deadline = time.monotonic() + START_UP_S  # start-up, then the first round
         while not got and server.poll() is None and time.monotonic() < deadline:
