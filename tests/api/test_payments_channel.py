@@ -225,3 +225,34 @@ def test_a_location_that_is_not_a_number_is_refused(
         assert response.status_code == 422, response.text
         assert response.json()["code"] == "invalid_input"
     assert recording.events == []
+
+
+@pytest.mark.parametrize(
+    ("given", "seen"),
+    [
+        ("::ffff:203.0.113.9", "203.0.113.9"),  # an IPv4 customer behind a dual-stack socket
+        ("::FFFF:CB00:7109", "203.0.113.9"),
+        ("2001:db8::1%eth0", "2001:db8::1"),  # a zone names the receiving host's interface
+        ("fe80::1%3", "fe80::1"),
+        ("::ffff:203.0.113.9%eth0", "203.0.113.9"),
+    ],
+)
+def test_an_address_is_the_customers_whatever_way_the_socket_spelled_it(
+    recorded: tuple[Api, Recording, dict[str, str]], given: str, seen: str
+) -> None:
+    """Risk control matches addresses as text (``blocked_ips``, the per-address features):
+    an IPv4 address written as IPv4-mapped IPv6, or an address with a zone id, reached it as
+    another address (``::ffff:cb00:7109``, ``2001:db8::1%eth0``), out of a block list's reach."""
+    api, recording, world = recorded
+    c, other = world["customer"], world["other_customer"]
+    post_ok(
+        api,
+        f"{P}/customers/{c}/transfers",
+        {
+            "payee": {"customer_id": int(other)},
+            "amount": 1_00,
+            "currency": "CNY",
+            "channel": {"ip": given},
+        },
+    )
+    assert [e.ip for e in recording.events] == [seen]

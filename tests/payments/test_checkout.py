@@ -464,3 +464,69 @@ def test_an_unshipped_order_whose_ruled_release_is_under_way_cannot_be_shipped(
     shop.p.recover()
     assert c.order(order_id).status is OS.FINISHED
     assert shop.seller_gets() == 100_00 - 60
+
+
+def test_confirming_an_unshipped_order_whose_ruled_release_is_under_way_is_order_finished(
+    shop: Shop,
+) -> None:
+    """Arbitration released a paid, unshipped order and the release was cut short: the
+    buyer's confirmation said ``order_not_shipped`` (as if the order still waited for its
+    seller), though the ruling finished it; it is ``order_finished`` like the other steps,
+    and moves nothing."""
+    c = shop.checkout
+    order_id = shop.paid(100_00)
+    refund = c.request_refund(order_id, shop.buyer, 100_00, "changed my mind", key="r")
+    c.answer_refund(refund.id, shop.seller, approve=False)
+    c.escalate_refund(refund.id, shop.buyer)
+    _release_cut_short(shop, lambda: c.arbitrate(refund.id, Arbitration.RELEASE))
+    order = c.order(order_id)
+    assert order.status is OS.PAID and order.release_operation_id is not None
+    money = (shop.wallet(), shop.seller_gets(), shop.escrow())
+    with pytest.raises(OrderFinishedError, match="under way"):
+        c.confirm_receipt(order_id, shop.buyer)
+    assert (shop.wallet(), shop.seller_gets(), shop.escrow()) == money
+    shop.world.clock.advance(600 * 10**9)
+    shop.p.recover()
+    assert c.order(order_id).status is OS.FINISHED
+    assert shop.seller_gets() == money[1] + 100_00 - 60
+
+
+@pytest.mark.parametrize("cut_short", [True, False], ids=["under_way", "finished"])
+def test_a_refund_asked_while_the_release_is_claimed_is_order_finished(
+    shop: Shop, cut_short: bool
+) -> None:
+    """The buyer asks for a refund; between its checks and its write the order's release is
+    claimed (the buyer's other device confirmed receipt, say), and carried out or not yet.
+    The refund was refused as ``refund_open`` ("the order changed meanwhile") though no
+    refund was open: it is ``order_finished``, as when the release came first, and nothing
+    is recorded."""
+    c = shop.checkout
+    order_id = shop.shipped(100_00)
+    new_id = shop.p.new_id
+    claimed: list[bool] = []
+
+    def confirm() -> object:
+        return c.confirm_receipt(order_id, shop.buyer)
+
+    def new_id_after_a_claim() -> int:
+        if not claimed:  # the refund's id: the checks are done, its write comes next
+            claimed.append(True)
+            if cut_short:
+                _release_cut_short(shop, confirm)
+            else:
+                confirm()
+        return new_id()
+
+    shop.p.new_id = new_id_after_a_claim
+    try:
+        with pytest.raises(OrderFinishedError, match="under way" if cut_short else "finished"):
+            c.request_refund(order_id, shop.buyer, 10_00, "late", key="r-race")
+    finally:
+        shop.p.new_id = new_id
+    assert claimed
+    assert c.refunds(order_id) == []
+    assert c.order(order_id).open_refund_id is None
+    if cut_short:
+        assert c.confirm_receipt(order_id, shop.buyer).status is OS.FINISHED
+    assert c.order(order_id).status is OS.FINISHED
+    assert shop.seller_gets() == 100_00 - 60

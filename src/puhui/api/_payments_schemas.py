@@ -73,9 +73,19 @@ class ChannelIn(_In):
         if not value:
             return value
         try:
-            return str(ipaddress.ip_address(value))
+            address = ipaddress.ip_address(value)
         except ValueError:
             raise ValueError("not an IPv4 or IPv6 address") from None
+        # Risk control matches addresses as text (block lists, per-address features): an
+        # IPv4 address that a dual-stack socket wrote as IPv6 (``::ffff:a.b.c.d``) is that
+        # IPv4 address, and a zone id (``%eth0``) names an interface of the host that saw
+        # the address, not part of the customer's address.
+        if isinstance(address, ipaddress.IPv6Address):
+            if address.ipv4_mapped is not None:
+                return str(address.ipv4_mapped)
+            if address.scope_id is not None:
+                address = ipaddress.IPv6Address(address.packed)
+        return str(address)
 
     @model_validator(mode="after")
     def _both_or_neither(self) -> Self:

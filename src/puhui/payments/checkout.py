@@ -470,6 +470,7 @@ class Checkout:
             return self.order(order_id)
         if order.open_refund_id is not None:
             raise RefundOpenError("a refund of this order is open")
+        self._not_releasing(order)  # a ruled release of an unshipped order
         self._expect(order, _O.SHIPPED)
         self._release(order)
         return self.order(order_id)
@@ -553,6 +554,12 @@ class Checkout:
                 )
             )
             if done.rowcount != 1:
+                now_order = _order(
+                    conn.execute(sa.select(t.orders).where(t.orders.c.id == _hex(order_id))).one()
+                )
+                if now_order.status not in (_O.PAID, _O.SHIPPED):
+                    self._expect(now_order, _O.PAID)  # finished or closed meanwhile
+                self._not_releasing(now_order)  # a release claimed meanwhile
                 raise RefundOpenError("the order changed meanwhile; look at it again")
             self._changed(conn, CheckoutChange.REFUND_REQUESTED, order_id, refund_id)
         return self.refund(refund_id)
