@@ -107,6 +107,26 @@ def _post(client: httpx.Client, path: str, body: dict[str, Any]) -> dict[str, An
     return result
 
 
+def _block(tmp_path: Path, list_name: str, value: str, reason: str) -> None:
+    """An operator's block list entry, as `puhui risk lists add` writes it."""
+    store = create_engine(f"sqlite:///{tmp_path / 'data' / 'puhui.sqlite'}")
+    try:
+        ListStore(store, SystemClock()).add(list_name, value, reason=reason)
+    finally:
+        store.dispose()
+
+
+def _until_rejected(c: httpx.Client, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """POST until the answer is a rejection (a running server reads the lists from SQL within
+    its check interval), for at most 30 s; the last answer."""
+    deadline = time.monotonic() + 30
+    while True:
+        answer = _post(c, path, body)
+        if answer["status"] == "rejected" or time.monotonic() > deadline:
+            return answer
+        time.sleep(0.3)
+
+
 @pytest.mark.slow
 def test_serve_decides_payments_with_the_risk_engine(tmp_path: Path) -> None:
     env = {**os.environ, "PUHUI_DATA_DIR": str(tmp_path / "data")}
@@ -163,21 +183,10 @@ def test_serve_decides_payments_with_the_risk_engine(tmp_path: Path) -> None:
 
             # An operator blocks a stolen phone: a payment made on it (the request's channel)
             # is refused, one from the customer's own phone goes through.
-            store = create_engine(f"sqlite:///{tmp_path / 'data' / 'puhui.sqlite'}")
-            try:
-                ListStore(store, SystemClock()).add(
-                    "blocked_devices", "dev-stolen", reason="case 0: stolen phone"
-                )
-            finally:
-                store.dispose()
+            _block(tmp_path, "blocked_devices", "dev-stolen", "case 0: stolen phone")
             small = {**pay, "amount": 1_00}
             stolen = {**small, "channel": {"device_id": "dev-stolen", "ip": "203.0.113.9"}}
-            deadline = time.monotonic() + 30
-            while True:
-                on_stolen = _post(c, f"/customers/{p}/transfers", stolen)
-                if on_stolen["status"] == "rejected" or time.monotonic() > deadline:
-                    break
-                time.sleep(0.3)
+            on_stolen = _until_rejected(c, f"/customers/{p}/transfers", stolen)
             assert (on_stolen["decision"], on_stolen["error_code"]) == ("reject", "risk_rejected")
             own = {**small, "channel": {"device_id": "dev-own"}}
             on_own = _post(c, f"/customers/{p}/transfers", own)
@@ -185,19 +194,8 @@ def test_serve_decides_payments_with_the_risk_engine(tmp_path: Path) -> None:
 
             # An operator blocks the payer (as `puhui risk lists add` does): the running
             # server reads the list from SQL within its check interval.
-            store = create_engine(f"sqlite:///{tmp_path / 'data' / 'puhui.sqlite'}")
-            try:
-                ListStore(store, SystemClock()).add(
-                    "blocked_customers", f"c:{p}", reason="case 1: takeover"
-                )
-            finally:
-                store.dispose()
-            deadline = time.monotonic() + 30
-            while True:
-                blocked = _post(c, f"/customers/{p}/transfers", small)
-                if blocked["status"] == "rejected" or time.monotonic() > deadline:
-                    break
-                time.sleep(0.3)
+            _block(tmp_path, "blocked_customers", f"c:{p}", "case 1: takeover")
+            blocked = _until_rejected(c, f"/customers/{p}/transfers", small)
             assert (blocked["decision"], blocked["error_code"]) == ("reject", "risk_rejected")
         # A second server over another ledger but the same risk state is refused, with its
         # code, before it serves anything.
