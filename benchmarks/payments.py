@@ -146,10 +146,12 @@ def _requests(
 
 
 # The steps of ``PaymentBatches`` that ``--steps`` times: a batch's parse, replays, facts,
-# accounts, checks, risk, record, ledger move and outcome, and the payments sent one at a time.
+# accounts, checks (``_check``'s own part: the balances looked up, the passes' loop; and each
+# pass), risk, record, ledger move and outcome, and the payments sent one at a time.
 BATCH_STEPS = (
     "_parse",
     "_replays",
+    "_check",
     "_facts",
     "_open_accounts",
     "_pass",
