@@ -63,6 +63,18 @@ def _free_port() -> int:
         return port
 
 
+def _refused_start(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``puhui serve`` expected to refuse to start: run to its exit (at most 120 s)."""
+    return subprocess.run(
+        [*PUHUI, "serve", "--port", str(_free_port()), *args],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def _start(env: dict[str, str], port: int, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [*PUHUI, "serve", "--port", str(port), "--webhook-interval", "0", *args],
@@ -199,14 +211,7 @@ def test_serve_decides_payments_with_the_risk_engine(tmp_path: Path) -> None:
             assert (blocked["decision"], blocked["error_code"]) == ("reject", "risk_rejected")
         # A second server over another ledger but the same risk state is refused, with its
         # code, before it serves anything.
-        second = subprocess.run(
-            [*PUHUI, "serve", "--port", str(_free_port()), "--ledger-url", str(tmp_path / "l2")],
-            check=False,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        second = _refused_start(env, "--ledger-url", str(tmp_path / "l2"))
         assert second.returncode == 2, second.stderr
         assert "risk_state_locked" in second.stderr
     finally:
@@ -238,14 +243,7 @@ def test_serve_over_an_unusable_place_is_one_error_line(
     occupied = tmp_path / "a-file"
     occupied.write_text("not a directory, not a database")
     env = {**os.environ, "PUHUI_DATA_DIR": str(tmp_path / "data")}
-    completed = subprocess.run(
-        [*PUHUI, "serve", "--port", str(_free_port()), *(a.format(file=occupied) for a in args)],
-        check=False,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    completed = _refused_start(env, *(a.format(file=occupied) for a in args))
     assert completed.returncode == 2, completed.stderr
     assert f"error: {code}: " in completed.stderr, completed.stderr
     assert "Traceback" not in completed.stderr
