@@ -229,6 +229,34 @@ def test_an_unreadable_statement_is_refused(market: Market) -> None:
         market.settlement.reconcile(day, bad)
 
 
+def test_a_statement_with_a_line_that_cannot_be_read_is_refused_as_such(market: Market) -> None:
+    """Odd lines of a bank's file: an amount no operation can have (above 2**63 - 1, or a
+    reference's lines adding up beyond it) crashed the job with the store's overflow error, a
+    line cut short (no status) or with a status no bank answers was taken for a line that
+    did not succeed (its operation reported missing at the bank), and an amount spelt in
+    fullwidth digits or as ``7_00`` was read as 700. Each is ``statement_invalid``; nothing
+    is booked."""
+    withdrawal = market.p.withdraw(market.customer, market.card, 7_00, CNY, key="w")
+    ref = f"{withdrawal.id:032x}"
+    day = market.settlement.today()
+    header = ",".join(("reference", "direction", "amount", "currency", "status"))
+    odd = [
+        statement_csv([(ref, "payout", 2**63, CNY, "succeeded")]),
+        statement_csv([("b" * 32, "charge", 2**64, CNY, "succeeded")]),
+        statement_csv([(ref, "payout", 2**62, CNY, "succeeded")] * 2),
+        f"{header}\n{ref},payout,700\n".encode(),
+        f"{header}\n{ref},payout,700,CNY,succeeded,again\n".encode(),
+        f"{header}\n{ref},payout,700,CNY,SUCCEEDED\n".encode(),
+        f"{header}\n{ref},payout,\uff17\uff10\uff10,CNY,succeeded\n".encode(),
+        f"{header}\n{ref},payout,7_00,CNY,succeeded\n".encode(),
+    ]
+    for statement in odd:
+        with pytest.raises(StatementInvalidError):
+            market.settlement.reconcile(day, statement)
+    report = market.settlement.reconcile(day, market.world.bank.statement(day))
+    assert report.clean and report.matched == 2  # the seed top-up and the withdrawal
+
+
 def test_a_settlement_that_dies_half_way_is_finished_by_running_it_again(
     market: Market, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -494,11 +494,12 @@ class Bills:
             answer = self.billers.query_write_off(code, _hex(op.id))
         except BillerTimeoutError:
             return op
-        recent = (
-            op.updated_at_ns > self.clock.now_ns() - self.payments.options.recovery_age_s * 10**9
-        )
-        if answer is WriteOffStatus.NOT_FOUND and recent:
-            return op
+        if answer is WriteOffStatus.NOT_FOUND:
+            # as for a bank (``Payments._query_bank``): judged by the row as it is now, not by
+            # a copy read before another caller sent the write-off
+            op = self.payments.operation(op.id)
+            if op.final or self.payments._recent(op):
+                return op
         return self._apply(op, answer)
 
     def _apply(self, op: Operation, answer: WriteOffStatus) -> Operation:

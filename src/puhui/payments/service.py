@@ -1670,12 +1670,20 @@ class Payments:
             result = self.bank.query(_hex(op.id))
         except BankTimeoutError:
             return op
-        # Sent (or about to be) but unknown to the bank: only once it is old enough is it
-        # certain that it never arrived; it is never sent again.
-        recent = op.updated_at_ns > self.clock.now_ns() - self.options.recovery_age_s * 10**9
-        if result.status is BankStatus.NOT_FOUND and recent:
-            return op
+        if result.status is BankStatus.NOT_FOUND:
+            # Sent (or about to be) but unknown to the bank: only once it is old enough is
+            # it certain that it never arrived; it is never sent again. Judged by the row as
+            # it is now, read after the bank's answer: ``op`` may be a copy read before
+            # another caller sent the reference (recovery's list), whose request may still be
+            # on its way.
+            op = self.operation(op.id)
+            if op.final or self._recent(op):
+                return op
         return self._apply_bank_result(op, result)
+
+    def _recent(self, op: Operation) -> bool:
+        """Whether the operation's row changed (was sent, say) within ``recovery_age_s``."""
+        return op.updated_at_ns > self.clock.now_ns() - self.options.recovery_age_s * 10**9
 
     def _apply_bank_result(self, op: Operation, result: BankResult) -> Operation:
         if result.status is BankStatus.PROCESSING:

@@ -34,6 +34,7 @@ from puhui.store import payments as t
 from ._errors import InvalidPayloadError, PaymentsError
 from .funding import STATEMENT_COLUMNS, BankDirection, BankStatus
 from .model import (
+    AMOUNT_MAX,
     AccountCode,
     OperationKind,
     TransferCode,
@@ -546,17 +547,30 @@ def _read_statement(data: bytes) -> dict[str, _BankLine]:
         if tuple(reader.fieldnames or ()) != STATEMENT_COLUMNS:
             raise StatementInvalidError(f"a statement's columns are {', '.join(STATEMENT_COLUMNS)}")
         out: dict[str, _BankLine] = {}
+        statuses = tuple(BankStatus)
         for line in reader:
+            # a line cut short (its missing fields None) or too long (its extra ones under
+            # None), or with a status no bank answers, is not a line that did not succeed
+            if None in line or None in line.values() or line["status"] not in statuses:
+                raise StatementInvalidError(f"a statement line that cannot be read: {line!r}")
             if line["status"] != BankStatus.SUCCEEDED:
                 continue
-            amount = int(line["amount"])
-            reference = line["reference"]
-            if amount <= 0 or len(reference) != 32 or line["direction"] not in tuple(BankDirection):
+            spelt, reference = line["amount"], line["reference"]
+            # ASCII digits only (``int`` also reads fullwidth digits and "7_00"), and an amount an
+            # operation can have: the store keeps what the bank booked in 64 bits
+            amount = int(spelt) if spelt.isascii() and spelt.isdigit() else 0
+            if (
+                not 0 < amount <= AMOUNT_MAX
+                or len(reference) != 32
+                or line["direction"] not in tuple(BankDirection)
+            ):
                 raise StatementInvalidError(f"bad statement line for {reference!r}")
             seen = out.get(reference)
             if seen is None:
                 out[reference] = _BankLine(amount, line["direction"], line["currency"])
             else:  # the same reference again: the bank moved money for it twice
+                if seen.amount + amount > AMOUNT_MAX:
+                    raise StatementInvalidError(f"the lines for {reference!r} add up too much")
                 out[reference] = _BankLine(
                     seen.amount + amount,
                     seen.direction if seen.direction == line["direction"] else "",

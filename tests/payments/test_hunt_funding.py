@@ -1,0 +1,177 @@
+"""Funding (bank top-ups and withdrawals) and bills under a flaky partner and racing jobs:
+cases a hunt for defects found."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import pytest
+
+from puhui.payments import (
+    BankDirection,
+    BankResult,
+    BankStatus,
+    BillerKind,
+    Bills,
+    OperationStatus,
+    SimulatedBank,
+    SimulatedBiller,
+    WriteOffStatus,
+)
+
+from .conftest import World, verified_customer
+
+S = OperationStatus
+
+
+class _GatedBank(SimulatedBank):
+    """A bank whose first query blocks until released, and which runs a callback at the
+    start of a payout's submit, before the bank has the request."""
+
+    def __init__(self, world: World) -> None:
+        super().__init__(world.clock, seed=1)
+        self.query_blocked = threading.Event()
+        self.query_go = threading.Event()
+        self.before_submit: list[Callable[[], None]] = []
+        self._first_query = True
+
+    def query(self, reference: str) -> BankResult:
+        if self._first_query:
+            self._first_query = False
+            self.query_blocked.set()
+            assert self.query_go.wait(30)
+        return super().query(reference)
+
+    def submit(
+        self, direction: BankDirection, reference: str, card_token: str, amount: int, currency: str
+    ) -> BankResult:
+        while self.before_submit:
+            self.before_submit.pop(0)()
+        return super().submit(direction, reference, card_token, amount, currency)
+
+
+@pytest.mark.parametrize("kind", ["withdrawal", "top_up"])
+def test_a_recovery_that_read_the_row_before_another_sent_it_does_not_give_the_money_back(
+    world: World, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two recovery runs (two servers) read the same operation, left unsent by a crash. The
+    first sends it; the second, holding the row it read before the send, finds it sent,
+    asks the bank, hears ``not_found`` (the request is still on its way) and must not take
+    that for a request that never arrived: it was sent a moment ago, not long ago."""
+    p = world.payments
+    bank = _GatedBank(world)
+    p.bank = bank
+    alice = verified_customer(world, 1)
+    card = p.cards(alice)[0].id
+    # funded straight at the bank: a top-up (kept out of the recovery runs below)
+    assert p.top_up(alice, card, 500_00, "CNY", key="fund").status is S.COMPLETED
+    # Y: a withdrawal the bank did but whose answer was lost (awaiting the bank)
+    bank.timeout_rate = 1.0
+    first = p.withdraw(alice, card, 10_00, "CNY", key="y")
+    assert first.status is S.AWAITING_BANK
+    bank.timeout_rate = 0.0
+    # X: recorded, then a crash before anything was sent
+    with monkeypatch.context() as m:
+        m.setattr(p, "_drive", lambda op: op)
+        if kind == "withdrawal":
+            x = p.withdraw(alice, card, 30_00, "CNY", key="x")
+        else:
+            x = p.top_up(alice, card, 30_00, "CNY", key="x")
+    assert x.status is S.PENDING
+    world.clock.advance(60 * 10**9)
+
+    second: dict[str, object] = {}
+    runner = threading.Thread(target=lambda: second.update(p.recover()))
+    runner.start()  # reads [Y, X], then waits in the bank's answer about Y
+    assert bank.query_blocked.wait(30)
+
+    def let_the_second_run_go_on() -> None:  # the first run has claimed X and is sending it
+        bank.query_go.set()
+        runner.join(30)
+        assert not runner.is_alive()
+
+    bank.before_submit.append(let_the_second_run_go_on)
+    p.recover()  # the first run: finishes Y, sends X
+    reference = f"{x.id:032x}"
+    [(_, direction, amount, _, status)] = [r for r in bank.records() if r[0] == reference]
+    expected = BankDirection.PAYOUT if kind == "withdrawal" else BankDirection.CHARGE
+    assert (direction, amount, status) == (expected, 30_00, BankStatus.SUCCEEDED)
+    # the bank moved the money: so must the books, and the record must say so
+    assert p.operation(x.id).status is S.COMPLETED
+    balance = p.balance(alice, "CNY")
+    moved = -30_00 if kind == "withdrawal" else 30_00
+    assert (balance.posted, balance.held) == (500_00 - 10_00 + moved, 0)
+    assert bank.sends[reference] == 1
+
+
+class _GatedBiller(SimulatedBiller):
+    """A biller whose first query blocks until released, and which runs a callback at the
+    start of a write-off, before the biller has the request."""
+
+    def __init__(self, world: World) -> None:
+        super().__init__(world.clock, seed=5)
+        self.query_blocked = threading.Event()
+        self.query_go = threading.Event()
+        self.before_write_off: list[Callable[[], None]] = []
+        self._first_query = True
+
+    def query_write_off(self, biller_code: str, reference: str) -> WriteOffStatus:
+        if self._first_query:
+            self._first_query = False
+            self.query_blocked.set()
+            assert self.query_go.wait(30)
+        return super().query_write_off(biller_code, reference)
+
+    def write_off(
+        self, biller_code: str, reference: str, bill_id: str, amount: int
+    ) -> WriteOffStatus:
+        while self.before_write_off:
+            self.before_write_off.pop(0)()
+        return super().write_off(biller_code, reference, bill_id, amount)
+
+
+def test_a_recovery_that_read_a_bill_payment_before_another_sent_it_does_not_refund_it(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As with a bank: the second of two recovery runs, holding the row it read before the
+    first sent the write-off, must not take the biller's ``not_found`` (the write-off still on
+    its way) for one that never arrived and give the money back for a bill the biller then
+    writes off."""
+    p = world.payments
+    biller = _GatedBiller(world)
+    bills = Bills(p, biller)
+    bills.register_biller("SH-WATER", "Shanghai Water", BillerKind.WATER)
+    alice = verified_customer(world, 1, fund=2_000_00)
+    homes = [bills.bind(alice, "SH-WATER", f"310001234{n}").id for n in (1, 2)]
+    due = [bills.query_bill(alice, home) for home in homes]
+    assert due[0] is not None and due[1] is not None
+    # Y: written off at the biller, the answer lost (awaiting the biller)
+    biller.timeout_rate = 1.0
+    first = bills.pay(alice, homes[0], due[0].bill_id, key="y")
+    assert first.status is S.AWAITING_BILLER
+    biller.timeout_rate = 0.0
+    # X: recorded, then a crash before anything was held or sent
+    with monkeypatch.context() as m:
+        m.setattr(p, "_drive", lambda op: op)
+        x = bills.pay(alice, homes[1], due[1].bill_id, key="x")
+    assert x.status is S.PENDING
+    world.clock.advance(60 * 10**9)
+
+    runner = threading.Thread(target=p.recover)
+    runner.start()  # reads [Y, X], then waits in the biller's answer about Y
+    assert biller.query_blocked.wait(30)
+
+    def let_the_second_run_go_on() -> None:  # the first run has claimed X and is sending it
+        biller.query_go.set()
+        runner.join(30)
+        assert not runner.is_alive()
+
+    biller.before_write_off.append(let_the_second_run_go_on)
+    p.recover()  # the first run: finishes Y, sends X
+    assert biller.query_write_off("SH-WATER", f"{x.id:032x}") is WriteOffStatus.WRITTEN_OFF
+    assert p.operation(x.id).status is S.COMPLETED
+    assert bills.receipt(x.id).amount == due[1].amount
+    balance = p.balance(alice, "CNY")
+    assert (balance.posted, balance.held) == (2_000_00 - due[0].amount - due[1].amount, 0)
+    assert biller.sends[f"{x.id:032x}"] == 1
