@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import zlib
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from puhui.ledger import (
     LedgerFailedError,
     LedgerLockedError,
     Transfer,
+    TransferFlags,
     open,
     verify,
 )
@@ -209,6 +211,9 @@ def test_a_failed_journal_sync_is_not_acknowledged_and_never_retried(
         [one] = again.lookup_transfers([1])
         assert one.amount == 1
         assert again.lookup_transfers([3]) == []
+        # The request whose sync failed got `ledger_failed`, yet its record reached the file
+        # (the write itself succeeded): replay applies it. Its caller must retry by id.
+        assert [t.id for t in again.lookup_transfers([2])] == [2]
         assert verify(again).ok
         assert again.create_transfers([_transfer(4)])[0].status == CreateTransferStatus.CREATED
     finally:
@@ -242,6 +247,114 @@ def test_no_room_for_a_new_segment_fails_the_request_and_recovers(
     try:
         found = again.lookup_transfers(acknowledged)
         assert [t.id for t in found] == acknowledged
+        assert verify(again).ok
+    finally:
+        again.close()
+
+
+# --- recovery equals never stopping -------------------------------------------------------------
+
+
+def _engine_state(led: object) -> tuple[bytes, ...]:
+    def read(engine: object) -> tuple[bytes, ...]:
+        e = engine
+        return (
+            e.accounts[: e.n_accounts].tobytes(),  # type: ignore[attr-defined]
+            e.transfers[: e.n_transfers].tobytes(),  # type: ignore[attr-defined]
+            e.xfer_state[: e.n_transfers].tobytes(),  # type: ignore[attr-defined]
+            e.counters.tobytes(),  # type: ignore[attr-defined]
+            repr(sorted(e.retired_ids())).encode(),  # type: ignore[attr-defined]
+        )
+
+    state: tuple[bytes, ...] = led.read_state(read)  # type: ignore[attr-defined]
+    return state
+
+
+def _pending(i: int, timeout: int) -> Transfer:
+    return Transfer(
+        id=i,
+        debit_account_id=1,
+        credit_account_id=2,
+        amount=5,
+        ledger=1,
+        code=1,
+        flags=TransferFlags.PENDING,
+        timeout=timeout,
+    )
+
+
+def test_a_copy_taken_while_open_recovers_the_same_state_under_any_clock(tmp_path: Path) -> None:
+    """A crash-consistent copy (journal and state directory as a crash leaves them: a
+    snapshot in the middle, records after it) reopened under a wall clock far behind or
+    ahead (before the next deadline) rebuilds byte for byte the state the running ledger
+    had, expiries included; so does a replay of the journal alone."""
+    clock = ManualClock(10**18)
+    url = tmp_path / "run" / "journal"
+    led = open(f"file://{url}", state_dir=tmp_path / "run" / "state", clock=clock)
+    try:
+        _accounts(led)
+        led.create_transfers([_pending(i, timeout=1 + i % 3) for i in range(1, 40)])
+        clock.set(clock.now_ns() + 2 * 10**9)
+        assert led.tick() > 0  # some expired, some still pending
+        led.snapshot_now()
+        led.create_transfers([_pending(i, timeout=5) for i in range(40, 60)])
+        led.create_transfers([_transfer(i) for i in range(60, 70)])
+        clock.set(clock.now_ns() + 10 * 10**9)
+        assert led.tick() > 0  # expiries after the snapshot, journalled as a pulse
+        led.create_transfers([_transfer(i) for i in range(70, 80)])
+        led.create_transfers([_pending(i, timeout=1000) for i in range(80, 85)])  # not yet due
+        live = _engine_state(led)
+        live_op = led.last_op
+        for name in ("behind", "ahead"):
+            shutil.copytree(
+                tmp_path / "run", tmp_path / name, ignore=shutil.ignore_patterns("lock")
+            )
+    finally:
+        led.close()
+    for name, offset in (("behind", -(10**17)), ("ahead", 100 * 10**9)):
+        copied = tmp_path / name
+        # Recovery starts from a snapshot with records after it.
+        snapshots = [int(p.name) for p in (copied / "state" / "snapshots").iterdir()]
+        assert 0 < max(snapshots) < live_op
+        # From the snapshot and the records after it, then from the journal alone.
+        for state_dir in (copied / "state", copied / "fresh"):
+            again = open(
+                f"file://{copied / 'journal'}",
+                state_dir=state_dir,
+                clock=ManualClock(10**18 + offset),
+            )
+            try:
+                assert again.last_op == live_op
+                assert _engine_state(again) == live, (name, state_dir.name)
+                assert verify(again).ok
+            finally:
+                again.close()
+
+
+def test_a_postgres_connection_lost_fails_the_request_and_recovery_agrees(
+    postgres_schema_url: str, tmp_path: Path
+) -> None:
+    """The journal's connection dropped before a commit: the request is not acknowledged,
+    the ledger stops, and reopening has exactly what was acknowledged before."""
+    import psycopg
+
+    clock = ManualClock(1_000)
+    led = open(postgres_schema_url, state_dir=tmp_path / "state", clock=clock)
+    try:
+        _accounts(led)
+        assert led.create_transfers([_transfer(1)])[0].status == CreateTransferStatus.CREATED
+        pid = led.journal._db.info.backend_pid  # type: ignore[attr-defined]
+        conninfo = postgres_schema_url.replace("postgresql+psycopg://", "postgresql://", 1)
+        with psycopg.connect(conninfo, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(LedgerFailedError):
+            led.create_transfers([_transfer(2)])
+    finally:
+        led.close()
+    again = open(postgres_schema_url, state_dir=tmp_path / "state", clock=clock)
+    try:
+        assert [t.id for t in again.lookup_transfers([1, 2])] == [1]
+        assert again.last_op == 2  # the accounts, transfer 1
         assert verify(again).ok
     finally:
         again.close()
