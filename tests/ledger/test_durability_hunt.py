@@ -75,10 +75,25 @@ def test_a_journal_missing_its_first_segment_is_corruption(tmp_path: Path) -> No
         FileJournal.FIRST_SEGMENT_BYTES = saved
 
 
+SECTOR = 512
+
+
+def _tears(start: int, end: int) -> list[tuple[int, int]]:
+    """The byte ranges of a record at ``start``..``end`` that a crash can leave unwritten
+    (zeros, as the pre-allocated segment holds): the header cut at any byte; or, a disk
+    writing each sector whole or not at all, any sector boundary on, or any one sector."""
+    cuts = [(start + k, end) for k in range(HEADER)]
+    boundaries = range(start - start % SECTOR + SECTOR, end, SECTOR)
+    cuts += [(b, end) for b in boundaries]
+    sectors = range(start - start % SECTOR, end, SECTOR)
+    cuts += [(max(s, start), min(s + SECTOR, end)) for s in sectors]
+    return cuts
+
+
 @pytest.mark.parametrize("payload_length", [100, 5000])
-def test_a_last_record_torn_at_any_byte_is_forgotten(tmp_path: Path, payload_length: int) -> None:
-    """The final record cut at every byte (the rest zeros, as the pre-allocated segment
-    holds): the journal opens at the record before, and appends go on from there."""
+def test_a_torn_last_record_is_forgotten(tmp_path: Path, payload_length: int) -> None:
+    """The final record torn every way a crash can tear it: the journal opens at the record
+    before, appends go on from there, and the journal opens again after them."""
     first = os.urandom(3000)
     journal = FileJournal(tmp_path / "j")
     journal.append(1, first)
@@ -87,24 +102,39 @@ def test_a_last_record_torn_at_any_byte_is_forgotten(tmp_path: Path, payload_len
     [segment] = _segments(tmp_path / "j")
     intact = segment.read_bytes()
     start = _record_bytes(len(first))
-    length = HEADER + payload_length
-    cuts = (
-        range(length) if payload_length < 1000 else [*range(HEADER + 1), *range(HEADER, length, 97)]
-    )
-    for cut in cuts:
+    tears = _tears(start, start + HEADER + payload_length)
+    assert len(tears) > HEADER
+    for lo, hi in tears:
         torn = bytearray(intact)
-        torn[start + cut : start + _record_bytes(payload_length)] = bytes(
-            _record_bytes(payload_length) - cut
-        )
+        torn[lo:hi] = bytes(hi - lo)
         segment.write_bytes(torn)
-        again = FileJournal(tmp_path / "j")
-        try:
-            assert again.last_op() == 1, cut
-            assert list(again.read(0)) == [(1, first)]
-            again.append(2, b"after")
-            assert list(again.read(1)) == [(2, b"after")]
-        finally:
-            again.close()
+        for appended in ([], [b"after"]):
+            again = FileJournal(tmp_path / "j")
+            try:
+                assert list(again.read(0)) == [(1, first), *enumerate(appended, start=2)], lo
+                if not appended:
+                    again.append(2, b"after")
+            finally:
+                again.close()
+
+
+@pytest.mark.parametrize("at", [0, 700, 4999])
+def test_a_damaged_last_record_written_whole_is_corruption(tmp_path: Path, at: int) -> None:
+    """The last record acknowledged, then a byte of it changed (decay, a stray write): every
+    sector of it was written, so it is no torn write, and dropping it would lose an
+    acknowledged group without a word."""
+    journal = FileJournal(tmp_path / "j")
+    journal.append(1, os.urandom(3000))
+    journal.append(2, os.urandom(5000))
+    journal.close()
+    [segment] = _segments(tmp_path / "j")
+    with segment.open("r+b") as f:
+        f.seek(_record_bytes(3000) + HEADER + at)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0x01]))
+    with pytest.raises(JournalCorruptError):
+        FileJournal(tmp_path / "j")
 
 
 def test_a_header_whose_length_runs_past_the_segment_is_not_a_record(tmp_path: Path) -> None:

@@ -299,9 +299,11 @@ class FileJournal:
     A record is a 32-byte header (magic, op, payload length, CRC-32 of the payload, CRC-32 of
     the header) and the payload, padded to 8 bytes.
 
-    On open the segments are scanned: a zero header ends the journal; a damaged record at the
-    very end of the last segment is a torn write that was never acknowledged (it is wiped);
-    a damaged record anywhere else is corruption (``journal_corrupt``).
+    On open the segments are scanned: a zero header ends the journal (unless a record follows
+    it); a damaged record at the very end of the last segment with a sector of it unwritten
+    is a torn write that was never acknowledged (it is wiped); a damaged record anywhere
+    else, or one written whole, is corruption (``journal_corrupt``), as is a journal whose
+    first segment does not start at op 1.
     """
 
     HEADER = struct.Struct("<IIQQII")  # magic, reserved, op, length, payload crc, header crc
@@ -462,12 +464,18 @@ class FileJournal:
         """Whether the damaged record at ``offset`` is the last write, never completed.
 
         Nothing may follow it: no valid record header after it, and only zeros beyond the
-        farthest byte it could have covered.
+        farthest byte it could have covered. And with its header whole, a part of it must
+        still read as zeros (a sector never written: a disk writes a sector whole or not at
+        all): a record whose every sector was written but fails its checksum was damaged
+        after it was acknowledged.
         """
         header = data[offset : offset + self.HEADER.size]
         magic, _, _, length, _, header_crc = self.HEADER.unpack(header)
         if magic == self.MAGIC and zlib.crc32(header[:-4]) == header_crc:
             reach = offset + _padded(self.HEADER.size + length)
+            end = offset + self.HEADER.size + length
+            if end <= len(data) and not _sector_unwritten(data, offset, end):
+                return False
         else:
             reach = offset + self.RECORD_BYTES_MAX
         if self._record_follows(data, offset):
@@ -704,6 +712,20 @@ _BLOCK = 4096
 
 def _padded(size: int) -> int:
     return (size + 7) & ~7
+
+
+_SECTOR = 512
+"""The unit a disk writes whole or not at all (the smallest there is)."""
+
+
+def _sector_unwritten(data: bytes | memoryview, start: int, end: int) -> bool:
+    """Whether some sector's share of bytes ``start``..``end`` is all zeros."""
+    first = start - start % _SECTOR
+    last = -(-end // _SECTOR) * _SECTOR
+    window = np.zeros(last - first, np.uint8)
+    window[start - first : end - first] = np.frombuffer(data, np.uint8, end - start, start)
+    written = window.reshape(-1, _SECTOR).any(axis=1)
+    return not bool(written.all())
 
 
 def _fsync_path(path: Path) -> None:
