@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import mmap
 import os
 import sqlite3
@@ -28,6 +29,8 @@ import numpy as np
 from ._errors import JournalCorruptError, JournalUnavailableError, LedgerLockedError
 from ._os import lower_io_priority
 from ._types import ACCOUNT_DTYPE, TRANSFER_DTYPE
+
+log = logging.getLogger("puhui.ledger")
 
 ENTRY_HEADER = struct.Struct("<BxxxIQ")  # kind, count (events, or pulse limit), now
 READ_BATCH_RECORDS = 64
@@ -89,25 +92,55 @@ def checksum(payload: bytes) -> int:
 
 
 class SqliteJournal:
-    """Journal in a SQLite file (WAL, ``synchronous=FULL``): one row per group commit."""
+    """Journal in a SQLite file (WAL, ``synchronous=FULL``): one row per group commit.
+
+    Locked to one opener (``flock`` of ``<file>-lock`` beside it, as the file journal locks
+    its directory): two ledgers with their own state directories over one journal would each
+    number records from their own state. (Not a lock of the database file itself: closing
+    any descriptor of it would drop SQLite's own POSIX locks in this process.)
+    """
 
     def __init__(self, path: Path) -> None:
+        import fcntl
+
+        self._lock_fd = -1
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        except (OSError, sqlite3.Error) as error:
-            reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+            lock_fd = os.open(path.with_name(path.name + "-lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as error:
             raise JournalUnavailableError(
-                f"cannot open the SQLite journal {path}: {reason}"
+                f"cannot open the SQLite journal {path}: {error.strerror or error}"
+            ) from error
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            os.close(lock_fd)
+            raise LedgerLockedError(f"journal {path} is open in another process") from error
+        self._lock_fd = lock_fd
+        try:
+            self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as error:
+            self._unlock()
+            raise JournalUnavailableError(
+                f"cannot open the SQLite journal {path}: {error}"
             ) from error
         self.path = path
         try:
             self._init()
         except sqlite3.DatabaseError as error:
             self._db.close()
+            self._unlock()
             raise JournalUnavailableError(
                 f"{path} is not a usable SQLite journal: {error}"
             ) from error
+
+    def _unlock(self) -> None:
+        import fcntl
+
+        if self._lock_fd >= 0:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = -1
 
     def _init(self) -> None:
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -157,6 +190,7 @@ class SqliteJournal:
 
     def close(self) -> None:
         self._db.close()
+        self._unlock()
 
 
 class PostgresJournal:
@@ -187,6 +221,12 @@ class PostgresJournal:
             raise JournalUnavailableError(
                 f"cannot connect to the PostgreSQL journal: {error}"
             ) from error
+        # A commit is durable on return unless the session runs with ``synchronous_commit =
+        # off`` (a server, database or role setting, or the URL's options): then a crash of
+        # the server loses commits already acknowledged. Any other level flushes locally.
+        setting = self._db.execute("SHOW synchronous_commit").fetchone()
+        if setting is None or setting[0] == "off":
+            self._db.execute("SET synchronous_commit = on")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS puhui_journal_meta"
             " (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
@@ -259,9 +299,11 @@ class FileJournal:
     A record is a 32-byte header (magic, op, payload length, CRC-32 of the payload, CRC-32 of
     the header) and the payload, padded to 8 bytes.
 
-    On open the segments are scanned: a zero header ends the journal; a damaged record at the
-    very end of the last segment is a torn write that was never acknowledged (it is wiped);
-    a damaged record anywhere else is corruption (``journal_corrupt``).
+    On open the segments are scanned: a zero header ends the journal (unless a record follows
+    it); a damaged record at the very end of the last segment with a sector of it unwritten
+    is a torn write that was never acknowledged (it is wiped); a damaged record anywhere
+    else, or one written whole, is corruption (``journal_corrupt``), as is a journal whose
+    first segment does not start at op 1.
     """
 
     HEADER = struct.Struct("<IIQQII")  # magic, reserved, op, length, payload crc, header crc
@@ -312,6 +354,8 @@ class FileJournal:
         self._spare: tuple[Path, int] | None = None
         self._spare_lock = threading.Lock()
         self._spare_thread: threading.Thread | None = None
+        self._spare_failed = 0
+        """The first op of the segment during which preparing the next one failed."""
         self._scan()
 
     # --- opening ----------------------------------------------------------------------------
@@ -319,6 +363,12 @@ class FileJournal:
     def _scan(self) -> None:
         """Find the end of the journal, checking every record."""
         last_op = 0
+        if self._segments and self._segments[0][0] != 1:
+            # Segments are never removed: a journal starts at op 1, whatever its segments.
+            raise JournalCorruptError(
+                f"journal segment {self._segments[0][1].name} is the first: the ops before"
+                f" {self._segments[0][0]} are missing"
+            )
         for index, (first, path) in enumerate(self._segments):
             last_segment = index == len(self._segments) - 1
             offset = 0
@@ -327,6 +377,12 @@ class FileJournal:
             while offset + self.HEADER.size <= len(data):
                 header = data[offset : offset + self.HEADER.size]
                 if header == bytes(self.HEADER.size):
+                    if last_segment and self._record_follows(data, offset):
+                        # A hole before acknowledged records (a lost or misdirected write),
+                        # not the end of the journal.
+                        raise JournalCorruptError(
+                            f"journal record at {path.name}:{offset} is missing"
+                        )
                     break
                 magic, _, op, length, crc, header_crc = self.HEADER.unpack(header)
                 ok = (
@@ -408,14 +464,27 @@ class FileJournal:
         """Whether the damaged record at ``offset`` is the last write, never completed.
 
         Nothing may follow it: no valid record header after it, and only zeros beyond the
-        farthest byte it could have covered.
+        farthest byte it could have covered. And with its header whole, a part of it must
+        still read as zeros (a sector never written: a disk writes a sector whole or not at
+        all): a record whose every sector was written but fails its checksum was damaged
+        after it was acknowledged.
         """
         header = data[offset : offset + self.HEADER.size]
         magic, _, _, length, _, header_crc = self.HEADER.unpack(header)
         if magic == self.MAGIC and zlib.crc32(header[:-4]) == header_crc:
             reach = offset + _padded(self.HEADER.size + length)
+            end = offset + self.HEADER.size + length
+            if end <= len(data) and not _sector_unwritten(data, offset, end):
+                return False
         else:
             reach = offset + self.RECORD_BYTES_MAX
+        if self._record_follows(data, offset):
+            return False
+        beyond = np.frombuffer(data, dtype=np.uint8, offset=min(reach, len(data)))
+        return not beyond.any()
+
+    def _record_follows(self, data: bytes | memoryview, offset: int) -> bool:
+        """Whether a valid record header lies after ``offset`` (records are 8-byte aligned)."""
         words = np.frombuffer(data, dtype=np.uint8, offset=offset + 8)
         aligned = words[: (words.shape[0] // 8) * 8].view("<u4")[::2]
         for index in np.flatnonzero(aligned == self.MAGIC).tolist():
@@ -424,9 +493,8 @@ class FileJournal:
             if len(candidate) == self.HEADER.size and zlib.crc32(candidate[:-4]) == int.from_bytes(
                 candidate[-4:], "little"
             ):
-                return False
-        beyond = np.frombuffer(data, dtype=np.uint8, offset=min(reach, len(data)))
-        return not beyond.any()
+                return True
+        return False
 
     def _wipe(self, path: Path, offset: int, length: int) -> None:
         fd = os.open(path, os.O_WRONLY)
@@ -460,15 +528,25 @@ class FileJournal:
         try:
             os.posix_fallocate(fd, 0, size)
             os.fsync(fd)
+        except OSError:
+            tmp.unlink(missing_ok=True)  # a disk full: give back what it took
+            raise
         finally:
             os.close(fd)
         os.replace(tmp, path)
 
-    def _make_spare(self, size: int) -> None:
+    def _make_spare(self, size: int, first: int) -> None:
         """Zero-fill the next segment in the background (``spare.zero``)."""
         lower_io_priority()
         path = self.directory / "spare.zero"
-        self._write_zeros(path, size)
+        try:
+            self._write_zeros(path, size)
+        except OSError as error:
+            # Not tried again for this segment; the rollover allocates in the foreground
+            # and fails the append that needs it if the disk is still full.
+            log.warning("journal: cannot prepare the next segment: %s", error)
+            self._spare_failed = first
+            return
         with self._spare_lock:
             self._spare = (path, size)
 
@@ -496,16 +574,24 @@ class FileJournal:
             raise JournalCorruptError(f"journal append of op {op} after {self._last_op}")
         size = _padded(self.HEADER.size + len(payload))
         if self._offset + size > self._segment_size:
-            self._open_segment(op, self._prepare_segment(op, size), 0)
+            try:
+                self._open_segment(op, self._prepare_segment(op, size), 0)
+            except OSError as error:
+                raise JournalUnavailableError(
+                    f"journal append failed: no next segment: {error}"
+                ) from error
         if (
             self._offset * 2 > self._segment_size
             and self._spare is None
+            and self._spare_failed != self._segment_first
             and (self._spare_thread is None or not self._spare_thread.is_alive())
         ):
             import threading
 
             self._spare_thread = threading.Thread(
-                target=self._make_spare, args=(self._next_size(),), daemon=True
+                target=self._make_spare,
+                args=(self._next_size(), self._segment_first),
+                daemon=True,
             )
             self._spare_thread.start()
         crc = checksum(payload)
@@ -626,6 +712,20 @@ _BLOCK = 4096
 
 def _padded(size: int) -> int:
     return (size + 7) & ~7
+
+
+_SECTOR = 512
+"""The unit a disk writes whole or not at all (the smallest there is)."""
+
+
+def _sector_unwritten(data: bytes | memoryview, start: int, end: int) -> bool:
+    """Whether some sector's share of bytes ``start``..``end`` is all zeros."""
+    first = start - start % _SECTOR
+    last = -(-end // _SECTOR) * _SECTOR
+    window = np.zeros(last - first, np.uint8)
+    window[start - first : end - first] = np.frombuffer(data, np.uint8, end - start, start)
+    written = window.reshape(-1, _SECTOR).any(axis=1)
+    return not bool(written.all())
 
 
 def _fsync_path(path: Path) -> None:
