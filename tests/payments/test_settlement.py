@@ -82,6 +82,24 @@ def test_settlement_pays_yesterdays_takings_less_the_fee_and_only_once(market: M
     assert market.world.bank.sends[f"{statement.operation.id:032x}"] == 1
 
 
+def test_a_frozen_merchant_is_paid_nothing_until_it_thaws(market: Market) -> None:
+    """A merchant frozen (under investigation) used to be paid out by the daily job all the
+    same; now what it is owed waits, and the first run after it thaws pays all of it."""
+    market.pay(100_00, "a")
+    market.world.clock.advance(DAY_NS)
+    market.p.set_merchant_frozen(market.shop, True)
+    assert market.settlement.settle() == []
+    assert _paid_out(market) == 0 and market.receivable() == 100_00
+    market.world.clock.advance(DAY_NS)
+    assert market.settlement.settle() == []  # still frozen the next day
+    market.p.set_merchant_frozen(market.shop, False)
+    market.world.clock.advance(DAY_NS)
+    [statement] = market.settlement.settle()
+    assert (statement.gross, statement.fee, statement.payout) == (100_00, 1_00, 99_00)
+    assert statement.operation is not None and statement.operation.status is S.COMPLETED
+    assert _paid_out(market) == 99_00 and market.receivable() == 0
+
+
 def test_a_failed_payout_stays_owed_and_is_paid_next_time(market: Market) -> None:
     market.pay(80_00, "a")
     market.world.clock.advance(DAY_NS)

@@ -524,7 +524,8 @@ class Payments:
         return self.merchant(int(new_id[0]))
 
     def set_merchant_frozen(self, merchant_id: int, frozen: bool) -> Merchant:
-        """Freeze a merchant: no payment may reach it (held payments to it stay held)."""
+        """Freeze a merchant: no payment may reach it (held payments to it stay held), and
+        settlement pays it nothing until it thaws (what it is owed waits)."""
         self.merchant(merchant_id)
         with self.engine.begin() as conn:
             conn.execute(

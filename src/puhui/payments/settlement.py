@@ -240,6 +240,10 @@ class Settlement:
                 self._take_fee(existing)
             return
         merchant = payments.merchant(merchant_id)
+        if merchant.frozen:
+            # Frozen (an investigation, say): nothing is paid out. What it is owed stays owed
+            # (the walk's rows are untouched) and is settled by the first run after it thaws.
+            return
         cur = currency(currency_code)
         o = t.operations.c
         with self.engine.connect() as conn:
