@@ -15,6 +15,7 @@ from puhui.payments import (
     BillerKind,
     Bills,
     OperationStatus,
+    Payments,
     SimulatedBank,
     SimulatedBiller,
     WriteOffStatus,
@@ -25,29 +26,57 @@ from .conftest import World, verified_customer
 S = OperationStatus
 
 
-class _GatedBank(SimulatedBank):
-    """A bank whose first query blocks until released, and which runs a callback at the
-    start of a payout's submit, before the bank has the request."""
+class _Gate:
+    """A partner's first query blocks until released; callbacks run at the start of a send,
+    before the partner has the request."""
 
-    def __init__(self, world: World) -> None:
-        super().__init__(world.clock, seed=1)
+    def __init__(self) -> None:
         self.query_blocked = threading.Event()
         self.query_go = threading.Event()
-        self.before_submit: list[Callable[[], None]] = []
+        self.before_send: list[Callable[[], None]] = []
         self._first_query = True
 
-    def query(self, reference: str) -> BankResult:
+    def at_query(self) -> None:
         if self._first_query:
             self._first_query = False
             self.query_blocked.set()
             assert self.query_go.wait(30)
+
+    def at_send(self) -> None:
+        while self.before_send:
+            self.before_send.pop(0)()
+
+
+def _two_recoveries(p: Payments, gate: _Gate) -> None:
+    """Two ``recover()`` runs, interleaved: the second reads the operations [Y, X] and waits
+    in the partner's answer about Y; the first finishes Y, claims X, and lets the second go
+    on from inside its send of X (before the partner has it)."""
+    runner = threading.Thread(target=p.recover)
+    runner.start()
+    assert gate.query_blocked.wait(30)
+
+    def let_the_second_run_go_on() -> None:
+        gate.query_go.set()
+        runner.join(30)
+        assert not runner.is_alive()
+
+    gate.before_send.append(let_the_second_run_go_on)
+    p.recover()
+
+
+class _GatedBank(SimulatedBank):
+    def __init__(self, world: World) -> None:
+        super().__init__(world.clock, seed=1)
+        self.gate = _Gate()
+
+    def query(self, reference: str) -> BankResult:
+        self.gate.at_query()
         return super().query(reference)
 
     def submit(
         self, direction: BankDirection, reference: str, card_token: str, amount: int, currency: str
     ) -> BankResult:
-        while self.before_submit:
-            self.before_submit.pop(0)()
+        self.gate.at_send()
         return super().submit(direction, reference, card_token, amount, currency)
 
 
@@ -81,18 +110,7 @@ def test_a_recovery_that_read_the_row_before_another_sent_it_does_not_give_the_m
     assert x.status is S.PENDING
     world.clock.advance(60 * 10**9)
 
-    second: dict[str, object] = {}
-    runner = threading.Thread(target=lambda: second.update(p.recover()))
-    runner.start()  # reads [Y, X], then waits in the bank's answer about Y
-    assert bank.query_blocked.wait(30)
-
-    def let_the_second_run_go_on() -> None:  # the first run has claimed X and is sending it
-        bank.query_go.set()
-        runner.join(30)
-        assert not runner.is_alive()
-
-    bank.before_submit.append(let_the_second_run_go_on)
-    p.recover()  # the first run: finishes Y, sends X
+    _two_recoveries(p, bank.gate)
     reference = f"{x.id:032x}"
     [(_, direction, amount, _, status)] = [r for r in bank.records() if r[0] == reference]
     expected = BankDirection.PAYOUT if kind == "withdrawal" else BankDirection.CHARGE
@@ -106,28 +124,18 @@ def test_a_recovery_that_read_the_row_before_another_sent_it_does_not_give_the_m
 
 
 class _GatedBiller(SimulatedBiller):
-    """A biller whose first query blocks until released, and which runs a callback at the
-    start of a write-off, before the biller has the request."""
-
     def __init__(self, world: World) -> None:
         super().__init__(world.clock, seed=5)
-        self.query_blocked = threading.Event()
-        self.query_go = threading.Event()
-        self.before_write_off: list[Callable[[], None]] = []
-        self._first_query = True
+        self.gate = _Gate()
 
     def query_write_off(self, biller_code: str, reference: str) -> WriteOffStatus:
-        if self._first_query:
-            self._first_query = False
-            self.query_blocked.set()
-            assert self.query_go.wait(30)
+        self.gate.at_query()
         return super().query_write_off(biller_code, reference)
 
     def write_off(
         self, biller_code: str, reference: str, bill_id: str, amount: int
     ) -> WriteOffStatus:
-        while self.before_write_off:
-            self.before_write_off.pop(0)()
+        self.gate.at_send()
         return super().write_off(biller_code, reference, bill_id, amount)
 
 
@@ -158,17 +166,7 @@ def test_a_recovery_that_read_a_bill_payment_before_another_sent_it_does_not_ref
     assert x.status is S.PENDING
     world.clock.advance(60 * 10**9)
 
-    runner = threading.Thread(target=p.recover)
-    runner.start()  # reads [Y, X], then waits in the biller's answer about Y
-    assert biller.query_blocked.wait(30)
-
-    def let_the_second_run_go_on() -> None:  # the first run has claimed X and is sending it
-        biller.query_go.set()
-        runner.join(30)
-        assert not runner.is_alive()
-
-    biller.before_write_off.append(let_the_second_run_go_on)
-    p.recover()  # the first run: finishes Y, sends X
+    _two_recoveries(p, biller.gate)
     assert biller.query_write_off("SH-WATER", f"{x.id:032x}") is WriteOffStatus.WRITTEN_OFF
     assert p.operation(x.id).status is S.COMPLETED
     assert bills.receipt(x.id).amount == due[1].amount

@@ -420,9 +420,7 @@ class Checkout:
         """The seller gives the buyer more time before receipt confirms itself."""
         order = self._due(self.order(order_id))
         self._seller(order, merchant_id)
-        if order.status is not _O.SHIPPED:
-            self._expect(order, _O.SHIPPED)
-        self._not_releasing(order)
+        self._still_open(order, _O.SHIPPED)
         if type(extra_s) is not int or extra_s <= 0:
             raise InvalidPayloadError("extra_s is a positive int of seconds")
         if extra_s > self.options.extension_max_s:  # also keeps it within the store's ints
@@ -445,10 +443,8 @@ class Checkout:
                 )
             )
         if done.rowcount != 1:
-            now_order = self.order(order_id)
-            if now_order.status is not _O.SHIPPED:
-                self._expect(now_order, _O.SHIPPED)  # a timer or the buyer finished it
-            self._not_releasing(now_order)  # a release claimed meanwhile
+            # finished by a timer or the buyer, or a release claimed meanwhile: say so
+            self._still_open(self.order(order_id), _O.SHIPPED)
             raise ExtensionLimitError(
                 f"extensions may add up to {self.options.extension_max_s} s in all"
             )
@@ -495,9 +491,7 @@ class Checkout:
         if order.buyer_customer_id != buyer_id:
             raise NotOrderPartyError("only the order's buyer can ask for a refund")
         order = self._due(order)
-        if order.status not in (_O.PAID, _O.SHIPPED):
-            self._expect(order, _O.PAID)
-        self._not_releasing(order)
+        self._still_open(order, _O.PAID, _O.SHIPPED)
         if order.open_refund_id is not None:
             raise RefundOpenError("a refund of this order is already open")
         if any(r.outcome in _RELEASE_OUTCOMES for r in self.refunds(order_id)):
@@ -554,12 +548,9 @@ class Checkout:
                 )
             )
             if done.rowcount != 1:
-                now_order = _order(
-                    conn.execute(sa.select(t.orders).where(t.orders.c.id == _hex(order_id))).one()
-                )
-                if now_order.status not in (_O.PAID, _O.SHIPPED):
-                    self._expect(now_order, _O.PAID)  # finished or closed meanwhile
-                self._not_releasing(now_order)  # a release claimed meanwhile
+                # finished or closed, or a release claimed meanwhile: say so
+                row = conn.execute(sa.select(t.orders).where(t.orders.c.id == _hex(order_id)))
+                self._still_open(_order(row.one()), _O.PAID, _O.SHIPPED)
                 raise RefundOpenError("the order changed meanwhile; look at it again")
             self._changed(conn, CheckoutChange.REFUND_REQUESTED, order_id, refund_id)
         return self.refund(refund_id)
@@ -767,6 +758,13 @@ class Checkout:
     def _seller(self, order: Order, merchant_id: int) -> None:
         if order.merchant_id != merchant_id:
             raise NotOrderPartyError("only the order's seller can do this")
+
+    def _still_open(self, order: Order, *statuses: OrderStatus) -> None:
+        """Raise the specific error for an order not in one of ``statuses`` (the first is
+        the one to name), or whose release to the seller is under way."""
+        if order.status not in statuses:
+            self._expect(order, statuses[0])
+        self._not_releasing(order)
 
     def _not_releasing(self, order: Order) -> None:
         """Refuse a step on an order whose release to the seller is under way.
