@@ -1,10 +1,11 @@
 """Crashes across an operation that moves money and writes a row: nothing moves twice.
 
 A child process (``crash_child.py``) is killed between the ledger transfer and the row that
-records it (and between the row and the transfer); the test reopens the service, runs
-``recover()`` and checks that the operation finished exactly once. A second test SIGKILLs a
-child making payments at a random moment, repeatedly, and checks that every answered
-payment is recorded as answered and that the books match the records.
+records it (and between the row and the transfer), for a single payment and for a batch;
+the test reopens the service, runs ``recover()`` (after a retry, for the batch) and checks
+that each operation finished exactly once. Another test SIGKILLs a child making payments
+(one at a time, or in batches) at a random moment, repeatedly, and checks that every
+answered payment is recorded as answered and that the books match the records.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from puhui.ledger import verify
-from puhui.payments import OperationStatus, Payee
+from puhui.payments import OperationStatus, Payee, PaymentBatches
 from puhui.payments.model import transfer_id
 
 from . import crash_child as child
@@ -72,8 +73,46 @@ def test_recovery_finishes_an_operation_cut_short_exactly_once(
         payments.engine.dispose()
 
 
+@pytest.mark.parametrize("mode", ["batch-kill-after-move", "batch-kill-after-record"])
+def test_a_batch_cut_short_is_found_by_a_retry_and_finished_once(
+    database_url: str, tmp_path: Path, mode: str
+) -> None:
+    """A batch killed after its records, before or after the ledger: a retry after the
+    restart, before any recovery, finds its first attempt and moves nothing twice;
+    ``recover()`` finishes the rest, and a batch retrying both moves nothing."""
+    _setup(database_url, tmp_path)
+    crashed = _run(database_url, tmp_path, mode, START_NS + HOUR_NS)
+    assert crashed.returncode == 0, crashed.stderr  # os._exit(0) inside the hook
+    payments, ledger = child.open_service(database_url, tmp_path, START_NS + 2 * HOUR_NS)
+    try:
+        assert len(payments.operations(status=OperationStatus.PENDING)) == 2
+        moved = payments.balance(2, "CNY").posted - child.FUND
+        assert moved == (12_34 if mode == "batch-kill-after-move" else 0)
+        first = child.BATCH[0]
+        assert first.payee is not None
+        again = payments.transfer(1, first.payee, 12_34, "CNY", key="bcrash-0")
+        assert again.status is OperationStatus.COMPLETED
+        [left] = payments.operations(status=OperationStatus.PENDING)  # the other one
+        assert payments.recover() == {"completed": 1}
+        assert payments.operation(left.id).status is OperationStatus.COMPLETED
+        for payer, payee, amount in ((1, 2, 12_34), (3, 4, 5_00)):
+            assert payments.balance(payer, "CNY").posted == child.FUND - amount
+            assert payments.balance(payee, "CNY").posted == child.FUND + amount
+        # A second retry, and a batch retrying both, return the same and move nothing.
+        assert payments.transfer(1, first.payee, 12_34, "CNY", key="bcrash-0") == again
+        answers = PaymentBatches(payments).pay_many(child.BATCH)
+        assert answers == [again, payments.operation(left.id)]
+        assert payments.recover() == {}
+        assert payments.balance(2, "CNY").posted == child.FUND + 12_34
+        assert verify(ledger).ok
+    finally:
+        ledger.close()
+        payments.engine.dispose()
+
+
+@pytest.mark.parametrize("loop", ["loop", "batch-loop"])
 def test_random_kills_lose_no_answered_payment_and_move_nothing_twice(
-    database_url: str, tmp_path: Path
+    database_url: str, tmp_path: Path, loop: str
 ) -> None:
     _setup(database_url, tmp_path)
     rng = random.Random(7)
@@ -82,7 +121,7 @@ def test_random_kills_lose_no_answered_payment_and_move_nothing_twice(
     for cycle in range(5):
         start += HOUR_NS
         proc = subprocess.Popen(
-            [sys.executable, str(CHILD), database_url, str(tmp_path), "loop", str(start)],
+            [sys.executable, str(CHILD), database_url, str(tmp_path), loop, str(start)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
