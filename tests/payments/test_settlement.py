@@ -100,6 +100,42 @@ def test_a_frozen_merchant_is_paid_nothing_until_it_thaws(market: Market) -> Non
     assert _paid_out(market) == 99_00 and market.receivable() == 0
 
 
+@pytest.mark.parametrize("rerun", ["settle", "recover"])
+def test_a_payout_cut_short_before_the_bank_is_not_sent_once_the_merchant_is_frozen(
+    market: Market, monkeypatch: pytest.MonkeyPatch, rerun: str
+) -> None:
+    """The payout was recorded and held, then a crash before the bank had it; then the
+    merchant was frozen. The rerun of the day (or recovery) used to send it all the same. Now
+    it is stopped — ``failed`` with ``account_frozen``, its hold voided, nothing at the bank —
+    and stays owed like a declined payout: the first run after the merchant thaws pays it."""
+    market.pay(100_00, "a")
+    market.world.clock.advance(DAY_NS)
+    p = market.p
+    with monkeypatch.context() as m:
+        m.setattr(p, "_send_to_bank", lambda op, direction: op)
+        [cut] = market.settlement.settle()
+    assert cut.operation is not None and cut.operation.status is S.PENDING
+    p.set_merchant_frozen(market.shop, True)
+    market.world.clock.advance(60 * 10**9)
+    if rerun == "settle":
+        [again] = market.settlement.settle()
+    else:
+        assert p.recover() == {"failed": 1}
+        again = market.settlement.statement(market.shop, CNY, cut.day)
+    assert again.operation is not None
+    assert (again.operation.status, again.operation.error_code) == (S.FAILED, "account_frozen")
+    assert f"{again.operation.id:032x}" not in market.world.bank.sends
+    assert _paid_out(market) == 0 and market.receivable() == 100_00 - 1_00  # the fee went
+    market.world.clock.advance(DAY_NS)
+    assert market.settlement.settle() == []  # frozen: owed, not paid
+    p.set_merchant_frozen(market.shop, False)
+    market.world.clock.advance(DAY_NS)
+    [thawed] = market.settlement.settle()
+    assert thawed.payout == 99_00
+    assert thawed.operation is not None and thawed.operation.status is S.COMPLETED
+    assert _paid_out(market) == 99_00 and market.receivable() == 0
+
+
 def test_a_failed_payout_stays_owed_and_is_paid_next_time(market: Market) -> None:
     market.pay(80_00, "a")
     market.world.clock.advance(DAY_NS)

@@ -1640,12 +1640,35 @@ class Payments:
         reference that is only ever queried."""
         if not self._claim_send(op):
             return self._query_bank(self.operation(op.id))
+        if self._party_frozen(op):
+            # Frozen since the operation was checked (a crash, then recovery; a hold for
+            # review): the claim is ours, so nobody sends it now, and the bank never has it.
+            return self._fail_unsent(op)
         token = self._bank_token(op, direction)
         try:
             result = self.bank.submit(direction, _hex(op.id), token, op.amount, op.currency)
         except BankTimeoutError:
             return self._finish(op, _S.AWAITING_BANK, bank_status="timeout")
         return self._apply_bank_result(op, result)
+
+    def _party_frozen(self, op: Operation) -> bool:
+        """Whether the party whose money a bank operation moves is frozen now: the customer
+        of a withdrawal or a top-up, the merchant of a settlement payout."""
+        if op.kind is OperationKind.SETTLEMENT:
+            assert op.merchant_id is not None
+            return self.merchant(op.merchant_id).frozen
+        customer = op.payer_customer_id or op.payee_customer_id
+        assert customer is not None
+        return self.customer(customer).frozen
+
+    def _fail_unsent(self, op: Operation) -> Operation:
+        """A bank operation the bank never had, stopped because its party is frozen: the
+        hold (a withdrawal's, a payout's) voided, ``failed`` with ``account_frozen``."""
+        if op.kind is not OperationKind.TOP_UP:  # nothing is held for a top-up
+            status = self._settle_hold(op, post=False)
+            if status not in _CREATED_OR_EXISTS:
+                raise RuntimeError(f"voiding the hold of {op.id:#x} failed: {status.name}")
+        return self._finish(op, _S.FAILED, error_code=AccountFrozenError.code)
 
     def _bank_token(self, op: Operation, direction: BankDirection) -> str:
         """The bank's token for the card or account at the other end of a bank operation."""
@@ -1680,6 +1703,8 @@ class Payments:
             op = self.operation(op.id)
             if op.final or self._recent(op):
                 return op
+            if self._party_frozen(op):  # never arrived, and must not now: stopped
+                return self._fail_unsent(op)
         return self._apply_bank_result(op, result)
 
     def _recent(self, op: Operation) -> bool:
