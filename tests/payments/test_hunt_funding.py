@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -179,7 +180,7 @@ class _CrashError(Exception):
     """The process dies here (the test's stand-in for a kill)."""
 
 
-def _crash(*args: object) -> BankResult:
+def _crash(*args: object) -> Any:
     raise _CrashError
 
 
@@ -244,3 +245,41 @@ def test_a_withdrawal_the_bank_has_seen_follows_the_bank_though_the_customer_was
     assert world.bank.sends[f"{x.id:032x}"] == 1
     balance = p.balance(alice, "CNY")
     assert (balance.posted, balance.held) == (500_00 - 30_00, 0)
+
+
+@pytest.mark.parametrize("crash", ["before_the_mark", "after_the_mark"])
+def test_a_bill_payment_cut_short_before_the_biller_is_not_sent_for_a_customer_frozen_since(
+    world: World, crash: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As for a bank: a bill payment held, then a crash before the biller had the write-off,
+    then the customer frozen. Recovery used to send the write-off (the frozen customer's
+    money left); now it voids the hold and records ``failed`` with ``account_frozen``, and
+    the bill is free to be paid again."""
+    p = world.payments
+    biller = SimulatedBiller(world.clock, seed=5)
+    bills = Bills(p, biller)
+    bills.register_biller("SH-WATER", "Shanghai Water", BillerKind.WATER)
+    alice = verified_customer(world, 1, fund=2_000_00)
+    home = bills.bind(alice, "SH-WATER", "3100012341").id
+    due = bills.query_bill(alice, home)
+    assert due is not None
+    with monkeypatch.context() as m:
+        if crash == "before_the_mark":
+            m.setattr(p, "_claim_send", _crash)
+        else:
+            m.setattr(biller, "write_off", _crash)
+        with pytest.raises(_CrashError):
+            bills.pay(alice, home, due.bill_id, key="x")
+    [x] = p.operations(status=S.PENDING)
+    assert p.balance(alice, "CNY").held == due.amount
+    p.set_frozen(alice, True)
+    world.clock.advance(60 * 10**9)
+
+    assert p.recover() == {"failed": 1}
+    done = p.operation(x.id)
+    assert (done.status, done.error_code) == (S.FAILED, "account_frozen")
+    assert f"{x.id:032x}" not in biller.sends
+    balance = p.balance(alice, "CNY")
+    assert (balance.posted, balance.held) == (2_000_00, 0)
+    p.set_frozen(alice, False)
+    assert bills.pay(alice, home, due.bill_id, key="y").status is S.COMPLETED

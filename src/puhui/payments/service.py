@@ -1652,8 +1652,8 @@ class Payments:
         return self._apply_bank_result(op, result)
 
     def _party_frozen(self, op: Operation) -> bool:
-        """Whether the party whose money a bank operation moves is frozen now: the customer
-        of a withdrawal or a top-up, the merchant of a settlement payout."""
+        """Whether the party whose money a bank or biller operation moves is frozen now: the
+        customer of a withdrawal, a top-up or a bill payment, the merchant of a payout."""
         if op.kind is OperationKind.SETTLEMENT:
             assert op.merchant_id is not None
             return self.merchant(op.merchant_id).frozen
@@ -1662,8 +1662,8 @@ class Payments:
         return self.customer(customer).frozen
 
     def _fail_unsent(self, op: Operation) -> Operation:
-        """A bank operation the bank never had, stopped because its party is frozen: the
-        hold (a withdrawal's, a payout's) voided, ``failed`` with ``account_frozen``."""
+        """An operation its partner (bank, biller) never had, stopped because its party is
+        frozen: the hold (not a top-up's: none) voided, ``failed`` with ``account_frozen``."""
         if op.kind is not OperationKind.TOP_UP:  # nothing is held for a top-up
             status = self._settle_hold(op, post=False)
             if status not in _CREATED_OR_EXISTS:
