@@ -1590,7 +1590,11 @@ class Payments:
         marker = op.error_code
         if marker == _PASSED:
             if op.kind in _POSTED_AFTER_CHECK:
-                return self._release_hold(op, post=True, failure="challenge_failed")
+                # A party frozen since the check was passed (the answering call died, and
+                # recovery carries it out): what ``verify_challenge`` refuses, refused here.
+                frozen = self._party_frozen_since(op)
+                failure = AccountFrozenError.code if frozen else "challenge_failed"
+                return self._release_hold(op, post=not frozen, failure=failure)
             return None  # top-ups, withdrawals, bills go on with their own flow
         failure = {
             _FAILED_CHECK: "challenge_failed",
@@ -1602,10 +1606,25 @@ class Payments:
             return self._finish(op, _S.EXPIRED if lapsed else _S.FAILED, error_code=failure)
         return self._release_hold(op, post=False, failure=failure, lapsed=lapsed)
 
+    def _party_frozen_since(self, op: Operation) -> bool:
+        try:
+            self._check_parties_active(op)
+        except AccountFrozenError:
+            return True
+        return False
+
     def _release_hold(
         self, op: Operation, *, post: bool, failure: str, lapsed: bool = False
     ) -> Operation:
         status = self._settle_hold(op, post=post)
+        if status is CreateTransferStatus.EXISTS_WITH_DIFFERENT_FLAGS:
+            # Another caller settled the hold the other way (the one that claimed a passed
+            # check posted it; recovery, a party frozen since, would void it): the ledger
+            # took theirs, and the record follows the ledger.
+            [settled] = self.ledger.lookup_transfers([transfer_id(op.id, _LEG_SETTLE)])
+            post = bool(settled.flags & TransferFlags.POST_PENDING_TRANSFER)
+            failure = failure if post or op.error_code != _PASSED else AccountFrozenError.code
+            status = CreateTransferStatus.EXISTS
         if status in _CREATED_OR_EXISTS:
             if post:
                 return self._finish(op, _S.COMPLETED)
