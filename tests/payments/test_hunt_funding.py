@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -173,3 +174,112 @@ def test_a_recovery_that_read_a_bill_payment_before_another_sent_it_does_not_ref
     balance = p.balance(alice, "CNY")
     assert (balance.posted, balance.held) == (2_000_00 - due[0].amount - due[1].amount, 0)
     assert biller.sends[f"{x.id:032x}"] == 1
+
+
+class _CrashError(Exception):
+    """The process dies here (the test's stand-in for a kill)."""
+
+
+def _crash(*args: object) -> Any:
+    raise _CrashError
+
+
+@pytest.mark.parametrize("kind", ["withdrawal", "top_up"])
+@pytest.mark.parametrize("crash", ["before_the_mark", "after_the_mark"])
+def test_a_request_cut_short_before_the_bank_is_not_sent_for_a_customer_frozen_since(
+    world: World, kind: str, crash: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash after the hold (a withdrawal's) and before the bank has the request; then the
+    customer is frozen; then recovery. Recovery used to send the request as if nothing had
+    happened (before the mark ``bank_sent``), so a frozen customer's money left. It must stop
+    it instead: the hold voided, ``failed`` with ``account_frozen``, nothing at the bank —
+    also when the crash came after the mark (the bank answers ``not_found``)."""
+    p = world.payments
+    alice = verified_customer(world, 1, fund=500_00)
+    card = p.cards(alice)[0].id
+    with monkeypatch.context() as m:
+        if crash == "before_the_mark":
+            m.setattr(p, "_send_to_bank", lambda op, direction: op)
+        else:
+            m.setattr(world.bank, "submit", _crash)
+        try:
+            if kind == "withdrawal":
+                p.withdraw(alice, card, 30_00, "CNY", key="x")
+            else:
+                p.top_up(alice, card, 30_00, "CNY", key="x")
+        except _CrashError:
+            pass
+    [x] = p.operations(status=S.PENDING)
+    if kind == "withdrawal":
+        assert p.balance(alice, "CNY").held == 30_00  # the hold is there
+    p.set_frozen(alice, True)
+    world.clock.advance(60 * 10**9)
+
+    assert p.recover() == {"failed": 1}
+    done = p.operation(x.id)
+    assert (done.status, done.error_code) == (S.FAILED, "account_frozen")
+    reference = f"{x.id:032x}"
+    assert reference not in world.bank.sends
+    balance = p.balance(alice, "CNY")
+    assert (balance.posted, balance.held) == (500_00, 0)
+    assert p.recover() == {}  # finished: nothing left for the next run
+
+
+@pytest.mark.parametrize("answer", ["succeeded", "processing"])
+def test_a_withdrawal_the_bank_has_seen_follows_the_bank_though_the_customer_was_frozen(
+    world: World, answer: str
+) -> None:
+    """The other side of the rule above: once the bank has the request, the money is out of
+    our hands, and recovery records what the bank did, frozen customer or not."""
+    p = world.payments
+    alice = verified_customer(world, 1, fund=500_00)
+    card = p.cards(alice)[0].id
+    world.bank.processing_rate = 1.0 if answer == "processing" else 0.0
+    world.bank.timeout_rate = 1.0 if answer == "succeeded" else 0.0
+    x = p.withdraw(alice, card, 30_00, "CNY", key="x")
+    assert x.status is S.AWAITING_BANK
+    p.set_frozen(alice, True)
+    world.clock.advance(60 * 10**9)
+
+    assert p.recover() == {"completed": 1}
+    assert world.bank.sends[f"{x.id:032x}"] == 1
+    balance = p.balance(alice, "CNY")
+    assert (balance.posted, balance.held) == (500_00 - 30_00, 0)
+
+
+@pytest.mark.parametrize("crash", ["before_the_mark", "after_the_mark"])
+def test_a_bill_payment_cut_short_before_the_biller_is_not_sent_for_a_customer_frozen_since(
+    world: World, crash: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As for a bank: a bill payment held, then a crash before the biller had the write-off,
+    then the customer frozen. Recovery used to send the write-off (the frozen customer's
+    money left); now it voids the hold and records ``failed`` with ``account_frozen``, and
+    the bill is free to be paid again."""
+    p = world.payments
+    biller = SimulatedBiller(world.clock, seed=5)
+    bills = Bills(p, biller)
+    bills.register_biller("SH-WATER", "Shanghai Water", BillerKind.WATER)
+    alice = verified_customer(world, 1, fund=2_000_00)
+    home = bills.bind(alice, "SH-WATER", "3100012341").id
+    due = bills.query_bill(alice, home)
+    assert due is not None
+    with monkeypatch.context() as m:
+        if crash == "before_the_mark":
+            m.setattr(p, "_claim_send", _crash)
+        else:
+            m.setattr(biller, "write_off", _crash)
+        with pytest.raises(_CrashError):
+            bills.pay(alice, home, due.bill_id, key="x")
+    [x] = p.operations(status=S.PENDING)
+    assert p.balance(alice, "CNY").held == due.amount
+    p.set_frozen(alice, True)
+    world.clock.advance(60 * 10**9)
+
+    assert p.recover() == {"failed": 1}
+    done = p.operation(x.id)
+    assert (done.status, done.error_code) == (S.FAILED, "account_frozen")
+    assert f"{x.id:032x}" not in biller.sends
+    balance = p.balance(alice, "CNY")
+    assert (balance.posted, balance.held) == (2_000_00, 0)
+    p.set_frozen(alice, False)
+    assert bills.pay(alice, home, due.bill_id, key="y").status is S.COMPLETED

@@ -30,6 +30,7 @@ from puhui.payments import (
     RefundStateError,
     SimulatedBiller,
     _outflow,
+    merchant_qr,
 )
 from puhui.payments.model import business_day
 from puhui.store import payments as tables
@@ -90,6 +91,73 @@ def test_an_answer_claimed_first_wins_over_the_lapse(world: World) -> None:
     assert p.recover() == {}
     assert world.bank.sends[f"{claimed.id:032x}"] == 1
     assert p.balance(customer, CNY).posted == 700_00
+
+
+@pytest.mark.parametrize("frozen", ["payer", "payee", "merchant"])
+def test_a_passed_check_cut_short_does_not_move_money_of_a_party_frozen_since(
+    world: World, frozen: str
+) -> None:
+    """The customer passed the check (the claim recorded), then the call died before the
+    hold was posted, then a party was frozen. Recovery used to post the hold: money left a
+    frozen wallet, or reached one, or a frozen merchant — what ``verify_challenge`` itself
+    refuses. Now the hold is voided: ``failed`` with ``account_frozen``."""
+    p = world.payments
+    payer, _ = _customer(world, 1, fund=1_000_00)
+    world.risk.next = [risk.Decision.CHALLENGE]
+    if frozen == "merchant":
+        shop = p.register_merchant("Shop", "retail", 0, "tok-m").id
+        op = p.pay_merchant(payer, merchant_qr(shop), 300_00, CNY, key="x")
+    else:
+        payee, _ = _customer(world, 2)
+        op = p.transfer(payer, Payee(customer_id=payee), 300_00, CNY, key="x")
+    assert op.status is S.CHALLENGED
+    p._finish(op, S.PENDING, error_code="check_passed", expect=S.CHALLENGED)  # then died
+    if frozen == "merchant":
+        p.set_merchant_frozen(shop, True)
+    else:
+        p.set_frozen(payer if frozen == "payer" else payee, True)
+    world.clock.advance(60 * SECOND_NS)
+
+    assert p.recover() == {"failed": 1}
+    done = p.operation(op.id)
+    assert (done.status, done.error_code) == (S.FAILED, "account_frozen")
+    balance = p.balance(payer, CNY)
+    assert (balance.posted, balance.held) == (1_000_00, 0)
+    received = (
+        p.merchant_balance(shop, CNY) if frozen == "merchant" else p.balance(payee, CNY)
+    ).posted
+    assert received == 0
+
+
+@pytest.mark.parametrize("first", ["caller", "recovery"])
+def test_a_passed_check_settled_both_ways_at_once_is_recorded_as_the_ledger_settled_it(
+    world: World, first: str
+) -> None:
+    """The race the rule above opens: the call that claimed the passed check posts the hold
+    (it read the parties before the freeze) while recovery, seeing the payer frozen since,
+    voids it. The ledger takes one of the two (the same transfer id); the other caller
+    follows it instead of failing ("stuck" for ever if the winner died before recording)."""
+    p = world.payments
+    payer, _ = _customer(world, 1, fund=1_000_00)
+    payee, _ = _customer(world, 2)
+    world.risk.next = [risk.Decision.CHALLENGE]
+    op = p.transfer(payer, Payee(customer_id=payee), 300_00, CNY, key="x")
+    claimed = p._finish(op, S.PENDING, error_code="check_passed", expect=S.CHALLENGED)
+    if first == "caller":  # it posts, then dies before recording it
+        assert p._settle_hold(claimed, post=True).name == "CREATED"
+    p.set_frozen(payer, True)
+    world.clock.advance(60 * SECOND_NS)
+    if first == "caller":
+        assert p.recover() == {"completed": 1}  # the money moved: recorded as it did
+        moved = 300_00
+    else:
+        assert p.recover() == {"failed": 1}
+        late = p._release_hold(claimed, post=True, failure="challenge_failed")
+        assert (late.status, late.error_code) == (S.FAILED, "account_frozen")
+        moved = 0
+    assert p.balance(payee, CNY).posted == moved
+    balance = p.balance(payer, CNY)
+    assert (balance.posted, balance.held) == (1_000_00 - moved, 0)
 
 
 def test_a_bill_payment_passed_by_a_check_is_written_off_by_the_biller(world: World) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import threading
 from typing import Any
 
 import pytest
@@ -24,6 +25,7 @@ from puhui.payments import (
     merchant_qr,
     statement_csv,
 )
+from puhui.payments.model import fee
 from puhui.risk import Decision
 
 from .._plans import plans_of
@@ -97,6 +99,42 @@ def test_a_frozen_merchant_is_paid_nothing_until_it_thaws(market: Market) -> Non
     [statement] = market.settlement.settle()
     assert (statement.gross, statement.fee, statement.payout) == (100_00, 1_00, 99_00)
     assert statement.operation is not None and statement.operation.status is S.COMPLETED
+    assert _paid_out(market) == 99_00 and market.receivable() == 0
+
+
+@pytest.mark.parametrize("rerun", ["settle", "recover"])
+def test_a_payout_cut_short_before_the_bank_is_not_sent_once_the_merchant_is_frozen(
+    market: Market, monkeypatch: pytest.MonkeyPatch, rerun: str
+) -> None:
+    """The payout was recorded and held, then a crash before the bank had it; then the
+    merchant was frozen. The rerun of the day (or recovery) used to send it all the same. Now
+    it is stopped — ``failed`` with ``account_frozen``, its hold voided, nothing at the bank —
+    and stays owed like a declined payout: the first run after the merchant thaws pays it."""
+    market.pay(100_00, "a")
+    market.world.clock.advance(DAY_NS)
+    p = market.p
+    with monkeypatch.context() as m:
+        m.setattr(p, "_send_to_bank", lambda op, direction: op)
+        [cut] = market.settlement.settle()
+    assert cut.operation is not None and cut.operation.status is S.PENDING
+    p.set_merchant_frozen(market.shop, True)
+    market.world.clock.advance(60 * 10**9)
+    if rerun == "settle":
+        [again] = market.settlement.settle()
+    else:
+        assert p.recover() == {"failed": 1}
+        again = market.settlement.statement(market.shop, CNY, cut.day)
+    assert again.operation is not None
+    assert (again.operation.status, again.operation.error_code) == (S.FAILED, "account_frozen")
+    assert f"{again.operation.id:032x}" not in market.world.bank.sends
+    assert _paid_out(market) == 0 and market.receivable() == 100_00 - 1_00  # the fee went
+    market.world.clock.advance(DAY_NS)
+    assert market.settlement.settle() == []  # frozen: owed, not paid
+    p.set_merchant_frozen(market.shop, False)
+    market.world.clock.advance(DAY_NS)
+    [thawed] = market.settlement.settle()
+    assert thawed.payout == 99_00
+    assert thawed.operation is not None and thawed.operation.status is S.COMPLETED
     assert _paid_out(market) == 99_00 and market.receivable() == 0
 
 
@@ -497,6 +535,85 @@ def _paid_out(market: Market) -> int:
         for _, direction, amount, _, status in market.world.bank.records()
         if direction == "payout" and status == "succeeded"
     )
+
+
+@pytest.mark.parametrize("first", ["zero", "positive"])
+def test_two_runs_of_a_day_one_with_nothing_to_pay_out_one_with_a_payout(
+    market: Market, monkeypatch: pytest.MonkeyPatch, first: str
+) -> None:
+    """Two runs of the same day (two servers) for a merchant whose only taking is one fen,
+    all of it fee: run A reads it (nothing to pay out); then a payment of yesterday, held for
+    review, is approved; then run B reads both (a payout). Whichever records first, the other
+    used to go wrong: B after A raised a raw ``IntegrityError`` out of ``settle()``, and A
+    after B took the fee of B's settlement a second time (B's payout had taken it). The loser
+    now finishes the winner's settlement; the late payment is paid by whichever read it —
+    B's settlement if it won, the next day's run if A's did. Nothing is paid twice, no fee is
+    taken twice, nothing is lost."""
+    p = market.p
+    stall = p.register_merchant("Stall", "food", 5_000, "tok-stall").id  # 50 %
+    qr = merchant_qr(stall)
+    assert p.pay_merchant(market.customer, qr, 1, CNY, key="one-fen").status is S.COMPLETED
+    market.world.risk.next = [Decision.REVIEW]
+    late = p.pay_merchant(market.customer, qr, 100_00, CNY, key="late")
+    assert late.status is S.CHALLENGED
+    market.world.clock.advance(DAY_NS)
+    day = market.settlement.today()
+    run_a, run_b = Settlement(p), Settlement(p)
+    a_read, a_go = threading.Event(), threading.Event()
+    a_thread: list[threading.Thread] = []
+    real_new_id = p.new_id
+    paused: set[str] = set()
+
+    def new_id() -> int:
+        """Called by a run once it has read what it owes, before it records it."""
+        me = threading.current_thread().name
+        if me not in paused:
+            paused.add(me)
+            if me == "run-a":
+                a_read.set()
+                assert a_go.wait(30)
+            elif first == "zero":  # run B, having read: let A record first
+                a_go.set()
+                a_thread[0].join(30)
+        return real_new_id()
+
+    monkeypatch.setattr(p, "new_id", new_id)
+    failures: list[BaseException] = []
+
+    def run(settlement: Settlement) -> None:
+        try:
+            settlement.settle(day)
+        except BaseException as error:  # the thread's outcome, for the test to see
+            failures.append(error)
+
+    a_thread.append(threading.Thread(target=run, args=(run_a,), name="run-a"))
+    a_thread[0].start()
+    assert a_read.wait(30)
+    assert p.decide_review(late.id, approve=True).status is S.COMPLETED  # completes now
+    run(run_b)  # B reads both
+    a_go.set()  # B recorded first ("positive"): now A records
+    a_thread[0].join(30)
+    assert not a_thread[0].is_alive()
+    assert failures == []
+    monkeypatch.setattr(p, "new_id", real_new_id)
+
+    [statement] = [s for s in market.settlement.settle(day) if s.merchant_id == stall]
+    if first == "zero":
+        assert (statement.gross, statement.payout, statement.operation) == (1, 0, None)
+    else:
+        assert (statement.gross, statement.payout) == (100_01, 100_01 - fee(100_01, 5_000))
+    market.world.clock.advance(DAY_NS)
+    later = [s for s in market.settlement.settle() if s.merchant_id == stall]
+    statements = [statement, *later]
+    if first == "zero":  # the late payment waited for the next day's run
+        assert [line.operation_id for line in later[0].lines] == [late.id]
+    else:
+        assert later == []
+    assert p.merchant_balance(stall, CNY).posted == 0
+    fees = p.platform_balance(AccountCode.FEE_REVENUE, CNY).posted
+    assert fees == sum(s.fee for s in statements)
+    assert _paid_out(market) == sum(s.payout for s in statements) == 100_01 - fees
+    assert all(n == 1 for n in market.world.bank.sends.values())
 
 
 def test_a_payment_completing_during_the_settlement_is_not_paid_out_with_it(

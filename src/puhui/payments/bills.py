@@ -481,6 +481,8 @@ class Bills:
             return payments._finish(op, _S.FAILED, error_code=payments._failure_code(status))
         if not payments._claim_send(op):
             return self._query(payments.operation(op.id))
+        if payments._party_frozen(op):  # frozen since it was checked: never sent now
+            return payments._fail_unsent(op)
         code, bill_id = self._bill_of(op)
         try:
             answer = self.billers.write_off(code, _hex(op.id), bill_id, op.amount)
@@ -500,6 +502,8 @@ class Bills:
             op = self.payments.operation(op.id)
             if op.final or self.payments._recent(op):
                 return op
+            if self.payments._party_frozen(op):  # never arrived, and must not now
+                return self.payments._fail_unsent(op)
         return self._apply(op, answer)
 
     def _apply(self, op: Operation, answer: WriteOffStatus) -> Operation:

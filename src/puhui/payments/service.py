@@ -1590,7 +1590,11 @@ class Payments:
         marker = op.error_code
         if marker == _PASSED:
             if op.kind in _POSTED_AFTER_CHECK:
-                return self._release_hold(op, post=True, failure="challenge_failed")
+                # A party frozen since the check was passed (the answering call died, and
+                # recovery carries it out): what ``verify_challenge`` refuses, refused here.
+                frozen = self._party_frozen_since(op)
+                failure = AccountFrozenError.code if frozen else "challenge_failed"
+                return self._release_hold(op, post=not frozen, failure=failure)
             return None  # top-ups, withdrawals, bills go on with their own flow
         failure = {
             _FAILED_CHECK: "challenge_failed",
@@ -1602,10 +1606,25 @@ class Payments:
             return self._finish(op, _S.EXPIRED if lapsed else _S.FAILED, error_code=failure)
         return self._release_hold(op, post=False, failure=failure, lapsed=lapsed)
 
+    def _party_frozen_since(self, op: Operation) -> bool:
+        try:
+            self._check_parties_active(op)
+        except AccountFrozenError:
+            return True
+        return False
+
     def _release_hold(
         self, op: Operation, *, post: bool, failure: str, lapsed: bool = False
     ) -> Operation:
         status = self._settle_hold(op, post=post)
+        if status is CreateTransferStatus.EXISTS_WITH_DIFFERENT_FLAGS:
+            # Another caller settled the hold the other way (the one that claimed a passed
+            # check posted it; recovery, a party frozen since, would void it): the ledger
+            # took theirs, and the record follows the ledger.
+            [settled] = self.ledger.lookup_transfers([transfer_id(op.id, _LEG_SETTLE)])
+            post = bool(settled.flags & TransferFlags.POST_PENDING_TRANSFER)
+            failure = failure if post or op.error_code != _PASSED else AccountFrozenError.code
+            status = CreateTransferStatus.EXISTS
         if status in _CREATED_OR_EXISTS:
             if post:
                 return self._finish(op, _S.COMPLETED)
@@ -1640,12 +1659,35 @@ class Payments:
         reference that is only ever queried."""
         if not self._claim_send(op):
             return self._query_bank(self.operation(op.id))
+        if self._party_frozen(op):
+            # Frozen since the operation was checked (a crash, then recovery; a hold for
+            # review): the claim is ours, so nobody sends it now, and the bank never has it.
+            return self._fail_unsent(op)
         token = self._bank_token(op, direction)
         try:
             result = self.bank.submit(direction, _hex(op.id), token, op.amount, op.currency)
         except BankTimeoutError:
             return self._finish(op, _S.AWAITING_BANK, bank_status="timeout")
         return self._apply_bank_result(op, result)
+
+    def _party_frozen(self, op: Operation) -> bool:
+        """Whether the party whose money a bank or biller operation moves is frozen now: the
+        customer of a withdrawal, a top-up or a bill payment, the merchant of a payout."""
+        if op.kind is OperationKind.SETTLEMENT:
+            assert op.merchant_id is not None
+            return self.merchant(op.merchant_id).frozen
+        customer = op.payer_customer_id or op.payee_customer_id
+        assert customer is not None
+        return self.customer(customer).frozen
+
+    def _fail_unsent(self, op: Operation) -> Operation:
+        """An operation its partner (bank, biller) never had, stopped because its party is
+        frozen: the hold (not a top-up's: none) voided, ``failed`` with ``account_frozen``."""
+        if op.kind is not OperationKind.TOP_UP:  # nothing is held for a top-up
+            status = self._settle_hold(op, post=False)
+            if status not in _CREATED_OR_EXISTS:
+                raise RuntimeError(f"voiding the hold of {op.id:#x} failed: {status.name}")
+        return self._finish(op, _S.FAILED, error_code=AccountFrozenError.code)
 
     def _bank_token(self, op: Operation, direction: BankDirection) -> str:
         """The bank's token for the card or account at the other end of a bank operation."""
@@ -1680,6 +1722,8 @@ class Payments:
             op = self.operation(op.id)
             if op.final or self._recent(op):
                 return op
+            if self._party_frozen(op):  # never arrived, and must not now: stopped
+                return self._fail_unsent(op)
         return self._apply_bank_result(op, result)
 
     def _recent(self, op: Operation) -> bool:

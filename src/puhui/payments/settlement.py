@@ -223,21 +223,30 @@ class Settlement:
             ).all()
         return [(int(r[0]), str(r[1])) for r in rows]
 
-    def _settle_one(self, merchant_id: int, currency_code: str, day: int) -> None:
-        payments = self.payments
+    def _recorded(self, merchant_id: int, currency_code: str, day: int) -> sa.Row[Any] | None:
         with self.engine.connect() as conn:
-            existing = conn.execute(
+            return conn.execute(
                 sa.select(t.settlements).where(
                     t.settlements.c.merchant_id == merchant_id,
                     t.settlements.c.currency == currency_code,
                     t.settlements.c.day == day,
                 )
             ).first()
+
+    def _finish_recorded(self, recorded: sa.Row[Any]) -> None:
+        """Finish a recorded settlement (a crash may have cut it short, another run may be
+        finishing it): drive its payout, or take its own fee when it has none."""
+        if recorded.operation_id is not None:
+            payments = self.payments
+            payments._drive(payments.operation(int(recorded.operation_id, 16)))
+        else:
+            self._take_fee(recorded)
+
+    def _settle_one(self, merchant_id: int, currency_code: str, day: int) -> None:
+        payments = self.payments
+        existing = self._recorded(merchant_id, currency_code, day)
         if existing is not None:  # recorded before: finish what a crash cut short
-            if existing.operation_id is not None:
-                payments._drive(payments.operation(int(existing.operation_id, 16)))
-            else:
-                self._take_fee(existing)
+            self._finish_recorded(existing)
             return
         merchant = payments.merchant(merchant_id)
         if merchant.frozen:
@@ -302,36 +311,41 @@ class Settlement:
             if marked != len(due) or carried != len(declined):
                 raise PaymentsError("settlement raced with another run; run it again")
 
-        if payout == 0:  # nothing to send (the fees took it all: a fee rounded up to the
-            # whole of a tiny sale): recorded, then its own fee taken (no payout to link it to)
-            try:
+        # Another run of the day (another server) may record its settlement between our
+        # read and our write, from other rows (a taking completed in between): there is one
+        # per merchant, currency and day, so ours is refused (the unique key) and the loser
+        # finishes the winner's, whatever either computed — its payout, or its own fee when
+        # it has none, never both. A taking the winner did not read waits for the next
+        # day's run.
+        op: Operation | None = None
+        try:
+            if payout == 0:  # nothing to send (the fees took it all: a fee rounded up to
+                # the whole of a tiny sale): recorded, then its own fee taken (no payout)
                 with self.engine.begin() as conn:
                     record(conn, None)
-            except sa.exc.IntegrityError:
-                pass  # another run recorded it
-            with self.engine.connect() as conn:
-                recorded = conn.execute(
-                    sa.select(t.settlements).where(
-                        t.settlements.c.merchant_id == merchant_id,
-                        t.settlements.c.currency == cur.code,
-                        t.settlements.c.day == day,
-                    )
-                ).one()
-            self._take_fee(recorded)
+            else:  # (two runs with a payout each meet on the operation's key: the loser's
+                # answer is the winner's operation)
+                op = payments._record(
+                    OperationKind.SETTLEMENT,
+                    "settlement",
+                    f"{merchant_id}:{cur.code}:{day}",
+                    {"merchant": merchant_id, "currency": cur.code, "day": day},
+                    INTERNAL,
+                    cur,
+                    payout,
+                    merchant_id=merchant_id,
+                    fee=settlement_fee,
+                    within=record,
+                )
+        except sa.exc.IntegrityError:
+            if self._recorded(merchant_id, cur.code, day) is None:
+                raise  # not this settlement's key: not the race above
+        if op is not None:
+            payments._drive(op)
             return
-        op = payments._record(
-            OperationKind.SETTLEMENT,
-            "settlement",
-            f"{merchant_id}:{cur.code}:{day}",
-            {"merchant": merchant_id, "currency": cur.code, "day": day},
-            INTERNAL,
-            cur,
-            payout,
-            merchant_id=merchant_id,
-            fee=settlement_fee,
-            within=record,
-        )
-        payments._drive(op)
+        recorded = self._recorded(merchant_id, cur.code, day)
+        assert recorded is not None  # ours or the winner's, just read
+        self._finish_recorded(recorded)
 
     def _take_fee(self, settlement: sa.Row[Any]) -> None:
         """Take the own fee of a settlement without a payout (its fee less the fees its items
