@@ -230,6 +230,8 @@ def test_records_lost_after_a_snapshot_counted_them_are_corruption(tmp_path: Pat
     segment.write_bytes(older)
     with pytest.raises(JournalCorruptError, match="durable"):
         open(path, state_dir=tmp_path / "state")
+    with pytest.raises(JournalCorruptError, match="durable"):
+        open(path, state_dir=tmp_path / "fresh")  # and without the state directory
 
 
 def test_a_torn_record_after_the_last_snapshot_is_still_forgotten(tmp_path: Path) -> None:
@@ -361,3 +363,32 @@ def test_an_identity_a_crash_left_empty_is_made_anew(tmp_path: Path) -> None:
         assert len(journal.identity) == 36
     finally:
         journal.close()
+
+
+# --- 4. found nearby ------------------------------------------------------------------------
+
+
+def test_a_journal_that_fails_to_open_lets_go_of_its_lock(tmp_path: Path) -> None:
+    """A file journal found corrupt on opening kept its lock (and descriptors): every later
+    open in the same process, a repair tool's or a retry's, got ``ledger_locked`` instead of
+    the journal's real state."""
+    from puhui.ledger import JournalCorruptError
+    from puhui.ledger._journal import FileJournal
+
+    journal = FileJournal(tmp_path / "j")
+    for op in range(1, 4):
+        journal.append(op, bytes([op]) * 3000)
+    journal.close()
+    [segment] = _segments(tmp_path / "j")
+    _flip(segment, HEADER + 10)  # inside the first record
+    for _ in range(2):
+        with pytest.raises(JournalCorruptError):
+            FileJournal(tmp_path / "j")
+    with pytest.raises(JournalCorruptError):
+        open(tmp_path / "j", state_dir=tmp_path / "state")
+    _flip(segment, HEADER + 10)  # repaired
+    again = FileJournal(tmp_path / "j")
+    try:
+        assert again.last_op() == 3
+    finally:
+        again.close()

@@ -354,15 +354,8 @@ class FileJournal:
         except OSError as error:
             os.close(self._lock_fd)
             raise LedgerLockedError(f"journal {directory} is open in another process") from error
-        meta = directory / "identity"
-        identity = meta.read_text().strip() if meta.exists() else ""
-        if not identity:  # new, or left empty by a crash before its bytes were durable
-            identity = str(uuid.uuid4())
-            write_durably(meta, identity.encode())
-        self.identity = identity
-        self._segments: list[tuple[int, Path]] = sorted(
-            (int(p.stem), p) for p in directory.glob("*.seg") if p.stem.isdigit()
-        )
+        self.identity = ""
+        self._segments: list[tuple[int, Path]] = []
         self._fd = -1
         self._direct_fd = -1
         self._tail = b""
@@ -386,7 +379,20 @@ class FileJournal:
         self._recorded: tuple[int, tuple[tuple[int, int], ...]] | None = None
         """What the checkpoint file holds (durable op, segment sizes); None: no file."""
         self._checkpoint_thread: threading.Thread | None = None
-        self._scan(self._read_checkpoint())
+        try:
+            meta = directory / "identity"
+            identity = meta.read_text().strip() if meta.exists() else ""
+            if not identity:  # new, or left empty by a crash before its bytes were durable
+                identity = str(uuid.uuid4())
+                write_durably(meta, identity.encode())
+            self.identity = identity
+            self._segments = sorted(
+                (int(p.stem), p) for p in directory.glob("*.seg") if p.stem.isdigit()
+            )
+            self._scan(self._read_checkpoint())
+        except BaseException:
+            self.close()  # the lock too: a retry, or a repair, must not find it held
+            raise
 
     # --- opening ----------------------------------------------------------------------------
 
