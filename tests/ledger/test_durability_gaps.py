@@ -314,6 +314,11 @@ def test_a_ledger_written_before_the_row_digests_opens(tmp_path: Path) -> None:
     finally:
         led.close()
     assert (path / "checkpoint").exists()
+    # The old snapshot (of the same op as the state now) gave way to one of the new format:
+    # it had stayed, every later snapshot of that op was taken as written, and every opening
+    # replayed the whole journal.
+    [snapshot] = (state_dir / "snapshots").iterdir()
+    assert json.loads((snapshot / "manifest.json").read_text())["format"] == 3
 
 
 # --- 3. the journal's identity is written durably ----------------------------------------

@@ -339,7 +339,10 @@ class Ledger:
             try:
                 manifest, image = S.read_snapshot(path)
             except SnapshotCorruptError as error:
-                log.warning("skipping snapshot: %s", error)
+                # Removed, not only skipped: the next snapshot of its op would otherwise be
+                # taken as written already (``write_snapshot`` keeps an existing one).
+                log.warning("removing snapshot: %s", error)
+                S.remove_snapshot(path)
                 continue
             op = manifest.op
             if (
