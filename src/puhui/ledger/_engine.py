@@ -17,7 +17,6 @@ import mmap
 import os
 import sys
 import threading
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,8 @@ RING_SLOTS = 16
 """Slots of reused memory the newest rows live in (a group commit needs at most two)."""
 _IO_CHUNK = 1 << 20
 """Bytes per write when a slot goes to its file (lets journal writes through in between)."""
+_VERIFY_BYTES = 8 << 20
+"""Bytes per read when the rows below a snapshot's count are checked against its digests."""
 
 
 def _pow2_at_least(n: int) -> int:
@@ -71,7 +72,11 @@ class _RowFile:
     page cache also made every journal ``fdatasync`` wait behind their writeback.
 
     Durability does not depend on the rows (the journal has every event); ``sync`` makes the
-    rows below a snapshot's count durable before the snapshot counts.
+    rows below a snapshot's count durable before the snapshot counts, and returns a digest
+    (``K.rows_digest``) of each piece of ``piece_bytes`` of them, which the snapshot records
+    and ``verify`` checks on opening: a row damaged on disk, old or new, is found. A piece is
+    digested once, from memory, as it goes to the file whole (its rows all final, on the
+    helper thread that moves them), so the writer never digests a row itself.
     """
 
     def __init__(
@@ -87,11 +92,15 @@ class _RowFile:
         self.path = path
         self.array: Array = np.zeros(0, dtype)
         self._fd = -1
+        self.piece_bytes = _IO_CHUNK
         if path is None:
             self._map_memory(max(capacity, 1024))
             return
         self._lock = threading.Lock()
         self._slot = slot_bytes
+        self.piece_bytes = min(_IO_CHUNK, slot_bytes)
+        self._digests: dict[int, int] = {}
+        """Digests of the pieces written whole (their rows final), by piece number."""
         self._ring_slots = ring_slots
         self._ring_bytes = slot_bytes * ring_slots
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -126,9 +135,10 @@ class _RowFile:
         """Where in the ring the slot holding byte ``offset`` of the rows lives."""
         return (offset // self._slot) % self._ring_slots * self._slot
 
-    def _write_rows(self, offset: int, length: int) -> None:
-        """Write ``length`` bytes of rows from byte ``offset`` (within one slot) to the file."""
-        self._write(self._ring_offset(offset) + offset % self._slot, offset, length)
+    def _write_rows(self, offset: int, length: int, *, final: bool) -> None:
+        """Write ``length`` bytes of rows from byte ``offset`` (within one slot) to the file;
+        ``final``: every byte of it is a final row (so whole pieces are digested)."""
+        self._write(self._ring_offset(offset) + offset % self._slot, offset, length, final=final)
 
     def _map_slot(self, offset: int, *, populate: bool) -> None:
         """Map the ring slot that holds byte ``offset`` of the rows at its place."""
@@ -200,7 +210,7 @@ class _RowFile:
         start = self.hot_start
         ring_offset = self._ring_offset(start)
         if self._written < start + self._slot:  # what the helper has not written yet
-            self._write_rows(self._written, start + self._slot - self._written)
+            self._write_rows(self._written, start + self._slot - self._written, final=True)
         self._written = start + self._slot
         map_shared(self._address + start, self._slot, self._fd, start, populate=False)
         self._ring[ring_offset : ring_offset + self._slot] = 0
@@ -209,11 +219,14 @@ class _RowFile:
         if reused < self._size:
             self._map_slot(reused, populate=True)
 
-    def _write(self, ring_offset: int, offset: int, length: int) -> None:
+    def _write(self, ring_offset: int, offset: int, length: int, *, final: bool) -> None:
         """Write ``length`` bytes of the ring to the file at ``offset`` (whole pages)."""
-        for done in range(0, length, _IO_CHUNK):
-            size = min(_IO_CHUNK, length - done)
-            data = self._ring[ring_offset + done : ring_offset + done + size].data
+        for done in range(0, length, self.piece_bytes):
+            size = min(self.piece_bytes, length - done)
+            piece = self._ring[ring_offset + done : ring_offset + done + size]
+            if final and size == self.piece_bytes and (offset + done) % size == 0:
+                self._digests[(offset + done) // size] = int(K.rows_digest(piece.view(np.uint64)))
+            data = piece.data
             if self._direct_fd >= 0:
                 try:
                     written = os.pwrite(self._direct_fd, data, offset + done)
@@ -259,35 +272,101 @@ class _RowFile:
             if self._written >= self.hot_start + self._slot:
                 self._advance()  # written already: only the mapping and the reuse
                 return True
-            chunk = min(_IO_CHUNK, self.hot_start + self._slot - self._written)
+            chunk = min(self.piece_bytes, self.hot_start + self._slot - self._written)
             if self._written + chunk > published:
                 return False
-            self._write_rows(self._written, chunk)
+            self._write_rows(self._written, chunk, final=True)
             self._written += chunk
             return True
 
-    def sync(self, count: int) -> None:
-        """Make the rows below ``count`` durable on file (all of them are final)."""
+    def sync(self, count: int) -> Array:
+        """Make the rows below ``count`` durable on file (all of them are final); returns
+        their digests, one a piece (``piece_bytes``, the last one up to the count)."""
+        rows_end = count * self.dtype.itemsize
+        pieces = -(-rows_end // self.piece_bytes)
+        digests = np.zeros(pieces, np.uint64)
         if self._fd < 0:
-            return
+            data = self.array.view(np.uint8)
+            for i in range(pieces):
+                start = i * self.piece_bytes
+                stop = min(start + self.piece_bytes, rows_end)
+                digests[i] = K.rows_digest(data[start:stop].view(np.uint64))
+            return digests
         with self._lock:
-            end = count * self.dtype.itemsize
-            end = -(-end // mmap.PAGESIZE) * mmap.PAGESIZE
+            end = -(-rows_end // mmap.PAGESIZE) * mmap.PAGESIZE
             end = min(end, self._hot_end())
             offset = self._written  # rows below it are on file already
             while offset < end:  # slot by slot: a ring
                 length = min(self._slot - offset % self._slot, end - offset)
-                self._write_rows(offset, length)
+                self._write_rows(offset, length, final=False)
                 offset += length
             os.fdatasync(self._fd)
+            for i in range(pieces):
+                start = i * self.piece_bytes
+                stop = min(start + self.piece_bytes, rows_end)
+                known = self._digests.get(i)
+                if known is not None and start + self.piece_bytes <= min(stop, self._written):
+                    digests[i] = known  # written whole, digested then
+                elif start >= self.hot_start:  # in the ring (a piece never spans a slot)
+                    at = self._ring_offset(start) + start % self._slot
+                    digests[i] = K.rows_digest(self._ring[at : at + stop - start].view(np.uint64))
+                else:  # on file only (a piece the snapshot ends in, moved out since)
+                    piece = os.pread(self._fd, stop - start, start)
+                    digests[i] = K.rows_digest(np.frombuffer(piece, np.uint64))
+        return digests
 
-    def read_file(self, first: int, count: int) -> bytes:
-        """Rows ``first``..``first + count`` as the file holds them (any thread; the rows
-        must be on file: below a snapshot's count once it synced them)."""
-        size = self.dtype.itemsize
+    def verify(self, count: int, digests: Array) -> bool:
+        """Whether the rows below ``count`` as the file holds them have these digests (those
+        ``sync`` gave a snapshot). Read with ``O_DIRECT`` into one reused buffer: no page
+        cache filled. On success the digests are kept for the snapshots that follow."""
+        rows_end = count * self.dtype.itemsize
+        if digests.shape[0] != -(-rows_end // self.piece_bytes):
+            return False
         if self._fd < 0:
-            return self.array[first : first + count].tobytes()
-        return os.pread(self._fd, count * size, first * size)
+            return bool(np.array_equal(self.sync(count), digests))
+        found = np.zeros_like(digests)
+        step = max(_VERIFY_BYTES - _VERIFY_BYTES % self.piece_bytes, self.piece_bytes)
+        buffer = mmap.mmap(-1, -(-step // mmap.PAGESIZE) * mmap.PAGESIZE)
+        window = memoryview(buffer)
+        view = np.frombuffer(window, np.uint8)
+        fd = -1
+        try:
+            with contextlib.suppress(OSError, AttributeError):
+                fd = os.open(self.path or "", os.O_RDONLY | os.O_DIRECT)
+            if fd < 0:
+                fd = os.open(self.path or "", os.O_RDONLY)
+            for start in range(0, rows_end, step):
+                want = min(step, rows_end - start)
+                length = -(-want // mmap.PAGESIZE) * mmap.PAGESIZE
+                try:
+                    got = os.preadv(fd, [window[:length]], start)
+                except OSError as error:
+                    if error.errno != errno.EINVAL:
+                        raise
+                    os.close(fd)  # O_DIRECT refused here: a plain read
+                    fd = os.open(self.path or "", os.O_RDONLY)
+                    got = os.preadv(fd, [window[:length]], start)
+                if got < want:
+                    return False  # the file is shorter than the rows
+                for at in range(0, want, self.piece_bytes):
+                    size = min(self.piece_bytes, want - at)
+                    found[(start + at) // self.piece_bytes] = K.rows_digest(
+                        view[at : at + size].view(np.uint64)
+                    )
+        except OSError:
+            return False
+        finally:
+            if fd >= 0:
+                os.close(fd)
+            del view
+            with contextlib.suppress(BufferError):
+                window.release()
+                buffer.close()
+        if not np.array_equal(found, digests):
+            return False
+        whole = rows_end // self.piece_bytes
+        self._digests.update((i, int(found[i])) for i in range(whole))
+        return True
 
     def close(self) -> None:
         self.array = np.zeros(0, self.dtype)
@@ -771,22 +850,20 @@ class Engine:
         more = self._transfers.spill(published)
         return self._balances.spill(2 * published) or more
 
-    def sync_rows(self, image: StateImage) -> None:
-        """Make the rows below ``image``'s transfer count durable on file (any thread)."""
+    def sync_rows(self, image: StateImage) -> tuple[Array, Array]:
+        """Make the rows below ``image``'s transfer count durable on file (any thread);
+        returns the digests of the transfer rows and of the balance rows (``_RowFile.sync``),
+        which a snapshot records."""
         count = int(image.counters[K.C_TRANSFERS])
-        self._transfers.sync(count)
-        self._balances.sync(2 * count)
+        return self._transfers.sync(count), self._balances.sync(2 * count)
 
-    def rows_checksum(self, count: int) -> int:
-        """A checksum of the newest rows below ``count`` as their files hold them: the last
-        transfer row and its two balance rows (0 for no transfer). A snapshot records it and
-        is restored only if the files still hold those rows (any thread; the rows must be on
-        file, see ``read_file``)."""
-        if count == 0:
-            return 0
-        last = count - 1
-        crc = zlib.crc32(self._transfers.read_file(last, 1))
-        return zlib.crc32(self._balances.read_file(2 * last, 2), crc)
+    def rows_match(self, count: int, transfer_digests: Array, balance_digests: Array) -> bool:
+        """Whether the row files hold, below ``count`` transfers, exactly the rows a snapshot
+        recorded the digests of (``sync_rows``): every row is read and checked, so a row lost,
+        replaced or damaged on disk, however old, is found (call before ``restore``)."""
+        return self._transfers.verify(count, transfer_digests) and self._balances.verify(
+            2 * count, balance_digests
+        )
 
     def close(self) -> None:
         self._transfers.close()

@@ -54,7 +54,8 @@ class LedgerLockedError(PuhuiError):
 
 
 class JournalCorruptError(PuhuiError):
-    """A journal record fails its checksum, has a gap, or cannot be decoded."""
+    """A journal record fails its checksum, has a gap, or cannot be decoded; or records known
+    to be durable are gone (a segment missing or cut short, the journal ending early)."""
 
     code = "journal_corrupt"
 

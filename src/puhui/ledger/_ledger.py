@@ -54,6 +54,7 @@ from ._errors import (
     WrongTypeError,
 )
 from ._journal import Journal, checksum, decode_group, encode_group, open_journal
+from ._os import write_durably
 from ._types import (
     ACCOUNT_DTYPE,
     AMOUNT_MAX,
@@ -327,9 +328,7 @@ class Ledger:
         for name in ("transfers.dat", "balances.dat"):
             with contextlib.suppress(FileNotFoundError):
                 (self._state_dir / name).unlink()
-        tmp = marker.with_suffix(".tmp")
-        tmp.write_text(self._journal.identity)
-        os.replace(tmp, marker)
+        write_durably(marker, self._journal.identity.encode())
 
     def _recover(self) -> None:
         last_op = self._journal.last_op()
@@ -340,7 +339,10 @@ class Ledger:
             try:
                 manifest, image = S.read_snapshot(path)
             except SnapshotCorruptError as error:
-                log.warning("skipping snapshot: %s", error)
+                # Removed, not only skipped: the next snapshot of its op would otherwise be
+                # taken as written already (``write_snapshot`` keeps an existing one).
+                log.warning("removing snapshot: %s", error)
+                S.remove_snapshot(path)
                 continue
             op = manifest.op
             if (
@@ -355,9 +357,14 @@ class Ledger:
                 S.remove_snapshot(path)
                 continue
             count = int(image.counters[K.C_TRANSFERS])
-            if self._engine.rows_checksum(count) != manifest.rows_checksum:
-                # A row file lost or replaced: the rows below the snapshot's count are not its.
-                log.warning("removing snapshot %s: the row files lack its rows", path.name)
+            if not self._engine.rows_match(count, manifest.transfer_rows, manifest.balance_rows):
+                # A row file lost, replaced or damaged: the rows below the snapshot's count are
+                # not its. The journal rebuilds them (from an older snapshot, or from scratch).
+                log.warning(
+                    "removing snapshot %s: the row files do not hold its rows (lost, replaced"
+                    " or damaged); rebuilding them from the journal",
+                    path.name,
+                )
                 S.remove_snapshot(path)
                 continue
             self._engine.restore(image)
@@ -744,15 +751,18 @@ class Ledger:
 
     def _write_snapshot(self, op: int, record_checksum: int, image: Any) -> None:
         try:
-            self._engine.sync_rows(image)
+            transfer_rows, balance_rows = self._engine.sync_rows(image)
             manifest = S.Manifest(
                 identity=self._journal.identity,
                 op=op,
                 record_checksum=record_checksum,
-                rows_checksum=self._engine.rows_checksum(int(image.counters[K.C_TRANSFERS])),
+                transfer_rows=transfer_rows,
+                balance_rows=balance_rows,
             )
             S.write_snapshot(self._state_dir, manifest, image)
             self._snapshot_op = max(self._snapshot_op, op)
+            # The journal keeps it too: records the snapshot counted, lost later, are damage.
+            self._journal.mark_durable(op)
         except OSError:
             log.exception("snapshot at op %d failed; the journal still has everything", op)
 

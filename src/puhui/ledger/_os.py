@@ -41,6 +41,33 @@ def lower_io_priority() -> bool:
     return result == 0
 
 
+def fsync_path(path: os.PathLike[str] | str) -> None:
+    """``fsync`` a file or a directory by name (a directory: the names in it are durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durably(path: os.PathLike[str] | str, data: bytes) -> None:
+    """Replace the file ``path`` by ``data`` so that a crash leaves the old file or the new
+    one, never a name without its bytes: write a temporary file beside it, ``fsync`` it,
+    rename it into place, ``fsync`` the directory."""
+    target = os.fspath(path)
+    tmp = target + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, target)
+    fsync_path(os.path.dirname(target) or ".")
+
+
 def write_back(fd: int, offset: int, length: int) -> bool:
     """Write the dirty pages of a file range to the disk and wait (no metadata, no flush of
     the disk's cache: pacing, not durability). False where ``sync_file_range`` is missing."""

@@ -4,10 +4,11 @@ A snapshot is a directory ``snapshots/<op>/`` holding the mutable state (``State
 as ``.npy`` files) and ``manifest.json`` with the journal identity, the last journalled
 operation it includes, that record's checksum (so that a journal which lost the record — restored
 from a backup, or a copy of the ledger that went its own way — is not taken for the one the
-state was built from), a checksum of the newest transfer and balance rows below its count as
-the row files hold them (``Engine.rows_checksum``: a lost or foreign row file is noticed), and a
-CRC-32 of every file. It is written into a temporary directory,
-fsynced, then renamed into place, so a crash never leaves a half-written snapshot visible.
+state was built from), the digests of every transfer and balance row below its count, a piece
+of 1 MiB at a time (``Engine.sync_rows``; ``transfer_rows.npy``, ``balance_rows.npy``: a lost,
+foreign or damaged row file is noticed, whichever row is hit), and a CRC-32 of every file.
+It is written into a temporary directory, fsynced, then renamed into place, so a crash never
+leaves a half-written snapshot visible.
 Transfer and balance rows below the snapshot's count are fsynced before the manifest is
 written: they never change after being written.
 """
@@ -28,11 +29,14 @@ from ._engine import StateImage
 from ._errors import SnapshotCorruptError
 
 SNAPSHOTS_KEPT = 2
-FORMAT = 2
-"""2: the manifest holds the checksums of the journal record at its op and of the rows."""
+FORMAT = 3
+"""3: the digests of every row below the count (2 had a checksum of the newest rows only; such
+a snapshot is skipped, and the state rebuilt from the journal)."""
+ROW_DIGESTS = ("transfer_rows", "balance_rows")
+"""The files (``.npy``) of the row digests beside the state's arrays."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Manifest:
     identity: str
     """The journal's."""
@@ -40,8 +44,10 @@ class Manifest:
     """The last journal record the state includes."""
     record_checksum: int
     """The checksum of that record's payload (0 for op 0)."""
-    rows_checksum: int
-    """``Engine.rows_checksum`` of the state's transfer count."""
+    transfer_rows: np.ndarray[Any, Any]
+    """The digests of the transfer rows below the state's count (``Engine.sync_rows``)."""
+    balance_rows: np.ndarray[Any, Any]
+    """The digests of their balance rows."""
 
 
 def _fsync_dir(path: Path) -> None:
@@ -72,20 +78,22 @@ def write_snapshot(root: Path, manifest: Manifest, image: StateImage) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     checksums: dict[str, int] = {}
-    for field in fields(StateImage):
-        array: np.ndarray[Any, Any] = getattr(image, field.name)
-        path = tmp / f"{field.name}.npy"
-        with path.open("wb") as f:
-            np.save(f, array, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        checksums[field.name] = _crc_file(path)
+    arrays: dict[str, np.ndarray[Any, Any]] = {
+        f.name: getattr(image, f.name) for f in fields(image)
+    }
+    arrays.update(transfer_rows=manifest.transfer_rows, balance_rows=manifest.balance_rows)
+    for name, array in arrays.items():
+        path = tmp / f"{name}.npy"
+        with path.open("wb") as out:
+            np.save(out, array, allow_pickle=False)
+            out.flush()
+            os.fsync(out.fileno())
+        checksums[name] = _crc_file(path)
     content = {
         "format": FORMAT,
         "identity": manifest.identity,
         "op": op,
         "record_checksum": manifest.record_checksum,
-        "rows_checksum": manifest.rows_checksum,
         "checksums": checksums,
     }
     with (tmp / "manifest.json").open("w") as f:
@@ -106,16 +114,17 @@ def read_snapshot(path: Path) -> tuple[Manifest, StateImage]:
         if manifest.get("format") != FORMAT:
             raise SnapshotCorruptError(f"snapshot {path.name} has unknown format")
         arrays: dict[str, np.ndarray[Any, Any]] = {}
-        for field in fields(StateImage):
-            file = path / f"{field.name}.npy"
-            if _crc_file(file) != manifest["checksums"][field.name]:
-                raise SnapshotCorruptError(f"snapshot {path.name}: {field.name} fails its checksum")
-            arrays[field.name] = np.load(file, allow_pickle=False)
+        for name in [*(f.name for f in fields(StateImage)), *ROW_DIGESTS]:
+            file = path / f"{name}.npy"
+            if _crc_file(file) != manifest["checksums"][name]:
+                raise SnapshotCorruptError(f"snapshot {path.name}: {name} fails its checksum")
+            arrays[name] = np.load(file, allow_pickle=False)
         described = Manifest(
             identity=str(manifest["identity"]),
             op=int(manifest["op"]),
             record_checksum=int(manifest["record_checksum"]),
-            rows_checksum=int(manifest["rows_checksum"]),
+            transfer_rows=arrays.pop("transfer_rows"),
+            balance_rows=arrays.pop("balance_rows"),
         )
         return described, StateImage(**arrays)
     except (OSError, ValueError, KeyError) as error:
