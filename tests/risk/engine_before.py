@@ -20,7 +20,11 @@ import numpy as np
 import numpy.typing as npt
 
 from puhui.risk import Decision, EventKind, RiskDecision, RiskEvent, RiskLists, Ruleset
-from puhui.risk._engine import _hit_text  # the reasons' text, as the engine writes it
+from puhui.risk._engine import (  # the reasons' text and the engine's features, as it has them
+    ENGINE_FEATURES,
+    TRUSTED_LONG_AGO_NS,
+    _hit_text,
+)
 from puhui.risk._features import FEATURE_SCHEMA, FeatureStore, InvalidRiskEventError
 from puhui.risk._log import DecisionLog
 from puhui.risk._model import RiskModel
@@ -177,8 +181,9 @@ class EngineBefore:
         self.log = log
         self.explain_top = explain_top
         self._lock = threading.Lock()
-        self._trusted: dict[int, set[str]] = {}
-        """Devices each customer used in an accepted event (or confirmed by step-up)."""
+        self._trusted: dict[int, dict[str, int]] = {}
+        """Devices each customer used in an accepted event (or confirmed by step-up), with
+        when each was first trusted (added with ``device.trusted_for_s``)."""
         self._schema_names: tuple[str, ...] = ()
         self._schema_hash = ""
 
@@ -204,6 +209,7 @@ class EngineBefore:
         # customer confirmed it by step-up): a rejected or failed attempt must not make the
         # attacker's phone familiar. Trust is as of the start of the batch.
         feats["device.new_for_customer"] = self._untrusted(columns)
+        feats["device.trusted_for_s"] = self._trusted_for(columns)
         n = len(columns["kind"])
         model_score = np.zeros(n, dtype=np.int64)
         if self.model is not None:
@@ -274,7 +280,7 @@ class EngineBefore:
 
     def _untrusted(self, columns: Mapping[str, npt.NDArray[Any]]) -> npt.NDArray[np.bool_]:
         trusted = self._trusted
-        empty: set[str] = set()
+        empty: dict[str, int] = {}
         return np.fromiter(
             (
                 str(device) not in trusted.get(int(customer), empty)
@@ -284,20 +290,34 @@ class EngineBefore:
             count=len(columns["device"]),
         )
 
+    def _trusted_for(self, columns: Mapping[str, npt.NDArray[Any]]) -> npt.NDArray[np.float64]:
+        out = np.full(len(columns["device"]), np.nan)
+        for i, (customer, device, at) in enumerate(
+            zip(columns["customer_id"], columns["device"], columns["at_ns"], strict=True)
+        ):
+            since = self._trusted.get(int(customer), {}).get(str(device))
+            if since is not None:
+                out[i] = max(0.0, (int(at) - since) / 1e9)
+        return out
+
     def _learn_trust(
         self, columns: Mapping[str, npt.NDArray[Any]], severity: npt.NDArray[Any]
     ) -> None:
-        for customer, device, level in zip(
-            columns["customer_id"], columns["device"], severity, strict=True
+        for customer, device, level, at in zip(
+            columns["customer_id"], columns["device"], severity, columns["at_ns"], strict=True
         ):
             if level == 0 and device:
-                self._trusted.setdefault(int(customer), set()).add(str(device))
+                self._trust(int(customer), str(device), int(at))
 
     def trust_device(self, customer_id: int, device_id: str) -> None:
         """The customer proved this device is theirs (passed a step-up on it)."""
         if device_id:
             with self._lock:
-                self._trusted.setdefault(customer_id, set()).add(device_id)
+                self._trust(customer_id, device_id, max(self.features.watermark_ns, 0))
+
+    def _trust(self, customer: int, device: str, at: int) -> None:
+        mine = self._trusted.setdefault(customer, {})
+        mine.setdefault(device, at if mine else TRUSTED_LONG_AGO_NS)  # the first: long ago
 
     # --- the decision log ------------------------------------------------------------------
 
@@ -311,7 +331,8 @@ class EngineBefore:
         shadow: npt.NDArray[np.float64],
     ) -> None:
         assert self.log is not None
-        numeric = [k for k in FEATURE_SCHEMA if k in feats] + ["model.score", "model.shadow_score"]
+        numeric = [k for k in (*FEATURE_SCHEMA, *ENGINE_FEATURES) if k in feats]
+        numeric += ["model.score", "model.shadow_score"]
         names = tuple(numeric)
         if names != self._schema_names:
             self._schema_names = names

@@ -30,6 +30,9 @@ BENIGN: Final[dict[str, Any]] = {
     "customer.amount_percentile": 0.5,
     "customer.amount_zscore": 0.0,
     "customer.count_1h": 0,
+    "customer.count_24h": 0,
+    "customer.sum_24h": 0,
+    "customer.outflow_24h": 0,
     "customer.kyc_level": 2,
     "customer.since_device_change_s": 400 * DAY,
     "customer.since_password_reset_s": 400 * DAY,
@@ -37,8 +40,13 @@ BENIGN: Final[dict[str, Any]] = {
     "counterparty.distinct_payers_24h": 0,
     "counterparty.first_payment": False,
     "counterparty.passthrough_ratio_24h": 0.0,
+    "counterparty.sum_24h": 0,
+    "counterparty.count_1h": 0,
+    "counterparty.sum_1h": 0,
+    "counterparty.sum_30d": 0,
     "device.count_1h": 1,
     "device.new_for_customer": False,
+    "device.trusted_for_s": 400 * DAY,
     "location.distance_km": 0.0,
     "location.speed_kmh": 0.0,
     "model.score": 0,
@@ -145,6 +153,22 @@ CASES: Final[dict[str, list[tuple[dict[str, Any], dict[str, Any]]]]] = {
                 "event.type": "withdrawal",
                 "customer.account_age_s": 2 * WEEK - 1,
                 "customer.amount_history_count": 9,
+                "customer.outflow_24h": 19_999,
+                "event.amount": 1,
+            },
+            {
+                "event.type": "p2p",
+                "customer.account_age_s": 2 * WEEK - 1,
+                "customer.amount_history_count": 9,
+                "customer.outflow_24h": 19_999,
+                "event.amount": 1,
+            },
+        ),
+        (
+            {
+                "event.type": "withdrawal",
+                "customer.account_age_s": 2 * WEEK - 1,
+                "customer.amount_history_count": 9,
                 "event.amount": 20_000,
             },
             {
@@ -152,6 +176,255 @@ CASES: Final[dict[str, list[tuple[dict[str, Any], dict[str, Any]]]]] = {
                 "customer.account_age_s": 2 * WEEK - 1,
                 "customer.amount_history_count": 10,
                 "event.amount": 20_000,
+            },
+        ),
+    ],
+    "ato.money_out_on_new_device": [
+        (
+            {
+                "device.trusted_for_s": DAY - 1,
+                "counterparty.first_payment": True,
+                "event.amount": 20_000,
+            },
+            {
+                "device.trusted_for_s": DAY,
+                "counterparty.first_payment": True,
+                "event.amount": 20_000,
+            },
+        ),
+        (
+            {
+                "device.trusted_for_s": 600,
+                "customer.account_age_s": 600 + WEEK + 1,
+                "event.type": "withdrawal",
+                "event.amount": 20_000,
+            },
+            {
+                "device.trusted_for_s": 600,
+                "customer.account_age_s": 600 + WEEK,
+                "event.type": "withdrawal",
+                "event.amount": 20_000,
+            },
+        ),
+        (
+            {
+                "device.trusted_for_s": 600,
+                "event.type": "payment",
+                "event.amount": 20_000,
+                "counterparty.first_payment": True,
+            },
+            {
+                "device.trusted_for_s": 600,
+                "event.type": "payment",
+                "event.amount": 19_999,
+                "counterparty.first_payment": True,
+            },
+        ),
+    ],
+    "ato.drain_after_change": [
+        (
+            {
+                "customer.since_password_reset_s": 600,
+                "counterparty.count_1h": 1,
+                "counterparty.sum_1h": 49_999,
+                "event.amount": 1,
+            },
+            {
+                "customer.since_password_reset_s": 600,
+                "counterparty.count_1h": 1,
+                "counterparty.sum_1h": 49_998,
+                "event.amount": 1,
+            },
+        ),
+        (
+            {
+                "customer.since_password_reset_s": 600,
+                "counterparty.count_1h": 1,
+                "event.amount": 50_000,
+            },
+            {
+                "customer.since_password_reset_s": 600,
+                "counterparty.count_1h": 0,
+                "event.amount": 50_000,
+            },
+        ),
+        (
+            {
+                "customer.since_device_change_s": DAY - 1,
+                "counterparty.count_1h": 1,
+                "event.amount": 50_000,
+            },
+            {
+                "customer.since_device_change_s": DAY,
+                "counterparty.count_1h": 1,
+                "event.amount": 50_000,
+            },
+        ),
+        (
+            {"device.trusted_for_s": DAY - 1, "counterparty.count_1h": 1, "event.amount": 50_000},
+            {
+                "device.trusted_for_s": DAY - 1,
+                "counterparty.count_1h": 1,
+                "event.type": "withdrawal",
+                "event.amount": 50_000,
+            },
+        ),
+    ],
+    "ato.new_card_cash_out": [
+        (
+            {
+                "event.type": "withdrawal",
+                "counterparty.first_payment": True,
+                "event.amount": 20_000,
+                "customer.since_password_reset_s": WEEK - 1,
+            },
+            {
+                "event.type": "withdrawal",
+                "counterparty.first_payment": True,
+                "event.amount": 20_000,
+                "customer.since_password_reset_s": WEEK,
+            },
+        ),
+        (
+            {
+                "event.type": "withdrawal",
+                "counterparty.first_payment": True,
+                "event.amount": 20_000,
+                "device.trusted_for_s": WEEK - 1,
+            },
+            {
+                "event.type": "withdrawal",
+                "counterparty.first_payment": False,
+                "event.amount": 20_000,
+                "device.trusted_for_s": WEEK - 1,
+            },
+        ),
+    ],
+    "mule.fan_in_first_payments": [
+        (
+            {
+                "counterparty.first_payment": True,
+                "counterparty.distinct_payers_24h": 2,
+                "counterparty.sum_24h": 100_000,
+                "event.amount": 50_000,
+            },
+            {
+                "counterparty.first_payment": True,
+                "counterparty.distinct_payers_24h": 1,
+                "counterparty.sum_24h": 100_000,
+                "event.amount": 50_000,
+            },
+        ),
+        (
+            {
+                "counterparty.first_payment": True,
+                "counterparty.distinct_payers_24h": 2,
+                "counterparty.sum_24h": 100_000,
+                "event.amount": 50_000,
+            },
+            {
+                "counterparty.first_payment": True,
+                "counterparty.distinct_payers_24h": 2,
+                "counterparty.sum_24h": 99_999,
+                "event.amount": 50_000,
+            },
+        ),
+    ],
+    "mule.fan_in_young_payers": [
+        (
+            {"customer.account_age_s": DAY - 1, "counterparty.distinct_payers_24h": 2},
+            {"customer.account_age_s": DAY, "counterparty.distinct_payers_24h": 2},
+        ),
+    ],
+    "mule.pass_through_large": [
+        (
+            {
+                "event.amount": 100_000,
+                "counterparty.sum_24h": 100_000,
+                "counterparty.passthrough_ratio_24h": 0.81,
+            },
+            {
+                "event.amount": 100_000,
+                "counterparty.sum_24h": 99_999,
+                "counterparty.passthrough_ratio_24h": 0.81,
+            },
+        ),
+    ],
+    "cash.unusual_to_new_card": [
+        (
+            {
+                "event.type": "withdrawal",
+                "counterparty.first_payment": True,
+                "event.amount": 100_000,
+                "customer.amount_percentile": 0.971,
+            },
+            {
+                "event.type": "withdrawal",
+                "counterparty.first_payment": True,
+                "event.amount": 100_000,
+                "customer.amount_percentile": 0.97,
+            },
+        ),
+    ],
+    "cards.binding_spree": [
+        (
+            {
+                "event.type": "card_binding",
+                "customer.account_age_s": 30 * DAY - 1,
+                "customer.count_24h": 3,
+            },
+            {
+                "event.type": "card_binding",
+                "customer.account_age_s": 30 * DAY - 1,
+                "customer.count_24h": 2,
+            },
+        ),
+    ],
+    "cards.charge_after_tests": [
+        (
+            {
+                "event.type": "top_up",
+                "customer.account_age_s": 30 * DAY - 1,
+                "event.amount": 50_000,
+                "customer.count_24h": 2,
+                "customer.sum_24h": 4_000,
+            },
+            {
+                "event.type": "top_up",
+                "customer.account_age_s": 30 * DAY - 1,
+                "event.amount": 50_000,
+                "customer.count_24h": 2,
+                "customer.sum_24h": 4_001,
+            },
+        ),
+    ],
+    "scam.sudden_inflow_quiet_payee": [
+        (
+            {
+                "counterparty.account_age_s": 90 * DAY - 1,
+                "event.amount": 50_000,
+                "counterparty.sum_24h": 250_000,
+                "counterparty.sum_30d": 299_999,
+            },
+            {
+                "counterparty.account_age_s": 90 * DAY - 1,
+                "event.amount": 50_000,
+                "counterparty.sum_24h": 250_000,
+                "counterparty.sum_30d": 300_000,
+            },
+        ),
+        (
+            {
+                "counterparty.account_age_s": 90 * DAY - 1,
+                "event.amount": 250_000,
+                "counterparty.sum_24h": 50_000,
+                "counterparty.sum_30d": 50_000,
+            },
+            {
+                "counterparty.account_age_s": 90 * DAY - 1,
+                "event.amount": 250_001,
+                "counterparty.sum_24h": 49_999,
+                "counterparty.sum_30d": 49_999,
             },
         ),
     ],

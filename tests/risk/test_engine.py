@@ -11,7 +11,13 @@ import pytest
 
 from puhui.clock import ManualClock
 from puhui.risk import Decision, EventKind, RiskEvent, RiskLists, load_ruleset, parse_ruleset
-from puhui.risk._engine import DEFAULT_RULES, RiskEngine, engine_schema, event_columns
+from puhui.risk._engine import (
+    DEFAULT_RULES,
+    TRUSTED_LONG_AGO_NS,
+    RiskEngine,
+    engine_schema,
+    event_columns,
+)
 from puhui.risk._log import DecisionLog
 
 T0 = 1_767_000_000 * 10**9
@@ -130,7 +136,9 @@ def test_trusted_devices_survive_a_restart(tmp_path: Path) -> None:
     engine([_event(0, 1_000, device="tablet")])
     engine.snapshot(tmp_path / "state")
     saved = json.loads((tmp_path / "state" / "features.json").read_text())
-    assert saved["trusted"] == [[7, "phone"], [7, "tablet"]]  # least recently used first
+    # least recently used first, each with when it was first trusted (the customer's first
+    # device: long ago)
+    assert saved["trusted"] == [[7, "phone", TRUSTED_LONG_AGO_NS], [7, "tablet", T0]]
     engine([_event(1, 1_000, device="laptop"), _event(2, 1_000, device="evil")])
     _close(engine)
     restarted = _engine(tmp_path / "other", clock)
@@ -141,7 +149,44 @@ def test_trusted_devices_survive_a_restart(tmp_path: Path) -> None:
         [7, 7, 7, 7, 8], ["phone", "tablet", "laptop", "evil", "phone"]
     )
     assert untrusted.tolist() == [False, False, False, True, True]
+    assert restarted._trusted == engine._trusted  # and since when, from snapshot and log
+    assert restarted._trusted[7, "laptop"] == T0 + 60 * 10**9
     _close(restarted)
+
+
+def test_the_engine_says_for_how_long_a_device_has_been_trusted(tmp_path: Path) -> None:
+    """``device.trusted_for_s``: NaN on a device not trusted yet (a challenged login does
+    not make it trusted), then the seconds since its first accepted event or passed step-up
+    (using it again does not restart the count); the customer's first device counts as
+    trusted long ago; logged with the other features."""
+    from puhui.risk import find_decisions
+
+    clock = ManualClock(T0)
+    login_rule = """
+[[rule]]
+id = "login.new"
+description = "a login from a new device"
+when = 'event.type == "login" and device.new_for_customer'
+action = "challenge"
+priority = 3
+status = "active"
+owner = "t"
+"""
+    rules = parse_ruleset(RULES + login_rule, engine_schema())
+    engine = RiskEngine(rules, lists=RiskLists(clock), log=DecisionLog(tmp_path / "log"))
+    seen: list[float | None] = []
+    engine([_event(-1, 1_000, device="home")])  # the phone the customer came with
+    for k, kind in enumerate([EventKind.LOGIN, EventKind.LOGIN, EventKind.P2P, EventKind.P2P]):
+        engine([_event(k, 1_000 if kind is EventKind.P2P else 0, device="new", kind=kind)])
+        if k == 1:
+            engine.trust_device(7, "new")  # the step-up of the second login passed
+    engine([_event(10, 1_000, device="new")])
+    engine.log.flush()  # type: ignore[union-attr]
+    for found in find_decisions(tmp_path / "log", customer_id=7):
+        seen.append(found.features["device.trusted_for_s"])
+    assert seen[0] is None  # the first device: not trusted before its first event
+    assert seen[1:] == [None, None, 60.0, 120.0, 540.0]  # None: NaN, not trusted
+    _close(engine)
 
 
 def test_trusted_devices_are_bounded_the_least_recently_used_forgotten(tmp_path: Path) -> None:

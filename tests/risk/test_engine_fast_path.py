@@ -19,6 +19,7 @@ from puhui.clock import SystemClock
 from puhui.risk import FEATURE_SCHEMA, RiskDecision, RiskEvent, RiskLists, parse_ruleset
 from puhui.risk._engine import (
     DEFAULT_RULES,
+    ENGINE_FEATURES,
     RiskEngine,
     engine_schema,
     event_columns,
@@ -208,7 +209,7 @@ def test_a_simulated_day_logs_the_same_records(day: _Day) -> None:
             equal_nan = column.dtype.kind == "f"
             assert np.array_equal(column, other, equal_nan=equal_nan), name
     features = np.concatenate([r.columns["features"] for r in now])
-    assert features.shape[1] == len(FEATURE_SCHEMA) + 2
+    assert features.shape[1] == len(FEATURE_SCHEMA) + len(ENGINE_FEATURES) + 2
     assert sorted(p.name for p in day.log_now.glob("schema-*.json")) == sorted(
         p.name for p in day.log_before.glob("schema-*.json")
     )

@@ -64,6 +64,17 @@ EVENT_COLUMNS: Final = {
     "event.card": "The card (``card:<id>``) of a top-up or withdrawal, else empty.",
 }
 """Features the engine adds from the events themselves, for rules and lists."""
+ENGINE_FEATURES: Final = {
+    "device.trusted_for_s": (
+        "Seconds since the engine first trusted this device for this customer (an accepted "
+        "event from it or a passed step-up on it); the customer's first trusted device (the "
+        "one they came with) counts as trusted since long ago (2**62 ns before the epoch, "
+        "about 4.6e9 s); NaN while it is not trusted."
+    ),
+}
+"""Numeric features the engine adds from its own state (logged with the store's)."""
+TRUSTED_LONG_AGO_NS: Final = -(2**62)
+"""When a device trusted in a snapshot written before trust times were kept was trusted."""
 
 
 def engine_schema() -> dict[str, FeatureType]:
@@ -73,6 +84,8 @@ def engine_schema() -> dict[str, FeatureType]:
         schema[name] = FeatureType.BOOLEAN if spec.type == "bool" else FeatureType.NUMBER
     for name in EVENT_COLUMNS:
         schema[name] = FeatureType.CATEGORY
+    for name in ENGINE_FEATURES:
+        schema[name] = FeatureType.NUMBER
     schema["model.score"] = FeatureType.NUMBER
     schema["model.shadow_score"] = FeatureType.NUMBER
     return schema
@@ -335,13 +348,17 @@ class RiskEngine:
         self.explain_top = explain_top
         self._lock = threading.Lock()
         self._snapshotting = threading.Lock()
-        self._trusted: dict[tuple[int, str], None] = {}
+        self._trusted: dict[tuple[int, str], int] = {}
         """(customer, device) of each device a customer used in an accepted event (or
-        confirmed by step-up), least recently used first: at most ``trusted_max`` (the
-        feature store's ``pairs_max``), the least recently used forgotten beyond it (a device
-        forgotten is new again: more checks, never fewer). One dict of pairs, not a set per
-        customer: a plain dict of tuples of an int and a str leaves the garbage collector's
-        care, a million small sets would not."""
+        confirmed by step-up), with the time it was first trusted (ns; ``TRUSTED_LONG_AGO_NS``
+        for the first device the engine trusts for a customer: the one they came with, as
+        old as the customer is to the engine), least recently used first: at most
+        ``trusted_max`` (the feature store's ``pairs_max``), the least recently used
+        forgotten beyond it (a device forgotten is new again: more checks, never fewer). One
+        dict of pairs, not a set per customer: a plain dict of tuples of an int and a str
+        leaves the garbage collector's care, a million small sets would not."""
+        self._devices_of: dict[int, int] = {}
+        """How many devices of each customer ``_trusted`` holds."""
         self._schema_names: tuple[str, ...] = ()
         self._schema_hash = ""
 
@@ -382,7 +399,9 @@ class RiskEngine:
             # A device is new for a customer until an event from it was accepted (or the
             # customer confirmed it by step-up): a rejected or failed attempt must not make
             # the attacker's phone familiar. Trust is as of the start of the batch.
-            from_events["device.new_for_customer"] = self._untrusted(customers, devices)
+            untrusted, trusted_for = self._trust_of(customers, devices, columns["at_ns"])
+            from_events["device.new_for_customer"] = untrusted
+            from_events["device.trusted_for_s"] = trusted_for
 
         # Each chunk of events is scored, judged by the rules and explained as soon as its
         # features are ready, while the store's pass over the next chunk runs on the other
@@ -434,7 +453,7 @@ class RiskEngine:
         # Every accepted event teaches: a new device becomes trusted, a trusted one becomes
         # the most recently used (kept the longest under ``trusted_max``). The replay of the
         # log after a restart calls the same with the logged decisions.
-        self._learn_trust(customers, devices, decided.severity.tolist())
+        self._learn_trust(customers, devices, decided.severity.tolist(), columns["at_ns"].tolist())
         if self.log is not None:
             self._append(columns, feats, decided, shadow)
         return decided
@@ -529,6 +548,20 @@ class RiskEngine:
             dtype=np.bool_,
         ).reshape(len(devices))
 
+    def _trust_of(
+        self, customers: list[int], devices: list[str], at_ns: npt.NDArray[np.int64]
+    ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.float64]]:
+        """Per event: the device is not trusted for the customer (``device.new_for_customer``)
+        and for how long it has been (``device.trusted_for_s``, NaN when it is not)."""
+        trusted = self._trusted
+        since = np.array(
+            [trusted.get(pair, -1) for pair in zip(customers, devices, strict=True)],
+            dtype=np.int64,
+        ).reshape(len(devices))
+        untrusted = since == -1
+        trusted_for = np.where(untrusted, np.nan, (at_ns - since) / 1e9)
+        return untrusted, np.maximum(trusted_for, 0.0)
+
     @property
     def trusted_max(self) -> int:
         """Most (customer, device) pairs trusted at once (the feature store's ``pairs_max``)."""
@@ -538,16 +571,24 @@ class RiskEngine:
         """(customer, device) pairs trusted now."""
         return len(self._trusted)
 
-    def _learn_trust(self, customers: list[int], devices: list[str], severity: list[int]) -> None:
-        """Each accepted event's (customer, device), in order: trusted, and the most recently
-        used (the same for a decided batch and for its replay from the log)."""
+    def _learn_trust(
+        self, customers: list[int], devices: list[str], severity: list[int], at_ns: list[int]
+    ) -> None:
+        """Each accepted event's (customer, device), in order: trusted (since the event's
+        time, unless it already was; a customer's first device since long ago), and the most
+        recently used (the same for a decided batch and for its replay from the log)."""
         trusted = self._trusted
+        devices_of = self._devices_of
         pop = trusted.pop
-        for customer, device, level in zip(customers, devices, severity, strict=True):
+        for customer, device, level, at in zip(customers, devices, severity, at_ns, strict=True):
             if level == 0 and device:
                 pair = (customer, device)
-                pop(pair, None)  # to the end: the most recently used
-                trusted[pair] = None
+                since = pop(pair, None)  # to the end: the most recently used
+                if since is None:
+                    known = devices_of.get(customer, 0)
+                    devices_of[customer] = known + 1
+                    since = at if known else TRUSTED_LONG_AGO_NS
+                trusted[pair] = since
         self._forget_trust()
 
     def _forget_trust(self) -> None:
@@ -559,12 +600,21 @@ class RiskEngine:
             return
         keep = bound - bound // 8
         drop = len(self._trusted) - keep
-        self._trusted = dict.fromkeys(itertools.islice(self._trusted, drop, None))
+        self._trusted = dict(itertools.islice(self._trusted.items(), drop, None))
+        self._count_devices()
+
+    def _count_devices(self) -> None:
+        counts: dict[int, int] = {}
+        for customer, _ in self._trusted:
+            counts[customer] = counts.get(customer, 0) + 1
+        self._devices_of = counts
 
     def trust_device(self, customer_id: int, device_id: str) -> None:
-        """The customer proved this device is theirs (passed a step-up on it)."""
-        with self._lock:  # as an accepted event from it
-            self._learn_trust([customer_id], [device_id], [0])
+        """The customer proved this device is theirs (passed a step-up on it): trusted from
+        the newest event seen, as an accepted event from it then."""
+        with self._lock:
+            now = max(self.features.watermark_ns, 0)
+            self._learn_trust([customer_id], [device_id], [0], [now])
 
     # --- the decision log ------------------------------------------------------------------
 
@@ -576,7 +626,8 @@ class RiskEngine:
         shadow: npt.NDArray[np.float64],
     ) -> None:
         assert self.log is not None
-        numeric = [k for k in FEATURE_SCHEMA if k in feats] + ["model.score", "model.shadow_score"]
+        numeric = [k for k in (*FEATURE_SCHEMA, *ENGINE_FEATURES) if k in feats]
+        numeric += ["model.score", "model.shadow_score"]
         names = tuple(numeric)
         if names != self._schema_names:
             self._schema_names = names
@@ -628,11 +679,12 @@ class RiskEngine:
                 if self.log is not None:
                     self.log.flush()
                 arrays = self.features.snapshot_arrays()
-                pairs = list(self._trusted)
+                pairs = list(self._trusted.items())
             # Written without the lock: decisions go on meanwhile (they waited for the write
             # and its fsyncs before). The trusted pairs in their order of use, least recent
-            # first: the restarted engine forgets the ones this one would have.
-            trusted = [[customer, device] for customer, device in pairs]
+            # first: the restarted engine forgets the ones this one would have; each with the
+            # time it was first trusted.
+            trusted = [[customer, device, since] for (customer, device), since in pairs]
             text = json.dumps({"log_next_id": next_id, "trusted": trusted})
             # The log position and the trusted devices go inside the state's own file: the
             # three are replaced together (a crash between two files would pair a new state
@@ -663,6 +715,7 @@ class RiskEngine:
                 )
                 since = int(saved["log_next_id"])
                 self._trusted = _trusted_of(saved.get("trusted", []))
+                self._count_devices()
                 self._forget_trust()
             if self.log is None:
                 return 0
@@ -673,7 +726,10 @@ class RiskEngine:
                 c = {k: v[skip:] for k, v in record.row_columns().items()}
                 self._features_of(c, None)
                 self._learn_trust(
-                    c["customer_id"].tolist(), c["device"].tolist(), c["decision"].tolist()
+                    c["customer_id"].tolist(),
+                    c["device"].tolist(),
+                    c["decision"].tolist(),
+                    c["at_ns"].tolist(),
                 )
                 replayed += len(c["kind"])
             return replayed
@@ -708,13 +764,15 @@ def _shown(value: object) -> str:
     return str(value)
 
 
-def _trusted_of(saved: list[list[Any]] | dict[str, list[str]]) -> dict[tuple[int, str], None]:
-    """The trusted pairs of a snapshot, least recently used first: a list of [customer,
-    device] in that order, or (written before 2026-11-27) devices by customer, whose order of
-    use was not kept."""
+def _trusted_of(saved: list[list[Any]] | dict[str, list[str]]) -> dict[tuple[int, str], int]:
+    """The trusted pairs of a snapshot, least recently used first, with the time each was
+    first trusted: a list of [customer, device, time] in that order; [customer, device]
+    (written on 2026-11-27, before the times were kept) or devices by customer (before that,
+    whose order of use was not kept either) are taken as trusted long ago."""
+    old = TRUSTED_LONG_AGO_NS
     if isinstance(saved, dict):
-        return dict.fromkeys((int(c), device) for c, d in saved.items() for device in d)
-    return dict.fromkeys((int(c), str(device)) for c, device in saved)
+        return dict.fromkeys(((int(c), device) for c, d in saved.items() for device in d), old)
+    return {(int(item[0]), str(item[1])): int(item[2]) if len(item) > 2 else old for item in saved}
 
 
 def _snapshot_meta(path: Path) -> dict[str, Any] | None:
