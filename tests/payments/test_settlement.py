@@ -18,6 +18,7 @@ from puhui.payments import (
     Operation,
     OperationKind,
     OperationStatus,
+    PaymentsError,
     Settlement,
     SettlementStatement,
     StatementInvalidError,
@@ -931,3 +932,39 @@ def test_reconciliation_by_the_bank_day_still_reports_what_the_bank_did_not_book
     ]
     again = reconcile(day + 3, statement_csv([(ref, "payout", 7_00, CNY, "succeeded")]))
     assert [(m.reference, m.kind) for m in again.mismatches] == [(ref, "extra_at_bank")]
+
+
+def test_one_merchant_whose_settlement_fails_does_not_keep_the_others_from_theirs(
+    market: Market, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first merchant's settlement fails (a race with another day's run, say): the run
+    used to stop there, leaving every merchant after it unpaid until a rerun. Now the others
+    are settled, the failure is logged and raised at the end, and the rerun settles it."""
+    p = market.p
+    first = market.shop
+    second = p.register_merchant("Noodles", "food", 100, "tok-noodles").id
+    assert first < second  # the run goes in merchant order: the failing one first
+    market.pay(100_00, "a")
+    op = p.pay_merchant(market.customer, merchant_qr(second), 40_00, CNY, key="b")
+    assert op.status is S.COMPLETED
+    market.world.clock.advance(DAY_NS)
+    settle_one = Settlement._settle_one
+
+    def fail_the_first(self: Settlement, merchant_id: int, code: str, day: int) -> None:
+        if merchant_id == first:
+            raise PaymentsError("settlement raced with another run; run it again")
+        settle_one(self, merchant_id, code, day)
+
+    with monkeypatch.context() as m:
+        m.setattr(Settlement, "_settle_one", fail_the_first)
+        with pytest.raises(PaymentsError, match="raced"):
+            market.settlement.settle()
+    assert "settlement of merchant" in caplog.text
+    assert p.merchant_balance(second, CNY).posted == 0  # paid out: 40.00 less its fee
+    assert market.receivable() == 100_00  # the failed one still owed
+    statements = market.settlement.settle()  # the rerun
+    assert sorted((s.merchant_id, s.payout) for s in statements) == [
+        (first, 99_00),
+        (second, 39_60),
+    ]
+    assert market.receivable() == 0

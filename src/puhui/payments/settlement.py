@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -45,6 +46,8 @@ from .model import (
     transfer_id,
 )
 from .service import INTERNAL, Operation, Payments, _hex
+
+log = logging.getLogger(__name__)
 
 _DUE_KINDS = (str(OperationKind.MERCHANT_PAYMENT), str(OperationKind.ESCROW_RELEASE))
 _UNSETTLED_INDEX: Final = "ix_payments_operations_unsettled"
@@ -176,7 +179,12 @@ class Settlement:
 
     def settle(self, day: int | None = None) -> list[SettlementStatement]:
         """Settle every merchant for business day ``day`` (default: today): pay out what was
-        completed before it. Returns the statements of the settlements this day has."""
+        completed before it. Returns the statements of the settlements this day has.
+
+        A merchant whose settlement fails (a race with another run, a partner or store
+        fault) does not keep the others from theirs: each failure is logged, the run goes on,
+        and the first failure is raised at the end (the rerun of the day, safe at any time,
+        settles what is left)."""
         day = self.today() if day is None else day
         with self.engine.connect() as conn:
             # what is owed: the partial indexes' own rows (their conditions' terms verbatim),
@@ -210,8 +218,17 @@ class Settlement:
                 if fee_id not in taken:
                     self._take_fee(settlement)
         owed = {(r[0], r[1]) for r in due} | {(r[0], r[1]) for r in declined}
+        failed: list[Exception] = []
         for merchant_id, code in sorted(owed | {(r[0], r[1]) for r in done}):
-            self._settle_one(int(merchant_id), code, day)
+            try:
+                self._settle_one(int(merchant_id), code, day)
+            except Exception as error:
+                log.exception(
+                    "settlement of merchant %s (%s) for day %s failed", merchant_id, code, day
+                )
+                failed.append(error)
+        if failed:
+            raise failed[0]
         return [self.statement(m, c, day) for m, c in self._settled(day)]
 
     def _settled(self, day: int) -> list[tuple[int, str]]:
