@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from puhui.clock import ManualClock
 from puhui.platform import AuditLog, AuditProblemKind
 from puhui.platform.model import AuditEntry, audit_hash
 from puhui.store import platform as tables
+
+from .._locks import PROMPTLY_S
 
 log_table = tables.audit_log
 
@@ -125,3 +130,53 @@ def test_an_entry_inserted_below_the_first_is_found(engine: sa.Engine, clock: Ma
     with engine.begin() as conn:
         conn.execute(log_table.insert().values(fields | {"hash": audit_hash(**fields)}))
     assert _kind_at(audit) == (-7, AuditProblemKind.CHAIN_BROKEN)
+
+
+@pytest.mark.postgres
+def test_two_first_appends_on_postgresql_at_once_make_one_chain(
+    pg_engine: sa.Engine, clock: ManualClock
+) -> None:
+    """Two servers append the store's first entries at the same moment: both read "no anchor
+    yet" (``FOR UPDATE`` locks no row that does not exist). The second used to insert the
+    anchor too and fail on its key (the request answered 500); now the anchor row is made
+    once, and the second waits for the first and chains after it."""
+    audit = AuditLog(pg_engine, clock=clock)
+    read_anchor = threading.Barrier(2, timeout=PROMPTLY_S)
+    first_reads = itertools.count()
+
+    def after_execute(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if (
+            statement.startswith("SELECT")
+            and "platform_audit_anchor" in statement
+            and next(first_reads) < 2
+        ):
+            read_anchor.wait()  # both appends have read "no anchor" before either goes on
+
+    def append(i: int) -> None:
+        audit.append(
+            tenant_id=1, key_id=None, method="POST", route="/v1/x", target=f"/{i}", status=200
+        )
+
+    sa.event.listen(pg_engine, "after_cursor_execute", after_execute)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            for done in [pool.submit(append, i) for i in range(2)]:
+                done.result()
+    finally:
+        sa.event.remove(pg_engine, "after_cursor_execute", after_execute)
+    report = audit.verify()
+    assert report.ok and report.entries == 2, report
+
+
+def test_appends_from_two_threads_keep_one_chain(engine: sa.Engine, clock: ManualClock) -> None:
+    audit = AuditLog(engine, clock=clock)
+
+    def append(i: int) -> None:
+        audit.append(
+            tenant_id=1, key_id=None, method="POST", route="/v1/x", target=f"/{i}", status=200
+        )
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(append, range(40)))
+    report = audit.verify()
+    assert report.ok and report.entries == 40, report

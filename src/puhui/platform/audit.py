@@ -11,10 +11,12 @@ can rewrite the whole log *and* the anchor can forge a consistent history: keep 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from puhui.clock import Clock, SystemClock
 from puhui.store import platform as tables
@@ -28,6 +30,18 @@ read_chunk_entries = 5000
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(AuditEntry))
 """An entry's columns, in its order."""
+
+_LOCK_ANCHOR = (
+    sa.select(tables.audit_anchor.c.head_hash, tables.audit_anchor.c.count)
+    .where(tables.audit_anchor.c.id == 1)
+    .with_for_update()
+)
+_NEW_ANCHOR = {"id": 1, "head_hash": GENESIS_HASH, "count": 0}
+
+
+def _dialect_insert(conn: sa.Connection) -> Callable[[sa.Table], Any]:
+    """The dialect's ``insert`` (PostgreSQL's or SQLite's: both have ``ON CONFLICT``)."""
+    return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,16 +83,16 @@ class AuditLog:
         now = self.clock.now_ns()
         entries: list[AuditEntry] = []
         with self.engine.begin() as conn:
-            row = conn.execute(
-                sa.select(anchor.c.head_hash, anchor.c.count)
-                .where(anchor.c.id == 1)
-                .with_for_update()
-            ).first()
+            row = conn.execute(_LOCK_ANCHOR).first()
             if row is None:
-                prev_hash, count = GENESIS_HASH, 0
-                conn.execute(anchor.insert().values(id=1, head_hash=GENESIS_HASH, count=0))
-            else:
-                prev_hash, count = str(row[0]), int(row[1])
+                # The store's first append. Another one (a second server) may be making the
+                # anchor row at this very moment: ``FOR UPDATE`` locked no row, so both got
+                # here. Insert it unless it exists (waiting for an uncommitted one), then
+                # lock and read it again: the later append chains after the earlier one
+                # instead of failing on the anchor's key.
+                conn.execute(_dialect_insert(conn)(anchor).on_conflict_do_nothing(), _NEW_ANCHOR)
+                row = conn.execute(_LOCK_ANCHOR).one()
+            prev_hash, count = str(row[0]), int(row[1])
             for record in records:
                 count += 1
                 method = record.method.upper()[:8]
