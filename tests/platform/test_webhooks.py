@@ -4,6 +4,7 @@ tenant isolation (a receiver in the test answers through httpx2's MockTransport)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import random
@@ -1035,3 +1036,78 @@ def test_a_replay_racing_the_pruning_of_its_event_is_queued_or_not_found(
         assert answers == {"replay": 1, "prune": 0}
         assert [(d.state, d.id) for d in deliveries] == [("pending", event_id)]
         assert events == [event_id]
+
+
+@pytest.mark.parametrize("trickled", ["head", "body"])
+def test_a_receiver_that_trickles_its_answer_cannot_hold_the_worker_past_the_timeout(
+    engine: sa.Engine, clock: ManualClock, trickled: str
+) -> None:
+    """A receiver that sends its answer a byte at a time, each within the client's read
+    timeout, used to hold its attempt — and the worker's whole round, every tenant's
+    deliveries — for as long as it liked (a 64 KiB head at a byte per 9 s: hours), past the
+    lease, so another server sent the event again meanwhile. ``request_timeout_s`` now
+    bounds the whole attempt: a head not in by then is a failed attempt (retried); a status
+    already in counts, the rest of the body is not waited for."""
+    tick_s, timeout_s = 0.05, 0.5
+
+    async def scenario() -> tuple[int, float, bool]:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            if trickled == "head":
+                writer.write(b"HTTP/1.1 200 OK\r\n")
+                trickle = itertools.repeat(b"X")  # an endless header line
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
+                trickle = itertools.repeat(b".")
+            try:
+                for byte in trickle:
+                    if stop.is_set():
+                        break
+                    writer.write(byte)
+                    await writer.drain()
+                    await asyncio.sleep(tick_s)
+            except ConnectionError:
+                pass
+            finally:
+                writer.close()
+                with contextlib.suppress(ConnectionError):
+                    await writer.wait_closed()
+
+        stop = asyncio.Event()
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        w.create_endpoint(tenant.id, f"http://127.0.0.1:{port}/hook", ["*"])
+        with engine.begin() as conn:
+            w.record(conn, tenant.id, EventType.PAYMENT_SUCCEEDED, {"amount": "1"})
+        try:
+            async with DeliveryWorker(w, unit_random=lambda: ALMOST_ONE) as worker:
+                started = time.monotonic()
+                try:
+                    made = await asyncio.wait_for(worker.run_once(), 20 * timeout_s)
+                except TimeoutError:
+                    return 0, time.monotonic() - started, True
+                return made, time.monotonic() - started, False
+        finally:
+            stop.set()
+            server.close()
+            await asyncio.sleep(2 * tick_s)  # the handlers see ``stop`` and close
+
+    tenant = Tenants(engine, clock=clock).create("Bank T", "bank")
+    w = Webhooks(
+        engine,
+        clock=clock,
+        options=WebhookOptions(retry=SCHEDULE, loopback_allowed=True, request_timeout_s=timeout_s),
+    )
+    made, took_s, stuck = asyncio.run(scenario())
+    assert not stuck, f"the round was still waiting for the receiver after {took_s:.1f} s"
+    assert made == 1 and took_s < 4 * timeout_s
+    [event] = w.events(tenant.id)
+    [delivery] = w.deliveries(tenant.id, event.id)
+    if trickled == "head":
+        assert (delivery.state, delivery.last_status, delivery.last_error) == (
+            DeliveryState.PENDING,
+            None,
+            "TimeoutError",
+        )
+    else:
+        assert (delivery.state, delivery.last_status) == (DeliveryState.DELIVERED, 200)
