@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import httpx2
 import pytest
@@ -140,6 +140,26 @@ def test_a_signature_verifies_and_a_tampered_body_or_stale_time_does_not() -> No
     # During a rotation a header may carry two signatures: either may match.
     rotated = f"{header},v1={'f' * 64}"
     assert verify_signature(secret, rotated, body, now_s=t)
+
+
+def test_a_signature_header_with_foreign_characters_is_refused_not_a_crash() -> None:
+    """A receiver hands ``verify_signature`` whatever header arrived (frameworks decode
+    header bytes as Latin-1): a ``v1`` value with a character beyond ASCII used to raise
+    ``TypeError`` from ``hmac.compare_digest`` (the receiver's 500), and the docs' example
+    also took a timestamp of superscript digits (``str.isdigit``) and raised ``ValueError``.
+    Both now refuse it, and the other ``v1`` values are still tried."""
+    secret, body, t = "whsec_abc", b"{}", 1_767_225_600
+    good = signature_header(secret, t, body)
+    for header in (f"t={t},v1=\u00e9", f"t={t},v1=\u00e9{'0' * 63}", "t=\u00b2,v1=00"):
+        assert not verify_signature(secret, header, body, now_s=t)
+    assert verify_signature(secret, f"{good},v1=\u00e9", body, now_s=t)
+    assert verify_signature(secret, f"t={t},v1=\u00e9,{good.split(',')[1]}", body, now_s=t)
+    example = _docs_receiver_example()
+    now = int(time.time())
+    good = signature_header(secret, now, body)
+    for header in (f"t={now},v1=\u00e9", "t=\u00b2,v1=00", f"t={now},v1=00,v1=\u00e9"):
+        assert not example(secret, header, body), header
+    assert example(secret, f"{good},v1=\u00e9", body)
 
 
 def test_the_signature_is_the_documented_hmac_of_timestamp_dot_body() -> None:
@@ -536,10 +556,9 @@ def test_the_events_listing_reads_its_index(setup: Setup) -> None:
     ], plan
 
 
-def test_the_receivers_example_in_the_docs_verifies_our_signatures() -> None:
-    """The Python example of docs/api.md agrees with ``signature_header``."""
+def _docs_receiver_example() -> Callable[[str, str, bytes], bool]:
+    """The receiver's ``verify_signature`` of docs/api.md, run."""
     import re
-    import time
     from pathlib import Path
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text(encoding="utf-8")
@@ -549,6 +568,12 @@ def test_the_receivers_example_in_the_docs_verifies_our_signatures() -> None:
     exec(compile(example, "docs/api.md", "exec"), namespace)
     verify = namespace["verify_signature"]
     assert callable(verify)
+    return cast(Callable[[str, str, bytes], bool], verify)
+
+
+def test_the_receivers_example_in_the_docs_verifies_our_signatures() -> None:
+    """The Python example of docs/api.md agrees with ``signature_header``."""
+    verify = _docs_receiver_example()
     now = int(time.time())  # the example checks against the receiver's real clock
     body = b'{"id":"evt_1"}'
     header = signature_header("whsec_doc", now, body)

@@ -663,7 +663,9 @@ def verify_signature(
         name, _, value = part.strip().partition("=")
         if name == "t" and value.isascii() and value.isdigit() and len(value) <= 12:
             timestamp = int(value)
-        elif name == SIGNATURE_VERSION:
+        elif name == SIGNATURE_VERSION and value.isascii():
+            # (``compare_digest`` raises on a str beyond ASCII: a header's text is whatever
+            # arrived, and a signature of ours never has such a character)
             candidates.append(value)
     if timestamp is None or not candidates:
         return False
