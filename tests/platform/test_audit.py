@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from puhui.clock import ManualClock
-from puhui.platform import AuditLog, AuditProblemKind
+from puhui.platform import AuditLog, AuditProblemKind, AuditRecord
 from puhui.platform.model import AuditEntry, audit_hash
 from puhui.store import platform as tables
 
@@ -180,3 +180,22 @@ def test_appends_from_two_threads_keep_one_chain(engine: sa.Engine, clock: Manua
         list(pool.map(append, range(40)))
     report = audit.verify()
     assert report.ok and report.entries == 40, report
+
+
+def test_a_path_with_control_characters_is_audited_escaped(
+    engine: sa.Engine, clock: ManualClock
+) -> None:
+    """A request's path is decoded: ``POST /v1/payments/customers/%00/top-ups`` matches its
+    route (and is refused 422) with a NUL in its target. PostgreSQL's text cannot hold one:
+    the append failed, and with it every request of its group commit (all answered 500,
+    none audited). Control characters are now kept as their ``%XX`` escapes."""
+    audit = _log(engine, clock, 1)
+    audit.append_many(
+        [
+            AuditRecord(1, None, "POST", "/v1/x/{id}", "/v1/x/\x00/y\x1f\x7f", 422),
+            AuditRecord(2, None, "POST", "/v1/x/{id}", "/v1/x/1", 200),
+        ]
+    )
+    assert [e.target for e in audit.entries()][1:] == ["/v1/x/%00/y%1F%7F", "/v1/x/1"]
+    report = audit.verify()
+    assert report.ok and report.entries == 3

@@ -11,6 +11,7 @@ can rewrite the whole log *and* the anchor can forge a consistent history: keep 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,16 @@ _LOCK_ANCHOR = (
     .with_for_update()
 )
 _NEW_ANCHOR = {"id": 1, "head_hash": GENESIS_HASH, "count": 0}
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _escape_controls(text: str) -> str:
+    """``text`` with each control character as its ``%XX`` escape. A request's path is
+    decoded (``%00`` arrives as NUL), and PostgreSQL's text cannot hold a NUL: an entry with
+    one failed, and with it the whole group of requests being audited (each a 500)."""
+    return _CONTROL.sub(lambda match: f"%{ord(match.group()):02X}", text)
 
 
 def _dialect_insert(conn: sa.Connection) -> Callable[[sa.Table], Any]:
@@ -96,8 +107,8 @@ class AuditLog:
             for record in records:
                 count += 1
                 method = record.method.upper()[:8]
-                route = record.route[:route_chars_max]
-                target = record.target[:target_chars_max]
+                route = _escape_controls(record.route)[:route_chars_max]
+                target = _escape_controls(record.target)[:target_chars_max]
                 digest = audit_hash(
                     seq=count,
                     at_ns=now,
