@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -199,3 +200,59 @@ def test_a_path_with_control_characters_is_audited_escaped(
     assert [e.target for e in audit.entries()][1:] == ["/v1/x/%00/y%1F%7F", "/v1/x/1"]
     report = audit.verify()
     assert report.ok and report.entries == 3
+
+
+class _LiveLog(AuditLog):
+    """An audit log that a server appends to while ``verify`` reads it (between the anchor
+    and the entries: the window a verify of a live store always has)."""
+
+    def __init__(self, engine: sa.Engine, clock: ManualClock, appends: int) -> None:
+        super().__init__(engine, clock=clock)
+        self.appends = appends
+
+    def _stream(self) -> Iterator[AuditEntry]:
+        server = AuditLog(self.engine, clock=self.clock)
+        for i in range(self.appends):
+            server.append(
+                tenant_id=1, key_id=None, method="POST", route="/v1/x", target=f"/{i}", status=200
+            )
+        self.appends = 0
+        yield from super()._stream()
+
+
+def test_verify_while_a_server_appends_is_not_a_false_alarm(
+    engine: sa.Engine, clock: ManualClock
+) -> None:
+    """``puhui audit verify`` on a live store: entries appended after it read the anchor
+    used to make the log longer than the anchor said, reported as ``truncated`` (exit 1)
+    though nothing was wrong. The anchor is read again after the entries: a log between
+    the two anchors is whole."""
+    _log(engine, clock, 3)
+    report = _LiveLog(engine, clock, 2).verify()
+    assert report.ok, report
+    assert (report.entries, report.anchor_count) == (5, 5)
+    assert report.head_hash == report.anchor_head_hash
+    assert AuditLog(engine, clock=clock).verify().ok
+
+
+def test_entries_appended_past_the_anchor_by_a_forger_are_found(
+    engine: sa.Engine, clock: ManualClock
+) -> None:
+    """A well-chained entry added at the end without moving the anchor (a forger without
+    the anchor's row) is still found, by the anchor read after the entries."""
+    audit = _log(engine, clock, 3)
+    [last] = audit.entries(after_seq=2)
+    fields: dict[str, Any] = {
+        "seq": 4,
+        "at_ns": clock.now_ns(),
+        "tenant_id": 2,
+        "key_id": None,
+        "method": "POST",
+        "route": "/v1/x",
+        "target": "/forged",
+        "status": 200,
+        "prev_hash": last.hash,
+    }
+    with engine.begin() as conn:
+        conn.execute(log_table.insert().values(fields | {"hash": audit_hash(**fields)}))
+    assert _kind_at(audit) == (4, AuditProblemKind.TRUNCATED)

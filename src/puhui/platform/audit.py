@@ -167,14 +167,22 @@ class AuditLog:
             after = chunk[-1].seq
 
     def verify(self) -> AuditReport:
-        """Check every entry and the anchor; the report names the first bad entry."""
+        """Check every entry and the anchor; the report names the first bad entry.
+
+        The store may be live (a server appending): the anchor is read before the entries
+        and again after them, and the log must reach the first and not pass the second
+        (``verify_chain``). Reading the anchor once reported every entry appended while
+        the log was read as added past the anchor (``truncated``): a false alarm."""
+        count, head = self._anchor()
+        return verify_chain(self._stream(), count, head, later_anchor=self._anchor)
+
+    def _anchor(self) -> tuple[int, str]:
         anchor = tables.audit_anchor
         with self.engine.connect() as conn:
             row = conn.execute(
                 sa.select(anchor.c.head_hash, anchor.c.count).where(anchor.c.id == 1)
             ).first()
-        head, count = (GENESIS_HASH, 0) if row is None else (str(row[0]), int(row[1]))
-        return verify_chain(self._stream(), count, head)
+        return (0, GENESIS_HASH) if row is None else (int(row[1]), str(row[0]))
 
 
 def _entry(row: sa.Row[tuple[object, ...]]) -> AuditEntry:
