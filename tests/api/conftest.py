@@ -64,13 +64,17 @@ def public_dns(host: str) -> list[str]:
 
 
 def make_api(
-    tmp_path: Path, options: ApiOptions | None = None, decide: Decide | None = None
+    tmp_path: Path,
+    options: ApiOptions | None = None,
+    decide: Decide | None = None,
+    database_url: str | None = None,
 ) -> Iterator[Api]:
+    """An app and its world; the SQL store is SQLite unless ``database_url`` names another."""
     options = options or ApiOptions()
     if options.webhooks.resolve is None:
         webhooks = dataclasses.replace(options.webhooks, resolve=public_dns)
         options = dataclasses.replace(options, webhooks=webhooks)
-    engine = create_engine(f"sqlite:///{tmp_path / 'puhui.sqlite'}")
+    engine = create_engine(database_url or f"sqlite:///{tmp_path / 'puhui.sqlite'}")
     migrate(engine)
     clock = ManualClock(START_NS)
     tenants = Tenants(engine, clock=clock)
@@ -94,6 +98,12 @@ def make_api(
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[Api]:
     yield from make_api(tmp_path)
+
+
+@pytest.fixture
+def postgres_api(tmp_path: Path, postgres_schema_url: str) -> Iterator[Api]:
+    """``api`` with its SQL store on PostgreSQL (skipped without one)."""
+    yield from make_api(tmp_path, database_url=postgres_schema_url)
 
 
 def account(id_: int, **fields: object) -> dict[str, object]:

@@ -61,3 +61,22 @@ def test_a_revoked_key_stops_working_within_the_auth_cache_time(api: Api) -> Non
     api.clock.advance(1_000_000_000)  # ApiOptions.auth_cache_s (1 s) later
     response = api.client.post(path, json=body, headers=api.auth(token))
     assert response.status_code == 401 and response.json()["code"] == "api_key_invalid"
+
+
+def test_a_path_with_a_nul_is_refused_and_audited_with_it_escaped(api: Api) -> None:
+    """``%00`` in a path reaches the route decoded (a NUL): the request is refused and its
+    entry keeps the NUL as ``%00`` (PostgreSQL's text cannot hold one: the group commit of
+    audit entries failed there, every request in it answered 500)."""
+    response = api.client.post(
+        "/v1/payments/customers/%00/top-ups",
+        json={"card_id": 1, "amount": 100, "currency": "CNY"},
+        headers=api.auth(),
+    )
+    assert response.status_code == 422
+    [entry] = AuditLog(api.engine).entries()
+    assert (entry.route, entry.target, entry.status) == (
+        "/v1/payments/customers/{customer_id}/top-ups",
+        "/v1/payments/customers/%00/top-ups",
+        422,
+    )
+    assert AuditLog(api.engine).verify().ok

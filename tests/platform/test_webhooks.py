@@ -4,6 +4,7 @@ tenant isolation (a receiver in the test answers through httpx2's MockTransport)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import random
@@ -12,7 +13,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import httpx2
 import pytest
@@ -139,6 +140,26 @@ def test_a_signature_verifies_and_a_tampered_body_or_stale_time_does_not() -> No
     # During a rotation a header may carry two signatures: either may match.
     rotated = f"{header},v1={'f' * 64}"
     assert verify_signature(secret, rotated, body, now_s=t)
+
+
+def test_a_signature_header_with_foreign_characters_is_refused_not_a_crash() -> None:
+    """A receiver hands ``verify_signature`` whatever header arrived (frameworks decode
+    header bytes as Latin-1): a ``v1`` value with a character beyond ASCII used to raise
+    ``TypeError`` from ``hmac.compare_digest`` (the receiver's 500), and the docs' example
+    also took a timestamp of superscript digits (``str.isdigit``) and raised ``ValueError``.
+    Both now refuse it, and the other ``v1`` values are still tried."""
+    secret, body, t = "whsec_abc", b"{}", 1_767_225_600
+    good = signature_header(secret, t, body)
+    for header in (f"t={t},v1=\u00e9", f"t={t},v1=\u00e9{'0' * 63}", "t=\u00b2,v1=00"):
+        assert not verify_signature(secret, header, body, now_s=t)
+    assert verify_signature(secret, f"{good},v1=\u00e9", body, now_s=t)
+    assert verify_signature(secret, f"t={t},v1=\u00e9,{good.split(',')[1]}", body, now_s=t)
+    example = _docs_receiver_example()
+    now = int(time.time())
+    good = signature_header(secret, now, body)
+    for header in (f"t={now},v1=\u00e9", "t=\u00b2,v1=00", f"t={now},v1=00,v1=\u00e9"):
+        assert not example(secret, header, body), header
+    assert example(secret, f"{good},v1=\u00e9", body)
 
 
 def test_the_signature_is_the_documented_hmac_of_timestamp_dot_body() -> None:
@@ -535,10 +556,9 @@ def test_the_events_listing_reads_its_index(setup: Setup) -> None:
     ], plan
 
 
-def test_the_receivers_example_in_the_docs_verifies_our_signatures() -> None:
-    """The Python example of docs/api.md agrees with ``signature_header``."""
+def _docs_receiver_example() -> Callable[[str, str, bytes], bool]:
+    """The receiver's ``verify_signature`` of docs/api.md, run."""
     import re
-    import time
     from pathlib import Path
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text(encoding="utf-8")
@@ -548,6 +568,12 @@ def test_the_receivers_example_in_the_docs_verifies_our_signatures() -> None:
     exec(compile(example, "docs/api.md", "exec"), namespace)
     verify = namespace["verify_signature"]
     assert callable(verify)
+    return cast(Callable[[str, str, bytes], bool], verify)
+
+
+def test_the_receivers_example_in_the_docs_verifies_our_signatures() -> None:
+    """The Python example of docs/api.md agrees with ``signature_header``."""
+    verify = _docs_receiver_example()
     now = int(time.time())  # the example checks against the receiver's real clock
     body = b'{"id":"evt_1"}'
     header = signature_header("whsec_doc", now, body)
@@ -1035,3 +1061,78 @@ def test_a_replay_racing_the_pruning_of_its_event_is_queued_or_not_found(
         assert answers == {"replay": 1, "prune": 0}
         assert [(d.state, d.id) for d in deliveries] == [("pending", event_id)]
         assert events == [event_id]
+
+
+@pytest.mark.parametrize("trickled", ["head", "body"])
+def test_a_receiver_that_trickles_its_answer_cannot_hold_the_worker_past_the_timeout(
+    engine: sa.Engine, clock: ManualClock, trickled: str
+) -> None:
+    """A receiver that sends its answer a byte at a time, each within the client's read
+    timeout, used to hold its attempt — and the worker's whole round, every tenant's
+    deliveries — for as long as it liked (a 64 KiB head at a byte per 9 s: hours), past the
+    lease, so another server sent the event again meanwhile. ``request_timeout_s`` now
+    bounds the whole attempt: a head not in by then is a failed attempt (retried); a status
+    already in counts, the rest of the body is not waited for."""
+    tick_s, timeout_s = 0.05, 0.5
+
+    async def scenario() -> tuple[int, float, bool]:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            if trickled == "head":
+                writer.write(b"HTTP/1.1 200 OK\r\n")
+                trickle = itertools.repeat(b"X")  # an endless header line
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
+                trickle = itertools.repeat(b".")
+            try:
+                for byte in trickle:
+                    if stop.is_set():
+                        break
+                    writer.write(byte)
+                    await writer.drain()
+                    await asyncio.sleep(tick_s)
+            except ConnectionError:
+                pass
+            finally:
+                writer.close()
+                with contextlib.suppress(ConnectionError):
+                    await writer.wait_closed()
+
+        stop = asyncio.Event()
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        w.create_endpoint(tenant.id, f"http://127.0.0.1:{port}/hook", ["*"])
+        with engine.begin() as conn:
+            w.record(conn, tenant.id, EventType.PAYMENT_SUCCEEDED, {"amount": "1"})
+        try:
+            async with DeliveryWorker(w, unit_random=lambda: ALMOST_ONE) as worker:
+                started = time.monotonic()
+                try:
+                    made = await asyncio.wait_for(worker.run_once(), 20 * timeout_s)
+                except TimeoutError:
+                    return 0, time.monotonic() - started, True
+                return made, time.monotonic() - started, False
+        finally:
+            stop.set()
+            server.close()
+            await asyncio.sleep(2 * tick_s)  # the handlers see ``stop`` and close
+
+    tenant = Tenants(engine, clock=clock).create("Bank T", "bank")
+    w = Webhooks(
+        engine,
+        clock=clock,
+        options=WebhookOptions(retry=SCHEDULE, loopback_allowed=True, request_timeout_s=timeout_s),
+    )
+    made, took_s, stuck = asyncio.run(scenario())
+    assert not stuck, f"the round was still waiting for the receiver after {took_s:.1f} s"
+    assert made == 1 and took_s < 4 * timeout_s
+    [event] = w.events(tenant.id)
+    [delivery] = w.deliveries(tenant.id, event.id)
+    if trickled == "head":
+        assert (delivery.state, delivery.last_status, delivery.last_error) == (
+            DeliveryState.PENDING,
+            None,
+            "TimeoutError",
+        )
+    else:
+        assert (delivery.state, delivery.last_status) == (DeliveryState.DELIVERED, 200)

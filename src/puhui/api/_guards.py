@@ -190,7 +190,22 @@ def decode_cursor(kind: str, cursor: str) -> dict[str, Any]:
     for value in data.values():
         if isinstance(value, int) and not -bound <= value < bound:
             raise InvalidCursorError("malformed cursor")
+        if isinstance(value, str) and not _storable(value):
+            raise InvalidCursorError("malformed cursor")
     return data
+
+
+def _storable(text: str) -> bool:
+    """Whether the store can compare ``text``: UTF-8 (JSON's ``\\ud800`` is a lone
+    surrogate, which is not) without a NUL (PostgreSQL's text cannot hold one). A crafted
+    cursor's text went to the store's query and failed there: a 500."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class Admission:

@@ -11,10 +11,13 @@ can rewrite the whole log *and* the anchor can forge a consistent history: keep 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+import re
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from puhui.clock import Clock, SystemClock
 from puhui.store import platform as tables
@@ -28,6 +31,28 @@ read_chunk_entries = 5000
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(AuditEntry))
 """An entry's columns, in its order."""
+
+_LOCK_ANCHOR = (
+    sa.select(tables.audit_anchor.c.head_hash, tables.audit_anchor.c.count)
+    .where(tables.audit_anchor.c.id == 1)
+    .with_for_update()
+)
+_NEW_ANCHOR = {"id": 1, "head_hash": GENESIS_HASH, "count": 0}
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _escape_controls(text: str) -> str:
+    """``text`` with each control character as its ``%XX`` escape. A request's path is
+    decoded (``%00`` arrives as NUL), and PostgreSQL's text cannot hold a NUL: an entry with
+    one failed, and with it the whole group of requests being audited (each a 500)."""
+    return _CONTROL.sub(lambda match: f"%{ord(match.group()):02X}", text)
+
+
+def _dialect_insert(conn: sa.Connection) -> Callable[[sa.Table], Any]:
+    """The dialect's ``insert`` (PostgreSQL's or SQLite's: both have ``ON CONFLICT``)."""
+    return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,21 +94,21 @@ class AuditLog:
         now = self.clock.now_ns()
         entries: list[AuditEntry] = []
         with self.engine.begin() as conn:
-            row = conn.execute(
-                sa.select(anchor.c.head_hash, anchor.c.count)
-                .where(anchor.c.id == 1)
-                .with_for_update()
-            ).first()
+            row = conn.execute(_LOCK_ANCHOR).first()
             if row is None:
-                prev_hash, count = GENESIS_HASH, 0
-                conn.execute(anchor.insert().values(id=1, head_hash=GENESIS_HASH, count=0))
-            else:
-                prev_hash, count = str(row[0]), int(row[1])
+                # The store's first append. Another one (a second server) may be making the
+                # anchor row at this very moment: ``FOR UPDATE`` locked no row, so both got
+                # here. Insert it unless it exists (waiting for an uncommitted one), then
+                # lock and read it again: the later append chains after the earlier one
+                # instead of failing on the anchor's key.
+                conn.execute(_dialect_insert(conn)(anchor).on_conflict_do_nothing(), _NEW_ANCHOR)
+                row = conn.execute(_LOCK_ANCHOR).one()
+            prev_hash, count = str(row[0]), int(row[1])
             for record in records:
                 count += 1
                 method = record.method.upper()[:8]
-                route = record.route[:route_chars_max]
-                target = record.target[:target_chars_max]
+                route = _escape_controls(record.route)[:route_chars_max]
+                target = _escape_controls(record.target)[:target_chars_max]
                 digest = audit_hash(
                     seq=count,
                     at_ns=now,
@@ -142,14 +167,22 @@ class AuditLog:
             after = chunk[-1].seq
 
     def verify(self) -> AuditReport:
-        """Check every entry and the anchor; the report names the first bad entry."""
+        """Check every entry and the anchor; the report names the first bad entry.
+
+        The store may be live (a server appending): the anchor is read before the entries
+        and again after them, and the log must reach the first and not pass the second
+        (``verify_chain``). Reading the anchor once reported every entry appended while
+        the log was read as added past the anchor (``truncated``): a false alarm."""
+        count, head = self._anchor()
+        return verify_chain(self._stream(), count, head, later_anchor=self._anchor)
+
+    def _anchor(self) -> tuple[int, str]:
         anchor = tables.audit_anchor
         with self.engine.connect() as conn:
             row = conn.execute(
                 sa.select(anchor.c.head_hash, anchor.c.count).where(anchor.c.id == 1)
             ).first()
-        head, count = (GENESIS_HASH, 0) if row is None else (str(row[0]), int(row[1]))
-        return verify_chain(self._stream(), count, head)
+        return (0, GENESIS_HASH) if row is None else (int(row[1]), str(row[0]))
 
 
 def _entry(row: sa.Row[tuple[object, ...]]) -> AuditEntry:

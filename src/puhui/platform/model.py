@@ -12,7 +12,7 @@ import hmac
 import ipaddress
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -271,7 +271,7 @@ class AuditProblemKind(enum.StrEnum):
     """A sequence number is skipped: entries were deleted here."""
     TRUNCATED = "truncated"
     """The anchor counts more entries (or another head) than the log holds: the last ones
-    were deleted (or the anchor was changed)."""
+    were deleted (or the anchor was changed); or fewer: entries were added past it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,14 +311,24 @@ class AuditReport:
 
 
 def verify_chain(
-    entries: Iterable[AuditEntry], anchor_count: int, anchor_head_hash: str
+    entries: Iterable[AuditEntry],
+    anchor_count: int,
+    anchor_head_hash: str,
+    later_anchor: Callable[[], tuple[int, str]] | None = None,
 ) -> AuditReport:
     """Check a log read in ``seq`` order against itself and its anchor; report the first
-    entry that was edited, inserted or deleted (also at the end)."""
+    entry that was edited, inserted or deleted (also at the end).
+
+    ``later_anchor`` reads the anchor (count, head hash) again, once the entries are read,
+    when the log is live: entries appended while it was read run past the first anchor, up to the
+    later one. The log must then reach the first anchor (its entry ``anchor_count`` with
+    that head) and hold no more entries than the later anchor counts (and end at its head
+    when it holds as many)."""
     expected_seq = 1
     prev_hash = GENESIS_HASH
     count = 0
     problem: AuditProblem | None = None
+    hash_at_anchor = GENESIS_HASH if anchor_count == 0 else None
     for entry in entries:
         count += 1
         if problem is not None:
@@ -351,12 +361,24 @@ def verify_chain(
         else:
             prev_hash = entry.hash
             expected_seq += 1
-    if problem is None and (count != anchor_count or prev_hash != anchor_head_hash):
+            if entry.seq == anchor_count:
+                hash_at_anchor = entry.hash
+    end_count, end_head = (
+        (anchor_count, anchor_head_hash) if later_anchor is None else later_anchor()
+    )
+    if problem is None and (count < anchor_count or hash_at_anchor != anchor_head_hash):
         problem = AuditProblem(
-            count + 1,
+            count + 1 if count <= anchor_count else anchor_count,
             AuditProblemKind.TRUNCATED,
             f"the anchor records {anchor_count} entries, the log holds {count}",
         )
+    if problem is None and (count > end_count or (count == end_count and prev_hash != end_head)):
+        problem = AuditProblem(
+            end_count + 1 if count > end_count else count + 1,
+            AuditProblemKind.TRUNCATED,
+            f"the anchor records {end_count} entries, the log holds {count}",
+        )
+    anchor_count, anchor_head_hash = end_count, end_head
     return AuditReport(
         ok=problem is None,
         entries=count,
@@ -663,7 +685,9 @@ def verify_signature(
         name, _, value = part.strip().partition("=")
         if name == "t" and value.isascii() and value.isdigit() and len(value) <= 12:
             timestamp = int(value)
-        elif name == SIGNATURE_VERSION:
+        elif name == SIGNATURE_VERSION and value.isascii():
+            # (``compare_digest`` raises on a str beyond ASCII: a header's text is whatever
+            # arrived, and a signature of ours never has such a character)
             candidates.append(value)
     if timestamp is None or not candidates:
         return False

@@ -117,7 +117,9 @@ class WebhookOptions:
     """How long an attempt in flight keeps its delivery from other workers; after a crash the
     delivery is tried again this long after it was claimed. Longer than ``request_timeout_s``."""
     request_timeout_s: float = 10.0
-    """Timeout of one POST to a receiver."""
+    """Longest one attempt may take, all of it (resolving, connecting, sending, the
+    answer's head): beyond it the attempt failed (``TimeoutError``); an answer whose status
+    is in counts, the rest of its body is not waited for."""
     deliveries_per_round_max: int = 64
     """Deliveries one worker round claims and sends concurrently."""
     endpoints_per_tenant_max: int = 16
@@ -842,6 +844,11 @@ class Webhooks:
         checkout.on_change("webhooks", checkout_hook(self, tenant_of))
 
 
+def _status_error(status: int) -> str | None:
+    """An attempt's ``last_error`` for the receiver's HTTP ``status`` (None: delivered)."""
+    return None if 200 <= status < 300 else f"HTTP {status}"
+
+
 class _RefusedPeerError(Exception):
     """The connection reached an address webhooks must not go to (raised inside the HTTP
     client's connect, before the request is sent)."""
@@ -910,8 +917,6 @@ class DeliveryWorker:
         return len(claims)
 
     async def _attempt(self, claim: DeliveryClaim) -> AttemptResult:
-        if self._client is None:
-            raise RuntimeError("use the worker as 'async with DeliveryWorker(...) as worker'")
         timestamp = self.webhooks.clock.now_ns() // NS_PER_S
         headers = {
             "Content-Type": "application/json",
@@ -920,6 +925,25 @@ class DeliveryWorker:
             TIMESTAMP_HEADER: str(timestamp),
             SIGNATURE_HEADER: signature_header(claim.secret, timestamp, claim.body),
         }
+        status: list[int] = []  # the receiver's status, once its answer's head is in
+        try:
+            # The whole attempt within ``request_timeout_s``: the client's own timeouts are
+            # per read, so an answer trickled a byte at a time would otherwise hold the
+            # attempt (and the round, every tenant's deliveries) past its lease for hours.
+            async with asyncio.timeout(self.webhooks.options.request_timeout_s):
+                return await self._send(claim, headers, status)
+        except TimeoutError:
+            if status:  # answered: the rest of the body is not waited for
+                return AttemptResult(claim, status[0], _status_error(status[0]))
+            return AttemptResult(claim, None, "TimeoutError")
+
+    async def _send(
+        self, claim: DeliveryClaim, headers: dict[str, str], status: list[int]
+    ) -> AttemptResult:
+        """One POST of ``claim`` (``_attempt`` bounds its time); appends the receiver's
+        status to ``status`` as soon as its answer's head is in."""
+        if self._client is None:
+            raise RuntimeError("use the worker as 'async with DeliveryWorker(...) as worker'")
         try:  # again now: the host may resolve elsewhere than when it was registered
             await asyncio.to_thread(self.webhooks.check_destination, claim.url)
         except PuhuiError as refused:
@@ -955,18 +979,17 @@ class DeliveryWorker:
                 headers=headers,
                 extensions={"trace": check_peer},
             ) as response:
+                status.append(response.status_code)
                 read = 0
                 async for chunk in response.aiter_bytes():
                     read += len(chunk)
                     if read >= self.webhooks.options.response_bytes_max:
                         break
-                status = response.status_code
         except (httpx2.HTTPError, _RefusedPeerError) as exc:
             if refused_peer:  # however the client wrapped it
                 return AttemptResult(claim, None, "webhook_url_forbidden")
             return AttemptResult(claim, None, type(exc).__name__)
-        error = None if 200 <= status < 300 else f"HTTP {status}"
-        return AttemptResult(claim, status, error)
+        return AttemptResult(claim, status[0], _status_error(status[0]))
 
     async def run(self, stop: asyncio.Event, interval_s: float = 1.0) -> None:
         """Rounds until ``stop`` is set: a full round starts the next at once, otherwise the
