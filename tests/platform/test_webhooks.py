@@ -363,11 +363,21 @@ def test_replay_delivers_a_dead_letter_again_and_a_delivered_event_too(setup: Se
     receiver.status = 200
     assert w.replay(setup.a.id, event_id) == 1
     assert w.dead_letters(setup.a.id) == []
+    [pending] = w.deliveries(setup.a.id, event_id)  # as new: nothing of the dead attempts
+    assert (pending.state, pending.attempts) == (DeliveryState.PENDING, 0)
+    assert (pending.last_status, pending.last_error, pending.last_attempt_at_ns) == (None,) * 3
     assert rounds(w, receiver) == 1
     [delivery] = w.deliveries(setup.a.id, event_id)
     assert (delivery.state, delivery.attempts) == (DeliveryState.DELIVERED, 1)
+    assert delivery.delivered_at_ns is not None
     # A delivered event replays too (a receiver that lost it asks again): same event id.
     assert w.replay(setup.a.id, event_id) == 1
+    [again] = w.deliveries(setup.a.id, event_id)
+    assert (again.state, again.delivered_at_ns, again.last_status) == (
+        DeliveryState.PENDING,
+        None,
+        None,
+    )
     assert rounds(w, receiver) == 1
     assert receiver.event_ids()[-2:] == [event_id, event_id]
 

@@ -606,7 +606,9 @@ class Webhooks:
 
     def replay(self, tenant_id: int, event_id: str) -> int:
         """Deliver one of the tenant's events again to each of its enabled endpoints that
-        wants it (delivered, dead or pending alike: attempts start again from zero, due now).
+        wants it (delivered, dead or pending alike: attempts start again from zero, due now,
+        and the delivery shows nothing of the attempts before: no last status or error, not
+        delivered).
         Returns how many deliveries were queued.
 
         The event is read under a share lock (PostgreSQL: ``FOR KEY SHARE``) that ``prune``
@@ -635,11 +637,15 @@ class Webhooks:
                 done = conn.execute(
                     _D.update()
                     .where(_D.c.event_seq == row.seq, _D.c.endpoint_id == endpoint.id)
-                    .values(
+                    .values(  # as a new delivery: nothing of the attempts before it
                         state=str(DeliveryState.PENDING),
                         attempts=0,
                         next_attempt_at_ns=now,
                         lease=None,
+                        last_status=None,
+                        last_error=None,
+                        last_attempt_at_ns=None,
+                        delivered_at_ns=None,
                     )
                 )
                 if done.rowcount == 0:
