@@ -1146,3 +1146,38 @@ def test_a_receiver_that_trickles_its_answer_cannot_hold_the_worker_past_the_tim
         )
     else:
         assert (delivery.state, delivery.last_status) == (DeliveryState.DELIVERED, 200)
+
+
+@pytest.mark.postgres
+def test_endpoints_created_at_once_on_postgresql_keep_the_tenants_limit(pg_setup: Setup) -> None:
+    """Two endpoints created at once by a tenant one short of its limit: each creation
+    counted the enabled endpoints before either wrote its own, so both went in (17 of 16).
+    Now the second waits for the first and is refused."""
+    s, w = pg_setup, pg_setup.webhooks
+    limit = w.options.endpoints_per_tenant_max
+    for n in range(limit - 1):
+        w.create_endpoint(s.a.id, f"https://a.example/{n}", ["*"])
+    # Each creation waits before its INSERT until the other gets there too (at most 2 s:
+    # with the lock, the other is still waiting for the tenant's row and never does).
+    barrier = threading.Barrier(2, timeout=2)
+
+    def meet_before_insert(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().startswith(f"INSERT INTO {tables.webhook_endpoints.name}"):
+            with contextlib.suppress(threading.BrokenBarrierError):
+                barrier.wait()
+
+    def create(n: int) -> str:
+        try:
+            w.create_endpoint(s.a.id, f"https://a.example/late-{n}", ["*"])
+        except WebhookEndpointLimitError:
+            return "refused"
+        return "created"
+
+    sa.event.listen(s.engine, "before_cursor_execute", meet_before_insert)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            outcomes = sorted(pool.map(create, range(2)))
+    finally:
+        sa.event.remove(s.engine, "before_cursor_execute", meet_before_insert)
+    assert outcomes == ["created", "refused"]
+    assert sum(e.enabled for e in w.endpoints(s.a.id)) == limit

@@ -362,6 +362,13 @@ class Webhooks:
         secret = SECRET_PREFIX + self._token(32)
         now = self.clock.now_ns()
         with self.engine.begin() as conn:
+            # The tenant's row locked first (PostgreSQL; SQLite runs one writer at a time):
+            # two creations at once would each count the other's endpoint out and both go in.
+            conn.execute(
+                sa.select(tables.tenants.c.id)
+                .where(tables.tenants.c.id == tenant_id)
+                .with_for_update()
+            )
             enabled = conn.execute(
                 sa.select(sa.func.count())
                 .select_from(_E)
