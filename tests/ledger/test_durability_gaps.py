@@ -397,3 +397,25 @@ def test_a_journal_that_fails_to_open_lets_go_of_its_lock(tmp_path: Path) -> Non
         assert again.last_op() == 3
     finally:
         again.close()
+
+
+def test_a_ledger_that_fails_to_open_lets_go_of_its_row_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ledger whose replay fails (``journal_corrupt`` found while recovering, say) used to
+    keep its row files' descriptors and mappings open: each retry in the process leaked
+    more."""
+    from puhui.ledger import JournalCorruptError
+    from puhui.ledger._ledger import Ledger
+
+    open(str(tmp_path / "j")).close()
+
+    def corrupt(self: Ledger) -> None:
+        raise JournalCorruptError("found while replaying")
+
+    monkeypatch.setattr(Ledger, "_recover", corrupt)
+    fds = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        with pytest.raises(JournalCorruptError):
+            open(str(tmp_path / "j"))
+    assert len(os.listdir("/proc/self/fd")) == fds

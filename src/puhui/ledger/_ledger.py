@@ -270,9 +270,10 @@ class Ledger:
         self._snapshot_thread: threading.Thread | None = None
         state_dir.mkdir(parents=True, exist_ok=True)
         self._acquire_lock()
+        engine: Engine | None = None
         try:
             self._bind_state_dir()
-            self._engine = Engine(
+            engine = self._engine = Engine(
                 state_dir,
                 transfers_capacity=self._options.transfers_capacity,
                 # A group takes requests up to the limit, and the last one may be a joined
@@ -282,6 +283,8 @@ class Ledger:
             self._recover()
             self._engine.warm_up()
         except BaseException:
+            if engine is not None:  # its row files' descriptors and mappings, let go
+                engine.close()
             self._release_lock()
             raise
         self._journal_thread = ThreadPoolExecutor(1, thread_name_prefix="puhui-ledger-journal")
