@@ -69,6 +69,42 @@ def test_a_failed_group_reports_to_every_waiter(tmp_path: Path) -> None:
     engine.dispose()
 
 
+class RefusingLog(CountingLog):
+    """An audit log whose store refuses any group holding an entry for ``/bad``."""
+
+    def append_many(self, records: Sequence[AuditRecord]) -> list[AuditEntry]:
+        self.calls.append(len(records))
+        if any(r.target == "/bad" for r in records):
+            raise ValueError("the store refuses this entry")
+        return AuditLog.append_many(self, records)
+
+
+def test_an_entry_the_store_refuses_fails_its_own_request_only(tmp_path: Path) -> None:
+    """One entry of a group that the store cannot take used to fail the whole group: every
+    request audited with it answered 500, and none was audited. Now the group is written
+    again one entry at a time: the others are audited, the faulty one fails alone."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'audit.sqlite'}")
+    migrate(engine)
+    log = RefusingLog(engine, clock=ManualClock(1))
+    log.calls = []
+    batcher = AuditBatcher(log)
+
+    async def run() -> list[BaseException | None]:
+        targets = ["/t/0", "/bad", "/t/2"]
+        records = [AuditRecord(1, "k", "POST", "/r", target, 200) for target in targets]
+        results = await asyncio.gather(
+            *(batcher.append(r) for r in records), return_exceptions=True
+        )
+        return [r if isinstance(r, BaseException) else None for r in results]
+
+    errors = asyncio.run(run())
+    assert [type(e) for e in errors] == [type(None), ValueError, type(None)]
+    assert log.calls == [3, 1, 1, 1]
+    assert [e.target for e in log.entries(limit=10)] == ["/t/0", "/t/2"]
+    assert log.verify().ok
+    engine.dispose()
+
+
 # --- PrincipalCache: concurrent misses of one token share one lookup ------------------------
 
 

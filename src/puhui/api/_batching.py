@@ -2,7 +2,9 @@
 
 - ``AuditBatcher``: concurrent requests' audit entries are written together, one
   transaction (one sync of the store) per group: a request still waits until its entry is
-  durable, but a hundred requests share one commit (group commit, as the ledger does).
+  durable, but a hundred requests share one commit (group commit, as the ledger does). A
+  group the store refuses is written again one entry at a time, so an entry it cannot take
+  fails its own request only.
 - ``GroupCall``: the same for any store call that can take a group (the idempotency
   records' ``begin_many`` / ``finish_many``): one transaction per group, one answer each.
 - ``PrincipalCache``: an authenticated token is remembered for ``ttl_s`` (1 s by default),
@@ -89,18 +91,39 @@ class AuditBatcher:
                 del state.pending[: len(batch)]
                 try:
                     await asyncio.to_thread(self.audit.append_many, [r for r, _ in batch])
-                except BaseException as error:  # every waiter of the group learns of it
-                    for _, done in batch:
-                        if not done.done():
-                            done.set_exception(error)
-                    if not isinstance(error, Exception):
-                        raise
+                except Exception as error:
+                    if len(batch) > 1:
+                        # One entry the store refuses must not fail every request of the
+                        # group: each again on its own (a store that is down fails each).
+                        await self._one_by_one(batch)
+                    else:
+                        _fail(batch, error)
                     continue
+                except BaseException as error:  # every waiter of the group learns of it
+                    _fail(batch, error)
+                    raise
                 for _, done in batch:
                     if not done.done():
                         done.set_result(None)
         finally:
             state.flushing = False
+
+    async def _one_by_one(self, batch: list[tuple[AuditRecord, asyncio.Future[None]]]) -> None:
+        for record, done in batch:
+            try:
+                await asyncio.to_thread(self.audit.append_many, [record])
+            except Exception as error:
+                _fail([(record, done)], error)
+            else:
+                if not done.done():
+                    done.set_result(None)
+
+
+def _fail(batch: Sequence[tuple[AuditRecord, asyncio.Future[None]]], error: BaseException) -> None:
+    """Every waiter of ``batch`` still waiting learns of ``error``."""
+    for _, done in batch:
+        if not done.done():
+            done.set_exception(error)
 
 
 T = TypeVar("T")
