@@ -52,8 +52,10 @@ def register(app: typer.Typer) -> None:
 
 
 @contextlib.contextmanager
-def _store(database_url: str | None) -> Iterator[sa.Engine]:
-    with opened_store(database_url or Settings.from_env().database_url) as engine:
+def _store(database_url: str | None, *, existing: bool = False) -> Iterator[sa.Engine]:
+    """``existing``: a reading command's store, never created (``store_not_found``)."""
+    url = database_url or Settings.from_env().database_url
+    with opened_store(url, existing=existing) as engine:
         yield engine
 
 
@@ -239,7 +241,7 @@ def tenant_create(
 @tenant_app.command("list")
 def tenant_list(database_url: DatabaseUrl = None, as_json: AsJson = False) -> None:
     """List tenants."""
-    with _reported_errors(), _store(database_url) as engine:
+    with _reported_errors(), _store(database_url, existing=True) as engine:
         tenants = Tenants(engine).list_tenants()
     for tenant in tenants:
         typer.echo(f"{tenant.id}\t{tenant.name}\t{tenant.kind.value}\t{tenant.status.value}")
@@ -267,7 +269,7 @@ def key_create(
     as_json: AsJson = False,
 ) -> None:
     """Create an API key. Its token is printed once, now: store it, it cannot be shown again."""
-    with _reported_errors(), _store(database_url) as engine:
+    with _reported_errors(), _store(database_url, existing=True) as engine:
         tenants = Tenants(engine)
         owner = tenants.find(tenant)
         key, token = tenants.create_key(owner.id, scope, name)
@@ -284,7 +286,7 @@ def key_revoke(
     as_json: AsJson = False,
 ) -> None:
     """Revoke an API key: it stops authenticating at once."""
-    with _reported_errors(), _store(database_url) as engine:
+    with _reported_errors(), _store(database_url, existing=True) as engine:
         key = Tenants(engine).revoke_key(key_id)
     typer.echo(f"key {key.id} revoked")
     if as_json:
@@ -300,7 +302,7 @@ def key_list(
     as_json: AsJson = False,
 ) -> None:
     """List API keys (never their secrets)."""
-    with _reported_errors(), _store(database_url) as engine:
+    with _reported_errors(), _store(database_url, existing=True) as engine:
         tenants = Tenants(engine)
         tenant_id = tenants.find(tenant).id if tenant is not None else None
         keys = tenants.list_keys(tenant_id)
@@ -318,7 +320,7 @@ def key_list(
 @audit_app.command("verify")
 def audit_verify(database_url: DatabaseUrl = None, as_json: AsJson = False) -> None:
     """Check the audit chain; exit 0 if intact, 1 if an entry was edited, inserted or deleted."""
-    with _reported_errors(), _store(database_url) as engine:
+    with _reported_errors(), _store(database_url, existing=True) as engine:
         report = AuditLog(engine).verify()
     if report.ok:
         typer.echo(f"audit log intact: {report.entries} entries, head {report.head_hash}")
