@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -198,3 +199,44 @@ def test_python_dash_m_puhui_runs_the_command_line(tmp_path: Path) -> None:
     )
     assert completed.returncode == 0, completed.stderr
     assert json.loads(completed.stdout.strip().splitlines()[-1])["command"] == "version"
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["--risk-model", "{data}/not-a-log"], "risk_model_invalid"),
+        (["--risk-rules", "{data}/nowhere.toml"], "risk_rule_invalid"),
+        (["--database-url", "http://example.invalid/x"], "store_unavailable"),
+    ],
+    ids=["model", "rules", "store"],
+)
+def test_serve_refuses_unusable_files_before_it_makes_anything(
+    tmp_path: Path, args: list[str], code: str
+) -> None:
+    """A model or ruleset file that cannot be loaded, or a store URL of another kind, stops
+    ``puhui serve`` before it creates the store, the ledger or the risk directory (in a real
+    process: ``serve`` sets up logging for the whole process)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "not-a-log").write_text("not a model")
+    before = _snapshot(tmp_path)
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "puhui",
+            "serve",
+            "--port",
+            "1",
+            *(a.format(data=data) for a in args),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, **_env(data)},
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 2, completed.stderr
+    assert completed.stderr.startswith(f"error: {code}: "), completed.stderr
+    assert _snapshot(tmp_path) == before

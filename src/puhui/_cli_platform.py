@@ -167,54 +167,63 @@ def serve(
     from puhui.api import ApiOptions, CorkedHttpProtocol, configure_logging, create_app
     from puhui.clock import SystemClock
     from puhui.payments import Payments, SimulatedBank
-    from puhui.risk import Cases, ListStore, SyncedRiskLists, open_engine
+    from puhui.risk import Cases, ListStore, SyncedRiskLists, load_ruleset, open_engine
+    from puhui.risk._engine import engine_schema
+    from puhui.risk._model import RiskModel
 
     configure_logging()  # JSON lines on stderr, one per request; uvicorn's own access log off
     with _reported_errors():
         settings = Settings.from_env()
         url = ledger_url or settings.ledger_url  # a local journal makes its own directories
         risk_directory = risk_dir or settings.data_dir / "risk"
-        make_data_dir(risk_directory)
+        # Unusable rules or model files are refused before anything is made (store, ledger,
+        # risk directory); so is an unusable store, before the risk directory.
+        if risk_rules is not None:
+            load_ruleset(risk_rules, engine_schema())
+        for model_file in (risk_model, risk_shadow_model):
+            if model_file is not None:
+                RiskModel.load(model_file)
         clock = SystemClock()
-        with (
-            _store(database_url) as engine,
-            tb.open(url) as ledger,
-            open_engine(
-                risk_directory,
-                clock=clock,
-                rules=risk_rules,
-                model=risk_model,
-                shadow_model=risk_shadow_model,
-                lists=SyncedRiskLists(ListStore(engine, clock)),
-                entities=risk_entities,
-                pairs=min(2 * risk_entities, 1 << 26),
-            ) as risk_engine,
-        ):
-            payments = Payments(
-                engine,
-                ledger,
-                clock=clock,
-                bank=SimulatedBank(clock),
-                decide=risk_engine,
-                cases=Cases(engine, clock),
-            )
-            options = ApiOptions(
-                webhook_delivery_interval_s=webhook_interval or None,
-                webhooks=WebhookOptions(loopback_allowed=webhook_loopback),
-            )
-            app = create_app(engine, ledger, clock=clock, options=options, payments=payments)
-            # After the app has attached the flows (bills, checkout, webhooks) that finish
-            # their own operations: recovery needs them.
-            payments.recover()
-            uvicorn.run(
-                app,
-                host=host,
-                port=port,
-                loop="uvloop",
-                http=CorkedHttpProtocol,
-                log_level="info",
-                access_log=False,
-            )
+        with _store(database_url) as engine:
+            make_data_dir(risk_directory)
+            with (
+                tb.open(url) as ledger,
+                open_engine(
+                    risk_directory,
+                    clock=clock,
+                    rules=risk_rules,
+                    model=risk_model,
+                    shadow_model=risk_shadow_model,
+                    lists=SyncedRiskLists(ListStore(engine, clock)),
+                    entities=risk_entities,
+                    pairs=min(2 * risk_entities, 1 << 26),
+                ) as risk_engine,
+            ):
+                payments = Payments(
+                    engine,
+                    ledger,
+                    clock=clock,
+                    bank=SimulatedBank(clock),
+                    decide=risk_engine,
+                    cases=Cases(engine, clock),
+                )
+                options = ApiOptions(
+                    webhook_delivery_interval_s=webhook_interval or None,
+                    webhooks=WebhookOptions(loopback_allowed=webhook_loopback),
+                )
+                app = create_app(engine, ledger, clock=clock, options=options, payments=payments)
+                # After the app has attached the flows (bills, checkout, webhooks) that finish
+                # their own operations: recovery needs them.
+                payments.recover()
+                uvicorn.run(
+                    app,
+                    host=host,
+                    port=port,
+                    loop="uvloop",
+                    http=CorkedHttpProtocol,
+                    log_level="info",
+                    access_log=False,
+                )
 
 
 # --- tenants --------------------------------------------------------------------------------
