@@ -46,6 +46,8 @@ from typing import Any, cast
 
 import numpy as np
 
+from _args import positive_int
+
 HUGE = 10**12  # KYC limits (major units) the benchmark's customers never reach
 TOP_UP = 10**13  # minor units each customer starts with
 
@@ -663,16 +665,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
-    parser.add_argument("--customers", type=int, default=None)
-    parser.add_argument("--merchants", type=int, default=None)
-    parser.add_argument("--payments", type=int, default=None, help="most payments sent")
+    parser.add_argument("--customers", type=positive_int, default=None)
+    parser.add_argument("--merchants", type=positive_int, default=None)
+    parser.add_argument("--payments", type=positive_int, default=None, help="most payments sent")
     parser.add_argument("--seconds", type=float, default=None, help="most seconds of sending")
-    parser.add_argument("--clients", type=int, default=None, help="concurrent HTTP clients")
-    parser.add_argument("--client-processes", type=int, default=None)
+    parser.add_argument(
+        "--clients", type=positive_int, default=None, help="concurrent HTTP clients"
+    )
+    parser.add_argument("--client-processes", type=positive_int, default=None)
     parser.add_argument("--idempotency-keys", action="store_true")
-    parser.add_argument("--batch", type=int, default=None, help="transfers per batch request")
-    parser.add_argument("--batches", type=int, default=None, help="batch requests sent")
-    parser.add_argument("--batch-clients", type=int, default=None)
+    parser.add_argument(
+        "--batch", type=positive_int, default=None, help="transfers per batch request"
+    )
+    parser.add_argument("--batches", type=positive_int, default=None, help="batch requests sent")
+    parser.add_argument("--batch-clients", type=positive_int, default=None)
     parser.add_argument(
         "--batch-format",
         choices=("json", "both"),

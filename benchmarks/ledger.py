@@ -39,6 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from _args import choose, existing_directory, positive_int, postgres_url
+
 BATCH = 8189
 VARIANTS = (
     "tigerbeetle",
@@ -466,13 +468,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
-    parser.add_argument("--transfers", type=int, default=None, help="transfers per run")
-    parser.add_argument("--accounts", type=int, default=None, help="accounts (tigerbeetle)")
-    parser.add_argument("--runs", type=int, default=None, help="runs per variant (median)")
+    parser.add_argument("--transfers", type=positive_int, default=None, help="transfers per run")
+    parser.add_argument(
+        "--accounts", type=positive_int, default=None, help="accounts (tigerbeetle)"
+    )
+    parser.add_argument("--runs", type=positive_int, default=None, help="runs per variant (median)")
     parser.add_argument("--variants", default=None, help="comma-separated subset")
-    parser.add_argument("--baseline-transfers", type=int, default=None)
-    parser.add_argument("--database-url", default=os.environ.get("PUHUI_BENCH_DATABASE_URL"))
-    parser.add_argument("--workdir", default=None, help="where journals are written")
+    parser.add_argument("--baseline-transfers", type=positive_int, default=None)
+    parser.add_argument(
+        "--database-url", type=postgres_url, default=os.environ.get("PUHUI_BENCH_DATABASE_URL")
+    )
+    parser.add_argument(
+        "--workdir", type=existing_directory, default=None, help="where journals are written"
+    )
     parser.add_argument(
         "--journal", choices=("file", "sqlite"), default="file", help="embedded journal kind"
     )
@@ -494,7 +502,7 @@ def main() -> None:
     accounts = args.accounts or (1_000 if quick else 10_000)
     runs = args.runs or (1 if quick else 3)
     baseline_transfers = args.baseline_transfers or (500 if quick else 5_000)
-    variants = args.variants.split(",") if args.variants else list(VARIANTS)
+    variants = choose(parser, args.variants, list(VARIANTS))
     if "postgres" in variants and not args.database_url:
         variants.remove("postgres")
     sizes = {

@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from _args import positive_int
+
 BATCH = 8189
 
 
@@ -270,10 +272,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
-    parser.add_argument("--transfers", type=int, default=1_000_000)
-    parser.add_argument("--accounts", type=int, default=1_000)
-    parser.add_argument("--reads", type=int, default=50, help="timed reads per figure")
-    parser.add_argument("--limit", type=int, default=100)
+    parser.add_argument("--transfers", type=positive_int, default=1_000_000)
+    parser.add_argument("--accounts", type=positive_int, default=1_000)
+    parser.add_argument("--reads", type=positive_int, default=50, help="timed reads per figure")
+    parser.add_argument("--limit", type=positive_int, default=100)
     args = parser.parse_args()
     if args.quick:
         args.transfers, args.accounts, args.reads = 20_000, 100, 5

@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _args import positive_int
+
 TABLE = "payments_operations"
 
 
@@ -174,10 +176,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
-    parser.add_argument("--batches", type=int, default=200, help="batches per run")
-    parser.add_argument("--batch", type=int, default=1_000, help="rows per batch")
-    parser.add_argument("--payers", type=int, default=100_000, help="distinct payers")
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--batches", type=positive_int, default=200, help="batches per run")
+    parser.add_argument("--batch", type=positive_int, default=1_000, help="rows per batch")
+    parser.add_argument("--payers", type=positive_int, default=100_000, help="distinct payers")
+    parser.add_argument("--runs", type=positive_int, default=3)
     args = parser.parse_args()
     if args.quick:
         args.batches, args.batch, args.runs = 5, 200, 1

@@ -46,6 +46,8 @@ from typing import Any
 
 import numpy as np
 
+from _args import choose, positive_int, postgres_url
+
 VARIANTS = ("batch", "coalesced", "single", "escrow")
 HUGE = 10**12  # limits (major units) the benchmark's customers never reach
 
@@ -427,20 +429,27 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--runs", type=int, default=None)
-    parser.add_argument("--customers", type=int, default=None)
-    parser.add_argument("--merchants", type=int, default=None)
-    parser.add_argument("--payments", type=int, default=None, help="payments per run")
+    parser.add_argument("--runs", type=positive_int, default=None)
+    parser.add_argument("--customers", type=positive_int, default=None)
+    parser.add_argument("--merchants", type=positive_int, default=None)
+    parser.add_argument("--payments", type=positive_int, default=None, help="payments per run")
     parser.add_argument(
-        "--single-payments", type=int, default=None, help="payments per run of `single`"
+        "--single-payments", type=positive_int, default=None, help="payments per run of `single`"
     )
-    parser.add_argument("--orders", type=int, default=None, help="escrow orders per run")
-    parser.add_argument("--callers", type=int, default=None, help="concurrent caller threads")
+    parser.add_argument("--orders", type=positive_int, default=None, help="escrow orders per run")
     parser.add_argument(
-        "--async-callers", type=int, default=None, help="coroutines of the coalesced variant"
+        "--callers", type=positive_int, default=None, help="concurrent caller threads"
     )
-    parser.add_argument("--batch", type=int, default=None, help="payments per batch call")
-    parser.add_argument("--database-url", default=os.environ.get("PUHUI_BENCH_DATABASE_URL"))
+    parser.add_argument(
+        "--async-callers",
+        type=positive_int,
+        default=None,
+        help="coroutines of the coalesced variant",
+    )
+    parser.add_argument("--batch", type=positive_int, default=None, help="payments per batch call")
+    parser.add_argument(
+        "--database-url", type=postgres_url, default=os.environ.get("PUHUI_BENCH_DATABASE_URL")
+    )
     parser.add_argument("--verify", action="store_true", help="verify the ledger after each run")
     parser.add_argument(
         "--steps",
@@ -467,7 +476,7 @@ def main() -> None:
             shutil.rmtree(workdir, ignore_errors=True)
         return
     report: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
-    for variant in args.variants.split(","):
+    for variant in choose(parser, args.variants, list(VARIANTS)):
         results = sorted((_spawn(variant, args) for _ in range(runs)), key=lambda r: r["per_s"])
         median = dict(results[len(results) // 2])
         median["runs_per_s"] = [r["per_s"] for r in results]

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from _args import positive_int
+
 EVENT_KINDS = ("payment", "p2p", "top_up", "withdrawal", "login", "card_binding")
 CHANNELS = ("app", "web", "pos", "api")
 COUNTRIES = ("CN", "HK", "SG", "US", "GB", "TH", "VN", "MY", "ID", "PH")
@@ -443,10 +445,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
-    parser.add_argument("--rules", type=int, default=5_000, help="active rules")
-    parser.add_argument("--batch", type=int, default=None, help="events per batch")
-    parser.add_argument("--runs", type=int, default=None)
-    parser.add_argument("--singles", type=int, default=None, help="one-event batches timed")
+    parser.add_argument("--rules", type=positive_int, default=5_000, help="active rules")
+    parser.add_argument("--batch", type=positive_int, default=None, help="events per batch")
+    parser.add_argument("--runs", type=positive_int, default=None)
+    parser.add_argument(
+        "--singles", type=positive_int, default=None, help="one-event batches timed"
+    )
     parser.add_argument(
         "--no-sample",
         dest="sample",

@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from _args import positive_int
+
 KINDS = ("payment", "p2p", "top_up", "withdrawal", "login", "device_change", "password_reset")
 KIND_SHARES = (0.5, 0.18, 0.1, 0.04, 0.15, 0.01, 0.02)
 T0 = 1_767_000_000 * 10**9
@@ -266,12 +268,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
-    parser.add_argument("--rules", type=int, default=None, help="active rules")
-    parser.add_argument("--batch", type=int, default=None, help="events per batch")
-    parser.add_argument("--runs", type=int, default=None, help="batches timed")
+    parser.add_argument("--rules", type=positive_int, default=None, help="active rules")
+    parser.add_argument("--batch", type=positive_int, default=None, help="events per batch")
+    parser.add_argument("--runs", type=positive_int, default=None, help="batches timed")
     parser.add_argument("--warmup", type=int, default=None, help="events before timing")
-    parser.add_argument("--singles", type=int, default=None, help="events offered one by one")
-    parser.add_argument("--offered-per-s", type=int, default=10_000)
+    parser.add_argument(
+        "--singles", type=positive_int, default=None, help="events offered one by one"
+    )
+    parser.add_argument("--offered-per-s", type=positive_int, default=10_000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
         "--no-gc-freeze",

@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from _args import positive_int
+
 NS = 1_000_000_000
 
 
@@ -178,13 +180,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
-    parser.add_argument("--runs", type=int, default=None)
-    parser.add_argument("--events", type=int, default=None, help="events per run")
-    parser.add_argument("--customers", type=int, default=None)
-    parser.add_argument("--merchants", type=int, default=None)
+    parser.add_argument("--runs", type=positive_int, default=None)
+    parser.add_argument("--events", type=positive_int, default=None, help="events per run")
+    parser.add_argument("--customers", type=positive_int, default=None)
+    parser.add_argument("--merchants", type=positive_int, default=None)
     parser.add_argument("--days", type=float, default=30.0, help="period the events span")
-    parser.add_argument("--batch", type=int, default=10_000, help="events per compute call")
-    parser.add_argument("--singles", type=int, default=None, help="one-event calls timed")
+    parser.add_argument(
+        "--batch", type=positive_int, default=10_000, help="events per compute call"
+    )
+    parser.add_argument("--singles", type=positive_int, default=None, help="one-event calls timed")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
     quick = args.quick

@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from _args import positive_int
+
 NS = 1_000_000_000
 START = 1_767_225_600 * NS  # 2026-01-01 UTC
 ENTITY_BYTES = {  # docs/risk-features.md, "Memory"
@@ -142,11 +144,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
-    parser.add_argument("--events", type=int, default=None)
-    parser.add_argument("--entities", type=int, default=None, help="bound of each kind")
-    parser.add_argument("--customers", type=int, default=5_000, help="ordinary customers")
+    parser.add_argument("--events", type=positive_int, default=None)
+    parser.add_argument("--entities", type=positive_int, default=None, help="bound of each kind")
+    parser.add_argument("--customers", type=positive_int, default=5_000, help="ordinary customers")
     parser.add_argument("--ordinary", type=float, default=0.1, help="share of ordinary events")
-    parser.add_argument("--batch", type=int, default=1_000, help="events per batch")
+    parser.add_argument("--batch", type=positive_int, default=1_000, help="events per batch")
     parser.add_argument("--seed", type=int, default=11)
     args = parser.parse_args()
     events = args.events or (40_000 if args.quick else 1_000_000)

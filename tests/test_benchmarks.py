@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -149,3 +151,40 @@ def test_ledger_history_benchmark_quick_run_prints_json() -> None:
     query = report["query"]
     assert query["one_turn_scan_ms"] > 0 and query["query_ms"] > 0
     assert query["write_during_query_ms"]["writes"] >= 1
+
+
+BAD_ARGUMENTS = [
+    ("ledger.py", ["--runs", "0"]),
+    ("ledger.py", ["--variants", "tigerbeetle,bogus"]),
+    ("ledger.py", ["--workdir", "/nonexistent/puhui-bench"]),
+    ("ledger.py", ["--database-url", "http://example.invalid/x"]),
+    ("ledger_history.py", ["--limit", "0"]),
+    ("payment_records.py", ["--batch", "-5"]),
+    ("payments.py", ["--variants", "bogus"]),
+    ("payments.py", ["--payments", "abc"]),
+    ("risk.py", ["--runs", "0"]),
+    ("risk_engine.py", ["--batch", "0"]),
+    ("risk_features.py", ["--events", "-1"]),
+    ("risk_flood.py", ["--batch", "0"]),
+    ("api.py", ["--clients", "0"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("script", "args"), BAD_ARGUMENTS, ids=lambda v: " ".join(v) if isinstance(v, list) else v
+)
+def test_a_benchmark_refuses_a_bad_argument_before_it_runs(script: str, args: list[str]) -> None:
+    """A zero or negative count, an unknown variant, a missing work directory or a database
+    URL of another kind: argparse's error (exit 2, the option named), no traceback. A zero
+    count used to become the default silently, or run ``ledger_history.py`` forever."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--json", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith(f"{script}: error: "), out.stderr
+    assert "Traceback" not in out.stderr
+    assert out.stdout == ""

@@ -309,6 +309,7 @@ PAST_THE_STORE = [
 def test_numbers_past_the_store_are_error_codes(tmp_path: Path, args: list[str], code: str) -> None:
     """A number the SQL store cannot hold (beyond 64 bits) is the command's error, not an
     ``OverflowError`` traceback."""
+    _make_store(tmp_path)
     result = invoke(*args, env=_env(tmp_path))
     assert result.exit_code == 2, result.output
     assert result.stderr.startswith(f"error: {code}: "), result.output
@@ -318,6 +319,7 @@ def test_numbers_past_the_store_are_error_codes(tmp_path: Path, args: list[str],
 def test_listing_cases_reads_the_store_only(tmp_path: Path) -> None:
     """A reading command makes no ledger (and binds the store to none): a server started
     later on another ledger would be refused as a mismatch."""
+    _make_store(tmp_path)
     result = invoke("risk", "cases", "list", "--json", env=_env(tmp_path))
     assert result.exit_code == 0, result.output
     assert last_json(result)["cases"] == []
@@ -369,6 +371,12 @@ def test_console_entry_point_prints_one_error_line(tmp_path: Path) -> None:
     ]
 
 
+def _make_store(data: Path) -> None:
+    """Create the SQL store in ``data`` (reading commands never create one)."""
+    result = invoke("tenant", "create", "Acme", env=_env(data))
+    assert result.exit_code == 0, result.output
+
+
 def _env(data: Path, **extra: str) -> dict[str, str]:
     """Every location in ``data``: a command never reaches ./puhui-data."""
     return {
@@ -389,6 +397,8 @@ STORE_COMMANDS = [
     ["risk", "lists", "show", "--json"],
     ["risk", "lists", "add", "blocked_devices", "d1", "--reason", "x", "--json"],
 ]
+STORE_READERS = {"tenant list", "key list", "audit verify", "risk cases list", "risk lists show"}
+"""Reading commands: they never create the store (``store_not_found`` where there is none)."""
 
 
 @pytest.mark.parametrize("args", STORE_COMMANDS, ids=" ".join)
@@ -416,10 +426,17 @@ def test_a_store_that_cannot_be_made_is_store_unavailable(tmp_path: Path, args: 
     one error line with exit 2, not an ``OSError`` / ``DatabaseError`` traceback."""
     occupied = tmp_path / "a-file"
     occupied.write_text("not a directory, not a database")
-    for database_url in (f"sqlite:///{occupied}/puhui.sqlite", f"sqlite:///{occupied}"):
+    reader = " ".join(args[:-1]) in STORE_READERS
+    for database_url, code in (
+        (
+            f"sqlite:///{occupied}/puhui.sqlite",
+            "store_not_found" if reader else "store_unavailable",
+        ),
+        (f"sqlite:///{occupied}", "store_unavailable"),
+    ):
         result = invoke(*args, env=_env(tmp_path, PUHUI_DATABASE_URL=database_url))
         assert result.exit_code == 2, result.output
-        assert result.stderr.startswith("error: store_unavailable: "), result.output
+        assert result.stderr.startswith(f"error: {code}: "), result.output
         assert "Traceback" not in result.output
     assert occupied.read_text() == "not a directory, not a database"
 

@@ -6,15 +6,17 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 import sqlalchemy as sa
 import typer
 from rich.console import Console
+from typer._click import exceptions as click_errors  # typer 0.29 ships click inside (pinned)
+from typer.core import TyperGroup
 
-from puhui.errors import PuhuiError
+from puhui.errors import InvalidInputError, PuhuiError
 from puhui.store import create_engine, migrate
 
 EXIT_OK: Final = 0
@@ -33,10 +35,24 @@ class StoreUnavailableError(PuhuiError):
     code = "store_unavailable"
 
 
+class StoreNotFoundError(InvalidInputError):
+    """A reading command (``tenant list``, ``audit verify``, ``risk cases list``, ...) was
+    pointed at a SQLite store that does not exist: it never creates one."""
+
+    code = "store_not_found"
+
+
 class OutputUnwritableError(PuhuiError):
     """A file the command was asked to write (``--out``, ``--log``) cannot be written."""
 
     code = "output_unwritable"
+
+
+class InvalidUsageError(InvalidInputError):
+    """The command line itself is wrong: an unknown command or option, an option without its
+    value, a value of the wrong type or out of range, a missing argument."""
+
+    code = "invalid_usage"
 
 
 class DataDirUnavailableError(PuhuiError):
@@ -66,11 +82,32 @@ def _store_url_shown(url: str) -> str:
         return "(unparsable)"
 
 
+def _sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite store URL (None for a server's URL, an in-memory database, or
+    text that is not a URL: ``create_engine`` judges those)."""
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError:
+        return None
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    return None if database.startswith("file:") else Path(database)
+
+
 @contextlib.contextmanager
-def opened_store(url: str) -> Iterator[sa.Engine]:
+def opened_store(url: str, *, existing: bool = False) -> Iterator[sa.Engine]:
     """The SQL store at ``url``, migrated to the newest schema; disposed of afterwards. A URL
     that names no known database, or a database that cannot be reached, is
-    ``store_unavailable`` (no traceback)."""
+    ``store_unavailable`` (no traceback). ``existing``: for reading commands, a SQLite file
+    that does not exist is ``store_not_found``, and nothing is created (no file, no
+    directory)."""
+    local = _sqlite_file(url) if existing else None
+    if local is not None and not local.is_file():
+        raise StoreNotFoundError(
+            f"no SQL store at {str(local)!r} (a command that writes, as `puhui demo` or"
+            " `puhui tenant create`, creates it)"
+        )
     try:
         engine = create_engine(url)
     except (sa.exc.ArgumentError, ImportError) as error:
@@ -95,6 +132,13 @@ def opened_store(url: str) -> Iterator[sa.Engine]:
         engine.dispose()
 
 
+def check_output_file(path: Path) -> None:
+    """Refuse, before any work, a file to write that can never be one: an empty name (``''``,
+    ``.``) or an existing directory is ``output_unwritable``."""
+    if not path.name or path.is_dir():
+        raise OutputUnwritableError(f"cannot write {str(path)!r}: not a file name")
+
+
 @contextlib.contextmanager
 def written_output(path: Path) -> Iterator[None]:
     """Turn an ``OSError`` while writing ``path`` into ``output_unwritable``."""
@@ -106,16 +150,63 @@ def written_output(path: Path) -> Iterator[None]:
         ) from None
 
 
+def _error_line(error: PuhuiError) -> str:
+    """``error: <code>: <message>`` on one line (a message that quotes a multi-line cause, as a
+    database driver's, is joined)."""
+    message = " ".join(part.strip() for part in error.message.splitlines() if part.strip())
+    return f"error: {error.code}: {message}"
+
+
 @contextlib.contextmanager
 def reported_errors() -> Iterator[None]:
     """Turn a ``PuhuiError`` into one line ``error: <code>: <message>`` on stderr and exit
-    code 2 (a message that quotes a multi-line cause, as a database driver's, is joined)."""
+    code 2."""
     try:
         yield
     except PuhuiError as error:
-        message = " ".join(part.strip() for part in error.message.splitlines() if part.strip())
-        typer.echo(f"error: {error.code}: {message}", err=True)
+        typer.echo(_error_line(error), err=True)
         raise typer.Exit(EXIT_ERROR) from None
+
+
+def _usage_error(error: click_errors.UsageError) -> InvalidUsageError:
+    where = error.ctx.command_path if error.ctx is not None else "puhui"
+    return InvalidUsageError(f"{where}: {error.format_message()} (see `{where} --help`)")
+
+
+class OneLineErrorsGroup(TyperGroup):
+    """The root command group: a usage error (unknown command or option, a bad or missing
+    value) is one line ``error: invalid_usage: <message>`` on stderr with exit code 2, like
+    every other error, instead of click's usage box. Help (``--help``, a group run without
+    a command) is printed as before."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except click_errors.NoArgsIsHelpError as error:  # the help is printed already
+            sys.exit(error.exit_code)
+        except click_errors.UsageError as error:
+            _exit_with(_usage_error(error))
+        except click_errors.ClickException as error:  # not raised by Puhui's commands today
+            error.show()
+            sys.exit(error.exit_code)
+        except typer.Abort:
+            typer.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+def _exit_with(error: PuhuiError) -> NoReturn:
+    typer.echo(_error_line(error), err=True)
+    sys.exit(EXIT_ERROR)
 
 
 def console() -> Console:

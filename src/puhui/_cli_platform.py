@@ -52,8 +52,10 @@ def register(app: typer.Typer) -> None:
 
 
 @contextlib.contextmanager
-def _store(database_url: str | None) -> Iterator[sa.Engine]:
-    with opened_store(database_url or Settings.from_env().database_url) as engine:
+def _store(database_url: str | None, *, existing: bool = False) -> Iterator[sa.Engine]:
+    """``existing``: a reading command's store, never created (``store_not_found``)."""
+    url = database_url or Settings.from_env().database_url
+    with opened_store(url, existing=existing) as engine:
         yield engine
 
 
@@ -165,54 +167,63 @@ def serve(
     from puhui.api import ApiOptions, CorkedHttpProtocol, configure_logging, create_app
     from puhui.clock import SystemClock
     from puhui.payments import Payments, SimulatedBank
-    from puhui.risk import Cases, ListStore, SyncedRiskLists, open_engine
+    from puhui.risk import Cases, ListStore, SyncedRiskLists, load_ruleset, open_engine
+    from puhui.risk._engine import engine_schema
+    from puhui.risk._model import RiskModel
 
     configure_logging()  # JSON lines on stderr, one per request; uvicorn's own access log off
     with _reported_errors():
         settings = Settings.from_env()
         url = ledger_url or settings.ledger_url  # a local journal makes its own directories
         risk_directory = risk_dir or settings.data_dir / "risk"
-        make_data_dir(risk_directory)
+        # Unusable rules or model files are refused before anything is made (store, ledger,
+        # risk directory); so is an unusable store, before the risk directory.
+        if risk_rules is not None:
+            load_ruleset(risk_rules, engine_schema())
+        for model_file in (risk_model, risk_shadow_model):
+            if model_file is not None:
+                RiskModel.load(model_file)
         clock = SystemClock()
-        with (
-            _store(database_url) as engine,
-            tb.open(url) as ledger,
-            open_engine(
-                risk_directory,
-                clock=clock,
-                rules=risk_rules,
-                model=risk_model,
-                shadow_model=risk_shadow_model,
-                lists=SyncedRiskLists(ListStore(engine, clock)),
-                entities=risk_entities,
-                pairs=min(2 * risk_entities, 1 << 26),
-            ) as risk_engine,
-        ):
-            payments = Payments(
-                engine,
-                ledger,
-                clock=clock,
-                bank=SimulatedBank(clock),
-                decide=risk_engine,
-                cases=Cases(engine, clock),
-            )
-            options = ApiOptions(
-                webhook_delivery_interval_s=webhook_interval or None,
-                webhooks=WebhookOptions(loopback_allowed=webhook_loopback),
-            )
-            app = create_app(engine, ledger, clock=clock, options=options, payments=payments)
-            # After the app has attached the flows (bills, checkout, webhooks) that finish
-            # their own operations: recovery needs them.
-            payments.recover()
-            uvicorn.run(
-                app,
-                host=host,
-                port=port,
-                loop="uvloop",
-                http=CorkedHttpProtocol,
-                log_level="info",
-                access_log=False,
-            )
+        with _store(database_url) as engine:
+            make_data_dir(risk_directory)
+            with (
+                tb.open(url) as ledger,
+                open_engine(
+                    risk_directory,
+                    clock=clock,
+                    rules=risk_rules,
+                    model=risk_model,
+                    shadow_model=risk_shadow_model,
+                    lists=SyncedRiskLists(ListStore(engine, clock)),
+                    entities=risk_entities,
+                    pairs=min(2 * risk_entities, 1 << 26),
+                ) as risk_engine,
+            ):
+                payments = Payments(
+                    engine,
+                    ledger,
+                    clock=clock,
+                    bank=SimulatedBank(clock),
+                    decide=risk_engine,
+                    cases=Cases(engine, clock),
+                )
+                options = ApiOptions(
+                    webhook_delivery_interval_s=webhook_interval or None,
+                    webhooks=WebhookOptions(loopback_allowed=webhook_loopback),
+                )
+                app = create_app(engine, ledger, clock=clock, options=options, payments=payments)
+                # After the app has attached the flows (bills, checkout, webhooks) that finish
+                # their own operations: recovery needs them.
+                payments.recover()
+                uvicorn.run(
+                    app,
+                    host=host,
+                    port=port,
+                    loop="uvloop",
+                    http=CorkedHttpProtocol,
+                    log_level="info",
+                    access_log=False,
+                )
 
 
 # --- tenants --------------------------------------------------------------------------------
@@ -239,7 +250,7 @@ def tenant_create(
 @tenant_app.command("list")
 def tenant_list(database_url: DatabaseUrl = None, as_json: AsJson = False) -> None:
     """List tenants."""
-    with _reported_errors(), _store(database_url) as engine:
+    with _reported_errors(), _store(database_url, existing=True) as engine:
         tenants = Tenants(engine).list_tenants()
     for tenant in tenants:
         typer.echo(f"{tenant.id}\t{tenant.name}\t{tenant.kind.value}\t{tenant.status.value}")
@@ -267,7 +278,7 @@ def key_create(
     as_json: AsJson = False,
 ) -> None:
     """Create an API key. Its token is printed once, now: store it, it cannot be shown again."""
-    with _reported_errors(), _store(database_url) as engine:
+    with _reported_errors(), _store(database_url, existing=True) as engine:
         tenants = Tenants(engine)
         owner = tenants.find(tenant)
         key, token = tenants.create_key(owner.id, scope, name)
@@ -284,7 +295,7 @@ def key_revoke(
     as_json: AsJson = False,
 ) -> None:
     """Revoke an API key: it stops authenticating at once."""
-    with _reported_errors(), _store(database_url) as engine:
+    with _reported_errors(), _store(database_url, existing=True) as engine:
         key = Tenants(engine).revoke_key(key_id)
     typer.echo(f"key {key.id} revoked")
     if as_json:
@@ -300,7 +311,7 @@ def key_list(
     as_json: AsJson = False,
 ) -> None:
     """List API keys (never their secrets)."""
-    with _reported_errors(), _store(database_url) as engine:
+    with _reported_errors(), _store(database_url, existing=True) as engine:
         tenants = Tenants(engine)
         tenant_id = tenants.find(tenant).id if tenant is not None else None
         keys = tenants.list_keys(tenant_id)
@@ -318,7 +329,7 @@ def key_list(
 @audit_app.command("verify")
 def audit_verify(database_url: DatabaseUrl = None, as_json: AsJson = False) -> None:
     """Check the audit chain; exit 0 if intact, 1 if an entry was edited, inserted or deleted."""
-    with _reported_errors(), _store(database_url) as engine:
+    with _reported_errors(), _store(database_url, existing=True) as engine:
         report = AuditLog(engine).verify()
     if report.ok:
         typer.echo(f"audit log intact: {report.entries} entries, head {report.head_hash}")

@@ -19,6 +19,7 @@ from rich.table import Table
 from puhui import ledger as tb
 from puhui._cli_common import (
     EXIT_OK,
+    check_output_file,
     console,
     emit_json,
     opened_store,
@@ -213,6 +214,7 @@ def train_command(
     """Simulate (with every event accepted, so fraud runs its course), and train a model on
     the features the engine logged, labelled by the simulation's truth."""
     with reported_errors():
+        check_output_file(out)
         seeds = seed or [1]
         configs = [
             SimConfig(customers=customers, days=days, seed=s, fraud_rate=fraud_rate) for s in seeds
@@ -332,8 +334,14 @@ def decisions_command(
     ``--json`` always): any decision explained after the fact. Reads the log without
     writing, so a running server's log may be read."""
     with reported_errors():
+        directory = log or _default_log()
+        if not directory.is_dir():  # a mistyped --log would otherwise read as "no decisions"
+            raise InvalidInputError(
+                f"no decision log at {directory} (see `puhui serve --risk-dir`,"
+                " `puhui risk report --log`)"
+            )
         found = find_decisions(
-            log or _default_log(),
+            directory,
             customer_id=customer,
             decision=decision,
             from_ns=_day_ns(from_),
@@ -395,13 +403,15 @@ class _NoGateway:
 
 
 @contextlib.contextmanager
-def _cases() -> Iterator[tuple[Cases, Payments]]:
+def _cases(case_id: int) -> Iterator[tuple[Cases, Payments]]:
     """The case queue, with the payments service wired to carry out decisions (without a
-    bank gateway: see ``_NoGateway``)."""
+    bank gateway: see ``_NoGateway``). A case that does not exist is ``case_not_found``
+    before the ledger is opened (which would make one, and bind the store to it)."""
     settings = Settings.from_env()
-    with opened_store(settings.database_url) as engine:
+    with opened_store(settings.database_url, existing=True) as engine:
         clock = SystemClock()
         cases = Cases(engine, clock)
+        cases.case(case_id)
         ledger = tb.open(settings.ledger_url)
         try:
             payments = Payments(engine, ledger, clock=clock, bank=_NoGateway(), cases=cases)
@@ -440,7 +450,10 @@ def cases_list(
     as_json: AsJson = False,
 ) -> None:
     """Cases waiting for an analyst (or of another status), oldest first."""
-    with reported_errors(), opened_store(Settings.from_env().database_url) as engine:
+    with (
+        reported_errors(),
+        opened_store(Settings.from_env().database_url, existing=True) as engine,
+    ):
         found = Cases(engine, SystemClock()).cases(status, after_id=after, limit=limit)
         table = Table(title="Review cases")
         for column in ("id", "status", "customer", "amount", "score", "reasons"):
@@ -479,7 +492,7 @@ def cases_decide(
     """Decide a case: approve releases the held payment, reject returns it. Approving a held
     top-up, withdrawal or bill payment needs the bank or a biller: refused here
     (`case_needs_gateway`), decide those over the API."""
-    with reported_errors(), _cases() as (cases, payments):
+    with reported_errors(), _cases(case_id) as (cases, payments):
         _check_gateway_free(cases, payments, case_id, outcome)
         case = cases.decide(
             case_id, analyst=analyst, outcome=outcome, note=note, account_takeover=takeover
@@ -510,8 +523,9 @@ def _expiry_ns(expires_in: str | None, now_ns: int) -> int | None:
 
 
 @contextlib.contextmanager
-def _list_store() -> Iterator[ListStore]:
-    with opened_store(Settings.from_env().database_url) as engine:
+def _list_store(*, existing: bool = False) -> Iterator[ListStore]:
+    """``existing``: for reading (and removing), never created (``store_not_found``)."""
+    with opened_store(Settings.from_env().database_url, existing=existing) as engine:
         yield ListStore(engine, SystemClock())
 
 
@@ -538,7 +552,7 @@ def lists_show(
     as_json: AsJson = False,
 ) -> None:
     """The entries of the block and allow lists (expired ones too, marked)."""
-    with reported_errors(), _list_store() as store:
+    with reported_errors(), _list_store(existing=True) as store:
         names = [name] if name is not None else list(store.names)
         now = store.clock.now_ns()
         rows = [(n, e) for n in names for e in store.entries(n)]
@@ -596,7 +610,7 @@ def lists_remove(
     as_json: AsJson = False,
 ) -> None:
     """Take a value off a list."""
-    with reported_errors(), _list_store() as store:
+    with reported_errors(), _list_store(existing=True) as store:
         removed = store.remove(name, value)
         console().print(
             f"{escape(value)} {'removed from' if removed else 'was not on'} {escape(name)}"

@@ -10,7 +10,13 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from puhui._cli_common import console, emit_json, reported_errors, written_output
+from puhui._cli_common import (
+    check_output_file,
+    console,
+    emit_json,
+    reported_errors,
+    written_output,
+)
 from puhui.config import Settings
 from puhui.money import format_amount
 from puhui.sim import Scenario, SimConfig, simulate, write_events
@@ -53,6 +59,7 @@ def run(
             scenarios=tuple(scenario) if scenario else tuple(Scenario),
         )
         target = out or Settings.from_env().data_dir / "sim" / f"events-seed{seed}.jsonl"
+        check_output_file(target)
         shown = console()
         with Progress(
             TextColumn("simulating"),

@@ -11,7 +11,8 @@ Commands:
 - ``puhui version``.
 
 Exit codes: 0 success; 1 the command ran but found a problem (``verify`` failed, or a demo step
-did not end as expected); 2 an error (``error: <code>: <message>`` on stderr, no traceback).
+did not end as expected); 2 an error (``error: <code>: <message>`` on stderr, no traceback; a
+wrong command line too: ``invalid_usage``).
 With ``--json`` the last line of stdout is one JSON object for machines; 128-bit integers
 (ids, amounts in minor units) are written as decimal strings; the demo's ``payments`` part
 writes its amounts (at most 2**63 - 1, the payments service's range) as JSON integers.
@@ -41,6 +42,7 @@ from puhui._cli_common import (
     EXIT_OK,
     EXIT_PROBLEM,
     DataDirUnavailableError,
+    OneLineErrorsGroup,
     opened_store,
 )
 from puhui._cli_common import console as _console
@@ -74,6 +76,7 @@ HISTORY_SHOWN_MAX: Final = 20
 
 app = typer.Typer(
     name="puhui",
+    cls=OneLineErrorsGroup,
     help="Puhui: an open-source platform for inclusive finance.",
     no_args_is_help=True,
     add_completion=False,
@@ -831,11 +834,21 @@ AsJson = Annotated[
 
 @ledger_app.command("verify")
 def ledger_verify(path_or_url: PathOrUrl = None, as_json: AsJson = False) -> None:
-    """Check the ledger's invariants; exit 0 if they hold, 1 if not."""
+    """Check the ledger's invariants; exit 0 if they hold, 1 if not (a damaged journal
+    included: the report names its ``journal_corrupt`` problem)."""
     with _reported_errors():
         url = path_or_url or Settings.from_env().ledger_url
-        with _open_existing(url) as ledger:
-            report = tb.verify(ledger)
+        try:
+            with _open_existing(url) as ledger:
+                report = tb.verify(ledger)
+        except tb.JournalCorruptError as error:  # what verify is there to find: a failed check
+            report = tb.VerifyReport(
+                ok=False,
+                accounts=0,
+                transfers=0,
+                journal_ops=0,
+                problems=[f"{error.code}: {error.message}"],
+            )
         console = _console()
         console.print(f"[bold]Ledger[/] {escape(_display_url(url))}")
         _print_verify(console, report)
@@ -877,13 +890,15 @@ def ledger_info(path_or_url: PathOrUrl = None, as_json: AsJson = False) -> None:
 
 
 @app.command()
-def version() -> None:
+def version(as_json: AsJson = False) -> None:
     """Print Puhui's version."""
     try:
         number = metadata.version("puhui")
     except metadata.PackageNotFoundError:  # running from a source tree that is not installed
         number = "0+unknown"
     typer.echo(f"puhui {number}")
+    if as_json:
+        _emit_json({"command": "version", "version": number})
 
 
 register_platform_commands(app)  # serve, tenant, key, audit (puhui._cli_platform)

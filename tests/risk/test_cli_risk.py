@@ -122,6 +122,11 @@ def test_train_on_a_run_without_fraud_says_what_to_change(tmp_path: Path) -> Non
 
 def test_cases_from_the_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PUHUI_DATA_DIR", str(tmp_path))
+    absent = runner.invoke(app, ["risk", "cases", "list", "--json"])
+    assert absent.exit_code == 2 and "store_not_found" in absent.output  # never created
+    assert not (tmp_path / "puhui.sqlite").exists()
+    made = runner.invoke(app, ["tenant", "create", "Acme"])
+    assert made.exit_code == 0, made.output
     listed = runner.invoke(app, ["risk", "cases", "list", "--json"])
     assert listed.exit_code == 0, listed.output
     assert _last_json(listed.stdout)["cases"] == []

@@ -45,6 +45,9 @@ from .model import (
 keys_listed_max = 1000
 """Most keys one listing returns (unit: keys)."""
 
+tenant_id_max = (1 << 63) - 1
+"""The largest tenant number the SQL store can hold (a signed 64-bit integer)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Tenant:
@@ -162,9 +165,13 @@ class Tenants:
         return _tenant(row)
 
     def find(self, name_or_id: str) -> Tenant:
-        """A tenant by its number or its name (for the CLI)."""
-        column = tables.tenants.c.id if name_or_id.isdigit() else tables.tenants.c.name
-        value: object = int(name_or_id) if name_or_id.isdigit() else name_or_id
+        """A tenant by its number or its name (for the CLI). A number no tenant can have (past
+        the store's 64-bit integers) is ``tenant_not_found`` like any other."""
+        is_number = name_or_id.isascii() and name_or_id.isdigit()
+        if is_number and int(name_or_id) > tenant_id_max:
+            raise TenantNotFoundError(f"no tenant {name_or_id[:64]!r}")
+        column = tables.tenants.c.id if is_number else tables.tenants.c.name
+        value: object = int(name_or_id) if is_number else name_or_id
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(tables.tenants).where(column == value)).first()
         if row is None:
