@@ -119,6 +119,7 @@ BAD_INPUT = [
     (["key", "create", "Acme"], "invalid_usage"),
     (["serve", "--port", "0"], "invalid_usage"),
     (["version", "--bogus"], "invalid_usage"),
+    (["tenant", "list", "--bogus", "--json"], "invalid_usage"),
     # counts, ids and names that cannot be
     (["risk", "cases", "list", "--limit", "0", "--json"], "invalid_input"),
     (["risk", "decisions", "--limit", "-1", "--json"], "invalid_input"),
@@ -159,6 +160,9 @@ def test_bad_input_is_one_error_line_and_changes_nothing(
     assert result.stderr.startswith(f"error: {code}: "), result.output
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "Traceback" not in result.output
+    if "--json" in args:  # a machine finds the error as the last line of stdout too
+        error = _last_json(result)["error"]
+        assert error["code"] == code and error["message"] in result.stderr
     after = _snapshot(data)
     # a SQLite journal's lock file beside a file that is none is the journal's, not ours
     assert {k: v for k, v in after.items() if not k.endswith("-lock")} == before

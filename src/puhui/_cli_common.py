@@ -14,6 +14,7 @@ import sqlalchemy as sa
 import typer
 from rich.console import Console
 from typer._click import exceptions as click_errors  # typer 0.29 ships click inside (pinned)
+from typer._click.globals import get_current_context
 from typer.core import TyperGroup
 
 from puhui.errors import InvalidInputError, PuhuiError
@@ -157,14 +158,32 @@ def _error_line(error: PuhuiError) -> str:
     return f"error: {error.code}: {message}"
 
 
+def _error_json(error: PuhuiError) -> None:
+    """With ``--json``, the error as the last line of stdout too (a machine reading it finds
+    one JSON object there whether the command succeeded or not)."""
+    message = " ".join(part.strip() for part in error.message.splitlines() if part.strip())
+    emit_json({"error": {"code": error.code, "message": message}})
+
+
+def _wants_json(args: Sequence[str] | None = None) -> bool:
+    """Whether the command line asked for ``--json``: the running command's parameter, or,
+    before a command runs (a usage error), the word among ``args``."""
+    if args is not None:
+        return "--json" in args
+    ctx = get_current_context(silent=True)
+    return bool(ctx is not None and ctx.params.get("as_json"))
+
+
 @contextlib.contextmanager
 def reported_errors() -> Iterator[None]:
     """Turn a ``PuhuiError`` into one line ``error: <code>: <message>`` on stderr and exit
-    code 2."""
+    code 2 (with ``--json``, also ``{"error": {"code", "message"}}`` as stdout's last line)."""
     try:
         yield
     except PuhuiError as error:
         typer.echo(_error_line(error), err=True)
+        if _wants_json():
+            _error_json(error)
         raise typer.Exit(EXIT_ERROR) from None
 
 
@@ -194,7 +213,7 @@ class OneLineErrorsGroup(TyperGroup):
         except click_errors.NoArgsIsHelpError as error:  # the help is printed already
             sys.exit(error.exit_code)
         except click_errors.UsageError as error:
-            _exit_with(_usage_error(error))
+            _exit_with(_usage_error(error), _wants_json(sys.argv[1:] if args is None else args))
         except click_errors.ClickException as error:  # not raised by Puhui's commands today
             error.show()
             sys.exit(error.exit_code)
@@ -204,8 +223,10 @@ class OneLineErrorsGroup(TyperGroup):
         sys.exit(code if isinstance(code, int) else EXIT_OK)
 
 
-def _exit_with(error: PuhuiError) -> NoReturn:
+def _exit_with(error: PuhuiError, as_json: bool = False) -> NoReturn:
     typer.echo(_error_line(error), err=True)
+    if as_json:
+        _error_json(error)
     sys.exit(EXIT_ERROR)
 
 

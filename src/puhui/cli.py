@@ -13,7 +13,8 @@ Commands:
 Exit codes: 0 success; 1 the command ran but found a problem (``verify`` failed, or a demo step
 did not end as expected); 2 an error (``error: <code>: <message>`` on stderr, no traceback; a
 wrong command line too: ``invalid_usage``).
-With ``--json`` the last line of stdout is one JSON object for machines; 128-bit integers
+With ``--json`` the last line of stdout is one JSON object for machines (on an error,
+``{"error": {"code": ..., "message": ...}}``); 128-bit integers
 (ids, amounts in minor units) are written as decimal strings; the demo's ``payments`` part
 writes its amounts (at most 2**63 - 1, the payments service's range) as JSON integers.
 """
