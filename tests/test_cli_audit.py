@@ -130,6 +130,8 @@ BAD_INPUT = [
     (["key", "revoke", "", "--json"], "api_key_not_found"),
     (["tenant", "create", "", "--json"], "invalid_name"),
     (["sim", "run", "--days", "0", "--json"], "invalid_input"),
+    (["risk", "report", "--model-threshold", "-5", "--json"], "invalid_input"),
+    (["risk", "report", "--model-threshold", "nan", "--json"], "invalid_input"),
     # places that are not what they should be
     (["risk", "decisions", "--log", "{data}/nowhere", "--json"], "invalid_input"),
     (["risk", "decisions", "--log", "{data}/not-a-log", "--json"], "invalid_input"),

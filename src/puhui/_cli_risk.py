@@ -111,6 +111,8 @@ def report(
     with ``--shadow-model``, live against shadow (AUC, precision and recall at the live
     threshold, the decisions that would change)."""
     with reported_errors(), contextlib.ExitStack() as stack:
+        if not 0 <= model_threshold <= 1000:  # a score is 0-1000 (NaN is neither)
+            raise InvalidInputError(f"model_threshold must be 0..1000, not {model_threshold}")
         config = SimConfig(customers=customers, days=days, seed=seed, fraud_rate=fraud_rate)
         loaded = RiskModel.load(model) if model is not None else None
         shadow = RiskModel.load(shadow_model) if shadow_model is not None else None
