@@ -10,18 +10,20 @@ answered payment is recorded as answered and that the books match the records.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from puhui.ledger import verify
-from puhui.payments import OperationStatus, Payee, PaymentBatches
+from puhui.ledger import Ledger, verify
+from puhui.payments import OperationStatus, Payee, PaymentBatches, Payments
 from puhui.payments.model import transfer_id
 
 from . import crash_child as child
@@ -46,6 +48,19 @@ def _setup(url: str, data: Path) -> None:
     assert done.returncode == 0, done.stderr
 
 
+@contextlib.contextmanager
+def _reopened(url: str, data: Path, start_ns: int) -> Iterator[tuple[Payments, Ledger]]:
+    """The service reopened after a crash, as a restarted process would: its books verified
+    and it closed at the end."""
+    payments, ledger = child.open_service(url, data, start_ns)
+    try:
+        yield payments, ledger
+        assert verify(ledger).ok
+    finally:
+        ledger.close()
+        payments.engine.dispose()
+
+
 @pytest.mark.parametrize("mode", ["kill-after-move", "kill-after-record"])
 def test_recovery_finishes_an_operation_cut_short_exactly_once(
     database_url: str, tmp_path: Path, mode: str
@@ -53,8 +68,7 @@ def test_recovery_finishes_an_operation_cut_short_exactly_once(
     _setup(database_url, tmp_path)
     crashed = _run(database_url, tmp_path, mode, START_NS + HOUR_NS)
     assert crashed.returncode == 0, crashed.stderr  # os._exit(0) inside the hook
-    payments, ledger = child.open_service(database_url, tmp_path, START_NS + 2 * HOUR_NS)
-    try:
+    with _reopened(database_url, tmp_path, START_NS + 2 * HOUR_NS) as (payments, _):
         [op] = payments.operations(status=OperationStatus.PENDING)
         moved = payments.balance(2, "CNY").posted - child.FUND
         assert moved == (12_34 if mode == "kill-after-move" else 0)
@@ -67,10 +81,6 @@ def test_recovery_finishes_an_operation_cut_short_exactly_once(
         assert again.id == op.id and again.status is OperationStatus.COMPLETED
         assert payments.recover() == {}
         assert payments.balance(2, "CNY").posted == child.FUND + 12_34
-        assert verify(ledger).ok
-    finally:
-        ledger.close()
-        payments.engine.dispose()
 
 
 @pytest.mark.parametrize("mode", ["batch-kill-after-move", "batch-kill-after-record"])
@@ -83,8 +93,7 @@ def test_a_batch_cut_short_is_found_by_a_retry_and_finished_once(
     _setup(database_url, tmp_path)
     crashed = _run(database_url, tmp_path, mode, START_NS + HOUR_NS)
     assert crashed.returncode == 0, crashed.stderr  # os._exit(0) inside the hook
-    payments, ledger = child.open_service(database_url, tmp_path, START_NS + 2 * HOUR_NS)
-    try:
+    with _reopened(database_url, tmp_path, START_NS + 2 * HOUR_NS) as (payments, _):
         assert len(payments.operations(status=OperationStatus.PENDING)) == 2
         moved = payments.balance(2, "CNY").posted - child.FUND
         assert moved == (12_34 if mode == "batch-kill-after-move" else 0)
@@ -104,10 +113,6 @@ def test_a_batch_cut_short_is_found_by_a_retry_and_finished_once(
         assert answers == [again, payments.operation(left.id)]
         assert payments.recover() == {}
         assert payments.balance(2, "CNY").posted == child.FUND + 12_34
-        assert verify(ledger).ok
-    finally:
-        ledger.close()
-        payments.engine.dispose()
 
 
 @pytest.mark.parametrize("loop", ["loop", "batch-loop"])
@@ -146,8 +151,7 @@ def test_random_kills_lose_no_answered_payment_and_move_nothing_twice(
         # Every child starts again at key loop-0: its first answers are replays of payments
         # answered before, which must return the same result and move nothing.
         start += HOUR_NS
-        payments, ledger = child.open_service(database_url, tmp_path, start)
-        try:
+        with _reopened(database_url, tmp_path, start) as (payments, ledger):
             payments.recover()
             ops = payments.operations(limit=100_000)
             assert all(op.final for op in ops)  # recovery left nothing half-way
@@ -168,7 +172,3 @@ def test_random_kills_lose_no_answered_payment_and_move_nothing_twice(
                     if op.payee_customer_id == k:
                         expected += op.amount
                 assert payments.balance(k, "CNY").posted == expected, (cycle, k)
-            assert verify(ledger).ok
-        finally:
-            ledger.close()
-            payments.engine.dispose()
