@@ -113,12 +113,10 @@ def test_appends_continue_the_chain_after_verify(engine: sa.Engine, clock: Manua
     assert report.ok and report.entries == 4
 
 
-def test_an_entry_inserted_below_the_first_is_found(engine: sa.Engine, clock: ManualClock) -> None:
-    """A forger adds a well-formed entry with a negative sequence number, out of the way of
-    the chain: verify reads the whole table, not only from 0, and finds it."""
-    audit = _log(engine, clock)
+def _forge(engine: sa.Engine, clock: ManualClock, seq: int, prev_hash: str) -> None:
+    """A well-formed entry written straight into the table (a forger with write access)."""
     fields: dict[str, Any] = {
-        "seq": -7,
+        "seq": seq,
         "at_ns": clock.now_ns(),
         "tenant_id": 2,
         "key_id": None,
@@ -126,10 +124,17 @@ def test_an_entry_inserted_below_the_first_is_found(engine: sa.Engine, clock: Ma
         "route": "/v1/x",
         "target": "/forged",
         "status": 200,
-        "prev_hash": "0" * 64,
+        "prev_hash": prev_hash,
     }
     with engine.begin() as conn:
         conn.execute(log_table.insert().values(fields | {"hash": audit_hash(**fields)}))
+
+
+def test_an_entry_inserted_below_the_first_is_found(engine: sa.Engine, clock: ManualClock) -> None:
+    """A forger adds a well-formed entry with a negative sequence number, out of the way of
+    the chain: verify reads the whole table, not only from 0, and finds it."""
+    audit = _log(engine, clock)
+    _forge(engine, clock, -7, "0" * 64)
     assert _kind_at(audit) == (-7, AuditProblemKind.CHAIN_BROKEN)
 
 
@@ -242,17 +247,5 @@ def test_entries_appended_past_the_anchor_by_a_forger_are_found(
     the anchor's row) is still found, by the anchor read after the entries."""
     audit = _log(engine, clock, 3)
     [last] = audit.entries(after_seq=2)
-    fields: dict[str, Any] = {
-        "seq": 4,
-        "at_ns": clock.now_ns(),
-        "tenant_id": 2,
-        "key_id": None,
-        "method": "POST",
-        "route": "/v1/x",
-        "target": "/forged",
-        "status": 200,
-        "prev_hash": last.hash,
-    }
-    with engine.begin() as conn:
-        conn.execute(log_table.insert().values(fields | {"hash": audit_hash(**fields)}))
+    _forge(engine, clock, 4, last.hash)
     assert _kind_at(audit) == (4, AuditProblemKind.TRUNCATED)
