@@ -10,6 +10,9 @@ payments), so the rest of the payments path is not in the figure:
   the ``COMMIT`` (its WAL sync and, when due, the checkpoint), under two settings: SQLite's
   defaults (2 MiB page cache, a checkpoint every 1,000 WAL pages) and the ones
   ``puhui.store.create_engine`` sets;
+* ``two_writes``: the same rows and then their outcome in a second transaction (``UPDATE``
+  by id), as a batch records them, under ``puhui``'s settings: against ``puhui`` (the
+  ``INSERT`` alone) it says what the outcome's write adds;
 * ``pages_per_row``: WAL pages one batch writes, divided by its rows, for the table with
   its primary key alone and with each of the other indexes added (a random-order index
   changes a page per row, an index in insertion order a page per hundred rows or so).
@@ -111,9 +114,13 @@ def _insert(table: str) -> str:
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
 
 
-def rows_per_s(schema: Path, settings: str, args: argparse.Namespace, seed: int) -> float:
+def rows_per_s(
+    schema: Path, settings: str, args: argparse.Namespace, seed: int, *, outcome: bool = False
+) -> float:
     """Rows recorded per second of ``INSERT`` + ``COMMIT`` (the time a batch holds the write
-    lock), over ``--batches`` batches into a table that starts empty."""
+    lock), over ``--batches`` batches into a table that starts empty. ``outcome``: as
+    ``PaymentBatches`` records a batch, two writes — the rows (``pending``), then, in a
+    second transaction, their outcome (``UPDATE`` by id over ``json_each``) — both timed."""
     workdir = Path(tempfile.mkdtemp(dir=schema.parent))
     path = workdir / "db.sqlite"
     shutil.copy(schema, path)
@@ -126,6 +133,14 @@ def rows_per_s(schema: Path, settings: str, args: argparse.Namespace, seed: int)
         conn.execute("BEGIN IMMEDIATE")
         conn.executemany(_insert(TABLE), rows)
         conn.execute("COMMIT")
+        if outcome:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                f"UPDATE {TABLE} SET status = 'completed', updated_at_ns = updated_at_ns + 1"
+                " WHERE id IN (SELECT value FROM json_each(?)) AND status || '' = 'pending'",
+                (json.dumps([r[0] for r in rows]),),
+            )
+            conn.execute("COMMIT")
         held += time.perf_counter() - started
     conn.close()
     shutil.rmtree(workdir)
@@ -193,10 +208,13 @@ def main() -> None:
             "batches": args.batches,
             "payers": args.payers,
         }
-        runs: dict[str, list[float]] = {"sqlite_defaults": [], "puhui": []}
-        for run in range(args.runs):  # alternated, so a noisy moment hits both
+        runs: dict[str, list[float]] = {"sqlite_defaults": [], "puhui": [], "two_writes": []}
+        for run in range(args.runs):  # alternated, so a noisy moment hits each
             for settings, figures in runs.items():
-                figures.append(rows_per_s(schema, settings, args, seed=run))
+                if settings == "two_writes":  # puhui's settings, the record and its outcome
+                    figures.append(rows_per_s(schema, "puhui", args, seed=run, outcome=True))
+                else:
+                    figures.append(rows_per_s(schema, settings, args, seed=run))
         for settings, figures in runs.items():
             report[settings] = {
                 "rows_per_s": statistics.median(figures),

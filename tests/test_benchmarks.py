@@ -70,6 +70,7 @@ def test_payment_records_benchmark_quick_run_prints_json() -> None:
     report = _report("payment_records.py", "--quick", "--json")
     assert report["rows_per_s"] == report["puhui"]["rows_per_s"] > 0
     assert report["sqlite_defaults"]["rows_per_s"] > 0
+    assert report["two_writes"]["rows_per_s"] > 0  # the record and its outcome, as a batch
     assert set(report["pages_per_row"]) == {
         "primary key only",
         "unique(scope, idempotency_key)",

@@ -151,18 +151,15 @@ def written_output(path: Path) -> Iterator[None]:
         ) from None
 
 
-def _error_line(error: PuhuiError) -> str:
-    """``error: <code>: <message>`` on one line (a message that quotes a multi-line cause, as a
-    database driver's, is joined)."""
+def _report(error: PuhuiError, as_json: bool) -> None:
+    """``error: <code>: <message>`` on one line of stderr (a message that quotes a multi-line
+    cause, as a database driver's, is joined); with ``--json`` the same as stdout's last
+    line, ``{"error": {"code", "message"}}`` (a machine reading it finds one JSON object
+    there whether the command succeeded or not)."""
     message = " ".join(part.strip() for part in error.message.splitlines() if part.strip())
-    return f"error: {error.code}: {message}"
-
-
-def _error_json(error: PuhuiError) -> None:
-    """With ``--json``, the error as the last line of stdout too (a machine reading it finds
-    one JSON object there whether the command succeeded or not)."""
-    message = " ".join(part.strip() for part in error.message.splitlines() if part.strip())
-    emit_json({"error": {"code": error.code, "message": message}})
+    typer.echo(f"error: {error.code}: {message}", err=True)
+    if as_json:
+        emit_json({"error": {"code": error.code, "message": message}})
 
 
 def _wants_json(args: Sequence[str] | None = None) -> bool:
@@ -181,9 +178,7 @@ def reported_errors() -> Iterator[None]:
     try:
         yield
     except PuhuiError as error:
-        typer.echo(_error_line(error), err=True)
-        if _wants_json():
-            _error_json(error)
+        _report(error, _wants_json())
         raise typer.Exit(EXIT_ERROR) from None
 
 
@@ -224,9 +219,7 @@ class OneLineErrorsGroup(TyperGroup):
 
 
 def _exit_with(error: PuhuiError, as_json: bool = False) -> NoReturn:
-    typer.echo(_error_line(error), err=True)
-    if as_json:
-        _error_json(error)
+    _report(error, as_json)
     sys.exit(EXIT_ERROR)
 
 

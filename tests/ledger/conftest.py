@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from puhui.ledger._journal import FileJournal
 from tests.ledger.engine_harness import EngineHarness
 from tests.ledger.harness import LedgerHarness, ReferenceHarness
 
@@ -32,3 +33,25 @@ def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LedgerHa
         yield engine
     finally:
         engine.close()
+
+
+SMALL_SEGMENT_BYTES = 8192
+"""The largest segment of ``segmented_journal``'s journal (its first is 4 KiB)."""
+
+
+def segments(directory: Path) -> list[Path]:
+    """A file journal's segment files, in order."""
+    return sorted(directory.glob("*.seg"))
+
+
+def segmented_journal(directory: Path, monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """A closed file journal of 19 records of 1,500 bytes in small segments (more than two;
+    reopen it with ``segment_bytes=SMALL_SEGMENT_BYTES``): its segment files, in order."""
+    monkeypatch.setattr(FileJournal, "FIRST_SEGMENT_BYTES", 4096)
+    journal = FileJournal(directory, segment_bytes=SMALL_SEGMENT_BYTES)
+    for op in range(1, 20):
+        journal.append(op, bytes([op]) * 1500)
+    journal.close()
+    found = segments(directory)
+    assert len(found) > 2
+    return found

@@ -26,6 +26,8 @@ from puhui.ledger import (
 from puhui.ledger._engine import _RowFile
 from puhui.ledger._types import BALANCE_DTYPE, TRANSFER_DTYPE
 
+from .conftest import SMALL_SEGMENT_BYTES, segmented_journal, segments
+
 ALL = AccountFilterFlags.DEBITS | AccountFilterFlags.CREDITS
 
 
@@ -165,10 +167,6 @@ def _record_bytes(payload_length: int) -> int:
     return (HEADER + payload_length + 7) & ~7
 
 
-def _segments(directory: Path) -> list[Path]:
-    return sorted(directory.glob("*.seg"))
-
-
 @pytest.mark.parametrize("cut", ["at a record", "inside a record"])
 def test_a_last_segment_cut_short_is_corruption(tmp_path: Path, cut: str) -> None:
     """The last segment lost its tail after its records were acknowledged (a copy cut short,
@@ -181,7 +179,7 @@ def test_a_last_segment_cut_short_is_corruption(tmp_path: Path, cut: str) -> Non
     for op in range(1, 6):
         journal.append(op, bytes([op]) * 1000)
     journal.close()
-    [segment] = _segments(tmp_path / "j")
+    [segment] = segments(tmp_path / "j")
     end = 3 * _record_bytes(1000) + (0 if cut == "at a record" else 500)
     with segment.open("r+b") as f:
         f.truncate(end)
@@ -189,25 +187,17 @@ def test_a_last_segment_cut_short_is_corruption(tmp_path: Path, cut: str) -> Non
         FileJournal(tmp_path / "j")
 
 
-def test_a_missing_last_segment_is_corruption(tmp_path: Path) -> None:
+def test_a_missing_last_segment_is_corruption(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A restore that lacks the newest segment: the journal opened at the end of the one
     before, every acknowledged record of the lost segment gone without a word."""
     from puhui.ledger import JournalCorruptError
     from puhui.ledger._journal import FileJournal
 
-    FileJournal.FIRST_SEGMENT_BYTES, saved = 4096, FileJournal.FIRST_SEGMENT_BYTES
-    try:
-        journal = FileJournal(tmp_path / "j", segment_bytes=8192)
-        for op in range(1, 20):
-            journal.append(op, bytes([op]) * 1500)
-        journal.close()
-        segments = _segments(tmp_path / "j")
-        assert len(segments) > 2
-        segments[-1].unlink()
-        with pytest.raises(JournalCorruptError, match="missing"):
-            FileJournal(tmp_path / "j", segment_bytes=8192)
-    finally:
-        FileJournal.FIRST_SEGMENT_BYTES = saved
+    segmented_journal(tmp_path / "j", monkeypatch)[-1].unlink()
+    with pytest.raises(JournalCorruptError, match="missing"):
+        FileJournal(tmp_path / "j", segment_bytes=SMALL_SEGMENT_BYTES)
 
 
 def test_records_lost_after_a_snapshot_counted_them_are_corruption(tmp_path: Path) -> None:
@@ -221,7 +211,7 @@ def test_records_lost_after_a_snapshot_counted_them_are_corruption(tmp_path: Pat
     led = open(path, state_dir=tmp_path / "state")
     _accounts(led)
     led.close()
-    [segment] = _segments(path)
+    [segment] = segments(path)
     older = segment.read_bytes()
     led = open(path, state_dir=tmp_path / "state")
     for i in range(1, 4):
@@ -245,7 +235,7 @@ def test_a_torn_record_after_the_last_snapshot_is_still_forgotten(tmp_path: Path
     # As a crash leaves it: the process gone without closing (no final snapshot).
     shutil.copytree(path, tmp_path / "crashed", ignore=shutil.ignore_patterns("lock"))
     led.close()
-    [segment] = _segments(tmp_path / "crashed")
+    [segment] = segments(tmp_path / "crashed")
     data = bytearray(segment.read_bytes())
     start = _record_bytes(int.from_bytes(data[16:24], "little"))  # record 2
     end = start + _record_bytes(int.from_bytes(data[start + 16 : start + 24], "little"))
@@ -277,7 +267,7 @@ def test_a_journal_written_before_the_checkpoint_opens_and_gains_one(tmp_path: P
     finally:
         again.close()
     assert (tmp_path / "j" / "checkpoint").exists()
-    [segment] = _segments(tmp_path / "j")
+    [segment] = segments(tmp_path / "j")
     with segment.open("r+b") as f:
         f.truncate(_record_bytes(100))
     with pytest.raises(JournalCorruptError):
@@ -384,7 +374,7 @@ def test_a_journal_that_fails_to_open_lets_go_of_its_lock(tmp_path: Path) -> Non
     for op in range(1, 4):
         journal.append(op, bytes([op]) * 3000)
     journal.close()
-    [segment] = _segments(tmp_path / "j")
+    [segment] = segments(tmp_path / "j")
     _flip(segment, HEADER + 10)  # inside the first record
     for _ in range(2):
         with pytest.raises(JournalCorruptError):

@@ -27,15 +27,13 @@ from puhui.ledger import (
 from puhui.ledger import _journal as J
 from puhui.ledger._journal import FileJournal, open_journal
 
+from .conftest import SMALL_SEGMENT_BYTES, segmented_journal, segments
+
 HEADER = FileJournal.HEADER.size
 
 
 def _record_bytes(payload_length: int) -> int:
     return (HEADER + payload_length + 7) & ~7
-
-
-def _segments(directory: Path) -> list[Path]:
-    return sorted(directory.glob("*.seg"))
 
 
 # --- the file journal: damage must be found, a torn tail forgotten -----------------------
@@ -49,7 +47,7 @@ def test_a_zeroed_header_before_acknowledged_records_is_corruption(tmp_path: Pat
     for op in range(1, 5):
         journal.append(op, payload)
     journal.close()
-    [segment] = _segments(tmp_path / "j")
+    [segment] = segments(tmp_path / "j")
     with segment.open("r+b") as f:
         f.seek(4096)  # the whole of record 2
         f.write(bytes(4096))
@@ -57,22 +55,14 @@ def test_a_zeroed_header_before_acknowledged_records_is_corruption(tmp_path: Pat
         FileJournal(tmp_path / "j")
 
 
-def test_a_journal_missing_its_first_segment_is_corruption(tmp_path: Path) -> None:
+def test_a_journal_missing_its_first_segment_is_corruption(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The journal always starts at op 1 (segments are never pruned): a journal whose first
     segment is gone must not pass for one that starts later."""
-    FileJournal.FIRST_SEGMENT_BYTES, saved = 4096, FileJournal.FIRST_SEGMENT_BYTES
-    try:
-        journal = FileJournal(tmp_path / "j", segment_bytes=8192)
-        for op in range(1, 20):
-            journal.append(op, bytes([op]) * 1500)
-        journal.close()
-        segments = _segments(tmp_path / "j")
-        assert len(segments) > 2
-        segments[0].unlink()
-        with pytest.raises(JournalCorruptError):
-            FileJournal(tmp_path / "j", segment_bytes=8192)
-    finally:
-        FileJournal.FIRST_SEGMENT_BYTES = saved
+    segmented_journal(tmp_path / "j", monkeypatch)[0].unlink()
+    with pytest.raises(JournalCorruptError):
+        FileJournal(tmp_path / "j", segment_bytes=SMALL_SEGMENT_BYTES)
 
 
 SECTOR = 512
@@ -99,7 +89,7 @@ def test_a_torn_last_record_is_forgotten(tmp_path: Path, payload_length: int) ->
     journal.append(1, first)
     journal.append(2, os.urandom(payload_length))
     journal.close()
-    [segment] = _segments(tmp_path / "j")
+    [segment] = segments(tmp_path / "j")
     intact = segment.read_bytes()
     start = _record_bytes(len(first))
     tears = _tears(start, start + HEADER + payload_length)
@@ -127,7 +117,7 @@ def test_a_damaged_last_record_written_whole_is_corruption(tmp_path: Path, at: i
     journal.append(1, os.urandom(3000))
     journal.append(2, os.urandom(5000))
     journal.close()
-    [segment] = _segments(tmp_path / "j")
+    [segment] = segments(tmp_path / "j")
     with segment.open("r+b") as f:
         f.seek(_record_bytes(3000) + HEADER + at)
         byte = f.read(1)
@@ -141,7 +131,7 @@ def test_a_header_whose_length_runs_past_the_segment_is_not_a_record(tmp_path: P
     journal = FileJournal(tmp_path / "j")
     journal.append(1, b"one")
     journal.close()
-    [segment] = _segments(tmp_path / "j")
+    [segment] = segments(tmp_path / "j")
     header = FileJournal.HEADER.pack(FileJournal.MAGIC, 0, 2, 1 << 40, 0, 0)
     header = header[:-4] + zlib.crc32(header[:-4]).to_bytes(4, "little")
     with segment.open("r+b") as f:

@@ -27,6 +27,7 @@ import numpy as np
 
 from ._engine import StateImage
 from ._errors import SnapshotCorruptError
+from ._os import fsync_path
 
 SNAPSHOTS_KEPT = 2
 FORMAT = 3
@@ -48,14 +49,6 @@ class Manifest:
     """The digests of the transfer rows below the state's count (``Engine.sync_rows``)."""
     balance_rows: np.ndarray[Any, Any]
     """The digests of their balance rows."""
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _crc_file(path: Path) -> int:
@@ -100,9 +93,9 @@ def write_snapshot(root: Path, manifest: Manifest, image: StateImage) -> Path:
         json.dump(content, f)
         f.flush()
         os.fsync(f.fileno())
-    _fsync_dir(tmp)
+    fsync_path(tmp)
     os.replace(tmp, final)
-    _fsync_dir(snapshots)
+    fsync_path(snapshots)
     for old in sorted(p for p in snapshots.iterdir() if p.name.isdigit())[:-SNAPSHOTS_KEPT]:
         shutil.rmtree(old, ignore_errors=True)
     return final

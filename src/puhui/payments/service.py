@@ -1592,7 +1592,7 @@ class Payments:
             if op.kind in _POSTED_AFTER_CHECK:
                 # A party frozen since the check was passed (the answering call died, and
                 # recovery carries it out): what ``verify_challenge`` refuses, refused here.
-                frozen = self._party_frozen_since(op)
+                frozen = self._party_frozen(op)
                 failure = AccountFrozenError.code if frozen else "challenge_failed"
                 return self._release_hold(op, post=not frozen, failure=failure)
             return None  # top-ups, withdrawals, bills go on with their own flow
@@ -1605,13 +1605,6 @@ class Payments:
         if op.kind is OperationKind.TOP_UP:  # nothing was held
             return self._finish(op, _S.EXPIRED if lapsed else _S.FAILED, error_code=failure)
         return self._release_hold(op, post=False, failure=failure, lapsed=lapsed)
-
-    def _party_frozen_since(self, op: Operation) -> bool:
-        try:
-            self._check_parties_active(op)
-        except AccountFrozenError:
-            return True
-        return False
 
     def _release_hold(
         self, op: Operation, *, post: bool, failure: str, lapsed: bool = False
@@ -1671,14 +1664,13 @@ class Payments:
         return self._apply_bank_result(op, result)
 
     def _party_frozen(self, op: Operation) -> bool:
-        """Whether the party whose money a bank or biller operation moves is frozen now: the
-        customer of a withdrawal, a top-up or a bill payment, the merchant of a payout."""
-        if op.kind is OperationKind.SETTLEMENT:
-            assert op.merchant_id is not None
-            return self.merchant(op.merchant_id).frozen
-        customer = op.payer_customer_id or op.payee_customer_id
-        assert customer is not None
-        return self.customer(customer).frozen
+        """Whether a party of the operation is frozen now (its payer, payee or merchant: the
+        customer of a withdrawal, a top-up or a bill payment, the merchant of a payout, the
+        parties of a payment held for a check)."""
+        for customer_id in (op.payer_customer_id, op.payee_customer_id):
+            if customer_id is not None and self.customer(customer_id).frozen:
+                return True
+        return op.merchant_id is not None and self.merchant(op.merchant_id).frozen
 
     def _fail_unsent(self, op: Operation) -> Operation:
         """An operation its partner (bank, biller) never had, stopped because its party is

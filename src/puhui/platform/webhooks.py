@@ -288,6 +288,8 @@ _jitter_source = random.SystemRandom()
 _E = tables.webhook_endpoints
 _V = tables.webhook_events
 _D = tables.webhook_deliveries
+_DELIVERY_IDENTITY = frozenset({"event_seq", "endpoint_id", "tenant_id", "created_at_ns"})
+"""The columns of a delivery a replay keeps (``Webhooks.replay``)."""
 
 _CURRENT_TXID = sa.cast(sa.cast(sa.func.pg_current_xact_id(), sa.Text), sa.BigInteger)
 """PostgreSQL: this transaction's id (``xid8``, 64 bits with its epoch: it never wraps)."""
@@ -641,26 +643,16 @@ class Webhooks:
             for endpoint in endpoints:
                 if not wants(frozenset(str(endpoint.event_types).split()), str(row.type)):
                     continue
+                fresh = self._new_delivery(int(row.seq), str(endpoint.id), tenant_id, now)
                 done = conn.execute(
                     _D.update()
                     .where(_D.c.event_seq == row.seq, _D.c.endpoint_id == endpoint.id)
-                    .values(  # as a new delivery: nothing of the attempts before it
-                        state=str(DeliveryState.PENDING),
-                        attempts=0,
-                        next_attempt_at_ns=now,
-                        lease=None,
-                        last_status=None,
-                        last_error=None,
-                        last_attempt_at_ns=None,
-                        delivered_at_ns=None,
-                    )
+                    # as a new delivery: nothing of the attempts before it (its identity and
+                    # creation time kept)
+                    .values({k: v for k, v in fresh.items() if k not in _DELIVERY_IDENTITY})
                 )
                 if done.rowcount == 0:
-                    conn.execute(
-                        _D.insert().values(
-                            **self._new_delivery(int(row.seq), str(endpoint.id), tenant_id, now)
-                        )
-                    )
+                    conn.execute(_D.insert().values(**fresh))
                 queued += 1
         return queued
 

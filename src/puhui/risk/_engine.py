@@ -542,11 +542,8 @@ class RiskEngine:
     # --- trusted devices --------------------------------------------------------------------
 
     def _untrusted(self, customers: list[int], devices: list[str]) -> npt.NDArray[np.bool_]:
-        trusted = self._trusted
-        return np.array(
-            [pair not in trusted for pair in zip(customers, devices, strict=True)],
-            dtype=np.bool_,
-        ).reshape(len(devices))
+        """Per (customer, device): not trusted (``_trust_of``'s first answer)."""
+        return self._trust_of(customers, devices, np.zeros(len(devices), np.int64))[0]
 
     def _trust_of(
         self, customers: list[int], devices: list[str], at_ns: npt.NDArray[np.int64]
