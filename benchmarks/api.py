@@ -119,7 +119,7 @@ def _tenant_key(workdir: Path) -> str:
     return token
 
 
-def _wait_ready(base: str, server: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
+def _wait_ready(base: str, server: subprocess.Popen[bytes], timeout_s: float = 600.0) -> None:
     import httpx2
 
     deadline = time.monotonic() + timeout_s

@@ -135,8 +135,16 @@ BAD_INPUT = [
     # places that are not what they should be
     (["risk", "decisions", "--log", "{data}/nowhere", "--json"], "invalid_input"),
     (["risk", "decisions", "--log", "{data}/not-a-log", "--json"], "invalid_input"),
-    (["sim", "run", "--days", "1", "--customers", "10", "--out", "", "--json"],
-     "output_unwritable"),
+    # an empty place is not the default place nor the current directory
+    (["sim", "run", "--days", "1", "--customers", "10", "--out", "", "--json"], "invalid_usage"),
+    (["demo", "--data-dir", "", "--json"], "invalid_usage"),
+    (["ledger", "verify", "", "--json"], "invalid_usage"),
+    (["ledger", "info", ""], "invalid_usage"),
+    (["risk", "decisions", "--log", "", "--json"], "invalid_usage"),
+    (["risk", "report", "--rules", "", "--json"], "invalid_usage"),
+    (["tenant", "list", "--database-url", "", "--json"], "invalid_usage"),
+    (["audit", "verify", "--database-url", ""], "invalid_usage"),
+    (["serve", "--ledger-url", ""], "invalid_usage"),
     (["sim", "run", "--days", "1", "--customers", "10", "--out", "{data}", "--json"],
      "output_unwritable"),
     (["risk", "train", "--days", "1", "--customers", "10", "--out", "{data}", "--json"],

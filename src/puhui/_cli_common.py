@@ -201,6 +201,7 @@ class OneLineErrorsGroup(TyperGroup):
         standalone_mode: bool = True,
         **extra: Any,
     ) -> Any:
+        _refuse_empty_places(self)
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         try:
@@ -216,6 +217,35 @@ class OneLineErrorsGroup(TyperGroup):
             typer.echo("Aborted!", err=True)
             sys.exit(1)
         sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+PLACE_PARAMETERS: Final = frozenset({"database_url", "ledger_url", "path_or_url"})
+"""Text parameters that name a store or a ledger (beside every ``Path`` parameter)."""
+
+
+def _refuse_empty_places(command: Any) -> None:
+    """Make an empty value of every parameter naming a place (a ``Path``, a store's or a
+    ledger's URL) a usage error: ``--database-url ''`` would otherwise mean the default
+    store and ``--data-dir ''`` the current directory (``Path('')`` is ``.``), so a script
+    whose variable came out empty would quietly work on another place."""
+    for param in getattr(command, "params", ()):
+        descriptor = getattr(param, "type_descriptor", None)
+        place = param.name in PLACE_PARAMETERS or (
+            descriptor is not None and descriptor.annotation is Path
+        )
+        if place and "process_value" not in vars(param):
+            param.process_value = _non_empty(param.process_value)
+    for sub in getattr(command, "commands", {}).values():
+        _refuse_empty_places(sub)
+
+
+def _non_empty(process_value: Any) -> Any:
+    def checked(ctx: Any, value: Any) -> Any:
+        if value == "":
+            raise click_errors.BadParameter("must not be empty", ctx=ctx)
+        return process_value(ctx, value)
+
+    return checked
 
 
 def _exit_with(error: PuhuiError, as_json: bool = False) -> NoReturn:
