@@ -8,14 +8,22 @@ Same harnesses and conventions as ``test_conformance.py`` (every harness starts 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
+import numpy as np
+import pytest
+
+from puhui.ledger import ACCOUNT_DTYPE
+from tests.ledger.engine_harness import EngineHarness
 from tests.ledger.harness import LedgerHarness
 from tests.ledger.test_conformance import (
     AF,
     NS,
     POST,
+    START,
     TF,
     A,
+    M,
     T,
     account,
     balances,
@@ -148,3 +156,231 @@ def test_overflows_timeout_with_the_largest_timeout(harness: LedgerHarness) -> N
         transfer(4, debit_account_id=5, flags=TF.PENDING, timeout=TIMEOUT_MAX),
         T.OVERFLOWS_TIMEOUT,
     )
+
+
+# --- posts and voids take their accounts from the pending transfer ----------------------------
+
+
+def test_resolution_skips_the_account_id_checks(harness: LedgerHarness) -> None:
+    """state_machine.zig, create_transfer: a post or void returns
+    ``post_or_void_pending_transfer(t)`` before ``debit_account_id_must_not_be_zero`` ..
+    ``accounts_must_be_different`` are checked, and that function compares a non-zero account
+    id with the pending transfer's only (``pending_transfer_has_different_*``). So an account
+    id of ``2**128 - 1``, or the same id on both sides, is a mismatch, not an invalid id."""
+    with_accounts(harness)
+    submit(harness, transfer(1, flags=TF.PENDING))
+    for flags in (POST, TF.VOID_PENDING_TRANSFER):
+        post = flags == POST
+        for fields, status in (
+            ({"debit_account_id": M}, T.PENDING_TRANSFER_HAS_DIFFERENT_DEBIT_ACCOUNT_ID),
+            ({"credit_account_id": M}, T.PENDING_TRANSFER_HAS_DIFFERENT_CREDIT_ACCOUNT_ID),
+            (
+                {"debit_account_id": 1, "credit_account_id": 1},
+                T.PENDING_TRANSFER_HAS_DIFFERENT_CREDIT_ACCOUNT_ID,
+            ),
+            (
+                {"debit_account_id": 2, "credit_account_id": 2},
+                T.PENDING_TRANSFER_HAS_DIFFERENT_DEBIT_ACCOUNT_ID,
+            ),
+        ):
+            reject_transfer(harness, resolution(2, post=post, **fields), status)
+    # The pending transfer's own accounts, given explicitly, are accepted.
+    submit(harness, resolution(2, post=True, debit_account_id=1, credit_account_id=2))
+    assert balances(harness, 1) == (0, 10, 0, 0)
+
+
+# --- scenarios of TigerBeetle's src/state_machine_tests.zig -----------------------------------
+# Its ``setup`` rows write balances in place; here they come from transfers with account 9,
+# which has no limit flags (only accounts 1..3 are asserted on).
+
+
+def _fund(h: LedgerHarness, id_: int, *, debits_posted: int = 0, credits_posted: int = 0) -> None:
+    """Give account ``id_`` posted debits and/or credits against account 9."""
+    if debits_posted:
+        submit(
+            h, transfer(900 + id_, debit_account_id=id_, credit_account_id=9, amount=debits_posted)
+        )
+    if credits_posted:
+        submit(
+            h, transfer(950 + id_, debit_account_id=9, credit_account_id=id_, amount=credits_posted)
+        )
+
+
+def test_per_transfer_balance_invariant(harness: LedgerHarness) -> None:
+    """state_machine_tests.zig, "create_transfers: per-transfer balance invariant" (its first
+    table): a limit is checked per transfer inside a chain, so a chain that credits an account
+    and then debits it with a pending balancing transfer fails on the limit of the account it
+    credits; the failing event's id is burned (EXCEEDS_DEBITS is transient), the rolled-back
+    ones are not."""
+    with_accounts(
+        harness,
+        account(1),
+        account(2),
+        account(3, flags=AF.CREDITS_MUST_NOT_EXCEED_DEBITS),
+        account(9),
+    )
+    _fund(harness, 2, debits_posted=40)
+    balancing = TF.LINKED | TF.PENDING | TF.BALANCING_DEBIT
+    void = TF.VOID_PENDING_TRANSFER
+    check_transfers(
+        harness,
+        [
+            transfer(1, debit_account_id=1, credit_account_id=2, amount=41, flags=TF.LINKED),
+            transfer(2, debit_account_id=2, credit_account_id=3, amount=1, flags=balancing),
+            transfer(
+                3, debit_account_id=2, credit_account_id=3, amount=0, pending_id=2, flags=void
+            ),
+        ],
+        [T.LINKED_EVENT_FAILED, T.EXCEEDS_DEBITS, T.LINKED_EVENT_FAILED],
+    )
+    check_transfers(
+        harness,
+        [
+            transfer(1, debit_account_id=1, credit_account_id=2, amount=0),
+            transfer(2, debit_account_id=2, credit_account_id=3, amount=0),
+            transfer(3, debit_account_id=2, credit_account_id=3, amount=0),
+        ],
+        [T.CREATED, T.ID_ALREADY_FAILED, T.CREATED],
+    )
+    check_transfers(
+        harness,
+        [
+            transfer(4, debit_account_id=1, credit_account_id=2, amount=40, flags=TF.LINKED),
+            transfer(5, debit_account_id=2, credit_account_id=3, amount=1, flags=balancing),
+            transfer(
+                6, debit_account_id=2, credit_account_id=3, amount=0, pending_id=5, flags=void
+            ),
+        ],
+        [T.CREATED, T.CREATED, T.CREATED],
+    )
+    assert balances(harness, 1) == (0, 40, 0, 0)
+    assert balances(harness, 2) == (0, 40, 0, 40)
+    assert balances(harness, 3) == (0, 0, 0, 0)
+    assert [t.amount for t in harness.lookup_transfers([5, 6])] == [0, 0]
+
+
+def test_per_transfer_balance_invariant_on_the_debit_side(harness: LedgerHarness) -> None:
+    """The same file's second table, mirrored: DEBITS_MUST_NOT_EXCEED_CREDITS and
+    BALANCING_CREDIT give EXCEEDS_CREDITS."""
+    with_accounts(
+        harness,
+        account(1),
+        account(2),
+        account(3, flags=AF.DEBITS_MUST_NOT_EXCEED_CREDITS),
+        account(9),
+    )
+    _fund(harness, 1, credits_posted=40)
+    balancing = TF.LINKED | TF.PENDING | TF.BALANCING_CREDIT
+    void = TF.VOID_PENDING_TRANSFER
+    check_transfers(
+        harness,
+        [
+            transfer(1, debit_account_id=1, credit_account_id=2, amount=41, flags=TF.LINKED),
+            transfer(2, debit_account_id=3, credit_account_id=1, amount=1, flags=balancing),
+            transfer(
+                3, debit_account_id=3, credit_account_id=1, amount=0, pending_id=2, flags=void
+            ),
+        ],
+        [T.LINKED_EVENT_FAILED, T.EXCEEDS_CREDITS, T.LINKED_EVENT_FAILED],
+    )
+    check_transfers(
+        harness,
+        [
+            transfer(1, debit_account_id=1, credit_account_id=2, amount=0),
+            transfer(2, debit_account_id=3, credit_account_id=1, amount=0),
+            transfer(3, debit_account_id=3, credit_account_id=1, amount=0),
+        ],
+        [T.CREATED, T.ID_ALREADY_FAILED, T.CREATED],
+    )
+    check_transfers(
+        harness,
+        [
+            transfer(4, debit_account_id=1, credit_account_id=2, amount=40, flags=TF.LINKED),
+            transfer(5, debit_account_id=3, credit_account_id=1, amount=1, flags=balancing),
+            transfer(
+                6, debit_account_id=3, credit_account_id=1, amount=0, pending_id=5, flags=void
+            ),
+        ],
+        [T.CREATED, T.CREATED, T.CREATED],
+    )
+    assert balances(harness, 1) == (0, 40, 0, 40)
+    assert balances(harness, 2) == (0, 0, 0, 40)
+    assert balances(harness, 3) == (0, 0, 0, 0)
+
+
+@pytest.mark.parametrize(("third_funds", "last"), [(21, T.CREATED), (19, T.EXCEEDS_CREDITS)])
+def test_multiple_debits_single_credit(harness: LedgerHarness, third_funds: int, last: T) -> None:
+    """state_machine_tests.zig, "create_transfers: multiple debits, single credit, balancing
+    debits" (docs/coding/recipes/multi-debit-credit-transfers.md): a control account (4) and
+    a limit account (5) collect 100 from three sources with balancing debits in one chain.
+    With 40 + 40 + 21 available the chain is created (the third source gives 20); with
+    40 + 40 + 19 the last event's EXCEEDS_CREDITS rolls every other back."""
+    limit = AF.DEBITS_MUST_NOT_EXCEED_CREDITS
+    with_accounts(
+        harness,
+        account(1, flags=limit),
+        account(2, flags=limit),
+        account(3, flags=limit),
+        account(4),
+        account(5, flags=limit),
+        account(6),
+        account(9),
+    )
+    _fund(harness, 1, credits_posted=40)
+    _fund(harness, 2, credits_posted=40)
+    _fund(harness, 3, credits_posted=third_funds)
+    both = TF.LINKED | TF.BALANCING_DEBIT | TF.BALANCING_CREDIT
+    events = [
+        transfer(1, debit_account_id=4, credit_account_id=5, amount=100, flags=TF.LINKED),
+        transfer(2, debit_account_id=1, credit_account_id=4, amount=100, flags=both),
+        transfer(3, debit_account_id=2, credit_account_id=4, amount=100, flags=both),
+        transfer(4, debit_account_id=3, credit_account_id=4, amount=100, flags=both),
+        transfer(5, debit_account_id=4, credit_account_id=6, amount=100, flags=TF.LINKED),
+        transfer(6, debit_account_id=5, credit_account_id=4, amount=M, flags=TF.BALANCING_CREDIT),
+    ]
+    if last is T.CREATED:
+        check_transfers(harness, events, [T.CREATED] * 6)
+        assert balances(harness, 1) == (0, 40, 0, 40)
+        assert balances(harness, 2) == (0, 40, 0, 40)
+        assert balances(harness, 3) == (0, 20, 0, 21)
+        assert balances(harness, 4) == (0, 200, 0, 200)
+        assert balances(harness, 5) == (0, 100, 0, 100)
+        assert balances(harness, 6) == (0, 0, 0, 100)
+        return
+    check_transfers(harness, events, [T.LINKED_EVENT_FAILED] * 5 + [last])
+    assert balances(harness, 4) == (0, 0, 0, 0)
+    assert harness.lookup_transfers([1, 2, 3, 4, 5, 6]) == []
+    reject_transfer(harness, events[5], T.ID_ALREADY_FAILED)
+
+
+# --- the account's reserved field: only the columnar API can set it ---------------------------
+
+
+def test_account_reserved_field_precedence_on_the_columnar_api(tmp_path: Path) -> None:
+    """state_machine.zig: ``execute_create`` checks the timestamp first, then
+    ``create_account`` returns ``.reserved_field`` before ``.reserved_flag`` and the id checks
+    (state_machine_tests.zig, "create_accounts": ``timestamp_must_be_zero``,
+    ``reserved_field``, ``reserved_flag``, ``id_must_not_be_zero`` in that order). The object
+    API has no ``reserved`` field; ``ACCOUNT_DTYPE`` has TigerBeetle's, and a non-zero one is
+    refused and creates nothing."""
+    engine = EngineHarness(tmp_path, now=START)
+    try:
+        events = np.zeros(5, ACCOUNT_DTYPE)
+        events["ledger"] = 1
+        events["code"] = 1
+        events["id_lo"] = [0, 0, 0, 4, 5]
+        events["reserved"] = [1, 1, 1, 1, 0]
+        events["timestamp"] = [1, 0, 0, 0, 0]
+        events["flags"] = [1 << 6, 1 << 6, 0, 0, 0]
+        results = engine.ledger.create_accounts_array(events)
+        assert results["status"].tolist() == [
+            A.TIMESTAMP_MUST_BE_ZERO,
+            A.RESERVED_FIELD,
+            A.RESERVED_FIELD,
+            A.RESERVED_FIELD,
+            A.CREATED,
+        ]
+        assert results["timestamp"].tolist() == [START + 1 + i for i in range(5)]
+        assert [a.id for a in engine.lookup_accounts([4, 5])] == [5]
+    finally:
+        engine.close()
