@@ -35,6 +35,7 @@ import numpy.typing as npt
 from ._decide import Decision, EventKind, RiskDecision, RiskEvent
 from ._evaluate import Ruleset
 from ._expr import FeatureType
+from ._feature_kernel import EARTH_RADIUS_KM
 from ._features import FEATURE_SCHEMA, FeatureStore, InvalidRiskEventError, write_snapshot
 from ._lists import RiskLists
 from ._load import RulesetWatcher
@@ -71,10 +72,42 @@ ENGINE_FEATURES: Final = {
         "one they came with) counts as trusted since long ago (2**62 ns before the epoch, "
         "about 4.6e9 s); NaN while it is not trusted."
     ),
+    "device.distance_km": (
+        "Great-circle distance from where this customer's trusted device was last seen, in an "
+        "accepted event of theirs from it (or one whose step-up passed); NaN when the device "
+        "is not trusted or either place is unknown. Others' events never move it: a rejected "
+        "or failed attempt, from another device or a copy of this one, leaves it where the "
+        "owner was."
+    ),
+    "device.speed_kmh": (
+        "``device.distance_km`` over the time since that event (taken as at least 1 s)."
+    ),
+    "counterparty.new_device_payee_s": (
+        "Seconds since this customer first paid this counterparty (p2p) from a device the "
+        "engine had trusted for less than a week (``NEW_DEVICE_S``) or not at all: a payee "
+        "found after a new device; NaN for any other payee, and after 30 days "
+        "(``NEW_DEVICE_PAYEES_KEPT_S``)."
+    ),
+    "customer.new_device_payees_sum_14d": (
+        "What the customer sent to such payees (p2p events accepted or challenged) in the last "
+        "14 days, minor units; 0 when none."
+    ),
 }
 """Numeric features the engine adds from its own state (logged with the store's)."""
 TRUSTED_LONG_AGO_NS: Final = -(2**62)
 """When a device trusted in a snapshot written before trust times were kept was trusted."""
+NEW_DEVICE_S: Final = 7 * 86_400
+"""A payee first paid from a device trusted less than this (or not at all) is followed."""
+NEW_DEVICE_PAYEES_KEPT_S: Final = 30 * 86_400
+"""How long a payee found after a new device is followed (unit: s)."""
+NEW_DEVICE_SENT_WINDOW_S: Final = 14 * 86_400
+"""The window of ``customer.new_device_payees_sum_14d`` (unit: s)."""
+NEW_DEVICE_SENT_MAX: Final = 64
+"""Payments to such payees kept per customer, the newest (unit: events)."""
+CHALLENGED_PLACES_MAX: Final = 65_536
+"""Challenged events whose place a passed step-up would confirm, the newest (unit: pairs)."""
+_NOWHERE: Final = (math.nan, math.nan, math.nan)
+_P2P_CODE: Final = KINDS.index(EventKind.P2P)
 
 
 def engine_schema() -> dict[str, FeatureType]:
@@ -359,6 +392,22 @@ class RiskEngine:
         leaves the garbage collector's care, a million small sets would not."""
         self._devices_of: dict[int, int] = {}
         """How many devices of each customer ``_trusted`` holds."""
+        self._places: dict[tuple[int, str], tuple[float, float, float]] = {}
+        """(latitude, longitude, time in ns) of the last accepted event with a place of each
+        trusted (customer, device) pair (``device.distance_km``): only the owner's accepted
+        events move it, never a refused attempt. Pairs forgotten by ``_forget_trust`` go too."""
+        self._challenged: dict[tuple[int, str], tuple[float, float, float]] = {}
+        """The place of each pair's latest challenged event: a passed step-up
+        (``trust_device``) makes it the device's last place, so that an owner whose phone
+        shows somewhere new is challenged once, not at every event. At most
+        ``CHALLENGED_PLACES_MAX``, the oldest half dropped beyond."""
+        self._new_payees: dict[tuple[int, str], int] = {}
+        """(customer, counterparty) first paid (p2p) from a device trusted less than
+        ``NEW_DEVICE_S`` or not at all, with when (ns), oldest first; at most ``trusted_max``,
+        the oldest 1/8 dropped beyond."""
+        self._new_payees_sent: dict[int, list[tuple[int, int]]] = {}
+        """Per customer, (time ns, amount) of the p2p events to those payees that were
+        accepted or challenged (the newest ``NEW_DEVICE_SENT_MAX``)."""
         self._schema_names: tuple[str, ...] = ()
         self._schema_hash = ""
 
@@ -402,6 +451,8 @@ class RiskEngine:
             untrusted, trusted_for = self._trust_of(customers, devices, columns["at_ns"])
             from_events["device.new_for_customer"] = untrusted
             from_events["device.trusted_for_s"] = trusted_for
+            from_events.update(self._travel_of(customers, devices, columns))
+            from_events.update(self._new_payees_of(customers, strings["counterparty"], columns))
 
         # Each chunk of events is scored, judged by the rules and explained as soon as its
         # features are ready, while the store's pass over the next chunk runs on the other
@@ -453,7 +504,7 @@ class RiskEngine:
         # Every accepted event teaches: a new device becomes trusted, a trusted one becomes
         # the most recently used (kept the longest under ``trusted_max``). The replay of the
         # log after a restart calls the same with the logged decisions.
-        self._learn_trust(customers, devices, decided.severity.tolist(), columns["at_ns"].tolist())
+        self._learn(columns, devices, strings["counterparty"], feats, decided.severity)
         if self.log is not None:
             self._append(columns, feats, decided, shadow)
         return decided
@@ -539,6 +590,23 @@ class RiskEngine:
             on_chunk=on_chunk,
         )
 
+    def _learn(
+        self,
+        columns: Mapping[str, npt.NDArray[Any]],
+        devices: list[str],
+        counterparties: list[str],
+        feats: Mapping[str, npt.NDArray[Any]],
+        severity: npt.NDArray[Any],
+    ) -> None:
+        """What a decided batch teaches the engine's own state (trusted devices, their last
+        places, payees found after a new device): the same live and in the log's replay."""
+        customers: list[int] = columns["customer_id"].tolist()
+        at_ns: list[int] = columns["at_ns"].tolist()
+        levels: list[int] = severity.tolist()
+        self._learn_payees(customers, counterparties, columns, feats, levels)  # trust before
+        self._learn_trust(customers, devices, levels, at_ns)
+        self._learn_places(customers, devices, columns, levels)
+
     # --- trusted devices --------------------------------------------------------------------
 
     def _untrusted(self, customers: list[int], devices: list[str]) -> npt.NDArray[np.bool_]:
@@ -588,6 +656,53 @@ class RiskEngine:
                 trusted[pair] = since
         self._forget_trust()
 
+    def _travel_of(
+        self, customers: list[int], devices: list[str], columns: Mapping[str, npt.NDArray[Any]]
+    ) -> dict[str, npt.NDArray[np.float64]]:
+        """Per event: how far (km) and how fast (km/h) the customer's trusted device moved
+        since its last accepted event (``device.distance_km``, ``device.speed_kmh``)."""
+        places = self._places
+        n = len(customers)
+        if not places:
+            nan = np.full(n, np.nan)
+            return {"device.distance_km": nan, "device.speed_kmh": nan.copy()}
+        last = np.array(
+            [places.get(pair, _NOWHERE) for pair in zip(customers, devices, strict=True)],
+            dtype=np.float64,
+        ).reshape(n, 3)
+        km = _haversine_km(last[:, 0], last[:, 1], columns["latitude"], columns["longitude"])
+        seconds = (columns["at_ns"] - last[:, 2]) / 1e9
+        return {
+            "device.distance_km": km,
+            "device.speed_kmh": km * 3600.0 / np.maximum(seconds, 1.0),
+        }
+
+    def _learn_places(
+        self,
+        customers: list[int],
+        devices: list[str],
+        columns: Mapping[str, npt.NDArray[Any]],
+        severity: list[int],
+    ) -> None:
+        """Each accepted event with a place moves its (trusted) device there; a challenged
+        one is remembered until its step-up passes (``trust_device``)."""
+        lats, lons, times = columns["latitude"], columns["longitude"], columns["at_ns"]
+        for i in np.flatnonzero(np.asarray(severity) <= 1).tolist():
+            pair = (customers[i], devices[i])
+            if not pair[1]:
+                continue
+            place = (float(lats[i]), float(lons[i]), float(times[i]))
+            if severity[i] == 1:
+                self._challenged.pop(pair, None)  # the newest last
+                self._challenged[pair] = place
+            elif not math.isnan(place[0]) and not math.isnan(place[1]) and pair in self._trusted:
+                self._places[pair] = place
+        if len(self._challenged) > CHALLENGED_PLACES_MAX:
+            keep = CHALLENGED_PLACES_MAX // 2
+            self._challenged = dict(
+                itertools.islice(self._challenged.items(), len(self._challenged) - keep, None)
+            )
+
     def _forget_trust(self) -> None:
         """Beyond ``trusted_max``, keep the most recently used 7/8 of it: one pass over the
         pairs per 1/8 of the bound new pairs (a plain dict, not an ordered one: it stays out
@@ -598,6 +713,7 @@ class RiskEngine:
         keep = bound - bound // 8
         drop = len(self._trusted) - keep
         self._trusted = dict(itertools.islice(self._trusted.items(), drop, None))
+        self._places = {pair: p for pair, p in self._places.items() if pair in self._trusted}
         self._count_devices()
 
     def _count_devices(self) -> None:
@@ -612,6 +728,86 @@ class RiskEngine:
         with self._lock:
             now = max(self.features.watermark_ns, 0)
             self._learn_trust([customer_id], [device_id], [0], [now])
+            place = self._challenged.pop((customer_id, device_id), None)
+            if place is not None and not (math.isnan(place[0]) or math.isnan(place[1])):
+                self._places[customer_id, device_id] = place
+
+    # --- payees found after a new device ----------------------------------------------------
+
+    def _new_payees_of(
+        self,
+        customers: list[int],
+        counterparties: list[str],
+        columns: Mapping[str, npt.NDArray[Any]],
+    ) -> dict[str, npt.NDArray[Any]]:
+        """Per event: ``counterparty.new_device_payee_s`` and
+        ``customer.new_device_payees_sum_14d`` (as of the start of the batch)."""
+        n = len(customers)
+        found = np.full(n, np.nan)
+        sent_sum = np.zeros(n, dtype=np.int64)
+        if not self._new_payees:
+            return {
+                "counterparty.new_device_payee_s": found,
+                "customer.new_device_payees_sum_14d": sent_sum,
+            }
+        at_ns: list[int] = columns["at_ns"].tolist()
+        payees, sent = self._new_payees, self._new_payees_sent
+        kept_ns, window_ns = NEW_DEVICE_PAYEES_KEPT_S * 10**9, NEW_DEVICE_SENT_WINDOW_S * 10**9
+        for i, (customer, counterparty) in enumerate(zip(customers, counterparties, strict=True)):
+            first = payees.get((customer, counterparty))
+            if first is not None and at_ns[i] - first < kept_ns:
+                found[i] = max(0.0, (at_ns[i] - first) / 1e9)
+            mine = sent.get(customer)
+            if mine:
+                since = at_ns[i] - window_ns
+                sent_sum[i] = sum(amount for at, amount in mine if at > since)
+        return {
+            "counterparty.new_device_payee_s": found,
+            "customer.new_device_payees_sum_14d": sent_sum,
+        }
+
+    def _learn_payees(
+        self,
+        customers: list[int],
+        counterparties: list[str],
+        columns: Mapping[str, npt.NDArray[Any]],
+        feats: Mapping[str, npt.NDArray[Any]],
+        severity: list[int],
+    ) -> None:
+        """A p2p payee paid for the first time from a device trusted less than
+        ``NEW_DEVICE_S``, or not at all while the customer has others (a customer's first
+        device is the one they came with), is followed whatever the decision (a refused
+        first try must not hide it); what such payees get in events accepted or challenged
+        adds to the customer's sum. Called before the batch's trust is learnt: trust as of
+        its start."""
+        p2p = np.flatnonzero(columns["kind"] == _P2P_CODE)
+        if not len(p2p):
+            return
+        first_payment = feats["counterparty.first_payment"]
+        trusted_for = feats["device.trusted_for_s"]
+        amounts, times = columns["amount"], columns["at_ns"]
+        payees, sent, devices_of = self._new_payees, self._new_payees_sent, self._devices_of
+        for i in p2p.tolist():
+            pair = (customers[i], counterparties[i])
+            if not pair[1]:
+                continue
+            if pair not in payees:
+                if not first_payment[i]:
+                    continue
+                trusted = trusted_for[i]
+                if trusted >= NEW_DEVICE_S or (math.isnan(trusted) and not devices_of.get(pair[0])):
+                    continue
+                payees[pair] = int(times[i])
+            if severity[i] <= 1:
+                mine = sent.setdefault(pair[0], [])
+                mine.append((int(times[i]), int(amounts[i])))
+                del mine[:-NEW_DEVICE_SENT_MAX]
+        bound = self.trusted_max
+        if len(payees) > bound:
+            keep = bound - bound // 8
+            self._new_payees = dict(itertools.islice(payees.items(), len(payees) - keep, None))
+            still = {customer for customer, _ in self._new_payees}
+            self._new_payees_sent = {c: v for c, v in sent.items() if c in still}
 
     # --- the decision log ------------------------------------------------------------------
 
@@ -677,12 +873,22 @@ class RiskEngine:
                     self.log.flush()
                 arrays = self.features.snapshot_arrays()
                 pairs = list(self._trusted.items())
+                places = list(self._places.items())
+                payees = list(self._new_payees.items())
+                sent = [(c, list(v)) for c, v in self._new_payees_sent.items()]
             # Written without the lock: decisions go on meanwhile (they waited for the write
             # and its fsyncs before). The trusted pairs in their order of use, least recent
             # first: the restarted engine forgets the ones this one would have; each with the
             # time it was first trusted.
             trusted = [[customer, device, since] for (customer, device), since in pairs]
-            text = json.dumps({"log_next_id": next_id, "trusted": trusted})
+            saved = {
+                "log_next_id": next_id,
+                "trusted": trusted,
+                "places": [[c, d, *place] for (c, d), place in places],
+                "new_payees": [[c, payee, at] for (c, payee), at in payees],
+                "new_payees_sent": [[c, [list(x) for x in v]] for c, v in sent],
+            }
+            text = json.dumps(saved)
             # The log position and the trusted devices go inside the state's own file: the
             # three are replaced together (a crash between two files would pair a new state
             # with an older position, and replay the events between twice).
@@ -712,6 +918,17 @@ class RiskEngine:
                 )
                 since = int(saved["log_next_id"])
                 self._trusted = _trusted_of(saved.get("trusted", []))
+                self._places = {
+                    (int(c), str(d)): (float(lat), float(lon), float(at))
+                    for c, d, lat, lon, at in saved.get("places", [])
+                }
+                self._new_payees = {
+                    (int(c), str(payee)): int(at) for c, payee, at in saved.get("new_payees", [])
+                }
+                self._new_payees_sent = {
+                    int(c): [(int(at), int(amount)) for at, amount in v]
+                    for c, v in saved.get("new_payees_sent", [])
+                }
                 self._count_devices()
                 self._forget_trust()
             if self.log is None:
@@ -721,15 +938,30 @@ class RiskEngine:
                 first = int(record.meta["first_id"])
                 skip = max(0, since - first)
                 c = {k: v[skip:] for k, v in record.row_columns().items()}
-                self._features_of(c, None)
-                self._learn_trust(
-                    c["customer_id"].tolist(),
-                    c["device"].tolist(),
-                    c["decision"].tolist(),
-                    c["at_ns"].tolist(),
-                )
+                feats = self._features_of(c, None)
+                devices: list[str] = c["device"].tolist()
+                feats["device.trusted_for_s"] = self._trust_of(
+                    c["customer_id"].tolist(), devices, c["at_ns"]
+                )[1]
+                self._learn(c, devices, c["counterparty"].tolist(), feats, c["decision"])
                 replayed += len(c["kind"])
             return replayed
+
+
+def _haversine_km(
+    lat1: npt.NDArray[np.float64],
+    lon1: npt.NDArray[np.float64],
+    lat2: npt.NDArray[np.float64],
+    lon2: npt.NDArray[np.float64],
+) -> npt.NDArray[np.float64]:
+    """The feature kernel's ``haversine_km`` over arrays (NaN where a place is unknown)."""
+    p1, p2 = np.radians(lat1), np.radians(lat2)
+    a = (
+        np.sin((p2 - p1) / 2) ** 2
+        + np.cos(p1) * np.cos(p2) * np.sin(np.radians(lon2 - lon1) / 2) ** 2
+    )
+    km: npt.NDArray[np.float64] = 2.0 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
+    return km
 
 
 def logged_reasons(record: LogRecord) -> list[tuple[str, ...]]:
