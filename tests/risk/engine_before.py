@@ -195,6 +195,7 @@ class EngineBefore:
         self._challenged: dict[tuple[int, str], tuple[float, float, int]] = {}
         self._new_payees: dict[tuple[int, str], int] = {}
         self._sent: dict[int, list[tuple[int, int]]] = {}
+        self._familiar: dict[tuple[int, str], int] = {}
         self._schema_names: tuple[str, ...] = ()
         self._schema_hash = ""
 
@@ -223,6 +224,10 @@ class EngineBefore:
         feats["device.trusted_for_s"] = self._trusted_for(columns)
         feats.update(self._travel(columns))
         feats.update(self._new_payees_of(columns))
+        feats["device.familiar_payees_paid"] = np.asarray(
+            [self._familiar.get(pair, 0) for pair in self._pairs(columns, "device")],
+            dtype=np.int64,
+        )
         n = len(columns["kind"])
         model_score = np.zeros(n, dtype=np.int64)
         if self.model is not None:
@@ -395,7 +400,14 @@ class EngineBefore:
         severity: npt.NDArray[Any],
     ) -> None:
         for i, pair in enumerate(self._pairs(columns, "counterparty")):
-            if KINDS[int(columns["kind"][i])] is not EventKind.P2P or not pair[1]:
+            kind = KINDS[int(columns["kind"][i])]
+            if kind not in (EventKind.P2P, EventKind.PAYMENT) or not pair[1]:
+                continue
+            device = str(columns["device"][i])
+            paid_before = not feats["counterparty.first_payment"][i]
+            if paid_before and severity[i] == 0 and device and pair not in self._new_payees:
+                self._familiar[pair[0], device] = self._familiar.get((pair[0], device), 0) + 1
+            if kind is not EventKind.P2P:
                 continue
             if pair not in self._new_payees:
                 trusted = float(feats["device.trusted_for_s"][i])

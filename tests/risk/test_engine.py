@@ -556,7 +556,8 @@ def test_a_trusted_device_is_placed_by_its_owners_accepted_events_only() -> None
 def test_payees_found_after_a_new_device_and_what_they_got() -> None:
     """``counterparty.new_device_payee_s``: a payee first paid from a device trusted less
     than a week (not the customer's first device, nor a payee paid before the new device);
-    ``customer.new_device_payees_sum_14d``: what such payees got in 14 days."""
+    ``customer.new_device_payees_sum_14d``: what such payees got in 14 days;
+    ``device.familiar_payees_paid``: the new device's payments to payees paid before it."""
     engine = RiskEngine(parse_ruleset(RULES, engine_schema()), lists=RiskLists(ManualClock(T0)))
     home = SHANGHAI
     engine([_at(0, place=home, payee="c:old")])  # the first device: long trusted
@@ -570,6 +571,7 @@ def test_payees_found_after_a_new_device_and_what_they_got() -> None:
     assert found["counterparty.new_device_payee_s"][0] == 120.0
     assert np.isnan(found["counterparty.new_device_payee_s"][1:]).all()
     assert found["customer.new_device_payees_sum_14d"].tolist() == [15_000] * 3
+    assert engine._familiar == {(7, "new"): 1}  # c:old, paid from the old phone first
     late = [_at(3 + 15 * day, place=home, payee="c:mule")]  # past the 14-day window
     found = engine._new_payees_of([7], ["c:mule"], event_columns(late))
     assert found["customer.new_device_payees_sum_14d"].tolist() == [0]
@@ -595,5 +597,6 @@ def test_device_places_and_new_payees_survive_a_restart(tmp_path: Path) -> None:
     assert again._places == live._places and len(live._places) == 2
     assert again._new_payees == live._new_payees and len(live._new_payees) == 3
     assert again._new_payees_sent == live._new_payees_sent
+    assert again._familiar == live._familiar
     assert live._new_payees_sent[7] == [(T0 + 180 * 10**9, 9_000), (T0 + 3600 * 10**9, 8_000)]
     _close(again)

@@ -88,6 +88,12 @@ ENGINE_FEATURES: Final = {
         "found after a new device; NaN for any other payee, and after 30 days "
         "(``NEW_DEVICE_PAYEES_KEPT_S``)."
     ),
+    "device.familiar_payees_paid": (
+        "Accepted payments (p2p or at a merchant) from this trusted device to payees the "
+        "customer had paid before and did not find after a new device: 0 for a device that "
+        "only ever paid payees it found itself (a takeover's), more for an owner's new phone "
+        "paying their usual shops and friends."
+    ),
     "customer.new_device_payees_sum_14d": (
         "What the customer sent to such payees (p2p events accepted or challenged) in the last "
         "14 days, minor units; 0 when none."
@@ -108,6 +114,7 @@ CHALLENGED_PLACES_MAX: Final = 65_536
 """Challenged events whose place a passed step-up would confirm, the newest (unit: pairs)."""
 _NOWHERE: Final = (math.nan, math.nan, math.nan)
 _P2P_CODE: Final = KINDS.index(EventKind.P2P)
+_PAYMENT_CODE: Final = KINDS.index(EventKind.PAYMENT)
 
 
 def engine_schema() -> dict[str, FeatureType]:
@@ -405,6 +412,8 @@ class RiskEngine:
         """(customer, counterparty) first paid (p2p) from a device trusted less than
         ``NEW_DEVICE_S`` or not at all, with when (ns), oldest first; at most ``trusted_max``,
         the oldest 1/8 dropped beyond."""
+        self._familiar: dict[tuple[int, str], int] = {}
+        """Per trusted (customer, device): ``device.familiar_payees_paid``."""
         self._new_payees_sent: dict[int, list[tuple[int, int]]] = {}
         """Per customer, (time ns, amount) of the p2p events to those payees that were
         accepted or challenged (the newest ``NEW_DEVICE_SENT_MAX``)."""
@@ -453,6 +462,13 @@ class RiskEngine:
             from_events["device.trusted_for_s"] = trusted_for
             from_events.update(self._travel_of(customers, devices, columns))
             from_events.update(self._new_payees_of(customers, strings["counterparty"], columns))
+            familiar = self._familiar
+            from_events["device.familiar_payees_paid"] = np.array(
+                [familiar.get(pair, 0) for pair in zip(customers, devices, strict=True)]
+                if familiar
+                else np.zeros(n),
+                dtype=np.int64,
+            ).reshape(n)
 
         # Each chunk of events is scored, judged by the rules and explained as soon as its
         # features are ready, while the store's pass over the next chunk runs on the other
@@ -603,7 +619,7 @@ class RiskEngine:
         customers: list[int] = columns["customer_id"].tolist()
         at_ns: list[int] = columns["at_ns"].tolist()
         levels: list[int] = severity.tolist()
-        self._learn_payees(customers, counterparties, columns, feats, levels)  # trust before
+        self._learn_payees(customers, devices, counterparties, columns, feats, levels)
         self._learn_trust(customers, devices, levels, at_ns)
         self._learn_places(customers, devices, columns, levels)
 
@@ -714,6 +730,7 @@ class RiskEngine:
         drop = len(self._trusted) - keep
         self._trusted = dict(itertools.islice(self._trusted.items(), drop, None))
         self._places = {pair: p for pair, p in self._places.items() if pair in self._trusted}
+        self._familiar = {pair: n for pair, n in self._familiar.items() if pair in self._trusted}
         self._count_devices()
 
     def _count_devices(self) -> None:
@@ -769,6 +786,7 @@ class RiskEngine:
     def _learn_payees(
         self,
         customers: list[int],
+        devices: list[str],
         counterparties: list[str],
         columns: Mapping[str, npt.NDArray[Any]],
         feats: Mapping[str, npt.NDArray[Any]],
@@ -778,18 +796,26 @@ class RiskEngine:
         ``NEW_DEVICE_S``, or not at all while the customer has others (a customer's first
         device is the one they came with), is followed whatever the decision (a refused
         first try must not hide it); what such payees get in events accepted or challenged
-        adds to the customer's sum. Called before the batch's trust is learnt: trust as of
-        its start."""
-        p2p = np.flatnonzero(columns["kind"] == _P2P_CODE)
-        if not len(p2p):
+        adds to the customer's sum. An accepted payment to a payee paid before (and not
+        found so) counts for its device (``device.familiar_payees_paid``). Called before the
+        batch's trust is learnt: trust as of its start."""
+        kinds = columns["kind"]
+        paying = np.flatnonzero((kinds == _P2P_CODE) | (kinds == _PAYMENT_CODE))
+        if not len(paying):
             return
         first_payment = feats["counterparty.first_payment"]
         trusted_for = feats["device.trusted_for_s"]
         amounts, times = columns["amount"], columns["at_ns"]
         payees, sent, devices_of = self._new_payees, self._new_payees_sent, self._devices_of
-        for i in p2p.tolist():
+        familiar = self._familiar
+        for i in paying.tolist():
             pair = (customers[i], counterparties[i])
             if not pair[1]:
+                continue
+            if not first_payment[i] and severity[i] == 0 and devices[i] and pair not in payees:
+                mine_device = (pair[0], devices[i])
+                familiar[mine_device] = familiar.get(mine_device, 0) + 1
+            if kinds[i] != _P2P_CODE:
                 continue
             if pair not in payees:
                 if not first_payment[i]:
@@ -876,6 +902,7 @@ class RiskEngine:
                 places = list(self._places.items())
                 payees = list(self._new_payees.items())
                 sent = [(c, list(v)) for c, v in self._new_payees_sent.items()]
+                familiar = list(self._familiar.items())
             # Written without the lock: decisions go on meanwhile (they waited for the write
             # and its fsyncs before). The trusted pairs in their order of use, least recent
             # first: the restarted engine forgets the ones this one would have; each with the
@@ -887,6 +914,7 @@ class RiskEngine:
                 "places": [[c, d, *place] for (c, d), place in places],
                 "new_payees": [[c, payee, at] for (c, payee), at in payees],
                 "new_payees_sent": [[c, [list(x) for x in v]] for c, v in sent],
+                "familiar": [[c, d, count] for (c, d), count in familiar],
             }
             text = json.dumps(saved)
             # The log position and the trusted devices go inside the state's own file: the
@@ -928,6 +956,9 @@ class RiskEngine:
                 self._new_payees_sent = {
                     int(c): [(int(at), int(amount)) for at, amount in v]
                     for c, v in saved.get("new_payees_sent", [])
+                }
+                self._familiar = {
+                    (int(c), str(d)): int(count) for c, d, count in saved.get("familiar", [])
                 }
                 self._count_devices()
                 self._forget_trust()
