@@ -600,3 +600,31 @@ def test_device_places_and_new_payees_survive_a_restart(tmp_path: Path) -> None:
     assert again._familiar == live._familiar
     assert live._new_payees_sent[7] == [(T0 + 180 * 10**9, 9_000), (T0 + 3600 * 10**9, 8_000)]
     _close(again)
+
+
+def test_a_customer_whose_devices_were_all_forgotten_gets_no_long_trusted_device(
+    tmp_path: Path,
+) -> None:
+    """The first device the engine trusts for a customer counts as trusted long ago (the one
+    they came with); once a flood of others' devices made it forget all of a customer's
+    (beyond ``trusted_max``), the next device trusted is newly trusted, not long ago — also
+    after a restart from a snapshot."""
+    engine = _bounded_engine(tmp_path / "log", 16)
+    engine([_event(0, 1_000, device="phone")])
+    assert engine._trust_of([7], ["phone"], np.array([T0]))[1][0] > 4e9  # long ago
+    for k in range(1, 40):  # others' devices: customer 7's phone is forgotten
+        engine([RiskEvent(EventKind.LOGIN, 100 + k, T0 + k * 10**9, 0, "CNY", "", f"p-{k}")])
+    assert engine._untrusted([7], ["phone"]).tolist() == [True]
+    engine([_event(50, 1_000, device="attacker-phone")])
+    at = np.array([T0 + 51 * 60 * 10**9])
+    assert engine._trust_of([7], ["attacker-phone"], at)[1].tolist() == [60.0]
+    engine.snapshot(tmp_path / "state")
+    again = _bounded_engine(tmp_path / "other", 16)
+    again.recover(tmp_path / "state")
+    for k in range(40, 80):  # forgotten again, on the restarted engine
+        again([RiskEvent(EventKind.LOGIN, 100 + k, T0 + k * 10**9, 0, "CNY", "", f"p-{k}")])
+    again([_event(90, 1_000, device="tablet")])
+    assert again._trust_of([7], ["tablet"], np.array([T0 + 91 * 60 * 10**9]))[1].tolist() == [60.0]
+    assert 8 not in again._ever_trusted  # never trusted (with this filter's seeds: no false yes)
+    _close(engine)
+    _close(again)

@@ -53,6 +53,12 @@ DEFAULT_RULES: Final = Path(__file__).parent / "rules" / "default.toml"
 SNAPSHOT_NAME: Final = "features.npz"
 SNAPSHOT_META: Final = "features.json"
 SNAPSHOT_META_ARRAY: Final = "engine_meta"
+SNAPSHOT_EVER_TRUSTED_ARRAY: Final = "engine_ever_trusted"
+"""The array of the state's file holding ``EverTrusted``'s bits."""
+EVER_TRUSTED_BITS: Final = 2**26
+"""The size of the filter of customers ever trusted (unit: bits; 8 MiB): with three hashes a
+customer never trusted answers "trusted before" with probability about 1e-4 among a million
+customers ever trusted, 0.4 % among four million."""
 """The array of the state's file holding ``features.json``'s JSON (its bytes)."""
 
 EVENT_COLUMNS: Final = {
@@ -365,6 +371,49 @@ class _Judged:
         )
 
 
+_MASK64: Final = 2**64 - 1
+
+
+class EverTrusted:
+    """The customers the engine ever trusted a device for, in fixed memory: a Bloom filter
+    (three hashes). A customer once added always answers yes — no false "never trusted" —
+    so a customer whose trusted devices were all forgotten (beyond ``trusted_max``) does not
+    get the next device counted as the one they came with; a customer never trusted answers
+    yes with a small probability (``EVER_TRUSTED_BITS``), and then has their first device
+    counted as newly trusted: more checks, never fewer."""
+
+    __slots__ = ("_bytes", "bits")
+
+    def __init__(self, bits: int = EVER_TRUSTED_BITS, saved: bytes | None = None) -> None:
+        if bits <= 0 or bits % 8:
+            raise ValueError("bits must be a positive multiple of 8")
+        self.bits = bits
+        self._bytes = bytearray(saved) if saved is not None else bytearray(bits // 8)
+        if len(self._bytes) != bits // 8:
+            raise ValueError("saved bits of another size")
+
+    def _slots(self, customer: int) -> tuple[int, int, int]:
+        x = (customer * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) & _MASK64  # splitmix64
+        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+        x ^= x >> 31
+        h1, h2 = x & 0xFFFFFFFF, (x >> 32) | 1  # double hashing
+        n = self.bits
+        return h1 % n, (h1 + h2) % n, (h1 + 2 * h2) % n
+
+    def add(self, customer: int) -> None:
+        data = self._bytes
+        for slot in self._slots(customer):
+            data[slot >> 3] |= 1 << (slot & 7)
+
+    def __contains__(self, customer: int) -> bool:
+        data = self._bytes
+        return all(data[slot >> 3] >> (slot & 7) & 1 for slot in self._slots(customer))
+
+    def to_array(self) -> npt.NDArray[np.uint8]:
+        return np.frombuffer(bytes(self._bytes), dtype=np.uint8)
+
+
 class RiskEngine:
     """Features → model → rules → decisions, logged. Call it like ``puhui.risk.decide``."""
 
@@ -399,6 +448,9 @@ class RiskEngine:
         leaves the garbage collector's care, a million small sets would not."""
         self._devices_of: dict[int, int] = {}
         """How many devices of each customer ``_trusted`` holds."""
+        self._ever_trusted = EverTrusted()
+        """Customers ever trusted a device for, beyond ``_trusted``'s bound: a customer's
+        first device counts as trusted long ago only if they are not in it."""
         self._places: dict[tuple[int, str], tuple[float, float, float]] = {}
         """(latitude, longitude, time in ns) of the last accepted event with a place of each
         trusted (customer, device) pair (``device.distance_km``): only the owner's accepted
@@ -668,7 +720,11 @@ class RiskEngine:
                 if since is None:
                     known = devices_of.get(customer, 0)
                     devices_of[customer] = known + 1
-                    since = at if known else TRUSTED_LONG_AGO_NS
+                    if known or customer in self._ever_trusted:
+                        since = at
+                    else:
+                        since = TRUSTED_LONG_AGO_NS
+                        self._ever_trusted.add(customer)
                 trusted[pair] = since
         self._forget_trust()
 
@@ -903,6 +959,7 @@ class RiskEngine:
                 payees = list(self._new_payees.items())
                 sent = [(c, list(v)) for c, v in self._new_payees_sent.items()]
                 familiar = list(self._familiar.items())
+                ever_trusted = self._ever_trusted.to_array()
             # Written without the lock: decisions go on meanwhile (they waited for the write
             # and its fsyncs before). The trusted pairs in their order of use, least recent
             # first: the restarted engine forgets the ones this one would have; each with the
@@ -921,6 +978,7 @@ class RiskEngine:
             # three are replaced together (a crash between two files would pair a new state
             # with an older position, and replay the events between twice).
             arrays[SNAPSHOT_META_ARRAY] = np.frombuffer(text.encode(), np.uint8)
+            arrays[SNAPSHOT_EVER_TRUSTED_ARRAY] = ever_trusted
             write_snapshot(arrays, directory / SNAPSHOT_NAME)
             del arrays
             meta = directory / SNAPSHOT_META  # the same, readable (what recover falls back on
@@ -946,6 +1004,7 @@ class RiskEngine:
                 )
                 since = int(saved["log_next_id"])
                 self._trusted = _trusted_of(saved.get("trusted", []))
+                self._ever_trusted = _ever_trusted_of(state, self._trusted)
                 self._places = {
                     (int(c), str(d)): (float(lat), float(lon), float(at))
                     for c, d, lat, lon, at in saved.get("places", [])
@@ -1033,6 +1092,20 @@ def _trusted_of(saved: list[list[Any]] | dict[str, list[str]]) -> dict[tuple[int
     if isinstance(saved, dict):
         return dict.fromkeys(((int(c), device) for c, d in saved.items() for device in d), old)
     return {(int(item[0]), str(item[1])): int(item[2]) if len(item) > 2 else old for item in saved}
+
+
+def _ever_trusted_of(path: Path, trusted: Mapping[tuple[int, str], int]) -> EverTrusted:
+    """The filter of customers ever trusted saved in a state file; for one written before it
+    was kept, the customers of the trusted pairs saved (those forgotten before are lost)."""
+    with path.open("rb") as f, np.load(f, allow_pickle=False) as npz:
+        if SNAPSHOT_EVER_TRUSTED_ARRAY in npz.files:
+            bits = npz[SNAPSHOT_EVER_TRUSTED_ARRAY]
+            if bits.shape == (EVER_TRUSTED_BITS // 8,):
+                return EverTrusted(saved=bits.tobytes())
+    ever = EverTrusted()
+    for customer, _ in trusted:
+        ever.add(customer)
+    return ever
 
 
 def _snapshot_meta(path: Path) -> dict[str, Any] | None:
