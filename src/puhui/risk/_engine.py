@@ -24,7 +24,7 @@ import json
 import math
 import threading
 import zipfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -672,8 +672,13 @@ class RiskEngine:
         at_ns: list[int] = columns["at_ns"].tolist()
         levels: list[int] = severity.tolist()
         self._learn_payees(customers, devices, counterparties, columns, feats, levels)
-        self._learn_trust(customers, devices, levels, at_ns)
-        self._learn_places(customers, devices, columns, levels)
+        lats, lons = columns["latitude"], columns["longitude"]
+        places = zip(
+            lats.tolist(), lons.tolist(), columns["at_ns"].astype(np.float64).tolist(), strict=True
+        )
+        seen = (~(np.isnan(lats) | np.isnan(lons))).tolist()
+        self._learn_trust(customers, devices, levels, at_ns, places, seen)
+        self._learn_challenged(customers, devices, columns, levels)
 
     # --- trusted devices --------------------------------------------------------------------
 
@@ -705,17 +710,32 @@ class RiskEngine:
         return len(self._trusted)
 
     def _learn_trust(
-        self, customers: list[int], devices: list[str], severity: list[int], at_ns: list[int]
+        self,
+        customers: list[int],
+        devices: list[str],
+        severity: list[int],
+        at_ns: list[int],
+        places: Iterable[tuple[float, float, float]] | None = None,
+        seen: Iterable[bool] | None = None,
     ) -> None:
         """Each accepted event's (customer, device), in order: trusted (since the event's
         time, unless it already was; a customer's first device since long ago), and the most
-        recently used (the same for a decided batch and for its replay from the log)."""
+        recently used (the same for a decided batch and for its replay from the log); with
+        the events' ``places`` (latitude, longitude, time) the device is placed where ``seen``
+        (the place is known)."""
         trusted = self._trusted
         devices_of = self._devices_of
         pop = trusted.pop
-        for customer, device, level, at in zip(customers, devices, severity, at_ns, strict=True):
+        located = self._places
+        where = places if places is not None else itertools.repeat(_NOWHERE)
+        flags = seen if seen is not None else itertools.repeat(False)
+        for customer, device, level, at, place, there in zip(
+            customers, devices, severity, at_ns, where, flags, strict=False
+        ):
             if level == 0 and device:
                 pair = (customer, device)
+                if there:
+                    located[pair] = place
                 since = pop(pair, None)  # to the end: the most recently used
                 if since is None:
                     known = devices_of.get(customer, 0)
@@ -738,9 +758,9 @@ class RiskEngine:
         if not places:
             nan = np.full(n, np.nan)
             return {"device.distance_km": nan, "device.speed_kmh": nan.copy()}
-        last = np.array(
-            [places.get(pair, _NOWHERE) for pair in zip(customers, devices, strict=True)],
-            dtype=np.float64,
+        found = [places.get(pair, _NOWHERE) for pair in zip(customers, devices, strict=True)]
+        last = np.fromiter(
+            itertools.chain.from_iterable(found), dtype=np.float64, count=3 * n
         ).reshape(n, 3)
         km = _haversine_km(last[:, 0], last[:, 1], columns["latitude"], columns["longitude"])
         seconds = (columns["at_ns"] - last[:, 2]) / 1e9
@@ -749,26 +769,24 @@ class RiskEngine:
             "device.speed_kmh": km * 3600.0 / np.maximum(seconds, 1.0),
         }
 
-    def _learn_places(
+    def _learn_challenged(
         self,
         customers: list[int],
         devices: list[str],
         columns: Mapping[str, npt.NDArray[Any]],
         severity: list[int],
     ) -> None:
-        """Each accepted event with a place moves its (trusted) device there; a challenged
-        one is remembered until its step-up passes (``trust_device``)."""
+        """Each challenged event's place is remembered until its step-up passes
+        (``trust_device`` moves the device there)."""
+        level = np.asarray(severity)
+        challenged = np.flatnonzero(level == 1).tolist()
         lats, lons, times = columns["latitude"], columns["longitude"], columns["at_ns"]
-        for i in np.flatnonzero(np.asarray(severity) <= 1).tolist():
+        for i in challenged:
             pair = (customers[i], devices[i])
             if not pair[1]:
                 continue
-            place = (float(lats[i]), float(lons[i]), float(times[i]))
-            if severity[i] == 1:
-                self._challenged.pop(pair, None)  # the newest last
-                self._challenged[pair] = place
-            elif not math.isnan(place[0]) and not math.isnan(place[1]) and pair in self._trusted:
-                self._places[pair] = place
+            self._challenged.pop(pair, None)  # the newest last
+            self._challenged[pair] = (float(lats[i]), float(lons[i]), float(times[i]))
         if len(self._challenged) > CHALLENGED_PLACES_MAX:
             keep = CHALLENGED_PLACES_MAX // 2
             self._challenged = dict(
