@@ -3,8 +3,10 @@ per-event objects, reasons built event by event, the model walked by LightGBM's 
 written plainly in Python. ``test_engine_fast_path.py`` replays a simulated day through it
 and through ``RiskEngine`` and asks for the same decisions and the same log.
 
-Kept verbatim but for the model (``_ReferenceModel``: the old kernels' logic, uncompiled) and
-the restart methods (not needed here).
+Kept verbatim but for the model (``_ReferenceModel``: the old kernels' logic, uncompiled),
+the restart methods (not needed here), and the engine's features added since, written
+plainly event by event (``device.trusted_for_s``; the trusted device's travel and the payees
+found after a new device, ``_travel`` and ``_new_payees``: unbounded, no eviction).
 """
 
 from __future__ import annotations
@@ -22,7 +24,12 @@ import numpy.typing as npt
 from puhui.risk import Decision, EventKind, RiskDecision, RiskEvent, RiskLists, Ruleset
 from puhui.risk._engine import (  # the reasons' text and the engine's features, as it has them
     ENGINE_FEATURES,
+    NEW_DEVICE_PAYEES_KEPT_S,
+    NEW_DEVICE_S,
+    NEW_DEVICE_SENT_MAX,
+    NEW_DEVICE_SENT_WINDOW_S,
     TRUSTED_LONG_AGO_NS,
+    _haversine_km,
     _hit_text,
 )
 from puhui.risk._features import FEATURE_SCHEMA, FeatureStore, InvalidRiskEventError
@@ -184,6 +191,11 @@ class EngineBefore:
         self._trusted: dict[int, dict[str, int]] = {}
         """Devices each customer used in an accepted event (or confirmed by step-up), with
         when each was first trusted (added with ``device.trusted_for_s``)."""
+        self._places: dict[tuple[int, str], tuple[float, float, int]] = {}
+        self._challenged: dict[tuple[int, str], tuple[float, float, int]] = {}
+        self._new_payees: dict[tuple[int, str], int] = {}
+        self._sent: dict[int, list[tuple[int, int]]] = {}
+        self._familiar: dict[tuple[int, str], int] = {}
         self._schema_names: tuple[str, ...] = ()
         self._schema_hash = ""
 
@@ -210,6 +222,12 @@ class EngineBefore:
         # attacker's phone familiar. Trust is as of the start of the batch.
         feats["device.new_for_customer"] = self._untrusted(columns)
         feats["device.trusted_for_s"] = self._trusted_for(columns)
+        feats.update(self._travel(columns))
+        feats.update(self._new_payees_of(columns))
+        feats["device.familiar_payees_paid"] = np.asarray(
+            [self._familiar.get(pair, 0) for pair in self._pairs(columns, "device")],
+            dtype=np.int64,
+        )
         n = len(columns["kind"])
         model_score = np.zeros(n, dtype=np.int64)
         if self.model is not None:
@@ -252,7 +270,9 @@ class EngineBefore:
                 )
             )
             reasons_column.append(json.dumps(list(reasons)) if reasons else "[]")
+        self._learn_payees(columns, feats, severity)
         self._learn_trust(columns, severity)
+        self._learn_places(columns, severity)
         if self.log is not None:
             self._append(columns, feats, out, reasons_column, results.ruleset_version, shadow)
         return out
@@ -310,10 +330,97 @@ class EngineBefore:
                 self._trust(int(customer), str(device), int(at))
 
     def trust_device(self, customer_id: int, device_id: str) -> None:
-        """The customer proved this device is theirs (passed a step-up on it)."""
+        """The customer proved this device is theirs (passed a step-up on it): the place of
+        its latest challenged event becomes its last place."""
         if device_id:
             with self._lock:
                 self._trust(customer_id, device_id, max(self.features.watermark_ns, 0))
+                place = self._challenged.pop((customer_id, device_id), None)
+                if place is not None and not math.isnan(place[0]) and not math.isnan(place[1]):
+                    self._places[customer_id, device_id] = place
+
+    def _pairs(self, columns: Mapping[str, npt.NDArray[Any]], name: str) -> list[tuple[int, str]]:
+        return [
+            (int(c), str(x)) for c, x in zip(columns["customer_id"], columns[name], strict=True)
+        ]
+
+    def _travel(self, columns: Mapping[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
+        n = len(columns["kind"])
+        last = np.full((n, 3), np.nan)
+        for i, pair in enumerate(self._pairs(columns, "device")):
+            trusted = pair[1] in self._trusted.get(pair[0], {})
+            if trusted and pair in self._places:
+                last[i] = self._places[pair]
+        km = _haversine_km(last[:, 0], last[:, 1], columns["latitude"], columns["longitude"])
+        seconds = (columns["at_ns"] - last[:, 2]) / 1e9
+        return {
+            "device.distance_km": km,
+            "device.speed_kmh": km * 3600.0 / np.maximum(seconds, 1.0),
+        }
+
+    def _learn_places(
+        self, columns: Mapping[str, npt.NDArray[Any]], severity: npt.NDArray[Any]
+    ) -> None:
+        for i, pair in enumerate(self._pairs(columns, "device")):
+            place = (
+                float(columns["latitude"][i]),
+                float(columns["longitude"][i]),
+                int(columns["at_ns"][i]),
+            )
+            if not pair[1]:
+                continue
+            if severity[i] == 1:
+                self._challenged[pair] = place
+            elif severity[i] == 0 and not math.isnan(place[0]) and not math.isnan(place[1]):
+                self._places[pair] = place
+
+    def _new_payees_of(
+        self, columns: Mapping[str, npt.NDArray[Any]]
+    ) -> dict[str, npt.NDArray[Any]]:
+        n = len(columns["kind"])
+        found = np.full(n, np.nan)
+        total = np.zeros(n, dtype=np.int64)
+        for i, pair in enumerate(self._pairs(columns, "counterparty")):
+            at = int(columns["at_ns"][i])
+            first = self._new_payees.get(pair)
+            if first is not None and at - first < NEW_DEVICE_PAYEES_KEPT_S * 10**9:
+                found[i] = max(0.0, (at - first) / 1e9)
+            for when, amount in self._sent.get(pair[0], []):
+                if when > at - NEW_DEVICE_SENT_WINDOW_S * 10**9:
+                    total[i] += amount
+        return {
+            "counterparty.new_device_payee_s": found,
+            "customer.new_device_payees_sum_14d": total,
+        }
+
+    def _learn_payees(
+        self,
+        columns: Mapping[str, npt.NDArray[Any]],
+        feats: Mapping[str, npt.NDArray[Any]],
+        severity: npt.NDArray[Any],
+    ) -> None:
+        for i, pair in enumerate(self._pairs(columns, "counterparty")):
+            kind = KINDS[int(columns["kind"][i])]
+            if kind not in (EventKind.P2P, EventKind.PAYMENT) or not pair[1]:
+                continue
+            device = str(columns["device"][i])
+            paid_before = not feats["counterparty.first_payment"][i]
+            if paid_before and severity[i] == 0 and device and pair not in self._new_payees:
+                self._familiar[pair[0], device] = self._familiar.get((pair[0], device), 0) + 1
+            if kind is not EventKind.P2P:
+                continue
+            if pair not in self._new_payees:
+                trusted = float(feats["device.trusted_for_s"][i])
+                was_new = trusted < NEW_DEVICE_S or (
+                    math.isnan(trusted) and bool(self._trusted.get(pair[0]))
+                )
+                if not (feats["counterparty.first_payment"][i] and was_new):
+                    continue
+                self._new_payees[pair] = int(columns["at_ns"][i])
+            if severity[i] <= 1:
+                sent = self._sent.setdefault(pair[0], [])
+                sent.append((int(columns["at_ns"][i]), int(columns["amount"][i])))
+                del sent[:-NEW_DEVICE_SENT_MAX]
 
     def _trust(self, customer: int, device: str, at: int) -> None:
         mine = self._trusted.setdefault(customer, {})

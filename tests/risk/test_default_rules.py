@@ -47,6 +47,11 @@ BENIGN: Final[dict[str, Any]] = {
     "device.count_1h": 1,
     "device.new_for_customer": False,
     "device.trusted_for_s": 400 * DAY,
+    "device.distance_km": 0.0,
+    "device.speed_kmh": 0.0,
+    "device.familiar_payees_paid": 40,
+    "counterparty.new_device_payee_s": float("nan"),
+    "customer.new_device_payees_sum_14d": 0,
     "location.distance_km": 0.0,
     "location.speed_kmh": 0.0,
     "model.score": 0,
@@ -61,6 +66,15 @@ _NEW_BUYER: Final[dict[str, Any]] = {
     "event.amount": 50_000,
 }
 """A day-old, basic-KYC account's third money event: 500 CNY at a merchant."""
+
+_DRAIN: Final[dict[str, Any]] = {
+    "counterparty.new_device_payee_s": 3 * DAY,
+    "customer.new_device_payees_sum_14d": 45_000,
+    "device.familiar_payees_paid": 0,
+    "event.amount": 5_000,
+}
+"""150 CNY a night for the fourth night to a payee first paid from a new device three days
+ago, from a device that never paid anyone the customer paid before it."""
 
 # rule id -> (changes that fire it, the same with one value just across the edge)
 CASES: Final[dict[str, list[tuple[dict[str, Any], dict[str, Any]]]]] = {
@@ -93,6 +107,16 @@ CASES: Final[dict[str, list[tuple[dict[str, Any], dict[str, Any]]]]] = {
                 "location.speed_kmh": 1000,
                 "location.distance_km": 301,
             },
+        ),
+    ],
+    "ato.cloned_device": [
+        (
+            {"device.speed_kmh": 1001, "device.distance_km": 301},
+            {"device.speed_kmh": 1000, "device.distance_km": 301},
+        ),
+        (
+            {"device.speed_kmh": 1001, "device.distance_km": 301},
+            {"device.speed_kmh": 1001, "device.distance_km": 300},
         ),
     ],
     "ato.reset.new_device": [
@@ -268,6 +292,19 @@ CASES: Final[dict[str, list[tuple[dict[str, Any], dict[str, Any]]]]] = {
                 "event.type": "withdrawal",
                 "event.amount": 50_000,
             },
+        ),
+    ],
+    "ato.slow_drain_new_payee": [
+        (_DRAIN, {**_DRAIN, "customer.new_device_payees_sum_14d": 44_999}),
+        (
+            {**_DRAIN, "counterparty.new_device_payee_s": 2 * WEEK - 1},
+            {**_DRAIN, "counterparty.new_device_payee_s": 2 * WEEK},
+        ),
+        (_DRAIN, {**_DRAIN, "device.familiar_payees_paid": 1}),
+        (_DRAIN, {**_DRAIN, "event.type": "payment"}),
+        (
+            {**_DRAIN, "customer.account_age_s": 3 * DAY + WEEK + 1},
+            {**_DRAIN, "customer.account_age_s": 3 * DAY + WEEK},
         ),
     ],
     "ato.new_card_cash_out": [

@@ -476,3 +476,155 @@ def test_a_crash_between_the_state_file_and_its_meta_replays_nothing_twice(
     b = restarted.features.compute(restarted.features.batch_from_events([_event(30, 5)]))
     assert all(np.array_equal(a[k], b[k], equal_nan=True) for k in a)
     _close(restarted)
+
+
+def _at(
+    k: int,
+    *,
+    place: tuple[float, float],
+    device: str = "phone",
+    payee: str = "c:9",
+    amount: int = 1_000,
+    kind: EventKind = EventKind.P2P,
+) -> RiskEvent:
+    """Customer 7's event ``k`` minutes after T0, at ``place``."""
+    return RiskEvent(
+        kind=kind, customer_id=7, at_ns=T0 + k * 60 * 10**9, amount=amount, currency="CNY",
+        counterparty=payee, device_id=device, ip="10.0.0.1", latitude=place[0],
+        longitude=place[1], kyc_level=2, account_created_ns=T0 - 400 * DAY,
+    )  # fmt: skip
+
+
+SHANGHAI, CHENGDU = (31.23, 121.47), (30.57, 104.07)
+TRAVEL_RULES = """
+name = "t"
+version = "1"
+
+[[rule]]
+id = "travel"
+description = "a trusted device too far too soon"
+when = 'device.speed_kmh > 1000 and device.distance_km > 300'
+action = "challenge"
+priority = 2
+status = "active"
+owner = "t"
+
+[[rule]]
+id = "blocked"
+description = "blocked"
+when = 'event.device in list("blocked_devices")'
+action = "reject"
+priority = 3
+status = "active"
+owner = "t"
+"""
+
+
+def test_a_trusted_device_is_placed_by_its_owners_accepted_events_only() -> None:
+    """``device.distance_km``/``device.speed_kmh``: from where the customer's trusted device
+    was last accepted; a refused attempt from a copy of it far away moves nothing (the owner
+    at home is not the one who travelled), and neither does another device's event; a
+    passed step-up on a challenged event moves the device there (challenged once, not at
+    every event)."""
+    clock = ManualClock(T0)
+    lists = RiskLists(clock)
+    lists.add("blocked_devices", "emu", reason="case 1")
+    engine = RiskEngine(parse_ruleset(TRAVEL_RULES, engine_schema()), lists=lists)
+
+    [decision] = engine([_at(0, place=SHANGHAI)])  # the first device: trusted
+    assert decision.decision is Decision.ACCEPT
+    copy = _at(30, place=CHENGDU)  # the same device id, 1,650 km away half an hour later
+    [decision] = engine([copy])
+    assert decision.decision is Decision.CHALLENGE and decision.reasons[0].startswith("travel(")
+    engine([_at(31, place=CHENGDU, device="emu")])  # another device there, refused
+    at_home = event_columns([_at(32, place=SHANGHAI)])
+    travel = engine._travel_of([7], ["phone"], at_home)
+    assert travel["device.distance_km"].tolist() == [0.0]  # still where the owner was
+    [decision] = engine([_at(32, place=SHANGHAI)])
+    assert decision.decision is Decision.ACCEPT
+    # The owner's phone really shows in Chengdu (a VPN, a flight's wrong clock): challenged
+    # once; after the passed step-up it is placed there.
+    [decision] = engine([_at(40, place=CHENGDU)])
+    assert decision.decision is Decision.CHALLENGE
+    engine.trust_device(7, "phone")
+    [decision] = engine([_at(42, place=CHENGDU)])
+    assert decision.decision is Decision.ACCEPT
+    unknown = engine._travel_of([7, 8], ["tablet", "phone"], event_columns([copy, copy]))
+    assert np.isnan(unknown["device.distance_km"]).all()  # not trusted: no travel
+
+
+def test_payees_found_after_a_new_device_and_what_they_got() -> None:
+    """``counterparty.new_device_payee_s``: a payee first paid from a device trusted less
+    than a week (not the customer's first device, nor a payee paid before the new device);
+    ``customer.new_device_payees_sum_14d``: what such payees got in 14 days;
+    ``device.familiar_payees_paid``: the new device's payments to payees paid before it."""
+    engine = RiskEngine(parse_ruleset(RULES, engine_schema()), lists=RiskLists(ManualClock(T0)))
+    home = SHANGHAI
+    engine([_at(0, place=home, payee="c:old")])  # the first device: long trusted
+    engine([_at(1, place=home, device="new", amount=0, kind=EventKind.LOGIN)])  # trusted now
+    engine([_at(2, place=home, device="new", payee="c:old", amount=500)])  # paid before
+    engine([_at(3, place=home, device="new", payee="c:mule", amount=15_000)])
+    engine([_at(4, place=home, payee="c:shop", amount=700)])  # from the old phone
+    day = 24 * 60
+    probe = [_at(k, place=home, payee=p) for k, p in ((5, "c:mule"), (5, "c:old"), (5, "c:shop"))]
+    found = engine._new_payees_of([7, 7, 7], [e.counterparty for e in probe], event_columns(probe))
+    assert found["counterparty.new_device_payee_s"][0] == 120.0
+    assert np.isnan(found["counterparty.new_device_payee_s"][1:]).all()
+    assert found["customer.new_device_payees_sum_14d"].tolist() == [15_000] * 3
+    assert engine._familiar == {(7, "new"): 1}  # c:old, paid from the old phone first
+    late = [_at(3 + 15 * day, place=home, payee="c:mule")]  # past the 14-day window
+    found = engine._new_payees_of([7], ["c:mule"], event_columns(late))
+    assert found["customer.new_device_payees_sum_14d"].tolist() == [0]
+    assert found["counterparty.new_device_payee_s"].tolist() == [15 * 86_400.0]
+
+
+def test_device_places_and_new_payees_survive_a_restart(tmp_path: Path) -> None:
+    """Snapshot, then the log replayed: the same device places and payees found after a
+    new device as the engine that decided."""
+    clock = ManualClock(T0)
+    live = _engine(tmp_path, clock)
+    live([_at(0, place=SHANGHAI)])
+    live([_at(1, place=SHANGHAI, device="new"), _at(2, place=SHANGHAI, device="new")])
+    live([_at(3, place=SHANGHAI, device="new", payee="c:mule", amount=9_000)])
+    live.snapshot(tmp_path / "state")
+    live([_at(60, place=CHENGDU, device="new", payee="c:mule2", amount=8_000)])
+    live([_at(61, place=CHENGDU, device="evil", payee="c:mule3", amount=8_000)])
+    _close(live)
+    again = _engine(tmp_path / "other", clock)
+    _close(again)
+    again.log = DecisionLog(tmp_path / "log")
+    again.recover(tmp_path / "state")
+    assert again._places == live._places and len(live._places) == 2
+    assert again._new_payees == live._new_payees and len(live._new_payees) == 3
+    assert again._new_payees_sent == live._new_payees_sent
+    assert again._familiar == live._familiar
+    assert live._new_payees_sent[7] == [(T0 + 180 * 10**9, 9_000), (T0 + 3600 * 10**9, 8_000)]
+    _close(again)
+
+
+def test_a_customer_whose_devices_were_all_forgotten_gets_no_long_trusted_device(
+    tmp_path: Path,
+) -> None:
+    """The first device the engine trusts for a customer counts as trusted long ago (the one
+    they came with); once a flood of others' devices made it forget all of a customer's
+    (beyond ``trusted_max``), the next device trusted is newly trusted, not long ago — also
+    after a restart from a snapshot."""
+    engine = _bounded_engine(tmp_path / "log", 16)
+    engine([_event(0, 1_000, device="phone")])
+    assert engine._trust_of([7], ["phone"], np.array([T0]))[1][0] > 4e9  # long ago
+    for k in range(1, 40):  # others' devices: customer 7's phone is forgotten
+        engine([RiskEvent(EventKind.LOGIN, 100 + k, T0 + k * 10**9, 0, "CNY", "", f"p-{k}")])
+    assert engine._untrusted([7], ["phone"]).tolist() == [True]
+    engine([_event(50, 1_000, device="attacker-phone")])
+    at = np.array([T0 + 51 * 60 * 10**9])
+    assert engine._trust_of([7], ["attacker-phone"], at)[1].tolist() == [60.0]
+    engine.snapshot(tmp_path / "state")
+    again = _bounded_engine(tmp_path / "other", 16)
+    again.recover(tmp_path / "state")
+    for k in range(40, 80):  # forgotten again, on the restarted engine
+        again([RiskEvent(EventKind.LOGIN, 100 + k, T0 + k * 10**9, 0, "CNY", "", f"p-{k}")])
+    again([_event(90, 1_000, device="tablet")])
+    assert again._trust_of([7], ["tablet"], np.array([T0 + 91 * 60 * 10**9]))[1].tolist() == [60.0]
+    assert 8 not in again._ever_trusted  # never trusted (with this filter's seeds: no false yes)
+    _close(engine)
+    _close(again)

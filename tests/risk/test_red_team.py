@@ -138,24 +138,12 @@ def _cloned_device_attack(world: World, victim: Person) -> Tally:
     return t
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: no rule reads impossible travel on a known device (a rule did, and held "
-    "the first transfer, but it also held the owners of accounts after a failed takeover from "
-    "abroad and accounts used from two places: every event, even a rejected one, moves the "
-    "customer's last known location)",
-)
 def test_cloned_device_id_from_another_city_the_bulk_is_stopped(
     world: World, crowd: list[Person]
 ) -> None:
     assert_bulk_stopped(_cloned_device_attack(world, crowd[3]))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: 150 CNY a day is under every amount edge and after the first day the "
-    "device is no longer new; no feature follows a payee first paid after a device change",
-)
 def test_slow_drain_over_days_after_a_takeover(world: World, crowd: list[Person]) -> None:
     """A slow drain: after a phished login, 150 CNY a night for ten nights to one payee."""
     victim = crowd[4]
@@ -164,6 +152,69 @@ def test_slow_drain_over_days_after_a_takeover(world: World, crowd: list[Person]
     t = Tally()
     attacker = {"device": "emu-5", "ip": "203.0.113.50", "where": MANILA, "passes_step_up": True}
     world.act(t, LOGIN, victim, **attacker)  # type: ignore[arg-type]
+    for _ in range(10):
+        world.wait(DAY)
+        world.act(t, P2P, victim, 150 * YUAN, mule.ref, **attacker)  # type: ignore[arg-type]
+    assert_bulk_stopped(t)
+
+
+# New variants of those two gaps, written before the rules that close them were tuned (the
+# first two tests above were what the rules were written against; these were not looked at
+# while choosing the rules' edges).
+
+
+def test_cloned_device_id_in_beijing_pays_an_online_shop(world: World, crowd: list[Person]) -> None:
+    """A cloned device id 1,070 km away 50 minutes after the owner paid at home: four
+    800 CNY payments at an online shop (a merchant, not a person; no login first)."""
+    victim = crowd[6]
+    world.wait(4 * HOUR)
+    t_owner = Tally()
+    world.act(t_owner, PAY, victim, 25 * YUAN, "m:12")  # the owner, at home in Shanghai
+    world.wait(50 * MINUTE)
+    t = Tally()
+    for _ in range(4):
+        world.act(t, PAY, victim, 800 * YUAN, "m:777", where=BEIJING, ip="10.66.1.9")
+        world.wait(4 * MINUTE)
+    assert_bulk_stopped(t)
+
+
+def test_sim_swap_then_a_slow_drain_to_two_mules_after_three_days(
+    world: World, crowd: list[Person]
+) -> None:
+    """SIM swap (device change and login, no reset), three quiet days (past the one-day
+    rules), then 120 CNY every night to one of two mules in turn, for twelve nights."""
+    victim = crowd[7]
+    mules = [world.introduce(world.person(age_days=150 + 40 * k, where=CHENGDU)) for k in (0, 1)]
+    world.wait(10 * HOUR)
+    t = Tally()
+    attacker = {"device": "x-sim-7", "ip": "10.9.8.7", "where": CHENGDU, "passes_step_up": True}
+    world.act(t, DEVICE_CHANGE, victim, **attacker)  # type: ignore[arg-type]
+    world.act(t, LOGIN, victim, **attacker)  # type: ignore[arg-type]
+    world.wait(3 * DAY)
+    for night in range(12):
+        world.wait(DAY)
+        mule = mules[night % 2]
+        world.act(t, P2P, victim, 120 * YUAN, mule.ref, **attacker)  # type: ignore[arg-type]
+    assert_bulk_stopped(t)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap (a variant not tuned on): the payee is first paid from a device trusted "
+    "eight days, beyond the week (NEW_DEVICE_S) after which a new payee is no longer followed",
+)
+def test_phished_login_then_a_slow_drain_after_eight_quiet_days(
+    world: World, crowd: list[Person]
+) -> None:
+    """A phished login code, then eight quiet days (past every week-long rule) before 150
+    CNY a night for ten nights to one payee."""
+    victim = crowd[8]
+    mule = world.introduce(world.person(age_days=200, where=CHENGDU))
+    world.wait(10 * HOUR)
+    t = Tally()
+    attacker = {"device": "emu-8", "ip": "203.0.113.80", "where": MANILA, "passes_step_up": True}
+    world.act(t, LOGIN, victim, **attacker)  # type: ignore[arg-type]
+    world.wait(8 * DAY)
     for _ in range(10):
         world.wait(DAY)
         world.act(t, P2P, victim, 150 * YUAN, mule.ref, **attacker)  # type: ignore[arg-type]
@@ -441,3 +492,117 @@ def test_honest_newcomer_first_week(world: World) -> None:
         world.act(t, PAY, p, (20 + 5 * day) * YUAN, f"m:{day + 1}")
         world.wait(DAY)
     assert t.decisions() == ["accept"] * 9, f"\n{t}"
+
+
+def test_honest_traveller_flies_to_beijing_and_pays_on_landing(
+    world: World, crowd: list[Person]
+) -> None:
+    """Same phone: coffee at Shanghai's airport, a 2 h 10 min flight, a taxi and a hotel in
+    Beijing within the hour after landing (1,070 km in 2 h 40 min: no impossible travel)."""
+    p = crowd[9]
+    world.wait(6 * HOUR)
+    t = Tally()
+    world.act(t, PAY, p, 38 * YUAN, "m:2")
+    world.wait(2 * HOUR + 40 * MINUTE)
+    world.act(t, PAY, p, 95 * YUAN, "m:310", ip="10.55.0.8", where=BEIJING)
+    world.wait(40 * MINUTE)
+    world.act(t, PAY, p, 900 * YUAN, "m:311", ip="10.55.0.8", where=BEIJING)
+    assert t.decisions() == ["accept"] * 3, f"\n{t}"
+
+
+def test_honest_owner_pays_at_home_after_a_failed_takeover_from_abroad(
+    world: World, crowd: list[Person]
+) -> None:
+    """An attacker in Singapore tries the owner's login and a password reset from their own
+    device and fails both step-ups; twenty minutes later the owner pays at home from their
+    phone: nothing of the failed attempt may make the owner look like the one who
+    travelled."""
+    owner, friend = crowd[10], crowd[11]
+    world.wait(8 * HOUR)
+    t = Tally()
+    world.act(t, P2P, owner, 200 * YUAN, friend.ref)  # at home, before the attempt
+    world.wait(HOUR)
+    t_attacker = Tally()
+    for kind in (LOGIN, RESET):
+        world.act(t_attacker, kind, owner, device="emu-x", ip="203.0.113.9", where=SINGAPORE)
+    assert not any(s.went_through for s in t_attacker.steps), f"\n{t_attacker}"
+    world.wait(20 * MINUTE)
+    world.act(t, PAY, owner, 45 * YUAN, "m:4")
+    world.act(t, P2P, owner, 200 * YUAN, friend.ref)
+    assert t.decisions() == ["accept"] * 3, f"\n{t}"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap: a password reset whose step-up failed still sets "
+    "customer.since_password_reset_s (the feature store counts every event), so the owner's "
+    "200 CNY to someone new within a day is held by ato.money_out_after_reset",
+)
+def test_honest_owner_pays_someone_new_after_a_failed_reset_by_someone_else(
+    world: World, crowd: list[Person]
+) -> None:
+    owner = crowd[10]
+    world.wait(8 * HOUR)
+    t_attacker = Tally()
+    world.act(t_attacker, RESET, owner, device="emu-x", ip="203.0.113.9", where=SINGAPORE)
+    assert not t_attacker.steps[0].went_through
+    world.wait(20 * MINUTE)
+    t = Tally()
+    world.act(t, P2P, owner, 200 * YUAN, "c:999")  # someone never paid before
+    assert t.decisions() == ["accept"], f"\n{t}"
+
+
+def test_honest_phone_located_abroad_by_its_vpn(world: World, crowd: list[Person]) -> None:
+    """The owner's own phone, ten minutes after paying at home, appears in Singapore (a VPN
+    exit): one challenge is acceptable (the owner passes it); after it, the next payments
+    from there go through without another."""
+    p = crowd[12]
+    world.wait(8 * HOUR)
+    t = Tally()
+    world.act(t, PAY, p, 30 * YUAN, "m:3")
+    world.wait(10 * MINUTE)
+    vpn = {"ip": "203.0.113.250", "where": SINGAPORE, "passes_step_up": True}
+    for amount in (60, 80, 45):
+        world.act(t, PAY, p, amount * YUAN, "m:400", **vpn)  # type: ignore[arg-type]
+        world.wait(5 * MINUTE)
+    assert_not_rejected(t)
+    assert all(s.went_through for s in t.steps), f"\n{t}"
+    assert t.decisions()[2:] == ["accept"] * 2, f"\n{t}"
+
+
+def test_honest_new_phone_then_usual_payees_every_night(world: World, crowd: list[Person]) -> None:
+    """A new phone, then every night for ten nights 150 CNY to a friend paid before the
+    phone changed (the slow drain's shape, to a payee of long standing)."""
+    p, friend = crowd[13], crowd[14]
+    world.wait(9 * HOUR)
+    t = Tally()
+    world.act(t, P2P, p, 150 * YUAN, friend.ref)  # from the old phone
+    world.wait(HOUR)
+    new_phone = {"device": "phone-new-13", "passes_step_up": True}
+    world.act(t, DEVICE_CHANGE, p, **new_phone)  # type: ignore[arg-type]
+    world.act(t, LOGIN, p, **new_phone)  # type: ignore[arg-type]
+    for _ in range(10):
+        world.wait(DAY)
+        world.act(t, P2P, p, 150 * YUAN, friend.ref, **new_phone)  # type: ignore[arg-type]
+    assert_not_rejected(t)
+    assert all(s.went_through for s in t.steps), f"\n{t}"
+    assert t.decisions()[-10:] == ["accept"] * 10, f"\n{t}"
+
+
+def test_honest_new_phone_and_a_new_canteen_paid_every_day(
+    world: World, crowd: list[Person]
+) -> None:
+    """A new phone, and from the next day lunch at a new canteen run from a personal
+    account: 28 CNY every day for three weeks."""
+    p = crowd[15]
+    canteen = world.introduce(world.person(age_days=500, where=SHANGHAI))
+    world.wait(9 * HOUR)
+    t = Tally()
+    new_phone = {"device": "phone-new-15", "passes_step_up": True}
+    world.act(t, DEVICE_CHANGE, p, **new_phone)  # type: ignore[arg-type]
+    world.act(t, LOGIN, p, **new_phone)  # type: ignore[arg-type]
+    for _ in range(21):
+        world.wait(DAY)
+        world.act(t, P2P, p, 28 * YUAN, canteen.ref, **new_phone)  # type: ignore[arg-type]
+    assert_not_rejected(t)
+    assert t.decisions()[-21:] == ["accept"] * 21, f"\n{t}"

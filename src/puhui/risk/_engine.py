@@ -24,7 +24,7 @@ import json
 import math
 import threading
 import zipfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -35,6 +35,7 @@ import numpy.typing as npt
 from ._decide import Decision, EventKind, RiskDecision, RiskEvent
 from ._evaluate import Ruleset
 from ._expr import FeatureType
+from ._feature_kernel import EARTH_RADIUS_KM
 from ._features import FEATURE_SCHEMA, FeatureStore, InvalidRiskEventError, write_snapshot
 from ._lists import RiskLists
 from ._load import RulesetWatcher
@@ -52,6 +53,12 @@ DEFAULT_RULES: Final = Path(__file__).parent / "rules" / "default.toml"
 SNAPSHOT_NAME: Final = "features.npz"
 SNAPSHOT_META: Final = "features.json"
 SNAPSHOT_META_ARRAY: Final = "engine_meta"
+SNAPSHOT_EVER_TRUSTED_ARRAY: Final = "engine_ever_trusted"
+"""The array of the state's file holding ``EverTrusted``'s bits."""
+EVER_TRUSTED_BITS: Final = 2**26
+"""The size of the filter of customers ever trusted (unit: bits; 8 MiB): with three hashes a
+customer never trusted answers "trusted before" with probability about 1e-4 among a million
+customers ever trusted, 0.4 % among four million."""
 """The array of the state's file holding ``features.json``'s JSON (its bytes)."""
 
 EVENT_COLUMNS: Final = {
@@ -71,10 +78,49 @@ ENGINE_FEATURES: Final = {
         "one they came with) counts as trusted since long ago (2**62 ns before the epoch, "
         "about 4.6e9 s); NaN while it is not trusted."
     ),
+    "device.distance_km": (
+        "Great-circle distance from where this customer's trusted device was last seen, in an "
+        "accepted event of theirs from it (or one whose step-up passed); NaN when the device "
+        "is not trusted or either place is unknown. Others' events never move it: a rejected "
+        "or failed attempt, from another device or a copy of this one, leaves it where the "
+        "owner was."
+    ),
+    "device.speed_kmh": (
+        "``device.distance_km`` over the time since that event (taken as at least 1 s)."
+    ),
+    "counterparty.new_device_payee_s": (
+        "Seconds since this customer first paid this counterparty (p2p) from a device the "
+        "engine had trusted for less than a week (``NEW_DEVICE_S``) or not at all: a payee "
+        "found after a new device; NaN for any other payee, and after 30 days "
+        "(``NEW_DEVICE_PAYEES_KEPT_S``)."
+    ),
+    "device.familiar_payees_paid": (
+        "Accepted payments (p2p or at a merchant) from this trusted device to payees the "
+        "customer had paid before and did not find after a new device: 0 for a device that "
+        "only ever paid payees it found itself (a takeover's), more for an owner's new phone "
+        "paying their usual shops and friends."
+    ),
+    "customer.new_device_payees_sum_14d": (
+        "What the customer sent to such payees (p2p events accepted or challenged) in the last "
+        "14 days, minor units; 0 when none."
+    ),
 }
 """Numeric features the engine adds from its own state (logged with the store's)."""
 TRUSTED_LONG_AGO_NS: Final = -(2**62)
 """When a device trusted in a snapshot written before trust times were kept was trusted."""
+NEW_DEVICE_S: Final = 7 * 86_400
+"""A payee first paid from a device trusted less than this (or not at all) is followed."""
+NEW_DEVICE_PAYEES_KEPT_S: Final = 30 * 86_400
+"""How long a payee found after a new device is followed (unit: s)."""
+NEW_DEVICE_SENT_WINDOW_S: Final = 14 * 86_400
+"""The window of ``customer.new_device_payees_sum_14d`` (unit: s)."""
+NEW_DEVICE_SENT_MAX: Final = 64
+"""Payments to such payees kept per customer, the newest (unit: events)."""
+CHALLENGED_PLACES_MAX: Final = 65_536
+"""Challenged events whose place a passed step-up would confirm, the newest (unit: pairs)."""
+_NOWHERE: Final = (math.nan, math.nan, math.nan)
+_P2P_CODE: Final = KINDS.index(EventKind.P2P)
+_PAYMENT_CODE: Final = KINDS.index(EventKind.PAYMENT)
 
 
 def engine_schema() -> dict[str, FeatureType]:
@@ -325,6 +371,49 @@ class _Judged:
         )
 
 
+_MASK64: Final = 2**64 - 1
+
+
+class EverTrusted:
+    """The customers the engine ever trusted a device for, in fixed memory: a Bloom filter
+    (three hashes). A customer once added always answers yes — no false "never trusted" —
+    so a customer whose trusted devices were all forgotten (beyond ``trusted_max``) does not
+    get the next device counted as the one they came with; a customer never trusted answers
+    yes with a small probability (``EVER_TRUSTED_BITS``), and then has their first device
+    counted as newly trusted: more checks, never fewer."""
+
+    __slots__ = ("_bytes", "bits")
+
+    def __init__(self, bits: int = EVER_TRUSTED_BITS, saved: bytes | None = None) -> None:
+        if bits <= 0 or bits % 8:
+            raise ValueError("bits must be a positive multiple of 8")
+        self.bits = bits
+        self._bytes = bytearray(saved) if saved is not None else bytearray(bits // 8)
+        if len(self._bytes) != bits // 8:
+            raise ValueError("saved bits of another size")
+
+    def _slots(self, customer: int) -> tuple[int, int, int]:
+        x = (customer * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) & _MASK64  # splitmix64
+        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+        x ^= x >> 31
+        h1, h2 = x & 0xFFFFFFFF, (x >> 32) | 1  # double hashing
+        n = self.bits
+        return h1 % n, (h1 + h2) % n, (h1 + 2 * h2) % n
+
+    def add(self, customer: int) -> None:
+        data = self._bytes
+        for slot in self._slots(customer):
+            data[slot >> 3] |= 1 << (slot & 7)
+
+    def __contains__(self, customer: int) -> bool:
+        data = self._bytes
+        return all(data[slot >> 3] >> (slot & 7) & 1 for slot in self._slots(customer))
+
+    def to_array(self) -> npt.NDArray[np.uint8]:
+        return np.frombuffer(bytes(self._bytes), dtype=np.uint8)
+
+
 class RiskEngine:
     """Features → model → rules → decisions, logged. Call it like ``puhui.risk.decide``."""
 
@@ -359,6 +448,27 @@ class RiskEngine:
         leaves the garbage collector's care, a million small sets would not."""
         self._devices_of: dict[int, int] = {}
         """How many devices of each customer ``_trusted`` holds."""
+        self._ever_trusted = EverTrusted()
+        """Customers ever trusted a device for, beyond ``_trusted``'s bound: a customer's
+        first device counts as trusted long ago only if they are not in it."""
+        self._places: dict[tuple[int, str], tuple[float, float, float]] = {}
+        """(latitude, longitude, time in ns) of the last accepted event with a place of each
+        trusted (customer, device) pair (``device.distance_km``): only the owner's accepted
+        events move it, never a refused attempt. Pairs forgotten by ``_forget_trust`` go too."""
+        self._challenged: dict[tuple[int, str], tuple[float, float, float]] = {}
+        """The place of each pair's latest challenged event: a passed step-up
+        (``trust_device``) makes it the device's last place, so that an owner whose phone
+        shows somewhere new is challenged once, not at every event. At most
+        ``CHALLENGED_PLACES_MAX``, the oldest half dropped beyond."""
+        self._new_payees: dict[tuple[int, str], int] = {}
+        """(customer, counterparty) first paid (p2p) from a device trusted less than
+        ``NEW_DEVICE_S`` or not at all, with when (ns), oldest first; at most ``trusted_max``,
+        the oldest 1/8 dropped beyond."""
+        self._familiar: dict[tuple[int, str], int] = {}
+        """Per trusted (customer, device): ``device.familiar_payees_paid``."""
+        self._new_payees_sent: dict[int, list[tuple[int, int]]] = {}
+        """Per customer, (time ns, amount) of the p2p events to those payees that were
+        accepted or challenged (the newest ``NEW_DEVICE_SENT_MAX``)."""
         self._schema_names: tuple[str, ...] = ()
         self._schema_hash = ""
 
@@ -402,6 +512,15 @@ class RiskEngine:
             untrusted, trusted_for = self._trust_of(customers, devices, columns["at_ns"])
             from_events["device.new_for_customer"] = untrusted
             from_events["device.trusted_for_s"] = trusted_for
+            from_events.update(self._travel_of(customers, devices, columns))
+            from_events.update(self._new_payees_of(customers, strings["counterparty"], columns))
+            familiar = self._familiar
+            from_events["device.familiar_payees_paid"] = np.array(
+                [familiar.get(pair, 0) for pair in zip(customers, devices, strict=True)]
+                if familiar
+                else np.zeros(n),
+                dtype=np.int64,
+            ).reshape(n)
 
         # Each chunk of events is scored, judged by the rules and explained as soon as its
         # features are ready, while the store's pass over the next chunk runs on the other
@@ -453,7 +572,7 @@ class RiskEngine:
         # Every accepted event teaches: a new device becomes trusted, a trusted one becomes
         # the most recently used (kept the longest under ``trusted_max``). The replay of the
         # log after a restart calls the same with the logged decisions.
-        self._learn_trust(customers, devices, decided.severity.tolist(), columns["at_ns"].tolist())
+        self._learn(columns, devices, strings["counterparty"], feats, decided.severity)
         if self.log is not None:
             self._append(columns, feats, decided, shadow)
         return decided
@@ -539,6 +658,28 @@ class RiskEngine:
             on_chunk=on_chunk,
         )
 
+    def _learn(
+        self,
+        columns: Mapping[str, npt.NDArray[Any]],
+        devices: list[str],
+        counterparties: list[str],
+        feats: Mapping[str, npt.NDArray[Any]],
+        severity: npt.NDArray[Any],
+    ) -> None:
+        """What a decided batch teaches the engine's own state (trusted devices, their last
+        places, payees found after a new device): the same live and in the log's replay."""
+        customers: list[int] = columns["customer_id"].tolist()
+        at_ns: list[int] = columns["at_ns"].tolist()
+        levels: list[int] = severity.tolist()
+        self._learn_payees(customers, devices, counterparties, columns, feats, levels)
+        lats, lons = columns["latitude"], columns["longitude"]
+        places = zip(
+            lats.tolist(), lons.tolist(), columns["at_ns"].astype(np.float64).tolist(), strict=True
+        )
+        seen = (~(np.isnan(lats) | np.isnan(lons))).tolist()
+        self._learn_trust(customers, devices, levels, at_ns, places, seen)
+        self._learn_challenged(customers, devices, columns, levels)
+
     # --- trusted devices --------------------------------------------------------------------
 
     def _untrusted(self, customers: list[int], devices: list[str]) -> npt.NDArray[np.bool_]:
@@ -569,24 +710,88 @@ class RiskEngine:
         return len(self._trusted)
 
     def _learn_trust(
-        self, customers: list[int], devices: list[str], severity: list[int], at_ns: list[int]
+        self,
+        customers: list[int],
+        devices: list[str],
+        severity: list[int],
+        at_ns: list[int],
+        places: Iterable[tuple[float, float, float]] | None = None,
+        seen: Iterable[bool] | None = None,
     ) -> None:
         """Each accepted event's (customer, device), in order: trusted (since the event's
         time, unless it already was; a customer's first device since long ago), and the most
-        recently used (the same for a decided batch and for its replay from the log)."""
+        recently used (the same for a decided batch and for its replay from the log); with
+        the events' ``places`` (latitude, longitude, time) the device is placed where ``seen``
+        (the place is known)."""
         trusted = self._trusted
         devices_of = self._devices_of
         pop = trusted.pop
-        for customer, device, level, at in zip(customers, devices, severity, at_ns, strict=True):
+        located = self._places
+        where = places if places is not None else itertools.repeat(_NOWHERE)
+        flags = seen if seen is not None else itertools.repeat(False)
+        for customer, device, level, at, place, there in zip(
+            customers, devices, severity, at_ns, where, flags, strict=False
+        ):
             if level == 0 and device:
                 pair = (customer, device)
+                if there:
+                    located[pair] = place
                 since = pop(pair, None)  # to the end: the most recently used
                 if since is None:
                     known = devices_of.get(customer, 0)
                     devices_of[customer] = known + 1
-                    since = at if known else TRUSTED_LONG_AGO_NS
+                    if known or customer in self._ever_trusted:
+                        since = at
+                    else:
+                        since = TRUSTED_LONG_AGO_NS
+                        self._ever_trusted.add(customer)
                 trusted[pair] = since
         self._forget_trust()
+
+    def _travel_of(
+        self, customers: list[int], devices: list[str], columns: Mapping[str, npt.NDArray[Any]]
+    ) -> dict[str, npt.NDArray[np.float64]]:
+        """Per event: how far (km) and how fast (km/h) the customer's trusted device moved
+        since its last accepted event (``device.distance_km``, ``device.speed_kmh``)."""
+        places = self._places
+        n = len(customers)
+        if not places:
+            nan = np.full(n, np.nan)
+            return {"device.distance_km": nan, "device.speed_kmh": nan.copy()}
+        found = [places.get(pair, _NOWHERE) for pair in zip(customers, devices, strict=True)]
+        last = np.fromiter(
+            itertools.chain.from_iterable(found), dtype=np.float64, count=3 * n
+        ).reshape(n, 3)
+        km = _haversine_km(last[:, 0], last[:, 1], columns["latitude"], columns["longitude"])
+        seconds = (columns["at_ns"] - last[:, 2]) / 1e9
+        return {
+            "device.distance_km": km,
+            "device.speed_kmh": km * 3600.0 / np.maximum(seconds, 1.0),
+        }
+
+    def _learn_challenged(
+        self,
+        customers: list[int],
+        devices: list[str],
+        columns: Mapping[str, npt.NDArray[Any]],
+        severity: list[int],
+    ) -> None:
+        """Each challenged event's place is remembered until its step-up passes
+        (``trust_device`` moves the device there)."""
+        level = np.asarray(severity)
+        challenged = np.flatnonzero(level == 1).tolist()
+        lats, lons, times = columns["latitude"], columns["longitude"], columns["at_ns"]
+        for i in challenged:
+            pair = (customers[i], devices[i])
+            if not pair[1]:
+                continue
+            self._challenged.pop(pair, None)  # the newest last
+            self._challenged[pair] = (float(lats[i]), float(lons[i]), float(times[i]))
+        if len(self._challenged) > CHALLENGED_PLACES_MAX:
+            keep = CHALLENGED_PLACES_MAX // 2
+            self._challenged = dict(
+                itertools.islice(self._challenged.items(), len(self._challenged) - keep, None)
+            )
 
     def _forget_trust(self) -> None:
         """Beyond ``trusted_max``, keep the most recently used 7/8 of it: one pass over the
@@ -598,6 +803,8 @@ class RiskEngine:
         keep = bound - bound // 8
         drop = len(self._trusted) - keep
         self._trusted = dict(itertools.islice(self._trusted.items(), drop, None))
+        self._places = {pair: p for pair, p in self._places.items() if pair in self._trusted}
+        self._familiar = {pair: n for pair, n in self._familiar.items() if pair in self._trusted}
         self._count_devices()
 
     def _count_devices(self) -> None:
@@ -612,6 +819,95 @@ class RiskEngine:
         with self._lock:
             now = max(self.features.watermark_ns, 0)
             self._learn_trust([customer_id], [device_id], [0], [now])
+            place = self._challenged.pop((customer_id, device_id), None)
+            if place is not None and not (math.isnan(place[0]) or math.isnan(place[1])):
+                self._places[customer_id, device_id] = place
+
+    # --- payees found after a new device ----------------------------------------------------
+
+    def _new_payees_of(
+        self,
+        customers: list[int],
+        counterparties: list[str],
+        columns: Mapping[str, npt.NDArray[Any]],
+    ) -> dict[str, npt.NDArray[Any]]:
+        """Per event: ``counterparty.new_device_payee_s`` and
+        ``customer.new_device_payees_sum_14d`` (as of the start of the batch)."""
+        n = len(customers)
+        found = np.full(n, np.nan)
+        sent_sum = np.zeros(n, dtype=np.int64)
+        if not self._new_payees:
+            return {
+                "counterparty.new_device_payee_s": found,
+                "customer.new_device_payees_sum_14d": sent_sum,
+            }
+        at_ns: list[int] = columns["at_ns"].tolist()
+        payees, sent = self._new_payees, self._new_payees_sent
+        kept_ns, window_ns = NEW_DEVICE_PAYEES_KEPT_S * 10**9, NEW_DEVICE_SENT_WINDOW_S * 10**9
+        for i, (customer, counterparty) in enumerate(zip(customers, counterparties, strict=True)):
+            first = payees.get((customer, counterparty))
+            if first is not None and at_ns[i] - first < kept_ns:
+                found[i] = max(0.0, (at_ns[i] - first) / 1e9)
+            mine = sent.get(customer)
+            if mine:
+                since = at_ns[i] - window_ns
+                sent_sum[i] = sum(amount for at, amount in mine if at > since)
+        return {
+            "counterparty.new_device_payee_s": found,
+            "customer.new_device_payees_sum_14d": sent_sum,
+        }
+
+    def _learn_payees(
+        self,
+        customers: list[int],
+        devices: list[str],
+        counterparties: list[str],
+        columns: Mapping[str, npt.NDArray[Any]],
+        feats: Mapping[str, npt.NDArray[Any]],
+        severity: list[int],
+    ) -> None:
+        """A p2p payee paid for the first time from a device trusted less than
+        ``NEW_DEVICE_S``, or not at all while the customer has others (a customer's first
+        device is the one they came with), is followed whatever the decision (a refused
+        first try must not hide it); what such payees get in events accepted or challenged
+        adds to the customer's sum. An accepted payment to a payee paid before (and not
+        found so) counts for its device (``device.familiar_payees_paid``). Called before the
+        batch's trust is learnt: trust as of its start."""
+        kinds = columns["kind"]
+        paying = np.flatnonzero((kinds == _P2P_CODE) | (kinds == _PAYMENT_CODE))
+        if not len(paying):
+            return
+        first_payment = feats["counterparty.first_payment"]
+        trusted_for = feats["device.trusted_for_s"]
+        amounts, times = columns["amount"], columns["at_ns"]
+        payees, sent, devices_of = self._new_payees, self._new_payees_sent, self._devices_of
+        familiar = self._familiar
+        for i in paying.tolist():
+            pair = (customers[i], counterparties[i])
+            if not pair[1]:
+                continue
+            if not first_payment[i] and severity[i] == 0 and devices[i] and pair not in payees:
+                mine_device = (pair[0], devices[i])
+                familiar[mine_device] = familiar.get(mine_device, 0) + 1
+            if kinds[i] != _P2P_CODE:
+                continue
+            if pair not in payees:
+                if not first_payment[i]:
+                    continue
+                trusted = trusted_for[i]
+                if trusted >= NEW_DEVICE_S or (math.isnan(trusted) and not devices_of.get(pair[0])):
+                    continue
+                payees[pair] = int(times[i])
+            if severity[i] <= 1:
+                mine = sent.setdefault(pair[0], [])
+                mine.append((int(times[i]), int(amounts[i])))
+                del mine[:-NEW_DEVICE_SENT_MAX]
+        bound = self.trusted_max
+        if len(payees) > bound:
+            keep = bound - bound // 8
+            self._new_payees = dict(itertools.islice(payees.items(), len(payees) - keep, None))
+            still = {customer for customer, _ in self._new_payees}
+            self._new_payees_sent = {c: v for c, v in sent.items() if c in still}
 
     # --- the decision log ------------------------------------------------------------------
 
@@ -677,16 +973,30 @@ class RiskEngine:
                     self.log.flush()
                 arrays = self.features.snapshot_arrays()
                 pairs = list(self._trusted.items())
+                places = list(self._places.items())
+                payees = list(self._new_payees.items())
+                sent = [(c, list(v)) for c, v in self._new_payees_sent.items()]
+                familiar = list(self._familiar.items())
+                ever_trusted = self._ever_trusted.to_array()
             # Written without the lock: decisions go on meanwhile (they waited for the write
             # and its fsyncs before). The trusted pairs in their order of use, least recent
             # first: the restarted engine forgets the ones this one would have; each with the
             # time it was first trusted.
             trusted = [[customer, device, since] for (customer, device), since in pairs]
-            text = json.dumps({"log_next_id": next_id, "trusted": trusted})
+            saved = {
+                "log_next_id": next_id,
+                "trusted": trusted,
+                "places": [[c, d, *place] for (c, d), place in places],
+                "new_payees": [[c, payee, at] for (c, payee), at in payees],
+                "new_payees_sent": [[c, [list(x) for x in v]] for c, v in sent],
+                "familiar": [[c, d, count] for (c, d), count in familiar],
+            }
+            text = json.dumps(saved)
             # The log position and the trusted devices go inside the state's own file: the
             # three are replaced together (a crash between two files would pair a new state
             # with an older position, and replay the events between twice).
             arrays[SNAPSHOT_META_ARRAY] = np.frombuffer(text.encode(), np.uint8)
+            arrays[SNAPSHOT_EVER_TRUSTED_ARRAY] = ever_trusted
             write_snapshot(arrays, directory / SNAPSHOT_NAME)
             del arrays
             meta = directory / SNAPSHOT_META  # the same, readable (what recover falls back on
@@ -712,6 +1022,21 @@ class RiskEngine:
                 )
                 since = int(saved["log_next_id"])
                 self._trusted = _trusted_of(saved.get("trusted", []))
+                self._ever_trusted = _ever_trusted_of(state, self._trusted)
+                self._places = {
+                    (int(c), str(d)): (float(lat), float(lon), float(at))
+                    for c, d, lat, lon, at in saved.get("places", [])
+                }
+                self._new_payees = {
+                    (int(c), str(payee)): int(at) for c, payee, at in saved.get("new_payees", [])
+                }
+                self._new_payees_sent = {
+                    int(c): [(int(at), int(amount)) for at, amount in v]
+                    for c, v in saved.get("new_payees_sent", [])
+                }
+                self._familiar = {
+                    (int(c), str(d)): int(count) for c, d, count in saved.get("familiar", [])
+                }
                 self._count_devices()
                 self._forget_trust()
             if self.log is None:
@@ -721,15 +1046,30 @@ class RiskEngine:
                 first = int(record.meta["first_id"])
                 skip = max(0, since - first)
                 c = {k: v[skip:] for k, v in record.row_columns().items()}
-                self._features_of(c, None)
-                self._learn_trust(
-                    c["customer_id"].tolist(),
-                    c["device"].tolist(),
-                    c["decision"].tolist(),
-                    c["at_ns"].tolist(),
-                )
+                feats = self._features_of(c, None)
+                devices: list[str] = c["device"].tolist()
+                feats["device.trusted_for_s"] = self._trust_of(
+                    c["customer_id"].tolist(), devices, c["at_ns"]
+                )[1]
+                self._learn(c, devices, c["counterparty"].tolist(), feats, c["decision"])
                 replayed += len(c["kind"])
             return replayed
+
+
+def _haversine_km(
+    lat1: npt.NDArray[np.float64],
+    lon1: npt.NDArray[np.float64],
+    lat2: npt.NDArray[np.float64],
+    lon2: npt.NDArray[np.float64],
+) -> npt.NDArray[np.float64]:
+    """The feature kernel's ``haversine_km`` over arrays (NaN where a place is unknown)."""
+    p1, p2 = np.radians(lat1), np.radians(lat2)
+    a = (
+        np.sin((p2 - p1) / 2) ** 2
+        + np.cos(p1) * np.cos(p2) * np.sin(np.radians(lon2 - lon1) / 2) ** 2
+    )
+    km: npt.NDArray[np.float64] = 2.0 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
+    return km
 
 
 def logged_reasons(record: LogRecord) -> list[tuple[str, ...]]:
@@ -770,6 +1110,20 @@ def _trusted_of(saved: list[list[Any]] | dict[str, list[str]]) -> dict[tuple[int
     if isinstance(saved, dict):
         return dict.fromkeys(((int(c), device) for c, d in saved.items() for device in d), old)
     return {(int(item[0]), str(item[1])): int(item[2]) if len(item) > 2 else old for item in saved}
+
+
+def _ever_trusted_of(path: Path, trusted: Mapping[tuple[int, str], int]) -> EverTrusted:
+    """The filter of customers ever trusted saved in a state file; for one written before it
+    was kept, the customers of the trusted pairs saved (those forgotten before are lost)."""
+    with path.open("rb") as f, np.load(f, allow_pickle=False) as npz:
+        if SNAPSHOT_EVER_TRUSTED_ARRAY in npz.files:
+            bits = npz[SNAPSHOT_EVER_TRUSTED_ARRAY]
+            if bits.shape == (EVER_TRUSTED_BITS // 8,):
+                return EverTrusted(saved=bits.tobytes())
+    ever = EverTrusted()
+    for customer, _ in trusted:
+        ever.add(customer)
+    return ever
 
 
 def _snapshot_meta(path: Path) -> dict[str, Any] | None:
