@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import sqlalchemy as sa
 
@@ -23,6 +25,9 @@ from puhui.platform import (
 )
 from puhui.platform import owners as owners_module
 from puhui.store import platform as tables
+
+from .._locks import PROMPTLY_S
+from .conftest import SteppedClock, held_at_first_write
 
 
 def test_a_key_is_shown_once_and_stored_as_a_hash_only(
@@ -105,6 +110,47 @@ def test_tenant_names_and_masks(engine: sa.Engine, clock: ManualClock) -> None:
     with pytest.raises(UnknownTenantKindError):
         tenants.create("C", "casino")
     assert [t.name for t in tenants.list_tenants()] == ["Bank A", "Insurer B"]
+
+
+def test_a_key_created_after_a_page_is_listed_after_its_cursor(engine: sa.Engine) -> None:
+    """Keys were listed by ``(created_at_ns, id)`` as the clock and a random id gave them:
+    one created after a page, in the nanosecond of the page's last key with a smaller id (one
+    time in two), or after the clock stepped back, sorted before the cursor and was never
+    listed to a client paging on. Now a tenant's keys get ascending creation times."""
+    clock = SteppedClock()
+    tenants = Tenants(engine, clock=clock)
+    bank = tenants.create("Bank A", "bank")
+    tenants.create_key(bank.id, ["ledger:read"])
+    [last] = tenants.list_keys(bank.id, limit=1)
+    same_nanosecond, _ = tenants.create_key(bank.id, ["ledger:read"])
+    clock.now -= 10**9  # the machine's clock stepped back
+    stepped_back, _ = tenants.create_key(bank.id, ["ledger:read"])
+    after = tenants.list_keys(bank.id, after=(last.created_at_ns, last.id))
+    assert after == [same_nanosecond, stepped_back]
+    assert last.created_at_ns < same_nanosecond.created_at_ns < stepped_back.created_at_ns
+
+
+@pytest.mark.postgres
+def test_a_key_whose_creation_commits_late_is_listed_after_a_cursor_on_postgresql(
+    pg_engine: sa.Engine, clock: ManualClock
+) -> None:
+    """A key's creation read the clock, then another key was created and listed, then the
+    first committed: its earlier time sorted it before the cursor, never listed to a client
+    paging on. Now the time is taken under the tenant's lock, in commit order."""
+    tenants = Tenants(pg_engine, clock=clock)
+    bank = tenants.create("Bank A", "bank")
+    with (
+        held_at_first_write(pg_engine, "late") as (reached, go),
+        ThreadPoolExecutor(1, thread_name_prefix="late") as pool,
+    ):
+        late = pool.submit(tenants.create_key, bank.id, ["ledger:read"])
+        assert reached.wait(PROMPTLY_S)
+        clock.advance(10**9)
+        tenants.create_key(bank.id, ["ledger:read"])
+        [last] = tenants.list_keys(bank.id)
+        go.set()
+        late_key, _ = late.result(PROMPTLY_S)
+    assert tenants.list_keys(bank.id, after=(last.created_at_ns, last.id)) == [late_key]
 
 
 def test_the_owners_memory_forgets_its_oldest_facts_beyond_its_bound(
