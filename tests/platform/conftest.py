@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ import sqlalchemy as sa
 from puhui.clock import ManualClock
 from puhui.store import create_engine, migrate
 
-from .._locks import PROMPTLY_S
+from .._locks import PROMPTLY_S, backend_pid
 
 START_NS = 1_767_225_600 * 10**9  # 2026-01-01T00:00:00Z
 
@@ -35,28 +36,49 @@ class SteppedClock:
         return self.now
 
 
+def is_write(statement: str) -> bool:
+    """An INSERT, or a SELECT … FOR UPDATE."""
+    return statement.lstrip().startswith("INSERT") or "FOR UPDATE" in statement
+
+
+@dataclass
+class Hold:
+    reached: threading.Event
+    """The held thread got to its statement."""
+    go: threading.Event
+    """Set to let it go on."""
+    pid: int | None = None
+    """Its PostgreSQL backend (None on SQLite)."""
+
+
 @contextlib.contextmanager
-def held_at_first_write(
-    engine: sa.Engine, thread_prefix: str
-) -> Iterator[tuple[threading.Event, threading.Event]]:
-    """``(reached, go)``: a thread whose name starts with ``thread_prefix`` waits at its
-    first write (an INSERT or a SELECT … FOR UPDATE, before it runs) until ``go`` is set;
-    ``reached`` tells it got there. Set on leaving, whatever happened."""
-    reached, go = threading.Event(), threading.Event()
+def held(
+    engine: sa.Engine,
+    thread_prefix: str,
+    at: Callable[[str], bool] = is_write,
+    *,
+    after: bool = False,
+) -> Iterator[Hold]:
+    """A thread whose name starts with ``thread_prefix`` waits at its first statement that
+    ``at`` takes (before it runs; ``after``: once it has run) until ``go`` is set. Set on
+    leaving, whatever happened."""
+    hold = Hold(threading.Event(), threading.Event())
 
-    def hold(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        if reached.is_set() or not threading.current_thread().name.startswith(thread_prefix):
+    def wait(conn: sa.Connection, _cursor: Any, statement: str, *_: Any) -> None:
+        if hold.reached.is_set() or not threading.current_thread().name.startswith(thread_prefix):
             return
-        if statement.lstrip().startswith("INSERT") or "FOR UPDATE" in statement:
-            reached.set()
-            go.wait(PROMPTLY_S)
+        if at(statement):
+            hold.pid = backend_pid(conn)
+            hold.reached.set()
+            hold.go.wait(PROMPTLY_S)
 
-    sa.event.listen(engine, "before_cursor_execute", hold)
+    event = "after_cursor_execute" if after else "before_cursor_execute"
+    sa.event.listen(engine, event, wait)
     try:
-        yield reached, go
+        yield hold
     finally:
-        go.set()
-        sa.event.remove(engine, "before_cursor_execute", hold)
+        hold.go.set()
+        sa.event.remove(engine, event, wait)
 
 
 @pytest.fixture

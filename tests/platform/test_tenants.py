@@ -26,8 +26,8 @@ from puhui.platform import (
 from puhui.platform import owners as owners_module
 from puhui.store import platform as tables
 
-from .._locks import PROMPTLY_S
-from .conftest import SteppedClock, held_at_first_write
+from .._locks import PROMPTLY_S, wait_until_blocked_or_done
+from .conftest import SteppedClock, held
 
 
 def test_a_key_is_shown_once_and_stored_as_a_hash_only(
@@ -140,17 +140,77 @@ def test_a_key_whose_creation_commits_late_is_listed_after_a_cursor_on_postgresq
     tenants = Tenants(pg_engine, clock=clock)
     bank = tenants.create("Bank A", "bank")
     with (
-        held_at_first_write(pg_engine, "late") as (reached, go),
+        held(pg_engine, "late") as hold,
         ThreadPoolExecutor(1, thread_name_prefix="late") as pool,
     ):
         late = pool.submit(tenants.create_key, bank.id, ["ledger:read"])
-        assert reached.wait(PROMPTLY_S)
+        assert hold.reached.wait(PROMPTLY_S)
         clock.advance(10**9)
         tenants.create_key(bank.id, ["ledger:read"])
         [last] = tenants.list_keys(bank.id)
-        go.set()
+        hold.go.set()
         late_key, _ = late.result(PROMPTLY_S)
     assert tenants.list_keys(bank.id, after=(last.created_at_ns, last.id)) == [late_key]
+
+
+def _inserts_a_tenant(statement: str) -> bool:
+    return statement.lstrip().startswith(f"INSERT INTO {tables.tenants.name}")
+
+
+def _checks_a_tenant_name(statement: str) -> bool:
+    return f"FROM {tables.tenants.name}" in statement and "name =" in statement
+
+
+@pytest.mark.postgres
+def test_a_tenant_whose_creation_commits_late_is_listed_after_a_cursor_on_postgresql(
+    pg_engine: sa.Engine, clock: ManualClock
+) -> None:
+    """A tenant's creation drew its number (and stayed open), another tenant was created and
+    a client listed tenants, then the first committed: its smaller number sorted it before
+    the client's cursor, never listed to it. Now creations go one at a time: the second waits
+    for the first, and every tenant is listed before or after the cursor."""
+    tenants = Tenants(pg_engine, clock=clock)
+    tenants.create("Bank A", "bank")
+    with (
+        held(pg_engine, "late", _inserts_a_tenant, after=True) as hold,
+        ThreadPoolExecutor(2, thread_name_prefix="late") as pool,
+    ):
+        late = pool.submit(tenants.create, "Bank Late", "bank")
+        assert hold.reached.wait(PROMPTLY_S)
+        meanwhile = pool.submit(tenants.create, "Bank Meanwhile", "bank")
+        wait_until_blocked_or_done(pg_engine, hold.pid, meanwhile)
+        first_page = tenants.list_tenants()
+        hold.go.set()
+        late.result(PROMPTLY_S), meanwhile.result(PROMPTLY_S)
+    rest = tenants.list_tenants(after_id=first_page[-1].id)
+    assert sorted(t.name for t in first_page + rest) == [
+        "Bank A",
+        "Bank Late",
+        "Bank Meanwhile",
+    ]
+
+
+@pytest.mark.postgres
+def test_two_tenants_of_one_name_created_at_once_on_postgresql(
+    pg_engine: sa.Engine, clock: ManualClock
+) -> None:
+    """Two creations of one name at once each found the name free, and the second INSERT
+    broke the store's unique constraint: an IntegrityError (the API's 500). Now the second
+    waits for the first and is ``tenant_name_taken``."""
+    tenants = Tenants(pg_engine, clock=clock)
+    with (
+        held(pg_engine, "late", _checks_a_tenant_name, after=True) as hold,
+        ThreadPoolExecutor(2, thread_name_prefix="late") as pool,
+    ):
+        first = pool.submit(tenants.create, "Bank Twin", "bank")
+        assert hold.reached.wait(PROMPTLY_S)
+        second = pool.submit(tenants.create, "Bank Twin", "bank")
+        wait_until_blocked_or_done(pg_engine, hold.pid, second)
+        hold.go.set()
+        assert first.result(PROMPTLY_S).name == "Bank Twin"
+        with pytest.raises(TenantNameTakenError):
+            second.result(PROMPTLY_S)
+    assert [t.name for t in tenants.list_tenants()] == ["Bank Twin"]
 
 
 def test_the_owners_memory_forgets_its_oldest_facts_beyond_its_bound(

@@ -48,7 +48,7 @@ from puhui.store import platform as tables
 
 from .._locks import PROMPTLY_S, backend_pid, wait_until_blocked_or_done
 from .._plans import plans_of
-from .conftest import SteppedClock, held_at_first_write
+from .conftest import SteppedClock, held
 
 NS = 10**9
 SCHEDULE = RetrySchedule(base_s=10.0, cap_s=80.0, floor_s=1.0, attempts_max=6)
@@ -1218,14 +1218,14 @@ def test_an_endpoint_whose_creation_commits_late_is_listed_after_a_cursor_on_pos
     a client paging on. Now the time is taken under the tenant's lock, in commit order."""
     s, w = pg_setup, pg_setup.webhooks
     with (
-        held_at_first_write(s.engine, "late") as (reached, go),
+        held(s.engine, "late") as hold,
         ThreadPoolExecutor(1, thread_name_prefix="late") as pool,
     ):
         late = pool.submit(w.create_endpoint, s.a.id, "https://a.example/late", ["*"])
-        assert reached.wait(PROMPTLY_S)
+        assert hold.reached.wait(PROMPTLY_S)
         s.clock.advance(NS)
         w.create_endpoint(s.a.id, "https://a.example/early", ["*"])
         [last] = w.endpoints(s.a.id)
-        go.set()
+        hold.go.set()
         late_endpoint, _ = late.result(PROMPTLY_S)
     assert w.endpoints(s.a.id, after=(last.created_at_ns, last.id)) == [late_endpoint]

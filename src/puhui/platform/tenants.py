@@ -150,6 +150,15 @@ class Tenants:
             mask = secrets.randbits(128)
         now = self.clock.now_ns()
         with self.engine.begin() as conn:
+            # One creation at a time (PostgreSQL; SQLite runs one writer at a time): two at
+            # once would each find the name free (and the second break the unique name), and
+            # a number drawn by one that commits after a later number is listed would sort
+            # before a cursor handed out. The mode lets row locks, foreign key checks and
+            # reads of the table through.
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql(
+                    f"LOCK TABLE {tables.tenants.name} IN SHARE ROW EXCLUSIVE MODE"
+                )
             taken = conn.execute(
                 sa.select(tables.tenants.c.id).where(tables.tenants.c.name == name)
             ).first()
