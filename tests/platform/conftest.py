@@ -37,8 +37,10 @@ class SteppedClock:
 
 
 def is_write(statement: str) -> bool:
-    """An INSERT, or a SELECT … FOR UPDATE."""
-    return statement.lstrip().startswith("INSERT") or "FOR UPDATE" in statement
+    """An INSERT, or a SELECT … FOR [NO KEY] UPDATE."""
+    return statement.lstrip().startswith("INSERT") or any(
+        lock in statement for lock in ("FOR UPDATE", "FOR NO KEY UPDATE")
+    )
 
 
 @dataclass

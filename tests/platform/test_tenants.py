@@ -10,6 +10,8 @@ import sqlalchemy as sa
 from puhui.clock import ManualClock
 from puhui.platform import (
     ApiKeyNotFoundError,
+    Claim,
+    IdempotencyRecords,
     InvalidApiKeyError,
     InvalidNameError,
     OwnedKind,
@@ -27,7 +29,7 @@ from puhui.platform import owners as owners_module
 from puhui.store import platform as tables
 
 from .._locks import PROMPTLY_S, wait_until_blocked_or_done
-from .conftest import SteppedClock, held
+from .conftest import SteppedClock, held, is_write
 
 
 def test_a_key_is_shown_once_and_stored_as_a_hash_only(
@@ -151,6 +153,37 @@ def test_a_key_whose_creation_commits_late_is_listed_after_a_cursor_on_postgresq
         hold.go.set()
         late_key, _ = late.result(PROMPTLY_S)
     assert tenants.list_keys(bank.id, after=(last.created_at_ns, last.id)) == [late_key]
+
+
+def _locks_the_tenant(statement: str) -> bool:
+    return f"FROM {tables.tenants.name}" in statement and is_write(statement)
+
+
+@pytest.mark.postgres
+def test_a_key_s_creation_does_not_hold_up_the_tenant_s_other_writes_on_postgresql(
+    pg_engine: sa.Engine, clock: ManualClock
+) -> None:
+    """A key's creation locks its tenant's row until it commits; the lock was FOR UPDATE,
+    which also stops the foreign key check of every insert naming the tenant (each
+    ``Idempotency-Key`` claim of its requests) until then. FOR NO KEY UPDATE lets them
+    through, and creations still wait for each other."""
+    tenants = Tenants(pg_engine, clock=clock)
+    bank = tenants.create("Bank A", "bank")
+    records = IdempotencyRecords(pg_engine, clock=clock)
+    with (
+        held(pg_engine, "late", _locks_the_tenant, after=True) as hold,
+        ThreadPoolExecutor(3, thread_name_prefix="late") as pool,
+    ):
+        creating = pool.submit(tenants.create_key, bank.id, ["ledger:read"])
+        assert hold.reached.wait(PROMPTLY_S)
+        claim = pool.submit(records.begin, bank.id, "k", "fp")
+        wait_until_blocked_or_done(pg_engine, hold.pid, claim)
+        assert claim.done() and claim.result().claim is Claim.STARTED
+        another = pool.submit(tenants.create_key, bank.id, ["ledger:read"])
+        wait_until_blocked_or_done(pg_engine, hold.pid, another)
+        assert not another.done()  # creations wait for each other
+        hold.go.set()
+        creating.result(PROMPTLY_S), another.result(PROMPTLY_S)
 
 
 def _inserts_a_tenant(statement: str) -> bool:

@@ -124,8 +124,12 @@ def lock_tenant_for_creation(
     together): ``model.creation_ns`` of the clock read now, under the lock, and the
     tenant's newest row. Its lists page by ``(created_at_ns, id)``: a row created after a
     cursor was handed out sorts after it, whatever the clock did."""
+    # FOR NO KEY UPDATE: creations wait for each other, but not the foreign key checks of
+    # the tenant's other writes (an idempotency record, an event), which FOR UPDATE blocked.
     conn.execute(
-        sa.select(tables.tenants.c.id).where(tables.tenants.c.id == tenant_id).with_for_update()
+        sa.select(tables.tenants.c.id)
+        .where(tables.tenants.c.id == tenant_id)
+        .with_for_update(key_share=True)
     )
     newest = conn.execute(
         sa.select(sa.func.max(table.c.created_at_ns)).where(table.c.tenant_id == tenant_id)
