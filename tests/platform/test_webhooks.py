@@ -1068,15 +1068,15 @@ def test_a_replay_racing_the_pruning_of_its_event_is_queued_or_not_found(
     unhook = _pause_after(s.engine, paused_after, paused, resume)
     try:
         with ThreadPoolExecutor(2) as pool:
-            held = pool.submit(prune if first == "prune" else replay)
+            pausing = pool.submit(prune if first == "prune" else replay)
             deadline = time.monotonic() + PROMPTLY_S
             while not paused:
-                assert time.monotonic() < deadline and not held.done(), "it never paused"
+                assert time.monotonic() < deadline and not pausing.done(), "it never paused"
                 time.sleep(0.01)
             other = pool.submit(replay if first == "prune" else prune)
             wait_until_blocked_or_done(s.engine, paused[0], other)
             resume.set()
-            answers = {first: held.result(PROMPTLY_S)}
+            answers = {first: pausing.result(PROMPTLY_S)}
             answers["replay" if first == "prune" else "prune"] = other.result(PROMPTLY_S)
     finally:
         resume.set()
