@@ -314,7 +314,12 @@ def key_list(
     with _reported_errors(), _store(database_url, existing=True) as engine:
         tenants = Tenants(engine)
         tenant_id = tenants.find(tenant).id if tenant is not None else None
-        keys = tenants.list_keys(tenant_id)
+        keys: list[ApiKey] = []
+        # A listing holds at most ``keys_listed_max`` keys: page on until one is empty.
+        while page := tenants.list_keys(
+            tenant_id, after=(keys[-1].created_at_ns, keys[-1].id) if keys else None
+        ):
+            keys += page
     for key in keys:
         state = "revoked" if key.revoked else "active"
         scopes = " ".join(sorted(key.scopes))

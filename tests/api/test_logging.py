@@ -171,6 +171,21 @@ def test_mask_hides_sql_parameters_tokens_and_phones() -> None:
     assert "[parameters: hidden]" in masked and "UNIQUE constraint failed" in masked
 
 
+def test_mask_hides_every_sql_parameter_whatever_the_values_hold() -> None:
+    """The parameters were hidden up to the first ``]`` before a space: a value holding one
+    (a display name ``Li] x``) ended the mask early and the parameters after it (a national
+    id) were written out. Now everything to the end of the parameters' line is hidden."""
+    text = (
+        "(psycopg.errors.StringDataRightTruncation) value too long\n"
+        "[SQL: INSERT INTO customers (display_name, national_id) VALUES (%s, %s)]\n"
+        "[parameters: ('Li] x', '110101199001011234')]\n"
+        "(Background on this error at: https://sqlalche.me/e/21/9h9h)"
+    )
+    masked = mask(text)
+    assert "110101199001011234" not in masked and "Li]" not in masked
+    assert "[parameters: hidden]" in masked and "(Background on this error" in masked
+
+
 def _drop_other_handlers(monkeypatch: pytest.MonkeyPatch) -> None:
     """Leave ``configure_logging``'s handler as the only one (pytest's own capture handlers
     sit on the root logger while a test runs)."""

@@ -19,6 +19,7 @@ from puhui.platform.model import AuditEntry, audit_hash
 from puhui.store import platform as tables
 
 from .._locks import PROMPTLY_S
+from .conftest import held, is_write
 
 log_table = tables.audit_log
 
@@ -172,6 +173,40 @@ def test_two_first_appends_on_postgresql_at_once_make_one_chain(
         sa.event.remove(pg_engine, "after_cursor_execute", after_execute)
     report = audit.verify()
     assert report.ok and report.entries == 2, report
+
+
+def _locks_the_anchor(statement: str) -> bool:
+    return tables.audit_anchor.name in statement and is_write(statement)
+
+
+@pytest.mark.postgres
+def test_entries_appended_at_once_on_postgresql_are_in_time_order(
+    pg_engine: sa.Engine, clock: ManualClock
+) -> None:
+    """An append read the clock, then waited for the anchor while another server appended
+    a second later: its entry came after that one in the chain with an earlier time (the
+    log's "when" went backwards). The time is now read under the anchor's lock."""
+    audit = _log(pg_engine, clock, 1)
+
+    def append(target: str) -> None:
+        audit.append(
+            tenant_id=1, key_id=None, method="POST", route="/v1/x", target=target, status=200
+        )
+
+    with (
+        held(pg_engine, "late", _locks_the_anchor) as hold,
+        ThreadPoolExecutor(1, thread_name_prefix="late") as pool,
+    ):
+        late = pool.submit(append, "/late")
+        assert hold.reached.wait(PROMPTLY_S)
+        clock.advance(10**9)
+        append("/meanwhile")
+        hold.go.set()
+        late.result(PROMPTLY_S)
+    entries = audit.entries()
+    assert [e.target for e in entries[1:]] == ["/meanwhile", "/late"]
+    assert [e.at_ns for e in entries] == sorted(e.at_ns for e in entries)
+    assert audit.verify().ok
 
 
 def test_appends_from_two_threads_keep_one_chain(engine: sa.Engine, clock: ManualClock) -> None:

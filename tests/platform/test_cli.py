@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from puhui.cli import app
 from puhui.platform import AuditLog, InvalidApiKeyError, Tenants, WebhookOptions
-from puhui.store import create_engine
+from puhui.platform import tenants as tenants_module
+from puhui.store import create_engine, migrate
 from puhui.store import platform as tables
 
 runner = CliRunner()
@@ -89,6 +90,25 @@ START_UP_S = 240.0
 """How long a test waits for ``puhui serve`` to answer: imports and, on a fresh checkout, the
 ledger kernels' first compile (numba), on a slow shared machine (81 s seen on two busy cores).
 The wait ends as soon as it answers."""
+
+
+def test_key_list_lists_every_key_past_one_listing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``puhui key list`` read one listing, at most ``keys_listed_max`` (1,000) keys, and
+    said nothing of the rest. It now pages on until every key is listed."""
+    monkeypatch.setattr(tenants_module, "keys_listed_max", 2)
+    url = f"sqlite:///{tmp_path / 'puhui.sqlite'}"
+    engine = create_engine(url)
+    migrate(engine)
+    tenants = Tenants(engine)
+    bank = tenants.create("Bank A", "bank")
+    made = [tenants.create_key(bank.id, ["ledger:read"])[0].id for _ in range(5)]
+    for args in ([], ["Bank A"]):
+        code, out = _run("key", "list", *args, "--database-url", url, "--json")
+        assert code == 0, out
+        listed = _last_json(out)["keys"]
+        assert isinstance(listed, list) and [k["id"] for k in listed] == made
 
 
 def test_serve_answers_on_the_given_port(tmp_path: Path) -> None:

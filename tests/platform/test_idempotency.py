@@ -108,6 +108,41 @@ def test_release_and_expiry(engine: sa.Engine, clock: ManualClock) -> None:
     assert records.begin(a, "k", "fp").claim is Claim.STARTED
 
 
+def test_a_claim_holds_its_key_past_the_end_of_the_window(
+    engine: sa.Engine, clock: ManualClock
+) -> None:
+    """A crashed request's key taken over 10 s before its record's window (1 h) ends: the
+    retry runs on past the window's end. Before, a request with the key just after the end
+    found the record expired and started afresh beside the running retry (the same request
+    carried out twice), and the purge deleted the record under it. Now the record lasts
+    while a claim holds it: the third request is ``IN_PROGRESS``, the purge leaves it, and
+    the retry's answer is kept and replayed."""
+    records, a, _ = _records(engine, clock)
+    records.begin(a, "k", "fp")  # crashes: never finished
+    clock.advance(3590 * S)
+    retry = records.begin(a, "k", "fp")
+    clock.advance(11 * S)  # the window is over, the retry's 30 s claim is not
+    assert records.purge_expired() == 0
+    assert records.begin(a, "k", "fp").claim is Claim.IN_PROGRESS
+    records.finish(a, "k", "fp", _token(retry), DONE)
+    assert records.begin(a, "k", "fp") == ClaimResult(Claim.REPLAY, DONE)
+    clock.advance(19 * S)  # the retry's claim is over: its record with it
+    assert records.purge_expired() == 1
+    assert records.begin(a, "k", "fp").claim is Claim.STARTED
+
+
+def test_a_window_shorter_than_the_lock_still_holds_a_running_claim(
+    engine: sa.Engine, clock: ManualClock
+) -> None:
+    """With ``window_s`` shorter than ``lock_timeout_s`` (allowed), a request still running
+    when its window ended had its record taken afresh by the next one: run twice."""
+    records, a, _ = _records(engine, clock)
+    records.options = IdempotencyOptions(window_s=10, lock_timeout_s=30)
+    records.begin(a, "k", "fp")
+    clock.advance(11 * S)
+    assert records.begin(a, "k", "fp").claim is Claim.IN_PROGRESS
+
+
 def test_a_group_of_claims_and_finishes_is_one_transaction_each(
     engine: sa.Engine, clock: ManualClock
 ) -> None:

@@ -8,6 +8,7 @@ import contextlib
 import itertools
 import json
 import random
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -47,6 +48,7 @@ from puhui.store import platform as tables
 
 from .._locks import PROMPTLY_S, backend_pid, wait_until_blocked_or_done
 from .._plans import plans_of
+from .conftest import SteppedClock, held
 
 NS = 10**9
 SCHEDULE = RetrySchedule(base_s=10.0, cap_s=80.0, floor_s=1.0, attempts_max=6)
@@ -238,6 +240,30 @@ def test_a_tenant_has_a_bounded_number_of_enabled_endpoints(engine: sa.Engine) -
         w.create_endpoint(tenant.id, "https://p.example/3", ["*"])
     w.disable_endpoint(tenant.id, first.id)
     w.create_endpoint(tenant.id, "https://p.example/3", ["*"])
+
+
+def test_an_endpoint_created_after_a_page_is_listed_after_its_cursor(engine: sa.Engine) -> None:
+    """Endpoints were listed by ``(created_at_ns, id)`` as the clock and a random id gave
+    them: one created after a page, in the nanosecond of the page's last endpoint with a
+    smaller id, or after the clock stepped back, sorted before the cursor and was never
+    listed to a client paging on. Now a tenant's endpoints get ascending creation times."""
+    clock = SteppedClock()
+    ids = iter(["ff" * 8, "00" * 8, "80" * 8])
+    w = Webhooks(
+        engine,
+        clock=clock,
+        options=WebhookOptions(resolve=public_dns),
+        new_id=lambda n: next(ids) if n == 8 else secrets.token_hex(n),
+    )
+    tenant = Tenants(engine, clock=clock).create("Bank C", "bank")
+    w.create_endpoint(tenant.id, "https://p.example/1", ["*"])
+    [last] = w.endpoints(tenant.id, limit=1)
+    same_nanosecond, _ = w.create_endpoint(tenant.id, "https://p.example/2", ["*"])
+    clock.now -= NS  # the machine's clock stepped back
+    stepped_back, _ = w.create_endpoint(tenant.id, "https://p.example/3", ["*"])
+    after = w.endpoints(tenant.id, after=(last.created_at_ns, last.id))
+    assert after == [same_nanosecond, stepped_back]
+    assert last.created_at_ns < same_nanosecond.created_at_ns < stepped_back.created_at_ns
 
 
 # --- delivery ---------------------------------------------------------------------------------
@@ -1042,15 +1068,15 @@ def test_a_replay_racing_the_pruning_of_its_event_is_queued_or_not_found(
     unhook = _pause_after(s.engine, paused_after, paused, resume)
     try:
         with ThreadPoolExecutor(2) as pool:
-            held = pool.submit(prune if first == "prune" else replay)
+            pausing = pool.submit(prune if first == "prune" else replay)
             deadline = time.monotonic() + PROMPTLY_S
             while not paused:
-                assert time.monotonic() < deadline and not held.done(), "it never paused"
+                assert time.monotonic() < deadline and not pausing.done(), "it never paused"
                 time.sleep(0.01)
             other = pool.submit(replay if first == "prune" else prune)
             wait_until_blocked_or_done(s.engine, paused[0], other)
             resume.set()
-            answers = {first: held.result(PROMPTLY_S)}
+            answers = {first: pausing.result(PROMPTLY_S)}
             answers["replay" if first == "prune" else "prune"] = other.result(PROMPTLY_S)
     finally:
         resume.set()
@@ -1181,3 +1207,25 @@ def test_endpoints_created_at_once_on_postgresql_keep_the_tenants_limit(pg_setup
         sa.event.remove(s.engine, "before_cursor_execute", meet_before_insert)
     assert outcomes == ["created", "refused"]
     assert sum(e.enabled for e in w.endpoints(s.a.id)) == limit
+
+
+@pytest.mark.postgres
+def test_an_endpoint_whose_creation_commits_late_is_listed_after_a_cursor_on_postgresql(
+    pg_setup: Setup,
+) -> None:
+    """An endpoint's creation read the clock, then another endpoint was created and listed,
+    then the first committed: its earlier time sorted it before the cursor, never listed to
+    a client paging on. Now the time is taken under the tenant's lock, in commit order."""
+    s, w = pg_setup, pg_setup.webhooks
+    with (
+        held(s.engine, "late") as hold,
+        ThreadPoolExecutor(1, thread_name_prefix="late") as pool,
+    ):
+        late = pool.submit(w.create_endpoint, s.a.id, "https://a.example/late", ["*"])
+        assert hold.reached.wait(PROMPTLY_S)
+        s.clock.advance(NS)
+        w.create_endpoint(s.a.id, "https://a.example/early", ["*"])
+        [last] = w.endpoints(s.a.id)
+        hold.go.set()
+        late_endpoint, _ = late.result(PROMPTLY_S)
+    assert w.endpoints(s.a.id, after=(last.created_at_ns, last.id)) == [late_endpoint]

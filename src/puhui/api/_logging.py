@@ -86,11 +86,9 @@ _SECRETS = (
     ("whsec_", re.compile(r"\bwhsec_[0-9A-Za-z_-]+"), "whsec_[secret]"),
     ("bearer", re.compile(r"(?i)(bearer\s+)\S+"), r"\1[secret]"),
     ("+", re.compile(r"\+\d{6,15}\b"), "[phone]"),
-    (
-        "[parameters: ",
-        re.compile(r"\[parameters: .*?\](?=\s|$)", re.DOTALL),
-        "[parameters: hidden]",
-    ),
+    # To the end of the line: SQLAlchemy writes the parameters' repr on one line (newlines
+    # in values escaped), and a value may hold "] " itself.
+    ("[parameters: ", re.compile(r"\[parameters: [^\n]*"), "[parameters: hidden]"),
 )
 
 

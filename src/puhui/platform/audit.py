@@ -91,7 +91,6 @@ class AuditLog:
     def append_many(self, records: Sequence[AuditRecord]) -> list[AuditEntry]:
         """Add entries in order, in one transaction (one sync of the store for all)."""
         log, anchor = tables.audit_log, tables.audit_anchor
-        now = self.clock.now_ns()
         entries: list[AuditEntry] = []
         with self.engine.begin() as conn:
             row = conn.execute(_LOCK_ANCHOR).first()
@@ -104,6 +103,9 @@ class AuditLog:
                 conn.execute(_dialect_insert(conn)(anchor).on_conflict_do_nothing(), _NEW_ANCHOR)
                 row = conn.execute(_LOCK_ANCHOR).one()
             prev_hash, count = str(row[0]), int(row[1])
+            # Under the anchor's lock: appends take their times in chain order (read before
+            # it, an append that waited for another came after it with an earlier time).
+            now = self.clock.now_ns()
             for record in records:
                 count += 1
                 method = record.method.upper()[:8]

@@ -10,7 +10,9 @@ with a key claims it (``in_progress``) and, when it ends, stores its response (`
 
 A request that crashed without finishing does not wedge its key: the claim lasts
 ``lock_timeout_s``; after that the next request with the key takes it over and runs. Records
-are kept ``window_s`` (24 h by default) from the first request; afterwards the key is new again.
+are kept ``window_s`` (24 h by default) from the first request, and while a claim holds them
+(a key taken over near the window's end, a window shorter than the lock); afterwards the key
+is new again.
 
 A claim is named by its token (``ClaimResult.token``), and ``finish`` and ``release`` change
 the record only while it is still that claim: a request that ran past its lock and was taken
@@ -59,7 +61,14 @@ _CLAIMED = sa.and_(
 )
 _SELECT_FOR_CLAIM = sa.select(_T).where(_RECORD).with_for_update()
 _DELETE = _T.delete().where(_RECORD)
-_RELOCK = _T.update().where(_RECORD).values(locked_until_ns=sa.bindparam("locked_until_ns"))
+_RELOCK = (
+    _T.update()
+    .where(_RECORD)
+    .values(
+        locked_until_ns=sa.bindparam("locked_until_ns"),
+        expires_at_ns=sa.bindparam("expires_at_ns"),
+    )
+)
 _FINISH = (
     _T.update()
     .where(_CLAIMED)
@@ -204,6 +213,7 @@ class IdempotencyRecords:
             conn.execute(_DELETE, record)
             row = None
         if row is None:
+            window_ns = int(self.options.window_s * NS_PER_S)
             conn.execute(
                 _T.insert(),
                 {
@@ -213,7 +223,8 @@ class IdempotencyRecords:
                     "state": "in_progress",
                     "created_at_ns": now,
                     "locked_until_ns": now + lock_ns,
-                    "expires_at_ns": now + int(self.options.window_s * NS_PER_S),
+                    # Never before its claim ends (a window shorter than the lock).
+                    "expires_at_ns": now + max(window_ns, lock_ns),
                 },
             )
             return ClaimResult(Claim.STARTED, token=now + lock_ns)
@@ -230,8 +241,12 @@ class IdempotencyRecords:
             return ClaimResult(Claim.IN_PROGRESS)
         # The claim outlived its timeout: its request is taken for crashed. The new deadline
         # (the token) is later than the old one, which has passed: the old claim's finish or
-        # release no longer matches.
-        conn.execute(_RELOCK, {**record, "locked_until_ns": now + lock_ns})
+        # release no longer matches. The record lasts at least as long as the new claim: it
+        # does not expire (nor is purged) under a request that still holds it.
+        expires_ns = max(int(row.expires_at_ns), now + lock_ns)
+        conn.execute(
+            _RELOCK, {**record, "locked_until_ns": now + lock_ns, "expires_at_ns": expires_ns}
+        )
         return ClaimResult(Claim.STARTED, token=now + lock_ns)
 
     def finish(

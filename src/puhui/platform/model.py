@@ -136,6 +136,18 @@ def scopes_text(scopes: Iterable[Scope]) -> str:
     return " ".join(sorted(scope.value for scope in scopes))
 
 
+# --- creation times ---------------------------------------------------------------------------
+
+
+def creation_ns(now_ns: int, newest_ns: int | None) -> int:
+    """When a tenant's new key or webhook endpoint is created: now, or one nanosecond after
+    the newest of its kind the tenant has (``newest_ns``, None for the first) when the clock
+    reads no later (the same nanosecond, or a clock stepped back). Taken under the tenant's
+    lock, these times ascend in commit order, so a list ordered by them puts a new row after
+    every cursor already handed out (``(created_at_ns, id)`` is the lists' order)."""
+    return now_ns if newest_ns is None else max(now_ns, newest_ns + 1)
+
+
 # --- API key tokens ---------------------------------------------------------------------------
 
 KEY_PREFIX: Final = "pk"

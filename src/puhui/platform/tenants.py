@@ -28,6 +28,7 @@ from .model import (
     TenantKind,
     TenantStatus,
     check_name,
+    creation_ns,
     format_token,
     key_id_chars,
     key_name_chars_max,
@@ -114,6 +115,28 @@ def _key(row: sa.Row[tuple[object, ...]]) -> ApiKey:
     )
 
 
+def lock_tenant_for_creation(
+    conn: sa.Connection, table: sa.Table, tenant_id: int, clock: Clock
+) -> int:
+    """Lock the tenant's row (PostgreSQL; SQLite runs one writer at a time) for the rest of
+    ``conn``'s transaction and answer the creation time of the tenant's new row of ``table``
+    (keys or webhook endpoints: ``tenant_id`` and ``created_at_ns`` columns, indexed
+    together): ``model.creation_ns`` of the clock read now, under the lock, and the
+    tenant's newest row. Its lists page by ``(created_at_ns, id)``: a row created after a
+    cursor was handed out sorts after it, whatever the clock did."""
+    # FOR NO KEY UPDATE: creations wait for each other, but not the foreign key checks of
+    # the tenant's other writes (an idempotency record, an event), which FOR UPDATE blocked.
+    conn.execute(
+        sa.select(tables.tenants.c.id)
+        .where(tables.tenants.c.id == tenant_id)
+        .with_for_update(key_share=True)
+    )
+    newest = conn.execute(
+        sa.select(sa.func.max(table.c.created_at_ns)).where(table.c.tenant_id == tenant_id)
+    ).scalar_one()
+    return creation_ns(clock.now_ns(), None if newest is None else int(newest))
+
+
 class Tenants:
     """Tenants and API keys in the SQL store."""
 
@@ -131,6 +154,15 @@ class Tenants:
             mask = secrets.randbits(128)
         now = self.clock.now_ns()
         with self.engine.begin() as conn:
+            # One creation at a time (PostgreSQL; SQLite runs one writer at a time): two at
+            # once would each find the name free (and the second break the unique name), and
+            # a number drawn by one that commits after a later number is listed would sort
+            # before a cursor handed out. The mode lets row locks, foreign key checks and
+            # reads of the table through.
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql(
+                    f"LOCK TABLE {tables.tenants.name} IN SHARE ROW EXCLUSIVE MODE"
+                )
             taken = conn.execute(
                 sa.select(tables.tenants.c.id).where(tables.tenants.c.name == name)
             ).first()
@@ -214,8 +246,8 @@ class Tenants:
         granted = parse_scopes(scopes, tenant.kind)
         key_id = secrets.token_hex(key_id_chars // 2)
         secret_hex = secrets.token_hex(secret_bytes)
-        now = self.clock.now_ns()
         with self.engine.begin() as conn:
+            now = lock_tenant_for_creation(conn, tables.api_keys, tenant.id, self.clock)
             conn.execute(
                 tables.api_keys.insert().values(
                     id=key_id,

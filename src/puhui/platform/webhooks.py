@@ -70,6 +70,7 @@ from .model import (
     url_host,
     wants,
 )
+from .tenants import lock_tenant_for_creation
 
 log = logging.getLogger("puhui.webhooks")
 
@@ -362,15 +363,11 @@ class Webhooks:
         self.check_destination(url)
         endpoint_id = ENDPOINT_ID_PREFIX + self._token(8)
         secret = SECRET_PREFIX + self._token(32)
-        now = self.clock.now_ns()
         with self.engine.begin() as conn:
-            # The tenant's row locked first (PostgreSQL; SQLite runs one writer at a time):
-            # two creations at once would each count the other's endpoint out and both go in.
-            conn.execute(
-                sa.select(tables.tenants.c.id)
-                .where(tables.tenants.c.id == tenant_id)
-                .with_for_update()
-            )
+            # The tenant's row locked first: two creations at once would each count the
+            # other's endpoint out and both go in; and the creation time, taken under the
+            # lock, puts the endpoint after every cursor of the list handed out before.
+            now = lock_tenant_for_creation(conn, _E, tenant_id, self.clock)
             enabled = conn.execute(
                 sa.select(sa.func.count())
                 .select_from(_E)
