@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -196,3 +197,16 @@ def test_serve_delivers_webhooks_and_stops_cleanly(tmp_path: Path) -> None:
     assert server.returncode in (0, -signal.SIGTERM), text[-2000:]
     assert "Application shutdown complete" in text, text[-2000:]
     assert "Traceback" not in text and "cut short" not in text, text[-2000:]
+
+
+def test_key_create_help_names_every_scope() -> None:
+    """`puhui key create --help` is where an operator learns the scopes: all of them."""
+    import typer.main
+
+    from puhui.platform import Scope
+
+    group: Any = typer.main.get_command(app)
+    create = group.commands["key"].commands["create"]
+    [option] = [param for param in create.params if param.name == "scope"]
+    missing = [scope.value for scope in Scope if scope.value not in str(option.help)]
+    assert not missing, f"--scope help omits {missing}"
