@@ -58,3 +58,36 @@ def test_the_readme_counts_the_fraud_scenarios() -> None:
     words = {7: "seven", 8: "eight", 9: "nine", 10: "ten"}
     readme = (DOC.parents[1] / "README.md").read_text(encoding="utf-8")
     assert f"{words[len(Scenario)]} labelled fraud scenarios" in readme
+
+
+def test_the_error_examples_are_what_the_example_file_gives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The messages under "Errors" are real: the page's ruleset with the mistake it names."""
+    from puhui.risk import FeatureType, RuleParseError, load_ruleset
+
+    text = DOC.read_text(encoding="utf-8")
+    ruleset = re.findall(r"```toml\n(.*?)```", text, re.DOTALL)[0]
+    section = text[text.index("### Errors") :]
+    shown = re.findall(r"```\n(.*?)```", section, re.DOTALL)[0].splitlines()
+    mistakes = [
+        ("customer.count_1h >=", "customer.cnt_1h >="),
+        ("and amount > 500000", "and amount >> 500000"),
+        ('id = "blocked-device"', 'id = "velocity"'),
+    ]
+    schema = dict.fromkeys(
+        ["amount", "customer.count_1h", "customer.account_age_days"], FeatureType.NUMBER
+    )
+    schema["customer.since_password_reset_s"] = FeatureType.NUMBER
+    schema |= {"device.is_new": FeatureType.BOOLEAN, "device.id": FeatureType.CATEGORY}
+    schema["kind"] = FeatureType.CATEGORY
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rules").mkdir()
+    messages = []
+    for right, wrong in mistakes:
+        assert ruleset.count(right) == 1
+        (tmp_path / "rules" / "payments.toml").write_text(ruleset.replace(right, wrong), "utf-8")
+        with pytest.raises(RuleParseError) as raised:
+            load_ruleset("rules/payments.toml", schema)
+        messages.append(str(raised.value))
+    assert messages == shown
