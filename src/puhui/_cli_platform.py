@@ -34,7 +34,8 @@ DatabaseUrl = Annotated[
     typer.Option(
         "--database-url",
         help="SQL store: sqlite:///path or postgresql+psycopg://... "
-        "Default: $PUHUI_DATABASE_URL or ./puhui-data/puhui.sqlite.",
+        "Default: $PUHUI_DATABASE_URL, else <data dir>/puhui.sqlite "
+        "(data dir: $PUHUI_DATA_DIR, else ./puhui-data/).",
         show_default=False,
     ),
 ]
@@ -92,7 +93,8 @@ def serve(
         str | None,
         typer.Option(
             "--ledger-url",
-            help="Ledger journal. Default: $PUHUI_LEDGER_URL or ./puhui-data/ledger.",
+            help="Ledger journal. Default: $PUHUI_LEDGER_URL, else <data dir>/ledger "
+            "(data dir: $PUHUI_DATA_DIR, else ./puhui-data/).",
             show_default=False,
         ),
     ] = None,
