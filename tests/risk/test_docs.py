@@ -91,3 +91,13 @@ def test_the_error_examples_are_what_the_example_file_gives(
             load_ruleset("rules/payments.toml", schema)
         messages.append(str(raised.value))
     assert messages == shown
+
+
+def test_the_feature_store_example_runs() -> None:
+    """docs/risk-features.md's first example runs as it stands and shows what it says."""
+    code = re.findall(r"```python\n(.*?)```", FEATURES_DOC.read_text(encoding="utf-8"), re.S)[0]
+    namespace: dict[str, object] = {}
+    exec(compile(code, str(FEATURES_DOC), "exec"), namespace)
+    features = namespace["features"]
+    assert isinstance(features, dict)
+    assert "# array([0])" in code and repr(features["customer.count_1h"]) == "array([0])"
