@@ -98,3 +98,31 @@ def test_a_test_defined_duplicate_would_be_caught() -> None:
 def test_modules_of_this_layer_have_errors(module: str) -> None:
     importlib.import_module(module)
     assert any(cls.__module__ == module for cls in _puhui_error_classes())
+
+
+DOCUMENTED_ROW = re.compile(r"^\|\s*`([^`]+)`\s*\|\s*`([^`]+)`[^|]*\|", re.MULTILINE)
+
+
+def _resolve(dotted: str) -> object:
+    module, _, name = dotted.rpartition(".")
+    return getattr(importlib.import_module(module), name, None)
+
+
+def test_every_documented_code_is_raised_by_the_class_the_page_names() -> None:
+    """The other direction: a code on the page exists in the code, under the class it names,
+    importable at that (public) name, unless the page marks it retired."""
+    text = ERRORS_DOC.read_text(encoding="utf-8")
+    rows = DOCUMENTED_ROW.findall(text)
+    assert len(rows) == len([code for code in DOCUMENTED_CODE.findall(text) if code != "code"])
+    by_code = {cls.code: cls for cls in _puhui_error_classes()}
+    retired = set(re.findall(r"^\|\s*`([^`]+)`\s*\|.*\*retired\*", text, re.MULTILINE))
+    wrong = []
+    for code, dotted in rows:
+        if code in retired:
+            assert code not in by_code, f"{code} is marked retired but still raised"
+            continue
+        if code not in by_code:
+            wrong.append(f"{code}: no error class has this code")
+        elif _resolve(dotted) is not by_code[code]:
+            wrong.append(f"{code}: {dotted} is not {by_code[code].__qualname__}")
+    assert not wrong, f"docs/errors.md names codes or classes the code lacks: {wrong}"

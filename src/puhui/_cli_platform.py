@@ -21,7 +21,7 @@ from puhui._cli_common import EXIT_OK, EXIT_PROBLEM, make_data_dir, opened_store
 from puhui._cli_common import emit_json as _emit_json
 from puhui._cli_common import reported_errors as _reported_errors
 from puhui.config import Settings
-from puhui.platform import ApiKey, AuditLog, Tenant, Tenants, WebhookOptions
+from puhui.platform import ApiKey, AuditLog, Scope, Tenant, Tenants, WebhookOptions
 
 tenant_app = typer.Typer(
     help="Create and list tenants (partner institutions).", no_args_is_help=True
@@ -34,7 +34,8 @@ DatabaseUrl = Annotated[
     typer.Option(
         "--database-url",
         help="SQL store: sqlite:///path or postgresql+psycopg://... "
-        "Default: $PUHUI_DATABASE_URL or ./puhui-data/puhui.sqlite.",
+        "Default: $PUHUI_DATABASE_URL, else <data dir>/puhui.sqlite "
+        "(data dir: $PUHUI_DATA_DIR, else ./puhui-data/).",
         show_default=False,
     ),
 ]
@@ -92,7 +93,8 @@ def serve(
         str | None,
         typer.Option(
             "--ledger-url",
-            help="Ledger journal. Default: $PUHUI_LEDGER_URL or ./puhui-data/ledger.",
+            help="Ledger journal. Default: $PUHUI_LEDGER_URL, else <data dir>/ledger "
+            "(data dir: $PUHUI_DATA_DIR, else ./puhui-data/).",
             show_default=False,
         ),
     ] = None,
@@ -260,6 +262,11 @@ def tenant_list(database_url: DatabaseUrl = None, as_json: AsJson = False) -> No
 
 # --- keys -----------------------------------------------------------------------------------
 
+_SCOPES_HELP = ", ".join(
+    f"{scope.value} (operator tenants only)" if scope is Scope.PLATFORM_ADMIN else scope.value
+    for scope in Scope
+)
+
 
 @key_app.command("create")
 def key_create(
@@ -268,9 +275,7 @@ def key_create(
         list[str],
         typer.Option(
             "--scope",
-            help="A scope to grant (repeat): ledger:read, ledger:write, payments:read, "
-            "payments:write, webhooks:read, webhooks:write, "
-            "platform:admin (operator tenants only).",
+            help=f"A scope to grant (repeat): {_SCOPES_HELP}.",
         ),
     ],
     name: Annotated[str, typer.Option(help="A label for the key.")] = "",
@@ -294,7 +299,7 @@ def key_revoke(
     database_url: DatabaseUrl = None,
     as_json: AsJson = False,
 ) -> None:
-    """Revoke an API key: it stops authenticating at once."""
+    """Revoke an API key: running servers refuse it within a second (their key cache)."""
     with _reported_errors(), _store(database_url, existing=True) as engine:
         key = Tenants(engine).revoke_key(key_id)
     typer.echo(f"key {key.id} revoked")

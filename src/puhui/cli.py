@@ -824,7 +824,8 @@ PathOrUrl = Annotated[
     str | None,
     typer.Argument(
         help="Ledger journal: a SQLite file, sqlite:///path or postgresql+psycopg://... "
-        "Default: $PUHUI_LEDGER_URL or ./puhui-data/ledger.",
+        "Default: $PUHUI_LEDGER_URL, else <data dir>/ledger "
+        "(data dir: $PUHUI_DATA_DIR, else ./puhui-data/).",
         show_default=False,
     ),
 ]

@@ -313,3 +313,16 @@ def test_crafted_cursors_are_400_cursor_invalid_never_500(api: Api) -> None:
             position,
             response.text,
         )
+
+
+def test_a_body_that_is_not_json_is_422_and_its_key_is_not_remembered(api: Api) -> None:
+    """As docs/api.md says under Idempotency: an unparsable body is `422 invalid_input` (the
+    schema's answer, `json_invalid`), and the key may be used again once the body is fixed."""
+    headers = api.auth(**{"Content-Type": "application/json", "Idempotency-Key": "k-1"})
+    response = api.client.post("/v1/ledger/accounts", content=b'{"accounts": [', headers=headers)
+    body = _problem(response, 422, "invalid_input")
+    assert [error["type"] for error in body["errors"]] == ["json_invalid"]
+    fixed = api.client.post("/v1/ledger/accounts", json={"accounts": [account(1)]}, headers=headers)
+    assert fixed.status_code == 200, fixed.text
+    assert "Idempotent-Replayed" not in fixed.headers
+    assert fixed.json()["results"][0]["status"] == "created"

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
+import typer.main
 from typer.testing import CliRunner
 
 from puhui.cli import app
@@ -21,6 +23,11 @@ runner = CliRunner()
 def _run(*args: str) -> tuple[int, str]:
     result = runner.invoke(app, list(args))
     return result.exit_code, result.output
+
+
+def _command_tree() -> Any:
+    """The CLI as click sees it: groups with ``commands``, commands with ``params``."""
+    return typer.main.get_command(app)
 
 
 def _last_json(output: str) -> dict[str, object]:
@@ -216,3 +223,28 @@ def test_serve_delivers_webhooks_and_stops_cleanly(tmp_path: Path) -> None:
     assert server.returncode in (0, -signal.SIGTERM), text[-2000:]
     assert "Application shutdown complete" in text, text[-2000:]
     assert "Traceback" not in text and "cut short" not in text, text[-2000:]
+
+
+def test_key_create_help_names_every_scope() -> None:
+    """`puhui key create --help` is where an operator learns the scopes: all of them."""
+    from puhui.platform import Scope
+
+    create = _command_tree().commands["key"].commands["create"]
+    [option] = [param for param in create.params if param.name == "scope"]
+    missing = [scope.value for scope in Scope if scope.value not in str(option.help)]
+    assert not missing, f"--scope help omits {missing}"
+
+
+def test_store_and_ledger_defaults_name_the_data_dir() -> None:
+    """Every help text giving the default store or ledger says it lies in $PUHUI_DATA_DIR
+    (which moves it), not only in ./puhui-data."""
+    wrong = []
+    stack = [("puhui", _command_tree())]
+    while stack:
+        path, command = stack.pop()
+        stack += [(f"{path} {name}", sub) for name, sub in getattr(command, "commands", {}).items()]
+        for param in command.params:
+            text = str(getattr(param, "help", "") or "")
+            if "./puhui-data/" in text and "PUHUI_DATA_DIR" not in text:
+                wrong.append(f"{path} {param.name}")
+    assert not wrong, wrong

@@ -173,3 +173,17 @@ def test_a_running_engine_purges_lapsed_list_entries(tmp_path: Path) -> None:
         while len(lists.entries("blocked_devices")) > 1 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert [e.value for e in lists.entries("blocked_devices")] == ["kept"]
+
+
+def test_start_up_says_it_is_loading_kernels_before_it_does(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On a fresh install the warm-up compiles the kernels for minutes; a server's log says
+    so before it starts, not only once it has recovered."""
+    caplog.set_level("INFO", logger="puhui.risk")
+    with open_engine(tmp_path / "risk", clock=ManualClock(T0), snapshot_interval_s=None):
+        pass
+    messages = [record.getMessage() for record in caplog.records if record.name == "puhui.risk"]
+    warming = [n for n, message in enumerate(messages) if "compiled kernels" in message]
+    recovered = [n for n, message in enumerate(messages) if "recovered" in message]
+    assert warming and recovered and warming[0] < recovered[0], messages

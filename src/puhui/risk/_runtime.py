@@ -88,6 +88,10 @@ def open_engine(
         )
         live = RiskModel.load(model) if model is not None else None
         shadow = RiskModel.load(shadow_model) if shadow_model is not None else None
+        log.info(
+            "risk engine starting: loading its compiled kernels "
+            "(a fresh install compiles them first, once: minutes on a small machine)"
+        )
         _warm_up(ruleset, live, clock)
         decision_log = DecisionLog(directory / "log")
         try:
