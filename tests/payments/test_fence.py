@@ -19,8 +19,11 @@ import sqlalchemy as sa
 
 from puhui.ledger import verify
 from puhui.payments import (
+    AccountCode,
+    Checkout,
     Operation,
     OperationStatus,
+    OrderStatus,
     Payee,
     PaymentBatches,
     PaymentRequest,
@@ -286,3 +289,46 @@ def test_a_payment_made_before_the_freeze_is_recorded_as_the_ledger_made_it(
     assert _outflow(world, cut.payer) == AMOUNT
     if path == "single":
         assert cut.resume() == done
+
+
+@pytest.mark.parametrize("frozen", ["buyer", "seller"])
+def test_recovery_does_not_pay_an_order_for_a_party_frozen_since_it_was_cut_short(
+    world: World, monkeypatch: pytest.MonkeyPatch, frozen: str
+) -> None:
+    """The same for an order's payment (wallet → escrow), which ``pay_order`` refuses for a
+    frozen buyer or seller: recovery used to put the frozen buyer's money in escrow (the
+    order paid). Now the payment fails with ``account_frozen``, the order stays unpaid (the
+    buyer may pay it again once thawed), and the original call's late transfer is refused."""
+    p = world.payments
+    buyer = verified_customer(world, 1, fund=FUND)
+    shop = p.register_merchant("Shop", "retail", 0, "tok-m").id
+    checkout = Checkout(p)
+    order = checkout.create_order(buyer, shop, AMOUNT, CNY, "express", "t", key="o")
+    seen: list[Operation] = []
+    drive = Payments._drive
+
+    def crash(self: Payments, op: Operation, **kwargs: Any) -> Operation:
+        seen.append(op)
+        raise CrashedError
+
+    monkeypatch.setattr(Payments, "_drive", crash)
+    with pytest.raises(CrashedError):
+        checkout.pay_order(order.id, buyer, key="p")
+    monkeypatch.undo()
+    [op] = seen
+    if frozen == "buyer":
+        p.set_frozen(buyer, True)
+    else:
+        p.set_merchant_frozen(shop, True)
+    world.clock.advance(60 * SECOND_NS)
+    assert p.recover() == {"failed": 1}
+    late = drive(p, op)  # the original call, only slow
+    assert (late.status, late.error_code) == (S.FAILED, "account_frozen")
+    assert p.operation(op.id) == late
+    paid = p.balance(buyer, CNY)
+    assert (paid.posted, paid.held) == (FUND, 0)
+    assert p.platform_balance(AccountCode.ESCROW, CNY).posted == 0
+    assert _outflow(world, buyer) == 0
+    again = checkout.order(order.id)
+    assert (again.status, again.payment_operation_id) == (OrderStatus.CREATED, None)
+    assert verify(world.ledger).ok

@@ -125,7 +125,9 @@ _POSTED_AFTER_CHECK = frozenset(
     {OperationKind.P2P, OperationKind.MERCHANT_PAYMENT, OperationKind.ORDER_PAYMENT}
 )
 """Kinds whose hold is simply posted once the check is passed."""
-_FENCED = frozenset({OperationKind.P2P, OperationKind.MERCHANT_PAYMENT})
+_FENCED = frozenset(
+    {OperationKind.P2P, OperationKind.MERCHANT_PAYMENT, OperationKind.ORDER_PAYMENT}
+)
 """Kinds whose leg 0, resumed for a party frozen since, is fenced instead (``_pay``)."""
 _DRIVEN_ELSEWHERE = frozenset({OperationKind.BILL_PAYMENT})
 """Kinds whose flow another module owns (``Bills`` registers it in ``_drivers``): without
@@ -1543,7 +1545,7 @@ class Payments:
         return transfers
 
     def _pay(self, op: Operation, *, resumed: bool) -> Operation:
-        """Leg 0 of an accepted P2P or merchant payment, and its outcome.
+        """Leg 0 of an accepted P2P, merchant or order payment, and its outcome.
 
         Resumed (by ``recover()`` or a retry: the call that recorded it may have died before
         the ledger, or may still be on its way there) for a party frozen since, the payment
