@@ -1001,7 +1001,12 @@ class Payments:
         confirmed taken over."""
         op = self.operation(int(case.subject_id, 16))
         if op.status is _S.CHALLENGED and op.decision is risk.Decision.REVIEW:
-            self.decide_review(op.id, approve=case.status == risk.CaseStatus.APPROVED)
+            # The decision is recorded and final: an approval for a party frozen since the
+            # hold is not refused (as ``decide_review`` refuses it) but carried out as a
+            # passed check is then — the money not released, ``failed`` with
+            # ``account_frozen`` — else the hold would wait, unresolved, for ever.
+            approve = case.status == risk.CaseStatus.APPROVED
+            self._check_done(op, passed=approve, failure="review_rejected")
         if case.account_takeover and not self.customer(case.customer_id).frozen:
             self.set_frozen(case.customer_id, True)
 
