@@ -161,3 +161,53 @@ def test_case_listing_pages_by_cursor(cases_world: tuple[World, risk.Cases]) -> 
     assert [c.id for c in first + rest] == sorted(c.id for c in first + rest)
     with pytest.raises(InvalidInputError):
         cases.cases(limit=0)
+
+
+@pytest.mark.parametrize("frozen", ["payer", "payee"])
+def test_an_approval_for_a_party_frozen_since_the_hold_returns_the_money(
+    cases_world: tuple[World, risk.Cases], frozen: str
+) -> None:
+    """A payment held for review, then a party frozen, then the analyst approves the case.
+    The decision was recorded (final) but carrying it out raised ``account_frozen``: the
+    case stayed unresolved, the money held without a time limit, and ``resolve_pending``
+    raised the same on every run (stopping at it, the cases after it never carried out).
+    Now the approval is carried out as a passed check is for a party frozen since: the hold
+    is voided and the payment ``failed`` with ``account_frozen``."""
+    world, cases = cases_world
+    p = world.payments
+    alice, bob = verified_customer(world, 1, fund=500_00), verified_customer(world, 2)
+    world.risk.next = [risk.Decision.REVIEW]
+    op = p.transfer(alice, Payee(customer_id=bob), 200_00, CNY, key="k")
+    [case] = cases.cases()
+    p.set_frozen(alice if frozen == "payer" else bob, True)
+    with pytest.raises(AccountFrozenError):  # the analyst's own call is refused, as before
+        p.decide_review(op.id, approve=True)
+    assert p.operation(op.id).status is S.CHALLENGED
+    decided = cases.decide(case.id, analyst="ana", outcome="approve")
+    assert decided.status is risk.CaseStatus.APPROVED and decided.resolved
+    done = p.operation(op.id)
+    assert (done.status, done.error_code) == (S.FAILED, "account_frozen")
+    paid = p.balance(alice, CNY)
+    assert (paid.posted, paid.held, p.balance(bob, CNY).posted) == (500_00, 0, 0)
+    assert cases.resolve_pending() == 0
+
+
+def test_an_approved_withdrawal_of_a_customer_frozen_since_is_not_sent(
+    cases_world: tuple[World, risk.Cases],
+) -> None:
+    """The same for a withdrawal held for review: the approval, carried out, does not send the
+    payout of a customer frozen since; the hold is voided, ``failed`` with ``account_frozen``."""
+    world, cases = cases_world
+    p = world.payments
+    alice = verified_customer(world, 1, fund=500_00)
+    [card] = p.cards(alice)
+    world.risk.next = [risk.Decision.REVIEW]
+    op = p.withdraw(alice, card.id, 200_00, CNY, key="w")
+    [case] = cases.cases()
+    p.set_frozen(alice, True)
+    assert cases.decide(case.id, analyst="ana", outcome="approve").resolved
+    done = p.operation(op.id)
+    assert (done.status, done.error_code) == (S.FAILED, "account_frozen")
+    assert f"{op.id:032x}" not in world.bank.sends
+    paid = p.balance(alice, CNY)
+    assert (paid.posted, paid.held) == (500_00, 0)

@@ -115,6 +115,34 @@ def test_a_batch_cut_short_is_found_by_a_retry_and_finished_once(
         assert payments.balance(2, "CNY").posted == child.FUND + 12_34
 
 
+@pytest.mark.parametrize("mode", ["kill-after-record", "batch-kill-after-record"])
+def test_recovery_makes_no_payment_for_a_payer_frozen_after_the_crash(
+    database_url: str, tmp_path: Path, mode: str
+) -> None:
+    """Killed after the record, before the ledger; then customer 1 (the payer of ``crash``
+    and of ``bcrash-0``) frozen. Recovery used to make the transfer from the frozen wallet;
+    it now stops that payment (``failed``, ``account_frozen``, nothing moved, the day's
+    outflow given back) and finishes the batch's other payment as usual. Leg 0's id is
+    fenced: the dead call's transfer, were it sent now, is refused by the ledger."""
+    _setup(database_url, tmp_path)
+    crashed = _run(database_url, tmp_path, mode, START_NS + HOUR_NS)
+    assert crashed.returncode == 0, crashed.stderr  # os._exit(0) inside the hook
+    with _reopened(database_url, tmp_path, START_NS + 2 * HOUR_NS) as (payments, _):
+        pending = payments.operations(status=OperationStatus.PENDING)
+        [stopped] = [op for op in pending if op.payer_customer_id == 1]
+        payments.set_frozen(1, True)
+        expected = {"failed": 1} | ({"completed": 1} if mode.startswith("batch") else {})
+        assert payments.recover() == expected
+        done = payments.operation(stopped.id)
+        assert (done.status, done.error_code) == (OperationStatus.FAILED, "account_frozen")
+        for customer in (1, 2):
+            balance = payments.balance(customer, "CNY")
+            assert (balance.posted, balance.held) == (child.FUND, 0)
+        assert payments._move(stopped, hold_s=None).name == "EXISTS_WITH_DIFFERENT_FLAGS"
+        assert payments.balance(2, "CNY").posted == child.FUND
+        assert payments.recover() == {}
+
+
 @pytest.mark.parametrize("loop", ["loop", "batch-loop"])
 def test_random_kills_lose_no_answered_payment_and_move_nothing_twice(
     database_url: str, tmp_path: Path, loop: str

@@ -66,6 +66,7 @@ from .model import (
     wallet_account_id,
 )
 from .service import (
+    _EXISTS_OTHERWISE,
     NO_CHANNEL,
     Channel,
     Customer,
@@ -88,6 +89,8 @@ CHECK_PASSES_MAX: Final = 4
 answer is not ``accept``); a longer chain of answers sends the rest one at a time."""
 _DONE = frozenset({int(CreateTransferStatus.CREATED), int(CreateTransferStatus.EXISTS)})
 """Ledger answers that mean the transfer is there (made now, or by an earlier attempt)."""
+_TAKEN = frozenset(int(s) for s in _EXISTS_OTHERWISE)
+"""Ledger answers that mean leg 0's id is taken by another shape (``Payments._pay``)."""
 _RECORD_COLUMNS = (
     "id",
     "kind",
@@ -458,7 +461,9 @@ class PaymentBatches:
                 # As ``Payments``: the record's answer; only one a crash left ``pending``
                 # is taken further first.
                 op = _operation(known)
-                answers[item.index] = self.payments._drive(op) if op.status is _S.PENDING else op
+                if op.status is _S.PENDING:
+                    op = self.payments._drive(op, resumed=True)
+                answers[item.index] = op
         return fresh
 
     def _facts(
@@ -889,8 +894,12 @@ class PaymentBatches:
         now = self.clock.now_ns()
         statuses = results["status"].tolist()
         expires = now + options.challenge_timeout_s * 10**9
+        fenced = self._fenced(live, statuses)
         for item, held, status in zip(live, held_flags, statuses, strict=True):
-            if status in _DONE:
+            if item.operation_id in fenced:
+                item.status = _S.FAILED
+                item.error_code = AccountFrozenError.code
+            elif status in _DONE or status in _TAKEN:  # taken, not fenced: by itself
                 if held:
                     item.status = _S.CHALLENGED
                     if item.decision is not None and item.decision.decision is _CHALLENGE:
@@ -900,6 +909,23 @@ class PaymentBatches:
             else:
                 item.status = _S.FAILED
                 item.error_code = self.payments._failure_code(CreateTransferStatus(status))
+
+    def _fenced(self, live: list[_Item], statuses: list[int]) -> set[int]:
+        """The operation ids of the batch's payments whose leg 0 id recovery (or a retry)
+        fenced first, for a party frozen since: each fence voided now, as ``Payments._pay``
+        does. (A leg 0 taken by another shape that is not a fence is the payment itself.)"""
+        taken = [i.operation_id for i, s in zip(live, statuses, strict=True) if s in _TAKEN]
+        if not taken:
+            return set()
+        payments = self.payments
+        fenced = [i for i, fence in zip(taken, payments._fenced(taken), strict=True) if fence]
+        if fenced:
+            for operation_id, status in zip(
+                fenced, payments._settle_holds(fenced, post=False), strict=True
+            ):
+                if int(status) not in _DONE:
+                    raise RuntimeError(f"voiding the fence of {operation_id:#x}: {status.name}")
+        return set(fenced)
 
     def _finish(self, items: list[_Item]) -> None:
         """Step 4: every outcome, one transaction (guarded: only rows still ``pending``)."""

@@ -21,7 +21,7 @@ import logging
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import SimpleNamespace
 from typing import Any, Final
 
@@ -105,6 +105,11 @@ they only carry out what a customer's decided operation and the order's rules im
 
 _S = OperationStatus
 _CREATED_OR_EXISTS = (CreateTransferStatus.CREATED, CreateTransferStatus.EXISTS)
+_EXISTS_OTHERWISE: Final = frozenset(
+    s for s in CreateTransferStatus if s.name.startswith("EXISTS_WITH_DIFFERENT_")
+)
+"""Ledger answers meaning the id is taken by a transfer of another shape: for leg 0 of an
+accepted payment, recovery's fence or the payment itself (see ``Payments._pay``)."""
 _LEG_MOVE = 0
 """Leg 0: the transfer that moves (or holds) the money."""
 _LEG_SETTLE = 1
@@ -120,6 +125,10 @@ _POSTED_AFTER_CHECK = frozenset(
     {OperationKind.P2P, OperationKind.MERCHANT_PAYMENT, OperationKind.ORDER_PAYMENT}
 )
 """Kinds whose hold is simply posted once the check is passed."""
+_FENCED = frozenset(
+    {OperationKind.P2P, OperationKind.MERCHANT_PAYMENT, OperationKind.ORDER_PAYMENT}
+)
+"""Kinds whose leg 0, resumed for a party frozen since, is fenced instead (``_pay``)."""
 _DRIVEN_ELSEWHERE = frozenset({OperationKind.BILL_PAYMENT})
 """Kinds whose flow another module owns (``Bills`` registers it in ``_drivers``): without
 it an operation of the kind is not touched (the plain path would pay a bill the biller
@@ -992,7 +1001,12 @@ class Payments:
         confirmed taken over."""
         op = self.operation(int(case.subject_id, 16))
         if op.status is _S.CHALLENGED and op.decision is risk.Decision.REVIEW:
-            self.decide_review(op.id, approve=case.status == risk.CaseStatus.APPROVED)
+            # The decision is recorded and final: an approval for a party frozen since the
+            # hold is not refused (as ``decide_review`` refuses it) but carried out as a
+            # passed check is then — the money not released, ``failed`` with
+            # ``account_frozen`` — else the hold would wait, unresolved, for ever.
+            approve = case.status == risk.CaseStatus.APPROVED
+            self._check_done(op, passed=approve, failure="review_rejected")
         if case.account_takeover and not self.customer(case.customer_id).frozen:
             self.set_frozen(case.customer_id, True)
 
@@ -1120,7 +1134,7 @@ class Payments:
             elif op.updated_at_ns > cutoff:
                 continue
             try:
-                done = self._drive(op)
+                done = self._drive(op, resumed=True)
             except Exception:
                 # One operation that cannot be finished (a bug, a partner down) must not
                 # keep every newer one from recovery: log it loudly, count it, go on.
@@ -1150,7 +1164,7 @@ class Payments:
             raise IdempotencyKeyReusedError("this idempotency key was used for a different request")
         op = _operation(row)
         if op.status is _S.PENDING:  # the first call died half-way: finish it now
-            return self._drive(op)
+            return self._drive(op, resumed=True)
         return op
 
     def _active_customer(self, customer_id: int) -> Customer:
@@ -1423,8 +1437,9 @@ class Payments:
                     hook(conn, op, status)
         return self.operation(op.id)
 
-    def _drive(self, op: Operation) -> Operation:
-        """Take an operation as far as it can go now (step 3 onwards)."""
+    def _drive(self, op: Operation, *, resumed: bool = False) -> Operation:
+        """Take an operation as far as it can go now (step 3 onwards). ``resumed``: not by the
+        call that recorded it (recovery, a retry), which may have died or still be running."""
         if op.final:
             return op
         hook = _FINISHED_ELSEWHERE.get(op.kind)
@@ -1451,6 +1466,8 @@ class Payments:
             return self._drive_top_up(op)
         if op.kind in (OperationKind.WITHDRAWAL, OperationKind.SETTLEMENT):
             return self._drive_withdrawal(op)
+        if op.kind in _FENCED:
+            return self._pay(op, resumed=resumed)
         status = self._move(op, hold_s=None)
         if status not in _CREATED_OR_EXISTS:
             return self._finish(op, _S.FAILED, error_code=self._failure_code(status))
@@ -1505,6 +1522,11 @@ class Payments:
         Returns leg 0's status. ``EXISTS`` means an earlier attempt did it all: a chain is
         created whole or not at all, and the same ids always carry the same legs.
         """
+        results = self.ledger.create_transfers(self._transfers(op, hold_s=hold_s))
+        return results[0].status
+
+    def _transfers(self, op: Operation, *, hold_s: int | None) -> list[Transfer]:
+        """The ledger transfers ``_move`` creates."""
         legs = self._legs(op)
         ledger = currency(op.currency).ledger
         transfers = []
@@ -1525,23 +1547,65 @@ class Payments:
                     | (TransferFlags.LINKED if linked else TransferFlags.NONE),
                 )
             )
-        results = self.ledger.create_transfers(transfers)
-        return results[0].status
+        return transfers
+
+    def _pay(self, op: Operation, *, resumed: bool) -> Operation:
+        """Leg 0 of an accepted P2P, merchant or order payment, and its outcome.
+
+        Resumed (by ``recover()`` or a retry: the call that recorded it may have died before
+        the ledger, or may still be on its way there) for a party frozen since, the payment
+        is not made: leg 0's id is fenced instead — taken by a pending transfer of 0 — which
+        is then voided, and the payment ``failed`` with ``account_frozen``. Whichever of the
+        fence and the payment reaches the ledger first holds the id, and the other caller
+        follows it: a payment made before the fence is ``completed``, one refused by the
+        fence has failed (``account_frozen``, the fence voided by whoever gets there first).
+        """
+        fencing = resumed and self._party_frozen(op)
+        if fencing:
+            [fence] = self._transfers(op, hold_s=0)
+            [result] = self.ledger.create_transfers([replace(fence, amount=0)])
+            status = result.status
+        else:
+            status = self._move(op, hold_s=None)
+        if status in _EXISTS_OTHERWISE:  # the other caller's leg 0 holds the id
+            fencing = self._fenced([op.id]) == [True]
+            status = CreateTransferStatus.EXISTS
+        if status not in _CREATED_OR_EXISTS:
+            return self._finish(op, _S.FAILED, error_code=self._failure_code(status))
+        if fencing:
+            return self._fail_unsent(op)
+        return self._finish(op, _S.COMPLETED)
+
+    def _fenced(self, operation_ids: Sequence[int]) -> list[bool]:
+        """For accepted payments whose leg 0 the ledger found taken by a transfer of another
+        shape: whether it is recovery's fence (a pending transfer of 0: an accepted payment
+        is never held, and never of 0), else the payment itself."""
+        ids = [transfer_id(i, _LEG_MOVE) for i in operation_ids]
+        found = {leg.id: leg for leg in self.ledger.lookup_transfers(ids)}
+        return [bool(found[i].flags & TransferFlags.PENDING) and found[i].amount == 0 for i in ids]
 
     def _settle_hold(self, op: Operation, *, post: bool) -> CreateTransferStatus:
         """Leg 1: post or void the hold of leg 0."""
+        [status] = self._settle_holds([op.id], post=post)
+        return status
+
+    def _settle_holds(
+        self, operation_ids: Sequence[int], *, post: bool
+    ) -> list[CreateTransferStatus]:
+        """Leg 1 of each operation: post or void the hold of its leg 0 (one ledger call)."""
         flags = TransferFlags.POST_PENDING_TRANSFER if post else TransferFlags.VOID_PENDING_TRANSFER
-        [result] = self.ledger.create_transfers(
+        results = self.ledger.create_transfers(
             [
                 Transfer(
-                    id=transfer_id(op.id, _LEG_SETTLE),
-                    pending_id=transfer_id(op.id, _LEG_MOVE),
+                    id=transfer_id(operation_id, _LEG_SETTLE),
+                    pending_id=transfer_id(operation_id, _LEG_MOVE),
                     amount=LEDGER_AMOUNT_MAX if post else 0,
                     flags=flags,
                 )
+                for operation_id in operation_ids
             ]
         )
-        return result.status
+        return [result.status for result in results]
 
     def _failure_code(self, status: CreateTransferStatus) -> str:
         if status in (CreateTransferStatus.EXCEEDS_CREDITS, CreateTransferStatus.ID_ALREADY_FAILED):
@@ -1673,8 +1737,9 @@ class Payments:
         return op.merchant_id is not None and self.merchant(op.merchant_id).frozen
 
     def _fail_unsent(self, op: Operation) -> Operation:
-        """An operation its partner (bank, biller) never had, stopped because its party is
-        frozen: the hold (not a top-up's: none) voided, ``failed`` with ``account_frozen``."""
+        """An operation its partner (bank, biller) never had, or an accepted payment whose
+        leg 0 is fenced (``_pay``), stopped because its party is frozen: the hold or the
+        fence (not a top-up's: none) voided, ``failed`` with ``account_frozen``."""
         if op.kind is not OperationKind.TOP_UP:  # nothing is held for a top-up
             status = self._settle_hold(op, post=False)
             if status not in _CREATED_OR_EXISTS:
