@@ -130,6 +130,41 @@ def test_a_decision_not_carried_out_is_carried_out_by_the_job(
         assert plan == ["SEARCH risk_cases USING INDEX ix_risk_cases_resolved_id (resolved=?)"]
 
 
+def test_one_decision_that_cannot_be_carried_out_does_not_hold_up_the_others(
+    cases_world: tuple[World, risk.Cases],
+) -> None:
+    """``resolve_pending`` carried out the decisions in order and stopped at the first
+    whose resolver raised: every later decided case stayed unresolved, its money held, at
+    every run of the job. Now each is tried, and the first failure is raised at the end."""
+    world, cases = cases_world
+    p = world.payments
+    alice, bob = verified_customer(world, 1, fund=500_00), verified_customer(world, 2)
+    world.risk.next = [risk.Decision.REVIEW, risk.Decision.REVIEW]
+    first = p.transfer(alice, Payee(customer_id=bob), 100_00, CNY, key="k1")
+    second = p.transfer(alice, Payee(customer_id=bob), 50_00, CNY, key="k2")
+    orphan = risk.Cases(world.engine, world.clock)  # a process where payments is not wired
+    for case in sorted(cases.cases(), key=lambda c: c.id):
+        orphan.decide(case.id, analyst="ana", outcome="approve")
+    carry_out = cases._resolvers["operation"]
+    broken = RuntimeError("the first case's resolver fails")
+
+    def failing_on_the_first(case: risk.Case) -> None:
+        if int(case.subject_id, 16) == first.id:
+            raise broken
+        carry_out(case)
+
+    cases.on_decided("operation", failing_on_the_first)
+    with pytest.raises(RuntimeError) as raised:
+        cases.resolve_pending()
+    assert raised.value is broken
+    assert p.operation(second.id).status is S.COMPLETED  # carried out despite the first
+    assert p.operation(first.id).status is S.CHALLENGED
+    cases.on_decided("operation", carry_out)
+    assert cases.resolve_pending() == 1
+    assert p.operation(first.id).status is S.COMPLETED
+    assert all(c.resolved for c in cases.cases())
+
+
 def test_held_payments_of_a_batch_open_cases_too(cases_world: tuple[World, risk.Cases]) -> None:
     world, cases = cases_world
     p = world.payments

@@ -13,6 +13,7 @@ written to be idempotent.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -23,6 +24,8 @@ import sqlalchemy as sa
 from puhui.clock import Clock
 from puhui.errors import InvalidInputError, PuhuiError
 from puhui.store import risk as t
+
+log = logging.getLogger(__name__)
 
 LIST_LIMIT_MAX: Final = 1_000
 CASE_ID_MAX: Final = (1 << 63) - 1
@@ -349,7 +352,8 @@ class Cases:
 
     def resolve_pending(self) -> int:
         """Carry out decisions recorded but not carried out (a crash in between); returns
-        how many were."""
+        how many were. A decision whose resolver raises is logged and left for the next run,
+        the others are still carried out, and the first failure is raised at the end."""
         decided = [str(CaseStatus.APPROVED), str(CaseStatus.REJECTED)]
         with self.engine.connect() as conn:
             rows = conn.execute(
@@ -358,10 +362,20 @@ class Cases:
                 .order_by(t.cases.c.id)
             ).all()
         count = 0
+        failed: list[Exception] = []
         for row in rows:
             if row.subject_kind in self._resolvers:
-                self._resolve(_case(row))
+                # One decision that cannot be carried out must not hold up the others (their
+                # money stays held until then): each is tried, the first failure raised last.
+                try:
+                    self._resolve(_case(row))
+                except Exception as error:
+                    log.exception("carrying out the decision of case %s failed", row.id)
+                    failed.append(error)
+                    continue
                 count += 1
+        if failed:
+            raise failed[0]
         return count
 
     def labels(self, *, after_id: int = 0) -> list[Case]:
