@@ -8,7 +8,11 @@ before it is answered. Variants:
 * ``accounts_1m``   1,000,000 accounts;
 * ``objects``       the same workload through the object API (dataclasses);
 * ``concurrent_64`` 64 concurrent callers each submitting single transfers (group commit);
-* ``postgres``      the tigerbeetle workload journalled to PostgreSQL (``--database-url``).
+* ``postgres``      the tigerbeetle workload journalled to PostgreSQL (``--database-url``);
+* ``recovery``      open after a crash with the transfers journalled since the last snapshot;
+* ``reopen``        open after a clean close: the transfers are in the final snapshot (what a
+                    restart costs when nothing is left to replay: reading and checking the
+                    snapshot and its row files, rebuilding the indexes).
 
 Each variant runs in its own process (peak memory is per variant), ``--runs`` times; the
 median run is reported. A classic SQL ledger (one SQLite WAL transaction per transfer that
@@ -51,6 +55,7 @@ VARIANTS = (
     "postgres",
     "sqlite",
     "recovery",
+    "reopen",
 )
 
 
@@ -244,15 +249,18 @@ def _drop_schema(url: str) -> None:
         conn.execute(f'DROP SCHEMA IF EXISTS "{match.group(1)}" CASCADE')
 
 
-def run_recovery(transfers: int, accounts: int, workdir: Path) -> dict[str, Any]:
-    """Open after a crash with ``transfers`` journalled since the last snapshot."""
+def run_recovery(
+    transfers: int, accounts: int, workdir: Path, *, crash: bool = True
+) -> dict[str, Any]:
+    """Open after a crash with ``transfers`` journalled since the last snapshot, or (not
+    ``crash``) after a clean close, the transfers in the final snapshot."""
     writer = subprocess.run(
         [
             sys.executable,
             __file__,
             "--child",
             "--variant",
-            "recovery_writer",
+            "recovery_writer" if crash else "reopen_writer",
             "--transfers",
             str(transfers),
             "--accounts",
@@ -280,7 +288,7 @@ def run_recovery(transfers: int, accounts: int, workdir: Path) -> dict[str, Any]
     if recovered != transfers:
         raise SystemExit(f"recovered {recovered} transfers, expected {transfers}")
     return {
-        "variant": "recovery",
+        "variant": "recovery" if crash else "reopen",
         "transfers": transfers,
         "accounts": accounts,
         "recovery_s": opened,
@@ -289,8 +297,9 @@ def run_recovery(transfers: int, accounts: int, workdir: Path) -> dict[str, Any]
     }
 
 
-def recovery_writer(transfers: int, accounts: int, workdir: Path) -> None:
-    """Journal ``transfers`` with no snapshot after the accounts, then die without closing."""
+def recovery_writer(transfers: int, accounts: int, workdir: Path, *, crash: bool = True) -> None:
+    """Journal ``transfers`` with no snapshot after the accounts, then die without closing
+    (``crash``) or close (the final snapshot holds them all)."""
     from puhui.ledger import LedgerOptions, open
 
     options = LedgerOptions(snapshot_interval_events=1 << 62, transfers_capacity=transfers + BATCH)
@@ -304,6 +313,9 @@ def recovery_writer(transfers: int, accounts: int, workdir: Path) -> None:
         led.create_transfers_array(
             make_batch(rng, 1 + i, min(BATCH, transfers - i), accounts, False)
         )
+    if not crash:
+        led.close()  # the final snapshot: nothing left to replay at the next open
+        return
     os._exit(0)  # a crash: no close, no final snapshot; every batch was answered, so durable
 
 
@@ -418,13 +430,15 @@ def run_baseline(transfers: int, accounts: int, workdir: Path) -> dict[str, Any]
 def _child(args: argparse.Namespace) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="puhui-bench-", dir=args.workdir))
     try:
-        if args.variant == "recovery_writer":
-            recovery_writer(args.transfers, args.accounts, Path(args.workdir))
+        if args.variant in ("recovery_writer", "reopen_writer"):
+            crash = args.variant == "recovery_writer"
+            recovery_writer(args.transfers, args.accounts, Path(args.workdir), crash=crash)
             return
         if args.variant == "baseline":
             result = run_baseline(args.transfers, args.accounts, workdir)
-        elif args.variant == "recovery":
-            result = run_recovery(args.transfers, args.accounts, workdir)
+        elif args.variant in ("recovery", "reopen"):
+            crash = args.variant == "recovery"
+            result = run_recovery(args.transfers, args.accounts, workdir, crash=crash)
         else:
             result = run_variant(
                 args.variant,
@@ -507,6 +521,7 @@ def main() -> None:
         variants.remove("postgres")
     sizes = {
         "recovery": (transfers, accounts),
+        "reopen": (transfers, accounts),
         "accounts_1m": (transfers, 20_000 if quick else 1_000_000),
         "concurrent_64": (min(transfers, 5_000 if quick else 200_000), accounts),
         "objects": (min(transfers, 20_000 if quick else 2_000_000), accounts),
@@ -527,10 +542,15 @@ def main() -> None:
         median["baseline_transfers_per_s"] = baseline["transfers_per_s"]
         median["ratio_to_baseline"] = median["transfers_per_s"] / baseline["transfers_per_s"]
         report["variants"][variant] = median
-        if variant == "recovery":
+        if variant in ("recovery", "reopen"):
+            where = (
+                "journalled since the last snapshot"
+                if variant == "recovery"
+                else "in the snapshot of a clean close"
+            )
             print(
                 f"{variant:14s} opened in {median['recovery_s']:.2f} s with {n:,} transfers"
-                f" journalled since the last snapshot ({median['transfers_per_s']:,.0f}/s)",
+                f" {where} ({median['transfers_per_s']:,.0f}/s)",
                 flush=True,
             )
             continue

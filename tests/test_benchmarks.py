@@ -47,6 +47,30 @@ def test_ledger_benchmark_quick_run_prints_json(tmp_path: Path) -> None:
         assert figures["verify_ok"] is True
 
 
+def test_ledger_benchmark_times_opening_after_a_crash_and_after_a_clean_close(
+    tmp_path: Path,
+) -> None:
+    """``recovery`` replays the journal since the last snapshot; ``reopen`` opens the final
+    snapshot of a clean close: both find every transfer (the run checks it) and verify."""
+    report = _report(
+        "ledger.py",
+        "--quick",
+        "--json",
+        "--transfers",
+        "3000",
+        "--baseline-transfers",
+        "50",
+        "--variants",
+        "recovery,reopen",
+        "--workdir",
+        str(tmp_path),
+    )
+    for variant in ("recovery", "reopen"):
+        figures = report[variant]
+        assert figures["variant"] == variant and figures["transfers"] == 3000
+        assert figures["recovery_s"] > 0 and figures["verify_ok"] is True
+
+
 def test_payments_benchmark_quick_run_prints_json() -> None:
     report = _report("payments.py", "--quick", "--json", "--verify")
     assert report["payments_per_s"] > 0 and report["escrow_orders_per_s"] > 0
