@@ -307,6 +307,28 @@ def test_never_trusted_device_drains_by_p2p_in_small_steps(
     assert_bulk_stopped(t, share=0)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap: a never-trusted device's accepted 20 CNY makes it trusted; the rules on a "
+    "newly trusted device then let shop payments under 200 CNY through (needs the engine to "
+    "trust only after a login or a step-up, not a rule)",
+)
+def test_never_trusted_device_spends_20_cny_first_then_shops_in_parts(
+    world: World, crowd: list[Person]
+) -> None:
+    """At home, no login: 20 CNY at a shop (accepted: the device is now trusted), then eight
+    payments of 199 CNY at another shop."""
+    victim = crowd[5]
+    world.wait(9 * HOUR)
+    t = Tally()
+    attacker = {"device": "x-25", "ip": "10.1.43.5", "where": SHANGHAI}
+    world.act(t, PAY, victim, 20 * YUAN, "m:882", **attacker)  # type: ignore[arg-type]
+    for _ in range(8):
+        world.wait(3 * MINUTE)
+        world.act(t, PAY, victim, 199 * YUAN, "m:883", **attacker)  # type: ignore[arg-type]
+    assert_bulk_stopped(t)
+
+
 def test_device_change_from_a_never_trusted_device_then_shopping(
     world: World, crowd: list[Person]
 ) -> None:
