@@ -95,6 +95,52 @@ CASES: Final[dict[str, list[tuple[dict[str, Any], dict[str, Any]]]]] = {
             {"event.type": "login", "device.new_for_customer": True, "customer.account_age_s": DAY},
         ),
     ],
+    "ato.device_change.untrusted": [
+        (
+            {
+                "event.type": "device_change",
+                "event.amount": 0,
+                "device.new_for_customer": True,
+                "customer.account_age_s": DAY + 1,
+            },
+            {
+                "event.type": "device_change",
+                "event.amount": 0,
+                "device.new_for_customer": True,
+                "customer.account_age_s": DAY,
+            },
+        ),
+        (
+            {"event.type": "device_change", "event.amount": 0, "device.new_for_customer": True},
+            {"event.type": "device_change", "event.amount": 0, "device.new_for_customer": False},
+        ),
+    ],
+    "ato.money_out_untrusted_device": [
+        (
+            {"event.type": "payment", "device.new_for_customer": True, "event.amount": 2_001},
+            {"event.type": "payment", "device.new_for_customer": True, "event.amount": 2_000},
+        ),
+        (
+            {"event.type": "withdrawal", "device.new_for_customer": True, "event.amount": 2_001},
+            {"event.type": "withdrawal", "device.new_for_customer": False, "event.amount": 2_001},
+        ),
+        (
+            {"device.new_for_customer": True, "location.distance_km": 300.0},
+            {"device.new_for_customer": True, "location.distance_km": 299.9},
+        ),
+        (
+            {"device.new_for_customer": True, "event.amount": 50_000},
+            {
+                "device.new_for_customer": True,
+                "event.amount": 50_000,
+                "customer.amount_history_count": 0,
+            },
+        ),
+        (
+            {"device.new_for_customer": True, "event.amount": 50_000},
+            {"device.new_for_customer": True, "event.amount": 50_000, "event.type": "top_up"},
+        ),
+    ],
     "ato.impossible_travel": [
         (
             {

@@ -242,6 +242,110 @@ def test_credential_stuffing_from_one_device(world: World, crowd: list[Person]) 
     assert_bulk_stopped(t)
 
 
+# An attacker's device the customer never trusted, and no login first (the services' sessions
+# are the only thing that keeps such an attacker out; the engine must not rely on them).
+
+
+def test_never_trusted_device_abroad_pays_a_merchant(world: World, crowd: list[Person]) -> None:
+    """From an emulator in Singapore, ten hours after the victim was last seen at home (no
+    impossible travel), no login: three 500 CNY payments at a shop. Challenged (the
+    attacker cannot pass), not rejected: the owner abroad on a new phone would pass."""
+    victim = crowd[0]
+    world.wait(10 * HOUR)
+    t = Tally()
+    attacker = {"device": "emu-20", "ip": "203.0.113.20", "where": SINGAPORE}
+    for _ in range(3):
+        world.act(t, PAY, victim, 500 * YUAN, "m:880", **attacker)  # type: ignore[arg-type]
+        world.wait(2 * MINUTE)
+    assert t.decisions() == ["challenge"] * 3, f"\n{t}"
+    assert t.out_through() == 0, f"\n{t}"
+
+
+def test_never_trusted_device_right_after_the_owner_paid_at_home_is_rejected(
+    world: World, crowd: list[Person]
+) -> None:
+    """The same from Singapore half an hour after the owner paid at home: impossible travel
+    on a device never trusted is clearly hostile."""
+    victim = crowd[1]
+    world.wait(8 * HOUR)
+    world.act(Tally(), PAY, victim, 30 * YUAN, "m:3")
+    world.wait(30 * MINUTE)
+    t = Tally()
+    world.act(t, PAY, victim, 500 * YUAN, "m:880", device="emu-21", where=SINGAPORE)
+    assert t.decisions() == ["reject"], f"\n{t}"
+
+
+def test_never_trusted_device_at_home_withdraws_to_a_card(
+    world: World, crowd: list[Person]
+) -> None:
+    """In the victim's own city, no login: 3,000 CNY withdrawn to the attacker's card, then
+    the rest in 800 CNY parts."""
+    victim = crowd[2]
+    world.wait(9 * HOUR)
+    t = Tally()
+    attacker = {"device": "x-22", "ip": "10.1.40.9", "where": SHANGHAI}
+    world.act(t, WITHDRAW, victim, 3_000 * YUAN, "card:x-22", **attacker)  # type: ignore[arg-type]
+    for _ in range(4):
+        world.wait(5 * MINUTE)
+        world.act(t, WITHDRAW, victim, 800 * YUAN, "card:x-22", **attacker)  # type: ignore[arg-type]
+    assert_bulk_stopped(t, share=0)
+
+
+def test_never_trusted_device_drains_by_p2p_in_small_steps(
+    world: World, crowd: list[Person]
+) -> None:
+    """At home, no login: 45 CNY to a recruited account every two minutes, thirty times
+    (under every amount edge of the rules on new or newly trusted devices)."""
+    victim = crowd[3]
+    mule = world.introduce(world.person(age_days=200, where=CHENGDU))
+    world.wait(9 * HOUR)
+    t = Tally()
+    attacker = {"device": "x-23", "ip": "10.1.41.3", "where": SHANGHAI}
+    for _ in range(30):
+        world.act(t, P2P, victim, 45 * YUAN, mule.ref, **attacker)  # type: ignore[arg-type]
+        world.wait(2 * MINUTE)
+    assert_bulk_stopped(t, share=0)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap: a never-trusted device's accepted 20 CNY makes it trusted; the rules on a "
+    "newly trusted device then let shop payments under 200 CNY through (needs the engine to "
+    "trust only after a login or a step-up, not a rule)",
+)
+def test_never_trusted_device_spends_20_cny_first_then_shops_in_parts(
+    world: World, crowd: list[Person]
+) -> None:
+    """At home, no login: 20 CNY at a shop (accepted: the device is now trusted), then eight
+    payments of 199 CNY at another shop."""
+    victim = crowd[5]
+    world.wait(9 * HOUR)
+    t = Tally()
+    attacker = {"device": "x-25", "ip": "10.1.43.5", "where": SHANGHAI}
+    world.act(t, PAY, victim, 20 * YUAN, "m:882", **attacker)  # type: ignore[arg-type]
+    for _ in range(8):
+        world.wait(3 * MINUTE)
+        world.act(t, PAY, victim, 199 * YUAN, "m:883", **attacker)  # type: ignore[arg-type]
+    assert_bulk_stopped(t)
+
+
+def test_device_change_from_a_never_trusted_device_then_shopping(
+    world: World, crowd: list[Person]
+) -> None:
+    """No login: the attacker declares their own phone the account's new device (the step-up
+    code goes to the owner), then pays 400 CNY four times at a shop."""
+    victim = crowd[4]
+    world.wait(9 * HOUR)
+    t = Tally()
+    attacker = {"device": "x-24", "ip": "10.1.42.7", "where": SHANGHAI}
+    world.act(t, DEVICE_CHANGE, victim, **attacker)  # type: ignore[arg-type]
+    for _ in range(4):
+        world.wait(3 * MINUTE)
+        world.act(t, PAY, victim, 400 * YUAN, "m:881", **attacker)  # type: ignore[arg-type]
+    assert t.decisions()[0] == "challenge", f"\n{t}"
+    assert_bulk_stopped(t, share=0)
+
+
 # --- scams and mules ------------------------------------------------------------------------------
 
 
@@ -606,3 +710,41 @@ def test_honest_new_phone_and_a_new_canteen_paid_every_day(
         world.act(t, P2P, p, 28 * YUAN, canteen.ref, **new_phone)  # type: ignore[arg-type]
     assert_not_rejected(t)
     assert t.decisions()[-21:] == ["accept"] * 21, f"\n{t}"
+
+
+def test_honest_new_phone_pays_before_any_login(world: World, crowd: list[Person]) -> None:
+    """A new phone whose first event is a 120 CNY payment at a shop (the app kept the
+    session): challenged once, the owner passes; the shopping after it is accepted."""
+    p = crowd[16]
+    world.wait(9 * HOUR)
+    t = Tally()
+    new_phone = {"device": "phone-new-16b", "passes_step_up": True}
+    world.act(t, PAY, p, 120 * YUAN, "m:4", **new_phone)  # type: ignore[arg-type]
+    world.wait(HOUR)
+    for amount, shop in ((300, "m:5"), (85, "m:6"), (640, "m:7")):
+        world.act(t, PAY, p, amount * YUAN, shop, **new_phone)  # type: ignore[arg-type]
+    assert t.decisions() == ["challenge"] + ["accept"] * 3, f"\n{t}"
+    assert all(s.went_through for s in t.steps), f"\n{t}"
+
+
+def test_honest_small_first_payment_on_a_new_phone_at_home(
+    world: World, crowd: list[Person]
+) -> None:
+    """A new phone's first event is 20 CNY at a shop, at home: accepted, no step-up."""
+    p = crowd[18]
+    world.wait(9 * HOUR)
+    t = Tally()
+    world.act(t, PAY, p, 20 * YUAN, "m:6", device="phone-new-18")
+    assert t.decisions() == ["accept"], f"\n{t}"
+
+
+def test_honest_usual_phone_is_unaffected(world: World, crowd: list[Person]) -> None:
+    """The customer's own phone, no login: a 500 CNY shop payment, 200 CNY to a friend and
+    1,000 CNY withdrawn to their card."""
+    p, friend = crowd[19], crowd[20]
+    world.wait(9 * HOUR)
+    t = Tally()
+    world.act(t, PAY, p, 500 * YUAN, "m:7")
+    world.act(t, P2P, p, 200 * YUAN, friend.ref)
+    world.act(t, WITHDRAW, p, 1_000 * YUAN, p.card)
+    assert t.decisions() == ["accept"] * 3, f"\n{t}"
