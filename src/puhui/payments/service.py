@@ -125,10 +125,9 @@ _POSTED_AFTER_CHECK = frozenset(
     {OperationKind.P2P, OperationKind.MERCHANT_PAYMENT, OperationKind.ORDER_PAYMENT}
 )
 """Kinds whose hold is simply posted once the check is passed."""
-_FENCED = frozenset(
-    {OperationKind.P2P, OperationKind.MERCHANT_PAYMENT, OperationKind.ORDER_PAYMENT}
-)
-"""Kinds whose leg 0, resumed for a party frozen since, is fenced instead (``_pay``)."""
+_FENCED: Final = _POSTED_AFTER_CHECK
+"""Kinds whose leg 0, resumed for a party frozen since, is fenced instead (``_pay``): the
+payments a passed check simply posts, the same kinds."""
 _DRIVEN_ELSEWHERE = frozenset({OperationKind.BILL_PAYMENT})
 """Kinds whose flow another module owns (``Bills`` registers it in ``_drivers``): without
 it an operation of the kind is not touched (the plain path would pay a bill the biller
