@@ -28,13 +28,12 @@ from puhui.risk._engine import (  # the reasons' text and the engine's features,
     NEW_DEVICE_S,
     NEW_DEVICE_SENT_MAX,
     NEW_DEVICE_SENT_WINDOW_S,
-    TRUSTED_LONG_AGO_NS,
-    _haversine_km,
     _hit_text,
 )
 from puhui.risk._features import FEATURE_SCHEMA, FeatureStore, InvalidRiskEventError
 from puhui.risk._log import DecisionLog
 from puhui.risk._model import RiskModel
+from puhui.risk._trusted import TRUSTED_LONG_AGO_NS, haversine_km
 
 
 def _child(value: float, node: int, f: Any) -> int:
@@ -351,7 +350,7 @@ class EngineBefore:
             trusted = pair[1] in self._trusted.get(pair[0], {})
             if trusted and pair in self._places:
                 last[i] = self._places[pair]
-        km = _haversine_km(last[:, 0], last[:, 1], columns["latitude"], columns["longitude"])
+        km = haversine_km(last[:, 0], last[:, 1], columns["latitude"], columns["longitude"])
         seconds = (columns["at_ns"] - last[:, 2]) / 1e9
         return {
             "device.distance_km": km,

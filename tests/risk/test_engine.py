@@ -7,18 +7,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from puhui.clock import ManualClock
 from puhui.risk import Decision, EventKind, RiskEvent, RiskLists, load_ruleset, parse_ruleset
 from puhui.risk._engine import (
     DEFAULT_RULES,
-    TRUSTED_LONG_AGO_NS,
     RiskEngine,
     engine_schema,
     event_columns,
 )
 from puhui.risk._log import DecisionLog
+from puhui.risk._trusted import TRUSTED_LONG_AGO_NS
 
 T0 = 1_767_000_000 * 10**9
 DAY = 86_400 * 10**9
@@ -149,8 +150,9 @@ def test_trusted_devices_survive_a_restart(tmp_path: Path) -> None:
         [7, 7, 7, 7, 8], ["phone", "tablet", "laptop", "evil", "phone"]
     )
     assert untrusted.tolist() == [False, False, False, True, True]
-    assert restarted._trusted == engine._trusted  # and since when, from snapshot and log
-    assert restarted._trusted[7, "laptop"] == T0 + 60 * 10**9
+    trusted = engine.trusted_devices()  # and since when, from snapshot and log
+    assert list(restarted.trusted_devices().items()) == list(trusted.items())
+    assert trusted[7, "laptop"] == T0 + 60 * 10**9
     _close(restarted)
 
 
@@ -256,7 +258,7 @@ def test_the_replay_trusts_what_the_live_engine_trusted(tmp_path: Path) -> None:
     _close(again)
     again.log = DecisionLog(tmp_path / "log")
     again.recover(tmp_path / "state")
-    assert list(again._trusted) == list(live._trusted)
+    assert list(again.trusted_devices()) == list(live.trusted_devices())
     _close(again)
 
 
@@ -275,7 +277,7 @@ def test_a_snapshot_keeps_the_trusted_devices_order_of_use(tmp_path: Path) -> No
             engine([_event(k, 1_000, device=f"a-{k}")])
     old = [f"z-{k}" for k in range(12)]
     assert again._untrusted([7] * 12, old).tolist() == live._untrusted([7] * 12, old).tolist()
-    assert list(again._trusted) == list(live._trusted)
+    assert list(again.trusted_devices()) == list(live.trusted_devices())
     _close(live)
     _close(again)
 
@@ -520,6 +522,16 @@ owner = "t"
 """
 
 
+def _distance_km(
+    engine: RiskEngine, customers: list[int], devices: list[str], columns: dict[str, Any]
+) -> npt.NDArray[np.float64]:
+    """``device.distance_km`` of events given as columns, as of the engine's state now."""
+    slots = engine._trust.slots(customers, devices)
+    return engine._trust.travel(slots, columns["latitude"], columns["longitude"], columns["at_ns"])[
+        0
+    ]
+
+
 def test_a_trusted_device_is_placed_by_its_owners_accepted_events_only() -> None:
     """``device.distance_km``/``device.speed_kmh``: from where the customer's trusted device
     was last accepted; a refused attempt from a copy of it far away moves nothing (the owner
@@ -538,8 +550,7 @@ def test_a_trusted_device_is_placed_by_its_owners_accepted_events_only() -> None
     assert decision.decision is Decision.CHALLENGE and decision.reasons[0].startswith("travel(")
     engine([_at(31, place=CHENGDU, device="emu")])  # another device there, refused
     at_home = event_columns([_at(32, place=SHANGHAI)])
-    travel = engine._travel_of([7], ["phone"], at_home)
-    assert travel["device.distance_km"].tolist() == [0.0]  # still where the owner was
+    assert _distance_km(engine, [7], ["phone"], at_home).tolist() == [0.0]  # where the owner was
     [decision] = engine([_at(32, place=SHANGHAI)])
     assert decision.decision is Decision.ACCEPT
     # The owner's phone really shows in Chengdu (a VPN, a flight's wrong clock): challenged
@@ -549,8 +560,8 @@ def test_a_trusted_device_is_placed_by_its_owners_accepted_events_only() -> None
     engine.trust_device(7, "phone")
     [decision] = engine([_at(42, place=CHENGDU)])
     assert decision.decision is Decision.ACCEPT
-    unknown = engine._travel_of([7, 8], ["tablet", "phone"], event_columns([copy, copy]))
-    assert np.isnan(unknown["device.distance_km"]).all()  # not trusted: no travel
+    unknown = _distance_km(engine, [7, 8], ["tablet", "phone"], event_columns([copy, copy]))
+    assert np.isnan(unknown).all()  # not trusted: no travel
 
 
 def test_payees_found_after_a_new_device_and_what_they_got() -> None:
@@ -571,7 +582,7 @@ def test_payees_found_after_a_new_device_and_what_they_got() -> None:
     assert found["counterparty.new_device_payee_s"][0] == 120.0
     assert np.isnan(found["counterparty.new_device_payee_s"][1:]).all()
     assert found["customer.new_device_payees_sum_14d"].tolist() == [15_000] * 3
-    assert engine._familiar == {(7, "new"): 1}  # c:old, paid from the old phone first
+    assert engine.familiar_payees_paid() == {(7, "new"): 1}  # c:old, paid from the old phone first
     late = [_at(3 + 15 * day, place=home, payee="c:mule")]  # past the 14-day window
     found = engine._new_payees_of([7], ["c:mule"], event_columns(late))
     assert found["customer.new_device_payees_sum_14d"].tolist() == [0]
@@ -594,10 +605,10 @@ def test_device_places_and_new_payees_survive_a_restart(tmp_path: Path) -> None:
     _close(again)
     again.log = DecisionLog(tmp_path / "log")
     again.recover(tmp_path / "state")
-    assert again._places == live._places and len(live._places) == 2
+    assert again.device_places() == live.device_places() and len(live.device_places()) == 2
     assert again._new_payees == live._new_payees and len(live._new_payees) == 3
     assert again._new_payees_sent == live._new_payees_sent
-    assert again._familiar == live._familiar
+    assert again.familiar_payees_paid() == live.familiar_payees_paid()
     assert live._new_payees_sent[7] == [(T0 + 180 * 10**9, 9_000), (T0 + 3600 * 10**9, 8_000)]
     _close(again)
 
@@ -625,6 +636,6 @@ def test_a_customer_whose_devices_were_all_forgotten_gets_no_long_trusted_device
         again([RiskEvent(EventKind.LOGIN, 100 + k, T0 + k * 10**9, 0, "CNY", "", f"p-{k}")])
     again([_event(90, 1_000, device="tablet")])
     assert again._trust_of([7], ["tablet"], np.array([T0 + 91 * 60 * 10**9]))[1].tolist() == [60.0]
-    assert 8 not in again._ever_trusted  # never trusted (with this filter's seeds: no false yes)
+    assert 8 not in again._trust.ever  # never trusted (with this filter's seeds: no false yes)
     _close(engine)
     _close(again)

@@ -24,7 +24,7 @@ import json
 import math
 import threading
 import zipfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -35,12 +35,17 @@ import numpy.typing as npt
 from ._decide import Decision, EventKind, RiskDecision, RiskEvent
 from ._evaluate import Ruleset
 from ._expr import FeatureType
-from ._feature_kernel import EARTH_RADIUS_KM
 from ._features import FEATURE_SCHEMA, FeatureStore, InvalidRiskEventError, write_snapshot
 from ._lists import RiskLists
 from ._load import RulesetWatcher
 from ._log import DecisionLog, LogRecord, schema_path
 from ._model import RiskModel
+from ._trusted import (
+    EVER_TRUSTED_BITS,
+    TRUSTED_LONG_AGO_NS,
+    EverTrusted,
+    TrustedDevices,
+)
 
 KINDS: Final = tuple(EventKind)
 DECISIONS: Final = (Decision.ACCEPT, Decision.CHALLENGE, Decision.REVIEW, Decision.REJECT)
@@ -53,13 +58,9 @@ DEFAULT_RULES: Final = Path(__file__).parent / "rules" / "default.toml"
 SNAPSHOT_NAME: Final = "features.npz"
 SNAPSHOT_META: Final = "features.json"
 SNAPSHOT_META_ARRAY: Final = "engine_meta"
+"""The array of the state's file holding ``features.json``'s JSON (its bytes)."""
 SNAPSHOT_EVER_TRUSTED_ARRAY: Final = "engine_ever_trusted"
 """The array of the state's file holding ``EverTrusted``'s bits."""
-EVER_TRUSTED_BITS: Final = 2**26
-"""The size of the filter of customers ever trusted (unit: bits; 8 MiB): with three hashes a
-customer never trusted answers "trusted before" with probability about 1e-4 among a million
-customers ever trusted, 0.4 % among four million."""
-"""The array of the state's file holding ``features.json``'s JSON (its bytes)."""
 
 EVENT_COLUMNS: Final = {
     "event.type": "The event's kind (``payment``, ``p2p``, ``top_up``, ``login``…).",
@@ -106,8 +107,6 @@ ENGINE_FEATURES: Final = {
     ),
 }
 """Numeric features the engine adds from its own state (logged with the store's)."""
-TRUSTED_LONG_AGO_NS: Final = -(2**62)
-"""When a device trusted in a snapshot written before trust times were kept was trusted."""
 NEW_DEVICE_S: Final = 7 * 86_400
 """A payee first paid from a device trusted less than this (or not at all) is followed."""
 NEW_DEVICE_PAYEES_KEPT_S: Final = 30 * 86_400
@@ -118,7 +117,6 @@ NEW_DEVICE_SENT_MAX: Final = 64
 """Payments to such payees kept per customer, the newest (unit: events)."""
 CHALLENGED_PLACES_MAX: Final = 65_536
 """Challenged events whose place a passed step-up would confirm, the newest (unit: pairs)."""
-_NOWHERE: Final = (math.nan, math.nan, math.nan)
 _P2P_CODE: Final = KINDS.index(EventKind.P2P)
 _PAYMENT_CODE: Final = KINDS.index(EventKind.PAYMENT)
 
@@ -371,49 +369,6 @@ class _Judged:
         )
 
 
-_MASK64: Final = 2**64 - 1
-
-
-class EverTrusted:
-    """The customers the engine ever trusted a device for, in fixed memory: a Bloom filter
-    (three hashes). A customer once added always answers yes — no false "never trusted" —
-    so a customer whose trusted devices were all forgotten (beyond ``trusted_max``) does not
-    get the next device counted as the one they came with; a customer never trusted answers
-    yes with a small probability (``EVER_TRUSTED_BITS``), and then has their first device
-    counted as newly trusted: more checks, never fewer."""
-
-    __slots__ = ("_bytes", "bits")
-
-    def __init__(self, bits: int = EVER_TRUSTED_BITS, saved: bytes | None = None) -> None:
-        if bits <= 0 or bits % 8:
-            raise ValueError("bits must be a positive multiple of 8")
-        self.bits = bits
-        self._bytes = bytearray(saved) if saved is not None else bytearray(bits // 8)
-        if len(self._bytes) != bits // 8:
-            raise ValueError("saved bits of another size")
-
-    def _slots(self, customer: int) -> tuple[int, int, int]:
-        x = (customer * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) & _MASK64  # splitmix64
-        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-        x ^= x >> 31
-        h1, h2 = x & 0xFFFFFFFF, (x >> 32) | 1  # double hashing
-        n = self.bits
-        return h1 % n, (h1 + h2) % n, (h1 + 2 * h2) % n
-
-    def add(self, customer: int) -> None:
-        data = self._bytes
-        for slot in self._slots(customer):
-            data[slot >> 3] |= 1 << (slot & 7)
-
-    def __contains__(self, customer: int) -> bool:
-        data = self._bytes
-        return all(data[slot >> 3] >> (slot & 7) & 1 for slot in self._slots(customer))
-
-    def to_array(self) -> npt.NDArray[np.uint8]:
-        return np.frombuffer(bytes(self._bytes), dtype=np.uint8)
-
-
 class RiskEngine:
     """Features → model → rules → decisions, logged. Call it like ``puhui.risk.decide``."""
 
@@ -437,24 +392,13 @@ class RiskEngine:
         self.explain_top = explain_top
         self._lock = threading.Lock()
         self._snapshotting = threading.Lock()
-        self._trusted: dict[tuple[int, str], int] = {}
+        self._trust = TrustedDevices()
         """(customer, device) of each device a customer used in an accepted event (or
-        confirmed by step-up), with the time it was first trusted (ns; ``TRUSTED_LONG_AGO_NS``
+        confirmed by step-up), with the time it was first trusted (``TRUSTED_LONG_AGO_NS``
         for the first device the engine trusts for a customer: the one they came with, as
-        old as the customer is to the engine), least recently used first: at most
-        ``trusted_max`` (the feature store's ``pairs_max``), the least recently used
-        forgotten beyond it (a device forgotten is new again: more checks, never fewer). One
-        dict of pairs, not a set per customer: a plain dict of tuples of an int and a str
-        leaves the garbage collector's care, a million small sets would not."""
-        self._devices_of: dict[int, int] = {}
-        """How many devices of each customer ``_trusted`` holds."""
-        self._ever_trusted = EverTrusted()
-        """Customers ever trusted a device for, beyond ``_trusted``'s bound: a customer's
-        first device counts as trusted long ago only if they are not in it."""
-        self._places: dict[tuple[int, str], tuple[float, float, float]] = {}
-        """(latitude, longitude, time in ns) of the last accepted event with a place of each
-        trusted (customer, device) pair (``device.distance_km``): only the owner's accepted
-        events move it, never a refused attempt. Pairs forgotten by ``_forget_trust`` go too."""
+        old as the customer is to the engine), its last place and its familiar payees paid:
+        at most ``trusted_max`` (the feature store's ``pairs_max``), the least recently used
+        forgotten beyond it (a device forgotten is new again: more checks, never fewer)."""
         self._challenged: dict[tuple[int, str], tuple[float, float, float]] = {}
         """The place of each pair's latest challenged event: a passed step-up
         (``trust_device``) makes it the device's last place, so that an owner whose phone
@@ -464,8 +408,6 @@ class RiskEngine:
         """(customer, counterparty) first paid (p2p) from a device trusted less than
         ``NEW_DEVICE_S`` or not at all, with when (ns), oldest first; at most ``trusted_max``,
         the oldest 1/8 dropped beyond."""
-        self._familiar: dict[tuple[int, str], int] = {}
-        """Per trusted (customer, device): ``device.familiar_payees_paid``."""
         self._new_payees_sent: dict[int, list[tuple[int, int]]] = {}
         """Per customer, (time ns, amount) of the p2p events to those payees that were
         accepted or challenged (the newest ``NEW_DEVICE_SENT_MAX``)."""
@@ -503,24 +445,23 @@ class RiskEngine:
         ruleset = self.ruleset()  # one ruleset for the whole batch, even across a reload
         # What needs no feature is worked out while the feature store's first pass runs.
         from_events: dict[str, npt.NDArray[Any]] = {}
+        trusted_slots: list[npt.NDArray[np.int64]] = []
 
         def meanwhile() -> None:
             from_events.update(_event_features(columns))
             # A device is new for a customer until an event from it was accepted (or the
             # customer confirmed it by step-up): a rejected or failed attempt must not make
             # the attacker's phone familiar. Trust is as of the start of the batch.
-            untrusted, trusted_for = self._trust_of(customers, devices, columns["at_ns"])
-            from_events["device.new_for_customer"] = untrusted
-            from_events["device.trusted_for_s"] = trusted_for
-            from_events.update(self._travel_of(customers, devices, columns))
+            slots = self._trust.slots(customers, devices)
+            trusted_slots.append(slots)
+            at_ns = columns["at_ns"]
+            from_events["device.new_for_customer"] = slots < 0
+            from_events["device.trusted_for_s"] = self._trust.trusted_for_s(slots, at_ns)
+            km, kmh = self._trust.travel(slots, columns["latitude"], columns["longitude"], at_ns)
+            from_events["device.distance_km"] = km
+            from_events["device.speed_kmh"] = kmh
             from_events.update(self._new_payees_of(customers, strings["counterparty"], columns))
-            familiar = self._familiar
-            from_events["device.familiar_payees_paid"] = np.array(
-                [familiar.get(pair, 0) for pair in zip(customers, devices, strict=True)]
-                if familiar
-                else np.zeros(n),
-                dtype=np.int64,
-            ).reshape(n)
+            from_events["device.familiar_payees_paid"] = self._trust.familiar(slots)
 
         # Each chunk of events is scored, judged by the rules and explained as soon as its
         # features are ready, while the store's pass over the next chunk runs on the other
@@ -572,7 +513,9 @@ class RiskEngine:
         # Every accepted event teaches: a new device becomes trusted, a trusted one becomes
         # the most recently used (kept the longest under ``trusted_max``). The replay of the
         # log after a restart calls the same with the logged decisions.
-        self._learn(columns, devices, strings["counterparty"], feats, decided.severity)
+        self._learn(
+            columns, devices, strings["counterparty"], feats, decided.severity, trusted_slots[0]
+        )
         if self.log is not None:
             self._append(columns, feats, decided, shadow)
         return decided
@@ -665,40 +608,40 @@ class RiskEngine:
         counterparties: list[str],
         feats: Mapping[str, npt.NDArray[Any]],
         severity: npt.NDArray[Any],
+        slots: npt.NDArray[np.int64],
     ) -> None:
         """What a decided batch teaches the engine's own state (trusted devices, their last
-        places, payees found after a new device): the same live and in the log's replay."""
+        places, payees found after a new device): the same live and in the log's replay
+        (``slots``: the trusted pairs' as of the start of the batch)."""
         customers: list[int] = columns["customer_id"].tolist()
-        at_ns: list[int] = columns["at_ns"].tolist()
         levels: list[int] = severity.tolist()
-        self._learn_payees(customers, devices, counterparties, columns, feats, levels)
-        lats, lons = columns["latitude"], columns["longitude"]
-        places = zip(
-            lats.tolist(), lons.tolist(), columns["at_ns"].astype(np.float64).tolist(), strict=True
+        familiar = self._learn_payees(customers, devices, counterparties, columns, feats, levels)
+        self._trust.learn(
+            customers,
+            devices,
+            slots,
+            np.asarray(severity) == 0,
+            columns["at_ns"],
+            columns["latitude"],
+            columns["longitude"],
+            familiar,
+            bound=self.trusted_max,
         )
-        seen = (~(np.isnan(lats) | np.isnan(lons))).tolist()
-        self._learn_trust(customers, devices, levels, at_ns, places, seen)
         self._learn_challenged(customers, devices, columns, levels)
 
     # --- trusted devices --------------------------------------------------------------------
 
     def _untrusted(self, customers: list[int], devices: list[str]) -> npt.NDArray[np.bool_]:
         """Per (customer, device): not trusted (``_trust_of``'s first answer)."""
-        return self._trust_of(customers, devices, np.zeros(len(devices), np.int64))[0]
+        return self._trust.slots(customers, devices) < 0
 
     def _trust_of(
         self, customers: list[int], devices: list[str], at_ns: npt.NDArray[np.int64]
     ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.float64]]:
         """Per event: the device is not trusted for the customer (``device.new_for_customer``)
         and for how long it has been (``device.trusted_for_s``, NaN when it is not)."""
-        trusted = self._trusted
-        since = np.array(
-            [trusted.get(pair, -1) for pair in zip(customers, devices, strict=True)],
-            dtype=np.int64,
-        ).reshape(len(devices))
-        untrusted = since == -1
-        trusted_for = np.where(untrusted, np.nan, (at_ns - since) / 1e9)
-        return untrusted, np.maximum(trusted_for, 0.0)
+        slots = self._trust.slots(customers, devices)
+        return slots < 0, self._trust.trusted_for_s(slots, at_ns)
 
     @property
     def trusted_max(self) -> int:
@@ -707,67 +650,20 @@ class RiskEngine:
 
     def trusted_count(self) -> int:
         """(customer, device) pairs trusted now."""
-        return len(self._trusted)
+        return len(self._trust)
 
-    def _learn_trust(
-        self,
-        customers: list[int],
-        devices: list[str],
-        severity: list[int],
-        at_ns: list[int],
-        places: Iterable[tuple[float, float, float]] | None = None,
-        seen: Iterable[bool] | None = None,
-    ) -> None:
-        """Each accepted event's (customer, device), in order: trusted (since the event's
-        time, unless it already was; a customer's first device since long ago), and the most
-        recently used (the same for a decided batch and for its replay from the log); with
-        the events' ``places`` (latitude, longitude, time) the device is placed where ``seen``
-        (the place is known)."""
-        trusted = self._trusted
-        devices_of = self._devices_of
-        pop = trusted.pop
-        located = self._places
-        where = places if places is not None else itertools.repeat(_NOWHERE)
-        flags = seen if seen is not None else itertools.repeat(False)
-        for customer, device, level, at, place, there in zip(
-            customers, devices, severity, at_ns, where, flags, strict=False
-        ):
-            if level == 0 and device:
-                pair = (customer, device)
-                if there:
-                    located[pair] = place
-                since = pop(pair, None)  # to the end: the most recently used
-                if since is None:
-                    known = devices_of.get(customer, 0)
-                    devices_of[customer] = known + 1
-                    if known or customer in self._ever_trusted:
-                        since = at
-                    else:
-                        since = TRUSTED_LONG_AGO_NS
-                        self._ever_trusted.add(customer)
-                trusted[pair] = since
-        self._forget_trust()
+    def trusted_devices(self) -> dict[tuple[int, str], int]:
+        """Each trusted (customer, device) with when it was first trusted (ns), least
+        recently used first."""
+        return self._trust.since()
 
-    def _travel_of(
-        self, customers: list[int], devices: list[str], columns: Mapping[str, npt.NDArray[Any]]
-    ) -> dict[str, npt.NDArray[np.float64]]:
-        """Per event: how far (km) and how fast (km/h) the customer's trusted device moved
-        since its last accepted event (``device.distance_km``, ``device.speed_kmh``)."""
-        places = self._places
-        n = len(customers)
-        if not places:
-            nan = np.full(n, np.nan)
-            return {"device.distance_km": nan, "device.speed_kmh": nan.copy()}
-        found = [places.get(pair, _NOWHERE) for pair in zip(customers, devices, strict=True)]
-        last = np.fromiter(
-            itertools.chain.from_iterable(found), dtype=np.float64, count=3 * n
-        ).reshape(n, 3)
-        km = _haversine_km(last[:, 0], last[:, 1], columns["latitude"], columns["longitude"])
-        seconds = (columns["at_ns"] - last[:, 2]) / 1e9
-        return {
-            "device.distance_km": km,
-            "device.speed_kmh": km * 3600.0 / np.maximum(seconds, 1.0),
-        }
+    def device_places(self) -> dict[tuple[int, str], tuple[float, float, float]]:
+        """Each trusted (customer, device)'s last place: latitude, longitude, time (ns)."""
+        return self._trust.places()
+
+    def familiar_payees_paid(self) -> dict[tuple[int, str], int]:
+        """Each trusted (customer, device)'s ``device.familiar_payees_paid``, where not 0."""
+        return self._trust.familiar_counts()
 
     def _learn_challenged(
         self,
@@ -793,35 +689,20 @@ class RiskEngine:
                 itertools.islice(self._challenged.items(), len(self._challenged) - keep, None)
             )
 
-    def _forget_trust(self) -> None:
-        """Beyond ``trusted_max``, keep the most recently used 7/8 of it: one pass over the
-        pairs per 1/8 of the bound new pairs (a plain dict, not an ordered one: it stays out
-        of the garbage collector's care)."""
-        bound = self.trusted_max
-        if len(self._trusted) <= bound:
-            return
-        keep = bound - bound // 8
-        drop = len(self._trusted) - keep
-        self._trusted = dict(itertools.islice(self._trusted.items(), drop, None))
-        self._places = {pair: p for pair, p in self._places.items() if pair in self._trusted}
-        self._familiar = {pair: n for pair, n in self._familiar.items() if pair in self._trusted}
-        self._count_devices()
-
-    def _count_devices(self) -> None:
-        counts: dict[int, int] = {}
-        for customer, _ in self._trusted:
-            counts[customer] = counts.get(customer, 0) + 1
-        self._devices_of = counts
-
     def trust_device(self, customer_id: int, device_id: str) -> None:
         """The customer proved this device is theirs (passed a step-up on it): trusted from
         the newest event seen, as an accepted event from it then."""
         with self._lock:
             now = max(self.features.watermark_ns, 0)
-            self._learn_trust([customer_id], [device_id], [0], [now])
+            customers, devices = [customer_id], [device_id]
+            slots = self._trust.slots(customers, devices)
+            at = np.array([now], dtype=np.int64)
+            self._trust.learn(
+                customers, devices, slots, np.ones(1, bool), at, bound=self.trusted_max
+            )
             place = self._challenged.pop((customer_id, device_id), None)
             if place is not None and not (math.isnan(place[0]) or math.isnan(place[1])):
-                self._places[customer_id, device_id] = place
+                self._trust.place((customer_id, device_id), place)
 
     # --- payees found after a new device ----------------------------------------------------
 
@@ -865,30 +746,31 @@ class RiskEngine:
         columns: Mapping[str, npt.NDArray[Any]],
         feats: Mapping[str, npt.NDArray[Any]],
         severity: list[int],
-    ) -> None:
+    ) -> npt.NDArray[np.int64]:
         """A p2p payee paid for the first time from a device trusted less than
         ``NEW_DEVICE_S``, or not at all while the customer has others (a customer's first
         device is the one they came with), is followed whatever the decision (a refused
         first try must not hide it); what such payees get in events accepted or challenged
         adds to the customer's sum. An accepted payment to a payee paid before (and not
-        found so) counts for its device (``device.familiar_payees_paid``). Called before the
-        batch's trust is learnt: trust as of its start."""
+        found so) counts for its device (``device.familiar_payees_paid``): those events'
+        positions are returned, for the trust state to count once it has learnt the batch.
+        Called before the batch's trust is learnt: trust as of its start."""
         kinds = columns["kind"]
         paying = np.flatnonzero((kinds == _P2P_CODE) | (kinds == _PAYMENT_CODE))
+        familiar: list[int] = []
         if not len(paying):
-            return
+            return np.zeros(0, dtype=np.int64)
         first_payment = feats["counterparty.first_payment"]
         trusted_for = feats["device.trusted_for_s"]
         amounts, times = columns["amount"], columns["at_ns"]
-        payees, sent, devices_of = self._new_payees, self._new_payees_sent, self._devices_of
-        familiar = self._familiar
+        payees, sent = self._new_payees, self._new_payees_sent
+        devices_of = self._trust.devices_of
         for i in paying.tolist():
             pair = (customers[i], counterparties[i])
             if not pair[1]:
                 continue
             if not first_payment[i] and severity[i] == 0 and devices[i] and pair not in payees:
-                mine_device = (pair[0], devices[i])
-                familiar[mine_device] = familiar.get(mine_device, 0) + 1
+                familiar.append(i)
             if kinds[i] != _P2P_CODE:
                 continue
             if pair not in payees:
@@ -908,6 +790,7 @@ class RiskEngine:
             self._new_payees = dict(itertools.islice(payees.items(), len(payees) - keep, None))
             still = {customer for customer, _ in self._new_payees}
             self._new_payees_sent = {c: v for c, v in sent.items() if c in still}
+        return np.asarray(familiar, dtype=np.int64)
 
     # --- the decision log ------------------------------------------------------------------
 
@@ -972,24 +855,21 @@ class RiskEngine:
                 if self.log is not None:
                     self.log.flush()
                 arrays = self.features.snapshot_arrays()
-                pairs = list(self._trusted.items())
-                places = list(self._places.items())
+                devices = self._trust.saved()
                 payees = list(self._new_payees.items())
                 sent = [(c, list(v)) for c, v in self._new_payees_sent.items()]
-                familiar = list(self._familiar.items())
-                ever_trusted = self._ever_trusted.to_array()
+                ever_trusted = self._trust.ever.to_array()
             # Written without the lock: decisions go on meanwhile (they waited for the write
             # and its fsyncs before). The trusted pairs in their order of use, least recent
             # first: the restarted engine forgets the ones this one would have; each with the
             # time it was first trusted.
-            trusted = [[customer, device, since] for (customer, device), since in pairs]
             saved = {
                 "log_next_id": next_id,
-                "trusted": trusted,
-                "places": [[c, d, *place] for (c, d), place in places],
+                "trusted": devices["trusted"],
+                "places": devices["places"],
                 "new_payees": [[c, payee, at] for (c, payee), at in payees],
                 "new_payees_sent": [[c, [list(x) for x in v]] for c, v in sent],
-                "familiar": [[c, d, count] for (c, d), count in familiar],
+                "familiar": devices["familiar"],
             }
             text = json.dumps(saved)
             # The log position and the trusted devices go inside the state's own file: the
@@ -1021,12 +901,18 @@ class RiskEngine:
                     pairs_max=self.features.pairs_max,
                 )
                 since = int(saved["log_next_id"])
-                self._trusted = _trusted_of(saved.get("trusted", []))
-                self._ever_trusted = _ever_trusted_of(state, self._trusted)
-                self._places = {
-                    (int(c), str(d)): (float(lat), float(lon), float(at))
+                trusted = _trusted_of(saved.get("trusted", []))
+                places = [
+                    ((int(c), str(d)), (float(lat), float(lon), float(at)))
                     for c, d, lat, lon, at in saved.get("places", [])
-                }
+                ]
+                familiar = [
+                    ((int(c), str(d)), int(count)) for c, d, count in saved.get("familiar", [])
+                ]
+                self._trust = TrustedDevices.load(
+                    trusted.items(), places, familiar, _ever_trusted_of(state, trusted)
+                )
+                self._trust.forget(self.trusted_max)
                 self._new_payees = {
                     (int(c), str(payee)): int(at) for c, payee, at in saved.get("new_payees", [])
                 }
@@ -1034,11 +920,6 @@ class RiskEngine:
                     int(c): [(int(at), int(amount)) for at, amount in v]
                     for c, v in saved.get("new_payees_sent", [])
                 }
-                self._familiar = {
-                    (int(c), str(d)): int(count) for c, d, count in saved.get("familiar", [])
-                }
-                self._count_devices()
-                self._forget_trust()
             if self.log is None:
                 return 0
             replayed = 0
@@ -1048,28 +929,11 @@ class RiskEngine:
                 c = {k: v[skip:] for k, v in record.row_columns().items()}
                 feats = self._features_of(c, None)
                 devices: list[str] = c["device"].tolist()
-                feats["device.trusted_for_s"] = self._trust_of(
-                    c["customer_id"].tolist(), devices, c["at_ns"]
-                )[1]
-                self._learn(c, devices, c["counterparty"].tolist(), feats, c["decision"])
+                slots = self._trust.slots(c["customer_id"].tolist(), devices)
+                feats["device.trusted_for_s"] = self._trust.trusted_for_s(slots, c["at_ns"])
+                self._learn(c, devices, c["counterparty"].tolist(), feats, c["decision"], slots)
                 replayed += len(c["kind"])
             return replayed
-
-
-def _haversine_km(
-    lat1: npt.NDArray[np.float64],
-    lon1: npt.NDArray[np.float64],
-    lat2: npt.NDArray[np.float64],
-    lon2: npt.NDArray[np.float64],
-) -> npt.NDArray[np.float64]:
-    """The feature kernel's ``haversine_km`` over arrays (NaN where a place is unknown)."""
-    p1, p2 = np.radians(lat1), np.radians(lat2)
-    a = (
-        np.sin((p2 - p1) / 2) ** 2
-        + np.cos(p1) * np.cos(p2) * np.sin(np.radians(lon2 - lon1) / 2) ** 2
-    )
-    km: npt.NDArray[np.float64] = 2.0 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
-    return km
 
 
 def logged_reasons(record: LogRecord) -> list[tuple[str, ...]]:
