@@ -1,4 +1,4 @@
-"""Plumbing shared by the ``puhui`` command line's modules: exit codes, error reporting,
+"""Plumbing shared by the `puhui` command line's modules: exit codes, error reporting,
 the console and the one JSON line for machines."""
 
 from __future__ import annotations
@@ -22,29 +22,29 @@ from puhui.store import create_engine, migrate
 
 EXIT_OK: Final = 0
 EXIT_PROBLEM: Final = 1
-"""The command ran and found a problem (``verify`` failed, a demo step went wrong)."""
+"""The command ran and found a problem (`verify` failed, a demo step went wrong)."""
 EXIT_ERROR: Final = 2
-"""A ``PuhuiError`` (or a usage error) stopped the command."""
+"""A `PuhuiError` (or a usage error) stopped the command."""
 
 CONSOLE_WIDTH_UNATTACHED_CHARS: Final = 110
 """Width of Rich output when stdout is not a terminal (pipes, CI logs), in characters."""
 
 
 class StoreUnavailableError(PuhuiError):
-    """The SQL store named by ``--database-url`` / ``$PUHUI_DATABASE_URL`` cannot be opened."""
+    """The SQL store named by `--database-url` / `$PUHUI_DATABASE_URL` cannot be opened."""
 
     code = "store_unavailable"
 
 
 class StoreNotFoundError(InvalidInputError):
-    """A reading command (``tenant list``, ``audit verify``, ``risk cases list``, ...) was
+    """A reading command (`tenant list`, `audit verify`, `risk cases list`, ...) was
     pointed at a SQLite store that does not exist: it never creates one."""
 
     code = "store_not_found"
 
 
 class OutputUnwritableError(PuhuiError):
-    """A file the command was asked to write (``--out``, ``--log``) cannot be written."""
+    """A file the command was asked to write (`--out`, `--log`) cannot be written."""
 
     code = "output_unwritable"
 
@@ -64,8 +64,8 @@ class DataDirUnavailableError(PuhuiError):
 
 
 def make_data_dir(path: Path) -> None:
-    """Create ``path`` (and its parents) if needed; a place that cannot be a directory (a file
-    there or on the way, no permission) is ``data_dir_unavailable``, not a traceback."""
+    """Create `path` (and its parents) if needed; a place that cannot be a directory (a file
+    there or on the way, no permission) is `data_dir_unavailable`, not a traceback."""
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -85,7 +85,7 @@ def _store_url_shown(url: str) -> str:
 
 def _sqlite_file(url: str) -> Path | None:
     """The file of a SQLite store URL (None for a server's URL, an in-memory database, or
-    text that is not a URL: ``create_engine`` judges those)."""
+    text that is not a URL: `create_engine` judges those)."""
     try:
         parsed = sa.make_url(url)
     except sa.exc.ArgumentError:
@@ -98,10 +98,10 @@ def _sqlite_file(url: str) -> Path | None:
 
 @contextlib.contextmanager
 def opened_store(url: str, *, existing: bool = False) -> Iterator[sa.Engine]:
-    """The SQL store at ``url``, migrated to the newest schema; disposed of afterwards. A URL
+    """The SQL store at `url`, migrated to the newest schema; disposed of afterwards. A URL
     that names no known database, or a database that cannot be reached, is
-    ``store_unavailable`` (no traceback). ``existing``: for reading commands, a SQLite file
-    that does not exist is ``store_not_found``, and nothing is created (no file, no
+    `store_unavailable` (no traceback). `existing`: for reading commands, a SQLite file
+    that does not exist is `store_not_found`, and nothing is created (no file, no
     directory)."""
     local = _sqlite_file(url) if existing else None
     if local is not None and not local.is_file():
@@ -134,15 +134,15 @@ def opened_store(url: str, *, existing: bool = False) -> Iterator[sa.Engine]:
 
 
 def check_output_file(path: Path) -> None:
-    """Refuse, before any work, a file to write that can never be one: an empty name (``''``,
-    ``.``) or an existing directory is ``output_unwritable``."""
+    """Refuse, before any work, a file to write that can never be one: an empty name (`''`,
+    `.`) or an existing directory is `output_unwritable`."""
     if not path.name or path.is_dir():
         raise OutputUnwritableError(f"cannot write {str(path)!r}: not a file name")
 
 
 @contextlib.contextmanager
 def written_output(path: Path) -> Iterator[None]:
-    """Turn an ``OSError`` while writing ``path`` into ``output_unwritable``."""
+    """Turn an `OSError` while writing `path` into `output_unwritable`."""
     try:
         yield
     except OSError as error:
@@ -152,9 +152,9 @@ def written_output(path: Path) -> Iterator[None]:
 
 
 def _report(error: PuhuiError, as_json: bool) -> None:
-    """``error: <code>: <message>`` on one line of stderr (a message that quotes a multi-line
-    cause, as a database driver's, is joined); with ``--json`` the same as stdout's last
-    line, ``{"error": {"code", "message"}}`` (a machine reading it finds one JSON object
+    """`error: <code>: <message>` on one line of stderr (a message that quotes a multi-line
+    cause, as a database driver's, is joined); with `--json` the same as stdout's last
+    line, `{"error": {"code", "message"}}` (a machine reading it finds one JSON object
     there whether the command succeeded or not)."""
     message = " ".join(part.strip() for part in error.message.splitlines() if part.strip())
     typer.echo(f"error: {error.code}: {message}", err=True)
@@ -163,8 +163,8 @@ def _report(error: PuhuiError, as_json: bool) -> None:
 
 
 def _wants_json(args: Sequence[str] | None = None) -> bool:
-    """Whether the command line asked for ``--json``: the running command's parameter, or,
-    before a command runs (a usage error), the word among ``args``."""
+    """Whether the command line asked for `--json`: the running command's parameter, or,
+    before a command runs (a usage error), the word among `args`."""
     if args is not None:
         return "--json" in args
     ctx = get_current_context(silent=True)
@@ -173,8 +173,8 @@ def _wants_json(args: Sequence[str] | None = None) -> bool:
 
 @contextlib.contextmanager
 def reported_errors() -> Iterator[None]:
-    """Turn a ``PuhuiError`` into one line ``error: <code>: <message>`` on stderr and exit
-    code 2 (with ``--json``, also ``{"error": {"code", "message"}}`` as stdout's last line)."""
+    """Turn a `PuhuiError` into one line `error: <code>: <message>` on stderr and exit
+    code 2 (with `--json`, also `{"error": {"code", "message"}}` as stdout's last line)."""
     try:
         yield
     except PuhuiError as error:
@@ -189,8 +189,8 @@ def _usage_error(error: click_errors.UsageError) -> InvalidUsageError:
 
 class OneLineErrorsGroup(TyperGroup):
     """The root command group: a usage error (unknown command or option, a bad or missing
-    value) is one line ``error: invalid_usage: <message>`` on stderr with exit code 2, like
-    every other error, instead of click's usage box. Help (``--help``, a group run without
+    value) is one line `error: invalid_usage: <message>` on stderr with exit code 2, like
+    every other error, instead of click's usage box. Help (`--help`, a group run without
     a command) is printed as before."""
 
     def main(  # type: ignore[override]
@@ -220,13 +220,13 @@ class OneLineErrorsGroup(TyperGroup):
 
 
 PLACE_PARAMETERS: Final = frozenset({"database_url", "ledger_url", "path_or_url"})
-"""Text parameters that name a store or a ledger (beside every ``Path`` parameter)."""
+"""Text parameters that name a store or a ledger (beside every `Path` parameter)."""
 
 
 def _refuse_empty_places(command: Any) -> None:
-    """Make an empty value of every parameter naming a place (a ``Path``, a store's or a
-    ledger's URL) a usage error: ``--database-url ''`` would otherwise mean the default
-    store and ``--data-dir ''`` the current directory (``Path('')`` is ``.``), so a script
+    """Make an empty value of every parameter naming a place (a `Path`, a store's or a
+    ledger's URL) a usage error: `--database-url ''` would otherwise mean the default
+    store and `--data-dir ''` the current directory (`Path('')` is `.`), so a script
     whose variable came out empty would quietly work on another place."""
     for param in getattr(command, "params", ()):
         descriptor = getattr(param, "type_descriptor", None)
@@ -259,6 +259,6 @@ def console() -> Console:
 
 
 def emit_json(data: dict[str, Any]) -> None:
-    """Write ``data`` as one line of JSON: always the last line of the command's output."""
+    """Write `data` as one line of JSON: always the last line of the command's output."""
     sys.stdout.write(json.dumps(data, sort_keys=False) + "\n")
     sys.stdout.flush()

@@ -1,10 +1,10 @@
-"""The platform's CLI commands: ``puhui serve``, ``puhui tenant create|list``,
-``puhui key create|revoke|list``, ``puhui audit verify``.
+"""The platform's CLI commands: `puhui serve`, `puhui tenant create|list`,
+`puhui key create|revoke|list`, `puhui audit verify`.
 
-Registered on the main app by ``puhui.cli`` (``register(app)``). The SQL store is
-``--database-url`` or ``$PUHUI_DATABASE_URL`` (default: the SQLite file in ./puhui-data),
+Registered on the main app by `puhui.cli` (`register(app)`). The SQL store is
+`--database-url` or `$PUHUI_DATABASE_URL` (default: the SQLite file in ./puhui-data),
 migrated to the newest schema before use. Exit codes as the rest of the CLI: 0 ok, 1 a check
-found a problem (``audit verify``), 2 an error (``error: <code>: <message>`` on stderr).
+found a problem (`audit verify`), 2 an error (`error: <code>: <message>` on stderr).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ AsJson = Annotated[
 
 
 def register(app: typer.Typer) -> None:
-    """Add the platform's commands to the ``puhui`` app."""
+    """Add the platform's commands to the `puhui` app."""
     app.command()(serve)
     app.add_typer(tenant_app, name="tenant")
     app.add_typer(key_app, name="key")
@@ -54,7 +54,7 @@ def register(app: typer.Typer) -> None:
 
 @contextlib.contextmanager
 def _store(database_url: str | None, *, existing: bool = False) -> Iterator[sa.Engine]:
-    """``existing``: a reading command's store, never created (``store_not_found``)."""
+    """`existing`: a reading command's store, never created (`store_not_found`)."""
     url = database_url or Settings.from_env().database_url
     with opened_store(url, existing=existing) as engine:
         yield engine
@@ -320,7 +320,7 @@ def key_list(
         tenants = Tenants(engine)
         tenant_id = tenants.find(tenant).id if tenant is not None else None
         keys: list[ApiKey] = []
-        # A listing holds at most ``keys_listed_max`` keys: page on until one is empty.
+        # A listing holds at most `keys_listed_max` keys: page on until one is empty.
         while page := tenants.list_keys(
             tenant_id, after=(keys[-1].created_at_ns, keys[-1].id) if keys else None
         ):

@@ -1,4 +1,4 @@
-"""``puhui risk``: judge the engine on a simulated month, train models, backtest rules, and
+"""`puhui risk`: judge the engine on a simulated month, train models, backtest rules, and
 work the review cases."""
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def report(
 ) -> None:
     """Run a simulated month with the engine in front of every event and report the fraud
     loss rate, honest customers rejected or challenged, precision and recall per scenario;
-    with ``--shadow-model``, live against shadow (AUC, precision and recall at the live
+    with `--shadow-model`, live against shadow (AUC, precision and recall at the live
     threshold, the decisions that would change)."""
     with reported_errors(), contextlib.ExitStack() as stack:
         if not 0 <= model_threshold <= 1000:  # a score is 0-1000 (NaN is neither)
@@ -333,7 +333,7 @@ def decisions_command(
     as_json: AsJson = False,
 ) -> None:
     """Logged decisions, oldest first, each with the values of every feature it saw (in
-    ``--json`` always): any decision explained after the fact. Reads the log without
+    `--json` always): any decision explained after the fact. Reads the log without
     writing, so a running server's log may be read."""
     with reported_errors():
         directory = log or _default_log()
@@ -392,7 +392,7 @@ GATEWAY_FREE_KINDS: Final = frozenset(
 
 class _NoGateway:
     """The command line's bank gateway: it has none (a deployment's gateway lives in the API
-    server). ``cases decide`` refuses before recording a decision that would need it; this
+    server). `cases decide` refuses before recording a decision that would need it; this
     is the guard behind that check, never a simulator that would fake money movements."""
 
     def submit(
@@ -407,7 +407,7 @@ class _NoGateway:
 @contextlib.contextmanager
 def _cases(case_id: int) -> Iterator[tuple[Cases, Payments]]:
     """The case queue, with the payments service wired to carry out decisions (without a
-    bank gateway: see ``_NoGateway``). A case that does not exist is ``case_not_found``
+    bank gateway: see `_NoGateway`). A case that does not exist is `case_not_found`
     before the ledger is opened (which would make one, and bind the store to it)."""
     settings = Settings.from_env()
     with opened_store(settings.database_url, existing=True) as engine:
@@ -514,7 +514,7 @@ _DURATION_UNITS_S: Final = {"s": 1, "m": 60, "h": 3_600, "d": 86_400}
 
 
 def _expiry_ns(expires_in: str | None, now_ns: int) -> int | None:
-    """``30m``, ``12h``, ``7d`` (or seconds: ``3600s``) from now, in ns; ``None``: never."""
+    """`30m`, `12h`, `7d` (or seconds: `3600s`) from now, in ns; `None`: never."""
     if expires_in is None:
         return None
     text = expires_in.strip()
@@ -526,7 +526,7 @@ def _expiry_ns(expires_in: str | None, now_ns: int) -> int | None:
 
 @contextlib.contextmanager
 def _list_store(*, existing: bool = False) -> Iterator[ListStore]:
-    """``existing``: for reading (and removing), never created (``store_not_found``)."""
+    """`existing`: for reading (and removing), never created (`store_not_found`)."""
     with opened_store(Settings.from_env().database_url, existing=existing) as engine:
         yield ListStore(engine, SystemClock())
 

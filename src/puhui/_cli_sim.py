@@ -1,4 +1,4 @@
-"""``puhui sim``: run the synthetic economy (``puhui.sim``) and write its labelled events."""
+"""`puhui sim`: run the synthetic economy (`puhui.sim`) and write its labelled events."""
 
 from __future__ import annotations
 

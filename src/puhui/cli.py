@@ -1,21 +1,21 @@
-"""The ``puhui`` command line: the operators' entry point and a composition root.
+"""The `puhui` command line: the operators' entry point and a composition root.
 
 Commands:
 
-- ``puhui demo``: a guided tour of the ledger (accounts in two currencies, top-ups, an FX
+- `puhui demo`: a guided tour of the ledger (accounts in two currencies, top-ups, an FX
   conversion as a linked chain, a chain that fails on purpose, two-phase payments, a rejected
   overdraft), then of the payments service on the same ledger and the SQL store (KYC, top-up,
   P2P, a QR payment, orders with escrow, auto-confirm and a refund, a withdrawal, the
-  accounting identity; ``puhui._demo_payments``), then ``verify``.
-- ``puhui ledger verify`` and ``puhui ledger info``: check and describe a ledger.
-- ``puhui version``.
+  accounting identity; `puhui._demo_payments`), then `verify`.
+- `puhui ledger verify` and `puhui ledger info`: check and describe a ledger.
+- `puhui version`.
 
-Exit codes: 0 success; 1 the command ran but found a problem (``verify`` failed, or a demo step
-did not end as expected); 2 an error (``error: <code>: <message>`` on stderr, no traceback; a
-wrong command line too: ``invalid_usage``).
-With ``--json`` the last line of stdout is one JSON object for machines (on an error,
-``{"error": {"code": ..., "message": ...}}``); 128-bit integers
-(ids, amounts in minor units) are written as decimal strings; the demo's ``payments`` part
+Exit codes: 0 success; 1 the command ran but found a problem (`verify` failed, or a demo step
+did not end as expected); 2 an error (`error: <code>: <message>` on stderr, no traceback; a
+wrong command line too: `invalid_usage`).
+With `--json` the last line of stdout is one JSON object for machines (on an error,
+`{"error": {"code": ..., "message": ...}}`); 128-bit integers
+(ids, amounts in minor units) are written as decimal strings; the demo's `payments` part
 writes its amounts (at most 2**63 - 1, the payments service's range) as JSON integers.
 """
 
@@ -102,10 +102,10 @@ class LedgerNotFoundError(InvalidInputError):
 
 
 def _local_journal(url: str) -> Path | None:
-    """Where a local journal named by ``url`` lives (None for a journal on a server).
+    """Where a local journal named by `url` lives (None for a journal on a server).
 
-    A SQLite journal is a file (``*.sqlite`` or ``sqlite:///path``); a file journal (a plain
-    directory path or ``file:///dir``) is a directory of segments.
+    A SQLite journal is a file (`*.sqlite` or `sqlite:///path`); a file journal (a plain
+    directory path or `file:///dir`) is a directory of segments.
     """
     if url.startswith("sqlite:///"):
         return Path(url.removeprefix("sqlite:///"))
@@ -129,9 +129,9 @@ def _display_url(url: str) -> str:
 
 
 def _holds_no_journal(path: Path) -> bool:
-    """Whether an existing local ``path`` plainly holds no journal: a directory without the
-    file journal's ``identity``, or a SQLite file without the journal's table (an empty file
-    is such a database). Anything else is for ``tb.open`` to judge."""
+    """Whether an existing local `path` plainly holds no journal: a directory without the
+    file journal's `identity`, or a SQLite file without the journal's table (an empty file
+    is such a database). Anything else is for `tb.open` to judge."""
     if path.is_dir():
         return not (path / "identity").is_file()
     try:
@@ -177,7 +177,7 @@ def _status_name(status: enum.Enum) -> str:
 
 
 class AccountCode(enum.IntEnum):
-    """Account types of the demo (the ``code`` field of a ledger account; never zero)."""
+    """Account types of the demo (the `code` field of a ledger account; never zero)."""
 
     BANK_SETTLEMENT = 1
     CUSTOMER_WALLET = 2
@@ -186,7 +186,7 @@ class AccountCode(enum.IntEnum):
 
 
 class TransferCode(enum.IntEnum):
-    """Transfer types of the demo (the ``code`` field of a ledger transfer; never zero)."""
+    """Transfer types of the demo (the `code` field of a ledger transfer; never zero)."""
 
     TOP_UP = 1
     FX_CONVERSION = 2
@@ -254,7 +254,7 @@ def _derive_id(run_id: int, name: str) -> int:
 
 
 def _fx_convert(amount: int, source: Currency, target: Currency, rate: Decimal) -> int:
-    """``amount`` of ``source`` in ``target`` at ``rate`` (source per target), rounded down.
+    """`amount` of `source` in `target` at `rate` (source per target), rounded down.
 
     Rounding down is the one named rounding: the customer never receives more than the rate
     gives; the unconverted fraction stays in the FX desk's source-currency account.
@@ -265,7 +265,7 @@ def _fx_convert(amount: int, source: Currency, target: Currency, rate: Decimal) 
 
 
 class _Demo:
-    """One run of the demo on an open ledger; every id derives from ``run_id``."""
+    """One run of the demo on an open ledger; every id derives from `run_id`."""
 
     def __init__(self, ledger: tb.Ledger, run_id: int) -> None:
         self.ledger = ledger
@@ -837,7 +837,7 @@ AsJson = Annotated[
 @ledger_app.command("verify")
 def ledger_verify(path_or_url: PathOrUrl = None, as_json: AsJson = False) -> None:
     """Check the ledger's invariants; exit 0 if they hold, 1 if not (a damaged journal
-    included: the report names its ``journal_corrupt`` problem)."""
+    included: the report names its `journal_corrupt` problem)."""
     with _reported_errors():
         url = path_or_url or Settings.from_env().ledger_url
         try:
@@ -907,7 +907,7 @@ register_platform_commands(app)  # serve, tenant, key, audit (puhui._cli_platfor
 
 
 def main() -> None:
-    """Entry point of the ``puhui`` console script."""
+    """Entry point of the `puhui` console script."""
     app(prog_name="puhui")
 
 

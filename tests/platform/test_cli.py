@@ -248,3 +248,21 @@ def test_store_and_ledger_defaults_name_the_data_dir() -> None:
             if "./puhui-data/" in text and "PUHUI_DATA_DIR" not in text:
                 wrong.append(f"{path} {param.name}")
     assert not wrong, wrong
+
+
+def test_help_shows_no_raw_rst_markup() -> None:
+    """Every command's `--help` reads as plain text: no RST double backticks (the docstrings
+    the help comes from quote names with single backticks, as the docs do)."""
+    from typer.testing import CliRunner
+
+    runner = CliRunner()
+    raw = []
+    stack: list[tuple[list[str], Any]] = [([], _command_tree())]
+    while stack:
+        path, command = stack.pop()
+        stack += [([*path, name], sub) for name, sub in getattr(command, "commands", {}).items()]
+        result = runner.invoke(app, [*path, "--help"], terminal_width=100)
+        assert result.exit_code == 0, (path, result.output)
+        if "``" in result.output:
+            raw.append(" ".join(["puhui", *path]))
+    assert len(raw) == 0, raw
