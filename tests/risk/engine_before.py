@@ -269,8 +269,11 @@ class EngineBefore:
                 )
             )
             reasons_column.append(json.dumps(list(reasons)) if reasons else "[]")
-        self._learn_payees(columns, feats, severity)
+        familiar = self._learn_payees(columns, feats, severity)
         self._learn_trust(columns, severity)
+        for customer, device in familiar:  # a device that only paid is not trusted: no count
+            if device in self._trusted.get(customer, {}):
+                self._familiar[customer, device] = self._familiar.get((customer, device), 0) + 1
         self._learn_places(columns, severity)
         if self.log is not None:
             self._append(columns, feats, out, reasons_column, results.ruleset_version, shadow)
@@ -322,10 +325,18 @@ class EngineBefore:
     def _learn_trust(
         self, columns: Mapping[str, npt.NDArray[Any]], severity: npt.NDArray[Any]
     ) -> None:
-        for customer, device, level, at in zip(
-            columns["customer_id"], columns["device"], severity, columns["at_ns"], strict=True
+        for customer, device, level, at, kind in zip(
+            columns["customer_id"],
+            columns["device"],
+            severity,
+            columns["at_ns"],
+            columns["kind"],
+            strict=True,
         ):
-            if level == 0 and device:
+            binds = KINDS[int(kind)] in (EventKind.LOGIN, EventKind.DEVICE_CHANGE)
+            # Any accepted event trusts a customer's first device; another takes a login or
+            # a device change (or a passed step-up).
+            if level == 0 and device and (binds or not self._trusted.get(int(customer))):
                 self._trust(int(customer), str(device), int(at))
 
     def trust_device(self, customer_id: int, device_id: str) -> None:
@@ -370,7 +381,11 @@ class EngineBefore:
                 continue
             if severity[i] == 1:
                 self._challenged[pair] = place
-            elif severity[i] == 0 and not math.isnan(place[0]) and not math.isnan(place[1]):
+            elif (
+                severity[i] == 0
+                and not (math.isnan(place[0]) or math.isnan(place[1]))
+                and pair[1] in self._trusted.get(pair[0], {})  # only a trusted device's place
+            ):
                 self._places[pair] = place
 
     def _new_payees_of(
@@ -397,7 +412,11 @@ class EngineBefore:
         columns: Mapping[str, npt.NDArray[Any]],
         feats: Mapping[str, npt.NDArray[Any]],
         severity: npt.NDArray[Any],
-    ) -> None:
+    ) -> list[tuple[int, str]]:
+        """Payees found after a new device; returns the (customer, device) of each accepted
+        payment to a payee paid before (``device.familiar_payees_paid``, counted once the
+        batch's trust is learnt)."""
+        familiar: list[tuple[int, str]] = []
         for i, pair in enumerate(self._pairs(columns, "counterparty")):
             kind = KINDS[int(columns["kind"][i])]
             if kind not in (EventKind.P2P, EventKind.PAYMENT) or not pair[1]:
@@ -405,7 +424,7 @@ class EngineBefore:
             device = str(columns["device"][i])
             paid_before = not feats["counterparty.first_payment"][i]
             if paid_before and severity[i] == 0 and device and pair not in self._new_payees:
-                self._familiar[pair[0], device] = self._familiar.get((pair[0], device), 0) + 1
+                familiar.append((pair[0], device))
             if kind is not EventKind.P2P:
                 continue
             if pair not in self._new_payees:
@@ -420,6 +439,7 @@ class EngineBefore:
                 sent = self._sent.setdefault(pair[0], [])
                 sent.append((int(columns["at_ns"][i]), int(columns["amount"][i])))
                 del sent[:-NEW_DEVICE_SENT_MAX]
+        return familiar
 
     def _trust(self, customer: int, device: str, at: int) -> None:
         mine = self._trusted.setdefault(customer, {})

@@ -3,6 +3,7 @@ values, the feature state rebuilt from snapshot + log after a restart."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -127,29 +128,30 @@ def test_a_restarted_engine_rebuilds_its_features_from_snapshot_and_log(tmp_path
 
 
 def test_trusted_devices_survive_a_restart(tmp_path: Path) -> None:
-    """Devices trusted before the snapshot (a step-up, an accepted event) and after it (an
-    accepted event in the log) are trusted again after a restart; a rejected one is not."""
-    import json
-
+    """Devices trusted before the snapshot (a step-up, an accepted login) and after it (an
+    accepted login in the log) are trusted again after a restart; a rejected one is not,
+    nor one that only paid (accepted)."""
     clock = ManualClock(T0)
     engine = _engine(tmp_path, clock)
     engine.trust_device(7, "phone")
-    engine([_event(0, 1_000, device="tablet")])
+    engine([_event(0, 0, device="tablet", kind=EventKind.LOGIN)])
     engine.snapshot(tmp_path / "state")
     saved = json.loads((tmp_path / "state" / "features.json").read_text())
     # least recently used first, each with when it was first trusted (the customer's first
     # device: long ago)
     assert saved["trusted"] == [[7, "phone", TRUSTED_LONG_AGO_NS], [7, "tablet", T0]]
-    engine([_event(1, 1_000, device="laptop"), _event(2, 1_000, device="evil")])
+    laptop = _event(1, 0, device="laptop", kind=EventKind.LOGIN)
+    paid = engine([laptop, _event(2, 1_000, device="evil"), _event(3, 1_000, device="pad")])
+    assert [d.decision for d in paid] == [Decision.ACCEPT, Decision.REJECT, Decision.ACCEPT]
     _close(engine)
     restarted = _engine(tmp_path / "other", clock)
     _close(restarted)
     restarted.log = DecisionLog(tmp_path / "log")
     restarted.recover(tmp_path / "state")
     untrusted = restarted._untrusted(
-        [7, 7, 7, 7, 8], ["phone", "tablet", "laptop", "evil", "phone"]
+        [7, 7, 7, 7, 7, 8], ["phone", "tablet", "laptop", "evil", "pad", "phone"]
     )
-    assert untrusted.tolist() == [False, False, False, True, True]
+    assert untrusted.tolist() == [False, False, False, True, True, True]
     trusted = engine.trusted_devices()  # and since when, from snapshot and log
     assert list(restarted.trusted_devices().items()) == list(trusted.items())
     assert trusted[7, "laptop"] == T0 + 60 * 10**9
@@ -209,8 +211,8 @@ def test_trusted_devices_are_bounded_the_least_recently_used_forgotten(tmp_path:
     engine([_event(0, 1_000, device="old-phone")])
     engine.trust_device(7, "daily-phone")
     for k in range(1, 301):
-        # three new devices a minute, and the daily phone once in a while
-        batch = [_event(k, 1_000, device=f"flood-{k}-{i}") for i in range(3)]
+        # three new devices a minute (each logging in), and the daily phone once in a while
+        batch = [_event(k, 0, device=f"flood-{k}-{i}", kind=EventKind.LOGIN) for i in range(3)]
         if k % 10 == 0:
             batch.append(_event(k, 1_000, device="daily-phone"))
         engine(batch)
@@ -239,7 +241,8 @@ def test_a_trusted_device_in_use_is_never_forgotten(tmp_path: Path) -> None:
     engine([_event(0, 1_000, device="daily")])
     for k in range(1, 60):
         assert engine._untrusted([7], ["daily"]).tolist() == [False], k
-        engine([_event(k, 1_000, device=f"new-{k}"), _event(k, 1_000, device="daily")])
+        login = _event(k, 0, device=f"new-{k}", kind=EventKind.LOGIN)
+        engine([login, _event(k, 1_000, device="daily")])
         assert engine.trusted_count() <= 16
     _close(engine)
 
@@ -249,10 +252,11 @@ def test_the_replay_trusts_what_the_live_engine_trusted(tmp_path: Path) -> None:
     the engine that decided (so the next flood forgets the same ones)."""
     live = _bounded_engine(tmp_path / "log", 16)
     for k in range(12):
-        live([_event(k, 1_000, device=f"z-{k}")])
+        live([_event(k, 0, device=f"z-{k}", kind=EventKind.LOGIN)])
     live.snapshot(tmp_path / "state")
     for k in range(12, 40):
-        live([_event(k, 1_000, device=f"a-{k}"), _event(k, 1_000, device="z-3")])
+        login = _event(k, 0, device=f"a-{k}", kind=EventKind.LOGIN)
+        live([login, _event(k, 1_000, device="z-3")])
     _close(live)
     again = _bounded_engine(tmp_path / "other", 16)
     _close(again)
@@ -268,13 +272,13 @@ def test_a_snapshot_keeps_the_trusted_devices_order_of_use(tmp_path: Path) -> No
     "z-10" before "z-2")."""
     live = _bounded_engine(tmp_path / "log", 16)
     for k in range(12):
-        live([_event(k, 1_000, device=f"z-{k}")])
+        live([_event(k, 0, device=f"z-{k}", kind=EventKind.LOGIN)])
     live.snapshot(tmp_path / "state")
     again = _bounded_engine(tmp_path / "other", 16)
     again.recover(tmp_path / "state")
     for engine in (live, again):
         for k in range(12, 17):
-            engine([_event(k, 1_000, device=f"a-{k}")])
+            engine([_event(k, 0, device=f"a-{k}", kind=EventKind.LOGIN)])
     old = [f"z-{k}" for k in range(12)]
     assert again._untrusted([7] * 12, old).tolist() == live._untrusted([7] * 12, old).tolist()
     assert list(again.trusted_devices()) == list(live.trusted_devices())
@@ -595,7 +599,8 @@ def test_device_places_and_new_payees_survive_a_restart(tmp_path: Path) -> None:
     clock = ManualClock(T0)
     live = _engine(tmp_path, clock)
     live([_at(0, place=SHANGHAI)])
-    live([_at(1, place=SHANGHAI, device="new"), _at(2, place=SHANGHAI, device="new")])
+    login = _at(1, place=SHANGHAI, device="new", amount=0, kind=EventKind.LOGIN)
+    live([login, _at(2, place=SHANGHAI, device="new")])
     live([_at(3, place=SHANGHAI, device="new", payee="c:mule", amount=9_000)])
     live.snapshot(tmp_path / "state")
     live([_at(60, place=CHENGDU, device="new", payee="c:mule2", amount=8_000)])
@@ -626,7 +631,9 @@ def test_a_customer_whose_devices_were_all_forgotten_gets_no_long_trusted_device
     for k in range(1, 40):  # others' devices: customer 7's phone is forgotten
         engine([RiskEvent(EventKind.LOGIN, 100 + k, T0 + k * 10**9, 0, "CNY", "", f"p-{k}")])
     assert engine._untrusted([7], ["phone"]).tolist() == [True]
-    engine([_event(50, 1_000, device="attacker-phone")])
+    engine([_event(50, 1_000, device="attacker-phone")])  # a payment: no trust
+    assert engine._untrusted([7], ["attacker-phone"]).tolist() == [True]
+    engine([_event(50, 0, device="attacker-phone", kind=EventKind.LOGIN)])
     at = np.array([T0 + 51 * 60 * 10**9])
     assert engine._trust_of([7], ["attacker-phone"], at)[1].tolist() == [60.0]
     engine.snapshot(tmp_path / "state")
@@ -634,8 +641,84 @@ def test_a_customer_whose_devices_were_all_forgotten_gets_no_long_trusted_device
     again.recover(tmp_path / "state")
     for k in range(40, 80):  # forgotten again, on the restarted engine
         again([RiskEvent(EventKind.LOGIN, 100 + k, T0 + k * 10**9, 0, "CNY", "", f"p-{k}")])
-    again([_event(90, 1_000, device="tablet")])
+    again([_event(90, 0, device="tablet", kind=EventKind.LOGIN)])
     assert again._trust_of([7], ["tablet"], np.array([T0 + 91 * 60 * 10**9]))[1].tolist() == [60.0]
     assert 8 not in again._trust.ever  # never trusted (with this filter's seeds: no false yes)
     _close(engine)
     _close(again)
+
+
+CHANGE_RULES = """
+name = "t"
+version = "1"
+
+[[rule]]
+id = "stranger"
+description = "a reset or device change from a stranger's phone"
+when = 'event.type in ["password_reset", "device_change"] and event.device == "stranger"'
+action = "challenge"
+priority = 1
+status = "active"
+owner = "t"
+
+[[rule]]
+id = "blocked"
+description = "blocked"
+when = 'event.device in list("blocked_devices")'
+action = "reject"
+priority = 2
+status = "active"
+owner = "t"
+"""
+
+
+def _since_reset_s(engine: RiskEngine, k: int) -> float:
+    """``customer.since_password_reset_s`` of customer 7's payment ``k`` minutes after T0, as
+    the engine would give it now."""
+    columns = event_columns([_event(k, 100)])
+    found = engine._changes.features([7], columns["kind"], columns["at_ns"])
+    return float(found["customer.since_password_reset_s"][0])
+
+
+def test_only_a_reset_that_took_effect_counts_for_since_password_reset(tmp_path: Path) -> None:
+    """A refused reset (rejected, or challenged and never passed) leaves
+    ``customer.since_password_reset_s`` as it was; an accepted one, or a challenged one once
+    its step-up passes, sets it (to the reset's own time); within one batch every earlier
+    reset counts, whatever its decision; and the state survives a snapshot and the log."""
+    import math
+
+    clock = ManualClock(T0)
+    lists = RiskLists(clock)
+    lists.add("blocked_devices", "evil", reason="case 1")
+    rules = parse_ruleset(CHANGE_RULES, engine_schema())
+    engine = RiskEngine(rules, lists=lists, log=DecisionLog(tmp_path / "log"))
+    reset = EventKind.PASSWORD_RESET
+    engine([_event(0, 0, device="phone")])
+    [refused] = engine([_event(1, 0, device="evil", kind=reset)])
+    assert refused.decision is Decision.REJECT
+    assert math.isnan(_since_reset_s(engine, 2))
+    [asked] = engine([_event(2, 0, device="stranger", kind=reset)])
+    assert asked.decision is Decision.CHALLENGE
+    assert math.isnan(_since_reset_s(engine, 3))  # not passed (yet)
+    # In one batch: a refused reset, then a payment that sees it (decided together).
+    _, paid = engine([_event(4, 0, device="evil", kind=reset), _event(5, 100)])
+    assert engine.log is not None
+    logged = list(engine.log.records())[-1]
+    names = json.loads((tmp_path / "log" / f"schema-{logged.meta['schema']}.json").read_text())
+    since = logged.columns["features"][1, names.index("customer.since_password_reset_s")]
+    assert since == 60.0 and paid.decision is Decision.ACCEPT
+    assert math.isnan(_since_reset_s(engine, 6))  # after the batch: it did not take effect
+    engine.trust_device(7, "stranger")  # the challenged reset at minute 2 was passed
+    assert _since_reset_s(engine, 7) == 5 * 60.0
+    engine.snapshot(tmp_path / "state")
+    [done] = engine([_event(8, 0, device="phone", kind=reset)])
+    assert done.decision is Decision.ACCEPT and _since_reset_s(engine, 9) == 60.0
+    _close(engine)
+    again = RiskEngine(rules, lists=lists)
+    again.log = DecisionLog(tmp_path / "log")
+    again.recover(tmp_path / "state")
+    assert _since_reset_s(again, 9) == 60.0  # the accepted reset, replayed from the log
+    _close(again)
+    fresh = RiskEngine(rules, lists=lists)
+    fresh.recover(tmp_path / "state")
+    assert _since_reset_s(fresh, 9) == 7 * 60.0  # the snapshot alone: the passed one

@@ -307,17 +307,12 @@ def test_never_trusted_device_drains_by_p2p_in_small_steps(
     assert_bulk_stopped(t, share=0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: a never-trusted device's accepted 20 CNY makes it trusted; the rules on a "
-    "newly trusted device then let shop payments under 200 CNY through (needs the engine to "
-    "trust only after a login or a step-up, not a rule)",
-)
 def test_never_trusted_device_spends_20_cny_first_then_shops_in_parts(
     world: World, crowd: list[Person]
 ) -> None:
-    """At home, no login: 20 CNY at a shop (accepted: the device is now trusted), then eight
-    payments of 199 CNY at another shop."""
+    """At home, no login: 20 CNY at a shop (accepted, but a payment does not make a device
+    trusted: only a login, a device change or a passed step-up does), then eight payments of
+    199 CNY at another shop."""
     victim = crowd[5]
     world.wait(9 * HOUR)
     t = Tally()
@@ -636,23 +631,21 @@ def test_honest_owner_pays_at_home_after_a_failed_takeover_from_abroad(
     assert t.decisions() == ["accept"] * 3, f"\n{t}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: a password reset whose step-up failed still sets "
-    "customer.since_password_reset_s (the feature store counts every event), so the owner's "
-    "200 CNY to someone new within a day is held by ato.money_out_after_reset",
-)
 def test_honest_owner_pays_someone_new_after_a_failed_reset_by_someone_else(
     world: World, crowd: list[Person]
 ) -> None:
+    """Someone abroad tries to reset the owner's password and fails the step-up: the reset
+    never took effect, so the owner's 200 CNY to a friend of years they never paid before,
+    twenty minutes later, is not held as money out after a reset."""
     owner = crowd[10]
+    friend = world.introduce(world.person(age_days=1_100))
     world.wait(8 * HOUR)
     t_attacker = Tally()
     world.act(t_attacker, RESET, owner, device="emu-x", ip="203.0.113.9", where=SINGAPORE)
     assert not t_attacker.steps[0].went_through
     world.wait(20 * MINUTE)
     t = Tally()
-    world.act(t, P2P, owner, 200 * YUAN, "c:999")  # someone never paid before
+    world.act(t, P2P, owner, 200 * YUAN, friend.ref)  # someone never paid before
     assert t.decisions() == ["accept"], f"\n{t}"
 
 

@@ -32,6 +32,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from ._changes import AccountChanges
 from ._decide import Decision, EventKind, RiskDecision, RiskEvent
 from ._evaluate import Ruleset
 from ._expr import FeatureType
@@ -75,7 +76,8 @@ EVENT_COLUMNS: Final = {
 ENGINE_FEATURES: Final = {
     "device.trusted_for_s": (
         "Seconds since the engine first trusted this device for this customer (an accepted "
-        "event from it or a passed step-up on it); the customer's first trusted device (the "
+        "login or device change from it, or a passed step-up on it; for the customer's first "
+        "device, any accepted event); the customer's first trusted device (the "
         "one they came with) counts as trusted since long ago (2**62 ns before the epoch, "
         "about 4.6e9 s); NaN while it is not trusted."
     ),
@@ -119,6 +121,9 @@ CHALLENGED_PLACES_MAX: Final = 65_536
 """Challenged events whose place a passed step-up would confirm, the newest (unit: pairs)."""
 _P2P_CODE: Final = KINDS.index(EventKind.P2P)
 _PAYMENT_CODE: Final = KINDS.index(EventKind.PAYMENT)
+_BINDING_CODES: Final = (KINDS.index(EventKind.LOGIN), KINDS.index(EventKind.DEVICE_CHANGE))
+"""Event kinds whose acceptance makes a device trusted for a customer trusted one before (a
+passed step-up does too; any accepted event trusts a customer's first device)."""
 
 
 def engine_schema() -> dict[str, FeatureType]:
@@ -393,12 +398,16 @@ class RiskEngine:
         self._lock = threading.Lock()
         self._snapshotting = threading.Lock()
         self._trust = TrustedDevices()
-        """(customer, device) of each device a customer used in an accepted event (or
-        confirmed by step-up), with the time it was first trusted (``TRUSTED_LONG_AGO_NS``
-        for the first device the engine trusts for a customer: the one they came with, as
-        old as the customer is to the engine), its last place and its familiar payees paid:
+        """(customer, device) of each device a customer logged in or declared a device change
+        from, accepted (or confirmed by step-up; the first device, by any accepted event),
+        with the time it was first trusted (``TRUSTED_LONG_AGO_NS`` for the first device the
+        engine trusts for a customer: the one they came with, as old as the customer is to
+        the engine), its last place and its familiar payees paid:
         at most ``trusted_max`` (the feature store's ``pairs_max``), the least recently used
         forgotten beyond it (a device forgotten is new again: more checks, never fewer)."""
+        self._changes = AccountChanges()
+        """Password resets and device changes that took effect (not a refused attempt's):
+        ``customer.since_password_reset_s`` and ``customer.since_device_change_s``."""
         self._challenged: dict[tuple[int, str], tuple[float, float, float]] = {}
         """The place of each pair's latest challenged event: a passed step-up
         (``trust_device``) makes it the device's last place, so that an owner whose phone
@@ -462,6 +471,7 @@ class RiskEngine:
             from_events["device.speed_kmh"] = kmh
             from_events.update(self._new_payees_of(customers, strings["counterparty"], columns))
             from_events["device.familiar_payees_paid"] = self._trust.familiar(slots)
+            from_events.update(self._changes.features(customers, columns["kind"], at_ns))
 
         # Each chunk of events is scored, judged by the rules and explained as soon as its
         # features are ready, while the store's pass over the next chunk runs on the other
@@ -510,7 +520,8 @@ class RiskEngine:
             ruleset.version,
             self.model_version,
         )
-        # Every accepted event teaches: a new device becomes trusted, a trusted one becomes
+        # Every accepted event teaches: a new device becomes trusted (by a login or a device
+        # change, or any event for a customer's first device), a trusted one becomes
         # the most recently used (kept the longest under ``trusted_max``). The replay of the
         # log after a restart calls the same with the logged decisions.
         self._learn(
@@ -625,9 +636,18 @@ class RiskEngine:
             columns["latitude"],
             columns["longitude"],
             familiar,
+            binds=np.isin(columns["kind"], _BINDING_CODES),
             bound=self.trusted_max,
         )
         self._learn_challenged(customers, devices, columns, levels)
+        self._changes.learn(
+            customers,
+            devices,
+            columns["kind"],
+            columns["at_ns"],
+            levels,
+            bound=self.features.entities_max,
+        )
 
     # --- trusted devices --------------------------------------------------------------------
 
@@ -703,6 +723,7 @@ class RiskEngine:
             place = self._challenged.pop((customer_id, device_id), None)
             if place is not None and not (math.isnan(place[0]) or math.isnan(place[1])):
                 self._trust.place((customer_id, device_id), place)
+            self._changes.confirm(customer_id, device_id)
 
     # --- payees found after a new device ----------------------------------------------------
 
@@ -856,6 +877,7 @@ class RiskEngine:
                     self.log.flush()
                 arrays = self.features.snapshot_arrays()
                 devices = self._trust.saved()
+                changes = self._changes.saved()
                 payees = list(self._new_payees.items())
                 sent = [(c, list(v)) for c, v in self._new_payees_sent.items()]
                 ever_trusted = self._trust.ever.to_array()
@@ -870,6 +892,7 @@ class RiskEngine:
                 "new_payees": [[c, payee, at] for (c, payee), at in payees],
                 "new_payees_sent": [[c, [list(x) for x in v]] for c, v in sent],
                 "familiar": devices["familiar"],
+                **changes,
             }
             text = json.dumps(saved)
             # The log position and the trusted devices go inside the state's own file: the
@@ -913,6 +936,7 @@ class RiskEngine:
                     trusted.items(), places, familiar, _ever_trusted_of(state, trusted)
                 )
                 self._trust.forget(self.trusted_max)
+                self._changes = AccountChanges.load(saved)
                 self._new_payees = {
                     (int(c), str(payee)): int(at) for c, payee, at in saved.get("new_payees", [])
                 }

@@ -1,9 +1,10 @@
 """The devices the risk engine trusts, per customer: the state behind ``device.*`` features.
 
-A (customer, device) pair is trusted from an accepted event from that device (or a passed
-step-up on it). Each trusted pair holds a slot in flat arrays — when it was first trusted,
-when it was last used, where it was last seen in an accepted event, and how many payments it
-made to payees the customer already had — so that a batch's features and what it teaches are
+A (customer, device) pair is trusted from an accepted login or device change from that device,
+or a passed step-up on it (a customer's first device: from any accepted event). Each trusted
+pair holds a slot in flat arrays — when it was first trusted, when it was last used, where it
+was last seen in an accepted event, and how many payments it made to payees the customer
+already had — so that a batch's features and what it teaches are
 array operations: one dictionary lookup per event (the pair's slot, as of the start of the
 batch) is the only per-event Python on the decision path, and a batch's accepted events
 update their pairs with one pass in Python only over the pairs not trusted before it.
@@ -166,19 +167,25 @@ class TrustedDevices:
         longitude: FloatArray | None = None,
         familiar_events: IntArray | None = None,
         *,
+        binds: npt.NDArray[np.bool_] | None = None,
         bound: int,
     ) -> None:
         """What a batch's ``accepted`` events teach, in their order: each one's (customer,
         device) trusted (since the event, unless it already was; a customer's first device
         since long ago) and the most recently used; placed where the event's place is
         known; the pairs of ``familiar_events`` (event positions, each one of an accepted
-        event) paid one more familiar payee. ``slots``: as ``slots`` gave at the start of the
-        batch. Then the least recently used beyond ``bound`` are forgotten."""
+        event) paid one more familiar payee, if trusted. ``slots``: as ``slots`` gave at the
+        start of the batch. Then the least recently used beyond ``bound`` are forgotten.
+
+        ``binds``: the events that may make a device trusted for a customer who was trusted
+        a device before (a login, a device change, a passed step-up; None: all): any other
+        event from a device new to such a customer teaches nothing, accepted or not — a small
+        payment let through from an attacker's phone must not make it familiar."""
         taken = np.flatnonzero(accepted)
         event_slots = slots.copy()
         fresh = taken[slots[taken] < 0]
         if len(fresh):
-            self._trust_new(customers, devices, fresh, at_ns, event_slots)
+            self._trust_new(customers, devices, fresh, at_ns, event_slots, binds)
         used = taken[event_slots[taken] >= 0]  # not an empty device
         if len(used):
             last = _last_of_each(event_slots[used])
@@ -192,7 +199,8 @@ class TrustedDevices:
                     (latitude[at], longitude[at], at_ns[at].astype(np.float64))
                 )
         if familiar_events is not None and len(familiar_events):
-            np.add.at(self._familiar, event_slots[familiar_events], 1)
+            paid_from = event_slots[familiar_events]
+            np.add.at(self._familiar, paid_from[paid_from >= 0], 1)  # not an untrusted device
         self.forget(bound)
 
     def _trust_new(
@@ -202,17 +210,29 @@ class TrustedDevices:
         fresh: IntArray,
         at_ns: IntArray,
         event_slots: IntArray,
+        binds: npt.NDArray[np.bool_] | None,
     ) -> None:
         """Slots for the pairs of accepted events not trusted at the start of the batch, in
         the events' order; each first trusted at its first event here, a customer's first
-        device (one not in ``ever``) long ago."""
+        device (one not in ``ever``) long ago. An event that does not bind (``learn``)
+        trusts only a customer's first device."""
         slot_of, devices_of = self._slot_of, self.devices_of
+        # Per event: it does not bind, and its customer was trusted a device before the batch
+        # (one who was not, and gets a device in it, is known for the rest of the batch).
+        if binds is not None and not binds[fresh].all():
+            before = self.ever.contains(np.asarray(customers, dtype=np.int64)[fresh])
+            ever_before: list[bool] = before.tolist()
+            unbound: list[bool] = (~binds[fresh]).tolist()
+        else:
+            ever_before = unbound = [False] * len(fresh)
         slots: list[int] = []
         since: list[int] = []
         firsts: list[int] = []  # positions in slots of a customer's first device
         first_customers: list[int] = []
         times: list[int] = at_ns[fresh].tolist()
-        for i, at in zip(fresh.tolist(), times, strict=True):
+        for i, at, no_bind, trusted_before in zip(
+            fresh.tolist(), times, unbound, ever_before, strict=True
+        ):
             device = devices[i]
             if not device:
                 continue
@@ -221,6 +241,8 @@ class TrustedDevices:
             slot = slot_of.get(pair)
             if slot is None:
                 known = devices_of.get(customer, 0)
+                if no_bind and (known or trusted_before):
+                    continue  # not the customer's first device: it takes a login or step-up
                 devices_of[customer] = known + 1
                 if not known:
                     firsts.append(len(slots))

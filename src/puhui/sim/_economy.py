@@ -81,6 +81,9 @@ coalescer does the same with concurrent requests); attacks go one request at a t
 BILLER_CODE: Final = "SIM-POWER"
 BONUS: Final = 20 * YUAN
 """The new-user bonus the platform pays after a first merchant payment of at least 10 CNY."""
+_PLATFORM: Final = Channel("platform", "10.255.0.1", 31.23, 121.47)
+"""Where the promotion's account pays its bonuses from: the platform's own server."""
+_PLATFORM_AT: Final = (31.23, 121.47)
 CITIES: Final = (
     ("shanghai", 31.23, 121.47),
     ("hangzhou", 30.27, 120.15),
@@ -219,6 +222,7 @@ class Economy:
         self._exits: set[int] = set()
         """Operations whose money, once completed, has left the platform."""
         self._promoter: Person | None = None
+        self._promoter_signed_in = False
         self._populated = False
         self._asking = ""
         """The scenario of the request being made (empty: honest)."""
@@ -672,14 +676,19 @@ class Economy:
         if p.bonus_paid or promoter is None or not p.newcomer:
             return  # customers from before the promotion started get none
         p.bonus_paid = True
+        platform, honest = _PLATFORM, (label[0], label[1], Role.GOOD)
+        if not self._promoter_signed_in:  # the platform's server signs in once, as any app does
+            signed_in = self._observe(
+                risk.EventKind.LOGIN, promoter, channel=platform, where=_PLATFORM_AT, label=honest
+            )
+            self._promoter_signed_in = signed_in is risk.Decision.ACCEPT
         self._money(
             risk.EventKind.P2P, promoter, f"c:{p.customer_id}", BONUS,
             lambda ch, key: self.payments.transfer(
                 promoter.customer_id, Payee(customer_id=p.customer_id), BONUS, CNY, key=key,
                 note="new-user bonus", channel=ch,
             ),
-            channel=Channel("platform", "10.255.0.1", 31.23, 121.47), where=(31.23, 121.47),
-            label=(label[0], label[1], Role.GOOD), exit_=False,
+            channel=platform, where=_PLATFORM_AT, label=honest, exit_=False,
         )  # fmt: skip
 
     def _top_up_for(self, p: Person, amount: int, label: tuple[str, int, Role] = _HONEST) -> None:
