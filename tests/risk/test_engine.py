@@ -722,3 +722,50 @@ def test_only_a_reset_that_took_effect_counts_for_since_password_reset(tmp_path:
     fresh = RiskEngine(rules, lists=lists)
     fresh.recover(tmp_path / "state")
     assert _since_reset_s(fresh, 9) == 7 * 60.0  # the snapshot alone: the passed one
+
+
+def test_a_passed_step_up_survives_a_crash_and_replays_between_the_same_batches(
+    tmp_path: Path,
+) -> None:
+    """A passed step-up is on disk when ``trust_device`` returns: an engine restarted from an
+    older snapshot and the log trusts the device from the same moment (applied between the
+    same two batches), places it where its challenged event was, and takes its challenged
+    reset as done; after a snapshot that holds it, it is not applied twice; a line cut short
+    by a crash while being written is dropped, and the next step-up still lands."""
+    from puhui.risk._stepups import STEP_UPS_NAME
+
+    clock = ManualClock(T0)
+    rules = parse_ruleset(CHANGE_RULES, engine_schema())
+    live = RiskEngine(rules, lists=RiskLists(clock), log=DecisionLog(tmp_path / "log"))
+    live([_event(0, 0, device="phone")])
+    live.snapshot(tmp_path / "state")
+    place = (30.57, 104.07)
+    [asked] = live(
+        [_at(1, place=place, device="stranger", amount=0, kind=EventKind.PASSWORD_RESET)]
+    )
+    assert asked.decision is Decision.CHALLENGE
+    live.trust_device(7, "stranger")  # passed: no snapshot after it, then a "crash"
+    live([_at(3, place=place, device="stranger")])
+    _close(live)
+    again = RiskEngine(rules, lists=RiskLists(clock), log=DecisionLog(tmp_path / "log"))
+    again.recover(tmp_path / "state")
+    assert again.trusted_devices() == live.trusted_devices()
+    assert again.trusted_devices()[7, "stranger"] == live.trusted_devices()[7, "stranger"]
+    assert again.device_places() == live.device_places()
+    assert again.device_places()[7, "stranger"][:2] == place
+    assert _since_reset_s(again, 4) == _since_reset_s(live, 4) == 3 * 60.0
+    again.snapshot(tmp_path / "state")  # holds the step-up now
+    with (tmp_path / "log" / STEP_UPS_NAME).open("a") as f:
+        f.write('{"seq": 2, "after"')  # a crash in the middle of the next line
+    _close(again)
+    third = RiskEngine(rules, lists=RiskLists(clock), log=DecisionLog(tmp_path / "log"))
+    third.recover(tmp_path / "state")
+    assert third.trusted_devices() == live.trusted_devices()
+    third.trust_device(7, "tablet")
+    _close(third)
+    lines = (tmp_path / "log" / STEP_UPS_NAME).read_text().splitlines()
+    assert [json.loads(line)["device"] for line in lines] == ["stranger", "tablet"]
+    fourth = RiskEngine(rules, lists=RiskLists(clock), log=DecisionLog(tmp_path / "log"))
+    fourth.recover(tmp_path / "state")
+    assert (7, "tablet") in fourth.trusted_devices()
+    _close(fourth)

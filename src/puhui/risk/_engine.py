@@ -41,6 +41,7 @@ from ._lists import RiskLists
 from ._load import RulesetWatcher
 from ._log import DecisionLog, LogRecord, schema_path
 from ._model import RiskModel
+from ._stepups import StepUp, StepUpLog
 from ._trusted import (
     EVER_TRUSTED_BITS,
     TRUSTED_LONG_AGO_NS,
@@ -405,6 +406,7 @@ class RiskEngine:
         the engine), its last place and its familiar payees paid:
         at most ``trusted_max`` (the feature store's ``pairs_max``), the least recently used
         forgotten beyond it (a device forgotten is new again: more checks, never fewer)."""
+        self._step_up_log: StepUpLog | None = None
         self._changes = AccountChanges()
         """Password resets and device changes that took effect (not a refused attempt's):
         ``customer.since_password_reset_s`` and ``customer.since_device_change_s``."""
@@ -711,19 +713,32 @@ class RiskEngine:
 
     def trust_device(self, customer_id: int, device_id: str) -> None:
         """The customer proved this device is theirs (passed a step-up on it): trusted from
-        the newest event seen, as an accepted event from it then."""
+        the newest event seen, as an accepted event from it then. With a decision log, kept
+        on disk before returning (``step-ups.jsonl``: a crash does not forget it)."""
         with self._lock:
             now = max(self.features.watermark_ns, 0)
-            customers, devices = [customer_id], [device_id]
-            slots = self._trust.slots(customers, devices)
-            at = np.array([now], dtype=np.int64)
-            self._trust.learn(
-                customers, devices, slots, np.ones(1, bool), at, bound=self.trusted_max
-            )
-            place = self._challenged.pop((customer_id, device_id), None)
-            if place is not None and not (math.isnan(place[0]) or math.isnan(place[1])):
-                self._trust.place((customer_id, device_id), place)
-            self._changes.confirm(customer_id, device_id)
+            self._apply_step_up(customer_id, device_id, now)
+            if self.log is not None:
+                self._step_ups().append(self.log.next_id, customer_id, device_id, now)
+
+    def _step_ups(self) -> StepUpLog:
+        """The step-up file beside the current decision log."""
+        assert self.log is not None
+        if self._step_up_log is None or self._step_up_log.path.parent != self.log.directory:
+            self._step_up_log = StepUpLog(self.log.directory)
+        return self._step_up_log
+
+    def _apply_step_up(self, customer_id: int, device_id: str, now: int) -> None:
+        """What a passed step-up teaches: the device trusted (since ``now``), placed where its
+        challenged event was, the challenged reset or device change from it taken effect."""
+        customers, devices = [customer_id], [device_id]
+        slots = self._trust.slots(customers, devices)
+        at = np.array([now], dtype=np.int64)
+        self._trust.learn(customers, devices, slots, np.ones(1, bool), at, bound=self.trusted_max)
+        place = self._challenged.pop((customer_id, device_id), None)
+        if place is not None and not (math.isnan(place[0]) or math.isnan(place[1])):
+            self._trust.place((customer_id, device_id), place)
+        self._changes.confirm(customer_id, device_id)
 
     # --- payees found after a new device ----------------------------------------------------
 
@@ -873,8 +888,10 @@ class RiskEngine:
             with self._lock:  # the state and its log position, copied in memory together
                 directory.mkdir(parents=True, exist_ok=True)
                 next_id = self.log.next_id if self.log is not None else 0
+                step_up_seq = 0
                 if self.log is not None:
                     self.log.flush()
+                    step_up_seq = self._step_ups().seq
                 arrays = self.features.snapshot_arrays()
                 devices = self._trust.saved()
                 changes = self._changes.saved()
@@ -887,6 +904,7 @@ class RiskEngine:
             # time it was first trusted.
             saved = {
                 "log_next_id": next_id,
+                "step_up_seq": step_up_seq,
                 "trusted": devices["trusted"],
                 "places": devices["places"],
                 "new_payees": [[c, payee, at] for (c, payee), at in payees],
@@ -912,6 +930,7 @@ class RiskEngine:
         logged batch after it, in order. Returns how many logged events were replayed."""
         with self._lock:
             since = 1
+            step_up_seq = 0
             meta = directory / SNAPSHOT_META
             state = directory / SNAPSHOT_NAME
             saved = _snapshot_meta(state) if state.exists() else None
@@ -924,6 +943,7 @@ class RiskEngine:
                     pairs_max=self.features.pairs_max,
                 )
                 since = int(saved["log_next_id"])
+                step_up_seq = int(saved.get("step_up_seq", 0))
                 trusted = _trusted_of(saved.get("trusted", []))
                 places = [
                     ((int(c), str(d)), (float(lat), float(lon), float(at)))
@@ -946,10 +966,18 @@ class RiskEngine:
                 }
             if self.log is None:
                 return 0
+            # Step-ups passed after the snapshot, each applied between the batches it came
+            # between (``after``: the log's next event id when it passed).
+            step_ups = self._step_ups()
+            step_ups.seq = max(step_ups.seq, step_up_seq)
+            pending: list[StepUp] = step_ups.since(step_up_seq)
             replayed = 0
             for record in self.log.records(since_id=since):
                 first = int(record.meta["first_id"])
                 skip = max(0, since - first)
+                while pending and pending[0].after <= first + skip:
+                    step = pending.pop(0)
+                    self._apply_step_up(step.customer, step.device, step.at_ns)
                 c = {k: v[skip:] for k, v in record.row_columns().items()}
                 feats = self._features_of(c, None)
                 devices: list[str] = c["device"].tolist()
@@ -957,6 +985,8 @@ class RiskEngine:
                 feats["device.trusted_for_s"] = self._trust.trusted_for_s(slots, c["at_ns"])
                 self._learn(c, devices, c["counterparty"].tolist(), feats, c["decision"], slots)
                 replayed += len(c["kind"])
+            for step in pending:  # after the last logged batch
+                self._apply_step_up(step.customer, step.device, step.at_ns)
             return replayed
 
 
