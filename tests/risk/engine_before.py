@@ -49,6 +49,10 @@ def _child(value: float, node: int, f: Any) -> int:
 
 
 KINDS: Final = tuple(EventKind)
+_CHANGES: Final = {
+    EventKind.PASSWORD_RESET: "customer.since_password_reset_s",
+    EventKind.DEVICE_CHANGE: "customer.since_device_change_s",
+}
 DECISIONS: Final = (Decision.ACCEPT, Decision.CHALLENGE, Decision.REVIEW, Decision.REJECT)
 """By severity: the rules' severity 0..3 indexes this."""
 REASONS_MAX: Final = 8
@@ -195,6 +199,8 @@ class EngineBefore:
         self._new_payees: dict[tuple[int, str], int] = {}
         self._sent: dict[int, list[tuple[int, int]]] = {}
         self._familiar: dict[tuple[int, str], int] = {}
+        self._took_effect: dict[str, dict[int, int]] = {kind: {} for kind in _CHANGES}
+        self._pending_changes: dict[tuple[int, str, str], int] = {}
         self._schema_names: tuple[str, ...] = ()
         self._schema_hash = ""
 
@@ -227,6 +233,7 @@ class EngineBefore:
             [self._familiar.get(pair, 0) for pair in self._pairs(columns, "device")],
             dtype=np.int64,
         )
+        feats.update(self._since_changes(columns))
         n = len(columns["kind"])
         model_score = np.zeros(n, dtype=np.int64)
         if self.model is not None:
@@ -270,11 +277,13 @@ class EngineBefore:
             )
             reasons_column.append(json.dumps(list(reasons)) if reasons else "[]")
         familiar = self._learn_payees(columns, feats, severity)
-        self._learn_trust(columns, severity)
-        for customer, device in familiar:  # a device that only paid is not trusted: no count
-            if device in self._trusted.get(customer, {}):
-                self._familiar[customer, device] = self._familiar.get((customer, device), 0) + 1
-        self._learn_places(columns, severity)
+        taught = self._learn_trust(columns, severity)
+        pairs = self._pairs(columns, "device")
+        for i in familiar:  # from a device trusted by then (not one that only paid)
+            if taught[i]:
+                self._familiar[pairs[i]] = self._familiar.get(pairs[i], 0) + 1
+        self._learn_places(columns, severity, taught)
+        self._learn_changes(columns, severity)
         if self.log is not None:
             self._append(columns, feats, out, reasons_column, results.ruleset_version, shadow)
         return out
@@ -324,7 +333,10 @@ class EngineBefore:
 
     def _learn_trust(
         self, columns: Mapping[str, npt.NDArray[Any]], severity: npt.NDArray[Any]
-    ) -> None:
+    ) -> list[bool]:
+        """Each event in order; returns, per event, whether it was accepted from a device
+        trusted once it was learnt (what it teaches: a place, a familiar payee)."""
+        taught = []
         for customer, device, level, at, kind in zip(
             columns["customer_id"],
             columns["device"],
@@ -338,6 +350,10 @@ class EngineBefore:
             # a device change (or a passed step-up).
             if level == 0 and device and (binds or not self._trusted.get(int(customer))):
                 self._trust(int(customer), str(device), int(at))
+            taught.append(
+                bool(level == 0 and device) and str(device) in self._trusted.get(int(customer), {})
+            )
+        return taught
 
     def trust_device(self, customer_id: int, device_id: str) -> None:
         """The customer proved this device is theirs (passed a step-up on it): the place of
@@ -348,6 +364,51 @@ class EngineBefore:
                 place = self._challenged.pop((customer_id, device_id), None)
                 if place is not None and not math.isnan(place[0]) and not math.isnan(place[1]):
                     self._places[customer_id, device_id] = place
+                for kind, took in self._took_effect.items():
+                    at = self._pending_changes.pop((customer_id, device_id, kind), None)
+                    if at is not None and at >= took.get(customer_id, -1):
+                        took[customer_id] = at
+
+    def _since_changes(self, columns: Mapping[str, npt.NDArray[Any]]) -> dict[str, Any]:
+        """Seconds since each event's customer's last reset / device change that took effect
+        before the batch, or any earlier in the batch (NaN: none)."""
+        out = {}
+        for kind, name in _CHANGES.items():
+            values = np.full(len(columns["kind"]), np.nan)
+            in_batch: dict[int, int] = {}
+            for i, (customer, code, at) in enumerate(
+                zip(columns["customer_id"], columns["kind"], columns["at_ns"], strict=True)
+            ):
+                c = int(customer)
+                last = max(self._took_effect[kind].get(c, -1), in_batch.get(c, -1))
+                if last >= 0:
+                    values[i] = (int(at) - last) / 1e9
+                if KINDS[int(code)] == kind:
+                    in_batch[c] = int(at)
+            out[name] = values
+        return out
+
+    def _learn_changes(
+        self, columns: Mapping[str, npt.NDArray[Any]], severity: npt.NDArray[Any]
+    ) -> None:
+        """Accepted or reviewed resets and device changes take effect; challenged ones wait
+        for a step-up on their device; rejected ones are nothing."""
+        for customer, device, code, at, level in zip(
+            columns["customer_id"],
+            columns["device"],
+            columns["kind"],
+            columns["at_ns"],
+            severity,
+            strict=True,
+        ):
+            kind = KINDS[int(code)]
+            if kind not in _CHANGES or level == 3:
+                continue
+            if level == 1:
+                if device:
+                    self._pending_changes[int(customer), str(device), kind] = int(at)
+            else:
+                self._took_effect[kind][int(customer)] = int(at)
 
     def _pairs(self, columns: Mapping[str, npt.NDArray[Any]], name: str) -> list[tuple[int, str]]:
         return [
@@ -369,7 +430,10 @@ class EngineBefore:
         }
 
     def _learn_places(
-        self, columns: Mapping[str, npt.NDArray[Any]], severity: npt.NDArray[Any]
+        self,
+        columns: Mapping[str, npt.NDArray[Any]],
+        severity: npt.NDArray[Any],
+        taught: Sequence[bool],
     ) -> None:
         for i, pair in enumerate(self._pairs(columns, "device")):
             place = (
@@ -384,7 +448,7 @@ class EngineBefore:
             elif (
                 severity[i] == 0
                 and not (math.isnan(place[0]) or math.isnan(place[1]))
-                and pair[1] in self._trusted.get(pair[0], {})  # only a trusted device's place
+                and taught[i]  # only a trusted device's place
             ):
                 self._places[pair] = place
 
@@ -412,11 +476,11 @@ class EngineBefore:
         columns: Mapping[str, npt.NDArray[Any]],
         feats: Mapping[str, npt.NDArray[Any]],
         severity: npt.NDArray[Any],
-    ) -> list[tuple[int, str]]:
-        """Payees found after a new device; returns the (customer, device) of each accepted
-        payment to a payee paid before (``device.familiar_payees_paid``, counted once the
-        batch's trust is learnt)."""
-        familiar: list[tuple[int, str]] = []
+    ) -> list[int]:
+        """Payees found after a new device; returns the positions of the accepted payments
+        to a payee paid before (``device.familiar_payees_paid``, counted once the batch's
+        trust is learnt)."""
+        familiar: list[int] = []
         for i, pair in enumerate(self._pairs(columns, "counterparty")):
             kind = KINDS[int(columns["kind"][i])]
             if kind not in (EventKind.P2P, EventKind.PAYMENT) or not pair[1]:
@@ -424,7 +488,7 @@ class EngineBefore:
             device = str(columns["device"][i])
             paid_before = not feats["counterparty.first_payment"][i]
             if paid_before and severity[i] == 0 and device and pair not in self._new_payees:
-                familiar.append((pair[0], device))
+                familiar.append(i)
             if kind is not EventKind.P2P:
                 continue
             if pair not in self._new_payees:

@@ -178,3 +178,122 @@ def test_ever_trusted_sets_the_bits_a_saved_filter_was_written_with(customers: l
     assert loaded.contains(np.array(customers, dtype=np.int64)).tolist() == expected
     assert [c in loaded for c in customers] == expected
     assert all(c in loaded for c in customers[::2])  # never a false "never trusted"
+
+
+DIFF_RULES = """
+name = "t"
+version = "1"
+
+[[rule]]
+id = "stranger"
+description = "a reset or device change from a stranger's device"
+when = 'event.type in ["password_reset", "device_change"] and event.device == "x"'
+action = "challenge"
+priority = 1
+status = "active"
+owner = "t"
+
+[[rule]]
+id = "blocked"
+description = "blocked"
+when = 'event.device == "evil"'
+action = "reject"
+priority = 9
+status = "active"
+owner = "t"
+
+[[rule]]
+id = "new_device_money"
+description = "money from a device not trusted"
+when = 'event.type in ["p2p", "payment"] and device.new_for_customer and event.amount > 500'
+action = "challenge"
+priority = 2
+status = "active"
+owner = "t"
+
+[[rule]]
+id = "after_change"
+description = "money soon after a reset or a device change"
+when = '''event.amount > 0
+  and (customer.since_password_reset_s < 3600 or customer.since_device_change_s < 3600)'''
+action = "review"
+priority = 3
+status = "active"
+owner = "t"
+
+[[rule]]
+id = "moved"
+description = "a trusted device far from its last place, or paying familiar payees"
+when = 'device.distance_km > 100 or device.familiar_payees_paid >= 2 or device.trusted_for_s < 120'
+score = 10
+priority = 4
+status = "active"
+owner = "t"
+"""
+
+_KINDS_DRAWN = ["payment", "p2p", "login", "password_reset", "device_change"]
+_step = st.one_of(
+    st.tuples(
+        st.just("event"),
+        st.integers(1, 3),  # customer
+        st.sampled_from(_KINDS_DRAWN),
+        st.sampled_from(["phone", "tab", "x", "evil", ""]),
+        st.sampled_from([0, 300, 900]),  # amount
+        st.sampled_from(["c:1", "c:2", "m:1"]),  # counterparty
+        st.sampled_from([(31.2, 121.4), (30.5, 104.0)]),  # place
+    ),
+    st.tuples(st.just("step_up"), st.integers(1, 3), st.sampled_from(["phone", "tab", "x"])),
+    st.tuples(st.just("cut")),  # the end of a batch
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps=st.lists(_step, min_size=1, max_size=40))
+def test_the_engine_learns_trust_and_changes_as_the_one_event_at_a_time_reference(
+    steps: list[tuple[object, ...]],
+) -> None:
+    """Random batches of logins, payments, resets and device changes from known, new,
+    challenged and blocked devices, with step-ups between: the engine (array slots, batch
+    passes) decides as ``EngineBefore`` (one event at a time, plain dicts), reasons with
+    their feature values included."""
+    from puhui.clock import ManualClock
+    from puhui.risk import EventKind, RiskEvent, RiskLists, parse_ruleset
+    from puhui.risk._engine import RiskEngine, engine_schema
+
+    from .engine_before import EngineBefore
+
+    t0 = 1_767_000_000 * 10**9
+    rules = parse_ruleset(DIFF_RULES, engine_schema())
+    engine = RiskEngine(rules, lists=RiskLists(ManualClock(t0)))
+    reference = EngineBefore(rules, lists=RiskLists(ManualClock(t0)))
+    batch: list[RiskEvent] = []
+    minute = 0
+
+    def decide() -> None:
+        if batch:
+            assert engine(batch) == reference(batch)
+            batch.clear()
+
+    for step in steps:
+        if step[0] == "event":
+            _, customer, kind, device, amount, payee, place = step
+            assert isinstance(place, tuple)
+            lat, lon = place
+            minute += 1
+            money = kind in ("payment", "p2p")
+            batch.append(
+                RiskEvent(
+                    kind=EventKind(str(kind)), customer_id=int(str(customer)),
+                    at_ns=t0 + minute * 60 * 10**9, amount=int(str(amount)) if money else 0,
+                    currency="CNY", counterparty=str(payee) if money else "",
+                    device_id=str(device), ip="10.0.0.1", latitude=float(str(lat)),
+                    longitude=float(str(lon)), kyc_level=2, account_created_ns=t0 - 10**15,
+                )
+            )  # fmt: skip
+        elif step[0] == "step_up":
+            decide()
+            engine.trust_device(int(str(step[1])), str(step[2]))
+            reference.trust_device(int(str(step[1])), str(step[2]))
+        else:
+            decide()
+    decide()
