@@ -1,7 +1,8 @@
 # Puhui: the single list of commands.
 #
 #   make demo    create .venv if needed, install Puhui, run the demo: the ledger, payments, then risk control (data in ./puhui-data)
-#   make test    install the dev tools, then ruff, mypy --strict and pytest (TEST_WORKERS=2 processes)
+#   make test    install the dev tools, then ruff, mypy --strict (the kernels compile meanwhile)
+#                and pytest (TEST_WORKERS=2 processes)
 #   make lint    ruff (lint and format check) and mypy --strict only
 #   make bench   run the benchmarks (benchmarks/ledger.py, payments.py, risk.py; BENCH_ARGS=--quick for a smoke run)
 #   make clean   remove caches and build output (keeps .venv and ./puhui-data)
@@ -45,8 +46,14 @@ lint: $(STAMP_DEV)
 	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy
 
-# --durations: the slowest tests in every run's output, to keep the suite well under 15 minutes.
-test: lint
+# The numba kernels compile (once per checkout) beside the linters, not in every pytest
+# worker's first test; --durations lists the slowest tests in every run's output, to keep the
+# suite well under 15 minutes.
+test: $(STAMP_DEV)
+	@$(BIN)/python -P tests/warm_kernels.py & warm=$$!; \
+	$(MAKE) --no-print-directory lint; linted=$$?; \
+	wait $$warm; warmed=$$?; \
+	test $$linted -eq 0 && test $$warmed -eq 0
 	$(BIN)/pytest -n $(TEST_WORKERS) --durations=25
 
 bench: $(STAMP)

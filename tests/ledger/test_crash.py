@@ -54,7 +54,7 @@ from puhui.ledger._journal import decode_group
 from tests.ledger import crash_child as child
 
 CHILD_SCRIPT = Path(child.__file__).resolve()
-CYCLES = int(os.environ.get("PUHUI_CRASH_CYCLES", "20"))
+CYCLES = int(os.environ.get("PUHUI_CRASH_CYCLES", "14"))
 RUN_AFTER_FIRST_DONE_S = (0.05, 0.6)
 FIRST_DONE_TIMEOUT_S = 120.0
 OLD_TRANSFERS_SAMPLED = 500

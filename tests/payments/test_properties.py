@@ -155,7 +155,7 @@ def _holds(payments: Payments, op: Operation) -> bool:
 
 
 @settings(
-    max_examples=60,
+    max_examples=45,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
