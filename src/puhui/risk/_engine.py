@@ -927,7 +927,8 @@ class RiskEngine:
 
     def recover(self, directory: Path) -> int:
         """Rebuild the feature state: the snapshot in ``directory`` (if any), then every
-        logged batch after it, in order. Returns how many logged events were replayed."""
+        logged batch after it, in order, with the step-ups passed between them. Returns how
+        many logged events were replayed."""
         with self._lock:
             since = 1
             step_up_seq = 0
