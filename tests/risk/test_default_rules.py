@@ -30,6 +30,7 @@ BENIGN: Final[dict[str, Any]] = {
     "customer.amount_percentile": 0.5,
     "customer.amount_zscore": 0.0,
     "customer.count_1h": 0,
+    "device.count_24h": 0,
     "customer.count_24h": 0,
     "customer.sum_24h": 0,
     "customer.outflow_24h": 0,
@@ -113,6 +114,25 @@ CASES: Final[dict[str, list[tuple[dict[str, Any], dict[str, Any]]]]] = {
         (
             {"event.type": "device_change", "event.amount": 0, "device.new_for_customer": True},
             {"event.type": "device_change", "event.amount": 0, "device.new_for_customer": False},
+        ),
+    ],
+    "ato.money_out_untrusted_device_again": [
+        (
+            {"event.type": "payment", "device.new_for_customer": True, "device.count_24h": 2},
+            {"event.type": "payment", "device.new_for_customer": True, "device.count_24h": 1},
+        ),
+        (
+            {"event.type": "p2p", "device.new_for_customer": True, "device.count_24h": 5},
+            {"event.type": "p2p", "device.new_for_customer": False, "device.count_24h": 5},
+        ),
+        (
+            {"event.type": "withdrawal", "device.new_for_customer": True, "device.count_24h": 2},
+            {
+                "event.type": "withdrawal",
+                "device.new_for_customer": True,
+                "device.count_24h": 2,
+                "customer.amount_history_count": 0,
+            },
         ),
     ],
     "ato.money_out_untrusted_device": [

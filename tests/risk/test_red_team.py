@@ -324,6 +324,19 @@ def test_never_trusted_device_spends_20_cny_first_then_shops_in_parts(
     assert_bulk_stopped(t)
 
 
+def test_never_trusted_device_spends_20_cny_at_a_time(world: World, crowd: list[Person]) -> None:
+    """At home, no login: 20 CNY at a time at three shops, every four minutes, 25 times
+    (each at most what a never-trusted device may spend unasked, none making it trusted)."""
+    victim = crowd[6]
+    world.wait(9 * HOUR)
+    t = Tally()
+    attacker = {"device": "x-26", "ip": "10.1.44.5", "where": SHANGHAI}
+    for k in range(25):
+        world.act(t, PAY, victim, 20 * YUAN, f"m:{890 + k % 3}", **attacker)  # type: ignore[arg-type]
+        world.wait(4 * MINUTE)
+    assert_bulk_stopped(t)
+
+
 def test_device_change_from_a_never_trusted_device_then_shopping(
     world: World, crowd: list[Person]
 ) -> None:
