@@ -7,24 +7,27 @@ the same kernels at once in its first test: more than a minute of both cores).
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 
 def main() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `tests` as a package
     import puhui.ledger
     from puhui.clock import ManualClock, SystemClock
     from puhui.risk._engine import DEFAULT_RULES, engine_schema
     from puhui.risk._load import load_ruleset
     from puhui.risk._runtime import _warm_up
+    from tests.ledger.test_crash import warm_ledger
 
     started = time.perf_counter()
     _warm_up(load_ruleset(DEFAULT_RULES, engine_schema()), None, SystemClock())
     with tempfile.TemporaryDirectory() as scratch:
-        for where in (Path(scratch) / "warm.sqlite", Path(scratch) / "journal"):
-            ledger = puhui.ledger.open(where, clock=ManualClock(1_000_000_000_000))
-            ledger.close()
+        warm_ledger(Path(scratch) / "warm.sqlite")
+        ledger = puhui.ledger.open(Path(scratch) / "journal", clock=ManualClock(10**12))
+        ledger.close()
     print(f"kernels ready in {time.perf_counter() - started:.1f} s")
 
 

@@ -99,7 +99,13 @@ Results = list[tuple[int, int]]
 @pytest.fixture(scope="module")
 def warm_kernels(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Compile (or load from numba's cache) every kernel before the first child starts."""
-    path = tmp_path_factory.mktemp("warm") / "journal.sqlite"
+    warm_ledger(tmp_path_factory.mktemp("warm") / "journal.sqlite")
+
+
+def warm_ledger(path: Path) -> None:
+    """Run what compiles every ledger kernel the children use (``Engine.warm_up`` loads the
+    kernels of a first request; tables that grow, a timeout's expiry, a restore from a
+    snapshot compile more): also run by ``tests/warm_kernels.py`` before the suite."""
     clock = ManualClock(1_000_000_000_000)
     ledger = puhui.ledger.open(path, clock=clock)
     try:
