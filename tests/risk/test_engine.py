@@ -25,7 +25,20 @@ from puhui.risk._trusted import TRUSTED_LONG_AGO_NS
 T0 = 1_767_000_000 * 10**9
 DAY = 86_400 * 10**9
 
-RULES = """
+BLOCKED_RULE = """
+[[rule]]
+id = "blocked"
+description = "blocked"
+when = 'event.device in list("blocked_devices")'
+action = "reject"
+priority = 2
+status = "active"
+owner = "t"
+"""
+"""A rule the engine tests' rulesets share: the devices on the block list are rejected."""
+
+RULES = (
+    """
 name = "t"
 version = "1"
 
@@ -38,15 +51,9 @@ priority = 1
 status = "active"
 owner = "t"
 
-[[rule]]
-id = "blocked"
-description = "blocked"
-when = 'event.device in list("blocked_devices")'
-action = "reject"
-priority = 2
-status = "active"
-owner = "t"
 """
+    + BLOCKED_RULE
+)
 
 
 def _event(k: int, amount: int, device: str = "d1", kind: EventKind = EventKind.P2P) -> RiskEvent:
@@ -648,7 +655,8 @@ def test_a_customer_whose_devices_were_all_forgotten_gets_no_long_trusted_device
     _close(again)
 
 
-CHANGE_RULES = """
+CHANGE_RULES = (
+    """
 name = "t"
 version = "1"
 
@@ -661,15 +669,9 @@ priority = 1
 status = "active"
 owner = "t"
 
-[[rule]]
-id = "blocked"
-description = "blocked"
-when = 'event.device in list("blocked_devices")'
-action = "reject"
-priority = 2
-status = "active"
-owner = "t"
 """
+    + BLOCKED_RULE
+)
 
 
 def _since_reset_s(engine: RiskEngine, k: int) -> float:

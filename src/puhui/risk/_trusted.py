@@ -369,20 +369,30 @@ class TrustedDevices:
         """The state from a snapshot's pairs (least recently used first, with since when),
         places and familiar counts (pairs not trusted are ignored)."""
         state = cls(ever)
+        slots: list[int] = []  # new pairs' slots, and since when each was trusted
+        since_ns: list[int] = []
+        order: list[int] = []  # every pair's slot, least recently used first
         for pair, since in trusted:
             slot = state._slot_of.get(pair)
             if slot is None:
                 slot = state._take(pair)
-                state._fill(np.array([slot]), np.array([since]))
+                slots.append(slot)
+                since_ns.append(since)
                 state.devices_of[pair[0]] = state.devices_of.get(pair[0], 0) + 1
-            state._uses += 1
-            state._used[slot] = state._uses
-        for pair, place in places:
-            state.place(pair, place)
-        for pair, count in familiar:
-            slot = state._slot_of.get(pair)
-            if slot is not None:
-                state._familiar[slot] = count
+            order.append(slot)
+        state._fill(np.asarray(slots, dtype=np.int64), np.asarray(since_ns, dtype=np.int64))
+        if order:
+            used = np.asarray(order, dtype=np.int64)
+            last = _last_of_each(used)
+            state._used[used[last]] = 1 + last
+            state._uses = len(order)
+        get = state._slot_of.get
+        placed = [(slot, place) for pair, place in places if (slot := get(pair)) is not None]
+        if placed:
+            state._place[[slot for slot, _ in placed]] = [place for _, place in placed]
+        counted = [(slot, count) for pair, count in familiar if (slot := get(pair)) is not None]
+        if counted:
+            state._familiar[[slot for slot, _ in counted]] = [count for _, count in counted]
         return state
 
 
