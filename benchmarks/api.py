@@ -60,7 +60,7 @@ def serve(workdir: Path, port: int, http: str = "corked") -> None:
     import uvicorn
 
     from puhui import ledger as L
-    from puhui.api import ApiOptions, CorkedHttpProtocol, create_app
+    from puhui.api import ApiOptions, CorkedHttpProtocol, create_app, warm_up_readers
     from puhui.clock import SystemClock
     from puhui.payments import KycLevel, KycLimits, Payments, PaymentsOptions, SimulatedBank
     from puhui.store import create_engine, migrate
@@ -79,6 +79,7 @@ def serve(workdir: Path, port: int, http: str = "corked") -> None:
             options=PaymentsOptions(kyc_limits=limits),
         )
         app = create_app(engine, ledger, clock=clock, options=options, payments=payments)
+        warm_up_readers()
         uvicorn.run(
             app,
             host="127.0.0.1",

@@ -16,6 +16,7 @@ from pathlib import Path
 def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `tests` as a package
     import puhui.ledger
+    from puhui.api import warm_up_readers
     from puhui.clock import ManualClock, SystemClock
     from puhui.risk._engine import DEFAULT_RULES, engine_schema
     from puhui.risk._load import load_ruleset
@@ -24,6 +25,7 @@ def main() -> None:
 
     started = time.perf_counter()
     _warm_up(load_ruleset(DEFAULT_RULES, engine_schema()), None, SystemClock())
+    warm_up_readers()
     with tempfile.TemporaryDirectory() as scratch:
         warm_ledger(Path(scratch) / "warm.sqlite")
         ledger = puhui.ledger.open(Path(scratch) / "journal", clock=ManualClock(10**12))

@@ -166,7 +166,13 @@ def serve(
     import uvicorn
 
     import puhui.ledger as tb
-    from puhui.api import ApiOptions, CorkedHttpProtocol, configure_logging, create_app
+    from puhui.api import (
+        ApiOptions,
+        CorkedHttpProtocol,
+        configure_logging,
+        create_app,
+        warm_up_readers,
+    )
     from puhui.clock import SystemClock
     from puhui.payments import Payments, SimulatedBank
     from puhui.risk import Cases, ListStore, SyncedRiskLists, load_ruleset, open_engine
@@ -217,6 +223,7 @@ def serve(
                 # After the app has attached the flows (bills, checkout, webhooks) that finish
                 # their own operations: recovery needs them.
                 payments.recover()
+                warm_up_readers()  # the JSON batch routes' compiled readers, loaded now
                 uvicorn.run(
                     app,
                     host=host,

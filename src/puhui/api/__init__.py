@@ -8,6 +8,7 @@ are listed in ``ROUTERS``. See docs/api.md.
 
 from ._app import ROUTERS, create_app, platform_routes
 from ._guards import ApiOptions
+from ._ledger_routes import warm_up_readers
 from ._logging import REQUEST_ID_HEADER, configure_logging
 from ._problems import (
     STATUS_BY_CODE,
@@ -47,4 +48,5 @@ __all__ = [
     "create_app",
     "endpoint",
     "platform_routes",
+    "warm_up_readers",
 ]

@@ -125,9 +125,15 @@ class LeanRoute:
         return values
 
     def body_value(self, body: bytes) -> Any | None:
-        """The validated body, or None when the ordinary route should answer it."""
+        """The validated body, or None when the ordinary route should answer it: the route's
+        own faster reader first (``Endpoint.read_body``), when it has one."""
         if not body:
             return None
+        read = self.route.puhui.read_body
+        if read is not None:
+            value = read(body)
+            if value is not None:
+                return value
         try:
             data = json.loads(body)
             if data is None:

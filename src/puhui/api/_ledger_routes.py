@@ -34,6 +34,7 @@ from puhui.platform import Scope, TenantLedger
 
 from ._context import ApiContext
 from ._guards import decode_cursor, encode_cursor, page_size
+from ._json_events import EventsDecoder
 from ._problems import (
     PROBLEM_JSON,
     InvalidCursorError,
@@ -42,8 +43,10 @@ from ._problems import (
 )
 from ._route import PlatformRoute, endpoint, principal_of
 from ._schemas import (
+    BATCH,
     U16,
     U32,
+    AccountIn,
     AccountPage,
     AccountsOut,
     BalancePage,
@@ -52,6 +55,7 @@ from ._schemas import (
     CreateTransfersIn,
     LookupIn,
     Problem,
+    TransferIn,
     TransferPage,
     TransfersOut,
     U64Text,
@@ -174,54 +178,91 @@ _RESULT = '{"index":%d,"id":"%s","status":"%s","timestamp":"%d"}'
 
 async def _create(
     request: Request,
+    body: CreateAccountsIn | CreateTransfersIn,
     models: Sequence[Mapping[str, Any]],
-    columns: tuple[tuple[str, int], ...],
-    dtype: np.dtype[Any],
+    reader: EventsDecoder,
     from_mapping: Any,
     operation: str,
     names: dict[int, str],
 ) -> Response:
-    """One JSON create route: the validated models as the ledger's array, the tenant's
-    ledger call (timed), the results written from the array."""
-    try:
-        events = _columns(models, columns, dtype)
-    except OverflowError:  # the object form names the field (field_out_of_range)
-        for model in models:
-            from_mapping(_mapping(model))
-        raise
+    """One JSON create route: the events as the ledger's array (as ``_json_events`` read
+    them, or from the validated models), the tenant's ledger call (timed), the results
+    written from the array."""
+    decoded = body.decoded
+    if decoded is not None:
+        events = decoded.events
+    else:
+        try:
+            events = _columns(models, reader.columns, reader.dtype)
+        except OverflowError:  # the object form names the field (field_out_of_range)
+            for model in models:
+                from_mapping(_mapping(model))
+            raise
     ledger = _tenant_ledger(request)
     create = (
-        ledger.create_accounts_array if dtype == ACCOUNT_DTYPE else ledger.create_transfers_array
+        ledger.create_accounts_array
+        if reader.dtype == ACCOUNT_DTYPE
+        else ledger.create_transfers_array
     )
     with _ledger_timer(request, operation, len(events)):
         results = await create(events)
+    if decoded is not None:
+        return Response(reader.results_json(decoded, results), media_type=JSON)
     return _results_json([m["id"] for m in models], results, names)
 
 
-@router.post("/accounts", response_model=CreateResultsOut, summary="create_accounts")
-@endpoint(Scope.LEDGER_WRITE, changes_state=True)
+_ACCOUNTS = EventsDecoder(
+    "accounts", AccountIn, _ACCOUNT_COLUMNS, ACCOUNT_DTYPE, BATCH, _ACCOUNT_STATUS_NAMES
+)
+_TRANSFERS = EventsDecoder(
+    "transfers", TransferIn, _TRANSFER_COLUMNS, TRANSFER_DTYPE, BATCH, _TRANSFER_STATUS_NAMES
+)
+
+
+def warm_up_readers() -> None:
+    """Load the JSON create routes' compiled readers (``_json_events``) before serving."""
+    _ACCOUNTS.warm_up()
+    _TRANSFERS.warm_up()
+
+
+def _read_accounts(body: bytes) -> CreateAccountsIn | None:
+    decoded = _ACCOUNTS.decode(body)
+    return None if decoded is None else CreateAccountsIn.of_decoded(decoded)
+
+
+def _read_transfers(body: bytes) -> CreateTransfersIn | None:
+    decoded = _TRANSFERS.decode(body)
+    return None if decoded is None else CreateTransfersIn.of_decoded(decoded)
+
+
+@router.post(
+    "/accounts", response_model=CreateResultsOut, status_code=200, summary="create_accounts"
+)
+@endpoint(Scope.LEDGER_WRITE, changes_state=True, read_body=_read_accounts)
 async def create_accounts(body: CreateAccountsIn, request: Request) -> Response:
     """Create accounts; one result per event (``created``, ``exists``, ...)."""
     return await _create(
         request,
+        body,
         body.accounts,
-        _ACCOUNT_COLUMNS,
-        ACCOUNT_DTYPE,
+        _ACCOUNTS,
         account_from_mapping,
         "create_accounts",
         _ACCOUNT_STATUS_NAMES,
     )
 
 
-@router.post("/transfers", response_model=CreateResultsOut, summary="create_transfers")
-@endpoint(Scope.LEDGER_WRITE, changes_state=True)
+@router.post(
+    "/transfers", response_model=CreateResultsOut, status_code=200, summary="create_transfers"
+)
+@endpoint(Scope.LEDGER_WRITE, changes_state=True, read_body=_read_transfers)
 async def create_transfers(body: CreateTransfersIn, request: Request) -> Response:
     """Create transfers (linked chains, two-phase, balancing: TigerBeetle's semantics)."""
     return await _create(
         request,
+        body,
         body.transfers,
-        _TRANSFER_COLUMNS,
-        TRANSFER_DTYPE,
+        _TRANSFERS,
         transfer_from_mapping,
         "create_transfers",
         _TRANSFER_STATUS_NAMES,

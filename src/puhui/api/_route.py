@@ -65,16 +65,24 @@ class Endpoint:
     shown_once: tuple[str, ...] = ()
     """Fields of the JSON answer that are never stored for an idempotent replay (a secret
     shown once): a replay answers them ``null``."""
+    read_body: Callable[[bytes], Any] | None = None
+    """A faster reader of the route's plain bodies (``_lean_routes``): the body's value, or
+    None to read it the ordinary way (it must never accept what the body's model refuses)."""
 
 
 def endpoint(
-    scope: Scope, *, changes_state: bool, shown_once: tuple[str, ...] = ()
+    scope: Scope,
+    *,
+    changes_state: bool,
+    shown_once: tuple[str, ...] = (),
+    read_body: Callable[[bytes], Any] | None = None,
 ) -> Callable[[F], F]:
-    """Declare a route handler's scope, whether it changes state, and the fields of its
-    answer shown once (never kept under the request's idempotency key)."""
+    """Declare a route handler's scope, whether it changes state, the fields of its answer
+    shown once (never kept under the request's idempotency key), and a faster reader of its
+    plain bodies (``Endpoint.read_body``)."""
 
     def mark(handler: F) -> F:
-        spec = Endpoint(scope, changes_state, shown_once)
+        spec = Endpoint(scope, changes_state, shown_once, read_body)
         handler.__puhui_endpoint__ = spec  # type: ignore[attr-defined]
         return handler
 

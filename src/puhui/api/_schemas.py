@@ -3,13 +3,15 @@ travel as decimal strings, which every JSON parser keeps exact; small fields are
 
 from __future__ import annotations
 
-from typing import Annotated, NotRequired
+from typing import Annotated, Any, NotRequired, Self
 
-from pydantic import BaseModel, ConfigDict, Field, with_config
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, with_config
 from typing_extensions import TypedDict
 
 from puhui import limits
 from puhui.ledger import Account, AccountBalance, Transfer
+
+from ._json_events import DecodedEvents
 
 U128Text = Annotated[
     str,
@@ -99,11 +101,30 @@ class TransferIn(TypedDict):
     ]
 
 
-class CreateAccountsIn(_In):
+class _EventsIn(_In):
+    _decoded: DecodedEvents | None = PrivateAttr(default=None)
+
+    @classmethod
+    def of_decoded(cls, decoded: DecodedEvents) -> Self:
+        """The body as ``_json_events`` read it: its events already the ledger's array
+        (``decoded``), the model's list left empty."""
+        empty: dict[str, Any] = {name: [] for name in cls.model_fields}
+        body = cls.model_construct(**empty)
+        body._decoded = decoded
+        return body
+
+    @property
+    def decoded(self) -> DecodedEvents | None:
+        """The events as the ledger's array when ``_json_events`` read the body (then the
+        model's list is empty), else None."""
+        return self._decoded
+
+
+class CreateAccountsIn(_EventsIn):
     accounts: list[AccountIn] = Field(max_length=BATCH)
 
 
-class CreateTransfersIn(_In):
+class CreateTransfersIn(_EventsIn):
     transfers: list[TransferIn] = Field(max_length=BATCH)
 
 
