@@ -495,6 +495,7 @@ API_ALL = [
     "create_app",
     "endpoint",
     "platform_routes",
+    "warm_up_readers",
 ]
 
 RISK_ALL = [
