@@ -36,7 +36,6 @@ WITHDRAW = EventKind.WITHDRAWAL
 CASH_OUT = frozenset({WITHDRAW})
 """Money leaving the platform."""
 SPENT = frozenset({PAY})
-GAP = pytest.mark.xfail(strict=True, reason="a gap of ruleset 2026.11.28-4: the bulk goes through")
 
 
 @pytest.fixture
@@ -75,7 +74,6 @@ def thin(
 # --- 1. layering: a chain, not a circle ---------------------------------------------------------
 
 
-@GAP
 def test_layering_chain_then_cash_out(world: World) -> None:
     """A stolen card's 950 CNY topped up into a 35-day-old account and passed on within
     minutes A -> B -> C (accounts of 35-50 days, past the 30-day young-payee rule, little
@@ -144,7 +142,6 @@ def test_honest_parent_student_landlord_chain(world: World, crowd: list[Person])
 # --- 2. fan-in under every per-payment edge, to a mule past the young-account rules -------------
 
 
-@GAP
 def test_many_victims_pay_small_sums_to_a_three_week_old_mule(
     world: World, crowd: list[Person]
 ) -> None:
@@ -182,7 +179,6 @@ def test_honest_class_fund_collected_on_a_new_account(world: World, crowd: list[
 # --- 3. a dormant account rented to a mule ring --------------------------------------------------
 
 
-@GAP
 def test_dormant_account_wakes_up_as_a_mule() -> None:
     """A three-year-old account quiet for five months is rented to a ring with its phone (the
     owner's own, long-trusted device, taken to another city): eight victims pay it 450 CNY
@@ -242,7 +238,6 @@ def test_honest_quiet_account_sells_a_bike_to_a_stranger(world: World, crowd: li
 # --- 4. a colluding merchant and stolen-card top-ups ----------------------------------------------
 
 
-@GAP
 def test_colluding_merchant_cashes_out_stolen_cards_through_older_accounts(world: World) -> None:
     """Four accounts of 20-40 days (full KYC, little history: past the day-old collusion rule
     and the week-old young-account rules) each bind a stolen card, top it up 1,800 CNY and
@@ -344,7 +339,6 @@ def test_honest_family_signs_grandparents_up_on_the_shared_tablet(
 # --- 6. at night: a coached victim, a stolen phone ------------------------------------------------
 
 
-@GAP
 def test_coached_victim_pays_a_safe_account_at_night(world: World, crowd: list[Person]) -> None:
     """A scammer on the phone at 01:30 coaches a victim into moving 2,800 CNY (under the
     3,000 CNY step-up) to a 'safe account' of 300 days the victim never paid, then another
@@ -359,7 +353,6 @@ def test_coached_victim_pays_a_safe_account_at_night(world: World, crowd: list[P
     assert_bulk_stopped(t)
 
 
-@GAP
 def test_stolen_unlocked_phone_at_night(world: World, crowd: list[Person]) -> None:
     """A phone stolen unlocked at 02:00 (the owner's trusted device, in the owner's city; its
     SIM receives the step-up codes): 2,500 CNY to each of three accounts never paid."""
@@ -375,12 +368,12 @@ def test_stolen_unlocked_phone_at_night(world: World, crowd: list[Person]) -> No
 
 def test_honest_night_owls(world: World, crowd: list[Person]) -> None:
     """At night: a nurse pays a colleague never paid before 120 CNY at 03:00, a traveller
-    books a 1,800 CNY hotel at 01:00, a tenant pays the usual landlord 3,000 CNY at 00:30."""
+    books a 1,800 CNY hotel at 01:00, a tenant pays the usual landlord 3,000 CNY at 00:30
+    (paid the same sum by day, 16 hours before)."""
     nurse, colleague, traveller, tenant, landlord = crowd[10:15]
-    world.wait(16 * HOUR)  # 00:00 local
     t_before = Tally()
-    world.act(t_before, P2P, tenant, 3_000 * YUAN, landlord.ref)  # last month, by day
-    world.wait(30 * MINUTE)
+    world.act(t_before, P2P, tenant, 3_000 * YUAN, landlord.ref)  # paid before, by day
+    world.wait(16 * HOUR + 30 * MINUTE)  # 00:30 local
     t = Tally()
     world.act(t, P2P, tenant, 3_000 * YUAN, landlord.ref)
     world.wait(30 * MINUTE)
@@ -393,7 +386,6 @@ def test_honest_night_owls(world: World, crowd: list[Person]) -> None:
 # --- 7. a scam paid in parts just under the per-part edge ----------------------------------------
 
 
-@GAP
 def test_scam_paid_in_parts_just_under_500_cny(world: World, crowd: list[Person]) -> None:
     """One coached victim pays a 60-day-old account that received nothing this month ten
     parts of 480 CNY (each just under the 500 CNY edge of the paid-in-parts rule) over three
@@ -424,7 +416,6 @@ def test_honest_group_trip_paid_to_a_new_organiser(world: World, crowd: list[Per
 # --- 8. takeover fanning out to many payees, each under every edge ------------------------------
 
 
-@GAP
 def test_takeover_fans_out_to_many_payees_under_200_cny(world: World, crowd: list[Person]) -> None:
     """A phished login code (passes the step-up) on the attacker's phone in the victim's city,
     then 190 CNY to each of twelve different recruited accounts (each a first payment under
@@ -472,7 +463,6 @@ def test_honest_new_phone_then_a_few_new_people_and_the_usual_ones(
 # --- 9. card to wallet to card --------------------------------------------------------------------
 
 
-@GAP
 def test_stolen_card_cycled_through_the_wallet_to_another_card(world: World) -> None:
     """A 20-day-old account (past the young-account rules, no card tests first) binds a
     stolen card, tops up 1,900 CNY from it and withdraws 1,900 CNY to a card it never used:
