@@ -126,19 +126,23 @@ _CONVERGE: Final[dict[str, Any]] = {
 _CYCLE: Final[dict[str, Any]] = {
     "event.type": "withdrawal",
     "counterparty.first_payment": True,
-    "event.amount": 50_000,
+    "event.amount": 20_000,
+    "customer.outflow_24h": 30_000,
     "customer.new_card_top_ups_24h": 50_000,
 }
-"""500 CNY to a card never used, after 500 CNY topped up from new cards today."""
+"""200 CNY to a card never used, after 300 CNY sent out today and 500 CNY topped up from new
+cards."""
 
 _PASSES_ON: Final[dict[str, Any]] = {
     "event.type": "withdrawal",
     "customer.count_30d": 3,
     "customer.new_payers_inflow_24h": 50_000,
     "customer.new_payers_24h": 5,
-    "event.amount": 25_000,
+    "customer.outflow_24h": 10_000,
+    "event.amount": 15_000,
 }
-"""A quiet account withdraws half of the 500 CNY five strangers sent it today."""
+"""A quiet account withdraws 150 CNY after 100 CNY: half of the 500 CNY five strangers sent it
+today."""
 
 # rule id -> (changes that fire it, the same with one value just across the edge)
 CASES: Final[dict[str, list[tuple[dict[str, Any], dict[str, Any]]]]] = {
@@ -773,24 +777,32 @@ CASES: Final[dict[str, list[tuple[dict[str, Any], dict[str, Any]]]]] = {
     ],
     "cash.new_card_in_new_card_out": [
         (_CYCLE, {**_CYCLE, "customer.new_card_top_ups_24h": 49_999}),
-        (_CYCLE, {**_CYCLE, "event.amount": 49_999}),
+        (_CYCLE, {**_CYCLE, "event.amount": 19_999}),
         (_CYCLE, {**_CYCLE, "counterparty.first_payment": False}),
+        (
+            {**_CYCLE, "counterparty.first_payment": False, "counterparty.count_24h": 1},
+            {**_CYCLE, "event.type": "p2p"},
+        ),
     ],
     "mule.quiet_account_passes_on": [
         (_PASSES_ON, {**_PASSES_ON, "customer.count_30d": 4}),
-        (_PASSES_ON, {**_PASSES_ON, "event.amount": 24_999}),
+        (
+            {**_PASSES_ON, "customer.count_30d": 13, "customer.count_24h": 10},
+            {**_PASSES_ON, "customer.count_30d": 14, "customer.count_24h": 10},
+        ),
+        (_PASSES_ON, {**_PASSES_ON, "event.amount": 14_999}),
         (_PASSES_ON, {**_PASSES_ON, "customer.new_payers_24h": 6}),
         (
             {**_PASSES_ON, "event.type": "p2p", "customer.new_payers_24h": 1},
             {**_PASSES_ON, "event.type": "payment", "customer.new_payers_24h": 1},
         ),
         (
-            {**_PASSES_ON, "customer.new_payers_inflow_24h": 50_000, "customer.new_payers_24h": 1},
+            {**_PASSES_ON, "customer.new_payers_24h": 1, "event.amount": 40_000},
             {
                 **_PASSES_ON,
                 "customer.new_payers_inflow_24h": 49_999,
                 "customer.new_payers_24h": 1,
-                "event.amount": 49_999,
+                "event.amount": 40_000,
             },
         ),
     ],

@@ -119,15 +119,20 @@ def test_honest_shop_owner_pays_suppliers_from_the_days_takings(
 
 
 def test_honest_parent_student_landlord_chain(world: World, crowd: list[Person]) -> None:
-    """A parent sends their student child (a 45-day-old account, paid by the parent before)
-    2,000 CNY; within the hour the student pays 1,800 CNY rent to a landlord paid before and
-    withdraws the rest: a chain of the layering's shape."""
+    """A parent sends their student child's new account (45 days, rarely used) 500 CNY for the
+    first time, and the student pays 300 CNY of it to the landlord within the hour: held for
+    review once (the engine cannot tell a parent's first transfer from a stranger's, and a
+    quiet account passing on half of a stranger's money the same day is the mule's shape: a
+    cost of ``mule.quiet_account_passes_on``). Three days later the same chain with 2,000 CNY
+    (the parent paid before) goes through: 1,800 CNY rent and 200 CNY withdrawn."""
     parent, landlord = crowd[3], crowd[4]
     student = thin(world, age_days=45, where=SHANGHAI)
     world.wait(HOUR)
-    t_before = Tally()
-    world.act(t_before, P2P, parent, 500 * YUAN, student.ref)
-    world.act(t_before, P2P, student, 300 * YUAN, landlord.ref)
+    t_first = Tally()
+    world.act(t_first, P2P, parent, 500 * YUAN, student.ref)
+    world.act(t_first, P2P, student, 300 * YUAN, landlord.ref)
+    assert t_first.decisions() == ["accept", "review"], f"\n{t_first}"
+    assert t_first.reasons() == {"mule.quiet_account_passes_on"}, f"\n{t_first}"
     world.wait(3 * DAY)
     t = Tally()
     world.act(t, P2P, parent, 2_000 * YUAN, student.ref, passes_step_up=True)
@@ -158,6 +163,21 @@ def test_many_victims_pay_small_sums_to_a_three_week_old_mule(
     t = Tally()
     world.act(t, WITHDRAW, mule, max(arrived, 190 * YUAN), mule.card)
     assert_bulk_stopped(t, share=0, kinds=CASH_OUT)
+
+
+def test_three_week_old_mule_withdraws_in_small_parts(world: World, crowd: list[Person]) -> None:
+    """The same mule, written after the rule: it takes the 1,900 CNY out in ten withdrawals
+    of 190 CNY, one every five minutes."""
+    mule = thin(world, age_days=21)
+    world.wait(2 * HOUR)
+    for victim in crowd[:10]:
+        world.act(Tally(), P2P, victim, 190 * YUAN, mule.ref, passes_step_up=True)
+        world.wait(18 * MINUTE)
+    t = Tally()
+    for _ in range(10):
+        world.act(t, WITHDRAW, mule, 190 * YUAN, mule.card)
+        world.wait(5 * MINUTE)
+    assert_bulk_stopped(t, kinds=CASH_OUT)
 
 
 def test_honest_class_fund_collected_on_a_new_account(world: World, crowd: list[Person]) -> None:
@@ -479,6 +499,23 @@ def test_stolen_card_cycled_through_the_wallet_to_another_card(world: World) -> 
         world.wait(10 * MINUTE)
         world.act(t, WITHDRAW, fraudster, 1_900 * YUAN, f"card:cash-w{k}")
         world.wait(HOUR)
+    assert_bulk_stopped(t, kinds=CASH_OUT)
+
+
+def test_stolen_card_cycled_through_the_wallet_in_parts() -> None:
+    """The same, written after the rule: 1,900 CNY topped up from a stolen card, withdrawn to
+    one card never used in five parts of 380 CNY (each under the rule's 500 CNY)."""
+    world = World(seed=37)
+    fraudster = thin(world, age_days=20)
+    world.wait(HOUR)
+    world.act(Tally(), PAY, fraudster, 30 * YUAN, "m:5")
+    world.wait(2 * DAY)
+    t = Tally()
+    world.act(t, CARD, fraudster)
+    world.act(t, TOP_UP, fraudster, 1_900 * YUAN, "card:stolen-p")
+    for _ in range(5):
+        world.wait(6 * MINUTE)
+        world.act(t, WITHDRAW, fraudster, 380 * YUAN, "card:cash-p")
     assert_bulk_stopped(t, kinds=CASH_OUT)
 
 
