@@ -2,11 +2,12 @@
 ``test_red_team.py``'s), each beside an honest customer who looks like it, driven through a
 real ``RiskEngine`` on a fixed clock (``red_team.World``).
 
-Each attack was written, and run against the ruleset of the day, before any rule was chosen
-for it: the module docstring of each says what got through then. For an attack: the money
-the attackers try to move is stopped (review or reject, or a challenge they cannot pass)
-before the bulk of it leaves. For an honest look-alike: nothing is rejected, and what goes
-through is said exactly.
+Each attack was written, and run against the ruleset of the day (``2026.11.28-4``), before any
+rule was chosen for it; the two "after the rule" variants were written after. docs/risk.md
+("Red team, second round") lists what got through then and what gets through now, and what
+each honest look-alike gets. For an attack: the money the attackers try to move is stopped
+(review or reject, or a challenge they cannot pass) before the bulk of it leaves. For an
+honest look-alike: nothing is rejected, and what goes through is said exactly.
 """
 
 from __future__ import annotations
