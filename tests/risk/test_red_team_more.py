@@ -79,7 +79,8 @@ def test_layering_chain_then_cash_out(world: World) -> None:
     """A stolen card's 950 CNY topped up into a 35-day-old account and passed on within
     minutes A -> B -> C (accounts of 35-50 days, past the 30-day young-payee rule, little
     history, each hop under the 1,000 CNY edge of the pass-through rule); C withdraws it to
-    its own card. A hop is tried only if the money reached its sender."""
+    its own card. A hop is tried only if the money reached its sender. Stopped means: nothing
+    cashed out (the money may be held on the platform at any hop)."""
     a, b, c = (thin(world, age_days=d) for d in (35, 40, 50))
     world.wait(2 * HOUR)
     t = Tally()
@@ -121,28 +122,23 @@ def test_honest_shop_owner_pays_suppliers_from_the_days_takings(
 
 def test_honest_parent_student_landlord_chain(world: World, crowd: list[Person]) -> None:
     """A parent sends their student child's new account (45 days, rarely used) 500 CNY for the
-    first time, and the student pays 300 CNY of it to the landlord within the hour: held for
-    review once (the engine cannot tell a parent's first transfer from a stranger's, and a
-    quiet account passing on half of a stranger's money the same day is the mule's shape: a
-    cost of ``mule.quiet_account_passes_on``). Three days later the same chain with 2,000 CNY
-    (the parent paid before) goes through: 1,800 CNY rent and 200 CNY withdrawn."""
+    first time, and the student pays 300 CNY of it to the landlord within the hour; three days
+    later 2,000 CNY, 1,800 CNY rent within the hour and 200 CNY withdrawn: the layering chain's
+    shape (a first payment passed on by a quiet account; the engine cannot tell a parent's
+    first transfer from a stranger's), but passed on to a person, not cashed out."""
     parent, landlord = crowd[3], crowd[4]
     student = thin(world, age_days=45, where=SHANGHAI)
     world.wait(HOUR)
-    t_first = Tally()
-    world.act(t_first, P2P, parent, 500 * YUAN, student.ref)
-    world.act(t_first, P2P, student, 300 * YUAN, landlord.ref)
-    assert t_first.decisions() == ["accept", "review"], f"\n{t_first}"
-    assert t_first.reasons() == {"mule.quiet_account_passes_on"}, f"\n{t_first}"
-    world.wait(3 * DAY)
     t = Tally()
+    world.act(t, P2P, parent, 500 * YUAN, student.ref)
+    world.act(t, P2P, student, 300 * YUAN, landlord.ref)
+    world.wait(3 * DAY)
     world.act(t, P2P, parent, 2_000 * YUAN, student.ref, passes_step_up=True)
     world.wait(20 * MINUTE)
     world.act(t, P2P, student, 1_800 * YUAN, landlord.ref, passes_step_up=True)
     world.wait(10 * MINUTE)
     world.act(t, WITHDRAW, student, 200 * YUAN, student.card, passes_step_up=True)
-    assert_not_rejected(t)
-    assert all(s.went_through for s in t.steps), f"\n{t}"
+    assert t.decisions() == ["accept"] * 5, f"\n{t}"
 
 
 # --- 2. fan-in under every per-payment edge, to a mule past the young-account rules -------------
