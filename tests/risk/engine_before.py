@@ -5,8 +5,9 @@ and through ``RiskEngine`` and asks for the same decisions and the same log.
 
 Kept verbatim but for the model (``_ReferenceModel``: the old kernels' logic, uncompiled),
 the restart methods (not needed here), and the engine's features added since, written
-plainly event by event (``device.trusted_for_s``; the trusted device's travel and the payees
-found after a new device, ``_travel`` and ``_new_payees``: unbounded, no eviction).
+plainly event by event (``device.trusted_for_s``; the trusted device's travel, the payees
+found after a new device and the money in from strangers and new cards, ``_travel``,
+``_new_payees`` and ``_inflows``: unbounded, no eviction).
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ import numpy.typing as npt
 from puhui.risk import Decision, EventKind, RiskDecision, RiskEvent, RiskLists, Ruleset
 from puhui.risk._engine import (  # the reasons' text and the engine's features, as it has them
     ENGINE_FEATURES,
+    INFLOW_WINDOW_S,
+    INFLOWS_MAX,
+    NEW_CARD,
     NEW_DEVICE_PAYEES_KEPT_S,
     NEW_DEVICE_S,
     NEW_DEVICE_SENT_MAX,
@@ -199,6 +203,7 @@ class EngineBefore:
         self._new_payees: dict[tuple[int, str], int] = {}
         self._sent: dict[int, list[tuple[int, int]]] = {}
         self._familiar: dict[tuple[int, str], int] = {}
+        self._inflows: dict[int, list[tuple[int, int, int]]] = {}
         self._took_effect: dict[str, dict[int, int]] = {kind: {} for kind in _CHANGES}
         self._pending_changes: dict[tuple[int, str, str], int] = {}
         self._schema_names: tuple[str, ...] = ()
@@ -229,6 +234,7 @@ class EngineBefore:
         feats["device.trusted_for_s"] = self._trusted_for(columns)
         feats.update(self._travel(columns))
         feats.update(self._new_payees_of(columns))
+        feats.update(self._inflows_of(columns))
         feats["device.familiar_payees_paid"] = np.asarray(
             [self._familiar.get(pair, 0) for pair in self._pairs(columns, "device")],
             dtype=np.int64,
@@ -277,6 +283,7 @@ class EngineBefore:
             )
             reasons_column.append(json.dumps(list(reasons)) if reasons else "[]")
         familiar = self._learn_payees(columns, feats, severity)
+        self._learn_inflows(columns, feats, severity)
         taught = self._learn_trust(columns, severity)
         pairs = self._pairs(columns, "device")
         for i in familiar:  # from a device trusted by then (not one that only paid)
@@ -504,6 +511,56 @@ class EngineBefore:
                 sent.append((int(columns["at_ns"][i]), int(columns["amount"][i])))
                 del sent[:-NEW_DEVICE_SENT_MAX]
         return familiar
+
+    def _inflows_of(self, columns: Mapping[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
+        n = len(columns["kind"])
+        out = {
+            name: np.zeros(n, dtype=np.int64)
+            for name in (
+                "customer.new_payers_inflow_24h",
+                "customer.new_payers_24h",
+                "customer.new_card_top_ups_24h",
+            )
+        }
+        for i in range(n):
+            at = int(columns["at_ns"][i])
+            payers = set()
+            for when, amount, source in self._inflows.get(int(columns["customer_id"][i]), []):
+                if when <= at - INFLOW_WINDOW_S * 10**9:
+                    continue
+                if source == NEW_CARD:
+                    out["customer.new_card_top_ups_24h"][i] += amount
+                else:
+                    out["customer.new_payers_inflow_24h"][i] += amount
+                    payers.add(source)
+            out["customer.new_payers_24h"][i] = len(payers)
+        return out
+
+    def _learn_inflows(
+        self,
+        columns: Mapping[str, npt.NDArray[Any]],
+        feats: Mapping[str, npt.NDArray[Any]],
+        severity: npt.NDArray[Any],
+    ) -> None:
+        """Money in, accepted or challenged, from a first-time payer (for the customer paid)
+        or a top-up from a card used for the first time."""
+        for i in range(len(columns["kind"])):
+            kind = KINDS[int(columns["kind"][i])]
+            if severity[i] > 1 or not feats["counterparty.first_payment"][i]:
+                continue
+            payer = int(columns["customer_id"][i])
+            counterparty = str(columns["counterparty"][i])
+            if kind is EventKind.TOP_UP:
+                receiver, source = payer, NEW_CARD
+            elif kind is EventKind.P2P and counterparty.startswith("c:"):
+                if not (counterparty[2:].isdigit() and counterparty[2:].isascii()):
+                    continue
+                receiver, source = int(counterparty[2:]), payer
+            else:
+                continue
+            mine = self._inflows.setdefault(receiver, [])
+            mine.append((int(columns["at_ns"][i]), int(columns["amount"][i]), source))
+            del mine[:-INFLOWS_MAX]
 
     def _trust(self, customer: int, device: str, at: int) -> None:
         mine = self._trusted.setdefault(customer, {})

@@ -178,13 +178,21 @@ class World:
             p.created_ns,
         )
 
-    def history(self, people: list[Person], *, days: int = 60, friends: list[Person]) -> None:
-        """Everyday life for ``people`` over the ``days`` before now, in one batch: shop
-        payments, a friend paid now and then, a salary top-up a month and the odd
-        withdrawal to their own card, from their own phone at home."""
+    def history(
+        self,
+        people: list[Person],
+        *,
+        days: int = 60,
+        friends: list[Person],
+        ended_days_ago: int = 0,
+    ) -> None:
+        """Everyday life for ``people`` over the ``days`` before now (before
+        ``ended_days_ago`` days ago: a dormant account), in one batch: shop payments, a friend
+        paid now and then, a salary top-up a month and the odd withdrawal to their own card,
+        from their own phone at home."""
         rng = self.rng
         events: list[RiskEvent] = []
-        end = self.now - 2 * HOUR
+        end = self.now - 2 * HOUR - ended_days_ago * DAY
         for p in people:
             start = max(p.created_ns, end - days * DAY)
             for day in range((end - start) // DAY):

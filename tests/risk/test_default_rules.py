@@ -32,6 +32,7 @@ BENIGN: Final[dict[str, Any]] = {
     "customer.count_1h": 0,
     "device.count_24h": 0,
     "customer.count_24h": 0,
+    "customer.count_30d": 40,
     "customer.sum_24h": 0,
     "customer.outflow_24h": 0,
     "customer.kyc_level": 2,
@@ -43,6 +44,7 @@ BENIGN: Final[dict[str, Any]] = {
     "counterparty.passthrough_ratio_24h": 0.0,
     "counterparty.sum_24h": 0,
     "counterparty.count_1h": 0,
+    "counterparty.count_24h": 0,
     "counterparty.sum_1h": 0,
     "counterparty.sum_30d": 0,
     "device.count_1h": 1,
@@ -53,6 +55,10 @@ BENIGN: Final[dict[str, Any]] = {
     "device.familiar_payees_paid": 40,
     "counterparty.new_device_payee_s": float("nan"),
     "customer.new_device_payees_sum_14d": 0,
+    "customer.new_payers_inflow_24h": 0,
+    "customer.new_payers_24h": 0,
+    "customer.new_card_top_ups_24h": 0,
+    "event.is_night": False,
     "location.distance_km": 0.0,
     "location.speed_kmh": 0.0,
     "model.score": 0,
@@ -76,6 +82,67 @@ _DRAIN: Final[dict[str, Any]] = {
 }
 """150 CNY a night for the fourth night to a payee first paid from a new device three days
 ago, from a device that never paid anyone the customer paid before it."""
+
+_FAN_OUT: Final[dict[str, Any]] = {
+    "counterparty.first_payment": True,
+    "device.trusted_for_s": DAY - 1,
+    "device.familiar_payees_paid": 0,
+    "customer.new_device_payees_sum_14d": 38_000,
+    "event.amount": 19_000,
+}
+"""The third 190 CNY to someone never paid, an hour after a phone was first trusted on an
+account of 800 days."""
+
+_NIGHT: Final[dict[str, Any]] = {
+    "event.is_night": True,
+    "counterparty.first_payment": True,
+    "event.amount": 100_000,
+    "customer.amount_percentile": 0.98,
+}
+"""1,000 CNY at night to someone never paid, above 97 % of the customer's past amounts."""
+
+_PARTS: Final[dict[str, Any]] = {
+    "counterparty.account_age_s": 90 * DAY - 1,
+    "counterparty.distinct_payers_24h": 1,
+    "counterparty.count_24h": 2,
+    "counterparty.sum_24h": 90_000,
+    "counterparty.sum_30d": 90_000,
+    "event.amount": 10_000,
+}
+"""The third payment today to an 89-day-old account this customer alone paid (900 CNY before,
+nothing earlier in the month): 100 CNY takes it to 1,000."""
+
+_CONVERGE: Final[dict[str, Any]] = {
+    "event.type": "payment",
+    "event.amount": 100_000,
+    "customer.account_age_s": 90 * DAY - 1,
+    "customer.amount_history_count": 9,
+    "counterparty.account_age_s": 30 * DAY - 1,
+    "counterparty.sum_24h": 100_000,
+}
+"""A thin 89-day-old account spends 1,000 CNY at a merchant first paid 29 days ago that took
+1,000 CNY today."""
+
+_CYCLE: Final[dict[str, Any]] = {
+    "event.type": "withdrawal",
+    "counterparty.first_payment": True,
+    "event.amount": 20_000,
+    "customer.outflow_24h": 30_000,
+    "customer.new_card_top_ups_24h": 50_000,
+}
+"""200 CNY to a card never used, after 300 CNY sent out today and 500 CNY topped up from new
+cards."""
+
+_PASSES_ON: Final[dict[str, Any]] = {
+    "event.type": "withdrawal",
+    "customer.count_30d": 3,
+    "customer.new_payers_inflow_24h": 50_000,
+    "customer.new_payers_24h": 5,
+    "customer.outflow_24h": 10_000,
+    "event.amount": 15_000,
+}
+"""A quiet account withdraws 150 CNY after 100 CNY: half of the 500 CNY five strangers sent it
+today."""
 
 # rule id -> (changes that fire it, the same with one value just across the edge)
 CASES: Final[dict[str, list[tuple[dict[str, Any], dict[str, Any]]]]] = {
@@ -651,6 +718,90 @@ CASES: Final[dict[str, list[tuple[dict[str, Any], dict[str, Any]]]]] = {
         (_NEW_BUYER, {**_NEW_BUYER, "customer.kyc_level": 2}),
         (_NEW_BUYER, {**_NEW_BUYER, "customer.amount_history_count": 4}),
         (_NEW_BUYER, {**_NEW_BUYER, "event.amount": 49_999}),
+    ],
+    "ato.fan_out_new_device": [
+        (_FAN_OUT, {**_FAN_OUT, "event.amount": 11_999}),
+        (_FAN_OUT, {**_FAN_OUT, "device.trusted_for_s": DAY}),
+        (_FAN_OUT, {**_FAN_OUT, "device.familiar_payees_paid": 1}),
+        (_FAN_OUT, {**_FAN_OUT, "counterparty.first_payment": False}),
+        (
+            {**_FAN_OUT, "customer.account_age_s": DAY - 1 + WEEK + 1},
+            {**_FAN_OUT, "customer.account_age_s": DAY - 1 + WEEK},
+        ),
+    ],
+    "scam.night_unusual_payee": [
+        (_NIGHT, {**_NIGHT, "event.amount": 99_999}),
+        (_NIGHT, {**_NIGHT, "event.is_night": False}),
+        (_NIGHT, {**_NIGHT, "customer.amount_percentile": 0.97}),
+        (
+            {**_NIGHT, "counterparty.first_payment": False, "counterparty.count_1h": 1},
+            {**_NIGHT, "counterparty.first_payment": False, "counterparty.count_1h": 0},
+        ),
+        (
+            {**_NIGHT, "customer.amount_percentile": 0.5, "customer.amount_zscore": 3.01},
+            {**_NIGHT, "customer.amount_percentile": 0.5, "customer.amount_zscore": 3.0},
+        ),
+        (
+            {**_NIGHT, "customer.amount_percentile": 0.5, "customer.amount_history_count": 2},
+            {**_NIGHT, "customer.amount_percentile": 0.5, "customer.amount_history_count": 3},
+        ),
+    ],
+    "scam.quiet_payee_paid_repeatedly": [
+        (_PARTS, {**_PARTS, "event.amount": 9_999}),
+        (_PARTS, {**_PARTS, "counterparty.count_24h": 1}),
+        (_PARTS, {**_PARTS, "counterparty.distinct_payers_24h": 2}),
+        (_PARTS, {**_PARTS, "counterparty.account_age_s": 90 * DAY}),
+        (_PARTS, {**_PARTS, "counterparty.sum_30d": 140_000}),
+        (_PARTS, {**_PARTS, "counterparty.first_payment": True}),
+        (
+            {
+                **_PARTS,
+                "event.amount": 20_000,
+                "counterparty.sum_24h": 80_000,
+                "counterparty.sum_30d": 80_000,
+            },
+            {
+                **_PARTS,
+                "event.amount": 19_999,
+                "counterparty.sum_24h": 80_000,
+                "counterparty.sum_30d": 80_000,
+            },
+        ),
+    ],
+    "merchant.thin_payers_converge": [
+        (_CONVERGE, {**_CONVERGE, "event.amount": 99_999}),
+        (_CONVERGE, {**_CONVERGE, "customer.account_age_s": 90 * DAY}),
+        (_CONVERGE, {**_CONVERGE, "customer.amount_history_count": 10}),
+        (_CONVERGE, {**_CONVERGE, "counterparty.account_age_s": 30 * DAY}),
+        (_CONVERGE, {**_CONVERGE, "counterparty.sum_24h": 99_999}),
+    ],
+    "cash.new_card_in_new_card_out": [
+        (_CYCLE, {**_CYCLE, "customer.new_card_top_ups_24h": 49_999}),
+        (_CYCLE, {**_CYCLE, "event.amount": 19_999}),
+        (_CYCLE, {**_CYCLE, "counterparty.first_payment": False}),
+        (
+            {**_CYCLE, "counterparty.first_payment": False, "counterparty.count_24h": 1},
+            {**_CYCLE, "event.type": "p2p"},
+        ),
+    ],
+    "mule.quiet_account_cashes_out": [
+        (_PASSES_ON, {**_PASSES_ON, "customer.count_30d": 4}),
+        (
+            {**_PASSES_ON, "customer.count_30d": 13, "customer.count_24h": 10},
+            {**_PASSES_ON, "customer.count_30d": 14, "customer.count_24h": 10},
+        ),
+        (_PASSES_ON, {**_PASSES_ON, "event.amount": 14_999}),
+        (_PASSES_ON, {**_PASSES_ON, "customer.new_payers_24h": 6}),
+        (_PASSES_ON, {**_PASSES_ON, "event.type": "p2p"}),
+        (
+            {**_PASSES_ON, "customer.new_payers_24h": 1, "event.amount": 40_000},
+            {
+                **_PASSES_ON,
+                "customer.new_payers_inflow_24h": 49_999,
+                "customer.new_payers_24h": 1,
+                "event.amount": 40_000,
+            },
+        ),
     ],
     "farm.device_crowd": [
         (

@@ -771,3 +771,46 @@ def test_a_passed_step_up_survives_a_crash_and_replays_between_the_same_batches(
     fourth.recover(tmp_path / "state")
     assert (7, "tablet") in fourth.trusted_devices()
     _close(fourth)
+
+
+def test_money_in_from_strangers_and_new_cards_is_learnt_and_survives_a_restart(
+    tmp_path: Path,
+) -> None:
+    """``customer.new_payers_inflow_24h``/``customer.new_payers_24h`` count what customers
+    paying a customer for the first time sent it (a second payment, or one rejected, does
+    not count); ``customer.new_card_top_ups_24h`` the top-ups from a card used for the first
+    time; both over 24 hours, and the same after a snapshot and the log's replay."""
+    clock = ManualClock(T0)
+    live = _engine(tmp_path, clock)
+
+    def pay(
+        k: int,
+        payer: int,
+        payee: str,
+        amount: int,
+        *,
+        kind: EventKind = EventKind.P2P,
+        device: str = "d1",
+    ) -> RiskEvent:
+        return RiskEvent(kind, payer, T0 + k * 60 * 10**9, amount, "CNY", payee, device)
+
+    live([pay(0, 7, "c:8", 1_000), pay(1, 9, "c:8", 500)])
+    live([pay(2, 9, "c:8", 700)])  # paid before: not a stranger's money
+    live.snapshot(tmp_path / "state")
+    live([pay(3, 10, "c:8", 900, device="evil")])  # rejected: never arrived
+    live([pay(4, 8, "card:new", 3_000, kind=EventKind.TOP_UP)])
+    live([pay(5, 8, "card:new", 100, kind=EventKind.TOP_UP)])  # the card used before
+    live([pay(6, 11, "m:1", 400), pay(7, 12, "c:x", 400)])  # not a customer's account
+    at = np.array([T0 + 10 * 60 * 10**9, T0 + 10 * 60 * 10**9 + DAY], dtype=np.int64)
+    found = live._inflows_of([8, 8], at)
+    assert found["customer.new_payers_inflow_24h"].tolist() == [1_500, 0]
+    assert found["customer.new_payers_24h"].tolist() == [2, 0]
+    assert found["customer.new_card_top_ups_24h"].tolist() == [3_000, 0]
+    assert live._inflows_of([7], at[:1])["customer.new_payers_inflow_24h"].tolist() == [0]
+    _close(live)
+    again = _engine(tmp_path / "other", clock)
+    _close(again)
+    again.log = DecisionLog(tmp_path / "log")
+    again.recover(tmp_path / "state")
+    assert again._inflows == live._inflows and set(live._inflows) == {8}
+    _close(again)

@@ -229,6 +229,15 @@ score = 10
 priority = 4
 status = "active"
 owner = "t"
+
+[[rule]]
+id = "strangers_money"
+description = "money in from customers paying for the first time (the values shown)"
+when = 'customer.new_payers_inflow_24h >= 300 or customer.new_payers_24h >= 2'
+score = 10
+priority = 5
+status = "active"
+owner = "t"
 """
 
 _KINDS_DRAWN = ["payment", "p2p", "login", "password_reset", "device_change"]

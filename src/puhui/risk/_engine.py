@@ -36,7 +36,13 @@ from ._changes import AccountChanges
 from ._decide import Decision, EventKind, RiskDecision, RiskEvent
 from ._evaluate import Ruleset
 from ._expr import FeatureType
-from ._features import FEATURE_SCHEMA, FeatureStore, InvalidRiskEventError, write_snapshot
+from ._features import (
+    FEATURE_SCHEMA,
+    FeatureStore,
+    InvalidRiskEventError,
+    _customer_of,
+    write_snapshot,
+)
 from ._lists import RiskLists
 from ._load import RulesetWatcher
 from ._log import DecisionLog, LogRecord, schema_path
@@ -108,6 +114,18 @@ ENGINE_FEATURES: Final = {
         "What the customer sent to such payees (p2p events accepted or challenged) in the last "
         "14 days, minor units; 0 when none."
     ),
+    "customer.new_payers_inflow_24h": (
+        "What others sent this customer (p2p to ``c:<id>``, events accepted or challenged) in "
+        "the last 24 hours, each paying them for the first time, minor units: money from "
+        "strangers (what a mule or a layering hop receives); 0 when none."
+    ),
+    "customer.new_payers_24h": (
+        "How many customers make up ``customer.new_payers_inflow_24h`` (distinct payers)."
+    ),
+    "customer.new_card_top_ups_24h": (
+        "What the customer topped up in the last 24 hours from cards used then for the first "
+        "time (events accepted or challenged), minor units; 0 when none."
+    ),
 }
 """Numeric features the engine adds from its own state (logged with the store's)."""
 NEW_DEVICE_S: Final = 7 * 86_400
@@ -118,10 +136,20 @@ NEW_DEVICE_SENT_WINDOW_S: Final = 14 * 86_400
 """The window of ``customer.new_device_payees_sum_14d`` (unit: s)."""
 NEW_DEVICE_SENT_MAX: Final = 64
 """Payments to such payees kept per customer, the newest (unit: events)."""
+INFLOW_WINDOW_S: Final = 86_400
+"""The window of the ``customer.new_payers_*`` and ``customer.new_card_top_ups_24h`` features
+(unit: s)."""
+INFLOWS_MAX: Final = 64
+"""Money in from a first-time payer or a new card kept per customer, the newest (unit:
+events)."""
+NEW_CARD: Final = -1
+"""The source of an inflow that is a top-up from a card used for the first time (other
+inflows name their payer, a customer id)."""
 CHALLENGED_PLACES_MAX: Final = 65_536
 """Challenged events whose place a passed step-up would confirm, the newest (unit: pairs)."""
 _P2P_CODE: Final = KINDS.index(EventKind.P2P)
 _PAYMENT_CODE: Final = KINDS.index(EventKind.PAYMENT)
+_TOP_UP_CODE: Final = KINDS.index(EventKind.TOP_UP)
 _BINDING_CODES: Final = (KINDS.index(EventKind.LOGIN), KINDS.index(EventKind.DEVICE_CHANGE))
 """Event kinds whose acceptance makes a device trusted for a customer trusted one before (a
 passed step-up does too; any accepted event trusts a customer's first device)."""
@@ -422,6 +450,12 @@ class RiskEngine:
         self._new_payees_sent: dict[int, list[tuple[int, int]]] = {}
         """Per customer, (time ns, amount) of the p2p events to those payees that were
         accepted or challenged (the newest ``NEW_DEVICE_SENT_MAX``)."""
+        self._inflows: dict[int, list[tuple[int, int, int]]] = {}
+        """Per customer, (time ns, amount, source) of the money in that was accepted or
+        challenged from a payer paying them for the first time (source: the payer's id) or a
+        top-up from a card used for the first time (``NEW_CARD``): the newest
+        ``INFLOWS_MAX``; at most ``trusted_max`` customers, the least recently paid 1/8
+        dropped beyond."""
         self._schema_names: tuple[str, ...] = ()
         self._schema_hash = ""
 
@@ -472,6 +506,7 @@ class RiskEngine:
             from_events["device.distance_km"] = km
             from_events["device.speed_kmh"] = kmh
             from_events.update(self._new_payees_of(customers, strings["counterparty"], columns))
+            from_events.update(self._inflows_of(customers, columns["at_ns"]))
             from_events["device.familiar_payees_paid"] = self._trust.familiar(slots)
             from_events.update(self._changes.features(customers, columns["kind"], at_ns))
 
@@ -629,6 +664,7 @@ class RiskEngine:
         customers: list[int] = columns["customer_id"].tolist()
         levels: list[int] = severity.tolist()
         familiar = self._learn_payees(customers, devices, counterparties, columns, feats, levels)
+        self._learn_inflows(customers, counterparties, columns, feats, levels)
         self._trust.learn(
             customers,
             devices,
@@ -828,6 +864,78 @@ class RiskEngine:
             self._new_payees_sent = {c: v for c, v in sent.items() if c in still}
         return np.asarray(familiar, dtype=np.int64)
 
+    # --- money in from strangers and new cards -----------------------------------------------
+
+    def _inflows_of(
+        self, customers: list[int], at_ns: npt.NDArray[np.int64]
+    ) -> dict[str, npt.NDArray[Any]]:
+        """Per event: ``customer.new_payers_inflow_24h``, ``customer.new_payers_24h`` and
+        ``customer.new_card_top_ups_24h`` (as of the start of the batch)."""
+        n = len(customers)
+        from_payers = np.zeros(n, dtype=np.int64)
+        payers = np.zeros(n, dtype=np.int64)
+        from_cards = np.zeros(n, dtype=np.int64)
+        inflows = self._inflows
+        if inflows:
+            times: list[int] = at_ns.tolist()
+            window_ns = INFLOW_WINDOW_S * 10**9
+            for i, customer in enumerate(customers):
+                mine = inflows.get(customer)
+                if not mine:
+                    continue
+                since = times[i] - window_ns
+                seen: set[int] = set()
+                for at, amount, source in mine:
+                    if at <= since:
+                        continue
+                    if source == NEW_CARD:
+                        from_cards[i] += amount
+                    else:
+                        from_payers[i] += amount
+                        seen.add(source)
+                payers[i] = len(seen)
+        return {
+            "customer.new_payers_inflow_24h": from_payers,
+            "customer.new_payers_24h": payers,
+            "customer.new_card_top_ups_24h": from_cards,
+        }
+
+    def _learn_inflows(
+        self,
+        customers: list[int],
+        counterparties: list[str],
+        columns: Mapping[str, npt.NDArray[Any]],
+        feats: Mapping[str, npt.NDArray[Any]],
+        severity: list[int],
+    ) -> None:
+        """A p2p payment accepted or challenged that pays a customer (``c:<id>``) for the
+        first time is money in from a stranger for that customer; a top-up accepted or
+        challenged from a card used for the first time, money in from a new card."""
+        kinds = columns["kind"]
+        moving = np.flatnonzero((kinds == _P2P_CODE) | (kinds == _TOP_UP_CODE)).tolist()
+        if not moving:
+            return
+        first_payment = feats["counterparty.first_payment"]
+        amounts, times = columns["amount"], columns["at_ns"]
+        inflows = self._inflows
+        for i in moving:
+            if severity[i] > 1 or not first_payment[i]:
+                continue
+            receiver: int | None = customers[i]
+            source = NEW_CARD
+            if kinds[i] == _P2P_CODE:
+                receiver, source = _customer_of(counterparties[i]), customers[i]
+            if receiver is None:
+                continue
+            mine = inflows.pop(receiver, [])
+            inflows[receiver] = mine  # the most recently paid last
+            mine.append((int(times[i]), int(amounts[i]), source))
+            del mine[:-INFLOWS_MAX]
+        bound = self.trusted_max
+        if len(inflows) > bound:
+            keep = bound - bound // 8
+            self._inflows = dict(itertools.islice(inflows.items(), len(inflows) - keep, None))
+
     # --- the decision log ------------------------------------------------------------------
 
     def _append(
@@ -897,6 +1005,7 @@ class RiskEngine:
                 changes = self._changes.saved()
                 payees = list(self._new_payees.items())
                 sent = [(c, list(v)) for c, v in self._new_payees_sent.items()]
+                inflows = [(c, list(v)) for c, v in self._inflows.items()]
                 ever_trusted = self._trust.ever.to_array()
             # Written without the lock: decisions go on meanwhile (they waited for the write
             # and its fsyncs before). The trusted pairs in their order of use, least recent
@@ -909,6 +1018,7 @@ class RiskEngine:
                 "places": devices["places"],
                 "new_payees": [[c, payee, at] for (c, payee), at in payees],
                 "new_payees_sent": [[c, [list(x) for x in v]] for c, v in sent],
+                "inflows": [[c, [list(x) for x in v]] for c, v in inflows],
                 "familiar": devices["familiar"],
                 **changes,
             }
@@ -964,6 +1074,10 @@ class RiskEngine:
                 self._new_payees_sent = {
                     int(c): [(int(at), int(amount)) for at, amount in v]
                     for c, v in saved.get("new_payees_sent", [])
+                }
+                self._inflows = {  # a snapshot from before they were kept: none
+                    int(c): [(int(at), int(amount), int(source)) for at, amount, source in v]
+                    for c, v in saved.get("inflows", [])
                 }
             if self.log is None:
                 return 0
