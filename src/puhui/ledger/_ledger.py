@@ -46,6 +46,7 @@ from ._convert import (
 from ._engine import KIND_ACCOUNTS, KIND_PULSE, KIND_TRANSFERS, Array, Engine
 from ._errors import (
     FieldOutOfRangeError,
+    JournalCorruptError,
     LedgerClosedError,
     LedgerFailedError,
     LedgerLockedError,
@@ -54,7 +55,7 @@ from ._errors import (
     WrongTypeError,
 )
 from ._journal import Journal, checksum, decode_group, encode_group, open_journal
-from ._os import write_durably
+from ._os import lower_io_priority, write_durably
 from ._types import (
     ACCOUNT_DTYPE,
     AMOUNT_MAX,
@@ -249,6 +250,9 @@ class Ledger:
         self._lock_fd = -1
         self._closed = False
         self._failure: BaseException | None = None
+        self._fault: BaseException | None = None
+        """Damage the background checks found (``_check_unread``): the writer stops on it."""
+        self._checks_stop = threading.Event()
         self._queue: queue.Queue[_Request] = queue.Queue(self._options.queue_requests_max)
         self._completions: dict[
             asyncio.AbstractEventLoop, list[tuple[_Waiter, Any, BaseException | None]]
@@ -300,6 +304,11 @@ class Ledger:
         self._write_back.start()
         self._writer = threading.Thread(target=self._run, name="puhui-ledger-writer", daemon=True)
         self._writer.start()
+        # What opening did not read is checked now, beside the writer (``_check_unread``).
+        self._checks = threading.Thread(
+            target=self._check_unread, name="puhui-ledger-checks", daemon=True
+        )
+        self._checks.start()
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -360,7 +369,8 @@ class Ledger:
                 S.remove_snapshot(path)
                 continue
             count = int(image.counters[K.C_TRANSFERS])
-            if not self._engine.rows_match(count, manifest.transfer_rows, manifest.balance_rows):
+            index = self._engine.check_rows(count, manifest.transfer_rows, manifest.balance_rows)
+            if index is None:
                 # A row file lost, replaced or damaged: the rows below the snapshot's count are
                 # not its. The journal rebuilds them (from an older snapshot, or from scratch).
                 log.warning(
@@ -370,7 +380,7 @@ class Ledger:
                 )
                 S.remove_snapshot(path)
                 continue
-            self._engine.restore(image)
+            self._engine.restore(image, index)
             start_op = op
             start_checksum = manifest.record_checksum
             break
@@ -400,10 +410,36 @@ class Ledger:
         if last is not None:
             self._op_checksum = checksum(last)
 
+    def _check_unread(self) -> None:
+        """Check, at idle I/O priority, the journal records opening did not read (the file
+        journal's segments wholly below its checkpoint's durable op: the snapshot restored
+        counted them). Damage there is what opening reported before (``journal_corrupt``):
+        the ledger stops (fail-stop, ``ledger_failed`` caused by it) at its next group, and
+        the damage is logged; ``wait_for_checks`` raises it."""
+        lower_io_priority()
+        try:
+            self._journal.check_unread(self._checks_stop)
+        except JournalCorruptError as error:
+            log.error("journal damaged below the snapshot; the ledger stops: %s", error)
+            self._fault = error
+            with contextlib.suppress(queue.Full):  # wake an idle writer; a busy one sees it
+                self._queue.put_nowait(_Request(_TICK, None))
+
+    def wait_for_checks(self, timeout: float | None = None) -> bool:
+        """Wait for the checks opening left to the background (see ``_check_unread``);
+        raises the damage they found. False if still running after ``timeout`` seconds."""
+        self._checks.join(timeout)
+        if self._fault is not None:
+            raise self._fault
+        return not self._checks.is_alive()
+
     def _record_checksum(self, op: int) -> int | None:
         """The checksum of the journal's record ``op`` (0 for op 0; None if missing)."""
         if op == 0:
             return 0
+        known = self._journal.known_checksum(op)
+        if known is not None:
+            return known
         found = next(iter(self._journal.read(op - 1)), None)
         if found is None or found[0] != op:
             return None
@@ -414,6 +450,7 @@ class Ledger:
         if self._closed:
             return
         self._closed = True
+        self._checks_stop.set()
         if self._writer.is_alive():
             self._queue.put(_Request(_CLOSE, None, future=Future()))
             self._writer.join()
@@ -426,6 +463,7 @@ class Ledger:
         self._write_back_stop = True
         self._write_back_wanted.set()
         self._write_back.join()
+        self._checks.join()
         self._engine.close()
         self._journal.close()
         self._release_lock()
@@ -609,6 +647,8 @@ class Ledger:
         return max(0.0, (deadline - self._clock.now_ns()) / 1e9) + 0.001
 
     def _process(self, group: list[_Request]) -> None:
+        if self._fault is not None:  # damage the background checks found: stop (fail-stop)
+            raise self._fault
         engine = self._engine
         now_ns = self._clock.now_ns()
         stamp = max(engine.clock, now_ns)
