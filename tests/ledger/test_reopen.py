@@ -89,11 +89,11 @@ def test_segments_below_the_snapshot_are_not_read_at_opening_and_checked_after(
     found = _closed_ledger(tmp_path, monkeypatch)
     journal = FileJournal(tmp_path / "journal")
     try:
-        unread = [path for _first, path, _next in journal._unread]
+        unread = [path for path, _next in journal._unread.values()]
         assert unread == found[:-1]  # all but the last: the snapshot counted every record
         assert journal.known_checksum(journal.last_op()) is not None
         journal.check_unread()
-        assert journal._unread == []
+        assert journal._unread == {}
         # Read from the start anyway (a replay from scratch): every record, in order.
         assert [op for op, _ in journal.read(0)] == list(range(1, journal.last_op() + 1))
     finally:
@@ -181,3 +181,49 @@ def test_the_index_built_while_checking_the_rows_is_the_one_a_rebuild_makes(
         assert result[0].status == CreateTransferStatus.EXISTS
     finally:
         led.close()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("damaged", [False, True])
+def test_a_crash_replays_through_segments_opening_did_not_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damaged: bool
+) -> None:
+    """After a crash the snapshot is older than segments the checkpoint knows durable (it
+    records the last op at each rollover): opening skips them, and the replay reads them,
+    checked record by record (damage there stops opening, as before)."""
+    monkeypatch.setattr(FileJournal, "FIRST_SEGMENT_BYTES", 4096)
+    led = open(tmp_path / "journal", state_dir=tmp_path / "state")
+    led.create_accounts(
+        [Account(id=i, ledger=1, code=1, flags=AccountFlags.HISTORY) for i in (1, 2)]
+    )
+    led.snapshot_now()  # the state after op 1 only
+    for i in range(1, TRANSFERS + 1):
+        assert led.create_transfers([_transfer(i)])[0].status == CreateTransferStatus.CREATED
+    # As a crash leaves it: the process gone without closing (no final snapshot).
+    for name in ("journal", "state"):
+        shutil.copytree(
+            tmp_path / name, tmp_path / f"crashed-{name}", ignore=shutil.ignore_patterns("lock")
+        )
+    led.close()
+    found = segments(tmp_path / "crashed-journal")
+    journal = FileJournal(tmp_path / "crashed-journal")
+    try:
+        assert found[1] in [path for path, _next in journal._unread.values()]
+    finally:
+        journal.close()
+    if damaged:
+        offset, _length = _records(found[1])[2]
+        _flip(found[1], offset + HEADER + 5)
+        with pytest.raises(JournalCorruptError):
+            open(tmp_path / "crashed-journal", state_dir=tmp_path / "crashed-state")
+        return
+    again = open(tmp_path / "crashed-journal", state_dir=tmp_path / "crashed-state")
+    try:
+        # The replay read them, all but the one the snapshot's op is in (checked after).
+        unread = [path for path, _next in again._journal._unread.values()]  # type: ignore[attr-defined]
+        assert found[1] not in unread
+        assert again.wait_for_checks(timeout=30)
+        looked_up = again.lookup_transfers(list(range(1, TRANSFERS + 1)))
+        assert [t.amount for t in looked_up] == list(range(1, TRANSFERS + 1))
+        assert verify(again).ok
+    finally:
+        again.close()

@@ -401,6 +401,35 @@ class _RowFile:
         self._fd = -1
 
 
+_kernels_loading: threading.Thread | None = None
+_kernels_lock = threading.Lock()
+
+
+def load_kernels_in_background() -> None:
+    """Start loading every compiled kernel on a thread of its own, once per process (numba
+    loads a kernel's machine code from its cache at its first call, and its own machinery
+    at the very first: seconds, nearly all of it Python under the GIL). Opening a ledger
+    starts it first thing, so that it overlaps the reads of the journal and the row files
+    (which release the GIL); ``Engine.warm_up`` then finds the kernels loaded. The kernels
+    are called on empty arrays of the types the engine gives them (an in-memory engine's
+    ``warm_up``, and the kernels that check the row files on opening)."""
+    global _kernels_loading
+    with _kernels_lock:
+        if _kernels_loading is not None:
+            return
+
+        def load() -> None:
+            with contextlib.suppress(Exception):  # the engine's own warm-up loads them then
+                K.rows_digest(np.zeros(4, np.uint64))
+                K.index_insert_rows(np.zeros(16, np.uint64), np.zeros(0, TRANSFER_DTYPE), 0)
+                engine = Engine(transfers_capacity=1024)
+                engine.warm_up()
+                engine.close()
+
+        _kernels_loading = threading.Thread(target=load, name="puhui-ledger-kernels", daemon=True)
+        _kernels_loading.start()
+
+
 def _touched(array: Array) -> Array:
     """Fault in all of a new array's pages now, at once (``MADV_POPULATE_WRITE``). The id
     index is written at random places: left to the writer, its first group after opening
@@ -576,6 +605,21 @@ class Engine:
         if 2 * need > self.acct_slots.shape[0]:
             self.acct_slots = np.zeros(_pow2_at_least(4 * need), np.uint64)
             K.index_rebuild(self.acct_slots, self.accounts, self.n_accounts)
+
+    def expect_transfers(self, extra: int) -> None:
+        """Make room now for ``extra`` more transfers (a replay about to bring at most that
+        many): the two-phase states and the id index, each grown once instead of doubling
+        as the replay goes (each growth of the index fills a new one, 512 MiB at 10M
+        transfers, and indexes every row again, read back from the files; the row files
+        grow by address reservations, which cost little). Writer thread, before ``apply``."""
+        need = self.n_transfers + extra
+        if need > self.xfer_state.shape[0]:
+            grown = _touched(np.zeros(_pow2_at_least(need + need // 2), np.uint8))
+            grown[: self.n_transfers] = self.xfer_state[: self.n_transfers]
+            self.xfer_state = grown
+        if 2 * need > self.xfer_slots.shape[0]:
+            self.xfer_slots = _touched(np.zeros(_pow2_at_least(4 * need), np.uint64))
+            K.index_rebuild(self.xfer_slots, self._transfers.array, self.n_transfers)
 
     def _ensure_transfers(self, extra: int) -> None:
         need = self.n_transfers + extra

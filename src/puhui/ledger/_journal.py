@@ -65,6 +65,11 @@ class Journal(Protocol):
         durable op. Returns early once ``stop`` is set."""
         ...
 
+    def bytes_after(self, op: int) -> int | None:
+        """At most how many bytes the records after ``op`` take (a replay's size, known
+        ahead: the engine makes room once); None if not known without reading them."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -215,6 +220,9 @@ class SqliteJournal:
     def check_unread(self, stop: threading.Event | None = None) -> None:
         """Nothing unread: opening reads no record (each is checked as replay reads it)."""
 
+    def bytes_after(self, op: int) -> int | None:
+        return None
+
     def close(self) -> None:
         self._db.close()
         self._unlock()
@@ -320,6 +328,9 @@ class PostgresJournal:
     def check_unread(self, stop: threading.Event | None = None) -> None:
         """Nothing unread: opening reads no record (each is checked as replay reads it)."""
 
+    def bytes_after(self, op: int) -> int | None:
+        return None
+
     def close(self) -> None:
         self._db.close()
 
@@ -401,9 +412,10 @@ class FileJournal:
         self._recorded: tuple[int, tuple[tuple[int, int], ...]] | None = None
         """What the checkpoint file holds (durable op, segment sizes); None: no file."""
         self._checkpoint_thread: threading.Thread | None = None
-        self._unread: list[tuple[int, Path, int]] = []
-        """Segments opening did not read (first op, path, the next segment's first op): every
-        record of them at or below the checkpoint's durable op (``check_unread``)."""
+        self._unread: dict[int, tuple[Path, int]] = {}
+        """Segments opening did not read (first op: path, the next segment's first op): every
+        record of them at or below the checkpoint's durable op, checked since by no
+        ``check_unread`` or ``read``."""
         self._known: dict[int, int] = {}
         """Checksums of records opening read: the durable op's and the last one's."""
         try:
@@ -501,7 +513,7 @@ class FileJournal:
             last_segment = index == len(self._segments) - 1
             following = None if last_segment else self._segments[index + 1][0]
             if following is not None and following <= durable_op + 1 and first in sizes:
-                self._unread.append((first, path, following))
+                self._unread[first] = (path, following)
                 last_op = following - 1
                 continue
             offset = 0
@@ -579,6 +591,19 @@ class FileJournal:
         sizes = [p.stat().st_size for _, p in self._segments if p.exists()]
         return -(-max(sizes, default=1) // _BLOCK) * _BLOCK
 
+    def bytes_after(self, op: int) -> int:
+        """The segments' bytes from the one holding the record after ``op`` on (whole
+        segments: their sizes, the last one up to its end): what a replay from ``op`` reads
+        at most, known without reading it (an excess of at most the first segment's)."""
+        total = 0
+        for index, (first, path) in enumerate(self._segments):
+            following = self._segments[index + 1][0] if index + 1 < len(self._segments) else None
+            if following is None:
+                total += self._offset
+            elif following > op + 1:
+                total += self._sizes.get(first) or path.stat().st_size
+        return total
+
     def known_checksum(self, op: int) -> int | None:
         """The checksum of record ``op`` if opening read it: the checkpoint's durable op
         (the op of the ledger's newest snapshot) and the last op. None for any other."""
@@ -591,7 +616,7 @@ class FileJournal:
         any damage is ``journal_corrupt``. Returns early once ``stop`` is set."""
         buffer: mmap.mmap | None = None
         try:
-            for first, path, following in list(self._unread):
+            for first, (path, following) in list(self._unread.items()):
                 if stop is not None and stop.is_set():
                     return
                 try:
@@ -608,7 +633,7 @@ class FileJournal:
                         f" {following - 1} are missing, but the records up to"
                         f" {self._durable_op} were durable"
                     )
-                self._unread.remove((first, path, following))
+                self._unread.pop(first, None)
         finally:
             if buffer is not None:
                 with contextlib.suppress(BufferError):
@@ -916,6 +941,8 @@ class FileJournal:
                     raise JournalCorruptError(
                         f"journal segment {path.name} ends early: op {expected} is missing"
                     )
+                if first > after_op:  # every record of it checked: none left unread
+                    self._unread.pop(first, None)
         finally:
             self._drop_read_buffer()
 

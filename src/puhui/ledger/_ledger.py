@@ -10,6 +10,7 @@ valid snapshot is loaded and the journal after it is replayed through the same k
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import fcntl
 import logging
@@ -18,7 +19,7 @@ import queue
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,14 @@ from ._convert import (
     transfer_results,
     transfers_to_array,
 )
-from ._engine import KIND_ACCOUNTS, KIND_PULSE, KIND_TRANSFERS, Array, Engine
+from ._engine import (
+    KIND_ACCOUNTS,
+    KIND_PULSE,
+    KIND_TRANSFERS,
+    Array,
+    Engine,
+    load_kernels_in_background,
+)
 from ._errors import (
     FieldOutOfRangeError,
     JournalCorruptError,
@@ -231,6 +239,68 @@ _READ = 0
 _CLOSE = -1
 _TICK = -2
 
+READ_AHEAD_BYTES = 64 << 20
+"""Most bytes of journal records read ahead of the replay (``_read_ahead``)."""
+
+
+def _read_ahead(
+    records: Iterator[tuple[int, bytes]], bytes_max: int = READ_AHEAD_BYTES
+) -> Iterator[tuple[int, bytes]]:
+    """``records`` (a journal's ``read``), pulled on a thread of its own up to ``bytes_max``
+    ahead of the caller: the journal's reads and checksums (which release the GIL) run while
+    the kernels replay the records before (they release it too). The same records in the
+    same order; an error of ``records`` (``journal_corrupt``) is raised after the records
+    before it were taken, as without the thread."""
+    cond = threading.Condition()
+    items: collections.deque[tuple[int, bytes]] = collections.deque()
+    held = 0
+    finished = False
+    stop = False
+    error: BaseException | None = None
+
+    def produce() -> None:
+        nonlocal held, finished, error
+        try:
+            for op, payload in records:
+                with cond:
+                    while held >= bytes_max and not stop:
+                        cond.wait()
+                    if stop:
+                        return
+                    items.append((op, payload))
+                    held += len(payload)
+                    cond.notify_all()
+        except BaseException as failure:  # handed to the caller, after the records before it
+            error = failure
+        finally:
+            close = getattr(records, "close", None)
+            if close is not None:
+                close()
+            with cond:
+                finished = True
+                cond.notify_all()
+
+    reader = threading.Thread(target=produce, name="puhui-ledger-read-ahead", daemon=True)
+    reader.start()
+    try:
+        while True:
+            with cond:
+                while not items and not finished:
+                    cond.wait()
+                if not items:
+                    if error is not None:
+                        raise error
+                    return
+                op, payload = items.popleft()
+                held -= len(payload)
+                cond.notify_all()
+            yield op, payload
+    finally:
+        with cond:
+            stop = True
+            cond.notify_all()
+        reader.join()
+
 
 class Ledger:
     """A TigerBeetle-compatible client over the embedded engine. Use ``puhui.ledger.open``."""
@@ -396,11 +466,14 @@ class Ledger:
                 if not self._engine.write_back_rows():
                     done.wait(0.002)
 
+        replayed = self._journal.bytes_after(start_op)
+        if replayed:  # at most one transfer per 128 bytes of records: room made once
+            self._engine.expect_transfers(replayed // TRANSFER_DTYPE.itemsize)
         mover = threading.Thread(target=move_rows, name="puhui-ledger-recovery-rows", daemon=True)
         mover.start()
         last: bytes | None = None
         try:
-            for op, payload in self._journal.read(start_op):
+            for op, payload in _read_ahead(self._journal.read(start_op)):
                 apply_record(self._engine, payload)
                 self._op = op
                 last = payload
@@ -1338,6 +1411,7 @@ def open(
     (``<path>.state``), or ``./puhui-data/ledger-<journal id>`` for PostgreSQL.
     """
     url = os.fspath(path_or_url)
+    load_kernels_in_background()  # while the journal and the state are read
     journal = open_journal(url)
     try:
         directory = (
