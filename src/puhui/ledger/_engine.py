@@ -422,6 +422,8 @@ def load_kernels_in_background() -> None:
             with contextlib.suppress(Exception):  # the engine's own warm-up loads them then
                 K.rows_digest(np.zeros(4, np.uint64))
                 K.index_insert_rows(np.zeros(16, np.uint64), np.zeros(0, TRANSFER_DTYPE), 0)
+                K.index_rebuild(np.zeros(16, np.uint64), np.zeros(0, TRANSFER_DTYPE), 0)
+                K.index_rebuild(np.zeros(16, np.uint64), np.zeros(0, ACCOUNT_DTYPE), 0)
                 engine = Engine(transfers_capacity=1024)
                 engine.warm_up()
                 engine.close()
@@ -619,7 +621,8 @@ class Engine:
             self.xfer_state = grown
         if 2 * need > self.xfer_slots.shape[0]:
             self.xfer_slots = _touched(np.zeros(_pow2_at_least(4 * need), np.uint64))
-            K.index_rebuild(self.xfer_slots, self._transfers.array, self.n_transfers)
+            if self.n_transfers:  # (zeros already: no pass over the new index for nothing)
+                K.index_rebuild(self.xfer_slots, self._transfers.array, self.n_transfers)
 
     def _ensure_transfers(self, extra: int) -> None:
         need = self.n_transfers + extra
