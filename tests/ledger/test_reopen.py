@@ -6,6 +6,8 @@ that reads them; the transfers' id index is built on the pass that checks the ro
 from __future__ import annotations
 
 import shutil
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -227,3 +229,28 @@ def test_a_crash_replays_through_segments_opening_did_not_read(
         assert verify(again).ok
     finally:
         again.close()
+
+
+def test_the_replay_reads_ahead_in_order_and_raises_where_the_journal_did() -> None:
+    """``_read_ahead`` hands over the journal's records in order, bounded in bytes ahead,
+    then the journal's error after the records before it; a caller that stops early stops
+    the reading thread."""
+    from puhui.ledger._ledger import _read_ahead
+
+    def records(fail: bool) -> Iterator[tuple[int, bytes]]:
+        for op in range(1, 101):
+            yield op, bytes([op]) * 1000
+        if fail:
+            raise JournalCorruptError("journal record 101 fails its checksum")
+
+    assert [op for op, _ in _read_ahead(records(False), bytes_max=5000)] == list(range(1, 101))
+    taken: list[int] = []
+    with pytest.raises(JournalCorruptError, match="101"):
+        for op, payload in _read_ahead(records(True), bytes_max=5000):
+            assert payload == bytes([op]) * 1000
+            taken.append(op)
+    assert taken == list(range(1, 101))
+    reading = _read_ahead(records(False), bytes_max=5000)
+    assert next(reading)[0] == 1
+    reading.close()  # joins the reading thread, blocked on the bound: it must stop
+    assert not any(t.name == "puhui-ledger-read-ahead" for t in threading.enumerate())

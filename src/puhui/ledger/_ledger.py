@@ -19,7 +19,7 @@ import queue
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -245,7 +245,7 @@ READ_AHEAD_BYTES = 64 << 20
 
 def _read_ahead(
     records: Iterator[tuple[int, bytes]], bytes_max: int = READ_AHEAD_BYTES
-) -> Iterator[tuple[int, bytes]]:
+) -> Generator[tuple[int, bytes]]:
     """``records`` (a journal's ``read``), pulled on a thread of its own up to ``bytes_max``
     ahead of the caller: the journal's reads and checksums (which release the GIL) run while
     the kernels replay the records before (they release it too). The same records in the
