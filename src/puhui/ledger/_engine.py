@@ -17,6 +17,7 @@ import mmap
 import os
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -315,15 +316,23 @@ class _RowFile:
                     digests[i] = K.rows_digest(np.frombuffer(piece, np.uint64))
         return digests
 
-    def verify(self, count: int, digests: Array) -> bool:
+    def verify(
+        self, count: int, digests: Array, each: Callable[[Array, int], None] | None = None
+    ) -> bool:
         """Whether the rows below ``count`` as the file holds them have these digests (those
         ``sync`` gave a snapshot). Read with ``O_DIRECT`` into one reused buffer: no page
-        cache filled. On success the digests are kept for the snapshots that follow."""
+        cache filled. ``each(rows, first_row)`` is given every piece of rows read (whole
+        rows; the view is reused after the call): what else opening needs of them is done
+        on the same pass. On success the digests are kept for the snapshots that follow."""
         rows_end = count * self.dtype.itemsize
         if digests.shape[0] != -(-rows_end // self.piece_bytes):
             return False
         if self._fd < 0:
-            return bool(np.array_equal(self.sync(count), digests))
+            if not np.array_equal(self.sync(count), digests):
+                return False
+            if each is not None:
+                each(self.array[:count], 0)
+            return True
         found = np.zeros_like(digests)
         step = max(_VERIFY_BYTES - _VERIFY_BYTES % self.piece_bytes, self.piece_bytes)
         buffer = mmap.mmap(-1, -(-step // mmap.PAGESIZE) * mmap.PAGESIZE)
@@ -353,6 +362,8 @@ class _RowFile:
                     found[(start + at) // self.piece_bytes] = K.rows_digest(
                         view[at : at + size].view(np.uint64)
                     )
+                if each is not None:
+                    each(view[:want].view(self.dtype), start // self.dtype.itemsize)
         except OSError:
             return False
         finally:
@@ -388,6 +399,37 @@ class _RowFile:
             os.close(self._direct_fd)
         os.close(self._fd)
         self._fd = -1
+
+
+_kernels_loading: threading.Thread | None = None
+_kernels_lock = threading.Lock()
+
+
+def load_kernels_in_background() -> None:
+    """Start loading every compiled kernel on a thread of its own, once per process (numba
+    loads a kernel's machine code from its cache at its first call, and its own machinery
+    at the very first: seconds, nearly all of it Python under the GIL). Opening a ledger
+    starts it first thing, so that it overlaps the reads of the journal and the row files
+    (which release the GIL); ``Engine.warm_up`` then finds the kernels loaded. The kernels
+    are called on empty arrays of the types the engine gives them (an in-memory engine's
+    ``warm_up``, and the kernels that check the row files on opening)."""
+    global _kernels_loading
+    with _kernels_lock:
+        if _kernels_loading is not None:
+            return
+
+        def load() -> None:
+            with contextlib.suppress(Exception):  # the engine's own warm-up loads them then
+                K.rows_digest(np.zeros(4, np.uint64))
+                K.index_insert_rows(np.zeros(16, np.uint64), np.zeros(0, TRANSFER_DTYPE), 0)
+                K.index_rebuild(np.zeros(16, np.uint64), np.zeros(0, TRANSFER_DTYPE), 0)
+                K.index_rebuild(np.zeros(16, np.uint64), np.zeros(0, ACCOUNT_DTYPE), 0)
+                engine = Engine(transfers_capacity=1024)
+                engine.warm_up()
+                engine.close()
+
+        _kernels_loading = threading.Thread(target=load, name="puhui-ledger-kernels", daemon=True)
+        _kernels_loading.start()
 
 
 def _touched(array: Array) -> Array:
@@ -565,6 +607,22 @@ class Engine:
         if 2 * need > self.acct_slots.shape[0]:
             self.acct_slots = np.zeros(_pow2_at_least(4 * need), np.uint64)
             K.index_rebuild(self.acct_slots, self.accounts, self.n_accounts)
+
+    def expect_transfers(self, extra: int) -> None:
+        """Make room now for ``extra`` more transfers (a replay about to bring at most that
+        many): the two-phase states and the id index, each grown once instead of doubling
+        as the replay goes (each growth of the index fills a new one, 512 MiB at 10M
+        transfers, and indexes every row again, read back from the files; the row files
+        grow by address reservations, which cost little). Writer thread, before ``apply``."""
+        need = self.n_transfers + extra
+        if need > self.xfer_state.shape[0]:
+            grown = _touched(np.zeros(_pow2_at_least(need + need // 2), np.uint8))
+            grown[: self.n_transfers] = self.xfer_state[: self.n_transfers]
+            self.xfer_state = grown
+        if 2 * need > self.xfer_slots.shape[0]:
+            self.xfer_slots = _touched(np.zeros(_pow2_at_least(4 * need), np.uint64))
+            if self.n_transfers:  # (zeros already: no pass over the new index for nothing)
+                K.index_rebuild(self.xfer_slots, self._transfers.array, self.n_transfers)
 
     def _ensure_transfers(self, extra: int) -> None:
         need = self.n_transfers + extra
@@ -788,8 +846,9 @@ class Engine:
             retired=self.retired[used].copy(),
         )
 
-    def restore(self, image: StateImage) -> None:
-        """Load a snapshot image. Transfer rows below its count must already be on file."""
+    def restore(self, image: StateImage, index: Array | None = None) -> None:
+        """Load a snapshot image. Transfer rows below its count must already be on file;
+        ``index``: their id index if ``check_rows`` built it (else it is built here)."""
         self.chains = AccountChains()
         counters = image.counters.copy()
         n_accounts = int(counters[K.C_ACCOUNTS])
@@ -801,17 +860,18 @@ class Engine:
         self._ensure_accounts(n_accounts)
         self.accounts[:n_accounts] = image.accounts
         self.counters[K.C_ACCOUNTS] = n_accounts
+        size = max(self.xfer_slots.shape[0], _pow2_at_least(4 * max(n_transfers, 1)))
+        if index is None or index.shape[0] != size:
+            index = _touched(np.zeros(size, np.uint64))
+            K.index_rebuild(index, self._transfers.array, n_transfers)
+        # In place before ``_ensure_transfers``, which would otherwise allocate (and fault in)
+        # one more index of the same size for nothing (512 MiB at 10M transfers).
+        self.xfer_slots = index
         self._ensure_transfers(n_transfers)
         self.counters[K.C_TRANSFERS] = n_transfers
         self.xfer_state[:n_transfers] = image.xfer_state
         self.acct_slots = np.zeros(_pow2_at_least(4 * max(n_accounts, 1)), np.uint64)
         K.index_rebuild(self.acct_slots, self.accounts, n_accounts)
-        self.xfer_slots = _touched(
-            np.zeros(
-                max(self.xfer_slots.shape[0], _pow2_at_least(4 * max(n_transfers, 1))), np.uint64
-            )
-        )
-        K.index_rebuild(self.xfer_slots, self._transfers.array, n_transfers)
         n_retired = image.retired.shape[0]
         self.retired = np.zeros((_pow2_at_least(4 * max(n_retired, 16)), 2), np.uint64)
         K.retired_rehash(np.ascontiguousarray(image.retired, dtype=np.uint64), self.retired)
@@ -860,10 +920,35 @@ class Engine:
     def rows_match(self, count: int, transfer_digests: Array, balance_digests: Array) -> bool:
         """Whether the row files hold, below ``count`` transfers, exactly the rows a snapshot
         recorded the digests of (``sync_rows``): every row is read and checked, so a row lost,
-        replaced or damaged on disk, however old, is found (call before ``restore``)."""
-        return self._transfers.verify(count, transfer_digests) and self._balances.verify(
-            2 * count, balance_digests
+        replaced or damaged on disk, however old, is found."""
+        return self.check_rows(count, transfer_digests, balance_digests) is not None
+
+    def check_rows(
+        self, count: int, transfer_digests: Array, balance_digests: Array
+    ) -> Array | None:
+        """``rows_match``, and the id index of those transfer rows, built on the same pass
+        (for ``restore``; None if the rows do not match). The balance rows are read and
+        checked on a thread of their own meanwhile (both files' reads release the GIL, and
+        so do the kernels): one pass over each file, none through the page cache."""
+        slots = _touched(
+            np.zeros(max(self.xfer_slots.shape[0], _pow2_at_least(4 * max(count, 1))), np.uint64)
         )
+
+        def index(rows: Array, first_row: int) -> None:
+            K.index_insert_rows(slots, rows, first_row)
+
+        balances: list[bool] = []
+        checker = threading.Thread(
+            target=lambda: balances.append(self._balances.verify(2 * count, balance_digests)),
+            name="puhui-ledger-check-balances",
+            daemon=True,
+        )
+        checker.start()
+        try:
+            transfers = self._transfers.verify(count, transfer_digests, index)
+        finally:
+            checker.join()
+        return slots if transfers and balances == [True] else None
 
     def close(self) -> None:
         self._transfers.close()

@@ -22,7 +22,7 @@ import struct
 import threading
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -53,6 +53,21 @@ class Journal(Protocol):
         """Records up to ``op`` were acknowledged and counted by a snapshot: a journal found
         without one of them later is corrupt, not shorter (the file journal keeps it in its
         checkpoint; a database keeps its commits by itself)."""
+        ...
+
+    def known_checksum(self, op: int) -> int | None:
+        """The checksum of record ``op`` if opening already read it (else None: read it)."""
+        ...
+
+    def check_unread(self, stop: threading.Event | None = None) -> None:
+        """Check the records opening did not read (any thread; raises
+        ``JournalCorruptError``): the file journal's segments wholly below its checkpoint's
+        durable op. Returns early once ``stop`` is set."""
+        ...
+
+    def bytes_after(self, op: int) -> int | None:
+        """At most how many bytes the records after ``op`` take (a replay's size, known
+        ahead: the engine makes room once); None if not known without reading them."""
         ...
 
     def close(self) -> None: ...
@@ -199,6 +214,15 @@ class SqliteJournal:
     def mark_durable(self, op: int) -> None:
         """Nothing to record: SQLite keeps every committed row (``synchronous=FULL``)."""
 
+    def known_checksum(self, op: int) -> int | None:
+        return None
+
+    def check_unread(self, stop: threading.Event | None = None) -> None:
+        """Nothing unread: opening reads no record (each is checked as replay reads it)."""
+
+    def bytes_after(self, op: int) -> int | None:
+        return None
+
     def close(self) -> None:
         self._db.close()
         self._unlock()
@@ -298,6 +322,15 @@ class PostgresJournal:
     def mark_durable(self, op: int) -> None:
         """Nothing to record: PostgreSQL keeps every committed row."""
 
+    def known_checksum(self, op: int) -> int | None:
+        return None
+
+    def check_unread(self, stop: threading.Event | None = None) -> None:
+        """Nothing unread: opening reads no record (each is checked as replay reads it)."""
+
+    def bytes_after(self, op: int) -> int | None:
+        return None
+
     def close(self) -> None:
         self._db.close()
 
@@ -379,6 +412,12 @@ class FileJournal:
         self._recorded: tuple[int, tuple[tuple[int, int], ...]] | None = None
         """What the checkpoint file holds (durable op, segment sizes); None: no file."""
         self._checkpoint_thread: threading.Thread | None = None
+        self._unread: dict[int, tuple[Path, int]] = {}
+        """Segments opening did not read (first op: path, the next segment's first op): every
+        record of them at or below the checkpoint's durable op, checked since by no
+        ``check_unread`` or ``read``."""
+        self._known: dict[int, int] = {}
+        """Checksums of records opening read: the durable op's and the last one's."""
         try:
             meta = directory / "identity"
             identity = meta.read_text().strip() if meta.exists() else ""
@@ -437,7 +476,12 @@ class FileJournal:
             self._recorded = (durable_op, segments)
 
     def _scan(self, checkpoint: tuple[int, dict[int, int]] | None) -> None:
-        """Find the end of the journal, checking every record (and against the checkpoint)."""
+        """Find the end of the journal, checking every record it reads (and the segments
+        against the checkpoint). A segment whose records are all at or below the checkpoint's
+        durable op (the next segment starts at or before the op after it) is not read: a
+        snapshot counted its records, so the ledger does not replay them; its size was checked
+        against the checkpoint, and its records are checked by ``check_unread`` (the ledger
+        runs it in the background after opening) and by any ``read`` that reaches them."""
         last_op = 0
         if self._segments and self._segments[0][0] != 1:
             # Segments are never removed: a journal starts at op 1, whatever its segments.
@@ -464,8 +508,14 @@ class FileJournal:
         self._sizes = {
             first: sizes.get(first, path.stat().st_size) for first, path in self._segments
         }
+        last_read = (0, 0)  # op, checksum of the last record read
         for index, (first, path) in enumerate(self._segments):
             last_segment = index == len(self._segments) - 1
+            following = None if last_segment else self._segments[index + 1][0]
+            if following is not None and following <= durable_op + 1 and first in sizes:
+                self._unread[first] = (path, following)
+                last_op = following - 1
+                continue
             offset = 0
             data = self._read_segment(path)
             expected = first
@@ -503,6 +553,9 @@ class FileJournal:
                         break
                     raise JournalCorruptError(f"journal record at {path.name}:{offset} is damaged")
                 last_op = op
+                last_read = (op, crc)
+                if op == durable_op:
+                    self._known[op] = crc
                 expected += 1
                 offset += _padded(self.HEADER.size + length)
             if last_segment:
@@ -516,6 +569,8 @@ class FileJournal:
             )
         self._last_op = last_op
         self._durable_op = durable_op
+        if last_read[0] == last_op:
+            self._known[last_op] = last_read[1]
         if self._fd < 0:
             self._open_segment(1, self._prepare_segment(1, 0), 0)
         self._write_checkpoint(durable_op)
@@ -528,38 +583,87 @@ class FileJournal:
         until then). Through the page cache, reading 1.5 GB of journal on recovery cost
         seconds of fresh pages on this project's virtual machine, twice (scan, then replay).
         """
-        size = path.stat().st_size
-        capacity = -(-max(size, 1) // _BLOCK) * _BLOCK
-        if self._read_buffer is None or len(self._read_buffer) < capacity:
-            # Not closed: views of the last segment's records may still be alive; the old
-            # buffer goes with the last of them.
-            self._read_buffer = mmap.mmap(-1, max(capacity, self._segment_bytes_seen()))
-        buffer = memoryview(self._read_buffer)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
-        except (OSError, AttributeError):  # no O_DIRECT here: a plain read
-            fd = os.open(path, os.O_RDONLY)
-        try:
-            done = 0
-            while done < size:
-                count = os.readv(fd, [buffer[done : min(done + _READ_CHUNK, capacity)]])
-                if count <= 0:
-                    break
-                done += count
-        except OSError as error:
-            if error.errno != errno.EINVAL:
-                raise
-            os.lseek(fd, 0, os.SEEK_SET)  # O_DIRECT refused on read: a plain read
-            with os.fdopen(os.dup(fd), "rb") as f:
-                done = f.readinto(buffer[:size]) or 0
-        finally:
-            os.close(fd)
-        return buffer[: min(done, size)]
+        data, self._read_buffer = _read_whole(path, self._read_buffer, self._segment_bytes_seen)
+        return data
 
     def _segment_bytes_seen(self) -> int:
         """The largest segment on disk (so one read buffer fits them all)."""
         sizes = [p.stat().st_size for _, p in self._segments if p.exists()]
         return -(-max(sizes, default=1) // _BLOCK) * _BLOCK
+
+    def bytes_after(self, op: int) -> int:
+        """The segments' bytes from the one holding the record after ``op`` on (whole
+        segments: their sizes, the last one up to its end): what a replay from ``op`` reads
+        at most, known without reading it (an excess of at most the first segment's)."""
+        total = 0
+        for index, (first, path) in enumerate(self._segments):
+            following = self._segments[index + 1][0] if index + 1 < len(self._segments) else None
+            if following is None:
+                total += self._offset
+            elif following > op + 1:
+                total += self._sizes.get(first) or path.stat().st_size
+        return total
+
+    def known_checksum(self, op: int) -> int | None:
+        """The checksum of record ``op`` if opening read it: the checkpoint's durable op
+        (the op of the ledger's newest snapshot) and the last op. None for any other."""
+        return self._known.get(op)
+
+    def check_unread(self, stop: threading.Event | None = None) -> None:
+        """Check every record of the segments opening did not read (any thread, its own
+        buffer, idle I/O priority to be asked by the caller): each record whole, its checksum,
+        ops without a gap up to the next segment's first. Every such record was durable, so
+        any damage is ``journal_corrupt``. Returns early once ``stop`` is set."""
+        buffer: mmap.mmap | None = None
+        try:
+            for first, (path, following) in list(self._unread.items()):
+                if stop is not None and stop.is_set():
+                    return
+                try:
+                    data, buffer = _read_whole(path, buffer, lambda: 0)
+                except OSError as error:
+                    raise JournalCorruptError(
+                        f"journal segment {path.name} cannot be read: {error}"
+                    ) from error
+                expected = self._check_records(path, data, first)
+                del data
+                if expected != following:
+                    raise JournalCorruptError(
+                        f"journal segment {path.name} ends early: the ops {expected} to"
+                        f" {following - 1} are missing, but the records up to"
+                        f" {self._durable_op} were durable"
+                    )
+                self._unread.pop(first, None)
+        finally:
+            if buffer is not None:
+                with contextlib.suppress(BufferError):
+                    buffer.close()
+
+    def _check_records(self, path: Path, data: memoryview, first: int) -> int:
+        """Check the records of a segment opening did not read; returns the op after its
+        last. A zero header ends it; any record damaged or out of order is corruption."""
+        expected = first
+        offset = 0
+        while offset + self.HEADER.size <= len(data):
+            header = data[offset : offset + self.HEADER.size]
+            if header == bytes(self.HEADER.size):
+                break
+            magic, _, op, length, crc, header_crc = self.HEADER.unpack(header)
+            start = offset + self.HEADER.size
+            if not (
+                magic == self.MAGIC
+                and zlib.crc32(header[:-4]) == header_crc
+                and op == expected
+                and start + length <= len(data)
+                and zlib.crc32(data[start : start + length]) == crc
+            ):
+                raise JournalCorruptError(
+                    f"journal record {expected} at {path.name}:{offset} is damaged; the"
+                    f" records up to {self._durable_op} were durable"
+                )
+            expected += 1
+            offset += _padded(self.HEADER.size + length)
+        return expected
 
     def _drop_read_buffer(self) -> None:
         if self._read_buffer is not None:
@@ -785,35 +889,60 @@ class FileJournal:
             log.warning("journal: cannot record op %d as durable: %s", op, error)
 
     def read(self, after_op: int) -> Iterator[tuple[int, bytes]]:
+        """The records after ``after_op``, each checked (header, checksum, no gap: the ops
+        run on from segment to segment): a segment opening did not read is checked here as
+        it is read. Segments wholly at or below ``after_op`` are not read; records at or
+        below it are stepped over by their headers."""
         # Only records complete when the read starts: appends may go on meanwhile.
         last_op = self._last_op
+        if after_op >= last_op:
+            return
+        expected = 0
         try:
-            for index, (_first, path) in enumerate(self._segments):
+            for index, (first, path) in enumerate(self._segments):
                 following = (
                     self._segments[index + 1][0] if index + 1 < len(self._segments) else None
                 )
                 if following is not None and following <= after_op + 1:
                     continue
+                if expected and first != expected:
+                    raise JournalCorruptError(
+                        f"journal segment {path.name} does not follow op {expected - 1}"
+                    )
+                expected = first
                 data = self._read_segment(path)
                 offset = 0
-                while offset + self.HEADER.size <= len(data):
+                while expected <= last_op and offset + self.HEADER.size <= len(data):
                     header = data[offset : offset + self.HEADER.size]
                     if header == bytes(self.HEADER.size):
                         break
                     magic, _, op, length, crc, header_crc = self.HEADER.unpack(header)
-                    if op > last_op:
-                        return
                     if magic != self.MAGIC or zlib.crc32(header[:-4]) != header_crc:
                         raise JournalCorruptError(
                             f"journal header at {path.name}:{offset} is damaged"
                         )
+                    if op != expected:
+                        raise JournalCorruptError(
+                            f"journal record {expected} at {path.name}:{offset} is missing"
+                            f" (op {op} found there)"
+                        )
                     start = offset + self.HEADER.size
+                    offset += _padded(self.HEADER.size + length)
+                    expected += 1
+                    if op <= after_op:
+                        continue
                     payload = data[start : start + length]
                     if len(payload) != length or zlib.crc32(payload) != crc:
                         raise JournalCorruptError(f"journal record {op} fails its checksum")
-                    offset += _padded(self.HEADER.size + length)
-                    if op > after_op:
-                        yield op, bytes(payload)
+                    yield op, bytes(payload)
+                if expected > last_op:
+                    return
+                if following is None or expected != following:
+                    raise JournalCorruptError(
+                        f"journal segment {path.name} ends early: op {expected} is missing"
+                    )
+                if first > after_op:  # every record of it checked: none left unread
+                    self._unread.pop(first, None)
         finally:
             self._drop_read_buffer()
 
@@ -848,6 +977,40 @@ _BLOCK = 4096
 
 def _padded(size: int) -> int:
     return (size + 7) & ~7
+
+
+def _read_whole(
+    path: Path, buffer: mmap.mmap | None, capacity_least: Callable[[], int]
+) -> tuple[memoryview, mmap.mmap]:
+    """A whole file read with ``O_DIRECT`` (no page cache) into ``buffer``, or into a new
+    buffer of at least ``capacity_least()`` bytes when it is too small (not closed here: views
+    of the last file's records may still be alive; the old buffer goes with the last of them).
+    Returns the bytes read (fewer than the file's size if it shrank meanwhile) and the buffer."""
+    size = path.stat().st_size
+    capacity = -(-max(size, 1) // _BLOCK) * _BLOCK
+    if buffer is None or len(buffer) < capacity:
+        buffer = mmap.mmap(-1, max(capacity, capacity_least()))
+    window = memoryview(buffer)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    except (OSError, AttributeError):  # no O_DIRECT here: a plain read
+        fd = os.open(path, os.O_RDONLY)
+    try:
+        done = 0
+        while done < size:
+            count = os.readv(fd, [window[done : min(done + _READ_CHUNK, capacity)]])
+            if count <= 0:
+                break
+            done += count
+    except OSError as error:
+        if error.errno != errno.EINVAL:
+            raise
+        os.lseek(fd, 0, os.SEEK_SET)  # O_DIRECT refused on read: a plain read
+        with os.fdopen(os.dup(fd), "rb") as f:
+            done = f.readinto(window[:size]) or 0
+    finally:
+        os.close(fd)
+    return window[: min(done, size)], buffer
 
 
 _SECTOR = 512

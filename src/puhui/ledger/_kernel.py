@@ -292,6 +292,14 @@ def index_rebuild(slots: np.ndarray, store: np.ndarray, count: int) -> None:
         index_insert(slots, store[row].id_lo, store[row].id_hi, row)
 
 
+@jit()
+def index_insert_rows(slots: np.ndarray, rows: np.ndarray, first_row: int) -> None:
+    """Index ``rows``, the rows numbered from ``first_row`` (a piece of a row file read on
+    opening: ``Engine.check_rows`` builds the index as it checks the rows)."""
+    for i in range(rows.shape[0]):
+        index_insert(slots, rows[i].id_lo, rows[i].id_hi, first_row + i)
+
+
 @jit(inline="always")
 def retired_contains(retired: np.ndarray, lo: int, hi: int) -> bool:
     lo = U64(lo)

@@ -10,6 +10,7 @@ valid snapshot is loaded and the journal after it is replayed through the same k
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import fcntl
 import logging
@@ -18,7 +19,7 @@ import queue
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,9 +44,17 @@ from ._convert import (
     transfer_results,
     transfers_to_array,
 )
-from ._engine import KIND_ACCOUNTS, KIND_PULSE, KIND_TRANSFERS, Array, Engine
+from ._engine import (
+    KIND_ACCOUNTS,
+    KIND_PULSE,
+    KIND_TRANSFERS,
+    Array,
+    Engine,
+    load_kernels_in_background,
+)
 from ._errors import (
     FieldOutOfRangeError,
+    JournalCorruptError,
     LedgerClosedError,
     LedgerFailedError,
     LedgerLockedError,
@@ -54,7 +63,7 @@ from ._errors import (
     WrongTypeError,
 )
 from ._journal import Journal, checksum, decode_group, encode_group, open_journal
-from ._os import write_durably
+from ._os import lower_io_priority, write_durably
 from ._types import (
     ACCOUNT_DTYPE,
     AMOUNT_MAX,
@@ -230,6 +239,68 @@ _READ = 0
 _CLOSE = -1
 _TICK = -2
 
+READ_AHEAD_BYTES = 64 << 20
+"""Most bytes of journal records read ahead of the replay (``_read_ahead``)."""
+
+
+def _read_ahead(
+    records: Iterator[tuple[int, bytes]], bytes_max: int = READ_AHEAD_BYTES
+) -> Generator[tuple[int, bytes]]:
+    """``records`` (a journal's ``read``), pulled on a thread of its own up to ``bytes_max``
+    ahead of the caller: the journal's reads and checksums (which release the GIL) run while
+    the kernels replay the records before (they release it too). The same records in the
+    same order; an error of ``records`` (``journal_corrupt``) is raised after the records
+    before it were taken, as without the thread."""
+    cond = threading.Condition()
+    items: collections.deque[tuple[int, bytes]] = collections.deque()
+    held = 0
+    finished = False
+    stop = False
+    error: BaseException | None = None
+
+    def produce() -> None:
+        nonlocal held, finished, error
+        try:
+            for op, payload in records:
+                with cond:
+                    while held >= bytes_max and not stop:
+                        cond.wait()
+                    if stop:
+                        return
+                    items.append((op, payload))
+                    held += len(payload)
+                    cond.notify_all()
+        except BaseException as failure:  # handed to the caller, after the records before it
+            error = failure
+        finally:
+            close = getattr(records, "close", None)
+            if close is not None:
+                close()
+            with cond:
+                finished = True
+                cond.notify_all()
+
+    reader = threading.Thread(target=produce, name="puhui-ledger-read-ahead", daemon=True)
+    reader.start()
+    try:
+        while True:
+            with cond:
+                while not items and not finished:
+                    cond.wait()
+                if not items:
+                    if error is not None:
+                        raise error
+                    return
+                op, payload = items.popleft()
+                held -= len(payload)
+                cond.notify_all()
+            yield op, payload
+    finally:
+        with cond:
+            stop = True
+            cond.notify_all()
+        reader.join()
+
 
 class Ledger:
     """A TigerBeetle-compatible client over the embedded engine. Use ``puhui.ledger.open``."""
@@ -249,6 +320,9 @@ class Ledger:
         self._lock_fd = -1
         self._closed = False
         self._failure: BaseException | None = None
+        self._fault: BaseException | None = None
+        """Damage the background checks found (``_check_unread``): the writer stops on it."""
+        self._checks_stop = threading.Event()
         self._queue: queue.Queue[_Request] = queue.Queue(self._options.queue_requests_max)
         self._completions: dict[
             asyncio.AbstractEventLoop, list[tuple[_Waiter, Any, BaseException | None]]
@@ -300,6 +374,11 @@ class Ledger:
         self._write_back.start()
         self._writer = threading.Thread(target=self._run, name="puhui-ledger-writer", daemon=True)
         self._writer.start()
+        # What opening did not read is checked now, beside the writer (``_check_unread``).
+        self._checks = threading.Thread(
+            target=self._check_unread, name="puhui-ledger-checks", daemon=True
+        )
+        self._checks.start()
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -360,7 +439,8 @@ class Ledger:
                 S.remove_snapshot(path)
                 continue
             count = int(image.counters[K.C_TRANSFERS])
-            if not self._engine.rows_match(count, manifest.transfer_rows, manifest.balance_rows):
+            index = self._engine.check_rows(count, manifest.transfer_rows, manifest.balance_rows)
+            if index is None:
                 # A row file lost, replaced or damaged: the rows below the snapshot's count are
                 # not its. The journal rebuilds them (from an older snapshot, or from scratch).
                 log.warning(
@@ -370,7 +450,7 @@ class Ledger:
                 )
                 S.remove_snapshot(path)
                 continue
-            self._engine.restore(image)
+            self._engine.restore(image, index)
             start_op = op
             start_checksum = manifest.record_checksum
             break
@@ -386,11 +466,14 @@ class Ledger:
                 if not self._engine.write_back_rows():
                     done.wait(0.002)
 
+        replayed = self._journal.bytes_after(start_op)
+        if replayed:  # at most one transfer per 128 bytes of records: room made once
+            self._engine.expect_transfers(replayed // TRANSFER_DTYPE.itemsize)
         mover = threading.Thread(target=move_rows, name="puhui-ledger-recovery-rows", daemon=True)
         mover.start()
         last: bytes | None = None
         try:
-            for op, payload in self._journal.read(start_op):
+            for op, payload in _read_ahead(self._journal.read(start_op)):
                 apply_record(self._engine, payload)
                 self._op = op
                 last = payload
@@ -400,10 +483,36 @@ class Ledger:
         if last is not None:
             self._op_checksum = checksum(last)
 
+    def _check_unread(self) -> None:
+        """Check, at idle I/O priority, the journal records opening did not read (the file
+        journal's segments wholly below its checkpoint's durable op: the snapshot restored
+        counted them). Damage there is what opening reported before (``journal_corrupt``):
+        the ledger stops (fail-stop, ``ledger_failed`` caused by it) at its next group, and
+        the damage is logged; ``wait_for_checks`` raises it."""
+        lower_io_priority()
+        try:
+            self._journal.check_unread(self._checks_stop)
+        except JournalCorruptError as error:
+            log.error("journal damaged below the snapshot; the ledger stops: %s", error)
+            self._fault = error
+            with contextlib.suppress(queue.Full):  # wake an idle writer; a busy one sees it
+                self._queue.put_nowait(_Request(_TICK, None))
+
+    def wait_for_checks(self, timeout: float | None = None) -> bool:
+        """Wait for the checks opening left to the background (see ``_check_unread``);
+        raises the damage they found. False if still running after ``timeout`` seconds."""
+        self._checks.join(timeout)
+        if self._fault is not None:
+            raise self._fault
+        return not self._checks.is_alive()
+
     def _record_checksum(self, op: int) -> int | None:
         """The checksum of the journal's record ``op`` (0 for op 0; None if missing)."""
         if op == 0:
             return 0
+        known = self._journal.known_checksum(op)
+        if known is not None:
+            return known
         found = next(iter(self._journal.read(op - 1)), None)
         if found is None or found[0] != op:
             return None
@@ -414,6 +523,7 @@ class Ledger:
         if self._closed:
             return
         self._closed = True
+        self._checks_stop.set()
         if self._writer.is_alive():
             self._queue.put(_Request(_CLOSE, None, future=Future()))
             self._writer.join()
@@ -426,6 +536,7 @@ class Ledger:
         self._write_back_stop = True
         self._write_back_wanted.set()
         self._write_back.join()
+        self._checks.join()
         self._engine.close()
         self._journal.close()
         self._release_lock()
@@ -609,6 +720,8 @@ class Ledger:
         return max(0.0, (deadline - self._clock.now_ns()) / 1e9) + 0.001
 
     def _process(self, group: list[_Request]) -> None:
+        if self._fault is not None:  # damage the background checks found: stop (fail-stop)
+            raise self._fault
         engine = self._engine
         now_ns = self._clock.now_ns()
         stamp = max(engine.clock, now_ns)
@@ -1298,6 +1411,7 @@ def open(
     (``<path>.state``), or ``./puhui-data/ledger-<journal id>`` for PostgreSQL.
     """
     url = os.fspath(path_or_url)
+    load_kernels_in_background()  # while the journal and the state are read
     journal = open_journal(url)
     try:
         directory = (
