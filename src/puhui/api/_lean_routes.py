@@ -1,5 +1,6 @@
-"""A lean way to the hottest routes: the single-payment POSTs, without the framework's
-per-request machinery, and with every answer the ordinary route would give.
+"""A lean way to the hottest routes — the single-payment POSTs and the ledger's JSON create
+batches — without the framework's per-request machinery, and with every answer the ordinary
+route would give.
 
 Under load a payment POST spent about half of the event loop's time in FastAPI and Starlette
 rather than in Puhui: matching the path against the route patterns one after another,
@@ -16,7 +17,9 @@ log (so a request id and its log line are the same), and takes a request for one
 * the body is one non-empty ``application/json`` document that ``json.loads`` reads (as
   Starlette's ``Request.json``);
 * each path parameter and the body pass the route's *own* FastAPI fields (``ModelField``),
-  the very validators the ordinary route runs.
+  the very validators the ordinary route runs — or the route's own faster reader
+  (``Endpoint.read_body``: the ledger's JSON create batches, ``_json_events``) reads the body,
+  which it does only for bodies those validators accept, to the same value.
 
 Then the request runs the platform's pipeline (``_route._run``: key, rate limit, scope,
 ``Idempotency-Key``, metrics, audit chain — the same function the ordinary route calls)
