@@ -39,6 +39,15 @@ SMALL_SEGMENT_BYTES = 8192
 """The largest segment of ``segmented_journal``'s journal (its first is 4 KiB)."""
 
 
+def flip(path: Path, offset: int) -> None:
+    """Flip one bit of the byte at ``offset`` of ``path`` (flipping it again repairs it)."""
+    with path.open("r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0x10]))
+
+
 def segments(directory: Path) -> list[Path]:
     """A file journal's segment files, in order."""
     return sorted(directory.glob("*.seg"))

@@ -26,7 +26,7 @@ from puhui.ledger import (
 from puhui.ledger._engine import _RowFile
 from puhui.ledger._types import BALANCE_DTYPE, TRANSFER_DTYPE
 
-from .conftest import SMALL_SEGMENT_BYTES, segmented_journal, segments
+from .conftest import SMALL_SEGMENT_BYTES, flip, segmented_journal, segments
 
 ALL = AccountFilterFlags.DEBITS | AccountFilterFlags.CREDITS
 
@@ -46,14 +46,6 @@ def _accounts(led: object) -> None:
 
 def _transfer(i: int, amount: int = 10) -> Transfer:
     return Transfer(id=i, debit_account_id=1, credit_account_id=2, amount=amount, ledger=1, code=1)
-
-
-def _flip(path: Path, offset: int) -> None:
-    with path.open("r+b") as f:
-        f.seek(offset)
-        byte = f.read(1)
-        f.seek(offset)
-        f.write(bytes([byte[0] ^ 0x10]))
 
 
 # --- 1. every row below a snapshot is checked, not only the newest ---------------------------
@@ -83,7 +75,7 @@ def test_a_damaged_older_row_is_not_restored(
     transfers = led.lookup_transfers(list(range(1, 7)))
     history = led.get_account_balances(AccountFilter(1, 0, 0, 0, 0, 0, 0, 10, ALL))
     led.close()  # a snapshot with every row below its count
-    _flip(state_dir / name, offset)
+    flip(state_dir / name, offset)
     with caplog.at_level(logging.WARNING, logger="puhui.ledger"):
         led = open(path, state_dir=state_dir)
     try:
@@ -142,13 +134,13 @@ def test_row_digests_cover_every_piece_across_slots_and_reopenings(tmp_path: Pat
             assert check.verify(m, later)
         finally:
             check.close()
-        _flip(path, piece * SLOT + 77)
+        flip(path, piece * SLOT + 77)
         check = _row_file(path)
         try:
             assert not check.verify(m, later), piece
         finally:
             check.close()
-        _flip(path, piece * SLOT + 77)  # back as it was
+        flip(path, piece * SLOT + 77)  # back as it was
     with path.open("r+b") as f:
         f.truncate(m * 128 - 64)
     check = _row_file(path)
@@ -375,13 +367,13 @@ def test_a_journal_that_fails_to_open_lets_go_of_its_lock(tmp_path: Path) -> Non
         journal.append(op, bytes([op]) * 3000)
     journal.close()
     [segment] = segments(tmp_path / "j")
-    _flip(segment, HEADER + 10)  # inside the first record
+    flip(segment, HEADER + 10)  # inside the first record
     for _ in range(2):
         with pytest.raises(JournalCorruptError):
             FileJournal(tmp_path / "j")
     with pytest.raises(JournalCorruptError):
         open(tmp_path / "j", state_dir=tmp_path / "state")
-    _flip(segment, HEADER + 10)  # repaired
+    flip(segment, HEADER + 10)  # repaired
     again = FileJournal(tmp_path / "j")
     try:
         assert again.last_op() == 3

@@ -27,7 +27,7 @@ from puhui.ledger import (
 from puhui.ledger import _kernel as K
 from puhui.ledger._journal import FileJournal
 
-from .conftest import segments
+from .conftest import flip, segments
 
 HEADER = 32
 TRANSFERS = 120
@@ -64,14 +64,6 @@ def _records(segment: Path) -> list[tuple[int, int]]:
         out.append((offset, (HEADER + length + 7) & ~7))
         offset += out[-1][1]
     return out
-
-
-def _flip(path: Path, offset: int) -> None:
-    with path.open("r+b") as f:
-        f.seek(offset)
-        byte = f.read(1)
-        f.seek(offset)
-        f.write(bytes([byte[0] ^ 0x10]))
 
 
 def _zero_record(segment: Path, index: int) -> None:
@@ -119,9 +111,9 @@ def test_damage_below_the_snapshot_stops_the_ledger_once_checked(
     found = _closed_ledger(tmp_path, monkeypatch)
     offset, _length = _records(found[1])[1]
     if damage == "a payload bit":
-        _flip(found[1], offset + HEADER + 5)
+        flip(found[1], offset + HEADER + 5)
     elif damage == "a header bit":
-        _flip(found[1], offset + 8)  # its op
+        flip(found[1], offset + 8)  # its op
     else:
         _zero_record(found[1], 1)
     led = _reopen(tmp_path)
@@ -214,7 +206,7 @@ def test_a_crash_replays_through_segments_opening_did_not_read(
         journal.close()
     if damaged:
         offset, _length = _records(found[1])[2]
-        _flip(found[1], offset + HEADER + 5)
+        flip(found[1], offset + HEADER + 5)
         with pytest.raises(JournalCorruptError):
             open(tmp_path / "crashed-journal", state_dir=tmp_path / "crashed-state")
         return

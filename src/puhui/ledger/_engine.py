@@ -614,7 +614,11 @@ class Engine:
         as the replay goes (each growth of the index fills a new one, 512 MiB at 10M
         transfers, and indexes every row again, read back from the files; the row files
         grow by address reservations, which cost little). Writer thread, before ``apply``."""
-        need = self.n_transfers + extra
+        self._room_for_transfers(self.n_transfers + extra)
+
+    def _room_for_transfers(self, need: int) -> None:
+        """The two-phase states and the id index sized for ``need`` transfers (the index
+        at most half full), each grown once to a power of two with room to spare."""
         if need > self.xfer_state.shape[0]:
             grown = _touched(np.zeros(_pow2_at_least(need + need // 2), np.uint8))
             grown[: self.n_transfers] = self.xfer_state[: self.n_transfers]
@@ -628,13 +632,7 @@ class Engine:
         need = self.n_transfers + extra
         self._transfers.ensure(need, self.n_transfers)
         self._balances.ensure(2 * need, 2 * self.n_transfers)
-        if need > self.xfer_state.shape[0]:
-            grown = _touched(np.zeros(_pow2_at_least(need + need // 2), np.uint8))
-            grown[: self.n_transfers] = self.xfer_state[: self.n_transfers]
-            self.xfer_state = grown
-        if 2 * need > self.xfer_slots.shape[0]:
-            self.xfer_slots = _touched(np.zeros(_pow2_at_least(4 * need), np.uint64))
-            K.index_rebuild(self.xfer_slots, self._transfers.array, self.n_transfers)
+        self._room_for_transfers(need)
         need_retired = int(self.counters[K.C_RETIRED]) + extra
         if 2 * need_retired > self.retired.shape[0]:
             grown = np.zeros((_pow2_at_least(4 * need_retired), 2), np.uint64)
