@@ -245,3 +245,13 @@ class World:
         step = Step(kind, amount, counterparty, decision, through)
         tally.steps.append(step)
         return step
+
+
+def assert_bulk_stopped(
+    t: Tally, share: float = 0.5, kinds: frozenset[EventKind] = MONEY_OUT
+) -> None:
+    """At most ``share`` of the money the attackers tried to move (out, by default) got
+    through."""
+    attempted, through = t.out_attempted(kinds), t.out_through(kinds)
+    assert attempted > 0
+    assert through <= share * attempted, f"through {through / YUAN} of {attempted / YUAN}:\n{t}"

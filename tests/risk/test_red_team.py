@@ -20,13 +20,13 @@ from .red_team import (
     HOUR,
     MANILA,
     MINUTE,
-    MONEY_OUT,
     SHANGHAI,
     SINGAPORE,
     YUAN,
     Person,
     Tally,
     World,
+    assert_bulk_stopped,
 )
 
 STOLEN_CARD_MONEY = frozenset({EventKind.TOP_UP, EventKind.PAYMENT})
@@ -49,16 +49,6 @@ def world() -> World:
 @pytest.fixture
 def crowd(world: World) -> list[Person]:
     return world.crowd(24)
-
-
-def assert_bulk_stopped(
-    t: Tally, share: float = 0.5, kinds: frozenset[EventKind] = MONEY_OUT
-) -> None:
-    """At most ``share`` of the money the attackers tried to move (out, by default) got
-    through."""
-    attempted, through = t.out_attempted(kinds), t.out_through(kinds)
-    assert attempted > 0
-    assert through <= share * attempted, f"through {through / YUAN} of {attempted / YUAN}:\n{t}"
 
 
 def assert_not_rejected(t: Tally) -> None:

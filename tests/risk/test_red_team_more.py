@@ -26,6 +26,7 @@ from .red_team import (
     Person,
     Tally,
     World,
+    assert_bulk_stopped,
 )
 
 LOGIN = EventKind.LOGIN
@@ -47,17 +48,6 @@ def world() -> World:
 @pytest.fixture
 def crowd(world: World) -> list[Person]:
     return world.crowd(24)
-
-
-def assert_bulk_stopped(
-    t: Tally, share: float = 0.5, kinds: frozenset[EventKind] | None = None
-) -> None:
-    """At most ``share`` of the money the attackers tried to move (``kinds``: money out by
-    default) got through."""
-    attempted = t.out_attempted() if kinds is None else t.out_attempted(kinds)
-    through = t.out_through() if kinds is None else t.out_through(kinds)
-    assert attempted > 0
-    assert through <= share * attempted, f"through {through / YUAN} of {attempted / YUAN}:\n{t}"
 
 
 def assert_not_rejected(t: Tally) -> None:
