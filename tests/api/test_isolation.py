@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import UnionType
 from typing import Any, Union, get_args, get_origin
@@ -30,7 +31,7 @@ from .conftest import ALL_SCOPES, Api, account, make_api, payments_world, record
 
 # Tenant A's resources, and ids that exist for nobody (the baseline). The payments objects
 # of A are made by ``payments_world`` (their ids are the server's), and A's webhook endpoint
-# and event by ``world``, which adds their ids.
+# and event by ``_world``: a world's ``ids`` are these and those.
 A_IDS = {"account": "1", "other_account": "2", "transfer": "10", "pending": "11"}
 NOWHERE = {
     "account": "9001",
@@ -266,9 +267,10 @@ A_PAYMENTS_VIEWS = [
 ]
 
 
-def _a_state(api: Api) -> Any:
+def _a_state(world: World) -> Any:
+    api = world.api
     auth = api.auth(api.token_a)
-    ids = [A_IDS[k] for k in ("account", "other_account", "transfer", "pending")]
+    ids = [world.ids[k] for k in ("account", "other_account", "transfer", "pending")]
     ledger = (
         api.client.post("/v1/ledger/accounts/lookup", json={"ids": ids}, headers=auth).json(),
         api.client.post("/v1/ledger/transfers/lookup", json={"ids": ids}, headers=auth).json(),
@@ -277,13 +279,13 @@ def _a_state(api: Api) -> Any:
     )
     payments = []
     for view in A_PAYMENTS_VIEWS:
-        response = api.client.get(view.format(**A_IDS), headers=auth)
+        response = api.client.get(view.format(**world.ids), headers=auth)
         assert response.status_code == 200, (view, response.text)
         payments.append(response.json())
     hooks = (
         api.client.get("/v1/webhooks/endpoints", headers=auth).json(),
         api.client.get("/v1/webhooks/events", headers=auth).json(),
-        api.client.get(f"/v1/webhooks/events/{A_IDS['webhook_event']}", headers=auth).json(),
+        api.client.get(f"/v1/webhooks/events/{world.ids['webhook_event']}", headers=auth).json(),
         api.client.get("/v1/webhooks/dead-letters", headers=auth).json(),
     )
     platform = (api.tenants.list_tenants(), api.tenants.list_keys())
@@ -303,8 +305,14 @@ def _review_one_sum(events: Sequence[RiskEvent]) -> list[RiskDecision]:
     ]
 
 
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[Api]:
+@dataclass
+class World:
+    api: Api
+    ids: dict[str, str]
+    """Tenant A's resources: ``A_IDS``, and what ``_world`` made."""
+
+
+def _world(tmp_path: Path) -> Iterator[World]:
     for api in make_api(tmp_path, decide=_review_one_sum):
         auth = api.auth(api.token_a)
         history = int(AccountFlags.HISTORY)
@@ -352,55 +360,65 @@ def world(tmp_path: Path) -> Iterator[Api]:
         made["tenant"] = str(api.a.id)
         made["api_key"] = api.tenants.list_keys(api.a.id)[0].id
         assert not set(made) & set(A_IDS)
-        A_IDS.update(made)
-        A_IDS.update(A_FRESH)
-        try:
-            yield api
-        finally:
-            for name in (*made, *A_FRESH):
-                del A_IDS[name]
+        yield World(api, {**A_IDS, **made, **A_FRESH})
 
 
-def test_every_v1_route_goes_through_the_platform_pipeline(world: Api) -> None:
-    app: FastAPI = world.client.app  # type: ignore[assignment]
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    """A world of its own: tenant B's requests may make things (in B's name)."""
+    yield from _world(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def refused_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """One world for the tests whose requests are refused before they reach anything (no
+    key, a key without the scope): each still checks that A's data is as it was. (A world
+    costs about a second to make; these tests are two for every route.)"""
+    yield from _world(tmp_path_factory.mktemp("refused"))
+
+
+def test_every_v1_route_goes_through_the_platform_pipeline(refused_world: World) -> None:
+    app: FastAPI = refused_world.api.client.app  # type: ignore[assignment]
     assert len(ROUTES) == len(platform_routes(app)) >= 44
     for router in ROUTERS:
         for route in router.routes:
             assert isinstance(route, PlatformRoute), getattr(route, "path", route)
-    schema = world.client.get("/openapi.json").json()
+    schema = refused_world.api.client.get("/openapi.json").json()
     documented = {(m.upper(), p) for p, ops in schema["paths"].items() for m in ops}
     assert {(_method(r), r.path) for r in ROUTES} == documented
 
 
 @pytest.mark.parametrize("route", ROUTES, ids=ROUTE_IDS)
-def test_without_a_key_every_route_is_401(world: Api, route: PlatformRoute) -> None:
+def test_without_a_key_every_route_is_401(refused_world: World, route: PlatformRoute) -> None:
+    world = refused_world
     before = _a_state(world)
-    response = _request(world, route, A_IDS, None)
+    response = _request(world.api, route, world.ids, None)
     assert response.status_code == 401
     assert response.json()["code"] == "api_key_invalid"
     assert _a_state(world) == before
 
 
 @pytest.mark.parametrize("route", ROUTES, ids=ROUTE_IDS)
-def test_without_the_scope_every_route_is_403(world: Api, route: PlatformRoute) -> None:
+def test_without_the_scope_every_route_is_403(refused_world: World, route: PlatformRoute) -> None:
+    world = refused_world
     others = [s for s in ALL_SCOPES if s != route.puhui.scope.value]
-    _, token = world.tenants.create_key(world.b.id, others)
+    _, token = world.api.tenants.create_key(world.api.b.id, others)
     before = _a_state(world)
-    response = _request(world, route, A_IDS, token)
+    response = _request(world.api, route, world.ids, token)
     assert response.status_code == 403
     assert response.json()["code"] == "scope_missing"
     assert _a_state(world) == before
 
 
 @pytest.mark.parametrize("route", ROUTES, ids=ROUTE_IDS)
-def test_another_tenants_data_does_not_exist_for_b(world: Api, route: PlatformRoute) -> None:
+def test_another_tenants_data_does_not_exist_for_b(world: World, route: PlatformRoute) -> None:
     before = _a_state(world)
-    baseline = _request(world, route, NOWHERE, world.token_b)
-    probe = _request(world, route, A_IDS, world.token_b)
+    baseline = _request(world.api, route, NOWHERE, world.api.token_b)
+    probe = _request(world.api, route, world.ids, world.api.token_b)
     assert _a_state(world) == before, "tenant B changed tenant A's data"
     if probe.status_code in (403, 404):
         return
     assert probe.status_code == baseline.status_code
-    assert _normalised(_answer(probe), A_IDS) == _normalised(_answer(baseline), NOWHERE), (
+    assert _normalised(_answer(probe), world.ids) == _normalised(_answer(baseline), NOWHERE), (
         "tenant B can tell tenant A's resources from resources that do not exist"
     )
