@@ -515,3 +515,27 @@ def test_demo_and_verify_on_postgres(
     verify = invoke("ledger", "verify", postgres_url, "--json")
     assert verify.exit_code == 0, verify.output
     assert last_json(verify)["accounts"] == 39
+
+
+def _groups(command: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+    found = [(path, command)] if hasattr(command, "commands") else []
+    for name, sub in getattr(command, "commands", {}).items():
+        found += _groups(sub, (*path, name))
+    return found
+
+
+def test_help_lists_each_command_on_one_line_when_there_is_room() -> None:
+    """`puhui --help` (the first command README gives) and every group's help list each
+    command with its summary: a docstring's own line breaks (at 100 characters in the source)
+    used to break the listing in the middle of a sentence, whatever the terminal's width."""
+    import typer.main
+
+    for path, group in _groups(typer.main.get_command(app)):
+        shown = invoke(*path, "--help", env={"TERMINAL_WIDTH": "1000"})
+        assert shown.exit_code == 0, shown.output
+        lines = shown.stdout.splitlines()
+        for name, command in group.commands.items():
+            summary = " ".join((command.help or "").split("\n\n")[0].split())
+            row = [line for line in lines if line.lstrip("│ ").startswith(f"{name} ")]
+            assert row, f"puhui {' '.join(path)} --help does not list {name}"
+            assert summary in " ".join(row[0].split()), (path, name, row[0].strip())

@@ -4,6 +4,7 @@ the console and the one JSON line for machines."""
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import sys
 from collections.abc import Iterator, Sequence
@@ -202,6 +203,7 @@ class OneLineErrorsGroup(TyperGroup):
         **extra: Any,
     ) -> Any:
         _refuse_empty_places(self)
+        _one_line_summaries(self)
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         try:
@@ -237,6 +239,16 @@ def _refuse_empty_places(command: Any) -> None:
             param.process_value = _non_empty(param.process_value)
     for sub in getattr(command, "commands", {}).values():
         _refuse_empty_places(sub)
+
+
+def _one_line_summaries(command: Any) -> None:
+    """Give every command a one-line summary (its help's first paragraph, joined) for the
+    lists of commands in a group's help: Typer shows that paragraph with the docstring's own
+    line breaks, so a summary broke in the middle of a sentence at any terminal width."""
+    for sub in getattr(command, "commands", {}).values():
+        if sub.short_help is None and sub.help:
+            sub.short_help = " ".join(inspect.cleandoc(sub.help).split("\n\n")[0].split())
+        _one_line_summaries(sub)
 
 
 def _non_empty(process_value: Any) -> Any:
