@@ -517,6 +517,27 @@ def test_demo_and_verify_on_postgres(
     assert last_json(verify)["accounts"] == 39
 
 
+@pytest.mark.postgres
+@pytest.mark.parametrize("command", ["verify", "info"])
+def test_an_empty_postgres_database_is_not_made_a_ledger(
+    postgres_schema_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    """A reading command pointed at a PostgreSQL database (here a fresh schema) that holds no
+    journal says so and creates nothing: it used to create the journal's tables there, and a
+    state directory under ./puhui-data, and report an empty ledger (a mistyped database name
+    on a server that has it, or the server's own `postgres` database, quietly became one)."""
+    import psycopg
+
+    monkeypatch.chdir(tmp_path)
+    result = invoke("ledger", command, postgres_schema_url)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: ledger_not_found: "), result.output
+    conninfo = postgres_schema_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(conninfo) as db:
+        assert db.execute("SELECT to_regclass('puhui_journal_meta')").fetchone() == (None,)
+    assert list(tmp_path.iterdir()) == []
+
+
 def _groups(command: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
     found = [(path, command)] if hasattr(command, "commands") else []
     for name, sub in getattr(command, "commands", {}).items():
