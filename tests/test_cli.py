@@ -420,6 +420,18 @@ def test_an_unusable_database_url_is_store_unavailable(
     assert not (tmp_path / "ledger").exists()
 
 
+@pytest.mark.parametrize("database_url", ["postgres://app@db:5432/x", "puhui-data/puhui.sqlite"])
+def test_a_database_url_of_the_wrong_form_names_the_right_ones(
+    tmp_path: Path, database_url: str
+) -> None:
+    """A newcomer's URL in a form SQLAlchemy does not take (the `postgres://` some hosts hand
+    out, a bare path) is refused with the forms a store URL has, not a bare exception name."""
+    result = invoke("tenant", "list", env=_env(tmp_path, PUHUI_DATABASE_URL=database_url))
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: store_unavailable: "), result.output
+    assert "sqlite:///" in result.stderr and "postgresql+psycopg://" in result.stderr
+
+
 @pytest.mark.parametrize("args", STORE_COMMANDS, ids=" ".join)
 def test_a_store_that_cannot_be_made_is_store_unavailable(tmp_path: Path, args: list[str]) -> None:
     """A data directory (or SQLite path) that names a file, or a file that is not a database:

@@ -31,6 +31,12 @@ CONSOLE_WIDTH_UNATTACHED_CHARS: Final = 110
 """Width of Rich output when stdout is not a terminal (pipes, CI logs), in characters."""
 
 
+STORE_URL_FORMS: Final = (
+    "sqlite:///path/to/puhui.sqlite or postgresql+psycopg://user@host:5432/database"
+)
+"""What a store URL looks like, for the error that refuses one of another form."""
+
+
 class StoreUnavailableError(PuhuiError):
     """The SQL store named by `--database-url` / `$PUHUI_DATABASE_URL` cannot be opened."""
 
@@ -114,7 +120,8 @@ def opened_store(url: str, *, existing: bool = False) -> Iterator[sa.Engine]:
         engine = create_engine(url)
     except (sa.exc.ArgumentError, ImportError) as error:
         raise StoreUnavailableError(
-            f"not a usable database URL: {_store_url_shown(url)} ({type(error).__name__})"
+            f"not a usable database URL: {_store_url_shown(url)} ({type(error).__name__});"
+            f" a store's URL is {STORE_URL_FORMS}"
         ) from None
     except OSError as error:  # the SQLite file's directory cannot be created
         raise StoreUnavailableError(
