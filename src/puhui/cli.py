@@ -75,6 +75,10 @@ STATUS_COLUMN_CHARS: Final = 20
 POSTGRES_SCHEMES: Final = ("postgresql://", "postgresql+psycopg://", "postgres://")
 """The ledger URLs of a PostgreSQL journal (as `puhui.ledger.open` takes them)."""
 
+DEMO_RUNNING: Final = "running the tours (the first run compiles the kernels: a minute or two)"
+"""What the demo shows on a terminal while the tours run, before it prints them (one line of
+an 80-column terminal)."""
+
 HISTORY_SHOWN_MAX: Final = 20
 """Most balance-history rows the demo prints (unit: rows)."""
 
@@ -786,11 +790,13 @@ def demo(
         clock = ManualClock(time.time_ns())
         with opened_store(database_url):
             pass  # a store that cannot be opened stops the demo before it writes the ledger
-        with tb.open(url, clock=clock) as ledger:
-            run_id = tb.id()
+        run_id = tb.id()
+        console.print(f"[bold]Puhui demo[/] - ledger {escape(_display_url(url))}")
+        console.print(f"run {run_id} (all ids of this run derive from it)")
+        # On a terminal, a line that says why the first run is quiet for a minute or two: the
+        # kernels compile then (once per checkout). Not printed elsewhere (transient).
+        with console.status(DEMO_RUNNING), tb.open(url, clock=clock) as ledger:
             tour = _Demo(ledger, run_id)
-            console.print(f"[bold]Puhui demo[/] - ledger {escape(_display_url(url))}")
-            console.print(f"run {run_id} (all ids of this run derive from it)")
             tour.run()
             balances = tour.balances()
             history = tour.merchant_history()
