@@ -420,6 +420,18 @@ def test_an_unusable_database_url_is_store_unavailable(
     assert not (tmp_path / "ledger").exists()
 
 
+@pytest.mark.parametrize("database_url", ["postgres://app@db:5432/x", "puhui-data/puhui.sqlite"])
+def test_a_database_url_of_the_wrong_form_names_the_right_ones(
+    tmp_path: Path, database_url: str
+) -> None:
+    """A newcomer's URL in a form SQLAlchemy does not take (the `postgres://` some hosts hand
+    out, a bare path) is refused with the forms a store URL has, not a bare exception name."""
+    result = invoke("tenant", "list", env=_env(tmp_path, PUHUI_DATABASE_URL=database_url))
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: store_unavailable: "), result.output
+    assert "sqlite:///" in result.stderr and "postgresql+psycopg://" in result.stderr
+
+
 @pytest.mark.parametrize("args", STORE_COMMANDS, ids=" ".join)
 def test_a_store_that_cannot_be_made_is_store_unavailable(tmp_path: Path, args: list[str]) -> None:
     """A data directory (or SQLite path) that names a file, or a file that is not a database:
@@ -515,3 +527,48 @@ def test_demo_and_verify_on_postgres(
     verify = invoke("ledger", "verify", postgres_url, "--json")
     assert verify.exit_code == 0, verify.output
     assert last_json(verify)["accounts"] == 39
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("command", ["verify", "info"])
+def test_an_empty_postgres_database_is_not_made_a_ledger(
+    postgres_schema_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    """A reading command pointed at a PostgreSQL database (here a fresh schema) that holds no
+    journal says so and creates nothing: it used to create the journal's tables there, and a
+    state directory under ./puhui-data, and report an empty ledger (a mistyped database name
+    on a server that has it, or the server's own `postgres` database, quietly became one)."""
+    import psycopg
+
+    monkeypatch.chdir(tmp_path)
+    result = invoke("ledger", command, postgres_schema_url)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: ledger_not_found: "), result.output
+    conninfo = postgres_schema_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(conninfo) as db:
+        assert db.execute("SELECT to_regclass('puhui_journal_meta')").fetchone() == (None,)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _groups(command: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+    found = [(path, command)] if hasattr(command, "commands") else []
+    for name, sub in getattr(command, "commands", {}).items():
+        found += _groups(sub, (*path, name))
+    return found
+
+
+def test_help_lists_each_command_on_one_line_when_there_is_room() -> None:
+    """`puhui --help` (the first command README gives) and every group's help list each
+    command with its summary: a docstring's own line breaks (at 100 characters in the source)
+    used to break the listing in the middle of a sentence, whatever the terminal's width."""
+    import typer.main
+
+    for path, group in _groups(typer.main.get_command(app)):
+        shown = invoke(*path, "--help", env={"TERMINAL_WIDTH": "1000"})
+        assert shown.exit_code == 0, shown.output
+        lines = shown.stdout.splitlines()
+        for name, command in group.commands.items():
+            summary = " ".join((command.help or "").split("\n\n")[0].split())
+            row = [line for line in lines if line.lstrip("│ ").startswith(f"{name} ")]
+            assert row, f"puhui {' '.join(path)} --help does not list {name}"
+            assert summary in " ".join(row[0].split()), (path, name, row[0].strip())

@@ -202,6 +202,45 @@ def test_a_reading_command_never_creates_the_store(tmp_path: Path, args: list[st
     assert not missing.exists()
 
 
+@pytest.mark.parametrize("args", READING, ids=" ".join)
+def test_a_reading_command_never_makes_an_empty_file_a_store(
+    tmp_path: Path, args: list[str]
+) -> None:
+    """An existing SQLite file that holds no store (here an empty one, as `touch` makes it)
+    is no store either: ``store_not_found``, and the file is left as it was. It used to be
+    migrated into a store, and ``audit verify`` to report its fresh, empty log as intact."""
+    data = tmp_path / "data"
+    store = tmp_path / "empty.sqlite"
+    store.touch()
+    env = {**_env(data), "PUHUI_DATABASE_URL": f"sqlite:///{store}"}
+    result = runner.invoke(app, args, env=env)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: store_not_found: "), result.output
+    assert store.read_bytes() == b""
+    assert sorted(p.name for p in tmp_path.iterdir()) == [store.name]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("args", [["audit", "verify"], ["tenant", "list"]], ids=" ".join)
+def test_a_reading_command_never_makes_an_empty_postgres_database_a_store(
+    postgres_schema_url: str, tmp_path: Path, args: list[str]
+) -> None:
+    """The same on PostgreSQL: a database (here a fresh schema) without Puhui's tables is
+    ``store_not_found``, and no table is created in it."""
+    import psycopg
+
+    env = {**_env(tmp_path / "data"), "PUHUI_DATABASE_URL": postgres_schema_url}
+    result = runner.invoke(app, args, env=env)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: store_not_found: "), result.output
+    conninfo = postgres_schema_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(conninfo) as db:
+        tables = db.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema()"
+        ).fetchone()
+    assert tables == (0,)
+
+
 def test_python_dash_m_puhui_runs_the_command_line(tmp_path: Path) -> None:
     completed = subprocess.run(
         [sys.executable, "-m", "puhui", "version", "--json"],

@@ -248,3 +248,38 @@ def test_serve_over_an_unusable_place_is_one_error_line(
     assert f"error: {code}: " in completed.stderr, completed.stderr
     assert "Traceback" not in completed.stderr
     assert occupied.read_text() == "not a directory, not a database"
+
+
+def test_serve_on_a_port_in_use_is_one_error_line(tmp_path: Path) -> None:
+    """`puhui serve` where another program already listens (port 8000 is a popular one) stops
+    with `address_unavailable` and exit 2, naming the address, before it makes a store, a
+    ledger or a risk directory; not uvicorn's error after the whole start-up."""
+    env = {**os.environ, "PUHUI_DATA_DIR": str(tmp_path / "data")}
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        completed = subprocess.run(
+            [*PUHUI, "serve", "--port", str(port)],
+            check=False,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert completed.returncode == 2, completed.stderr
+    assert f"error: address_unavailable: cannot listen on 127.0.0.1:{port}: " in completed.stderr
+    assert "--port" in completed.stderr  # what to do about it
+    assert "Traceback" not in completed.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_serve_on_an_unknown_host_is_one_error_line(tmp_path: Path) -> None:
+    """A `--host` that does not resolve (`.invalid` never does) is the same one line."""
+    env = {**os.environ, "PUHUI_DATA_DIR": str(tmp_path / "data")}
+    completed = _refused_start(env, "--host", "no-such-host.invalid")
+    assert completed.returncode == 2, completed.stderr
+    assert "error: address_unavailable: cannot listen on no-such-host.invalid:" in (
+        completed.stderr
+    )
+    assert not (tmp_path / "data").exists()

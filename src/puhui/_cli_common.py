@@ -4,7 +4,9 @@ the console and the one JSON line for machines."""
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
+import sqlite3
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -18,7 +20,7 @@ from typer._click.globals import get_current_context
 from typer.core import TyperGroup
 
 from puhui.errors import InvalidInputError, PuhuiError
-from puhui.store import create_engine, migrate
+from puhui.store import create_engine, current_revision, migrate
 
 EXIT_OK: Final = 0
 EXIT_PROBLEM: Final = 1
@@ -28,6 +30,12 @@ EXIT_ERROR: Final = 2
 
 CONSOLE_WIDTH_UNATTACHED_CHARS: Final = 110
 """Width of Rich output when stdout is not a terminal (pipes, CI logs), in characters."""
+
+
+STORE_URL_FORMS: Final = (
+    "sqlite:///path/to/puhui.sqlite or postgresql+psycopg://user@host:5432/database"
+)
+"""What a store URL looks like, for the error that refuses one of another form."""
 
 
 class StoreUnavailableError(PuhuiError):
@@ -96,15 +104,28 @@ def _sqlite_file(url: str) -> Path | None:
     return None if database.startswith("file:") else Path(database)
 
 
+def _sqlite_holds_no_store(path: Path) -> bool:
+    """Whether an existing SQLite file plainly holds no store (no migration table: an empty
+    file is such a database), read without writing to it. A file that is not SQLite, or one
+    that cannot be read so, is for the store's own error to judge."""
+    try:
+        uri = f"{path.resolve().as_uri()}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+            query = "SELECT 1 FROM sqlite_master WHERE name = 'alembic_version'"
+            return db.execute(query).fetchone() is None
+    except sqlite3.Error:
+        return False
+
+
 @contextlib.contextmanager
 def opened_store(url: str, *, existing: bool = False) -> Iterator[sa.Engine]:
     """The SQL store at `url`, migrated to the newest schema; disposed of afterwards. A URL
     that names no known database, or a database that cannot be reached, is
     `store_unavailable` (no traceback). `existing`: for reading commands, a SQLite file
-    that does not exist is `store_not_found`, and nothing is created (no file, no
-    directory)."""
+    that does not exist, or a database (a SQLite file, a PostgreSQL database) that holds no
+    store, is `store_not_found`, and nothing is created (no file, no directory, no table)."""
     local = _sqlite_file(url) if existing else None
-    if local is not None and not local.is_file():
+    if local is not None and (not local.is_file() or _sqlite_holds_no_store(local)):
         raise StoreNotFoundError(
             f"no SQL store at {str(local)!r} (a command that writes, as `puhui demo` or"
             " `puhui tenant create`, creates it)"
@@ -113,7 +134,8 @@ def opened_store(url: str, *, existing: bool = False) -> Iterator[sa.Engine]:
         engine = create_engine(url)
     except (sa.exc.ArgumentError, ImportError) as error:
         raise StoreUnavailableError(
-            f"not a usable database URL: {_store_url_shown(url)} ({type(error).__name__})"
+            f"not a usable database URL: {_store_url_shown(url)} ({type(error).__name__});"
+            f" a store's URL is {STORE_URL_FORMS}"
         ) from None
     except OSError as error:  # the SQLite file's directory cannot be created
         raise StoreUnavailableError(
@@ -122,6 +144,12 @@ def opened_store(url: str, *, existing: bool = False) -> Iterator[sa.Engine]:
         ) from None
     try:
         try:
+            if existing and engine.dialect.name != "sqlite" and current_revision(engine) is None:
+                raise StoreNotFoundError(
+                    f"no SQL store in {_store_url_shown(url)}: its database holds no Puhui"
+                    " tables (a command that writes, as `puhui demo` or `puhui tenant create`,"
+                    " creates them)"
+                )
             migrate(engine)
         except (sa.exc.DatabaseError, sa.exc.InterfaceError) as error:  # also not a database
             cause = str(error.orig).strip().splitlines()[0] if error.orig else type(error).__name__
@@ -202,6 +230,7 @@ class OneLineErrorsGroup(TyperGroup):
         **extra: Any,
     ) -> Any:
         _refuse_empty_places(self)
+        _one_line_summaries(self)
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         try:
@@ -237,6 +266,16 @@ def _refuse_empty_places(command: Any) -> None:
             param.process_value = _non_empty(param.process_value)
     for sub in getattr(command, "commands", {}).values():
         _refuse_empty_places(sub)
+
+
+def _one_line_summaries(command: Any) -> None:
+    """Give every command a one-line summary (its help's first paragraph, joined) for the
+    lists of commands in a group's help: Typer shows that paragraph with the docstring's own
+    line breaks, so a summary broke in the middle of a sentence at any terminal width."""
+    for sub in getattr(command, "commands", {}).values():
+        if sub.short_help is None and sub.help:
+            sub.short_help = " ".join(inspect.cleandoc(sub.help).split("\n\n")[0].split())
+        _one_line_summaries(sub)
 
 
 def _non_empty(process_value: Any) -> Any:

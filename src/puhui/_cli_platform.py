@@ -10,6 +10,8 @@ found a problem (`audit verify`), 2 an error (`error: <code>: <message>` on stde
 from __future__ import annotations
 
 import contextlib
+import errno
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,6 +23,7 @@ from puhui._cli_common import EXIT_OK, EXIT_PROBLEM, make_data_dir, opened_store
 from puhui._cli_common import emit_json as _emit_json
 from puhui._cli_common import reported_errors as _reported_errors
 from puhui.config import Settings
+from puhui.errors import PuhuiError
 from puhui.platform import ApiKey, AuditLog, Scope, Tenant, Tenants, WebhookOptions
 
 tenant_app = typer.Typer(
@@ -83,6 +86,45 @@ def _key_dict(key: ApiKey) -> dict[str, Any]:
 
 
 # --- serve ----------------------------------------------------------------------------------
+
+
+class AddressUnavailableError(PuhuiError):
+    """`puhui serve` cannot listen on `--host`:`--port`: another program listens there, the
+    host is not an address of this machine, or its name does not resolve."""
+
+    code = "address_unavailable"
+
+
+def _check_address(host: str, port: int) -> None:
+    """Bind (and let go) every address `host` names, as the server's event loop will, so
+    that an address it cannot listen on is `address_unavailable` before the server makes
+    anything (store, ledger, risk directory), not uvicorn's error after its whole start.
+    A program that takes the port in the moment between is still refused by uvicorn."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        addresses = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as error:
+        raise AddressUnavailableError(
+            f"cannot listen on {where}: {error.strerror} (--host names no address)"
+        ) from None
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the loop does
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as error:
+                hint = (
+                    " (another server listens there: stop it or choose another --port)"
+                    if error.errno == errno.EADDRINUSE
+                    else ""
+                )
+                raise AddressUnavailableError(
+                    f"cannot listen on {where}: {error.strerror or error}{hint}"
+                ) from None
 
 
 def serve(
@@ -181,6 +223,7 @@ def serve(
 
     configure_logging()  # JSON lines on stderr, one per request; uvicorn's own access log off
     with _reported_errors():
+        _check_address(host, port)
         settings = Settings.from_env()
         url = ledger_url or settings.ledger_url  # a local journal makes its own directories
         risk_directory = risk_dir or settings.data_dir / "risk"

@@ -142,7 +142,7 @@ class RiskTour:
             self.mei.customer.id, self.mei.card_id, self.money("4000.00"), CURRENCY,
             key=self.key("top-up-2"), channel=self.mei.channel,
         )  # fmt: skip
-        step.add("Mei tops up 4000.00 CNY", top.status, "completed")
+        step.add("Mei tops up 4,000.00 CNY", top.status, "completed")
 
     def step_up(self) -> None:
         step = self.step(
@@ -153,12 +153,12 @@ class RiskTour:
             self.mei.customer.id, Payee(customer_id=self.lin.customer.id),
             self.money("3500.00"), CURRENCY, key=self.key("rent"), channel=self.mei.channel,
         )  # fmt: skip
-        step.add("Mei sends Lin 3500.00 CNY (first time)", op.status, "challenged")
+        step.add("Mei sends Lin 3,500.00 CNY (first time)", op.status, "challenged")
         step.notes.append(f"risk: {op.decision}, {_score(op.risk_score)}")
         done = p.verify_challenge(op.id, passed=True, channel=self.mei.channel)
         step.add("Mei passes the one-time code on her phone", done.status, "completed")
         balance = p.balance(self.lin.customer.id, CURRENCY).posted
-        step.notes.append(f"Lin's wallet: {format_amount(balance, CURRENCY)} CNY")
+        step.notes.append(f"Lin's wallet: {format_amount(balance, CURRENCY, group=True)} CNY")
 
     def case(self) -> None:
         step = self.step(

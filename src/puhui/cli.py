@@ -72,6 +72,13 @@ __all__ = ["DataDirUnavailableError", "app", "main"]
 STATUS_COLUMN_CHARS: Final = 20
 """Width of the status column in the demo's step listing (unit: characters)."""
 
+POSTGRES_SCHEMES: Final = ("postgresql://", "postgresql+psycopg://", "postgres://")
+"""The ledger URLs of a PostgreSQL journal (as `puhui.ledger.open` takes them)."""
+
+DEMO_RUNNING: Final = "running the tours (the first run compiles the kernels: a minute or two)"
+"""What the demo shows on a terminal while the tours run, before it prints them (one line of
+an 80-column terminal)."""
+
 HISTORY_SHOWN_MAX: Final = 20
 """Most balance-history rows the demo prints (unit: rows)."""
 
@@ -118,7 +125,7 @@ def _local_journal(url: str) -> Path | None:
 
 def _display_url(url: str) -> str:
     """The ledger location with any password hidden (safe to print and log)."""
-    if not url.startswith(("postgresql://", "postgresql+psycopg://", "postgres://")):
+    if not url.startswith(POSTGRES_SCHEMES):
         return url
     scheme, _, rest = url.partition("://")
     credentials, at, host = rest.rpartition("@")
@@ -143,13 +150,35 @@ def _holds_no_journal(path: Path) -> bool:
     return found is None
 
 
+def _postgres_holds_no_journal(url: str) -> bool:
+    """Whether the PostgreSQL database of `url` plainly holds no journal (no journal table in
+    its search path, or no identity in it), read without creating anything. A database that
+    cannot be reached (or a URL libpq does not take) is for `tb.open` to judge."""
+    import psycopg
+
+    try:
+        with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://", 1)) as db:
+            table = db.execute("SELECT to_regclass('puhui_journal_meta')").fetchone()
+            if table is None or table[0] is None:
+                return True
+            query = "SELECT 1 FROM puhui_journal_meta WHERE key = 'identity'"
+            return db.execute(query).fetchone() is None
+    except psycopg.Error:
+        return False
+
+
 def _open_existing(url: str) -> tb.Ledger:
     """Open a ledger that must already exist (reading commands never create one, not even
-    in an existing empty directory or file)."""
+    in an existing empty directory, file or PostgreSQL database)."""
     local = _local_journal(url)
     if local is not None and (not local.exists() or _holds_no_journal(local)):
         raise LedgerNotFoundError(
             f"no ledger journal at {str(local)!r} (run `puhui demo` to create one)"
+        )
+    if url.startswith(POSTGRES_SCHEMES) and _postgres_holds_no_journal(url):
+        raise LedgerNotFoundError(
+            f"no ledger journal in the PostgreSQL database {_display_url(url)} (`puhui demo`"
+            " with PUHUI_LEDGER_URL set to it creates one)"
         )
     return tb.open(url)
 
@@ -761,11 +790,13 @@ def demo(
         clock = ManualClock(time.time_ns())
         with opened_store(database_url):
             pass  # a store that cannot be opened stops the demo before it writes the ledger
-        with tb.open(url, clock=clock) as ledger:
-            run_id = tb.id()
+        run_id = tb.id()
+        console.print(f"[bold]Puhui demo[/] - ledger {escape(_display_url(url))}")
+        console.print(f"run {run_id} (all ids of this run derive from it)")
+        # On a terminal, a line that says why the first run is quiet for a minute or two: the
+        # kernels compile then (once per checkout). Not printed elsewhere (transient).
+        with console.status(DEMO_RUNNING), tb.open(url, clock=clock) as ledger:
             tour = _Demo(ledger, run_id)
-            console.print(f"[bold]Puhui demo[/] - ledger {escape(_display_url(url))}")
-            console.print(f"run {run_id} (all ids of this run derive from it)")
             tour.run()
             balances = tour.balances()
             history = tour.merchant_history()

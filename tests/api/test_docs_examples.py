@@ -1,9 +1,11 @@
 """The worked examples of docs/api.md are real: run against an app as a reader runs them
-against `puhui serve`, each `print` shows what its comment says."""
+against `puhui serve`, with the keys the page's own `puhui tenant create` and `puhui key
+create` lines make, each `print` shows what its comment says."""
 
 from __future__ import annotations
 
 import re
+import shlex
 import sys
 import types
 from collections.abc import Iterator
@@ -12,8 +14,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from typer.testing import CliRunner
 
 from puhui.api import ApiOptions
+from puhui.cli import app as cli
 from puhui.platform import WebhookOptions
 
 from .conftest import Api, make_api
@@ -26,6 +30,41 @@ def worked_examples() -> list[str]:
     """The page's Python blocks that talk to a running server with the reader's key."""
     blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), re.DOTALL)
     return [block for block in blocks if "PUHUI_API_KEY" in block]
+
+
+KEY_CREATE = re.compile(r"puhui key create [^`\n]*(?:\n--[^`\n]*)*")
+TENANT_CREATE = re.compile(r"puhui tenant create [^`\n#]*")
+TOKEN = re.compile(r"^token \(shown once\): (pk_[0-9a-f]{16}_[0-9a-f]{64})$", re.MULTILINE)
+
+
+def setup_commands() -> list[list[str]]:
+    """For each worked example, the command lines the page gives the reader before it: the
+    tenant (`puhui tenant create`), then the key (the last `puhui key create` above the
+    example, in a shell block or in the text)."""
+    text = DOC.read_text(encoding="utf-8").replace("\\\n", " ")
+    found = []
+    for match in re.finditer(r"```python\n(.*?)```", text, re.DOTALL):
+        if "PUHUI_API_KEY" in match.group(1):
+            before = text[: match.start()]
+            tenant = TENANT_CREATE.findall(before)[-1]
+            key = KEY_CREATE.findall(before)[-1]
+            found.append([" ".join(line.split()) for line in (tenant, key)])
+    return found
+
+
+def run_setup(lines: list[str], database_url: str) -> str:
+    """Run the page's command lines on the app's store, as the reader runs them; the token
+    the key creation printed (a tenant the reader made already is fine)."""
+    runner = CliRunner()
+    printed = ""
+    for line in lines:
+        args = [*shlex.split(line)[1:], "--database-url", database_url]
+        result = runner.invoke(cli, args)
+        taken = "tenant_name_taken" in result.output
+        assert result.exit_code == 0 or taken, (line, result.output)
+        printed = result.output
+    [token] = TOKEN.findall(printed)
+    return str(token)
 
 
 def promised(code: str) -> list[str]:
@@ -81,6 +120,8 @@ def api(tmp_path: Path) -> Iterator[Api]:
 def test_the_page_has_its_examples() -> None:
     examples = worked_examples()
     assert len(examples) == 2
+    assert len(setup_commands()) == 2
+    assert all(lines[1].startswith('puhui key create "Bank of Hope"') for lines in setup_commands())
     assert all(len(promised(code)) >= 5 for code in examples)
     assert all(promise for code in examples for promise in promised(code))
 
@@ -88,11 +129,12 @@ def test_the_page_has_its_examples() -> None:
 def test_the_worked_examples_print_what_the_page_says(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("PUHUI_API_KEY", api.token_a)
     httpx = types.ModuleType("httpx")
     setattr(httpx, "Client", lambda base_url, headers: _Client(api, base_url, headers))  # noqa: B010
     monkeypatch.setitem(sys.modules, "httpx", httpx)
-    for code in worked_examples():
+    database_url = api.engine.url.render_as_string(hide_password=False)
+    for code, lines in zip(worked_examples(), setup_commands(), strict=True):
+        monkeypatch.setenv("PUHUI_API_KEY", run_setup(lines, database_url))
         printed: list[str] = []
         namespace = {"print": _printing_to(printed)}
         exec(compile(code, str(DOC), "exec"), namespace)

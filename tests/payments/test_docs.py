@@ -1,0 +1,30 @@
+"""The set-up example of docs/payments.md is real code: run as a reader copies it, in a fresh
+directory, it gives a working payments service on a migrated store and a ledger."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from puhui.payments import Payments
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "payments.md"
+
+
+def test_the_set_up_runs_as_documented(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    code = re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), re.DOTALL)[0]
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, Any] = {}
+    exec(compile(code, str(DOC), "exec"), namespace)
+    payments, books, engine = namespace["payments"], namespace["books"], namespace["engine"]
+    try:
+        assert isinstance(payments, Payments)
+        customer = payments.register_customer("+8613800138000", "Li Wei")
+        assert payments.customer(customer.id).display_name == "Li Wei"
+    finally:
+        books.close()
+        engine.dispose()
+    assert (tmp_path / "puhui-data" / "puhui.sqlite").is_file()
