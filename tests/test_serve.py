@@ -6,6 +6,7 @@ holds."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
+from puhui._cli_platform import AddressUnavailableError, _bind
 from puhui.clock import SystemClock
 from puhui.platform import Tenants
 from puhui.risk import ListStore
@@ -283,3 +285,29 @@ def test_serve_on_an_unknown_host_is_one_error_line(tmp_path: Path) -> None:
         completed.stderr
     )
     assert not (tmp_path / "data").exists()
+
+
+def test_serve_holds_its_port_from_the_check_on() -> None:
+    """The port `puhui serve` checks is the one it serves on: its sockets listen from the
+    check on (while the store, ledger and risk engine open), so another server that starts
+    in the meantime cannot take the port, even with SO_REUSEADDR, and is refused instead."""
+    sockets = _bind("127.0.0.1", 0)
+    try:
+        [held] = sockets
+        port = held.getsockname()[1]
+        with socket.socket() as rival:
+            rival.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            with pytest.raises(OSError) as refused:
+                rival.bind(("127.0.0.1", port))
+                rival.listen()
+            assert refused.value.errno == errno.EADDRINUSE
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass  # a client connecting early waits in the backlog, not refused
+    finally:
+        for sock in sockets:
+            sock.close()
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        with pytest.raises(AddressUnavailableError, match="another server listens there"):
+            _bind("127.0.0.1", other.getsockname()[1])

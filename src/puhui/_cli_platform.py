@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 import sqlalchemy as sa
 import typer
@@ -88,6 +89,10 @@ def _key_dict(key: ApiKey) -> dict[str, Any]:
 # --- serve ----------------------------------------------------------------------------------
 
 
+SERVER_START_FAILED: Final = 3
+"""`puhui serve`'s exit status when uvicorn could not start the server (uvicorn's own)."""
+
+
 class AddressUnavailableError(PuhuiError):
     """`puhui serve` cannot listen on `--host`:`--port`: another program listens there, the
     host is not an address of this machine, or its name does not resolve."""
@@ -95,11 +100,16 @@ class AddressUnavailableError(PuhuiError):
     code = "address_unavailable"
 
 
-def _check_address(host: str, port: int) -> None:
-    """Bind (and let go) every address `host` names, as the server's event loop will, so
-    that an address it cannot listen on is `address_unavailable` before the server makes
-    anything (store, ledger, risk directory), not uvicorn's error after its whole start.
-    A program that takes the port in the moment between is still refused by uvicorn."""
+def _url_of(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _bind(host: str, port: int) -> list[socket.socket]:
+    """Bind every address `host` names (as the event loop would), before the server makes
+    anything (store, ledger, risk directory): an address it cannot listen on is
+    `address_unavailable` at once, not uvicorn's error after its whole start. They listen
+    from here on and are handed to uvicorn: no other program can take the port in between.
+    The caller closes them."""
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         addresses = socket.getaddrinfo(
@@ -109,13 +119,20 @@ def _check_address(host: str, port: int) -> None:
         raise AddressUnavailableError(
             f"cannot listen on {where}: {error.strerror} (--host names no address)"
         ) from None
-    for family, kind, proto, _, address in addresses:
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the loop does
+    bound: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(addresses):
+            sock = socket.socket(family, kind, proto)
+            bound.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the loop does
             if family == socket.AF_INET6:
-                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             try:
-                probe.bind(address)
+                sock.bind(address)
+                # Listening at once holds the port (a socket bound alone can still be bound
+                # by another with SO_REUSEADDR); connections wait in the backlog until the
+                # server takes them, as under socket activation.
+                sock.listen()
             except OSError as error:
                 hint = (
                     " (another server listens there: stop it or choose another --port)"
@@ -125,6 +142,11 @@ def _check_address(host: str, port: int) -> None:
                 raise AddressUnavailableError(
                     f"cannot listen on {where}: {error.strerror or error}{hint}"
                 ) from None
+    except BaseException:
+        for sock in bound:
+            sock.close()
+        raise
+    return bound
 
 
 def serve(
@@ -222,8 +244,10 @@ def serve(
     from puhui.risk._model import RiskModel
 
     configure_logging()  # JSON lines on stderr, one per request; uvicorn's own access log off
-    with _reported_errors():
-        _check_address(host, port)
+    with _reported_errors(), contextlib.ExitStack() as listening:
+        sockets = _bind(host, port)
+        for sock in sockets:
+            listening.callback(sock.close)
         settings = Settings.from_env()
         url = ledger_url or settings.ledger_url  # a local journal makes its own directories
         risk_directory = risk_dir or settings.data_dir / "risk"
@@ -267,15 +291,25 @@ def serve(
                 # their own operations: recovery needs them.
                 payments.recover()
                 warm_up_readers()  # the JSON batch routes' compiled readers, loaded now
-                uvicorn.run(
-                    app,
-                    host=host,
-                    port=port,
-                    loop="uvloop",
-                    http=CorkedHttpProtocol,
-                    log_level="info",
-                    access_log=False,
+                server = uvicorn.Server(
+                    uvicorn.Config(
+                        app,
+                        host=host,
+                        port=port,
+                        loop="uvloop",
+                        http=CorkedHttpProtocol,
+                        log_level="info",
+                        access_log=False,
+                    )
                 )
+                # uvicorn names the address only when it binds the sockets itself.
+                logging.getLogger("uvicorn.error").info(
+                    "Uvicorn running on %s (Press CTRL+C to quit)", _url_of(host, port)
+                )
+                with contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run
+                    server.run(sockets=sockets)
+                if not server.started:  # uvicorn.run's exit when the server could not start
+                    raise typer.Exit(SERVER_START_FAILED)
 
 
 # --- tenants --------------------------------------------------------------------------------
