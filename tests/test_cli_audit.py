@@ -202,6 +202,25 @@ def test_a_reading_command_never_creates_the_store(tmp_path: Path, args: list[st
     assert not missing.exists()
 
 
+REFUSED_ENTRIES = [
+    ["risk", "lists", "add", "no_such_list", "d1", "--reason", "r", "--json"],
+    ["risk", "lists", "add", "blocked_devices", "d1", "--reason", "", "--json"],
+    ["risk", "lists", "add", "blocked_devices", "d1", "--reason", "r", "--expires-in", "soon"],
+]
+
+
+@pytest.mark.parametrize("args", REFUSED_ENTRIES, ids=" ".join)
+def test_a_refused_list_entry_creates_no_store(tmp_path: Path, args: list[str]) -> None:
+    """`risk lists add` writes, so it creates the store; but an entry it refuses (an unknown
+    list, an empty reason, an expiry it cannot read) is refused before the store opens:
+    ``risk_list_invalid`` and nothing made. It used to create the store first."""
+    missing = tmp_path / "missing"
+    result = _invoke(missing, args)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: risk_list_invalid: "), result.output
+    assert not missing.exists()
+
+
 @pytest.mark.parametrize("args", READING, ids=" ".join)
 def test_a_reading_command_never_makes_an_empty_file_a_store(
     tmp_path: Path, args: list[str]

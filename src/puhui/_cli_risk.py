@@ -32,6 +32,7 @@ from puhui.errors import InvalidInputError
 from puhui.money import format_amount
 from puhui.payments import BankDirection, BankResult, OperationKind, Payments
 from puhui.risk import (
+    LIST_NAMES,
     CaseNeedsGatewayError,
     CaseOutcome,
     Cases,
@@ -45,6 +46,7 @@ from puhui.risk import (
 )
 from puhui.risk._backtest import backtest
 from puhui.risk._engine import DEFAULT_RULES, engine_schema
+from puhui.risk._lists import check_entry_input
 from puhui.risk._model import RiskModel, TrainingDataError
 from puhui.risk._shadow import LIVE_THRESHOLD_DEFAULT, compare_models
 from puhui.sim import SimConfig
@@ -592,6 +594,11 @@ def lists_add(
     as_json: AsJson = False,
 ) -> None:
     """Put a value on a list (replacing its entry there, if any)."""
+    with reported_errors():
+        # The entry is checked before the store opens: a refused one creates no store.
+        if name not in LIST_NAMES:
+            raise RiskListError(f"unknown list {name!r} (known: {', '.join(LIST_NAMES)})")
+        check_entry_input(value, reason, _expiry_ns(expires_in, 0))
     with reported_errors(), _list_store() as store:
         expires = _expiry_ns(expires_in, store.clock.now_ns())
         entry = store.add(name, value, reason=reason, expires_at_ns=expires)
