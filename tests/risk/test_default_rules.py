@@ -47,6 +47,9 @@ BENIGN: Final[dict[str, Any]] = {
     "counterparty.count_24h": 0,
     "counterparty.sum_1h": 0,
     "counterparty.sum_30d": 0,
+    "counterparty.count_7d": 0,
+    "counterparty.sum_7d": 0,
+    "counterparty.count_30d": 0,
     "device.count_1h": 1,
     "device.new_for_customer": False,
     "device.trusted_for_s": 400 * DAY,
@@ -122,6 +125,48 @@ _CONVERGE: Final[dict[str, Any]] = {
 }
 """A thin 89-day-old account spends 1,000 CNY at a merchant first paid 29 days ago that took
 1,000 CNY today."""
+
+_CASH_PARTS: Final[dict[str, Any]] = {
+    "event.type": "withdrawal",
+    "event.amount": 19_900,
+    "customer.outflow_24h": 30_100,
+    "device.trusted_for_s": 3_600,
+    "counterparty.count_24h": 2,
+    "counterparty.count_30d": 2,
+}
+"""From a phone trusted an hour ago, a third 199 CNY to a card first used today: 500 CNY."""
+
+_NIGHT_PARTS: Final[dict[str, Any]] = {
+    "event.is_night": True,
+    "event.amount": 99_900,
+    "counterparty.count_1h": 2,
+    "counterparty.sum_24h": 199_800,
+    "counterparty.sum_30d": 199_800,
+    "customer.count_1h": 2,
+    "customer.outflow_24h": 100_100,
+}
+"""At night, a third 999 CNY in the hour to a payee quiet before today: 2,000 CNY sent today."""
+
+_OVER_DAYS: Final[dict[str, Any]] = {
+    "event.amount": 49_000,
+    "customer.amount_percentile": 0.91,
+    "counterparty.account_age_s": 60 * DAY - 1,
+    "counterparty.distinct_payers_24h": 1,
+    "counterparty.count_7d": 3,
+    "counterparty.sum_7d": 151_000,
+    "counterparty.sum_30d": 151_000 + 49_999,
+}
+"""A fourth 490 CNY this week, above 91 % of the customer's past amounts, to a 59-day-old payee
+with one payer today: 2,000 CNY this week."""
+
+_CONVERGE_PARTS: Final[dict[str, Any]] = {
+    **_CONVERGE,
+    "event.amount": 10_000,
+    "customer.outflow_24h": 40_000,
+    "counterparty.count_24h": 2,
+}
+"""The thin account's payments today reach 500 CNY in a part of 100 CNY, at that merchant
+whose two sales today averaged 500 CNY."""
 
 _CYCLE: Final[dict[str, Any]] = {
     "event.type": "withdrawal",
@@ -802,6 +847,84 @@ CASES: Final[dict[str, list[tuple[dict[str, Any], dict[str, Any]]]]] = {
                 "event.amount": 40_000,
             },
         ),
+    ],
+    "ato.cash_out_in_parts": [
+        (_CASH_PARTS, {**_CASH_PARTS, "event.amount": 19_899}),
+        (_CASH_PARTS, {**_CASH_PARTS, "counterparty.count_30d": 3}),
+        (_CASH_PARTS, {**_CASH_PARTS, "device.trusted_for_s": DAY}),
+        (_CASH_PARTS, {**_CASH_PARTS, "event.type": "p2p"}),
+        (
+            {**_CASH_PARTS, "customer.account_age_s": 3_600 + WEEK + 1},
+            {**_CASH_PARTS, "customer.account_age_s": 3_600 + WEEK},
+        ),
+        (
+            {
+                **_CASH_PARTS,
+                "device.trusted_for_s": 400 * DAY,
+                "customer.since_password_reset_s": DAY - 1,
+            },
+            {
+                **_CASH_PARTS,
+                "device.trusted_for_s": 400 * DAY,
+                "customer.since_password_reset_s": DAY,
+            },
+        ),
+        (
+            {
+                **_CASH_PARTS,
+                "device.trusted_for_s": 400 * DAY,
+                "customer.since_device_change_s": DAY - 1,
+            },
+            {
+                **_CASH_PARTS,
+                "device.trusted_for_s": 400 * DAY,
+                "customer.since_device_change_s": DAY,
+            },
+        ),
+    ],
+    "scam.night_split_payments": [
+        (_NIGHT_PARTS, {**_NIGHT_PARTS, "customer.outflow_24h": 100_099}),
+        (_NIGHT_PARTS, {**_NIGHT_PARTS, "event.is_night": False}),
+        (_NIGHT_PARTS, {**_NIGHT_PARTS, "customer.count_1h": 1}),
+        (_NIGHT_PARTS, {**_NIGHT_PARTS, "counterparty.count_1h": 0}),
+        (_NIGHT_PARTS, {**_NIGHT_PARTS, "counterparty.sum_30d": 199_800 + 50_000}),
+        (
+            {**_NIGHT_PARTS, "counterparty.sum_30d": 199_800 + 49_999},
+            {**_NIGHT_PARTS, "event.type": "withdrawal"},
+        ),
+        (
+            {**_NIGHT_PARTS, "counterparty.count_1h": 0, "counterparty.first_payment": True},
+            {**_NIGHT_PARTS, "event.amount": 9_999, "customer.outflow_24h": 200_000},
+        ),
+    ],
+    "scam.young_payee_paid_over_days": [
+        (_OVER_DAYS, {**_OVER_DAYS, "counterparty.sum_7d": 150_999}),
+        (_OVER_DAYS, {**_OVER_DAYS, "counterparty.count_7d": 2}),
+        (_OVER_DAYS, {**_OVER_DAYS, "counterparty.distinct_payers_24h": 2}),
+        (_OVER_DAYS, {**_OVER_DAYS, "counterparty.account_age_s": 60 * DAY}),
+        (_OVER_DAYS, {**_OVER_DAYS, "customer.amount_percentile": 0.9}),
+        (
+            {**_OVER_DAYS, "customer.amount_percentile": 0.5, "customer.amount_zscore": 3.01},
+            {**_OVER_DAYS, "customer.amount_percentile": 0.5, "customer.amount_zscore": 3.0},
+        ),
+        (_OVER_DAYS, {**_OVER_DAYS, "counterparty.sum_30d": 151_000 + 50_000}),
+        (_OVER_DAYS, {**_OVER_DAYS, "counterparty.first_payment": True}),
+        (
+            {**_OVER_DAYS, "event.amount": 10_000, "counterparty.sum_7d": 190_000},
+            {**_OVER_DAYS, "event.amount": 9_999, "counterparty.sum_7d": 190_001},
+        ),
+    ],
+    "merchant.thin_payers_converge_in_parts": [
+        (_CONVERGE_PARTS, {**_CONVERGE_PARTS, "customer.outflow_24h": 39_999}),
+        (
+            {**_CONVERGE_PARTS, "customer.outflow_24h": 40_001},
+            {**_CONVERGE_PARTS, "event.amount": 9_999, "customer.outflow_24h": 40_001},
+        ),
+        (_CONVERGE_PARTS, {**_CONVERGE_PARTS, "customer.account_age_s": 90 * DAY}),
+        (_CONVERGE_PARTS, {**_CONVERGE_PARTS, "customer.amount_history_count": 10}),
+        (_CONVERGE_PARTS, {**_CONVERGE_PARTS, "counterparty.account_age_s": 30 * DAY}),
+        (_CONVERGE_PARTS, {**_CONVERGE_PARTS, "counterparty.sum_24h": 99_999}),
+        (_CONVERGE_PARTS, {**_CONVERGE_PARTS, "counterparty.count_24h": 3}),
     ],
     "farm.device_crowd": [
         (

@@ -73,11 +73,6 @@ def thin(
 # --- 1. at night, under the 1,000 CNY of scam.night_unusual_payee --------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GAP: scam.night_unusual_payee reads single payments of 1,000 CNY or more; 999 at a"
-    " time to one new payee is never unusual enough",
-)
 def test_coached_victim_sends_999_cny_at_a_time_at_night(world: World, crowd: list[Person]) -> None:
     """A scammer posing as the police calls at 01:30 and coaches a victim into moving their
     savings to a 'safe account' (a 300-day-old account the victim never paid) 999 CNY at a
@@ -93,11 +88,6 @@ def test_coached_victim_sends_999_cny_at_a_time_at_night(world: World, crowd: li
     assert_bulk_stopped(t)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GAP: scam.night_unusual_payee reads single payments of 1,000 CNY or more; 990 to "
-    "each of six new payees",
-)
 def test_stolen_unlocked_phone_pays_many_accounts_under_1000_cny_at_night(
     world: World, crowd: list[Person]
 ) -> None:
@@ -153,10 +143,6 @@ def test_honest_restaurant_bill_split_at_night(world: World, crowd: list[Person]
 # --- 2. a colluding merchant, under the 1,000 CNY of merchant.thin_payers_converge ---------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GAP: merchant.thin_payers_converge reads single payments of 1,000 CNY or more",
-)
 def test_colluding_merchant_takes_stolen_cards_in_parts_of_990_cny(world: World) -> None:
     """Four accounts of 20-40 days (full KYC, little history) each bind a stolen card, top up
     1,980 CNY and spend it at one merchant that opened this week in two parts of 990 CNY
@@ -197,11 +183,6 @@ def test_honest_new_canteen_paid_small_sums_by_new_students(world: World) -> Non
 # --- 3. a takeover cashing out under the 200 CNY of the newly-trusted-device rules ----------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GAP: ato.money_out_on_new_device and ato.new_card_cash_out read single withdrawals"
-    " of 200 CNY or more; nothing counts withdrawals over the day",
-)
 def test_phished_login_then_withdrawals_of_199_cny_to_a_new_card(
     world: World, crowd: list[Person]
 ) -> None:
@@ -220,11 +201,6 @@ def test_phished_login_then_withdrawals_of_199_cny_to_a_new_card(
     assert_bulk_stopped(t, kinds=CASH_OUT)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GAP: ato.money_out_after_reset and ato.new_card_cash_out read single withdrawals "
-    "of 200 CNY or more",
-)
 def test_sim_swap_and_reset_then_withdrawals_of_199_cny_to_a_new_card(
     world: World, crowd: list[Person]
 ) -> None:
@@ -247,8 +223,11 @@ def test_sim_swap_and_reset_then_withdrawals_of_199_cny_to_a_new_card(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="GAP: ato.money_out_on_new_device reads single payments of 200 CNY or more; the "
-    "drain and fan-out rules read p2p only",
+    reason="not stopped: a rule on a newly trusted device's spending over the hour (1,000 CNY "
+    "in four or more payments) held seven honest payments of four customers with a new phone "
+    "or a reset in two simulated fortnights, and the engine cannot yet tell a shop first paid "
+    "from the new device (a merchant paid twice counts as a familiar payee) from the owner's "
+    "usual shops",
 )
 def test_phished_login_then_a_shop_paid_190_cny_at_a_time(
     world: World, crowd: list[Person]
@@ -313,12 +292,6 @@ def test_honest_new_phone_then_an_afternoon_at_the_mall(world: World, crowd: lis
 # --- 4. a scam paid over days to a young account, under the 500 CNY edges -------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GAP: scam.unusual_to_young_payee reads single payments of 500 CNY or more; "
-    "scam.quiet_payee_paid_repeatedly counts one day, and a payee paid yesterday is no "
-    "longer quiet",
-)
 def test_investment_scam_paid_490_cny_twice_a_day_for_six_days(
     world: World, crowd: list[Person]
 ) -> None:
