@@ -496,8 +496,6 @@ class EngineBefore:
             paid_before = not feats["counterparty.first_payment"][i]
             if paid_before and severity[i] == 0 and device and pair not in self._new_payees:
                 familiar.append(i)
-            if kind is not EventKind.P2P:
-                continue
             if pair not in self._new_payees:
                 trusted = float(feats["device.trusted_for_s"][i])
                 was_new = trusted < NEW_DEVICE_S or (
@@ -506,6 +504,8 @@ class EngineBefore:
                 if not (feats["counterparty.first_payment"][i] and was_new):
                     continue
                 self._new_payees[pair] = int(columns["at_ns"][i])
+            if kind is not EventKind.P2P:
+                continue
             if severity[i] <= 1:
                 sent = self._sent.setdefault(pair[0], [])
                 sent.append((int(columns["at_ns"][i]), int(columns["amount"][i])))

@@ -136,6 +136,17 @@ _CASH_PARTS: Final[dict[str, Any]] = {
 }
 """From a phone trusted an hour ago, a third 199 CNY to a card first used today: 500 CNY."""
 
+_SPREE: Final[dict[str, Any]] = {
+    "event.type": "payment",
+    "event.amount": 19_000,
+    "customer.outflow_24h": 31_000,
+    "device.trusted_for_s": 3_600,
+    "device.familiar_payees_paid": 0,
+    "device.count_1h": 2,
+}
+"""From a phone trusted an hour ago that paid no usual payee, its third payment in the hour,
+taking the day to 500 CNY."""
+
 _NIGHT_PARTS: Final[dict[str, Any]] = {
     "event.is_night": True,
     "event.amount": 99_900,
@@ -880,6 +891,17 @@ CASES: Final[dict[str, list[tuple[dict[str, Any], dict[str, Any]]]]] = {
                 "device.trusted_for_s": 400 * DAY,
                 "customer.since_device_change_s": DAY,
             },
+        ),
+    ],
+    "ato.shop_spree_new_device": [
+        (_SPREE, {**_SPREE, "event.amount": 18_999}),
+        (_SPREE, {**_SPREE, "device.count_1h": 1}),
+        (_SPREE, {**_SPREE, "device.familiar_payees_paid": 1}),
+        (_SPREE, {**_SPREE, "device.trusted_for_s": DAY}),
+        (_SPREE, {**_SPREE, "event.type": "p2p"}),
+        (
+            {**_SPREE, "customer.account_age_s": 3_600 + WEEK + 1},
+            {**_SPREE, "customer.account_age_s": 3_600 + WEEK},
         ),
     ],
     "scam.night_split_payments": [

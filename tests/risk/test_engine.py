@@ -600,6 +600,27 @@ def test_payees_found_after_a_new_device_and_what_they_got() -> None:
     assert found["counterparty.new_device_payee_s"].tolist() == [15 * 86_400.0]
 
 
+def test_a_shop_found_by_a_new_device_is_not_a_familiar_payee() -> None:
+    """A merchant first paid from a device trusted less than a week is followed like a p2p
+    payee found so (since ruleset 2026.11.28-6): paying it again from that device does not
+    make the device familiar (a takeover spending at one shop in parts), paying the
+    customer's usual shop does; what it got is not in ``customer.new_device_payees_sum_14d``
+    (p2p payees only)."""
+    engine = RiskEngine(parse_ruleset(RULES, engine_schema()), lists=RiskLists(ManualClock(T0)))
+    home, pay = SHANGHAI, EventKind.PAYMENT
+    engine([_at(0, place=home, payee="m:usual", kind=pay)])  # the first device: long trusted
+    engine([_at(1, place=home, device="new", amount=0, kind=EventKind.LOGIN)])  # trusted now
+    for k in (2, 3, 4):
+        engine([_at(k, place=home, device="new", payee="m:gifts", amount=19_000, kind=pay)])
+    assert engine.familiar_payees_paid() == {}
+    engine([_at(5, place=home, device="new", payee="m:usual", amount=4_000, kind=pay)])
+    assert engine.familiar_payees_paid() == {(7, "new"): 1}
+    probe = [_at(6, place=home, payee="m:gifts", kind=pay)]
+    found = engine._new_payees_of([7], ["m:gifts"], event_columns(probe))
+    assert found["counterparty.new_device_payee_s"].tolist() == [240.0]
+    assert found["customer.new_device_payees_sum_14d"].tolist() == [0]
+
+
 def test_device_places_and_new_payees_survive_a_restart(tmp_path: Path) -> None:
     """Snapshot, then the log replayed: the same device places and payees found after a
     new device as the engine that decided."""

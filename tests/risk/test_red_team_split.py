@@ -221,14 +221,6 @@ def test_sim_swap_and_reset_then_withdrawals_of_199_cny_to_a_new_card(
     assert_bulk_stopped(t, kinds=CASH_OUT)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not stopped: a rule on a newly trusted device's spending over the hour (1,000 CNY "
-    "in four or more payments) held seven honest payments of four customers with a new phone "
-    "or a reset in two simulated fortnights, and the engine cannot yet tell a shop first paid "
-    "from the new device (a merchant paid twice counts as a familiar payee) from the owner's "
-    "usual shops",
-)
 def test_phished_login_then_a_shop_paid_190_cny_at_a_time(
     world: World, crowd: list[Person]
 ) -> None:

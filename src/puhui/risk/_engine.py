@@ -99,9 +99,9 @@ ENGINE_FEATURES: Final = {
         "``device.distance_km`` over the time since that event (taken as at least 1 s)."
     ),
     "counterparty.new_device_payee_s": (
-        "Seconds since this customer first paid this counterparty (p2p) from a device the "
-        "engine had trusted for less than a week (``NEW_DEVICE_S``) or not at all: a payee "
-        "found after a new device; NaN for any other payee, and after 30 days "
+        "Seconds since this customer first paid this counterparty (p2p, or a merchant) from a "
+        "device the engine had trusted for less than a week (``NEW_DEVICE_S``) or not at all: "
+        "a payee found after a new device; NaN for any other payee, and after 30 days "
         "(``NEW_DEVICE_PAYEES_KEPT_S``)."
     ),
     "device.familiar_payees_paid": (
@@ -819,13 +819,15 @@ class RiskEngine:
         feats: Mapping[str, npt.NDArray[Any]],
         severity: list[int],
     ) -> npt.NDArray[np.int64]:
-        """A p2p payee paid for the first time from a device trusted less than
-        ``NEW_DEVICE_S``, or not at all while the customer has others (a customer's first
-        device is the one they came with), is followed whatever the decision (a refused
-        first try must not hide it); what such payees get in events accepted or challenged
-        adds to the customer's sum. An accepted payment to a payee paid before (and not
-        found so) counts for its device (``device.familiar_payees_paid``): those events'
-        positions are returned, for the trust state to count once it has learnt the batch.
+        """A p2p payee, or a merchant, paid for the first time from a device trusted less
+        than ``NEW_DEVICE_S``, or not at all while the customer has others (a customer's
+        first device is the one they came with), is followed whatever the decision (a refused
+        first try must not hide it); what such p2p payees get in events accepted or
+        challenged adds to the customer's sum (a merchant is followed only so that paying it
+        again is not paying a familiar payee: since ruleset ``2026.11.28-6``). An accepted
+        payment to a payee paid before (and not found so) counts for its device
+        (``device.familiar_payees_paid``): those events' positions are returned, for the trust
+        state to count once it has learnt the batch.
         Called before the batch's trust is learnt: trust as of its start."""
         kinds = columns["kind"]
         paying = np.flatnonzero((kinds == _P2P_CODE) | (kinds == _PAYMENT_CODE))
@@ -843,8 +845,6 @@ class RiskEngine:
                 continue
             if not first_payment[i] and severity[i] == 0 and devices[i] and pair not in payees:
                 familiar.append(i)
-            if kinds[i] != _P2P_CODE:
-                continue
             if pair not in payees:
                 if not first_payment[i]:
                     continue
@@ -852,6 +852,8 @@ class RiskEngine:
                 if trusted >= NEW_DEVICE_S or (math.isnan(trusted) and not devices_of.get(pair[0])):
                     continue
                 payees[pair] = int(times[i])
+            if kinds[i] != _P2P_CODE:
+                continue
             if severity[i] <= 1:
                 mine = sent.setdefault(pair[0], [])
                 mine.append((int(times[i]), int(amounts[i])))
