@@ -869,27 +869,11 @@ CASES: Final[dict[str, list[tuple[dict[str, Any], dict[str, Any]]]]] = {
             {**_CASH_PARTS, "customer.account_age_s": 3_600 + WEEK},
         ),
         (
+            {**_CASH_PARTS, "customer.since_password_reset_s": 60.0},
             {
                 **_CASH_PARTS,
+                "customer.since_password_reset_s": 60.0,
                 "device.trusted_for_s": 400 * DAY,
-                "customer.since_password_reset_s": DAY - 1,
-            },
-            {
-                **_CASH_PARTS,
-                "device.trusted_for_s": 400 * DAY,
-                "customer.since_password_reset_s": DAY,
-            },
-        ),
-        (
-            {
-                **_CASH_PARTS,
-                "device.trusted_for_s": 400 * DAY,
-                "customer.since_device_change_s": DAY - 1,
-            },
-            {
-                **_CASH_PARTS,
-                "device.trusted_for_s": 400 * DAY,
-                "customer.since_device_change_s": DAY,
             },
         ),
     ],
