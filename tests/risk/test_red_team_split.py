@@ -123,6 +123,30 @@ def test_honest_night_shift_worker_pays_rent_in_two_parts(
     assert t.decisions() == ["accept"] * 4, f"\n{t}"
 
 
+def test_honest_night_rent_in_parts_to_a_landlord_with_one_tenant_is_held(
+    world: World, crowd: list[Person]
+) -> None:
+    """A night-shift nurse tops up twice (1,000 CNY at a time, the card's limit) at 00:40 and
+    pays the rent, 2,400 CNY, in three parts of 800 to a landlord whose only tenant they are:
+    last month's rent, 31 days ago, is out of the 30-day window, so the landlord looks like a
+    quiet account and the third part is held for review by ``scam.night_split_payments`` - a
+    cost of this red team's rule, pinned here (not a rejection; an analyst approves it). With a
+    landlord paid by others too, the same is accepted (``..._pays_rent_in_two_parts``)."""
+    nurse = crowd[4]
+    landlord = thin(world, age_days=900, where=SHANGHAI)
+    world.act(Tally(), P2P, nurse, 2_400 * YUAN, landlord.ref)  # last month's rent, by day
+    world.wait(31 * DAY + NIGHT - 50 * MINUTE)  # 00:40, a month later
+    t = Tally()
+    for _ in range(2):
+        world.act(t, TOP_UP, nurse, 1_000 * YUAN, nurse.card)
+    for _ in range(3):
+        world.act(t, P2P, nurse, 800 * YUAN, landlord.ref)
+        world.wait(3 * MINUTE)
+    assert_not_rejected(t)
+    assert t.decisions() == ["accept"] * 4 + ["review"], f"\n{t}"
+    assert t.reasons() == {"scam.night_split_payments"}, f"\n{t}"
+
+
 def test_honest_restaurant_bill_split_at_night(world: World, crowd: list[Person]) -> None:
     """After a late dinner the host pays the restaurant 1,260 CNY at 00:20; six friends (two
     of whom never paid the host before) each send their share of 210 CNY within twenty
