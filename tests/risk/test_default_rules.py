@@ -61,6 +61,8 @@ BENIGN: Final[dict[str, Any]] = {
     "customer.new_payers_inflow_24h": 0,
     "customer.new_payers_24h": 0,
     "customer.new_card_top_ups_24h": 0,
+    "counterparty.first_paid_s": float("nan"),
+    "customer.new_payees_sent_24h": 0,
     "event.is_night": False,
     "location.distance_km": 0.0,
     "location.speed_kmh": 0.0,
@@ -150,13 +152,12 @@ taking the day to 500 CNY."""
 _NIGHT_PARTS: Final[dict[str, Any]] = {
     "event.is_night": True,
     "event.amount": 99_900,
-    "counterparty.count_1h": 2,
-    "counterparty.sum_24h": 199_800,
-    "counterparty.sum_30d": 199_800,
+    "counterparty.first_paid_s": 600.0,
     "customer.count_1h": 2,
-    "customer.outflow_24h": 100_100,
+    "customer.new_payees_sent_24h": 100_100,
 }
-"""At night, a third 999 CNY in the hour to a payee quiet before today: 2,000 CNY sent today."""
+"""At night, a third event in the hour, 999 CNY to a payee first paid ten minutes ago: 2,000 CNY
+sent to payees new today."""
 
 _OVER_DAYS: Final[dict[str, Any]] = {
     "event.amount": 49_000,
@@ -889,18 +890,22 @@ CASES: Final[dict[str, list[tuple[dict[str, Any], dict[str, Any]]]]] = {
         ),
     ],
     "scam.night_split_payments": [
-        (_NIGHT_PARTS, {**_NIGHT_PARTS, "customer.outflow_24h": 100_099}),
+        (_NIGHT_PARTS, {**_NIGHT_PARTS, "customer.new_payees_sent_24h": 100_099}),
         (_NIGHT_PARTS, {**_NIGHT_PARTS, "event.is_night": False}),
         (_NIGHT_PARTS, {**_NIGHT_PARTS, "customer.count_1h": 1}),
-        (_NIGHT_PARTS, {**_NIGHT_PARTS, "counterparty.count_1h": 0}),
-        (_NIGHT_PARTS, {**_NIGHT_PARTS, "counterparty.sum_30d": 199_800 + 50_000}),
+        (_NIGHT_PARTS, {**_NIGHT_PARTS, "counterparty.first_paid_s": float("nan")}),
+        (_NIGHT_PARTS, {**_NIGHT_PARTS, "event.type": "withdrawal"}),
         (
-            {**_NIGHT_PARTS, "counterparty.sum_30d": 199_800 + 49_999},
-            {**_NIGHT_PARTS, "event.type": "withdrawal"},
+            {**_NIGHT_PARTS, "counterparty.first_paid_s": 86_399.0},
+            {**_NIGHT_PARTS, "counterparty.first_paid_s": 86_400.0},
         ),
         (
-            {**_NIGHT_PARTS, "counterparty.count_1h": 0, "counterparty.first_payment": True},
-            {**_NIGHT_PARTS, "event.amount": 9_999, "customer.outflow_24h": 200_000},
+            {
+                **_NIGHT_PARTS,
+                "counterparty.first_paid_s": float("nan"),
+                "counterparty.first_payment": True,
+            },
+            {**_NIGHT_PARTS, "event.amount": 9_999, "customer.new_payees_sent_24h": 200_000},
         ),
     ],
     "scam.young_payee_paid_over_days": [

@@ -835,3 +835,46 @@ def test_money_in_from_strangers_and_new_cards_is_learnt_and_survives_a_restart(
     again.recover(tmp_path / "state")
     assert again._inflows == live._inflows and set(live._inflows) == {8}
     _close(again)
+
+
+def test_payees_new_today_are_learnt_and_survive_a_restart(tmp_path: Path) -> None:
+    """``counterparty.first_paid_s``: seconds since the customer first paid a p2p payee, when
+    that was in the last 24 hours (NaN for a payee paid before, or never);
+    ``customer.new_payees_sent_24h``: what the customer sent such payees in that time, in
+    events accepted or challenged (a refused first payment marks the payee, and adds
+    nothing); the same after a snapshot and the log's replay."""
+    clock = ManualClock(T0)
+    live = _engine(tmp_path, clock)
+
+    def pay(k: int, payee: str, amount: int, *, device: str = "d1") -> RiskEvent:
+        kind = EventKind.PAYMENT if payee.startswith("m:") else EventKind.P2P
+        return RiskEvent(kind, 7, T0 + k * 60 * 10**9, amount, "CNY", payee, device)
+
+    live([pay(0, "c:landlord", 1_900)])
+    clock.advance(DAY)
+    live([pay(24 * 60 + 1, "c:landlord", 950)])  # first paid yesterday: not new today
+    live([pay(24 * 60 + 2, "c:safe", 999), pay(24 * 60 + 3, "c:safe", 999)])
+    live.snapshot(tmp_path / "state")
+    live([pay(24 * 60 + 4, "c:mule", 990, device="evil")])  # rejected: marked, adds nothing
+    live([pay(24 * 60 + 5, "m:1", 400)])  # not p2p
+    names = ["c:landlord", "c:safe", "c:mule", "m:1"]
+    at = np.full(4, T0 + DAY + 10 * 60 * 10**9, dtype=np.int64)
+    found = live._new_today_of([7] * 4, names, at)
+    assert np.isnan(found["counterparty.first_paid_s"][[0, 3]]).all()
+    assert found["counterparty.first_paid_s"][1:3].tolist() == [8 * 60.0, 6 * 60.0]
+    assert found["customer.new_payees_sent_24h"].tolist() == [1_998] * 4
+    later = live._new_today_of([7], ["c:safe"], at[:1] + DAY)
+    assert np.isnan(later["counterparty.first_paid_s"][0])
+    assert later["customer.new_payees_sent_24h"].tolist() == [0]
+    _close(live)
+    again = _engine(tmp_path / "other", clock)
+    _close(again)
+    again.log = DecisionLog(tmp_path / "log")
+    again.recover(tmp_path / "state")
+    assert again._first_paid == live._first_paid and set(live._first_paid) == {
+        (7, "c:landlord"),
+        (7, "c:safe"),
+        (7, "c:mule"),
+    }
+    assert again._new_today_sent == live._new_today_sent
+    _close(again)

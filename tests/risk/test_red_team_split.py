@@ -108,10 +108,12 @@ def test_honest_night_shift_worker_pays_rent_in_two_parts(
     world: World, crowd: list[Person]
 ) -> None:
     """A night-shift nurse pays the usual landlord (paid by day a month ago, and again
-    yesterday for the deposit) the rent in two parts of 950 CNY at 00:40, from two
-    top-ups, then buys 60 CNY of food at a night shop."""
+    yesterday for the deposit) the rent in two parts of 950 CNY at 00:40, from a top-up,
+    then buys 60 CNY of food at a night shop."""
     nurse, landlord = crowd[4], crowd[5]
-    world.act(Tally(), P2P, nurse, 500 * YUAN, landlord.ref)  # paid before, by day
+    world.act(Tally(), P2P, nurse, 1_900 * YUAN, landlord.ref)  # last month's rent, by day
+    world.wait(30 * DAY)
+    world.act(Tally(), P2P, nurse, 500 * YUAN, landlord.ref)  # the deposit, yesterday by day
     world.wait(NIGHT - 50 * MINUTE)  # 00:40
     t = Tally()
     world.act(t, TOP_UP, nurse, 1_000 * YUAN, nurse.card)
@@ -123,15 +125,37 @@ def test_honest_night_shift_worker_pays_rent_in_two_parts(
     assert t.decisions() == ["accept"] * 4, f"\n{t}"
 
 
-def test_honest_night_rent_in_parts_to_a_landlord_with_one_tenant_is_held(
+def test_honest_first_rent_at_night_in_parts_the_day_after_the_deposit_is_held(
+    world: World, crowd: list[Person]
+) -> None:
+    """A nurse who moved in yesterday paid the new landlord a 500 CNY deposit by day (the
+    first payment to them) and pays the first rent at 00:40 in two parts of 950 CNY: to the
+    engine a payee first paid today, so the second part is held for review by
+    ``scam.night_split_payments`` - a cost of this red team's rule, pinned here (not a
+    rejection; an analyst approves it)."""
+    nurse = crowd[4]
+    landlord = thin(world, age_days=900, where=SHANGHAI)
+    world.act(Tally(), P2P, nurse, 500 * YUAN, landlord.ref)  # the deposit, by day
+    world.wait(NIGHT - 50 * MINUTE)  # 00:40
+    t = Tally()
+    world.act(t, TOP_UP, nurse, 1_000 * YUAN, nurse.card)
+    world.act(t, P2P, nurse, 950 * YUAN, landlord.ref)
+    world.wait(4 * MINUTE)
+    world.act(t, P2P, nurse, 950 * YUAN, landlord.ref)
+    assert_not_rejected(t)
+    assert t.decisions() == ["accept", "accept", "review"], f"\n{t}"
+    assert t.reasons() == {"scam.night_split_payments"}, f"\n{t}"
+
+
+def test_honest_night_rent_in_parts_to_a_landlord_with_one_tenant(
     world: World, crowd: list[Person]
 ) -> None:
     """A night-shift nurse tops up twice (1,000 CNY at a time, the card's limit) at 00:40 and
-    pays the rent, 2,400 CNY, in three parts of 800 to a landlord whose only tenant they are:
-    last month's rent, 31 days ago, is out of the 30-day window, so the landlord looks like a
-    quiet account and the third part is held for review by ``scam.night_split_payments`` - a
-    cost of this red team's rule, pinned here (not a rejection; an analyst approves it). With a
-    landlord paid by others too, the same is accepted (``..._pays_rent_in_two_parts``)."""
+    pays the rent, 2,400 CNY, in three parts of 800 to a landlord whose only tenant they are
+    (last month's rent, 31 days ago, is out of every window of the store's: the landlord's
+    account looks quiet). Held for review by ``scam.night_split_payments`` as first written
+    (it read a quiet payee); since the engine knows which payees were first paid today, rent
+    to a landlord paid last month is not money to someone new."""
     nurse = crowd[4]
     landlord = thin(world, age_days=900, where=SHANGHAI)
     world.act(Tally(), P2P, nurse, 2_400 * YUAN, landlord.ref)  # last month's rent, by day
@@ -142,9 +166,7 @@ def test_honest_night_rent_in_parts_to_a_landlord_with_one_tenant_is_held(
     for _ in range(3):
         world.act(t, P2P, nurse, 800 * YUAN, landlord.ref)
         world.wait(3 * MINUTE)
-    assert_not_rejected(t)
-    assert t.decisions() == ["accept"] * 4 + ["review"], f"\n{t}"
-    assert t.reasons() == {"scam.night_split_payments"}, f"\n{t}"
+    assert t.decisions() == ["accept"] * 5, f"\n{t}"
 
 
 def test_honest_restaurant_bill_split_at_night(world: World, crowd: list[Person]) -> None:
