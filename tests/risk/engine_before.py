@@ -32,6 +32,8 @@ from puhui.risk._engine import (  # the reasons' text and the engine's features,
     NEW_DEVICE_S,
     NEW_DEVICE_SENT_MAX,
     NEW_DEVICE_SENT_WINDOW_S,
+    NEW_TODAY_S,
+    NEW_TODAY_SENT_MAX,
     _hit_text,
 )
 from puhui.risk._features import FEATURE_SCHEMA, FeatureStore, InvalidRiskEventError
@@ -204,6 +206,8 @@ class EngineBefore:
         self._sent: dict[int, list[tuple[int, int]]] = {}
         self._familiar: dict[tuple[int, str], int] = {}
         self._inflows: dict[int, list[tuple[int, int, int]]] = {}
+        self._first_paid: dict[tuple[int, str], int] = {}
+        self._new_today_sent: dict[int, list[tuple[int, int]]] = {}
         self._took_effect: dict[str, dict[int, int]] = {kind: {} for kind in _CHANGES}
         self._pending_changes: dict[tuple[int, str, str], int] = {}
         self._schema_names: tuple[str, ...] = ()
@@ -235,6 +239,7 @@ class EngineBefore:
         feats.update(self._travel(columns))
         feats.update(self._new_payees_of(columns))
         feats.update(self._inflows_of(columns))
+        feats.update(self._new_today_of(columns))
         feats["device.familiar_payees_paid"] = np.asarray(
             [self._familiar.get(pair, 0) for pair in self._pairs(columns, "device")],
             dtype=np.int64,
@@ -284,6 +289,7 @@ class EngineBefore:
             reasons_column.append(json.dumps(list(reasons)) if reasons else "[]")
         familiar = self._learn_payees(columns, feats, severity)
         self._learn_inflows(columns, feats, severity)
+        self._learn_new_today(columns, feats, severity)
         taught = self._learn_trust(columns, severity)
         pairs = self._pairs(columns, "device")
         for i in familiar:  # from a device trusted by then (not one that only paid)
@@ -496,8 +502,6 @@ class EngineBefore:
             paid_before = not feats["counterparty.first_payment"][i]
             if paid_before and severity[i] == 0 and device and pair not in self._new_payees:
                 familiar.append(i)
-            if kind is not EventKind.P2P:
-                continue
             if pair not in self._new_payees:
                 trusted = float(feats["device.trusted_for_s"][i])
                 was_new = trusted < NEW_DEVICE_S or (
@@ -506,6 +510,8 @@ class EngineBefore:
                 if not (feats["counterparty.first_payment"][i] and was_new):
                     continue
                 self._new_payees[pair] = int(columns["at_ns"][i])
+            if kind is not EventKind.P2P:
+                continue
             if severity[i] <= 1:
                 sent = self._sent.setdefault(pair[0], [])
                 sent.append((int(columns["at_ns"][i]), int(columns["amount"][i])))
@@ -561,6 +567,44 @@ class EngineBefore:
             mine = self._inflows.setdefault(receiver, [])
             mine.append((int(columns["at_ns"][i]), int(columns["amount"][i]), source))
             del mine[:-INFLOWS_MAX]
+
+    def _new_today_of(self, columns: Mapping[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
+        n = len(columns["kind"])
+        first_paid = np.full(n, np.nan)
+        sent_sum = np.zeros(n, dtype=np.int64)
+        window = NEW_TODAY_S * 10**9
+        for i, pair in enumerate(self._pairs(columns, "counterparty")):
+            at = int(columns["at_ns"][i])
+            first = self._first_paid.get(pair)
+            if first is not None and at - first < window:
+                first_paid[i] = max(0.0, (at - first) / 1e9)
+            for when, amount in self._new_today_sent.get(pair[0], []):
+                if when > at - window:
+                    sent_sum[i] += amount
+        return {"counterparty.first_paid_s": first_paid, "customer.new_payees_sent_24h": sent_sum}
+
+    def _learn_new_today(
+        self,
+        columns: Mapping[str, npt.NDArray[Any]],
+        feats: Mapping[str, npt.NDArray[Any]],
+        severity: npt.NDArray[Any],
+    ) -> None:
+        """A p2p payee first paid is new today for a day; what it gets then, accepted or
+        challenged, adds to the customer's sum."""
+        for i, pair in enumerate(self._pairs(columns, "counterparty")):
+            if KINDS[int(columns["kind"][i])] is not EventKind.P2P or not pair[1]:
+                continue
+            at = int(columns["at_ns"][i])
+            if pair not in self._first_paid:
+                if not feats["counterparty.first_payment"][i]:
+                    continue
+                self._first_paid[pair] = at
+            elif at - self._first_paid[pair] >= NEW_TODAY_S * 10**9:
+                continue
+            if severity[i] <= 1:
+                mine = self._new_today_sent.setdefault(pair[0], [])
+                mine.append((at, int(columns["amount"][i])))
+                del mine[:-NEW_TODAY_SENT_MAX]
 
     def _trust(self, customer: int, device: str, at: int) -> None:
         mine = self._trusted.setdefault(customer, {})

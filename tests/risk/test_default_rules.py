@@ -47,6 +47,9 @@ BENIGN: Final[dict[str, Any]] = {
     "counterparty.count_24h": 0,
     "counterparty.sum_1h": 0,
     "counterparty.sum_30d": 0,
+    "counterparty.count_7d": 0,
+    "counterparty.sum_7d": 0,
+    "counterparty.count_30d": 0,
     "device.count_1h": 1,
     "device.new_for_customer": False,
     "device.trusted_for_s": 400 * DAY,
@@ -58,6 +61,8 @@ BENIGN: Final[dict[str, Any]] = {
     "customer.new_payers_inflow_24h": 0,
     "customer.new_payers_24h": 0,
     "customer.new_card_top_ups_24h": 0,
+    "counterparty.first_paid_s": float("nan"),
+    "customer.new_payees_sent_24h": 0,
     "event.is_night": False,
     "location.distance_km": 0.0,
     "location.speed_kmh": 0.0,
@@ -122,6 +127,58 @@ _CONVERGE: Final[dict[str, Any]] = {
 }
 """A thin 89-day-old account spends 1,000 CNY at a merchant first paid 29 days ago that took
 1,000 CNY today."""
+
+_CASH_PARTS: Final[dict[str, Any]] = {
+    "event.type": "withdrawal",
+    "event.amount": 19_900,
+    "customer.outflow_24h": 30_100,
+    "device.trusted_for_s": 3_600,
+    "counterparty.count_24h": 2,
+    "counterparty.count_30d": 2,
+}
+"""From a phone trusted an hour ago, a third 199 CNY to a card first used today: 500 CNY."""
+
+_SPREE: Final[dict[str, Any]] = {
+    "event.type": "payment",
+    "event.amount": 19_000,
+    "customer.outflow_24h": 31_000,
+    "device.trusted_for_s": 3_600,
+    "device.familiar_payees_paid": 0,
+    "device.count_1h": 2,
+}
+"""From a phone trusted an hour ago that paid no usual payee, its third payment in the hour,
+taking the day to 500 CNY."""
+
+_NIGHT_PARTS: Final[dict[str, Any]] = {
+    "event.is_night": True,
+    "event.amount": 99_900,
+    "counterparty.first_paid_s": 600.0,
+    "customer.count_1h": 2,
+    "customer.new_payees_sent_24h": 100_100,
+}
+"""At night, a third event in the hour, 999 CNY to a payee first paid ten minutes ago: 2,000 CNY
+sent to payees new today."""
+
+_OVER_DAYS: Final[dict[str, Any]] = {
+    "event.amount": 49_000,
+    "customer.amount_percentile": 0.91,
+    "counterparty.account_age_s": 60 * DAY - 1,
+    "counterparty.distinct_payers_24h": 1,
+    "counterparty.count_7d": 3,
+    "counterparty.sum_7d": 151_000,
+    "counterparty.sum_30d": 151_000 + 49_999,
+}
+"""A fourth 490 CNY this week, above 91 % of the customer's past amounts, to a 59-day-old payee
+with one payer today: 2,000 CNY this week."""
+
+_CONVERGE_PARTS: Final[dict[str, Any]] = {
+    **_CONVERGE,
+    "event.amount": 10_000,
+    "customer.outflow_24h": 40_000,
+    "counterparty.count_24h": 2,
+}
+"""The thin account's payments today reach 500 CNY in a part of 100 CNY, at that merchant
+whose two sales today averaged 500 CNY."""
 
 _CYCLE: Final[dict[str, Any]] = {
     "event.type": "withdrawal",
@@ -802,6 +859,83 @@ CASES: Final[dict[str, list[tuple[dict[str, Any], dict[str, Any]]]]] = {
                 "event.amount": 40_000,
             },
         ),
+    ],
+    "ato.cash_out_in_parts": [
+        (_CASH_PARTS, {**_CASH_PARTS, "event.amount": 19_899}),
+        (_CASH_PARTS, {**_CASH_PARTS, "counterparty.count_30d": 3}),
+        (_CASH_PARTS, {**_CASH_PARTS, "device.trusted_for_s": DAY}),
+        (_CASH_PARTS, {**_CASH_PARTS, "event.type": "p2p"}),
+        (
+            {**_CASH_PARTS, "customer.account_age_s": 3_600 + WEEK + 1},
+            {**_CASH_PARTS, "customer.account_age_s": 3_600 + WEEK},
+        ),
+        (
+            {**_CASH_PARTS, "customer.since_password_reset_s": 60.0},
+            {
+                **_CASH_PARTS,
+                "customer.since_password_reset_s": 60.0,
+                "device.trusted_for_s": 400 * DAY,
+            },
+        ),
+    ],
+    "ato.shop_spree_new_device": [
+        (_SPREE, {**_SPREE, "event.amount": 18_999}),
+        (_SPREE, {**_SPREE, "device.count_1h": 1}),
+        (_SPREE, {**_SPREE, "device.familiar_payees_paid": 1}),
+        (_SPREE, {**_SPREE, "device.trusted_for_s": DAY}),
+        (_SPREE, {**_SPREE, "event.type": "p2p"}),
+        (
+            {**_SPREE, "customer.account_age_s": 3_600 + WEEK + 1},
+            {**_SPREE, "customer.account_age_s": 3_600 + WEEK},
+        ),
+    ],
+    "scam.night_split_payments": [
+        (_NIGHT_PARTS, {**_NIGHT_PARTS, "customer.new_payees_sent_24h": 100_099}),
+        (_NIGHT_PARTS, {**_NIGHT_PARTS, "event.is_night": False}),
+        (_NIGHT_PARTS, {**_NIGHT_PARTS, "customer.count_1h": 1}),
+        (_NIGHT_PARTS, {**_NIGHT_PARTS, "counterparty.first_paid_s": float("nan")}),
+        (_NIGHT_PARTS, {**_NIGHT_PARTS, "event.type": "withdrawal"}),
+        (
+            {**_NIGHT_PARTS, "counterparty.first_paid_s": 86_399.0},
+            {**_NIGHT_PARTS, "counterparty.first_paid_s": 86_400.0},
+        ),
+        (
+            {
+                **_NIGHT_PARTS,
+                "counterparty.first_paid_s": float("nan"),
+                "counterparty.first_payment": True,
+            },
+            {**_NIGHT_PARTS, "event.amount": 9_999, "customer.new_payees_sent_24h": 200_000},
+        ),
+    ],
+    "scam.young_payee_paid_over_days": [
+        (_OVER_DAYS, {**_OVER_DAYS, "counterparty.sum_7d": 150_999}),
+        (_OVER_DAYS, {**_OVER_DAYS, "counterparty.count_7d": 2}),
+        (_OVER_DAYS, {**_OVER_DAYS, "counterparty.distinct_payers_24h": 2}),
+        (_OVER_DAYS, {**_OVER_DAYS, "counterparty.account_age_s": 60 * DAY}),
+        (_OVER_DAYS, {**_OVER_DAYS, "customer.amount_percentile": 0.9}),
+        (
+            {**_OVER_DAYS, "customer.amount_percentile": 0.5, "customer.amount_zscore": 3.01},
+            {**_OVER_DAYS, "customer.amount_percentile": 0.5, "customer.amount_zscore": 3.0},
+        ),
+        (_OVER_DAYS, {**_OVER_DAYS, "counterparty.sum_30d": 151_000 + 50_000}),
+        (_OVER_DAYS, {**_OVER_DAYS, "counterparty.first_payment": True}),
+        (
+            {**_OVER_DAYS, "event.amount": 10_000, "counterparty.sum_7d": 190_000},
+            {**_OVER_DAYS, "event.amount": 9_999, "counterparty.sum_7d": 190_001},
+        ),
+    ],
+    "merchant.thin_payers_converge_in_parts": [
+        (_CONVERGE_PARTS, {**_CONVERGE_PARTS, "customer.outflow_24h": 39_999}),
+        (
+            {**_CONVERGE_PARTS, "customer.outflow_24h": 40_001},
+            {**_CONVERGE_PARTS, "event.amount": 9_999, "customer.outflow_24h": 40_001},
+        ),
+        (_CONVERGE_PARTS, {**_CONVERGE_PARTS, "customer.account_age_s": 90 * DAY}),
+        (_CONVERGE_PARTS, {**_CONVERGE_PARTS, "customer.amount_history_count": 10}),
+        (_CONVERGE_PARTS, {**_CONVERGE_PARTS, "counterparty.account_age_s": 30 * DAY}),
+        (_CONVERGE_PARTS, {**_CONVERGE_PARTS, "counterparty.sum_24h": 99_999}),
+        (_CONVERGE_PARTS, {**_CONVERGE_PARTS, "counterparty.count_24h": 3}),
     ],
     "farm.device_crowd": [
         (

@@ -600,6 +600,27 @@ def test_payees_found_after_a_new_device_and_what_they_got() -> None:
     assert found["counterparty.new_device_payee_s"].tolist() == [15 * 86_400.0]
 
 
+def test_a_shop_found_by_a_new_device_is_not_a_familiar_payee() -> None:
+    """A merchant first paid from a device trusted less than a week is followed like a p2p
+    payee found so (since ruleset 2026.11.28-6): paying it again from that device does not
+    make the device familiar (a takeover spending at one shop in parts), paying the
+    customer's usual shop does; what it got is not in ``customer.new_device_payees_sum_14d``
+    (p2p payees only)."""
+    engine = RiskEngine(parse_ruleset(RULES, engine_schema()), lists=RiskLists(ManualClock(T0)))
+    home, pay = SHANGHAI, EventKind.PAYMENT
+    engine([_at(0, place=home, payee="m:usual", kind=pay)])  # the first device: long trusted
+    engine([_at(1, place=home, device="new", amount=0, kind=EventKind.LOGIN)])  # trusted now
+    for k in (2, 3, 4):
+        engine([_at(k, place=home, device="new", payee="m:gifts", amount=19_000, kind=pay)])
+    assert engine.familiar_payees_paid() == {}
+    engine([_at(5, place=home, device="new", payee="m:usual", amount=4_000, kind=pay)])
+    assert engine.familiar_payees_paid() == {(7, "new"): 1}
+    probe = [_at(6, place=home, payee="m:gifts", kind=pay)]
+    found = engine._new_payees_of([7], ["m:gifts"], event_columns(probe))
+    assert found["counterparty.new_device_payee_s"].tolist() == [240.0]
+    assert found["customer.new_device_payees_sum_14d"].tolist() == [0]
+
+
 def test_device_places_and_new_payees_survive_a_restart(tmp_path: Path) -> None:
     """Snapshot, then the log replayed: the same device places and payees found after a
     new device as the engine that decided."""
@@ -813,4 +834,47 @@ def test_money_in_from_strangers_and_new_cards_is_learnt_and_survives_a_restart(
     again.log = DecisionLog(tmp_path / "log")
     again.recover(tmp_path / "state")
     assert again._inflows == live._inflows and set(live._inflows) == {8}
+    _close(again)
+
+
+def test_payees_new_today_are_learnt_and_survive_a_restart(tmp_path: Path) -> None:
+    """``counterparty.first_paid_s``: seconds since the customer first paid a p2p payee, when
+    that was in the last 24 hours (NaN for a payee paid before, or never);
+    ``customer.new_payees_sent_24h``: what the customer sent such payees in that time, in
+    events accepted or challenged (a refused first payment marks the payee, and adds
+    nothing); the same after a snapshot and the log's replay."""
+    clock = ManualClock(T0)
+    live = _engine(tmp_path, clock)
+
+    def pay(k: int, payee: str, amount: int, *, device: str = "d1") -> RiskEvent:
+        kind = EventKind.PAYMENT if payee.startswith("m:") else EventKind.P2P
+        return RiskEvent(kind, 7, T0 + k * 60 * 10**9, amount, "CNY", payee, device)
+
+    live([pay(0, "c:landlord", 1_900)])
+    clock.advance(DAY)
+    live([pay(24 * 60 + 1, "c:landlord", 950)])  # first paid yesterday: not new today
+    live([pay(24 * 60 + 2, "c:safe", 999), pay(24 * 60 + 3, "c:safe", 999)])
+    live.snapshot(tmp_path / "state")
+    live([pay(24 * 60 + 4, "c:mule", 990, device="evil")])  # rejected: marked, adds nothing
+    live([pay(24 * 60 + 5, "m:1", 400)])  # not p2p
+    names = ["c:landlord", "c:safe", "c:mule", "m:1"]
+    at = np.full(4, T0 + DAY + 10 * 60 * 10**9, dtype=np.int64)
+    found = live._new_today_of([7] * 4, names, at)
+    assert np.isnan(found["counterparty.first_paid_s"][[0, 3]]).all()
+    assert found["counterparty.first_paid_s"][1:3].tolist() == [8 * 60.0, 6 * 60.0]
+    assert found["customer.new_payees_sent_24h"].tolist() == [1_998] * 4
+    later = live._new_today_of([7], ["c:safe"], at[:1] + DAY)
+    assert np.isnan(later["counterparty.first_paid_s"][0])
+    assert later["customer.new_payees_sent_24h"].tolist() == [0]
+    _close(live)
+    again = _engine(tmp_path / "other", clock)
+    _close(again)
+    again.log = DecisionLog(tmp_path / "log")
+    again.recover(tmp_path / "state")
+    assert again._first_paid == live._first_paid and set(live._first_paid) == {
+        (7, "c:landlord"),
+        (7, "c:safe"),
+        (7, "c:mule"),
+    }
+    assert again._new_today_sent == live._new_today_sent
     _close(again)

@@ -24,6 +24,7 @@ import json
 import math
 import threading
 import zipfile
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,9 +100,9 @@ ENGINE_FEATURES: Final = {
         "``device.distance_km`` over the time since that event (taken as at least 1 s)."
     ),
     "counterparty.new_device_payee_s": (
-        "Seconds since this customer first paid this counterparty (p2p) from a device the "
-        "engine had trusted for less than a week (``NEW_DEVICE_S``) or not at all: a payee "
-        "found after a new device; NaN for any other payee, and after 30 days "
+        "Seconds since this customer first paid this counterparty (p2p, or a merchant) from a "
+        "device the engine had trusted for less than a week (``NEW_DEVICE_S``) or not at all: "
+        "a payee found after a new device; NaN for any other payee, and after 30 days "
         "(``NEW_DEVICE_PAYEES_KEPT_S``)."
     ),
     "device.familiar_payees_paid": (
@@ -121,6 +122,17 @@ ENGINE_FEATURES: Final = {
     ),
     "customer.new_payers_24h": (
         "How many customers make up ``customer.new_payers_inflow_24h`` (distinct payers)."
+    ),
+    "counterparty.first_paid_s": (
+        "Seconds since this customer first paid this counterparty (p2p), when that was in the "
+        "last 24 hours (``NEW_TODAY_S``); NaN for a payee first paid before, or never (a first "
+        "payment reads ``counterparty.first_payment``)."
+    ),
+    "customer.new_payees_sent_24h": (
+        "What the customer sent (p2p, events accepted or challenged) in the last 24 hours to "
+        "payees it first paid in that time, minor units: money to people new today (a coached "
+        "victim's 'safe account', a stolen phone's mules; not the landlord paid every month); "
+        "0 when none."
     ),
     "customer.new_card_top_ups_24h": (
         "What the customer topped up in the last 24 hours from cards used then for the first "
@@ -145,6 +157,11 @@ events)."""
 NEW_CARD: Final = -1
 """The source of an inflow that is a top-up from a card used for the first time (other
 inflows name their payer, a customer id)."""
+NEW_TODAY_S: Final = 86_400
+"""A p2p payee first paid less than this ago is new today (``counterparty.first_paid_s``,
+``customer.new_payees_sent_24h``; unit: s)."""
+NEW_TODAY_SENT_MAX: Final = 64
+"""Payments to payees new today kept per customer, the newest (unit: events)."""
 CHALLENGED_PLACES_MAX: Final = 65_536
 """Challenged events whose place a passed step-up would confirm, the newest (unit: pairs)."""
 _P2P_CODE: Final = KINDS.index(EventKind.P2P)
@@ -456,6 +473,13 @@ class RiskEngine:
         top-up from a card used for the first time (``NEW_CARD``): the newest
         ``INFLOWS_MAX``; at most ``trusted_max`` customers, the least recently paid 1/8
         dropped beyond."""
+        self._first_paid: OrderedDict[tuple[int, str], int] = OrderedDict()
+        """(customer, p2p payee) first paid in the last ``NEW_TODAY_S`` (whatever the
+        decision), with when (ns), oldest first; older ones dropped as time passes, at most
+        ``trusted_max``, the oldest 1/8 dropped beyond."""
+        self._new_today_sent: dict[int, list[tuple[int, int]]] = {}
+        """Per customer, (time ns, amount) of the p2p events accepted or challenged to payees
+        new today (the newest ``NEW_TODAY_SENT_MAX``)."""
         self._schema_names: tuple[str, ...] = ()
         self._schema_hash = ""
 
@@ -507,6 +531,7 @@ class RiskEngine:
             from_events["device.speed_kmh"] = kmh
             from_events.update(self._new_payees_of(customers, strings["counterparty"], columns))
             from_events.update(self._inflows_of(customers, columns["at_ns"]))
+            from_events.update(self._new_today_of(customers, strings["counterparty"], at_ns))
             from_events["device.familiar_payees_paid"] = self._trust.familiar(slots)
             from_events.update(self._changes.features(customers, columns["kind"], at_ns))
 
@@ -665,6 +690,7 @@ class RiskEngine:
         levels: list[int] = severity.tolist()
         familiar = self._learn_payees(customers, devices, counterparties, columns, feats, levels)
         self._learn_inflows(customers, counterparties, columns, feats, levels)
+        self._learn_new_today(customers, counterparties, columns, feats, levels)
         self._trust.learn(
             customers,
             devices,
@@ -819,13 +845,15 @@ class RiskEngine:
         feats: Mapping[str, npt.NDArray[Any]],
         severity: list[int],
     ) -> npt.NDArray[np.int64]:
-        """A p2p payee paid for the first time from a device trusted less than
-        ``NEW_DEVICE_S``, or not at all while the customer has others (a customer's first
-        device is the one they came with), is followed whatever the decision (a refused
-        first try must not hide it); what such payees get in events accepted or challenged
-        adds to the customer's sum. An accepted payment to a payee paid before (and not
-        found so) counts for its device (``device.familiar_payees_paid``): those events'
-        positions are returned, for the trust state to count once it has learnt the batch.
+        """A p2p payee, or a merchant, paid for the first time from a device trusted less
+        than ``NEW_DEVICE_S``, or not at all while the customer has others (a customer's
+        first device is the one they came with), is followed whatever the decision (a refused
+        first try must not hide it); what such p2p payees get in events accepted or
+        challenged adds to the customer's sum (a merchant is followed only so that paying it
+        again is not paying a familiar payee: since ruleset ``2026.11.28-6``). An accepted
+        payment to a payee paid before (and not found so) counts for its device
+        (``device.familiar_payees_paid``): those events' positions are returned, for the trust
+        state to count once it has learnt the batch.
         Called before the batch's trust is learnt: trust as of its start."""
         kinds = columns["kind"]
         paying = np.flatnonzero((kinds == _P2P_CODE) | (kinds == _PAYMENT_CODE))
@@ -843,8 +871,6 @@ class RiskEngine:
                 continue
             if not first_payment[i] and severity[i] == 0 and devices[i] and pair not in payees:
                 familiar.append(i)
-            if kinds[i] != _P2P_CODE:
-                continue
             if pair not in payees:
                 if not first_payment[i]:
                     continue
@@ -852,6 +878,8 @@ class RiskEngine:
                 if trusted >= NEW_DEVICE_S or (math.isnan(trusted) and not devices_of.get(pair[0])):
                     continue
                 payees[pair] = int(times[i])
+            if kinds[i] != _P2P_CODE:
+                continue
             if severity[i] <= 1:
                 mine = sent.setdefault(pair[0], [])
                 mine.append((int(times[i]), int(amounts[i])))
@@ -936,6 +964,78 @@ class RiskEngine:
             keep = bound - bound // 8
             self._inflows = dict(itertools.islice(inflows.items(), len(inflows) - keep, None))
 
+    # --- payees new today -----------------------------------------------------------------
+
+    def _new_today_of(
+        self, customers: list[int], counterparties: list[str], at_ns: npt.NDArray[np.int64]
+    ) -> dict[str, npt.NDArray[Any]]:
+        """Per event: ``counterparty.first_paid_s`` and ``customer.new_payees_sent_24h`` (as
+        of the start of the batch)."""
+        n = len(customers)
+        first_paid = np.full(n, np.nan)
+        sent_sum = np.zeros(n, dtype=np.int64)
+        if self._first_paid or self._new_today_sent:
+            times: list[int] = at_ns.tolist()
+            window_ns = NEW_TODAY_S * 10**9
+            paid, sent = self._first_paid, self._new_today_sent
+            for i, customer in enumerate(customers):
+                first = paid.get((customer, counterparties[i]))
+                if first is not None and times[i] - first < window_ns:
+                    first_paid[i] = max(0.0, (times[i] - first) / 1e9)
+                mine = sent.get(customer)
+                if mine:
+                    since = times[i] - window_ns
+                    sent_sum[i] = sum(amount for at, amount in mine if at > since)
+        return {"counterparty.first_paid_s": first_paid, "customer.new_payees_sent_24h": sent_sum}
+
+    def _learn_new_today(
+        self,
+        customers: list[int],
+        counterparties: list[str],
+        columns: Mapping[str, npt.NDArray[Any]],
+        feats: Mapping[str, npt.NDArray[Any]],
+        severity: list[int],
+    ) -> None:
+        """A p2p payee paid for the first time is new today for ``NEW_TODAY_S``, whatever the
+        decision (a refused first try must not hide it); what the customer sends payees new
+        today in events accepted or challenged adds to their sum."""
+        kinds = columns["kind"]
+        paying = np.flatnonzero(kinds == _P2P_CODE).tolist()
+        if not paying:
+            return
+        first_payment = feats["counterparty.first_payment"]
+        amounts, times = columns["amount"], columns["at_ns"]
+        paid, sent = self._first_paid, self._new_today_sent
+        window_ns = NEW_TODAY_S * 10**9
+        for i in paying:
+            pair = (customers[i], counterparties[i])
+            if not pair[1]:
+                continue
+            t = int(times[i])
+            if pair not in paid:
+                if not first_payment[i]:
+                    continue
+                paid[pair] = t
+            elif t - paid[pair] >= window_ns:
+                continue
+            if severity[i] <= 1:
+                mine = sent.setdefault(pair[0], [])
+                mine.append((t, int(amounts[i])))
+                del mine[:-NEW_TODAY_SENT_MAX]
+        newest = int(times[paying[-1]])
+        while paid:  # oldest first: drop what is no longer today (nor for an event a day late)
+            pair, first = next(iter(paid.items()))
+            if newest - first < 2 * window_ns:
+                break
+            paid.popitem(last=False)
+        bound = self.trusted_max
+        if len(paid) > bound:
+            keep = bound - bound // 8
+            self._first_paid = OrderedDict(itertools.islice(paid.items(), len(paid) - keep, None))
+        if len(sent) > bound:
+            keep = bound - bound // 8
+            self._new_today_sent = dict(itertools.islice(sent.items(), len(sent) - keep, None))
+
     # --- the decision log ------------------------------------------------------------------
 
     def _append(
@@ -1006,6 +1106,8 @@ class RiskEngine:
                 payees = list(self._new_payees.items())
                 sent = [(c, list(v)) for c, v in self._new_payees_sent.items()]
                 inflows = [(c, list(v)) for c, v in self._inflows.items()]
+                first_paid = list(self._first_paid.items())
+                new_today = [(c, list(v)) for c, v in self._new_today_sent.items()]
                 ever_trusted = self._trust.ever.to_array()
             # Written without the lock: decisions go on meanwhile (they waited for the write
             # and its fsyncs before). The trusted pairs in their order of use, least recent
@@ -1019,6 +1121,8 @@ class RiskEngine:
                 "new_payees": [[c, payee, at] for (c, payee), at in payees],
                 "new_payees_sent": [[c, [list(x) for x in v]] for c, v in sent],
                 "inflows": [[c, [list(x) for x in v]] for c, v in inflows],
+                "first_paid": [[c, payee, at] for (c, payee), at in first_paid],
+                "new_today_sent": [[c, [list(x) for x in v]] for c, v in new_today],
                 "familiar": devices["familiar"],
                 **changes,
             }
@@ -1078,6 +1182,13 @@ class RiskEngine:
                 self._inflows = {  # a snapshot from before they were kept: none
                     int(c): [(int(at), int(amount), int(source)) for at, amount, source in v]
                     for c, v in saved.get("inflows", [])
+                }
+                self._first_paid = OrderedDict(  # a snapshot from before they were kept: none
+                    ((int(c), str(payee)), int(at)) for c, payee, at in saved.get("first_paid", [])
+                )
+                self._new_today_sent = {
+                    int(c): [(int(at), int(amount)) for at, amount in v]
+                    for c, v in saved.get("new_today_sent", [])
                 }
             if self.log is None:
                 return 0
