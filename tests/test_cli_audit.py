@@ -206,6 +206,8 @@ REFUSED_ENTRIES = [
     ["risk", "lists", "add", "no_such_list", "d1", "--reason", "r", "--json"],
     ["risk", "lists", "add", "blocked_devices", "d1", "--reason", "", "--json"],
     ["risk", "lists", "add", "blocked_devices", "d1", "--reason", "r", "--expires-in", "soon"],
+    # past the latest time an entry can lapse, counted from now (not from the epoch)
+    ["risk", "lists", "add", "blocked_devices", "d1", "--reason", "r", "--expires-in", "100000d"],
 ]
 
 
@@ -233,6 +235,23 @@ def test_a_reading_command_never_makes_an_empty_file_a_store(
     store.touch()
     env = {**_env(data), "PUHUI_DATABASE_URL": f"sqlite:///{store}"}
     result = runner.invoke(app, args, env=env)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: store_not_found: "), result.output
+    assert store.read_bytes() == b""
+    assert sorted(p.name for p in tmp_path.iterdir()) == [store.name]
+
+
+def test_a_reading_command_never_makes_an_empty_file_uri_a_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same for a store named by a ``file:`` URI (``sqlite:///file:…?uri=true``): the
+    empty file is no store, and no directory named after the URI appears where the command
+    runs (one did: the URI taken for a path)."""
+    monkeypatch.chdir(tmp_path)
+    store = tmp_path / "empty.sqlite"
+    store.touch()
+    env = {**_env(tmp_path / "data"), "PUHUI_DATABASE_URL": f"sqlite:///file:{store}?uri=true"}
+    result = runner.invoke(app, ["tenant", "list", "--json"], env=env)
     assert result.exit_code == 2, result.output
     assert result.stderr.startswith("error: store_not_found: "), result.output
     assert store.read_bytes() == b""

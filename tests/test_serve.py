@@ -311,3 +311,38 @@ def test_serve_holds_its_port_from_the_check_on() -> None:
         other.listen()
         with pytest.raises(AddressUnavailableError, match="another server listens there"):
             _bind("127.0.0.1", other.getsockname()[1])
+
+
+def test_serve_refuses_a_host_name_that_cannot_be_encoded() -> None:
+    """A `--host` the resolver cannot even encode (an empty label) is `address_unavailable`
+    too, not a traceback."""
+    with pytest.raises(AddressUnavailableError, match="not a host name"):
+        _bind("a..b", 0)
+
+
+def test_serve_skips_an_address_family_the_kernel_lacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A name with an IPv6 address on a kernel without IPv6 (``localhost`` with ``::1`` in
+    /etc/hosts) listens on the addresses it can, as asyncio does; with none left it is
+    `address_unavailable`."""
+    real_socket = socket.socket
+    both = [
+        (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", 0, 0, 0)),
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 0)),
+    ]
+
+    def no_ipv6(family: int = socket.AF_INET, *args: Any) -> socket.socket:
+        if family == socket.AF_INET6:
+            raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+        return real_socket(family, *args)
+
+    monkeypatch.setattr(socket, "socket", no_ipv6)
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: both)
+    sockets = _bind("localhost", 0)
+    try:
+        assert [sock.family for sock in sockets] == [socket.AF_INET]
+    finally:
+        for sock in sockets:
+            sock.close()
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: both[:1])
+    with pytest.raises(AddressUnavailableError, match="no address of a kind"):
+        _bind("localhost", 0)

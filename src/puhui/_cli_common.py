@@ -21,6 +21,7 @@ from typer.core import TyperGroup
 
 from puhui.errors import InvalidInputError, PuhuiError
 from puhui.store import create_engine, current_revision, migrate
+from puhui.store._engine import sqlite_path
 
 EXIT_OK: Final = 0
 EXIT_PROBLEM: Final = 1
@@ -98,10 +99,9 @@ def _sqlite_file(url: str) -> Path | None:
         parsed = sa.make_url(url)
     except sa.exc.ArgumentError:
         return None
-    database = parsed.database
-    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+    if parsed.get_backend_name() != "sqlite":
         return None
-    return None if database.startswith("file:") else Path(database)
+    return sqlite_path(parsed.database)
 
 
 def _sqlite_holds_no_store(path: Path) -> bool:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -100,10 +99,6 @@ class AddressUnavailableError(PuhuiError):
     code = "address_unavailable"
 
 
-def _url_of(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
 def _bind(host: str, port: int) -> list[socket.socket]:
     """Bind every address `host` names (as the event loop would), before the server makes
     anything (store, ledger, risk directory): an address it cannot listen on is
@@ -119,10 +114,17 @@ def _bind(host: str, port: int) -> list[socket.socket]:
         raise AddressUnavailableError(
             f"cannot listen on {where}: {error.strerror} (--host names no address)"
         ) from None
+    except UnicodeError:  # a name the resolver cannot even encode (an empty label, > 63 chars)
+        raise AddressUnavailableError(
+            f"cannot listen on {where}: not a host name (--host names no address)"
+        ) from None
     bound: list[socket.socket] = []
     try:
         for family, kind, proto, _, address in dict.fromkeys(addresses):
-            sock = socket.socket(family, kind, proto)
+            try:
+                sock = socket.socket(family, kind, proto)
+            except OSError:  # a family this kernel lacks (IPv6 disabled): skipped, as asyncio does
+                continue
             bound.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the loop does
             if family == socket.AF_INET6:
@@ -142,6 +144,10 @@ def _bind(host: str, port: int) -> list[socket.socket]:
                 raise AddressUnavailableError(
                     f"cannot listen on {where}: {error.strerror or error}{hint}"
                 ) from None
+        if not bound:
+            raise AddressUnavailableError(
+                f"cannot listen on {where}: no address of a kind this machine has"
+            )
     except BaseException:
         for sock in bound:
             sock.close()
@@ -237,6 +243,7 @@ def serve(
         create_app,
         warm_up_readers,
     )
+    from puhui.api._server import ListeningServer
     from puhui.clock import SystemClock
     from puhui.payments import Payments, SimulatedBank
     from puhui.risk import Cases, ListStore, SyncedRiskLists, load_ruleset, open_engine
@@ -291,7 +298,7 @@ def serve(
                 # their own operations: recovery needs them.
                 payments.recover()
                 warm_up_readers()  # the JSON batch routes' compiled readers, loaded now
-                server = uvicorn.Server(
+                server = ListeningServer(
                     uvicorn.Config(
                         app,
                         host=host,
@@ -301,10 +308,6 @@ def serve(
                         log_level="info",
                         access_log=False,
                     )
-                )
-                # uvicorn names the address only when it binds the sockets itself.
-                logging.getLogger("uvicorn.error").info(
-                    "Uvicorn running on %s (Press CTRL+C to quit)", _url_of(host, port)
                 )
                 with contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run
                     server.run(sockets=sockets)

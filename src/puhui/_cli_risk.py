@@ -598,7 +598,7 @@ def lists_add(
         # The entry is checked before the store opens: a refused one creates no store.
         if name not in LIST_NAMES:
             raise RiskListError(f"unknown list {name!r} (known: {', '.join(LIST_NAMES)})")
-        check_entry_input(value, reason, _expiry_ns(expires_in, 0))
+        check_entry_input(value, reason, _expiry_ns(expires_in, SystemClock().now_ns()))
     with reported_errors(), _list_store() as store:
         expires = _expiry_ns(expires_in, store.clock.now_ns())
         entry = store.add(name, value, reason=reason, expires_at_ns=expires)

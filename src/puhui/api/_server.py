@@ -17,8 +17,11 @@ current turn.
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
 from typing import Any, cast
 
+import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
@@ -117,3 +120,18 @@ class CorkedHttpProtocol(HttpToolsProtocol):
         # uvloop's transports are not ``asyncio.Transport`` subclasses: no isinstance check.
         inner = cast(asyncio.Transport, transport)
         super().connection_made(CorkedTransport(inner, self.loop))
+
+
+class ListeningServer(uvicorn.Server):
+    """uvicorn's server on sockets bound (and listening) beforehand, as ``puhui serve`` binds
+    them: it names the address it serves on once it has started, as uvicorn does when it
+    binds them itself (it says nothing for sockets it was handed)."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            host, port = self.config.host, self.config.port
+            url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+            logging.getLogger("uvicorn.error").info(
+                "Uvicorn running on %s (Press CTRL+C to quit)", url
+            )

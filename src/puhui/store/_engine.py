@@ -6,6 +6,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 
@@ -22,15 +23,28 @@ SQLITE_CHECKPOINT_PAGES = 10_000
 copied once; with the default, every few batches copied again most pages they changed."""
 
 
+def sqlite_path(database: str | None) -> Path | None:
+    """The file of a SQLite URL's database part: a path, or a ``file:`` URI's path (with
+    ``?uri=true``); None for an in-memory database."""
+    if not database or database == ":memory:":
+        return None
+    if database.startswith("file:"):
+        uri = urlsplit(database)
+        if not uri.path or uri.path == ":memory:" or "mode=memory" in uri.query:
+            return None
+        return Path(uri.path)
+    return Path(database)
+
+
 def create_engine(url: str, **kwargs: Any) -> sa.Engine:
     """An engine for ``url``. SQLite files get WAL, full sync, foreign keys and a busy
     timeout, and their directory is created; PostgreSQL connections are checked before use.
     """
     parsed = sa.make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        database = parsed.database
-        if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        path = sqlite_path(parsed.database)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(url, connect_args={"timeout": 30}, **kwargs)
 
         @sa.event.listens_for(engine, "connect")
