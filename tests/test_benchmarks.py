@@ -165,6 +165,16 @@ def test_api_benchmark_quick_run_prints_json() -> None:
     assert report["ledger_batch_binary"]["not_created"] == 0
 
 
+def test_sqlite_writers_benchmark_quick_run_prints_json() -> None:
+    report = _report("sqlite_writers.py", "--quick", "--json", "--think-ms", "1")
+    runs = report["runs"]
+    assert [(r["processes"], r["think_ms"]) for r in runs] == [(1, 0), (2, 0), (1, 1), (2, 1)]
+    for r in runs:
+        assert r["transactions"] == 40 and r["rows_per_transaction"] == 64
+        assert r["transactions_per_s"] > 0
+        assert r["max_ms"] >= r["p99_ms"] >= r["p50_ms"] > 0
+
+
 def test_ledger_history_benchmark_quick_run_prints_json() -> None:
     report = _report("ledger_history.py", "--quick", "--json")
     assert report["transfers"] == 20_000
@@ -185,6 +195,8 @@ BAD_ARGUMENTS = [
     ("ledger.py", ["--database-url", "http://example.invalid/x"]),
     ("ledger_history.py", ["--limit", "0"]),
     ("payment_records.py", ["--batch", "-5"]),
+    ("sqlite_writers.py", ["--transactions", "0"]),
+    ("sqlite_writers.py", ["--think-ms", "-1"]),
     ("payments.py", ["--variants", "bogus"]),
     ("payments.py", ["--payments", "abc"]),
     ("risk.py", ["--runs", "0"]),
