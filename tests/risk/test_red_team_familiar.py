@@ -6,10 +6,12 @@ the victim's usual payees a token sum first, then drains in parts those rules no
 Each attack beside an honest look-alike whose new device is familiar, driven through a real
 ``RiskEngine`` on a fixed clock (``red_team.World``).
 
-docs/risk.md ("A familiar-looking takeover") lists what got through under ruleset
-``2026.11.28-6`` and what gets through now. For an attack: the bulk of the money the
-attackers try to move is stopped. For an honest look-alike: nothing is rejected, and what
-goes through is said exactly.
+Each attack was written, and run against ruleset ``2026.11.28-6``, before the fix (all of
+its money went through); since ``2026.11.28-7`` a payment to a usual payee makes a device
+familiar only from 50 CNY (``FAMILIAR_MIN_AMOUNT``). docs/risk.md ("A familiar-looking
+takeover") lists what got through then and what gets through now. For an attack: the bulk
+of the money the attackers try to move is stopped. For an honest look-alike: nothing is
+rejected, and what goes through is said exactly.
 """
 
 from __future__ import annotations
@@ -71,13 +73,6 @@ def assert_not_rejected(t: Tally) -> None:
 # --- attacks -------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "GAP: 5 CNY at a usual shop makes the device familiar: ato.fan_out_new_device"
-        " no longer reads it (2,855 of 2,855 CNY through under 2026.11.28-6)"
-    ),
-)
 def test_phished_login_buys_breakfast_then_fans_out_190_cny(
     world: World, crowd: list[Person]
 ) -> None:
@@ -99,13 +94,6 @@ def test_phished_login_buys_breakfast_then_fans_out_190_cny(
     assert_bulk_stopped(t)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "GAP: 5 CNY to a usual friend makes the device familiar: ato.fan_out_new_device"
-        " no longer reads it (2,285 of 2,285 CNY through under 2026.11.28-6)"
-    ),
-)
 def test_sim_swap_pays_the_usual_friend_5_cny_then_fans_out(
     world: World, crowd: list[Person]
 ) -> None:
@@ -128,13 +116,6 @@ def test_sim_swap_pays_the_usual_friend_5_cny_then_fans_out(
     assert_bulk_stopped(t)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "GAP: 5 CNY at a usual shop makes the device familiar: ato.shop_spree_new_device"
-        " no longer reads it (2,285 of 2,285 CNY through under 2026.11.28-6)"
-    ),
-)
 def test_phished_login_buys_breakfast_then_gift_cards_190_cny_at_a_time(
     world: World, crowd: list[Person]
 ) -> None:
@@ -153,6 +134,34 @@ def test_phished_login_buys_breakfast_then_gift_cards_190_cny_at_a_time(
         world.wait(3 * MINUTE)
         world.act(t, PAY, victim, 190 * YUAN, "m:giftcards-fam", **attacker)  # type: ignore[arg-type]
     assert_bulk_stopped(t, kinds=SPENT)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "GAP, left open: 60 CNY to a usual friend is more than a token sum; the device is"
+        " familiar and ato.fan_out_new_device does not read it (2,340 of 2,340 CNY through)"
+    ),
+)
+def test_sim_swap_pays_the_usual_friend_60_cny_then_fans_out(
+    world: World, crowd: list[Person]
+) -> None:
+    """The same SIM swap, written after the fix: 60 CNY (over its 50 CNY) to the usual
+    friend first, then 190 CNY to each of twelve accounts never paid."""
+    victim, friend = crowd[4], crowd[5]
+    world.act(Tally(), P2P, victim, 120 * YUAN, friend.ref)  # from the victim's own phone
+    mules = [thin(world, age_days=120 + 10 * k) for k in range(12)]
+    world.wait(DAY)
+    t = Tally()
+    attacker = {"device": "x-sim-fam", "ip": "10.9.4.8", "where": BEIJING, "passes_step_up": True}
+    for kind in (DEVICE_CHANGE, LOGIN, RESET):
+        world.act(t, kind, victim, **attacker)  # type: ignore[arg-type]
+    world.wait(10 * MINUTE)
+    world.act(t, P2P, victim, 60 * YUAN, friend.ref, **attacker)  # type: ignore[arg-type]
+    for mule in mules:
+        world.wait(4 * MINUTE)
+        world.act(t, P2P, victim, 190 * YUAN, mule.ref, **attacker)  # type: ignore[arg-type]
+    assert_bulk_stopped(t)
 
 
 # --- honest look-alikes --------------------------------------------------------------------------

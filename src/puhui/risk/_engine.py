@@ -106,9 +106,11 @@ ENGINE_FEATURES: Final = {
         "(``NEW_DEVICE_PAYEES_KEPT_S``)."
     ),
     "device.familiar_payees_paid": (
-        "Accepted payments (p2p or at a merchant) from this trusted device to payees the "
-        "customer had paid before and did not find after a new device: 0 for a device that "
-        "only ever paid payees it found itself (a takeover's), more for an owner's new phone "
+        "Accepted payments (p2p or at a merchant) of 50 CNY or more (``FAMILIAR_MIN_AMOUNT``) "
+        "from this trusted device to payees the customer had paid before and did not find "
+        "after a new device: 0 for a device that only ever paid payees it found itself (a "
+        "takeover's), or only token sums to usual ones (since ruleset ``2026.11.28-7``: a "
+        "takeover's 5 CNY at the victim's usual shop first), more for an owner's new phone "
         "paying their usual shops and friends."
     ),
     "customer.new_device_payees_sum_14d": (
@@ -148,6 +150,11 @@ NEW_DEVICE_SENT_WINDOW_S: Final = 14 * 86_400
 """The window of ``customer.new_device_payees_sum_14d`` (unit: s)."""
 NEW_DEVICE_SENT_MAX: Final = 64
 """Payments to such payees kept per customer, the newest (unit: events)."""
+FAMILIAR_MIN_AMOUNT: Final = 5_000
+"""The least payment to a payee paid before that counts in ``device.familiar_payees_paid``
+(unit: minor units, 50 CNY; since ruleset ``2026.11.28-7``): a token sum (5 CNY at the
+victim's usual breakfast shop) costs a takeover nothing and must not make its device look
+like the owner's new phone."""
 INFLOW_WINDOW_S: Final = 86_400
 """The window of the ``customer.new_payers_*`` and ``customer.new_card_top_ups_24h`` features
 (unit: s)."""
@@ -851,7 +858,8 @@ class RiskEngine:
         first try must not hide it); what such p2p payees get in events accepted or
         challenged adds to the customer's sum (a merchant is followed only so that paying it
         again is not paying a familiar payee: since ruleset ``2026.11.28-6``). An accepted
-        payment to a payee paid before (and not found so) counts for its device
+        payment of ``FAMILIAR_MIN_AMOUNT`` or more (since ``2026.11.28-7``) to a payee paid
+        before (and not found so) counts for its device
         (``device.familiar_payees_paid``): those events' positions are returned, for the trust
         state to count once it has learnt the batch.
         Called before the batch's trust is learnt: trust as of its start."""
@@ -869,7 +877,13 @@ class RiskEngine:
             pair = (customers[i], counterparties[i])
             if not pair[1]:
                 continue
-            if not first_payment[i] and severity[i] == 0 and devices[i] and pair not in payees:
+            if (
+                not first_payment[i]
+                and severity[i] == 0
+                and amounts[i] >= FAMILIAR_MIN_AMOUNT
+                and devices[i]
+                and pair not in payees
+            ):
                 familiar.append(i)
             if pair not in payees:
                 if not first_payment[i]:
