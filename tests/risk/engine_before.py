@@ -25,6 +25,7 @@ import numpy.typing as npt
 from puhui.risk import Decision, EventKind, RiskDecision, RiskEvent, RiskLists, Ruleset
 from puhui.risk._engine import (  # the reasons' text and the engine's features, as it has them
     ENGINE_FEATURES,
+    FAMILIAR_ANY_AMOUNT_S,
     FAMILIAR_MIN_AMOUNT,
     INFLOW_WINDOW_S,
     INFLOWS_MAX,
@@ -492,7 +493,8 @@ class EngineBefore:
         severity: npt.NDArray[Any],
     ) -> list[int]:
         """Payees found after a new device; returns the positions of the accepted payments
-        of ``FAMILIAR_MIN_AMOUNT`` or more to a payee paid before
+        to a payee paid before (of ``FAMILIAR_MIN_AMOUNT`` or more, or from a device trusted
+        ``FAMILIAR_ANY_AMOUNT_S`` or longer)
         (``device.familiar_payees_paid``, counted once the batch's trust is learnt)."""
         familiar: list[int] = []
         for i, pair in enumerate(self._pairs(columns, "counterparty")):
@@ -501,7 +503,10 @@ class EngineBefore:
                 continue
             device = str(columns["device"][i])
             paid_before = not feats["counterparty.first_payment"][i]
-            token = int(columns["amount"][i]) < FAMILIAR_MIN_AMOUNT  # 5 CNY at a usual shop
+            token = (  # 5 CNY at a usual shop right after a phished login
+                int(columns["amount"][i]) < FAMILIAR_MIN_AMOUNT
+                and not float(feats["device.trusted_for_s"][i]) >= FAMILIAR_ANY_AMOUNT_S
+            )
             if (
                 paid_before
                 and severity[i] == 0

@@ -579,8 +579,8 @@ def test_payees_found_after_a_new_device_and_what_they_got() -> None:
     """``counterparty.new_device_payee_s``: a payee first paid from a device trusted less
     than a week (not the customer's first device, nor a payee paid before the new device);
     ``customer.new_device_payees_sum_14d``: what such payees got in 14 days;
-    ``device.familiar_payees_paid``: the new device's payments of 50 CNY or more to payees
-    paid before it (a token 5 CNY does not count: since ruleset 2026.11.28-7)."""
+    ``device.familiar_payees_paid``: the new device's payments to payees paid before it (a
+    token 5 CNY on the device's first day does not count: since ruleset 2026.11.28-7)."""
     engine = RiskEngine(parse_ruleset(RULES, engine_schema()), lists=RiskLists(ManualClock(T0)))
     home = SHANGHAI
     engine([_at(0, place=home, payee="c:old")])  # the first device: long trusted
@@ -617,9 +617,12 @@ def test_a_shop_found_by_a_new_device_is_not_a_familiar_payee() -> None:
         engine([_at(k, place=home, device="new", payee="m:gifts", amount=19_000, kind=pay)])
     assert engine.familiar_payees_paid() == {}
     engine([_at(5, place=home, device="new", payee="m:usual", amount=4_000, kind=pay)])
-    assert engine.familiar_payees_paid() == {}  # under 50 CNY: a token sum (2026.11.28-7)
+    assert engine.familiar_payees_paid() == {}  # under 50 CNY on its first day (2026.11.28-7)
     engine([_at(5, place=home, device="new", payee="m:usual", amount=6_000, kind=pay)])
     assert engine.familiar_payees_paid() == {(7, "new"): 1}
+    later = _at(1 + 24 * 60, place=home, device="new", payee="m:usual", amount=600, kind=pay)
+    engine([later])  # 6 CNY, a day after the device was trusted: the owner's breakfast
+    assert engine.familiar_payees_paid() == {(7, "new"): 2}
     probe = [_at(6, place=home, payee="m:gifts", kind=pay)]
     found = engine._new_payees_of([7], ["m:gifts"], event_columns(probe))
     assert found["counterparty.new_device_payee_s"].tolist() == [240.0]

@@ -7,11 +7,11 @@ Each attack beside an honest look-alike whose new device is familiar, driven thr
 ``RiskEngine`` on a fixed clock (``red_team.World``).
 
 Each attack was written, and run against ruleset ``2026.11.28-6``, before the fix (all of
-its money went through); since ``2026.11.28-7`` a payment to a usual payee makes a device
-familiar only from 50 CNY (``FAMILIAR_MIN_AMOUNT``). docs/risk.md ("A familiar-looking
-takeover") lists what got through then and what gets through now. For an attack: the bulk
-of the money the attackers try to move is stopped. For an honest look-alike: nothing is
-rejected, and what goes through is said exactly.
+its money went through); since ``2026.11.28-7`` a payment to a usual payee on the device's
+first day makes it familiar only from 50 CNY (``FAMILIAR_MIN_AMOUNT``). docs/risk.md ("A
+familiar-looking takeover") lists what got through then and what gets through now. For an
+attack: the bulk of the money the attackers try to move is stopped. For an honest
+look-alike: nothing is rejected, and what goes through is said exactly.
 """
 
 from __future__ import annotations
