@@ -140,7 +140,8 @@ def test_phished_login_buys_breakfast_then_gift_cards_190_cny_at_a_time(
     strict=True,
     reason=(
         "GAP, left open: 60 CNY to a usual friend is more than a token sum; the device is"
-        " familiar and ato.fan_out_new_device does not read it (2,340 of 2,340 CNY through)"
+        " familiar and ato.fan_out_new_device does not read it (2,340 of 2,340 CNY through"
+        " under -6 and -7)"
     ),
 )
 def test_sim_swap_pays_the_usual_friend_60_cny_then_fans_out(
@@ -161,6 +162,35 @@ def test_sim_swap_pays_the_usual_friend_60_cny_then_fans_out(
     for mule in mules:
         world.wait(4 * MINUTE)
         world.act(t, P2P, victim, 190 * YUAN, mule.ref, **attacker)  # type: ignore[arg-type]
+    assert_bulk_stopped(t)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "GAP, left open: a token sum a day after the login counts (an owner's usual 6 CNY"
+        " breakfasts must); ato.slow_drain_new_payee does not read the device (1,505 of"
+        " 1,505 CNY through under -6 and -7)"
+    ),
+)
+def test_phished_login_waits_a_day_buys_breakfast_then_drains_slowly(
+    world: World, crowd: list[Person]
+) -> None:
+    """A phished login code; a day later 5 CNY at the victim's usual breakfast shop, then
+    150 CNY a night for ten nights to one payee never paid (the slow drain of
+    ``test_red_team.py``, after a token breakfast on the device's second day)."""
+    victim = crowd[18]
+    usual_breakfast(world, victim)
+    mule = thin(world, age_days=120)
+    world.wait(2 * HOUR)
+    t = Tally()
+    attacker = {"device": "emu-famd", "ip": "10.1.95.9", "where": SHANGHAI, "passes_step_up": True}
+    world.act(t, LOGIN, victim, **attacker)  # type: ignore[arg-type]
+    world.wait(DAY + HOUR)
+    world.act(t, PAY, victim, 5 * YUAN, BREAKFAST, **attacker)  # type: ignore[arg-type]
+    for _ in range(10):
+        world.wait(DAY)
+        world.act(t, P2P, victim, 150 * YUAN, mule.ref, **attacker)  # type: ignore[arg-type]
     assert_bulk_stopped(t)
 
 
