@@ -226,7 +226,8 @@ def test_honest_new_phone_buys_breakfast_then_pays_a_new_colleague(
 ) -> None:
     """A new phone, 10 CNY at the usual breakfast shop, then a first payment of 150 CNY to a
     new colleague (a shared gift), and lunch at a shop paid before."""
-    p, colleague = crowd[12], crowd[13]
+    p = crowd[12]
+    colleague = world.introduce(world.person(age_days=700, where=SHANGHAI))  # never paid
     usual_breakfast(world, p)
     world.wait(HOUR)
     t = Tally()
@@ -246,8 +247,8 @@ def test_honest_new_phone_buys_breakfast_then_pays_a_new_colleague(
 def test_honest_new_phone_then_small_new_shops_on_a_trip(world: World, crowd: list[Person]) -> None:
     """A new phone bought for a trip: breakfast at the usual shop (11 CNY) before leaving,
     then, in the afternoon and evening, seven shops never paid (taxi, museum, a meal,
-    souvenirs, coffee, dinner, a hotel deposit: 40-190 CNY each, 880 CNY in all), most
-    within an hour of each other."""
+    souvenirs, coffee, dinner, a hotel deposit: 40-190 CNY each, 830 CNY in all), 25 and
+    40 minutes apart in turn."""
     p = crowd[14]
     usual_breakfast(world, p)
     world.wait(HOUR)
@@ -284,3 +285,31 @@ def test_honest_family_member_adds_their_phone(world: World, crowd: list[Person]
     world.act(t, PAY, p, 120 * YUAN, "m:pharmacy-fam", **daughter)  # type: ignore[arg-type]
     assert_not_rejected(t)
     assert all(s.went_through for s in t.steps), f"\n{t}"
+
+
+def test_honest_new_phone_then_new_shops_every_12_minutes_is_held(
+    world: World, crowd: list[Person]
+) -> None:
+    """The same trip, the seven shops 12 minutes apart: from the sixth, the customer's third
+    or later money event in the hour takes the day's outflow past 500 CNY, and the new
+    phone's only payment to a usual payee, 11 CNY on its first day, no longer counts
+    (``2026.11.28-7``): held for review by ``ato.shop_spree_new_device`` - a cost of the fix,
+    pinned here (not a rejection; under ``-6`` the 11 CNY breakfast let it through, and
+    without it the same trip was held)."""
+    p = crowd[14]
+    usual_breakfast(world, p)
+    world.wait(HOUR)
+    t = Tally()
+    new_phone = {"device": "phone-new-f14", "passes_step_up": True}
+    world.act(t, DEVICE_CHANGE, p, **new_phone)  # type: ignore[arg-type]
+    world.act(t, LOGIN, p, **new_phone)  # type: ignore[arg-type]
+    world.act(t, PAY, p, 11 * YUAN, BREAKFAST, **new_phone)  # type: ignore[arg-type]
+    world.wait(5 * HOUR)
+    shops = [("taxi", 60), ("museum", 80), ("noodles", 95), ("souvenirs", 190)]
+    shops += [("coffee", 40), ("dinner", 175), ("hotel", 190)]
+    for shop, amount in shops:
+        world.wait(12 * MINUTE)
+        world.act(t, PAY, p, amount * YUAN, f"m:trip-{shop}", **new_phone)  # type: ignore[arg-type]
+    assert_not_rejected(t)
+    assert t.decisions()[2:] == ["accept"] * 6 + ["review"] * 2, f"\n{t}"
+    assert t.reasons() == {"ato.device_change.untrusted", "ato.shop_spree_new_device"}, f"\n{t}"
