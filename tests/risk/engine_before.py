@@ -25,6 +25,8 @@ import numpy.typing as npt
 from puhui.risk import Decision, EventKind, RiskDecision, RiskEvent, RiskLists, Ruleset
 from puhui.risk._engine import (  # the reasons' text and the engine's features, as it has them
     ENGINE_FEATURES,
+    FAMILIAR_ANY_AMOUNT_S,
+    FAMILIAR_MIN_AMOUNT,
     INFLOW_WINDOW_S,
     INFLOWS_MAX,
     NEW_CARD,
@@ -491,8 +493,9 @@ class EngineBefore:
         severity: npt.NDArray[Any],
     ) -> list[int]:
         """Payees found after a new device; returns the positions of the accepted payments
-        to a payee paid before (``device.familiar_payees_paid``, counted once the batch's
-        trust is learnt)."""
+        to a payee paid before (of ``FAMILIAR_MIN_AMOUNT`` or more, or from a device trusted
+        ``FAMILIAR_ANY_AMOUNT_S`` or longer)
+        (``device.familiar_payees_paid``, counted once the batch's trust is learnt)."""
         familiar: list[int] = []
         for i, pair in enumerate(self._pairs(columns, "counterparty")):
             kind = KINDS[int(columns["kind"][i])]
@@ -500,7 +503,17 @@ class EngineBefore:
                 continue
             device = str(columns["device"][i])
             paid_before = not feats["counterparty.first_payment"][i]
-            if paid_before and severity[i] == 0 and device and pair not in self._new_payees:
+            token = (  # 5 CNY at a usual shop right after a phished login
+                int(columns["amount"][i]) < FAMILIAR_MIN_AMOUNT
+                and not float(feats["device.trusted_for_s"][i]) >= FAMILIAR_ANY_AMOUNT_S
+            )
+            if (
+                paid_before
+                and severity[i] == 0
+                and not token
+                and device
+                and pair not in self._new_payees
+            ):
                 familiar.append(i)
             if pair not in self._new_payees:
                 trusted = float(feats["device.trusted_for_s"][i])

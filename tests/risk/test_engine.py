@@ -579,12 +579,15 @@ def test_payees_found_after_a_new_device_and_what_they_got() -> None:
     """``counterparty.new_device_payee_s``: a payee first paid from a device trusted less
     than a week (not the customer's first device, nor a payee paid before the new device);
     ``customer.new_device_payees_sum_14d``: what such payees got in 14 days;
-    ``device.familiar_payees_paid``: the new device's payments to payees paid before it."""
+    ``device.familiar_payees_paid``: the new device's payments to payees paid before it (a
+    token 5 CNY on the device's first day does not count: since ruleset 2026.11.28-7)."""
     engine = RiskEngine(parse_ruleset(RULES, engine_schema()), lists=RiskLists(ManualClock(T0)))
     home = SHANGHAI
     engine([_at(0, place=home, payee="c:old")])  # the first device: long trusted
     engine([_at(1, place=home, device="new", amount=0, kind=EventKind.LOGIN)])  # trusted now
-    engine([_at(2, place=home, device="new", payee="c:old", amount=500)])  # paid before
+    engine([_at(2, place=home, device="new", payee="c:old", amount=500)])  # a token 5 CNY
+    assert engine.familiar_payees_paid() == {}
+    engine([_at(2, place=home, device="new", payee="c:old", amount=5_000)])  # paid before
     engine([_at(3, place=home, device="new", payee="c:mule", amount=15_000)])
     engine([_at(4, place=home, payee="c:shop", amount=700)])  # from the old phone
     day = 24 * 60
@@ -614,7 +617,12 @@ def test_a_shop_found_by_a_new_device_is_not_a_familiar_payee() -> None:
         engine([_at(k, place=home, device="new", payee="m:gifts", amount=19_000, kind=pay)])
     assert engine.familiar_payees_paid() == {}
     engine([_at(5, place=home, device="new", payee="m:usual", amount=4_000, kind=pay)])
+    assert engine.familiar_payees_paid() == {}  # under 50 CNY on its first day (2026.11.28-7)
+    engine([_at(5, place=home, device="new", payee="m:usual", amount=6_000, kind=pay)])
     assert engine.familiar_payees_paid() == {(7, "new"): 1}
+    later = _at(1 + 24 * 60, place=home, device="new", payee="m:usual", amount=600, kind=pay)
+    engine([later])  # 6 CNY, a day after the device was trusted: the owner's breakfast
+    assert engine.familiar_payees_paid() == {(7, "new"): 2}
     probe = [_at(6, place=home, payee="m:gifts", kind=pay)]
     found = engine._new_payees_of([7], ["m:gifts"], event_columns(probe))
     assert found["counterparty.new_device_payee_s"].tolist() == [240.0]

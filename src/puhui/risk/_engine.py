@@ -109,7 +109,10 @@ ENGINE_FEATURES: Final = {
         "Accepted payments (p2p or at a merchant) from this trusted device to payees the "
         "customer had paid before and did not find after a new device: 0 for a device that "
         "only ever paid payees it found itself (a takeover's), more for an owner's new phone "
-        "paying their usual shops and friends."
+        "paying their usual shops and friends. Since ruleset ``2026.11.28-7`` a payment made "
+        "while the device was trusted less than a day (``FAMILIAR_ANY_AMOUNT_S``) counts only "
+        "from 50 CNY (``FAMILIAR_MIN_AMOUNT``): a takeover's token 5 CNY at the victim's "
+        "usual shop right after the login does not count."
     ),
     "customer.new_device_payees_sum_14d": (
         "What the customer sent to such payees (p2p events accepted or challenged) in the last "
@@ -148,6 +151,16 @@ NEW_DEVICE_SENT_WINDOW_S: Final = 14 * 86_400
 """The window of ``customer.new_device_payees_sum_14d`` (unit: s)."""
 NEW_DEVICE_SENT_MAX: Final = 64
 """Payments to such payees kept per customer, the newest (unit: events)."""
+FAMILIAR_MIN_AMOUNT: Final = 5_000
+"""The least payment to a payee paid before that counts in ``device.familiar_payees_paid``
+while its device is trusted less than ``FAMILIAR_ANY_AMOUNT_S`` (unit: minor units, 50 CNY;
+since ruleset ``2026.11.28-7``): a token sum (5 CNY at the victim's usual breakfast shop)
+right after a phished login costs a takeover nothing and must not make its device look like
+the owner's new phone."""
+FAMILIAR_ANY_AMOUNT_S: Final = 86_400
+"""From a device trusted this long, a payment of any amount to a payee paid before counts
+(unit: s): an owner's new phone goes on paying their usual shops, 6 or 30 CNY at a time, on
+the days after; a takeover drains within the hours its session lasts."""
 INFLOW_WINDOW_S: Final = 86_400
 """The window of the ``customer.new_payers_*`` and ``customer.new_card_top_ups_24h`` features
 (unit: s)."""
@@ -851,7 +864,9 @@ class RiskEngine:
         first try must not hide it); what such p2p payees get in events accepted or
         challenged adds to the customer's sum (a merchant is followed only so that paying it
         again is not paying a familiar payee: since ruleset ``2026.11.28-6``). An accepted
-        payment to a payee paid before (and not found so) counts for its device
+        payment to a payee paid before (and not found so), of ``FAMILIAR_MIN_AMOUNT`` or more
+        or from a device trusted ``FAMILIAR_ANY_AMOUNT_S`` or longer (since ``2026.11.28-7``),
+        counts for its device
         (``device.familiar_payees_paid``): those events' positions are returned, for the trust
         state to count once it has learnt the batch.
         Called before the batch's trust is learnt: trust as of its start."""
@@ -869,7 +884,13 @@ class RiskEngine:
             pair = (customers[i], counterparties[i])
             if not pair[1]:
                 continue
-            if not first_payment[i] and severity[i] == 0 and devices[i] and pair not in payees:
+            if (
+                not first_payment[i]
+                and severity[i] == 0
+                and (amounts[i] >= FAMILIAR_MIN_AMOUNT or trusted_for[i] >= FAMILIAR_ANY_AMOUNT_S)
+                and devices[i]
+                and pair not in payees
+            ):
                 familiar.append(i)
             if pair not in payees:
                 if not first_payment[i]:
