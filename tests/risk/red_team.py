@@ -34,6 +34,17 @@ CHENGDU: Final = (30.57, 104.07)
 SINGAPORE: Final = (1.35, 103.82)
 MANILA: Final = (14.60, 120.98)
 MONEY_OUT: Final = frozenset({EventKind.PAYMENT, EventKind.P2P, EventKind.WITHDRAWAL})
+LOGIN: Final = EventKind.LOGIN
+RESET: Final = EventKind.PASSWORD_RESET
+DEVICE_CHANGE: Final = EventKind.DEVICE_CHANGE
+CARD: Final = EventKind.CARD_BINDING
+P2P: Final = EventKind.P2P
+PAY: Final = EventKind.PAYMENT
+TOP_UP: Final = EventKind.TOP_UP
+WITHDRAW: Final = EventKind.WITHDRAWAL
+CASH_OUT: Final = frozenset({EventKind.WITHDRAWAL})
+"""Money leaving the platform."""
+SPENT: Final = frozenset({EventKind.PAYMENT})
 
 
 @dataclass
@@ -255,3 +266,16 @@ def assert_bulk_stopped(
     attempted, through = t.out_attempted(kinds), t.out_through(kinds)
     assert attempted > 0
     assert through <= share * attempted, f"through {through / YUAN} of {attempted / YUAN}:\n{t}"
+
+
+def assert_not_rejected(t: Tally) -> None:
+    """No step of ``t`` was rejected (an honest customer may be challenged or held)."""
+    rejected = [s for s in t.steps if s.decision.decision is Decision.REJECT]
+    assert not rejected, f"\n{t}"
+
+
+def thin(
+    world: World, *, age_days: float, kyc: int = 1, where: tuple[float, float] = CHENGDU
+) -> Person:
+    """An account of ``age_days`` known to risk only by a login (a mule's, a fake's)."""
+    return world.introduce(world.person(age_days=age_days, kyc=kyc, where=where))

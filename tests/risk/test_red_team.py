@@ -15,30 +15,31 @@ from puhui.risk import Decision, EventKind
 
 from .red_team import (
     BEIJING,
+    CARD,
     CHENGDU,
     DAY,
+    DEVICE_CHANGE,
     HOUR,
+    LOGIN,
     MANILA,
     MINUTE,
+    P2P,
+    PAY,
+    RESET,
     SHANGHAI,
     SINGAPORE,
+    TOP_UP,
+    WITHDRAW,
     YUAN,
     Person,
     Tally,
     World,
     assert_bulk_stopped,
+    assert_not_rejected,
 )
 
 STOLEN_CARD_MONEY = frozenset({EventKind.TOP_UP, EventKind.PAYMENT})
 """What card testing is after: money charged to stolen cards, and spent."""
-LOGIN = EventKind.LOGIN
-RESET = EventKind.PASSWORD_RESET
-DEVICE_CHANGE = EventKind.DEVICE_CHANGE
-CARD = EventKind.CARD_BINDING
-P2P = EventKind.P2P
-PAY = EventKind.PAYMENT
-TOP_UP = EventKind.TOP_UP
-WITHDRAW = EventKind.WITHDRAWAL
 
 
 @pytest.fixture
@@ -49,11 +50,6 @@ def world() -> World:
 @pytest.fixture
 def crowd(world: World) -> list[Person]:
     return world.crowd(24)
-
-
-def assert_not_rejected(t: Tally) -> None:
-    rejected = [s for s in t.steps if s.decision.decision is Decision.REJECT]
-    assert not rejected, f"\n{t}"
 
 
 # --- account takeover variants ---------------------------------------------------------------

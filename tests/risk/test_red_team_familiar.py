@@ -18,27 +18,26 @@ from __future__ import annotations
 
 import pytest
 
-from puhui.risk import Decision, EventKind
-
 from .red_team import (
     BEIJING,
     DAY,
+    DEVICE_CHANGE,
     HOUR,
+    LOGIN,
     MINUTE,
+    P2P,
+    PAY,
+    RESET,
     SHANGHAI,
+    SPENT,
     YUAN,
     Person,
     Tally,
     World,
     assert_bulk_stopped,
+    assert_not_rejected,
 )
 
-LOGIN = EventKind.LOGIN
-DEVICE_CHANGE = EventKind.DEVICE_CHANGE
-RESET = EventKind.PASSWORD_RESET
-P2P = EventKind.P2P
-PAY = EventKind.PAYMENT
-SPENT = frozenset({PAY})
 BREAKFAST = "m:breakfast-9"
 
 
@@ -63,11 +62,6 @@ def usual_breakfast(world: World, p: Person, days: int = 5) -> None:
     for k in range(days):
         world.act(Tally(), PAY, p, (8 + k) * YUAN, BREAKFAST)
         world.wait(DAY)
-
-
-def assert_not_rejected(t: Tally) -> None:
-    rejected = [s for s in t.steps if s.decision.decision is Decision.REJECT]
-    assert not rejected, f"\n{t}"
 
 
 # --- attacks -------------------------------------------------------------------------------------

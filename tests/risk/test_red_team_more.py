@@ -14,30 +14,30 @@ from __future__ import annotations
 
 import pytest
 
-from puhui.risk import Decision, EventKind
+from puhui.risk import EventKind
 
 from .red_team import (
+    CARD,
+    CASH_OUT,
     CHENGDU,
     DAY,
     HOUR,
+    LOGIN,
     MINUTE,
+    P2P,
+    PAY,
     SHANGHAI,
+    SPENT,
+    TOP_UP,
+    WITHDRAW,
     YUAN,
     Person,
     Tally,
     World,
     assert_bulk_stopped,
+    assert_not_rejected,
+    thin,
 )
-
-LOGIN = EventKind.LOGIN
-CARD = EventKind.CARD_BINDING
-P2P = EventKind.P2P
-PAY = EventKind.PAYMENT
-TOP_UP = EventKind.TOP_UP
-WITHDRAW = EventKind.WITHDRAWAL
-CASH_OUT = frozenset({WITHDRAW})
-"""Money leaving the platform."""
-SPENT = frozenset({PAY})
 
 
 @pytest.fixture
@@ -48,18 +48,6 @@ def world() -> World:
 @pytest.fixture
 def crowd(world: World) -> list[Person]:
     return world.crowd(24)
-
-
-def assert_not_rejected(t: Tally) -> None:
-    rejected = [s for s in t.steps if s.decision.decision is Decision.REJECT]
-    assert not rejected, f"\n{t}"
-
-
-def thin(
-    world: World, *, age_days: float, kyc: int = 1, where: tuple[float, float] = CHENGDU
-) -> Person:
-    """An account of ``age_days`` known to risk only by a login (a mule's, a fake's)."""
-    return world.introduce(world.person(age_days=age_days, kyc=kyc, where=where))
 
 
 # --- 1. layering: a chain, not a circle ---------------------------------------------------------
