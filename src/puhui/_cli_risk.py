@@ -46,7 +46,7 @@ from puhui.risk import (
 )
 from puhui.risk._backtest import backtest
 from puhui.risk._engine import DEFAULT_RULES, engine_schema
-from puhui.risk._lists import check_entry_input
+from puhui.risk._lists import check_entry_input, unknown_list
 from puhui.risk._model import RiskModel, TrainingDataError
 from puhui.risk._shadow import LIVE_THRESHOLD_DEFAULT, compare_models
 from puhui.sim import SimConfig
@@ -597,7 +597,7 @@ def lists_add(
     with reported_errors():
         # The entry is checked before the store opens: a refused one creates no store.
         if name not in LIST_NAMES:
-            raise RiskListError(f"unknown list {name!r} (known: {', '.join(LIST_NAMES)})")
+            raise unknown_list(name, LIST_NAMES)
         check_entry_input(value, reason, _expiry_ns(expires_in, SystemClock().now_ns()))
     with reported_errors(), _list_store() as store:
         expires = _expiry_ns(expires_in, store.clock.now_ns())

@@ -36,6 +36,7 @@ from .red_team import (
     World,
     assert_bulk_stopped,
     assert_not_rejected,
+    thin,
 )
 
 BREAKFAST = "m:breakfast-9"
@@ -49,11 +50,6 @@ def world() -> World:
 @pytest.fixture
 def crowd(world: World) -> list[Person]:
     return world.crowd(24)
-
-
-def thin(world: World, *, age_days: float) -> Person:
-    """An account of ``age_days`` known to risk only by a login (a mule's)."""
-    return world.introduce(world.person(age_days=age_days, kyc=1, where=SHANGHAI))
 
 
 def usual_breakfast(world: World, p: Person, days: int = 5) -> None:
@@ -75,7 +71,7 @@ def test_phished_login_buys_breakfast_then_fans_out_190_cny(
     190 CNY to each of fifteen recruited accounts never paid, one every four minutes."""
     victim = crowd[3]
     usual_breakfast(world, victim)
-    mules = [thin(world, age_days=100 + 10 * k) for k in range(15)]
+    mules = [thin(world, age_days=100 + 10 * k, where=SHANGHAI) for k in range(15)]
     world.wait(2 * HOUR)
     t = Tally()
     attacker = {"device": "emu-fam", "ip": "10.1.93.9", "where": SHANGHAI, "passes_step_up": True}
@@ -96,7 +92,7 @@ def test_sim_swap_pays_the_usual_friend_5_cny_then_fans_out(
     190 CNY to each of twelve accounts never paid, one every four minutes."""
     victim, friend = crowd[4], crowd[5]
     world.act(Tally(), P2P, victim, 120 * YUAN, friend.ref)  # from the victim's own phone
-    mules = [thin(world, age_days=120 + 10 * k) for k in range(12)]
+    mules = [thin(world, age_days=120 + 10 * k, where=SHANGHAI) for k in range(12)]
     world.wait(DAY)
     t = Tally()
     attacker = {"device": "x-sim-fam", "ip": "10.9.4.8", "where": BEIJING, "passes_step_up": True}
@@ -145,7 +141,7 @@ def test_sim_swap_pays_the_usual_friend_60_cny_then_fans_out(
     friend first, then 190 CNY to each of twelve accounts never paid."""
     victim, friend = crowd[4], crowd[5]
     world.act(Tally(), P2P, victim, 120 * YUAN, friend.ref)  # from the victim's own phone
-    mules = [thin(world, age_days=120 + 10 * k) for k in range(12)]
+    mules = [thin(world, age_days=120 + 10 * k, where=SHANGHAI) for k in range(12)]
     world.wait(DAY)
     t = Tally()
     attacker = {"device": "x-sim-fam", "ip": "10.9.4.8", "where": BEIJING, "passes_step_up": True}
@@ -175,7 +171,7 @@ def test_phished_login_waits_a_day_buys_breakfast_then_drains_slowly(
     ``test_red_team.py``, after a token breakfast on the device's second day)."""
     victim = crowd[18]
     usual_breakfast(world, victim)
-    mule = thin(world, age_days=120)
+    mule = thin(world, age_days=120, where=SHANGHAI)
     world.wait(2 * HOUR)
     t = Tally()
     attacker = {"device": "emu-famd", "ip": "10.1.95.9", "where": SHANGHAI, "passes_step_up": True}

@@ -38,6 +38,7 @@ from ._lists import (
     RiskLists,
     check_entry_input,
     list_entries_max,
+    unknown_list,
 )
 
 CHECK_INTERVAL_MS_DEFAULT: Final = 1_000
@@ -105,7 +106,7 @@ class ListStore:
 
     def _check_name(self, name: str) -> str:
         if name not in self.names:
-            raise RiskListError(f"unknown list {name!r}", list_name=str(name))
+            raise unknown_list(name, self.names)
         return name
 
     @staticmethod

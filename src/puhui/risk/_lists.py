@@ -89,7 +89,7 @@ class RiskLists:
         try:
             return self._entries[name]
         except (KeyError, TypeError):
-            raise RiskListError(f"unknown list {name!r}", list_name=str(name)) from None
+            raise unknown_list(name, self._entries) from None
 
     def add(
         self, name: str, value: str, *, reason: str, expires_at_ns: int | None = None
@@ -258,6 +258,11 @@ class RiskLists:
                 value = _value_of(raw)
                 lists._entries[name][value] = _entry_of(raw)
         return lists
+
+
+def unknown_list(name: object, names: Iterable[str]) -> RiskListError:
+    """The error for a list name that is none of ``names`` (it names those there are)."""
+    return RiskListError(f"unknown list {name!r} (known: {', '.join(names)})", list_name=str(name))
 
 
 def check_entry_input(value: Any, reason: Any, expires_at_ns: Any) -> None:
