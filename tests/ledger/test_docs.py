@@ -4,21 +4,20 @@ new), it creates what it says and its assertion holds."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
 
 from puhui import ledger as tb
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "ledger.md"
+from .._docs import python_blocks
 
 
 def test_the_example_runs_as_documented(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    code = re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), re.DOTALL)[0]
+    code = python_blocks("ledger.md")[0]
     monkeypatch.chdir(tmp_path)
     for _ in range(2):
-        exec(compile(code, str(DOC), "exec"), {})
+        exec(compile(code, "docs/ledger.md", "exec"), {})
     with tb.open(tmp_path / "puhui-data" / "ledger") as client:
         wallet, history = client.lookup_accounts([2, 1])
         assert wallet.credits_posted == 2 * 12_50

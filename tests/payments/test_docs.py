@@ -3,7 +3,6 @@ directory, it gives a working payments service on a migrated store and a ledger.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -11,14 +10,14 @@ import pytest
 
 from puhui.payments import Payments
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "payments.md"
+from .._docs import python_blocks
 
 
 def test_the_set_up_runs_as_documented(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    code = re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), re.DOTALL)[0]
+    code = python_blocks("payments.md")[0]
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, Any] = {}
-    exec(compile(code, str(DOC), "exec"), namespace)
+    exec(compile(code, "docs/payments.md", "exec"), namespace)
     payments, books, engine = namespace["payments"], namespace["books"], namespace["engine"]
     try:
         assert isinstance(payments, Payments)

@@ -14,11 +14,11 @@ import pytest
 
 import puhui.sim
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "sim.md"
+from .._docs import python_blocks
 
 
 def test_the_example_runs_as_documented(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    [code] = re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), re.DOTALL)
+    [code] = python_blocks("sim.md")
     simulate = puhui.sim.simulate
 
     def smaller(config: puhui.sim.SimConfig, **rest: Any) -> Any:
@@ -28,7 +28,7 @@ def test_the_example_runs_as_documented(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.chdir(tmp_path)
     printed: list[str] = []
     namespace: dict[str, Any] = {"print": lambda *args: printed.append(" ".join(map(str, args)))}
-    exec(compile(code, str(DOC), "exec"), namespace)
+    exec(compile(code, "docs/sim.md", "exec"), namespace)
     [loss_rate] = printed
     assert 0.0 <= float(loss_rate) <= 1.0
     [written] = re.findall(r"write_events\(events, Path\(\"([^\"]+)\"\)\)", code)
