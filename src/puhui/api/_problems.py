@@ -123,6 +123,8 @@ STATUS_BY_CODE: Final[dict[str, int]] = {
     "ledger_failed": 503,
     "ledger_locked": 503,
     "journal_unavailable": 503,
+    # the risk engine's server (``puhui serve --workers``) is gone: nothing moved, retry
+    "risk_unavailable": 503,
     "internal_error": 500,
     # payments: bad input
     "invalid_payload": 422,
