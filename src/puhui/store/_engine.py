@@ -125,7 +125,15 @@ class _Turn:
         except BlockingIOError:
             pass  # another process has the turn: wait in the kernel, bounded
         wait = _FileWait(fd)
-        if wait.taken.wait(max(0.0, deadline - time.monotonic())) or not wait.give_up():
+        try:
+            taken = wait.taken.wait(max(0.0, deadline - time.monotonic()))
+        except BaseException:  # interrupted (KeyboardInterrupt): the turn must not stay taken
+            if wait.give_up():
+                self._fd[0] = -1
+            else:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            raise
+        if taken or not wait.give_up():
             if wait.error is not None:
                 raise wait.error
             return
