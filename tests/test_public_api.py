@@ -490,6 +490,7 @@ API_ALL = [
     "RecordsInvalidError",
     "RequestTimeoutError",
     "RequestTooLargeError",
+    "SharedRateLimiter",
     "UnsupportedMediaTypeError",
     "configure_logging",
     "create_app",

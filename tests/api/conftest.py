@@ -19,7 +19,7 @@ import uvicorn
 from fastapi.testclient import TestClient
 
 import puhui.ledger as tb
-from puhui.api import ApiOptions, CorkedHttpProtocol, create_app
+from puhui.api import ApiOptions, CorkedHttpProtocol, SharedRateLimiter, create_app
 from puhui.clock import ManualClock
 from puhui.errors import PuhuiError
 from puhui.payments import Payments, SimulatedBank
@@ -68,8 +68,11 @@ def make_api(
     options: ApiOptions | None = None,
     decide: Decide | None = None,
     database_url: str | None = None,
+    shared_limits: bool = False,
 ) -> Iterator[Api]:
-    """An app and its world; the SQL store is SQLite unless ``database_url`` names another."""
+    """An app and its world; the SQL store is SQLite unless ``database_url`` names another.
+    ``shared_limits``: the keys' buckets in a ``SharedRateLimiter``'s table (as each worker
+    of a multi-process server has them), not the app's own ``RateLimiter``."""
     options = options or ApiOptions()
     if options.webhooks.resolve is None:
         webhooks = dataclasses.replace(options.webhooks, resolve=public_dns)
@@ -89,7 +92,14 @@ def make_api(
             payments = Payments(
                 engine, ledger, clock=clock, bank=bank, decide=decide, cases=Cases(engine, clock)
             )
-        app = create_app(engine, ledger, clock=clock, options=options, payments=payments)
+        limiter = None
+        if shared_limits:
+            table = tmp_path / "rate-limits"
+            SharedRateLimiter.create(table, options.rate_per_key_per_s, options.rate_burst_requests)
+            limiter = SharedRateLimiter.open(table, clock)
+        app = create_app(
+            engine, ledger, clock=clock, options=options, payments=payments, limiter=limiter
+        )
         with TestClient(app, raise_server_exceptions=True) as client:
             yield Api(client, engine, ledger, clock, tenants, a, b, token_a, token_b)
     engine.dispose()

@@ -195,8 +195,19 @@ def test_every_status_in_the_table_is_an_error_status() -> None:
 
 @pytest.fixture
 def small_api(tmp_path: Path) -> Iterator[Api]:
-    options = ApiOptions(request_body_bytes_max=1024, rate_per_key_per_s=1.0, rate_burst_requests=3)
-    yield from make_api(tmp_path, options)
+    yield from make_api(tmp_path, SMALL_OPTIONS)
+
+
+SMALL_OPTIONS = ApiOptions(
+    request_body_bytes_max=1024, rate_per_key_per_s=1.0, rate_burst_requests=3
+)
+
+
+@pytest.fixture(params=["per_process", "shared"])
+def limited_api(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Api]:
+    """``small_api`` with the keys' buckets in the app's ``RateLimiter`` or in a
+    ``SharedRateLimiter``'s table."""
+    yield from make_api(tmp_path, SMALL_OPTIONS, shared_limits=request.param == "shared")
 
 
 def test_request_bodies_over_the_limit_are_413(small_api: Api) -> None:
@@ -221,8 +232,8 @@ def test_request_bodies_over_the_limit_are_413(small_api: Api) -> None:
     assert lookup.json()["accounts"] == []
 
 
-def test_rate_limit_per_key_with_retry_after(small_api: Api) -> None:
-    api = small_api
+def test_rate_limit_per_key_with_retry_after(limited_api: Api) -> None:
+    api = limited_api
     path, body = "/v1/ledger/accounts/lookup", {"ids": ["1"]}
     for _ in range(3):  # the burst
         assert api.client.post(path, json=body, headers=api.auth()).status_code == 200

@@ -25,6 +25,7 @@ from ._problems import (
 )
 from ._route import Endpoint, PlatformRoute, endpoint
 from ._server import CorkedHttpProtocol
+from ._shared_limits import SharedRateLimiter
 
 __all__ = [
     "REQUEST_ID_HEADER",
@@ -43,6 +44,7 @@ __all__ = [
     "RecordsInvalidError",
     "RequestTimeoutError",
     "RequestTooLargeError",
+    "SharedRateLimiter",
     "UnsupportedMediaTypeError",
     "configure_logging",
     "create_app",

@@ -59,6 +59,7 @@ from ._metrics import ApiMetrics
 from ._payments_context import PaymentsContext
 from ._problems import problem_from_exception
 from ._route import PlatformRoute
+from ._shared_limits import SharedRateLimiter
 
 API_TITLE = "Puhui open API"
 
@@ -106,17 +107,32 @@ def create_app(
     payments: Payments | None = None,
     bank: BankGateway | None = None,
     billers: BillerGateway | None = None,
+    limiter: RateLimiter | SharedRateLimiter | None = None,
 ) -> FastAPI:
     """The API over the SQL store ``engine`` (migrated to the newest schema by the caller) and
     the open ``ledger``. Nothing is opened here and nothing is closed on shutdown.
 
     ``payments`` is the payments service the routes call; without it one is built over
     ``engine`` and ``ledger`` with the ``bank`` and ``billers`` gateways (the simulators when
-    not given: a deployment passes its real adapters)."""
+    not given: a deployment passes its real adapters).
+
+    ``limiter`` holds the API keys' token buckets: without it, a ``RateLimiter`` of this
+    process; a server of several worker processes passes each the ``SharedRateLimiter`` it
+    opened, whose table must have been created with ``options``' rate and burst."""
     if not logging_configured():  # ``puhui serve`` configures first; tests may too
         configure_logging()
     clock = clock or SystemClock()
     options = options or ApiOptions()
+    if limiter is None:
+        limiter = RateLimiter(clock, options.rate_per_key_per_s, options.rate_burst_requests)
+    elif (limiter.rate_per_s, limiter.burst) != (
+        options.rate_per_key_per_s,
+        options.rate_burst_requests,
+    ):
+        raise ValueError(
+            f"the limiter's rate and burst ({limiter.rate_per_s}/s, {limiter.burst}) are not "
+            f"the options' ({options.rate_per_key_per_s}/s, {options.rate_burst_requests})"
+        )
     async_ledger = ledger if isinstance(ledger, AsyncLedger) else AsyncLedger(ledger)
     from importlib import metadata
 
@@ -185,7 +201,7 @@ def create_app(
         audit_batcher=AuditBatcher(audit),
         principals=PrincipalCache(tenants, clock, options.auth_cache_s),
         ledger=async_ledger,
-        limiter=RateLimiter(clock, options.rate_per_key_per_s, options.rate_burst_requests),
+        limiter=limiter,
         options=options,
         clock=clock,
         metrics=metrics,

@@ -19,6 +19,7 @@ from ._batching import AuditBatcher, GroupCall, PrincipalCache
 from ._guards import Admission, ApiOptions, RateLimiter
 from ._metrics import ApiMetrics
 from ._payments_context import PaymentsContext
+from ._shared_limits import SharedRateLimiter
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +35,7 @@ class ApiContext:
     audit_batcher: AuditBatcher
     principals: PrincipalCache
     ledger: AsyncLedger
-    limiter: RateLimiter
+    limiter: RateLimiter | SharedRateLimiter
     options: ApiOptions
     clock: Clock
     metrics: ApiMetrics

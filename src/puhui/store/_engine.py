@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -11,7 +14,11 @@ from urllib.parse import urlsplit
 import sqlalchemy as sa
 
 TURN_TIMEOUT_S = 30.0
-"""Longest a transaction waits for another of the same process (SQLite's busy timeout)."""
+"""Longest a transaction waits for its turn (for the others of this process and of the other
+processes on the same database file), as long as SQLite's busy timeout."""
+TURN_FILE_SUFFIX = "-turn"
+"""The cross-process turn's lock file is the database's path with this added (as SQLite's
+``-wal`` and ``-shm``)."""
 SQLITE_CACHE_KIB = 16 * 1024
 """Page cache of each SQLite connection. SQLite's default (2 MiB, 500 pages) is smaller
 than what one batch of 1,000 payments changes (about 1,200 pages: a row touches a page of
@@ -34,6 +41,169 @@ def sqlite_path(database: str | None) -> Path | None:
             return None
         return Path(uri.path)
     return Path(database)
+
+
+def turn_path(database: Path) -> Path:
+    """The lock file of a SQLite database file's cross-process turn."""
+    return database.with_name(database.name + TURN_FILE_SUFFIX)
+
+
+def _waited_too_long() -> sa.exc.OperationalError:
+    return sa.exc.OperationalError(
+        "BEGIN IMMEDIATE", None, TimeoutError("waited too long for a transaction")
+    )
+
+
+class _Turn:
+    """One engine's turn to write: a lock of this process, then (for a database file) an
+    exclusive ``flock`` of the lock file beside it, on this engine's own descriptor.
+
+    ``flock`` rather than ``fcntl``/``lockf`` record locks: a record lock belongs to the
+    process, so a second engine (or any code) closing any descriptor of the file in this
+    process would drop it silently, and threads of one process do not exclude each other;
+    a ``flock`` belongs to the open file description, which only this object uses. The
+    kernel drops it when the holder's last descriptor is closed — a process that dies
+    holding the turn (even by SIGKILL) frees it at once.
+
+    The wait is a blocking ``flock`` in the kernel (a waiter wakes the moment the turn is
+    given back), bounded by ``TURN_TIMEOUT_S`` as SQLite's busy timeout bounds its own: the
+    kernel call has no timeout, and a signal cannot end it in a thread other than the main
+    one (Python retries the call), so when the turn is taken the blocking call is made in a
+    helper thread (the GIL released while it waits) that the caller waits for with a
+    timeout. A helper given up on keeps waiting on its descriptor, gives the turn back as
+    soon as it gets it, and closes that descriptor; the engine opens a new one (a new open
+    file description: the helper's late lock is never mistaken for the next caller's).
+    An uncontended turn costs one non-blocking ``flock`` and no thread.
+
+    A child made by ``os.fork`` gets a fresh lock and its own descriptor (see
+    ``_after_fork``): the inherited descriptor shares the parent's lock, so with it the
+    child would take the turn the parent holds, or give it back for the parent."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._fd = [-1]  # boxed: the finalizer closes whichever descriptor is current
+        weakref.finalize(self, _close_current, self._fd)
+        if path is not None:
+            self._fd[0] = _open_turn_file(path)
+        _TURNS.add(self)
+
+    def take(self, timeout_s: float) -> int:
+        """Wait for the turn (at most ``timeout_s`` in all, else SQLAlchemy's
+        ``OperationalError``); the holder's token for ``give_back`` (this process's id)."""
+        deadline = time.monotonic() + timeout_s
+        if not self._lock.acquire(timeout=timeout_s):
+            raise _waited_too_long()
+        try:
+            if self.path is not None:
+                self._take_file(deadline)
+        except BaseException:
+            self._lock.release()
+            raise
+        return self._pid
+
+    def give_back(self, holder: int) -> None:
+        """End the turn ``take`` gave ``holder`` (any thread may): the file's lock first,
+        then this process's, so the next thread here never finds the file still locked.
+        A turn taken in the parent before a fork is not the child's to give back."""
+        if holder != self._pid:
+            return
+        if self.path is not None:
+            fcntl.flock(self._fd[0], fcntl.LOCK_UN)
+        self._lock.release()
+
+    def _take_file(self, deadline: float) -> None:
+        """The file's lock (this process's lock held: one caller at a time here)."""
+        if self._fd[0] < 0:  # the first turn since a fork, or after a wait given up on
+            assert self.path is not None
+            self._fd[0] = _open_turn_file(self.path)
+        fd = self._fd[0]
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass  # another process has the turn: wait in the kernel, bounded
+        wait = _FileWait(fd)
+        try:
+            taken = wait.taken.wait(max(0.0, deadline - time.monotonic()))
+        except BaseException:  # interrupted (KeyboardInterrupt): the turn must not stay taken
+            if wait.give_up():
+                self._fd[0] = -1
+            else:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            raise
+        if taken or not wait.give_up():
+            if wait.error is not None:
+                raise wait.error
+            return
+        self._fd[0] = -1  # the helper closes it; the next turn opens another
+        raise _waited_too_long()
+
+    def _after_fork(self) -> None:
+        """In a child of ``os.fork``: nobody holds this copy's turn; the inherited
+        descriptor (the parent's lock) is closed, which leaves the parent's lock alone."""
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        if self._fd[0] >= 0:
+            os.close(self._fd[0])
+            self._fd[0] = -1
+
+
+class _FileWait:
+    """A helper thread blocked in ``flock(LOCK_EX)`` on ``fd`` for a caller that waits for
+    it with a timeout; ``give_up`` hands the descriptor over to the helper."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.taken = threading.Event()
+        self.error: OSError | None = None
+        self._state = "waiting"  # then "taken" or "given up", under _lock
+        self._lock = threading.Lock()
+        threading.Thread(target=self._run, name="puhui-sqlite-turn", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        except OSError as error:
+            self.error = error
+        with self._lock:
+            if self._state == "given up":
+                os.close(self.fd)  # its only descriptor: the lock goes with it
+                return
+            self._state = "taken"
+        self.taken.set()
+
+    def give_up(self) -> bool:
+        """Stop waiting (True), or False when the lock was taken in the meantime (the
+        caller has it after all)."""
+        with self._lock:
+            if self._state == "taken":
+                return False
+            self._state = "given up"
+            return True
+
+
+def _open_turn_file(path: Path) -> int:
+    """A new descriptor (its own open file description) of the lock file, created 0600."""
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+
+def _close_current(box: list[int]) -> None:
+    if box[0] >= 0:
+        os.close(box[0])
+        box[0] = -1
+
+
+_TURNS: weakref.WeakSet[_Turn] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for turn in list(_TURNS):
+        turn._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def create_engine(url: str, **kwargs: Any) -> sa.Engine:
@@ -59,37 +229,40 @@ def create_engine(url: str, **kwargs: Any) -> sa.Engine:
             # pysqlite's own implicit BEGIN is off, so the one below is the only one.
             connection.isolation_level = None
 
-        # Transactions of this process queue on a lock of their own before SQLite's: a
-        # waiting thread starts the moment the lock is free, instead of sleeping in
-        # SQLite's busy handler (1, 2, 5 … 100 ms steps). Other processes still meet
-        # SQLite's lock and its busy timeout. A plain lock (any thread may release it) so
-        # that a connection dropped without commit or rollback still gives it back when the
-        # pool resets it; waiting is bounded like SQLite's own.
+        # Transactions queue for a turn before SQLite's write lock: first on a lock of
+        # this process, then — for a database file — on an exclusive ``flock`` of a lock
+        # file beside it, shared by every process that opens the store (``_Turn``). A
+        # waiting transaction starts the moment the turn is free, instead of sleeping in
+        # SQLite's busy handler (1, 2, 5 … 100 ms steps, blind to when the lock frees: two
+        # processes sharing it lost up to 1.6 s a transaction, docs/benchmarks.md). A
+        # writer that does not take the turn (the ``sqlite3`` shell, another program) still
+        # meets SQLite's lock and its busy timeout. The in-process lock is a plain lock
+        # (any thread may release it) so that a connection dropped without commit or
+        # rollback still gives it back when the pool resets it; waiting is bounded like
+        # SQLite's own.
         #
-        # The lock is given back once SQLite's COMMIT or ROLLBACK has returned (the
+        # The turn is given back once SQLite's COMMIT or ROLLBACK has returned (the
         # dialect's ``do_commit`` / ``do_rollback``), not at SQLAlchemy's ``commit`` and
         # ``rollback`` events: those fire before the statement runs, and a COMMIT (its WAL
         # sync, an automatic checkpoint) still holds SQLite's write lock, so the next
         # transaction's BEGIN IMMEDIATE would meet it and sleep in the busy handler.
-        turn = threading.Lock()
+        turn = _Turn(turn_path(path) if path is not None else None)
 
         @sa.event.listens_for(engine, "begin")
         def _begin_immediate(connection: sa.Connection) -> None:
             # Take the write lock at BEGIN: two writers never deadlock on a lock upgrade.
-            if not turn.acquire(timeout=TURN_TIMEOUT_S):
-                raise sa.exc.OperationalError(
-                    "BEGIN IMMEDIATE", None, TimeoutError("waited too long for a transaction")
-                )
+            holder = turn.take(TURN_TIMEOUT_S)
             try:
                 connection.exec_driver_sql("BEGIN IMMEDIATE")
             except BaseException:
-                turn.release()
+                turn.give_back(holder)
                 raise
-            connection.info["puhui_turn"] = True
+            connection.info["puhui_turn"] = holder
 
         def _end(info: dict[Any, Any]) -> None:
-            if info.pop("puhui_turn", False):
-                turn.release()
+            holder = info.pop("puhui_turn", None)
+            if holder is not None:
+                turn.give_back(holder)
 
         def _end_of(dbapi_connection: Any) -> None:
             try:
