@@ -283,3 +283,34 @@ def test_the_lock_file_cannot_be_opened_is_an_error_at_once(tmp_path: Path) -> N
     with pytest.raises(OSError) as raised:
         create_engine(f"sqlite:///{database}")
     assert raised.value.errno == errno.EISDIR
+
+
+@pytest.mark.parametrize("refusal", [errno.EACCES, errno.EROFS])
+def test_a_store_where_no_lock_file_can_be_made_is_still_read(
+    database: Path, monkeypatch: pytest.MonkeyPatch, refusal: int
+) -> None:
+    """A store on read-only media or in another user's directory (this process may not
+    create the lock file there; root may anywhere, so the refusal is simulated) opens and
+    reads as before, without a turn across processes; any other error is raised."""
+    made = create_engine(f"sqlite:///{database}")
+    with made.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO t VALUES (7)")
+    made.dispose()
+
+    def refuse(path: Path) -> int:
+        raise OSError(refusal, os.strerror(refusal), str(path))
+
+    monkeypatch.setattr(_engine, "_open_turn_file", refuse)
+    reader = create_engine(f"sqlite:///{database}")
+    try:
+        with reader.begin() as conn:
+            assert conn.exec_driver_sql("SELECT x FROM t").scalar() == 7
+    finally:
+        reader.dispose()
+
+    def broken(path: Path) -> int:
+        raise OSError(errno.EIO, os.strerror(errno.EIO), str(path))
+
+    monkeypatch.setattr(_engine, "_open_turn_file", broken)
+    with pytest.raises(OSError, match="Input/output"):
+        create_engine(f"sqlite:///{database}")

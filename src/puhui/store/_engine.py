@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import threading
@@ -86,7 +87,14 @@ class _Turn:
         self._fd = [-1]  # boxed: the finalizer closes whichever descriptor is current
         weakref.finalize(self, _close_current, self._fd)
         if path is not None:
-            self._fd[0] = _open_turn_file(path)
+            try:
+                self._fd[0] = _open_turn_file(path)
+            except OSError as error:
+                if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                    raise
+                # A store in a place this process may not write (read-only media, another
+                # user's directory) is one it cannot write either: nothing to take turns at.
+                self.path = None
         _TURNS.add(self)
 
     def take(self, timeout_s: float) -> int:
