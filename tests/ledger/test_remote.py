@@ -382,12 +382,12 @@ def test_a_client_that_goes_away_leaves_the_others_served(
     ledger: Ledger, server: LedgerServer, socket_path: Path
 ) -> None:
     clients = [connect(socket_path) for _ in range(3)]
-    clients[0]._sock.close()  # gone without a word, as a killed process
+    clients[0]._sock.shutdown(socket.SHUT_RDWR)  # gone without a word, as a killed process
     for client in clients[1:]:
         assert client.create_transfers([_transfer(4_000_000 + id(client) % 1000)])[0].status == (
             CreateTransferStatus.CREATED
         )
-    for client in clients[1:]:
+    for client in clients:
         client.close()
 
 
@@ -581,6 +581,8 @@ def test_a_server_process_killed_fails_waiting_calls_promptly(tmp_path: Path) ->
     finally:
         child.kill()
         child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
     assert path.exists()  # what a killed server leaves: the next serve replaces it
     with (
         open(tmp_path / "child.sqlite", state_dir=tmp_path / "child.state") as ledger,
