@@ -26,6 +26,7 @@ import pytest
 
 import puhui
 from puhui.ledger import (
+    ACCOUNT_DTYPE,
     RESULT_DTYPE,
     TRANSFER_DTYPE,
     Account,
@@ -486,6 +487,24 @@ def test_a_good_raw_frame_is_answered(
     assert (length, request_id, operation, status) == (32, 77, W.OP_CREATE_TRANSFERS, W.STATUS_OK)
     results = np.frombuffer(_receive(sock, length), RESULT_DTYPE)
     assert (results["status"] == CreateTransferStatus.CREATED).all()
+    # Pipelined: three requests sent before any answer is read, each answered by its id.
+    ids = np.array([(6_000_000, 0), (6_000_001, 0), (1, 0)], W.IDS_DTYPE).tobytes()
+    sock.sendall(
+        W.HEADER.pack(len(ids), 10, W.OP_LOOKUP_TRANSFERS, 0)
+        + ids
+        + W.HEADER.pack(0, 11, W.OP_TICK, 0)
+        + W.HEADER.pack(len(ids), 12, W.OP_LOOKUP_ACCOUNTS, 0)
+        + ids
+    )
+    answers = {}
+    for _ in range(3):
+        length, request_id, operation, status = W.HEADER.unpack(_receive(sock, W.HEADER.size))
+        assert status == W.STATUS_OK
+        answers[request_id] = (operation, _receive(sock, length))
+    assert answers[10][0] == W.OP_LOOKUP_TRANSFERS
+    assert np.frombuffer(answers[10][1], TRANSFER_DTYPE)["id_lo"].tolist() == [6_000_000, 6_000_001]
+    assert answers[11] == (W.OP_TICK, bytes(8))
+    assert np.frombuffer(answers[12][1], ACCOUNT_DTYPE)["id_lo"].tolist() == [1]
     sock.close()
     assert len(ledger.lookup_transfers([6_000_000, 6_000_001])) == 2
 
