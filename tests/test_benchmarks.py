@@ -225,3 +225,13 @@ def test_a_benchmark_refuses_a_bad_argument_before_it_runs(script: str, args: li
     assert out.stderr.strip().splitlines()[-1].startswith(f"{script}: error: "), out.stderr
     assert "Traceback" not in out.stderr
     assert out.stdout == ""
+
+
+def test_ledger_remote_benchmark_runs_both_ways() -> None:
+    report = _report("ledger_remote.py", "--transfers", "2000", "--json")
+    assert set(report) == {
+        f"{workload}_{where}_transfers_per_s"
+        for workload in ("batches_8189", "threads_8x64")
+        for where in ("embedded", "remote")
+    }
+    assert all(rate > 0 for rate in report.values())

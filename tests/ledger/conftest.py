@@ -1,8 +1,9 @@
 """Fixtures for the ledger conformance tests.
 
-``harness`` runs each test once per implementation: the pure-Python reference model, and the
+``harness`` runs each test once per implementation: the pure-Python reference model, the
 real engine journalling to SQLite and to PostgreSQL (the latter when PUHUI_TEST_DATABASE_URL
-is set). Every harness starts with its clock at ``now == 100`` and no accounts.
+is set), and the SQLite engine served on a Unix socket and driven through ``connect``. Every
+harness starts with its clock at ``now == 100`` and no accounts.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ import pytest
 from puhui.ledger._journal import FileJournal
 from tests.ledger.engine_harness import EngineHarness
 from tests.ledger.harness import LedgerHarness, ReferenceHarness
+from tests.ledger.remote_harness import RemoteHarness
 
 HARNESS_START = 100
 
 
-@pytest.fixture(params=["reference", "engine-sqlite", "engine-postgresql"])
+@pytest.fixture(params=["reference", "engine-sqlite", "engine-postgresql", "remote-sqlite"])
 def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LedgerHarness]:
     name: str = request.param
     if name == "reference":
@@ -28,7 +30,11 @@ def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LedgerHa
     url = None
     if name == "engine-postgresql":
         url = request.getfixturevalue("postgres_schema_url")
-    engine = EngineHarness(tmp_path, now=HARNESS_START, url=url)
+    engine: EngineHarness | RemoteHarness
+    if name == "remote-sqlite":
+        engine = RemoteHarness(tmp_path, now=HARNESS_START)
+    else:
+        engine = EngineHarness(tmp_path, now=HARNESS_START, url=url)
     try:
         yield engine
     finally:

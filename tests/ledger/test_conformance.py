@@ -49,6 +49,7 @@ from tests.conftest import POSTGRES_ENV, postgres_url
 from tests.ledger.conftest import HARNESS_START
 from tests.ledger.engine_harness import EngineHarness
 from tests.ledger.harness import LedgerHarness, ReferenceHarness
+from tests.ledger.remote_harness import RemoteHarness
 
 A = CreateAccountStatus
 T = CreateTransferStatus
@@ -86,7 +87,7 @@ def _pg_execute(url: str, sql: str) -> None:
         conn.execute(sql.encode())
 
 
-@pytest.fixture(params=["reference", "engine-sqlite", "engine-postgresql"])
+@pytest.fixture(params=["reference", "engine-sqlite", "engine-postgresql", "remote-sqlite"])
 def make_harness(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[Callable[[], LedgerHarness]]:
@@ -101,7 +102,7 @@ def make_harness(
         base_url = postgres_url()
         if base_url is None:
             pytest.skip(f"PostgreSQL tests need {POSTGRES_ENV} (CI sets it; .ci/run exports it)")
-    opened: list[EngineHarness] = []
+    opened: list[EngineHarness | RemoteHarness] = []
     schemas: list[str] = []
     counter = itertools.count()
 
@@ -120,7 +121,12 @@ def make_harness(
             schemas.append(schema)
             separator = "&" if "?" in base_url else "?"
             url = f"{base_url}{separator}options=-csearch_path%3D{schema}"
-        engine = EngineHarness(tmp_path / f"ledger-{next(counter)}", now=START, url=url)
+        directory = tmp_path / f"ledger-{next(counter)}"
+        engine: EngineHarness | RemoteHarness
+        if name == "remote-sqlite":
+            engine = RemoteHarness(directory, now=START)
+        else:
+            engine = EngineHarness(directory, now=START, url=url)
         opened.append(engine)
         return engine
 

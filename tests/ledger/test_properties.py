@@ -51,6 +51,7 @@ from puhui.ledger import (
 from tests.ledger.engine_harness import EngineHarness
 from tests.ledger.harness import ReferenceHarness
 from tests.ledger.reference import PendingState
+from tests.ledger.remote_harness import RemoteHarness
 
 START = 1_000_000_000_000
 """The clock of every harness at the start (ns): far from 0 so imported timestamps fit."""
@@ -627,7 +628,7 @@ def _fresh(events: tuple[Any, ...]) -> list[Any]:
     return [copy.copy(e) for e in events]
 
 
-def _apply(harness: ReferenceHarness | EngineHarness, op: Op) -> list[Any] | None:
+def _apply(harness: ReferenceHarness | EngineHarness | RemoteHarness, op: Op) -> list[Any] | None:
     """Apply ``op``; returns the batch's results (None for clock and reopen steps)."""
     if isinstance(op, CreateAccounts):
         return harness.create_accounts(_fresh(op.events))
@@ -681,14 +682,14 @@ QUERY_FILTERS = [
 ]
 
 
-def _lookups(harness: ReferenceHarness | EngineHarness) -> dict[str, Any]:
+def _lookups(harness: ReferenceHarness | EngineHarness | RemoteHarness) -> dict[str, Any]:
     return {
         "accounts": harness.lookup_accounts(ACCOUNT_IDS),
         "transfers": harness.lookup_transfers(TRANSFER_IDS),
     }
 
 
-def _observations(harness: ReferenceHarness | EngineHarness) -> dict[str, Any]:
+def _observations(harness: ReferenceHarness | EngineHarness | RemoteHarness) -> dict[str, Any]:
     """Everything a client can read: lookups, per-account history, queries."""
     seen = _lookups(harness)
     for account_id in ACCOUNT_IDS:
@@ -759,6 +760,24 @@ def test_engine_matches_reference_model(ops: list[Op], journal: str) -> None:
             assert report.ok, report.problems
         finally:
             engine.close()
+
+
+@settings(SETTINGS, max_examples=40)
+@given(ops=operations(reopens=False))
+def test_remote_matches_reference_model(ops: list[Op]) -> None:
+    """The same over the socket: ``connect`` to a ``serve`` of the engine in this process."""
+    model = ReferenceHarness(now=START)
+    with _scratch() as tmp:
+        remote = RemoteHarness(Path(tmp), now=START)
+        try:
+            for step, op in enumerate(ops):
+                note(f"step {step}: {op!r}")
+                assert _apply(remote, op) == _apply(model, op), f"results of step {step}"
+                assert remote.now == model.now, f"clock after step {step}"
+                _assert_same(_lookups(model), _lookups(remote))
+            _assert_same(_observations(model), _observations(remote))
+        finally:
+            remote.close()
 
 
 def _ledger_totals(accounts: list[Account]) -> dict[int, list[int]]:

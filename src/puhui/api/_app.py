@@ -19,7 +19,7 @@ from starlette.responses import Response
 
 from puhui.clock import Clock, SystemClock
 from puhui.errors import PuhuiError
-from puhui.ledger import AsyncLedger, Ledger
+from puhui.ledger import AsyncLedger, Ledger, RemoteLedger
 from puhui.payments import (
     BankGateway,
     BillerGateway,
@@ -100,7 +100,7 @@ def platform_routes(app: FastAPI) -> list[PlatformRoute]:
 
 def create_app(
     engine: sa.Engine,
-    ledger: Ledger | AsyncLedger,
+    ledger: Ledger | RemoteLedger | AsyncLedger,
     *,
     clock: Clock | None = None,
     options: ApiOptions | None = None,
@@ -110,7 +110,8 @@ def create_app(
     limiter: RateLimiter | SharedRateLimiter | None = None,
 ) -> FastAPI:
     """The API over the SQL store ``engine`` (migrated to the newest schema by the caller) and
-    the open ``ledger``. Nothing is opened here and nothing is closed on shutdown.
+    the open ``ledger`` (embedded, or a ``RemoteLedger`` of a ledger another process serves).
+    Nothing is opened here and nothing is closed on shutdown.
 
     ``payments`` is the payments service the routes call; without it one is built over
     ``engine`` and ``ledger`` with the ``bank`` and ``billers`` gateways (the simulators when

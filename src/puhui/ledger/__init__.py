@@ -5,9 +5,12 @@
 by changing an import. ``open(path_or_url)`` returns a client journalling to SQLite (a path or
 ``sqlite:///…``) or PostgreSQL (``postgresql+psycopg://…``). Besides the object API, the
 ``*_array`` methods take and return numpy arrays in TigerBeetle's binary layout.
+``serve(ledger, path)`` shares an open ledger with other processes over a Unix domain
+socket; ``connect(path)`` is their client (``RemoteLedger``, the same API).
 """
 
 from ._async import AsyncLedger
+from ._client import LedgerClient
 from ._convert import (
     ACCOUNT_FIELDS,
     BATCH_EVENTS_MAX,
@@ -23,6 +26,8 @@ from ._errors import (
     LedgerClosedError,
     LedgerFailedError,
     LedgerLockedError,
+    LedgerSocketInUseError,
+    LedgerUnavailableError,
     SnapshotCorruptError,
     TooMuchDataError,
     UnknownFieldError,
@@ -30,6 +35,8 @@ from ._errors import (
     WrongTypeError,
 )
 from ._ledger import Ledger, LedgerOptions, open
+from ._remote import RemoteLedger, connect
+from ._server import LedgerServer, serve
 from ._types import (
     ACCOUNT_DTYPE,
     AMOUNT_MAX,
@@ -78,12 +85,17 @@ __all__ = [
     "JournalCorruptError",
     "JournalUnavailableError",
     "Ledger",
+    "LedgerClient",
     "LedgerClosedError",
     "LedgerFailedError",
     "LedgerLockedError",
     "LedgerOptions",
+    "LedgerServer",
+    "LedgerSocketInUseError",
+    "LedgerUnavailableError",
     "QueryFilter",
     "QueryFilterFlags",
+    "RemoteLedger",
     "SnapshotCorruptError",
     "TooMuchDataError",
     "Transfer",
@@ -93,9 +105,11 @@ __all__ = [
     "VerifyReport",
     "WrongTypeError",
     "account_from_mapping",
+    "connect",
     "id",
     "ids",
     "open",
+    "serve",
     "transfer_from_mapping",
     "verify",
 ]

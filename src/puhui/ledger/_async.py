@@ -22,6 +22,7 @@ from ._convert import (
 )
 from ._engine import KIND_ACCOUNTS, KIND_TRANSFERS
 from ._ledger import Ledger
+from ._remote import RemoteLedger
 from ._types import (
     ACCOUNT_DTYPE,
     RESULT_DTYPE,
@@ -37,9 +38,11 @@ from ._types import (
 
 
 class AsyncLedger:
-    """Async methods over an open ``Ledger`` (which it closes on ``close()``)."""
+    """Async methods over an open ``Ledger``, or a ``RemoteLedger`` (``connect``); it closes
+    it on ``close()``. A remote ledger's creates are sent from the event loop without
+    blocking it (the client's reader thread completes them)."""
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Ledger | RemoteLedger) -> None:
         self.ledger = ledger
 
     async def create_accounts(self, accounts: Sequence[Account]) -> list[CreateAccountResult]:
@@ -52,14 +55,22 @@ class AsyncLedger:
         events = check_array(accounts, ACCOUNT_DTYPE)
         if events.shape[0] == 0:
             return np.zeros(0, RESULT_DTYPE)
-        result: np.ndarray[Any, Any] = await self.ledger._submit_async(KIND_ACCOUNTS, events)
+        result: np.ndarray[Any, Any]
+        if isinstance(self.ledger, RemoteLedger):
+            result = await asyncio.wrap_future(self.ledger._submit_future(KIND_ACCOUNTS, events))
+        else:
+            result = await self.ledger._submit_async(KIND_ACCOUNTS, events)
         return result
 
     async def create_transfers_array(self, transfers: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         events = check_array(transfers, TRANSFER_DTYPE)
         if events.shape[0] == 0:
             return np.zeros(0, RESULT_DTYPE)
-        result: np.ndarray[Any, Any] = await self.ledger._submit_async(KIND_TRANSFERS, events)
+        result: np.ndarray[Any, Any]
+        if isinstance(self.ledger, RemoteLedger):
+            result = await asyncio.wrap_future(self.ledger._submit_future(KIND_TRANSFERS, events))
+        else:
+            result = await self.ledger._submit_async(KIND_TRANSFERS, events)
         return result
 
     # Reads are short and run on the writer between groups; a worker thread waits for them.

@@ -76,3 +76,18 @@ class VerificationError(PuhuiError):
     """``verify`` found an invariant broken."""
 
     code = "ledger_verification_failed"
+
+
+class LedgerUnavailableError(PuhuiError):
+    """A ledger server cannot be reached, or went away: the connection is lost. A create
+    whose answer did not arrive may or may not have been made; repeating it with the same
+    ids is safe (it answers ``exists``)."""
+
+    code = "ledger_unavailable"
+
+
+class LedgerSocketInUseError(PuhuiError):
+    """``serve`` was given a path where a ledger server already listens, or that is not a
+    socket (the file is left alone)."""
+
+    code = "ledger_socket_in_use"

@@ -921,7 +921,10 @@ class Ledger:
         return array_to_accounts(self.lookup_accounts_array(ids))
 
     def lookup_accounts_array(self, ids: Sequence[int]) -> Array:
-        lo, hi = ids_to_words(ids)
+        return self._lookup_accounts_words(*ids_to_words(ids))
+
+    def _lookup_accounts_words(self, lo: Array, hi: Array) -> Array:
+        """``lookup_accounts_array`` of ids given as their low and high u64 words."""
 
         def read(engine: Engine) -> Array:
             rows = engine.account_rows(lo, hi)
@@ -935,7 +938,10 @@ class Ledger:
         return array_to_transfers(self.lookup_transfers_array(ids))
 
     def lookup_transfers_array(self, ids: Sequence[int]) -> Array:
-        lo, hi = ids_to_words(ids)
+        return self._lookup_transfers_words(*ids_to_words(ids))
+
+    def _lookup_transfers_words(self, lo: Array, hi: Array) -> Array:
+        """``lookup_transfers_array`` of ids given as their low and high u64 words."""
 
         def read(engine: Engine) -> Array:
             rows = engine.transfer_rows(lo, hi)
@@ -946,17 +952,25 @@ class Ledger:
         return result
 
     def get_account_transfers(self, filter: AccountFilter) -> list[Transfer]:
+        return array_to_transfers(self._account_transfers_array(filter))
+
+    def _account_transfers_array(self, filter: AccountFilter) -> Array:
+        """``get_account_transfers`` as TRANSFER_DTYPE rows (the server's answer)."""
         params = _account_filter(filter)
         if params is None:
-            return []
-
+            return np.zeros(0, TRANSFER_DTYPE)
         found = self._transfers_read(params, _copy_transfers)
-        return [] if found is None else array_to_transfers(found)
+        return np.zeros(0, TRANSFER_DTYPE) if found is None else found
 
     def get_account_balances(self, filter: AccountFilter) -> list[AccountBalance]:
+        found = self._account_balances_arrays(filter)
+        return [] if found is None else array_to_balances(*found)
+
+    def _account_balances_arrays(self, filter: AccountFilter) -> tuple[Array, list[int]] | None:
+        """``get_account_balances`` as BALANCE_DTYPE rows and their timestamps (None: none)."""
         params = _account_filter(filter)
         if params is None:
-            return []
+            return None
 
         def history(engine: Engine) -> bool:
             lo, hi = params["account"]
@@ -967,10 +981,7 @@ class Ledger:
             balances: Array = engine.balances[2 * rows + sides].copy()
             return balances, engine.transfers["timestamp"][rows].tolist()
 
-        found = self._transfers_read(params, copy, history)
-        if found is None:
-            return []
-        return array_to_balances(*found)
+        return self._transfers_read(params, copy, history)
 
     def _transfers_read(
         self,
@@ -1001,27 +1012,36 @@ class Ledger:
                 return answer  # type: ignore[no-any-return]
 
     def query_accounts(self, query_filter: QueryFilter) -> list[Account]:
+        return array_to_accounts(self._query_accounts_array(query_filter))
+
+    def _query_accounts_array(self, query_filter: QueryFilter) -> Array:
+        """``query_accounts`` as ACCOUNT_DTYPE rows (the server's answer)."""
         params = _query_filter(query_filter)
         if params is None:
-            return []
+            return np.zeros(0, ACCOUNT_DTYPE)
 
         def read(engine: Engine) -> Array:
             rows = K.scan_accounts(engine.accounts, engine.n_accounts, *_scan_args(params))
             copied: Array = engine.accounts[rows].copy()
             return copied
 
-        return array_to_accounts(self._read(read))
+        result: Array = self._read(read)
+        return result
 
     def query_transfers(self, query_filter: QueryFilter) -> list[Transfer]:
         """Transfers matching the filter, scanned ``QUERY_ROWS_PER_TURN`` rows per turn of
         the writer: a query over a big ledger takes turns with the writes instead of
         holding them for its whole scan. The answer is the ledger as the first turn found it
         (rows are immutable once written; later transfers are past the rows it scans)."""
+        return array_to_transfers(self._query_transfers_array(query_filter))
+
+    def _query_transfers_array(self, query_filter: QueryFilter) -> Array:
+        """``query_transfers`` as TRANSFER_DTYPE rows (the server's answer)."""
         params = _query_filter(query_filter)
         if params is None:
-            return []
+            return np.zeros(0, TRANSFER_DTYPE)
         found = self._transfers_read(params, _copy_transfers)
-        return [] if found is None else array_to_transfers(found)
+        return np.zeros(0, TRANSFER_DTYPE) if found is None else found
 
     # --- introspection (verify, benchmarks, CLI) --------------------------------------------
 
@@ -1032,6 +1052,11 @@ class Ledger:
     @property
     def journal(self) -> Journal:
         return self._journal
+
+    @property
+    def identity(self) -> str:
+        """The journal's identity: the same for every client of this ledger."""
+        return self._journal.identity
 
     @property
     def state_dir(self) -> Path:

@@ -37,7 +37,7 @@ from puhui.ledger import (
     AccountFlags,
     CreateAccountStatus,
     CreateTransferStatus,
-    Ledger,
+    LedgerClient,
     QueryFilter,
     QueryFilterFlags,
     Transfer,
@@ -269,7 +269,7 @@ class Payments:
     def __init__(
         self,
         engine: sa.Engine,
-        ledger: Ledger,
+        ledger: LedgerClient,
         *,
         clock: Clock,
         bank: BankGateway,
@@ -324,7 +324,7 @@ class Payments:
         first use, and refuse a ledger that is not the one the records belong to (account
         ids come from record ids, so customer 1 of a fresh store would otherwise inherit
         the wallet — and the money — of customer 1 of an old ledger)."""
-        identity = self.ledger.journal.identity
+        identity = self.ledger.identity
         with self.engine.begin() as conn:
             row = conn.execute(
                 sa.select(t.meta.c.value).where(t.meta.c.key == "ledger_identity")
