@@ -55,8 +55,10 @@ TOP_UP = 10**13  # minor units each customer starts with
 # --- the server ------------------------------------------------------------------------------
 
 
-def serve(workdir: Path, port: int, http: str = "corked") -> None:
-    """Run the API (what ``puhui serve`` runs, with the benchmark's limits) until killed."""
+def serve(workdir: Path, port: int, http: str = "corked", workers: int = 1) -> None:
+    """Run the API (what ``puhui serve`` runs, with the benchmark's limits) until killed;
+    with ``workers`` > 1 as ``puhui serve --workers`` runs it (this process keeps the ledger,
+    the workers answer HTTP)."""
     import uvicorn
 
     from puhui import ledger as L
@@ -79,6 +81,23 @@ def serve(workdir: Path, port: int, http: str = "corked") -> None:
             options=PaymentsOptions(kyc_limits=limits),
         )
         app = create_app(engine, ledger, clock=clock, options=options, payments=payments)
+        if workers > 1:
+            from puhui._cli_platform import _bind
+            from puhui._serve_workers import serve_workers
+
+            sockets = _bind("127.0.0.1", port)
+            serve_workers(
+                workers,
+                sockets=sockets,
+                database_url=f"sqlite:///{workdir / 'puhui.sqlite'}",
+                ledger=ledger,
+                risk_engine=None,  # the pass-through, as in one process
+                host="127.0.0.1",
+                port=port,
+                api_options=options,
+                kyc_limits=limits,
+            )
+            return
         warm_up_readers()
         uvicorn.run(
             app,
@@ -92,10 +111,26 @@ def serve(workdir: Path, port: int, http: str = "corked") -> None:
 
 
 def _cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) a process has used so far (Linux ``/proc``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = int(fields[11]) + int(fields[12])  # utime, stime
-    return ticks / os.sysconf("SC_CLK_TCK")
+    """CPU seconds (user + system) a process and its live descendants (``--workers``) have
+    used so far (Linux ``/proc``)."""
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        ticks[int(entry.name)] = int(fields[11]) + int(fields[12])  # utime, stime
+    tree, pending = {pid}, [pid]
+    while pending:
+        parent = pending.pop()
+        children = [child for child, p in parents.items() if p == parent]
+        tree.update(children)
+        pending.extend(children)
+    return sum(ticks.get(p, 0) for p in tree) / os.sysconf("SC_CLK_TCK")
 
 
 def _free_port() -> int:
@@ -693,6 +728,12 @@ def main() -> None:
         help="the batch endpoint in JSON only, or also in the binary layout (default: both)",
     )
     # internal modes: the server, and a process of clients
+    parser.add_argument(
+        "--workers",
+        type=positive_int,
+        default=1,
+        help="server processes answering HTTP (as `puhui serve --workers`; default 1)",
+    )
     parser.add_argument("--serve", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument(
@@ -718,7 +759,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(Path(args.serve), args.port, args.http)
+        serve(Path(args.serve), args.port, args.http, args.workers)
         return
     quick = args.quick
     args.customers = args.customers or (10 if quick else 1_000)
@@ -753,6 +794,8 @@ def main() -> None:
                 str(port),
                 "--http",
                 args.http,
+                "--workers",
+                str(args.workers),
             ],
             stderr=server_log,
         )
@@ -801,6 +844,7 @@ def main() -> None:
             "ledger_transfers_per_s": batch["transfers_per_s"],
             "ledger_binary_transfers_per_s": binary["transfers_per_s"] if binary else None,
             "payments_per_server_cpu_s": payments["requests_per_server_cpu_s"],
+            "workers": args.workers,
             "payments": payments,
             "ledger_batch": batch,
             "ledger_batch_binary": binary,

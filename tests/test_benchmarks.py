@@ -155,8 +155,12 @@ def test_risk_engine_benchmark_quick_run_prints_json() -> None:
     assert engine["single_events"] == 500 and engine["single_p99_ms"] >= engine["single_p50_ms"]
 
 
-def test_api_benchmark_quick_run_prints_json() -> None:
-    report = _report("api.py", "--quick", "--json")
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_api_benchmark_quick_run_prints_json(workers: str) -> None:
+    """The benchmark's server in one process, and as ``puhui serve --workers 2`` runs it
+    (the payments and the batches through the primary's ledger server)."""
+    report = _report("api.py", "--quick", "--json", "--workers", workers)
+    assert report["workers"] == int(workers)
     assert report["payments_per_s"] > 0 and report["ledger_transfers_per_s"] > 0
     assert report["p99_ms"] >= report["p50_ms"] > 0
     assert report["payments"]["requests"] > 0 and report["payments"]["not_completed"] == {}

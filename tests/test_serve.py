@@ -346,3 +346,108 @@ def test_serve_skips_an_address_family_the_kernel_lacks(monkeypatch: pytest.Monk
     monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: both[:1])
     with pytest.raises(AddressUnavailableError, match="no address of a kind"):
         _bind("localhost", 0)
+
+
+VELOCITY_RULES = """
+name = "serve-workers-test"
+version = "1"
+description = "More than five P2P payments in an hour are rejected"
+
+[thresholds]
+challenge = 400
+review = 700
+reject = 950
+
+[[rule]]
+id = "p2p.velocity"
+description = "The sixth P2P payment of the hour and beyond"
+when = 'event.type == "p2p" and customer.count_1h >= 5'
+action = "reject"
+priority = 100
+status = "active"
+owner = "tests"
+"""
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.slow
+def test_serve_with_workers_shares_one_ledger_and_one_risk_engine(tmp_path: Path) -> None:
+    """``--workers 2``: two processes answer on the port; the money and the risk engine's
+    memory are one (a customer's payments spread over both are counted together); SIGINT
+    stops all of them cleanly, a worker that dies stops the server (exit 3), and none is
+    left behind."""
+    env = {**os.environ, "PUHUI_DATA_DIR": str(tmp_path / "data")}
+    rules = tmp_path / "rules.toml"
+    rules.write_text(VELOCITY_RULES)
+    (tmp_path / "data").mkdir()
+    store = create_engine(f"sqlite:///{tmp_path / 'data' / 'puhui.sqlite'}")
+    try:
+        migrate(store)
+        tenants = Tenants(store)
+        acme = tenants.create("acme", "bank")
+        _, token = tenants.create_key(acme.id, ["payments:read", "payments:write"], "test")
+    finally:
+        store.dispose()
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = _start(env, port, "--workers", "2", "--risk-rules", str(rules))
+    try:
+        _wait_ready(server, base)
+        workers = _children(server.pid)
+        assert len(workers) == 2, workers
+        headers = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=f"{base}/v1/payments", headers=headers, timeout=30) as c:
+            payer = _post(c, "/customers", {"phone": "+8613900000001", "display_name": "Li"})
+            payee = _post(c, "/customers", {"phone": "+8613900000002", "display_name": "Wu"})
+            p = payer["id"]
+            _post(c, f"/customers/{p}/identity", {"national_id": "110101199001011234"})
+            card_body = {"card_token": "t", "bank_name": "ICBC", "last4": "1234"}
+            card = _post(c, f"/customers/{p}/cards", card_body)
+            _post(c, f"/customers/{p}/full-verification", {"biometric_passed": True})
+            top_up_body = {"card_id": card["id"], "amount": 2_000_00, "currency": "CNY"}
+            assert _post(c, f"/customers/{p}/top-ups", top_up_body)["status"] == "completed"
+        pay = {"payee": {"customer_id": payee["id"]}, "amount": 10_00, "currency": "CNY"}
+        statuses = []
+        for _ in range(10):  # a connection each: the kernel hands them to either worker
+            with httpx.Client(base_url=f"{base}/v1/payments", headers=headers, timeout=30) as c:
+                statuses.append(_post(c, f"/customers/{p}/transfers", pay)["status"])
+        # One engine counted all ten (and the customer's earlier events of the hour): once
+        # the count reaches five, every later payment is rejected. Two engines would each
+        # have seen about half and let most through.
+        completed = statuses.count("completed")
+        assert statuses == ["completed"] * completed + ["rejected"] * (10 - completed), statuses
+        assert 1 <= completed <= 5, statuses
+        with httpx.Client(base_url=f"{base}/v1/payments", headers=headers, timeout=30) as c:
+            wallet = c.get(f"/customers/{p}/wallets/CNY").json()
+        assert wallet["available"] == 2_000_00 - completed * 10_00
+    finally:
+        stderr = _stop(server)
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()], stderr
+    risk_dir = tmp_path / "data" / "risk"
+    saved = json.loads((risk_dir / "state" / "features.json").read_text())
+    assert saved["log_next_id"] >= 10, saved  # the primary's engine decided them all
+
+    # A worker that dies on its own stops the server: exit 3, the other worker stopped too.
+    server = _start(env, port, "--workers", "2", "--risk-rules", str(rules))
+    try:
+        _wait_ready(server, base)
+        first, second = _children(server.pid)
+        os.kill(first, signal.SIGKILL)
+        _, stderr = server.communicate(timeout=120)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    assert server.returncode == 3, stderr
+    assert not Path(f"/proc/{second}").exists()

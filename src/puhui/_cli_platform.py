@@ -22,6 +22,7 @@ import typer
 from puhui._cli_common import EXIT_OK, EXIT_PROBLEM, make_data_dir, opened_store
 from puhui._cli_common import emit_json as _emit_json
 from puhui._cli_common import reported_errors as _reported_errors
+from puhui._serve_workers import WORKERS_MAX, serve_workers
 from puhui.config import Settings
 from puhui.errors import PuhuiError
 from puhui.platform import ApiKey, AuditLog, Scope, Tenant, Tenants, WebhookOptions
@@ -230,6 +231,16 @@ def serve(
             "(127.0.0.1, ::1, localhost), over http:// too. Never in production.",
         ),
     ] = False,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            help="API processes answering on the address; beyond 1 this process keeps the "
+            "ledger and the risk engine and serves them to the workers (docs/api.md).",
+            min=1,
+            max=WORKERS_MAX,
+        ),
+    ] = 1,
 ) -> None:
     """Run the open API (FastAPI on uvicorn) over the SQL store and the ledger, deliver
     webhooks beside it, and decide every money movement with the risk engine."""
@@ -297,6 +308,21 @@ def serve(
                 # After the app has attached the flows (bills, checkout, webhooks) that finish
                 # their own operations: recovery needs them.
                 payments.recover()
+                if workers > 1:
+                    status = serve_workers(
+                        workers,
+                        sockets=sockets,
+                        database_url=engine.url.render_as_string(hide_password=False),
+                        ledger=ledger,
+                        risk_engine=risk_engine,
+                        host=host,
+                        port=port,
+                        webhook_loopback=webhook_loopback,
+                        api_options=options,
+                    )
+                    if status:
+                        raise typer.Exit(status)
+                    return
                 warm_up_readers()  # the JSON batch routes' compiled readers, loaded now
                 server = ListeningServer(
                     uvicorn.Config(
