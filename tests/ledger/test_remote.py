@@ -8,6 +8,8 @@ wire, servers and clients going away, bad frames, the socket file, another proce
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import os
 import signal
 import socket
@@ -57,6 +59,7 @@ from puhui.ledger import (
 )
 from puhui.ledger import _wire as W
 from puhui.ledger._convert import transfers_to_array
+from puhui.ledger._remote import CLOSE_TIMEOUT_S
 
 ACCOUNTS = 64
 BOTH = AccountFilterFlags.DEBITS | AccountFilterFlags.CREDITS
@@ -609,3 +612,151 @@ def test_a_server_process_killed_fails_waiting_calls_promptly(tmp_path: Path) ->
         connect(path) as client,
     ):
         assert client.lookup_accounts([1]) == []
+
+
+# --- review findings: cancelled waits, a server pushing back, a lost connection -------------
+
+
+def _fill_the_servers_queue(remote: RemoteLedger) -> None:
+    """More single-transfer creates in flight than the server takes from one connection
+    while its ledger's writer is held (it stops reading: the client's sends then block)."""
+    one = transfers_to_array([_transfer(10**6)])
+    for _ in range(1100):
+        remote._send(W.OP_CREATE_TRANSFERS, one.view(np.uint8).data, lambda body: body)
+
+
+def test_a_cancelled_async_create_leaves_the_client_working(
+    ledger: Ledger, remote: RemoteLedger
+) -> None:
+    """An asyncio task awaiting a create is cancelled (a request timeout, a client gone):
+    its answer arrives later for nobody, and every other call still gets its own. (The
+    client's reader died on the cancelled future, and every later call waited for ever.)"""
+    release, holder = _blocked_writer(ledger)
+    async_ledger = AsyncLedger(remote)
+
+    async def cancel_one() -> None:
+        task = asyncio.create_task(async_ledger.create_transfers([_transfer(1)]))
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancel_one())
+    release.set()
+    holder.join()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        later = pool.submit(remote.lookup_transfers, [1])
+        assert [t.id for t in later.result(timeout=PROMPT_S)] == [1]  # applied all the same
+    assert remote._reader.is_alive()
+
+
+def test_cancelled_waits_do_not_stop_the_others_failing_when_the_server_goes(
+    ledger: Ledger, socket_path: Path
+) -> None:
+    server = serve(ledger, socket_path)
+    remote = connect(socket_path)
+    try:
+        release, holder = _blocked_writer(ledger)
+        one = transfers_to_array([_transfer(1)])
+        cancelled = remote._send(W.OP_CREATE_TRANSFERS, one.view(np.uint8).data, bytes)
+        assert cancelled.cancel()
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(remote.lookup_accounts, [1])
+            time.sleep(0.2)
+            assert not waiting.done()  # the writer is held: the read waits its turn
+            closing = threading.Thread(target=server.close)
+            closing.start()
+            with pytest.raises(LedgerUnavailableError):
+                waiting.result(timeout=PROMPT_S + 15)  # the server's own close waits 10 s
+        release.set()
+        holder.join()
+        closing.join()
+    finally:
+        remote.close()
+
+
+def test_async_creates_never_block_the_event_loop(ledger: Ledger, remote: RemoteLedger) -> None:
+    """A server pushing back (its writer held, its queue full) blocks the sender: an async
+    create sends from a worker thread, so the event loop goes on (it stalled for seconds)."""
+    release, holder = _blocked_writer(ledger)
+    _fill_the_servers_queue(remote)
+    big = [_transfer(2 * 10**6 + i) for i in range(8189)]
+    async_ledger = AsyncLedger(remote)
+
+    async def measure() -> float:
+        beats: list[float] = []
+
+        async def beat() -> None:
+            while True:
+                beats.append(time.monotonic())
+                await asyncio.sleep(0.05)
+
+        beating = asyncio.create_task(beat())
+        create = asyncio.create_task(async_ledger.create_transfers(big))
+        await asyncio.sleep(1.0)  # the send is blocked all this time
+        release.set()
+        await asyncio.wait_for(create, 60)
+        beating.cancel()
+        return float(np.diff(beats).max())
+
+    try:
+        assert asyncio.run(measure()) < 0.5
+    finally:
+        release.set()
+        holder.join()
+
+
+def test_close_is_bounded_while_a_send_is_blocked(ledger: Ledger, socket_path: Path) -> None:
+    """``close`` waits at most ``CLOSE_TIMEOUT_S`` for a sender the server pushes back
+    (it waited for the send lock as long as the server's writer was held)."""
+    server = serve(ledger, socket_path)
+    remote = connect(socket_path)
+    release, holder = _blocked_writer(ledger)
+    try:
+        _fill_the_servers_queue(remote)
+        big = transfers_to_array([_transfer(2 * 10**6 + i) for i in range(8189)])
+        sender = threading.Thread(
+            target=remote._send,
+            args=(W.OP_CREATE_TRANSFERS, big.view(np.uint8).data, lambda body: body),
+            daemon=True,
+        )
+        sender.start()
+        time.sleep(0.5)
+        closing = threading.Thread(target=remote.close, daemon=True)
+        closing.start()
+        closing.join(CLOSE_TIMEOUT_S + PROMPT_S)
+        assert not closing.is_alive()
+    finally:
+        release.set()
+        holder.join()
+        server.close()
+
+
+def test_a_lost_connection_is_told_to_its_listeners(ledger: Ledger, socket_path: Path) -> None:
+    server = serve(ledger, socket_path)
+    remote = connect(socket_path)
+    told: list[str] = []
+    remote.on_lost(told.append)
+    server.close()
+    deadline = time.monotonic() + PROMPT_S
+    while not told and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert told == ["the ledger server closed the connection"]
+    remote.close()
+    with connect_and_close(ledger, socket_path) as (_other, heard):
+        pass
+    assert heard == []  # a client's own close is not a loss
+
+
+@contextlib.contextmanager
+def connect_and_close(
+    ledger: Ledger, socket_path: Path
+) -> Iterator[tuple[RemoteLedger, list[str]]]:
+    with serve(ledger, socket_path):
+        client = connect(socket_path)
+        heard: list[str] = []
+        client.on_lost(heard.append)
+        try:
+            yield client, heard
+        finally:
+            client.close()

@@ -39,8 +39,8 @@ from ._types import (
 
 class AsyncLedger:
     """Async methods over an open ``Ledger``, or a ``RemoteLedger`` (``connect``); it closes
-    it on ``close()``. A remote ledger's creates are sent from the event loop without
-    blocking it (the client's reader thread completes them)."""
+    it on ``close()``. A remote ledger's creates are sent from a worker thread (a server
+    pushing back never blocks the event loop); the client's reader thread completes them."""
 
     def __init__(self, ledger: Ledger | RemoteLedger) -> None:
         self.ledger = ledger
@@ -57,7 +57,7 @@ class AsyncLedger:
             return np.zeros(0, RESULT_DTYPE)
         result: np.ndarray[Any, Any]
         if isinstance(self.ledger, RemoteLedger):
-            result = await asyncio.wrap_future(self.ledger._submit_future(KIND_ACCOUNTS, events))
+            result = await self._remote_create(self.ledger, KIND_ACCOUNTS, events)
         else:
             result = await self.ledger._submit_async(KIND_ACCOUNTS, events)
         return result
@@ -68,9 +68,19 @@ class AsyncLedger:
             return np.zeros(0, RESULT_DTYPE)
         result: np.ndarray[Any, Any]
         if isinstance(self.ledger, RemoteLedger):
-            result = await asyncio.wrap_future(self.ledger._submit_future(KIND_TRANSFERS, events))
+            result = await self._remote_create(self.ledger, KIND_TRANSFERS, events)
         else:
             result = await self.ledger._submit_async(KIND_TRANSFERS, events)
+        return result
+
+    @staticmethod
+    async def _remote_create(
+        ledger: RemoteLedger, kind: int, events: np.ndarray[Any, Any]
+    ) -> np.ndarray[Any, Any]:
+        # Sent from a worker thread: a server pushing back (its queue full) blocks the send,
+        # which must not stop the event loop; the client's reader completes the future.
+        future = await asyncio.to_thread(ledger._submit_future, kind, events)
+        result: np.ndarray[Any, Any] = await asyncio.wrap_future(future)
         return result
 
     # Reads are short and run on the writer between groups; a worker thread waits for them.

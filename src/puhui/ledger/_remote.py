@@ -101,10 +101,17 @@ class RemoteLedger:
         self._closed = False
         self._lost: str | None = None
         """Why the connection was lost (None while it works)."""
+        self._on_lost: list[Callable[[str], None]] = []
         self._reader = threading.Thread(
             target=self._read_answers, name="puhui-ledger-remote", daemon=True
         )
         self._reader.start()
+
+    def on_lost(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(reason)`` (on the client's reader thread) when the connection to
+        the server is lost, not by ``close``: a server process's worker stops then, rather
+        than answer ``ledger_unavailable`` for ever."""
+        self._on_lost.append(listener)
 
     @property
     def identity(self) -> str:
@@ -163,6 +170,8 @@ class RemoteLedger:
                     reason = "the ledger server answered a request never sent"
                     break
                 future, decode = entry
+                if not future.set_running_or_notify_cancel():
+                    continue  # its caller stopped waiting (an asyncio task cancelled)
                 try:
                     if status == W.STATUS_OK:
                         future.set_result(decode(body))
@@ -172,7 +181,11 @@ class RemoteLedger:
                     future.set_exception(error)
         except OSError as error:
             reason = f"the connection to the ledger server was lost ({error})"
-        self._lose(reason)
+        except BaseException as error:  # a fault here must still fail every waiting call
+            reason = f"the ledger client's reader failed ({error!r})"
+            raise
+        finally:
+            self._lose(reason)
 
     def _read_exactly(self, size: int) -> bytearray | None:
         """``size`` bytes, or None at the end of the stream."""
@@ -189,17 +202,23 @@ class RemoteLedger:
     def _lose(self, reason: str) -> None:
         """The connection is gone: every call waiting fails now, and every later call."""
         with self._lock:
-            if self._lost is None:
+            first = self._lost is None
+            if first:
                 self._lost = reason
             pending, self._pending = self._pending, {}
             closed = self._closed
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
         for future, _ in pending.values():
+            if not future.set_running_or_notify_cancel():
+                continue  # cancelled: nobody waits for it
             if closed:
                 future.set_exception(LedgerClosedError("the ledger client is closed"))
             else:
                 future.set_exception(LedgerUnavailableError(reason))
+        if first and not closed:
+            for listener in self._on_lost:
+                listener(reason)
 
     def _submit_future(self, kind: int, events: Array) -> Future[Array]:
         """A checked, non-empty batch of creates (``kind``: accounts or transfers), sent;
@@ -216,8 +235,17 @@ class RemoteLedger:
             if self._closed:
                 return
             self._closed = True
-        with self._send_lock, contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_WR)  # the server answers what it has, then closes
+        # A sender blocked in ``sendall`` (the server pushing back) holds the send lock: past
+        # the timeout the connection is cut, which ends that send with an error too.
+        if self._send_lock.acquire(timeout=CLOSE_TIMEOUT_S):
+            try:
+                with contextlib.suppress(OSError):
+                    self._sock.shutdown(socket.SHUT_WR)  # the server answers what it has
+            finally:
+                self._send_lock.release()
+        else:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
         self._reader.join(CLOSE_TIMEOUT_S)
         if self._reader.is_alive():
             with contextlib.suppress(OSError):
