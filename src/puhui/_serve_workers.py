@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -51,9 +52,6 @@ WORKERS_MAX: Final = 64
 STOP_GRACE_S: Final = 30.0
 """How long the primary waits for a worker to finish its requests after SIGTERM before it
 kills it (unit: seconds)."""
-START_TIMEOUT_S: Final = 300.0
-"""How long a worker may take to start answering (unit: seconds; a first start compiles the
-ledger's and the JSON readers' kernels)."""
 WORKER_EXIT_FAILED: Final = 3
 """`puhui serve`'s exit status when a worker stopped on its own (as when uvicorn cannot
 start)."""
@@ -64,6 +62,7 @@ class WorkerPlan:
     """What a worker is told on its standard input (JSON), by the primary."""
 
     index: int
+    primary_pid: int
     database_url: str
     ledger_socket: str
     risk_socket: str | None
@@ -143,11 +142,30 @@ def run_directory() -> Any:
     """A private directory (0700) for the primary's sockets and the shared rate table, removed
     on exit. Under the system's temporary directory: a Unix socket's path is at most 107
     bytes, which a data directory's may exceed."""
-    path = Path(tempfile.mkdtemp(prefix="puhui-serve-"))
+    _remove_stale_run_directories()
+    path = Path(tempfile.mkdtemp(prefix=f"{RUN_PREFIX}{os.getpid()}-"))
     try:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+RUN_PREFIX: Final = "puhui-serve-"
+
+
+def _remove_stale_run_directories() -> None:
+    """Remove the run directories of primaries that are gone (killed: they could not remove
+    their own), ours only: ``puhui-serve-<pid>-…`` whose process no longer exists."""
+    for entry in Path(tempfile.gettempdir()).glob(f"{RUN_PREFIX}*-*"):
+        pid_text = entry.name[len(RUN_PREFIX) :].split("-", 1)[0]
+        try:
+            if not pid_text.isdigit() or entry.stat().st_uid != os.getuid():
+                continue
+            os.kill(int(pid_text), 0)  # alive (or not ours to signal): left alone
+        except ProcessLookupError:
+            shutil.rmtree(entry, ignore_errors=True)
+        except OSError:
+            continue
 
 
 def serve_workers(
@@ -196,6 +214,7 @@ def serve_workers(
             [
                 WorkerPlan(
                     index=i,
+                    primary_pid=os.getpid(),
                     database_url=database_url,
                     ledger_socket=str(ledger_socket),
                     risk_socket=None if risk_socket is None else str(risk_socket),
@@ -252,7 +271,7 @@ def worker_main() -> None:
     from puhui.store import create_engine
 
     plan = WorkerPlan(**json.loads(sys.stdin.read()))
-    _stop_with_parent()
+    _stop_with_parent(plan.primary_pid)
     configure_logging()
     clock = SystemClock()
     sockets = [socket.socket(fileno=fd) for fd in plan.fds]
@@ -267,6 +286,9 @@ def worker_main() -> None:
         )
     with contextlib.ExitStack() as stack:
         ledger = stack.enter_context(tb.connect(plan.ledger_socket))
+        # Without its ledger a worker could only answer ledger_unavailable: it stops, and the
+        # primary stops the server (a supervisor restarts it).
+        ledger.on_lost(_stop)
         decide: Any = risk.decide
         if plan.risk_socket is not None:
             decide = stack.enter_context(
@@ -315,11 +337,16 @@ def worker_main() -> None:
         sys.exit(WORKER_EXIT_FAILED)
 
 
-def _stop_with_parent() -> None:
-    """SIGTERM this worker when the primary dies (``PR_SET_PDEATHSIG``; Linux), so a killed
-    primary leaves no workers answering without a ledger; elsewhere a thread watches the
-    parent's pid instead."""
-    parent = os.getppid()
+def _stop(reason: str) -> None:
+    """Stop this worker as SIGTERM does (the requests in flight finished first)."""
+    logging.getLogger("puhui.serve").error("worker stopping: %s", reason)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _stop_with_parent(parent: int) -> None:
+    """SIGTERM this worker when the primary (``parent``) dies (``PR_SET_PDEATHSIG``; Linux),
+    so a killed primary leaves no workers answering without a ledger; elsewhere a thread
+    watches the parent's pid instead."""
     try:
         import ctypes
 

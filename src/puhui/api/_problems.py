@@ -123,6 +123,7 @@ STATUS_BY_CODE: Final[dict[str, int]] = {
     "ledger_failed": 503,
     "ledger_locked": 503,
     "journal_unavailable": 503,
+    "ledger_unavailable": 503,  # the ledger server (``puhui serve --workers``) is gone
     # the risk engine's server (``puhui serve --workers``) is gone: nothing moved, retry
     "risk_unavailable": 503,
     "internal_error": 500,

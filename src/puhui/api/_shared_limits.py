@@ -13,9 +13,9 @@ tokens (float64) and the time of its last refill (int64 ns), little-endian. A ke
 lives in one of the ``probe_slots`` slots from its home slot (its hash modulo the table):
 found there, or else put in an empty slot or one whose bucket has refilled to the brim (the
 same as no bucket: ``RateLimiter._forget_full``'s rule). When the key's slots all hold
-other keys' buckets that are not full, the key shares the one with the most tokens: the two
-keys together get one key's limit until a slot frees — never an error, never everyone
-refused, and memory never grows. Size the table at a few times the keys active at once.
+other keys' buckets that are not full, the key shares its home slot's bucket (always that
+one): the two keys together get one key's limit until a slot frees — never an error, never
+everyone refused, and memory never grows. Size the table at a few times the keys active at once.
 """
 
 from __future__ import annotations
@@ -170,25 +170,21 @@ class SharedRateLimiter:
 
 def _find(window: tuple[int | float, ...], key: int, now: int, rate: float, burst: float) -> int:
     """The slot of ``window`` (index) for ``key``: its own; else the first empty one or the
-    first whose bucket has refilled to the brim; else the one with the most tokens now (to
-    share)."""
-    free = -1
-    fullest, fullest_tokens = 0, -1.0
+    first whose bucket has refilled to the brim; else the first (its home slot), shared
+    with that slot's key: always the same one, so the two keys together get one key's
+    limit. (Sharing the fullest slot instead let one key drain each neighbour in turn.)"""
     for at in range(len(window) // 3):
         owner = window[3 * at]
         if owner == key:
             return at
-        if free >= 0:
-            continue
+    for at in range(len(window) // 3):
+        owner = window[3 * at]
         if owner == 0:
-            free = at
-            continue
+            return at
         tokens = _refilled(float(window[3 * at + 1]), int(window[3 * at + 2]), now, rate)
         if tokens >= burst:
-            free = at
-        elif tokens > fullest_tokens:
-            fullest, fullest_tokens = at, tokens
-    return free if free >= 0 else fullest
+            return at
+    return 0
 
 
 def _refilled(tokens: float, last_ns: int, now: int, rate: float) -> float:
