@@ -314,3 +314,43 @@ def test_a_store_where_no_lock_file_can_be_made_is_still_read(
     monkeypatch.setattr(_engine, "_open_turn_file", broken)
     with pytest.raises(OSError, match="Input/output"):
         create_engine(f"sqlite:///{database}")
+
+
+def test_a_child_forked_after_a_wait_given_up_keeps_no_turn(
+    database: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wait that timed out leaves its helper blocked in ``flock`` on a descriptor of its
+    own, which takes the turn once the holder gives it back, and closes it. A child forked
+    meanwhile inherited that descriptor: unless it closes its copy, the lock outlives the
+    helper's close, and no process gets the turn while the child lives."""
+    monkeypatch.setattr(_engine, "TURN_TIMEOUT_S", 0.5)
+    holder_engine = create_engine(f"sqlite:///{database}")
+    waiter_engine = create_engine(f"sqlite:///{database}")
+    held = holder_engine.connect()
+    transaction = held.begin()  # the turn held
+    try:
+        with (
+            pytest.raises(sa.exc.OperationalError, match="waited too long"),
+            waiter_engine.begin(),
+        ):
+            pass
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
+            pid = os.fork()
+        if pid == 0:  # a child that lives on (a multiprocessing worker, say)
+            time.sleep(5)
+            os._exit(0)
+        try:
+            transaction.commit()
+            held.close()
+            time.sleep(0.3)  # the helper takes the turn and gives it back
+            for engine in (holder_engine, waiter_engine):
+                with engine.begin() as conn:
+                    conn.exec_driver_sql("INSERT INTO t VALUES (1)")
+        finally:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    finally:
+        holder_engine.dispose()
+        waiter_engine.dispose()
+    assert _count(database) == 2

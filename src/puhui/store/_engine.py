@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -177,7 +178,9 @@ class _FileWait:
             self.error = error
         with self._lock:
             if self._state == "given up":
-                os.close(self.fd)  # its only descriptor: the lock goes with it
+                with _FORK_LOCK:  # no fork between forgetting it and closing it
+                    _ABANDONED.discard(self.fd)
+                    os.close(self.fd)  # its only descriptor here: the lock goes with it
                 return
             self._state = "taken"
         self.taken.set()
@@ -189,6 +192,8 @@ class _FileWait:
             if self._state == "taken":
                 return False
             self._state = "given up"
+            with _FORK_LOCK:
+                _ABANDONED.add(self.fd)
             return True
 
 
@@ -206,12 +211,37 @@ def _close_current(box: list[int]) -> None:
 _TURNS: weakref.WeakSet[_Turn] = weakref.WeakSet()
 
 
+_ABANDONED: set[int] = set()
+"""Descriptors of waits given up on, each still blocked in (or holding) a ``flock`` until
+its helper closes it. A child of ``os.fork`` must close its copies: a copy keeps the open
+file description, and with it the lock the helper takes, for as long as the child lives."""
+_FORK_LOCK = threading.Lock()
+"""Held across ``os.fork`` and around changes to ``_ABANDONED`` and its descriptors."""
+
+
+def _before_fork() -> None:
+    _FORK_LOCK.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _FORK_LOCK.release()
+
+
 def _after_fork_in_child() -> None:
+    for fd in _ABANDONED:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _ABANDONED.clear()
+    _FORK_LOCK.release()
     for turn in list(_TURNS):
         turn._after_fork()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(
+    before=_before_fork,
+    after_in_parent=_after_fork_in_parent,
+    after_in_child=_after_fork_in_child,
+)
 
 
 def create_engine(url: str, **kwargs: Any) -> sa.Engine:
