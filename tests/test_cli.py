@@ -148,6 +148,24 @@ def test_demo_succeeds_twice_in_a_row(tmp_path: Path) -> None:
     assert "verify: ok" in second.stdout
 
 
+@pytest.mark.parametrize("utc_hour", [1, 7, 13, 19])
+def test_demo_ends_as_expected_at_any_hour(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, utc_hour: int
+) -> None:
+    """The demo's clock starts at the real time; its risk tour must not depend on the hour
+    (at night in Shanghai — 16:00 to 24:00 UTC — the first large payment was held for
+    review instead of challenged, and the demo failed every evening in Europe)."""
+    import time
+
+    day_ns = 86_400 * 10**9
+    start = 1_790_000_000 * 10**9  # a fixed day
+    start = start - start % day_ns + utc_hour * 3600 * 10**9
+    monkeypatch.setattr(time, "time_ns", lambda: start)
+    result = invoke("demo", "--data-dir", str(tmp_path), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout.strip().splitlines()[-1])["ok"] is True
+
+
 def test_demo_prints_balances_in_major_units(tmp_path: Path) -> None:
     result = invoke("demo", "--data-dir", str(tmp_path))
     assert result.exit_code == 0, result.output

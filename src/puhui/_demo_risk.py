@@ -36,6 +36,9 @@ CURRENCY: Final = "CNY"
 DAY_NS: Final = 86_400 * 10**9
 HISTORY_DAYS: Final = 60
 SHANGHAI: Final = (31.23, 121.47)
+SHANGHAI_UTC_OFFSET_NS: Final = 8 * 3600 * 10**9
+MORNING_NS: Final = 10 * 3600 * 10**9
+"""10:00, local time: when the tour's payments happen (after the 60 days of history)."""
 MANILA: Final = (14.60, 120.98)
 
 
@@ -131,6 +134,7 @@ class RiskTour:
             )  # fmt: skip
             step.add(f"{who.customer.display_name} tops up {amount} CNY", op.status, "completed")
         self.clock.advance(HISTORY_DAYS * DAY_NS)
+        self._to_morning()
         shop = p.register_merchant("Tea House", "food", 60, self.key("tea-house"))
         self.mei = _Person(p.customer(self.mei.customer.id), self.mei.card_id, self.mei.channel)
         op = p.pay_merchant(
@@ -143,6 +147,17 @@ class RiskTour:
             key=self.key("top-up-2"), channel=self.mei.channel,
         )  # fmt: skip
         step.add("Mei tops up 4,000.00 CNY", top.status, "completed")
+
+    def _to_morning(self) -> None:
+        """Forward to the next 10:00 in Shanghai, where the customers live: the rest of the
+        tour happens in the morning whenever the demo runs (the rules read the local time of
+        day: at night the first large payment is held for review, not challenged)."""
+        now = self.clock.now_ns()
+        local = now + SHANGHAI_UTC_OFFSET_NS
+        morning = local - local % DAY_NS + MORNING_NS
+        if morning < local:
+            morning += DAY_NS
+        self.clock.set(morning - SHANGHAI_UTC_OFFSET_NS)
 
     def step_up(self) -> None:
         step = self.step(
