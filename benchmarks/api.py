@@ -35,6 +35,7 @@ import argparse
 import asyncio
 import json
 import os
+import select
 import shutil
 import socket
 import subprocess
@@ -507,7 +508,14 @@ def _client_process(args: argparse.Namespace) -> None:
             args.seed,
         )
     )
-    print(json.dumps(result))
+    # uvloop may leave stdout non-blocking: a result larger than the pipe (64 KiB of
+    # latencies) was cut short when the parent was slow to read (EAGAIN mid-write).
+    data = (json.dumps(result) + "\n").encode()
+    while data:
+        try:
+            data = data[os.write(1, data) :]
+        except BlockingIOError:
+            select.select([], [1], [])
 
 
 def run_payments(
