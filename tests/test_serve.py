@@ -121,6 +121,36 @@ def _post(client: httpx.Client, path: str, body: dict[str, Any]) -> dict[str, An
     return result
 
 
+def _tenant_token(data_dir: Path) -> str:
+    """A tenant's payments key in a fresh store under ``data_dir``, as `puhui tenant create`
+    and `puhui key create` make them."""
+    data_dir.mkdir()
+    store = create_engine(f"sqlite:///{data_dir / 'puhui.sqlite'}")
+    try:
+        migrate(store)
+        tenants = Tenants(store)
+        acme = tenants.create("acme", "bank")
+        _, token = tenants.create_key(acme.id, ["payments:read", "payments:write"], "test")
+        return token
+    finally:
+        store.dispose()
+
+
+def _funded_payer_and_payee(c: httpx.Client) -> tuple[int, dict[str, Any]]:
+    """A payer verified to KYC level 2 with 2,000.00 CNY topped up (its id), and a payee."""
+    payer = _post(c, "/customers", {"phone": "+8613900000001", "display_name": "Li"})
+    payee = _post(c, "/customers", {"phone": "+8613900000002", "display_name": "Wu"})
+    p: int = payer["id"]
+    _post(c, f"/customers/{p}/identity", {"national_id": "110101199001011234"})
+    card_body = {"card_token": "t", "bank_name": "ICBC", "last4": "1234"}
+    card = _post(c, f"/customers/{p}/cards", card_body)
+    _post(c, f"/customers/{p}/full-verification", {"biometric_passed": True})
+    top_up_body = {"card_id": card["id"], "amount": 2_000_00, "currency": "CNY"}
+    top_up = _post(c, f"/customers/{p}/top-ups", top_up_body)
+    assert top_up["status"] == "completed", top_up
+    return p, payee
+
+
 def _block(tmp_path: Path, list_name: str, value: str, reason: str) -> None:
     """An operator's block list entry, as `puhui risk lists add` writes it."""
     store = create_engine(f"sqlite:///{tmp_path / 'data' / 'puhui.sqlite'}")
@@ -146,16 +176,7 @@ def test_serve_decides_payments_with_the_risk_engine(tmp_path: Path) -> None:
     env = {**os.environ, "PUHUI_DATA_DIR": str(tmp_path / "data")}
     rules = tmp_path / "rules.toml"
     rules.write_text(RULES.format(version="1", status="active"))
-    # The tenant and its key, as `puhui tenant create` and `puhui key create` make them.
-    (tmp_path / "data").mkdir()
-    store = create_engine(f"sqlite:///{tmp_path / 'data' / 'puhui.sqlite'}")
-    try:
-        migrate(store)
-        tenants = Tenants(store)
-        acme = tenants.create("acme", "bank")
-        _, token = tenants.create_key(acme.id, ["payments:read", "payments:write"], "test")
-    finally:
-        store.dispose()
+    token = _tenant_token(tmp_path / "data")
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     server = _start(env, port, "--risk-rules", str(rules), "--risk-entities", "4096")
@@ -163,16 +184,7 @@ def test_serve_decides_payments_with_the_risk_engine(tmp_path: Path) -> None:
         _wait_ready(server, base)
         headers = {"Authorization": f"Bearer {token}"}
         with httpx.Client(base_url=f"{base}/v1/payments", headers=headers, timeout=30) as c:
-            payer = _post(c, "/customers", {"phone": "+8613900000001", "display_name": "Li"})
-            payee = _post(c, "/customers", {"phone": "+8613900000002", "display_name": "Wu"})
-            p = payer["id"]
-            _post(c, f"/customers/{p}/identity", {"national_id": "110101199001011234"})
-            card_body = {"card_token": "t", "bank_name": "ICBC", "last4": "1234"}
-            card = _post(c, f"/customers/{p}/cards", card_body)
-            _post(c, f"/customers/{p}/full-verification", {"biometric_passed": True})
-            top_up_body = {"card_id": card["id"], "amount": 2_000_00, "currency": "CNY"}
-            top_up = _post(c, f"/customers/{p}/top-ups", top_up_body)
-            assert top_up["status"] == "completed", top_up
+            p, payee = _funded_payer_and_payee(c)
             pay = {"payee": {"customer_id": payee["id"]}, "amount": 600_00, "currency": "CNY"}
             refused = _post(c, f"/customers/{p}/transfers", pay)
             assert (refused["status"], refused["decision"], refused["error_code"]) == (
@@ -391,15 +403,7 @@ def test_serve_with_workers_shares_one_ledger_and_one_risk_engine(tmp_path: Path
     env = {**os.environ, "PUHUI_DATA_DIR": str(tmp_path / "data")}
     rules = tmp_path / "rules.toml"
     rules.write_text(VELOCITY_RULES)
-    (tmp_path / "data").mkdir()
-    store = create_engine(f"sqlite:///{tmp_path / 'data' / 'puhui.sqlite'}")
-    try:
-        migrate(store)
-        tenants = Tenants(store)
-        acme = tenants.create("acme", "bank")
-        _, token = tenants.create_key(acme.id, ["payments:read", "payments:write"], "test")
-    finally:
-        store.dispose()
+    token = _tenant_token(tmp_path / "data")
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     server = _start(env, port, "--workers", "2", "--risk-rules", str(rules))
@@ -409,15 +413,7 @@ def test_serve_with_workers_shares_one_ledger_and_one_risk_engine(tmp_path: Path
         assert len(workers) == 2, workers
         headers = {"Authorization": f"Bearer {token}"}
         with httpx.Client(base_url=f"{base}/v1/payments", headers=headers, timeout=30) as c:
-            payer = _post(c, "/customers", {"phone": "+8613900000001", "display_name": "Li"})
-            payee = _post(c, "/customers", {"phone": "+8613900000002", "display_name": "Wu"})
-            p = payer["id"]
-            _post(c, f"/customers/{p}/identity", {"national_id": "110101199001011234"})
-            card_body = {"card_token": "t", "bank_name": "ICBC", "last4": "1234"}
-            card = _post(c, f"/customers/{p}/cards", card_body)
-            _post(c, f"/customers/{p}/full-verification", {"biometric_passed": True})
-            top_up_body = {"card_id": card["id"], "amount": 2_000_00, "currency": "CNY"}
-            assert _post(c, f"/customers/{p}/top-ups", top_up_body)["status"] == "completed"
+            p, payee = _funded_payer_and_payee(c)
         pay = {"payee": {"customer_id": payee["id"]}, "amount": 10_00, "currency": "CNY"}
         statuses = []
         for _ in range(10):  # a connection each: the kernel hands them to either worker
